@@ -1,0 +1,26 @@
+//! Error codes (SPEC §3.3). Every error's `data` carries `plugin` where one is involved.
+
+/// Invalid JSON was received.
+pub const PARSE_ERROR: i64 = -32700;
+/// The JSON sent is not a valid request object.
+pub const INVALID_REQUEST: i64 = -32600;
+/// The method does not exist or is not available.
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// Invalid method parameters.
+pub const INVALID_PARAMS: i64 = -32602;
+/// Internal error.
+pub const INTERNAL_ERROR: i64 = -32603;
+/// The call's deadline passed (`data.timeout_ms`).
+pub const DEADLINE_EXCEEDED: i64 = -32001;
+/// The plugin is not running (`data.state`).
+pub const PLUGIN_UNAVAILABLE: i64 = -32002;
+/// The plugin crashed while the call was in flight.
+pub const PLUGIN_CRASHED: i64 = -32003;
+/// No such service (or plugin), or no provider matches the version range.
+pub const SERVICE_NOT_FOUND: i64 = -32004;
+/// Permission denied (`data.permission` or `data.dependency`).
+pub const PERMISSION_DENIED: i64 = -32005;
+/// The plugin's `max_inflight` and queue are full.
+pub const OVERLOADED: i64 = -32006;
+/// Invalid manifest or configuration.
+pub const INVALID_MANIFEST: i64 = -32007;

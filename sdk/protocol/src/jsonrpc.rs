@@ -1,0 +1,329 @@
+//! The JSON-RPC 2.0 envelope, one message per line.
+//!
+//! Incoming lines are parsed into a borrowed [`Message`]: only the envelope (`id`, `method`,
+//! `error`) is decoded, `params` and `result` stay raw JSON slices of the line. Outgoing messages
+//! are written with [`request_line`], [`notification_line`], [`result_line`] and [`error_line`],
+//! each producing one `\n`-terminated line.
+//!
+//! Leniency: a missing `"jsonrpc"` member is accepted (hand-written plugins forget it); a wrong
+//! one is not. Batches (arrays) are not used by plugind and are rejected as not JSON-RPC.
+
+use serde::de::Deserializer;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::codes;
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpcError {
+    /// One of [`crate::codes`], or the plugin's own code.
+    pub code: i64,
+    /// Human-readable summary.
+    pub message: String,
+    /// Structured detail; plugind puts `plugin`, `state`, `timeout_ms`… here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    /// An error without data.
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), data: None }
+    }
+
+    /// An error with `data`.
+    pub fn with_data(code: i64, message: impl Into<String>, data: Value) -> Self {
+        Self { code, message: message.into(), data: Some(data) }
+    }
+
+    /// `-32601 method not found`.
+    pub fn method_not_found(method: &str) -> Self {
+        Self::new(codes::METHOD_NOT_FOUND, format!("method not found: {method}"))
+    }
+
+    /// `-32602 invalid params` with the reason.
+    pub fn invalid_params(reason: impl fmt::Display) -> Self {
+        Self::new(codes::INVALID_PARAMS, format!("invalid params: {reason}"))
+    }
+
+    /// `-32603 internal error` with the reason.
+    pub fn internal(reason: impl fmt::Display) -> Self {
+        Self::new(codes::INTERNAL_ERROR, format!("internal error: {reason}"))
+    }
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (code {})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+/// One parsed line, borrowing from it.
+#[derive(Debug)]
+pub enum Message<'a> {
+    /// A request: the peer expects a response with the same `id`.
+    Request {
+        /// The id as written by the peer (number or string), echoed back verbatim.
+        id: &'a RawValue,
+        /// The method name.
+        method: Cow<'a, str>,
+        /// Raw params, if any.
+        params: Option<&'a RawValue>,
+    },
+    /// A notification: no response.
+    Notification {
+        /// The method name.
+        method: Cow<'a, str>,
+        /// Raw params, if any.
+        params: Option<&'a RawValue>,
+    },
+    /// A response to a request we sent.
+    Response {
+        /// The id of our request (raw; ours are numbers).
+        id: &'a RawValue,
+        /// `result` (raw) or `error`.
+        outcome: Result<&'a RawValue, RpcError>,
+    },
+}
+
+/// Why a line is not a message.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON at all (or not UTF-8).
+    #[error("not JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    /// Valid JSON that is not a JSON-RPC 2.0 message.
+    #[error("not a JSON-RPC 2.0 message: {0}")]
+    NotJsonRpc(&'static str),
+}
+
+impl ParseError {
+    /// The JSON-RPC code to answer with: `-32700` for non-JSON, `-32600` otherwise.
+    pub fn code(&self) -> i64 {
+        match self {
+            ParseError::NotJson(_) => codes::PARSE_ERROR,
+            ParseError::NotJsonRpc(_) => codes::INVALID_REQUEST,
+        }
+    }
+}
+
+/// Deserializes a member that is present (even as `null`) into `Some`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default, borrow)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    params: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    result: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+}
+
+impl<'a> Message<'a> {
+    /// Parses one line (without its `\n`).
+    pub fn parse(line: &'a [u8]) -> Result<Message<'a>, ParseError> {
+        let first = line.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            // Validate as JSON first so "not JSON" and "JSON but not an object" differ.
+            serde_json::from_slice::<serde::de::IgnoredAny>(line)?;
+            return Err(ParseError::NotJsonRpc("not a JSON object"));
+        }
+        let env: Envelope<'a> = serde_json::from_slice(line)?;
+        if let Some(v) = &env.jsonrpc {
+            if v != "2.0" {
+                return Err(ParseError::NotJsonRpc("\"jsonrpc\" must be \"2.0\""));
+            }
+        }
+        if let Some(method) = env.method {
+            return Ok(match env.id {
+                Some(id) if id.get() != "null" => Message::Request { id, method, params: env.params },
+                Some(_) => return Err(ParseError::NotJsonRpc("request id must not be null")),
+                None => Message::Notification { method, params: env.params },
+            });
+        }
+        let Some(id) = env.id else {
+            return Err(ParseError::NotJsonRpc("neither \"method\" nor \"id\""));
+        };
+        let outcome = match (env.result, env.error) {
+            (Some(r), None) => Ok(r),
+            (None, Some(e)) => Err(serde_json::from_str::<RpcError>(e.get())
+                .map_err(|_| ParseError::NotJsonRpc("\"error\" is not an error object"))?),
+            (Some(_), Some(_)) => return Err(ParseError::NotJsonRpc("both \"result\" and \"error\"")),
+            (None, None) => return Err(ParseError::NotJsonRpc("response without \"result\" or \"error\"")),
+        };
+        Ok(Message::Response { id, outcome })
+    }
+
+    /// The id of a response as a number, the only kind plugind and the SDKs send.
+    pub fn numeric_id(id: &RawValue) -> Option<u64> {
+        id.get().parse().ok()
+    }
+}
+
+#[derive(Serialize)]
+struct OutRequest<'a, P: ?Sized> {
+    jsonrpc: &'static str,
+    id: u64,
+    method: &'a str,
+    params: &'a P,
+}
+
+#[derive(Serialize)]
+struct OutNotification<'a, P: ?Sized> {
+    jsonrpc: &'static str,
+    method: &'a str,
+    params: &'a P,
+}
+
+#[derive(Serialize)]
+struct OutResult<'a, R: ?Sized> {
+    jsonrpc: &'static str,
+    id: &'a RawValue,
+    result: &'a R,
+}
+
+#[derive(Serialize)]
+struct OutError<'a> {
+    jsonrpc: &'static str,
+    id: &'a RawValue,
+    error: &'a RpcError,
+}
+
+fn to_line<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(128);
+    // Serializing our own types into a Vec cannot fail: no maps with non-string keys.
+    serde_json::to_writer(&mut buf, msg).expect("UNWRAP: plain structs serialize");
+    buf.push(b'\n');
+    buf
+}
+
+/// `{"jsonrpc":"2.0","id":ID,"method":M,"params":P}\n`.
+pub fn request_line<P: Serialize + ?Sized>(id: u64, method: &str, params: &P) -> Vec<u8> {
+    to_line(&OutRequest { jsonrpc: "2.0", id, method, params })
+}
+
+/// `{"jsonrpc":"2.0","method":M,"params":P}\n`.
+pub fn notification_line<P: Serialize + ?Sized>(method: &str, params: &P) -> Vec<u8> {
+    to_line(&OutNotification { jsonrpc: "2.0", method, params })
+}
+
+/// `{"jsonrpc":"2.0","id":ID,"result":R}\n`.
+pub fn result_line<R: Serialize + ?Sized>(id: &RawValue, result: &R) -> Vec<u8> {
+    to_line(&OutResult { jsonrpc: "2.0", id, result })
+}
+
+/// `{"jsonrpc":"2.0","id":ID,"error":E}\n`.
+pub fn error_line(id: &RawValue, error: &RpcError) -> Vec<u8> {
+    to_line(&OutError { jsonrpc: "2.0", id, error })
+}
+
+/// The raw JSON `null`, for ids of errors answering unparseable input.
+pub fn null_id() -> &'static RawValue {
+    // SAFETY-free: a static literal that is valid JSON.
+    static NULL: &str = "null";
+    serde_json::from_str::<&RawValue>(NULL).expect("UNWRAP: literal null is valid JSON")
+}
+
+/// Raw JSON for an owned value.
+pub fn to_raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).expect("UNWRAP: plain values serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_keeps_params_raw() {
+        let line = br#"{"jsonrpc":"2.0","id":7,"method":"execute","params":{"a":[1, 2]}}"#;
+        match Message::parse(line).unwrap() {
+            Message::Request { id, method, params } => {
+                assert_eq!(id.get(), "7");
+                assert_eq!(method, "execute");
+                assert_eq!(params.unwrap().get(), r#"{"a":[1, 2]}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn notification_has_no_id() {
+        let m = Message::parse(br#"{"jsonrpc":"2.0","method":"log","params":{}}"#).unwrap();
+        assert!(matches!(m, Message::Notification { .. }));
+    }
+
+    #[test]
+    fn null_result_is_a_result() {
+        match Message::parse(br#"{"jsonrpc":"2.0","id":3,"result":null}"#).unwrap() {
+            Message::Response { id, outcome } => {
+                assert_eq!(Message::numeric_id(id), Some(3));
+                assert_eq!(outcome.unwrap().get(), "null");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn error_response_is_parsed() {
+        let line = br#"{"jsonrpc":"2.0","id":"x","error":{"code":-1,"message":"boom","data":{"k":1}}}"#;
+        match Message::parse(line).unwrap() {
+            Message::Response { outcome: Err(e), .. } => {
+                assert_eq!(e.code, -1);
+                assert_eq!(e.message, "boom");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_is_not_json() {
+        let e = Message::parse(b"hello world").unwrap_err();
+        assert_eq!(e.code(), codes::PARSE_ERROR);
+    }
+
+    #[test]
+    fn invalid_utf8_is_not_json() {
+        let e = Message::parse(b"{\"method\":\"\xff\xfe\"}").unwrap_err();
+        assert_eq!(e.code(), codes::PARSE_ERROR);
+    }
+
+    #[test]
+    fn json_that_is_not_jsonrpc_is_invalid_request() {
+        for line in [&b"[1,2]"[..], b"42", br#"{"foo":1}"#, br#"{"jsonrpc":"1.0","method":"x"}"#, br#"{"id":1}"#] {
+            let e = Message::parse(line).unwrap_err();
+            assert_eq!(e.code(), codes::INVALID_REQUEST, "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn lines_roundtrip() {
+        let l = request_line(5, "ping", &serde_json::json!({}));
+        assert_eq!(l.last(), Some(&b'\n'));
+        let m = Message::parse(&l[..l.len() - 1]).unwrap();
+        assert!(matches!(m, Message::Request { method, .. } if method == "ping"));
+        let id = to_raw(&5);
+        let e = error_line(&id, &RpcError::new(-32001, "late"));
+        assert!(matches!(Message::parse(&e[..e.len() - 1]).unwrap(), Message::Response { outcome: Err(_), .. }));
+    }
+
+    #[test]
+    fn escaped_method_name_is_decoded() {
+        let m = Message::parse(br#"{"method":"lo\u0067"}"#).unwrap();
+        assert!(matches!(m, Message::Notification { method, .. } if method == "log"));
+    }
+}

@@ -1,0 +1,746 @@
+//! `plugin.json` (SPEC §2): parsed, validated, defaults applied.
+//!
+//! [`Manifest::parse`] reads the JSON into a `serde_json::Value` and walks it field by field, so
+//! that every problem is reported at once, each as a [`FieldError`] with the JSON pointer of the
+//! field, what was expected and what was found. Unknown fields are kept in
+//! [`Manifest::extra`] and otherwise ignored. Checks that need the file system (does `main`
+//! exist?) are the supervisor's; this module does no I/O.
+
+use semver::{Version, VersionReq};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Default per-call deadline.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+/// Default ceiling for a call extended by `$/progress`.
+pub const DEFAULT_MAX_TIMEOUT_MS: u64 = 60_000;
+/// Default `limits.memory_mb`.
+pub const DEFAULT_MEMORY_MB: u64 = 512;
+/// Default `limits.open_files`.
+pub const DEFAULT_OPEN_FILES: u64 = 1024;
+/// Default `limits.max_inflight`.
+pub const DEFAULT_MAX_INFLIGHT: u32 = 64;
+/// Default `limits.max_queue` (an extension: calls waiting beyond `max_inflight`).
+pub const DEFAULT_MAX_QUEUE: u32 = 1024;
+
+/// A permission of §6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// May open AF_INET/AF_INET6 sockets.
+    Networking,
+    /// `kv.*` and a writable data dir.
+    Storage,
+    /// May write outside its data dir and private temp dir.
+    Filesystem,
+    /// May spawn child processes.
+    Process,
+}
+
+impl Permission {
+    /// Every permission, in a stable order.
+    pub const ALL: [Permission; 4] =
+        [Permission::Networking, Permission::Storage, Permission::Filesystem, Permission::Process];
+
+    /// Its name in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Networking => "networking",
+            Permission::Storage => "storage",
+            Permission::Filesystem => "filesystem",
+            Permission::Process => "process",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// A dependency: `name` or `name@range`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    /// Service (or plugin) name.
+    pub name: String,
+    /// Acceptable versions; `None` accepts any.
+    pub range: Option<VersionReq>,
+}
+
+impl Dependency {
+    /// Parses `name` or `name@range`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (name, range) = match s.split_once('@') {
+            Some((n, r)) => (n.trim(), Some(r.trim())),
+            None => (s.trim(), None),
+        };
+        if name.is_empty() || name.chars().any(char::is_whitespace) {
+            return Err("a service name without spaces".into());
+        }
+        let range = match range {
+            None => None,
+            Some(r) => Some(VersionReq::parse(r).map_err(|e| format!("a semver range after '@' ({e})"))?),
+        };
+        Ok(Dependency { name: name.to_owned(), range })
+    }
+
+    /// Whether `version` satisfies the range.
+    pub fn matches(&self, version: &Version) -> bool {
+        self.range.as_ref().is_none_or(|r| r.matches(version))
+    }
+
+    /// The range as text, `*` when any version will do.
+    pub fn range_text(&self) -> String {
+        self.range.as_ref().map_or_else(|| "*".to_owned(), ToString::to_string)
+    }
+}
+
+impl fmt::Display for Dependency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.range {
+            Some(r) => write!(f, "{}@{}", self.name, r),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// A service declared in `provides`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvidedService {
+    /// Service name.
+    pub name: String,
+    /// Its version.
+    pub version: Version,
+}
+
+/// `limits`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory cap in MiB (RLIMIT_DATA and cgroup memory).
+    pub memory_mb: u64,
+    /// CPU time in seconds (RLIMIT_CPU).
+    pub cpu_seconds: Option<u64>,
+    /// RLIMIT_NOFILE.
+    pub open_files: u64,
+    /// Process/thread cap (cgroup pids.max, RLIMIT_NPROC).
+    pub processes: Option<u64>,
+    /// Calls in flight per instance before queueing.
+    pub max_inflight: u32,
+    /// Calls waiting beyond `max_inflight` before `-32006` (extension).
+    pub max_queue: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: DEFAULT_MEMORY_MB,
+            cpu_seconds: None,
+            open_files: DEFAULT_OPEN_FILES,
+            processes: None,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            max_queue: DEFAULT_MAX_QUEUE,
+        }
+    }
+}
+
+/// `restart.policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartMode {
+    /// Restart after a crash or a non-zero exit.
+    #[default]
+    OnFailure,
+    /// Restart after any exit.
+    Always,
+    /// Never restart.
+    Never,
+}
+
+/// `restart`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// When to restart.
+    pub policy: RestartMode,
+    /// Restarts allowed within `window_s` before `failed`.
+    pub max_restarts: u32,
+    /// The window for counting restarts.
+    pub window_s: u64,
+    /// When set, a failed plugin gets one new start per cool-down period.
+    pub cooldown_s: Option<u64>,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy { policy: RestartMode::OnFailure, max_restarts: 5, window_s: 60, cooldown_s: None }
+    }
+}
+
+/// A validated `plugin.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// Unique plugin name.
+    pub name: String,
+    /// Plugin version.
+    pub version: Version,
+    /// Free text.
+    pub description: Option<String>,
+    /// Entry point relative to the plugin dir.
+    pub main: Option<String>,
+    /// Explicit argv, overriding the `main` rule.
+    pub command: Option<Vec<String>>,
+    /// Extra argv.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Services that must be up before this plugin starts.
+    pub required: Vec<Dependency>,
+    /// Services it may use if present.
+    pub optional: Vec<Dependency>,
+    /// Services known before start.
+    pub provides: Vec<ProvidedService>,
+    /// Granted permissions.
+    pub permissions: Vec<Permission>,
+    /// Free-form tags.
+    pub capabilities: Vec<String>,
+    /// Hook name → priority (lower first).
+    pub hooks: BTreeMap<String, i64>,
+    /// Per-call deadline.
+    pub timeout_ms: u64,
+    /// Ceiling for calls extended by `$/progress`.
+    pub max_timeout_ms: u64,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Globs whose change hot-restarts the plugin (empty: `plugin.json` and `main`).
+    pub watch: Vec<String>,
+    /// Default config passed to `init`.
+    pub config: Value,
+    /// plugind versions this plugin works with.
+    pub engines_plugind: Option<VersionReq>,
+    /// Number of processes.
+    pub instances: u32,
+    /// Unknown top-level fields, kept.
+    pub extra: Map<String, Value>,
+    /// Things that load but deserve a word (unknown permission names…).
+    pub warnings: Vec<String>,
+}
+
+/// One problem in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON pointer of the field (`/limits/memory_mb`); empty for the whole document.
+    pub pointer: String,
+    /// What was expected.
+    pub expected: String,
+    /// What was found (JSON text, shortened).
+    pub found: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = if self.pointer.is_empty() { "(document)" } else { &self.pointer };
+        write!(f, "{at}: expected {}, found {}", self.expected, self.found)
+    }
+}
+
+/// Every problem found in one manifest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    /// The problems, in document order.
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+fn describe(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 60 {
+        let cut: String = s.chars().take(57).collect();
+        format!("{cut}...")
+    } else {
+        s
+    }
+}
+
+/// Collects errors while walking the document.
+struct Walker {
+    errors: Vec<FieldError>,
+}
+
+impl Walker {
+    fn err(&mut self, pointer: impl Into<String>, expected: impl Into<String>, found: impl Into<String>) {
+        self.errors.push(FieldError { pointer: pointer.into(), expected: expected.into(), found: found.into() });
+    }
+
+    fn string(&mut self, obj: &Map<String, Value>, key: &str, required: bool) -> Option<String> {
+        match obj.get(key) {
+            None | Some(Value::Null) if !required => None,
+            None => {
+                self.err(format!("/{key}"), "a string (required)", "nothing");
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(v) => {
+                self.err(format!("/{key}"), "a string", describe(v));
+                None
+            }
+        }
+    }
+
+    fn uint(&mut self, obj: &Map<String, Value>, base: &str, key: &str, min: u64) -> Option<u64> {
+        match obj.get(key) {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= min => Some(n),
+                _ => {
+                    self.err(format!("{base}/{key}"), format!("an integer >= {min}"), describe(v));
+                    None
+                }
+            },
+        }
+    }
+
+    fn string_array(&mut self, v: Option<&Value>, pointer: &str) -> Vec<String> {
+        match v {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(s) => out.push(s.clone()),
+                        other => self.err(format!("{pointer}/{i}"), "a string", describe(other)),
+                    }
+                }
+                out
+            }
+            Some(other) => {
+                self.err(pointer, "an array of strings", describe(other));
+                Vec::new()
+            }
+        }
+    }
+
+    fn object<'v>(&mut self, v: Option<&'v Value>, pointer: &str) -> Option<&'v Map<String, Value>> {
+        match v {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(m)) => Some(m),
+            Some(other) => {
+                self.err(pointer, "an object", describe(other));
+                None
+            }
+        }
+    }
+
+    fn dependencies(&mut self, v: Option<&Value>, pointer: &str) -> Vec<Dependency> {
+        let names = self.string_array(v, pointer);
+        let mut out = Vec::new();
+        for (i, s) in names.iter().enumerate() {
+            match Dependency::parse(s) {
+                Ok(d) => out.push(d),
+                Err(expected) => self.err(format!("{pointer}/{i}"), expected, describe(&Value::String(s.clone()))),
+            }
+        }
+        out
+    }
+}
+
+/// Whether `name` matches `^[a-z0-9][a-z0-9._-]{0,63}$`.
+pub fn is_valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+const KNOWN_FIELDS: &[&str] = &[
+    "$schema",
+    "name",
+    "version",
+    "description",
+    "main",
+    "command",
+    "args",
+    "env",
+    "dependencies",
+    "provides",
+    "permissions",
+    "capabilities",
+    "hooks",
+    "timeout_ms",
+    "max_timeout_ms",
+    "limits",
+    "restart",
+    "watch",
+    "config",
+    "engines",
+    "instances",
+];
+
+impl Manifest {
+    /// Parses and validates a manifest from JSON text.
+    pub fn parse(text: &[u8]) -> Result<Manifest, ManifestError> {
+        let doc: Value = serde_json::from_slice(text).map_err(|e| ManifestError {
+            errors: vec![FieldError {
+                pointer: String::new(),
+                expected: "a JSON object".into(),
+                found: format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()),
+            }],
+        })?;
+        Self::from_value(&doc)
+    }
+
+    /// Validates an already parsed document.
+    pub fn from_value(doc: &Value) -> Result<Manifest, ManifestError> {
+        let Some(obj) = doc.as_object() else {
+            return Err(ManifestError {
+                errors: vec![FieldError {
+                    pointer: String::new(),
+                    expected: "a JSON object".into(),
+                    found: describe(doc),
+                }],
+            });
+        };
+        let mut w = Walker { errors: Vec::new() };
+        let mut warnings = Vec::new();
+
+        let name = w.string(obj, "name", true).unwrap_or_default();
+        if obj.get("name").is_some_and(Value::is_string) && !is_valid_name(&name) {
+            w.err("/name", "a name matching ^[a-z0-9][a-z0-9._-]{0,63}$", describe(&Value::String(name.clone())));
+        }
+        let version = match w.string(obj, "version", true) {
+            Some(s) => match Version::parse(&s) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    w.err("/version", format!("a semver version like 1.2.3 ({e})"), describe(&Value::String(s)));
+                    None
+                }
+            },
+            None => None,
+        };
+        let description = w.string(obj, "description", false);
+        let main = w.string(obj, "main", false);
+        let command = match obj.get("command") {
+            None | Some(Value::Null) => None,
+            v => {
+                let argv = w.string_array(v, "/command");
+                if argv.is_empty() && matches!(v, Some(Value::Array(_))) {
+                    w.err("/command", "a non-empty array of strings", "[]");
+                }
+                Some(argv)
+            }
+        };
+        if main.is_none()
+            && command.is_none()
+            && !w.errors.iter().any(|e| e.pointer == "/main" || e.pointer == "/command")
+        {
+            w.err("/main", "a path to the entry point (required unless \"command\" is given)", "nothing");
+        }
+        if let Some(m) = &main {
+            if m.is_empty() {
+                w.err("/main", "a non-empty relative path", "\"\"");
+            } else if m.starts_with('/') {
+                w.err("/main", "a path relative to the plugin directory", describe(&Value::String(m.clone())));
+            }
+        }
+        let args = w.string_array(obj.get("args"), "/args");
+        let mut env = BTreeMap::new();
+        if let Some(m) = w.object(obj.get("env"), "/env") {
+            for (k, v) in m {
+                match v {
+                    Value::String(s) => {
+                        env.insert(k.clone(), s.clone());
+                    }
+                    Value::Number(_) | Value::Bool(_) => {
+                        env.insert(k.clone(), v.to_string());
+                    }
+                    other => w.err(format!("/env/{}", escape_pointer(k)), "a string", describe(other)),
+                }
+            }
+        }
+
+        let (mut required, mut optional) = (Vec::new(), Vec::new());
+        if let Some(d) = w.object(obj.get("dependencies"), "/dependencies") {
+            required = w.dependencies(d.get("required"), "/dependencies/required");
+            optional = w.dependencies(d.get("optional"), "/dependencies/optional");
+        }
+
+        let mut provides = Vec::new();
+        match obj.get("provides") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let p = format!("/provides/{i}");
+                    let Some(o) = item.as_object() else {
+                        w.err(p, "an object { \"name\", \"version\" }", describe(item));
+                        continue;
+                    };
+                    let n = match o.get("name") {
+                        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                        other => {
+                            w.err(format!("{p}/name"), "a service name", other.map_or("nothing".into(), describe));
+                            None
+                        }
+                    };
+                    let v = match o.get("version").and_then(Value::as_str).map(Version::parse) {
+                        Some(Ok(v)) => Some(v),
+                        _ => {
+                            w.err(
+                                format!("{p}/version"),
+                                "a semver version",
+                                o.get("version").map_or("nothing".into(), describe),
+                            );
+                            None
+                        }
+                    };
+                    if let (Some(name), Some(version)) = (n, v) {
+                        provides.push(ProvidedService { name, version });
+                    }
+                }
+            }
+            Some(other) => w.err("/provides", "an array of { \"name\", \"version\" }", describe(other)),
+        }
+
+        let mut permissions = Vec::new();
+        for (i, p) in w.string_array(obj.get("permissions"), "/permissions").iter().enumerate() {
+            match Permission::from_name(p) {
+                Some(perm) if !permissions.contains(&perm) => permissions.push(perm),
+                Some(_) => {}
+                None => warnings.push(format!(
+                    "/permissions/{i}: unknown permission {p:?} ignored (known: networking, storage, filesystem, process)"
+                )),
+            }
+        }
+        let capabilities = w.string_array(obj.get("capabilities"), "/capabilities");
+
+        let mut hooks = BTreeMap::new();
+        if let Some(m) = w.object(obj.get("hooks"), "/hooks") {
+            for (k, v) in m {
+                match v.as_i64() {
+                    Some(prio) => {
+                        hooks.insert(k.clone(), prio);
+                    }
+                    None => w.err(format!("/hooks/{}", escape_pointer(k)), "an integer priority", describe(v)),
+                }
+            }
+        }
+
+        let timeout_ms = w.uint(obj, "", "timeout_ms", 1).unwrap_or(DEFAULT_TIMEOUT_MS);
+        let max_timeout_ms = w.uint(obj, "", "max_timeout_ms", 1).unwrap_or(DEFAULT_MAX_TIMEOUT_MS.max(timeout_ms));
+
+        let mut limits = Limits::default();
+        if let Some(l) = w.object(obj.get("limits"), "/limits") {
+            limits.memory_mb = w.uint(l, "/limits", "memory_mb", 1).unwrap_or(limits.memory_mb);
+            limits.cpu_seconds = w.uint(l, "/limits", "cpu_seconds", 1);
+            limits.open_files = w.uint(l, "/limits", "open_files", 8).unwrap_or(limits.open_files);
+            limits.processes = w.uint(l, "/limits", "processes", 1);
+            limits.max_inflight = w.uint(l, "/limits", "max_inflight", 1).map_or(limits.max_inflight, clamp_u32);
+            limits.max_queue = w.uint(l, "/limits", "max_queue", 0).map_or(limits.max_queue, clamp_u32);
+        }
+
+        let mut restart = RestartPolicy::default();
+        if let Some(r) = w.object(obj.get("restart"), "/restart") {
+            match r.get("policy") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if s == "on-failure" => restart.policy = RestartMode::OnFailure,
+                Some(Value::String(s)) if s == "always" => restart.policy = RestartMode::Always,
+                Some(Value::String(s)) if s == "never" => restart.policy = RestartMode::Never,
+                Some(other) => {
+                    w.err("/restart/policy", "one of \"on-failure\", \"always\", \"never\"", describe(other))
+                }
+            }
+            restart.max_restarts = w.uint(r, "/restart", "max_restarts", 0).map_or(restart.max_restarts, clamp_u32);
+            restart.window_s = w.uint(r, "/restart", "window_s", 1).unwrap_or(restart.window_s);
+            restart.cooldown_s = w.uint(r, "/restart", "cooldown_s", 1);
+        }
+
+        let watch = w.string_array(obj.get("watch"), "/watch");
+        let config = obj.get("config").cloned().unwrap_or(Value::Null);
+
+        let mut engines_plugind = None;
+        if let Some(e) = w.object(obj.get("engines"), "/engines") {
+            match e.get("plugind") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) => match VersionReq::parse(s) {
+                    Ok(r) => engines_plugind = Some(r),
+                    Err(err) => w.err(
+                        "/engines/plugind",
+                        format!("a semver range ({err})"),
+                        describe(&Value::String(s.clone())),
+                    ),
+                },
+                Some(other) => w.err("/engines/plugind", "a semver range", describe(other)),
+            }
+        }
+        let instances = w.uint(obj, "", "instances", 1).map_or(1, clamp_u32);
+
+        let extra: Map<String, Value> = obj
+            .iter()
+            .filter(|(k, _)| !KNOWN_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+
+        match version {
+            Some(version) if w.errors.is_empty() => Ok(Manifest {
+                name,
+                version,
+                description,
+                main,
+                command,
+                args,
+                env,
+                required,
+                optional,
+                provides,
+                permissions,
+                capabilities,
+                hooks,
+                timeout_ms,
+                max_timeout_ms,
+                limits,
+                restart,
+                watch,
+                config,
+                engines_plugind,
+                instances,
+                extra,
+                warnings,
+            }),
+            _ => Err(ManifestError { errors: w.errors }),
+        }
+    }
+
+    /// Whether the manifest grants `p`.
+    pub fn grants(&self, p: Permission) -> bool {
+        self.permissions.contains(&p)
+    }
+
+    /// Every dependency, required first.
+    pub fn dependencies(&self) -> impl Iterator<Item = (&Dependency, bool)> {
+        self.required.iter().map(|d| (d, true)).chain(self.optional.iter().map(|d| (d, false)))
+    }
+}
+
+/// Best-effort `name` and `version` of a manifest that failed validation, for status listings.
+pub fn salvage_identity(text: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(text) else { return (None, None) };
+    let get = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_owned);
+    (get("name"), get("version"))
+}
+
+fn clamp_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<Manifest, ManifestError> {
+        Manifest::from_value(&v)
+    }
+
+    #[test]
+    fn seed_manifest_loads_unchanged() {
+        let m = parse(json!({
+            "$schema": "./plugin-schema.json",
+            "name": "llama-extension",
+            "version": "1.0.0",
+            "main": "./dist/index.js",
+            "dependencies": { "required": ["llm-service@^2.0.0"], "optional": ["filesystem-access"] },
+            "permissions": ["networking", "storage"],
+            "capabilities": ["llm", "ui-extension"]
+        }))
+        .unwrap();
+        assert_eq!(m.name, "llama-extension");
+        assert_eq!(m.required[0].name, "llm-service");
+        assert!(m.required[0].matches(&Version::new(2, 3, 0)));
+        assert!(!m.required[0].matches(&Version::new(3, 0, 0)));
+        assert_eq!(m.optional[0].range, None);
+        assert!(m.grants(Permission::Storage) && !m.grants(Permission::Process));
+        assert_eq!(m.timeout_ms, 5000);
+        assert_eq!(m.limits, Limits::default());
+        assert!(m.extra.is_empty(), "$schema is a known field");
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_pointer() {
+        let e = parse(json!({
+            "name": "Bad Name",
+            "version": "one",
+            "main": "x.py",
+            "limits": { "memory_mb": -1, "open_files": "many" },
+            "restart": { "policy": "sometimes" },
+            "dependencies": { "required": ["ok@^1", "broken@>>2"] }
+        }))
+        .unwrap_err();
+        let pointers: Vec<_> = e.errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(
+            pointers,
+            [
+                "/name",
+                "/version",
+                "/dependencies/required/1",
+                "/limits/memory_mb",
+                "/limits/open_files",
+                "/restart/policy"
+            ]
+        );
+        assert!(e.to_string().contains("/version: expected a semver version"), "{e}");
+    }
+
+    #[test]
+    fn missing_main_and_command_is_an_error() {
+        let e = parse(json!({"name": "a", "version": "1.0.0"})).unwrap_err();
+        assert_eq!(e.errors[0].pointer, "/main");
+    }
+
+    #[test]
+    fn command_replaces_main() {
+        let m = parse(json!({"name": "a", "version": "1.0.0", "command": ["perl", "x.pl"]})).unwrap();
+        assert_eq!(m.command.unwrap(), ["perl", "x.pl"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_kept() {
+        let m = parse(json!({"name": "a", "version": "1.0.0", "main": "a.sh", "author": "me"})).unwrap();
+        assert_eq!(m.extra["author"], "me");
+    }
+
+    #[test]
+    fn not_json_is_reported() {
+        let e = Manifest::parse(b"{ \"name\": ").unwrap_err();
+        assert!(e.errors[0].found.contains("invalid JSON"), "{e}");
+    }
+
+    #[test]
+    fn names_follow_the_pattern() {
+        assert!(is_valid_name("echo") && is_valid_name("a.b_c-d") && is_valid_name("9x"));
+        assert!(
+            !is_valid_name("") && !is_valid_name("Echo") && !is_valid_name("-x") && !is_valid_name(&"a".repeat(65))
+        );
+    }
+
+    #[test]
+    fn unknown_permission_warns() {
+        let m = parse(json!({"name": "a", "version": "1.0.0", "main": "a.sh", "permissions": ["telepathy"]})).unwrap();
+        assert!(m.permissions.is_empty());
+        assert!(m.warnings[0].contains("telepathy"));
+    }
+}

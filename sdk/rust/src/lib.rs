@@ -1,0 +1,1 @@
+//! Rust SDK for plugind plugins (in progress).
