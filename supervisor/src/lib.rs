@@ -1,1 +1,271 @@
-//! plugind
+//! plugind: a process-isolated plugin supervisor.
+//!
+//! Plugins are child processes speaking JSON-RPC 2.0 over stdio (see `docs/protocol.md`); plugind
+//! spawns them with limits, hands them calls with deadlines, restarts them when they crash, and
+//! routes calls between hosts and plugins. `pluginctl` talks to it over a Unix socket.
+//!
+//! # Layout
+//! - [`transport`]: NDJSON framing and the bidirectional JSON-RPC [`transport::peer::Peer`].
+//! - [`plugin`]: one actor per plugin, one task per instance, spawning and limits.
+//! - [`router`]: the call path: pick an instance, admit, call with a deadline, map errors.
+//! - [`host`]: what plugins may ask plugind (`registry.*`, `service.call`, `kv.*`).
+//! - [`control`]: the control socket and its handlers; [`client`] is `pluginctl`'s side.
+//! - [`discovery`], [`config`], [`logs`]: finding plugins, settings, log rings.
+//!
+//! # Theory of operation
+//! [`run`] binds the control socket, loads every plugin directory into a [`PluginEntry`] with an
+//! actor task, starts them, serves the socket until asked to stop, then stops every plugin.
+//! The [`Daemon`] is the shared state everybody holds an `Arc` of: the plugin table and settings.
+
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod discovery;
+pub mod host;
+pub mod logs;
+pub mod plugin;
+pub mod procfs;
+pub mod registry;
+pub mod router;
+pub mod time;
+pub mod transport;
+
+use crate::config::{Config, StatePaths};
+use crate::logs::PluginLog;
+use crate::plugin::actor::PluginActor;
+use crate::plugin::entry::{Command, Status};
+use crate::plugin::state::PluginState;
+pub use crate::plugin::PluginEntry;
+use plugind_protocol::control::LogLine;
+use plugind_protocol::manifest::Manifest;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// plugind's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The daemon's shared state.
+pub struct Daemon {
+    config: Config,
+    paths: StatePaths,
+    /// When the daemon started (for `uptime_ms`).
+    pub started: Instant,
+    plugins: RwLock<BTreeMap<String, Arc<PluginEntry>>>,
+    next_instance: AtomicU64,
+    /// Every plugin log line, for followers (`logs -f`).
+    log_follow: broadcast::Sender<LogLine>,
+    /// Cancelled when a client asks for `supervisor.shutdown`.
+    pub shutdown: CancellationToken,
+}
+
+impl Daemon {
+    /// A daemon with no plugins loaded yet.
+    pub fn new(config: Config) -> Arc<Self> {
+        let (log_follow, _) = broadcast::channel(1024);
+        Arc::new(Daemon {
+            paths: StatePaths::new(&config.state_dir),
+            config,
+            started: Instant::now(),
+            plugins: RwLock::new(BTreeMap::new()),
+            next_instance: AtomicU64::new(1),
+            log_follow,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Paths under the state dir.
+    pub fn paths(&self) -> &StatePaths {
+        &self.paths
+    }
+
+    /// A fresh instance id.
+    pub fn next_instance_id(&self) -> u64 {
+        self.next_instance.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Health ping period.
+    pub fn ping_interval(&self) -> Duration {
+        self.config.ping_interval
+    }
+
+    /// One plugin by name.
+    pub fn plugin(&self, name: &str) -> Option<Arc<PluginEntry>> {
+        self.plugins.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
+    }
+
+    /// Every plugin, by name.
+    pub fn plugins(&self) -> Vec<Arc<PluginEntry>> {
+        self.plugins.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
+    }
+
+    /// The operator's extra environment for a plugin (config file `[plugins.NAME] env`).
+    pub fn operator_env(&self, _plugin: &str) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// The config passed to `init`: the manifest's `config` (operator overrides merge over it).
+    pub fn plugin_config(&self, m: &Manifest) -> serde_json::Value {
+        m.config.clone()
+    }
+
+    /// Records a `metrics.emit` sample of a plugin.
+    pub fn metrics_emit(&self, plugin: &str, params: &str) {
+        tracing::trace!(plugin, params, "metrics.emit");
+    }
+
+    /// Called by actors on every state change.
+    pub fn state_changed(&self, entry: &PluginEntry, state: &str) {
+        tracing::info!(plugin = %entry.name, state, "state changed");
+    }
+
+    /// Required dependencies of `m` that no known plugin declares, as `name@range`; None if all met.
+    pub fn unmet_dependencies(&self, m: &Manifest) -> Option<Vec<String>> {
+        let plugins = self.plugins();
+        let unmet: Vec<String> = m
+            .required
+            .iter()
+            .filter(|dep| {
+                !plugins.iter().any(|p| {
+                    let st = p.status();
+                    let Some(pm) = &st.manifest else { return false };
+                    (pm.name == dep.name && dep.matches(&pm.version))
+                        || pm.provides.iter().any(|s| s.name == dep.name && dep.matches(&s.version))
+                })
+            })
+            .map(ToString::to_string)
+            .collect();
+        (!unmet.is_empty()).then_some(unmet)
+    }
+
+    fn new_log(&self, name: &str) -> Arc<PluginLog> {
+        Arc::new(PluginLog::new(name, self.config.log_lines, self.log_follow.clone()))
+    }
+
+    /// Subscribes to every plugin log line.
+    pub fn follow_logs(&self) -> broadcast::Receiver<LogLine> {
+        self.log_follow.subscribe()
+    }
+
+    /// Scans the plugin dirs and creates an entry (and actor) per plugin found.
+    pub fn load(self: &Arc<Self>) -> Vec<String> {
+        let version = semver::Version::parse(VERSION).expect("UNWRAP: crate version is semver");
+        let (found, mut errors) = discovery::scan(&self.config.plugin_dirs, &version);
+        let mut table = BTreeMap::new();
+        for f in found {
+            let log = self.new_log(&f.name);
+            let entry = match f.manifest {
+                Ok(m) => {
+                    let m = Arc::new(m);
+                    let status = Status {
+                        state: PluginState::Stopped,
+                        version: m.version.to_string(),
+                        manifest: Some(m.clone()),
+                        restarts: 0,
+                        running_since: None,
+                        last_error: None,
+                        last_exit: None,
+                        history: VecDeque::new(),
+                        registered: Vec::new(),
+                    };
+                    let (name, dir) = (f.name.clone(), f.dir.clone());
+                    PluginActor::spawn(|ctl| Arc::new(PluginEntry::new(&name, dir, log, status, Some(ctl))), self.clone(), m)
+                }
+                Err(e) => {
+                    tracing::error!(plugin = %f.name, "invalid manifest: {e}");
+                    log.warn(format!("invalid manifest: {e}"));
+                    errors.push(e.clone());
+                    let status = Status {
+                        state: PluginState::Invalid,
+                        version: f.version,
+                        manifest: None,
+                        restarts: 0,
+                        running_since: None,
+                        last_error: Some(e),
+                        last_exit: None,
+                        history: VecDeque::new(),
+                        registered: Vec::new(),
+                    };
+                    Arc::new(PluginEntry::new(&f.name, f.dir, log, status, None))
+                }
+            };
+            table.insert(f.name, entry);
+        }
+        *self.plugins.write().unwrap_or_else(std::sync::PoisonError::into_inner) = table;
+        errors
+    }
+
+    /// Starts every loadable plugin and waits until each has settled (running, failed, blocked…).
+    pub async fn start_all(&self) {
+        let starts = self.plugins().into_iter().map(|p| async move { p.command(Command::Start).await });
+        futures::future::join_all(starts).await;
+    }
+
+    /// Stops every plugin and waits for their processes to end.
+    pub async fn stop_all(&self) {
+        let stops = self.plugins().into_iter().map(|p| async move { p.command(Command::Stop).await });
+        futures::future::join_all(stops).await;
+    }
+
+    /// Counts by state for `supervisor.status`.
+    pub fn counts(&self) -> plugind_protocol::control::PluginCounts {
+        let mut c = plugind_protocol::control::PluginCounts::default();
+        for p in self.plugins() {
+            c.total += 1;
+            match p.state_name() {
+                "running" => c.running += 1,
+                "failed" => c.failed += 1,
+                "blocked" => c.blocked += 1,
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
+/// Runs plugind until `shutdown` completes or a client asks it to stop, then stops every plugin.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let listener = control::socket::bind(&config.socket)?;
+    let socket = config.socket.clone();
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create state dir {}: {e}", config.state_dir.display()))?;
+    let daemon = Daemon::new(config);
+    let load_errors = daemon.load();
+    let server = tokio::spawn(control::serve(daemon.clone(), listener));
+    tracing::info!(
+        socket = %socket.display(),
+        plugins = daemon.plugins().len(),
+        invalid = load_errors.len(),
+        "plugind {VERSION} listening; try: pluginctl --socket {} list",
+        socket.display()
+    );
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = daemon.start_all() => {
+            let c = daemon.counts();
+            tracing::info!(running = c.running, failed = c.failed, blocked = c.blocked, total = c.total, "plugins started");
+            tokio::select! {
+                _ = &mut shutdown => {}
+                _ = daemon.shutdown.cancelled() => {}
+            }
+        }
+        _ = &mut shutdown => {}
+        _ = daemon.shutdown.cancelled() => {}
+    }
+    tracing::info!("stopping plugins");
+    daemon.stop_all().await;
+    server.abort();
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("plugind stopped");
+    Ok(())
+}

@@ -1,1 +1,362 @@
-fn main() {}
+//! `pluginctl`: the CLI of plugind (SPEC §8).
+//!
+//! Exit codes: 0 success, 1 the operation failed (message on stderr), 2 usage error,
+//! 3 the daemon cannot be reached.
+
+use clap::{Parser, Subcommand};
+use plugind::client::{Client, ClientError};
+use plugind_protocol::control::{self as c, PluginStatus};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Control plugind.
+#[derive(Parser, Debug)]
+#[command(name = "pluginctl", version, about)]
+struct Args {
+    /// Control socket (default: $PLUGIND_SOCKET, $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR, /tmp).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print the raw JSON result.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Table of plugins: NAME VERSION STATE PID RESTARTS UPTIME SERVICES.
+    List,
+    /// Everything about one plugin.
+    Status {
+        /// Plugin name.
+        name: String,
+    },
+    /// Start plugins and print their new state.
+    Start {
+        /// Plugin names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Stop plugins and print their new state.
+    Stop {
+        /// Plugin names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Restart plugins and print their new state.
+    Restart {
+        /// Plugin names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Rescan the plugin directories.
+    Reload,
+    /// Call a plugin's method and print the result as JSON.
+    Call {
+        /// Plugin name.
+        plugin: String,
+        /// Method.
+        method: String,
+        /// Params as JSON.
+        params: Option<String>,
+        /// Deadline in milliseconds.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+    },
+    /// Call a service through the registry.
+    Service {
+        /// Service name (optionally name@range).
+        service: String,
+        /// Method.
+        method: String,
+        /// Params as JSON.
+        params: Option<String>,
+    },
+    /// Table of services: NAME VERSION PLUGIN CAPABILITIES.
+    Services {
+        /// Only services with this capability.
+        #[arg(long)]
+        capability: Option<String>,
+    },
+    /// Supervisor version, pid, uptime and counts.
+    Info,
+    /// Stop the daemon gracefully.
+    Shutdown,
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match e {
+            ClientError::Rpc(_) => 1,
+            ClientError::Unreachable { .. } | ClientError::Lost => 3,
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+fn usage(message: String) -> Failure {
+    Failure { code: 2, message }
+}
+
+fn parse_json(what: &str, text: Option<&str>, default: Value) -> Result<Value, Failure> {
+    match text {
+        None => Ok(default),
+        Some(t) => serde_json::from_str(t).map_err(|e| usage(format!("{what} is not valid JSON: {e}"))),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("UNWRAP: a current-thread runtime builds");
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("pluginctl: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let socket = args.socket.clone().unwrap_or_else(plugind::config::default_socket);
+    // Validate arguments before connecting so usage errors win over an absent daemon.
+    let request = match &args.command {
+        Cmd::Call { plugin, method, params, timeout_ms } => {
+            let mut p = json!({ "plugin": plugin, "method": method, "params": parse_json("PARAMS_JSON", params.as_deref(), json!({}))? });
+            if let Some(t) = timeout_ms {
+                p["timeout_ms"] = json!(t);
+            }
+            Some((c::EXECUTE, p))
+        }
+        Cmd::Service { service, method, params } => {
+            let (name, version) = match service.split_once('@') {
+                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+                None => (service.clone(), None),
+            };
+            let mut p = json!({ "service": name, "method": method, "params": parse_json("PARAMS_JSON", params.as_deref(), json!({}))? });
+            if let Some(v) = version {
+                p["version"] = json!(v);
+            }
+            Some((c::SERVICES_CALL, p))
+        }
+        _ => None,
+    };
+    let mut client = Client::connect(&socket).await?;
+    if let Some((method, params)) = request {
+        let result = client.call(method, &params).await?;
+        println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+        return Ok(());
+    }
+    match args.command {
+        Cmd::List => {
+            let result = client.call(c::PLUGINS_LIST, &json!({})).await?;
+            if args.json {
+                return print_json(&result);
+            }
+            let list: Vec<PluginStatus> = serde_json::from_value(result).map_err(bad_answer)?;
+            print_table(
+                &["NAME", "VERSION", "STATE", "PID", "RESTARTS", "UPTIME", "SERVICES"],
+                list.iter()
+                    .map(|p| {
+                        vec![
+                            p.name.clone(),
+                            p.version.clone(),
+                            p.state.clone(),
+                            p.pid.map_or("-".into(), |x| x.to_string()),
+                            p.restarts.to_string(),
+                            if p.uptime_ms > 0 { human_duration(p.uptime_ms) } else { "-".into() },
+                            p.services.iter().map(|s| format!("{}@{}", s.name, s.version)).collect::<Vec<_>>().join(","),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        Cmd::Status { name } => {
+            let result = client.call(c::PLUGINS_GET, &json!({ "name": name })).await?;
+            if args.json {
+                return print_json(&result);
+            }
+            let p: PluginStatus = serde_json::from_value(result).map_err(bad_answer)?;
+            print_status(&p);
+        }
+        Cmd::Start { names } => act(&mut client, c::PLUGINS_START, names, args.json).await?,
+        Cmd::Stop { names } => act(&mut client, c::PLUGINS_STOP, names, args.json).await?,
+        Cmd::Restart { names } => act(&mut client, c::PLUGINS_RESTART, names, args.json).await?,
+        Cmd::Reload => {
+            let result = client.call(c::PLUGINS_RELOAD, &json!({})).await?;
+            if args.json {
+                return print_json(&result);
+            }
+            for key in ["added", "removed", "changed", "errors"] {
+                let items = result[key].as_array().cloned().unwrap_or_default();
+                let items: Vec<String> = items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect();
+                println!("{key}: {}", if items.is_empty() { "-".into() } else { items.join(", ") });
+            }
+        }
+        Cmd::Services { capability } => {
+            let params = capability.map_or(json!({}), |cap| json!({ "capability": cap }));
+            let result = client.call(c::SERVICES_LIST, &params).await?;
+            if args.json {
+                return print_json(&result);
+            }
+            let rows = result
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|s| {
+                    let caps: Vec<String> = s["capabilities"].as_array().cloned().unwrap_or_default().iter().filter_map(|c| c.as_str().map(str::to_owned)).collect();
+                    vec![str_of(&s["name"]), str_of(&s["version"]), str_of(&s["plugin"]), if caps.is_empty() { "-".into() } else { caps.join(",") }]
+                })
+                .collect();
+            print_table(&["NAME", "VERSION", "PLUGIN", "CAPABILITIES"], rows);
+        }
+        Cmd::Info => {
+            let result = client.call(c::SUPERVISOR_STATUS, &json!({})).await?;
+            print_json(&result)?;
+        }
+        Cmd::Shutdown => {
+            client.call(c::SUPERVISOR_SHUTDOWN, &json!({})).await?;
+            if !args.json {
+                println!("plugind is stopping");
+            } else {
+                println!("null");
+            }
+        }
+        Cmd::Call { .. } | Cmd::Service { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+async fn act(client: &mut Client, method: &str, names: Vec<String>, json_out: bool) -> Result<(), Failure> {
+    let mut failure = None;
+    for name in names {
+        match client.call(method, &json!({ "name": name })).await {
+            Ok(result) if json_out => print_json(&result)?,
+            Ok(result) => {
+                let state = str_of(&result["state"]);
+                match result["last_error"].as_str() {
+                    Some(e) if state != "running" && state != "stopped" => println!("{name}: {state} ({e})"),
+                    _ => println!("{name}: {state}"),
+                }
+            }
+            Err(ClientError::Rpc(e)) => {
+                eprintln!("pluginctl: {name}: {}", e.message);
+                failure = Some(Failure { code: 1, message: format!("{method} failed for some plugins") });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+fn bad_answer(e: serde_json::Error) -> Failure {
+    Failure { code: 1, message: format!("unexpected answer from plugind: {e}") }
+}
+
+fn print_json(v: &Value) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    Ok(())
+}
+
+fn str_of(v: &Value) -> String {
+    v.as_str().map_or_else(|| if v.is_null() { "-".into() } else { v.to_string() }, str::to_owned)
+}
+
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, cell) in r.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len() - 1;
+        cells.iter().enumerate().map(|(i, c)| if i == last { c.clone() } else { format!("{c:<w$}", w = widths[i]) }).collect::<Vec<_>>().join("  ")
+    };
+    println!("{}", line(headers.iter().map(|h| (*h).to_owned()).collect()));
+    for r in rows {
+        println!("{}", line(r));
+    }
+}
+
+fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+fn print_status(p: &PluginStatus) {
+    println!("name:        {}", p.name);
+    println!("version:     {}", p.version);
+    println!("state:       {}", p.state);
+    println!("dir:         {}", p.dir);
+    println!("pid:         {}", p.pid.map_or("-".into(), |x| x.to_string()));
+    println!("instances:   {}", p.instances);
+    println!("restarts:    {}", p.restarts);
+    println!("uptime:      {}", if p.uptime_ms > 0 { human_duration(p.uptime_ms) } else { "-".into() });
+    println!("memory:      {}", p.memory_kb.map_or("-".into(), |k| format!("{k} KiB")));
+    println!("calls:       {} total, {} failed, {} timed out", p.calls.total, p.calls.failed, p.calls.timed_out);
+    println!("services:    {}", p.services.iter().map(|s| format!("{}@{}", s.name, s.version)).collect::<Vec<_>>().join(", "));
+    if !p.dependencies.is_empty() {
+        println!("dependencies:");
+        for d in &p.dependencies {
+            println!("  {}@{} ({}){}", d.name, d.range, if d.required { "required" } else { "optional" }, if d.met { "" } else { " UNMET" });
+        }
+    }
+    if !p.permissions.is_empty() {
+        println!("permissions:");
+        for (name, s) in &p.permissions {
+            let how = match (s.granted, s.enforced) {
+                (true, _) => "granted".to_owned(),
+                (false, true) => format!("denied, enforced by {}", s.mechanism),
+                (false, false) => "denied, advisory only (not enforced on this host)".to_owned(),
+            };
+            println!("  {name:<11} {how}");
+        }
+    }
+    println!("last error:  {}", p.last_error.as_deref().unwrap_or("-"));
+    if let Some(e) = &p.last_exit {
+        let mut parts = Vec::new();
+        if let Some(c) = e.code {
+            parts.push(format!("code {c}"));
+        }
+        if let Some(s) = &e.signal {
+            parts.push(format!("signal {s}"));
+        }
+        if let Some(l) = &e.limit {
+            parts.push(format!("limit {l}"));
+        }
+        println!("last exit:   {} {}", parts.join(", "), e.ts.as_deref().unwrap_or(""));
+    }
+    if !p.stderr_tail.is_empty() {
+        println!("stderr (last {} lines):", p.stderr_tail.len());
+        for l in &p.stderr_tail {
+            println!("  {l}");
+        }
+    }
+    if !p.history.is_empty() {
+        println!("history:");
+        for h in p.history.iter().rev().take(10).collect::<Vec<_>>().into_iter().rev() {
+            println!("  {}  {:<8} {}", h.ts, h.event, h.detail);
+        }
+    }
+}

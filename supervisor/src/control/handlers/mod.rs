@@ -1,0 +1,35 @@
+//! One function per control method; [`dispatch`] is the one exhaustive match.
+
+mod calls;
+mod plugins;
+mod supervisor;
+
+use crate::control::connection::Conn;
+use crate::Daemon;
+use plugind_protocol::control as c;
+use plugind_protocol::jsonrpc::RpcError;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+/// Params of `method`, `{}` when absent.
+pub(crate) fn params<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<T, RpcError> {
+    serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(RpcError::invalid_params)
+}
+
+/// Runs one control request.
+pub async fn dispatch(daemon: &std::sync::Arc<Daemon>, conn: &Conn, method: &str, raw: Option<&RawValue>) -> Result<Box<RawValue>, RpcError> {
+    let _ = conn;
+    match method {
+        c::SUPERVISOR_STATUS => supervisor::status(daemon),
+        c::SUPERVISOR_SHUTDOWN => supervisor::shutdown(daemon),
+        c::PLUGINS_LIST => plugins::list(daemon),
+        c::PLUGINS_GET => plugins::get(daemon, params(raw)?),
+        c::PLUGINS_START => plugins::start(daemon, params(raw)?).await,
+        c::PLUGINS_STOP => plugins::stop(daemon, params(raw)?).await,
+        c::PLUGINS_RESTART => plugins::restart(daemon, params(raw)?).await,
+        c::EXECUTE => calls::execute(daemon, raw).await,
+        c::SERVICES_LIST => calls::services_list(daemon, params(raw)?),
+        c::SERVICES_CALL => calls::services_call(daemon, params(raw)?).await,
+        other => Err(RpcError::method_not_found(other)),
+    }
+}

@@ -1,0 +1,101 @@
+//! What a plugin may ask plugind (SPEC §3.2): `registry.*`, `service.call`, `kv.*`.
+
+use crate::router::{self, Call};
+use crate::Daemon;
+use plugind_protocol::codes;
+use plugind_protocol::jsonrpc::{to_raw, RpcError};
+use plugind_protocol::manifest::{Dependency, Manifest, Permission};
+use plugind_protocol::methods::{self, ListServicesParams, ServiceCallParams, ServiceQuery};
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use std::sync::Arc;
+
+/// The plugin making a request.
+#[derive(Clone)]
+pub struct Caller {
+    /// Its name.
+    pub plugin: Arc<str>,
+    /// Its manifest (for permissions and dependencies).
+    pub manifest: Arc<Manifest>,
+}
+
+fn params<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<T, RpcError> {
+    serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(RpcError::invalid_params)
+}
+
+fn query_dep(q: &ServiceQuery) -> Result<Dependency, RpcError> {
+    let text = match &q.version {
+        Some(r) => format!("{}@{r}", q.name),
+        None => q.name.clone(),
+    };
+    Dependency::parse(&text).map_err(RpcError::invalid_params)
+}
+
+/// Answers one request of a plugin.
+pub async fn handle_request(daemon: &Daemon, caller: &Caller, method: &str, raw: Option<&RawValue>) -> Result<Box<RawValue>, RpcError> {
+    match method {
+        methods::REGISTRY_GET_SERVICE => {
+            let dep = query_dep(&params(raw)?)?;
+            Ok(to_raw(&daemon.resolve(&dep).map(|p| p.info)))
+        }
+        methods::REGISTRY_REQUIRE_SERVICE => {
+            let dep = query_dep(&params(raw)?)?;
+            match daemon.resolve(&dep) {
+                Some(p) => Ok(to_raw(&p.info)),
+                None => Err(not_found(&dep)),
+            }
+        }
+        methods::REGISTRY_LIST_SERVICES => {
+            let p: ListServicesParams = params(raw)?;
+            Ok(to_raw(&daemon.list_services(p.capability.as_deref())))
+        }
+        methods::SERVICE_CALL => {
+            let p: ServiceCallParams = params(raw)?;
+            let declared = caller.manifest.dependencies().find(|(d, _)| d.name == p.service).map(|(d, _)| d.clone());
+            let Some(declared) = declared else {
+                return Err(RpcError::with_data(
+                    codes::PERMISSION_DENIED,
+                    format!("plugin {} may not call service {:?}: it is not in its manifest's dependencies", caller.plugin, p.service),
+                    serde_json::json!({ "plugin": &*caller.plugin, "dependency": p.service }),
+                ));
+            };
+            let dep = match &p.version {
+                Some(r) => query_dep(&ServiceQuery { name: p.service.clone(), version: Some(r.clone()) })?,
+                None => declared,
+            };
+            let provider = daemon.resolve(&dep).ok_or_else(|| not_found(&dep))?;
+            let params = to_raw(&p.params);
+            router::execute_on(
+                &provider.entry,
+                Call {
+                    method: &p.method,
+                    params: Some(&params),
+                    timeout_ms: p.timeout_ms,
+                    service: Some(&p.service),
+                    caller: Some(&caller.plugin),
+                    not_after: None,
+                },
+            )
+            .await
+        }
+        methods::KV_GET | methods::KV_SET | methods::KV_DELETE | methods::KV_LIST => {
+            if !caller.manifest.grants(Permission::Storage) {
+                return Err(RpcError::with_data(
+                    codes::PERMISSION_DENIED,
+                    format!("plugin {} lacks the storage permission needed for {method}", caller.plugin),
+                    serde_json::json!({ "plugin": &*caller.plugin, "permission": "storage" }),
+                ));
+            }
+            Err(RpcError::internal("kv store not available in this build"))
+        }
+        other => Err(RpcError::method_not_found(other)),
+    }
+}
+
+fn not_found(dep: &Dependency) -> RpcError {
+    RpcError::with_data(
+        codes::SERVICE_NOT_FOUND,
+        format!("no running provider of service {dep}"),
+        serde_json::json!({ "service": dep.name, "version": dep.range_text() }),
+    )
+}

@@ -1,0 +1,194 @@
+//! The shared view of one plugin and the handle to command it.
+
+use crate::logs::PluginLog;
+use crate::plugin::instance::Instance;
+use crate::plugin::state::PluginState;
+use plugind_protocol::control::{CallCounts, HistoryEntry, LastExit, PluginStatus, ServiceRef};
+use plugind_protocol::manifest::Manifest;
+use plugind_protocol::methods::ServiceDecl;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// History entries kept per plugin.
+pub const HISTORY_LEN: usize = 50;
+
+/// What an operator or the daemon asks a plugin actor to do. Each carries a reply sent once the
+/// plugin has settled (reached a state it stays in without further action).
+#[derive(Debug)]
+pub enum Command {
+    /// Start if not running.
+    Start(oneshot::Sender<()>),
+    /// Stop all instances.
+    Stop(oneshot::Sender<()>),
+    /// Stop, then start.
+    Restart(oneshot::Sender<()>),
+}
+
+/// Mutable status, written only by the plugin's actor (and the loader for invalid plugins).
+#[derive(Debug)]
+pub struct Status {
+    /// Lifecycle state.
+    pub state: PluginState,
+    /// The manifest, if it loads.
+    pub manifest: Option<Arc<Manifest>>,
+    /// Version string (from the manifest, or salvaged from an invalid one).
+    pub version: String,
+    /// Restarts performed after crashes.
+    pub restarts: u64,
+    /// When the plugin last reached `running`.
+    pub running_since: Option<Instant>,
+    /// Last error, human-readable.
+    pub last_error: Option<String>,
+    /// How the last instance ended.
+    pub last_exit: Option<LastExit>,
+    /// Recent lifecycle events.
+    pub history: VecDeque<HistoryEntry>,
+    /// Services from `register` (beyond `provides` and the implicit one).
+    pub registered: Vec<ServiceDecl>,
+}
+
+/// Counters of calls routed to the plugin.
+#[derive(Debug, Default)]
+pub struct CallCounters {
+    /// All calls.
+    pub total: AtomicU64,
+    /// Calls that ended in an error.
+    pub failed: AtomicU64,
+    /// Calls that hit their deadline.
+    pub timed_out: AtomicU64,
+}
+
+/// Everything about one plugin that others may read.
+pub struct PluginEntry {
+    /// The plugin's name.
+    pub name: Arc<str>,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its log.
+    pub log: Arc<PluginLog>,
+    /// Status, written by the actor.
+    pub status: Mutex<Status>,
+    /// Instances that serve calls, replaced whole (copy on write) by the actor.
+    routes: RwLock<Arc<[Arc<Instance>]>>,
+    /// Call counters.
+    pub counters: CallCounters,
+    /// The actor's command queue (`None` for invalid plugins, which have no actor).
+    pub(crate) ctl: Option<mpsc::UnboundedSender<Command>>,
+}
+
+impl PluginEntry {
+    /// A new entry.
+    pub(crate) fn new(
+        name: &str,
+        dir: PathBuf,
+        log: Arc<PluginLog>,
+        status: Status,
+        ctl: Option<mpsc::UnboundedSender<Command>>,
+    ) -> Self {
+        PluginEntry {
+            name: name.into(),
+            dir,
+            log,
+            status: Mutex::new(status),
+            routes: RwLock::new(Arc::from(Vec::new())),
+            counters: CallCounters::default(),
+            ctl,
+        }
+    }
+
+    /// Locks the status.
+    pub fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The instances serving calls now.
+    pub fn routes(&self) -> Arc<[Arc<Instance>]> {
+        self.routes.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn set_routes(&self, routes: Vec<Arc<Instance>>) {
+        *self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(routes);
+    }
+
+    /// The least-loaded instance serving calls.
+    pub fn pick(&self) -> Option<Arc<Instance>> {
+        let routes = self.routes();
+        routes.iter().min_by_key(|i| i.load()).cloned()
+    }
+
+    /// The current state's name.
+    pub fn state_name(&self) -> &'static str {
+        self.status().state.as_str()
+    }
+
+    /// Sends a command and waits until the plugin settles. False if the plugin has no actor.
+    pub async fn command(&self, make: impl FnOnce(oneshot::Sender<()>) -> Command) -> bool {
+        let Some(ctl) = &self.ctl else { return false };
+        let (tx, rx) = oneshot::channel();
+        if ctl.send(make(tx)).is_err() {
+            return false;
+        }
+        rx.await.is_ok()
+    }
+
+    /// The status object of SPEC §4.1.
+    pub fn snapshot(&self) -> PluginStatus {
+        let routes = self.routes();
+        let st = self.status();
+        let services = match &st.manifest {
+            Some(m) => std::iter::once(ServiceRef { name: m.name.clone(), version: m.version.to_string() })
+                .chain(m.provides.iter().map(|p| ServiceRef { name: p.name.clone(), version: p.version.to_string() }))
+                .chain(st.registered.iter().map(|s| ServiceRef { name: s.name.clone(), version: s.version.clone() }))
+                .fold(Vec::new(), |mut acc, s| {
+                    if !acc.contains(&s) {
+                        acc.push(s);
+                    }
+                    acc
+                }),
+            None => Vec::new(),
+        };
+        PluginStatus {
+            name: self.name.to_string(),
+            version: st.version.clone(),
+            state: st.state.as_str().to_owned(),
+            pid: routes.first().map(|i| i.pid),
+            instances: routes.len(),
+            restarts: st.restarts,
+            uptime_ms: match (&st.state, st.running_since) {
+                (s, Some(t)) if s.is_running() => t.elapsed().as_millis() as u64,
+                _ => 0,
+            },
+            services,
+            dependencies: Vec::new(),
+            permissions: Default::default(),
+            last_error: st.last_error.clone(),
+            calls: CallCounts {
+                total: self.counters.total.load(Ordering::Relaxed),
+                failed: self.counters.failed.load(Ordering::Relaxed),
+                timed_out: self.counters.timed_out.load(Ordering::Relaxed),
+            },
+            memory_kb: {
+                let kb: u64 = routes.iter().filter_map(|i| crate::procfs::rss_kb(i.pid)).sum();
+                (!routes.is_empty()).then_some(kb)
+            },
+            last_exit: st.last_exit.clone(),
+            stderr_tail: self.log.stderr_tail(),
+            history: st.history.iter().cloned().collect(),
+            dir: self.dir.to_string_lossy().into_owned(),
+        }
+    }
+}
+
+impl Status {
+    /// Appends to the history, dropping the oldest entry when full.
+    pub fn record(&mut self, event: &str, detail: impl Into<String>) {
+        if self.history.len() == HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.history.push_back(HistoryEntry { ts: crate::time::now_rfc3339(), event: event.to_owned(), detail: detail.into() });
+    }
+}

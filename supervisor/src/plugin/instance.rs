@@ -1,0 +1,597 @@
+//! One plugin process and the actor task that owns it.
+//!
+//! [`launch`] spawns the child and a task that, in one `select!` loop, reads the child's stdout
+//! (delivering responses through the [`Peer`], handling the plugin's own requests), runs the
+//! handshake, pings it, carries out a stop (teardown → close stdin → SIGTERM → SIGKILL) and waits
+//! for its exit. The plugin actor hears about the instance through exactly two events:
+//! [`InstanceEvent::Ready`] (handshake outcome) and, always last, [`InstanceEvent::Exited`].
+//!
+//! Callers do not go through this task: they hold an `Arc<Instance>` from the routing table and
+//! call through its `Peer` directly, so one call costs one write and one read.
+
+use crate::host::{self, Caller};
+use crate::logs::{PluginLog, Stream};
+use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
+use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
+use crate::transport::peer::{spawn_writer, CallError, Deadline, Incoming, Peer, OUTBOX_CAPACITY};
+use crate::Daemon;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use plugind_protocol::codes;
+use plugind_protocol::jsonrpc::{to_raw, RpcError};
+use plugind_protocol::manifest::Manifest;
+use plugind_protocol::methods::{self, InitParams, InitResult, LogParams, RegisterResult, ServiceDecl, SupervisorInfo};
+use plugind_protocol::version;
+use serde_json::value::RawValue;
+use std::future::Future;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+
+/// Grace between steps of a stop (SPEC §3.1): teardown answer, stdin closed → SIGTERM → SIGKILL.
+pub const STOP_STEP: Duration = Duration::from_secs(2);
+/// Health pings missed in a row before the instance counts as crashed.
+pub const PING_MISSES: u32 = 3;
+
+/// What the instance tells its plugin actor.
+#[derive(Debug)]
+pub enum InstanceEvent {
+    /// The handshake finished: the services from `register`, or why it failed.
+    Ready {
+        /// Which instance.
+        id: u64,
+        /// Services declared in `register`, or the error.
+        result: Result<Vec<ServiceDecl>, String>,
+    },
+    /// The process is gone. Always the last event of an instance.
+    Exited {
+        /// Which instance.
+        id: u64,
+        /// How.
+        exit: ExitReport,
+    },
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, Default)]
+pub struct ExitReport {
+    /// Exit code.
+    pub code: Option<i32>,
+    /// Killing signal.
+    pub signal: Option<i32>,
+    /// The limit that fired, if one did.
+    pub limit: Option<&'static str>,
+    /// Why plugind thinks it ended, for `last_error`.
+    pub reason: Option<String>,
+    /// plugind asked it to stop.
+    pub requested: bool,
+}
+
+impl ExitReport {
+    /// Exit code 0 and no signal.
+    pub fn is_clean(&self) -> bool {
+        self.code == Some(0) && self.signal.is_none() && self.reason.is_none()
+    }
+
+    /// Human summary: `exited with code 3`, `killed by SIGKILL`…
+    pub fn describe(&self) -> String {
+        let how = match (self.code, self.signal) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (None, Some(s)) => format!("killed by {}", signal_name(s)),
+            (None, None) => "ended".to_owned(),
+        };
+        match (&self.reason, self.limit) {
+            (Some(r), _) => format!("{r} ({how})"),
+            (None, Some(l)) => format!("{how}: limit {l} exceeded"),
+            (None, None) => how,
+        }
+    }
+}
+
+/// `SIGKILL` for 9.
+pub fn signal_name(sig: i32) -> String {
+    Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned())
+}
+
+/// Why a call was not admitted to an instance.
+#[derive(Debug)]
+pub enum Admission {
+    /// `max_inflight` busy and the queue full.
+    Overloaded,
+    /// The deadline passed while queued.
+    Timeout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopKind {
+    Graceful,
+    Kill,
+}
+
+/// A running plugin process, shared by the routing table and callers.
+pub struct Instance {
+    /// Unique among all instances plugind started.
+    pub id: u64,
+    /// The child's pid (also its process group id).
+    pub pid: u32,
+    /// The plugin's name.
+    pub plugin: Arc<str>,
+    /// Calls to the child.
+    pub peer: Arc<Peer>,
+    /// When it was spawned.
+    pub started: Instant,
+    /// `max_inflight` permits.
+    limiter: Semaphore,
+    /// Calls waiting for a permit.
+    queued: AtomicU32,
+    max_queue: u32,
+    /// Calls admitted or waiting: what "least loaded" compares.
+    load: AtomicUsize,
+    stop_tx: mpsc::Sender<StopKind>,
+}
+
+/// Holds an instance's `max_inflight` slot and its load count for the duration of one call.
+pub struct CallSlot<'a> {
+    instance: &'a Instance,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Drop for CallSlot<'_> {
+    fn drop(&mut self) {
+        self.instance.load.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Instance {
+    /// Calls in flight plus calls queued.
+    pub fn load(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+
+    /// Waits for one of `max_inflight` slots, queueing up to `max_queue`, until `until`.
+    pub async fn admit(&self, until: Instant) -> Result<CallSlot<'_>, Admission> {
+        self.load.fetch_add(1, Ordering::Relaxed);
+        if let Ok(permit) = self.limiter.try_acquire() {
+            return Ok(CallSlot { instance: self, _permit: permit });
+        }
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queue {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.load.fetch_sub(1, Ordering::Relaxed);
+            return Err(Admission::Overloaded);
+        }
+        let got = tokio::time::timeout_at(until, self.limiter.acquire()).await;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        match got {
+            Ok(Ok(permit)) => Ok(CallSlot { instance: self, _permit: permit }),
+            Ok(Err(_)) | Err(_) => {
+                self.load.fetch_sub(1, Ordering::Relaxed);
+                Err(Admission::Timeout)
+            }
+        }
+    }
+
+    /// Starts a graceful stop: teardown, close stdin, SIGTERM, SIGKILL.
+    pub fn stop(&self) {
+        let _ = self.stop_tx.try_send(StopKind::Graceful);
+    }
+
+    /// Kills the process group now.
+    pub fn kill(&self) {
+        let _ = self.stop_tx.try_send(StopKind::Kill);
+    }
+}
+
+/// What an instance needs to know about its plugin.
+#[derive(Clone)]
+pub struct InstanceSpec {
+    /// The plugin's name.
+    pub plugin: Arc<str>,
+    /// Its manifest.
+    pub manifest: Arc<Manifest>,
+    /// argv, env, cwd, limits.
+    pub plan: SpawnPlan,
+    /// Merged config for `init`.
+    pub config: serde_json::Value,
+    /// Data dir for `init` (with `storage`).
+    pub data_dir: Option<PathBuf>,
+    /// Private temp dir, removed when the instance ends.
+    pub tmp_dir: PathBuf,
+    /// Health ping period.
+    pub ping_every: Duration,
+}
+
+/// Spawns an instance and its actor task.
+pub fn launch(
+    id: u64,
+    spec: InstanceSpec,
+    daemon: Arc<Daemon>,
+    log: Arc<PluginLog>,
+    events: mpsc::UnboundedSender<InstanceEvent>,
+) -> Result<Arc<Instance>, SpawnError> {
+    std::fs::create_dir_all(&spec.tmp_dir)
+        .map_err(|source| SpawnError::TempDir { path: spec.tmp_dir.clone(), source })?;
+    let mut child = match spawn::spawn(&spec.plan) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&spec.tmp_dir);
+            return Err(e);
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    let (stdin, stdout, stderr) = (
+        child.stdin.take().expect("UNWRAP: stdin is piped"),
+        child.stdout.take().expect("UNWRAP: stdout is piped"),
+        child.stderr.take().expect("UNWRAP: stderr is piped"),
+    );
+    let (out_tx, out_rx) = mpsc::channel(OUTBOX_CAPACITY);
+    spawn_writer(stdin, out_rx);
+    let (stop_tx, stop_rx) = mpsc::channel(4);
+    let limits = &spec.manifest.limits;
+    let instance = Arc::new(Instance {
+        id,
+        pid,
+        plugin: spec.plugin.clone(),
+        peer: Arc::new(Peer::new(out_tx)),
+        started: Instant::now(),
+        limiter: Semaphore::new(limits.max_inflight as usize),
+        queued: AtomicU32::new(0),
+        max_queue: limits.max_queue,
+        load: AtomicUsize::new(0),
+        stop_tx,
+    });
+    log.plugind(format!("started instance {id} (pid {pid}): {}", spec.plan.argv.join(" ")));
+    tokio::spawn(read_stderr(stderr, log.clone()));
+    let task = InstanceTask { instance: instance.clone(), spec, daemon, log, events };
+    tokio::spawn(task.run(child, stdout, stop_rx));
+    Ok(instance)
+}
+
+type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a pending background step of the actor resolves to.
+enum Step {
+    Handshake(Result<Vec<ServiceDecl>, String>),
+    Ping(Result<(), CallError>),
+    TeardownAnswered,
+    Served,
+}
+
+struct InstanceTask {
+    instance: Arc<Instance>,
+    spec: InstanceSpec,
+    daemon: Arc<Daemon>,
+    log: Arc<PluginLog>,
+    events: mpsc::UnboundedSender<InstanceEvent>,
+}
+
+/// Where a stop stands.
+#[derive(Debug, Clone, Copy)]
+enum StopPhase {
+    /// `teardown` sent; at the instant, close stdin anyway.
+    Teardown(Instant),
+    /// stdin closed; at the instant, SIGTERM.
+    StdinClosed(Instant),
+    /// SIGTERM sent; at the instant, SIGKILL.
+    Terminated(Instant),
+    /// SIGKILL sent.
+    Killed,
+}
+
+impl InstanceTask {
+    async fn run(self, mut child: tokio::process::Child, stdout: tokio::process::ChildStdout, mut stop_rx: mpsc::Receiver<StopKind>) {
+        let inst = self.instance.clone();
+        let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME));
+        let mut steps: FuturesUnordered<BoxFut<Step>> = FuturesUnordered::new();
+        steps.push(Box::pin(handshake(inst.peer.clone(), self.spec.clone())));
+        let mut ready = false;
+        let mut ping = tokio::time::interval_at(Instant::now() + self.spec.ping_every, self.spec.ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ping_out = false;
+        let mut misses = 0u32;
+        let mut stdout_open = true;
+        let mut stop: Option<StopPhase> = None;
+        let mut reason: Option<String> = None;
+        let mut requested = false;
+        // Set when stdout closed while the process still runs: kill it if it does not exit soon.
+        let mut eof_kill_at: Option<Instant> = None;
+        let status = loop {
+            let timer = match stop {
+                Some(StopPhase::Teardown(t) | StopPhase::StdinClosed(t) | StopPhase::Terminated(t)) => Some(t),
+                _ => None,
+            };
+            let timer = match (timer, eof_kill_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                status = child.wait() => break status,
+                frame = frames.next(), if stdout_open => match frame {
+                    Some(Ok(Frame::Line(line))) => {
+                        if let Some(fut) = self.on_line(&line).await {
+                            steps.push(fut);
+                        }
+                    }
+                    Some(Ok(Frame::Oversized { len })) => self.report_bad_output(
+                        codes::INVALID_REQUEST,
+                        format!("stdout line of {len} bytes exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded"),
+                    ),
+                    Some(Err(_)) | None => {
+                        stdout_open = false;
+                        inst.peer.close();
+                        if stop.is_none() {
+                            // A plugin without stdout cannot answer: give it a moment to exit by itself.
+                            eof_kill_at = Some(Instant::now() + Duration::from_millis(500));
+                        }
+                    }
+                },
+                Some(step) = steps.next(), if !steps.is_empty() => match step {
+                    Step::Handshake(result) => {
+                        ready = result.is_ok();
+                        if let Err(e) = &result {
+                            reason = Some(e.clone());
+                            stop = Some(StopPhase::Terminated(Instant::now()));
+                            self.kill_group(Signal::SIGKILL);
+                        }
+                        let _ = self.events.send(InstanceEvent::Ready { id: inst.id, result });
+                    }
+                    Step::Ping(r) => {
+                        ping_out = false;
+                        match r {
+                            Err(CallError::Timeout(_)) => {
+                                misses += 1;
+                                self.log.plugind(format!("missed health ping {misses}/{PING_MISSES}"));
+                                if misses >= PING_MISSES && stop.is_none() {
+                                    reason = Some(format!("missed {PING_MISSES} health pings in a row"));
+                                    stop = Some(StopPhase::Killed);
+                                    self.kill_group(Signal::SIGKILL);
+                                }
+                            }
+                            _ => misses = 0,
+                        }
+                    }
+                    Step::TeardownAnswered => {
+                        if let Some(StopPhase::Teardown(_)) = stop {
+                            inst.peer.close_output().await;
+                            stop = Some(StopPhase::StdinClosed(Instant::now() + STOP_STEP));
+                        }
+                    }
+                    Step::Served => {}
+                },
+                _ = ping.tick(), if ready && !ping_out && stop.is_none() => {
+                    ping_out = true;
+                    let peer = inst.peer.clone();
+                    let d = Deadline::new(Duration::from_millis(self.spec.manifest.timeout_ms), Duration::from_millis(self.spec.manifest.timeout_ms));
+                    steps.push(Box::pin(async move {
+                        Step::Ping(peer.call(methods::PING, &serde_json::json!({}), d).await.map(drop).or_else(|e| match e {
+                            CallError::Rpc(_) => Ok(()), // any answer proves liveness
+                            other => Err(other),
+                        }))
+                    }));
+                }
+                kind = stop_rx.recv() => match kind {
+                    Some(StopKind::Kill) => {
+                        requested = true;
+                        stop = Some(StopPhase::Killed);
+                        self.kill_group(Signal::SIGKILL);
+                    }
+                    Some(StopKind::Graceful) if stop.is_none() => {
+                        requested = true;
+                        if ready && stdout_open {
+                            let peer = inst.peer.clone();
+                            let d = Deadline::new(STOP_STEP, STOP_STEP);
+                            steps.push(Box::pin(async move {
+                                let _ = peer.call(methods::TEARDOWN, &serde_json::json!({}), d).await;
+                                Step::TeardownAnswered
+                            }));
+                            stop = Some(StopPhase::Teardown(Instant::now() + STOP_STEP));
+                        } else {
+                            inst.peer.close_output().await;
+                            stop = Some(StopPhase::StdinClosed(Instant::now() + STOP_STEP));
+                        }
+                    }
+                    Some(StopKind::Graceful) => {}
+                    None => {}
+                },
+                _ = sleep_until_opt(timer) => match stop {
+                    _ if eof_kill_at.is_some_and(|t| t <= Instant::now()) => {
+                        eof_kill_at = None;
+                        reason.get_or_insert_with(|| "closed its stdout but kept running".to_owned());
+                        self.kill_group(Signal::SIGKILL);
+                        stop = Some(StopPhase::Killed);
+                    }
+                    Some(StopPhase::Teardown(_)) => {
+                        inst.peer.close_output().await;
+                        stop = Some(StopPhase::StdinClosed(Instant::now() + STOP_STEP));
+                    }
+                    Some(StopPhase::StdinClosed(_)) => {
+                        self.kill_group(Signal::SIGTERM);
+                        stop = Some(StopPhase::Terminated(Instant::now() + STOP_STEP));
+                    }
+                    Some(StopPhase::Terminated(_)) => {
+                        self.kill_group(Signal::SIGKILL);
+                        stop = Some(StopPhase::Killed);
+                    }
+                    _ => {}
+                },
+            }
+        };
+        // Every call still in flight ends now with -32003; nothing waits for a dead process.
+        inst.peer.close();
+        // Leftover members of the process group (children of the plugin) go with it.
+        self.kill_group(Signal::SIGKILL);
+        let _ = std::fs::remove_dir_all(&self.spec.tmp_dir);
+        let mut exit = ExitReport { reason, requested, ..ExitReport::default() };
+        match status {
+            Ok(s) => {
+                exit.code = s.code();
+                exit.signal = s.signal();
+            }
+            Err(e) => exit.reason = Some(format!("wait failed: {e}")),
+        }
+        if exit.signal == Some(libc::SIGXCPU) {
+            exit.limit = Some("cpu_seconds");
+        }
+        self.log.plugind(format!("instance {} (pid {}) {}", inst.id, inst.pid, exit.describe()));
+        let _ = self.events.send(InstanceEvent::Exited { id: inst.id, exit });
+    }
+
+    fn kill_group(&self, sig: Signal) {
+        if self.instance.pid > 0 {
+            let _ = killpg(Pid::from_raw(self.instance.pid as i32), sig);
+        }
+    }
+
+    /// Handles one stdout line; returns work to run concurrently (a plugin request).
+    async fn on_line(&self, line: &[u8]) -> Option<BoxFut<Step>> {
+        match self.instance.peer.accept(line) {
+            Incoming::Delivered => None,
+            Incoming::Request { id, method, params } => {
+                let id: Box<RawValue> = id.to_owned();
+                let method = method.into_owned();
+                let params: Option<Box<RawValue>> = params.map(ToOwned::to_owned);
+                let daemon = self.daemon.clone();
+                let peer = self.instance.peer.clone();
+                let caller = Caller { plugin: self.spec.plugin.clone(), manifest: self.spec.manifest.clone() };
+                Some(Box::pin(async move {
+                    let reply = host::handle_request(&daemon, &caller, &method, params.as_deref()).await;
+                    peer.respond(&id, reply.as_deref().map_err(|e| e)).await;
+                    Step::Served
+                }))
+            }
+            Incoming::Notification { method, params } => {
+                self.on_notification(&method, params);
+                None
+            }
+            Incoming::UnknownResponse(id) => {
+                self.report_bad_output(codes::INVALID_REQUEST, format!("response with unknown id {id}; ignored"));
+                None
+            }
+            Incoming::Invalid(e) if e.code() == codes::PARSE_ERROR => {
+                let text = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
+                self.log.warn(format!(
+                    "non-JSON line on stdout skipped: {text:?} — hint: stdout is the protocol channel; write logs to stderr or send a `log` notification"
+                ));
+                None
+            }
+            Incoming::Invalid(e) => {
+                self.report_bad_output(codes::INVALID_REQUEST, format!("stdout line is {e}; ignored"));
+                None
+            }
+        }
+    }
+
+    fn on_notification(&self, method: &str, params: Option<&RawValue>) {
+        let params = params.map_or("null", RawValue::get);
+        match method {
+            methods::LOG => match serde_json::from_str::<LogParams>(params) {
+                Ok(p) => self.log.push(Stream::Log, p.level, p.message),
+                Err(e) => self.report_bad_output(codes::INVALID_PARAMS, format!("bad `log` params: {e}")),
+            },
+            methods::PROGRESS => {
+                let id = serde_json::from_str::<serde_json::Value>(params).ok().and_then(|v| v.get("id").and_then(serde_json::Value::as_u64));
+                if let Some(id) = id {
+                    self.instance.peer.progress(id);
+                }
+            }
+            methods::METRICS_EMIT => self.daemon.metrics_emit(&self.spec.plugin, params),
+            other => tracing::debug!(plugin = %self.spec.plugin, method = other, "ignored notification"),
+        }
+    }
+
+    /// Logs a protocol mistake of the plugin and tells it with `onError`.
+    fn report_bad_output(&self, code: i64, message: String) {
+        self.log.warn(message.clone());
+        self.instance.peer.notify(
+            methods::ON_ERROR,
+            &serde_json::json!({ "code": code, "message": message, "data": { "plugin": &*self.spec.plugin } }),
+        );
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `init` then `register`, each with the plugin's deadline.
+async fn handshake(peer: Arc<Peer>, spec: InstanceSpec) -> Step {
+    let m = &spec.manifest;
+    let d = || Deadline::new(Duration::from_millis(m.timeout_ms), Duration::from_millis(m.timeout_ms));
+    let params = InitParams {
+        protocol_version: version::PROTOCOL_VERSION,
+        name: m.name.clone(),
+        version: m.version.to_string(),
+        config: spec.config.clone(),
+        data_dir: spec.data_dir.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        supervisor: SupervisorInfo { name: "plugind".into(), version: crate::VERSION.into() },
+    };
+    let describe = |what: &str, e: CallError| match e {
+        CallError::Timeout(t) => format!("{what} timed out after {} ms", t.as_millis()),
+        CallError::Closed => format!("exited during {what}"),
+        CallError::Rpc(e) => format!("{what} failed: {e}"),
+    };
+    let init = match peer.call(methods::INIT, &params, d()).await {
+        Ok(raw) => raw,
+        Err(e) => return Step::Handshake(Err(describe("init", e))),
+    };
+    let init: InitResult = serde_json::from_str(init.get()).unwrap_or_default();
+    if !version::is_compatible(init.protocol_version) {
+        return Step::Handshake(Err(format!(
+            "init: plugin speaks protocol_version {:?}, plugind speaks {}",
+            init.protocol_version,
+            version::PROTOCOL_VERSION
+        )));
+    }
+    let reg = match peer.call(methods::REGISTER, &serde_json::json!({}), d()).await {
+        Ok(raw) => raw,
+        Err(e) => return Step::Handshake(Err(describe("register", e))),
+    };
+    match serde_json::from_str::<Option<RegisterResult>>(reg.get()) {
+        Ok(r) => Step::Handshake(Ok(r.unwrap_or_default().services)),
+        Err(e) => Step::Handshake(Err(format!("register: result is not {{\"services\": [...]}}: {e}"))),
+    }
+}
+
+/// Turns the child's stderr into log lines of the plugin.
+async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>) {
+    const MAX_LINE: usize = 16 * 1024;
+    let mut frames = FramedRead::new(stderr, FrameDecoder::new(MAX_LINE));
+    while let Some(Ok(frame)) = frames.next().await {
+        match frame {
+            Frame::Line(l) => log.stderr(String::from_utf8_lossy(&l).into_owned()),
+            Frame::Oversized { len } => log.stderr(format!("[stderr line of {len} bytes dropped: over {MAX_LINE} bytes]")),
+        }
+    }
+}
+
+/// Maps a failed call to an instance onto the error a caller sees (SPEC §3.3).
+pub fn call_error(plugin: &str, timeout: Duration, e: CallError) -> RpcError {
+    match e {
+        CallError::Rpc(e) => e,
+        CallError::Timeout(_) => RpcError::with_data(
+            codes::DEADLINE_EXCEEDED,
+            format!("deadline exceeded: plugin {plugin} did not answer within {} ms", timeout.as_millis()),
+            serde_json::json!({ "plugin": plugin, "timeout_ms": timeout.as_millis() as u64 }),
+        ),
+        CallError::Closed => RpcError::with_data(
+            codes::PLUGIN_CRASHED,
+            format!("plugin {plugin} crashed while the call was in flight"),
+            serde_json::json!({ "plugin": plugin }),
+        ),
+    }
+}
+
+/// Raw `{}` (for results that carry nothing).
+pub fn empty_object() -> Box<RawValue> {
+    to_raw(&serde_json::json!({}))
+}

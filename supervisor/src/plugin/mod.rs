@@ -1,0 +1,19 @@
+//! Plugins: the shared view of one plugin ([`PluginEntry`]), its actor, its instances.
+//!
+//! - [`entry`]: what everybody may read about a plugin (status, routes, counters) and the
+//!   systemctl-like handle to command it.
+//! - [`actor`]: the one task per plugin that changes its state (start, stop, crash, restart).
+//! - [`instance`]: one process and its task.
+//! - [`spawn`]: argv, environment and limits of a process.
+//! - [`state`]: the lifecycle states and the restart policy, without I/O.
+//!
+//! Architecture invariant: a plugin's state changes only inside its actor task; everybody else
+//! reads snapshots or sends commands.
+
+pub mod actor;
+pub mod entry;
+pub mod instance;
+pub mod spawn;
+pub mod state;
+
+pub use entry::PluginEntry;

@@ -1,0 +1,225 @@
+//! Turning a manifest into a running child process: argv, environment, limits.
+//!
+//! Everything the child needs is computed before `fork`; the `pre_exec` closure only makes
+//! syscalls (no allocation), in this order: new session (so the pid is the process group id),
+//! parent-death signal, `no_new_privs`, rlimits. Isolation by seccomp/Landlock/cgroups hooks in
+//! here too (see `docs/security.md`).
+
+use plugind_protocol::manifest::{Limits, Manifest};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// Why a plugin could not be spawned.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The manifest's entry point does not exist.
+    #[error("{file}: field /main: file {main:?} not found")]
+    MainMissing {
+        /// The manifest file.
+        file: PathBuf,
+        /// The `main` value.
+        main: String,
+    },
+    /// `fork`/`exec` failed.
+    #[error("cannot start {argv0:?}: {source}")]
+    Exec {
+        /// The program.
+        argv0: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Setting up the private temp dir failed.
+    #[error("cannot create temp dir {path}: {source}")]
+    TempDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The program and arguments a manifest asks for (SPEC §2 `main` / `command`).
+pub fn argv_for(manifest: &Manifest, dir: &Path) -> Result<Vec<String>, SpawnError> {
+    let mut argv: Vec<String> = match (&manifest.command, &manifest.main) {
+        (Some(cmd), _) => {
+            let mut cmd = cmd.clone();
+            // A relative program with a slash is relative to the plugin dir; a bare name is
+            // looked up in PATH.
+            if cmd[0].contains('/') && !cmd[0].starts_with('/') {
+                cmd[0] = dir.join(&cmd[0]).to_string_lossy().into_owned();
+            }
+            cmd
+        }
+        (None, Some(main)) => {
+            let path = dir.join(main);
+            if !path.exists() {
+                return Err(SpawnError::MainMissing { file: dir.join("plugin.json"), main: main.clone() });
+            }
+            let path = path.to_string_lossy().into_owned();
+            let ext = Path::new(main).extension().and_then(|e| e.to_str()).unwrap_or("");
+            match ext {
+                "js" | "mjs" | "cjs" => vec!["node".into(), path],
+                "py" => vec!["python3".into(), path],
+                "sh" => vec!["sh".into(), path],
+                _ => vec![path],
+            }
+        }
+        // Manifest validation guarantees one of them.
+        (None, None) => unreachable!("manifest without main or command passed validation"),
+    };
+    argv.extend(manifest.args.iter().cloned());
+    Ok(argv)
+}
+
+/// Everything needed to start one instance.
+#[derive(Debug, Clone)]
+pub struct SpawnPlan {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Working directory: the plugin dir.
+    pub cwd: PathBuf,
+    /// The complete environment (nothing is inherited).
+    pub env: Vec<(String, String)>,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// The environment of a plugin: a fixed allow-list plus the manifest's `env` (SPEC §5).
+/// plugind's own variables (`NOTIFY_SOCKET`, tokens, secrets) never reach a plugin.
+pub fn plugin_env(
+    manifest: &Manifest,
+    data_dir: Option<&Path>,
+    tmp_dir: &Path,
+    extra: &[(String, String)],
+) -> Vec<(String, String)> {
+    let inherit = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_owned());
+    let mut env = vec![
+        ("PATH".to_owned(), inherit("PATH", "/usr/local/bin:/usr/bin:/bin")),
+        ("HOME".to_owned(), inherit("HOME", "/")),
+        ("LANG".to_owned(), inherit("LANG", "C.UTF-8")),
+        ("TMPDIR".to_owned(), tmp_dir.to_string_lossy().into_owned()),
+        ("PLUGIND_PLUGIN".to_owned(), manifest.name.clone()),
+    ];
+    if let Some(d) = data_dir {
+        env.push(("PLUGIND_DATA_DIR".to_owned(), d.to_string_lossy().into_owned()));
+    }
+    for (k, v) in manifest.env.iter().map(|(k, v)| (k.clone(), v.clone())).chain(extra.iter().cloned()) {
+        if is_supervisor_variable(&k) {
+            continue;
+        }
+        env.retain(|(existing, _)| existing != &k);
+        env.push((k, v));
+    }
+    env
+}
+
+/// Variables that belong to plugind's own service manager contract.
+fn is_supervisor_variable(k: &str) -> bool {
+    k == "NOTIFY_SOCKET" || k.starts_with("WATCHDOG_") || k == "LISTEN_FDS" || k == "LISTEN_PID"
+}
+
+/// Spawns the child with piped stdio, in its own session, with limits applied.
+pub fn spawn(plan: &SpawnPlan) -> Result<tokio::process::Child, SpawnError> {
+    let mut cmd = tokio::process::Command::new(&plan.argv[0]);
+    cmd.args(&plan.argv[1..])
+        .current_dir(&plan.cwd)
+        .env_clear()
+        .envs(plan.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let rl = RlimitPlan::from(&plan.limits);
+    let parent = std::process::id();
+    // SAFETY: the closure runs between fork and exec; it only makes async-signal-safe syscalls
+    // on values computed before the fork.
+    unsafe {
+        cmd.pre_exec(move || child_setup(&rl, parent));
+    }
+    cmd.spawn().map_err(|source| SpawnError::Exec { argv0: plan.argv[0].clone(), source })
+}
+
+/// Limits as raw numbers, ready for `setrlimit` in the child.
+#[derive(Debug, Clone, Copy)]
+struct RlimitPlan {
+    data_bytes: u64,
+    cpu_seconds: Option<u64>,
+    open_files: u64,
+    processes: Option<u64>,
+}
+
+impl From<&Limits> for RlimitPlan {
+    fn from(l: &Limits) -> Self {
+        RlimitPlan {
+            data_bytes: l.memory_mb.saturating_mul(1024 * 1024),
+            cpu_seconds: l.cpu_seconds,
+            open_files: l.open_files,
+            processes: l.processes,
+        }
+    }
+}
+
+fn child_setup(rl: &RlimitPlan, parent: u32) -> std::io::Result<()> {
+    use nix::sys::resource::{setrlimit, Resource};
+    use nix::sys::signal::Signal;
+    nix::unistd::setsid()?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    // The parent may have died between fork and prctl: then nobody would kill us.
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return Err(std::io::Error::other("parent exited during spawn"));
+    }
+    nix::sys::prctl::set_no_new_privs()?;
+    // RLIMIT_DATA, not RLIMIT_AS: V8 reserves far more address space than it uses.
+    setrlimit(Resource::RLIMIT_DATA, rl.data_bytes, rl.data_bytes)?;
+    if let Some(cpu) = rl.cpu_seconds {
+        // Soft limit → SIGXCPU (reported as `cpu_seconds`), hard limit one second later → SIGKILL.
+        setrlimit(Resource::RLIMIT_CPU, cpu, cpu + 1)?;
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, rl.open_files, rl.open_files)?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+    if let Some(n) = rl.processes {
+        setrlimit(Resource::RLIMIT_NPROC, n, n)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn manifest(v: serde_json::Value) -> Manifest {
+        Manifest::from_value(&v).unwrap()
+    }
+
+    #[test]
+    fn interpreter_follows_the_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        for (main, first) in [("a.py", "python3"), ("a.mjs", "node"), ("a.js", "node"), ("a.sh", "sh")] {
+            std::fs::write(dir.path().join(main), "").unwrap();
+            let m = manifest(json!({"name": "a", "version": "1.0.0", "main": main, "args": ["--x"]}));
+            let argv = argv_for(&m, dir.path()).unwrap();
+            assert_eq!(argv[0], first);
+            assert!(argv[1].ends_with(main));
+            assert_eq!(argv[2], "--x");
+        }
+    }
+
+    #[test]
+    fn missing_main_names_the_file_and_field() {
+        let m = manifest(json!({"name": "a", "version": "1.0.0", "main": "gone.py"}));
+        let e = argv_for(&m, Path::new("/nonexistent")).unwrap_err().to_string();
+        assert!(e.contains("plugin.json") && e.contains("/main") && e.contains("gone.py"), "{e}");
+    }
+
+    #[test]
+    fn environment_is_an_allow_list() {
+        std::env::set_var("PLUGIND_TEST_SECRET", "hunter2");
+        let m = manifest(json!({"name": "a", "version": "1.0.0", "main": "a", "env": {"X": "1", "NOTIFY_SOCKET": "/x"}}));
+        let env = plugin_env(&m, None, Path::new("/tmp/x"), &[]);
+        let keys: Vec<_> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["PATH", "HOME", "LANG", "TMPDIR", "PLUGIND_PLUGIN", "X"]);
+    }
+}

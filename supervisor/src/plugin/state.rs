@@ -1,0 +1,162 @@
+//! A plugin's lifecycle state and the restart policy, as plain data with no I/O.
+//!
+//! ```text
+//!            start                 all instances ready
+//! stopped ─────────► starting ─────────────────────────► running
+//!    ▲                  │ ▲ backoff elapsed                 │ crash
+//!    │ stop             │ └──────── restarting ◄──────────┘
+//!    │                  │ crash         │ more than max_restarts in window_s
+//! stopping ◄────────────┴───────────────┴──────────────► failed ──(cooldown_s)──► starting
+//! ```
+//! `blocked` (a required dependency is missing) and `invalid` (the manifest does not load) are
+//! states a plugin waits in until something outside changes.
+
+use plugind_protocol::manifest::{RestartMode, RestartPolicy};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Where a plugin is in its lifecycle (SPEC §4.1 states).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginState {
+    /// Instances are being spawned and handshaked.
+    Starting,
+    /// At least one instance serves calls.
+    Running,
+    /// Waiting out a backoff delay before the next start.
+    Restarting {
+        /// The delay.
+        delay: Duration,
+    },
+    /// Instances are being torn down.
+    Stopping,
+    /// Not running, by request or after a clean exit.
+    Stopped,
+    /// Crashed too often; no more restarts until asked.
+    Failed,
+    /// A required dependency is not available.
+    Blocked {
+        /// The unmet dependencies, as `name@range`.
+        unmet: Vec<String>,
+    },
+    /// The manifest does not load.
+    Invalid,
+}
+
+impl PluginState {
+    /// The state's name on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PluginState::Starting => "starting",
+            PluginState::Running => "running",
+            PluginState::Restarting { .. } => "restarting",
+            PluginState::Stopping => "stopping",
+            PluginState::Stopped => "stopped",
+            PluginState::Failed => "failed",
+            PluginState::Blocked { .. } => "blocked",
+            PluginState::Invalid => "invalid",
+        }
+    }
+
+    /// Whether calls can be routed to it.
+    pub fn is_running(&self) -> bool {
+        matches!(self, PluginState::Running)
+    }
+
+    /// Whether the supervisor is still working towards running it (for readiness).
+    pub fn is_settling(&self) -> bool {
+        matches!(self, PluginState::Starting | PluginState::Restarting { .. })
+    }
+}
+
+/// First restart delay (SPEC §2 `restart`).
+pub const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Longest restart delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// What to do after an instance ended without being asked to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterExit {
+    /// Start again after this delay.
+    RestartIn(Duration),
+    /// Give up: crashed too often, or policy `never` after a failure.
+    Fail,
+    /// Stay stopped: a clean exit under `on-failure`/`never`.
+    Stop,
+}
+
+/// Counts restarts within the policy window and computes backoff.
+#[derive(Debug, Default)]
+pub struct RestartTracker {
+    recent: VecDeque<Instant>,
+}
+
+impl RestartTracker {
+    /// Decides what follows an exit; `clean` is exit code 0 without a signal.
+    pub fn after_exit(&mut self, policy: &RestartPolicy, clean: bool, now: Instant) -> AfterExit {
+        match policy.policy {
+            RestartMode::Never => return if clean { AfterExit::Stop } else { AfterExit::Fail },
+            RestartMode::OnFailure if clean => return AfterExit::Stop,
+            RestartMode::OnFailure | RestartMode::Always => {}
+        }
+        let window = Duration::from_secs(policy.window_s);
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) > window) {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= policy.max_restarts as usize {
+            return AfterExit::Fail;
+        }
+        let delay = backoff(self.recent.len() as u32);
+        self.recent.push_back(now);
+        AfterExit::RestartIn(delay)
+    }
+
+    /// Forgets past restarts (an operator's explicit start or restart).
+    pub fn reset(&mut self) {
+        self.recent.clear();
+    }
+}
+
+/// The delay before restart number `n` (0-based): 100 ms doubling up to 10 s.
+pub fn backoff(n: u32) -> Duration {
+    BACKOFF_START.saturating_mul(1u32.checked_shl(n.min(16)).unwrap_or(u32::MAX)).min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let d: Vec<_> = (0..9).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(d, [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000]);
+        assert_eq!(backoff(60), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn more_than_max_restarts_in_window_fails() {
+        let p = RestartPolicy { max_restarts: 3, window_s: 60, ..RestartPolicy::default() };
+        let mut t = RestartTracker::default();
+        let now = Instant::now();
+        assert_eq!(t.after_exit(&p, false, now), AfterExit::RestartIn(Duration::from_millis(100)));
+        assert_eq!(t.after_exit(&p, false, now), AfterExit::RestartIn(Duration::from_millis(200)));
+        assert_eq!(t.after_exit(&p, false, now), AfterExit::RestartIn(Duration::from_millis(400)));
+        assert_eq!(t.after_exit(&p, false, now), AfterExit::Fail);
+        // Outside the window the count starts over.
+        let later = now + Duration::from_secs(61);
+        assert_eq!(t.after_exit(&p, false, later), AfterExit::RestartIn(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn clean_exit_follows_the_policy() {
+        let mut t = RestartTracker::default();
+        let now = Instant::now();
+        let on_failure = RestartPolicy::default();
+        assert_eq!(t.after_exit(&on_failure, true, now), AfterExit::Stop);
+        let always = RestartPolicy { policy: RestartMode::Always, ..RestartPolicy::default() };
+        assert!(matches!(t.after_exit(&always, true, now), AfterExit::RestartIn(_)));
+        let never = RestartPolicy { policy: RestartMode::Never, ..RestartPolicy::default() };
+        assert_eq!(t.after_exit(&never, false, now), AfterExit::Fail);
+        assert_eq!(t.after_exit(&never, true, now), AfterExit::Stop);
+    }
+}

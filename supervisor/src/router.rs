@@ -1,0 +1,110 @@
+//! The call path: from "call method M of plugin P" to the plugin's answer.
+//!
+//! 1. Find the plugin ([`Daemon::plugin`]) and its least-loaded ready instance
+//!    ([`PluginEntry::pick`]); none → `-32002` with the state, at once.
+//! 2. Admit the call ([`Instance::admit`]): one of `max_inflight` slots, else a place in the
+//!    queue, else `-32006`.
+//! 3. Send `execute` with the caller's params as raw JSON (never parsed here) and wait until the
+//!    deadline ([`Peer::call`]); a timeout sends `$/cancel` and answers `-32001`, a crash `-32003`.
+
+use crate::plugin::instance::{self, Admission};
+use crate::plugin::PluginEntry;
+use crate::transport::peer::{CallError, Deadline};
+use crate::Daemon;
+use plugind_protocol::codes;
+use plugind_protocol::jsonrpc::RpcError;
+use plugind_protocol::methods;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// `execute` params as sent to a plugin; `params` stays raw.
+#[derive(Serialize)]
+struct ExecuteOut<'a> {
+    method: &'a str,
+    params: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    caller: Option<&'a str>,
+}
+
+/// One routed call.
+pub struct Call<'a> {
+    /// Method passed to the plugin's `execute`.
+    pub method: &'a str,
+    /// Params, raw (`null` when absent).
+    pub params: Option<&'a RawValue>,
+    /// The caller's own deadline, if it gave one.
+    pub timeout_ms: Option<u64>,
+    /// The service name, for calls through the registry.
+    pub service: Option<&'a str>,
+    /// The calling plugin.
+    pub caller: Option<&'a str>,
+    /// A deadline inherited from the call that caused this one.
+    pub not_after: Option<Instant>,
+}
+
+/// `-32004` for an unknown plugin.
+pub fn unknown_plugin(name: &str) -> RpcError {
+    RpcError::with_data(codes::SERVICE_NOT_FOUND, format!("no plugin named {name:?}"), serde_json::json!({ "plugin": name }))
+}
+
+/// `-32002` for a plugin that is not running.
+pub fn unavailable(entry: &PluginEntry) -> RpcError {
+    let st = entry.status();
+    let state = st.state.as_str();
+    let why = st.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+    RpcError::with_data(
+        codes::PLUGIN_UNAVAILABLE,
+        format!("plugin {} is {state}{why}", entry.name),
+        serde_json::json!({ "plugin": &*entry.name, "state": state }),
+    )
+}
+
+impl Daemon {
+    /// Calls `execute` on plugin `name`.
+    pub async fn execute(&self, name: &str, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
+        let entry = self.plugin(name).ok_or_else(|| unknown_plugin(name))?;
+        execute_on(&entry, call).await
+    }
+}
+
+/// Calls `execute` on a plugin entry.
+pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
+    let Some(instance) = entry.pick() else { return Err(unavailable(entry)) };
+    let (timeout, max) = {
+        let st = entry.status();
+        let m = st.manifest.as_ref().expect("UNWRAP: a routable plugin has a manifest");
+        (Duration::from_millis(call.timeout_ms.unwrap_or(m.timeout_ms)), Duration::from_millis(m.max_timeout_ms))
+    };
+    let mut deadline = Deadline::new(timeout, max);
+    if let Some(t) = call.not_after {
+        deadline = deadline.within(t);
+    }
+    entry.counters.total.fetch_add(1, Ordering::Relaxed);
+    let result = async {
+        let _slot = instance.admit(deadline.hard.min(Instant::now() + timeout)).await.map_err(|a| match a {
+            Admission::Overloaded => RpcError::with_data(
+                codes::OVERLOADED,
+                format!("plugin {} is overloaded: max_inflight calls busy and the queue full", entry.name),
+                serde_json::json!({ "plugin": &*entry.name }),
+            ),
+            Admission::Timeout => instance::call_error(&entry.name, timeout, CallError::Timeout(timeout)),
+        })?;
+        let null = RawValue::NULL;
+        let params = ExecuteOut { method: call.method, params: call.params.unwrap_or(null), service: call.service, caller: call.caller };
+        instance.peer.call(methods::EXECUTE, &params, deadline).await.map_err(|e| instance::call_error(&entry.name, timeout, e))
+    }
+    .await;
+    if let Err(e) = &result {
+        entry.counters.failed.fetch_add(1, Ordering::Relaxed);
+        if e.code == codes::DEADLINE_EXCEEDED {
+            entry.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    result
+}

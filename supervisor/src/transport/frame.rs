@@ -1,0 +1,195 @@
+//! Newline-delimited framing with a size cap.
+//!
+//! [`FrameDecoder`] splits a byte stream into lines. A line longer than the limit is not buffered
+//! whole: the decoder drops its bytes as they arrive, skips to the next `\n`, and yields one
+//! [`Frame::Oversized`] so the owner can report it. Bytes are not checked for UTF-8 here; the JSON
+//! parser rejects invalid text, which is then reported like any other non-JSON line.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio_util::codec::Decoder;
+
+/// Default frame limit (SPEC §3): 16 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// One item of the stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A complete line without its `\n` (a trailing `\r` is removed too).
+    Line(Bytes),
+    /// A line over the limit was discarded; `len` is how many bytes it had.
+    Oversized {
+        /// Bytes dropped, including those past the limit.
+        len: usize,
+    },
+}
+
+/// Splits bytes into [`Frame`]s.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    max: usize,
+    /// Bytes already scanned for `\n` in the buffer (so each byte is scanned once).
+    scanned: usize,
+    /// While discarding an oversized line: how many bytes were dropped so far.
+    discarding: Option<usize>,
+}
+
+impl FrameDecoder {
+    /// A decoder yielding lines of at most `max` bytes.
+    pub fn new(max: usize) -> Self {
+        FrameDecoder { max, scanned: 0, discarding: None }
+    }
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_FRAME)
+    }
+}
+
+impl Decoder for FrameDecoder {
+    type Item = Frame;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
+        loop {
+            let newline = buf[self.scanned..].iter().position(|b| *b == b'\n').map(|i| self.scanned + i);
+            if let Some(dropped) = self.discarding {
+                match newline {
+                    Some(i) => {
+                        buf.advance(i + 1);
+                        self.scanned = 0;
+                        self.discarding = None;
+                        return Ok(Some(Frame::Oversized { len: dropped + i }));
+                    }
+                    None => {
+                        self.discarding = Some(dropped + buf.len());
+                        buf.clear();
+                        self.scanned = 0;
+                        return Ok(None);
+                    }
+                }
+            }
+            match newline {
+                Some(i) if i <= self.max => {
+                    let mut line = buf.split_to(i + 1);
+                    line.truncate(i);
+                    if line.last() == Some(&b'\r') {
+                        line.truncate(i - 1);
+                    }
+                    self.scanned = 0;
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue; // blank lines are keep-alives, not messages
+                    }
+                    return Ok(Some(Frame::Line(line.freeze())));
+                }
+                Some(_) => {
+                    // Complete but too long: drop it and report.
+                    self.discarding = Some(0);
+                    continue;
+                }
+                None if buf.len() > self.max => {
+                    self.discarding = Some(buf.len());
+                    buf.clear();
+                    self.scanned = 0;
+                    return Ok(None);
+                }
+                None => {
+                    self.scanned = buf.len();
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
+        if let Some(frame) = self.decode(buf)? {
+            return Ok(Some(frame));
+        }
+        if let Some(dropped) = self.discarding.take() {
+            return Ok(Some(Frame::Oversized { len: dropped }));
+        }
+        if buf.is_empty() || buf.iter().all(u8::is_ascii_whitespace) {
+            buf.clear();
+            return Ok(None);
+        }
+        // A last line without `\n`: deliver it, the peer is gone anyway.
+        self.scanned = 0;
+        Ok(Some(Frame::Line(buf.split().freeze())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::FramedRead;
+
+    fn line(s: &str) -> Frame {
+        Frame::Line(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    async fn frames(chunks: Vec<&'static [u8]>, max: usize) -> Vec<Frame> {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            for c in chunks {
+                tx.write_all(c).await.unwrap();
+                tx.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        let out: Vec<Frame> = FramedRead::new(rx, FrameDecoder::new(max)).map(|f| f.unwrap()).collect().await;
+        writer.await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn split_reads_make_one_line() {
+        let out = frames(vec![b"{\"a\":", b"1}", b"\n"], 1024).await;
+        assert_eq!(out, vec![line("{\"a\":1}")]);
+    }
+
+    #[tokio::test]
+    async fn two_messages_in_one_read() {
+        let out = frames(vec![b"{\"a\":1}\n{\"b\":2}\n"], 1024).await;
+        assert_eq!(out, vec![line("{\"a\":1}"), line("{\"b\":2}")]);
+    }
+
+    #[tokio::test]
+    async fn oversized_line_is_dropped_and_reported_and_the_next_line_survives() {
+        let big: &'static [u8] = Box::leak(vec![b'x'; 5000].into_boxed_slice());
+        let out = frames(vec![b"{}\n", big, big, b"\n{\"ok\":1}\n"], 1000).await;
+        assert_eq!(out, vec![line("{}"), Frame::Oversized { len: 10000 }, line("{\"ok\":1}")]);
+    }
+
+    #[tokio::test]
+    async fn oversized_complete_line_in_one_chunk() {
+        let out = frames(vec![b"0123456789\nok\n"], 5).await;
+        assert_eq!(out, vec![Frame::Oversized { len: 10 }, line("ok")]);
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_and_crlf_pass_through_as_bytes() {
+        let out = frames(vec![b"\xff\xfe\r\n", b"plain\r\n"], 100).await;
+        assert_eq!(out, vec![Frame::Line(Bytes::from_static(b"\xff\xfe")), line("plain")]);
+    }
+
+    #[tokio::test]
+    async fn blank_lines_are_skipped_and_last_line_without_newline_is_kept() {
+        let out = frames(vec![b"\n\n  \nlast"], 100).await;
+        assert_eq!(out, vec![line("last")]);
+    }
+
+    #[test]
+    fn buffer_never_grows_past_the_limit_while_discarding() {
+        let mut d = FrameDecoder::new(10);
+        let mut buf = BytesMut::new();
+        for _ in 0..100 {
+            buf.extend_from_slice(&[b'y'; 64]);
+            assert_eq!(d.decode(&mut buf).unwrap(), None);
+            assert!(buf.len() <= 64);
+        }
+        buf.extend_from_slice(b"\n");
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::Oversized { len: 6400 }));
+    }
+}

@@ -1,0 +1,7 @@
+//! Bytes to JSON-RPC: framing and the calling side of a connection.
+//!
+//! Architecture invariant: only this module and the owners of a read half (instance task,
+//! control connection) touch a plugin's or client's byte streams.
+
+pub mod frame;
+pub mod peer;

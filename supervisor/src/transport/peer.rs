@@ -1,0 +1,430 @@
+//! One side of a bidirectional JSON-RPC connection: calls out with deadlines, replies matched by id.
+//!
+//! A [`Peer`] is shared (`Arc`) by everybody who calls the other side. It owns nothing that
+//! blocks: outgoing lines go to a writer task ([`spawn_writer`]) through a bounded channel, and
+//! the owner of the read half feeds every incoming line to [`Peer::accept`], which resolves
+//! responses on the spot and hands requests and notifications back to the owner.
+//!
+//! Architecture invariant: the `pending` lock is never held across an `.await`.
+
+use plugind_protocol::jsonrpc::{self, Message, ParseError, RpcError};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Lines queued for the writer task before senders wait.
+pub const OUTBOX_CAPACITY: usize = 1024;
+
+/// What a call came back with.
+pub type Reply = Result<Box<RawValue>, RpcError>;
+
+/// Why a call produced no result.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The other side answered with an error.
+    #[error("{0}")]
+    Rpc(RpcError),
+    /// The deadline passed; the other side was sent `$/cancel`.
+    #[error("deadline exceeded after {0:?}")]
+    Timeout(Duration),
+    /// The connection closed (the process exited) before an answer came.
+    #[error("connection closed")]
+    Closed,
+}
+
+/// When a call must be answered.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    /// Time allowed since the call was sent or since the last `$/progress`.
+    pub idle: Duration,
+    /// The call never runs past this instant, progress or not.
+    pub hard: Instant,
+}
+
+impl Deadline {
+    /// `idle` from now, extendable by progress up to `max` from now.
+    pub fn new(idle: Duration, max: Duration) -> Self {
+        let now = Instant::now();
+        Deadline { idle, hard: now + max.max(idle) }
+    }
+
+    /// A deadline no later than `self` and no later than `other`'s hard limit.
+    pub fn within(self, hard: Instant) -> Self {
+        Deadline { idle: self.idle, hard: self.hard.min(hard) }
+    }
+}
+
+/// A message for the writer task.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// One `\n`-terminated line.
+    Line(Vec<u8>),
+    /// Flush, shut the write half down (closes a child's stdin) and stop.
+    Close,
+}
+
+struct Pending {
+    reply: oneshot::Sender<Reply>,
+    /// Set by `$/progress`: the deadline restarts from here.
+    progressed: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Calls {
+    pending: HashMap<u64, Pending>,
+    /// Ids given up on recently, so their late answers are dropped quietly.
+    abandoned: HashSet<u64>,
+    abandoned_order: VecDeque<u64>,
+    closed: bool,
+}
+
+const ABANDONED_MEMORY: usize = 4096;
+
+impl Calls {
+    fn abandon(&mut self, id: u64) {
+        if self.abandoned.insert(id) {
+            self.abandoned_order.push_back(id);
+            if self.abandoned_order.len() > ABANDONED_MEMORY {
+                if let Some(old) = self.abandoned_order.pop_front() {
+                    self.abandoned.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// What [`Peer::accept`] could not handle itself.
+#[derive(Debug)]
+pub enum Incoming<'a> {
+    /// A request from the other side; answer with [`Peer::respond`].
+    Request {
+        /// Its id, to echo.
+        id: &'a RawValue,
+        /// Method name.
+        method: Cow<'a, str>,
+        /// Raw params.
+        params: Option<&'a RawValue>,
+    },
+    /// A notification from the other side.
+    Notification {
+        /// Method name.
+        method: Cow<'a, str>,
+        /// Raw params.
+        params: Option<&'a RawValue>,
+    },
+    /// A response was delivered to its caller (or to a caller who had given up).
+    Delivered,
+    /// A response whose id we never sent or long forgot.
+    UnknownResponse(String),
+    /// Not a message.
+    Invalid(ParseError),
+}
+
+/// The calling side of a connection.
+pub struct Peer {
+    out: mpsc::Sender<Outgoing>,
+    calls: Mutex<Calls>,
+    next_id: AtomicU64,
+}
+
+impl Peer {
+    /// A peer writing through `out` (the sender of a [`spawn_writer`] task).
+    pub fn new(out: mpsc::Sender<Outgoing>) -> Self {
+        Peer { out, calls: Mutex::new(Calls::default()), next_id: AtomicU64::new(1) }
+    }
+
+    fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
+        // A panic while holding this lock would be a bug in this module; keep serving regardless.
+        self.calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Calls `method` and waits for the answer until `deadline`.
+    ///
+    /// On timeout the other side gets `$/cancel { id }`. Dropping the returned future before it
+    /// completes also cancels the call.
+    pub async fn call<P: Serialize + ?Sized>(&self, method: &str, params: &P, deadline: Deadline) -> Result<Box<RawValue>, CallError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let line = jsonrpc::request_line(id, method, params);
+        let (tx, mut rx) = oneshot::channel();
+        {
+            let mut calls = self.calls();
+            if calls.closed {
+                return Err(CallError::Closed);
+            }
+            calls.pending.insert(id, Pending { reply: tx, progressed: None });
+        }
+        let mut guard = CancelOnDrop { peer: self, id, armed: true };
+        let start = Instant::now();
+        let mut due = (start + deadline.idle).min(deadline.hard);
+        match tokio::time::timeout_at(due, self.out.send(Outgoing::Line(line))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                guard.armed = false;
+                self.calls().pending.remove(&id);
+                return Err(CallError::Closed);
+            }
+            Err(_) => {
+                guard.armed = false;
+                self.calls().pending.remove(&id);
+                return Err(CallError::Timeout(start.elapsed()));
+            }
+        }
+        loop {
+            tokio::select! {
+                biased;
+                reply = &mut rx => {
+                    guard.armed = false;
+                    return match reply {
+                        Ok(Ok(v)) => Ok(v),
+                        Ok(Err(e)) => Err(CallError::Rpc(e)),
+                        Err(_) => Err(CallError::Closed),
+                    };
+                }
+                _ = tokio::time::sleep_until(due) => {
+                    let progressed = self.calls().pending.get(&id).and_then(|p| p.progressed);
+                    if let Some(at) = progressed {
+                        let extended = (at + deadline.idle).min(deadline.hard);
+                        if extended > due {
+                            due = extended;
+                            continue;
+                        }
+                    }
+                    // The guard sends `$/cancel` and forgets the id.
+                    drop(guard);
+                    return Err(CallError::Timeout(start.elapsed()));
+                }
+            }
+        }
+    }
+
+    /// Sends a notification without waiting for room in the outbox; false if it was dropped.
+    pub fn notify<P: Serialize + ?Sized>(&self, method: &str, params: &P) -> bool {
+        self.out.try_send(Outgoing::Line(jsonrpc::notification_line(method, params))).is_ok()
+    }
+
+    /// Sends a notification, waiting for room in the outbox.
+    pub async fn notify_wait<P: Serialize + ?Sized>(&self, method: &str, params: &P) -> bool {
+        self.out.send(Outgoing::Line(jsonrpc::notification_line(method, params))).await.is_ok()
+    }
+
+    /// Answers a request of the other side.
+    pub async fn respond(&self, id: &RawValue, reply: Result<&RawValue, &RpcError>) {
+        let line = match reply {
+            Ok(result) => jsonrpc::result_line(id, result),
+            Err(e) => jsonrpc::error_line(id, e),
+        };
+        let _ = self.out.send(Outgoing::Line(line)).await;
+    }
+
+    /// Sends a pre-built line (already `\n`-terminated).
+    pub async fn send_line(&self, line: Vec<u8>) -> bool {
+        self.out.send(Outgoing::Line(line)).await.is_ok()
+    }
+
+    /// Restarts the deadline of our request `id` (the other side sent `$/progress`).
+    pub fn progress(&self, id: u64) -> bool {
+        match self.calls().pending.get_mut(&id) {
+            Some(p) => {
+                p.progressed = Some(Instant::now());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Handles one incoming line: responses are delivered here, the rest is returned.
+    pub fn accept<'a>(&self, line: &'a [u8]) -> Incoming<'a> {
+        match Message::parse(line) {
+            Err(e) => Incoming::Invalid(e),
+            Ok(Message::Request { id, method, params }) => Incoming::Request { id, method, params },
+            Ok(Message::Notification { method, params }) => Incoming::Notification { method, params },
+            Ok(Message::Response { id, outcome }) => {
+                let Some(n) = Message::numeric_id(id) else { return Incoming::UnknownResponse(id.get().to_owned()) };
+                let mut calls = self.calls();
+                match calls.pending.remove(&n) {
+                    Some(p) => {
+                        drop(calls);
+                        let _ = p.reply.send(outcome.map(ToOwned::to_owned));
+                        Incoming::Delivered
+                    }
+                    None if calls.abandoned.remove(&n) => Incoming::Delivered,
+                    None => Incoming::UnknownResponse(n.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Fails every call in flight with [`CallError::Closed`] and refuses new ones.
+    /// Called when the other side is gone (EOF, process exit).
+    pub fn close(&self) {
+        let drained: Vec<Pending> = {
+            let mut calls = self.calls();
+            calls.closed = true;
+            calls.pending.drain().map(|(_, p)| p).collect()
+        };
+        drop(drained); // dropping the senders wakes every caller with Closed
+    }
+
+    /// Asks the writer task to flush and close the write half.
+    pub async fn close_output(&self) {
+        let _ = self.out.send(Outgoing::Close).await;
+    }
+
+    /// Calls waiting for an answer.
+    pub fn in_flight(&self) -> usize {
+        self.calls().pending.len()
+    }
+
+    /// Whether [`Peer::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.calls().closed
+    }
+}
+
+/// Sends `$/cancel` for a call whose caller stopped waiting.
+struct CancelOnDrop<'a> {
+    peer: &'a Peer,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let was_pending = {
+            let mut calls = self.peer.calls();
+            let was = calls.pending.remove(&self.id).is_some();
+            if was {
+                calls.abandon(self.id);
+            }
+            was
+        };
+        if was_pending {
+            self.peer.notify(plugind_protocol::methods::CANCEL, &serde_json::json!({ "id": self.id }));
+        }
+    }
+}
+
+/// Spawns the task that writes queued lines to `w`, batching what is queued and flushing as soon
+/// as the queue is empty.
+pub fn spawn_writer<W>(mut w: W, mut rx: mpsc::Receiver<Outgoing>) -> tokio::task::JoinHandle<()>
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+        let mut closing = false;
+        while let Some(first) = rx.recv().await {
+            match first {
+                Outgoing::Line(l) => buf.extend_from_slice(&l),
+                Outgoing::Close => closing = true,
+            }
+            while !closing && buf.len() < 256 * 1024 {
+                match rx.try_recv() {
+                    Ok(Outgoing::Line(l)) => buf.extend_from_slice(&l),
+                    Ok(Outgoing::Close) => closing = true,
+                    Err(_) => break,
+                }
+            }
+            if !buf.is_empty() {
+                if w.write_all(&buf).await.is_err() {
+                    break;
+                }
+                buf.clear();
+            }
+            if (closing || rx.is_empty()) && w.flush().await.is_err() {
+                break;
+            }
+            if closing {
+                let _ = w.shutdown().await;
+                break;
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::frame::{Frame, FrameDecoder};
+    use futures::StreamExt;
+    use std::sync::Arc;
+    use tokio_util::codec::FramedRead;
+
+    /// A peer talking to an in-memory "plugin" driven by the test.
+    fn pair() -> (Arc<Peer>, FramedRead<tokio::io::DuplexStream, FrameDecoder>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (their_read, their_write) = (theirs, ours);
+        let (tx, rx) = mpsc::channel(16);
+        spawn_writer(their_write, rx);
+        let peer = Arc::new(Peer::new(tx));
+        let (to_us_w, to_us_r) = tokio::io::duplex(1 << 16);
+        let _ = to_us_r;
+        (peer, FramedRead::new(their_read, FrameDecoder::default()), to_us_w)
+    }
+
+    #[tokio::test]
+    async fn response_is_matched_by_id() {
+        let (peer, mut plugin_in, _) = pair();
+        let p2 = peer.clone();
+        let call = tokio::spawn(async move {
+            p2.call("execute", &serde_json::json!({"x": 1}), Deadline::new(Duration::from_secs(5), Duration::from_secs(5))).await
+        });
+        let Some(Ok(Frame::Line(req))) = plugin_in.next().await else { panic!() };
+        let v: serde_json::Value = serde_json::from_slice(&req).unwrap();
+        let answer = format!(r#"{{"jsonrpc":"2.0","id":{},"result":{{"ok":true}}}}"#, v["id"]);
+        assert!(matches!(peer.accept(answer.as_bytes()), Incoming::Delivered));
+        assert_eq!(call.await.unwrap().unwrap().get(), r#"{"ok":true}"#);
+    }
+
+    #[tokio::test]
+    async fn timeout_sends_cancel_and_late_answer_is_quiet() {
+        let (peer, mut plugin_in, _) = pair();
+        let d = Deadline::new(Duration::from_millis(50), Duration::from_millis(50));
+        let r = peer.call("execute", &serde_json::json!({}), d).await;
+        assert!(matches!(r, Err(CallError::Timeout(_))));
+        let Some(Ok(Frame::Line(_req))) = plugin_in.next().await else { panic!() };
+        let Some(Ok(Frame::Line(cancel))) = plugin_in.next().await else { panic!() };
+        assert_eq!(std::str::from_utf8(&cancel).unwrap(), r#"{"jsonrpc":"2.0","method":"$/cancel","params":{"id":1}}"#);
+        assert!(matches!(peer.accept(br#"{"id":1,"result":1}"#), Incoming::Delivered));
+        assert!(matches!(peer.accept(br#"{"id":99,"result":1}"#), Incoming::UnknownResponse(_)));
+    }
+
+    #[tokio::test]
+    async fn progress_extends_up_to_the_hard_limit() {
+        let (peer, _plugin_in, _) = pair();
+        let p2 = peer.clone();
+        let d = Deadline::new(Duration::from_millis(100), Duration::from_millis(400));
+        let started = Instant::now();
+        let call = tokio::spawn(async move { p2.call("execute", &(), d).await });
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            peer.progress(1);
+        }
+        assert!(matches!(call.await.unwrap(), Err(CallError::Timeout(_))));
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(390) && took < Duration::from_millis(600), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn close_fails_calls_in_flight_at_once() {
+        let (peer, _plugin_in, _) = pair();
+        let p2 = peer.clone();
+        let call = tokio::spawn(async move { p2.call("execute", &(), Deadline::new(Duration::from_secs(30), Duration::from_secs(30))).await });
+        while peer.in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        peer.close();
+        assert!(matches!(call.await.unwrap(), Err(CallError::Closed)));
+        assert!(matches!(peer.call("x", &(), Deadline::new(Duration::from_secs(1), Duration::from_secs(1))).await, Err(CallError::Closed)));
+    }
+}
