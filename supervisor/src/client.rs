@@ -42,9 +42,16 @@ pub struct Client {
 impl Client {
     /// Connects to `path`.
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).await.map_err(|source| ClientError::Unreachable { path: path.to_path_buf(), source })?;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Unreachable { path: path.to_path_buf(), source })?;
         let (read, write) = stream.into_split();
-        Ok(Client { read: FramedRead::new(read, FrameDecoder::new(DEFAULT_MAX_FRAME)), write, next_id: 1, backlog: Default::default() })
+        Ok(Client {
+            read: FramedRead::new(read, FrameDecoder::new(DEFAULT_MAX_FRAME)),
+            write,
+            next_id: 1,
+            backlog: Default::default(),
+        })
     }
 
     /// Calls `method` and waits for its answer.

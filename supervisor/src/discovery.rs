@@ -29,7 +29,8 @@ pub fn scan(dirs: &[PathBuf], plugind_version: &semver::Version) -> (Vec<Found>,
                 continue;
             }
         };
-        let mut dirs: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.join("plugin.json").is_file()).collect();
+        let mut dirs: Vec<PathBuf> =
+            entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.join("plugin.json").is_file()).collect();
         dirs.sort();
         for dir in dirs {
             found.push(load(&dir, plugind_version));
@@ -62,22 +63,26 @@ pub fn load(dir: &Path, plugind_version: &semver::Version) -> Found {
     let text = match std::fs::read(&file) {
         Ok(t) => t,
         Err(e) => {
-            return Found { dir: dir.to_path_buf(), name: dir_name, manifest: Err(format!("{}: cannot read: {e}", file.display())), version: String::new() }
+            return Found {
+                dir: dir.to_path_buf(),
+                name: dir_name,
+                manifest: Err(format!("{}: cannot read: {e}", file.display())),
+                version: String::new(),
+            }
         }
     };
     let (salvaged_name, salvaged_version) = manifest::salvage_identity(&text);
     let name = salvaged_name.filter(|n| manifest::is_valid_name(n)).unwrap_or(dir_name);
     let version = salvaged_version.unwrap_or_default();
-    let manifest = Manifest::parse(&text).map_err(|e| format!("{}: {e}", file.display())).and_then(|m| {
-        match &m.engines_plugind {
+    let manifest =
+        Manifest::parse(&text).map_err(|e| format!("{}: {e}", file.display())).and_then(|m| match &m.engines_plugind {
             Some(req) if !req.matches(plugind_version) => Err(format!(
                 "{}: /engines/plugind: expected a range matching plugind {plugind_version}, found {:?}",
                 file.display(),
                 req.to_string()
             )),
             _ => Ok(m),
-        }
-    });
+        });
     if let Ok(m) = &manifest {
         for w in &m.warnings {
             tracing::warn!(plugin = %m.name, file = %file.display(), "{w}");

@@ -32,7 +32,12 @@ fn query_dep(q: &ServiceQuery) -> Result<Dependency, RpcError> {
 }
 
 /// Answers one request of a plugin.
-pub async fn handle_request(daemon: &Daemon, caller: &Caller, method: &str, raw: Option<&RawValue>) -> Result<Box<RawValue>, RpcError> {
+pub async fn handle_request(
+    daemon: &Daemon,
+    caller: &Caller,
+    method: &str,
+    raw: Option<&RawValue>,
+) -> Result<Box<RawValue>, RpcError> {
     match method {
         methods::REGISTRY_GET_SERVICE => {
             let dep = query_dep(&params(raw)?)?;
@@ -55,7 +60,10 @@ pub async fn handle_request(daemon: &Daemon, caller: &Caller, method: &str, raw:
             let Some(declared) = declared else {
                 return Err(RpcError::with_data(
                     codes::PERMISSION_DENIED,
-                    format!("plugin {} may not call service {:?}: it is not in its manifest's dependencies", caller.plugin, p.service),
+                    format!(
+                        "plugin {} may not call service {:?}: it is not in its manifest's dependencies",
+                        caller.plugin, p.service
+                    ),
                     serde_json::json!({ "plugin": &*caller.plugin, "dependency": p.service }),
                 ));
             };

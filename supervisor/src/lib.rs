@@ -179,7 +179,11 @@ impl Daemon {
                         registered: Vec::new(),
                     };
                     let (name, dir) = (f.name.clone(), f.dir.clone());
-                    PluginActor::spawn(|ctl| Arc::new(PluginEntry::new(&name, dir, log, status, Some(ctl))), self.clone(), m)
+                    PluginActor::spawn(
+                        |ctl| Arc::new(PluginEntry::new(&name, dir, log, status, Some(ctl))),
+                        self.clone(),
+                        m,
+                    )
                 }
                 Err(e) => {
                     tracing::error!(plugin = %f.name, "invalid manifest: {e}");

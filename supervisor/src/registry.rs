@@ -33,11 +33,18 @@ impl Daemon {
             }
             let mut push = |name: &str, version: &str, methods: Vec<String>, caps: Vec<String>| {
                 let Ok(v) = semver::Version::parse(version) else { return };
-                if out.iter().any(|p: &Provider| p.info.name == name && p.info.plugin == *entry.name && p.version == v) {
+                if out.iter().any(|p: &Provider| p.info.name == name && p.info.plugin == *entry.name && p.version == v)
+                {
                     return;
                 }
                 out.push(Provider {
-                    info: ServiceInfo { name: name.to_owned(), version: v.to_string(), plugin: entry.name.to_string(), methods, capabilities: caps },
+                    info: ServiceInfo {
+                        name: name.to_owned(),
+                        version: v.to_string(),
+                        plugin: entry.name.to_string(),
+                        methods,
+                        capabilities: caps,
+                    },
                     version: v,
                     entry: entry.clone(),
                 });

@@ -50,7 +50,11 @@ pub struct Call<'a> {
 
 /// `-32004` for an unknown plugin.
 pub fn unknown_plugin(name: &str) -> RpcError {
-    RpcError::with_data(codes::SERVICE_NOT_FOUND, format!("no plugin named {name:?}"), serde_json::json!({ "plugin": name }))
+    RpcError::with_data(
+        codes::SERVICE_NOT_FOUND,
+        format!("no plugin named {name:?}"),
+        serde_json::json!({ "plugin": name }),
+    )
 }
 
 /// `-32002` for a plugin that is not running.
@@ -96,8 +100,17 @@ pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<Box<
             Admission::Timeout => instance::call_error(&entry.name, timeout, CallError::Timeout(timeout)),
         })?;
         let null = RawValue::NULL;
-        let params = ExecuteOut { method: call.method, params: call.params.unwrap_or(null), service: call.service, caller: call.caller };
-        instance.peer.call(methods::EXECUTE, &params, deadline).await.map_err(|e| instance::call_error(&entry.name, timeout, e))
+        let params = ExecuteOut {
+            method: call.method,
+            params: call.params.unwrap_or(null),
+            service: call.service,
+            caller: call.caller,
+        };
+        instance
+            .peer
+            .call(methods::EXECUTE, &params, deadline)
+            .await
+            .map_err(|e| instance::call_error(&entry.name, timeout, e))
     }
     .await;
     if let Err(e) = &result {

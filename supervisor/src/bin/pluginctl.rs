@@ -121,7 +121,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("UNWRAP: a current-thread runtime builds");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("UNWRAP: a current-thread runtime builds");
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -179,7 +182,11 @@ async fn run(args: Args) -> Result<(), Failure> {
                             p.pid.map_or("-".into(), |x| x.to_string()),
                             p.restarts.to_string(),
                             if p.uptime_ms > 0 { human_duration(p.uptime_ms) } else { "-".into() },
-                            p.services.iter().map(|s| format!("{}@{}", s.name, s.version)).collect::<Vec<_>>().join(","),
+                            p.services
+                                .iter()
+                                .map(|s| format!("{}@{}", s.name, s.version))
+                                .collect::<Vec<_>>()
+                                .join(","),
                         ]
                     })
                     .collect(),
@@ -203,7 +210,8 @@ async fn run(args: Args) -> Result<(), Failure> {
             }
             for key in ["added", "removed", "changed", "errors"] {
                 let items = result[key].as_array().cloned().unwrap_or_default();
-                let items: Vec<String> = items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect();
+                let items: Vec<String> =
+                    items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect();
                 println!("{key}: {}", if items.is_empty() { "-".into() } else { items.join(", ") });
             }
         }
@@ -219,8 +227,19 @@ async fn run(args: Args) -> Result<(), Failure> {
                 .unwrap_or_default()
                 .iter()
                 .map(|s| {
-                    let caps: Vec<String> = s["capabilities"].as_array().cloned().unwrap_or_default().iter().filter_map(|c| c.as_str().map(str::to_owned)).collect();
-                    vec![str_of(&s["name"]), str_of(&s["version"]), str_of(&s["plugin"]), if caps.is_empty() { "-".into() } else { caps.join(",") }]
+                    let caps: Vec<String> = s["capabilities"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|c| c.as_str().map(str::to_owned))
+                        .collect();
+                    vec![
+                        str_of(&s["name"]),
+                        str_of(&s["version"]),
+                        str_of(&s["plugin"]),
+                        if caps.is_empty() { "-".into() } else { caps.join(",") },
+                    ]
                 })
                 .collect();
             print_table(&["NAME", "VERSION", "PLUGIN", "CAPABILITIES"], rows);
@@ -286,7 +305,12 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
     let line = |cells: Vec<String>| {
         let last = cells.len() - 1;
-        cells.iter().enumerate().map(|(i, c)| if i == last { c.clone() } else { format!("{c:<w$}", w = widths[i]) }).collect::<Vec<_>>().join("  ")
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i == last { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
+            .collect::<Vec<_>>()
+            .join("  ")
     };
     println!("{}", line(headers.iter().map(|h| (*h).to_owned()).collect()));
     for r in rows {
@@ -315,11 +339,20 @@ fn print_status(p: &PluginStatus) {
     println!("uptime:      {}", if p.uptime_ms > 0 { human_duration(p.uptime_ms) } else { "-".into() });
     println!("memory:      {}", p.memory_kb.map_or("-".into(), |k| format!("{k} KiB")));
     println!("calls:       {} total, {} failed, {} timed out", p.calls.total, p.calls.failed, p.calls.timed_out);
-    println!("services:    {}", p.services.iter().map(|s| format!("{}@{}", s.name, s.version)).collect::<Vec<_>>().join(", "));
+    println!(
+        "services:    {}",
+        p.services.iter().map(|s| format!("{}@{}", s.name, s.version)).collect::<Vec<_>>().join(", ")
+    );
     if !p.dependencies.is_empty() {
         println!("dependencies:");
         for d in &p.dependencies {
-            println!("  {}@{} ({}){}", d.name, d.range, if d.required { "required" } else { "optional" }, if d.met { "" } else { " UNMET" });
+            println!(
+                "  {}@{} ({}){}",
+                d.name,
+                d.range,
+                if d.required { "required" } else { "optional" },
+                if d.met { "" } else { " UNMET" }
+            );
         }
     }
     if !p.permissions.is_empty() {

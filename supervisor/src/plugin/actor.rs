@@ -46,7 +46,11 @@ pub struct PluginActor {
 
 impl PluginActor {
     /// Spawns the actor of a loaded plugin; returns its command queue.
-    pub fn spawn(entry_of: impl FnOnce(mpsc::UnboundedSender<Command>) -> Arc<PluginEntry>, daemon: Arc<Daemon>, manifest: Arc<Manifest>) -> Arc<PluginEntry> {
+    pub fn spawn(
+        entry_of: impl FnOnce(mpsc::UnboundedSender<Command>) -> Arc<PluginEntry>,
+        daemon: Arc<Daemon>,
+        manifest: Arc<Manifest>,
+    ) -> Arc<PluginEntry> {
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let entry = entry_of(ctl_tx);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -71,7 +75,11 @@ impl PluginActor {
         &self.entry.log
     }
 
-    async fn run(mut self, mut ctl: mpsc::UnboundedReceiver<Command>, mut events: mpsc::UnboundedReceiver<InstanceEvent>) {
+    async fn run(
+        mut self,
+        mut ctl: mpsc::UnboundedReceiver<Command>,
+        mut events: mpsc::UnboundedReceiver<InstanceEvent>,
+    ) {
         loop {
             let next_due = self.slots.iter().filter_map(|s| s.due).chain(self.cooldown_due).min();
             tokio::select! {
@@ -238,14 +246,15 @@ impl PluginActor {
     }
 
     fn finish_stop(&mut self) {
-        let st = self.entry.status().state.clone();
-        if !matches!(st, PluginState::Failed) || self.start_after_stop {
-            self.set_state(PluginState::Stopped);
-        } else {
-            self.release_waiters();
-        }
         if std::mem::take(&mut self.start_after_stop) {
+            // A restart: go straight on, so waiters hear about the new instance, not the stop.
             self.start();
+            return;
+        }
+        if self.entry.status().state == PluginState::Failed {
+            self.release_waiters();
+        } else {
+            self.set_state(PluginState::Stopped);
         }
     }
 

@@ -189,6 +189,10 @@ impl Status {
         if self.history.len() == HISTORY_LEN {
             self.history.pop_front();
         }
-        self.history.push_back(HistoryEntry { ts: crate::time::now_rfc3339(), event: event.to_owned(), detail: detail.into() });
+        self.history.push_back(HistoryEntry {
+            ts: crate::time::now_rfc3339(),
+            event: event.to_owned(),
+            detail: detail.into(),
+        });
     }
 }

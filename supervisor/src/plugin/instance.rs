@@ -286,7 +286,12 @@ enum StopPhase {
 }
 
 impl InstanceTask {
-    async fn run(self, mut child: tokio::process::Child, stdout: tokio::process::ChildStdout, mut stop_rx: mpsc::Receiver<StopKind>) {
+    async fn run(
+        self,
+        mut child: tokio::process::Child,
+        stdout: tokio::process::ChildStdout,
+        mut stop_rx: mpsc::Receiver<StopKind>,
+    ) {
         let inst = self.instance.clone();
         let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME));
         let mut steps: FuturesUnordered<BoxFut<Step>> = FuturesUnordered::new();
@@ -496,7 +501,9 @@ impl InstanceTask {
                 Err(e) => self.report_bad_output(codes::INVALID_PARAMS, format!("bad `log` params: {e}")),
             },
             methods::PROGRESS => {
-                let id = serde_json::from_str::<serde_json::Value>(params).ok().and_then(|v| v.get("id").and_then(serde_json::Value::as_u64));
+                let id = serde_json::from_str::<serde_json::Value>(params)
+                    .ok()
+                    .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64));
                 if let Some(id) = id {
                     self.instance.peer.progress(id);
                 }
@@ -569,7 +576,9 @@ async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>) {
     while let Some(Ok(frame)) = frames.next().await {
         match frame {
             Frame::Line(l) => log.stderr(String::from_utf8_lossy(&l).into_owned()),
-            Frame::Oversized { len } => log.stderr(format!("[stderr line of {len} bytes dropped: over {MAX_LINE} bytes]")),
+            Frame::Oversized { len } => {
+                log.stderr(format!("[stderr line of {len} bytes dropped: over {MAX_LINE} bytes]"))
+            }
         }
     }
 }

@@ -217,7 +217,8 @@ mod tests {
     #[test]
     fn environment_is_an_allow_list() {
         std::env::set_var("PLUGIND_TEST_SECRET", "hunter2");
-        let m = manifest(json!({"name": "a", "version": "1.0.0", "main": "a", "env": {"X": "1", "NOTIFY_SOCKET": "/x"}}));
+        let m =
+            manifest(json!({"name": "a", "version": "1.0.0", "main": "a", "env": {"X": "1", "NOTIFY_SOCKET": "/x"}}));
         let env = plugin_env(&m, None, Path::new("/tmp/x"), &[]);
         let keys: Vec<_> = env.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["PATH", "HOME", "LANG", "TMPDIR", "PLUGIND_PLUGIN", "X"]);

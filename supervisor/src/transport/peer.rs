@@ -149,7 +149,12 @@ impl Peer {
     ///
     /// On timeout the other side gets `$/cancel { id }`. Dropping the returned future before it
     /// completes also cancels the call.
-    pub async fn call<P: Serialize + ?Sized>(&self, method: &str, params: &P, deadline: Deadline) -> Result<Box<RawValue>, CallError> {
+    pub async fn call<P: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        params: &P,
+        deadline: Deadline,
+    ) -> Result<Box<RawValue>, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let line = jsonrpc::request_line(id, method, params);
         let (tx, mut rx) = oneshot::channel();
@@ -377,7 +382,12 @@ mod tests {
         let (peer, mut plugin_in, _) = pair();
         let p2 = peer.clone();
         let call = tokio::spawn(async move {
-            p2.call("execute", &serde_json::json!({"x": 1}), Deadline::new(Duration::from_secs(5), Duration::from_secs(5))).await
+            p2.call(
+                "execute",
+                &serde_json::json!({"x": 1}),
+                Deadline::new(Duration::from_secs(5), Duration::from_secs(5)),
+            )
+            .await
         });
         let Some(Ok(Frame::Line(req))) = plugin_in.next().await else { panic!() };
         let v: serde_json::Value = serde_json::from_slice(&req).unwrap();
@@ -419,12 +429,17 @@ mod tests {
     async fn close_fails_calls_in_flight_at_once() {
         let (peer, _plugin_in, _) = pair();
         let p2 = peer.clone();
-        let call = tokio::spawn(async move { p2.call("execute", &(), Deadline::new(Duration::from_secs(30), Duration::from_secs(30))).await });
+        let call = tokio::spawn(async move {
+            p2.call("execute", &(), Deadline::new(Duration::from_secs(30), Duration::from_secs(30))).await
+        });
         while peer.in_flight() == 0 {
             tokio::task::yield_now().await;
         }
         peer.close();
         assert!(matches!(call.await.unwrap(), Err(CallError::Closed)));
-        assert!(matches!(peer.call("x", &(), Deadline::new(Duration::from_secs(1), Duration::from_secs(1))).await, Err(CallError::Closed)));
+        assert!(matches!(
+            peer.call("x", &(), Deadline::new(Duration::from_secs(1), Duration::from_secs(1))).await,
+            Err(CallError::Closed)
+        ));
     }
 }

@@ -24,7 +24,17 @@ struct ExecuteIn<'a> {
 pub async fn execute(daemon: &Daemon, raw: Option<&RawValue>) -> Result<Box<RawValue>, RpcError> {
     let p: ExecuteIn<'_> = serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(RpcError::invalid_params)?;
     daemon
-        .execute(&p.plugin, Call { method: &p.method, params: p.params, timeout_ms: p.timeout_ms, service: None, caller: None, not_after: None })
+        .execute(
+            &p.plugin,
+            Call {
+                method: &p.method,
+                params: p.params,
+                timeout_ms: p.timeout_ms,
+                service: None,
+                caller: None,
+                not_after: None,
+            },
+        )
         .await
 }
 
@@ -50,7 +60,14 @@ pub async fn services_call(daemon: &Daemon, p: ServiceCallParams) -> Result<Box<
     let params = to_raw(&p.params);
     router::execute_on(
         &provider.entry,
-        Call { method: &p.method, params: Some(&params), timeout_ms: p.timeout_ms, service: Some(&p.service), caller: None, not_after: None },
+        Call {
+            method: &p.method,
+            params: Some(&params),
+            timeout_ms: p.timeout_ms,
+            service: Some(&p.service),
+            caller: None,
+            not_after: None,
+        },
     )
     .await
 }

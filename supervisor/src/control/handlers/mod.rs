@@ -17,7 +17,12 @@ pub(crate) fn params<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<T, R
 }
 
 /// Runs one control request.
-pub async fn dispatch(daemon: &std::sync::Arc<Daemon>, conn: &Conn, method: &str, raw: Option<&RawValue>) -> Result<Box<RawValue>, RpcError> {
+pub async fn dispatch(
+    daemon: &std::sync::Arc<Daemon>,
+    conn: &Conn,
+    method: &str,
+    raw: Option<&RawValue>,
+) -> Result<Box<RawValue>, RpcError> {
     let _ = conn;
     match method {
         c::SUPERVISOR_STATUS => supervisor::status(daemon),

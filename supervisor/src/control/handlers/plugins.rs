@@ -25,13 +25,21 @@ pub fn get(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
     Ok(to_raw(&entry(daemon, &p)?.snapshot()))
 }
 
-async fn act(daemon: &Daemon, p: NameParams, make: fn(tokio::sync::oneshot::Sender<()>) -> Command) -> Result<Box<RawValue>, RpcError> {
+async fn act(
+    daemon: &Daemon,
+    p: NameParams,
+    make: fn(tokio::sync::oneshot::Sender<()>) -> Command,
+) -> Result<Box<RawValue>, RpcError> {
     let e = entry(daemon, &p)?;
     if !e.command(make).await {
         let st = e.status();
         return Err(RpcError::with_data(
             codes::INVALID_MANIFEST,
-            format!("plugin {} cannot be started: {}", e.name, st.last_error.clone().unwrap_or_else(|| "invalid manifest".into())),
+            format!(
+                "plugin {} cannot be started: {}",
+                e.name,
+                st.last_error.clone().unwrap_or_else(|| "invalid manifest".into())
+            ),
             serde_json::json!({ "plugin": &*e.name, "state": st.state.as_str() }),
         ));
     }

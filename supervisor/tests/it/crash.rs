@@ -1,0 +1,143 @@
+//! Crashes: calls in flight end with -32003, restarts back off, crash loops end in `failed`,
+//! hung plugins are caught by health pings.
+
+use crate::support::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_ends_calls_in_flight_with_32003_and_restarts() {
+    let d = Daemon::builder().plugin("py-probe").start().await;
+    let pid = d.status("py-probe").await["pid"].as_u64().unwrap();
+    let started = Instant::now();
+    let sleeps = futures::future::join_all((0..3).map(|_| d.execute("py-probe", "sleep", json!({"ms": 10_000}))));
+    let killer = async {
+        wait_for("calls in flight", async || (d.status("py-probe").await["calls"]["total"] == 3).then_some(())).await;
+        let _ = d.execute("py-probe", "exit", json!({"code": 7})).await;
+    };
+    let (results, ()) = tokio::join!(sleeps, killer);
+    for r in &results {
+        assert_eq!(code(r), -32003, "{r:?}");
+        assert_eq!(data(r)["plugin"], "py-probe");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "calls ended at once, not at their deadline");
+    let s = d.wait_state("py-probe", "running").await;
+    assert_ne!(s["pid"].as_u64().unwrap(), pid);
+    assert_eq!(s["restarts"], 1);
+    assert_eq!(s["last_exit"]["code"], 7);
+    assert!(s["stderr_tail"].as_array().unwrap().iter().any(|l| l == "exiting with 7"), "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_loop_backs_off_then_fails_and_restart_revives() {
+    let d = Daemon::builder()
+        .plugin_files(
+            "crasher",
+            &[
+                (
+                    "plugin.json",
+                    r#"{"name": "crasher", "version": "0.1.0", "main": "run.sh", "restart": {"max_restarts": 3, "window_s": 60}}"#,
+                ),
+                ("run.sh", "echo 'crasher: boom' >&2\nexit 3\n"),
+            ],
+        )
+        .start()
+        .await;
+    let s = d.wait_state("crasher", "failed").await;
+    assert_eq!(s["restarts"], 3);
+    assert_eq!(s["last_exit"]["code"], 3);
+    assert!(s["last_error"].as_str().unwrap().contains("exited"), "{s}");
+    assert!(s["stderr_tail"].as_array().unwrap().iter().any(|l| l == "crasher: boom"));
+    // Restart delays double: 100, 200, 400 ms.
+    let delays: Vec<String> = s["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["event"] == "restart")
+        .map(|h| h["detail"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(delays, ["in 100 ms", "in 200 ms", "in 400 ms"]);
+    // Calls to a failed plugin get -32002 with the state.
+    let r = d.execute("crasher", "x", json!({})).await;
+    assert_eq!(code(&r), -32002);
+    assert_eq!(data(&r)["state"], "failed");
+    // Fix it; an explicit restart brings it back.
+    std::fs::write(
+        d.plugins.join("crasher/run.sh"),
+        format!("exec perl {}\n", fixture("perl-echo").join("main.pl").display()),
+    )
+    .unwrap();
+    let out = d.ctl(&["restart", "crasher"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "crasher: running", "{out:?}");
+    assert_eq!(d.execute("crasher", "echo", json!(5)).await.unwrap(), json!(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backoff_is_measured_between_restarts() {
+    let d = Daemon::builder()
+        .plugin_files(
+            "flaky",
+            &[
+                (
+                    "plugin.json",
+                    r#"{"name": "flaky", "version": "0.1.0", "main": "run.sh", "restart": {"max_restarts": 4}}"#,
+                ),
+                ("run.sh", "date +%s%N >> starts.txt\nexit 1\n"),
+            ],
+        )
+        .start()
+        .await;
+    d.wait_state("flaky", "failed").await;
+    let starts: Vec<u128> = std::fs::read_to_string(d.plugins.join("flaky/starts.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(starts.len(), 5, "1 start + 4 restarts");
+    let gaps_ms: Vec<u128> = starts.windows(2).map(|w| (w[1] - w[0]) / 1_000_000).collect();
+    for (gap, want) in gaps_ms.iter().zip([100u128, 200, 400, 800]) {
+        assert!(*gap >= want && *gap < want + 1000, "gaps {gaps_ms:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hung_plugin_misses_three_pings_and_is_restarted() {
+    let d = Daemon::builder()
+        .plugin("py-probe")
+        .manifest("py-probe", |m| m["timeout_ms"] = json!(200))
+        .arg("--ping-interval-ms")
+        .arg("100")
+        .start()
+        .await;
+    let pid = d.status("py-probe").await["pid"].as_u64().unwrap();
+    let r = d.execute("py-probe", "hang", json!({})).await;
+    assert!(matches!(code(&r), -32001 | -32003), "{r:?}");
+    let s = wait_for("a restart after missed pings", async || {
+        let s = d.status("py-probe").await;
+        (s["restarts"] == 1 && s["state"] == "running").then_some(s)
+    })
+    .await;
+    assert_ne!(s["pid"].as_u64().unwrap(), pid);
+    assert!(!alive(pid as u32));
+    let hist = s["history"].to_string();
+    assert!(hist.contains("missed 3 health pings"), "{hist}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn init_error_fails_the_start_and_says_why() {
+    let d = Daemon::builder()
+        .plugin_files(
+            "badinit",
+            &[
+                ("plugin.json", r#"{"name": "badinit", "version": "0.1.0", "main": "p.py", "restart": {"policy": "never"}}"#),
+                (
+                    "p.py",
+                    "import sys, json\nfor l in sys.stdin:\n    m = json.loads(l)\n    print(json.dumps({'jsonrpc': '2.0', 'id': m['id'], 'error': {'code': -1, 'message': 'no config'}}), flush=True)\n",
+                ),
+            ],
+        )
+        .start()
+        .await;
+    let s = d.wait_state("badinit", "failed").await;
+    assert!(s["last_error"].as_str().unwrap().contains("init failed: no config"), "{s}");
+}

@@ -1,0 +1,131 @@
+//! Discovery, start/stop/restart, invalid manifests, graceful stop, no orphans.
+
+use crate::support::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_manifest_is_listed_and_does_not_stop_the_others() {
+    let d = Daemon::builder()
+        .plugin("perl-echo")
+        .plugin_files("broken", &[("plugin.json", r#"{"name": "broken", "version": "not-semver", "main": "x.py"}"#)])
+        .plugin_files("notjson", &[("plugin.json", "{ this is not json")])
+        .start()
+        .await;
+    let list = d.call("plugins.list", json!({})).await.unwrap();
+    let states: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_owned(), p["state"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(states.contains(&("perl-echo".into(), "running".into())), "{states:?}");
+    assert!(states.contains(&("broken".into(), "invalid".into())), "{states:?}");
+    assert!(states.contains(&("notjson".into(), "invalid".into())), "{states:?}");
+    let broken = d.status("broken").await;
+    let err = broken["last_error"].as_str().unwrap();
+    assert!(err.contains("broken/plugin.json") && err.contains("/version"), "{err}");
+    assert_eq!(broken["version"], "not-semver");
+    let notjson = d.status("notjson").await;
+    assert!(notjson["last_error"].as_str().unwrap().contains("invalid JSON"), "{notjson}");
+    // Starting an invalid plugin is an error naming the cause.
+    let r = d.call("plugins.start", json!({"name": "broken"})).await;
+    assert_eq!(code(&r), -32007);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_start_restart() {
+    let d = Daemon::builder().plugin("perl-echo").start().await;
+    let pid = d.status("perl-echo").await["pid"].as_u64().unwrap() as u32;
+    let s = d.call("plugins.stop", json!({"name": "perl-echo"})).await.unwrap();
+    assert_eq!(s["state"], "stopped");
+    assert_eq!(s["pid"], json!(null));
+    assert!(!alive(pid));
+    assert!(s["stderr_tail"].as_array().unwrap().iter().any(|l| l == "perl-echo teardown"), "teardown was sent: {s}");
+    let s = d.call("plugins.start", json!({"name": "perl-echo"})).await.unwrap();
+    assert_eq!(s["state"], "running");
+    let pid2 = s["pid"].as_u64().unwrap() as u32;
+    let s = d.call("plugins.restart", json!({"name": "perl-echo"})).await.unwrap();
+    assert_eq!(s["state"], "running");
+    assert_ne!(s["pid"].as_u64().unwrap() as u32, pid2);
+    assert!(!alive(pid2));
+    assert_eq!(s["restarts"], 0, "operator restarts are not crash restarts");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_tears_down_every_plugin_and_exits_0() {
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker = marker_dir.path().join("marker");
+    let mut d = Daemon::builder()
+        .plugin("py-probe")
+        .plugin("perl-echo")
+        .manifest("py-probe", |m| m["env"] = json!({"PROBE_MARKER": marker.to_str().unwrap()}))
+        .start()
+        .await;
+    let pids: Vec<u32> = ["py-probe", "perl-echo"].iter().map(|_| 0).collect();
+    let _ = pids;
+    let mut pids = Vec::new();
+    for p in ["py-probe", "perl-echo"] {
+        pids.push(d.status(p).await["pid"].as_u64().unwrap() as u32);
+    }
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit().await, Some(0));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "teardown\n");
+    for pid in pids {
+        assert!(!alive(pid), "plugin {pid} left behind");
+    }
+    assert!(!d.socket.exists(), "socket removed at exit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_of_plugind_leaves_no_orphans() {
+    let mut d = Daemon::builder().plugin("py-probe").plugin("perl-echo").start().await;
+    let mut pids = Vec::new();
+    for p in ["py-probe", "perl-echo"] {
+        pids.push(d.status(p).await["pid"].as_u64().unwrap() as u32);
+    }
+    d.signal(libc::SIGKILL);
+    d.wait_exit().await;
+    for pid in pids {
+        wait_for("plugin to die with plugind", async || (!alive(pid)).then_some(())).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grandchildren_in_the_process_group_are_killed_at_stop() {
+    let d = Daemon::builder().plugin("py-probe").start().await;
+    let child = d.execute("py-probe", "spawn", json!({})).await.unwrap()["pid"].as_u64().unwrap() as u32;
+    assert!(alive(child));
+    d.call("plugins.stop", json!({"name": "py-probe"})).await.unwrap();
+    wait_for("the plugin's child to be gone", async || (!alive(child)).then_some(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_object_has_the_spec_fields() {
+    let d = Daemon::builder().plugin("perl-echo").start().await;
+    let s = d.status("perl-echo").await;
+    for key in [
+        "name",
+        "version",
+        "state",
+        "pid",
+        "instances",
+        "restarts",
+        "uptime_ms",
+        "services",
+        "dependencies",
+        "permissions",
+        "last_error",
+        "calls",
+        "memory_kb",
+        "last_exit",
+        "stderr_tail",
+        "history",
+    ] {
+        assert!(s.get(key).is_some(), "missing {key} in {s}");
+    }
+    assert_eq!(s["instances"], 1);
+    assert!(s["memory_kb"].as_u64().unwrap() > 0);
+    let st = d.call("supervisor.status", json!({})).await.unwrap();
+    assert_eq!(st["plugins"]["running"], 1);
+    assert_eq!(st["pid"], d.pid());
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real plugind binary, real plugin processes (Perl, Python, Rust SDK,
+//! shell), real Unix sockets. One test binary (see `support` for the fixtures).
+
+mod calls;
+mod cli;
+mod crash;
+mod lifecycle;
+mod socket;
+mod support;

@@ -1,0 +1,87 @@
+//! The control socket: junk never crashes the daemon; mode 0600; stale files and live daemons.
+
+use crate::support::*;
+use serde_json::json;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+
+fn roundtrip(socket: &std::path::Path, bytes: &[u8]) -> Option<serde_json::Value> {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    serde_json::from_str(&line).ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn junk_gets_errors_and_the_daemon_keeps_serving() {
+    let d = Daemon::builder().plugin("perl-echo").start().await;
+    let sock = d.socket.clone();
+    tokio::task::spawn_blocking(move || {
+        let r = roundtrip(&sock, b"hello there\n").unwrap();
+        assert_eq!(r["error"]["code"], -32700);
+        assert_eq!(r["id"], json!(null));
+        let r = roundtrip(&sock, b"{\"foo\": 1}\n").unwrap();
+        assert_eq!(r["error"]["code"], -32600);
+        let r = roundtrip(&sock, b"[1,2,3]\n").unwrap();
+        assert_eq!(r["error"]["code"], -32600);
+        let r = roundtrip(&sock, b"\xff\xfe\xfd\n").unwrap();
+        assert_eq!(r["error"]["code"], -32700);
+        let r = roundtrip(&sock, b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"no.such\"}\n").unwrap();
+        assert_eq!(r["error"]["code"], -32601);
+        let r = roundtrip(&sock, b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"plugins.get\",\"params\":{\"nom\":1}}\n")
+            .unwrap();
+        assert_eq!(r["error"]["code"], -32602);
+        // 20 MiB without a newline, then a newline: discarded, reported, connection still usable.
+        let mut s = UnixStream::connect(&sock).unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..20 {
+            s.write_all(&chunk).unwrap();
+        }
+        s.write_all(b"\n{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"supervisor.status\"}\n").unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("-32600"), "{line}");
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains("\"uptime_ms\""), "{line}");
+        // A client that connects and vanishes.
+        drop(UnixStream::connect(&sock).unwrap());
+    })
+    .await
+    .unwrap();
+    assert_eq!(d.execute("perl-echo", "echo", json!("still here")).await.unwrap(), json!("still here"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_mode_stale_file_and_second_daemon() {
+    let d = Daemon::builder().plugin("perl-echo").start().await;
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A second plugind on the same socket refuses to start, saying why.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_plugind"))
+        .args(["--socket", d.socket.to_str().unwrap(), "--state-dir", d.dir.path().join("s2").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"), "{out:?}");
+    // The first one is unharmed.
+    assert_eq!(d.execute("perl-echo", "echo", json!(1)).await.unwrap(), json!(1));
+
+    // A stale socket file (nobody listening) is replaced.
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_plugind"))
+        .args(["--socket", stale.to_str().unwrap(), "--state-dir", dir.path().join("s").to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the new daemon on the stale path", async || UnixStream::connect(&stale).ok()).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -1,0 +1,244 @@
+//! Fixtures: a real plugind process in a temp dir, real plugin processes, a real socket.
+
+use plugind::client::{Client, ClientError};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Upper bound for any condition a test waits for.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("UNWRAP: supervisor/ has a parent").to_path_buf()
+}
+
+/// A fixture plugin directory under tests/fixtures/plugins or examples/.
+pub fn fixture(name: &str) -> PathBuf {
+    let p = repo().join("tests/fixtures/plugins").join(name);
+    if p.exists() {
+        return p;
+    }
+    repo().join("examples").join(name)
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Polls `f` until it returns Some, or panics after [`TIMEOUT`].
+pub async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// A running plugind with its own temp dir.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub plugins: PathBuf,
+    pub child: Option<Child>,
+}
+
+/// Builds a [`Daemon`].
+pub struct DaemonBuilder {
+    dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl DaemonBuilder {
+    /// Adds a copy of a fixture plugin (optionally under another directory name).
+    pub fn plugin(self, name: &str) -> Self {
+        copy_dir(&fixture(name), &self.dir.path().join("plugins").join(name));
+        self
+    }
+
+    /// Adds a plugin from files written here.
+    pub fn plugin_files(self, dir: &str, files: &[(&str, &str)]) -> Self {
+        let d = self.dir.path().join("plugins").join(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        for (name, text) in files {
+            std::fs::write(d.join(name), text).unwrap();
+        }
+        self
+    }
+
+    /// Edits a plugin's manifest.
+    pub fn manifest(self, dir: &str, edit: impl FnOnce(&mut Value)) -> Self {
+        let p = self.dir.path().join("plugins").join(dir).join("plugin.json");
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+        self
+    }
+
+    /// An extra plugind argument.
+    pub fn arg(mut self, a: &str) -> Self {
+        self.extra_args.push(a.to_owned());
+        self
+    }
+
+    /// An environment variable for plugind.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+
+    /// Starts plugind and waits until every plugin has settled.
+    pub async fn start(self) -> Daemon {
+        let socket = self.dir.path().join("plugind.sock");
+        let plugins = self.dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        let log = std::fs::File::create(self.dir.path().join("plugind.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_plugind"))
+            .arg("--plugins")
+            .arg(&plugins)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .arg("--no-watch")
+            .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("PLUGIND_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("plugind binary runs");
+        let d = Daemon { dir: self.dir, socket, plugins, child: Some(child) };
+        d.wait_settled().await;
+        d
+    }
+}
+
+impl Daemon {
+    /// A builder with an empty plugin dir.
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder { dir: tempfile::tempdir().unwrap(), extra_args: Vec::new(), env: Vec::new() }
+    }
+
+    /// A new control connection.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.socket).await.expect("control socket accepts")
+    }
+
+    /// One control call.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        self.client().await.call(method, &params).await
+    }
+
+    /// `execute` on a plugin.
+    pub async fn execute(&self, plugin: &str, method: &str, params: Value) -> Result<Value, ClientError> {
+        self.call("execute", json!({ "plugin": plugin, "method": method, "params": params })).await
+    }
+
+    /// A plugin's status object.
+    pub async fn status(&self, plugin: &str) -> Value {
+        self.call("plugins.get", json!({ "name": plugin })).await.expect("plugins.get works")
+    }
+
+    /// Waits until the plugin is in `state`.
+    pub async fn wait_state(&self, plugin: &str, state: &str) -> Value {
+        wait_for(&format!("{plugin} to be {state}"), async || {
+            let s = self.status(plugin).await;
+            (s["state"] == state).then_some(s)
+        })
+        .await
+    }
+
+    /// Waits until the socket answers and no plugin is starting.
+    pub async fn wait_settled(&self) {
+        wait_for("plugind to settle", async || {
+            let mut c = Client::connect(&self.socket).await.ok()?;
+            let list = c.call("plugins.list", &json!({})).await.ok()?;
+            list.as_array()?.iter().all(|p| p["state"] != "starting" && p["state"] != "stopped").then_some(())
+        })
+        .await;
+    }
+
+    /// Runs pluginctl against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_pluginctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("pluginctl runs")
+    }
+
+    /// plugind's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("UNWRAP: running").id()
+    }
+
+    /// plugind's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("plugind.log")).unwrap_or_default()
+    }
+
+    /// Sends a signal to plugind.
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Waits for plugind to exit; returns its exit code.
+    pub async fn wait_exit(&mut self) -> Option<i32> {
+        let mut child = self.child.take().expect("UNWRAP: running");
+        wait_for("plugind to exit", async || child.try_wait().unwrap().map(|s| s.code())).await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- plugind log ----\n{}", self.log());
+        }
+    }
+}
+
+/// The JSON-RPC error code of a failed call.
+pub fn code(r: &Result<Value, ClientError>) -> i64 {
+    match r {
+        Err(ClientError::Rpc(e)) => e.code,
+        other => panic!("expected an RPC error, got {other:?}"),
+    }
+}
+
+/// The error `data` of a failed call.
+pub fn data(r: &Result<Value, ClientError>) -> Value {
+    match r {
+        Err(ClientError::Rpc(e)) => e.data.clone().unwrap_or(Value::Null),
+        other => panic!("expected an RPC error, got {other:?}"),
+    }
+}
