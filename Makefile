@@ -1,0 +1,52 @@
+# plugind — the Makefile is what CI runs (.ci/run calls `make test`).
+PREFIX ?= /usr/local
+CARGO ?= cargo
+SOCKET ?= $(CURDIR)/state/plugind.sock
+
+.PHONY: all build release run test lint fmt test-rust test-sdk bench install clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release --workspace
+
+## run: build, then run plugind in the foreground on examples/ (Ctrl-C stops it).
+run: release
+	@mkdir -p state
+	@echo "plugind: starting on examples/ — in another terminal:"
+	@echo "  ./target/release/pluginctl --socket $(SOCKET) list"
+	@echo "  ./target/release/pluginctl --socket $(SOCKET) call echo-rust hello '{\"name\":\"you\"}'"
+	@echo "  (or: export PLUGIND_SOCKET=$(SOCKET); then just ./target/release/pluginctl list)"
+	PLUGIND_PROFILE=release ./target/release/plugind --plugins examples --socket $(SOCKET) --state-dir state
+
+## test: everything CI checks: format, lints, Rust tests, SDK tests.
+test: lint test-rust test-sdk
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test-rust:
+	$(CARGO) build --workspace
+	$(CARGO) test --workspace
+
+test-sdk:
+	python3 -m unittest discover -s sdk/python -p 'test_*.py'
+	node --test sdk/node/test/
+
+fmt:
+	$(CARGO) fmt --all
+
+bench:
+	$(CARGO) bench -p plugind-bench
+
+install: release
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 target/release/plugind target/release/pluginctl $(DESTDIR)$(PREFIX)/bin/
+
+clean:
+	$(CARGO) clean
+	rm -rf state
