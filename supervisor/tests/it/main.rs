@@ -2,6 +2,7 @@
 //! shell), real Unix sockets. One test binary (see `support` for the fixtures).
 
 mod calls;
+mod conformance;
 mod cli;
 mod crash;
 mod lifecycle;

@@ -79,6 +79,26 @@ impl DaemonBuilder {
         self
     }
 
+    /// Adds a copy of an example plugin from `examples/`, laid out so its relative paths to
+    /// `../../sdk` and `../../target` resolve (they are symlinked into the temp dir).
+    pub fn example(self, name: &str) -> Self {
+        let root = self.dir.path();
+        let target = Path::new(env!("CARGO_BIN_EXE_plugind")).parent().unwrap().parent().unwrap().to_path_buf();
+        for (link, to) in [("sdk", repo().join("sdk")), ("target", target)] {
+            if !root.join(link).exists() {
+                std::os::unix::fs::symlink(to, root.join(link)).unwrap();
+            }
+        }
+        copy_dir(&repo().join("examples").join(name), &root.join("plugins").join(name));
+        let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+        self.manifest(name, |m| {
+            if m["env"].is_null() {
+                m["env"] = serde_json::json!({});
+            }
+            m["env"]["PLUGIND_PROFILE"] = serde_json::json!(profile);
+        })
+    }
+
     /// Adds a plugin from files written here.
     pub fn plugin_files(self, dir: &str, files: &[(&str, &str)]) -> Self {
         let d = self.dir.path().join("plugins").join(dir);

@@ -1,0 +1,65 @@
+//! One scenario, the same calls and the same expected answers, against every shipped example:
+//! the Rust, Python and Node SDK plugins and the plain-Python one (no SDK).
+
+use crate::support::*;
+use serde_json::json;
+
+const EXAMPLES: [&str; 4] = ["echo-rust", "echo-python", "echo-node", "plain-python"];
+
+async fn scenario(d: &Daemon, p: &str) {
+    assert_eq!(d.execute(p, "hello", json!({})).await.unwrap(), json!({"greeting": "Hello, world!"}), "{p}");
+    assert_eq!(d.execute(p, "hello", json!({"name": "Ada"})).await.unwrap(), json!({"greeting": "Hello, Ada!"}), "{p}");
+    let payload = json!({"a": [1, {"b": null}], "s": "ü ✓", "n": -1.5});
+    assert_eq!(d.execute(p, "echo", payload.clone()).await.unwrap(), payload, "{p}");
+
+    let r = d.execute(p, "fail", json!({"code": 1234, "message": "nope"})).await;
+    assert_eq!(code(&r), 1234, "{p}");
+    assert_eq!(code(&d.execute(p, "no-such-method", json!({})).await), -32601, "{p}");
+
+    // A deadline: -32001 for the caller, $/cancel for the plugin, which must not answer late.
+    let r = d.call("execute", json!({"plugin": p, "method": "sleep", "params": {"ms": 5000}, "timeout_ms": 300})).await;
+    assert_eq!(code(&r), -32001, "{p}");
+    // $/progress keeps a call alive past its deadline: 4 steps of 150 ms under a 300 ms deadline.
+    let r = d.call("execute", json!({"plugin": p, "method": "progress", "params": {"steps": 4, "interval_ms": 150}, "timeout_ms": 300})).await;
+    assert_eq!(r.unwrap(), json!({"steps": 4}), "{p}");
+
+    assert_eq!(d.execute(p, "env", json!({"name": "PLUGIND_PLUGIN"})).await.unwrap(), json!({"value": p}), "{p}");
+    assert_eq!(d.execute(p, "print", json!({})).await.unwrap(), json!({"printed": true}), "{p}");
+
+    // A registry call through plugind: allowed for a declared dependency, denied otherwise.
+    let r = d.execute(p, "call", json!({"service": "perl-echo", "method": "echo", "params": {"via": p}})).await;
+    assert_eq!(r.unwrap(), json!({"via": p}), "{p}");
+    let r = d.execute(p, "call", json!({"service": "py-probe", "method": "echo", "params": {}})).await;
+    assert_eq!(code(&r), -32005, "{p}");
+    assert_eq!(data(&r)["dependency"], "py-probe", "{p}");
+
+    // Still serving after all that, with no protocol complaints about it.
+    assert_eq!(d.execute(p, "echo", json!("ok")).await.unwrap(), json!("ok"), "{p}");
+    let log = d.log();
+    for bad in ["non-JSON line on stdout", "unknown id"] {
+        assert!(!log.lines().any(|l| l.contains(bad) && l.contains(&format!("\"{p}\""))), "{p}: {bad} in log");
+    }
+
+    // Crash: -32003 for the call in flight, then a restart.
+    let r = d.execute(p, "exit", json!({"code": 9})).await;
+    assert_eq!(code(&r), -32003, "{p}");
+    let s = wait_for("a restart", async || {
+        let s = d.status(p).await;
+        (s["state"] == "running" && s["restarts"] == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(s["last_exit"]["code"], 9, "{p}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_example_answers_the_same_contract() {
+    let mut b = Daemon::builder().plugin("perl-echo").plugin("py-probe");
+    for p in EXAMPLES {
+        b = b.example(p).manifest(p, |m| m["dependencies"] = json!({"required": ["perl-echo@^1"]}));
+    }
+    let d = b.start().await;
+    for p in EXAMPLES {
+        assert_eq!(d.status(p).await["state"], "running", "{p}: {}", d.status(p).await);
+    }
+    futures::future::join_all(EXAMPLES.map(|p| scenario(&d, p))).await;
+}
