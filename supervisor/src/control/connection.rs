@@ -48,7 +48,7 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
                         let (daemon, conn) = (daemon.clone(), conn.clone());
                         inflight.push(async move {
                             let reply = handlers::dispatch(&daemon, &conn, &method, params.as_deref()).await;
-                            conn.peer.respond(&id, reply.as_deref().map_err(|e| e)).await;
+                            conn.peer.respond(&id, reply.as_deref()).await;
                         });
                     }
                     Incoming::Invalid(e) => {

@@ -467,7 +467,7 @@ impl InstanceTask {
                 let caller = Caller { plugin: self.spec.plugin.clone(), manifest: self.spec.manifest.clone() };
                 Some(Box::pin(async move {
                     let reply = host::handle_request(&daemon, &caller, &method, params.as_deref()).await;
-                    peer.respond(&id, reply.as_deref().map_err(|e| e)).await;
+                    peer.respond(&id, reply.as_deref()).await;
                     Step::Served
                 }))
             }

@@ -1,6 +1,8 @@
 //! Integration tests: the real plugind binary, real plugin processes (Perl, Python, Rust SDK,
 //! shell), real Unix sockets. One test binary (see `support` for the fixtures).
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 mod calls;
 mod conformance;
 mod cli;
