@@ -127,25 +127,62 @@ impl Daemon {
     /// Called by actors on every state change.
     pub fn state_changed(&self, entry: &PluginEntry, state: &str) {
         tracing::info!(plugin = %entry.name, state, "state changed");
+        if state == "running" {
+            // A new provider may unblock plugins waiting for it.
+            for p in self.plugins() {
+                if p.state_name() == "blocked" {
+                    if let Some(ctl) = &p.ctl {
+                        let (tx, _rx) = tokio::sync::oneshot::channel();
+                        let _ = ctl.send(Command::Start(tx));
+                    }
+                }
+            }
+        }
     }
 
-    /// Required dependencies of `m` that no known plugin declares, as `name@range`; None if all met.
+    /// Required dependencies of `m` that no running provider satisfies, as `name@range`; None if
+    /// all are met.
     pub fn unmet_dependencies(&self, m: &Manifest) -> Option<Vec<String>> {
-        let plugins = self.plugins();
-        let unmet: Vec<String> = m
-            .required
-            .iter()
-            .filter(|dep| {
-                !plugins.iter().any(|p| {
-                    let st = p.status();
-                    let Some(pm) = &st.manifest else { return false };
-                    (pm.name == dep.name && dep.matches(&pm.version))
-                        || pm.provides.iter().any(|s| s.name == dep.name && dep.matches(&s.version))
-                })
-            })
-            .map(ToString::to_string)
-            .collect();
+        let unmet: Vec<String> =
+            m.required.iter().filter(|dep| self.resolve(dep).is_none()).map(ToString::to_string).collect();
         (!unmet.is_empty()).then_some(unmet)
+    }
+
+    /// The status object of a plugin, with what only the daemon knows (dependencies met,
+    /// permissions enforced).
+    pub fn status_of(&self, entry: &PluginEntry) -> plugind_protocol::control::PluginStatus {
+        use plugind_protocol::control::{DependencyStatus, PermissionStatus};
+        use plugind_protocol::manifest::Permission;
+        let mut s = entry.snapshot();
+        let manifest = entry.status().manifest.clone();
+        if let Some(m) = manifest {
+            s.dependencies = m
+                .dependencies()
+                .map(|(d, required)| DependencyStatus {
+                    name: d.name.clone(),
+                    range: d.range_text(),
+                    required,
+                    met: self.resolve(d).is_some(),
+                })
+                .collect();
+            s.permissions = Permission::ALL
+                .iter()
+                .map(|p| {
+                    let granted = m.grants(*p);
+                    // Only `storage` is enforced so far (by plugind itself); the kernel mechanisms
+                    // (seccomp, Landlock) are not applied yet, so denials of the others are advisory.
+                    let (enforced, mechanism) = match p {
+                        Permission::Storage => (true, "plugind"),
+                        _ => (false, "none"),
+                    };
+                    (
+                        p.as_str().to_owned(),
+                        PermissionStatus { granted, enforced: granted || enforced, mechanism: mechanism.to_owned() },
+                    )
+                })
+                .collect();
+        }
+        s
     }
 
     fn new_log(&self, name: &str) -> Arc<PluginLog> {
@@ -209,10 +246,24 @@ impl Daemon {
         errors
     }
 
-    /// Starts every loadable plugin and waits until each has settled (running, failed, blocked…).
+    /// Starts every loadable plugin in dependency order and waits until each has settled
+    /// (running, failed, blocked…). Plugins whose required dependencies are already served start
+    /// together in one wave; the next wave starts once that one has settled. Whatever is left when
+    /// no wave can form (a missing provider, a cycle) is started too and ends up `blocked`.
     pub async fn start_all(&self) {
-        let starts = self.plugins().into_iter().map(|p| async move { p.command(Command::Start).await });
-        futures::future::join_all(starts).await;
+        let mut pending: Vec<Arc<PluginEntry>> = self.plugins().into_iter().filter(|p| p.ctl.is_some()).collect();
+        loop {
+            let (ready, waiting): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| {
+                let m = p.status().manifest.clone();
+                m.is_some_and(|m| self.unmet_dependencies(&m).is_none())
+            });
+            pending = waiting;
+            if ready.is_empty() {
+                break;
+            }
+            futures::future::join_all(ready.iter().map(|p| p.command(Command::Start))).await;
+        }
+        futures::future::join_all(pending.iter().map(|p| p.command(Command::Start))).await;
     }
 
     /// Stops every plugin and waits for their processes to end.

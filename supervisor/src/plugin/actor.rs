@@ -102,6 +102,10 @@ impl PluginActor {
     fn set_state(&mut self, state: PluginState) {
         let mut st = self.entry.status();
         if st.state == state {
+            drop(st);
+            if !state.is_settling() && state != PluginState::Stopping {
+                self.release_waiters();
+            }
             return;
         }
         let name = state.as_str();

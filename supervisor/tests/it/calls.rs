@@ -52,10 +52,11 @@ async fn deadline_answers_32001_at_once_and_plugin_gets_cancel() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn manifest_timeout_is_the_default_deadline() {
-    let d = Daemon::builder().plugin("py-probe").manifest("py-probe", |m| m["timeout_ms"] = json!(200)).start().await;
-    let r = d.execute("py-probe", "sleep", json!({"ms": 3000})).await;
+    let d = Daemon::builder().plugin("py-probe").manifest("py-probe", |m| m["timeout_ms"] = json!(1000)).start().await;
+    d.wait_state("py-probe", "running").await;
+    let r = d.execute("py-probe", "sleep", json!({"ms": 4000})).await;
     assert_eq!(code(&r), -32001);
-    assert_eq!(data(&r)["timeout_ms"], 200);
+    assert_eq!(data(&r)["timeout_ms"], 1000);
 }
 
 #[tokio::test(flavor = "multi_thread")]

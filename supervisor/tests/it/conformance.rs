@@ -20,7 +20,12 @@ async fn scenario(d: &Daemon, p: &str) {
     let r = d.call("execute", json!({"plugin": p, "method": "sleep", "params": {"ms": 5000}, "timeout_ms": 300})).await;
     assert_eq!(code(&r), -32001, "{p}");
     // $/progress keeps a call alive past its deadline: 4 steps of 150 ms under a 300 ms deadline.
-    let r = d.call("execute", json!({"plugin": p, "method": "progress", "params": {"steps": 4, "interval_ms": 150}, "timeout_ms": 300})).await;
+    let r = d
+        .call(
+            "execute",
+            json!({"plugin": p, "method": "progress", "params": {"steps": 4, "interval_ms": 150}, "timeout_ms": 300}),
+        )
+        .await;
     assert_eq!(r.unwrap(), json!({"steps": 4}), "{p}");
 
     assert_eq!(d.execute(p, "env", json!({"name": "PLUGIND_PLUGIN"})).await.unwrap(), json!({"value": p}), "{p}");

@@ -104,7 +104,7 @@ async fn backoff_is_measured_between_restarts() {
 async fn hung_plugin_misses_three_pings_and_is_restarted() {
     let d = Daemon::builder()
         .plugin("py-probe")
-        .manifest("py-probe", |m| m["timeout_ms"] = json!(200))
+        .manifest("py-probe", |m| m["timeout_ms"] = json!(500))
         .arg("--ping-interval-ms")
         .arg("100")
         .start()

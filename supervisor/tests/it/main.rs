@@ -4,9 +4,10 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod calls;
-mod conformance;
 mod cli;
+mod conformance;
 mod crash;
+mod deps;
 mod lifecycle;
 mod socket;
 mod support;

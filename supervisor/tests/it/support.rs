@@ -79,6 +79,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// Adds a copy of a fixture plugin under another name (directory and manifest `name`).
+    pub fn plugin_as(self, fixture_name: &str, name: &str) -> Self {
+        copy_dir(&fixture(fixture_name), &self.dir.path().join("plugins").join(name));
+        let n = name.to_owned();
+        self.manifest(name, move |m| m["name"] = serde_json::json!(n))
+    }
+
     /// Adds a copy of an example plugin from `examples/`, laid out so its relative paths to
     /// `../../sdk` and `../../target` resolve (they are symlinked into the temp dir).
     pub fn example(self, name: &str) -> Self {

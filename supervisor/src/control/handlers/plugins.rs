@@ -16,13 +16,13 @@ fn entry(daemon: &Daemon, p: &NameParams) -> Result<Arc<PluginEntry>, RpcError> 
 
 /// Every plugin's status object.
 pub fn list(daemon: &Daemon) -> Result<Box<RawValue>, RpcError> {
-    let all: Vec<_> = daemon.plugins().iter().map(|p| p.snapshot()).collect();
+    let all: Vec<_> = daemon.plugins().iter().map(|p| daemon.status_of(p)).collect();
     Ok(to_raw(&all))
 }
 
 /// One plugin's status object.
 pub fn get(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
-    Ok(to_raw(&entry(daemon, &p)?.snapshot()))
+    Ok(to_raw(&daemon.status_of(&*entry(daemon, &p)?)))
 }
 
 async fn act(
@@ -43,7 +43,7 @@ async fn act(
             serde_json::json!({ "plugin": &*e.name, "state": st.state.as_str() }),
         ));
     }
-    Ok(to_raw(&e.snapshot()))
+    Ok(to_raw(&daemon.status_of(&e)))
 }
 
 /// Starts a plugin; answers once it is running (or has failed).
