@@ -21,7 +21,11 @@ async fn crash_ends_calls_in_flight_with_32003_and_restarts() {
         assert_eq!(data(r)["plugin"], "py-probe");
     }
     assert!(started.elapsed() < Duration::from_secs(5), "calls ended at once, not at their deadline");
-    let s = d.wait_state("py-probe", "running").await;
+    let s = wait_for("the restart", async || {
+        let s = d.status("py-probe").await;
+        (s["state"] == "running" && s["restarts"] == 1).then_some(s)
+    })
+    .await;
     assert_ne!(s["pid"].as_u64().unwrap(), pid);
     assert_eq!(s["restarts"], 1);
     assert_eq!(s["last_exit"]["code"], 7);
