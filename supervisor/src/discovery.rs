@@ -22,6 +22,8 @@ pub fn scan(dirs: &[PathBuf], plugind_version: &semver::Version) -> (Vec<Found>,
     let mut found: Vec<Found> = Vec::new();
     let mut errors = Vec::new();
     for root in dirs {
+        // Absolute, so a plugin's paths stay right once its cwd is its own directory.
+        let root = &std::path::absolute(root).unwrap_or_else(|_| root.clone());
         let entries = match std::fs::read_dir(root) {
             Ok(e) => e,
             Err(e) => {

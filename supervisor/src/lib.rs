@@ -38,6 +38,7 @@ use crate::plugin::state::PluginState;
 pub use crate::plugin::PluginEntry;
 use plugind_protocol::control::LogLine;
 use plugind_protocol::manifest::Manifest;
+use plugind_protocol::methods::{ServiceEvent, ServicesChangedParams};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,15 +126,43 @@ impl Daemon {
     }
 
     /// Called by actors on every state change.
-    pub fn state_changed(&self, entry: &PluginEntry, state: &str) {
+    pub fn state_changed(&self, entry: &PluginEntry, state: &str, was_running: bool) {
         tracing::info!(plugin = %entry.name, state, "state changed");
-        if state == "running" {
+        let is_running = state == "running";
+        if is_running != was_running {
+            self.notify_dependents(entry, if is_running { ServiceEvent::Up } else { ServiceEvent::Down });
+        }
+        if is_running {
             // A new provider may unblock plugins waiting for it.
             for p in self.plugins() {
                 if p.state_name() == "blocked" {
                     if let Some(ctl) = &p.ctl {
                         let (tx, _rx) = tokio::sync::oneshot::channel();
                         let _ = ctl.send(Command::Start(tx));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `services.changed` to every running plugin that depends on a service of `entry`.
+    fn notify_dependents(&self, entry: &PluginEntry, event: ServiceEvent) {
+        let services: Vec<_> = entry.snapshot().services;
+        for other in self.plugins() {
+            if std::ptr::eq(Arc::as_ptr(&other), entry) {
+                continue;
+            }
+            let Some(m) = other.status().manifest.clone() else { continue };
+            for s in &services {
+                if m.dependencies().any(|(d, _)| d.name == s.name) {
+                    let params = ServicesChangedParams {
+                        service: s.name.clone(),
+                        version: s.version.clone(),
+                        plugin: entry.name.to_string(),
+                        event,
+                    };
+                    for i in other.routes().iter() {
+                        i.peer.notify(plugind_protocol::methods::SERVICES_CHANGED, &params);
                     }
                 }
             }

@@ -113,9 +113,10 @@ impl PluginActor {
             st.running_since = Some(Instant::now());
         }
         st.record("state", name);
+        let was_running = st.state.is_running();
         st.state = state.clone();
         drop(st);
-        self.daemon.state_changed(&self.entry, name);
+        self.daemon.state_changed(&self.entry, name, was_running);
         if !state.is_settling() && state != PluginState::Stopping {
             for w in self.waiters.drain(..) {
                 let _ = w.send(());

@@ -143,9 +143,11 @@ impl DaemonBuilder {
         let plugins = self.dir.path().join("plugins");
         std::fs::create_dir_all(&plugins).unwrap();
         let log = std::fs::File::create(self.dir.path().join("plugind.log")).unwrap();
+        // Relative paths, as an operator types them: plugind runs in the temp dir.
         let child = Command::new(env!("CARGO_BIN_EXE_plugind"))
+            .current_dir(self.dir.path())
             .arg("--plugins")
-            .arg(&plugins)
+            .arg("plugins")
             .arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
