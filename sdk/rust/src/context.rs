@@ -1,0 +1,333 @@
+//! What a handler gets: the call it is serving, and the way back to plugind.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use plugind_protocol::methods::{
+    self, InitParams, KvKey, KvListParams, ListServicesParams, LogLevel, MetricKind, ServiceCallParams, ServiceInfo,
+    ServiceQuery,
+};
+use plugind_protocol::RpcError;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::conn::Conn;
+
+/// Completes when a call is cancelled.
+///
+/// Cheap to clone; every clone observes the same cancellation.
+/// Move one into `spawn_blocking` work and poll [`CancelToken::is_cancelled`] there.
+#[derive(Clone, Default)]
+pub struct CancelToken(Arc<CancelInner>);
+
+#[derive(Default)]
+struct CancelInner {
+    cancelled: AtomicBool,
+    // Wakes every `cancelled()` waiter; it stores no permit, so the flag is the source of truth.
+    notify: Notify,
+}
+
+impl CancelToken {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the call was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Completes once the call is cancelled (at once if it already is).
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            // Register before looking at the flag, so a `cancel` in between is not missed.
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn cancel(&self) {
+        if !self.0.cancelled.swap(true, Ordering::AcqRel) {
+            self.0.notify.notify_waiters();
+        }
+    }
+}
+
+impl fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelToken").field("cancelled", &self.is_cancelled()).finish()
+    }
+}
+
+/// The call being served, shared by every clone of its [`Context`].
+pub(crate) struct Request {
+    /// The id plugind gave the call, echoed in the response and in `$/progress`.
+    pub(crate) id: Box<RawValue>,
+    pub(crate) cancel: CancelToken,
+    pub(crate) caller: Option<String>,
+    pub(crate) service: Option<String>,
+}
+
+/// A handler's view of its call and of plugind.
+///
+/// Cheap to clone; clones may be moved into other tasks.
+/// A `Context` outside a request (the one `services_changed` and `on_error` get) can still make
+/// requests and send logs; its `cancelled()` completes when the connection to plugind closes.
+#[derive(Clone)]
+pub struct Context {
+    conn: Arc<Conn>,
+    req: Option<Arc<Request>>,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("id", &self.request_id().map(RawValue::get))
+            .field("caller", &self.caller())
+            .field("service", &self.service())
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+impl Context {
+    pub(crate) fn new(conn: Arc<Conn>, req: Option<Arc<Request>>) -> Self {
+        Self { conn, req }
+    }
+
+    fn token(&self) -> &CancelToken {
+        match &self.req {
+            Some(r) => &r.cancel,
+            None => &self.conn.closed,
+        }
+    }
+
+    // ---- the call ------------------------------------------------------------------------------
+
+    /// The JSON-RPC id of the request being served, as plugind wrote it (`None` outside a request).
+    pub fn request_id(&self) -> Option<&RawValue> {
+        self.req.as_deref().map(|r| &*r.id)
+    }
+
+    /// The calling plugin's name, when another plugin called through `service.call`.
+    pub fn caller(&self) -> Option<&str> {
+        self.req.as_deref().and_then(|r| r.caller.as_deref())
+    }
+
+    /// The service the caller asked for, when the call came through the service registry.
+    pub fn service(&self) -> Option<&str> {
+        self.req.as_deref().and_then(|r| r.service.as_deref())
+    }
+
+    /// The `init` params (name, version, config, data dir), once plugind sent `init`.
+    pub fn init_params(&self) -> Option<&InitParams> {
+        self.conn.init.get()
+    }
+
+    /// Completes when plugind cancels this call (`$/cancel`) or the connection closes.
+    ///
+    /// Once cancelled, the SDK sends no response for the call, whatever the handler returns.
+    pub async fn cancelled(&self) {
+        self.token().cancelled().await
+    }
+
+    /// Whether this call was cancelled; for loops that do not await.
+    pub fn is_cancelled(&self) -> bool {
+        self.token().is_cancelled()
+    }
+
+    /// `Err(cancelled_error())` once cancelled, for `ctx.check_cancelled()?` in loops.
+    pub fn check_cancelled(&self) -> Result<(), RpcError> {
+        if self.is_cancelled() {
+            Err(crate::cancelled_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A token for this call's cancellation that can outlive the `Context`.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.token().clone()
+    }
+
+    // ---- notifications to plugind --------------------------------------------------------------
+
+    /// Sends `$/progress` for this call: the work goes on, so plugind restarts its deadline
+    /// (never past the manifest's `max_timeout_ms`). Does nothing outside a request.
+    pub fn progress(&self, message: Option<&str>, progress: Option<f64>, total: Option<f64>) {
+        let Some(req) = &self.req else { return };
+        #[derive(Serialize)]
+        struct Progress<'a> {
+            id: &'a RawValue,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            message: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            progress: Option<Num>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            total: Option<Num>,
+        }
+        let params = Progress { id: &req.id, message, progress: progress.map(Num), total: total.map(Num) };
+        self.conn.notify(methods::PROGRESS, &params);
+    }
+
+    /// Sends a `log` line to plugind, which files it under this plugin.
+    pub fn log(&self, level: LogLevel, message: impl AsRef<str>) {
+        #[derive(Serialize)]
+        struct Log<'a> {
+            level: LogLevel,
+            message: &'a str,
+        }
+        self.conn.notify(methods::LOG, &Log { level, message: message.as_ref() });
+    }
+
+    /// Sends a `log` line with structured `fields` (a JSON object).
+    pub fn log_with(&self, level: LogLevel, message: impl AsRef<str>, fields: Value) {
+        #[derive(Serialize)]
+        struct Log<'a> {
+            level: LogLevel,
+            message: &'a str,
+            fields: Value,
+        }
+        self.conn.notify(methods::LOG, &Log { level, message: message.as_ref(), fields });
+    }
+
+    /// Sends a `metrics.emit` sample; plugind exports it labelled with this plugin.
+    pub fn metric(&self, name: &str, value: f64, kind: MetricKind) {
+        #[derive(Serialize)]
+        struct Metric<'a> {
+            name: &'a str,
+            value: Num,
+            kind: MetricKind,
+        }
+        self.conn.notify(methods::METRICS_EMIT, &Metric { name, value: Num(value), kind });
+    }
+
+    // ---- requests to plugind -------------------------------------------------------------------
+
+    /// Sends any request to plugind and waits for its result.
+    ///
+    /// If this call is cancelled meanwhile, returns [`crate::cancelled_error`] at once.
+    pub async fn request(&self, method: &str, params: Value) -> Result<Value, RpcError> {
+        self.request_as(method, &params).await
+    }
+
+    pub(crate) async fn request_as<P, T>(&self, method: &str, params: &P) -> Result<T, RpcError>
+    where
+        P: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        let raw = self.conn.request(method, params, self.token()).await?;
+        serde_json::from_str(raw.get())
+            .map_err(|e| RpcError::internal(format!("unexpected result of {method} from plugind: {e}")))
+    }
+
+    /// Calls `method` of `service` through plugind (`service.call`) and returns the provider's result.
+    ///
+    /// The service must be among the plugin's `dependencies`, else plugind answers `-32005`.
+    /// Errors of the provider come back unchanged.
+    pub async fn call_service(&self, service: &str, method: &str, params: Value) -> Result<Value, RpcError> {
+        #[derive(Serialize)]
+        struct Call<'a> {
+            service: &'a str,
+            method: &'a str,
+            params: Value,
+        }
+        self.request_as(methods::SERVICE_CALL, &Call { service, method, params }).await
+    }
+
+    /// [`Context::call_service`] with every option (version range, timeout).
+    pub async fn call_service_with(&self, call: &ServiceCallParams) -> Result<Value, RpcError> {
+        self.request_as(methods::SERVICE_CALL, call).await
+    }
+
+    /// Looks a service up: `None` if no provider matches (`registry.getService`).
+    pub async fn get_service(&self, name: &str, version: Option<&str>) -> Result<Option<ServiceInfo>, RpcError> {
+        let query = ServiceQuery { name: name.to_owned(), version: version.map(str::to_owned) };
+        self.request_as(methods::REGISTRY_GET_SERVICE, &query).await
+    }
+
+    /// Looks a service up; `-32004` if no provider matches (`registry.requireService`).
+    pub async fn require_service(&self, name: &str, version: Option<&str>) -> Result<ServiceInfo, RpcError> {
+        let query = ServiceQuery { name: name.to_owned(), version: version.map(str::to_owned) };
+        self.request_as(methods::REGISTRY_REQUIRE_SERVICE, &query).await
+    }
+
+    /// Lists services, optionally only those with `capability` (`registry.listServices`).
+    pub async fn list_services(&self, capability: Option<&str>) -> Result<Vec<ServiceInfo>, RpcError> {
+        let params = ListServicesParams { capability: capability.map(str::to_owned) };
+        self.request_as(methods::REGISTRY_LIST_SERVICES, &params).await
+    }
+
+    /// Reads `key` from the plugin's store; `None` if absent (needs the `storage` permission).
+    pub async fn kv_get(&self, key: &str) -> Result<Option<Value>, RpcError> {
+        #[derive(Deserialize)]
+        struct Got {
+            #[serde(default)]
+            value: Value,
+        }
+        let got: Got = self.request_as(methods::KV_GET, &KvKey { key: key.to_owned() }).await?;
+        Ok(match got.value {
+            Value::Null => None,
+            v => Some(v),
+        })
+    }
+
+    /// Writes `key` in the plugin's store.
+    pub async fn kv_set(&self, key: &str, value: Value) -> Result<(), RpcError> {
+        #[derive(Serialize)]
+        struct Set<'a> {
+            key: &'a str,
+            value: Value,
+        }
+        let _: Value = self.request_as(methods::KV_SET, &Set { key, value }).await?;
+        Ok(())
+    }
+
+    /// Deletes `key`; `true` if it existed.
+    pub async fn kv_delete(&self, key: &str) -> Result<bool, RpcError> {
+        #[derive(Deserialize)]
+        struct Deleted {
+            #[serde(default)]
+            deleted: bool,
+        }
+        let d: Deleted = self.request_as(methods::KV_DELETE, &KvKey { key: key.to_owned() }).await?;
+        Ok(d.deleted)
+    }
+
+    /// Lists the plugin's keys, optionally only those starting with `prefix`.
+    pub async fn kv_list(&self, prefix: Option<&str>) -> Result<Vec<String>, RpcError> {
+        #[derive(Deserialize)]
+        struct Keys {
+            #[serde(default)]
+            keys: Vec<String>,
+        }
+        let params = KvListParams { prefix: prefix.map(str::to_owned) };
+        let k: Keys = self.request_as(methods::KV_LIST, &params).await?;
+        Ok(k.keys)
+    }
+}
+
+/// A number on the wire: integral values are written as integers (`3`, not `3.0`), so that
+/// hosts comparing JSON values see what the plugin meant.
+struct Num(f64);
+
+impl Serialize for Num {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: every integer below is exact.
+        if self.0.fract() == 0.0 && self.0.abs() < EXACT {
+            #[allow(clippy::cast_possible_truncation)] // integral and below 2^53, checked above
+            s.serialize_i64(self.0 as i64)
+        } else {
+            s.serialize_f64(self.0)
+        }
+    }
+}
