@@ -92,3 +92,88 @@ pub fn load(dir: &Path, plugind_version: &semver::Version) -> Found {
     }
     Found { dir: dir.to_path_buf(), name, manifest, version }
 }
+
+/// Plugins on a cycle of required dependencies, each with the cycle as text (`a → b → a`).
+///
+/// An edge goes from a plugin to every plugin that declares (by name or `provides`) a service it
+/// requires. Services a plugin only returns from `register` are unknown before it starts and so
+/// cannot form a cycle here.
+pub fn find_cycles(plugins: &[(&str, &Manifest)]) -> BTreeMap<String, String> {
+    let providers = |dep: &plugind_protocol::manifest::Dependency| -> Vec<usize> {
+        plugins
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, m))| m.name == dep.name || m.provides.iter().any(|p| p.name == dep.name))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let edges: Vec<Vec<usize>> =
+        plugins.iter().map(|(_, m)| m.required.iter().flat_map(&providers).collect()).collect();
+    let mut out = BTreeMap::new();
+    // 0 = unvisited, 1 = on the current path, 2 = done.
+    let mut mark = vec![0u8; plugins.len()];
+    let mut path: Vec<usize> = Vec::new();
+    fn visit(
+        n: usize,
+        edges: &[Vec<usize>],
+        mark: &mut [u8],
+        path: &mut Vec<usize>,
+        names: &dyn Fn(usize) -> String,
+        out: &mut BTreeMap<String, String>,
+    ) {
+        mark[n] = 1;
+        path.push(n);
+        for &next in &edges[n] {
+            if mark[next] == 1 {
+                let start = path.iter().position(|&p| p == next).unwrap_or(0);
+                let cycle: Vec<String> =
+                    path[start..].iter().map(|&i| names(i)).chain(std::iter::once(names(next))).collect();
+                let text = cycle.join(" → ");
+                for &i in &path[start..] {
+                    out.entry(names(i)).or_insert_with(|| text.clone());
+                }
+            } else if mark[next] == 0 {
+                visit(next, edges, mark, path, names, out);
+            }
+        }
+        path.pop();
+        mark[n] = 2;
+    }
+    let names = |i: usize| plugins[i].0.to_owned();
+    for n in 0..plugins.len() {
+        if mark[n] == 0 {
+            visit(n, &edges, &mut mark, &mut path, &names, &mut out);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(name: &str, requires: &[&str]) -> Manifest {
+        Manifest::from_value(
+            &serde_json::json!({"name": name, "version": "1.0.0", "main": "x", "dependencies": {"required": requires}}),
+        )
+        .expect("valid test manifest")
+    }
+
+    #[test]
+    fn cycle_is_named_on_every_member_and_bystanders_are_spared() {
+        let (a, b, c, d) = (m("a", &["b"]), m("b", &["c@^1"]), m("c", &["a"]), m("d", &["a"]));
+        let found = find_cycles(&[("a", &a), ("b", &b), ("c", &c), ("d", &d)]);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found["a"], "a → b → c → a");
+        assert!(found["b"].contains("a → b → c → a"));
+        assert!(!found.contains_key("d"));
+    }
+
+    #[test]
+    fn self_dependency_is_a_cycle_and_a_chain_is_not() {
+        let s = m("s", &["s"]);
+        assert_eq!(find_cycles(&[("s", &s)])["s"], "s → s");
+        let (x, y) = (m("x", &["y"]), m("y", &[]));
+        assert!(find_cycles(&[("x", &x), ("y", &y)]).is_empty());
+    }
+}

@@ -1,6 +1,8 @@
 //! What a plugin may ask plugind (SPEC §3.2): `registry.*`, `service.call`, `kv.*`.
 
-use crate::router::{self, Call};
+use crate::registry::not_found;
+use crate::router::Call;
+use crate::transport::peer::Peer;
 use crate::Daemon;
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
@@ -17,6 +19,8 @@ pub struct Caller {
     pub plugin: Arc<str>,
     /// Its manifest (for permissions and dependencies).
     pub manifest: Arc<Manifest>,
+    /// The connection to its instance: to find the call a request is made on behalf of.
+    pub peer: Arc<Peer>,
 }
 
 fn params<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<T, RpcError> {
@@ -73,18 +77,28 @@ pub async fn handle_request(
             };
             let provider = daemon.resolve(&dep).ok_or_else(|| not_found(&dep))?;
             let params = to_raw(&p.params);
-            router::execute_on(
-                &provider.entry,
-                Call {
-                    method: &p.method,
-                    params: Some(&params),
-                    timeout_ms: p.timeout_ms,
-                    service: Some(&p.service),
-                    caller: Some(&caller.plugin),
-                    not_after: None,
+            // The call this one is made for bounds its deadline, and cancels it when it ends.
+            let parent = caller.peer.parent_of(p.parent);
+            let call = Call {
+                method: &p.method,
+                params: Some(&params),
+                timeout_ms: p.timeout_ms,
+                service: Some(&p.service),
+                caller: Some(&caller.plugin),
+                not_after: parent.as_ref().map(|pc| pc.hard),
+            };
+            let routed = provider.call(call);
+            match parent {
+                None => routed.await,
+                Some(pc) => tokio::select! {
+                    r = routed => r,
+                    _ = pc.done.cancelled() => Err(RpcError::with_data(
+                        codes::REQUEST_CANCELLED,
+                        format!("cancelled: the call it was made for (id {}) ended", pc.id),
+                        serde_json::json!({ "plugin": &*caller.plugin }),
+                    )),
                 },
-            )
-            .await
+            }
         }
         methods::KV_GET | methods::KV_SET | methods::KV_DELETE | methods::KV_LIST => {
             if !caller.manifest.grants(Permission::Storage) {
@@ -98,12 +112,4 @@ pub async fn handle_request(
         }
         other => Err(RpcError::method_not_found(other)),
     }
-}
-
-fn not_found(dep: &Dependency) -> RpcError {
-    RpcError::with_data(
-        codes::SERVICE_NOT_FOUND,
-        format!("no running provider of service {dep}"),
-        serde_json::json!({ "service": dep.name, "version": dep.range_text() }),
-    )
 }

@@ -36,7 +36,9 @@ use crate::plugin::actor::PluginActor;
 use crate::plugin::entry::{Command, Status};
 use crate::plugin::state::PluginState;
 pub use crate::plugin::PluginEntry;
+use crate::registry::HostService;
 use plugind_protocol::control::LogLine;
+use plugind_protocol::control::ServiceRef;
 use plugind_protocol::manifest::Manifest;
 use plugind_protocol::methods::{ServiceEvent, ServicesChangedParams};
 use std::collections::{BTreeMap, VecDeque};
@@ -63,6 +65,9 @@ pub struct Daemon {
     log_follow: broadcast::Sender<LogLine>,
     /// Cancelled when a client asks for `supervisor.shutdown`.
     pub shutdown: CancellationToken,
+    /// Services offered by hosts over their control connections.
+    host_services: RwLock<Vec<Arc<HostService>>>,
+    next_conn: AtomicU64,
 }
 
 impl Daemon {
@@ -77,6 +82,8 @@ impl Daemon {
             next_instance: AtomicU64::new(1),
             log_follow,
             shutdown: CancellationToken::new(),
+            host_services: RwLock::new(Vec::new()),
+            next_conn: AtomicU64::new(1),
         })
     }
 
@@ -130,35 +137,39 @@ impl Daemon {
         tracing::info!(plugin = %entry.name, state, "state changed");
         let is_running = state == "running";
         if is_running != was_running {
-            self.notify_dependents(entry, if is_running { ServiceEvent::Up } else { ServiceEvent::Down });
+            let event = if is_running { ServiceEvent::Up } else { ServiceEvent::Down };
+            self.notify_dependents(&entry.name, &entry.snapshot().services, event);
         }
         if is_running {
-            // A new provider may unblock plugins waiting for it.
-            for p in self.plugins() {
-                if p.state_name() == "blocked" {
-                    if let Some(ctl) = &p.ctl {
-                        let (tx, _rx) = tokio::sync::oneshot::channel();
-                        let _ = ctl.send(Command::Start(tx));
-                    }
+            self.wake_blocked();
+        }
+    }
+
+    /// Asks every blocked plugin to try again: a provider may have come up.
+    fn wake_blocked(&self) {
+        for p in self.plugins() {
+            if p.state_name() == "blocked" {
+                if let Some(ctl) = &p.ctl {
+                    let (tx, _rx) = tokio::sync::oneshot::channel();
+                    let _ = ctl.send(Command::Start(tx));
                 }
             }
         }
     }
 
-    /// Sends `services.changed` to every running plugin that depends on a service of `entry`.
-    fn notify_dependents(&self, entry: &PluginEntry, event: ServiceEvent) {
-        let services: Vec<_> = entry.snapshot().services;
+    /// Sends `services.changed` to every running plugin that depends on one of `services`.
+    pub fn notify_dependents(&self, provider: &str, services: &[ServiceRef], event: ServiceEvent) {
         for other in self.plugins() {
-            if std::ptr::eq(Arc::as_ptr(&other), entry) {
+            if &*other.name == provider {
                 continue;
             }
             let Some(m) = other.status().manifest.clone() else { continue };
-            for s in &services {
+            for s in services {
                 if m.dependencies().any(|(d, _)| d.name == s.name) {
                     let params = ServicesChangedParams {
                         service: s.name.clone(),
                         version: s.version.clone(),
-                        plugin: entry.name.to_string(),
+                        plugin: provider.to_owned(),
                         event,
                     };
                     for i in other.routes().iter() {
@@ -166,6 +177,41 @@ impl Daemon {
                     }
                 }
             }
+        }
+    }
+
+    /// A fresh control connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Services offered by hosts now.
+    pub fn host_services(&self) -> Vec<Arc<HostService>> {
+        self.host_services.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// A host starts offering a service.
+    pub fn add_host_service(&self, h: Arc<HostService>) {
+        let service = ServiceRef { name: h.info.name.clone(), version: h.info.version.clone() };
+        let provider = h.info.plugin.clone();
+        self.host_services.write().unwrap_or_else(std::sync::PoisonError::into_inner).push(h);
+        tracing::info!(service = %service.name, version = %service.version, host = %provider, "host registered a service");
+        self.notify_dependents(&provider, &[service], ServiceEvent::Up);
+        self.wake_blocked();
+    }
+
+    /// A control connection closed: its services go away.
+    pub fn remove_host_services(&self, conn: u64) {
+        let gone: Vec<Arc<HostService>> = {
+            let mut all = self.host_services.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (gone, keep) = all.drain(..).partition(|h| h.conn == conn);
+            *all = keep;
+            gone
+        };
+        for h in gone {
+            tracing::info!(service = %h.info.name, host = %h.info.plugin, "host service gone");
+            let service = ServiceRef { name: h.info.name.clone(), version: h.info.version.clone() };
+            self.notify_dependents(&h.info.plugin, &[service], ServiceEvent::Down);
         }
     }
 
@@ -226,7 +272,20 @@ impl Daemon {
     /// Scans the plugin dirs and creates an entry (and actor) per plugin found.
     pub fn load(self: &Arc<Self>) -> Vec<String> {
         let version = semver::Version::parse(VERSION).expect("UNWRAP: crate version is semver");
-        let (found, mut errors) = discovery::scan(&self.config.plugin_dirs, &version);
+        let (mut found, mut errors) = discovery::scan(&self.config.plugin_dirs, &version);
+        let cycles = {
+            let loaded: Vec<(&str, &Manifest)> =
+                found.iter().filter_map(|f| f.manifest.as_ref().ok().map(|m| (f.name.as_str(), m))).collect();
+            discovery::find_cycles(&loaded)
+        };
+        for f in &mut found {
+            if let Some(cycle) = cycles.get(&f.name) {
+                f.manifest = Err(format!(
+                    "{}: /dependencies/required: dependency cycle {cycle}",
+                    f.dir.join("plugin.json").display()
+                ));
+            }
+        }
         let mut table = BTreeMap::new();
         for f in found {
             let log = self.new_log(&f.name);

@@ -1,30 +1,104 @@
 //! The service registry: which services exist, who provides them, which one a call goes to.
 //!
 //! Every plugin provides a service named after itself at its own version, the services of its
-//! manifest's `provides`, and those it returns from `register`. Only running plugins' services
-//! are offered to callers.
+//! manifest's `provides`, and those it returns from `register`. Hosts provide services too
+//! (`services.register` on a control connection, for as long as the connection stays open).
+//! Only running plugins' services are offered to callers.
 
+use crate::plugin::instance::call_error;
 use crate::plugin::PluginEntry;
+use crate::router::{self, Call, ExecuteOut};
+use crate::transport::peer::{Deadline, Peer};
 use crate::Daemon;
-use plugind_protocol::manifest::Dependency;
-use plugind_protocol::methods::ServiceInfo;
+use plugind_protocol::jsonrpc::RpcError;
+use plugind_protocol::manifest::{Dependency, DEFAULT_MAX_TIMEOUT_MS, DEFAULT_TIMEOUT_MS};
+use plugind_protocol::methods::{self, ServiceInfo};
+use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-/// A service and the plugin behind it.
+/// A service offered by a host over its control connection.
+pub struct HostService {
+    /// Which control connection offers it.
+    pub conn: u64,
+    /// What callers see (`plugin` is `host:<conn>`).
+    pub info: ServiceInfo,
+    /// Its version, parsed.
+    pub version: semver::Version,
+    /// The host's connection.
+    pub peer: Arc<Peer>,
+    /// Calls in flight, for "least loaded".
+    load: AtomicUsize,
+}
+
+impl HostService {
+    /// A host service on connection `conn`.
+    pub fn new(conn: u64, info: ServiceInfo, version: semver::Version, peer: Arc<Peer>) -> Self {
+        HostService { conn, info, version, peer, load: AtomicUsize::new(0) }
+    }
+
+    async fn call(&self, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
+        let timeout = Duration::from_millis(call.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
+        let mut deadline = Deadline::new(timeout, Duration::from_millis(DEFAULT_MAX_TIMEOUT_MS));
+        if let Some(t) = call.not_after {
+            deadline = deadline.within(t);
+        }
+        let params = ExecuteOut {
+            method: call.method,
+            params: call.params.unwrap_or(RawValue::NULL),
+            service: call.service,
+            caller: call.caller,
+        };
+        self.load.fetch_add(1, Ordering::Relaxed);
+        let r = self.peer.call(methods::EXECUTE, &params, deadline).await;
+        self.load.fetch_sub(1, Ordering::Relaxed);
+        r.map_err(|e| call_error(&self.info.plugin, timeout, e))
+    }
+}
+
+/// Who answers calls for a service.
+#[derive(Clone)]
+pub enum Target {
+    /// A plugin.
+    Plugin(Arc<PluginEntry>),
+    /// A host on a control connection.
+    Host(Arc<HostService>),
+}
+
+/// A service and who is behind it.
 #[derive(Clone)]
 pub struct Provider {
     /// What callers see.
     pub info: ServiceInfo,
     /// Its version, parsed.
     pub version: semver::Version,
-    /// The providing plugin.
-    pub entry: Arc<PluginEntry>,
+    /// Who answers.
+    pub target: Target,
+}
+
+impl Provider {
+    /// Calls the provider's `execute`.
+    pub async fn call(&self, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
+        match &self.target {
+            Target::Plugin(entry) => router::execute_on(entry, call).await,
+            Target::Host(h) => h.call(call).await,
+        }
+    }
+
+    /// Calls in flight and queued.
+    pub fn load(&self) -> usize {
+        match &self.target {
+            Target::Plugin(entry) => entry.routes().iter().map(|i| i.load()).sum(),
+            Target::Host(h) => h.load.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Daemon {
-    /// Every service of every running plugin.
+    /// Every service of every running plugin and of every connected host.
     pub fn providers(&self) -> Vec<Provider> {
-        let mut out = Vec::new();
+        let mut out: Vec<Provider> = Vec::new();
         for entry in self.plugins() {
             let st = entry.status();
             let Some(m) = st.manifest.clone() else { continue };
@@ -33,8 +107,7 @@ impl Daemon {
             }
             let mut push = |name: &str, version: &str, methods: Vec<String>, caps: Vec<String>| {
                 let Ok(v) = semver::Version::parse(version) else { return };
-                if out.iter().any(|p: &Provider| p.info.name == name && p.info.plugin == *entry.name && p.version == v)
-                {
+                if out.iter().any(|p| p.info.name == name && p.info.plugin == *entry.name && p.version == v) {
                     return;
                 }
                 out.push(Provider {
@@ -46,7 +119,7 @@ impl Daemon {
                         capabilities: caps,
                     },
                     version: v,
-                    entry: entry.clone(),
+                    target: Target::Plugin(entry.clone()),
                 });
             };
             for s in &st.registered {
@@ -57,6 +130,9 @@ impl Daemon {
             for p in &m.provides {
                 push(&p.name, &p.version.to_string(), Vec::new(), m.capabilities.clone());
             }
+        }
+        for h in self.host_services() {
+            out.push(Provider { info: h.info.clone(), version: h.version.clone(), target: Target::Host(h) });
         }
         out
     }
@@ -72,11 +148,24 @@ impl Daemon {
 
     /// The provider a call for `dep` goes to: the highest matching version, ties to the least loaded.
     pub fn resolve(&self, dep: &Dependency) -> Option<Provider> {
-        self.providers().into_iter().filter(|p| p.info.name == dep.name && dep.matches(&p.version)).max_by(|a, b| {
-            a.version.cmp(&b.version).then_with(|| {
-                let load = |p: &Provider| p.entry.routes().iter().map(|i| i.load()).sum::<usize>();
-                load(b).cmp(&load(a))
-            })
-        })
+        self.providers()
+            .into_iter()
+            .filter(|p| p.info.name == dep.name && dep.matches(&p.version))
+            .max_by(|a, b| a.version.cmp(&b.version).then_with(|| b.load().cmp(&a.load())))
     }
+
+    /// Calls a service through the registry (control `services.call`, plugin `service.call`).
+    pub async fn call_service(&self, dep: &Dependency, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
+        let provider = self.resolve(dep).ok_or_else(|| not_found(dep))?;
+        provider.call(call).await
+    }
+}
+
+/// `-32004` for a dependency nobody provides.
+pub fn not_found(dep: &Dependency) -> RpcError {
+    RpcError::with_data(
+        plugind_protocol::codes::SERVICE_NOT_FOUND,
+        format!("no running provider of service {dep}"),
+        serde_json::json!({ "service": dep.name, "version": dep.range_text() }),
+    )
 }

@@ -21,15 +21,19 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// `execute` params as sent to a plugin; `params` stays raw.
+/// `execute` params as sent to a plugin (or host); `params` stays raw.
 #[derive(Serialize)]
-struct ExecuteOut<'a> {
-    method: &'a str,
-    params: &'a RawValue,
+pub struct ExecuteOut<'a> {
+    /// The method.
+    pub method: &'a str,
+    /// The caller's params, verbatim.
+    pub params: &'a RawValue,
+    /// The service, for calls through the registry.
     #[serde(skip_serializing_if = "Option::is_none")]
-    service: Option<&'a str>,
+    pub service: Option<&'a str>,
+    /// The calling plugin.
     #[serde(skip_serializing_if = "Option::is_none")]
-    caller: Option<&'a str>,
+    pub caller: Option<&'a str>,
 }
 
 /// One routed call.

@@ -10,6 +10,9 @@ pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INVALID_PARAMS: i64 = -32602;
 /// Internal error.
 pub const INTERNAL_ERROR: i64 = -32603;
+/// The request was cancelled (LSP's RequestCancelled); what a nested call gets when the call it
+/// was made for ends first.
+pub const REQUEST_CANCELLED: i64 = -32800;
 /// The call's deadline passed (`data.timeout_ms`).
 pub const DEADLINE_EXCEEDED: i64 = -32001;
 /// The plugin is not running (`data.state`).

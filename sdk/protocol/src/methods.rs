@@ -331,6 +331,10 @@ pub struct ServiceCallParams {
     /// Deadline of this call; capped by what is left of the calling call's deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Extension: the id of the plugind request this call is made on behalf of. Without it,
+    /// plugind assumes the only request the plugin is working on, if there is exactly one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u64>,
 }
 
 /// `kv.get` / `kv.delete` params.

@@ -16,6 +16,8 @@ use tokio_util::codec::FramedRead;
 
 /// What a handler may use of its connection.
 pub struct Conn {
+    /// Unique per connection: host services are keyed by it.
+    pub id: u64,
     /// The calling side of this connection (notifications, requests to a host).
     pub peer: Arc<Peer>,
 }
@@ -25,7 +27,7 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
     spawn_writer(write, rx);
-    let conn = Arc::new(Conn { peer: Arc::new(Peer::new(tx)) });
+    let conn = Arc::new(Conn { id: daemon.next_conn_id(), peer: Arc::new(Peer::new(tx)) });
     let mut frames = FramedRead::new(read, FrameDecoder::new(DEFAULT_MAX_FRAME));
     let mut inflight = FuturesUnordered::new();
     loop {
@@ -62,4 +64,5 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
         }
     }
     conn.peer.close();
+    daemon.remove_host_services(conn.id);
 }

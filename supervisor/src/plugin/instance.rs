@@ -464,7 +464,11 @@ impl InstanceTask {
                 let params: Option<Box<RawValue>> = params.map(ToOwned::to_owned);
                 let daemon = self.daemon.clone();
                 let peer = self.instance.peer.clone();
-                let caller = Caller { plugin: self.spec.plugin.clone(), manifest: self.spec.manifest.clone() };
+                let caller = Caller {
+                    plugin: self.spec.plugin.clone(),
+                    manifest: self.spec.manifest.clone(),
+                    peer: self.instance.peer.clone(),
+                };
                 Some(Box::pin(async move {
                     let reply = host::handle_request(&daemon, &caller, &method, params.as_deref()).await;
                     peer.respond(&id, reply.as_deref()).await;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Lines queued for the writer task before senders wait.
 pub const OUTBOX_CAPACITY: usize = 1024;
@@ -74,6 +75,24 @@ struct Pending {
     reply: oneshot::Sender<Reply>,
     /// Set by `$/progress`: the deadline restarts from here.
     progressed: Option<Instant>,
+    /// The call's hard deadline: calls the other side makes on its behalf must end by then.
+    hard: Instant,
+    /// Cancelled when this call ends in any way, so work done on its behalf stops too.
+    done: CancellationToken,
+    /// Whether calls made by the other side while this one is pending may be on its behalf
+    /// (not for pings and teardown, which run beside real work).
+    parentable: bool,
+}
+
+/// A call of ours that the other side is working on, as seen by the calls it makes meanwhile.
+#[derive(Debug, Clone)]
+pub struct ParentCall {
+    /// Its id.
+    pub id: u64,
+    /// Nested calls end no later than this.
+    pub hard: Instant,
+    /// Cancelled when the parent call ends.
+    pub done: CancellationToken,
 }
 
 #[derive(Default)]
@@ -158,13 +177,19 @@ impl Peer {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let line = jsonrpc::request_line(id, method, params);
         let (tx, mut rx) = oneshot::channel();
+        let done = CancellationToken::new();
         {
             let mut calls = self.calls();
             if calls.closed {
                 return Err(CallError::Closed);
             }
-            calls.pending.insert(id, Pending { reply: tx, progressed: None });
+            let parentable = method != plugind_protocol::methods::PING && method != plugind_protocol::methods::TEARDOWN;
+            calls.pending.insert(
+                id,
+                Pending { reply: tx, progressed: None, hard: deadline.hard, done: done.clone(), parentable },
+            );
         }
+        let _done_on_exit = done.drop_guard();
         let mut guard = CancelOnDrop { peer: self, id, armed: true };
         let start = Instant::now();
         let mut due = (start + deadline.idle).min(deadline.hard);
@@ -241,6 +266,22 @@ impl Peer {
                 true
             }
             None => false,
+        }
+    }
+
+    /// The call of ours that a request of the other side is made on behalf of: the one named by
+    /// `explicit` (an id the other side passed along), else the only call it is working on.
+    /// None when that is ambiguous or nothing is pending.
+    pub fn parent_of(&self, explicit: Option<u64>) -> Option<ParentCall> {
+        let calls = self.calls();
+        let pick = |(id, p): (&u64, &Pending)| ParentCall { id: *id, hard: p.hard, done: p.done.clone() };
+        if let Some(id) = explicit {
+            return calls.pending.get_key_value(&id).map(pick);
+        }
+        let mut candidates = calls.pending.iter().filter(|(_, p)| p.parentable);
+        match (candidates.next(), candidates.next()) {
+            (Some(only), None) => Some(pick(only)),
+            _ => None,
         }
     }
 
@@ -415,13 +456,16 @@ mod tests {
         let p2 = peer.clone();
         let d = Deadline::new(Duration::from_millis(100), Duration::from_millis(400));
         let started = Instant::now();
-        let call = tokio::spawn(async move { p2.call("execute", &(), d).await });
+        let call = tokio::spawn(async move {
+            let r = p2.call("execute", &(), d).await;
+            (r, started.elapsed())
+        });
         for _ in 0..10 {
             tokio::time::sleep(Duration::from_millis(60)).await;
             peer.progress(1);
         }
-        assert!(matches!(call.await.unwrap(), Err(CallError::Timeout(_))));
-        let took = started.elapsed();
+        let (r, took) = call.await.unwrap();
+        assert!(matches!(r, Err(CallError::Timeout(_))));
         assert!(took >= Duration::from_millis(390) && took < Duration::from_millis(600), "{took:?}");
     }
 

@@ -9,5 +9,6 @@ mod conformance;
 mod crash;
 mod deps;
 mod lifecycle;
+mod registry;
 mod socket;
 mod support;

@@ -1,13 +1,17 @@
 //! `execute`, `services.list`, `services.call`.
 
-use crate::router::{self, Call};
+use crate::control::connection::Conn;
+use crate::registry::HostService;
+use crate::router::Call;
 use crate::Daemon;
-use plugind_protocol::codes;
+use plugind_protocol::control::ServicesRegisterParams;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
 use plugind_protocol::manifest::Dependency;
+use plugind_protocol::methods::ServiceInfo;
 use plugind_protocol::methods::{ListServicesParams, ServiceCallParams};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::sync::Arc;
 
 /// Control `execute` params, with `params` kept raw.
 #[derive(Deserialize)]
@@ -50,24 +54,39 @@ pub async fn services_call(daemon: &Daemon, p: ServiceCallParams) -> Result<Box<
         None => p.service.clone(),
     };
     let dep = Dependency::parse(&text).map_err(RpcError::invalid_params)?;
-    let provider = daemon.resolve(&dep).ok_or_else(|| {
-        RpcError::with_data(
-            codes::SERVICE_NOT_FOUND,
-            format!("no running provider of service {dep}"),
-            serde_json::json!({ "service": dep.name, "version": dep.range_text() }),
-        )
-    })?;
     let params = to_raw(&p.params);
-    router::execute_on(
-        &provider.entry,
-        Call {
-            method: &p.method,
-            params: Some(&params),
-            timeout_ms: p.timeout_ms,
-            service: Some(&p.service),
-            caller: None,
-            not_after: None,
-        },
-    )
-    .await
+    daemon
+        .call_service(
+            &dep,
+            Call {
+                method: &p.method,
+                params: Some(&params),
+                timeout_ms: p.timeout_ms,
+                service: Some(&p.service),
+                caller: None,
+                not_after: None,
+            },
+        )
+        .await
+}
+
+/// A host offers a service for as long as this connection stays open.
+pub fn services_register(daemon: &Daemon, conn: &Conn, p: ServicesRegisterParams) -> Result<Box<RawValue>, RpcError> {
+    let version = semver::Version::parse(&p.version)
+        .map_err(|e| RpcError::invalid_params(format!("version {:?}: {e}", p.version)))?;
+    if p.name.is_empty() || p.name.contains(char::is_whitespace) || p.name.contains('@') {
+        return Err(RpcError::invalid_params(format!(
+            "service name {:?}: expected a name without spaces or '@'",
+            p.name
+        )));
+    }
+    let info = ServiceInfo {
+        name: p.name,
+        version: version.to_string(),
+        plugin: format!("host:{}", conn.id),
+        methods: p.methods,
+        capabilities: p.capabilities,
+    };
+    daemon.add_host_service(Arc::new(HostService::new(conn.id, info, version, conn.peer.clone())));
+    Ok(to_raw(&()))
 }

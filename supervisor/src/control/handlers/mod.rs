@@ -23,7 +23,6 @@ pub async fn dispatch(
     method: &str,
     raw: Option<&RawValue>,
 ) -> Result<Box<RawValue>, RpcError> {
-    let _ = conn;
     match method {
         c::SUPERVISOR_STATUS => supervisor::status(daemon),
         c::SUPERVISOR_SHUTDOWN => supervisor::shutdown(daemon),
@@ -35,6 +34,7 @@ pub async fn dispatch(
         c::EXECUTE => calls::execute(daemon, raw).await,
         c::SERVICES_LIST => calls::services_list(daemon, params(raw)?),
         c::SERVICES_CALL => calls::services_call(daemon, params(raw)?).await,
+        c::SERVICES_REGISTER => calls::services_register(daemon, conn, params(raw)?),
         other => Err(RpcError::method_not_found(other)),
     }
 }
