@@ -17,6 +17,7 @@
 //! actor task, starts them, serves the socket until asked to stop, then stops every plugin.
 //! The [`Daemon`] is the shared state everybody holds an `Arc` of: the plugin table and settings.
 
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod control;
@@ -27,8 +28,11 @@ pub mod plugin;
 pub mod procfs;
 pub mod registry;
 pub mod router;
+pub mod sandbox;
+pub mod scaffold;
 pub mod time;
 pub mod transport;
+pub mod watch;
 
 use crate::config::{Config, StatePaths};
 use crate::logs::PluginLog;
@@ -37,7 +41,7 @@ use crate::plugin::entry::{Command, Status};
 use crate::plugin::state::PluginState;
 pub use crate::plugin::PluginEntry;
 use crate::registry::HostService;
-use plugind_protocol::control::LogLine;
+use plugind_protocol::control::{LogLine, ReloadResult};
 use plugind_protocol::control::ServiceRef;
 use plugind_protocol::manifest::Manifest;
 use plugind_protocol::methods::{ServiceEvent, ServicesChangedParams};
@@ -68,6 +72,10 @@ pub struct Daemon {
     /// Services offered by hosts over their control connections.
     host_services: RwLock<Vec<Arc<HostService>>>,
     next_conn: AtomicU64,
+    /// One rescan at a time.
+    reload_lock: tokio::sync::Mutex<()>,
+    /// Lifecycle events for `events.subscribe`.
+    events: broadcast::Sender<plugind_protocol::control::Event>,
 }
 
 impl Daemon {
@@ -84,6 +92,8 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             host_services: RwLock::new(Vec::new()),
             next_conn: AtomicU64::new(1),
+            reload_lock: tokio::sync::Mutex::new(()),
+            events: broadcast::channel(1024).0,
         })
     }
 
@@ -132,9 +142,27 @@ impl Daemon {
         tracing::trace!(plugin, params, "metrics.emit");
     }
 
+    /// Publishes a lifecycle event to subscribers (`events.subscribe`).
+    pub fn publish_event(&self, plugin: &str, kind: &str, state: Option<&str>, detail: String) {
+        let _ = self.events.send(plugind_protocol::control::Event {
+            ts: time::now_rfc3339(),
+            plugin: plugin.to_owned(),
+            kind: kind.to_owned(),
+            state: state.map(str::to_owned),
+            detail,
+        });
+    }
+
+    /// Subscribes to lifecycle events.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<plugind_protocol::control::Event> {
+        self.events.subscribe()
+    }
+
     /// Called by actors on every state change.
     pub fn state_changed(&self, entry: &PluginEntry, state: &str, was_running: bool) {
         tracing::info!(plugin = %entry.name, state, "state changed");
+        let detail = entry.status().last_error.clone().filter(|_| state != "running").unwrap_or_default();
+        self.publish_event(&entry.name, "state", Some(state), detail);
         let is_running = state == "running";
         if is_running != was_running {
             let event = if is_running { ServiceEvent::Up } else { ServiceEvent::Down };
@@ -226,8 +254,7 @@ impl Daemon {
     /// The status object of a plugin, with what only the daemon knows (dependencies met,
     /// permissions enforced).
     pub fn status_of(&self, entry: &PluginEntry) -> plugind_protocol::control::PluginStatus {
-        use plugind_protocol::control::{DependencyStatus, PermissionStatus};
-        use plugind_protocol::manifest::Permission;
+        use plugind_protocol::control::DependencyStatus;
         let mut s = entry.snapshot();
         let manifest = entry.status().manifest.clone();
         if let Some(m) = manifest {
@@ -240,22 +267,8 @@ impl Daemon {
                     met: self.resolve(d).is_some(),
                 })
                 .collect();
-            s.permissions = Permission::ALL
-                .iter()
-                .map(|p| {
-                    let granted = m.grants(*p);
-                    // Only `storage` is enforced so far (by plugind itself); the kernel mechanisms
-                    // (seccomp, Landlock) are not applied yet, so denials of the others are advisory.
-                    let (enforced, mechanism) = match p {
-                        Permission::Storage => (true, "plugind"),
-                        _ => (false, "none"),
-                    };
-                    (
-                        p.as_str().to_owned(),
-                        PermissionStatus { granted, enforced: granted || enforced, mechanism: mechanism.to_owned() },
-                    )
-                })
-                .collect();
+            // What this host's kernel enforces (probed once at startup), per permission.
+            s.permissions = sandbox::report(&m);
         }
         s
     }
@@ -264,15 +277,20 @@ impl Daemon {
         Arc::new(PluginLog::new(name, self.config.log_lines, self.log_follow.clone()))
     }
 
+    /// A log for a plugin that is not (yet) in the table, e.g. for `pluginctl check`.
+    pub fn plugin_log(&self, name: &str) -> Arc<PluginLog> {
+        self.new_log(name)
+    }
+
     /// Subscribes to every plugin log line.
     pub fn follow_logs(&self) -> broadcast::Receiver<LogLine> {
         self.log_follow.subscribe()
     }
 
-    /// Scans the plugin dirs and creates an entry (and actor) per plugin found.
-    pub fn load(self: &Arc<Self>) -> Vec<String> {
+    /// Scans the plugin dirs: every plugin found, with dependency cycles turned into load errors.
+    fn scan(&self) -> (Vec<discovery::Found>, Vec<String>) {
         let version = semver::Version::parse(VERSION).expect("UNWRAP: crate version is semver");
-        let (mut found, mut errors) = discovery::scan(&self.config.plugin_dirs, &version);
+        let (mut found, errors) = discovery::scan(&self.config.plugin_dirs, &version);
         let cycles = {
             let loaded: Vec<(&str, &Manifest)> =
                 found.iter().filter_map(|f| f.manifest.as_ref().ok().map(|m| (f.name.as_str(), m))).collect();
@@ -286,52 +304,128 @@ impl Daemon {
                 ));
             }
         }
+        (found, errors)
+    }
+
+    /// An entry (with its actor, if the manifest loads) for a plugin found on disk.
+    fn make_entry(self: &Arc<Self>, f: discovery::Found) -> Arc<PluginEntry> {
+        let log = self.new_log(&f.name);
+        let (state, version, manifest, last_error) = match f.manifest {
+            Ok(m) => (PluginState::Stopped, m.version.to_string(), Some(Arc::new(m)), None),
+            Err(e) => {
+                tracing::error!(plugin = %f.name, "invalid manifest: {e}");
+                log.warn(format!("invalid manifest: {e}"));
+                (PluginState::Invalid, f.version, None, Some(e))
+            }
+        };
+        let status = Status {
+            state,
+            version,
+            manifest: manifest.clone(),
+            restarts: 0,
+            running_since: None,
+            last_error,
+            last_exit: None,
+            history: VecDeque::new(),
+            registered: Vec::new(),
+        };
+        match manifest {
+            Some(m) => PluginActor::spawn(
+                |ctl| Arc::new(PluginEntry::new(&f.name, f.dir, log, status, Some(ctl))),
+                self.clone(),
+                m,
+            ),
+            None => Arc::new(PluginEntry::new(&f.name, f.dir, log, status, None)),
+        }
+    }
+
+    /// Scans the plugin dirs and creates an entry (and actor) per plugin found.
+    pub fn load(self: &Arc<Self>) -> Vec<String> {
+        let (found, mut errors) = self.scan();
         let mut table = BTreeMap::new();
         for f in found {
-            let log = self.new_log(&f.name);
-            let entry = match f.manifest {
-                Ok(m) => {
-                    let m = Arc::new(m);
-                    let status = Status {
-                        state: PluginState::Stopped,
-                        version: m.version.to_string(),
-                        manifest: Some(m.clone()),
-                        restarts: 0,
-                        running_since: None,
-                        last_error: None,
-                        last_exit: None,
-                        history: VecDeque::new(),
-                        registered: Vec::new(),
-                    };
-                    let (name, dir) = (f.name.clone(), f.dir.clone());
-                    PluginActor::spawn(
-                        |ctl| Arc::new(PluginEntry::new(&name, dir, log, status, Some(ctl))),
-                        self.clone(),
-                        m,
-                    )
-                }
-                Err(e) => {
-                    tracing::error!(plugin = %f.name, "invalid manifest: {e}");
-                    log.warn(format!("invalid manifest: {e}"));
-                    errors.push(e.clone());
-                    let status = Status {
-                        state: PluginState::Invalid,
-                        version: f.version,
-                        manifest: None,
-                        restarts: 0,
-                        running_since: None,
-                        last_error: Some(e),
-                        last_exit: None,
-                        history: VecDeque::new(),
-                        registered: Vec::new(),
-                    };
-                    Arc::new(PluginEntry::new(&f.name, f.dir, log, status, None))
-                }
-            };
-            table.insert(f.name, entry);
+            if let Err(e) = &f.manifest {
+                errors.push(e.clone());
+            }
+            table.insert(f.name.clone(), self.make_entry(f));
         }
         *self.plugins.write().unwrap_or_else(std::sync::PoisonError::into_inner) = table;
         errors
+    }
+
+    /// Rescans the plugin dirs (`plugins.reload`, SIGHUP): new directories are added and started,
+    /// removed ones stopped and dropped, changed ones hot-reloaded (SPEC §5).
+    pub async fn reload(self: &Arc<Self>) -> ReloadResult {
+        let _serial = self.reload_lock.lock().await;
+        let (found, mut errors) = self.scan();
+        let mut result = ReloadResult::default();
+        let current = self.plugins();
+        let mut to_start = Vec::new();
+        let mut to_reload = Vec::new();
+        let mut to_remove: Vec<Arc<PluginEntry>> = Vec::new();
+        let mut kept_dirs = Vec::new();
+        for f in found {
+            if let Err(e) = &f.manifest {
+                errors.push(e.clone());
+            }
+            let existing = current.iter().find(|p| p.dir == f.dir).cloned();
+            kept_dirs.push(f.dir.clone());
+            match existing {
+                None => {
+                    result.added.push(f.name.clone());
+                    to_start.push(f);
+                }
+                Some(e) => {
+                    let old = e.status().manifest.clone();
+                    match (&old, &f.manifest) {
+                        // Same name, loadable before: the actor reloads it (a broken new manifest
+                        // leaves the old version serving).
+                        (Some(om), Ok(nm)) if om.name == nm.name && **om != *nm => {
+                            result.changed.push(f.name.clone());
+                            to_reload.push(e);
+                        }
+                        (Some(om), Err(_)) if *e.name == f.name || om.name == f.name => {
+                            result.changed.push(f.name.clone());
+                            to_reload.push(e);
+                        }
+                        (Some(om), Ok(nm)) if om.name == nm.name => {}
+                        (None, Err(err)) if e.status().last_error.as_deref() == Some(err.as_str()) => {}
+                        // A new name, or invalid before: a removal plus an addition.
+                        _ => {
+                            result.changed.push(f.name.clone());
+                            to_remove.push(e);
+                            to_start.push(f);
+                        }
+                    }
+                }
+            }
+        }
+        for e in &current {
+            if !kept_dirs.contains(&e.dir) {
+                result.removed.push(e.name.to_string());
+                to_remove.push(e.clone());
+            }
+        }
+        for e in &to_remove {
+            e.command(Command::Stop).await;
+            self.plugins.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&*e.name);
+        }
+        let mut added = Vec::new();
+        for f in to_start {
+            let entry = self.make_entry(f);
+            self.plugins.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(entry.name.to_string(), entry.clone());
+            added.push(entry);
+        }
+        futures::future::join_all(to_reload.iter().map(|e| e.command(Command::Reload))).await;
+        futures::future::join_all(added.iter().map(|e| e.command(Command::Start))).await;
+        result.errors = errors;
+        tracing::info!(added = ?result.added, removed = ?result.removed, changed = ?result.changed, "plugins reloaded");
+        result
+    }
+
+    /// Called by an actor after it swapped in a new generation.
+    pub fn reloaded(&self, entry: &PluginEntry) {
+        tracing::info!(plugin = %entry.name, "hot reload complete");
     }
 
     /// Starts every loadable plugin in dependency order and waits until each has settled
@@ -383,8 +477,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| anyhow::anyhow!("cannot create state dir {}: {e}", config.state_dir.display()))?;
     let daemon = Daemon::new(config);
+    sandbox::init();
     let load_errors = daemon.load();
     let server = tokio::spawn(control::serve(daemon.clone(), listener));
+    let _watcher = if daemon.config.watch {
+        match watch::start(daemon.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("hot reload disabled: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    // SIGHUP = plugins.reload (SPEC §7).
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: rescanning plugin directories");
+                d.reload().await;
+            }
+        });
+    }
     tracing::info!(
         socket = %socket.display(),
         plugins = daemon.plugins().len(),

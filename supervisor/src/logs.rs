@@ -6,7 +6,8 @@
 use plugind_protocol::control::LogLine;
 use plugind_protocol::methods::LogLevel;
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use crate::transport::tap::Tap;
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 /// Lines of stderr kept for the status object.
@@ -40,6 +41,8 @@ struct Rings {
 
 /// One plugin's log.
 pub struct PluginLog {
+    /// The plugin's wire tap (`plugins.trace`), here because the log lives as long as the plugin.
+    pub tap: Arc<Tap>,
     plugin: String,
     capacity: usize,
     rings: Mutex<Rings>,
@@ -50,6 +53,7 @@ impl PluginLog {
     /// A log for `plugin` keeping `capacity` lines.
     pub fn new(plugin: &str, capacity: usize, follow: broadcast::Sender<LogLine>) -> Self {
         PluginLog {
+            tap: Tap::new(plugin),
             plugin: plugin.to_owned(),
             capacity: capacity.max(STDERR_TAIL),
             rings: Mutex::new(Rings { lines: VecDeque::new(), stderr: VecDeque::new() }),

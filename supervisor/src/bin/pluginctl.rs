@@ -80,6 +80,46 @@ enum Cmd {
         #[arg(long)]
         capability: Option<String>,
     },
+    /// Scaffold a new plugin from the templates (needs no daemon).
+    New {
+        /// Plugin name.
+        name: String,
+        /// rust, python or node.
+        #[arg(long, default_value = "python")]
+        lang: String,
+        /// Directory to create (default ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Validate a plugin and drive it through init, register, ping, teardown (needs no daemon).
+    Check {
+        /// The plugin directory.
+        dir: PathBuf,
+        /// Also call this execute method.
+        #[arg(long)]
+        execute: Option<String>,
+        /// Params for --execute, as JSON.
+        #[arg(long)]
+        params: Option<String>,
+    },
+    /// Recent log lines (stderr, `log` notifications, plugind's events); -f follows.
+    Logs {
+        /// Only this plugin.
+        name: Option<String>,
+        /// How many lines.
+        #[arg(short = 'n', long = "lines", default_value_t = 100)]
+        lines: usize,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Print a plugin's wire traffic live, both directions, one JSON line each.
+    Trace {
+        /// Plugin name.
+        name: String,
+    },
+    /// Print lifecycle events live (state changes, restarts, reloads, limits).
+    Events,
     /// Supervisor version, pid, uptime and counts.
     Info,
     /// Stop the daemon gracefully.
@@ -114,6 +154,9 @@ fn parse_json(what: &str, text: Option<&str>, default: Value) -> Result<Value, F
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away (`| head`).
+    // SAFETY: setting a signal disposition to its default before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -136,6 +179,13 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Failure> {
     let socket = args.socket.clone().unwrap_or_else(plugind::config::default_socket);
+    if let Cmd::New { name, lang, dir } = &args.command {
+        return new_plugin(name, lang, dir.clone(), args.json);
+    }
+    if let Cmd::Check { dir, execute, params } = &args.command {
+        let params = parse_json("--params", params.as_deref(), json!({}))?;
+        return check_plugin(dir, execute.clone().map(|m| (m, params)), args.json).await;
+    }
     // Validate arguments before connecting so usage errors win over an absent daemon.
     let request = match &args.command {
         Cmd::Call { plugin, method, params, timeout_ms } => {
@@ -244,6 +294,45 @@ async fn run(args: Args) -> Result<(), Failure> {
                 .collect();
             print_table(&["NAME", "VERSION", "PLUGIN", "CAPABILITIES"], rows);
         }
+        Cmd::Logs { name, lines, follow } => {
+            let mut params = json!({ "lines": lines, "follow": follow });
+            if let Some(n) = &name {
+                params["plugin"] = json!(n);
+            }
+            let result = client.call(c::LOGS_TAIL, &params).await?;
+            for line in result["lines"].as_array().cloned().unwrap_or_default() {
+                print_log_line(&line, args.json);
+            }
+            if follow {
+                while let Some((method, line)) = client.notification().await {
+                    if method == c::LOG_NOTIFICATION {
+                        print_log_line(&line, args.json);
+                    }
+                }
+            }
+        }
+        Cmd::Trace { name } => {
+            client.call(c::PLUGINS_TRACE, &json!({ "name": name })).await?;
+            while let Some((method, msg)) = client.notification().await {
+                if method == c::TRACE_NOTIFICATION {
+                    println!("{msg}");
+                }
+            }
+        }
+        Cmd::Events => {
+            client.call(c::EVENTS_SUBSCRIBE, &json!({})).await?;
+            while let Some((method, ev)) = client.notification().await {
+                if method != c::EVENT_NOTIFICATION {
+                    continue;
+                }
+                if args.json {
+                    println!("{ev}");
+                } else {
+                    let state = ev["state"].as_str().map(|s| format!(" {s}")).unwrap_or_default();
+                    println!("{} {} {}{} {}", str_of(&ev["ts"]), str_of(&ev["plugin"]), str_of(&ev["kind"]), state, str_of(&ev["detail"]));
+                }
+            }
+        }
         Cmd::Info => {
             let result = client.call(c::SUPERVISOR_STATUS, &json!({})).await?;
             print_json(&result)?;
@@ -256,8 +345,51 @@ async fn run(args: Args) -> Result<(), Failure> {
                 println!("null");
             }
         }
-        Cmd::Call { .. } | Cmd::Service { .. } => unreachable!("handled above"),
+        Cmd::Call { .. } | Cmd::Service { .. } | Cmd::New { .. } | Cmd::Check { .. } => unreachable!("handled above"),
     }
+    Ok(())
+}
+
+async fn check_plugin(dir: &std::path::Path, execute: Option<(String, Value)>, json_out: bool) -> Result<(), Failure> {
+    use plugind::check::{self, Level};
+    let report = check::check(dir, execute).await;
+    if json_out {
+        let items: Vec<Value> = report
+            .findings
+            .iter()
+            .map(|(l, t)| json!({ "level": format!("{l:?}").to_lowercase(), "message": t }))
+            .collect();
+        print_json(&json!({ "passed": report.passed(), "findings": items }))?;
+    } else {
+        for (level, text) in &report.findings {
+            let tag = match level {
+                Level::Ok => "ok  ",
+                Level::Warn => "warn",
+                Level::Fail => "FAIL",
+            };
+            println!("{tag} {text}");
+        }
+    }
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(Failure { code: 1, message: format!("{} has problems (see FAIL above)", dir.display()) })
+    }
+}
+
+fn new_plugin(name: &str, lang: &str, dir: Option<PathBuf>, json_out: bool) -> Result<(), Failure> {
+    use plugind::scaffold::{self, Lang, ScaffoldError};
+    let lang: Lang = lang.parse().map_err(usage)?;
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let files = scaffold::scaffold(name, lang, &dir).map_err(|e| match e {
+        ScaffoldError::BadName(_) | ScaffoldError::RustDot(_) => usage(e.to_string()),
+        other => Failure { code: 1, message: other.to_string() },
+    })?;
+    if json_out {
+        return print_json(&json!({ "dir": dir, "files": files }));
+    }
+    println!("created {} ({} files)", dir.display(), files.len());
+    println!("next:\n{}", scaffold::next_steps(name, lang, &dir));
     Ok(())
 }
 
@@ -281,6 +413,21 @@ async fn act(client: &mut Client, method: &str, names: Vec<String>, json_out: bo
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+fn print_log_line(line: &Value, json_out: bool) {
+    if json_out {
+        println!("{line}");
+    } else {
+        println!(
+            "{} {} [{}] {}: {}",
+            str_of(&line["ts"]),
+            str_of(&line["plugin"]),
+            str_of(&line["stream"]),
+            str_of(&line["level"]),
+            str_of(&line["message"])
+        );
+    }
 }
 
 fn bad_answer(e: serde_json::Error) -> Failure {

@@ -20,6 +20,8 @@ pub struct Conn {
     pub id: u64,
     /// The calling side of this connection (notifications, requests to a host).
     pub peer: Arc<Peer>,
+    /// Cancelled when the client goes away: ends its subscriptions.
+    pub closed: tokio_util::sync::CancellationToken,
 }
 
 /// Serves one client until it disconnects.
@@ -27,7 +29,7 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
     spawn_writer(write, rx);
-    let conn = Arc::new(Conn { id: daemon.next_conn_id(), peer: Arc::new(Peer::new(tx)) });
+    let conn = Arc::new(Conn { id: daemon.next_conn_id(), peer: Arc::new(Peer::new(tx)), closed: Default::default() });
     let mut frames = FramedRead::new(read, FrameDecoder::new(DEFAULT_MAX_FRAME));
     let mut inflight = FuturesUnordered::new();
     loop {
@@ -64,5 +66,6 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
         }
     }
     conn.peer.close();
+    conn.closed.cancel();
     daemon.remove_host_services(conn.id);
 }

@@ -12,6 +12,7 @@ use crate::plugin::state::{AfterExit, PluginState, RestartTracker};
 use crate::Daemon;
 use plugind_protocol::control::LastExit;
 use plugind_protocol::manifest::Manifest;
+use plugind_protocol::methods::ServiceEvent;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -42,6 +43,21 @@ pub struct PluginActor {
     /// Next start of a `failed` plugin with `cooldown_s`.
     cooldown_due: Option<Instant>,
     events_tx: mpsc::UnboundedSender<InstanceEvent>,
+    /// A hot reload in progress: the new generation starting beside the old one.
+    next: Option<NextGeneration>,
+    /// A change arrived during a reload: reload once more when this one ends.
+    reload_again: bool,
+    /// Old instances finishing their calls before they are torn down.
+    retiring: Vec<Arc<Instance>>,
+    /// Replies owed when the reload in progress ends.
+    reload_waiters: Vec<oneshot::Sender<()>>,
+}
+
+/// The instances of a new manifest, started beside the old ones; they take over once every one
+/// of them has passed `init` and `register`.
+struct NextGeneration {
+    manifest: Arc<Manifest>,
+    slots: Vec<Slot>,
 }
 
 impl PluginActor {
@@ -66,9 +82,19 @@ impl PluginActor {
             waiters: Vec::new(),
             cooldown_due: None,
             events_tx,
+            next: None,
+            reload_again: false,
+            retiring: Vec::new(),
+            reload_waiters: Vec::new(),
         };
         tokio::spawn(actor.run(ctl_rx, events_rx));
         entry
+    }
+
+    /// Records a lifecycle event in the history and publishes it to `events.subscribe`.
+    fn note(&self, event: &str, detail: String) {
+        self.entry.status().record(event, detail.clone());
+        self.daemon.publish_event(&self.entry.name, event, None, detail);
     }
 
     fn log(&self) -> &PluginLog {
@@ -147,6 +173,14 @@ impl PluginActor {
                 self.start_after_stop = false;
                 self.stop();
             }
+            Command::Reload(reply) => {
+                self.reload_waiters.push(reply);
+                if self.next.is_some() {
+                    self.reload_again = true;
+                } else {
+                    self.begin_reload();
+                }
+            }
             Command::Restart(reply) => {
                 self.waiters.push(reply);
                 self.tracker.reset();
@@ -187,39 +221,24 @@ impl PluginActor {
     }
 
     fn launch(&mut self, slot: usize) {
-        let id = self.daemon.next_instance_id();
-        let spec = match self.instance_spec(id) {
-            Ok(s) => s,
-            Err(e) => return self.start_failed(slot, e),
-        };
-        match instance::launch(id, spec, self.daemon.clone(), self.entry.log.clone(), self.events_tx.clone()) {
+        match self.spawn_instance(&self.manifest.clone()) {
             Ok(inst) => {
                 self.slots[slot].instance = Some(inst);
                 self.slots[slot].ready = false;
             }
-            Err(e) => self.start_failed(slot, e.to_string()),
+            Err(e) => self.start_failed(slot, e),
         }
     }
 
-    fn instance_spec(&self, id: u64) -> Result<InstanceSpec, String> {
-        let m = &self.manifest;
-        let argv = spawn::argv_for(m, &self.entry.dir).map_err(|e| e.to_string())?;
-        let paths = self.daemon.paths();
-        let data_dir = m.grants(plugind_protocol::manifest::Permission::Storage).then(|| paths.data_dir(&m.name));
-        if let Some(d) = &data_dir {
-            std::fs::create_dir_all(d).map_err(|e| format!("cannot create data dir {}: {e}", d.display()))?;
-        }
-        let tmp_dir = paths.tmp_dir(&m.name, id);
-        let env = spawn::plugin_env(m, data_dir.as_deref(), &tmp_dir, &self.daemon.operator_env(&m.name));
-        Ok(InstanceSpec {
-            plugin: self.entry.name.clone(),
-            manifest: m.clone(),
-            plan: SpawnPlan { argv, cwd: self.entry.dir.clone(), env, limits: m.limits.clone() },
-            config: self.daemon.plugin_config(m),
-            data_dir,
-            tmp_dir,
-            ping_every: self.daemon.ping_interval(),
-        })
+    /// Spawns one instance of `m` (its events come to this actor).
+    fn spawn_instance(&self, m: &Arc<Manifest>) -> Result<Arc<Instance>, String> {
+        let id = self.daemon.next_instance_id();
+        let spec = self.instance_spec(m, id)?;
+        instance::launch(id, spec, self.daemon.clone(), self.entry.log.clone(), self.events_tx.clone()).map_err(|e| e.to_string())
+    }
+
+    fn instance_spec(&self, m: &Arc<Manifest>, id: u64) -> Result<InstanceSpec, String> {
+        instance_spec(&self.daemon, &self.entry.name, &self.entry.dir, m, id)
     }
 
     /// A slot could not even be spawned: treat it like an exit.
@@ -273,6 +292,18 @@ impl PluginActor {
     }
 
     fn on_event(&mut self, ev: InstanceEvent) {
+        let id = match &ev {
+            InstanceEvent::Ready { id, .. } | InstanceEvent::Exited { id, .. } => *id,
+        };
+        if let Some(pos) = self.retiring.iter().position(|i| i.id == id) {
+            if matches!(ev, InstanceEvent::Exited { .. }) {
+                self.retiring.remove(pos);
+            }
+            return;
+        }
+        if self.next.as_ref().is_some_and(|n| n.slots.iter().any(|s| s.instance.as_ref().is_some_and(|i| i.id == id))) {
+            return self.on_next_generation_event(ev);
+        }
         match ev {
             InstanceEvent::Ready { id, result } => {
                 let Some(slot) = self.slot_of(id) else { return };
@@ -310,8 +341,8 @@ impl PluginActor {
                         limit: exit.limit.map(str::to_owned),
                         ts: Some(crate::time::now_rfc3339()),
                     });
-                    st.record("exit", exit.describe());
                 }
+                self.note(if exit.limit.is_some() { "limit" } else { "exit" }, exit.describe());
                 if exit.requested || !self.want_running {
                     if self.slots.iter().all(|s| s.instance.is_none()) {
                         self.finish_stop();
@@ -338,10 +369,7 @@ impl PluginActor {
         match self.tracker.after_exit(&self.manifest.restart, clean, Instant::now()) {
             AfterExit::RestartIn(delay) => {
                 self.slots[slot].due = Some(Instant::now() + delay);
-                {
-                    let mut st = self.entry.status();
-                    st.record("restart", format!("in {} ms", delay.as_millis()));
-                }
+                self.note("restart", format!("in {} ms", delay.as_millis()));
                 self.log().plugind(format!("restarting in {} ms", delay.as_millis()));
                 if !self.slots.iter().any(|s| s.ready) {
                     self.set_state(PluginState::Restarting { delay });
@@ -361,7 +389,7 @@ impl PluginActor {
                     self.manifest.restart.max_restarts, self.manifest.restart.window_s
                 );
                 self.log().warn(format!("failed: {detail}"));
-                self.entry.status().record("failed", detail);
+                self.note("failed", detail);
                 if let Some(c) = self.manifest.restart.cooldown_s {
                     self.cooldown_due = Some(Instant::now() + Duration::from_secs(c));
                 }
@@ -374,6 +402,139 @@ impl PluginActor {
                 }
             }
         }
+    }
+
+    /// Re-reads the manifest and, if the plugin is running, starts a new generation beside the
+    /// old one (SPEC §5 hot reload). The old one keeps serving until the new one is ready.
+    fn begin_reload(&mut self) {
+        let version = semver::Version::parse(crate::VERSION).expect("UNWRAP: crate version is semver");
+        let found = crate::discovery::load(&self.entry.dir, &version);
+        let m = match found.manifest {
+            Ok(m) if m.name == *self.entry.name => Arc::new(m),
+            Ok(m) => return self.reload_failed(format!("the manifest now names plugin {:?}; rescan with plugins.reload", m.name)),
+            Err(e) => return self.reload_failed(e),
+        };
+        self.log().plugind(format!("reloading: version {} → {}", self.manifest.version, m.version));
+        let state = self.entry.status().state.clone();
+        if !state.is_running() {
+            // Nothing is serving: take the new manifest and start over if it was meant to run.
+            self.adopt_manifest(m);
+            self.finish_reload();
+            if matches!(state, PluginState::Failed | PluginState::Restarting { .. } | PluginState::Blocked { .. } | PluginState::Starting) {
+                for s in &self.slots {
+                    if let Some(i) = &s.instance {
+                        i.kill();
+                    }
+                }
+                self.tracker.reset();
+                self.start();
+            }
+            return;
+        }
+        let mut next = NextGeneration { manifest: m.clone(), slots: Vec::new() };
+        for _ in 0..m.instances {
+            match self.spawn_instance(&m) {
+                Ok(i) => next.slots.push(Slot { instance: Some(i), ready: false, due: None }),
+                Err(e) => {
+                    for s in &next.slots {
+                        if let Some(i) = &s.instance {
+                            i.kill();
+                        }
+                    }
+                    return self.reload_failed(e);
+                }
+            }
+        }
+        self.next = Some(next);
+    }
+
+    fn on_next_generation_event(&mut self, ev: InstanceEvent) {
+        let Some(next) = &mut self.next else { return };
+        match ev {
+            InstanceEvent::Ready { id, result: Ok(services) } => {
+                if let Some(s) = next.slots.iter_mut().find(|s| s.instance.as_ref().is_some_and(|i| i.id == id)) {
+                    s.ready = true;
+                }
+                if next.slots.iter().all(|s| s.ready) {
+                    self.entry.status().registered = services;
+                    self.switch_to_next();
+                }
+            }
+            InstanceEvent::Ready { result: Err(e), .. } => self.abort_next(e),
+            InstanceEvent::Exited { id, exit } => {
+                next.slots.retain(|s| s.instance.as_ref().is_none_or(|i| i.id != id));
+                self.abort_next(format!("new instance {}", exit.describe()));
+            }
+        }
+    }
+
+    /// The new generation is ready: route to it, let the old one drain, tell dependents.
+    fn switch_to_next(&mut self) {
+        let Some(next) = self.next.take() else { return };
+        let old = std::mem::replace(&mut self.slots, next.slots);
+        self.adopt_manifest(next.manifest);
+        self.publish_routes();
+        for s in old {
+            if let Some(i) = s.instance {
+                i.retire();
+                self.retiring.push(i);
+            }
+        }
+        {
+            let mut st = self.entry.status();
+            st.last_error = None;
+            st.running_since = Some(Instant::now());
+        }
+        self.note("reload", format!("now serving version {}", self.manifest.version));
+        self.log().plugind(format!("reloaded: serving version {}", self.manifest.version));
+        self.daemon.notify_dependents(&self.entry.name, &self.entry.snapshot().services, ServiceEvent::Replaced);
+        self.daemon.reloaded(&self.entry);
+        self.finish_reload();
+    }
+
+    /// The new generation failed: keep the old one, say why.
+    fn abort_next(&mut self, why: String) {
+        if let Some(next) = self.next.take() {
+            for s in next.slots {
+                if let Some(i) = s.instance {
+                    i.kill();
+                    self.retiring.push(i);
+                }
+            }
+        }
+        self.reload_failed(why);
+    }
+
+    fn reload_failed(&mut self, why: String) {
+        self.log().warn(format!("reload failed, the running version keeps serving: {why}"));
+        {
+            let mut st = self.entry.status();
+            st.last_error = Some(format!("reload failed: {why}"));
+        }
+        self.note("reload", format!("failed: {why}"));
+        self.finish_reload();
+    }
+
+    /// Answers reload waiters, or starts the one more reload a change during this one asked for.
+    fn finish_reload(&mut self) {
+        if std::mem::take(&mut self.reload_again) {
+            return self.begin_reload();
+        }
+        for w in self.reload_waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    fn adopt_manifest(&mut self, m: Arc<Manifest>) {
+        if m.instances as usize != self.slots.len() && self.next.is_none() {
+            self.slots.resize_with(m.instances as usize, Slot::default);
+        }
+        {
+            let mut st = self.entry.status();
+            st.version = m.version.to_string();
+            st.manifest = Some(m.clone());
+        }
+        self.manifest = m;
     }
 
     fn on_timer(&mut self) {
@@ -404,4 +565,25 @@ async fn sleep_until_opt(t: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
+}
+
+/// Everything instance `id` of plugin `name` (in `dir`, with manifest `m`) needs to start.
+pub fn instance_spec(daemon: &Daemon, name: &Arc<str>, dir: &std::path::Path, m: &Arc<Manifest>, id: u64) -> Result<InstanceSpec, String> {
+    let argv = spawn::argv_for(m, dir).map_err(|e| e.to_string())?;
+    let paths = daemon.paths();
+    let data_dir = m.grants(plugind_protocol::manifest::Permission::Storage).then(|| paths.data_dir(&m.name));
+    if let Some(d) = &data_dir {
+        std::fs::create_dir_all(d).map_err(|e| format!("cannot create data dir {}: {e}", d.display()))?;
+    }
+    let tmp_dir = paths.tmp_dir(&m.name, id);
+    let env = spawn::plugin_env(m, data_dir.as_deref(), &tmp_dir, &daemon.operator_env(&m.name));
+    Ok(InstanceSpec {
+        plugin: name.clone(),
+        manifest: m.clone(),
+        plan: SpawnPlan { argv, cwd: dir.to_path_buf(), env, limits: m.limits.clone() },
+        config: daemon.plugin_config(m),
+        data_dir,
+        tmp_dir,
+        ping_every: daemon.ping_interval(),
+    })
 }

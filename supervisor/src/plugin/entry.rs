@@ -26,6 +26,8 @@ pub enum Command {
     Stop(oneshot::Sender<()>),
     /// Stop, then start.
     Restart(oneshot::Sender<()>),
+    /// Re-read the manifest and swap in a new generation without failing a call (hot reload).
+    Reload(oneshot::Sender<()>),
 }
 
 /// Mutable status, written only by the plugin's actor (and the loader for invalid plugins).

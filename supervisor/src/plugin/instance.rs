@@ -12,6 +12,7 @@
 use crate::host::{self, Caller};
 use crate::logs::{PluginLog, Stream};
 use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
+use crate::sandbox::{self, cgroup::Cgroup};
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
 use crate::transport::peer::{spawn_writer, CallError, Deadline, Incoming, Peer, OUTBOX_CAPACITY};
 use crate::Daemon;
@@ -112,6 +113,8 @@ pub enum Admission {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StopKind {
+    /// Let the calls in flight finish (up to `max_timeout_ms`), then stop gracefully.
+    Drain,
     Graceful,
     Kill,
 }
@@ -183,6 +186,12 @@ impl Instance {
         let _ = self.stop_tx.try_send(StopKind::Graceful);
     }
 
+    /// Retires the instance after a hot reload: no new calls are routed to it (the caller has
+    /// already switched routes), the calls in flight finish, then it stops gracefully.
+    pub fn retire(&self) {
+        let _ = self.stop_tx.try_send(StopKind::Drain);
+    }
+
     /// Kills the process group now.
     pub fn kill(&self) {
         let _ = self.stop_tx.try_send(StopKind::Kill);
@@ -218,7 +227,13 @@ pub fn launch(
 ) -> Result<Arc<Instance>, SpawnError> {
     std::fs::create_dir_all(&spec.tmp_dir)
         .map_err(|source| SpawnError::TempDir { path: spec.tmp_dir.clone(), source })?;
-    let mut child = match spawn::spawn(&spec.plan) {
+    let sandbox = sandbox::Request {
+        manifest: &spec.manifest,
+        data_dir: spec.data_dir.as_deref(),
+        tmp_dir: &spec.tmp_dir,
+        instance: id,
+    };
+    let spawn::Spawned { mut child, cgroup } = match spawn::spawn(&spec.plan, &sandbox) {
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&spec.tmp_dir);
@@ -239,7 +254,7 @@ pub fn launch(
         id,
         pid,
         plugin: spec.plugin.clone(),
-        peer: Arc::new(Peer::new(out_tx)),
+        peer: Arc::new(Peer::new(out_tx).with_tap(log.tap.clone())),
         started: Instant::now(),
         limiter: Semaphore::new(limits.max_inflight as usize),
         queued: AtomicU32::new(0),
@@ -248,9 +263,9 @@ pub fn launch(
         stop_tx,
     });
     log.plugind(format!("started instance {id} (pid {pid}): {}", spec.plan.argv.join(" ")));
-    tokio::spawn(read_stderr(stderr, log.clone()));
+    let stderr_done = tokio::spawn(read_stderr(stderr, log.clone()));
     let task = InstanceTask { instance: instance.clone(), spec, daemon, log, events };
-    tokio::spawn(task.run(child, stdout, stop_rx));
+    tokio::spawn(task.run(child, stdout, stop_rx, cgroup, stderr_done));
     Ok(instance)
 }
 
@@ -291,6 +306,8 @@ impl InstanceTask {
         mut child: tokio::process::Child,
         stdout: tokio::process::ChildStdout,
         mut stop_rx: mpsc::Receiver<StopKind>,
+        cgroup: Option<Cgroup>,
+        stderr_done: tokio::task::JoinHandle<()>,
     ) {
         let inst = self.instance.clone();
         let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME));
@@ -307,15 +324,23 @@ impl InstanceTask {
         let mut requested = false;
         // Set when stdout closed while the process still runs: kill it if it does not exit soon.
         let mut eof_kill_at: Option<Instant> = None;
+        // Set while retiring: the instant by which the calls in flight must have finished.
+        let mut drain_until: Option<Instant> = None;
         let status = loop {
+            if let Some(until) = drain_until {
+                // Done draining when idle (re-checked after a short grace for calls routed just
+                // before the switch), or when the longest possible call would be over.
+                if (inst.peer.busy() == 0 && inst.load() == 0) || Instant::now() >= until {
+                    drain_until = None;
+                    let _ = inst.stop_tx.try_send(StopKind::Graceful);
+                }
+            }
+            let drain_tick = drain_until.map(|_| Instant::now() + Duration::from_millis(25));
             let timer = match stop {
                 Some(StopPhase::Teardown(t) | StopPhase::StdinClosed(t) | StopPhase::Terminated(t)) => Some(t),
                 _ => None,
             };
-            let timer = match (timer, eof_kill_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let timer = [timer, eof_kill_at, drain_tick].into_iter().flatten().min();
             tokio::select! {
                 status = child.wait() => break status,
                 frame = frames.next(), if stdout_open => match frame {
@@ -382,6 +407,12 @@ impl InstanceTask {
                     }));
                 }
                 kind = stop_rx.recv() => match kind {
+                    Some(StopKind::Drain) => {
+                        if stop.is_none() && drain_until.is_none() {
+                            requested = true;
+                            drain_until = Some(Instant::now() + Duration::from_millis(self.spec.manifest.max_timeout_ms));
+                        }
+                    }
                     Some(StopKind::Kill) => {
                         requested = true;
                         stop = Some(StopPhase::Killed);
@@ -412,15 +443,15 @@ impl InstanceTask {
                         self.kill_group(Signal::SIGKILL);
                         stop = Some(StopPhase::Killed);
                     }
-                    Some(StopPhase::Teardown(_)) => {
+                    Some(StopPhase::Teardown(t)) if t <= Instant::now() => {
                         inst.peer.close_output().await;
                         stop = Some(StopPhase::StdinClosed(Instant::now() + STOP_STEP));
                     }
-                    Some(StopPhase::StdinClosed(_)) => {
+                    Some(StopPhase::StdinClosed(t)) if t <= Instant::now() => {
                         self.kill_group(Signal::SIGTERM);
                         stop = Some(StopPhase::Terminated(Instant::now() + STOP_STEP));
                     }
-                    Some(StopPhase::Terminated(_)) => {
+                    Some(StopPhase::Terminated(t)) if t <= Instant::now() => {
                         self.kill_group(Signal::SIGKILL);
                         stop = Some(StopPhase::Killed);
                     }
@@ -441,11 +472,35 @@ impl InstanceTask {
             }
             Err(e) => exit.reason = Some(format!("wait failed: {e}")),
         }
-        if exit.signal == Some(libc::SIGXCPU) {
-            exit.limit = Some("cpu_seconds");
+        // Which limit ended it (SPEC §5). Children that left the process group die with the
+        // cgroup; then stderr reaches EOF, so its last lines (the plugin's dying words) are in.
+        if let Some(cg) = &cgroup {
+            cg.kill_all();
         }
+        let _ = tokio::time::timeout(Duration::from_millis(500), stderr_done).await;
+        if !exit.requested {
+            let stderr = self.instance_stderr(inst.id);
+            let facts = sandbox::ExitFacts {
+                code: exit.code,
+                signal: exit.signal,
+                cpu_limit_s: self.spec.manifest.limits.cpu_seconds,
+                cgroup: cgroup.as_ref().map(Cgroup::stats),
+                stderr: &stderr,
+            };
+            exit.limit = sandbox::classify(&facts).map(sandbox::Limit::as_str);
+        }
+        drop(cgroup); // removes it
         self.log.plugind(format!("instance {} (pid {}) {}", inst.id, inst.pid, exit.describe()));
         let _ = self.events.send(InstanceEvent::Exited { id: inst.id, exit });
+    }
+
+    /// This instance's stderr lines still in the log ring: those after its "started" line.
+    fn instance_stderr(&self, id: u64) -> Vec<String> {
+        let lines = self.log.tail(64);
+        let start = format!("started instance {id} ");
+        let from =
+            lines.iter().rposition(|l| l.stream == "plugind" && l.message.starts_with(&start)).map_or(0, |i| i + 1);
+        lines[from..].iter().filter(|l| l.stream == "stderr").map(|l| l.message.clone()).collect()
     }
 
     fn kill_group(&self, sig: Signal) {

@@ -1,10 +1,13 @@
 //! Turning a manifest into a running child process: argv, environment, limits.
 //!
-//! Everything the child needs is computed before `fork`; the `pre_exec` closure only makes
-//! syscalls (no allocation), in this order: new session (so the pid is the process group id),
-//! parent-death signal, `no_new_privs`, rlimits. Isolation by seccomp/Landlock/cgroups hooks in
-//! here too (see `docs/security.md`).
+//! Everything the child needs is computed before `fork` (the sandbox's BPF programs, Landlock
+//! ruleset and cgroup fds too: [`crate::sandbox::prepare`]); the `pre_exec` closure only makes
+//! syscalls (no allocation: another thread of the parent may have held the malloc lock at the
+//! fork), in this order: new session (so the pid is the process group id), parent-death signal,
+//! `no_new_privs`, joining the instance cgroup, rlimits, Landlock, seccomp filters last (they
+//! deny syscalls the steps before may need). See `docs/security.md`.
 
+use crate::sandbox::{self, cgroup::Cgroup, ChildConfinement, SandboxError};
 use plugind_protocol::manifest::{Limits, Manifest};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -38,6 +41,9 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
+    /// Building the instance's confinement failed (then it does not start: no silent downgrade).
+    #[error("cannot set up the sandbox: {0}")]
+    Sandbox(#[from] SandboxError),
 }
 
 /// The program and arguments a manifest asks for (SPEC §2 `main` / `command`).
@@ -120,9 +126,31 @@ fn is_supervisor_variable(k: &str) -> bool {
     k == "NOTIFY_SOCKET" || k.starts_with("WATCHDOG_") || k == "LISTEN_FDS" || k == "LISTEN_PID"
 }
 
-/// Spawns the child with piped stdio, in its own session, with limits applied.
-pub fn spawn(plan: &SpawnPlan) -> Result<tokio::process::Child, SpawnError> {
-    let mut cmd = tokio::process::Command::new(&plan.argv[0]);
+/// A started plugin process.
+pub struct Spawned {
+    /// The child, with piped stdio.
+    pub child: tokio::process::Child,
+    /// Its cgroup, if this host gave it one: counters for `last_exit.limit`; dropping it kills
+    /// what is left inside and removes it.
+    pub cgroup: Option<Cgroup>,
+}
+
+/// Spawns the child with piped stdio, in its own session, with limits and the sandbox applied.
+pub fn spawn(plan: &SpawnPlan, request: &sandbox::Request<'_>) -> Result<Spawned, SpawnError> {
+    let sandbox::Confinement { child: mut confinement, cgroup } = sandbox::prepare(request)?;
+    let program = match confinement.denies_process().then(|| past_shims(&plan.argv[0], &plan.env)).flatten() {
+        Some(p) => {
+            tracing::info!(
+                plugin = %request.manifest.name,
+                "{} on PATH is a script (a version manager's shim?) that cannot fork without the `process` permission; running {} instead",
+                plan.argv[0],
+                p.display()
+            );
+            p
+        }
+        None => PathBuf::from(&plan.argv[0]),
+    };
+    let mut cmd = tokio::process::Command::new(program);
     cmd.args(&plan.argv[1..])
         .current_dir(&plan.cwd)
         .env_clear()
@@ -131,14 +159,55 @@ pub fn spawn(plan: &SpawnPlan) -> Result<tokio::process::Child, SpawnError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let rl = RlimitPlan::from(&plan.limits);
+    let mut rl = RlimitPlan::from(&plan.limits);
+    if cgroup.as_ref().is_some_and(Cgroup::limits_processes) {
+        // RLIMIT_NPROC counts every process of the user, not the plugin's: with a pids cgroup
+        // it would only make a busy user's plugins fail to start threads.
+        rl.processes = None;
+    }
+    for dir in cgroup.iter().flat_map(Cgroup::dirs) {
+        tracing::debug!("instance cgroup {}", dir.display());
+    }
     let parent = std::process::id();
     // SAFETY: the closure runs between fork and exec; it only makes async-signal-safe syscalls
     // on values computed before the fork.
     unsafe {
-        cmd.pre_exec(move || child_setup(&rl, parent));
+        cmd.pre_exec(move || child_setup(&rl, parent, &mut confinement));
     }
-    cmd.spawn().map_err(|source| SpawnError::Exec { argv0: plan.argv[0].clone(), source })
+    // On failure the cgroup is dropped here, which removes it.
+    let child = cmd.spawn().map_err(|source| SpawnError::Exec { argv0: plan.argv[0].clone(), source })?;
+    Ok(Spawned { child, cgroup })
+}
+
+/// For a bare program name whose first match on the plugin's `PATH` is a script: the first match
+/// that is not one. Shims of version managers (pyenv, asdf) are shell scripts that fork helpers
+/// before they exec the interpreter, which a plugin without `process` cannot do.
+fn past_shims(program: &str, env: &[(String, String)]) -> Option<PathBuf> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return None;
+    }
+    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str())?;
+    let mut first_is_script = false;
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(program);
+        let executable =
+            std::fs::metadata(&candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if !executable {
+            continue;
+        }
+        let mut magic = [0u8; 2];
+        let script =
+            std::fs::File::open(&candidate).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"#!";
+        match (script, first_is_script) {
+            (true, _) => first_is_script = true,
+            (false, true) => return Some(candidate),
+            // The first match is a binary: nothing to do.
+            (false, false) => return None,
+        }
+    }
+    None
 }
 
 /// Limits as raw numbers, ready for `setrlimit` in the child.
@@ -161,7 +230,7 @@ impl From<&Limits> for RlimitPlan {
     }
 }
 
-fn child_setup(rl: &RlimitPlan, parent: u32) -> std::io::Result<()> {
+fn child_setup(rl: &RlimitPlan, parent: u32, confinement: &mut ChildConfinement) -> std::io::Result<()> {
     use nix::sys::resource::{setrlimit, Resource};
     use nix::sys::signal::Signal;
     nix::unistd::setsid()?;
@@ -171,6 +240,8 @@ fn child_setup(rl: &RlimitPlan, parent: u32) -> std::io::Result<()> {
         return Err(std::io::Error::other("parent exited during spawn"));
     }
     nix::sys::prctl::set_no_new_privs()?;
+    // Early: whatever the plugin does from here on counts against its cgroup.
+    confinement.join_cgroups()?;
     // RLIMIT_DATA, not RLIMIT_AS: V8 reserves far more address space than it uses.
     setrlimit(Resource::RLIMIT_DATA, rl.data_bytes, rl.data_bytes)?;
     if let Some(cpu) = rl.cpu_seconds {
@@ -182,7 +253,7 @@ fn child_setup(rl: &RlimitPlan, parent: u32) -> std::io::Result<()> {
     if let Some(n) = rl.processes {
         setrlimit(Resource::RLIMIT_NPROC, n, n)?;
     }
-    Ok(())
+    confinement.restrict()
 }
 
 #[cfg(test)]

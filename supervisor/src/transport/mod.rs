@@ -5,3 +5,4 @@
 
 pub mod frame;
 pub mod peer;
+pub mod tap;

@@ -19,6 +19,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use crate::transport::tap::{Dir, Tap};
+use std::sync::Arc;
 
 /// Lines queued for the writer task before senders wait.
 pub const OUTBOX_CAPACITY: usize = 1024;
@@ -151,12 +153,38 @@ pub struct Peer {
     out: mpsc::Sender<Outgoing>,
     calls: Mutex<Calls>,
     next_id: AtomicU64,
+    /// Copies messages for `plugins.trace` while somebody watches.
+    tap: Option<Arc<Tap>>,
 }
 
 impl Peer {
     /// A peer writing through `out` (the sender of a [`spawn_writer`] task).
     pub fn new(out: mpsc::Sender<Outgoing>) -> Self {
-        Peer { out, calls: Mutex::new(Calls::default()), next_id: AtomicU64::new(1) }
+        Peer { out, calls: Mutex::new(Calls::default()), next_id: AtomicU64::new(1), tap: None }
+    }
+
+    /// The same peer, copying every message in and out to `tap`.
+    pub fn with_tap(mut self, tap: Arc<Tap>) -> Self {
+        self.tap = Some(tap);
+        self
+    }
+
+    fn trace(&self, dir: Dir, line: &[u8]) {
+        if let Some(t) = &self.tap {
+            t.record(dir, line);
+        }
+    }
+
+    /// Queues a line without waiting; false if the outbox is full or closed.
+    fn push_now(&self, line: Vec<u8>) -> bool {
+        self.trace(Dir::Out, &line);
+        self.out.try_send(Outgoing::Line(line)).is_ok()
+    }
+
+    /// Queues a line, waiting for room; false if the connection is gone.
+    async fn push(&self, line: Vec<u8>) -> bool {
+        self.trace(Dir::Out, &line);
+        self.out.send(Outgoing::Line(line)).await.is_ok()
     }
 
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
@@ -193,9 +221,9 @@ impl Peer {
         let mut guard = CancelOnDrop { peer: self, id, armed: true };
         let start = Instant::now();
         let mut due = (start + deadline.idle).min(deadline.hard);
-        match tokio::time::timeout_at(due, self.out.send(Outgoing::Line(line))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
+        match tokio::time::timeout_at(due, self.push(line)).await {
+            Ok(true) => {}
+            Ok(false) => {
                 guard.armed = false;
                 self.calls().pending.remove(&id);
                 return Err(CallError::Closed);
@@ -236,12 +264,12 @@ impl Peer {
 
     /// Sends a notification without waiting for room in the outbox; false if it was dropped.
     pub fn notify<P: Serialize + ?Sized>(&self, method: &str, params: &P) -> bool {
-        self.out.try_send(Outgoing::Line(jsonrpc::notification_line(method, params))).is_ok()
+        self.push_now(jsonrpc::notification_line(method, params))
     }
 
     /// Sends a notification, waiting for room in the outbox.
     pub async fn notify_wait<P: Serialize + ?Sized>(&self, method: &str, params: &P) -> bool {
-        self.out.send(Outgoing::Line(jsonrpc::notification_line(method, params))).await.is_ok()
+        self.push(jsonrpc::notification_line(method, params)).await
     }
 
     /// Answers a request of the other side.
@@ -250,12 +278,12 @@ impl Peer {
             Ok(result) => jsonrpc::result_line(id, result),
             Err(e) => jsonrpc::error_line(id, e),
         };
-        let _ = self.out.send(Outgoing::Line(line)).await;
+        self.push(line).await;
     }
 
     /// Sends a pre-built line (already `\n`-terminated).
     pub async fn send_line(&self, line: Vec<u8>) -> bool {
-        self.out.send(Outgoing::Line(line)).await.is_ok()
+        self.push(line).await
     }
 
     /// Restarts the deadline of our request `id` (the other side sent `$/progress`).
@@ -287,6 +315,7 @@ impl Peer {
 
     /// Handles one incoming line: responses are delivered here, the rest is returned.
     pub fn accept<'a>(&self, line: &'a [u8]) -> Incoming<'a> {
+        self.trace(Dir::In, line);
         match Message::parse(line) {
             Err(e) => Incoming::Invalid(e),
             Ok(Message::Request { id, method, params }) => Incoming::Request { id, method, params },
@@ -321,6 +350,11 @@ impl Peer {
     /// Asks the writer task to flush and close the write half.
     pub async fn close_output(&self) {
         let _ = self.out.send(Outgoing::Close).await;
+    }
+
+    /// Calls of real work (not pings or teardown) waiting for an answer.
+    pub fn busy(&self) -> usize {
+        self.calls().pending.values().filter(|p| p.parentable).count()
     }
 
     /// Calls waiting for an answer.

@@ -84,7 +84,7 @@ async fn backoff_is_measured_between_restarts() {
             &[
                 (
                     "plugin.json",
-                    r#"{"name": "flaky", "version": "0.1.0", "main": "run.sh", "restart": {"max_restarts": 4}}"#,
+                    r#"{"name": "flaky", "version": "0.1.0", "main": "run.sh", "restart": {"max_restarts": 4}, "permissions": ["process", "filesystem"]}"#,
                 ),
                 ("run.sh", "date +%s%N >> starts.txt\nexit 1\n"),
             ],

@@ -3,12 +3,16 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+mod authoring;
 mod calls;
 mod cli;
 mod conformance;
 mod crash;
 mod deps;
+mod isolation;
 mod lifecycle;
+mod observe;
 mod registry;
+mod reload;
 mod socket;
 mod support;

@@ -70,6 +70,7 @@ pub struct DaemonBuilder {
     dir: tempfile::TempDir,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
+    watch: bool,
 }
 
 impl DaemonBuilder {
@@ -125,6 +126,12 @@ impl DaemonBuilder {
         self
     }
 
+    /// Lets plugind watch plugin files (hot reload); tests run with `--no-watch` otherwise.
+    pub fn watch(mut self) -> Self {
+        self.watch = true;
+        self
+    }
+
     /// An extra plugind argument.
     pub fn arg(mut self, a: &str) -> Self {
         self.extra_args.push(a.to_owned());
@@ -152,7 +159,7 @@ impl DaemonBuilder {
             .arg(&socket)
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
-            .arg("--no-watch")
+            .args((!self.watch).then_some("--no-watch"))
             .args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("PLUGIND_LOG", "debug")
@@ -170,7 +177,7 @@ impl DaemonBuilder {
 impl Daemon {
     /// A builder with an empty plugin dir.
     pub fn builder() -> DaemonBuilder {
-        DaemonBuilder { dir: tempfile::tempdir().unwrap(), extra_args: Vec::new(), env: Vec::new() }
+        DaemonBuilder { dir: tempfile::tempdir().unwrap(), extra_args: Vec::new(), env: Vec::new(), watch: false }
     }
 
     /// A new control connection.
@@ -196,7 +203,7 @@ impl Daemon {
     /// Waits until the plugin is in `state`.
     pub async fn wait_state(&self, plugin: &str, state: &str) -> Value {
         wait_for(&format!("{plugin} to be {state}"), async || {
-            let s = self.status(plugin).await;
+            let s = self.call("plugins.get", json!({ "name": plugin })).await.ok()?;
             (s["state"] == state).then_some(s)
         })
         .await
@@ -270,4 +277,11 @@ pub fn data(r: &Result<Value, ClientError>) -> Value {
         Err(ClientError::Rpc(e)) => e.data.clone().unwrap_or(Value::Null),
         other => panic!("expected an RPC error, got {other:?}"),
     }
+}
+
+/// The instance cgroup directories plugind logged ("instance cgroup DIR", at debug level).
+pub fn instance_cgroups(log: &str) -> Vec<PathBuf> {
+    log.lines()
+        .filter_map(|l| l.split_once("instance cgroup ").map(|(_, dir)| PathBuf::from(dir.trim())))
+        .collect()
 }

@@ -1,6 +1,7 @@
 //! One function per control method; [`dispatch`] is the one exhaustive match.
 
 mod calls;
+mod observe;
 mod plugins;
 mod supervisor;
 
@@ -31,10 +32,14 @@ pub async fn dispatch(
         c::PLUGINS_START => plugins::start(daemon, params(raw)?).await,
         c::PLUGINS_STOP => plugins::stop(daemon, params(raw)?).await,
         c::PLUGINS_RESTART => plugins::restart(daemon, params(raw)?).await,
+        c::PLUGINS_RELOAD => Ok(plugind_protocol::jsonrpc::to_raw(&daemon.reload().await)),
         c::EXECUTE => calls::execute(daemon, raw).await,
         c::SERVICES_LIST => calls::services_list(daemon, params(raw)?),
         c::SERVICES_CALL => calls::services_call(daemon, params(raw)?).await,
         c::SERVICES_REGISTER => calls::services_register(daemon, conn, params(raw)?),
+        c::LOGS_TAIL => observe::logs_tail(daemon, conn, params(raw)?),
+        c::EVENTS_SUBSCRIBE => observe::events_subscribe(daemon, conn),
+        c::PLUGINS_TRACE => observe::plugins_trace(daemon, conn, params(raw)?),
         other => Err(RpcError::method_not_found(other)),
     }
 }

@@ -1,0 +1,163 @@
+//! `pluginctl check DIR`: validates a plugin and drives it through its lifecycle without a
+//! daemon (`init`, `register`, `ping`, an optional `execute`, `teardown`), reporting what a
+//! plugin author needs to fix before deploying it.
+
+use crate::config::Config;
+use crate::plugin::actor::instance_spec;
+use crate::plugin::instance::{self, InstanceEvent};
+use crate::transport::peer::Deadline;
+use crate::Daemon;
+use plugind_protocol::methods;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How one finding weighs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Fine.
+    Ok,
+    /// Works, but worth a look.
+    Warn,
+    /// Must be fixed.
+    Fail,
+}
+
+/// What `check` found, in order.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Findings.
+    pub findings: Vec<(Level, String)>,
+}
+
+impl Report {
+    fn push(&mut self, level: Level, text: impl Into<String>) {
+        self.findings.push((level, text.into()));
+    }
+
+    /// Whether nothing failed.
+    pub fn passed(&self) -> bool {
+        !self.findings.iter().any(|(l, _)| *l == Level::Fail)
+    }
+}
+
+/// An `init` slower than this gets a warning.
+const SLOW_INIT: Duration = Duration::from_secs(1);
+
+/// Checks the plugin in `dir`; `execute` is an optional `(method, params)` to call.
+pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
+    let mut r = Report::default();
+    let version = semver::Version::parse(crate::VERSION).expect("UNWRAP: crate version is semver");
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let found = crate::discovery::load(&dir, &version);
+    let m = match found.manifest {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            r.push(Level::Fail, format!("manifest: {e}"));
+            return r;
+        }
+    };
+    r.push(Level::Ok, format!("manifest: {} {} ({})", m.name, m.version, dir.join("plugin.json").display()));
+    for w in &m.warnings {
+        r.push(Level::Warn, format!("manifest: {w}"));
+    }
+    for (name, p) in crate::sandbox::report(&m) {
+        let text = match (p.granted, p.enforced) {
+            (true, _) => format!("permission {name}: granted"),
+            (false, true) => format!("permission {name}: denied, enforced here by {}", p.mechanism),
+            (false, false) => format!("permission {name}: denied, but this host cannot enforce it (advisory)"),
+        };
+        r.push(if p.granted || p.enforced { Level::Ok } else { Level::Warn }, text);
+    }
+
+    let state = match tempfile::tempdir() {
+        Ok(t) => t,
+        Err(e) => {
+            r.push(Level::Fail, format!("cannot create a scratch state dir: {e}"));
+            return r;
+        }
+    };
+    let daemon = Daemon::new(Config::new(Vec::new(), state.path().join("unused.sock"), state.path().to_path_buf()));
+    let name: Arc<str> = m.name.as_str().into();
+    let spec = match instance_spec(&daemon, &name, &dir, &m, 1) {
+        Ok(s) => s,
+        Err(e) => {
+            r.push(Level::Fail, format!("start: {e}"));
+            return r;
+        }
+    };
+    let argv = spec.plan.argv.join(" ");
+    let log = daemon.plugin_log(&m.name);
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let inst = match instance::launch(1, spec, daemon.clone(), log.clone(), tx) {
+        Ok(i) => i,
+        Err(e) => {
+            r.push(Level::Fail, format!("start: {e}"));
+            return r;
+        }
+    };
+    r.push(Level::Ok, format!("started: {argv} (pid {})", inst.pid));
+    let handshake = tokio::time::timeout(Duration::from_millis(2 * m.timeout_ms + 1000), events.recv()).await;
+    match handshake {
+        Ok(Some(InstanceEvent::Ready { result: Ok(services), .. })) => {
+            let took = started.elapsed();
+            let level = if took > SLOW_INIT { Level::Warn } else { Level::Ok };
+            r.push(level, format!("init + register answered in {} ms", took.as_millis()));
+            let names: Vec<String> = services.iter().map(|s| format!("{}@{}", s.name, s.version)).collect();
+            r.push(Level::Ok, format!("services: {}@{}{}", m.name, m.version, names.iter().map(|n| format!(", {n}")).collect::<String>()));
+        }
+        Ok(Some(InstanceEvent::Ready { result: Err(e), .. })) => r.push(Level::Fail, format!("handshake: {e}")),
+        Ok(Some(InstanceEvent::Exited { exit, .. })) => r.push(Level::Fail, format!("exited before the handshake: {}", exit.describe())),
+        Ok(None) | Err(_) => r.push(Level::Fail, "handshake: no answer to init/register".to_owned()),
+    }
+    if r.passed() {
+        let d = Deadline::new(Duration::from_millis(m.timeout_ms), Duration::from_millis(m.timeout_ms));
+        match inst.peer.call(methods::PING, &serde_json::json!({}), d).await {
+            Ok(_) | Err(crate::transport::peer::CallError::Rpc(_)) => r.push(Level::Ok, "ping answered"),
+            Err(e) => r.push(Level::Fail, format!("ping: {e}")),
+        }
+        if let Some((method, params)) = execute {
+            let call = serde_json::json!({ "method": method, "params": params });
+            match inst.peer.call(methods::EXECUTE, &call, d).await {
+                Ok(v) => r.push(Level::Ok, format!("execute {method}: {}", v.get())),
+                Err(e) => r.push(Level::Fail, format!("execute {method}: {e}")),
+            }
+        }
+    }
+    inst.stop();
+    let exit = loop {
+        match tokio::time::timeout(Duration::from_secs(8), events.recv()).await {
+            Ok(Some(InstanceEvent::Exited { exit, .. })) => break Some(exit),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => break None,
+        }
+    };
+    match exit {
+        Some(e) if e.code == Some(0) => r.push(Level::Ok, "teardown: exited with code 0"),
+        Some(e) if r.passed() => r.push(Level::Warn, format!("teardown: {}", e.describe())),
+        Some(_) => {}
+        None => r.push(Level::Fail, "teardown: the process did not exit"),
+    }
+    // Protocol mistakes the instance logged (stray stdout above all).
+    for line in log.tail(1000) {
+        if line.stream == "plugind" && line.level == "warn" && !line.message.starts_with("missed health ping") {
+            let level = if line.message.contains("non-JSON") || line.message.contains("unknown id") || line.message.contains("not a JSON-RPC") {
+                Level::Fail
+            } else {
+                Level::Warn
+            };
+            r.push(level, format!("protocol: {}", line.message));
+        }
+    }
+    if !r.passed() {
+        let tail = log.stderr_tail();
+        if !tail.is_empty() {
+            r.push(Level::Warn, format!("last stderr lines:\n    {}", tail.join("\n    ")));
+        }
+    }
+    r
+}

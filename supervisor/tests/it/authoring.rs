@@ -1,0 +1,104 @@
+//! Plugin authoring: `pluginctl new` → `pluginctl check` → running under plugind, per language;
+//! `check` failing what it must.
+
+use crate::support::*;
+use serde_json::json;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ctl(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pluginctl")).args(args).current_dir(cwd).output().expect("pluginctl runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+async fn new_check_run(lang: &str, build: impl FnOnce(&Path)) {
+    let work = tempfile::tempdir().unwrap();
+    let name = format!("hello-{lang}");
+    let out = ctl(&["new", &name, "--lang", lang, "--dir", &format!("plugins/{name}")], work.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let dir = work.path().join("plugins").join(&name);
+    build(&dir);
+    let out = ctl(&["check", dir.to_str().unwrap(), "--execute", "hello", "--params", r#"{"name":"check"}"#], work.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains(r#"execute hello: {"greeting":"Hello, check!"}"#), "{}", text(&out));
+    // And under plugind.
+    let d = Daemon::builder().start().await;
+    copy_dir(&dir, &d.plugins.join(&name));
+    d.call("plugins.reload", json!({})).await.unwrap();
+    d.wait_state(&name, "running").await;
+    assert_eq!(d.execute(&name, "hello", json!({})).await.unwrap(), json!({"greeting": "Hello, world!"}));
+    assert_eq!(d.execute(&name, "hello", json!({"name": "Ada"})).await.unwrap(), json!({"greeting": "Hello, Ada!"}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_template_new_check_run() {
+    new_check_run("python", |dir| {
+        let t = Command::new("python3").args(["-m", "unittest"]).current_dir(dir).output().unwrap();
+        assert!(t.status.success(), "template test: {}", text(&t));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_template_new_check_run() {
+    new_check_run("node", |dir| {
+        let t = Command::new("node").args(["--test"]).current_dir(dir).output().unwrap();
+        assert!(t.status.success(), "template test: {}", text(&t));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_template_new_build_check_run() {
+    new_check_run("rust", |dir| {
+        // A target dir of its own inside the workspace's, reused across runs.
+        let target = repo().join("target/template-test");
+        let t = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--offline"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(t.status.success(), "cargo build: {}", text(&t));
+        // The manifest runs target/release/NAME inside the plugin dir: point it at the shared target.
+        let bin = target.join("release").join(dir.file_name().unwrap());
+        let m = dir.join("plugin.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
+        v["main"] = serde_json::Value::Null;
+        v["command"] = json!([bin.to_str().unwrap()]);
+        std::fs::write(&m, v.to_string()).unwrap();
+    })
+    .await;
+}
+
+#[test]
+fn check_names_the_bad_field() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("plugin.json"), r#"{"name": "x", "version": "one", "main": "m.py", "limits": {"memory_mb": "lots"}}"#)
+        .unwrap();
+    let out = ctl(&["check", "."], work.path());
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("plugin.json") && t.contains("/version") && t.contains("/limits/memory_mb"), "{t}");
+}
+
+#[test]
+fn check_fails_a_plugin_that_prints_to_stdout() {
+    let out = ctl(&["check", fixture("perl-echo").to_str().unwrap(), "--execute", "garbage"], &repo());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("FAIL protocol: non-JSON line on stdout"), "{}", text(&out));
+}
+
+#[test]
+fn new_refuses_bad_names_and_existing_dirs() {
+    let work = tempfile::tempdir().unwrap();
+    assert_eq!(ctl(&["new", "Not Valid"], work.path()).status.code(), Some(2));
+    assert_eq!(ctl(&["new", "ok", "--lang", "cobol"], work.path()).status.code(), Some(2));
+    assert_eq!(ctl(&["new", "ok"], work.path()).status.code(), Some(0));
+    let again = ctl(&["new", "ok"], work.path());
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again).contains("already exists"));
+}

@@ -1,0 +1,115 @@
+//! Looking at plugins: `plugins.trace`, `logs.tail` (+ follow), `events.subscribe`, and their
+//! pluginctl commands.
+
+use crate::support::*;
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const TALKER: &str = r#"import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m:
+        continue
+    r = {}
+    if m["method"] == "execute":
+        word = m["params"]["params"]["word"]
+        sys.stderr.write("stderr says %s\n" % word); sys.stderr.flush()
+        print(json.dumps({"jsonrpc": "2.0", "method": "log", "params": {"level": "warn", "message": "log says %s" % word}}), flush=True)
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else r}), flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_shows_both_directions() {
+    let d = Daemon::builder().plugin("perl-echo").start().await;
+    let mut watcher = d.client().await;
+    assert_eq!(watcher.call("plugins.trace", &json!({"name": "perl-echo"})).await.unwrap(), json!(null));
+    d.execute("perl-echo", "echo", json!({"traced": 1})).await.unwrap();
+    let (m1, out) = watcher.notification().await.unwrap();
+    let (_, inn) = watcher.notification().await.unwrap();
+    assert_eq!(m1, "trace");
+    assert_eq!(out["dir"], "out");
+    assert_eq!(out["plugin"], "perl-echo");
+    assert_eq!(out["message"]["method"], "execute");
+    assert_eq!(out["message"]["params"]["params"], json!({"traced": 1}));
+    assert_eq!(inn["dir"], "in");
+    assert_eq!(inn["message"]["result"], json!({"traced": 1}));
+    assert!(inn["ts"].as_str().unwrap().ends_with('Z'));
+    // pluginctl trace prints one JSON line per message.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pluginctl"))
+        .args(["--socket", d.socket.to_str().unwrap(), "trace", "perl-echo"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let d2 = &d;
+    let reader = std::thread::spawn(move || lines.next().unwrap().unwrap());
+    wait_for("pluginctl trace to print", async || {
+        d2.execute("perl-echo", "echo", json!("cli")).await.unwrap();
+        reader.is_finished().then_some(())
+    })
+    .await;
+    let first: serde_json::Value = serde_json::from_str(&reader.join().unwrap()).unwrap();
+    assert!(first["dir"] == "out" || first["dir"] == "in", "{first}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stderr_and_log_notifications_reach_logs_tail_and_pluginctl_logs() {
+    let d = Daemon::builder()
+        .plugin_files("talker", &[("plugin.json", r#"{"name": "talker", "version": "1.0.0", "main": "t.py"}"#), ("t.py", TALKER)])
+        .start()
+        .await;
+    d.execute("talker", "say", json!({"word": "alpha"})).await.unwrap();
+    let tail = wait_for("both lines", async || {
+        let r = d.call("logs.tail", json!({"plugin": "talker", "lines": 50})).await.ok()?;
+        let lines = r["lines"].as_array()?.clone();
+        (lines.iter().any(|l| l["message"] == "stderr says alpha") && lines.iter().any(|l| l["message"] == "log says alpha"))
+            .then_some(lines)
+    })
+    .await;
+    let log = tail.iter().find(|l| l["message"] == "log says alpha").unwrap();
+    assert_eq!((log["stream"].as_str(), log["level"].as_str()), (Some("log"), Some("warn")));
+    let err = tail.iter().find(|l| l["message"] == "stderr says alpha").unwrap();
+    assert_eq!(err["stream"], "stderr");
+    assert!(tail.iter().any(|l| l["stream"] == "plugind" && l["message"].as_str().unwrap().contains("started instance")));
+
+    let out = d.ctl(&["logs", "talker", "-n", "3"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 3, "{text}");
+    // -f follows new lines.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pluginctl"))
+        .args(["--socket", d.socket.to_str().unwrap(), "logs", "talker", "-n", "0", "-f"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let reader = std::thread::spawn(move || lines.find(|l| l.as_ref().unwrap().contains("says omega")).unwrap().unwrap());
+    wait_for("logs -f to show the new line", async || {
+        d.execute("talker", "say", json!({"word": "omega"})).await.unwrap();
+        reader.is_finished().then_some(())
+    })
+    .await;
+    assert!(reader.join().unwrap().contains("talker"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_report_state_changes_and_restarts() {
+    let d = Daemon::builder().plugin("py-probe").start().await;
+    let mut sub = d.client().await;
+    sub.call("events.subscribe", &json!({})).await.unwrap();
+    let _ = d.execute("py-probe", "exit", json!({"code": 4})).await;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|(k, s): &(String, String)| k == "state" && s == "running") {
+        let (method, ev) = tokio::time::timeout(TIMEOUT, sub.notification()).await.unwrap().unwrap();
+        assert_eq!(method, "event");
+        assert_eq!(ev["plugin"], "py-probe");
+        seen.push((ev["kind"].as_str().unwrap().to_owned(), ev["state"].as_str().unwrap_or("").to_owned()));
+    }
+    let kinds: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(kinds.contains(&"exit") && kinds.contains(&"restart"), "{seen:?}");
+    assert!(seen.contains(&("state".into(), "restarting".into())), "{seen:?}");
+}

@@ -1,0 +1,165 @@
+//! Hot reload: a changed plugin is swapped for a new instance with no failed call; a broken
+//! update leaves the old one serving; `plugins.reload` adds and removes plugin directories.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A plain-Python plugin whose answers carry the code generation `gen`.
+fn source(gen: u32) -> String {
+    format!(
+        r#"import json, sys, threading
+GEN = {gen}
+def answer(m):
+    p = m.get("params") or {{}}
+    r = {{"init": {{}}, "register": {{"services": []}}, "ping": {{}}, "teardown": None}}.get(m["method"], "x")
+    if m["method"] == "execute":
+        r = {{"gen": GEN, "echo": p.get("params")}}
+    sys.stdout.write(json.dumps({{"jsonrpc": "2.0", "id": m["id"], "result": r}}) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" in m and "method" in m:
+        answer(m)
+"#
+    )
+}
+
+fn manifest(version: &str) -> String {
+    format!(r#"{{"name": "hot", "version": "{version}", "main": "main.py"}}"#)
+}
+
+/// Atomic replace, as editors and deploy tools do it.
+fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn six_changes_under_load_fail_no_call() {
+    let d = Arc::new(
+        Daemon::builder().watch().plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(0))]).start().await,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (d, stop, ok, failed) = (d.clone(), stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut client = d.client().await;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let r = client.call("execute", &json!({"plugin": "hot", "method": "e", "params": [c, n]})).await;
+                    match r {
+                        Ok(v) if v["echo"] == json!([c, n]) => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            eprintln!("client {c} call {n} failed: {other:?}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    let dir = d.plugins.join("hot");
+    let serving = async |check: &dyn Fn(&Value, &Value) -> bool| {
+        let started = Instant::now();
+        loop {
+            let r = d.execute("hot", "e", json!(null)).await.unwrap();
+            let s = d.status("hot").await;
+            if check(&r, &s) {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "change not serving: {r} {}", s["last_error"]);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    for change in 1..=6u32 {
+        let took = if change % 2 == 1 {
+            // Code: alternately in place and by atomic rename.
+            if change % 4 == 1 {
+                std::fs::write(dir.join("main.py"), source(change)).unwrap();
+            } else {
+                write_atomic(&dir.join("main.py"), &source(change));
+            }
+            serving(&|r, _| r["gen"] == change).await
+        } else {
+            let v = format!("1.0.{change}");
+            write_atomic(&dir.join("plugin.json"), &manifest(&v));
+            serving(&|_, s| s["version"] == v.as_str()).await
+        };
+        assert!(took < Duration::from_secs(2), "change {change} took {took:?}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "calls failed during reloads");
+    assert!(ok.load(Ordering::Relaxed) > 100, "clients kept calling: {}", ok.load(Ordering::Relaxed));
+    let s = d.status("hot").await;
+    assert_eq!(s["restarts"], 0);
+    assert_eq!(s["history"].as_array().unwrap().iter().filter(|h| h["event"] == "reload").count(), 6, "{}", s["history"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_update_keeps_the_old_version_serving_until_fixed() {
+    let d = Daemon::builder().watch().plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))]).start().await;
+    let dir = d.plugins.join("hot");
+    std::fs::write(dir.join("main.py"), "this is not python(\n").unwrap();
+    let s = wait_for("the failed reload", async || {
+        let s = d.status("hot").await;
+        s["last_error"].as_str().is_some_and(|e| e.contains("reload failed")).then_some(s)
+    })
+    .await;
+    assert_eq!(s["state"], "running");
+    assert!(s["stderr_tail"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().contains("SyntaxError")), "{s}");
+    assert_eq!(d.execute("hot", "e", json!(1)).await.unwrap()["gen"], 1, "the old instance still answers");
+
+    // A broken manifest is reported with file and field, and changes nothing.
+    std::fs::write(dir.join("plugin.json"), r#"{"name": "hot", "version": "nope", "main": "main.py"}"#).unwrap();
+    wait_for("the manifest error", async || {
+        let e = d.status("hot").await["last_error"].as_str()?.to_owned();
+        (e.contains("plugin.json") && e.contains("/version")).then_some(())
+    })
+    .await;
+    assert_eq!(d.execute("hot", "e", json!(2)).await.unwrap()["gen"], 1);
+
+    // The fix is picked up.
+    std::fs::write(dir.join("plugin.json"), manifest("1.1.0")).unwrap();
+    std::fs::write(dir.join("main.py"), source(2)).unwrap();
+    wait_for("the fixed version", async || (d.execute("hot", "e", json!(3)).await.ok()?["gen"] == 2).then_some(())).await;
+    let s = d.wait_state("hot", "running").await;
+    assert_eq!(s["version"], "1.1.0");
+    assert_eq!(s["last_error"], json!(null));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pluginctl_reload_adds_and_removes_directories() {
+    let d = Daemon::builder().plugin("perl-echo").plugin("py-probe").start().await;
+    copy_dir(&fixture("perl-echo"), &d.plugins.join("newcomer"));
+    let m = d.plugins.join("newcomer/plugin.json");
+    let text = std::fs::read_to_string(&m).unwrap().replace("\"perl-echo\"", "\"newcomer\"");
+    std::fs::write(&m, text).unwrap();
+    std::fs::remove_dir_all(d.plugins.join("py-probe")).unwrap();
+    let out = d.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("added: newcomer") && text.contains("removed: py-probe"), "{text}");
+    assert_eq!(d.execute("newcomer", "echo", json!(7)).await.unwrap(), json!(7));
+    assert_eq!(code(&d.execute("py-probe", "echo", json!(1)).await), -32004);
+    let r = d.call("plugins.reload", json!({})).await.unwrap();
+    assert_eq!(r, json!({"added": [], "removed": [], "changed": [], "errors": []}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_rescans() {
+    let d = Daemon::builder().plugin("perl-echo").start().await;
+    copy_dir(&fixture("py-probe"), &d.plugins.join("py-probe"));
+    d.signal(libc::SIGHUP);
+    d.wait_state("py-probe", "running").await;
+}
