@@ -30,16 +30,23 @@ pub enum ClientError {
     Rpc(RpcError),
 }
 
-/// A connection to plugind's control socket.
+/// A connection to plugind's control socket (or, with [`Client::connect_url`], to its
+/// `--listen` HTTP API).
 pub struct Client {
-    read: FramedRead<OwnedReadHalf, FrameDecoder>,
-    write: OwnedWriteHalf,
+    transport: Transport,
     next_id: u64,
     /// Notifications that arrived while waiting for a response.
     backlog: std::collections::VecDeque<(String, Value)>,
 }
 
 impl Client {
+    /// The `--listen` HTTP API at `url` (`http://HOST:PORT`), with the bearer token. Each call
+    /// is one HTTP request; notifications never arrive.
+    pub async fn connect_url(url: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let http = crate::client_http::HttpClient::new(url, token)?;
+        Ok(Client { transport: Transport::Http(http), next_id: 1, backlog: Default::default() })
+    }
+
     /// Connects to `path`.
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path)
@@ -47,8 +54,7 @@ impl Client {
             .map_err(|source| ClientError::Unreachable { path: path.to_path_buf(), source })?;
         let (read, write) = stream.into_split();
         Ok(Client {
-            read: FramedRead::new(read, FrameDecoder::new(DEFAULT_MAX_FRAME)),
-            write,
+            transport: Transport::Unix { read: FramedRead::new(read, FrameDecoder::new(DEFAULT_MAX_FRAME)), write },
             next_id: 1,
             backlog: Default::default(),
         })
@@ -58,9 +64,13 @@ impl Client {
     pub async fn call(&mut self, method: &str, params: &Value) -> Result<Value, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        self.write.write_all(&jsonrpc::request_line(id, method, params)).await.map_err(|_| ClientError::Lost)?;
+        let (read, write) = match &mut self.transport {
+            Transport::Unix { read, write } => (read, write),
+            Transport::Http(http) => return http.call(id, method, params).await,
+        };
+        write.write_all(&jsonrpc::request_line(id, method, params)).await.map_err(|_| ClientError::Lost)?;
         loop {
-            let Some(Ok(Frame::Line(line))) = self.read.next().await else { return Err(ClientError::Lost) };
+            let Some(Ok(Frame::Line(line))) = read.next().await else { return Err(ClientError::Lost) };
             match Message::parse(&line) {
                 Ok(Message::Response { id: rid, outcome }) if Message::numeric_id(rid) == Some(id) => {
                     return match outcome {
@@ -82,12 +92,21 @@ impl Client {
         if let Some(n) = self.backlog.pop_front() {
             return Some(n);
         }
+        let Transport::Unix { read, .. } = &mut self.transport else { return None };
         loop {
-            let Some(Ok(Frame::Line(line))) = self.read.next().await else { return None };
+            let Some(Ok(Frame::Line(line))) = read.next().await else { return None };
             if let Ok(Message::Notification { method, params }) = Message::parse(&line) {
                 let params = params.and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or(Value::Null);
                 return Some((method.into_owned(), params));
             }
         }
     }
+}
+
+/// How a [`Client`] reaches plugind.
+enum Transport {
+    /// The NDJSON control socket.
+    Unix { read: FramedRead<OwnedReadHalf, FrameDecoder>, write: OwnedWriteHalf },
+    /// The `--listen` HTTP API.
+    Http(crate::client_http::HttpClient),
 }

@@ -108,8 +108,41 @@ pub async fn handle_request(
                     serde_json::json!({ "plugin": &*caller.plugin, "permission": "storage" }),
                 ));
             }
-            Err(RpcError::internal("kv store not available in this build"))
+            kv_request(daemon, caller, method, raw).await
         }
         other => Err(RpcError::method_not_found(other)),
+    }
+}
+
+/// `kv.get` / `kv.set` / `kv.delete` / `kv.list` on the caller's namespace.
+async fn kv_request(daemon: &Daemon, caller: &Caller, method: &str, raw: Option<&RawValue>) -> Result<Box<RawValue>, RpcError> {
+    use plugind_protocol::methods::{KvKey, KvListParams, KvSetParams};
+    let store = daemon.open_kv().map_err(RpcError::internal)?;
+    let plugin = &*caller.plugin;
+    let kv_err = |e: crate::kv::KvError| match e {
+        crate::kv::KvError::BadKey(_) => RpcError::invalid_params(e),
+        other => RpcError::internal(other),
+    };
+    match method {
+        methods::KV_GET => {
+            let p: KvKey = params(raw)?;
+            let value = store.get(plugin, &p.key).await.map_err(kv_err)?;
+            Ok(to_raw(&serde_json::json!({ "value": value })))
+        }
+        methods::KV_SET => {
+            let p: KvSetParams = params(raw)?;
+            store.set(plugin, &p.key, &p.value).await.map_err(kv_err)?;
+            Ok(to_raw(&()))
+        }
+        methods::KV_DELETE => {
+            let p: KvKey = params(raw)?;
+            let deleted = store.delete(plugin, &p.key).await.map_err(kv_err)?;
+            Ok(to_raw(&serde_json::json!({ "deleted": deleted })))
+        }
+        _ => {
+            let p: KvListParams = params(raw)?;
+            let keys = store.list(plugin, p.prefix.as_deref()).await.map_err(kv_err)?;
+            Ok(to_raw(&serde_json::json!({ "keys": keys })))
+        }
     }
 }

@@ -19,17 +19,23 @@
 
 pub mod check;
 pub mod client;
+pub mod client_http;
 pub mod config;
 pub mod control;
 pub mod discovery;
+pub mod hooks;
 pub mod host;
+pub mod kv;
+pub mod listen;
 pub mod logs;
+pub mod metrics;
 pub mod plugin;
 pub mod procfs;
 pub mod registry;
 pub mod router;
 pub mod sandbox;
 pub mod scaffold;
+pub mod service;
 pub mod time;
 pub mod transport;
 pub mod watch;
@@ -76,6 +82,10 @@ pub struct Daemon {
     reload_lock: tokio::sync::Mutex<()>,
     /// Lifecycle events for `events.subscribe`.
     events: broadcast::Sender<plugind_protocol::control::Event>,
+    /// Emitted metrics and the Prometheus registry.
+    pub metrics: metrics::Metrics,
+    /// The plugins' key-value store, opened by [`run`] (or lazily by whoever needs it first).
+    kv: std::sync::OnceLock<Arc<kv::KvStore>>,
 }
 
 impl Daemon {
@@ -94,7 +104,18 @@ impl Daemon {
             next_conn: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),
             events: broadcast::channel(1024).0,
+            metrics: metrics::Metrics::default(),
+            kv: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Opens the kv store in the state dir; a corrupt or unwritable database is an error.
+    pub fn open_kv(&self) -> Result<Arc<kv::KvStore>, kv::KvError> {
+        if let Some(kv) = self.kv.get() {
+            return Ok(kv.clone());
+        }
+        let store = kv::KvStore::open(&self.paths.root().join("kv.sqlite"))?;
+        Ok(self.kv.get_or_init(|| store).clone())
     }
 
     /// The settings.
@@ -128,19 +149,18 @@ impl Daemon {
     }
 
     /// The operator's extra environment for a plugin (config file `[plugins.NAME] env`).
-    pub fn operator_env(&self, _plugin: &str) -> Vec<(String, String)> {
-        Vec::new()
+    pub fn operator_env(&self, plugin: &str) -> Vec<(String, String)> {
+        self.config.plugin(plugin).map(|p| p.env.clone().into_iter().collect()).unwrap_or_default()
     }
 
     /// The config passed to `init`: the manifest's `config` (operator overrides merge over it).
     pub fn plugin_config(&self, m: &Manifest) -> serde_json::Value {
-        m.config.clone()
+        match self.config.plugin(&m.name).and_then(config::PluginSettings::config_json) {
+            Some(over) => config::merge_json(m.config.clone(), over),
+            None => m.config.clone(),
+        }
     }
 
-    /// Records a `metrics.emit` sample of a plugin.
-    pub fn metrics_emit(&self, plugin: &str, params: &str) {
-        tracing::trace!(plugin, params, "metrics.emit");
-    }
 
     /// Publishes a lifecycle event to subscribers (`events.subscribe`).
     pub fn publish_event(&self, plugin: &str, kind: &str, state: Option<&str>, detail: String) {
@@ -303,6 +323,10 @@ impl Daemon {
                     f.dir.join("plugin.json").display()
                 ));
             }
+            // The operator's `[plugins.NAME] limits` (config file) win over the manifest's.
+            if let Ok(m) = &mut f.manifest {
+                self.apply_overrides(m);
+            }
         }
         (found, errors)
     }
@@ -432,8 +456,22 @@ impl Daemon {
     /// (running, failed, blocked…). Plugins whose required dependencies are already served start
     /// together in one wave; the next wave starts once that one has settled. Whatever is left when
     /// no wave can form (a missing provider, a cycle) is started too and ends up `blocked`.
+    ///
+    /// Plugins the config file disables (`[plugins.NAME] enabled = false`) stay `stopped`.
     pub async fn start_all(&self) {
-        let mut pending: Vec<Arc<PluginEntry>> = self.plugins().into_iter().filter(|p| p.ctl.is_some()).collect();
+        let mut pending: Vec<Arc<PluginEntry>> = self
+            .plugins()
+            .into_iter()
+            .filter(|p| p.ctl.is_some())
+            .filter(|p| {
+                let on = self.enabled_at_boot(&p.name);
+                if !on {
+                    tracing::info!(plugin = %p.name, "disabled in the config file: not started");
+                    p.log.plugind("disabled in the config file (enabled = false): not started at boot".to_owned());
+                }
+                on
+            })
+            .collect();
         loop {
             let (ready, waiting): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| {
                 let m = p.status().manifest.clone();
@@ -448,10 +486,50 @@ impl Daemon {
         futures::future::join_all(pending.iter().map(|p| p.command(Command::Start))).await;
     }
 
-    /// Stops every plugin and waits for their processes to end.
+    /// Stops every plugin in reverse dependency order and waits for their processes to end.
+    ///
+    /// Dependents go first: a plugin gets `teardown` only once every plugin that depends on one
+    /// of its services (required or optional, by the manifests) has stopped. Plugins with no
+    /// running dependent stop together in one wave; if a cycle leaves no such plugin, the rest
+    /// stop together. [`run`] bounds the whole with the stop timeout.
     pub async fn stop_all(&self) {
-        let stops = self.plugins().into_iter().map(|p| async move { p.command(Command::Stop).await });
-        futures::future::join_all(stops).await;
+        // SPEC §7: `onShutdown` hooks run here, before the first `teardown` (the lead adds them).
+
+        let mut pending = self.plugins();
+        while !pending.is_empty() {
+            // What each pending plugin serves: its name, its declared and its registered services.
+            let serves: Vec<Vec<String>> = pending
+                .iter()
+                .map(|p| {
+                    let mut names = vec![p.name.to_string()];
+                    if let Some(m) = p.status().manifest.clone() {
+                        names.extend(m.provides.iter().map(|s| s.name.clone()));
+                    }
+                    names.extend(p.snapshot().services.into_iter().map(|s| s.name));
+                    names
+                })
+                .collect();
+            let needs: Vec<Vec<String>> = pending
+                .iter()
+                .map(|p| {
+                    p.status().manifest.clone().map(|m| m.dependencies().map(|(d, _)| d.name.clone()).collect()).unwrap_or_default()
+                })
+                .collect();
+            // i may stop now if no other pending plugin needs what i serves.
+            let free: Vec<bool> = (0..pending.len())
+                .map(|i| !(0..pending.len()).any(|j| j != i && needs[j].iter().any(|n| serves[i].contains(n))))
+                .collect();
+            let (wave, rest): (Vec<_>, Vec<_>) = if free.iter().any(|f| *f) {
+                let (w, r): (Vec<_>, Vec<_>) = pending.into_iter().zip(free).partition(|(_, f)| *f);
+                (w.into_iter().map(|(p, _)| p).collect(), r.into_iter().map(|(p, _)| p).collect())
+            } else {
+                tracing::warn!("dependency cycle among the plugins left: stopping them together");
+                (std::mem::take(&mut pending), Vec::new())
+            };
+            tracing::debug!(plugins = ?wave.iter().map(|p| p.name.to_string()).collect::<Vec<_>>(), "stopping");
+            futures::future::join_all(wave.iter().map(|p| p.command(Command::Stop))).await;
+            pending = rest;
+        }
     }
 
     /// Counts by state for `supervisor.status`.
@@ -471,15 +549,48 @@ impl Daemon {
 }
 
 /// Runs plugind until `shutdown` completes or a client asks it to stop, then stops every plugin.
+///
+/// The order (SPEC §7): bind the control socket (and `--listen`/`--metrics`), load the plugins,
+/// start them all, `READY=1`; then serve until SIGTERM/SIGINT (`shutdown`) or
+/// `supervisor.shutdown`, reloading on SIGHUP; then `STOPPING=1` and stop every plugin in reverse
+/// dependency order within the stop timeout. [`service::Service`] keeps the watchdog and the
+/// status going throughout.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let listener = control::socket::bind(&config.socket)?;
     let socket = config.socket.clone();
+    let cleanup = |e: anyhow::Error| {
+        let _ = std::fs::remove_file(&socket);
+        e
+    };
     std::fs::create_dir_all(&config.state_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create state dir {}: {e}", config.state_dir.display()))?;
+        .map_err(|e| cleanup(anyhow::anyhow!("cannot create state dir {}: {e}", config.state_dir.display())))?;
+    // Bound before any plugin starts, so a taken port or a bad token file stops plugind at once.
+    let api = match (&config.listen, &config.token_file) {
+        (Some(addr), Some(token)) => Some(listen::bind(addr, token).await.map_err(cleanup)?),
+        _ => None,
+    };
+    let metrics_listener = match &config.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| cleanup(anyhow::anyhow!("cannot serve metrics on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let stop_timeout = config.stop_timeout;
     let daemon = Daemon::new(config);
+    daemon.open_kv().map_err(|e| cleanup(e.into()))?;
     sandbox::init();
     let load_errors = daemon.load();
     let server = tokio::spawn(control::serve(daemon.clone(), listener));
+    let api = match api {
+        Some(a) => Some(a.serve(daemon.clone()).map_err(cleanup)?),
+        None => None,
+    };
+    let metrics_server = metrics_listener.map(|l| {
+        tracing::info!(addr = ?l.local_addr().ok(), "serving GET /metrics");
+        tokio::spawn(metrics::serve(daemon.clone(), l))
+    });
     let _watcher = if daemon.config.watch {
         match watch::start(daemon.clone()) {
             Ok(w) => Some(w),
@@ -491,16 +602,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         None
     };
-    // SIGHUP = plugins.reload (SPEC §7).
-    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        let d = daemon.clone();
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: rescanning plugin directories");
-                d.reload().await;
-            }
-        });
-    }
+    // From here SIGHUP is `plugins.reload` (SPEC §7), handled by the service loop.
+    let mut service = service::Service::new(daemon.clone());
     tracing::info!(
         socket = %socket.display(),
         plugins = daemon.plugins().len(),
@@ -509,20 +612,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         socket.display()
     );
     tokio::pin!(shutdown);
-    tokio::select! {
-        _ = daemon.start_all() => {
-            let c = daemon.counts();
-            tracing::info!(running = c.running, failed = c.failed, blocked = c.blocked, total = c.total, "plugins started");
-            tokio::select! {
-                _ = &mut shutdown => {}
-                _ = daemon.shutdown.cancelled() => {}
-            }
-        }
-        _ = &mut shutdown => {}
-        _ = daemon.shutdown.cancelled() => {}
+    if service.until(daemon.start_all(), &mut shutdown).await.is_some() {
+        let c = daemon.counts();
+        tracing::info!(running = c.running, failed = c.failed, blocked = c.blocked, total = c.total, "plugins started");
+        service.ready();
+        service.serve(&mut shutdown).await;
     }
-    tracing::info!("stopping plugins");
-    daemon.stop_all().await;
+    service.stopping();
+    tracing::info!(timeout = ?stop_timeout, "stopping plugins");
+    if service.during(tokio::time::timeout(stop_timeout, daemon.stop_all())).await.is_err() {
+        let left: Vec<String> =
+            daemon.plugins().iter().filter(|p| p.state_name() != "stopped" && p.state_name() != "invalid").map(|p| p.name.to_string()).collect();
+        tracing::warn!(?left, "stop timeout ({stop_timeout:?}) reached: exiting anyway; what is left is killed");
+    }
+    if let Some(api) = api {
+        api.stop();
+    }
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     server.abort();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("plugind stopped");

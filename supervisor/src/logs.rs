@@ -37,7 +37,16 @@ impl Stream {
 struct Rings {
     lines: VecDeque<LogLine>,
     stderr: VecDeque<String>,
+    /// Token bucket for stderr lines: a flooding plugin cannot flood plugind's log too.
+    tokens: f64,
+    refilled: std::time::Instant,
+    dropped: u64,
 }
+
+/// Stderr lines per second kept, sustained.
+pub const STDERR_RATE: f64 = 200.0;
+/// Stderr lines kept in a burst.
+pub const STDERR_BURST: f64 = 1000.0;
 
 /// One plugin's log.
 pub struct PluginLog {
@@ -56,7 +65,13 @@ impl PluginLog {
             tap: Tap::new(plugin),
             plugin: plugin.to_owned(),
             capacity: capacity.max(STDERR_TAIL),
-            rings: Mutex::new(Rings { lines: VecDeque::new(), stderr: VecDeque::new() }),
+            rings: Mutex::new(Rings {
+                lines: VecDeque::new(),
+                stderr: VecDeque::new(),
+                tokens: STDERR_BURST,
+                refilled: std::time::Instant::now(),
+                dropped: 0,
+            }),
             follow,
         }
     }
@@ -97,8 +112,28 @@ impl PluginLog {
         let _ = self.follow.send(line);
     }
 
-    /// A stderr line.
+    /// A stderr line, subject to the rate limit: lines over it are counted and reported as
+    /// one "N lines dropped" line once the rate allows again.
     pub fn stderr(&self, message: String) {
+        let dropped = {
+            let mut r = self.rings();
+            let now = std::time::Instant::now();
+            r.tokens = (r.tokens + now.duration_since(r.refilled).as_secs_f64() * STDERR_RATE).min(STDERR_BURST);
+            r.refilled = now;
+            if r.tokens < 1.0 {
+                r.dropped += 1;
+                return;
+            }
+            r.tokens -= 1.0;
+            std::mem::take(&mut r.dropped)
+        };
+        if dropped > 0 {
+            self.push(
+                Stream::Plugind,
+                LogLevel::Warn,
+                format!("{dropped} stderr lines dropped: over {STDERR_RATE} lines/s (burst {STDERR_BURST})"),
+            );
+        }
         self.push(Stream::Stderr, LogLevel::Info, message);
     }
 

@@ -83,17 +83,37 @@ impl Daemon {
 
 /// Calls `execute` on a plugin entry.
 pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
+    let params = ExecuteOut {
+        method: call.method,
+        params: call.params.unwrap_or(RawValue::NULL),
+        service: call.service,
+        caller: call.caller,
+    };
+    call_plugin(entry, methods::EXECUTE, &params, call.timeout_ms, call.not_after).await
+}
+
+/// Sends request `method` to the least-loaded ready instance of a plugin, with admission
+/// (`max_inflight`, queue), the deadline (`timeout_ms` or the manifest's, never past
+/// `not_after`), error mapping and call accounting. `execute` and hook steps both go through it.
+pub async fn call_plugin<P: Serialize + ?Sized>(
+    entry: &Arc<PluginEntry>,
+    method: &str,
+    params: &P,
+    timeout_ms: Option<u64>,
+    not_after: Option<Instant>,
+) -> Result<Box<RawValue>, RpcError> {
     let Some(instance) = entry.pick() else { return Err(unavailable(entry)) };
     let (timeout, max) = {
         let st = entry.status();
         let m = st.manifest.as_ref().expect("UNWRAP: a routable plugin has a manifest");
-        (Duration::from_millis(call.timeout_ms.unwrap_or(m.timeout_ms)), Duration::from_millis(m.max_timeout_ms))
+        (Duration::from_millis(timeout_ms.unwrap_or(m.timeout_ms)), Duration::from_millis(m.max_timeout_ms))
     };
     let mut deadline = Deadline::new(timeout, max);
-    if let Some(t) = call.not_after {
+    if let Some(t) = not_after {
         deadline = deadline.within(t);
     }
     entry.counters.total.fetch_add(1, Ordering::Relaxed);
+    let accepted = Instant::now();
     let result = async {
         let _slot = instance.admit(deadline.hard.min(Instant::now() + timeout)).await.map_err(|a| match a {
             Admission::Overloaded => RpcError::with_data(
@@ -103,20 +123,10 @@ pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<Box<
             ),
             Admission::Timeout => instance::call_error(&entry.name, timeout, CallError::Timeout(timeout)),
         })?;
-        let null = RawValue::NULL;
-        let params = ExecuteOut {
-            method: call.method,
-            params: call.params.unwrap_or(null),
-            service: call.service,
-            caller: call.caller,
-        };
-        instance
-            .peer
-            .call(methods::EXECUTE, &params, deadline)
-            .await
-            .map_err(|e| instance::call_error(&entry.name, timeout, e))
+        instance.peer.call(method, params, deadline).await.map_err(|e| instance::call_error(&entry.name, timeout, e))
     }
     .await;
+    entry.counters.latency.observe(accepted.elapsed().as_secs_f64());
     if let Err(e) = &result {
         entry.counters.failed.fetch_add(1, Ordering::Relaxed);
         if e.code == codes::DEADLINE_EXCEEDED {

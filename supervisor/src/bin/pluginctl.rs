@@ -17,6 +17,12 @@ struct Args {
     /// Control socket (default: $PLUGIND_SOCKET, $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR, /tmp).
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Talk to plugind's --listen HTTP API instead of the socket (http://HOST:PORT).
+    #[arg(long, global = true, value_name = "URL", conflicts_with = "socket")]
+    url: Option<String>,
+    /// File holding the bearer token for --url.
+    #[arg(long, global = true, value_name = "FILE", requires = "url")]
+    token_file: Option<PathBuf>,
     /// Print the raw JSON result.
     #[arg(long, global = true)]
     json: bool,
@@ -120,6 +126,15 @@ enum Cmd {
     },
     /// Print lifecycle events live (state changes, restarts, reloads, limits).
     Events,
+    /// Run a hook chain and print the final payload.
+    Hook {
+        /// Hook name, e.g. onRequest.
+        hook: String,
+        /// Initial payload as JSON.
+        payload: Option<String>,
+    },
+    /// Print plugind's metrics (Prometheus text).
+    Metrics,
     /// Supervisor version, pid, uptime and counts.
     Info,
     /// Stop the daemon gracefully.
@@ -206,12 +221,23 @@ async fn run(args: Args) -> Result<(), Failure> {
             }
             Some((c::SERVICES_CALL, p))
         }
+        Cmd::Hook { hook, payload } => {
+            Some((c::HOOKS_RUN, json!({ "hook": hook, "payload": parse_json("PAYLOAD_JSON", payload.as_deref(), json!({}))? })))
+        }
         _ => None,
     };
-    let mut client = Client::connect(&socket).await?;
+    let mut client = match &args.url {
+        Some(url) => {
+            let token = args.token_file.as_deref().map(plugind::listen::read_token).transpose().map_err(usage)?;
+            Client::connect_url(url, token).await?
+        }
+        None => Client::connect(&socket).await?,
+    };
     if let Some((method, params)) = request {
         let result = client.call(method, &params).await?;
-        println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+        // `hook` prints the final payload; --json prints the whole result (handled_by, stopped_by).
+        let shown = if method == c::HOOKS_RUN && !args.json { &result["payload"] } else { &result };
+        println!("{}", serde_json::to_string_pretty(shown).unwrap_or_default());
         return Ok(());
     }
     match args.command {
@@ -333,6 +359,13 @@ async fn run(args: Args) -> Result<(), Failure> {
                 }
             }
         }
+        Cmd::Metrics => {
+            let result = client.call(c::METRICS_GET, &json!({})).await?;
+            if args.json {
+                return print_json(&result);
+            }
+            print!("{}", result["text"].as_str().unwrap_or_default());
+        }
         Cmd::Info => {
             let result = client.call(c::SUPERVISOR_STATUS, &json!({})).await?;
             print_json(&result)?;
@@ -345,7 +378,9 @@ async fn run(args: Args) -> Result<(), Failure> {
                 println!("null");
             }
         }
-        Cmd::Call { .. } | Cmd::Service { .. } | Cmd::New { .. } | Cmd::Check { .. } => unreachable!("handled above"),
+        Cmd::Call { .. } | Cmd::Service { .. } | Cmd::Hook { .. } | Cmd::New { .. } | Cmd::Check { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(())
 }

@@ -1,14 +1,18 @@
-//! `plugind`: the daemon. See SPEC §7 and `docs/`.
+//! `plugind`: the daemon. See SPEC §7, `docs/configuration.md` and `docs/systemd.md`.
 
 use clap::Parser;
-use plugind::config::{self, Config};
+use plugind::config::{Config, LogFormat, Settings};
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Process-isolated plugin supervisor.
+///
+/// Settings come from the flags, else the config file (--config), else the defaults.
 #[derive(Parser, Debug)]
 #[command(name = "plugind", version, about)]
 struct Args {
+    /// TOML config file: the flags' keys plus [plugins.NAME] tables (see docs/configuration.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Directory of plugins (each subdirectory with a plugin.json); repeatable.
     #[arg(long = "plugins", value_name = "DIR")]
     plugins: Vec<PathBuf>,
@@ -21,33 +25,75 @@ struct Args {
     /// Do not hot-restart plugins when their files change.
     #[arg(long)]
     no_watch: bool,
-    /// Log format on stderr.
-    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    /// Log format on stderr (default text).
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    /// Also serve the control API over HTTP and WebSocket on ADDR (HOST:PORT); needs --token-file.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// File holding the bearer token that --listen requires.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Serve GET /metrics (Prometheus text) on ADDR (HOST:PORT).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// Graceful stop budget in seconds: plugins still running then are killed (default 30).
+    #[arg(long, value_name = "S")]
+    stop_timeout_s: Option<u64>,
+    /// Log lines kept per plugin (default 1000).
+    #[arg(long, value_name = "N")]
+    log_lines: Option<usize>,
     /// Health ping period in milliseconds (default 10000).
-    #[arg(long, value_name = "MS", default_value_t = 10_000, hide = true)]
-    ping_interval_ms: u64,
+    #[arg(long, value_name = "MS", hide = true)]
+    ping_interval_ms: Option<u64>,
+}
+
+impl Args {
+    /// The flags as a settings layer: only what was given.
+    fn settings(&self) -> Settings {
+        Settings {
+            plugin_dirs: (!self.plugins.is_empty()).then(|| self.plugins.clone()),
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            watch: self.no_watch.then_some(false),
+            log_format: self.log_format.as_deref().and_then(|f| f.parse::<LogFormat>().ok()),
+            listen: self.listen.clone(),
+            token_file: self.token_file.clone(),
+            metrics: self.metrics.clone(),
+            ping_interval_ms: self.ping_interval_ms,
+            stop_timeout_s: self.stop_timeout_s,
+            log_lines: self.log_lines,
+            plugins: Default::default(),
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // Settings first: a bad config file is reported before anything starts.
+    let file = match &args.config {
+        Some(path) => match Settings::load(path) {
+            Ok(s) => Some((path.clone(), s)),
+            Err(e) => return fail(&e),
+        },
+        None => None,
+    };
+    let cfg = match Config::resolve(args.settings(), file) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PLUGIND_LOG").unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if args.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+    match cfg.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
-    let mut cfg = Config::new(
-        args.plugins,
-        args.socket.unwrap_or_else(config::default_socket),
-        args.state_dir.unwrap_or_else(config::default_state_dir),
-    );
-    cfg.watch = !args.no_watch;
-    cfg.ping_interval = Duration::from_millis(args.ping_interval_ms.max(10));
+    if let Some(f) = &cfg.file {
+        tracing::info!(file = %f.display(), "config file loaded");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -63,6 +109,12 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Reports a settings error (before logging is set up) and exits 1.
+fn fail(e: &plugind::config::ConfigError) -> std::process::ExitCode {
+    eprintln!("plugind: {e}");
+    std::process::ExitCode::FAILURE
 }
 
 /// Completes on the first SIGTERM or SIGINT; a second one exits at once.

@@ -54,7 +54,6 @@ pub struct Status {
 }
 
 /// Counters of calls routed to the plugin.
-#[derive(Debug, Default)]
 pub struct CallCounters {
     /// All calls.
     pub total: AtomicU64,
@@ -62,6 +61,19 @@ pub struct CallCounters {
     pub failed: AtomicU64,
     /// Calls that hit their deadline.
     pub timed_out: AtomicU64,
+    /// This plugin's series of the call latency histogram, looked up once.
+    pub latency: prometheus::Histogram,
+}
+
+impl CallCounters {
+    fn new(plugin: &str) -> Self {
+        CallCounters {
+            total: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+            latency: crate::metrics::CALL_LATENCY.with_label_values(&[plugin]),
+        }
+    }
 }
 
 /// Everything about one plugin that others may read.
@@ -97,7 +109,7 @@ impl PluginEntry {
             log,
             status: Mutex::new(status),
             routes: RwLock::new(Arc::from(Vec::new())),
-            counters: CallCounters::default(),
+            counters: CallCounters::new(name),
             ctl,
         }
     }

@@ -9,6 +9,7 @@ mod cli;
 mod conformance;
 mod crash;
 mod deps;
+mod hostctx;
 mod isolation;
 mod lifecycle;
 mod observe;

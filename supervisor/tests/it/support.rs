@@ -59,6 +59,8 @@ pub fn alive(pid: u32) -> bool {
 
 /// A running plugind with its own temp dir.
 pub struct Daemon {
+    /// plugind's arguments and environment, for [`Daemon::restart`].
+    launch: Option<(Vec<String>, Vec<(String, String)>)>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub plugins: PathBuf,
@@ -146,35 +148,56 @@ impl DaemonBuilder {
 
     /// Starts plugind and waits until every plugin has settled.
     pub async fn start(self) -> Daemon {
+        let d = self.launch();
+        d.wait_settled().await;
+        d
+    }
+
+    /// Starts the plugind process without waiting for anything.
+    fn launch(self) -> Daemon {
         let socket = self.dir.path().join("plugind.sock");
         let plugins = self.dir.path().join("plugins");
         std::fs::create_dir_all(&plugins).unwrap();
-        let log = std::fs::File::create(self.dir.path().join("plugind.log")).unwrap();
-        // Relative paths, as an operator types them: plugind runs in the temp dir.
+        let mut args: Vec<String> = vec!["--plugins".into(), "plugins".into()];
+        args.extend(["--socket".into(), socket.to_string_lossy().into_owned()]);
+        args.extend(["--state-dir".into(), self.dir.path().join("state").to_string_lossy().into_owned()]);
+        if !self.watch {
+            args.push("--no-watch".into());
+        }
+        args.extend(self.extra_args);
+        let mut d = Daemon { launch: Some((args, self.env)), dir: self.dir, socket, plugins, child: None };
+        d.spawn_process();
+        d
+    }
+}
+
+impl Daemon {
+    /// Starts the plugind process (relative paths, as an operator types them: it runs in the
+    /// temp dir); its log is appended to `plugind.log`.
+    fn spawn_process(&mut self) {
+        let (args, env) = self.launch.clone().expect("UNWRAP: launch args kept");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("plugind.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_plugind"))
             .current_dir(self.dir.path())
-            .arg("--plugins")
-            .arg("plugins")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
-            .args((!self.watch).then_some("--no-watch"))
-            .args(&self.extra_args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("PLUGIND_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("plugind binary runs");
-        let d = Daemon { dir: self.dir, socket, plugins, child: Some(child) };
-        d.wait_settled().await;
-        d
+        self.child = Some(child);
     }
-}
 
-impl Daemon {
+    /// Stops plugind gracefully (SIGTERM) and starts it again on the same directories.
+    pub async fn restart(&mut self) {
+        self.signal(libc::SIGTERM);
+        assert_eq!(self.wait_exit().await, Some(0));
+        self.spawn_process();
+        self.wait_settled().await;
+    }
+
     /// A builder with an empty plugin dir.
     pub fn builder() -> DaemonBuilder {
         DaemonBuilder { dir: tempfile::tempdir().unwrap(), extra_args: Vec::new(), env: Vec::new(), watch: false }
@@ -284,4 +307,25 @@ pub fn instance_cgroups(log: &str) -> Vec<PathBuf> {
     log.lines()
         .filter_map(|l| l.split_once("instance cgroup ").map(|(_, dir)| PathBuf::from(dir.trim())))
         .collect()
+}
+
+// ---- daemon.rs helpers (plugind as a service: config file, signals, --listen) ----
+
+impl DaemonBuilder {
+    /// The temp dir the daemon will run in (for config and token files written before start).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts plugind like [`DaemonBuilder::start`], waiting only until its socket answers (for
+    /// plugins that stay `stopped`, e.g. disabled in the config file).
+    pub async fn spawn(self) -> Daemon {
+        let d = self.launch();
+        wait_for("plugind to answer", async || {
+            let mut c = Client::connect(&d.socket).await.ok()?;
+            c.call("plugins.list", &json!({})).await.ok()
+        })
+        .await;
+        d
+    }
 }

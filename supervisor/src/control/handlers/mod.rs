@@ -40,6 +40,11 @@ pub async fn dispatch(
         c::LOGS_TAIL => observe::logs_tail(daemon, conn, params(raw)?),
         c::EVENTS_SUBSCRIBE => observe::events_subscribe(daemon, conn),
         c::PLUGINS_TRACE => observe::plugins_trace(daemon, conn, params(raw)?),
+        c::HOOKS_RUN => {
+            let p: c::HooksRunParams = params(raw)?;
+            Ok(plugind_protocol::jsonrpc::to_raw(&daemon.run_hook(&p.hook, p.payload).await))
+        }
+        c::METRICS_GET => Ok(plugind_protocol::jsonrpc::to_raw(&c::MetricsResult { text: daemon.metrics_text() })),
         other => Err(RpcError::method_not_found(other)),
     }
 }

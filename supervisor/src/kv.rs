@@ -1,0 +1,185 @@
+//! The plugins' key-value store: one SQLite database (WAL, `synchronous=FULL`) in the state dir,
+//! one namespace per plugin, JSON values. A write is on disk before `kv.set` is answered.
+//!
+//! Inspect it with `sqlite3 STATE_DIR/kv.sqlite 'SELECT plugin, key, value FROM kv'`.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Longest key accepted.
+pub const MAX_KEY: usize = 1024;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// Opening or checking the database failed (fatal at startup).
+    #[error("kv store {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database failed its integrity check (fatal at startup).
+    #[error("kv store {path} is corrupt ({detail}); move it away to start with an empty store")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What `quick_check` said.
+        detail: String,
+    },
+    /// A query failed.
+    #[error("kv store: {0}")]
+    Query(#[from] rusqlite::Error),
+    /// A bad key.
+    #[error("invalid key: {0}")]
+    BadKey(&'static str),
+}
+
+/// The store.
+pub struct KvStore {
+    conn: Mutex<Connection>,
+}
+
+impl KvStore {
+    /// Opens (creating if needed) `path`, checks it, and prepares the schema.
+    pub fn open(path: &Path) -> Result<Arc<Self>, KvError> {
+        let open_err = |source| KvError::Open { path: path.to_path_buf(), source };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), mode, "kv store is not in WAL mode");
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL;").map_err(open_err)?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|source| match source {
+            rusqlite::Error::SqliteFailure(ref e, _) if e.code == rusqlite::ErrorCode::NotADatabase => {
+                KvError::Corrupt { path: path.to_path_buf(), detail: "not a database".into() }
+            }
+            other => open_err(other),
+        })?;
+        if check != "ok" {
+            return Err(KvError::Corrupt { path: path.to_path_buf(), detail: check });
+        }
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS kv (
+                plugin TEXT NOT NULL,
+                key TEXT NOT NULL,
+                value TEXT NOT NULL,
+                updated TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+                PRIMARY KEY (plugin, key)
+            ) WITHOUT ROWID;",
+        )
+        .map_err(open_err)?;
+        Ok(Arc::new(KvStore { conn: Mutex::new(conn) }))
+    }
+
+    fn check_key(key: &str) -> Result<(), KvError> {
+        if key.is_empty() {
+            return Err(KvError::BadKey("empty"));
+        }
+        if key.len() > MAX_KEY {
+            return Err(KvError::BadKey("longer than 1024 bytes"));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the connection off the async threads.
+    async fn with<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> Result<T, KvError> + Send + 'static,
+    ) -> Result<T, KvError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = me.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&conn)
+        })
+        .await
+        .unwrap_or_else(|e| Err(KvError::BadKey(if e.is_panic() { "store panicked" } else { "store cancelled" })))
+    }
+
+    /// The value of `key`, if set.
+    pub async fn get(self: &Arc<Self>, plugin: &str, key: &str) -> Result<Option<Value>, KvError> {
+        Self::check_key(key)?;
+        let (plugin, key) = (plugin.to_owned(), key.to_owned());
+        self.with(move |c| {
+            let text: Option<String> = c
+                .query_row("SELECT value FROM kv WHERE plugin = ?1 AND key = ?2", params![plugin, key], |r| r.get(0))
+                .optional()?;
+            Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+        })
+        .await
+    }
+
+    /// Sets `key`; durable when this returns.
+    pub async fn set(self: &Arc<Self>, plugin: &str, key: &str, value: &Value) -> Result<(), KvError> {
+        Self::check_key(key)?;
+        let (plugin, key, text) = (plugin.to_owned(), key.to_owned(), value.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                params![plugin, key, text],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes `key`; whether it existed.
+    pub async fn delete(self: &Arc<Self>, plugin: &str, key: &str) -> Result<bool, KvError> {
+        Self::check_key(key)?;
+        let (plugin, key) = (plugin.to_owned(), key.to_owned());
+        self.with(move |c| Ok(c.execute("DELETE FROM kv WHERE plugin = ?1 AND key = ?2", params![plugin, key])? > 0)).await
+    }
+
+    /// Keys starting with `prefix`, sorted.
+    pub async fn list(self: &Arc<Self>, plugin: &str, prefix: Option<&str>) -> Result<Vec<String>, KvError> {
+        let (plugin, prefix) = (plugin.to_owned(), prefix.unwrap_or("").to_owned());
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached("SELECT key FROM kv WHERE plugin = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key")?;
+            let keys = stmt.query_map(params![plugin, prefix], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            Ok(keys)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn namespaces_persistence_and_prefixes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kv.sqlite");
+        let kv = KvStore::open(&path).expect("open");
+        kv.set("a", "user/1", &json!({"n": 1})).await.expect("set");
+        kv.set("a", "user/2", &json!([2])).await.expect("set");
+        kv.set("a", "other", &json!("x")).await.expect("set");
+        kv.set("b", "user/1", &json!("b's")).await.expect("set");
+        assert_eq!(kv.get("a", "user/1").await.expect("get"), Some(json!({"n": 1})));
+        assert_eq!(kv.get("b", "user/1").await.expect("get"), Some(json!("b's")));
+        assert_eq!(kv.list("a", Some("user/")).await.expect("list"), ["user/1", "user/2"]);
+        assert!(kv.delete("a", "user/2").await.expect("delete"));
+        assert!(!kv.delete("a", "user/2").await.expect("delete"));
+        drop(kv);
+        let kv = KvStore::open(&path).expect("reopen");
+        assert_eq!(kv.get("a", "user/1").await.expect("get"), Some(json!({"n": 1})));
+        assert_eq!(kv.get("a", "user/2").await.expect("get"), None);
+        assert!(kv.get("a", "").await.is_err());
+    }
+
+    #[test]
+    fn a_corrupt_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kv.sqlite");
+        std::fs::write(&path, vec![b'x'; 8192]).expect("write");
+        let err = KvStore::open(&path).err().expect("refused").to_string();
+        assert!(err.contains("kv.sqlite") && (err.contains("corrupt") || err.contains("not a database")), "{err}");
+    }
+}

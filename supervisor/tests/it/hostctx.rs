@@ -1,0 +1,179 @@
+//! The host context of the LLMux design: hook chains, kv storage, metrics, the stderr flood guard.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// A plain-Python hook handler: appends `tag` to `payload.trail`; `mode` "fail" errors, "stop"
+/// ends the chain; it logs every `onError` it is told about.
+fn hooker(name: &str, prio: i64, mode: &str) -> [(String, String); 2] {
+    let manifest = json!({"name": name, "version": "1.0.0", "main": "h.py", "hooks": {"onPrompt": prio}});
+    let code = format!(
+        r#"import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("method") == "onError":
+        sys.stderr.write("told: %s\n" % m["params"]["message"]); sys.stderr.flush(); continue
+    if "id" not in m: continue
+    if m["method"] == "hook":
+        p = m["params"]["payload"]
+        if "{mode}" == "fail":
+            print(json.dumps({{"jsonrpc": "2.0", "id": m["id"], "error": {{"code": 7, "message": "{name} refuses"}}}}), flush=True); continue
+        p["trail"] = p.get("trail", []) + ["{name}"]
+        r = {{"payload": p, "stop": "{mode}" == "stop"}}
+    else:
+        r = None if m["method"] == "teardown" else {{}}
+    print(json.dumps({{"jsonrpc": "2.0", "id": m["id"], "result": r}}), flush=True)
+"#
+    );
+    [("plugin.json".into(), manifest.to_string()), ("h.py".into(), code)]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hook_chain_runs_in_priority_order_skips_failures_and_stops() {
+    let mut b = Daemon::builder();
+    for (name, prio, mode) in [("d-last", 30, "ok"), ("a-first", 10, "ok"), ("c-stops", 20, "stop"), ("b-fails", 20, "fail")] {
+        let files = hooker(name, prio, mode);
+        let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        b = b.plugin_files(name, &refs);
+    }
+    let d = b.plugin("perl-echo").start().await;
+    let r = d.call("hooks.run", json!({"hook": "onPrompt", "payload": {"text": "hi"}})).await.unwrap();
+    assert_eq!(r["payload"], json!({"text": "hi", "trail": ["a-first", "c-stops"]}));
+    assert_eq!(r["handled_by"], json!(["a-first", "c-stops"]));
+    assert_eq!(r["stopped_by"], "c-stops");
+    wait_for("b-fails to be told with onError", async || {
+        let tail = d.status("b-fails").await["stderr_tail"].clone();
+        tail.as_array()?.iter().any(|l| l.as_str().is_some_and(|l| l.contains("told:") && l.contains("refuses"))).then_some(())
+    })
+    .await;
+    // A hook nobody handles returns the payload untouched.
+    let r = d.call("hooks.run", json!({"hook": "onNothing", "payload": [1]})).await.unwrap();
+    assert_eq!(r, json!({"payload": [1], "handled_by": []}));
+    // pluginctl hook prints the final payload.
+    let out = d.ctl(&["hook", "onPrompt", r#"{"n": 1}"#]);
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!({"n": 1, "trail": ["a-first", "c-stops"]}));
+}
+
+/// A plain-Python plugin that forwards `execute` to plugind's `kv.*` (method = kv method).
+const KV_USER: &str = r#"import json, sys
+next_id = 1
+def request(method, params):
+    global next_id
+    rid = "k%d" % next_id; next_id += 1
+    print(json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}), flush=True)
+    for line in sys.stdin:
+        m = json.loads(line)
+        if m.get("id") == rid and "method" not in m:
+            return m
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m: continue
+    if m["method"] == "execute":
+        r = request(m["params"]["method"], m["params"]["params"])
+        r["id"] = m["id"]
+        print(json.dumps(r), flush=True); continue
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
+"#;
+
+fn kv_plugin(name: &str, storage: bool) -> Vec<(String, String)> {
+    let perms = if storage { json!(["storage"]) } else { json!([]) };
+    let manifest = json!({"name": name, "version": "1.0.0", "main": "kv.py", "permissions": perms});
+    vec![("plugin.json".into(), manifest.to_string()), ("kv.py".into(), KV_USER.into())]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_is_per_plugin_durable_across_restarts_and_needs_storage() {
+    let mut b = Daemon::builder();
+    for (name, storage) in [("kv-a", true), ("kv-b", true), ("kv-none", false)] {
+        let files = kv_plugin(name, storage);
+        let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        b = b.plugin_files(name, &refs);
+    }
+    let mut d = b.start().await;
+    assert_eq!(d.execute("kv-a", "kv.set", json!({"key": "user/1", "value": {"n": 1}})).await.unwrap(), json!(null));
+    d.execute("kv-a", "kv.set", json!({"key": "user/2", "value": [2]})).await.unwrap();
+    d.execute("kv-b", "kv.set", json!({"key": "user/1", "value": "b"})).await.unwrap();
+    assert_eq!(d.execute("kv-a", "kv.get", json!({"key": "user/1"})).await.unwrap(), json!({"value": {"n": 1}}));
+    assert_eq!(d.execute("kv-b", "kv.get", json!({"key": "user/2"})).await.unwrap(), json!({"value": null}));
+    assert_eq!(d.execute("kv-a", "kv.list", json!({"prefix": "user/"})).await.unwrap(), json!({"keys": ["user/1", "user/2"]}));
+    assert_eq!(d.execute("kv-a", "kv.delete", json!({"key": "user/2"})).await.unwrap(), json!({"deleted": true}));
+    let denied = d.execute("kv-none", "kv.get", json!({"key": "x"})).await;
+    assert_eq!(code(&denied), -32005);
+    assert_eq!(data(&denied)["permission"], "storage");
+    // Survives a plugind restart (same state dir).
+    d.restart().await;
+    assert_eq!(d.execute("kv-a", "kv.get", json!({"key": "user/1"})).await.unwrap(), json!({"value": {"n": 1}}));
+    assert_eq!(d.execute("kv-a", "kv.list", json!({})).await.unwrap(), json!({"keys": ["user/1"]}));
+    assert_eq!(d.execute("kv-b", "kv.get", json!({"key": "user/1"})).await.unwrap(), json!({"value": "b"}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_carry_plugind_figures_and_emitted_ones() {
+    let emitter = r#"import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m: continue
+    if m["method"] == "execute":
+        print(json.dumps({"jsonrpc": "2.0", "method": "metrics.emit", "params": {"name": "jobs_done_total", "value": 3, "kind": "counter", "labels": {"queue": "fast"}}}), flush=True)
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
+"#;
+    let d = Daemon::builder()
+        .plugin_files("emitter", &[("plugin.json", r#"{"name": "emitter", "version": "1.0.0", "main": "e.py"}"#), ("e.py", emitter)])
+        .start()
+        .await;
+    d.execute("emitter", "work", json!({})).await.unwrap();
+    d.execute("emitter", "work", json!({})).await.unwrap();
+    let text = wait_for("the emitted metric", async || {
+        let t = d.call("metrics.get", json!({})).await.ok()?["text"].as_str()?.to_owned();
+        t.contains(r#"jobs_done_total{plugin="emitter",queue="fast"} 6"#).then_some(t)
+    })
+    .await;
+    for needle in [
+        r#"plugind_calls_total{plugin="emitter"} 2"#,
+        r#"plugind_plugin_state{plugin="emitter",state="running"} 1"#,
+        r#"plugind_call_duration_seconds_count{plugin="emitter"} 2"#,
+        "plugind_plugin_memory_bytes{plugin=\"emitter\"}",
+        r#"plugind_restarts_total{plugin="emitter"} 0"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    let out = d.ctl(&["metrics"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("jobs_done_total"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stderr_flood_is_rate_limited_and_others_keep_answering() {
+    let flood = r#"import json, sys, threading
+def flood():
+    line = "x" * 200 + "\n"
+    for i in range(200000):
+        sys.stderr.write(line)
+threading.Thread(target=flood, daemon=True).start()
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" in m and "method" in m:
+        print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
+"#;
+    let d = Daemon::builder()
+        .plugin("perl-echo")
+        .plugin_files("flood", &[("plugin.json", r#"{"name": "flood", "version": "1.0.0", "main": "f.py"}"#), ("f.py", flood)])
+        .start()
+        .await;
+    let mut worst = Duration::ZERO;
+    let mut client = d.client().await;
+    for i in 0..200 {
+        let t = Instant::now();
+        let r = client.call("execute", &json!({"plugin": "perl-echo", "method": "echo", "params": i})).await.unwrap();
+        assert_eq!(r, json!(i));
+        worst = worst.max(t.elapsed());
+    }
+    assert!(worst < Duration::from_millis(1000), "a call took {worst:?} during the flood");
+    let tail = wait_for("the dropped-lines report", async || {
+        let r = d.call("logs.tail", json!({"plugin": "flood", "lines": 5000})).await.ok()?;
+        let lines = r["lines"].as_array()?.clone();
+        lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("stderr lines dropped"))).then_some(lines)
+    })
+    .await;
+    assert!(tail.len() <= 1000, "the log ring is bounded: {}", tail.len());
+}
