@@ -410,3 +410,18 @@ fn known_divergences_stay_documented() {
     }
     assert!(failures.is_empty(), "documented divergences changed:\n{}", failures.join("\n"));
 }
+
+/// `manifests/shipped/NAME.json` is a copy of `examples/NAME/plugin.json`, kept in step, so the
+/// manifests of what we ship sit beside the schema.
+#[test]
+fn shipped_example_manifests_are_kept_in_step() {
+    let root = repo_root();
+    let plugins = example_plugin_manifests();
+    let copies = json_files(&root.join("manifests/shipped"));
+    assert_eq!(copies.len(), plugins.len(), "one copy per example plugin in manifests/shipped/");
+    for plugin in plugins {
+        let name = plugin.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let copy = root.join("manifests/shipped").join(format!("{name}.json"));
+        assert_eq!(read(&copy), read(&plugin), "{} differs from {}: copy it over", rel(&copy), rel(&plugin));
+    }
+}
