@@ -110,7 +110,8 @@ impl Config {
         }
         let err = |key: &str, message: String| ConfigError { file: path.clone(), key: Some(key.to_owned()), message };
         // A key set by a flag is reported as the flag; otherwise as the file's key.
-        let origin = |key: &str, by_flag: bool| if by_flag { format!("--{}", key.replace('_', "-")) } else { key.to_owned() };
+        let origin =
+            |key: &str, by_flag: bool| if by_flag { format!("--{}", key.replace('_', "-")) } else { key.to_owned() };
 
         let mut c = Config::new(
             flags.plugin_dirs.or(from_file.plugin_dirs).unwrap_or_default(),
@@ -525,7 +526,8 @@ limits = { memory_mb = 64 }
         assert!(c.watch);
         assert_eq!(c.stop_timeout, DEFAULT_STOP_TIMEOUT);
         assert_eq!(c.log_lines, DEFAULT_LOG_LINES);
-        let e = Config::resolve(Settings { listen: Some("127.0.0.1:1".into()), ..Default::default() }, None).unwrap_err();
+        let e =
+            Config::resolve(Settings { listen: Some("127.0.0.1:1".into()), ..Default::default() }, None).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("--listen"));
         assert!(e.file.is_none());
     }

@@ -228,6 +228,28 @@ impl Daemon {
         }
     }
 
+    /// Whether `pid` is a plugin instance or runs under one (its session, process group or an
+    /// ancestor is an instance's): such processes may not use the control socket.
+    pub fn is_plugin_process(&self, pid: u32) -> bool {
+        let instances: Vec<u32> = self.plugins().iter().flat_map(|p| p.routes().iter().map(|i| i.pid).collect::<Vec<_>>()).collect();
+        if instances.is_empty() {
+            return false;
+        }
+        let me = std::process::id();
+        let mut cur = pid;
+        for _ in 0..64 {
+            let Some((ppid, pgrp, session)) = procfs::ids(cur) else { return false };
+            if instances.contains(&cur) || instances.contains(&pgrp) || instances.contains(&session) {
+                return true;
+            }
+            if ppid <= 1 || ppid == me {
+                return false;
+            }
+            cur = ppid;
+        }
+        false
+    }
+
     /// A fresh control connection id.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
@@ -512,7 +534,11 @@ impl Daemon {
             let needs: Vec<Vec<String>> = pending
                 .iter()
                 .map(|p| {
-                    p.status().manifest.clone().map(|m| m.dependencies().map(|(d, _)| d.name.clone()).collect()).unwrap_or_default()
+                    p.status()
+                        .manifest
+                        .clone()
+                        .map(|m| m.dependencies().map(|(d, _)| d.name.clone()).collect())
+                        .unwrap_or_default()
                 })
                 .collect();
             // i may stop now if no other pending plugin needs what i serves.
@@ -556,6 +582,7 @@ impl Daemon {
 /// dependency order within the stop timeout. [`service::Service`] keeps the watchdog and the
 /// status going throughout.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let hup = service::sighup();
     let listener = control::socket::bind(&config.socket)?;
     let socket = config.socket.clone();
     let cleanup = |e: anyhow::Error| {
@@ -579,6 +606,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let stop_timeout = config.stop_timeout;
     let daemon = Daemon::new(config);
+    // From here SIGHUP is `plugins.reload` (SPEC §7), handled by the service loop once the
+    // plugins have started; sd_notify and the watchdog go through it too.
+    let mut service = service::Service::new(daemon.clone(), hup);
     daemon.open_kv().map_err(|e| cleanup(e.into()))?;
     sandbox::init();
     let load_errors = daemon.load();
@@ -602,8 +632,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         None
     };
-    // From here SIGHUP is `plugins.reload` (SPEC §7), handled by the service loop.
-    let mut service = service::Service::new(daemon.clone());
     tracing::info!(
         socket = %socket.display(),
         plugins = daemon.plugins().len(),
@@ -621,8 +649,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     service.stopping();
     tracing::info!(timeout = ?stop_timeout, "stopping plugins");
     if service.during(tokio::time::timeout(stop_timeout, daemon.stop_all())).await.is_err() {
-        let left: Vec<String> =
-            daemon.plugins().iter().filter(|p| p.state_name() != "stopped" && p.state_name() != "invalid").map(|p| p.name.to_string()).collect();
+        let left: Vec<String> = daemon
+            .plugins()
+            .iter()
+            .filter(|p| p.state_name() != "stopped" && p.state_name() != "invalid")
+            .map(|p| p.name.to_string())
+            .collect();
         tracing::warn!(?left, "stop timeout ({stop_timeout:?}) reached: exiting anyway; what is left is killed");
     }
     if let Some(api) = api {

@@ -16,7 +16,9 @@ use crate::control::handlers;
 use crate::transport::frame::DEFAULT_MAX_FRAME;
 use crate::transport::peer::Peer;
 use crate::Daemon;
-use jsonrpsee::server::middleware::rpc::{Batch, MethodResponse, Notification, Request, RpcServiceBuilder, RpcServiceT};
+use jsonrpsee::server::middleware::rpc::{
+    Batch, MethodResponse, Notification, Request, RpcServiceBuilder, RpcServiceT,
+};
 use jsonrpsee::server::{
     serve_with_graceful_shutdown, stop_channel, BatchRequestConfig, HttpBody, HttpResponse, Methods, ServerConfig,
     ServerHandle,
@@ -106,7 +108,8 @@ impl Listener {
                     },
                     _ = stop_handle.clone().shutdown() => break,
                 };
-                let (daemon, token, builder, stop) = (daemon.clone(), token.clone(), builder.clone(), stop_handle.clone());
+                let (daemon, token, builder, stop) =
+                    (daemon.clone(), token.clone(), builder.clone(), stop_handle.clone());
                 let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let authorized = bearer_ok(req.headers(), &token);
                     let mut rpc = builder

@@ -41,23 +41,21 @@ pub struct Service {
     events: broadcast::Receiver<Event>,
     hup: Option<Signal>,
     last_status: String,
+    /// Prefix of `STATUS=` while not simply serving ("starting: ", "stopping: ").
+    phase: &'static str,
 }
 
 impl Service {
-    /// Reads `NOTIFY_SOCKET`/`WATCHDOG_USEC` and takes over SIGHUP (from now on a SIGHUP is a
-    /// reload, never the default "terminate", even while plugins are still starting).
-    pub fn new(daemon: Arc<Daemon>) -> Service {
+    /// Reads `NOTIFY_SOCKET`/`WATCHDOG_USEC`; `hup` is [`sighup`], taken as early as possible.
+    pub fn new(daemon: Arc<Daemon>, hup: Option<Signal>) -> Service {
         let watchdog = sd_notify::watchdog_enabled().map(|usec| (usec / 2).max(Duration::from_millis(1)));
-        if let Some(sock) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Some(sock) = notify_socket() {
             tracing::info!(socket = %sock.to_string_lossy(), watchdog = ?watchdog, "notifying the service manager");
         }
         let mut watchdog_tick = interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         watchdog_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut refresh_tick = interval(STATUS_REFRESH);
         refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let hup = signal(SignalKind::hangup())
-            .inspect_err(|e| tracing::warn!("cannot handle SIGHUP ({e}); reload with pluginctl reload"))
-            .ok();
         Service {
             events: daemon.subscribe_events(),
             daemon,
@@ -66,6 +64,7 @@ impl Service {
             refresh_tick,
             hup,
             last_status: String::new(),
+            phase: "starting: ",
         }
     }
 
@@ -155,6 +154,7 @@ impl Service {
 
     /// `READY=1` with the counts: every startable plugin has settled.
     pub fn ready(&mut self) {
+        self.phase = "";
         let text = self.status_text();
         tracing::debug!(status = %text, "READY=1");
         notify(&[NotifyState::Ready, NotifyState::Status(&text)]);
@@ -163,7 +163,8 @@ impl Service {
 
     /// `STOPPING=1`: a graceful stop begins.
     pub fn stopping(&mut self) {
-        let text = format!("stopping: {}", self.status_text());
+        self.phase = "stopping: ";
+        let text = self.status_text();
         notify(&[NotifyState::Stopping, NotifyState::Status(&text)]);
         self.last_status = text;
     }
@@ -187,7 +188,7 @@ impl Service {
 
     fn status_text(&self) -> String {
         let c = self.daemon.counts();
-        format!("{} running, {} failed, {} blocked of {}", c.running, c.failed, c.blocked, c.total)
+        format!("{}{} running, {} failed, {} blocked of {}", self.phase, c.running, c.failed, c.blocked, c.total)
     }
 
     /// `WATCHDOG=1`, only if plugind answers on its own control socket within half the period.
@@ -197,16 +198,28 @@ impl Service {
         let socket = self.daemon.config().socket.clone();
         let check = async {
             let mut c = Client::connect(&socket).await.map_err(|e| e.to_string())?;
-            c.call(plugind_protocol::control::SUPERVISOR_STATUS, &serde_json::json!({})).await.map_err(|e| e.to_string())
+            c.call(plugind_protocol::control::SUPERVISOR_STATUS, &serde_json::json!({}))
+                .await
+                .map_err(|e| e.to_string())
         };
         match tokio::time::timeout(limit, check).await {
             Ok(Ok(_)) => notify(&[NotifyState::Watchdog]),
-            Ok(Err(e)) => tracing::warn!("watchdog: the control socket failed ({e}); not notifying the service manager"),
+            Ok(Err(e)) => {
+                tracing::warn!("watchdog: the control socket failed ({e}); not notifying the service manager")
+            }
             Err(_) => tracing::warn!(
                 "watchdog: the control socket did not answer within {limit:?}; not notifying the service manager"
             ),
         }
     }
+}
+
+/// Takes over SIGHUP: from now on it is a reload (handled once the plugins have started), never
+/// the default "terminate".
+pub fn sighup() -> Option<Signal> {
+    signal(SignalKind::hangup())
+        .inspect_err(|e| tracing::warn!("cannot handle SIGHUP ({e}); reload with pluginctl reload"))
+        .ok()
 }
 
 async fn recv_hup(hup: &mut Option<Signal>) -> Option<()> {
@@ -216,8 +229,16 @@ async fn recv_hup(hup: &mut Option<Signal>) -> Option<()> {
     }
 }
 
+/// `NOTIFY_SOCKET`, unless unset or empty (systemd's own rule: empty is unset).
+fn notify_socket() -> Option<std::ffi::OsString> {
+    std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty())
+}
+
 /// Sends to `NOTIFY_SOCKET` (nothing without it); a failure is logged, never fatal.
 fn notify(states: &[NotifyState]) {
+    if notify_socket().is_none() {
+        return;
+    }
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!("sd_notify failed: {e}");
     }

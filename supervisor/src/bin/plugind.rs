@@ -101,7 +101,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(plugind::run(cfg, shutdown_signal())) {
+    // Signal handlers go in before anything is bound: a SIGTERM from now on is a graceful stop.
+    let shutdown = {
+        let _runtime = rt.enter();
+        shutdown_signal()
+    };
+    match rt.block_on(plugind::run(cfg, shutdown)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -117,12 +122,21 @@ fn fail(e: &plugind::config::ConfigError) -> std::process::ExitCode {
     std::process::ExitCode::FAILURE
 }
 
-/// Completes on the first SIGTERM or SIGINT; a second one exits at once.
-async fn shutdown_signal() {
+/// Completes on the first SIGTERM or SIGINT; a second one exits at once. The handlers are
+/// installed when this is called (inside the runtime), not when the future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return std::future::pending().await;
-    };
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(term), Ok(int)) = handlers else {
+            tracing::warn!("cannot handle SIGTERM/SIGINT");
+            return std::future::pending().await;
+        };
+        wait_for_signals(term, int).await;
+    }
+}
+
+async fn wait_for_signals(mut term: tokio::signal::unix::Signal, mut int: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}

@@ -25,6 +25,12 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
             }
         };
         match stream.peer_cred() {
+            Ok(cred) if (cred.uid() == me || cred.uid() == 0) && cred.pid().is_some_and(|p| daemon.is_plugin_process(p as u32)) => {
+                // Plugins run as plugind's user, but must not steer plugind (stop or call other
+                // plugins) behind the registry's back: their processes are refused.
+                tracing::warn!(pid = ?cred.pid(), "refused control connection from a plugin process");
+                continue;
+            }
             Ok(cred) if cred.uid() == me || cred.uid() == 0 => {}
             Ok(cred) => {
                 tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused control connection from another user");

@@ -8,6 +8,7 @@ mod calls;
 mod cli;
 mod conformance;
 mod crash;
+mod daemon;
 mod deps;
 mod hostctx;
 mod isolation;

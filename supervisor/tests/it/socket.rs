@@ -85,3 +85,31 @@ async fn socket_mode_stale_file_and_second_daemon() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugins_cannot_use_the_control_socket() {
+    let steer = r#"import json, os, socket, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m: continue
+    r = None if m["method"] == "teardown" else {}
+    if m["method"] == "execute":
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(os.environ["CONTROL"])
+        s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"plugins.list"}\n')
+        s.settimeout(5)
+        try:
+            r = {"answer": s.recv(65536).decode()}
+        except Exception as e:
+            r = {"error": str(e)}
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}), flush=True)
+"#;
+    let b = Daemon::builder();
+    let sock = b.path().join("plugind.sock");
+    let manifest = json!({"name": "steer", "version": "1.0.0", "main": "s.py", "env": {"CONTROL": sock.to_str().unwrap()}});
+    let d = b.plugin_files("steer", &[("plugin.json", &manifest.to_string()), ("s.py", steer)]).start().await;
+    let r = d.execute("steer", "go", json!({})).await.unwrap();
+    // Closed (or reset) without an answer.
+    assert!(r == json!({"answer": ""}) || r["error"].as_str().is_some_and(|e| e.contains("reset")), "{r}");
+    assert!(d.log().contains("refused control connection from a plugin process"));
+}

@@ -1,0 +1,625 @@
+//! plugind as a service (SPEC §4, §7): sd_notify readiness/status/watchdog/reload/stop, signals
+//! and the stop order, the config file, control socket security, the `--listen` HTTP/WebSocket
+//! API, and the systemd unit.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A fake `NOTIFY_SOCKET`: every datagram received, in order.
+fn notify_socket(dir: &Path) -> (PathBuf, Arc<Mutex<Vec<String>>>) {
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 8192];
+        while let Ok(n) = sock.recv(&mut buf) {
+            g.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    });
+    (path, got)
+}
+
+/// Index of the `nth` (0-based) datagram holding the line `line`.
+fn nth_with(msgs: &[String], line: &str, nth: usize) -> Option<usize> {
+    msgs.iter().enumerate().filter(|(_, m)| m.lines().any(|l| l == line)).nth(nth).map(|(i, _)| i)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notify_socket_gets_ready_status_watchdog_reloading_stopping_in_order() {
+    let b = Daemon::builder().plugin("perl-echo");
+    let (path, got) = notify_socket(b.path());
+    let mut d = b.env("NOTIFY_SOCKET", path.to_str().unwrap()).env("WATCHDOG_USEC", "200000").start().await;
+    let msgs = || got.lock().unwrap().clone();
+
+    let ready = wait_for("READY=1", async || nth_with(&msgs(), "READY=1", 0)).await;
+    assert!(
+        msgs()[ready].lines().any(|l| l == "STATUS=1 running, 0 failed, 0 blocked of 1"),
+        "READY carries the counts: {:?}",
+        msgs()
+    );
+    // Watchdog pings at half WATCHDOG_USEC (100 ms), each after a control-socket round trip.
+    wait_for("three WATCHDOG=1 after READY", async || nth_with(&msgs(), "WATCHDOG=1", 2).filter(|i| *i > ready)).await;
+
+    // SIGHUP: RELOADING=1 with MONOTONIC_USEC, the rescan, then READY=1 again.
+    d.signal(libc::SIGHUP);
+    let ready2 = wait_for("READY=1 after SIGHUP", async || nth_with(&msgs(), "READY=1", 1)).await;
+    let all = msgs();
+    let reloading = nth_with(&all, "RELOADING=1", 0).expect("RELOADING=1 was sent");
+    assert!(ready < reloading && reloading < ready2, "order READY < RELOADING < READY: {all:?}");
+    assert!(all[reloading].lines().any(|l| l.starts_with("MONOTONIC_USEC=")), "{all:?}");
+    assert!(d.log().contains("SIGHUP: rescanning plugin directories"));
+
+    // A counts change shows up in STATUS= (the plugin stops: 0 running).
+    d.call("plugins.stop", json!({"name": "perl-echo"})).await.unwrap();
+    wait_for("STATUS with 0 running", async || {
+        msgs()
+            .iter()
+            .skip(ready2)
+            .any(|m| m.lines().any(|l| l == "STATUS=0 running, 0 failed, 0 blocked of 1"))
+            .then_some(())
+    })
+    .await;
+
+    // SIGTERM: STOPPING=1, exit 0.
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit().await, Some(0));
+    let all = msgs();
+    let stopping = nth_with(&all, "STOPPING=1", 0).expect("STOPPING=1 was sent");
+    assert!(stopping > ready2, "{all:?}");
+    assert_eq!(nth_with(&all, "READY=1", 2), None, "no READY after the reload: {all:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_notify_socket_nothing_is_sent_and_nothing_breaks() {
+    // The default: no NOTIFY_SOCKET (the test runner may have one; the builder does not pass a
+    // fake one), so sd_notify is a no-op and plugind runs as usual.
+    let d = Daemon::builder().plugin("perl-echo").env("NOTIFY_SOCKET", "").start().await;
+    assert_eq!(d.execute("perl-echo", "echo", json!(1)).await.unwrap(), json!(1));
+    assert!(!d.log().contains("sd_notify failed"), "{}", d.log());
+}
+
+/// A plain-Python plugin that appends "NAME MONOTONIC_NS" to `$STOP_LOG` when torn down.
+const STOP_RECORDER: &str = r#"import json, os, sys, time
+name = os.environ["PLUGIND_PLUGIN"]
+def reply(i, r):
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": i, "result": r}) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m:
+        continue
+    if m["method"] == "teardown":
+        with open(os.environ["STOP_LOG"], "a") as f:
+            f.write("%s %d\n" % (name, time.monotonic_ns()))
+        time.sleep(0.05)
+    reply(m["id"], {"init": {}, "register": {"services": []}, "ping": {}}.get(m["method"]))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_tears_down_dependents_first_and_exits_0() {
+    let b = Daemon::builder();
+    let stop_log = b.path().join("stops.log");
+    let manifest = |name: &str, requires: &[&str]| {
+        json!({
+            "name": name, "version": "1.0.0", "main": "main.py",
+            // Writes outside TMPDIR need `filesystem`.
+            "permissions": ["filesystem"],
+            "env": {"STOP_LOG": stop_log.to_str().unwrap()},
+            "dependencies": {"required": requires},
+        })
+        .to_string()
+    };
+    let d = b
+        .plugin_files("base", &[("plugin.json", &manifest("base", &[])), ("main.py", STOP_RECORDER)])
+        .plugin_files("mid", &[("plugin.json", &manifest("mid", &["base@^1"])), ("main.py", STOP_RECORDER)])
+        .plugin_files("top", &[("plugin.json", &manifest("top", &["mid@^1", "base@^1"])), ("main.py", STOP_RECORDER)])
+        .plugin_files("solo", &[("plugin.json", &manifest("solo", &[])), ("main.py", STOP_RECORDER)])
+        .start()
+        .await;
+    for p in ["base", "mid", "top", "solo"] {
+        d.wait_state(p, "running").await;
+    }
+    let mut d = d;
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit().await, Some(0), "graceful stop exits 0\n{}", d.log());
+    let text = std::fs::read_to_string(&stop_log).unwrap();
+    let order: Vec<(&str, u64)> = text
+        .lines()
+        .map(|l| {
+            let (n, t) = l.split_once(' ').unwrap();
+            (n, t.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(order.len(), 4, "every plugin got teardown once: {text}");
+    let at = |name: &str| order.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name}: {text}")).1;
+    assert!(at("top") < at("mid") && at("mid") < at("base"), "dependents first: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_timeout_bounds_a_graceful_stop() {
+    // Ignores SIGTERM and never answers teardown: only the stop timeout ends the stop early.
+    let stuck = r#"import json, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m:
+        continue
+    if m["method"] == "teardown":
+        time.sleep(3600)
+    r = {"init": {}, "register": {"services": []}, "ping": {}}.get(m["method"])
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}) + "\n")
+    sys.stdout.flush()
+"#;
+    let mut d = Daemon::builder()
+        .plugin_files(
+            "stuck",
+            &[("plugin.json", r#"{"name": "stuck", "version": "1.0.0", "main": "main.py"}"#), ("main.py", stuck)],
+        )
+        .arg("--stop-timeout-s")
+        .arg("1")
+        .start()
+        .await;
+    let pid = d.wait_state("stuck", "running").await["pid"].as_u64().unwrap() as u32;
+    let t0 = Instant::now();
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit().await, Some(0));
+    let took = t0.elapsed();
+    // plugind's own per-plugin stop takes ~4 s (teardown 2 s, SIGTERM, 2 s, SIGKILL).
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(3500), "took {took:?}");
+    assert!(d.log().contains("stop timeout"), "{}", d.log());
+    wait_for("the stuck plugin to die with plugind", async || (!alive(pid)).then_some(())).await;
+}
+
+/// A plain-Python plugin answering `execute` with what it was given: `config` (from `init`),
+/// `env`, and `nofile` (its RLIMIT_NOFILE).
+const PROBE: &str = r#"import json, os, resource, sys
+init = {}
+def reply(i, r):
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": i, "result": r}) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m:
+        continue
+    p = m.get("params") or {}
+    if m["method"] == "init":
+        init = p
+    if m["method"] == "execute":
+        what = p.get("method")
+        if what == "config":
+            reply(m["id"], init.get("config"))
+        elif what == "env":
+            reply(m["id"], {k: os.environ.get(k) for k in ["FROM_MANIFEST", "FROM_OPERATOR", "BOTH"]})
+        elif what == "nofile":
+            reply(m["id"], resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        else:
+            reply(m["id"], None)
+        continue
+    reply(m["id"], {"init": {}, "register": {"services": []}, "ping": {}}.get(m["method"]))
+"#;
+
+fn probe_manifest(name: &str) -> String {
+    json!({
+        "name": name, "version": "1.0.0", "main": "main.py",
+        "env": {"FROM_MANIFEST": "m", "BOTH": "manifest"},
+        "limits": {"open_files": 200},
+        "config": {"greeting": "hello", "nested": {"keep": 1, "over": "manifest"}, "list": [1, 2]},
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_file_overrides_reach_the_plugin_and_disabled_ones_stay_stopped() {
+    let b = Daemon::builder()
+        .plugin_files("probe", &[("plugin.json", &probe_manifest("probe")), ("main.py", PROBE)])
+        .plugin_files("off", &[("plugin.json", &probe_manifest("off")), ("main.py", PROBE)]);
+    std::fs::write(
+        b.path().join("plugind.toml"),
+        r#"
+stop_timeout_s = 10
+log_lines = 500
+
+[plugins.probe]
+env = { FROM_OPERATOR = "o", BOTH = "operator" }
+limits = { open_files = 64 }
+
+[plugins.probe.config]
+greeting = "hi"
+list = [3]
+nested = { over = "operator", new = true }
+
+[plugins.off]
+enabled = false
+"#,
+    )
+    .unwrap();
+    let d = b.arg("--config").arg("plugind.toml").spawn().await;
+    d.wait_state("probe", "running").await;
+    assert_eq!(
+        d.execute("probe", "config", json!({})).await.unwrap(),
+        json!({"greeting": "hi", "list": [3], "nested": {"keep": 1, "over": "operator", "new": true}}),
+        "init got the manifest's config with the operator's merged over it"
+    );
+    assert_eq!(
+        d.execute("probe", "env", json!({})).await.unwrap(),
+        json!({"FROM_MANIFEST": "m", "FROM_OPERATOR": "o", "BOTH": "operator"})
+    );
+    assert_eq!(d.execute("probe", "nofile", json!({})).await.unwrap(), json!(64), "limits.open_files from the file");
+
+    // Disabled: listed as stopped, never started at boot, but startable by hand.
+    let s = d.status("off").await;
+    assert_eq!(s["state"], "stopped", "{s}");
+    assert_eq!(s["history"].as_array().map_or(0, Vec::len), 0, "never started: {s}");
+    let started = d.call("plugins.start", json!({"name": "off"})).await.unwrap();
+    assert_eq!(started["state"], "running", "{started}");
+    assert_eq!(d.execute("off", "nofile", json!({})).await.unwrap(), json!(200), "the manifest's own limit");
+    assert!(d.log().contains("disabled in the config file"), "{}", d.log());
+}
+
+/// Runs plugind with `args` in `dir` until it exits; (exit code, stderr).
+fn run_plugind(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_plugind"))
+        .current_dir(dir)
+        .args(args)
+        .env("PLUGIND_LOG", "warn")
+        .output()
+        .expect("plugind runs");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn config_file_errors_name_the_file_and_the_key_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plugind.toml");
+    let cases: &[(&str, &[&str])] = &[
+        ("bogus = 1\n", &["bogus", "unknown field"]),
+        ("stop_timeout_s = \"soon\"\n", &["stop_timeout_s", "invalid type"]),
+        ("log_format = \"xml\"\n", &["log_format", "xml"]),
+        ("[plugins.echo]\nenable = false\n", &["enable", "unknown field"]),
+        ("[plugins.echo.limits]\nmemory_mb = 0\n", &["plugins.echo.limits.memory_mb", "at least 1"]),
+        ("[plugins.echo.limits]\nswap_mb = 1\n", &["swap_mb", "unknown field"]),
+        ("listen = \"127.0.0.1:0\"\n", &["listen", "token"]),
+        ("plugin_dirs = [\n", &["plugin_dirs"]),
+    ];
+    for (text, needles) in cases {
+        std::fs::write(&file, text).unwrap();
+        let (code, stderr) = run_plugind(dir.path(), &["--config", file.to_str().unwrap(), "--socket", "p.sock"]);
+        assert_eq!(code, Some(1), "{text:?}: {stderr}");
+        assert!(stderr.contains(file.to_str().unwrap()), "{text:?} names the file: {stderr}");
+        for n in *needles {
+            assert!(stderr.contains(n), "{text:?} says {n:?}: {stderr}");
+        }
+        assert!(!dir.path().join("p.sock").exists(), "nothing started for {text:?}");
+    }
+    let (code, stderr) = run_plugind(dir.path(), &["--config", "missing.toml"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("missing.toml") && stderr.contains("cannot read"), "{stderr}");
+}
+
+#[test]
+fn packaged_example_config_loads() {
+    use plugind::config::{Config, Settings};
+    let path = repo().join("packaging/plugind.toml");
+    let s = Settings::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let c = Config::resolve(Settings::default(), Some((path, s))).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.stop_timeout, Duration::from_secs(30));
+    assert!(c.plugin("echo-rust").is_some_and(|p| p.limits.is_some() && p.config.is_some()));
+    // And the binary accepts it (flags win: a temp socket, state dir and plugin dir).
+    let dir = tempfile::tempdir().unwrap();
+    let file = repo().join("packaging/plugind.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plugind"))
+        .current_dir(dir.path())
+        .args(["--config", file.to_str().unwrap(), "--plugins", ".", "--socket", "p.sock", "--state-dir", "s"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = dir.path().join("p.sock");
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(start.elapsed() < TIMEOUT && child.try_wait().unwrap().is_none(), "plugind did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn socket_is_0600_in_a_0700_directory_it_creates() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("run/plugind/plugind.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plugind"))
+        .current_dir(dir.path())
+        .args(["--socket", sock.to_str().unwrap(), "--state-dir", "s"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(start.elapsed() < TIMEOUT, "plugind did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&sock), 0o600);
+    assert_eq!(mode(sock.parent().unwrap()), 0o700);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!sock.exists(), "the socket is removed at exit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_of_another_uid_is_refused() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: a_peer_of_another_uid_is_refused needs root to connect as uid 65534");
+        return;
+    }
+    let d = Daemon::builder().plugin("perl-echo").start().await;
+    // Open the file permissions so that only plugind's SO_PEERCRED check stands in the way.
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = r#"import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+try:
+    s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"supervisor.status"}\n')
+    data = s.recv(4096)
+except (BrokenPipeError, ConnectionResetError):
+    data = b""
+print("closed" if data == b"" else "answered " + data.decode())
+"#;
+    let sock = d.socket.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::os::unix::process::CommandExt;
+        Command::new("python3")
+            .current_dir("/")
+            .arg("-c")
+            .arg(script)
+            .arg(&sock)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.trim(), "closed", "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the refusal in the log", async || {
+        d.log().lines().any(|l| l.contains("refused control connection") && l.contains("uid=65534")).then_some(())
+    })
+    .await;
+    // Root and plugind's own uid still get in.
+    assert_eq!(d.execute("perl-echo", "echo", json!(2)).await.unwrap(), json!(2));
+}
+
+/// The `--listen` address plugind logged.
+async fn listen_addr(d: &Daemon) -> String {
+    wait_for("the --listen address in the log", async || {
+        d.log()
+            .lines()
+            .find(|l| l.contains("control API over HTTP"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
+    })
+    .await
+}
+
+/// One HTTP POST of `body`; (status, response body).
+fn http_post(addr: &str, auth: Option<&str>, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{auth}\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+/// A WebSocket connection (minimal client: text frames, no fragmentation).
+#[derive(Debug)]
+struct Ws(std::net::TcpStream);
+
+impl Ws {
+    /// Connects; Err(status line) when the upgrade is refused.
+    fn connect(addr: &str, auth: Option<&str>) -> Result<Ws, String> {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).unwrap() == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let status = head.lines().next().unwrap_or_default().to_owned();
+        if status.contains(" 101 ") {
+            Ok(Ws(s))
+        } else {
+            Err(status)
+        }
+    }
+
+    fn call(&mut self, request: &Value) -> Value {
+        let payload = request.to_string().into_bytes();
+        let mut frame = vec![0x81u8];
+        if payload.len() < 126 {
+            frame.push(0x80 | payload.len() as u8);
+        } else {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        frame.extend_from_slice(&[0, 0, 0, 0]); // mask key 0: the payload goes as it is
+        frame.extend_from_slice(&payload);
+        self.0.write_all(&frame).unwrap();
+        let mut h = [0u8; 2];
+        self.0.read_exact(&mut h).unwrap();
+        assert_eq!(h[0] & 0x0f, 1, "a text frame");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                self.0.read_exact(&mut l).unwrap();
+                u16::from_be_bytes(l) as usize
+            }
+            127 => {
+                let mut l = [0u8; 8];
+                self.0.read_exact(&mut l).unwrap();
+                u64::from_be_bytes(l) as usize
+            }
+            n => n as usize,
+        };
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_serves_the_api_over_http_and_websocket_with_a_bearer_token() {
+    let b = Daemon::builder().plugin("perl-echo");
+    std::fs::write(b.path().join("token"), "s3cret-token\n").unwrap();
+    std::fs::set_permissions(b.path().join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let d = b.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg("token").start().await;
+    let addr = listen_addr(&d).await;
+    let list = r#"{"jsonrpc":"2.0","id":7,"method":"plugins.list"}"#;
+
+    let a = addr.clone();
+    tokio::task::spawn_blocking(move || {
+        // No token, a wrong one, another scheme: 401 before any JSON is read.
+        for auth in [None, Some("Bearer wrong"), Some("Basic czNjcmV0LXRva2Vu"), Some("Bearer s3cret-token-and-more")] {
+            let (status, _) = http_post(&a, auth, list);
+            assert_eq!(status, 401, "{auth:?}");
+        }
+        // The right token: the same answers as on the socket.
+        let (status, body) = http_post(&a, Some("Bearer s3cret-token"), list);
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["id"], 7);
+        assert_eq!(v["result"][0]["name"], "perl-echo", "{v}");
+        assert_eq!(v["result"][0]["state"], "running", "{v}");
+        let exec = r#"{"jsonrpc":"2.0","id":8,"method":"execute","params":{"plugin":"perl-echo","method":"echo","params":{"x":1}}}"#;
+        let v: Value = serde_json::from_str(&http_post(&a, Some("Bearer s3cret-token"), exec).1).unwrap();
+        assert_eq!(v["result"], json!({"x": 1}), "{v}");
+        // Errors keep their codes and data.
+        let unknown = r#"{"jsonrpc":"2.0","id":9,"method":"plugins.get","params":{"name":"nope"}}"#;
+        let v: Value = serde_json::from_str(&http_post(&a, Some("Bearer s3cret-token"), unknown).1).unwrap();
+        assert_eq!(v["error"]["code"], -32004, "{v}");
+        let v: Value =
+            serde_json::from_str(&http_post(&a, Some("Bearer s3cret-token"), r#"{"jsonrpc":"2.0","id":1,"method":"no.such"}"#).1)
+                .unwrap();
+        assert_eq!(v["error"]["code"], -32601, "{v}");
+        // Streaming methods say where to go instead.
+        let sub = r#"{"jsonrpc":"2.0","id":10,"method":"events.subscribe"}"#;
+        let v: Value = serde_json::from_str(&http_post(&a, Some("Bearer s3cret-token"), sub).1).unwrap();
+        assert_eq!(v["error"]["code"], -32601, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("control socket"), "{v}");
+
+        // WebSocket: refused without the token, served with it.
+        assert!(Ws::connect(&a, None).unwrap_err().contains("401"));
+        let mut ws = Ws::connect(&a, Some("Bearer s3cret-token")).unwrap();
+        let v = ws.call(&json!({"jsonrpc": "2.0", "id": 1, "method": "supervisor.status"}));
+        assert_eq!(v["result"]["plugins"]["running"], 1, "{v}");
+        let v = ws.call(&json!({"jsonrpc": "2.0", "id": 2, "method": "execute", "params": {"plugin": "perl-echo", "method": "echo", "params": [1]}}));
+        assert_eq!(v["result"], json!([1]), "{v}");
+    })
+    .await
+    .unwrap();
+    assert!(d.log().contains("request without a valid bearer token refused"), "{}", d.log());
+
+    // pluginctl --url: the right token works, a wrong one fails saying why.
+    let ctl = |token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_pluginctl"))
+            .current_dir(d.dir.path())
+            .args(["--url", &format!("http://{addr}"), "--token-file", token, "list"])
+            .output()
+            .unwrap()
+    };
+    let out = ctl("token");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("perl-echo") && stdout.contains("running"), "{stdout}");
+    std::fs::write(d.dir.path().join("bad-token"), "nope\n").unwrap();
+    let out = ctl("bad-token");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
+}
+
+#[test]
+fn listen_without_a_usable_token_file_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) =
+        run_plugind(dir.path(), &["--listen", "127.0.0.1:0", "--socket", "p.sock", "--state-dir", "s"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--listen") && stderr.contains("token"), "{stderr}");
+    std::fs::write(dir.path().join("empty"), "\n").unwrap();
+    let (code, stderr) = run_plugind(
+        dir.path(),
+        &["--listen", "127.0.0.1:0", "--token-file", "empty", "--socket", "p.sock", "--state-dir", "s"],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("empty"), "{stderr}");
+    assert!(!dir.path().join("p.sock").exists(), "the socket is cleaned up");
+}
+
+#[test]
+fn unit_file_has_the_service_contract_and_passes_systemd_analyze_verify() {
+    let path = repo().join("packaging/systemd/plugind.service");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let keys: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.starts_with('#') && l.contains('=')).collect();
+    for want in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "RuntimeDirectory=plugind",
+        "StateDirectory=plugind",
+        "Delegate=yes",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/plugind",
+        "ProtectHome=read-only",
+        "PrivateTmp=yes",
+        "KillMode=mixed",
+    ] {
+        assert!(keys.contains(&want), "{} lacks {want}", path.display());
+    }
+    let value = |k: &str| keys.iter().find_map(|l| l.strip_prefix(k)).unwrap_or_else(|| panic!("{k} missing"));
+    assert!(value("WatchdogSec=").ends_with('s'));
+    let stop: u64 = value("TimeoutStopSec=").trim_end_matches('s').parse().unwrap();
+    assert!(stop > 30, "TimeoutStopSec ({stop}s) leaves room for the 30 s graceful stop");
+    for absent in ["ProtectControlGroups=yes", "MemoryDenyWriteExecute=yes", "PrivateNetwork=yes"] {
+        assert!(!keys.contains(&absent), "{absent} would break plugins");
+    }
+
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("skipped: systemd-analyze verify (systemd-analyze is not installed on this machine)");
+        return;
+    }
+    // verify wants the ExecStart binary to exist: point it at the one just built.
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("plugind.service");
+    std::fs::write(&unit, text.replace("/usr/local/bin/plugind", env!("CARGO_BIN_EXE_plugind"))).unwrap();
+    let out = Command::new("systemd-analyze").args(["verify", "--man=no"]).arg(&unit).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // Other units of the host may draw warnings; ours must draw none.
+    assert!(out.status.success() && !said.contains("plugind.service"), "systemd-analyze verify: {said}");
+}
