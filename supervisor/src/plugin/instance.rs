@@ -407,12 +407,11 @@ impl InstanceTask {
                     }));
                 }
                 kind = stop_rx.recv() => match kind {
-                    Some(StopKind::Drain) => {
-                        if stop.is_none() && drain_until.is_none() {
-                            requested = true;
-                            drain_until = Some(Instant::now() + Duration::from_millis(self.spec.manifest.max_timeout_ms));
-                        }
+                    Some(StopKind::Drain) if stop.is_none() && drain_until.is_none() => {
+                        requested = true;
+                        drain_until = Some(Instant::now() + Duration::from_millis(self.spec.manifest.max_timeout_ms));
                     }
+                    Some(StopKind::Drain) => {}
                     Some(StopKind::Kill) => {
                         requested = true;
                         stop = Some(StopPhase::Killed);

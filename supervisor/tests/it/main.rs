@@ -13,6 +13,7 @@ mod deps;
 mod hostctx;
 mod isolation;
 mod lifecycle;
+mod misbehave;
 mod observe;
 mod registry;
 mod reload;

@@ -57,10 +57,13 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// plugind's arguments and environment.
+type Launch = (Vec<String>, Vec<(String, String)>);
+
 /// A running plugind with its own temp dir.
 pub struct Daemon {
     /// plugind's arguments and environment, for [`Daemon::restart`].
-    launch: Option<(Vec<String>, Vec<(String, String)>)>,
+    launch: Option<Launch>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub plugins: PathBuf,
