@@ -463,7 +463,9 @@ impl Daemon {
             added.push(entry);
         }
         futures::future::join_all(to_reload.iter().map(|e| e.command(Command::Reload))).await;
-        futures::future::join_all(added.iter().map(|e| e.command(Command::Start))).await;
+        // Like at boot, plugins the config file disables are added but not started.
+        let startable = added.iter().filter(|e| self.enabled_at_boot(&e.name));
+        futures::future::join_all(startable.map(|e| e.command(Command::Start))).await;
         result.errors = errors;
         tracing::info!(added = ?result.added, removed = ?result.removed, changed = ?result.changed, "plugins reloaded");
         result
@@ -515,7 +517,11 @@ impl Daemon {
     /// running dependent stop together in one wave; if a cycle leaves no such plugin, the rest
     /// stop together. [`run`] bounds the whole with the stop timeout.
     pub async fn stop_all(&self) {
-        // SPEC §7: `onShutdown` hooks run here, before the first `teardown` (the lead adds them).
+        // SPEC §7: `onShutdown` hooks run before the first `teardown`.
+        let hooked = self.run_hook("onShutdown", serde_json::json!({})).await;
+        if !hooked.handled_by.is_empty() {
+            tracing::info!(handled_by = ?hooked.handled_by, "onShutdown hooks ran");
+        }
 
         let mut pending = self.plugins();
         while !pending.is_empty() {

@@ -410,7 +410,11 @@ impl PluginActor {
         let version = semver::Version::parse(crate::VERSION).expect("UNWRAP: crate version is semver");
         let found = crate::discovery::load(&self.entry.dir, &version);
         let m = match found.manifest {
-            Ok(m) if m.name == *self.entry.name => Arc::new(m),
+            Ok(mut m) if m.name == *self.entry.name => {
+                // The operator's overrides (config file) apply to a reloaded manifest too.
+                self.daemon.apply_overrides(&mut m);
+                Arc::new(m)
+            }
             Ok(m) => return self.reload_failed(format!("the manifest now names plugin {:?}; rescan with plugins.reload", m.name)),
             Err(e) => return self.reload_failed(e),
         };

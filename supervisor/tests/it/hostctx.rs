@@ -177,3 +177,28 @@ for line in sys.stdin:
     .await;
     assert!(tail.len() <= 1000, "the log ring is bounded: {}", tail.len());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_shutdown_hooks_run_before_teardown_at_a_graceful_stop() {
+    let marks = tempfile::tempdir().unwrap();
+    let marker = marks.path().join("order");
+    let code = r#"import json, os, sys
+def mark(what):
+    with open(os.environ["MARKER"], "a") as f: f.write(what + "\n")
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m: continue
+    r = {}
+    if m["method"] == "hook":
+        mark(m["params"]["hook"]); r = {"payload": m["params"]["payload"]}
+    elif m["method"] == "teardown":
+        mark("teardown"); r = None
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}), flush=True)
+"#;
+    let manifest = json!({"name": "closer", "version": "1.0.0", "main": "c.py", "hooks": {"onShutdown": 0},
+        "permissions": ["filesystem"], "env": {"MARKER": marker.to_str().unwrap()}});
+    let mut d = Daemon::builder().plugin_files("closer", &[("plugin.json", &manifest.to_string()), ("c.py", code)]).start().await;
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit().await, Some(0));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "onShutdown\nteardown\n");
+}

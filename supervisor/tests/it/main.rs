@@ -5,6 +5,7 @@
 
 mod authoring;
 mod calls;
+mod chaos;
 mod cli;
 mod conformance;
 mod crash;
