@@ -103,11 +103,8 @@ pub async fn call_plugin<P: Serialize + ?Sized>(
     not_after: Option<Instant>,
 ) -> Result<Box<RawValue>, RpcError> {
     let Some(instance) = entry.pick() else { return Err(unavailable(entry)) };
-    let (timeout, max) = {
-        let st = entry.status();
-        let m = st.manifest.as_ref().expect("UNWRAP: a routable plugin has a manifest");
-        (Duration::from_millis(timeout_ms.unwrap_or(m.timeout_ms)), Duration::from_millis(m.max_timeout_ms))
-    };
+    let (default_timeout, max) = instance.timeouts;
+    let timeout = timeout_ms.map_or(default_timeout, Duration::from_millis);
     let mut deadline = Deadline::new(timeout, max);
     if let Some(t) = not_after {
         deadline = deadline.within(t);

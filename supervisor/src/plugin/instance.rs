@@ -131,6 +131,8 @@ pub struct Instance {
     pub peer: Arc<Peer>,
     /// When it was spawned.
     pub started: Instant,
+    /// The manifest's `timeout_ms` and `max_timeout_ms`, here so a call needs no lock to read them.
+    pub timeouts: (Duration, Duration),
     /// `max_inflight` permits.
     limiter: Semaphore,
     /// Calls waiting for a permit.
@@ -256,6 +258,10 @@ pub fn launch(
         plugin: spec.plugin.clone(),
         peer: Arc::new(Peer::new(out_tx).with_tap(log.tap.clone())),
         started: Instant::now(),
+        timeouts: (
+            Duration::from_millis(spec.manifest.timeout_ms),
+            Duration::from_millis(spec.manifest.max_timeout_ms),
+        ),
         limiter: Semaphore::new(limits.max_inflight as usize),
         queued: AtomicU32::new(0),
         max_queue: limits.max_queue,

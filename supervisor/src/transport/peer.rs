@@ -74,16 +74,26 @@ pub enum Outgoing {
 }
 
 struct Pending {
-    reply: oneshot::Sender<Reply>,
+    /// Taken when the answer is delivered.
+    reply: Option<oneshot::Sender<Reply>>,
     /// Set by `$/progress`: the deadline restarts from here.
     progressed: Option<Instant>,
     /// The call's hard deadline: calls the other side makes on its behalf must end by then.
     hard: Instant,
-    /// Cancelled when this call ends in any way, so work done on its behalf stops too.
-    done: CancellationToken,
+    /// Cancelled when this call ends in any way (the entry is dropped), so work done on its
+    /// behalf stops too. Made only when somebody asks (`parent_of`): most calls never need one.
+    done: Option<CancellationToken>,
     /// Whether calls made by the other side while this one is pending may be on its behalf
     /// (not for pings and teardown, which run beside real work).
     parentable: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(done) = &self.done {
+            done.cancel();
+        }
+    }
 }
 
 /// A call of ours that the other side is working on, as seen by the calls it makes meanwhile.
@@ -205,7 +215,6 @@ impl Peer {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let line = jsonrpc::request_line(id, method, params);
         let (tx, mut rx) = oneshot::channel();
-        let done = CancellationToken::new();
         {
             let mut calls = self.calls();
             if calls.closed {
@@ -214,10 +223,9 @@ impl Peer {
             let parentable = method != plugind_protocol::methods::PING && method != plugind_protocol::methods::TEARDOWN;
             calls.pending.insert(
                 id,
-                Pending { reply: tx, progressed: None, hard: deadline.hard, done: done.clone(), parentable },
+                Pending { reply: Some(tx), progressed: None, hard: deadline.hard, done: None, parentable },
             );
         }
-        let _done_on_exit = done.drop_guard();
         let mut guard = CancelOnDrop { peer: self, id, armed: true };
         let start = Instant::now();
         let mut due = (start + deadline.idle).min(deadline.hard);
@@ -301,16 +309,20 @@ impl Peer {
     /// `explicit` (an id the other side passed along), else the only call it is working on.
     /// None when that is ambiguous or nothing is pending.
     pub fn parent_of(&self, explicit: Option<u64>) -> Option<ParentCall> {
-        let calls = self.calls();
-        let pick = |(id, p): (&u64, &Pending)| ParentCall { id: *id, hard: p.hard, done: p.done.clone() };
-        if let Some(id) = explicit {
-            return calls.pending.get_key_value(&id).map(pick);
-        }
-        let mut candidates = calls.pending.iter().filter(|(_, p)| p.parentable);
-        match (candidates.next(), candidates.next()) {
-            (Some(only), None) => Some(pick(only)),
-            _ => None,
-        }
+        let mut calls = self.calls();
+        let id = match explicit {
+            Some(id) => calls.pending.contains_key(&id).then_some(id)?,
+            None => {
+                let mut candidates = calls.pending.iter().filter(|(_, p)| p.parentable).map(|(id, _)| *id);
+                match (candidates.next(), candidates.next()) {
+                    (Some(only), None) => only,
+                    _ => return None,
+                }
+            }
+        };
+        let p = calls.pending.get_mut(&id)?;
+        let done = p.done.get_or_insert_with(CancellationToken::new).clone();
+        Some(ParentCall { id, hard: p.hard, done })
     }
 
     /// Handles one incoming line: responses are delivered here, the rest is returned.
@@ -324,9 +336,11 @@ impl Peer {
                 let Some(n) = Message::numeric_id(id) else { return Incoming::UnknownResponse(id.get().to_owned()) };
                 let mut calls = self.calls();
                 match calls.pending.remove(&n) {
-                    Some(p) => {
+                    Some(mut p) => {
                         drop(calls);
-                        let _ = p.reply.send(outcome.map(ToOwned::to_owned));
+                        if let Some(reply) = p.reply.take() {
+                            let _ = reply.send(outcome.map(ToOwned::to_owned));
+                        }
                         Incoming::Delivered
                     }
                     None if calls.abandoned.remove(&n) => Incoming::Delivered,
