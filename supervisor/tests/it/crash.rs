@@ -145,3 +145,26 @@ async fn init_error_fails_the_start_and_says_why() {
     let s = d.wait_state("badinit", "failed").await;
     assert!(s["last_error"].as_str().unwrap().contains("init failed: no config"), "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cooldown_gives_a_failed_plugin_one_more_start_per_period() {
+    let d = Daemon::builder()
+        .plugin_files(
+            "cooler",
+            &[
+                (
+                    "plugin.json",
+                    r#"{"name": "cooler", "version": "0.1.0", "main": "run.sh", "restart": {"max_restarts": 1, "window_s": 60, "cooldown_s": 1}}"#,
+                ),
+                ("run.sh", "exit 2\n"),
+            ],
+        )
+        .start()
+        .await;
+    d.wait_state("cooler", "failed").await;
+    // Fixed meanwhile: the next cool-down start brings it up.
+    std::fs::write(d.plugins.join("cooler/run.sh"), format!("exec perl {}\n", fixture("perl-echo").join("main.pl").display())).unwrap();
+    let s = d.wait_state("cooler", "running").await;
+    assert!(s["history"].to_string().contains("failed"), "{s}");
+    assert_eq!(d.execute("cooler", "echo", json!(1)).await.unwrap(), json!(1));
+}

@@ -129,3 +129,18 @@ async fn status_object_has_the_spec_fields() {
     assert_eq!(st["plugins"]["running"], 1);
     assert_eq!(st["pid"], d.pid());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn engines_mismatch_is_a_load_error() {
+    let d = Daemon::builder()
+        .plugin_as("perl-echo", "future")
+        .manifest("future", |m| m["engines"] = json!({"plugind": ">=99"}))
+        .plugin("perl-echo")
+        .start()
+        .await;
+    let s = d.status("future").await;
+    assert_eq!(s["state"], "invalid");
+    let e = s["last_error"].as_str().unwrap();
+    assert!(e.contains("future/plugin.json") && e.contains("/engines/plugind") && e.contains(">=99"), "{e}");
+    assert_eq!(d.status("perl-echo").await["state"], "running");
+}
