@@ -55,27 +55,41 @@ pub fn start(daemon: Arc<Daemon>) -> Result<Watcher, WatchError> {
         let root = std::path::absolute(root).unwrap_or_else(|_| root.clone());
         debouncer.watch(&root, RecursiveMode::Recursive).map_err(|source| WatchError { path: root.clone(), source })?;
     }
+    let debouncer = Arc::new(std::sync::Mutex::new(debouncer));
+    let rewatch = debouncer.clone();
     tokio::spawn(async move {
         while let Some(mut paths) = rx.recv().await {
             // Whatever else arrived meanwhile joins this batch.
             while let Ok(more) = rx.try_recv() {
                 paths.extend(more);
             }
-            on_change(&daemon, &paths).await;
+            for dir in on_change(&daemon, &paths).await {
+                // A plugin dir that was replaced (a symlink flipped to a new release): watch
+                // what it points to now, or changes inside the new target go unseen.
+                let mut d = rewatch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Err(e) = d.watch(&dir, RecursiveMode::Recursive) {
+                    tracing::warn!(dir = %dir.display(), "cannot watch: {e}");
+                }
+            }
         }
     });
     Ok(Watcher { _debouncer: Box::new(debouncer) })
 }
 
-/// Maps changed paths to plugins and reloads them.
-async fn on_change(daemon: &Arc<Daemon>, paths: &[PathBuf]) {
+/// Maps changed paths to plugins and reloads them; returns the plugin dirs that were themselves
+/// replaced (to be watched anew).
+async fn on_change(daemon: &Arc<Daemon>, paths: &[PathBuf]) -> Vec<PathBuf> {
     let roots: Vec<PathBuf> =
         daemon.config().plugin_dirs.iter().map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone())).collect();
     let plugins = daemon.plugins();
     let mut reload = BTreeSet::new();
     let mut rescan = false;
+    let mut replaced: Vec<PathBuf> = Vec::new();
     for path in paths {
         let Some((dir, rel)) = split(&roots, path) else { continue };
+        if rel.as_os_str().is_empty() && dir.is_dir() && !replaced.contains(&dir) {
+            replaced.push(dir.clone());
+        }
         match plugins.iter().find(|p| p.dir == dir) {
             None => rescan |= dir.join("plugin.json").exists(),
             Some(_) if !dir.join("plugin.json").exists() => rescan = true,
@@ -89,7 +103,7 @@ async fn on_change(daemon: &Arc<Daemon>, paths: &[PathBuf]) {
     if rescan {
         tracing::info!("plugin directories changed: rescanning");
         daemon.reload().await;
-        return;
+        return replaced;
     }
     for name in reload {
         let Some(p) = daemon.plugin(&name) else { continue };
@@ -104,6 +118,7 @@ async fn on_change(daemon: &Arc<Daemon>, paths: &[PathBuf]) {
             let _ = ctl.send(Command::Reload(tx));
         }
     }
+    replaced
 }
 
 /// The plugin directory a path is in and the path relative to it.

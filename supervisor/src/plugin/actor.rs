@@ -391,7 +391,8 @@ impl PluginActor {
                 self.log().warn(format!("failed: {detail}"));
                 self.note("failed", detail);
                 if let Some(c) = self.manifest.restart.cooldown_s {
-                    self.cooldown_due = Some(Instant::now() + Duration::from_secs(c));
+                    // None (never) for a period past the end of time (`cooldown_s: u64::MAX`).
+                    self.cooldown_due = Instant::now().checked_add(Duration::from_secs(c));
                 }
                 self.set_state(PluginState::Failed);
             }
@@ -415,7 +416,13 @@ impl PluginActor {
                 self.daemon.apply_overrides(&mut m);
                 Arc::new(m)
             }
-            Ok(m) => return self.reload_failed(format!("the manifest now names plugin {:?}; rescan with plugins.reload", m.name)),
+            Ok(m) => {
+                // A new name is a removal plus an addition: the daemon's rescan does both.
+                self.log().plugind(format!("the manifest now names plugin {:?}: rescanning", m.name));
+                let daemon = self.daemon.clone();
+                tokio::spawn(async move { daemon.reload().await });
+                return self.finish_reload();
+            }
             Err(e) => return self.reload_failed(e),
         };
         self.log().plugind(format!("reloading: version {} → {}", self.manifest.version, m.version));

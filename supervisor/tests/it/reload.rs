@@ -163,3 +163,45 @@ async fn sighup_rescans() {
     d.signal(libc::SIGHUP);
     d.wait_state("py-probe", "running").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebuilt_binary_and_a_symlink_flip_are_picked_up() {
+    // A directory that is a symlink to a release dir: deploys flip the link.
+    let d = Daemon::builder().watch().start().await;
+    let releases = d.dir.path().join("releases");
+    for (v, gen) in [("v1", 1), ("v2", 2)] {
+        let dir = releases.join(v);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("plugin.json"), manifest(&format!("1.0.{gen}"))).unwrap();
+        std::fs::write(dir.join("main.py"), source(gen)).unwrap();
+    }
+    std::os::unix::fs::symlink(releases.join("v1"), d.plugins.join("hot")).unwrap();
+    d.call("plugins.reload", json!({})).await.unwrap();
+    d.wait_state("hot", "running").await;
+    assert_eq!(d.execute("hot", "e", json!(0)).await.unwrap()["gen"], 1);
+    // Flip atomically (new link, rename over the old one).
+    let tmp = d.plugins.join(".hot.new");
+    std::os::unix::fs::symlink(releases.join("v2"), &tmp).unwrap();
+    std::fs::rename(&tmp, d.plugins.join("hot")).unwrap();
+    wait_for("the flipped release", async || (d.execute("hot", "e", json!(1)).await.ok()?["gen"] == 2).then_some(())).await;
+
+    // A "binary" replaced the way cargo does it: remove, then create a new file (new inode).
+    let main = releases.join("v2/main.py");
+    std::fs::remove_file(&main).unwrap();
+    std::fs::write(&main, source(3)).unwrap();
+    wait_for("the rebuilt entry point", async || (d.execute("hot", "e", json!(2)).await.ok()?["gen"] == 3).then_some(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_name_is_a_removal_plus_an_addition() {
+    let d = Daemon::builder().watch().plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))]).start().await;
+    let m = d.plugins.join("hot/plugin.json");
+    std::fs::write(&m, manifest("1.0.0").replace("\"hot\"", "\"renamed\"")).unwrap();
+    d.wait_state("renamed", "running").await;
+    wait_for("the old name to go", async || {
+        let r = d.call("plugins.get", json!({"name": "hot"})).await;
+        matches!(r, Err(plugind::client::ClientError::Rpc(ref e)) if e.code == -32004).then_some(())
+    })
+    .await;
+    assert_eq!(d.execute("renamed", "e", json!(1)).await.unwrap()["gen"], 1);
+}
