@@ -83,13 +83,26 @@ impl Daemon {
 
 /// Calls `execute` on a plugin entry.
 pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
+    let raw = call.params.unwrap_or(RawValue::NULL);
+    let flat = one_line(raw);
     let params = ExecuteOut {
         method: call.method,
-        params: call.params.unwrap_or(RawValue::NULL),
+        params: flat.as_deref().unwrap_or(raw),
         service: call.service,
         caller: call.caller,
     };
     call_plugin(entry, methods::EXECUTE, &params, call.timeout_ms, call.not_after).await
+}
+
+/// `raw` without its line breaks, if it has any. Raw params go to the plugin verbatim, and a
+/// pretty-printed body over `--listen` would split the plugin's line; in JSON text `\n` and `\r`
+/// can only be whitespace between tokens (strings escape them), so dropping them changes nothing.
+fn one_line(raw: &RawValue) -> Option<Box<RawValue>> {
+    let text = raw.get();
+    if !text.contains(['\n', '\r']) {
+        return None;
+    }
+    RawValue::from_string(text.replace(['\n', '\r'], "")).ok()
 }
 
 /// Sends request `method` to the least-loaded ready instance of a plugin, with admission

@@ -32,6 +32,7 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
     let conn = Arc::new(Conn { id: daemon.next_conn_id(), peer: Arc::new(Peer::new(tx)), closed: Default::default() });
     let mut frames = FramedRead::new(read, FrameDecoder::new(DEFAULT_MAX_FRAME));
     let mut inflight = FuturesUnordered::new();
+    let mut eof = false;
     loop {
         tokio::select! {
             frame = frames.next() => {
@@ -42,7 +43,11 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
                         conn.peer.respond(null_id(), Err(&e)).await;
                         continue;
                     }
-                    Some(Err(_)) | None => break,
+                    Some(Err(_)) => break,
+                    None => {
+                        eof = true;
+                        break;
+                    }
                 };
                 match conn.peer.accept(&line) {
                     Incoming::Request { id, method, params } => {
@@ -65,7 +70,33 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
             Some(()) = inflight.next(), if !inflight.is_empty() => {}
         }
     }
+    // Nothing more will be read: calls to this client (its host services) fail at once.
     conn.peer.close();
-    conn.closed.cancel();
+    if eof {
+        // The client may have shut down only its write half and still be reading (`echo … |
+        // socat - UNIX-CONNECT:…`): answer what it asked, unless it hangs up entirely.
+        let socket: &UnixStream = frames.get_ref().as_ref();
+        let mut check = tokio::time::interval(HANGUP_CHECK);
+        while !inflight.is_empty() {
+            tokio::select! {
+                _ = inflight.next() => {}
+                _ = check.tick() => if hung_up(socket) { break },
+            }
+        }
+    }
+    // Last: a `services.register` still in flight at the EOF has registered by now.
     daemon.remove_host_services(conn.id);
+    conn.closed.cancel();
+}
+
+/// How often a half-closed client is checked for a full hang-up while its calls finish.
+const HANGUP_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether the client closed its side entirely (POLLHUP), not just its write half.
+fn hung_up(socket: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd { fd: socket.as_raw_fd(), events: 0, revents: 0 };
+    // SAFETY: one valid pollfd for a socket this task owns; a zero timeout never blocks.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n < 0 || (n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
 }

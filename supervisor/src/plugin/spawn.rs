@@ -246,7 +246,7 @@ fn child_setup(rl: &RlimitPlan, parent: u32, confinement: &mut ChildConfinement)
     setrlimit(Resource::RLIMIT_DATA, rl.data_bytes, rl.data_bytes)?;
     if let Some(cpu) = rl.cpu_seconds {
         // Soft limit → SIGXCPU (reported as `cpu_seconds`), hard limit one second later → SIGKILL.
-        setrlimit(Resource::RLIMIT_CPU, cpu, cpu + 1)?;
+        setrlimit(Resource::RLIMIT_CPU, cpu, cpu.saturating_add(1))?;
     }
     setrlimit(Resource::RLIMIT_NOFILE, rl.open_files, rl.open_files)?;
     setrlimit(Resource::RLIMIT_CORE, 0, 0)?;

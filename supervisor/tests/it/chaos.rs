@@ -105,8 +105,11 @@ async fn client(d: &Daemon, seed: u64, stop: &AtomicBool, tally: &Tally) {
     while !stop.load(Ordering::Relaxed) {
         let plugin = PLUGINS[rng.below(PLUGINS.len() as u64) as usize].1;
         let sleep = rng.below(5) == 0;
-        let (method, params) =
-            if sleep { ("sleep", json!({"ms": 20 + rng.below(150)})) } else { ("echo", json!({"n": n, "from": seed % 1000})) };
+        let (method, params) = if sleep {
+            ("sleep", json!({"ms": 20 + rng.below(150)}))
+        } else {
+            ("echo", json!({"n": n, "from": seed % 1000}))
+        };
         n += 1;
         let t = Instant::now();
         let r = c

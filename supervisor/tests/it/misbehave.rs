@@ -172,7 +172,10 @@ async fn misbehave_exits_before_answering_init() {
             let r = d.execute("bad", "echo", json!(1)).await;
             assert!(t.elapsed() < MARGIN, "refused at once");
             assert_eq!(code(&r), -32002, "{r:?}");
-            assert!(["stopped", "starting", "restarting", "failed"].contains(&data(&r)["state"].as_str().unwrap()), "{r:?}");
+            assert!(
+                ["stopped", "starting", "restarting", "failed"].contains(&data(&r)["state"].as_str().unwrap()),
+                "{r:?}"
+            );
             let s = d.status("bad").await;
             (s["state"] == "failed").then_some(s)
         })
@@ -451,4 +454,39 @@ async fn misbehave_leaks_memory_slowly() {
 async fn misbehave_spins_the_cpu() {
     let s = hits_limit("spin-cpu", json!({"cpu_seconds": 1}), "cpu_seconds").await;
     assert_eq!(s["last_exit"]["signal"], "SIGXCPU", "{s}");
+}
+
+/// Extreme but valid manifest numbers (found by reading the code paths the fuzzed manifest
+/// values reach): `cpu_seconds: u64::MAX` (the hard limit is soft + 1) and `cooldown_s:
+/// u64::MAX` (added to the current instant when the plugin fails).
+#[tokio::test(flavor = "multi_thread")]
+async fn misbehave_manifest_with_extreme_numbers() {
+    let max = u64::MAX;
+    let d = Daemon::builder()
+        .plugin_files(
+            "cpu",
+            &[("plugin.json", &bad_manifest("cpu", "unknown-ids", json!({"limits": {"cpu_seconds": max}})))],
+        )
+        .plugin_files(
+            "bad",
+            &[(
+                "plugin.json",
+                &bad_manifest("bad", "exit-before-init", json!({"restart": {"max_restarts": 0, "cooldown_s": max}})),
+            )],
+        )
+        .plugin("perl-echo")
+        .start()
+        .await;
+    // An unreachable CPU budget is no budget: the plugin runs.
+    let s = d.wait_state("cpu", "running").await;
+    assert_eq!(d.execute("cpu", "echo", json!(1)).await.unwrap(), json!(1), "{s}");
+    // A cool-down that never ends: failed for good, and the plugin still obeys commands.
+    let s = d.wait_state("bad", "failed").await;
+    assert_eq!(s["last_exit"]["code"], 3, "{s}");
+    let t = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), d.call("plugins.restart", json!({"name": "bad"}))).await;
+    assert!(r.is_ok(), "plugins.restart answered (the plugin's actor is alive) in {:?}", t.elapsed());
+    assert_eq!(d.status("bad").await["state"], "failed");
+    assert_eq!(d.execute("perl-echo", "echo", json!(2)).await.unwrap(), json!(2));
+    assert!(!d.log().contains("panicked"), "{}", d.log());
 }

@@ -1,0 +1,143 @@
+//! Property tests (issue 9): the NDJSON frame decoder and the control-socket request path. The
+//! properties live in `tests/props/` and are shared with the cargo-fuzz targets of `fuzz/`;
+//! inputs the fuzzers found are kept below as regression tests.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "props/control.rs"]
+mod control;
+#[path = "props/frame.rs"]
+mod frame;
+
+use plugind::transport::frame::Frame;
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+/// Bytes that make interesting lines: mostly text, with newlines, `\r`, blanks and binary.
+fn stream() -> impl Strategy<Value = Vec<u8>> {
+    let byte = prop_oneof![
+        6 => Just(b'x'),
+        2 => Just(b'\n'),
+        1 => Just(b'\r'),
+        1 => Just(b' '),
+        1 => any::<u8>(),
+    ];
+    vec(byte, 0..400)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn frame_any_chunking_yields_the_same_frames(data in stream(), max in 1usize..48, chunks in vec(1usize..64, 1..6)) {
+        frame::check(&data, max, &chunks);
+    }
+
+    #[test]
+    fn frame_arbitrary_bytes(data in vec(any::<u8>(), 0..600), max in 1usize..200, chunks in vec(1usize..300, 1..4)) {
+        frame::check(&data, max, &chunks);
+    }
+
+    #[test]
+    fn frame_oversized_line_is_reported_with_its_length(
+        len in 1usize..5000, max in 1usize..64, chunks in vec(1usize..700, 1..5),
+    ) {
+        let len = max + len;
+        let mut data = vec![b'z'; len];
+        data.extend_from_slice(b"\nok\n");
+        let got = frame::decode_chunked(&data, max.max(2), &chunks);
+        prop_assert_eq!(got, vec![Frame::Oversized { len }, Frame::Line(bytes::Bytes::from_static(b"ok"))]);
+    }
+}
+
+/// Requests a control client may send: known methods with plausible or odd params and ids.
+fn request() -> impl Strategy<Value = String> {
+    let method = prop_oneof![
+        Just("supervisor.status"),
+        Just("plugins.list"),
+        Just("plugins.get"),
+        Just("plugins.start"),
+        Just("plugins.stop"),
+        Just("plugins.restart"),
+        Just("plugins.reload"),
+        Just("plugins.trace"),
+        Just("execute"),
+        Just("services.list"),
+        Just("services.call"),
+        Just("services.register"),
+        Just("hooks.run"),
+        Just("logs.tail"),
+        Just("events.subscribe"),
+        Just("metrics.get"),
+        Just("no.such.method"),
+    ];
+    let params = prop_oneof![
+        Just("{}".to_owned()),
+        Just("null".to_owned()),
+        Just("[1,2]".to_owned()),
+        Just(r#"{"name":"x"}"#.to_owned()),
+        Just(r#"{"plugin":"p","method":"m","params":{"a":1},"timeout_ms":5}"#.to_owned()),
+        Just(r#"{"service":"ui","method":"m","params":{},"timeout_ms":50}"#.to_owned()),
+        Just(r#"{"name":"ui","version":"1.0.0"}"#.to_owned()),
+        Just(r#"{"name":"ui","version":"nope"}"#.to_owned()),
+        Just(r#"{"hook":"onPrompt","payload":{"t":"hi"}}"#.to_owned()),
+        Just(r#"{"lines":3,"follow":true}"#.to_owned()),
+        "[a-z{}\\[\\]\":,0-9 ]{0,24}",
+    ];
+    let id = prop_oneof![
+        Just("1".to_owned()),
+        Just("\"s\"".to_owned()),
+        Just("null".to_owned()),
+        (0u64..1000).prop_map(|n| n.to_string())
+    ];
+    (id, method, params, any::<bool>()).prop_map(|(id, m, p, notification)| {
+        if notification {
+            format!(r#"{{"jsonrpc":"2.0","method":"{m}","params":{p}}}"#)
+        } else {
+            format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{m}","params":{p}}}"#)
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn control_requests_each_get_one_answer(reqs in vec(request(), 0..8), garbage in "[ -~]{0,20}", newline_at_end in any::<bool>()) {
+        let mut input = reqs.join("\n");
+        input.push('\n');
+        input.push_str(&garbage);
+        if newline_at_end {
+            input.push('\n');
+        }
+        control::Harness::new().check(input.as_bytes());
+    }
+
+    #[test]
+    fn control_arbitrary_bytes(data in vec(any::<u8>(), 0..300)) {
+        control::Harness::new().check(&data);
+    }
+}
+
+/// Inputs the fuzzers found (fuzz/artifacts), kept as regression tests.
+#[test]
+fn control_regression_register_then_garbage() {
+    // control_request: a host service registered, then a line that is not a message, half-closed.
+    let input = concat!(
+        r#"{"jsonrpc":"2.0","id":1,"method":"services.register","params":{"name":"ui","version":"1.0.0"}}"#,
+        "\n",
+        r#"s{"jonrpc":"2.0","id":2,"method":"rervices.call","params":{"service":"ui","method";"m","params":{},"timeout_ms":101}}"#,
+        "\n"
+    );
+    control::Harness::new().check(input.as_bytes());
+}
+
+#[test]
+fn control_regression_slow_request_then_eof() {
+    // control_request: a request still running at EOF must be answered (half-closed client).
+    let input = concat!(
+        r#"{"jsonrpc":"2.0","id":1,"method":"hooks.run","params":{"hook":"onPrompt","payload":{"a":1}}}"#,
+        "\n"
+    );
+    control::Harness::new().check(input.as_bytes());
+}

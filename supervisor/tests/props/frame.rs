@@ -1,0 +1,86 @@
+//! Properties of [`FrameDecoder`], shared by the proptests (`supervisor/tests/prop.rs`) and the
+//! cargo-fuzz target `frame_decoder` (`fuzz/`), which both include this file with `#[path]`.
+//!
+//! The reference [`model`] is written from the decoder's contract (SPEC §3 and
+//! docs/design-choices.md), not from its code: lines end at `\n`; a line longer than the limit is
+//! reported once as `Oversized` with its full length; one trailing `\r` is stripped from a
+//! complete line; blank lines are skipped; a last line without `\n` is delivered at EOF as is.
+
+#![allow(dead_code)] // each includer uses part of it
+
+use bytes::BytesMut;
+use plugind::transport::frame::{Frame, FrameDecoder};
+use tokio_util::codec::Decoder;
+
+fn blank(b: &[u8]) -> bool {
+    b.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The frames `data` must decode to with a limit of `max` bytes per line.
+pub fn model(data: &[u8], max: usize) -> Vec<Frame> {
+    let mut out = Vec::new();
+    let mut pieces: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
+    let last = pieces.pop().unwrap_or_default(); // after the last `\n`: the unterminated rest
+    for p in pieces {
+        if p.len() > max {
+            out.push(Frame::Oversized { len: p.len() });
+        } else {
+            let p = p.strip_suffix(b"\r").unwrap_or(p);
+            if !blank(p) {
+                out.push(Frame::Line(bytes::Bytes::copy_from_slice(p)));
+            }
+        }
+    }
+    if last.len() > max {
+        out.push(Frame::Oversized { len: last.len() });
+    } else if !blank(last) {
+        out.push(Frame::Line(bytes::Bytes::copy_from_slice(last)));
+    }
+    out
+}
+
+/// Feeds `data` to a decoder the way `FramedRead` does (decode until `None` after every read,
+/// then `decode_eof` until `None`), in reads of the sizes in `chunks` (cycled; each at least 1).
+/// Checks after every read that the buffer holds no more than `max` bytes.
+pub fn decode_chunked(data: &[u8], max: usize, chunks: &[usize]) -> Vec<Frame> {
+    let mut decoder = FrameDecoder::new(max);
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut rest = data;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = if chunks.is_empty() { rest.len() } else { chunks[i % chunks.len()].clamp(1, rest.len()) };
+        i += 1;
+        buf.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        while let Some(f) = decoder.decode(&mut buf).expect("decode never fails") {
+            out.push(f);
+        }
+        assert!(buf.len() <= max, "the buffer holds {} bytes, over the {max}-byte limit", buf.len());
+    }
+    while let Some(f) = decoder.decode_eof(&mut buf).expect("decode_eof never fails") {
+        out.push(f);
+    }
+    assert!(buf.is_empty(), "bytes left in the buffer at EOF: {}", buf.len());
+    out
+}
+
+/// The frame decoder's properties for one byte stream: it yields the model's frames whether the
+/// stream arrives whole, byte by byte, or in the given chunks; the buffer stays bounded.
+pub fn check(data: &[u8], max: usize, chunks: &[usize]) {
+    let want = model(data, max);
+    assert_eq!(decode_chunked(data, max, &[]), want, "read whole (max {max})");
+    assert_eq!(decode_chunked(data, max, chunks), want, "read in chunks {chunks:?} (max {max})");
+    if data.len() <= 4096 {
+        assert_eq!(decode_chunked(data, max, &[1]), want, "read byte by byte (max {max})");
+    }
+}
+
+/// Derives a limit and chunk sizes from the first bytes of a fuzz input; the rest is the stream.
+pub fn check_fuzz_input(input: &[u8]) {
+    let Some((&head, rest)) = input.split_first() else { return };
+    let max = 1 + usize::from(head % 64);
+    let (sizes, data) = rest.split_at(rest.len().min(4));
+    let chunks: Vec<usize> = sizes.iter().map(|b| 1 + usize::from(*b % 97)).collect();
+    check(data, max, &chunks);
+}
