@@ -94,13 +94,13 @@ for line in sys.stdin:
     if "id" not in m or "method" not in m: continue
     r = None if m["method"] == "teardown" else {}
     if m["method"] == "execute":
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(os.environ["CONTROL"])
-        s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"plugins.list"}\n')
-        s.settimeout(5)
         try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(os.environ["CONTROL"])
+            s.settimeout(5)
+            s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"plugins.list"}\n')
             r = {"answer": s.recv(65536).decode()}
-        except Exception as e:
+        except OSError as e:
             r = {"error": str(e)}
     print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}), flush=True)
 "#;
@@ -110,6 +110,9 @@ for line in sys.stdin:
     let d = b.plugin_files("steer", &[("plugin.json", &manifest.to_string()), ("s.py", steer)]).start().await;
     let r = d.execute("steer", "go", json!({})).await.unwrap();
     // Closed (or reset) without an answer.
-    assert!(r == json!({"answer": ""}) || r["error"].as_str().is_some_and(|e| e.contains("reset")), "{r}");
+    assert!(
+        r == json!({"answer": ""}) || r["error"].as_str().is_some_and(|e| e.contains("reset") || e.contains("Broken pipe")),
+        "{r}"
+    );
     assert!(d.log().contains("refused control connection from a plugin process"));
 }
