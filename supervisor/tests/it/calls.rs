@@ -35,15 +35,7 @@ async fn deadline_answers_32001_at_once_and_plugin_gets_cancel() {
     assert_eq!(data(&r)["plugin"], "py-probe");
     assert!(took >= Duration::from_millis(290) && took < Duration::from_millis(1500), "{took:?}");
     // The plugin was told: it logs the cancelled id on stderr.
-    wait_for("the plugin to log the cancel", async || {
-        let s = d.status("py-probe").await;
-        s["stderr_tail"]
-            .as_array()?
-            .iter()
-            .any(|l| l.as_str().is_some_and(|l| l.starts_with("cancelled")))
-            .then_some(())
-    })
-    .await;
+    wait_stderr(&d, "py-probe", "cancelled").await;
     // And it still serves.
     assert_eq!(d.execute("py-probe", "echo", json!(1)).await.unwrap(), json!(1));
     let s = d.status("py-probe").await;

@@ -55,31 +55,11 @@ async fn hook_chain_runs_in_priority_order_skips_failures_and_stops() {
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!({"n": 1, "trail": ["a-first", "c-stops"]}));
 }
 
-/// A plain-Python plugin that forwards `execute` to plugind's `kv.*` (method = kv method).
-const KV_USER: &str = r#"import json, sys
-next_id = 1
-def request(method, params):
-    global next_id
-    rid = "k%d" % next_id; next_id += 1
-    print(json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}), flush=True)
-    for line in sys.stdin:
-        m = json.loads(line)
-        if m.get("id") == rid and "method" not in m:
-            return m
-for line in sys.stdin:
-    m = json.loads(line)
-    if "id" not in m or "method" not in m: continue
-    if m["method"] == "execute":
-        r = request(m["params"]["method"], m["params"]["params"])
-        r["id"] = m["id"]
-        print(json.dumps(r), flush=True); continue
-    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
-"#;
 
 fn kv_plugin(name: &str, storage: bool) -> Vec<(String, String)> {
     let perms = if storage { json!(["storage"]) } else { json!([]) };
     let manifest = json!({"name": name, "version": "1.0.0", "main": "kv.py", "permissions": perms});
-    vec![("plugin.json".into(), manifest.to_string()), ("kv.py".into(), KV_USER.into())]
+    vec![("plugin.json".into(), manifest.to_string()), ("kv.py".into(), KV_FORWARDER.into())]
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -122,17 +122,6 @@ async fn two_hops() -> Daemon {
         .await
 }
 
-async fn wait_cancel_logged(d: &Daemon) {
-    wait_for("py-probe to be told to cancel", async || {
-        let s = d.status("py-probe").await;
-        s["stderr_tail"]
-            .as_array()?
-            .iter()
-            .any(|l| l.as_str().is_some_and(|l| l.starts_with("cancelled")))
-            .then_some(())
-    })
-    .await;
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nested_call_gets_what_is_left_of_the_callers_deadline() {
@@ -148,7 +137,7 @@ async fn nested_call_gets_what_is_left_of_the_callers_deadline() {
         .await;
     assert_eq!(code(&r), -32001, "{r:?}");
     assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
-    wait_cancel_logged(&d).await;
+    wait_stderr(&d, "py-probe", "cancelled").await;
     // The second hop timed out on its own budget (not only by cascade): py-probe counted it.
     let s = d.status("py-probe").await;
     assert_eq!(s["calls"]["total"], 1);
@@ -169,7 +158,7 @@ async fn cancelling_a_call_cancels_the_calls_made_on_its_behalf() {
     .await;
     let started = Instant::now();
     drop(c);
-    wait_cancel_logged(&d).await;
+    wait_stderr(&d, "py-probe", "cancelled").await;
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }
 

@@ -332,3 +332,34 @@ impl DaemonBuilder {
         d
     }
 }
+
+/// Waits until a line of `plugin`'s stderr tail starts with `prefix`.
+pub async fn wait_stderr(d: &Daemon, plugin: &str, prefix: &str) {
+    wait_for(&format!("{plugin} to write {prefix:?} on stderr"), async || {
+        let s = d.status(plugin).await;
+        s["stderr_tail"].as_array()?.iter().any(|l| l.as_str().is_some_and(|l| l.starts_with(prefix))).then_some(())
+    })
+    .await;
+}
+
+/// A plain-Python plugin that forwards `execute` to plugind's `kv.*` (method = kv method).
+pub const KV_FORWARDER: &str = r#"import json, sys
+next_id = 1
+def request(method, params):
+    global next_id
+    rid = "k%d" % next_id; next_id += 1
+    print(json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}), flush=True)
+    for line in sys.stdin:
+        m = json.loads(line)
+        if m.get("id") == rid and "method" not in m:
+            return m
+    sys.exit(0)
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m: continue
+    if m["method"] == "execute":
+        r = request(m["params"]["method"], m["params"]["params"])
+        r["id"] = m["id"]
+        print(json.dumps(r), flush=True); continue
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
+"#;
