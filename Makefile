@@ -32,6 +32,7 @@ lint:
 test-rust:
 	$(CARGO) build --workspace
 	$(CARGO) test --workspace
+	$(CARGO) run -q -p plugind-bench -- --smoke
 
 test-sdk:
 	python3 -m unittest discover -s sdk/python -p 'test_*.py'
@@ -40,8 +41,9 @@ test-sdk:
 fmt:
 	$(CARGO) fmt --all
 
-bench:
-	$(CARGO) bench -p plugind-bench
+## bench: plugind against a raw pipe and an ideal relay, pinned and unpinned (docs/benchmarks.md).
+bench: release
+	$(CARGO) run --release -p plugind-bench --
 
 install: release
 	install -d $(DESTDIR)$(PREFIX)/bin
