@@ -108,10 +108,20 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
             let level = if took > SLOW_INIT { Level::Warn } else { Level::Ok };
             r.push(level, format!("init + register answered in {} ms", took.as_millis()));
             let names: Vec<String> = services.iter().map(|s| format!("{}@{}", s.name, s.version)).collect();
-            r.push(Level::Ok, format!("services: {}@{}{}", m.name, m.version, names.iter().map(|n| format!(", {n}")).collect::<String>()));
+            r.push(
+                Level::Ok,
+                format!(
+                    "services: {}@{}{}",
+                    m.name,
+                    m.version,
+                    names.iter().map(|n| format!(", {n}")).collect::<String>()
+                ),
+            );
         }
         Ok(Some(InstanceEvent::Ready { result: Err(e), .. })) => r.push(Level::Fail, format!("handshake: {e}")),
-        Ok(Some(InstanceEvent::Exited { exit, .. })) => r.push(Level::Fail, format!("exited before the handshake: {}", exit.describe())),
+        Ok(Some(InstanceEvent::Exited { exit, .. })) => {
+            r.push(Level::Fail, format!("exited before the handshake: {}", exit.describe()))
+        }
         Ok(None) | Err(_) => r.push(Level::Fail, "handshake: no answer to init/register".to_owned()),
     }
     if r.passed() {
@@ -145,7 +155,10 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
     // Protocol mistakes the instance logged (stray stdout above all).
     for line in log.tail(1000) {
         if line.stream == "plugind" && line.level == "warn" && !line.message.starts_with("missed health ping") {
-            let level = if line.message.contains("non-JSON") || line.message.contains("unknown id") || line.message.contains("not a JSON-RPC") {
+            let level = if line.message.contains("non-JSON")
+                || line.message.contains("unknown id")
+                || line.message.contains("not a JSON-RPC")
+            {
                 Level::Fail
             } else {
                 Level::Warn

@@ -24,13 +24,11 @@ impl Daemon {
         let mut result = HooksRunResult { payload, handled_by: Vec::new(), stopped_by: None };
         for (_, entry) in chain {
             let params = json!({ "hook": hook, "payload": result.payload });
-            let outcome = call_plugin(&entry, methods::HOOK, &params, None, None)
-                .await
-                .and_then(|raw| {
-                    serde_json::from_str::<HookResult>(raw.get()).map_err(|e| {
-                        plugind_protocol::RpcError::invalid_params(format!("hook result is not {{ payload, stop? }}: {e}"))
-                    })
-                });
+            let outcome = call_plugin(&entry, methods::HOOK, &params, None, None).await.and_then(|raw| {
+                serde_json::from_str::<HookResult>(raw.get()).map_err(|e| {
+                    plugind_protocol::RpcError::invalid_params(format!("hook result is not {{ payload, stop? }}: {e}"))
+                })
+            });
             match outcome {
                 Ok(r) => {
                     result.payload = r.payload;
@@ -48,7 +46,8 @@ impl Daemon {
                         obj.insert("plugin".into(), json!(&*entry.name));
                     }
                     if let Some(i) = entry.routes().first() {
-                        i.peer.notify(methods::ON_ERROR, &json!({ "code": e.code, "message": e.message, "data": data }));
+                        i.peer
+                            .notify(methods::ON_ERROR, &json!({ "code": e.code, "message": e.message, "data": data }));
                     }
                 }
             }

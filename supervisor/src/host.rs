@@ -115,7 +115,12 @@ pub async fn handle_request(
 }
 
 /// `kv.get` / `kv.set` / `kv.delete` / `kv.list` on the caller's namespace.
-async fn kv_request(daemon: &Daemon, caller: &Caller, method: &str, raw: Option<&RawValue>) -> Result<Box<RawValue>, RpcError> {
+async fn kv_request(
+    daemon: &Daemon,
+    caller: &Caller,
+    method: &str,
+    raw: Option<&RawValue>,
+) -> Result<Box<RawValue>, RpcError> {
     use plugind_protocol::methods::{KvKey, KvListParams, KvSetParams};
     let store = daemon.open_kv().map_err(RpcError::internal)?;
     let plugin = &*caller.plugin;

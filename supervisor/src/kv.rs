@@ -133,15 +133,19 @@ impl KvStore {
     pub async fn delete(self: &Arc<Self>, plugin: &str, key: &str) -> Result<bool, KvError> {
         Self::check_key(key)?;
         let (plugin, key) = (plugin.to_owned(), key.to_owned());
-        self.with(move |c| Ok(c.execute("DELETE FROM kv WHERE plugin = ?1 AND key = ?2", params![plugin, key])? > 0)).await
+        self.with(move |c| Ok(c.execute("DELETE FROM kv WHERE plugin = ?1 AND key = ?2", params![plugin, key])? > 0))
+            .await
     }
 
     /// Keys starting with `prefix`, sorted.
     pub async fn list(self: &Arc<Self>, plugin: &str, prefix: Option<&str>) -> Result<Vec<String>, KvError> {
         let (plugin, prefix) = (plugin.to_owned(), prefix.unwrap_or("").to_owned());
         self.with(move |c| {
-            let mut stmt = c.prepare_cached("SELECT key FROM kv WHERE plugin = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key")?;
-            let keys = stmt.query_map(params![plugin, prefix], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            let mut stmt = c.prepare_cached(
+                "SELECT key FROM kv WHERE plugin = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key",
+            )?;
+            let keys =
+                stmt.query_map(params![plugin, prefix], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
             Ok(keys)
         })
         .await

@@ -47,8 +47,8 @@ use crate::plugin::entry::{Command, Status};
 use crate::plugin::state::PluginState;
 pub use crate::plugin::PluginEntry;
 use crate::registry::HostService;
-use plugind_protocol::control::{LogLine, ReloadResult};
 use plugind_protocol::control::ServiceRef;
+use plugind_protocol::control::{LogLine, ReloadResult};
 use plugind_protocol::manifest::Manifest;
 use plugind_protocol::methods::{ServiceEvent, ServicesChangedParams};
 use std::collections::{BTreeMap, VecDeque};
@@ -161,7 +161,6 @@ impl Daemon {
         }
     }
 
-
     /// Publishes a lifecycle event to subscribers (`events.subscribe`).
     pub fn publish_event(&self, plugin: &str, kind: &str, state: Option<&str>, detail: String) {
         let _ = self.events.send(plugind_protocol::control::Event {
@@ -231,7 +230,8 @@ impl Daemon {
     /// Whether `pid` is a plugin instance or runs under one (its session, process group or an
     /// ancestor is an instance's): such processes may not use the control socket.
     pub fn is_plugin_process(&self, pid: u32) -> bool {
-        let instances: Vec<u32> = self.plugins().iter().flat_map(|p| p.routes().iter().map(|i| i.pid).collect::<Vec<_>>()).collect();
+        let instances: Vec<u32> =
+            self.plugins().iter().flat_map(|p| p.routes().iter().map(|i| i.pid).collect::<Vec<_>>()).collect();
         if instances.is_empty() {
             return false;
         }
@@ -459,7 +459,10 @@ impl Daemon {
         let mut added = Vec::new();
         for f in to_start {
             let entry = self.make_entry(f);
-            self.plugins.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(entry.name.to_string(), entry.clone());
+            self.plugins
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(entry.name.to_string(), entry.clone());
             added.push(entry);
         }
         futures::future::join_all(to_reload.iter().map(|e| e.command(Command::Reload))).await;

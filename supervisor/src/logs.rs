@@ -3,10 +3,10 @@
 //! Each line goes to `tracing` (with the plugin's name as a field) and into a bounded ring, so
 //! `logs.tail` and the status's `stderr_tail` can show recent lines without unbounded memory.
 
+use crate::transport::tap::Tap;
 use plugind_protocol::control::LogLine;
 use plugind_protocol::methods::LogLevel;
 use std::collections::VecDeque;
-use crate::transport::tap::Tap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 

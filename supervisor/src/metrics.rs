@@ -7,7 +7,9 @@
 
 use crate::Daemon;
 use plugind_protocol::methods::{MetricKind, MetricsEmitParams};
-use prometheus::{CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
@@ -15,7 +17,9 @@ use std::sync::{LazyLock, Mutex};
 pub static CALL_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
     HistogramVec::new(
         HistogramOpts::new("plugind_call_duration_seconds", "Time from accepting a call to its answer, by plugin.")
-            .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
         &["plugin"],
     )
     .expect("UNWRAP: static metric definition is valid")
@@ -92,7 +96,9 @@ impl Metrics {
                 v.with_label_values(&values).inc_by(p.value);
             }
             (Some(Emitted::Gauge(v, n)), MetricKind::Gauge) if *n == names => v.with_label_values(&values).set(p.value),
-            (Some(Emitted::Histogram(v, n)), MetricKind::Histogram) if *n == names => v.with_label_values(&values).observe(p.value),
+            (Some(Emitted::Histogram(v, n)), MetricKind::Histogram) if *n == names => {
+                v.with_label_values(&values).observe(p.value)
+            }
             (Some(Emitted::Counter(_, n) | Emitted::Gauge(_, n) | Emitted::Histogram(_, n)), _) if *n != names => {
                 return Err(mismatch(n))
             }
@@ -119,12 +125,21 @@ impl Daemon {
     pub fn metrics_text(&self) -> String {
         let scrape = Registry::new();
         let calls = IntCounterVec::new(Opts::new("plugind_calls_total", "Calls routed to the plugin."), &["plugin"]);
-        let errors = IntCounterVec::new(Opts::new("plugind_call_errors_total", "Calls that ended with an error."), &["plugin"]);
-        let timeouts = IntCounterVec::new(Opts::new("plugind_call_timeouts_total", "Calls that hit their deadline."), &["plugin"]);
+        let errors =
+            IntCounterVec::new(Opts::new("plugind_call_errors_total", "Calls that ended with an error."), &["plugin"]);
+        let timeouts =
+            IntCounterVec::new(Opts::new("plugind_call_timeouts_total", "Calls that hit their deadline."), &["plugin"]);
         let restarts = IntCounterVec::new(Opts::new("plugind_restarts_total", "Restarts after crashes."), &["plugin"]);
-        let state = IntGaugeVec::new(Opts::new("plugind_plugin_state", "1 for the plugin's current state."), &["plugin", "state"]);
-        let memory = IntGaugeVec::new(Opts::new("plugind_plugin_memory_bytes", "Resident memory of the plugin's processes."), &["plugin"]);
-        let instances = IntGaugeVec::new(Opts::new("plugind_plugin_instances", "Instances serving calls."), &["plugin"]);
+        let state = IntGaugeVec::new(
+            Opts::new("plugind_plugin_state", "1 for the plugin's current state."),
+            &["plugin", "state"],
+        );
+        let memory = IntGaugeVec::new(
+            Opts::new("plugind_plugin_memory_bytes", "Resident memory of the plugin's processes."),
+            &["plugin"],
+        );
+        let instances =
+            IntGaugeVec::new(Opts::new("plugind_plugin_instances", "Instances serving calls."), &["plugin"]);
         let (Ok(calls), Ok(errors), Ok(timeouts), Ok(restarts), Ok(state), Ok(memory), Ok(instances)) =
             (calls, errors, timeouts, restarts, state, memory, instances)
         else {

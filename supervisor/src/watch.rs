@@ -164,7 +164,10 @@ mod tests {
     #[test]
     fn paths_map_to_their_plugin_dir() {
         let roots = vec![PathBuf::from("/p")];
-        assert_eq!(split(&roots, Path::new("/p/a/dist/x.js")), Some((PathBuf::from("/p/a"), PathBuf::from("dist/x.js"))));
+        assert_eq!(
+            split(&roots, Path::new("/p/a/dist/x.js")),
+            Some((PathBuf::from("/p/a"), PathBuf::from("dist/x.js")))
+        );
         assert_eq!(split(&roots, Path::new("/p/a")), Some((PathBuf::from("/p/a"), PathBuf::new())));
         assert_eq!(split(&roots, Path::new("/elsewhere/a")), None);
     }

@@ -420,7 +420,8 @@ fn shipped_example_manifests_are_kept_in_step() {
     let copies = json_files(&root.join("manifests/shipped"));
     assert_eq!(copies.len(), plugins.len(), "one copy per example plugin in manifests/shipped/");
     for plugin in plugins {
-        let name = plugin.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name =
+            plugin.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let copy = root.join("manifests/shipped").join(format!("{name}.json"));
         assert_eq!(read(&copy), read(&plugin), "{} differs from {}: copy it over", rel(&copy), rel(&plugin));
     }

@@ -221,9 +221,10 @@ async fn run(args: Args) -> Result<(), Failure> {
             }
             Some((c::SERVICES_CALL, p))
         }
-        Cmd::Hook { hook, payload } => {
-            Some((c::HOOKS_RUN, json!({ "hook": hook, "payload": parse_json("PAYLOAD_JSON", payload.as_deref(), json!({}))? })))
-        }
+        Cmd::Hook { hook, payload } => Some((
+            c::HOOKS_RUN,
+            json!({ "hook": hook, "payload": parse_json("PAYLOAD_JSON", payload.as_deref(), json!({}))? }),
+        )),
         _ => None,
     };
     let mut client = match &args.url {
@@ -355,7 +356,14 @@ async fn run(args: Args) -> Result<(), Failure> {
                     println!("{ev}");
                 } else {
                     let state = ev["state"].as_str().map(|s| format!(" {s}")).unwrap_or_default();
-                    println!("{} {} {}{} {}", str_of(&ev["ts"]), str_of(&ev["plugin"]), str_of(&ev["kind"]), state, str_of(&ev["detail"]));
+                    println!(
+                        "{} {} {}{} {}",
+                        str_of(&ev["ts"]),
+                        str_of(&ev["plugin"]),
+                        str_of(&ev["kind"]),
+                        state,
+                        str_of(&ev["detail"])
+                    );
                 }
             }
         }

@@ -25,7 +25,10 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
             }
         };
         match stream.peer_cred() {
-            Ok(cred) if (cred.uid() == me || cred.uid() == 0) && cred.pid().is_some_and(|p| daemon.is_plugin_process(p as u32)) => {
+            Ok(cred)
+                if (cred.uid() == me || cred.uid() == 0)
+                    && cred.pid().is_some_and(|p| daemon.is_plugin_process(p as u32)) =>
+            {
                 // Plugins run as plugind's user, but must not steer plugind (stop or call other
                 // plugins) behind the registry's back: their processes are refused.
                 tracing::warn!(pid = ?cred.pid(), "refused control connection from a plugin process");

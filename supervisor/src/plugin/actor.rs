@@ -234,7 +234,8 @@ impl PluginActor {
     fn spawn_instance(&self, m: &Arc<Manifest>) -> Result<Arc<Instance>, String> {
         let id = self.daemon.next_instance_id();
         let spec = self.instance_spec(m, id)?;
-        instance::launch(id, spec, self.daemon.clone(), self.entry.log.clone(), self.events_tx.clone()).map_err(|e| e.to_string())
+        instance::launch(id, spec, self.daemon.clone(), self.entry.log.clone(), self.events_tx.clone())
+            .map_err(|e| e.to_string())
     }
 
     fn instance_spec(&self, m: &Arc<Manifest>, id: u64) -> Result<InstanceSpec, String> {
@@ -431,7 +432,13 @@ impl PluginActor {
             // Nothing is serving: take the new manifest and start over if it was meant to run.
             self.adopt_manifest(m);
             self.finish_reload();
-            if matches!(state, PluginState::Failed | PluginState::Restarting { .. } | PluginState::Blocked { .. } | PluginState::Starting) {
+            if matches!(
+                state,
+                PluginState::Failed
+                    | PluginState::Restarting { .. }
+                    | PluginState::Blocked { .. }
+                    | PluginState::Starting
+            ) {
                 for s in &self.slots {
                     if let Some(i) = &s.instance {
                         i.kill();
@@ -579,7 +586,13 @@ async fn sleep_until_opt(t: Option<Instant>) {
 }
 
 /// Everything instance `id` of plugin `name` (in `dir`, with manifest `m`) needs to start.
-pub fn instance_spec(daemon: &Daemon, name: &Arc<str>, dir: &std::path::Path, m: &Arc<Manifest>, id: u64) -> Result<InstanceSpec, String> {
+pub fn instance_spec(
+    daemon: &Daemon,
+    name: &Arc<str>,
+    dir: &std::path::Path,
+    m: &Arc<Manifest>,
+    id: u64,
+) -> Result<InstanceSpec, String> {
     let argv = spawn::argv_for(m, dir).map_err(|e| e.to_string())?;
     let paths = daemon.paths();
     let data_dir = m.grants(plugind_protocol::manifest::Permission::Storage).then(|| paths.data_dir(&m.name));

@@ -7,20 +7,20 @@
 //!
 //! Architecture invariant: the `pending` lock is never held across an `.await`.
 
+use crate::transport::tap::{Dir, Tap};
 use plugind_protocol::jsonrpc::{self, Message, ParseError, RpcError};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use crate::transport::tap::{Dir, Tap};
-use std::sync::Arc;
 
 /// Lines queued for the writer task before senders wait.
 pub const OUTBOX_CAPACITY: usize = 1024;
@@ -221,10 +221,9 @@ impl Peer {
                 return Err(CallError::Closed);
             }
             let parentable = method != plugind_protocol::methods::PING && method != plugind_protocol::methods::TEARDOWN;
-            calls.pending.insert(
-                id,
-                Pending { reply: Some(tx), progressed: None, hard: deadline.hard, done: None, parentable },
-            );
+            calls
+                .pending
+                .insert(id, Pending { reply: Some(tx), progressed: None, hard: deadline.hard, done: None, parentable });
         }
         let mut guard = CancelOnDrop { peer: self, id, armed: true };
         let start = Instant::now();

@@ -55,7 +55,8 @@ impl Tap {
             return;
         }
         let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let message = serde_json::from_slice(line).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(line).into_owned()));
+        let message =
+            serde_json::from_slice(line).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(line).into_owned()));
         let dir = match dir {
             Dir::In => "in",
             Dir::Out => "out",

@@ -21,7 +21,8 @@ async fn new_check_run(lang: &str, build: impl FnOnce(&Path)) {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let dir = work.path().join("plugins").join(&name);
     build(&dir);
-    let out = ctl(&["check", dir.to_str().unwrap(), "--execute", "hello", "--params", r#"{"name":"check"}"#], work.path());
+    let out =
+        ctl(&["check", dir.to_str().unwrap(), "--execute", "hello", "--params", r#"{"name":"check"}"#], work.path());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains(r#"execute hello: {"greeting":"Hello, check!"}"#), "{}", text(&out));
     // And under plugind.
@@ -77,8 +78,11 @@ async fn rust_template_new_build_check_run() {
 #[test]
 fn check_names_the_bad_field() {
     let work = tempfile::tempdir().unwrap();
-    std::fs::write(work.path().join("plugin.json"), r#"{"name": "x", "version": "one", "main": "m.py", "limits": {"memory_mb": "lots"}}"#)
-        .unwrap();
+    std::fs::write(
+        work.path().join("plugin.json"),
+        r#"{"name": "x", "version": "one", "main": "m.py", "limits": {"memory_mb": "lots"}}"#,
+    )
+    .unwrap();
     let out = ctl(&["check", "."], work.path());
     assert_eq!(out.status.code(), Some(1));
     let t = text(&out);

@@ -163,7 +163,11 @@ async fn cooldown_gives_a_failed_plugin_one_more_start_per_period() {
         .await;
     d.wait_state("cooler", "failed").await;
     // Fixed meanwhile: the next cool-down start brings it up.
-    std::fs::write(d.plugins.join("cooler/run.sh"), format!("exec perl {}\n", fixture("perl-echo").join("main.pl").display())).unwrap();
+    std::fs::write(
+        d.plugins.join("cooler/run.sh"),
+        format!("exec perl {}\n", fixture("perl-echo").join("main.pl").display()),
+    )
+    .unwrap();
     let s = d.wait_state("cooler", "running").await;
     assert!(s["history"].to_string().contains("failed"), "{s}");
     assert_eq!(d.execute("cooler", "echo", json!(1)).await.unwrap(), json!(1));

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-
 const WRITERS: [&str; 2] = ["kv-a", "kv-b"];
 
 fn builder() -> DaemonBuilder {

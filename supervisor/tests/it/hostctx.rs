@@ -32,7 +32,9 @@ for line in sys.stdin:
 #[tokio::test(flavor = "multi_thread")]
 async fn hook_chain_runs_in_priority_order_skips_failures_and_stops() {
     let mut b = Daemon::builder();
-    for (name, prio, mode) in [("d-last", 30, "ok"), ("a-first", 10, "ok"), ("c-stops", 20, "stop"), ("b-fails", 20, "fail")] {
+    for (name, prio, mode) in
+        [("d-last", 30, "ok"), ("a-first", 10, "ok"), ("c-stops", 20, "stop"), ("b-fails", 20, "fail")]
+    {
         let files = hooker(name, prio, mode);
         let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         b = b.plugin_files(name, &refs);
@@ -44,7 +46,10 @@ async fn hook_chain_runs_in_priority_order_skips_failures_and_stops() {
     assert_eq!(r["stopped_by"], "c-stops");
     wait_for("b-fails to be told with onError", async || {
         let tail = d.status("b-fails").await["stderr_tail"].clone();
-        tail.as_array()?.iter().any(|l| l.as_str().is_some_and(|l| l.contains("told:") && l.contains("refuses"))).then_some(())
+        tail.as_array()?
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains("told:") && l.contains("refuses")))
+            .then_some(())
     })
     .await;
     // A hook nobody handles returns the payload untouched.
@@ -54,7 +59,6 @@ async fn hook_chain_runs_in_priority_order_skips_failures_and_stops() {
     let out = d.ctl(&["hook", "onPrompt", r#"{"n": 1}"#]);
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!({"n": 1, "trail": ["a-first", "c-stops"]}));
 }
-
 
 fn kv_plugin(name: &str, storage: bool) -> Vec<(String, String)> {
     let perms = if storage { json!(["storage"]) } else { json!([]) };
@@ -76,7 +80,10 @@ async fn kv_is_per_plugin_durable_across_restarts_and_needs_storage() {
     d.execute("kv-b", "kv.set", json!({"key": "user/1", "value": "b"})).await.unwrap();
     assert_eq!(d.execute("kv-a", "kv.get", json!({"key": "user/1"})).await.unwrap(), json!({"value": {"n": 1}}));
     assert_eq!(d.execute("kv-b", "kv.get", json!({"key": "user/2"})).await.unwrap(), json!({"value": null}));
-    assert_eq!(d.execute("kv-a", "kv.list", json!({"prefix": "user/"})).await.unwrap(), json!({"keys": ["user/1", "user/2"]}));
+    assert_eq!(
+        d.execute("kv-a", "kv.list", json!({"prefix": "user/"})).await.unwrap(),
+        json!({"keys": ["user/1", "user/2"]})
+    );
     assert_eq!(d.execute("kv-a", "kv.delete", json!({"key": "user/2"})).await.unwrap(), json!({"deleted": true}));
     let denied = d.execute("kv-none", "kv.get", json!({"key": "x"})).await;
     assert_eq!(code(&denied), -32005);
@@ -99,7 +106,10 @@ for line in sys.stdin:
     print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
 "#;
     let d = Daemon::builder()
-        .plugin_files("emitter", &[("plugin.json", r#"{"name": "emitter", "version": "1.0.0", "main": "e.py"}"#), ("e.py", emitter)])
+        .plugin_files(
+            "emitter",
+            &[("plugin.json", r#"{"name": "emitter", "version": "1.0.0", "main": "e.py"}"#), ("e.py", emitter)],
+        )
         .start()
         .await;
     d.execute("emitter", "work", json!({})).await.unwrap();
@@ -137,7 +147,10 @@ for line in sys.stdin:
 "#;
     let d = Daemon::builder()
         .plugin("perl-echo")
-        .plugin_files("flood", &[("plugin.json", r#"{"name": "flood", "version": "1.0.0", "main": "f.py"}"#), ("f.py", flood)])
+        .plugin_files(
+            "flood",
+            &[("plugin.json", r#"{"name": "flood", "version": "1.0.0", "main": "f.py"}"#), ("f.py", flood)],
+        )
         .start()
         .await;
     let mut worst = Duration::ZERO;
@@ -177,7 +190,10 @@ for line in sys.stdin:
 "#;
     let manifest = json!({"name": "closer", "version": "1.0.0", "main": "c.py", "hooks": {"onShutdown": 0},
         "permissions": ["filesystem"], "env": {"MARKER": marker.to_str().unwrap()}});
-    let mut d = Daemon::builder().plugin_files("closer", &[("plugin.json", &manifest.to_string()), ("c.py", code)]).start().await;
+    let mut d = Daemon::builder()
+        .plugin_files("closer", &[("plugin.json", &manifest.to_string()), ("c.py", code)])
+        .start()
+        .await;
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit().await, Some(0));
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "onShutdown\nteardown\n");

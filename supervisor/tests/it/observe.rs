@@ -58,22 +58,28 @@ async fn trace_shows_both_directions() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stderr_and_log_notifications_reach_logs_tail_and_pluginctl_logs() {
     let d = Daemon::builder()
-        .plugin_files("talker", &[("plugin.json", r#"{"name": "talker", "version": "1.0.0", "main": "t.py"}"#), ("t.py", TALKER)])
+        .plugin_files(
+            "talker",
+            &[("plugin.json", r#"{"name": "talker", "version": "1.0.0", "main": "t.py"}"#), ("t.py", TALKER)],
+        )
         .start()
         .await;
     d.execute("talker", "say", json!({"word": "alpha"})).await.unwrap();
     let tail = wait_for("both lines", async || {
         let r = d.call("logs.tail", json!({"plugin": "talker", "lines": 50})).await.ok()?;
         let lines = r["lines"].as_array()?.clone();
-        (lines.iter().any(|l| l["message"] == "stderr says alpha") && lines.iter().any(|l| l["message"] == "log says alpha"))
-            .then_some(lines)
+        (lines.iter().any(|l| l["message"] == "stderr says alpha")
+            && lines.iter().any(|l| l["message"] == "log says alpha"))
+        .then_some(lines)
     })
     .await;
     let log = tail.iter().find(|l| l["message"] == "log says alpha").unwrap();
     assert_eq!((log["stream"].as_str(), log["level"].as_str()), (Some("log"), Some("warn")));
     let err = tail.iter().find(|l| l["message"] == "stderr says alpha").unwrap();
     assert_eq!(err["stream"], "stderr");
-    assert!(tail.iter().any(|l| l["stream"] == "plugind" && l["message"].as_str().unwrap().contains("started instance")));
+    assert!(tail
+        .iter()
+        .any(|l| l["stream"] == "plugind" && l["message"].as_str().unwrap().contains("started instance")));
 
     let out = d.ctl(&["logs", "talker", "-n", "3"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -85,7 +91,8 @@ async fn stderr_and_log_notifications_reach_logs_tail_and_pluginctl_logs() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let reader = std::thread::spawn(move || lines.find(|l| l.as_ref().unwrap().contains("says omega")).unwrap().unwrap());
+    let reader =
+        std::thread::spawn(move || lines.find(|l| l.as_ref().unwrap().contains("says omega")).unwrap().unwrap());
     wait_for("logs -f to show the new line", async || {
         d.execute("talker", "say", json!({"word": "omega"})).await.unwrap();
         reader.is_finished().then_some(())

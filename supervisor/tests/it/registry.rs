@@ -122,7 +122,6 @@ async fn two_hops() -> Daemon {
         .await
 }
 
-
 #[tokio::test(flavor = "multi_thread")]
 async fn nested_call_gets_what_is_left_of_the_callers_deadline() {
     let d = two_hops().await;

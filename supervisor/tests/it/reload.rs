@@ -42,7 +42,11 @@ fn write_atomic(path: &Path, text: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn six_changes_under_load_fail_no_call() {
     let d = Arc::new(
-        Daemon::builder().watch().plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(0))]).start().await,
+        Daemon::builder()
+            .watch()
+            .plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(0))])
+            .start()
+            .await,
     );
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -103,12 +107,21 @@ async fn six_changes_under_load_fail_no_call() {
     assert!(ok.load(Ordering::Relaxed) > 100, "clients kept calling: {}", ok.load(Ordering::Relaxed));
     let s = d.status("hot").await;
     assert_eq!(s["restarts"], 0);
-    assert_eq!(s["history"].as_array().unwrap().iter().filter(|h| h["event"] == "reload").count(), 6, "{}", s["history"]);
+    assert_eq!(
+        s["history"].as_array().unwrap().iter().filter(|h| h["event"] == "reload").count(),
+        6,
+        "{}",
+        s["history"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_update_keeps_the_old_version_serving_until_fixed() {
-    let d = Daemon::builder().watch().plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))]).start().await;
+    let d = Daemon::builder()
+        .watch()
+        .plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))])
+        .start()
+        .await;
     let dir = d.plugins.join("hot");
     std::fs::write(dir.join("main.py"), "this is not python(\n").unwrap();
     let s = wait_for("the failed reload", async || {
@@ -132,7 +145,8 @@ async fn broken_update_keeps_the_old_version_serving_until_fixed() {
     // The fix is picked up.
     std::fs::write(dir.join("plugin.json"), manifest("1.1.0")).unwrap();
     std::fs::write(dir.join("main.py"), source(2)).unwrap();
-    wait_for("the fixed version", async || (d.execute("hot", "e", json!(3)).await.ok()?["gen"] == 2).then_some(())).await;
+    wait_for("the fixed version", async || (d.execute("hot", "e", json!(3)).await.ok()?["gen"] == 2).then_some(()))
+        .await;
     let s = d.wait_state("hot", "running").await;
     assert_eq!(s["version"], "1.1.0");
     assert_eq!(s["last_error"], json!(null));
@@ -183,18 +197,26 @@ async fn a_rebuilt_binary_and_a_symlink_flip_are_picked_up() {
     let tmp = d.plugins.join(".hot.new");
     std::os::unix::fs::symlink(releases.join("v2"), &tmp).unwrap();
     std::fs::rename(&tmp, d.plugins.join("hot")).unwrap();
-    wait_for("the flipped release", async || (d.execute("hot", "e", json!(1)).await.ok()?["gen"] == 2).then_some(())).await;
+    wait_for("the flipped release", async || (d.execute("hot", "e", json!(1)).await.ok()?["gen"] == 2).then_some(()))
+        .await;
 
     // A "binary" replaced the way cargo does it: remove, then create a new file (new inode).
     let main = releases.join("v2/main.py");
     std::fs::remove_file(&main).unwrap();
     std::fs::write(&main, source(3)).unwrap();
-    wait_for("the rebuilt entry point", async || (d.execute("hot", "e", json!(2)).await.ok()?["gen"] == 3).then_some(())).await;
+    wait_for("the rebuilt entry point", async || {
+        (d.execute("hot", "e", json!(2)).await.ok()?["gen"] == 3).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_name_is_a_removal_plus_an_addition() {
-    let d = Daemon::builder().watch().plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))]).start().await;
+    let d = Daemon::builder()
+        .watch()
+        .plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))])
+        .start()
+        .await;
     let m = d.plugins.join("hot/plugin.json");
     std::fs::write(&m, manifest("1.0.0").replace("\"hot\"", "\"renamed\"")).unwrap();
     d.wait_state("renamed", "running").await;

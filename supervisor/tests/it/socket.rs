@@ -106,12 +106,14 @@ for line in sys.stdin:
 "#;
     let b = Daemon::builder();
     let sock = b.path().join("plugind.sock");
-    let manifest = json!({"name": "steer", "version": "1.0.0", "main": "s.py", "env": {"CONTROL": sock.to_str().unwrap()}});
+    let manifest =
+        json!({"name": "steer", "version": "1.0.0", "main": "s.py", "env": {"CONTROL": sock.to_str().unwrap()}});
     let d = b.plugin_files("steer", &[("plugin.json", &manifest.to_string()), ("s.py", steer)]).start().await;
     let r = d.execute("steer", "go", json!({})).await.unwrap();
     // Closed (or reset) without an answer.
     assert!(
-        r == json!({"answer": ""}) || r["error"].as_str().is_some_and(|e| e.contains("reset") || e.contains("Broken pipe")),
+        r == json!({"answer": ""})
+            || r["error"].as_str().is_some_and(|e| e.contains("reset") || e.contains("Broken pipe")),
         "{r}"
     );
     assert!(d.log().contains("refused control connection from a plugin process"));

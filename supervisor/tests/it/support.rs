@@ -179,7 +179,8 @@ impl Daemon {
     /// temp dir); its log is appended to `plugind.log`.
     fn spawn_process(&mut self) {
         let (args, env) = self.launch.clone().expect("UNWRAP: launch args kept");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("plugind.log")).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("plugind.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_plugind"))
             .current_dir(self.dir.path())
             .args(&args)
@@ -307,9 +308,7 @@ pub fn data(r: &Result<Value, ClientError>) -> Value {
 
 /// The instance cgroup directories plugind logged ("instance cgroup DIR", at debug level).
 pub fn instance_cgroups(log: &str) -> Vec<PathBuf> {
-    log.lines()
-        .filter_map(|l| l.split_once("instance cgroup ").map(|(_, dir)| PathBuf::from(dir.trim())))
-        .collect()
+    log.lines().filter_map(|l| l.split_once("instance cgroup ").map(|(_, dir)| PathBuf::from(dir.trim()))).collect()
 }
 
 // ---- daemon.rs helpers (plugind as a service: config file, signals, --listen) ----

@@ -26,7 +26,9 @@ pub fn logs_tail(daemon: &Daemon, conn: &Conn, p: LogsTailParams) -> Result<Box<
     let lines = lines.split_off(lines.len().saturating_sub(n));
     if p.follow {
         let filter = p.plugin.clone();
-        forward(conn, daemon.follow_logs(), c::LOG_NOTIFICATION, move |l| filter.as_ref().is_none_or(|f| *f == l.plugin));
+        forward(conn, daemon.follow_logs(), c::LOG_NOTIFICATION, move |l| {
+            filter.as_ref().is_none_or(|f| *f == l.plugin)
+        });
     }
     Ok(to_raw(&LogsTailResult { lines }))
 }
