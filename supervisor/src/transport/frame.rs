@@ -52,7 +52,7 @@ impl Decoder for FrameDecoder {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
         loop {
-            let newline = buf[self.scanned..].iter().position(|b| *b == b'\n').map(|i| self.scanned + i);
+            let newline = memchr::memchr(b'\n', &buf[self.scanned..]).map(|i| self.scanned + i);
             if let Some(dropped) = self.discarding {
                 match newline {
                     Some(i) => {
