@@ -164,6 +164,11 @@ impl Daemon {
         Ok(())
     }
 
+    /// The plugin directory plugind scans.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
     /// plugind's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

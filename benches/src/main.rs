@@ -15,6 +15,7 @@ mod cli;
 mod daemon;
 mod echo;
 mod relay;
+mod reload;
 mod report;
 mod startup;
 mod wire;
@@ -239,6 +240,7 @@ fn run(placement: &str, o: &Options) -> ExitCode {
     })();
     record("relay+plugind", r);
     record("e.start", startup::run(&rt, &bins, placement, &sizes));
+    record("f.reload", reload::run(&rt, &bins, placement, if o.smoke { 3 } else { 20 }));
     println!("# plugind-bench {placement}: {passed} passed, {failed} failed");
     if failed == 0 {
         ExitCode::SUCCESS
