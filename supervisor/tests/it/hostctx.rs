@@ -198,3 +198,24 @@ for line in sys.stdin:
     assert_eq!(d.wait_exit().await, Some(0));
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "onShutdown\nteardown\n");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_scraped_over_http() {
+    use std::io::{Read, Write};
+    // A free port: bind, read it, release it for plugind.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::builder().plugin("perl-echo").arg("--metrics").arg(&addr).start().await;
+    d.execute("perl-echo", "echo", json!(1)).await.unwrap();
+    let body = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains(r#"plugind_calls_total{plugin="perl-echo"} 1"#), "{body}");
+}
