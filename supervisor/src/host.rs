@@ -1,5 +1,6 @@
 //! What a plugin may ask plugind (SPEC §3.2): `registry.*`, `service.call`, `kv.*`.
 
+use crate::control::handlers::params;
 use crate::registry::not_found;
 use crate::router::Call;
 use crate::transport::peer::Peer;
@@ -8,7 +9,6 @@ use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
 use plugind_protocol::manifest::{Dependency, Manifest, Permission};
 use plugind_protocol::methods::{self, ListServicesParams, ServiceCallParams, ServiceQuery};
-use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use std::sync::Arc;
 
@@ -23,16 +23,8 @@ pub struct Caller {
     pub peer: Arc<Peer>,
 }
 
-fn params<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<T, RpcError> {
-    serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(RpcError::invalid_params)
-}
-
 fn query_dep(q: &ServiceQuery) -> Result<Dependency, RpcError> {
-    let text = match &q.version {
-        Some(r) => format!("{}@{r}", q.name),
-        None => q.name.clone(),
-    };
-    Dependency::parse(&text).map_err(RpcError::invalid_params)
+    crate::registry::dependency(&q.name, q.version.as_deref())
 }
 
 /// Answers one request of a plugin.

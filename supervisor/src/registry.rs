@@ -161,6 +161,16 @@ impl Daemon {
     }
 }
 
+/// The dependency a request names: service `name`, optionally a semver `range`
+/// (`-32602` when either is malformed).
+pub fn dependency(name: &str, range: Option<&str>) -> Result<Dependency, RpcError> {
+    let text = match range {
+        Some(r) => format!("{name}@{r}"),
+        None => name.to_owned(),
+    };
+    Dependency::parse(&text).map_err(RpcError::invalid_params)
+}
+
 /// `-32004` for a dependency nobody provides.
 pub fn not_found(dep: &Dependency) -> RpcError {
     RpcError::with_data(

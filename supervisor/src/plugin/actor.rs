@@ -120,7 +120,7 @@ impl PluginActor {
                     }
                 },
                 Some(ev) = events.recv() => self.on_event(ev),
-                _ = sleep_until_opt(next_due) => self.on_timer(),
+                _ = crate::time::sleep_until_opt(next_due) => self.on_timer(),
             }
         }
     }
@@ -575,13 +575,6 @@ impl PluginActor {
                 }
             }
         }
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -441,7 +441,7 @@ impl InstanceTask {
                     Some(StopKind::Graceful) => {}
                     None => {}
                 },
-                _ = sleep_until_opt(timer) => match stop {
+                _ = crate::time::sleep_until_opt(timer) => match stop {
                     _ if eof_kill_at.is_some_and(|t| t <= Instant::now()) => {
                         eof_kill_at = None;
                         reason.get_or_insert_with(|| "closed its stdout but kept running".to_owned());
@@ -584,13 +584,6 @@ impl InstanceTask {
             methods::ON_ERROR,
             &serde_json::json!({ "code": code, "message": message, "data": { "plugin": &*self.spec.plugin } }),
         );
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -6,7 +6,6 @@ use crate::router::Call;
 use crate::Daemon;
 use plugind_protocol::control::ServicesRegisterParams;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
-use plugind_protocol::manifest::Dependency;
 use plugind_protocol::methods::ServiceInfo;
 use plugind_protocol::methods::{ListServicesParams, ServiceCallParams};
 use serde::Deserialize;
@@ -49,11 +48,7 @@ pub fn services_list(daemon: &Daemon, p: ListServicesParams) -> Result<Box<RawVa
 
 /// Calls a service through the registry.
 pub async fn services_call(daemon: &Daemon, p: ServiceCallParams) -> Result<Box<RawValue>, RpcError> {
-    let text = match &p.version {
-        Some(r) => format!("{}@{r}", p.service),
-        None => p.service.clone(),
-    };
-    let dep = Dependency::parse(&text).map_err(RpcError::invalid_params)?;
+    let dep = crate::registry::dependency(&p.service, p.version.as_deref())?;
     let params = to_raw(&p.params);
     daemon
         .call_service(
