@@ -1,12 +1,15 @@
-//! Call benchmarks: floors (i) pipe, (ii) Unix socket, (iii) ideal relay; then plugind's
-//! (a) sequential `execute`, (b) pipelined `execute`, (c) plugin → plugin `service.call`.
+//! Call benchmarks: floors (i) pipe, (ii) Unix socket, (iii) ideal relay, (iv) ideal router;
+//! then plugind's (a) sequential `execute`, (b) pipelined `execute`, (c) plugin → plugin
+//! `service.call` (against the router), (d) `hooks.run` through a chain of 3 plugins (against
+//! three relay round trips).
 //!
 //! plugind and the relay run side by side and are measured in alternating rounds, so a drift of
 //! the machine (other tenants of the VM, frequency) hits both and the ratios stay meaningful.
 
 use crate::daemon::{Bins, Daemon, PluginDef};
-use crate::report::{line, skipped, Floor, Samples};
-use crate::wire::{echo_params, service_call_params, LineConn, Timing, PAYLOAD};
+use crate::peers::Ours;
+use crate::report::{line, Floor, Samples};
+use crate::wire::{LineConn, Request, Timing, PAYLOAD};
 use anyhow::{bail, Context as _};
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -65,8 +68,8 @@ pub fn pipe_floor(bins: &Bins, placement: &str, t: Timing) -> anyhow::Result<()>
     let mut child = Command::new(&bins.me).arg("--child-pipe").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
     let (r, w) = (child.stdout.take().context("stdout")?, child.stdin.take().context("stdin")?);
     let mut conn = LineConn::new(Box::new(r), Box::new(w));
-    conn.check(&echo_params("echo"), PAYLOAD)?;
-    let s = Samples::new(conn.latencies(&echo_params("echo"), t)?);
+    conn.check(&Request::echo("echo"), PAYLOAD)?;
+    let s = Samples::new(conn.latencies(&Request::echo("echo"), t)?);
     drop(conn);
     child.wait()?;
     latency_lines("floor.pipe", placement, &s, None);
@@ -78,8 +81,8 @@ pub fn unix_floor(bins: &Bins, dir: &Path, placement: &str, t: Timing) -> anyhow
     let sock = dir.join("floor.sock");
     let child = Ready::spawn(Command::new(&bins.me).arg("--child-unix").arg(&sock))?;
     let mut conn = LineConn::unix(&sock)?;
-    conn.check(&echo_params("echo"), PAYLOAD)?;
-    let s = Samples::new(conn.latencies(&echo_params("echo"), t)?);
+    conn.check(&Request::echo("echo"), PAYLOAD)?;
+    let s = Samples::new(conn.latencies(&Request::echo("echo"), t)?);
     drop(conn);
     child.wait()?;
     latency_lines("floor.unix", placement, &s, None);
@@ -90,7 +93,7 @@ pub fn unix_floor(bins: &Bins, dir: &Path, placement: &str, t: Timing) -> anyhow
 fn relay(bins: &Bins, sock: &Path, plugin: &[&OsStr]) -> anyhow::Result<(Ready, LineConn)> {
     let child = Ready::spawn(Command::new(&bins.me).arg("--relay").arg(sock).args(plugin))?;
     let mut conn = LineConn::unix(sock)?;
-    conn.check(&echo_params("echo"), PAYLOAD)?;
+    conn.check(&Request::echo("echo"), PAYLOAD)?;
     Ok((child, conn))
 }
 
@@ -99,22 +102,32 @@ fn relay(bins: &Bins, sock: &Path, plugin: &[&OsStr]) -> anyhow::Result<(Ready, 
 pub fn relay_rawchild(bins: &Bins, dir: &Path, placement: &str, t: Timing) -> anyhow::Result<()> {
     let name = "floor.relay_rawchild";
     let (child, mut conn) = relay(bins, &dir.join("rawchild.sock"), &[bins.me.as_os_str(), "--child-pipe".as_ref()])?;
-    let params = echo_params("echo");
-    latency_lines(name, placement, &Samples::new(conn.latencies(&params, t)?), None);
+    let req = Request::echo("echo");
+    latency_lines(name, placement, &Samples::new(conn.latencies(&req, t)?), None);
     for depth in DEPTHS {
-        line(&format!("{name}.tput{depth}"), placement, conn.throughput(&params, depth, t)?, "calls/s", None);
+        line(&format!("{name}.tput{depth}"), placement, conn.throughput(&req, depth, t)?, "calls/s", None);
     }
     drop(conn);
     child.wait()
 }
 
-/// The plugins of the call benchmarks: `echo`, and `caller` allowed to call it.
+/// The hook of (d).
+const HOOK: &str = "onRequest";
+
+/// The plugins of the call benchmarks: `echo`, `caller` allowed to call it, and the chain of (d):
+/// `hook-1`..`hook-3` handling [`HOOK`] in that order (each passes the payload on unchanged).
 pub fn call_plugins() -> Vec<PluginDef> {
-    vec![PluginDef::plain("echo"), PluginDef { name: "caller".into(), requires: vec!["echo".into()] }]
+    let mut defs =
+        vec![PluginDef::plain("echo"), PluginDef { requires: vec!["echo".into()], ..PluginDef::plain("caller") }];
+    defs.extend(
+        (1..=3).map(|i| PluginDef { hooks: vec![(HOOK.into(), i * 10)], ..PluginDef::plain(format!("hook-{i}")) }),
+    );
+    defs
 }
 
-/// Floor (iii) and (a), (b), (c): the relay and a plugind already running [`call_plugins`],
-/// in `rounds` alternating rounds of `t` each.
+/// Floor (iii) and (a), (b), (c), (d): the relays and a plugind already running [`call_plugins`],
+/// in `rounds` alternating rounds of `t` each. Returns plugind's (a) and (b) figures, which the
+/// MCP peers are compared with.
 pub fn relay_and_plugind(
     bins: &Bins,
     dir: &Path,
@@ -122,47 +135,77 @@ pub fn relay_and_plugind(
     placement: &str,
     t: Timing,
     rounds: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ours> {
     let (relay_child, mut relay) = relay(bins, &dir.join("relay.sock"), &[bins.echo.as_os_str()])?;
     let mut ours = LineConn::unix(&daemon.socket)?;
-    let params = echo_params("echo");
-    ours.check(&params, PAYLOAD).context("(a) execute")?;
+    let req = Request::echo("echo");
+    ours.check(&req, PAYLOAD).context("(a) execute")?;
 
     let (mut floor_seq, mut our_seq) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        floor_seq.extend(relay.latencies(&params, t)?);
-        our_seq.extend(ours.latencies(&params, t)?);
+        floor_seq.extend(relay.latencies(&req, t)?);
+        our_seq.extend(ours.latencies(&req, t)?);
     }
     let floor_seq = Samples::new(floor_seq);
     latency_lines("floor.relay", placement, &floor_seq, None);
-    latency_lines("a.execute", placement, &Samples::new(our_seq), Some((&floor_seq, "relay", 1.0)));
+    let our_seq = Samples::new(our_seq);
+    latency_lines("a.execute", placement, &our_seq, Some((&floor_seq, "relay", 1.0)));
+    let (our_p50, our_p99) = (our_seq.pct_us(50.0), our_seq.pct_us(99.0));
+    let mut our_tput = Vec::new();
 
     for depth in DEPTHS {
         let (mut floor_rates, mut our_rates) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            floor_rates.push(relay.throughput(&params, depth, t)?);
-            our_rates.push(ours.throughput(&params, depth, t)?);
+            floor_rates.push(relay.throughput(&req, depth, t)?);
+            our_rates.push(ours.throughput(&req, depth, t)?);
         }
         let floor = median(floor_rates);
         line(&format!("floor.relay.tput{depth}"), placement, floor, "calls/s", None);
         let f = Some(Floor { value: floor, name: "relay" });
-        line(&format!("b.execute.tput{depth}"), placement, median(our_rates), "calls/s", f);
+        let ours = median(our_rates);
+        our_tput.push(ours);
+        line(&format!("b.execute.tput{depth}"), placement, ours, "calls/s", f);
     }
     drop(relay);
     relay_child.wait()?;
 
-    let params = service_call_params("caller", "echo");
-    match ours.check(&params, PAYLOAD) {
-        Ok(()) => {
-            let mut s = Vec::new();
-            for _ in 0..rounds {
-                s.extend(ours.latencies(&params, t)?);
-            }
-            latency_lines("c.service_call", placement, &Samples::new(s), Some((&floor_seq, "2x relay", 2.0)));
-        }
-        Err(e) => skipped("c.service_call", placement, &format!("{e:#}")),
+    // (c) against the ideal router, alternating; (d) against three relay hops.
+    let req = Request::service_call("caller", "echo");
+    let (router_child, mut router) = service_relay(bins, &dir.join("router.sock"))?;
+    ours.check(&req, PAYLOAD).context("(c) service.call")?;
+    let (mut floor, mut s) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        floor.extend(router.latencies(&req, t)?);
+        s.extend(ours.latencies(&req, t)?);
     }
-    Ok(())
+    drop(router);
+    router_child.wait()?;
+    let floor = Samples::new(floor);
+    latency_lines("floor.router", placement, &floor, None);
+    latency_lines("c.service_call", placement, &Samples::new(s), Some((&floor, "router", 1.0)));
+
+    let req = Request::hook(HOOK);
+    let result = ours.result(&req).context("(d) hooks.run")?;
+    let chain = ["hook-1", "hook-2", "hook-3"];
+    if result["payload"] != serde_json::from_str::<serde_json::Value>(PAYLOAD)?
+        || result["handled_by"] != serde_json::json!(chain)
+    {
+        bail!("(d) hooks.run: unexpected result {result}");
+    }
+    let mut s = Vec::new();
+    for _ in 0..rounds {
+        s.extend(ours.latencies(&req, t)?);
+    }
+    latency_lines("d.hooks_run", placement, &Samples::new(s), Some((&floor_seq, "3x relay", 3.0)));
+    Ok(Ours { p50_us: our_p50, p99_us: our_p99, tput64: our_tput[0], tput256: our_tput[1] })
+}
+
+/// The ideal router (`--service-relay`) in front of two echo-rust processes, connected.
+fn service_relay(bins: &Bins, sock: &Path) -> anyhow::Result<(Ready, LineConn)> {
+    let child = Ready::spawn(Command::new(&bins.me).arg("--service-relay").arg(sock).arg(&bins.echo))?;
+    let mut conn = LineConn::unix(sock)?;
+    conn.check(&Request::service_call("caller", "echo"), PAYLOAD)?;
+    Ok((child, conn))
 }
 
 /// A short pause so one benchmark's stragglers (exiting children) do not leak into the next.

@@ -47,12 +47,14 @@ pub struct PluginDef {
     pub name: String,
     /// `dependencies.required`.
     pub requires: Vec<String>,
+    /// `hooks`: (hook, priority).
+    pub hooks: Vec<(String, u32)>,
 }
 
 impl PluginDef {
-    /// A plugin without dependencies.
+    /// A plugin without dependencies or hooks.
     pub fn plain(name: impl Into<String>) -> Self {
-        PluginDef { name: name.into(), requires: Vec::new() }
+        PluginDef { name: name.into(), requires: Vec::new(), hooks: Vec::new() }
     }
 }
 
@@ -66,9 +68,11 @@ pub fn write_plugins(root: &Path, defs: &[PluginDef], echo: &Path) -> anyhow::Re
     for d in defs {
         let dir = root.join(&d.name);
         std::fs::create_dir_all(&dir)?;
+        let hooks: serde_json::Map<String, serde_json::Value> =
+            d.hooks.iter().map(|(h, p)| (h.clone(), json!(p))).collect();
         let manifest = json!({
             "name": d.name, "version": "1.0.0", "main": "echo-rust",
-            "dependencies": { "required": d.requires }, "permissions": permissions,
+            "dependencies": { "required": d.requires }, "permissions": permissions, "hooks": hooks,
         });
         std::fs::write(dir.join("plugin.json"), serde_json::to_vec_pretty(&manifest)?)?;
         std::os::unix::fs::symlink(echo, dir.join("echo-rust"))?;

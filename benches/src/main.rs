@@ -14,9 +14,11 @@ mod child;
 mod cli;
 mod daemon;
 mod echo;
+mod peers;
 mod relay;
 mod reload;
 mod report;
+mod scale;
 mod startup;
 mod wire;
 
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         ["--child-pipe"] => child::serve(std::io::stdin().lock(), std::io::stdout().lock()).map_err(Into::into),
         ["--child-unix", path] => child::serve_unix(Path::new(path)).map_err(Into::into),
         ["--relay", socket, program, args @ ..] => relay::run(Path::new(socket), Path::new(program), args),
+        ["--service-relay", socket, program] => relay::run_service(Path::new(socket), Path::new(program)),
         ["--load", secs, rest @ ..] => load(secs, rest),
         ["--run", placement, rest @ ..] => match parse(rest) {
             Ok(o) => return run(placement, &o),
@@ -153,21 +156,30 @@ fn top(o: &Options) -> ExitCode {
     }
 }
 
-/// `--load SECONDS [DEPTH] [plugind|relay]`: starts plugind on the call plugins (or the relay in
-/// front of echo-rust), prints `pid PID` of it, then keeps DEPTH (default 64) `execute` calls in
-/// flight for SECONDS and prints the rate. For profilers and `perf stat -p PID` (docs/benchmarks.md).
+/// `--load SECONDS [DEPTH [plugind|relay|service]]`: starts plugind on the call plugins (or the
+/// relay in front of echo-rust), prints `pid PID` of it, then keeps DEPTH (default 64) calls in
+/// flight for SECONDS and prints the rate: `execute` of echo, or with `service` caller's
+/// `service.call` of echo. For profilers and `perf stat -p PID` (docs/benchmarks.md).
+/// `PLUGIND_BENCH_BIN_DIR` takes the binaries under test from another build (a before/after).
 fn load(secs: &str, rest: &[&str]) -> anyhow::Result<()> {
     let run = Duration::from_secs_f64(secs.parse()?);
     let depth = rest.first().map_or(Ok(64), |d| d.parse())?;
-    let bins = Bins::in_dir(&bin_dir(&Options { smoke: false, placement: None, bin_dir: None })?)?;
+    let kind = rest.get(1).copied().unwrap_or("plugind");
+    let dir = std::env::var_os("PLUGIND_BENCH_BIN_DIR").map(PathBuf::from);
+    let bins = Bins::in_dir(&bin_dir(&Options { smoke: false, placement: None, bin_dir: dir })?)?;
+    let req = match kind {
+        "service" => wire::Request::service_call("caller", "echo"),
+        "plugind" | "relay" => wire::Request::echo("echo"),
+        other => anyhow::bail!("unknown load {other:?}: expected plugind, relay or service"),
+    };
     let drive = |pid: u32, socket: &Path| -> anyhow::Result<()> {
         println!("pid {pid}");
         let mut conn = wire::LineConn::unix(socket)?;
-        let rate = conn.throughput(&wire::echo_params("echo"), depth, Timing { warmup: Duration::ZERO, run })?;
+        let rate = conn.throughput(&req, depth, Timing { warmup: Duration::ZERO, run })?;
         println!("{rate:.0} calls/s with {depth} in flight");
         Ok(())
     };
-    if rest.get(1) == Some(&"relay") {
+    if kind == "relay" {
         let tmp = tempfile::Builder::new().prefix("plugind-bench").tempdir()?;
         let sock = tmp.path().join("relay.sock");
         let mut relay = Command::new(&bins.me)
@@ -183,8 +195,9 @@ fn load(secs: &str, rest: &[&str]) -> anyhow::Result<()> {
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut d = Daemon::start(&bins, &calls::call_plugins())?;
-    rt.block_on(d.wait_running(2, Duration::from_secs(60)))?;
+    let plugins = calls::call_plugins();
+    let mut d = Daemon::start(&bins, &plugins)?;
+    rt.block_on(d.wait_running(plugins.len() as u64, Duration::from_secs(60)))?;
     drive(d.pid(), &d.socket)?;
     rt.block_on(d.stop())
 }
@@ -231,16 +244,26 @@ fn run(placement: &str, o: &Options) -> ExitCode {
     record("floor.unix", calls::unix_floor(&bins, tmp.path(), placement, t));
     record("floor.relay_rawchild", calls::relay_rawchild(&bins, tmp.path(), placement, t));
     let r = (|| -> anyhow::Result<()> {
-        let mut d = Daemon::start(&bins, &calls::call_plugins())?;
-        rt.block_on(d.wait_running(2, Duration::from_secs(60)))?;
+        let plugins = calls::call_plugins();
+        let mut d = Daemon::start(&bins, &plugins)?;
+        rt.block_on(d.wait_running(plugins.len() as u64, Duration::from_secs(60)))?;
         let calls = calls::relay_and_plugind(&bins, tmp.path(), &d, placement, t, rounds);
         let cli = cli::run(&bins, &d, placement, cli_calls);
         rt.block_on(d.stop())?;
-        calls.and(cli)
+        let ours = calls?;
+        cli?;
+        // The MCP SDKs after plugind has stopped, so they have the machine to themselves.
+        peers::run(&bin_dir(o)?, placement, o.smoke, &ours)
     })();
     record("relay+plugind", r);
     record("e.start", startup::run(&rt, &bins, placement, &sizes));
     record("f.reload", reload::run(&rt, &bins, placement, if o.smoke { 3 } else { 20 }));
+    let shape = if o.smoke {
+        scale::Shape { plugins: 50, settle: Duration::from_millis(100), idle: Duration::from_millis(500), list: t }
+    } else {
+        scale::Shape { plugins: 1000, settle: Duration::from_secs(2), idle: Duration::from_secs(10), list: t }
+    };
+    record("g.scale", scale::run(&rt, &bins, placement, &shape));
     println!("# plugind-bench {placement}: {passed} passed, {failed} failed");
     if failed == 0 {
         ExitCode::SUCCESS

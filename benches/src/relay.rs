@@ -4,7 +4,8 @@
 //! parse, no id rewriting), one thread per direction, blocking I/O: the least any supervisor can do.
 
 use crate::echo::Echo;
-use std::io::{self, Read, Write};
+use serde_json::value::RawValue;
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
@@ -35,4 +36,93 @@ fn pump(mut from: impl Read, mut to: impl Write) -> io::Result<()> {
         }
         to.write_all(&buf[..n])?;
     }
+}
+
+/// `--service-relay SOCKET PROGRAM`: the ideal router, floor of (c). It spawns PROGRAM twice, as
+/// `caller` and as `echo`, takes both through the handshake, and accepts one client. Client lines
+/// go to caller; caller's lines go to the client, except its `service.call` requests, which are
+/// rewritten into `execute {method, params}` with the same id and sent to echo; echo's answers
+/// go back to caller unchanged (the id is caller's own). It parses only the lines it must route
+/// by content and holds no table: the least any router between plugins can do.
+pub fn run_service(socket: &Path, program: &Path) -> anyhow::Result<()> {
+    let mut caller = Echo::spawn(program, &[], "caller")?;
+    caller.handshake()?;
+    let mut echo = Echo::spawn(program, &[], "echo")?;
+    echo.handshake()?;
+    let listener = UnixListener::bind(socket)?;
+    println!("ready");
+    io::stdout().flush()?;
+    let (client, _) = listener.accept()?;
+    let Echo { child: mut caller_child, stdin: caller_in, stdout: caller_out } = caller;
+    let Echo { child: mut echo_child, stdin: mut echo_in, stdout: echo_out } = echo;
+    // Two sources write to caller's stdin: whole lines, under a lock.
+    let caller_in = std::sync::Arc::new(std::sync::Mutex::new(Some(caller_in)));
+    let from_client = BufReader::new(client.try_clone()?);
+    let to_caller = caller_in.clone();
+    let up = std::thread::spawn(move || {
+        let r = lines_to(from_client, &to_caller);
+        to_caller.lock().map_err(|_| io::Error::other("poisoned"))?.take(); // EOF: close caller's stdin
+        r
+    });
+    let to_caller = caller_in.clone();
+    let answers = std::thread::spawn(move || lines_to(echo_out, &to_caller));
+    let mut client = io::BufWriter::new(client);
+    for line in caller_out.split(b'\n') {
+        let mut line = line?;
+        line.push(b'\n');
+        if is_service_call(&line) {
+            echo_in.write_all(&to_execute(&line)?)?;
+        } else {
+            client.write_all(&line)?;
+            client.flush()?;
+        }
+    }
+    drop(echo_in); // echo exits, which ends `answers`
+    up.join().map_err(|_| anyhow::anyhow!("relay thread panicked"))??;
+    answers.join().map_err(|_| anyhow::anyhow!("relay thread panicked"))??;
+    caller_child.wait()?;
+    echo_child.wait()?;
+    Ok(())
+}
+
+/// Copies whole lines from `from` to the shared writer.
+fn lines_to(from: impl BufRead, to: &std::sync::Mutex<Option<impl Write>>) -> io::Result<()> {
+    for line in from.split(b'\n') {
+        let mut line = line?;
+        line.push(b'\n');
+        match to.lock().map_err(|_| io::Error::other("poisoned"))?.as_mut() {
+            Some(w) => w.write_all(&line)?,
+            None => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+fn is_service_call(line: &[u8]) -> bool {
+    const NEEDLE: &[u8] = br#""method":"service.call""#;
+    line.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+}
+
+/// `{"id":I,"method":"service.call","params":{"service":…,"method":M,"params":P}}` →
+/// `{"jsonrpc":"2.0","id":I,"method":"execute","params":{"method":M,"params":P}}`.
+fn to_execute(line: &[u8]) -> anyhow::Result<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct Call<'a> {
+        #[serde(borrow)]
+        id: &'a RawValue,
+        #[serde(borrow)]
+        params: Inner<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner<'a> {
+        method: &'a str,
+        #[serde(borrow)]
+        params: &'a RawValue,
+    }
+    let c: Call = serde_json::from_slice(line)?;
+    let (id, method, params) = (c.id.get(), c.params.method, c.params.params.get());
+    Ok(format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"execute\",\"params\":{{\"method\":\"{method}\",\"params\":{params}}}}}\n"
+    )
+    .into_bytes())
 }

@@ -16,16 +16,32 @@ use std::time::{Duration, Instant};
 /// The params echoed by every call: small, like a typical control call.
 pub const PAYLOAD: &str = r#"{"msg":"hello","n":42}"#;
 
-/// `execute` params calling `echo` on `plugin` with [`PAYLOAD`].
-pub fn echo_params(plugin: &str) -> String {
-    format!(r#"{{"plugin":"{plugin}","method":"echo","params":{PAYLOAD}}}"#)
-}
+/// One request as sent, minus its id: `"method":…,"params":…` (the client splices the id in
+/// front, so nothing is serialized on the hot path).
+#[derive(Clone, Debug)]
+pub struct Request(String);
 
-/// `execute` params making `caller` do `service.call` of `echo` on `service` with [`PAYLOAD`].
-pub fn service_call_params(caller: &str, service: &str) -> String {
-    format!(
-        r#"{{"plugin":"{caller}","method":"call","params":{{"service":"{service}","method":"echo","params":{PAYLOAD}}}}}"#
-    )
+impl Request {
+    /// `method` with `params` (JSON text).
+    pub fn new(method: &str, params: &str) -> Self {
+        Request(format!(r#""method":"{method}","params":{params}"#))
+    }
+
+    /// `execute` calling `echo` on `plugin` with [`PAYLOAD`].
+    pub fn echo(plugin: &str) -> Self {
+        Self::new("execute", &format!(r#"{{"plugin":"{plugin}","method":"echo","params":{PAYLOAD}}}"#))
+    }
+
+    /// `execute` making `caller` do `service.call` of `echo` on `service` with [`PAYLOAD`].
+    pub fn service_call(caller: &str, service: &str) -> Self {
+        let inner = format!(r#"{{"service":"{service}","method":"echo","params":{PAYLOAD}}}"#);
+        Self::new("execute", &format!(r#"{{"plugin":"{caller}","method":"call","params":{inner}}}"#))
+    }
+
+    /// `hooks.run` of `hook` with [`PAYLOAD`].
+    pub fn hook(hook: &str) -> Self {
+        Self::new("hooks.run", &format!(r#"{{"hook":"{hook}","payload":{PAYLOAD}}}"#))
+    }
 }
 
 /// How long to warm up, then how long to measure.
@@ -63,8 +79,8 @@ impl LineConn {
     }
 
     /// One round trip; returns the reply line.
-    fn call(&mut self, params: &str) -> anyhow::Result<&[u8]> {
-        write_request(&mut self.w, self.next_id, params)?;
+    fn call(&mut self, req: &Request) -> anyhow::Result<&[u8]> {
+        write_request(&mut self.w, self.next_id, req)?;
         self.next_id += 1;
         self.w.flush()?;
         read_reply(&mut self.r, &mut self.buf)?;
@@ -72,23 +88,32 @@ impl LineConn {
     }
 
     /// One round trip whose `result` must equal `expected`; the reply's error otherwise.
-    pub fn check(&mut self, params: &str, expected: &str) -> anyhow::Result<()> {
-        let line = self.call(params)?;
-        let v: Value = serde_json::from_slice(line).context("reply is not JSON")?;
+    pub fn check(&mut self, req: &Request, expected: &str) -> anyhow::Result<()> {
         let expected: Value = serde_json::from_str(expected)?;
-        if v.get("result") != Some(&expected) {
-            bail!("unexpected reply: {}", String::from_utf8_lossy(line).trim_end());
+        let result = self.result(req)?;
+        if result != expected {
+            bail!("unexpected result: {result}");
         }
         Ok(())
     }
 
+    /// One round trip: its `result`, parsed; the reply's error otherwise.
+    pub fn result(&mut self, req: &Request) -> anyhow::Result<Value> {
+        let line = self.call(req)?;
+        let mut v: Value = serde_json::from_slice(line).context("reply is not JSON")?;
+        match v.get_mut("result") {
+            Some(r) => Ok(r.take()),
+            None => bail!("unexpected reply: {}", String::from_utf8_lossy(line).trim_end()),
+        }
+    }
+
     /// Sequential round trips: one in flight at a time; the latency of each after the warm-up.
-    pub fn latencies(&mut self, params: &str, t: Timing) -> anyhow::Result<Vec<Duration>> {
+    pub fn latencies(&mut self, req: &Request, t: Timing) -> anyhow::Result<Vec<Duration>> {
         let start = Instant::now();
         let mut v = Vec::with_capacity(1 << 16);
         loop {
             let t0 = Instant::now();
-            self.call(params)?;
+            self.call(req)?;
             let t1 = Instant::now();
             if t0 - start >= t.warmup {
                 v.push(t1 - t0);
@@ -104,7 +129,7 @@ impl LineConn {
     /// A writer thread sends as long as fewer than `depth` calls are outstanding (a bounded channel
     /// of tokens, one per call in flight) and flushes whenever the window is full; this thread reads
     /// the replies. Answers may come back in any order: only their count matters.
-    pub fn throughput(&mut self, params: &str, depth: usize, t: Timing) -> anyhow::Result<f64> {
+    pub fn throughput(&mut self, req: &Request, depth: usize, t: Timing) -> anyhow::Result<f64> {
         let (tokens, slots) = sync_channel::<()>(depth);
         let stop = AtomicBool::new(false);
         let (r, w, buf, first_id) = (&mut self.r, &mut self.w, &mut self.buf, self.next_id);
@@ -119,7 +144,7 @@ impl LineConn {
                             break;
                         }
                     }
-                    write_request(w, id, params)?;
+                    write_request(w, id, req)?;
                     id += 1;
                 }
                 w.flush()?;
@@ -160,8 +185,8 @@ impl LineConn {
     }
 }
 
-fn write_request(w: &mut impl Write, id: u64, params: &str) -> io::Result<()> {
-    writeln!(w, r#"{{"jsonrpc":"2.0","id":{id},"method":"execute","params":{params}}}"#)
+fn write_request(w: &mut impl Write, id: u64, req: &Request) -> io::Result<()> {
+    writeln!(w, r#"{{"jsonrpc":"2.0","id":{id},{}}}"#, req.0)
 }
 
 /// Reads one reply line into `buf`; an `error` reply or end of stream fails.

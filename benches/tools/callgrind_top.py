@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Per-call costs from a callgrind profile of plugind (see docs/benchmarks.md, "Profile").
 
-usage: callgrind_top.py CALLGRIND_OUT [N] [--callers NAME_SUFFIX]... [--callees NAME_SUFFIX]...
+usage: callgrind_top.py CALLGRIND_OUT [N] [--lines-per-call K] [--callers NAME_SUFFIX]... [--callees NAME_SUFFIX]...
 
-Divides every cost by the number of calls served, taken as the number of calls of
-`plugind_protocol::jsonrpc::result_line` (one per control answer), and prints the N functions with the
+Divides every cost by the number of calls served, taken as the number of JSON-RPC lines plugind
+parsed (calls of `plugind_protocol::jsonrpc::Message::parse`) divided by K, the lines per call: 2
+for `execute` (the request, the plugin's answer; the default), 4 for caller's `service.call` of
+echo (`--load … service`: the request, caller's `service.call`, echo's answer, caller's answer).
+It prints the N functions with the
 highest exclusive cost; `--callers`/`--callees` print the inclusive cost of the edges into/out of the
 functions whose name ends with NAME_SUFFIX.
 """
@@ -51,10 +54,12 @@ def main():
     path, top = args[0], 30
     if len(args) > 1 and args[1].isdigit():
         top = int(args[1])
+    per = int(args[args.index("--lines-per-call") + 1]) if "--lines-per-call" in args else 2
     names, self_cost, edges, calls = load(path)
-    served = sum(c for i, c in calls.items() if names.get(i, "").endswith("jsonrpc::result_line"))
+    parsed = sum(c for i, c in calls.items() if names.get(i, "").endswith("jsonrpc::Message::parse"))
+    served = parsed / per
     total = sum(self_cost.values())
-    print(f"{served} calls served; {total:,} instructions; {total / served:,.0f} per call")
+    print(f"{served:.0f} calls served; {total:,} instructions; {total / served:,.0f} per call")
     for i, c in self_cost.most_common(top):
         print(f"{100 * c / total:5.1f}% {c / served:7.0f}/call  {names.get(i, '?')[:150]}")
     mallocs = sum(c for i, c in calls.items() if names.get(i) == "malloc")

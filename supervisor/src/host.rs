@@ -1,14 +1,14 @@
 //! What a plugin may ask plugind (SPEC §3.2): `registry.*`, `service.call`, `kv.*`.
 
 use crate::control::handlers::params;
-use crate::registry::not_found;
+use crate::registry::{not_found, ServiceCallIn};
 use crate::router::Call;
 use crate::transport::peer::Peer;
 use crate::Daemon;
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
 use plugind_protocol::manifest::{Dependency, Manifest, Permission};
-use plugind_protocol::methods::{self, ListServicesParams, ServiceCallParams, ServiceQuery};
+use plugind_protocol::methods::{self, ListServicesParams, ServiceQuery};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 
@@ -51,8 +51,8 @@ pub async fn handle_request(
             Ok(to_raw(&daemon.list_services(p.capability.as_deref())))
         }
         methods::SERVICE_CALL => {
-            let p: ServiceCallParams = params(raw)?;
-            let declared = caller.manifest.dependencies().find(|(d, _)| d.name == p.service).map(|(d, _)| d.clone());
+            let p = ServiceCallIn::parse(raw)?;
+            let declared = caller.manifest.dependencies().find(|(d, _)| d.name == p.service).map(|(d, _)| d);
             let Some(declared) = declared else {
                 return Err(RpcError::with_data(
                     codes::PERMISSION_DENIED,
@@ -63,17 +63,20 @@ pub async fn handle_request(
                     serde_json::json!({ "plugin": &*caller.plugin, "dependency": p.service }),
                 ));
             };
+            let ranged;
             let dep = match &p.version {
-                Some(r) => query_dep(&ServiceQuery { name: p.service.clone(), version: Some(r.clone()) })?,
+                Some(r) => {
+                    ranged = crate::registry::dependency(&p.service, Some(r))?;
+                    &ranged
+                }
                 None => declared,
             };
-            let provider = daemon.resolve(&dep).ok_or_else(|| not_found(&dep))?;
-            let params = to_raw(&p.params);
+            let provider = daemon.resolve(dep).ok_or_else(|| not_found(dep))?;
             // The call this one is made for bounds its deadline, and cancels it when it ends.
             let parent = caller.peer.parent_of(p.parent);
             let call = Call {
                 method: &p.method,
-                params: Some(&params),
+                params: p.params,
                 timeout_ms: p.timeout_ms,
                 service: Some(&p.service),
                 caller: Some(&caller.plugin),

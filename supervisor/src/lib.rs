@@ -86,6 +86,8 @@ pub struct Daemon {
     pub metrics: metrics::Metrics,
     /// The plugins' key-value store, opened by [`run`] (or lazily by whoever needs it first).
     kv: std::sync::OnceLock<Arc<kv::KvStore>>,
+    /// Providers by service name, cached between registry changes.
+    services: registry::ServiceIndex,
 }
 
 impl Daemon {
@@ -106,6 +108,7 @@ impl Daemon {
             events: broadcast::channel(1024).0,
             metrics: metrics::Metrics::default(),
             kv: std::sync::OnceLock::new(),
+            services: registry::ServiceIndex::default(),
         })
     }
 
@@ -179,6 +182,7 @@ impl Daemon {
 
     /// Called by actors on every state change.
     pub fn state_changed(&self, entry: &PluginEntry, state: &str, was_running: bool) {
+        self.registry_changed();
         tracing::info!(plugin = %entry.name, state, "state changed");
         let detail = entry.status().last_error.clone().filter(|_| state != "running").unwrap_or_default();
         self.publish_event(&entry.name, "state", Some(state), detail);
@@ -265,6 +269,7 @@ impl Daemon {
         let service = ServiceRef { name: h.info.name.clone(), version: h.info.version.clone() };
         let provider = h.info.plugin.clone();
         self.host_services.write().unwrap_or_else(std::sync::PoisonError::into_inner).push(h);
+        self.registry_changed();
         tracing::info!(service = %service.name, version = %service.version, host = %provider, "host registered a service");
         self.notify_dependents(&provider, &[service], ServiceEvent::Up);
         self.wake_blocked();
@@ -278,6 +283,7 @@ impl Daemon {
             *all = keep;
             gone
         };
+        self.registry_changed();
         for h in gone {
             tracing::info!(service = %h.info.name, host = %h.info.plugin, "host service gone");
             let service = ServiceRef { name: h.info.name.clone(), version: h.info.version.clone() };
@@ -396,6 +402,7 @@ impl Daemon {
             table.insert(f.name.clone(), self.make_entry(f));
         }
         *self.plugins.write().unwrap_or_else(std::sync::PoisonError::into_inner) = table;
+        self.registry_changed();
         errors
     }
 
@@ -455,6 +462,7 @@ impl Daemon {
         for e in &to_remove {
             e.command(Command::Stop).await;
             self.plugins.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&*e.name);
+            self.registry_changed();
         }
         let mut added = Vec::new();
         for f in to_start {
@@ -463,6 +471,7 @@ impl Daemon {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(entry.name.to_string(), entry.clone());
+            self.registry_changed();
             added.push(entry);
         }
         futures::future::join_all(to_reload.iter().map(|e| e.command(Command::Reload))).await;
@@ -591,6 +600,7 @@ impl Daemon {
 /// dependency order within the stop timeout. [`service::Service`] keeps the watchdog and the
 /// status going throughout.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    service::raise_open_files_limit();
     let hup = service::sighup();
     let listener = control::socket::bind(&config.socket)?;
     let socket = config.socket.clone();

@@ -14,9 +14,33 @@ use plugind_protocol::jsonrpc::RpcError;
 use plugind_protocol::manifest::{Dependency, DEFAULT_MAX_TIMEOUT_MS, DEFAULT_TIMEOUT_MS};
 use plugind_protocol::methods::{self, ServiceInfo};
 use serde_json::value::RawValue;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Every provider by service name, rebuilt only when the registry changed: `resolve` runs on
+/// every `service.call`, and walking every plugin's status there cost O(plugins) locks and
+/// allocations per call.
+///
+/// Invariant: whoever changes what [`Daemon::providers`] would return (a state, a plugin's
+/// registered services or manifest, the host services, the plugin table) calls
+/// [`Daemon::registry_changed`] *after* the change. A reader that saw the old generation then
+/// rebuilds; one that saw the new generation reads the new data.
+#[derive(Default)]
+pub struct ServiceIndex {
+    generation: AtomicU64,
+    cached: Mutex<Option<(u64, Arc<ProvidersByName>)>>,
+}
+
+/// Providers grouped by service name.
+type ProvidersByName = HashMap<String, Vec<Provider>>;
+
+impl ServiceIndex {
+    fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+}
 
 /// A service offered by a host over its control connection.
 pub struct HostService {
@@ -146,18 +170,76 @@ impl Daemon {
             .collect()
     }
 
+    /// Something [`Daemon::providers`] depends on changed (see [`ServiceIndex`]).
+    pub fn registry_changed(&self) {
+        self.services.invalidate();
+    }
+
+    /// The providers by service name, from the cache while the registry has not changed.
+    fn service_index(&self) -> Arc<ProvidersByName> {
+        let generation = self.services.generation.load(Ordering::Acquire);
+        let mut cached = self.services.cached.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((g, index)) = &*cached {
+            if *g == generation {
+                return index.clone();
+            }
+        }
+        let mut index = ProvidersByName::new();
+        for p in self.providers() {
+            index.entry(p.info.name.clone()).or_default().push(p);
+        }
+        let index = Arc::new(index);
+        *cached = Some((generation, index.clone()));
+        index
+    }
+
     /// The provider a call for `dep` goes to: the highest matching version, ties to the least loaded.
     pub fn resolve(&self, dep: &Dependency) -> Option<Provider> {
-        self.providers()
-            .into_iter()
-            .filter(|p| p.info.name == dep.name && dep.matches(&p.version))
+        self.service_index()
+            .get(&dep.name)?
+            .iter()
+            .filter(|p| dep.matches(&p.version))
             .max_by(|a, b| a.version.cmp(&b.version).then_with(|| b.load().cmp(&a.load())))
+            .cloned()
     }
 
     /// Calls a service through the registry (control `services.call`, plugin `service.call`).
     pub async fn call_service(&self, dep: &Dependency, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
         let provider = self.resolve(dep).ok_or_else(|| not_found(dep))?;
         provider.call(call).await
+    }
+}
+
+/// `service.call` params (control `services.call` and a plugin's `service.call`) as plugind reads
+/// them: strings borrowed from the request line where they have no escapes, and `params` kept
+/// as raw JSON, forwarded verbatim and never parsed (the wire type,
+/// [`plugind_protocol::methods::ServiceCallParams`], holds them as a `Value`).
+#[derive(serde::Deserialize)]
+pub struct ServiceCallIn<'a> {
+    /// Service name.
+    #[serde(borrow)]
+    pub service: std::borrow::Cow<'a, str>,
+    /// A semver range.
+    #[serde(default, borrow)]
+    pub version: Option<std::borrow::Cow<'a, str>>,
+    /// Method passed to the provider's `execute`.
+    #[serde(borrow)]
+    pub method: std::borrow::Cow<'a, str>,
+    /// Params, raw.
+    #[serde(default, borrow)]
+    pub params: Option<&'a RawValue>,
+    /// Deadline of this call.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Extension: the id of the request this call is made on behalf of.
+    #[serde(default)]
+    pub parent: Option<u64>,
+}
+
+impl<'a> ServiceCallIn<'a> {
+    /// Parses `raw` (`-32602` when malformed).
+    pub fn parse(raw: Option<&'a RawValue>) -> Result<Self, RpcError> {
+        serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(RpcError::invalid_params)
     }
 }
 

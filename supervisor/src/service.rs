@@ -243,3 +243,19 @@ fn notify(states: &[NotifyState]) {
         tracing::warn!("sd_notify failed: {e}");
     }
 }
+
+/// Raises plugind's own soft `RLIMIT_NOFILE` to its hard limit, as systemd recommends for
+/// daemons that need many descriptors: each plugin instance holds three pipes and a pidfd, so
+/// 1000 plugins need about 4000 descriptors against a default soft limit of 1024. Plugins do not
+/// inherit it: every child gets its manifest's `limits.open_files` (soft = hard) before `exec`.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the soft open-files limit"),
+            Err(e) => tracing::warn!(soft, hard, "cannot raise the soft open-files limit: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-files limit: {e}"),
+    }
+}

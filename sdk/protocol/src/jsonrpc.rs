@@ -181,61 +181,59 @@ impl<'a> Message<'a> {
     }
 }
 
-#[derive(Serialize)]
-struct OutRequest<'a, P: ?Sized> {
-    jsonrpc: &'static str,
-    id: u64,
-    method: &'a str,
-    params: &'a P,
-}
+/// Builds one outgoing line. The envelope's keys are written as literals; only the values go
+/// through serde_json (a derived `Serialize` would escape-check every key on every message, a
+/// few percent of the call path's instructions).
+struct Line(Vec<u8>);
 
-#[derive(Serialize)]
-struct OutNotification<'a, P: ?Sized> {
-    jsonrpc: &'static str,
-    method: &'a str,
-    params: &'a P,
-}
+impl Line {
+    fn new(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity);
+        buf.extend_from_slice(br#"{"jsonrpc":"2.0""#);
+        Line(buf)
+    }
 
-#[derive(Serialize)]
-struct OutResult<'a, R: ?Sized> {
-    jsonrpc: &'static str,
-    id: &'a RawValue,
-    result: &'a R,
-}
+    /// `,"KEY":` then `value` as JSON (`key` is a literal that needs no escaping).
+    fn field<T: Serialize + ?Sized>(mut self, key: &str, value: &T) -> Self {
+        self.0.extend_from_slice(b",\"");
+        self.0.extend_from_slice(key.as_bytes());
+        self.0.extend_from_slice(b"\":");
+        // Serializing our own types into a Vec cannot fail: no maps with non-string keys.
+        serde_json::to_writer(&mut self.0, value).expect("UNWRAP: plain values serialize");
+        self
+    }
 
-#[derive(Serialize)]
-struct OutError<'a> {
-    jsonrpc: &'static str,
-    id: &'a RawValue,
-    error: &'a RpcError,
-}
+    /// `,"id":N`, without the serializer.
+    fn numeric_id(mut self, id: u64) -> Self {
+        use std::io::Write as _;
+        let _ = write!(self.0, r#","id":{id}"#);
+        self
+    }
 
-fn to_line<T: Serialize>(msg: &T) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(128);
-    // Serializing our own types into a Vec cannot fail: no maps with non-string keys.
-    serde_json::to_writer(&mut buf, msg).expect("UNWRAP: plain structs serialize");
-    buf.push(b'\n');
-    buf
+    fn end(mut self) -> Vec<u8> {
+        self.0.extend_from_slice(b"}\n");
+        self.0
+    }
 }
 
 /// `{"jsonrpc":"2.0","id":ID,"method":M,"params":P}\n`.
 pub fn request_line<P: Serialize + ?Sized>(id: u64, method: &str, params: &P) -> Vec<u8> {
-    to_line(&OutRequest { jsonrpc: "2.0", id, method, params })
+    Line::new(128).numeric_id(id).field("method", method).field("params", params).end()
 }
 
 /// `{"jsonrpc":"2.0","method":M,"params":P}\n`.
 pub fn notification_line<P: Serialize + ?Sized>(method: &str, params: &P) -> Vec<u8> {
-    to_line(&OutNotification { jsonrpc: "2.0", method, params })
+    Line::new(128).field("method", method).field("params", params).end()
 }
 
 /// `{"jsonrpc":"2.0","id":ID,"result":R}\n`.
 pub fn result_line<R: Serialize + ?Sized>(id: &RawValue, result: &R) -> Vec<u8> {
-    to_line(&OutResult { jsonrpc: "2.0", id, result })
+    Line::new(64 + id.get().len()).field("id", id).field("result", result).end()
 }
 
 /// `{"jsonrpc":"2.0","id":ID,"error":E}\n`.
 pub fn error_line(id: &RawValue, error: &RpcError) -> Vec<u8> {
-    to_line(&OutError { jsonrpc: "2.0", id, error })
+    Line::new(128).field("id", id).field("error", error).end()
 }
 
 /// The raw JSON `null`, for ids of errors answering unparseable input.

@@ -312,6 +312,7 @@ impl PluginActor {
                     Ok(services) => {
                         self.slots[slot].ready = true;
                         self.entry.status().registered = services;
+                        self.daemon.registry_changed();
                         if self.want_running {
                             self.publish_routes();
                             if self.slots.iter().all(|s| s.ready) {
@@ -475,6 +476,7 @@ impl PluginActor {
                 }
                 if next.slots.iter().all(|s| s.ready) {
                     self.entry.status().registered = services;
+                    self.daemon.registry_changed();
                     self.switch_to_next();
                 }
             }
@@ -552,6 +554,7 @@ impl PluginActor {
             st.version = m.version.to_string();
             st.manifest = Some(m.clone());
         }
+        self.daemon.registry_changed();
         self.manifest = m;
     }
 

@@ -172,7 +172,8 @@ impl Instance {
             self.load.fetch_sub(1, Ordering::Relaxed);
             return Err(Admission::Overloaded);
         }
-        let got = tokio::time::timeout_at(until, self.limiter.acquire()).await;
+        // Boxed: only queued calls wait, and the waiting future would grow every call's.
+        let got = Box::pin(tokio::time::timeout_at(until, self.limiter.acquire())).await;
         self.queued.fetch_sub(1, Ordering::Relaxed);
         match got {
             Ok(Ok(permit)) => Ok(CallSlot { instance: self, _permit: permit }),

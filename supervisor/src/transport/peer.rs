@@ -193,8 +193,26 @@ impl Peer {
 
     /// Queues a line, waiting for room; false if the connection is gone.
     async fn push(&self, line: Vec<u8>) -> bool {
+        self.push_until(line, None).await.unwrap_or(false)
+    }
+
+    /// Queues a line, waiting for room until `due` (`Err` past it); false if the connection is
+    /// gone.
+    ///
+    /// Tries without waiting first: the outbox is rarely full, and the waiting `send` and its
+    /// timer are large enough to grow the future of every request (allocated once per request),
+    /// so they are boxed and made only when needed.
+    async fn push_until(&self, line: Vec<u8>, due: Option<Instant>) -> Result<bool, tokio::time::error::Elapsed> {
         self.trace(Dir::Out, &line);
-        self.out.send(Outgoing::Line(line)).await.is_ok()
+        let waiting = match self.out.try_send(Outgoing::Line(line)) {
+            Ok(()) => return Ok(true),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(false),
+            Err(mpsc::error::TrySendError::Full(waiting)) => waiting,
+        };
+        match due {
+            Some(due) => Ok(Box::pin(tokio::time::timeout_at(due, self.out.send(waiting))).await?.is_ok()),
+            None => Ok(Box::pin(self.out.send(waiting)).await.is_ok()),
+        }
     }
 
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
@@ -228,7 +246,7 @@ impl Peer {
         let mut guard = CancelOnDrop { peer: self, id, armed: true };
         let start = Instant::now();
         let mut due = (start + deadline.idle).min(deadline.hard);
-        match tokio::time::timeout_at(due, self.push(line)).await {
+        match self.push_until(line, Some(due)).await {
             Ok(true) => {}
             Ok(false) => {
                 guard.armed = false;

@@ -264,6 +264,31 @@ enabled = false
 }
 
 /// Runs plugind with `args` in `dir` until it exits; (exit code, stderr).
+/// A service manager's default soft limit of open files (1024 under systemd; 256 here) is far
+/// below what many plugins need (three pipes and a pidfd each): plugind raises its own soft limit
+/// to the hard one, and its plugins still get their manifest's `limits.open_files`.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugind_raises_its_soft_open_files_limit_and_plugins_keep_their_own() {
+    const PLUGINS: usize = 100; // ~400 descriptors in plugind, against a soft limit of 256
+    let mut b = Daemon::builder().soft_open_files(256);
+    for i in 0..PLUGINS {
+        b = b.plugin_as("perl-echo", &format!("echo-{i:03}")).manifest(&format!("echo-{i:03}"), |m| {
+            m["name"] = json!(format!("echo-{i:03}"));
+        });
+    }
+    let d = b.plugin_files("probe", &[("plugin.json", &probe_manifest("probe")), ("main.py", PROBE)]).start().await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let nofile: Vec<&str> =
+        limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().collect();
+    assert_eq!(nofile[3], nofile[4], "soft limit raised to the hard one: {limits}");
+    assert_ne!(nofile[3], "256", "{limits}");
+    let st = d.call("supervisor.status", json!({})).await.unwrap();
+    assert_eq!(st["plugins"]["running"], json!(PLUGINS + 1), "{st}");
+    assert_eq!(d.execute("probe", "nofile", json!({})).await.unwrap(), json!(200), "the manifest's open_files");
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid())).unwrap().count();
+    assert!(fds > 256, "the test must provoke the limit: plugind holds {fds} descriptors");
+}
+
 fn run_plugind(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_plugind"))
         .current_dir(dir)

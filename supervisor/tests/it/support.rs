@@ -76,6 +76,7 @@ pub struct DaemonBuilder {
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
     watch: bool,
+    soft_open_files: Option<u64>,
 }
 
 impl DaemonBuilder {
@@ -137,6 +138,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// Starts plugind with this soft `RLIMIT_NOFILE` (through `sh -c 'ulimit -Sn N'`), as a
+    /// service manager's default of 1024 would.
+    pub fn soft_open_files(mut self, n: u64) -> Self {
+        self.soft_open_files = Some(n);
+        self
+    }
+
     /// An extra plugind argument.
     pub fn arg(mut self, a: &str) -> Self {
         self.extra_args.push(a.to_owned());
@@ -168,6 +176,10 @@ impl DaemonBuilder {
             args.push("--no-watch".into());
         }
         args.extend(self.extra_args);
+        if let Some(n) = self.soft_open_files {
+            let plugind = env!("CARGO_BIN_EXE_plugind").to_owned();
+            args = [format!("ulimit -Sn {n} && exec \"$0\" \"$@\""), plugind].into_iter().chain(args).collect();
+        }
         let mut d = Daemon { launch: Some((args, self.env)), dir: self.dir, socket, plugins, child: None };
         d.spawn_process();
         d
@@ -181,8 +193,14 @@ impl Daemon {
         let (args, env) = self.launch.clone().expect("UNWRAP: launch args kept");
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("plugind.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_plugind"))
+        // Through `sh -c SCRIPT plugind ARGS…` when a builder option needs a shell first.
+        let (program, pre) = match args.first() {
+            Some(a) if a.starts_with("ulimit") => ("sh", vec!["-c"]),
+            _ => (env!("CARGO_BIN_EXE_plugind"), vec![]),
+        };
+        let child = Command::new(program)
             .current_dir(self.dir.path())
+            .args(pre)
             .args(&args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("PLUGIND_LOG", "debug")
@@ -204,7 +222,13 @@ impl Daemon {
 
     /// A builder with an empty plugin dir.
     pub fn builder() -> DaemonBuilder {
-        DaemonBuilder { dir: tempfile::tempdir().unwrap(), extra_args: Vec::new(), env: Vec::new(), watch: false }
+        DaemonBuilder {
+            dir: tempfile::tempdir().unwrap(),
+            extra_args: Vec::new(),
+            env: Vec::new(),
+            watch: false,
+            soft_open_files: None,
+        }
     }
 
     /// A new control connection.

@@ -1,22 +1,26 @@
 //! `execute`, `services.list`, `services.call`.
 
 use crate::control::connection::Conn;
-use crate::registry::HostService;
+use crate::registry::{HostService, ServiceCallIn};
 use crate::router::Call;
 use crate::Daemon;
 use plugind_protocol::control::ServicesRegisterParams;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
+use plugind_protocol::methods::ListServicesParams;
 use plugind_protocol::methods::ServiceInfo;
-use plugind_protocol::methods::{ListServicesParams, ServiceCallParams};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::sync::Arc;
 
-/// Control `execute` params, with `params` kept raw.
+/// Control `execute` params: names borrowed from the request line (unless escaped), `params`
+/// kept raw.
 #[derive(Deserialize)]
 struct ExecuteIn<'a> {
-    plugin: String,
-    method: String,
+    #[serde(borrow)]
+    plugin: Cow<'a, str>,
+    #[serde(borrow)]
+    method: Cow<'a, str>,
     #[serde(default, borrow)]
     params: Option<&'a RawValue>,
     #[serde(default)]
@@ -47,15 +51,15 @@ pub fn services_list(daemon: &Daemon, p: ListServicesParams) -> Result<Box<RawVa
 }
 
 /// Calls a service through the registry.
-pub async fn services_call(daemon: &Daemon, p: ServiceCallParams) -> Result<Box<RawValue>, RpcError> {
+pub async fn services_call(daemon: &Daemon, raw: Option<&RawValue>) -> Result<Box<RawValue>, RpcError> {
+    let p = ServiceCallIn::parse(raw)?;
     let dep = crate::registry::dependency(&p.service, p.version.as_deref())?;
-    let params = to_raw(&p.params);
     daemon
         .call_service(
             &dep,
             Call {
                 method: &p.method,
-                params: Some(&params),
+                params: p.params,
                 timeout_ms: p.timeout_ms,
                 service: Some(&p.service),
                 caller: None,

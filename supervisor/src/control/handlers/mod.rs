@@ -29,20 +29,22 @@ pub async fn dispatch(
         c::SUPERVISOR_SHUTDOWN => supervisor::shutdown(daemon),
         c::PLUGINS_LIST => plugins::list(daemon),
         c::PLUGINS_GET => plugins::get(daemon, params(raw)?),
-        c::PLUGINS_START => plugins::start(daemon, params(raw)?).await,
-        c::PLUGINS_STOP => plugins::stop(daemon, params(raw)?).await,
-        c::PLUGINS_RESTART => plugins::restart(daemon, params(raw)?).await,
-        c::PLUGINS_RELOAD => Ok(plugind_protocol::jsonrpc::to_raw(&daemon.reload().await)),
+        // Rare and large futures are boxed: this function's future is as large as its largest
+        // inline arm, and every request (every `execute`) pays for its size.
+        c::PLUGINS_START => Box::pin(plugins::start(daemon, params(raw)?)).await,
+        c::PLUGINS_STOP => Box::pin(plugins::stop(daemon, params(raw)?)).await,
+        c::PLUGINS_RESTART => Box::pin(plugins::restart(daemon, params(raw)?)).await,
+        c::PLUGINS_RELOAD => Ok(plugind_protocol::jsonrpc::to_raw(&Box::pin(daemon.reload()).await)),
         c::EXECUTE => calls::execute(daemon, raw).await,
         c::SERVICES_LIST => calls::services_list(daemon, params(raw)?),
-        c::SERVICES_CALL => calls::services_call(daemon, params(raw)?).await,
+        c::SERVICES_CALL => Box::pin(calls::services_call(daemon, raw)).await,
         c::SERVICES_REGISTER => calls::services_register(daemon, conn, params(raw)?),
         c::LOGS_TAIL => observe::logs_tail(daemon, conn, params(raw)?),
         c::EVENTS_SUBSCRIBE => observe::events_subscribe(daemon, conn),
         c::PLUGINS_TRACE => observe::plugins_trace(daemon, conn, params(raw)?),
         c::HOOKS_RUN => {
             let p: c::HooksRunParams = params(raw)?;
-            Ok(plugind_protocol::jsonrpc::to_raw(&daemon.run_hook(&p.hook, p.payload).await))
+            Ok(plugind_protocol::jsonrpc::to_raw(&Box::pin(daemon.run_hook(&p.hook, p.payload)).await))
         }
         c::METRICS_GET => Ok(plugind_protocol::jsonrpc::to_raw(&c::MetricsResult { text: daemon.metrics_text() })),
         other => Err(RpcError::method_not_found(other)),
