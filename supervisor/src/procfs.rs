@@ -1,12 +1,14 @@
 //! Reading process facts from `/proc`.
 
-/// Resident set size of `pid` in KiB, if the process exists.
+/// Resident set size of `pid` in KiB, if the process exists. From `/proc/PID/statm` (pages), which
+/// the kernel produces several times faster than the ~55 lines of `/proc/PID/status`:
+/// `plugins.list` reads it for every instance.
 pub fn rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    Some(pages * page / 1024)
 }
 
 /// The parent pid, process group and session of `pid`.

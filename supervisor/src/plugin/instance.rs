@@ -630,7 +630,9 @@ async fn handshake(peer: Arc<Peer>, spec: InstanceSpec) -> Step {
 /// Turns the child's stderr into log lines of the plugin.
 async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>) {
     const MAX_LINE: usize = 16 * 1024;
-    let mut frames = FramedRead::new(stderr, FrameDecoder::new(MAX_LINE));
+    // A small first buffer (it grows with the lines): most plugins write little to stderr, and
+    // 1000 idle plugins should not hold 8 MiB of read buffers for it.
+    let mut frames = FramedRead::with_capacity(stderr, FrameDecoder::new(MAX_LINE), 512);
     while let Some(Ok(frame)) = frames.next().await {
         match frame {
             Frame::Line(l) => log.stderr(String::from_utf8_lossy(&l).into_owned()),

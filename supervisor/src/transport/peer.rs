@@ -432,7 +432,8 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+        // Grows to the largest batch written and is reused; an idle connection holds none.
+        let mut buf: Vec<u8> = Vec::new();
         let mut closing = false;
         while let Some(first) = rx.recv().await {
             match first {

@@ -4,7 +4,7 @@
 use plugind_protocol::control::TraceMessage;
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::broadcast;
 
 /// Direction of a traced message, as seen from plugind.
@@ -20,8 +20,13 @@ pub enum Dir {
 pub struct Tap {
     plugin: Arc<str>,
     watchers: AtomicUsize,
-    tx: broadcast::Sender<TraceMessage>,
+    /// Made by the first watcher: a broadcast channel allocates all its slots up front (about
+    /// 128 KiB for 1024 messages), which for 1000 plugins nobody traces would be 128 MiB.
+    tx: OnceLock<broadcast::Sender<TraceMessage>>,
 }
+
+/// Messages a watcher may fall behind by before it loses the oldest.
+const TRACE_BACKLOG: usize = 1024;
 
 /// A watcher of a [`Tap`]; the tap goes quiet again when the last one is dropped.
 pub struct Watch {
@@ -39,14 +44,14 @@ impl Drop for Watch {
 impl Tap {
     /// A quiet tap for `plugin`.
     pub fn new(plugin: &str) -> Arc<Self> {
-        let (tx, _) = broadcast::channel(1024);
-        Arc::new(Tap { plugin: plugin.into(), watchers: AtomicUsize::new(0), tx })
+        Arc::new(Tap { plugin: plugin.into(), watchers: AtomicUsize::new(0), tx: OnceLock::new() })
     }
 
     /// Starts watching.
     pub fn watch(self: &Arc<Self>) -> Watch {
         self.watchers.fetch_add(1, Ordering::Relaxed);
-        Watch { tap: self.clone(), rx: self.tx.subscribe() }
+        let rx = self.tx.get_or_init(|| broadcast::channel(TRACE_BACKLOG).0).subscribe();
+        Watch { tap: self.clone(), rx }
     }
 
     /// Records one line if somebody watches.
@@ -54,6 +59,7 @@ impl Tap {
         if self.watchers.load(Ordering::Relaxed) == 0 {
             return;
         }
+        let Some(tx) = self.tx.get() else { return };
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let message =
             serde_json::from_slice(line).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(line).into_owned()));
@@ -61,7 +67,7 @@ impl Tap {
             Dir::In => "in",
             Dir::Out => "out",
         };
-        let _ = self.tx.send(TraceMessage {
+        let _ = tx.send(TraceMessage {
             ts: crate::time::now_rfc3339(),
             plugin: self.plugin.to_string(),
             dir: dir.to_owned(),
