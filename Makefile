@@ -41,7 +41,7 @@ test-sdk:
 fmt:
 	$(CARGO) fmt --all
 
-## bench: plugind against a raw pipe and an ideal relay, pinned and unpinned (docs/benchmarks.md).
+## bench: plugind against floors (pipe, relay, router, bare spawn) and the MCP SDKs, pinned and unpinned (docs/benchmarks.md).
 bench: release
 	$(CARGO) run --release -p plugind-bench --
 
