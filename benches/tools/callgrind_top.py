@@ -4,7 +4,8 @@
 usage: callgrind_top.py CALLGRIND_OUT [N] [--lines-per-call K] [--callers NAME_SUFFIX]... [--callees NAME_SUFFIX]...
 
 Divides every cost by the number of calls served, taken as the number of JSON-RPC lines plugind
-parsed (calls of `plugind_protocol::jsonrpc::Message::parse`) divided by K, the lines per call: 2
+parsed (calls of `plugind_protocol::jsonrpc::Message::parse`, and of `ExecuteRequest::parse`, the
+one-pass parse of a control `execute`) divided by K, the lines per call: 2
 for `execute` (the request, the plugin's answer; the default), 4 for caller's `service.call` of
 echo (`--load … service`: the request, caller's `service.call`, echo's answer, caller's answer).
 It prints the N functions with the
@@ -56,7 +57,8 @@ def main():
         top = int(args[1])
     per = int(args[args.index("--lines-per-call") + 1]) if "--lines-per-call" in args else 2
     names, self_cost, edges, calls = load(path)
-    parsed = sum(c for i, c in calls.items() if names.get(i, "").endswith("jsonrpc::Message::parse"))
+    parsers = ("jsonrpc::Message::parse", "calls::ExecuteRequest::parse")
+    parsed = sum(c for i, c in calls.items() if names.get(i, "").endswith(parsers))
     served = parsed / per
     total = sum(self_cost.values())
     print(f"{served:.0f} calls served; {total:,} instructions; {total / served:,.0f} per call")

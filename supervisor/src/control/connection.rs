@@ -4,11 +4,11 @@ use crate::control::handlers;
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
 use crate::transport::peer::{spawn_writer, Incoming, Peer, OUTBOX_CAPACITY};
 use crate::Daemon;
+use bytes::Bytes;
 use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{null_id, RpcError};
-use serde_json::value::RawValue;
 use std::sync::Arc;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -49,27 +49,14 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
                         break;
                     }
                 };
-                match conn.peer.accept(&line) {
-                    Incoming::Request { id, method, params } => {
-                        let id: Box<RawValue> = id.to_owned();
-                        let method = method.into_owned();
-                        let params: Option<Box<RawValue>> = params.map(ToOwned::to_owned);
-                        let (daemon, conn) = (daemon.clone(), conn.clone());
-                        inflight.push(async move {
-                            let reply = handlers::dispatch(&daemon, &conn, &method, params.as_deref()).await;
-                            conn.peer.respond(&id, reply.as_deref()).await;
-                        });
-                    }
-                    Incoming::Invalid(e) => {
-                        let err = RpcError::new(e.code(), e.to_string());
-                        conn.peer.respond(null_id(), Err(&err)).await;
-                    }
-                    Incoming::Notification { .. } | Incoming::Delivered | Incoming::UnknownResponse(_) => {}
-                }
+                inflight.push(serve_line(daemon.clone(), conn.clone(), line));
             }
             Some(()) = inflight.next(), if !inflight.is_empty() => {}
         }
     }
+    // Every line read gets its first poll (which parses it and delivers a response) before the
+    // peer closes: a host's last answers reach their callers rather than failing with it.
+    while let Some(Some(())) = inflight.next().now_or_never() {}
     // Nothing more will be read: calls to this client (its host services) fail at once.
     conn.peer.close();
     if eof {
@@ -87,6 +74,30 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
     // Last: a `services.register` still in flight at the EOF has registered by now.
     daemon.remove_host_services(conn.id);
     conn.closed.cancel();
+}
+
+/// One line from the client: a request is dispatched and answered, a response (from a host to a
+/// request plugind made of it) is delivered, anything else is answered with an error. The line
+/// moves into the future, so the request's id, method and params are borrowed from it rather than
+/// copied out (three allocations per request fewer).
+async fn serve_line(daemon: Arc<Daemon>, conn: Arc<Conn>, line: Bytes) {
+    if let Some(request) = handlers::ExecuteRequest::parse(&line) {
+        let id = request.id;
+        let reply = request.run(&daemon).await;
+        conn.peer.respond(id, reply.as_deref()).await;
+        return;
+    }
+    match conn.peer.accept(&line) {
+        Incoming::Request { id, method, params } => {
+            let reply = handlers::dispatch(&daemon, &conn, &method, params).await;
+            conn.peer.respond(id, reply.as_deref()).await;
+        }
+        Incoming::Invalid(e) => {
+            let err = RpcError::new(e.code(), e.to_string());
+            conn.peer.respond(null_id(), Err(&err)).await;
+        }
+        Incoming::Notification { .. } | Incoming::Delivered | Incoming::UnknownResponse(_) => {}
+    }
 }
 
 /// How often a half-closed client is checked for a full hang-up while its calls finish.

@@ -1,6 +1,8 @@
 //! One function per control method; [`dispatch`] is the one exhaustive match.
 
 mod calls;
+
+pub use calls::ExecuteRequest;
 mod observe;
 mod plugins;
 mod supervisor;
