@@ -321,7 +321,7 @@ impl InstanceTask {
         let mut steps: FuturesUnordered<BoxFut<Step>> = FuturesUnordered::new();
         steps.push(Box::pin(handshake(inst.peer.clone(), self.spec.clone())));
         let mut ready = false;
-        let mut ping = tokio::time::interval_at(Instant::now() + self.spec.ping_every, self.spec.ping_every);
+        let mut ping = tokio::time::interval_at(first_ping(self.spec.ping_every), self.spec.ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ping_out = false;
         let mut misses = 0u32;
@@ -663,4 +663,18 @@ pub fn call_error(plugin: &str, timeout: Duration, e: CallError) -> RpcError {
 /// Raw `{}` (for results that carry nothing).
 pub fn empty_object() -> Box<RawValue> {
     to_raw(&serde_json::json!({}))
+}
+
+/// When an instance sends its first health ping: at least one period from now, on a boundary
+/// of the period counted from a process-wide epoch. All instances then ping in the same
+/// millisecond, so an idle plugind wakes once per period for every plugin together instead of
+/// once per plugin (1000 plugins: one wake-up every 10 s rather than a hundred a second).
+fn first_ping(every: Duration) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let every_ns = every.as_nanos().max(1);
+    let earliest = Instant::now() + every;
+    let since = earliest.duration_since(epoch).as_nanos();
+    let wait = (every_ns - since % every_ns) % every_ns;
+    earliest + Duration::from_nanos(u64::try_from(wait).unwrap_or(0))
 }
