@@ -29,16 +29,28 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 use wire::Timing;
 
-const USAGE: &str = "usage: plugind-bench [--smoke] [--placement cpu0|any|both] [--bin-dir DIR]
+const USAGE: &str = "usage: plugind-bench [--smoke] [--placement cpu0|any|both] [--bin-dir DIR] [--only GROUP]
        plugind-bench --load SECONDS [DEPTH [plugind|relay]]   (plugind or the relay under pipelined `execute` load, for profiling)
   --smoke       every benchmark briefly, only checking that it runs (part of `make test`)
   --placement   cpu0: everything under `taskset -c 0`; any: unpinned; both (default, smoke: any)
-  --bin-dir     where plugind, pluginctl and echo-rust are (default: this binary's directory)";
+  --bin-dir     where plugind, pluginctl and echo-rust are (default: this binary's directory)
+  --only        one group: floors, calls (relay, a-d, h, peers), start (e), reload (f), scale (g)";
 
 struct Options {
     smoke: bool,
     placement: Option<String>,
     bin_dir: Option<PathBuf>,
+    /// Run only this group of benchmarks (`--only`).
+    only: Option<String>,
+}
+
+/// The groups `--only` can pick.
+const GROUPS: [&str; 5] = ["floors", "calls", "start", "reload", "scale"];
+
+impl Options {
+    fn runs(&self, group: &str) -> bool {
+        self.only.as_deref().is_none_or(|g| g == group)
+    }
 }
 
 fn main() -> ExitCode {
@@ -68,13 +80,17 @@ fn main() -> ExitCode {
 }
 
 fn parse(args: &[&str]) -> anyhow::Result<Options> {
-    let mut o = Options { smoke: false, placement: None, bin_dir: None };
+    let mut o = Options { smoke: false, placement: None, bin_dir: None, only: None };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match *a {
             "--smoke" => o.smoke = true,
             "--placement" => o.placement = it.next().map(|s| (*s).to_owned()),
             "--bin-dir" => o.bin_dir = it.next().map(PathBuf::from),
+            "--only" => match it.next() {
+                Some(g) if GROUPS.contains(g) => o.only = Some((*g).to_owned()),
+                other => anyhow::bail!("--only {other:?}: expected one of {GROUPS:?}\n{USAGE}"),
+            },
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -130,6 +146,9 @@ fn top(o: &Options) -> ExitCode {
         if o.smoke {
             cmd.arg("--smoke");
         }
+        if let Some(g) = &o.only {
+            cmd.args(["--only", g]);
+        }
         let (busy0, ours0) = report::cpu_seconds();
         let t0 = std::time::Instant::now();
         let status = cmd.status();
@@ -166,7 +185,7 @@ fn load(secs: &str, rest: &[&str]) -> anyhow::Result<()> {
     let depth = rest.first().map_or(Ok(64), |d| d.parse())?;
     let kind = rest.get(1).copied().unwrap_or("plugind");
     let dir = std::env::var_os("PLUGIND_BENCH_BIN_DIR").map(PathBuf::from);
-    let bins = Bins::in_dir(&bin_dir(&Options { smoke: false, placement: None, bin_dir: dir })?)?;
+    let bins = Bins::in_dir(&bin_dir(&Options { smoke: false, placement: None, bin_dir: dir, only: None })?)?;
     let req = match kind {
         "service" => wire::Request::service_call("caller", "echo"),
         "plugind" | "relay" => wire::Request::echo("echo"),
@@ -240,30 +259,40 @@ fn run(placement: &str, o: &Options) -> ExitCode {
         }
         calls::settle();
     };
-    record("floor.pipe", calls::pipe_floor(&bins, placement, t));
-    record("floor.unix", calls::unix_floor(&bins, tmp.path(), placement, t));
-    record("floor.relay_rawchild", calls::relay_rawchild(&bins, tmp.path(), placement, t));
-    let r = (|| -> anyhow::Result<()> {
-        let plugins = calls::call_plugins();
-        let mut d = Daemon::start(&bins, &plugins)?;
-        rt.block_on(d.wait_running(plugins.len() as u64, Duration::from_secs(60)))?;
-        let calls = calls::relay_and_plugind(&bins, tmp.path(), &d, placement, t, rounds);
-        let cli = cli::run(&bins, &d, placement, cli_calls);
-        rt.block_on(d.stop())?;
-        let ours = calls?;
-        cli?;
-        // The MCP SDKs after plugind has stopped, so they have the machine to themselves.
-        peers::run(&bin_dir(o)?, placement, o.smoke, &ours)
-    })();
-    record("relay+plugind", r);
-    record("e.start", startup::run(&rt, &bins, placement, &sizes));
-    record("f.reload", reload::run(&rt, &bins, placement, if o.smoke { 3 } else { 20 }));
-    let shape = if o.smoke {
-        scale::Shape { plugins: 50, settle: Duration::from_millis(100), idle: Duration::from_millis(500), list: t }
-    } else {
-        scale::Shape { plugins: 1000, settle: Duration::from_secs(2), idle: Duration::from_secs(10), list: t }
-    };
-    record("g.scale", scale::run(&rt, &bins, placement, &shape));
+    if o.runs("floors") {
+        record("floor.pipe", calls::pipe_floor(&bins, placement, t));
+        record("floor.unix", calls::unix_floor(&bins, tmp.path(), placement, t));
+        record("floor.relay_rawchild", calls::relay_rawchild(&bins, tmp.path(), placement, t));
+    }
+    if o.runs("calls") {
+        let r = (|| -> anyhow::Result<()> {
+            let plugins = calls::call_plugins();
+            let mut d = Daemon::start(&bins, &plugins)?;
+            rt.block_on(d.wait_running(plugins.len() as u64, Duration::from_secs(60)))?;
+            let calls = calls::relay_and_plugind(&bins, tmp.path(), &d, placement, t, rounds);
+            let cli = cli::run(&bins, &d, placement, cli_calls);
+            rt.block_on(d.stop())?;
+            let ours = calls?;
+            cli?;
+            // The MCP SDKs after plugind has stopped, so they have the machine to themselves.
+            peers::run(&bin_dir(o)?, placement, o.smoke, &ours)
+        })();
+        record("relay+plugind", r);
+    }
+    if o.runs("start") {
+        record("e.start", startup::run(&rt, &bins, placement, &sizes));
+    }
+    if o.runs("reload") {
+        record("f.reload", reload::run(&rt, &bins, placement, if o.smoke { 3 } else { 20 }));
+    }
+    if o.runs("scale") {
+        let shape = if o.smoke {
+            scale::Shape { plugins: 50, settle: Duration::from_millis(100), idle: Duration::from_millis(500), list: t }
+        } else {
+            scale::Shape { plugins: 1000, settle: Duration::from_secs(2), idle: Duration::from_secs(10), list: t }
+        };
+        record("g.scale", scale::run(&rt, &bins, placement, &shape));
+    }
     println!("# plugind-bench {placement}: {passed} passed, {failed} failed");
     if failed == 0 {
         ExitCode::SUCCESS

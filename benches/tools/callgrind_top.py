@@ -64,8 +64,9 @@ def main():
     print(f"{served:.0f} calls served; {total:,} instructions; {total / served:,.0f} per call")
     for i, c in self_cost.most_common(top):
         print(f"{100 * c / total:5.1f}% {c / served:7.0f}/call  {names.get(i, '?')[:150]}")
-    mallocs = sum(c for i, c in calls.items() if names.get(i) == "malloc")
-    print(f"{mallocs / served:.1f} malloc per call")
+    # Rust's allocation entry point, whichever allocator is behind it (plugind uses mimalloc).
+    allocs = sum(c for i, c in calls.items() if names.get(i) in ("__rustc::__rust_alloc", "__rust_alloc"))
+    print(f"{allocs / served:.1f} allocations per call")
     for flag, side in (("--callers", 1), ("--callees", 0)):
         for k, a in enumerate(args):
             if a != flag:

@@ -139,7 +139,11 @@ pub fn run<P: Plugin>(plugin: P) {
         Ok(rt) => rt,
         Err(e) => fatal(&e),
     };
-    let result = runtime.block_on(serve(plugin));
+    // The serving loop runs as a task on a worker, not on this thread: a request read there is
+    // spawned onto the same worker's queue and handled without waking another thread (on
+    // `block_on`'s thread every request woke a worker, and the reactor woke this thread).
+    let result =
+        runtime.block_on(async { tokio::spawn(serve(plugin)).await }).unwrap_or_else(|e| Err(std::io::Error::other(e)));
     // Handlers that ignored cancellation, or blocking reads of the fallback stdio, must not keep the
     // process alive after plugind is gone.
     runtime.shutdown_timeout(Duration::from_millis(100));

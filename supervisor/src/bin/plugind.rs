@@ -4,6 +4,12 @@ use clap::Parser;
 use plugind::config::{Config, LogFormat, Settings};
 use std::path::PathBuf;
 
+/// mimalloc instead of glibc malloc: allocation was a tenth of plugind's instructions per call,
+/// most of it in `_int_malloc`/`_int_free` for blocks past glibc's per-thread cache
+/// (docs/benchmarks.md, "Top costs").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Process-isolated plugin supervisor.
 ///
 /// Settings come from the flags, else the config file (--config), else the defaults.
