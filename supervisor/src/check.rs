@@ -100,8 +100,12 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
             return r;
         }
     };
-    r.push(Level::Ok, format!("started: {argv} (pid {})", inst.pid));
     let handshake = tokio::time::timeout(Duration::from_millis(2 * m.timeout_ms + 1000), events.recv()).await;
+    if let Ok(Some(InstanceEvent::SpawnFailed { error, .. })) = &handshake {
+        r.push(Level::Fail, format!("start: {error}"));
+        return r;
+    }
+    r.push(Level::Ok, format!("started: {argv} (pid {})", inst.pid()));
     match handshake {
         Ok(Some(InstanceEvent::Ready { result: Ok(services), .. })) => {
             let took = started.elapsed();
@@ -122,7 +126,9 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
         Ok(Some(InstanceEvent::Exited { exit, .. })) => {
             r.push(Level::Fail, format!("exited before the handshake: {}", exit.describe()))
         }
-        Ok(None) | Err(_) => r.push(Level::Fail, "handshake: no answer to init/register".to_owned()),
+        Ok(Some(InstanceEvent::SpawnFailed { .. })) | Ok(None) | Err(_) => {
+            r.push(Level::Fail, "handshake: no answer to init/register".to_owned())
+        }
     }
     if r.passed() {
         let d = Deadline::new(Duration::from_millis(m.timeout_ms), Duration::from_millis(m.timeout_ms));

@@ -41,6 +41,20 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Default log lines kept per plugin.
 pub const DEFAULT_LOG_LINES: usize = 1000;
 
+/// Threads for plugind's tasks when `worker_threads` is not set: half the CPUs this process may
+/// run on, at least one.
+///
+/// plugind's share of a call is small (a few microseconds) and its plugins run on the same CPUs.
+/// A worker per CPU (tokio's default) made plugind's tasks wake each other across CPUs and
+/// contend with the plugins: on 2 vCPUs with 256 calls in flight, plugind spent 6.9 µs of CPU
+/// per call with two workers and 3.7 µs with one (docs/benchmarks.md, "Worker threads").
+/// Blocking work (spawning a plugin, the kv store) runs off the workers, so one is enough to
+/// keep serving while a plugin starts.
+pub fn default_worker_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cpus / 2).max(1)
+}
+
 /// Settings of one plugind.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -66,6 +80,8 @@ pub struct Config {
     pub metrics: Option<String>,
     /// How long a graceful stop may take before plugind exits anyway.
     pub stop_timeout: Duration,
+    /// Threads running plugind's tasks (`None`: [`default_worker_threads`]).
+    pub worker_threads: Option<usize>,
     /// Per-plugin operator settings (`[plugins.NAME]`).
     pub plugins: BTreeMap<String, PluginSettings>,
     /// The config file these settings came from, if any.
@@ -87,6 +103,7 @@ impl Config {
             token_file: None,
             metrics: None,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            worker_threads: None,
             plugins: BTreeMap::new(),
             file: None,
         }
@@ -142,6 +159,13 @@ impl Config {
                 return Err(err(&origin("log_lines", by_flag), format!("expected at least 1, found {n}")));
             }
             c.log_lines = n;
+        }
+        let by_flag = flags.worker_threads.is_some();
+        if let Some(n) = flags.worker_threads.or(from_file.worker_threads) {
+            if n < 1 {
+                return Err(err(&origin("worker_threads", by_flag), format!("expected at least 1, found {n}")));
+            }
+            c.worker_threads = Some(n);
         }
         let listen_by_flag = flags.listen.is_some();
         for (key, by_flag, addr) in [
@@ -224,6 +248,8 @@ pub struct Settings {
     pub stop_timeout_s: Option<u64>,
     /// `--log-lines N`.
     pub log_lines: Option<usize>,
+    /// `--worker-threads N`.
+    pub worker_threads: Option<usize>,
     /// `[plugins.NAME]` tables (config file only).
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginSettings>,
@@ -477,6 +503,7 @@ watch = false
 log_format = "json"
 stop_timeout_s = 5
 ping_interval_ms = 500
+worker_threads = 3
 [plugins.echo]
 enabled = false
 env = { A = "1" }
@@ -492,6 +519,7 @@ limits = { memory_mb = 64 }
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.stop_timeout, Duration::from_secs(5));
         assert_eq!(c.ping_interval, Duration::from_millis(500));
+        assert_eq!(c.worker_threads, Some(3));
         assert!(!c.enabled("echo"));
         assert!(c.enabled("other"));
         let p = c.plugin("echo").unwrap();
@@ -514,6 +542,8 @@ limits = { memory_mb = 64 }
         assert!(e.contains("xml"), "{e}");
         let e = parse("[plugins.echo.limits]\nmemory_mb = 0\n").unwrap_err().to_string();
         assert!(e.contains("plugins.echo.limits.memory_mb: expected at least 1, found 0"), "{e}");
+        let e = parse("worker_threads = 0\n").unwrap_err().to_string();
+        assert!(e.contains("worker_threads: expected at least 1, found 0"), "{e}");
         let e = parse("listen = \"127.0.0.1:7070\"\n").unwrap_err().to_string();
         assert!(e.contains("token"), "{e}");
         let e = parse("listen = \"nowhere\"\ntoken_file = \"t\"\n").unwrap_err().to_string();
@@ -526,6 +556,8 @@ limits = { memory_mb = 64 }
         assert!(c.watch);
         assert_eq!(c.stop_timeout, DEFAULT_STOP_TIMEOUT);
         assert_eq!(c.log_lines, DEFAULT_LOG_LINES);
+        assert_eq!(c.worker_threads, None);
+        assert!(default_worker_threads() >= 1);
         let e =
             Config::resolve(Settings { listen: Some("127.0.0.1:1".into()), ..Default::default() }, None).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("--listen"));

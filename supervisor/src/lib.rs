@@ -88,6 +88,8 @@ pub struct Daemon {
     kv: std::sync::OnceLock<Arc<kv::KvStore>>,
     /// Providers by service name, cached between registry changes.
     services: registry::ServiceIndex,
+    /// The threads that fork plugins, started with the first plugin.
+    spawner: std::sync::OnceLock<std::io::Result<plugin::spawner::Spawner>>,
 }
 
 impl Daemon {
@@ -109,7 +111,16 @@ impl Daemon {
             metrics: metrics::Metrics::default(),
             kv: std::sync::OnceLock::new(),
             services: registry::ServiceIndex::default(),
+            spawner: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The plugin spawner threads, started on first use (inside the runtime).
+    pub fn spawner(&self) -> Result<&plugin::spawner::Spawner, String> {
+        self.spawner
+            .get_or_init(plugin::spawner::Spawner::start)
+            .as_ref()
+            .map_err(|e| format!("cannot start the spawner threads: {e}"))
     }
 
     /// Opens the kv store in the state dir; a corrupt or unwritable database is an error.
@@ -235,7 +246,7 @@ impl Daemon {
     /// ancestor is an instance's): such processes may not use the control socket.
     pub fn is_plugin_process(&self, pid: u32) -> bool {
         let instances: Vec<u32> =
-            self.plugins().iter().flat_map(|p| p.routes().iter().map(|i| i.pid).collect::<Vec<_>>()).collect();
+            self.plugins().iter().flat_map(|p| p.routes().iter().map(|i| i.pid()).collect::<Vec<_>>()).collect();
         if instances.is_empty() {
             return false;
         }

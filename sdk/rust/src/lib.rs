@@ -134,8 +134,20 @@ pub fn cancelled_error() -> RpcError {
 ///
 /// Builds a multi-threaded tokio runtime and runs [`serve`] on it.
 /// On an I/O error it prints the error to stderr and exits with status 1.
+///
+/// The runtime has half as many worker threads as the CPUs the plugin may run on, at least one,
+/// unless `TOKIO_WORKER_THREADS` says otherwise. The plugin shares the CPUs with plugind and the
+/// other plugins, and a call's work is usually short: a worker per CPU made the tasks of each
+/// call wake each other across CPUs (on 2 vCPUs, 6.3 µs of CPU per echo call with two workers,
+/// 4.1 µs with one). As in any tokio program, a handler that computes for long belongs in
+/// `tokio::task::spawn_blocking`, or the process can build its own runtime and call [`serve`].
 pub fn run<P: Plugin>(plugin: P) {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        builder.worker_threads((cpus / 2).max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => fatal(&e),
     };

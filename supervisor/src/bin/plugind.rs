@@ -49,6 +49,9 @@ struct Args {
     /// Log lines kept per plugin (default 1000).
     #[arg(long, value_name = "N")]
     log_lines: Option<usize>,
+    /// Threads running plugind's tasks (default: half the CPUs, at least 1).
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<usize>,
     /// Health ping period in milliseconds (default 10000).
     #[arg(long, value_name = "MS", hide = true)]
     ping_interval_ms: Option<u64>,
@@ -69,6 +72,7 @@ impl Args {
             ping_interval_ms: self.ping_interval_ms,
             stop_timeout_s: self.stop_timeout_s,
             log_lines: self.log_lines,
+            worker_threads: self.worker_threads,
             plugins: Default::default(),
         }
     }
@@ -100,7 +104,8 @@ fn main() -> std::process::ExitCode {
     if let Some(f) = &cfg.file {
         tracing::info!(file = %f.display(), "config file loaded");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let workers = cfg.worker_threads.unwrap_or_else(plugind::config::default_worker_threads);
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("plugind: cannot start the runtime: {e}");

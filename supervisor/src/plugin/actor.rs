@@ -294,10 +294,12 @@ impl PluginActor {
 
     fn on_event(&mut self, ev: InstanceEvent) {
         let id = match &ev {
-            InstanceEvent::Ready { id, .. } | InstanceEvent::Exited { id, .. } => *id,
+            InstanceEvent::Ready { id, .. }
+            | InstanceEvent::Exited { id, .. }
+            | InstanceEvent::SpawnFailed { id, .. } => *id,
         };
         if let Some(pos) = self.retiring.iter().position(|i| i.id == id) {
-            if matches!(ev, InstanceEvent::Exited { .. }) {
+            if matches!(ev, InstanceEvent::Exited { .. } | InstanceEvent::SpawnFailed { .. }) {
                 self.retiring.remove(pos);
             }
             return;
@@ -306,6 +308,16 @@ impl PluginActor {
             return self.on_next_generation_event(ev);
         }
         match ev {
+            InstanceEvent::SpawnFailed { id, error } => {
+                let Some(slot) = self.slot_of(id) else { return };
+                self.slots[slot] = Slot::default();
+                self.publish_routes();
+                if self.want_running {
+                    self.start_failed(slot, error);
+                } else if self.slots.iter().all(|s| s.instance.is_none()) {
+                    self.finish_stop();
+                }
+            }
             InstanceEvent::Ready { id, result } => {
                 let Some(slot) = self.slot_of(id) else { return };
                 match result {
@@ -481,6 +493,10 @@ impl PluginActor {
                 }
             }
             InstanceEvent::Ready { result: Err(e), .. } => self.abort_next(e),
+            InstanceEvent::SpawnFailed { id, error } => {
+                next.slots.retain(|s| s.instance.as_ref().is_none_or(|i| i.id != id));
+                self.abort_next(error);
+            }
             InstanceEvent::Exited { id, exit } => {
                 next.slots.retain(|s| s.instance.as_ref().is_none_or(|i| i.id != id));
                 self.abort_next(format!("new instance {}", exit.describe()));

@@ -169,7 +169,7 @@ impl PluginEntry {
             name: self.name.to_string(),
             version: st.version.clone(),
             state: st.state.as_str().to_owned(),
-            pid: routes.first().map(|i| i.pid),
+            pid: routes.first().map(|i| i.pid()),
             instances: routes.len(),
             restarts: st.restarts,
             uptime_ms: match (&st.state, st.running_since) {
@@ -186,7 +186,7 @@ impl PluginEntry {
                 timed_out: self.counters.timed_out.load(Ordering::Relaxed),
             },
             memory_kb: {
-                let kb: u64 = routes.iter().filter_map(|i| crate::procfs::rss_kb(i.pid)).sum();
+                let kb: u64 = routes.iter().filter_map(|i| crate::procfs::rss_kb(i.pid())).sum();
                 (!routes.is_empty()).then_some(kb)
             },
             last_exit: st.last_exit.clone(),

@@ -1,10 +1,12 @@
 //! One plugin process and the actor task that owns it.
 //!
-//! [`launch`] spawns the child and a task that, in one `select!` loop, reads the child's stdout
-//! (delivering responses through the [`Peer`], handling the plugin's own requests), runs the
-//! handshake, pings it, carries out a stop (teardown → close stdin → SIGTERM → SIGKILL) and waits
-//! for its exit. The plugin actor hears about the instance through exactly two events:
-//! [`InstanceEvent::Ready`] (handshake outcome) and, always last, [`InstanceEvent::Exited`].
+//! [`launch`] starts a task that has the child forked (on a [`crate::plugin::spawner`] thread),
+//! then, in one `select!` loop, reads the child's stdout (delivering responses through the
+//! [`Peer`], handling the plugin's own requests), runs the handshake, pings it, carries out a stop
+//! (teardown → close stdin → SIGTERM → SIGKILL) and waits for its exit. The plugin actor hears
+//! about the instance through exactly two events: [`InstanceEvent::Ready`] (handshake outcome)
+//! and, always last, [`InstanceEvent::Exited`]; or, if the process could not be started, only
+//! [`InstanceEvent::SpawnFailed`].
 //!
 //! Callers do not go through this task: they hold an `Arc<Instance>` from the routing table and
 //! call through its `Peer` directly, so one call costs one write and one read.
@@ -14,7 +16,7 @@ use crate::logs::{PluginLog, Stream};
 use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
 use crate::sandbox::{self, cgroup::Cgroup};
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
-use crate::transport::peer::{spawn_writer, CallError, Deadline, Incoming, Peer, OUTBOX_CAPACITY};
+use crate::transport::peer::{spawn_writer, CallError, Deadline, Incoming, Outgoing, Peer, OUTBOX_CAPACITY};
 use crate::Daemon;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -51,6 +53,13 @@ pub enum InstanceEvent {
         id: u64,
         /// Services declared in `register`, or the error.
         result: Result<Vec<ServiceDecl>, String>,
+    },
+    /// The process could not be started (the only event of such an instance).
+    SpawnFailed {
+        /// Which instance.
+        id: u64,
+        /// Why.
+        error: String,
     },
     /// The process is gone. Always the last event of an instance.
     Exited {
@@ -123,8 +132,8 @@ enum StopKind {
 pub struct Instance {
     /// Unique among all instances plugind started.
     pub id: u64,
-    /// The child's pid (also its process group id).
-    pub pid: u32,
+    /// The child's pid (also its process group id); 0 until it is forked.
+    pid: AtomicU32,
     /// The plugin's name.
     pub plugin: Arc<str>,
     /// Calls to the child.
@@ -156,6 +165,11 @@ impl Drop for CallSlot<'_> {
 }
 
 impl Instance {
+    /// The child's pid (also its process group id); 0 while it is being forked.
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+
     /// Calls in flight plus calls queued.
     pub fn load(&self) -> usize {
         self.load.load(Ordering::Relaxed)
@@ -220,7 +234,8 @@ pub struct InstanceSpec {
     pub ping_every: Duration,
 }
 
-/// Spawns an instance and its actor task.
+/// Starts an instance: its task forks the child, then serves it. A failed fork is reported as
+/// [`InstanceEvent::SpawnFailed`]; only a temp dir that cannot be made fails here.
 pub fn launch(
     id: u64,
     spec: InstanceSpec,
@@ -230,32 +245,12 @@ pub fn launch(
 ) -> Result<Arc<Instance>, SpawnError> {
     std::fs::create_dir_all(&spec.tmp_dir)
         .map_err(|source| SpawnError::TempDir { path: spec.tmp_dir.clone(), source })?;
-    let sandbox = sandbox::Request {
-        manifest: &spec.manifest,
-        data_dir: spec.data_dir.as_deref(),
-        tmp_dir: &spec.tmp_dir,
-        instance: id,
-    };
-    let spawn::Spawned { mut child, cgroup } = match spawn::spawn(&spec.plan, &sandbox) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&spec.tmp_dir);
-            return Err(e);
-        }
-    };
-    let pid = child.id().unwrap_or(0);
-    let (stdin, stdout, stderr) = (
-        child.stdin.take().expect("UNWRAP: stdin is piped"),
-        child.stdout.take().expect("UNWRAP: stdout is piped"),
-        child.stderr.take().expect("UNWRAP: stderr is piped"),
-    );
     let (out_tx, out_rx) = mpsc::channel(OUTBOX_CAPACITY);
-    spawn_writer(stdin, out_rx);
     let (stop_tx, stop_rx) = mpsc::channel(4);
     let limits = &spec.manifest.limits;
     let instance = Arc::new(Instance {
         id,
-        pid,
+        pid: AtomicU32::new(0),
         plugin: spec.plugin.clone(),
         peer: Arc::new(Peer::new(out_tx).with_tap(log.tap.clone())),
         started: Instant::now(),
@@ -269,11 +264,24 @@ pub fn launch(
         load: AtomicUsize::new(0),
         stop_tx,
     });
-    log.plugind(format!("started instance {id} (pid {pid}): {}", spec.plan.argv.join(" ")));
-    let stderr_done = tokio::spawn(read_stderr(stderr, log.clone()));
     let task = InstanceTask { instance: instance.clone(), spec, daemon, log, events };
-    tokio::spawn(task.run(child, stdout, stop_rx, cgroup, stderr_done));
+    tokio::spawn(task.start(out_rx, stop_rx));
     Ok(instance)
+}
+
+/// Forks the child of `spec` on a spawner thread.
+async fn fork(daemon: &Daemon, spec: &InstanceSpec, id: u64) -> Result<spawn::Spawned, String> {
+    let (plan, manifest, data_dir, tmp_dir) =
+        (spec.plan.clone(), spec.manifest.clone(), spec.data_dir.clone(), spec.tmp_dir.clone());
+    let job = move || {
+        let sandbox =
+            sandbox::Request { manifest: &manifest, data_dir: data_dir.as_deref(), tmp_dir: &tmp_dir, instance: id };
+        spawn::spawn(&plan, &sandbox)
+    };
+    match daemon.spawner()?.run(job).await {
+        Some(spawned) => spawned.map_err(|e| e.to_string()),
+        None => Err("the spawner thread failed".to_owned()),
+    }
 }
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -308,6 +316,31 @@ enum StopPhase {
 }
 
 impl InstanceTask {
+    /// Forks the child, then serves it until it exits.
+    async fn start(self, out_rx: mpsc::Receiver<Outgoing>, stop_rx: mpsc::Receiver<StopKind>) {
+        let inst = &self.instance;
+        let spawn::Spawned { mut child, cgroup } = match fork(&self.daemon, &self.spec, inst.id).await {
+            Ok(s) => s,
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&self.spec.tmp_dir);
+                inst.peer.close();
+                let _ = self.events.send(InstanceEvent::SpawnFailed { id: inst.id, error });
+                return;
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        inst.pid.store(pid, Ordering::Relaxed);
+        let (stdin, stdout, stderr) = (
+            child.stdin.take().expect("UNWRAP: stdin is piped"),
+            child.stdout.take().expect("UNWRAP: stdout is piped"),
+            child.stderr.take().expect("UNWRAP: stderr is piped"),
+        );
+        spawn_writer(stdin, out_rx);
+        self.log.plugind(format!("started instance {} (pid {pid}): {}", inst.id, self.spec.plan.argv.join(" ")));
+        let stderr_done = tokio::spawn(read_stderr(stderr, self.log.clone()));
+        self.run(child, stdout, stop_rx, cgroup, stderr_done).await;
+    }
+
     async fn run(
         self,
         mut child: tokio::process::Child,
@@ -496,7 +529,7 @@ impl InstanceTask {
             exit.limit = sandbox::classify(&facts).map(sandbox::Limit::as_str);
         }
         drop(cgroup); // removes it
-        self.log.plugind(format!("instance {} (pid {}) {}", inst.id, inst.pid, exit.describe()));
+        self.log.plugind(format!("instance {} (pid {}) {}", inst.id, inst.pid(), exit.describe()));
         let _ = self.events.send(InstanceEvent::Exited { id: inst.id, exit });
     }
 
@@ -510,8 +543,8 @@ impl InstanceTask {
     }
 
     fn kill_group(&self, sig: Signal) {
-        if self.instance.pid > 0 {
-            let _ = killpg(Pid::from_raw(self.instance.pid as i32), sig);
+        if self.instance.pid() > 0 {
+            let _ = killpg(Pid::from_raw(self.instance.pid() as i32), sig);
         }
     }
 
