@@ -24,7 +24,8 @@ impl Daemon {
         let mut result = HooksRunResult { payload, handled_by: Vec::new(), stopped_by: None };
         for (_, entry) in chain {
             let params = json!({ "hook": hook, "payload": result.payload });
-            let outcome = call_plugin(&entry, methods::HOOK, &params, None, None).await.and_then(|raw| {
+            let write = |out: &mut Vec<u8>| plugind_protocol::jsonrpc::write_json(out, &params);
+            let outcome = call_plugin(&entry, methods::HOOK, write, None, None).await.and_then(|raw| {
                 serde_json::from_str::<HookResult>(raw.get()).map_err(|e| {
                     plugind_protocol::RpcError::invalid_params(format!("hook result is not {{ payload, stop? }}: {e}"))
                 })

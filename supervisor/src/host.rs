@@ -37,7 +37,7 @@ pub async fn handle_request(
     match method {
         methods::REGISTRY_GET_SERVICE => {
             let dep = query_dep(&params(raw)?)?;
-            Ok(to_raw(&daemon.resolve(&dep).map(|p| p.info)))
+            Ok(to_raw(&daemon.resolve(&dep).as_deref().map(|p| &p.info)))
         }
         methods::REGISTRY_REQUIRE_SERVICE => {
             let dep = query_dep(&params(raw)?)?;

@@ -33,8 +33,8 @@ pub struct ServiceIndex {
     cached: Mutex<Option<(u64, Arc<ProvidersByName>)>>,
 }
 
-/// Providers grouped by service name.
-type ProvidersByName = HashMap<String, Vec<Provider>>;
+/// Providers grouped by service name; shared, so resolving one copies nothing.
+type ProvidersByName = HashMap<String, Vec<Arc<Provider>>>;
 
 impl ServiceIndex {
     fn invalidate(&self) {
@@ -75,7 +75,7 @@ impl HostService {
             caller: call.caller,
         };
         self.load.fetch_add(1, Ordering::Relaxed);
-        let r = self.peer.call(methods::EXECUTE, &params, deadline).await;
+        let r = self.peer.call_with(methods::EXECUTE, |out| params.write_json(out), deadline).await;
         self.load.fetch_sub(1, Ordering::Relaxed);
         r.map_err(|e| call_error(&self.info.plugin, timeout, e))
     }
@@ -186,7 +186,7 @@ impl Daemon {
         }
         let mut index = ProvidersByName::new();
         for p in self.providers() {
-            index.entry(p.info.name.clone()).or_default().push(p);
+            index.entry(p.info.name.clone()).or_default().push(Arc::new(p));
         }
         let index = Arc::new(index);
         *cached = Some((generation, index.clone()));
@@ -194,7 +194,7 @@ impl Daemon {
     }
 
     /// The provider a call for `dep` goes to: the highest matching version, ties to the least loaded.
-    pub fn resolve(&self, dep: &Dependency) -> Option<Provider> {
+    pub fn resolve(&self, dep: &Dependency) -> Option<Arc<Provider>> {
         self.service_index()
             .get(&dep.name)?
             .iter()
@@ -220,7 +220,7 @@ pub struct ServiceCallIn<'a> {
     #[serde(borrow)]
     pub service: std::borrow::Cow<'a, str>,
     /// A semver range.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "plugind_protocol::jsonrpc::borrowed_opt_str")]
     pub version: Option<std::borrow::Cow<'a, str>>,
     /// Method passed to the provider's `execute`.
     #[serde(borrow)]

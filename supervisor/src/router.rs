@@ -12,9 +12,8 @@ use crate::plugin::PluginEntry;
 use crate::transport::peer::{CallError, Deadline};
 use crate::Daemon;
 use plugind_protocol::codes;
-use plugind_protocol::jsonrpc::RpcError;
+use plugind_protocol::jsonrpc::{self, RpcError};
 use plugind_protocol::methods;
-use serde::Serialize;
 use serde_json::value::RawValue;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,18 +21,44 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// `execute` params as sent to a plugin (or host); `params` stays raw.
-#[derive(Serialize)]
 pub struct ExecuteOut<'a> {
     /// The method.
     pub method: &'a str,
     /// The caller's params, verbatim.
     pub params: &'a RawValue,
     /// The service, for calls through the registry.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<&'a str>,
     /// The calling plugin.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub caller: Option<&'a str>,
+}
+
+impl ExecuteOut<'_> {
+    /// Appends `{"method":…,"params":…,"service":…,"caller":…}`: the keys as literals, the
+    /// strings escaped, the params copied as they came (a serializer pass over them would only
+    /// re-check JSON that was checked when it was read).
+    ///
+    /// The params lose their line breaks, if they have any: a pretty-printed body over `--listen`
+    /// would otherwise split the line. In JSON text `\n` and `\r` can only be whitespace between
+    /// tokens (strings escape them), so dropping them changes nothing.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(br#"{"method":"#);
+        jsonrpc::write_json(out, self.method);
+        out.extend_from_slice(br#","params":"#);
+        let params = self.params.get().as_bytes();
+        // memchr: a byte-set `contains` walks the text a byte at a time.
+        if memchr::memchr2(b'\n', b'\r', params).is_some() {
+            out.extend(params.iter().filter(|b| !matches!(b, b'\n' | b'\r')));
+        } else {
+            out.extend_from_slice(params);
+        }
+        for (key, value) in [(&br#","service":"#[..], self.service), (br#","caller":"#, self.caller)] {
+            if let Some(v) = value {
+                out.extend_from_slice(key);
+                jsonrpc::write_json(out, v);
+            }
+        }
+        out.push(b'}');
+    }
 }
 
 /// One routed call.
@@ -83,34 +108,22 @@ impl Daemon {
 
 /// Calls `execute` on a plugin entry.
 pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
-    let raw = call.params.unwrap_or(RawValue::NULL);
-    let flat = one_line(raw);
     let params = ExecuteOut {
         method: call.method,
-        params: flat.as_deref().unwrap_or(raw),
+        params: call.params.unwrap_or(RawValue::NULL),
         service: call.service,
         caller: call.caller,
     };
-    call_plugin(entry, methods::EXECUTE, &params, call.timeout_ms, call.not_after).await
-}
-
-/// `raw` without its line breaks, if it has any. Raw params go to the plugin verbatim, and a
-/// pretty-printed body over `--listen` would split the plugin's line; in JSON text `\n` and `\r`
-/// can only be whitespace between tokens (strings escape them), so dropping them changes nothing.
-fn one_line(raw: &RawValue) -> Option<Box<RawValue>> {
-    let text = raw.get();
-    // memchr: `str::contains` with a char set walks the text a char at a time.
-    memchr::memchr2(b'\n', b'\r', text.as_bytes())?;
-    RawValue::from_string(text.replace(['\n', '\r'], "")).ok()
+    call_plugin(entry, methods::EXECUTE, |out| params.write_json(out), call.timeout_ms, call.not_after).await
 }
 
 /// Sends request `method` to the least-loaded ready instance of a plugin, with admission
 /// (`max_inflight`, queue), the deadline (`timeout_ms` or the manifest's, never past
 /// `not_after`), error mapping and call accounting. `execute` and hook steps both go through it.
-pub async fn call_plugin<P: Serialize + ?Sized>(
+pub async fn call_plugin(
     entry: &Arc<PluginEntry>,
     method: &str,
-    params: &P,
+    write_params: impl FnOnce(&mut Vec<u8>),
     timeout_ms: Option<u64>,
     not_after: Option<Instant>,
 ) -> Result<Box<RawValue>, RpcError> {
@@ -132,7 +145,11 @@ pub async fn call_plugin<P: Serialize + ?Sized>(
             ),
             Admission::Timeout => instance::call_error(&entry.name, timeout, CallError::Timeout(timeout)),
         })?;
-        instance.peer.call(method, params, deadline).await.map_err(|e| instance::call_error(&entry.name, timeout, e))
+        instance
+            .peer
+            .call_with(method, write_params, deadline)
+            .await
+            .map_err(|e| instance::call_error(&entry.name, timeout, e))
     }
     .await;
     entry.counters.latency.observe(accepted.elapsed().as_secs_f64());

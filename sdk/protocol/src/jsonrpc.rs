@@ -121,13 +121,22 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
     <&RawValue>::deserialize(d).map(Some)
 }
 
+/// An optional string borrowed from the input unless it has escapes. Needed because
+/// `#[serde(borrow)]` borrows a `Cow<str>` field but not an `Option<Cow<str>>` one: that is
+/// always deserialized as an owned `String` (one allocation per message for `"jsonrpc":"2.0"`).
+pub fn borrowed_opt_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Option::<Borrowed<'de>>::deserialize(d).map(|o| o.map(|b| b.0))
+}
+
 #[derive(Deserialize)]
 struct Envelope<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_opt_str")]
     jsonrpc: Option<Cow<'a, str>>,
     #[serde(default, borrow, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_opt_str")]
     method: Option<Cow<'a, str>>,
     #[serde(default, borrow, deserialize_with = "present")]
     params: Option<&'a RawValue>,
@@ -193,14 +202,26 @@ impl Line {
         Line(buf)
     }
 
-    /// `,"KEY":` then `value` as JSON (`key` is a literal that needs no escaping).
-    fn field<T: Serialize + ?Sized>(mut self, key: &str, value: &T) -> Self {
+    /// `,"KEY":` (`key` is a literal that needs no escaping).
+    fn key(mut self, key: &str) -> Self {
         self.0.extend_from_slice(b",\"");
         self.0.extend_from_slice(key.as_bytes());
         self.0.extend_from_slice(b"\":");
-        // Serializing our own types into a Vec cannot fail: no maps with non-string keys.
-        serde_json::to_writer(&mut self.0, value).expect("UNWRAP: plain values serialize");
         self
+    }
+
+    /// `,"KEY":` then `value` as JSON.
+    fn field<T: Serialize + ?Sized>(self, key: &str, value: &T) -> Self {
+        let mut line = self.key(key);
+        write_json(&mut line.0, value);
+        line
+    }
+
+    /// `,"KEY":` then `value` verbatim (no pass of the serializer over it).
+    fn raw(self, key: &str, value: &RawValue) -> Self {
+        let mut line = self.key(key);
+        line.0.extend_from_slice(value.get().as_bytes());
+        line
     }
 
     /// `,"id":N`, without the serializer.
@@ -216,9 +237,23 @@ impl Line {
     }
 }
 
+/// Appends `value` as JSON.
+pub fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Serializing our own types into a Vec cannot fail: no maps with non-string keys.
+    serde_json::to_writer(out, value).expect("UNWRAP: plain values serialize");
+}
+
 /// `{"jsonrpc":"2.0","id":ID,"method":M,"params":P}\n`.
 pub fn request_line<P: Serialize + ?Sized>(id: u64, method: &str, params: &P) -> Vec<u8> {
-    Line::new(128).numeric_id(id).field("method", method).field("params", params).end()
+    request_line_with(id, method, |out| write_json(out, params))
+}
+
+/// A request line whose params `write_params` appends as JSON text: for params that are mostly
+/// raw JSON already (a forwarded `execute`), which a serializer pass would only re-check.
+pub fn request_line_with(id: u64, method: &str, write_params: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut line = Line::new(256).numeric_id(id).field("method", method).key("params");
+    write_params(&mut line.0);
+    line.end()
 }
 
 /// `{"jsonrpc":"2.0","method":M,"params":P}\n`.
@@ -228,12 +263,17 @@ pub fn notification_line<P: Serialize + ?Sized>(method: &str, params: &P) -> Vec
 
 /// `{"jsonrpc":"2.0","id":ID,"result":R}\n`.
 pub fn result_line<R: Serialize + ?Sized>(id: &RawValue, result: &R) -> Vec<u8> {
-    Line::new(64 + id.get().len()).field("id", id).field("result", result).end()
+    Line::new(64 + id.get().len()).raw("id", id).field("result", result).end()
+}
+
+/// [`result_line`] for a result that is JSON text already (a forwarded answer): copied verbatim.
+pub fn raw_result_line(id: &RawValue, result: &RawValue) -> Vec<u8> {
+    Line::new(48 + id.get().len() + result.get().len()).raw("id", id).raw("result", result).end()
 }
 
 /// `{"jsonrpc":"2.0","id":ID,"error":E}\n`.
 pub fn error_line(id: &RawValue, error: &RpcError) -> Vec<u8> {
-    Line::new(128).field("id", id).field("error", error).end()
+    Line::new(128).raw("id", id).field("error", error).end()
 }
 
 /// The raw JSON `null`, for ids of errors answering unparseable input.

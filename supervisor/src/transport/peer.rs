@@ -230,8 +230,19 @@ impl Peer {
         params: &P,
         deadline: Deadline,
     ) -> Result<Box<RawValue>, CallError> {
+        self.call_with(method, |out| jsonrpc::write_json(out, params), deadline).await
+    }
+
+    /// [`Peer::call`] with params that `write_params` appends to the request line as JSON text
+    /// (see [`jsonrpc::request_line_with`]).
+    pub async fn call_with(
+        &self,
+        method: &str,
+        write_params: impl FnOnce(&mut Vec<u8>),
+        deadline: Deadline,
+    ) -> Result<Box<RawValue>, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let line = jsonrpc::request_line(id, method, params);
+        let line = jsonrpc::request_line_with(id, method, write_params);
         let (tx, mut rx) = oneshot::channel();
         {
             let mut calls = self.calls();
@@ -300,7 +311,7 @@ impl Peer {
     /// Answers a request of the other side.
     pub async fn respond(&self, id: &RawValue, reply: Result<&RawValue, &RpcError>) {
         let line = match reply {
-            Ok(result) => jsonrpc::result_line(id, result),
+            Ok(result) => jsonrpc::raw_result_line(id, result),
             Err(e) => jsonrpc::error_line(id, e),
         };
         self.push(line).await;

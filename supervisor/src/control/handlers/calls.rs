@@ -51,7 +51,7 @@ async fn execute_parsed(daemon: &Daemon, p: ExecuteIn<'_>) -> Result<Box<RawValu
 /// was a tenth of plugind's instructions per call.
 #[derive(Deserialize)]
 pub struct ExecuteRequest<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "plugind_protocol::jsonrpc::borrowed_opt_str")]
     jsonrpc: Option<Cow<'a, str>>,
     /// The request id, to answer with.
     #[serde(borrow)]
