@@ -11,6 +11,12 @@ use tokio_util::codec::Decoder;
 /// Default frame limit (SPEC §3): 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
+/// Spare room past the limit, so reading the byte that proves a line too long needs no growth.
+const READ_ROOM: usize = 8 * 1024;
+
+/// A buffer left this much larger than a normal read is dropped once the long line is gone.
+const KEEP_CAPACITY: usize = 1024 * 1024;
+
 /// One item of the stream.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -57,6 +63,7 @@ impl Decoder for FrameDecoder {
                 match newline {
                     Some(i) => {
                         buf.advance(i + 1);
+                        release(buf);
                         self.scanned = 0;
                         self.discarding = None;
                         return Ok(Some(Frame::Oversized { len: dropped + i }));
@@ -64,6 +71,7 @@ impl Decoder for FrameDecoder {
                     None => {
                         self.discarding = Some(dropped + buf.len());
                         buf.clear();
+                        release(buf);
                         self.scanned = 0;
                         return Ok(None);
                     }
@@ -90,11 +98,19 @@ impl Decoder for FrameDecoder {
                 None if buf.len() > self.max => {
                     self.discarding = Some(buf.len());
                     buf.clear();
+                    release(buf);
                     self.scanned = 0;
                     return Ok(None);
                 }
                 None => {
                     self.scanned = buf.len();
+                    // A long line on its way: make room for the longest allowed at once. Growing
+                    // by doubling copies the line each time, and the last doubling would briefly
+                    // hold the old buffer beside one of twice the limit (48 MiB for 16).
+                    let room = self.max + READ_ROOM;
+                    if buf.len() > self.max / 16 && buf.capacity() < room {
+                        buf.reserve(room - buf.len());
+                    }
                     return Ok(None);
                 }
             }
@@ -115,6 +131,14 @@ impl Decoder for FrameDecoder {
         // A last line without `\n`: deliver it, the peer is gone anyway.
         self.scanned = 0;
         Ok(Some(Frame::Line(buf.split().freeze())))
+    }
+}
+
+/// Drops a buffer grown for a long line once what is left of it is small, so a plugin that once
+/// wrote a huge line does not keep megabytes for the rest of its life.
+fn release(buf: &mut BytesMut) {
+    if buf.capacity() > KEEP_CAPACITY && buf.len() < KEEP_CAPACITY / 2 {
+        *buf = BytesMut::from(&buf[..]);
     }
 }
 
