@@ -172,3 +172,26 @@ async fn cooldown_gives_a_failed_plugin_one_more_start_per_period() {
     assert!(s["history"].to_string().contains("failed"), "{s}");
     assert_eq!(d.execute("cooler", "echo", json!(1)).await.unwrap(), json!(1));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_main_that_cannot_be_executed_fails_the_start_and_says_why() {
+    // `run` has no execute bit, so the exec fails (EACCES, for root too): the instance never
+    // has a process, and the restart policy treats that like a crash at start.
+    let d = Daemon::builder()
+        .plugin_files(
+            "noexec",
+            &[
+                (
+                    "plugin.json",
+                    r#"{"name": "noexec", "version": "0.1.0", "main": "run", "restart": {"policy": "on-failure", "max_restarts": 1}}"#,
+                ),
+                ("run", "#!/bin/sh\nexit 0\n"),
+            ],
+        )
+        .start()
+        .await;
+    let s = d.wait_state("noexec", "failed").await;
+    let why = s["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("cannot start") && why.contains("ermission denied"), "{s}");
+    assert!(s["pid"].is_null(), "{s}");
+}
