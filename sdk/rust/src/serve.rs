@@ -261,7 +261,10 @@ where
     let cancel = CancelToken::new();
     conn.begin(key.clone(), cancel.clone());
     let req = Arc::new(Request { id: id.to_owned(), cancel, caller, service });
-    let call = make(Context::new(Arc::clone(conn), Some(Arc::clone(&req))));
+    // Boxed on its own: the handler's future sits inside the task's future several times over
+    // (the panic guard, the answer), which made each task about 1.9 KB, past glibc's per-thread
+    // cache, so every call took malloc's slow path and copied the task around.
+    let call = Box::pin(make(Context::new(Arc::clone(conn), Some(Arc::clone(&req)))));
     let conn = Arc::clone(conn);
     tokio::spawn(async move {
         let outcome = match catch_unwind(call).await {
