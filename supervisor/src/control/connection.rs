@@ -24,6 +24,16 @@ pub struct Conn {
     pub closed: tokio_util::sync::CancellationToken,
 }
 
+/// Requests read in a row before the connection lets the writers run.
+///
+/// A client that pipelines sends many requests in one write, and plugind reads them in one read.
+/// Forwarding them all before the plugin's writer runs made the stages take turns: plugind
+/// parsed 64 requests, then the plugin answered 64, then plugind forwarded 64 answers. Handing the
+/// first ones over while the rest are parsed lets the plugin work meanwhile on another CPU:
+/// unpinned on 2 vCPUs with 64 in flight, 178–191 k → 205–236 k calls/s; on one vCPU no change
+/// (the bursts only cost a few more writes); 8 was slower than 16 in both placements.
+const FLUSH_EVERY: usize = 16;
+
 /// Serves one client until it disconnects.
 pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
     let (read, write) = stream.into_split();
@@ -33,6 +43,7 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
     let mut frames = FramedRead::new(read, FrameDecoder::new(DEFAULT_MAX_FRAME));
     let mut inflight = FuturesUnordered::new();
     let mut eof = false;
+    let mut burst = 0usize;
     loop {
         tokio::select! {
             frame = frames.next() => {
@@ -50,6 +61,13 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
                     }
                 };
                 inflight.push(serve_line(daemon.clone(), conn.clone(), line));
+                burst += 1;
+                if burst == FLUSH_EVERY {
+                    burst = 0;
+                    // The new requests' first polls queue their lines; then the writers run.
+                    while let Some(Some(())) = inflight.next().now_or_never() {}
+                    tokio::task::yield_now().await;
+                }
             }
             Some(()) = inflight.next(), if !inflight.is_empty() => {}
         }
