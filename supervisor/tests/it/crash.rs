@@ -195,3 +195,16 @@ async fn a_main_that_cannot_be_executed_fails_the_start_and_says_why() {
     assert!(why.contains("cannot start") && why.contains("ermission denied"), "{s}");
     assert!(s["pid"].is_null(), "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugins_outlive_an_idle_spell_of_the_threads_that_forked_them() {
+    // A plugin dies with the *thread* that forked it (PR_SET_PDEATHSIG). tokio's blocking pool
+    // retires a thread after 10 s idle; plugind's spawner threads must not, whatever forks next.
+    let d = Daemon::builder().plugin("perl-echo").start().await;
+    let before = d.status("perl-echo").await;
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    assert_eq!(d.execute("perl-echo", "echo", json!(1)).await.unwrap(), json!(1));
+    let after = d.status("perl-echo").await;
+    assert_eq!(after["pid"], before["pid"], "{after}");
+    assert_eq!(after["restarts"], 0, "{after}");
+}
