@@ -126,9 +126,8 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
         Ok(Some(InstanceEvent::Exited { exit, .. })) => {
             r.push(Level::Fail, format!("exited before the handshake: {}", exit.describe()))
         }
-        Ok(Some(InstanceEvent::SpawnFailed { .. })) | Ok(None) | Err(_) => {
-            r.push(Level::Fail, "handshake: no answer to init/register".to_owned())
-        }
+        Ok(Some(InstanceEvent::SpawnFailed { .. })) => {} // reported and returned above
+        Ok(None) | Err(_) => r.push(Level::Fail, "handshake: no answer to init/register".to_owned()),
     }
     if r.passed() {
         let d = Deadline::new(Duration::from_millis(m.timeout_ms), Duration::from_millis(m.timeout_ms));

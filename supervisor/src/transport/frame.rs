@@ -80,6 +80,9 @@ impl Decoder for FrameDecoder {
             match newline {
                 Some(i) if i <= self.max => {
                     let mut line = buf.split_to(i + 1);
+                    // After a long line, the rest moves to a buffer of its own: the big one goes
+                    // with the line.
+                    release(buf);
                     line.truncate(i);
                     if line.last() == Some(&b'\r') {
                         line.truncate(i - 1);
