@@ -23,6 +23,15 @@ pub enum KvError {
         #[source]
         source: rusqlite::Error,
     },
+    /// Creating the database file or making it private failed (fatal at startup).
+    #[error("kv store {path}: {source}")]
+    Create {
+        /// The database file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The database failed its integrity check (fatal at startup).
     #[error("kv store {path} is corrupt ({detail}); move it away to start with an empty store")]
     Corrupt {
@@ -44,10 +53,20 @@ pub struct KvStore {
     conn: Mutex<Connection>,
 }
 
+/// Creates `path` with mode 0600 if missing, and sets 0600 on an existing file.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 impl KvStore {
     /// Opens (creating if needed) `path`, checks it, and prepares the schema.
     pub fn open(path: &Path) -> Result<Arc<Self>, KvError> {
         let open_err = |source| KvError::Open { path: path.to_path_buf(), source };
+        // Private to plugind (mode 0600, also for a file an older run made): SQLite gives its
+        // -wal and -shm files the database's mode.
+        make_private(path).map_err(|source| KvError::Create { path: path.to_path_buf(), source })?;
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(open_err)?;

@@ -36,6 +36,7 @@ pub mod router;
 pub mod sandbox;
 pub mod scaffold;
 pub mod service;
+pub mod statedir;
 pub mod time;
 pub mod transport;
 pub mod watch;
@@ -612,6 +613,20 @@ impl Daemon {
 /// status going throughout.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     service::raise_open_files_limit();
+    // Plugins of plugind's uid must not read its memory or environment through /proc (ptrace
+    // access checks refuse a non-dumpable process to anybody without CAP_SYS_PTRACE).
+    // SAFETY: a prctl without pointers.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // First: a second plugind on this state dir must stop here, before it touches anything.
+    let _state_lock = statedir::StateDir::lock(&config.state_dir)?;
+    // What plugins must not see, then the probe, which also kills what a dead run left behind
+    // (before anything of this run starts).
+    sandbox::protect(sandbox::PrivatePaths {
+        state_dir: Some(config.state_dir.clone()),
+        plugin_roots: config.plugin_dirs.clone(),
+        files: [Some(&config.socket), config.token_file.as_ref(), config.file.as_ref()].into_iter().flatten().cloned().collect(),
+    });
+    sandbox::init();
     let hup = service::sighup();
     let listener = control::socket::bind(&config.socket)?;
     let socket = config.socket.clone();
@@ -619,8 +634,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let _ = std::fs::remove_file(&socket);
         e
     };
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(|e| cleanup(anyhow::anyhow!("cannot create state dir {}: {e}", config.state_dir.display())))?;
     // Bound before any plugin starts, so a taken port or a bad token file stops plugind at once.
     let api = match (&config.listen, &config.token_file) {
         (Some(addr), Some(token)) => Some(listen::bind(addr, token).await.map_err(cleanup)?),
@@ -640,7 +653,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // plugins have started; sd_notify and the watchdog go through it too.
     let mut service = service::Service::new(daemon.clone(), hup);
     daemon.open_kv().map_err(|e| cleanup(e.into()))?;
-    sandbox::init();
     let load_errors = daemon.load();
     let server = tokio::spawn(control::serve(daemon.clone(), listener));
     let api = match api {

@@ -178,6 +178,21 @@ pub struct PermissionStatus {
     pub mechanism: String,
 }
 
+/// One containment guarantee and whether this host's kernel makes it hold for the plugin
+/// (`sandbox` rows of the status object; `pluginctl check` prints the same).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxGuarantee {
+    /// What is guaranteed (`control-api`, `signals-and-ptrace`, `private-state`, …).
+    pub guarantee: String,
+    /// Whether it holds on this host.
+    pub held: bool,
+    /// The mechanisms that enforce it (`mount namespace`, `landlock scopes`, …).
+    pub mechanism: String,
+    /// When it does not hold: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
 /// How an instance last ended.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LastExit {
@@ -255,6 +270,9 @@ pub struct PluginStatus {
     /// The plugin directory.
     #[serde(default)]
     pub dir: String,
+    /// The containment guarantees and whether each holds here (`plugins.get` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sandbox: Vec<SandboxGuarantee>,
 }
 
 /// A service name and version.

@@ -25,12 +25,10 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
             }
         };
         match stream.peer_cred() {
-            Ok(cred)
-                if (cred.uid() == me || cred.uid() == 0)
-                    && cred.pid().is_some_and(|p| daemon.is_plugin_process(p as u32)) =>
-            {
+            Ok(cred) if (cred.uid() == me || cred.uid() == 0) && is_plugin_peer(&daemon, cred.pid()) => {
                 // Plugins run as plugind's user, but must not steer plugind (stop or call other
-                // plugins) behind the registry's back: their processes are refused.
+                // plugins) behind the registry's back: their processes are refused, without an
+                // answer. (The socket is hidden from them too; this holds where it is not.)
                 tracing::warn!(pid = ?cred.pid(), "refused control connection from a plugin process");
                 continue;
             }
@@ -46,4 +44,16 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
         }
         tokio::spawn(connection::run(daemon.clone(), stream));
     }
+}
+
+/// Whether the peer `pid` is a plugin's process, or one it started (setsid'd or not, during
+/// `init` or while retiring): by its cgroup, which a plugin cannot leave, where instances have
+/// one; else by the instances plugind routes to and their sessions and ancestry. A peer whose
+/// pid is unknown or already gone is treated as a plugin: it cannot be told apart.
+fn is_plugin_peer(daemon: &Daemon, pid: Option<i32>) -> bool {
+    let Some(pid) = pid.and_then(|p| u32::try_from(p).ok()).filter(|&p| p > 0) else { return true };
+    if crate::sandbox::host().cgroups.any() {
+        return crate::sandbox::cgroup::in_instance_cgroup(pid).unwrap_or(true);
+    }
+    daemon.is_plugin_process(pid)
 }

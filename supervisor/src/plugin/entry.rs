@@ -193,6 +193,7 @@ impl PluginEntry {
             stderr_tail: self.log.stderr_tail(),
             history: st.history.iter().cloned().collect(),
             dir: self.dir.to_string_lossy().into_owned(),
+            sandbox: Vec::new(),
         }
     }
 }

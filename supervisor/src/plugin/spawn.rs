@@ -4,8 +4,9 @@
 //! ruleset and cgroup fds too: [`crate::sandbox::prepare`]); the `pre_exec` closure only makes
 //! syscalls (no allocation: another thread of the parent may have held the malloc lock at the
 //! fork), in this order: new session (so the pid is the process group id), parent-death signal,
-//! `no_new_privs`, joining the instance cgroup, rlimits, Landlock, seccomp filters last (they
-//! deny syscalls the steps before may need). See `docs/security.md`.
+//! `no_new_privs`, inherited descriptors marked close-on-exec, joining the instance cgroup,
+//! rlimits, the mount namespace, dropping capabilities, Landlock, seccomp filters last (they deny
+//! syscalls the steps before may need). See `docs/security.md`.
 
 use crate::sandbox::{self, cgroup::Cgroup, ChildConfinement, SandboxError};
 use plugind_protocol::manifest::{Limits, Manifest};
@@ -137,7 +138,7 @@ pub struct Spawned {
 
 /// Spawns the child with piped stdio, in its own session, with limits and the sandbox applied.
 pub fn spawn(plan: &SpawnPlan, request: &sandbox::Request<'_>) -> Result<Spawned, SpawnError> {
-    let sandbox::Confinement { child: mut confinement, cgroup } = sandbox::prepare(request)?;
+    let sandbox::Confinement { child: mut confinement, cgroup } = sandbox::prepare(request, &plan.cwd)?;
     let program = match confinement.denies_process().then(|| past_shims(&plan.argv[0], &plan.env)).flatten() {
         Some(p) => {
             tracing::info!(
@@ -240,6 +241,7 @@ fn child_setup(rl: &RlimitPlan, parent: u32, confinement: &mut ChildConfinement)
         return Err(std::io::Error::other("parent exited during spawn"));
     }
     nix::sys::prctl::set_no_new_privs()?;
+    ChildConfinement::close_inherited_fds()?;
     // Early: whatever the plugin does from here on counts against its cgroup.
     confinement.join_cgroups()?;
     // RLIMIT_DATA, not RLIMIT_AS: V8 reserves far more address space than it uses.

@@ -12,8 +12,9 @@
 //! - else the v1 `memory` and `pids` hierarchies (hybrid hosts), each where writable;
 //! - else nothing: rlimits only.
 //!
-//! Instance cgroups are named `plugind.<daemon pid>.<plugin>.<instance>`; a later plugind removes
-//! empty ones left by a dead daemon (one killed with SIGKILL cannot clean up).
+//! Instance cgroups are named `plugind.<daemon pid>.<plugin>.<instance>`. The name is how plugind
+//! recognises its plugins' processes ([`in_instance_cgroup`]), and how a later plugind finds what
+//! a dead one left behind: it kills what is still inside and removes the cgroups.
 
 use super::SandboxError;
 use plugind_protocol::manifest::Limits;
@@ -72,6 +73,12 @@ impl CgroupSupport {
             remove_stale(dir);
         }
         s
+    }
+
+    /// Whether every instance gets a cgroup in at least one tree (the v1 pids tree alone holds
+    /// only plugins with `processes`, so it does not count).
+    pub fn any(&self) -> bool {
+        self.v2.is_some() || self.v1_memory.is_some()
     }
 
     /// How `memory_mb` is held beyond RLIMIT_DATA, if it is.
@@ -230,7 +237,7 @@ impl Cgroup {
                 continue;
             }
             // v1, or v2 before 5.14: one by one.
-            for pid in read(&dir.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()) {
+            for pid in procs_of(dir) {
                 // SAFETY: plain kill(2); a stale pid at worst gets ESRCH.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
@@ -328,9 +335,14 @@ fn enable_v2_controllers(dir: &Path) -> Controllers {
     Controllers { memory: enable("memory"), pids: enable("pids"), cpu: enable("cpu") }
 }
 
-/// Removes empty instance cgroups of plugind processes that no longer exist.
+/// Kills what is left in the instance cgroups of plugind processes that no longer exist, and
+/// removes those cgroups. A plugind killed with SIGKILL cannot clean up: its plugins die with it
+/// (parent-death signal) but their children, in new sessions of their own, would live on. They
+/// cannot have left their cgroup (it is hidden from them and they hold no capability), so this
+/// finds every one of them before the new run starts anything.
 fn remove_stale(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut stale = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };
@@ -338,9 +350,49 @@ fn remove_stale(dir: &Path) {
         // SAFETY: signal 0 only checks existence.
         let dead = unsafe { libc::kill(pid, 0) } != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
         if dead {
-            let _ = std::fs::remove_dir(e.path());
+            stale.push(e.path());
         }
     }
+    for _ in 0..250 {
+        stale.retain(|dir| {
+            let left = procs_of(dir);
+            if !left.is_empty() {
+                tracing::warn!(cgroup = %dir.display(), pids = ?left, "killing processes a dead plugind left behind");
+                // v2 has cgroup.kill; v1 (and v2 before 5.14) one by one.
+                if write(dir, "cgroup.kill", "1").is_err() {
+                    for pid in left {
+                        // SAFETY: plain kill(2); a stale pid at worst gets ESRCH.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+            std::fs::remove_dir(dir).is_err() && dir.exists()
+        });
+        if stale.is_empty() {
+            return;
+        }
+        // Killed processes take a moment to leave their cgroup (EBUSY until then).
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::warn!(?stale, "cannot remove the cgroups of a dead plugind");
+}
+
+/// The pids in a cgroup.
+fn procs_of(dir: &Path) -> Vec<i32> {
+    read(&dir.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
+}
+
+/// Whether process `pid` runs in one of this plugind's instance cgroups (`/proc/PID/cgroup`):
+/// a plugin instance or anything it started, `setsid` or not, whatever its ancestry. None when
+/// the process is gone (its cgroup cannot be read).
+pub fn in_instance_cgroup(pid: u32) -> Option<bool> {
+    let text = read(Path::new(&format!("/proc/{pid}/cgroup")))?;
+    let mark = format!("{PREFIX}{}.", std::process::id());
+    let daemon = format!("{PREFIX}{}.daemon", std::process::id());
+    Some(text.lines().any(|l| {
+        let path = l.splitn(3, ':').nth(2).unwrap_or("");
+        path.split('/').any(|c| c.starts_with(&mark) && c != daemon)
+    }))
 }
 
 fn open_procs(dir: &Path) -> Result<File, SandboxError> {

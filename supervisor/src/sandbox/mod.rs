@@ -1,12 +1,18 @@
-//! Isolation of plugin processes beyond rlimits (SPEC §5, §6; `docs/security.md`).
+//! Isolation of plugin processes (SPEC §5, §6, §9.1; `docs/security.md` has the threat model).
 //!
-//! Three kernel mechanisms, each used only where the host offers it (found once by [`host`]):
-//! - **seccomp** ([`seccomp`]): denies non-`AF_UNIX` sockets without `networking`, and new
-//!   processes (not threads) without `process`;
-//! - **Landlock** ([`landlock`]): without `filesystem`, writes only below the data dir and the
-//!   instance's private `TMPDIR`;
-//! - **cgroups** ([`cgroup`]): one cgroup per instance for `memory_mb` and `processes`, and the
-//!   counters that tell which limit ended an instance ([`limits`]).
+//! Kernel mechanisms, each used only where the host offers it (found once by [`host`]):
+//! - a **mount namespace** ([`namespace`]): plugind's state dir, config, token, control socket and
+//!   the other plugins' directories are covered; the instance's own dirs come back;
+//! - **capabilities** ([`privileges`]): a root plugind's children keep none;
+//! - **Landlock** ([`landlock`]): every instance is its own domain: it can signal and ptrace only
+//!   its own processes and reach no abstract socket outside; without `filesystem`, writes only
+//!   below the data dir and the instance's private `TMPDIR`;
+//! - **seccomp** ([`seccomp`]): denies non-`AF_UNIX` sockets without `networking`, new processes
+//!   (not threads) without `process`, metadata changes without `filesystem`, and to everyone the
+//!   mount syscalls and a parent-death signal other than SIGKILL;
+//! - **cgroups** ([`cgroup`]): one cgroup per instance for `memory_mb` and `processes`, the
+//!   counters that tell which limit ended an instance ([`limits`]), and the mark by which plugind
+//!   recognises a plugin's processes (on its control socket, and when a dead run left some).
 //!
 //! Everything is built in the parent ([`prepare`]) because the child, between `fork` and `exec`
 //! of a multi-threaded parent, must not allocate; [`ChildConfinement`] then only makes syscalls.
@@ -14,19 +20,24 @@
 pub mod cgroup;
 pub mod landlock;
 pub mod limits;
+pub mod namespace;
+pub mod privileges;
 pub mod probe;
 pub mod seccomp;
 
 pub use limits::{classify, ExitFacts, Limit};
 pub use probe::{host, init, HostSupport};
 
-use plugind_protocol::control::PermissionStatus;
+pub use namespace::PrivatePaths;
+
+use plugind_protocol::control::{PermissionStatus, SandboxGuarantee};
 use plugind_protocol::manifest::{Manifest, Permission};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// Why an instance's confinement could not be built. plugind then refuses to start the
 /// instance rather than run it with less isolation than its status claims.
@@ -38,6 +49,9 @@ pub enum SandboxError {
     /// Compiling a seccomp filter failed.
     #[error("cannot build the seccomp filter: {0}")]
     Seccomp(#[from] seccompiler::BackendError),
+    /// Preparing the mount namespace failed.
+    #[error(transparent)]
+    Namespace(#[from] namespace::PlanError),
     /// Creating or configuring the instance's cgroup failed.
     #[error("cgroup {path}: {source}")]
     Cgroup {
@@ -75,7 +89,11 @@ pub struct Confinement {
 pub struct ChildConfinement {
     /// `cgroup.procs` files of the instance's cgroups, opened before the fork.
     procs: Vec<File>,
-    /// The Landlock ruleset (already created and filled), when `filesystem` is denied.
+    /// The mount namespace to make, where the host allows it.
+    mounts: Option<namespace::MountPlan>,
+    /// Drop every capability (the child can: plugind is root, or the child owns a user namespace).
+    drop_caps: Option<u32>,
+    /// The Landlock ruleset (already created and filled).
     landlock: Option<::landlock::RulesetCreated>,
     /// Compiled seccomp programs, installed last.
     filters: Vec<seccompiler::BpfProgram>,
@@ -102,9 +120,27 @@ impl ChildConfinement {
         Ok(())
     }
 
-    /// Applies Landlock, then the seccomp filters (last: they forbid what the setup before them
-    /// may need). Runs in the child: syscalls only, errors carry an errno and no allocation.
+    /// Marks every inherited descriptor above 2 close-on-exec: the plugin gets 0, 1 and 2 only,
+    /// whatever plugind itself inherited. (Marked, not closed: std's exec-error pipe must stay
+    /// open until `exec`.)
+    pub fn close_inherited_fds() -> io::Result<()> {
+        // SAFETY: a plain syscall without pointers.
+        if unsafe { libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Makes the mount namespace, drops capabilities, applies Landlock, then the seccomp filters
+    /// (last: they forbid what the setup before them may need). Runs in the child: syscalls
+    /// only, errors carry an errno and no allocation.
     pub fn restrict(&mut self) -> io::Result<()> {
+        if let Some(plan) = &self.mounts {
+            plan.apply()?;
+        }
+        if let Some(last_cap) = self.drop_caps {
+            privileges::drop_all(last_cap)?;
+        }
         if let Some(rs) = self.landlock.take() {
             match rs.restrict_self() {
                 Ok(st) if st.ruleset != ::landlock::RulesetStatus::NotEnforced => {}
@@ -123,25 +159,50 @@ impl ChildConfinement {
     }
 }
 
-/// Builds the confinement of one instance: what its manifest does not grant is denied with the
-/// mechanisms this host has; its limits get a cgroup where plugind can create one.
-pub fn prepare(req: &Request<'_>) -> Result<Confinement, SandboxError> {
+/// What plugind hides from every plugin (set once by `plugind::run`; `pluginctl check` has none).
+static PRIVATE: OnceLock<PrivatePaths> = OnceLock::new();
+
+/// Hides `paths` from every plugin started from now on (their canonical forms are taken now).
+pub fn protect(paths: PrivatePaths) {
+    let _ = PRIVATE.set(paths.canonical());
+}
+
+/// Builds the confinement of one instance whose directory is `plugin_dir`: what its manifest does
+/// not grant is denied with the mechanisms this host has; its limits get a cgroup where plugind
+/// can create one; what is private to plugind and other plugins is hidden.
+pub fn prepare(req: &Request<'_>, plugin_dir: &Path) -> Result<Confinement, SandboxError> {
     let host = host();
     let m = req.manifest;
-    let landlock = if !m.grants(Permission::Filesystem) && host.landlock_abi.is_some() {
-        Some(landlock::ruleset(req.tmp_dir, req.data_dir)?)
-    } else {
-        None
+    let fs_granted = m.grants(Permission::Filesystem);
+    let landlock = match host.landlock_abi {
+        Some(_) => Some(landlock::ruleset(req.tmp_dir, req.data_dir, fs_granted, host.landlock_scopes())?),
+        None => None,
     };
     let denies_process = host.seccomp && !m.grants(Permission::Process);
-    let filters =
-        if host.seccomp { seccomp::filters(!m.grants(Permission::Networking), denies_process)? } else { Vec::new() };
+    let denials = seccomp::Denials {
+        network: !m.grants(Permission::Networking),
+        process: denies_process,
+        metadata: !fs_granted,
+    };
+    let filters = if host.seccomp { seccomp::filters(denials)? } else { Vec::new() };
+    let mounts = match &host.mount_ns {
+        Ok(()) => {
+            let private = PRIVATE.get().cloned().unwrap_or_default();
+            Some(namespace::MountPlan::new(&private, plugin_dir, req.tmp_dir, req.data_dir, !host.root)?)
+        }
+        Err(_) => None,
+    };
+    // Without a user namespace, an ordinary user's child has no capability to drop.
+    let drop_caps = (host.root || mounts.is_some()).then_some(host.last_cap);
     let name = format!("{}{}.{}.{}", cgroup::PREFIX, std::process::id(), m.name, req.instance);
     let (cgroup, procs) = match host.cgroups.create(&name, &m.limits)? {
         Some((cg, procs)) => (Some(cg), procs),
         None => (None, Vec::new()),
     };
-    Ok(Confinement { child: ChildConfinement { procs, landlock, filters, denies_process }, cgroup })
+    Ok(Confinement {
+        child: ChildConfinement { procs, mounts, drop_caps, landlock, filters, denies_process },
+        cgroup,
+    })
 }
 
 /// Per permission of `m`: granted, whether this host enforces its denial, and how (SPEC §6).
@@ -163,6 +224,53 @@ pub fn report(m: &Manifest) -> BTreeMap<String, PermissionStatus> {
             (p.as_str().to_owned(), status)
         })
         .collect()
+}
+
+/// The containment guarantees (SPEC §9.1) for a plugin with manifest `m`, and whether this
+/// host's kernel makes each hold: one row each, in the status (`sandbox`) and `pluginctl check`.
+/// Nothing is claimed that the probed mechanisms do not enforce.
+pub fn guarantees(m: &Manifest) -> Vec<SandboxGuarantee> {
+    let host = host();
+    let row = |guarantee: &str, held: Result<(), String>, mechanism: &str| SandboxGuarantee {
+        guarantee: guarantee.to_owned(),
+        held: held.is_ok(),
+        mechanism: mechanism.to_owned(),
+        why: held.err(),
+    };
+    let need = |ok: bool, why: &str| if ok { Ok(()) } else { Err(why.to_owned()) };
+    let ns = host.mount_ns.clone().map_err(|e| format!("no mount namespace: {e}"));
+    let cgroups = host.cgroups.any();
+    let scopes = need(host.landlock_scopes(), "Landlock scopes need ABI 6 (Linux 6.12)");
+    let fs_granted = m.grants(Permission::Filesystem);
+    let writes = if fs_granted {
+        ("writes-outside-private-paths", ns.clone(), "mount namespace (read-only covers), Landlock (no umount)")
+    } else {
+        let ok = host.landlock_abi.is_some() && host.seccomp;
+        ("no-writes-without-filesystem", need(ok, "needs Landlock and seccomp"), "Landlock, seccomp (metadata)")
+    };
+    vec![
+        row(
+            "control-api",
+            if ns.is_ok() || cgroups { Ok(()) } else { Err("neither a mount namespace nor a cgroup".into()) },
+            "socket, config and token hidden (mount namespace); peers in a plugin cgroup refused",
+        ),
+        row("signals-and-ptrace", scopes, "Landlock domain and scopes, no capabilities, plugind not dumpable"),
+        row("private-state", ns.clone(), "mount namespace: state dir, config, token, other plugins covered"),
+        row(writes.0, writes.1, writes.2),
+        row("inherited-fds", Ok(()), "close_range(CLOSE_RANGE_CLOEXEC) before exec"),
+        row(
+            "outlive-plugind",
+            need(host.seccomp && cgroups, "needs seccomp (parent-death signal kept) and a cgroup per instance"),
+            "parent-death signal locked by seccomp; a dead run's cgroups killed at start",
+        ),
+        row("plugind-memory", Ok(()), "plugind caps what it keeps per plugin"),
+        row(
+            "limit-accounting",
+            need(host.cgroups.memory().is_some(), "no memory cgroup: memory_mb is RLIMIT_DATA only, not reported"),
+            "cgroup OOM and pids events, SIGXCPU",
+        ),
+        row("state-file-modes", Ok(()), "state dir 0700, kv database 0600"),
+    ]
 }
 
 #[cfg(test)]

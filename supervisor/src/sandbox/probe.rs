@@ -16,16 +16,36 @@ pub struct HostSupport {
     pub seccomp: bool,
     /// Which cgroup trees plugind can create instance cgroups in.
     pub cgroups: CgroupSupport,
+    /// plugind runs as root: children need no user namespace, and must shed capabilities.
+    pub root: bool,
+    /// Whether a child can get its own mount namespace (as an ordinary user: with a user
+    /// namespace); else why not.
+    pub mount_ns: Result<(), String>,
+    /// The highest capability number of this kernel.
+    pub last_cap: u32,
+}
+
+impl HostSupport {
+    /// Landlock with scopes (signals, abstract Unix sockets): ABI 6, Linux 6.12.
+    pub fn landlock_scopes(&self) -> bool {
+        self.landlock_abi.is_some_and(|abi| abi >= super::landlock::ABI_SCOPES)
+    }
 }
 
 static HOST: OnceLock<HostSupport> = OnceLock::new();
 
 /// The cached probe (probing on first use).
 pub fn host() -> &'static HostSupport {
-    HOST.get_or_init(|| HostSupport {
-        landlock_abi: landlock_abi(),
-        seccomp: seccomp_available(),
-        cgroups: CgroupSupport::probe(),
+    HOST.get_or_init(|| {
+        let root = nix::unistd::geteuid().is_root();
+        HostSupport {
+            landlock_abi: landlock_abi(),
+            seccomp: seccomp_available(),
+            cgroups: CgroupSupport::probe(),
+            root,
+            mount_ns: super::namespace::probe(!root),
+            last_cap: super::privileges::last_cap(),
+        }
     })
 }
 
@@ -45,6 +65,15 @@ pub fn init() -> &'static HostSupport {
         tracing::warn!(
             "sandbox: seccomp filters are not available: the `networking` and `process` permissions are advisory only"
         );
+    }
+    match &h.mount_ns {
+        Ok(()) => tracing::info!("sandbox: a mount namespace per plugin hides plugind's state, config and other plugins"),
+        Err(why) => tracing::warn!(
+            "sandbox: no mount namespace for plugins ({why}): they can read plugind's state dir and other plugins' files"
+        ),
+    }
+    if h.landlock_abi.is_some() && !h.landlock_scopes() {
+        tracing::warn!("sandbox: Landlock before ABI 6 has no scopes: plugins can signal plugind and each other");
     }
     tracing::info!("sandbox: limits: {}", h.cgroups.describe());
     if h.cgroups.memory().is_none() {

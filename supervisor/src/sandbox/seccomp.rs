@@ -1,8 +1,18 @@
-//! seccomp-BPF programs for the `networking` and `process` denials (SPEC §6).
+//! seccomp-BPF programs: the `networking`, `process` and `filesystem` denials (SPEC §6), and what
+//! no plugin may do (SPEC §9.1).
 //!
 //! Each filter allows everything but a few syscalls, which fail with an errno (never a kill):
 //! a plugin sees an ordinary error (`PermissionError`, `EACCES`…) it can report. One seccompiler
 //! filter has one match action, hence one program per errno.
+//!
+//! Denied to every plugin (`EPERM`):
+//! - changing its parent-death signal to anything but SIGKILL (clearing it would let it outlive
+//!   plugind);
+//! - the mount syscalls (the mount namespace's covers must stay; Landlock and the dropped
+//!   capabilities forbid this too: defence in depth).
+//!
+//! Without `filesystem` (`EPERM`): metadata changes, which Landlock does not cover: chmod, chown,
+//! utime and the xattr calls, in their path and fd forms, everywhere (its `TMPDIR` included).
 
 use seccompiler::{
     BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -10,12 +20,68 @@ use seccompiler::{
 };
 use std::collections::BTreeMap;
 
-/// The programs for a plugin that lacks `networking` (`deny_net`) and/or `process`
-/// (`deny_process`), in installation order. Empty if it has both.
-pub fn filters(deny_net: bool, deny_process: bool) -> Result<Vec<BpfProgram>, BackendError> {
+/// What an instance's filters deny.
+#[derive(Debug, Clone, Copy)]
+pub struct Denials {
+    /// Sockets beyond `AF_UNIX` (no `networking`).
+    pub network: bool,
+    /// New processes (no `process`).
+    pub process: bool,
+    /// Metadata changes (no `filesystem`).
+    pub metadata: bool,
+}
+
+/// Syscalls that change file metadata (the fd forms too: open, then fchmod, works otherwise).
+const METADATA: &[i64] = &[
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    452, // fchmodat2 (Linux 6.6)
+    libc::SYS_fchown,
+    libc::SYS_fchownat,
+    libc::SYS_utimensat,
+    libc::SYS_setxattr,
+    libc::SYS_lsetxattr,
+    libc::SYS_fsetxattr,
+    libc::SYS_removexattr,
+    libc::SYS_lremovexattr,
+    libc::SYS_fremovexattr,
+    463, // setxattrat (Linux 6.13)
+    466, // removexattrat (Linux 6.13)
+    469, // file_setattr (Linux 6.17)
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_chmod,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_chown,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_lchown,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_utime,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_utimes,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_futimesat,
+];
+
+/// The mount API, old and new (the new syscalls have one number on every architecture).
+const MOUNTS: &[i64] = &[
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    428, // open_tree
+    429, // move_mount
+    430, // fsopen
+    431, // fsconfig
+    432, // fsmount
+    433, // fspick
+    442, // mount_setattr
+    467, // open_tree_attr
+];
+
+/// The programs for an instance, in installation order.
+pub fn filters(deny: Denials) -> Result<Vec<BpfProgram>, BackendError> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)?;
     let mut out = Vec::new();
-    if deny_net {
+    if deny.network {
         let mut rules = BTreeMap::new();
         // Every address family but AF_UNIX: AF_INET/AF_INET6, and also AF_PACKET, AF_NETLINK…,
         // which reach the network as well. AF_UNIX stays for local IPC (and libc's own use).
@@ -25,18 +91,27 @@ pub fn filters(deny_net: bool, deny_process: bool) -> Result<Vec<BpfProgram>, Ba
         rules.insert(libc::SYS_io_uring_setup, vec![]);
         out.push(program(rules, libc::EACCES, arch)?);
     }
-    if deny_process {
-        let mut rules = BTreeMap::new();
+    let mut eperm: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let pdeathsig = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::PR_SET_PDEATHSIG as u64)?;
+    let not_kill = SeccompCondition::new(1, SeccompCmpArgLen::Qword, SeccompCmpOp::Ne, libc::SIGKILL as u64)?;
+    eperm.insert(libc::SYS_prctl, vec![SeccompRule::new(vec![pdeathsig, not_kill])?]);
+    eperm.extend(MOUNTS.iter().map(|&nr| (nr, vec![])));
+    if deny.metadata {
+        eperm.extend(METADATA.iter().map(|&nr| (nr, vec![])));
+    }
+    if deny.process {
         // clone without CLONE_THREAD makes a process; with it, a thread (which stays allowed).
         let no_thread =
             SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64), 0)?;
-        rules.insert(libc::SYS_clone, vec![SeccompRule::new(vec![no_thread])?]);
+        eperm.insert(libc::SYS_clone, vec![SeccompRule::new(vec![no_thread])?]);
         #[cfg(target_arch = "x86_64")]
         {
-            rules.insert(libc::SYS_fork, vec![]);
-            rules.insert(libc::SYS_vfork, vec![]);
+            eperm.insert(libc::SYS_fork, vec![]);
+            eperm.insert(libc::SYS_vfork, vec![]);
         }
-        out.push(program(rules, libc::EPERM, arch)?);
+    }
+    out.push(program(eperm, libc::EPERM, arch)?);
+    if deny.process {
         // clone3 passes its flags in memory, out of BPF's reach. ENOSYS makes glibc (pthread_create,
         // posix_spawn) fall back to clone, where the rule above sees the flags.
         let clone3 = BTreeMap::from([(libc::SYS_clone3, vec![])]);
@@ -55,9 +130,11 @@ mod tests {
 
     #[test]
     fn one_program_per_errno() {
-        assert!(filters(false, false).unwrap().is_empty());
-        assert_eq!(filters(true, false).unwrap().len(), 1);
-        assert_eq!(filters(false, true).unwrap().len(), 2);
-        assert_eq!(filters(true, true).unwrap().len(), 3);
+        let d = |network, process, metadata| Denials { network, process, metadata };
+        // Every plugin gets the EPERM program (parent-death signal, mounts).
+        assert_eq!(filters(d(false, false, false)).unwrap().len(), 1);
+        assert_eq!(filters(d(true, false, true)).unwrap().len(), 2);
+        assert_eq!(filters(d(false, true, false)).unwrap().len(), 2);
+        assert_eq!(filters(d(true, true, true)).unwrap().len(), 3);
     }
 }

@@ -20,9 +20,14 @@ pub fn list(daemon: &Daemon) -> Result<Box<RawValue>, RpcError> {
     Ok(to_raw(&all))
 }
 
-/// One plugin's status object.
+/// One plugin's status object, with the sandbox's guarantees on this host.
 pub fn get(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
-    Ok(to_raw(&daemon.status_of(&*entry(daemon, &p)?)))
+    let e = entry(daemon, &p)?;
+    let mut status = daemon.status_of(&e);
+    if let Some(m) = e.status().manifest.clone() {
+        status.sandbox = crate::sandbox::guarantees(&m);
+    }
+    Ok(to_raw(&status))
 }
 
 async fn act(

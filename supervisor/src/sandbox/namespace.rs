@@ -1,0 +1,284 @@
+//! A private mount namespace per instance: what a plugin must not read is not there (SPEC §9.1).
+//!
+//! Like bubblewrap or systemd's `InaccessiblePaths=`/`PrivateTmp=`, the child unshares its mount
+//! namespace between `fork` and `exec` and lays empty read-only tmpfs mounts over what it must not
+//! see, then brings back what is its own:
+//! - plugind's state dir (kv database, logs, every plugin's data dir and temp dir) is covered;
+//!   the instance's own `TMPDIR` and data dir are bind-mounted back at their usual paths;
+//! - every plugin root (`--plugins DIR`) is covered; the plugin's own directory is bind-mounted
+//!   back at its usual path, so other plugins' code and files are gone;
+//! - plugind's control socket, config file and token file get a read-only `/dev/null` on top;
+//! - `/sys/fs/cgroup` is covered (a plugin cannot move itself out of its cgroup, which is how
+//!   plugind recognises its processes) and `/proc/sys` is made read-only.
+//!
+//! As root the child only needs `CLONE_NEWNS`. An ordinary user's plugind also unshares a user
+//! namespace that maps the plugin's uid and gid to themselves (the plugin sees its own ids, and
+//! loses the namespace's capabilities at `exec`).
+//!
+//! The mounts cannot be undone from inside: the child drops every capability before `exec`, the
+//! Landlock domain every plugin gets forbids `mount`/`umount`, and seccomp denies the mount
+//! syscalls. Everything is computed in the parent ([`MountPlan::new`]): [`MountPlan::apply`] runs
+//! between `fork` and `exec` and only makes syscalls on prebuilt C strings.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::ptr::null;
+
+/// What plugind hides from every plugin, set once at startup ([`super::protect`]).
+#[derive(Debug, Clone, Default)]
+pub struct PrivatePaths {
+    /// The state dir.
+    pub state_dir: Option<PathBuf>,
+    /// The plugin roots (`--plugins`).
+    pub plugin_roots: Vec<PathBuf>,
+    /// Single files: the control socket, the config file, the token file.
+    pub files: Vec<PathBuf>,
+}
+
+impl PrivatePaths {
+    /// Canonical forms (what the kernel resolves), dropping directories that do not exist. A
+    /// file may not exist yet (the socket is bound later): its directory is resolved instead.
+    pub fn canonical(self) -> Self {
+        let canon = |p: PathBuf| std::fs::canonicalize(&p).ok();
+        let canon_file = |p: PathBuf| {
+            std::fs::canonicalize(&p).ok().or_else(|| {
+                let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                Some(std::fs::canonicalize(dir).ok()?.join(p.file_name()?))
+            })
+        };
+        PrivatePaths {
+            state_dir: self.state_dir.and_then(canon),
+            plugin_roots: self.plugin_roots.into_iter().filter_map(canon).collect(),
+            files: self.files.into_iter().filter_map(canon_file).collect(),
+        }
+    }
+}
+
+/// Why a mount plan could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot prepare the mount namespace ({path}): {source}")]
+pub struct PlanError {
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+/// A directory the instance keeps: bind-mounted back at its usual path after the covers.
+struct Kept {
+    /// Its usual path.
+    target: CString,
+    /// Every ancestor of `target` below `/`, shallow first: created (in a cover's tmpfs) if missing.
+    ancestors: Vec<CString>,
+}
+
+/// At most the plugin dir, the `TMPDIR` and the data dir come back.
+const MAX_KEPT: usize = 3;
+
+/// Everything the child does to its mount namespace, prebuilt.
+pub struct MountPlan {
+    /// For an unprivileged plugind: the user namespace's maps (`uid_map`, `gid_map` contents).
+    user_ns: Option<(CString, CString)>,
+    /// Directories covered by an empty tmpfs, shallow first.
+    covers: Vec<CString>,
+    /// What comes back inside the covers.
+    kept: Vec<Kept>,
+    /// Files covered by a read-only `/dev/null`.
+    files: Vec<CString>,
+    /// The working directory to enter again once its path leads to the bind mount.
+    cwd: CString,
+}
+
+const TMPFS_OPTS: &CStr = c"size=16k,mode=0755";
+const CGROUP_FS: &CStr = c"/sys/fs/cgroup";
+const PROC_SYS: &CStr = c"/proc/sys";
+
+fn cstr(p: &Path) -> CString {
+    // Paths from the OS never hold a NUL byte.
+    CString::new(p.as_os_str().as_bytes()).expect("UNWRAP: OS paths hold no NUL byte")
+}
+
+impl MountPlan {
+    /// The plan for an instance whose own directories are `plugin_dir`, `tmp_dir` and `data_dir`.
+    /// `user_ns`: whether plugind is unprivileged (then the child needs a user namespace).
+    pub fn new(
+        private: &PrivatePaths,
+        plugin_dir: &Path,
+        tmp_dir: &Path,
+        data_dir: Option<&Path>,
+        user_ns: bool,
+    ) -> Result<MountPlan, PlanError> {
+        let mut covers: Vec<PathBuf> = private.plugin_roots.iter().chain(&private.state_dir).cloned().collect();
+        covers.sort_by_key(|p| p.components().count());
+        covers.dedup();
+        // A cover inside another cover is hidden already (and its path gone in the namespace).
+        let nested = |p: &PathBuf, all: &[PathBuf]| all.iter().any(|o| o != p && p.starts_with(o));
+        let outer: Vec<PathBuf> = covers.iter().filter(|p| !nested(p, &covers)).cloned().collect();
+        let mut kept = Vec::new();
+        // The plugin dir's usual path is root/NAME even when NAME is a symlink to elsewhere.
+        for dir in std::iter::once(plugin_dir).chain(Some(tmp_dir)).chain(data_dir) {
+            let dir = std::path::absolute(dir).map_err(|source| PlanError { path: dir.into(), source })?;
+            if !outer.iter().any(|c| dir.starts_with(c)) {
+                continue;
+            }
+            kept.push(Self::keep(&dir)?);
+            debug_assert!(kept.len() <= MAX_KEPT);
+        }
+        let files = private.files.iter().filter(|f| !outer.iter().any(|c| f.starts_with(c))).map(|f| cstr(f)).collect();
+        let user_ns = user_ns.then(|| {
+            let line = |id: u32| CString::new(format!("{id} {id} 1")).expect("UNWRAP: digits hold no NUL byte");
+            (line(nix::unistd::geteuid().as_raw()), line(nix::unistd::getegid().as_raw()))
+        });
+        Ok(MountPlan {
+            user_ns,
+            covers: outer.iter().map(|p| cstr(p)).collect(),
+            kept,
+            files,
+            cwd: cstr(&std::path::absolute(plugin_dir).unwrap_or_else(|_| plugin_dir.into())),
+        })
+    }
+
+    fn keep(dir: &Path) -> Result<Kept, PlanError> {
+        if !dir.is_dir() {
+            let source = io::Error::from_raw_os_error(libc::ENOTDIR);
+            return Err(PlanError { path: dir.into(), source });
+        }
+        let ancestors = dir.ancestors().skip(1).filter(|a| a.parent().is_some()).collect::<Vec<_>>();
+        let ancestors = ancestors.into_iter().rev().map(cstr).collect();
+        Ok(Kept { target: cstr(dir), ancestors })
+    }
+
+    /// Runs in the child between `fork` and `exec`: syscalls only, no allocation.
+    pub fn apply(&self) -> io::Result<()> {
+        let flags = if self.user_ns.is_some() { libc::CLONE_NEWUSER | libc::CLONE_NEWNS } else { libc::CLONE_NEWNS };
+        // SAFETY: every call below gets NUL-terminated strings that outlive it, or null where the
+        // kernel allows it; return values are checked.
+        unsafe {
+            cvt(libc::unshare(flags))?;
+            if let Some((uid_map, gid_map)) = &self.user_ns {
+                write_file(c"/proc/self/setgroups", b"deny")?;
+                write_file(c"/proc/self/uid_map", uid_map.as_bytes())?;
+                write_file(c"/proc/self/gid_map", gid_map.as_bytes())?;
+            }
+            // Our mounts must not propagate back to the host's namespace (shared "/" under systemd).
+            cvt(libc::mount(null(), c"/".as_ptr(), null(), libc::MS_REC | libc::MS_PRIVATE, null()))?;
+            // The kept dirs are opened in this namespace before the covers hide them: a bind
+            // source must be a mount of the caller's namespace (a descriptor opened by the
+            // parent, in the host's namespace, would give EINVAL).
+            let mut fds = [-1; MAX_KEPT];
+            for (fd, k) in fds.iter_mut().zip(&self.kept) {
+                *fd = libc::open(k.target.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC);
+                if *fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for cover in &self.covers {
+                mount_tmpfs(cover, 0)?;
+            }
+            for (&fd, k) in fds.iter().zip(&self.kept) {
+                for a in &k.ancestors {
+                    // Exists already (EEXIST) outside the covers; inside, made in the tmpfs.
+                    libc::mkdir(a.as_ptr(), 0o755);
+                }
+                libc::mkdir(k.target.as_ptr(), 0o755);
+                // "." after fchdir: the kept dir itself, under the cover.
+                cvt(libc::fchdir(fd))?;
+                cvt(libc::mount(c".".as_ptr(), k.target.as_ptr(), null(), libc::MS_BIND | libc::MS_REC, null()))?;
+                libc::close(fd);
+            }
+            for cover in &self.covers {
+                remount_read_only(cover, false)?;
+            }
+            for f in &self.files {
+                // A file that is gone (a socket removed meanwhile) needs no cover.
+                if libc::mount(c"/dev/null".as_ptr(), f.as_ptr(), null(), libc::MS_BIND, null()) == 0 {
+                    remount_read_only(f, true)?;
+                } else if io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::access(CGROUP_FS.as_ptr(), libc::F_OK) == 0 {
+                mount_tmpfs(CGROUP_FS, libc::MS_RDONLY)?;
+            }
+            if libc::mount(PROC_SYS.as_ptr(), PROC_SYS.as_ptr(), null(), libc::MS_BIND | libc::MS_REC, null()) == 0 {
+                remount_read_only(PROC_SYS, true)?;
+            }
+            // The working directory was entered before the covers: enter it again through the
+            // bind mount, so `getcwd` and relative paths agree with what the plugin sees.
+            cvt(libc::chdir(self.cwd.as_ptr()))?;
+        }
+        Ok(())
+    }
+}
+
+fn mount_tmpfs(target: &CStr, extra: libc::c_ulong) -> io::Result<()> {
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | extra;
+    // SAFETY: NUL-terminated strings that outlive the call.
+    cvt(unsafe { libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), flags, TMPFS_OPTS.as_ptr().cast()) })
+}
+
+fn remount_read_only(target: &CStr, bind: bool) -> io::Result<()> {
+    // nosuid, nodev and noexec too: inside a user namespace a remount must keep the flags the
+    // original mount had (/proc has all three), and adding them is always allowed.
+    let flags = libc::MS_REMOUNT
+        | libc::MS_RDONLY
+        | libc::MS_NOSUID
+        | libc::MS_NODEV
+        | libc::MS_NOEXEC
+        | if bind { libc::MS_BIND } else { 0 };
+    // SAFETY: a NUL-terminated string that outlives the call; null where the kernel allows it.
+    cvt(unsafe { libc::mount(null(), target.as_ptr(), null(), flags, null()) })
+}
+
+fn write_file(path: &CStr, data: &[u8]) -> io::Result<()> {
+    // SAFETY: a NUL-terminated path, a buffer that outlives the write, an fd we own and close.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if n != data.len() as isize {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+fn cvt(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether this host lets plugind give a child its own mount namespace: root needs nothing else;
+/// an ordinary user needs unprivileged user namespaces. Probed by forking a child that tries.
+pub fn probe(user_ns: bool) -> Result<(), String> {
+    let flags = if user_ns { libc::CLONE_NEWUSER | libc::CLONE_NEWNS } else { libc::CLONE_NEWNS };
+    // SAFETY: the child only calls unshare and _exit.
+    match unsafe { libc::fork() } {
+        -1 => Err(format!("fork: {}", io::Error::last_os_error())),
+        0 => unsafe {
+            let code = if libc::unshare(flags) == 0 { 0 } else { *libc::__errno_location() };
+            libc::_exit(code)
+        },
+        pid => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            match libc::WEXITSTATUS(status) {
+                0 => Ok(()),
+                errno => Err(format!(
+                    "unshare({}) fails: {}",
+                    if user_ns { "CLONE_NEWUSER|CLONE_NEWNS" } else { "CLONE_NEWNS" },
+                    io::Error::from_raw_os_error(errno)
+                )),
+            }
+        }
+    }
+}
