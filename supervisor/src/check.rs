@@ -7,6 +7,7 @@ use crate::plugin::actor::instance_spec;
 use crate::plugin::instance::{self, InstanceEvent};
 use crate::transport::peer::Deadline;
 use crate::Daemon;
+use plugind_protocol::manifest::Manifest;
 use plugind_protocol::methods;
 use serde_json::Value;
 use std::path::Path;
@@ -64,6 +65,13 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
     for w in &m.warnings {
         r.push(Level::Warn, format!("manifest: {w}"));
     }
+    for g in crate::sandbox::guarantees(&m) {
+        let text = match &g.why {
+            None => format!("sandbox: {} holds ({})", g.guarantee, g.mechanism),
+            Some(why) => format!("sandbox: {} does NOT hold on this host: {why}", g.guarantee),
+        };
+        r.push(if g.held { Level::Ok } else { Level::Warn }, text);
+    }
     for (name, p) in crate::sandbox::report(&m) {
         let text = match (p.granted, p.enforced) {
             (true, _) => format!("permission {name}: granted"),
@@ -106,6 +114,12 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
         return r;
     }
     r.push(Level::Ok, format!("started: {argv} (pid {})", inst.pid()));
+    // A plugin that exited or answered an error before it was ready may have tripped over the
+    // sandbox: then `diagnose` finds over which part. (One that hangs is not retried: each try
+    // would wait for the whole handshake budget.)
+    let exited_already = matches!(handshake, Ok(Some(InstanceEvent::Exited { .. })));
+    let broke_early =
+        matches!(handshake, Ok(Some(InstanceEvent::Ready { result: Err(_), .. } | InstanceEvent::Exited { .. })));
     match handshake {
         Ok(Some(InstanceEvent::Ready { result: Ok(services), .. })) => {
             let took = started.elapsed();
@@ -145,6 +159,9 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
     }
     inst.stop();
     let exit = loop {
+        if exited_already {
+            break None;
+        }
         match tokio::time::timeout(Duration::from_secs(8), events.recv()).await {
             Ok(Some(InstanceEvent::Exited { exit, .. })) => break Some(exit),
             Ok(Some(_)) => continue,
@@ -155,6 +172,7 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
         Some(e) if e.code == Some(0) => r.push(Level::Ok, "teardown: exited with code 0"),
         Some(e) if r.passed() => r.push(Level::Warn, format!("teardown: {}", e.describe())),
         Some(_) => {}
+        None if exited_already => {}
         None => r.push(Level::Fail, "teardown: the process did not exit"),
     }
     // Protocol mistakes the instance logged (stray stdout above all).
@@ -176,6 +194,58 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
         if !tail.is_empty() {
             r.push(Level::Warn, format!("last stderr lines:\n    {}", tail.join("\n    ")));
         }
+        if broke_early {
+            diagnose(&mut r, &daemon, &name, &dir, &m).await;
+        }
     }
     r
+}
+
+/// The sandbox's diagnostic mode, for a plugin that did not get through `init` and `register`:
+/// it is started again with one part of its sandbox left out at a time. A part whose absence lets
+/// it start is what it trips over, and the report says what the plugin does that this part
+/// denies. When no single part explains it, the report lists the profile it ran under.
+async fn diagnose(r: &mut Report, daemon: &Arc<Daemon>, name: &Arc<str>, dir: &Path, m: &Arc<Manifest>) {
+    use crate::sandbox;
+    let profile = sandbox::profile(m);
+    let mut culprits = Vec::new();
+    for (n, part) in profile.iter().enumerate() {
+        sandbox::relax(Some(*part));
+        if handshake_succeeds(daemon, name, dir, m, 100 + n as u64).await {
+            culprits.push(*part);
+        }
+    }
+    sandbox::relax(None);
+    for part in &culprits {
+        r.push(Level::Fail, format!("sandbox: it starts once the sandbox allows it: {}", part.explain()));
+    }
+    if culprits.is_empty() {
+        let parts: Vec<&str> = profile.iter().map(|p| p.explain()).collect();
+        r.push(
+            Level::Warn,
+            format!(
+                "sandbox: no single part of the sandbox explains the failure; it ran denying what follows:\n    {}",
+                parts.join("\n    ")
+            ),
+        );
+    }
+}
+
+/// Starts the plugin once, and whether it answers `init` and `register`; then stops it.
+async fn handshake_succeeds(daemon: &Arc<Daemon>, name: &Arc<str>, dir: &Path, m: &Arc<Manifest>, id: u64) -> bool {
+    let Ok(spec) = instance_spec(daemon, name, dir, m, id) else { return false };
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let Ok(inst) = instance::launch(id, spec, daemon.clone(), daemon.plugin_log(&m.name), tx) else { return false };
+    let budget = Duration::from_millis(2 * m.timeout_ms + 1000);
+    let ok = matches!(
+        tokio::time::timeout(budget, events.recv()).await,
+        Ok(Some(InstanceEvent::Ready { result: Ok(_), .. }))
+    );
+    inst.stop();
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(8), events.recv()).await {
+        if matches!(ev, InstanceEvent::Exited { .. } | InstanceEvent::SpawnFailed { .. }) {
+            break;
+        }
+    }
+    ok
 }

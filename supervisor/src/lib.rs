@@ -624,7 +624,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     sandbox::protect(sandbox::PrivatePaths {
         state_dir: Some(config.state_dir.clone()),
         plugin_roots: config.plugin_dirs.clone(),
-        files: [Some(&config.socket), config.token_file.as_ref(), config.file.as_ref()].into_iter().flatten().cloned().collect(),
+        files: [Some(&config.socket), config.token_file.as_ref(), config.file.as_ref()]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
     });
     sandbox::init();
     let hup = service::sighup();

@@ -4,8 +4,8 @@
 //! ruleset and cgroup fds too: [`crate::sandbox::prepare`]); the `pre_exec` closure only makes
 //! syscalls (no allocation: another thread of the parent may have held the malloc lock at the
 //! fork), in this order: new session (so the pid is the process group id), parent-death signal,
-//! `no_new_privs`, inherited descriptors marked close-on-exec, joining the instance cgroup,
-//! rlimits, the mount namespace, dropping capabilities, Landlock, seccomp filters last (they deny
+//! `no_new_privs`, inherited descriptors marked close-on-exec, joining the instance cgroup, the
+//! mount namespace, rlimits, dropping capabilities, Landlock, seccomp filters last (they deny
 //! syscalls the steps before may need). See `docs/security.md`.
 
 use crate::sandbox::{self, cgroup::Cgroup, ChildConfinement, SandboxError};
@@ -244,6 +244,7 @@ fn child_setup(rl: &RlimitPlan, parent: u32, confinement: &mut ChildConfinement)
     ChildConfinement::close_inherited_fds()?;
     // Early: whatever the plugin does from here on counts against its cgroup.
     confinement.join_cgroups()?;
+    confinement.enter_namespace()?;
     // RLIMIT_DATA, not RLIMIT_AS: V8 reserves far more address space than it uses.
     setrlimit(Resource::RLIMIT_DATA, rl.data_bytes, rl.data_bytes)?;
     if let Some(cpu) = rl.cpu_seconds {

@@ -131,13 +131,20 @@ impl ChildConfinement {
         Ok(())
     }
 
-    /// Makes the mount namespace, drops capabilities, applies Landlock, then the seccomp filters
-    /// (last: they forbid what the setup before them may need). Runs in the child: syscalls
-    /// only, errors carry an errno and no allocation.
-    pub fn restrict(&mut self) -> io::Result<()> {
-        if let Some(plan) = &self.mounts {
-            plan.apply()?;
+    /// Makes the mount namespace. Before the rlimits: it opens descriptors, and the child still
+    /// holds every descriptor of plugind (close-on-exec), which may be more than `open_files`.
+    /// Runs in the child: syscalls only.
+    pub fn enter_namespace(&self) -> io::Result<()> {
+        match &self.mounts {
+            Some(plan) => plan.apply(),
+            None => Ok(()),
         }
+    }
+
+    /// Drops capabilities, applies Landlock, then the seccomp filters (last: they forbid what the
+    /// setup before them may need). Runs in the child: syscalls only, errors carry an errno and
+    /// no allocation.
+    pub fn restrict(&mut self) -> io::Result<()> {
         if let Some(last_cap) = self.drop_caps {
             privileges::drop_all(last_cap)?;
         }
@@ -159,6 +166,91 @@ impl ChildConfinement {
     }
 }
 
+/// A part of the sandbox that `pluginctl check` can leave out, to find which one a plugin that
+/// fails under the full sandbox trips over (its diagnostic mode). plugind never relaxes anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relax {
+    /// The seccomp denial of network sockets.
+    Network,
+    /// The seccomp denial of new processes.
+    Process,
+    /// The seccomp denial of metadata changes.
+    Metadata,
+    /// Landlock's write restrictions (writes allowed everywhere, as with `filesystem`).
+    Writes,
+    /// Landlock's scopes (signals, abstract Unix sockets).
+    Scopes,
+    /// The mount namespace (covers of private paths, `/sys/fs/cgroup`, read-only `/proc/sys`).
+    Mounts,
+}
+
+impl Relax {
+    /// Every part, in the order `check` tries them.
+    pub const ALL: [Relax; 6] =
+        [Relax::Process, Relax::Network, Relax::Writes, Relax::Metadata, Relax::Mounts, Relax::Scopes];
+
+    /// What the plugin does that this part denies, for `check`'s report.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Relax::Network => "it opens network sockets (denied without the `networking` permission)",
+            Relax::Process => "it starts processes, e.g. a shell or launcher that forks (denied without `process`)",
+            Relax::Metadata => "it changes file metadata: chmod, chown, utime or xattrs (denied without `filesystem`)",
+            Relax::Writes => "it writes outside $TMPDIR and its data dir (denied without `filesystem`)",
+            Relax::Scopes => {
+                "it signals processes it did not start, or connects to an abstract Unix socket (denied to every plugin)"
+            }
+            Relax::Mounts => {
+                "it reads what plugins cannot see: another plugin's directory, plugind's state, /sys/fs/cgroup, or writes /proc/sys"
+            }
+        }
+    }
+
+    fn bit(self) -> u32 {
+        1 << self as u32
+    }
+}
+
+/// Parts left out of every sandbox built from now on (`pluginctl check` only).
+static RELAXED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Leaves `part` out of the sandboxes built from now on (`None`: the full sandbox again).
+pub fn relax(part: Option<Relax>) {
+    RELAXED.store(part.map_or(0, Relax::bit), std::sync::atomic::Ordering::Relaxed);
+}
+
+fn relaxed(part: Relax) -> bool {
+    RELAXED.load(std::sync::atomic::Ordering::Relaxed) & part.bit() != 0
+}
+
+/// The parts of the sandbox a plugin with manifest `m` runs under on this host, for `check`'s
+/// report when nothing else explains a failure.
+pub fn profile(m: &Manifest) -> Vec<Relax> {
+    let host = host();
+    let mut parts = Vec::new();
+    if host.seccomp {
+        for (perm, part) in [
+            (Permission::Process, Relax::Process),
+            (Permission::Networking, Relax::Network),
+            (Permission::Filesystem, Relax::Metadata),
+        ] {
+            if !m.grants(perm) {
+                parts.push(part);
+            }
+        }
+    }
+    if host.landlock_abi.is_some() && !m.grants(Permission::Filesystem) {
+        parts.push(Relax::Writes);
+    }
+    if host.mount_ns.is_ok() {
+        parts.push(Relax::Mounts);
+    }
+    if host.landlock_scopes() {
+        parts.push(Relax::Scopes);
+    }
+    parts.sort_by_key(|p| Relax::ALL.iter().position(|a| a == p));
+    parts
+}
+
 /// What plugind hides from every plugin (set once by `plugind::run`; `pluginctl check` has none).
 static PRIVATE: OnceLock<PrivatePaths> = OnceLock::new();
 
@@ -175,22 +267,27 @@ pub fn prepare(req: &Request<'_>, plugin_dir: &Path) -> Result<Confinement, Sand
     let m = req.manifest;
     let fs_granted = m.grants(Permission::Filesystem);
     let landlock = match host.landlock_abi {
-        Some(_) => Some(landlock::ruleset(req.tmp_dir, req.data_dir, fs_granted, host.landlock_scopes())?),
+        Some(_) => Some(landlock::ruleset(
+            req.tmp_dir,
+            req.data_dir,
+            fs_granted || relaxed(Relax::Writes),
+            host.landlock_scopes() && !relaxed(Relax::Scopes),
+        )?),
         None => None,
     };
-    let denies_process = host.seccomp && !m.grants(Permission::Process);
+    let denies_process = host.seccomp && !m.grants(Permission::Process) && !relaxed(Relax::Process);
     let denials = seccomp::Denials {
-        network: !m.grants(Permission::Networking),
+        network: !m.grants(Permission::Networking) && !relaxed(Relax::Network),
         process: denies_process,
-        metadata: !fs_granted,
+        metadata: !fs_granted && !relaxed(Relax::Metadata),
     };
     let filters = if host.seccomp { seccomp::filters(denials)? } else { Vec::new() };
     let mounts = match &host.mount_ns {
-        Ok(()) => {
+        Ok(()) if !relaxed(Relax::Mounts) => {
             let private = PRIVATE.get().cloned().unwrap_or_default();
             Some(namespace::MountPlan::new(&private, plugin_dir, req.tmp_dir, req.data_dir, !host.root)?)
         }
-        Err(_) => None,
+        _ => None,
     };
     // Without a user namespace, an ordinary user's child has no capability to drop.
     let drop_caps = (host.root || mounts.is_some()).then_some(host.last_cap);
@@ -199,10 +296,7 @@ pub fn prepare(req: &Request<'_>, plugin_dir: &Path) -> Result<Confinement, Sand
         Some((cg, procs)) => (Some(cg), procs),
         None => (None, Vec::new()),
     };
-    Ok(Confinement {
-        child: ChildConfinement { procs, mounts, drop_caps, landlock, filters, denies_process },
-        cgroup,
-    })
+    Ok(Confinement { child: ChildConfinement { procs, mounts, drop_caps, landlock, filters, denies_process }, cgroup })
 }
 
 /// Per permission of `m`: granted, whether this host enforces its denial, and how (SPEC §6).

@@ -215,7 +215,9 @@ impl MountPlan {
 fn mount_tmpfs(target: &CStr, extra: libc::c_ulong) -> io::Result<()> {
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | extra;
     // SAFETY: NUL-terminated strings that outlive the call.
-    cvt(unsafe { libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), flags, TMPFS_OPTS.as_ptr().cast()) })
+    cvt(unsafe {
+        libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), flags, TMPFS_OPTS.as_ptr().cast())
+    })
 }
 
 fn remount_read_only(target: &CStr, bind: bool) -> io::Result<()> {

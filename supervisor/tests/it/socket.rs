@@ -86,35 +86,49 @@ async fn socket_mode_stale_file_and_second_daemon() {
     child.wait().unwrap();
 }
 
+/// Two layers keep plugins off the control socket: its path is covered in their mount namespace,
+/// and a connection from a process in a plugin's cgroup is closed without an answer. The plugin
+/// tries the socket's own path, then a hard link to it that the namespace does not cover.
 #[tokio::test(flavor = "multi_thread")]
 async fn plugins_cannot_use_the_control_socket() {
     let steer = r#"import json, os, socket, sys
+def ask(path):
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(path)
+        s.settimeout(5)
+        s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"plugins.list"}\n')
+        return {"answer": s.recv(65536).decode()}
+    except OSError as e:
+        return {"error": str(e)}
 for line in sys.stdin:
     m = json.loads(line)
     if "id" not in m or "method" not in m: continue
     r = None if m["method"] == "teardown" else {}
     if m["method"] == "execute":
-        try:
-            s = socket.socket(socket.AF_UNIX)
-            s.connect(os.environ["CONTROL"])
-            s.settimeout(5)
-            s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"plugins.list"}\n')
-            r = {"answer": s.recv(65536).decode()}
-        except OSError as e:
-            r = {"error": str(e)}
+        r = {"direct": ask(os.environ["CONTROL"]), "link": ask(os.environ["LINK"])}
     print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}), flush=True)
 "#;
     let b = Daemon::builder();
     let sock = b.path().join("plugind.sock");
-    let manifest =
-        json!({"name": "steer", "version": "1.0.0", "main": "s.py", "env": {"CONTROL": sock.to_str().unwrap()}});
+    let link = b.path().join("link.sock");
+    let env = json!({"CONTROL": sock.to_str().unwrap(), "LINK": link.to_str().unwrap()});
+    let manifest = json!({"name": "steer", "version": "1.0.0", "main": "s.py", "env": env});
     let d = b.plugin_files("steer", &[("plugin.json", &manifest.to_string()), ("s.py", steer)]).start().await;
+    std::fs::hard_link(&sock, &link).unwrap();
     let r = d.execute("steer", "go", json!({})).await.unwrap();
-    // Closed (or reset) without an answer.
+    // The path leads to a read-only /dev/null in the plugin's namespace.
+    let direct = r["direct"]["error"].as_str().unwrap_or_default();
+    assert!(direct.contains("refused") || direct.contains("denied"), "{r}");
+    // Through the link the socket is reached, and the connection closed without an answer.
+    let link = &r["link"];
     assert!(
-        r == json!({"answer": ""})
-            || r["error"].as_str().is_some_and(|e| e.contains("reset") || e.contains("Broken pipe")),
+        *link == json!({"answer": ""})
+            || link["error"].as_str().is_some_and(|e| e.contains("reset") || e.contains("Broken pipe")),
         "{r}"
     );
-    assert!(d.log().contains("refused control connection from a plugin process"));
+    wait_for("the refusal in the log", async || {
+        d.log().contains("refused control connection from a plugin process").then_some(())
+    })
+    .await;
 }
