@@ -157,6 +157,11 @@ impl MountPlan {
         unsafe {
             cvt(libc::unshare(flags))?;
             if let Some((uid_map, gid_map)) = &self.user_ns {
+                // plugind is not dumpable, and neither is this fork of it until `exec`: its
+                // /proc/self files belong to root and its own maps could not be written. Other
+                // plugins still cannot look inside: each is in a Landlock domain, which denies
+                // ptrace-mode access (mem, environ) to any process outside it.
+                cvt(libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0))?;
                 write_file(c"/proc/self/setgroups", b"deny")?;
                 write_file(c"/proc/self/uid_map", uid_map.as_bytes())?;
                 write_file(c"/proc/self/gid_map", gid_map.as_bytes())?;
