@@ -22,3 +22,4 @@ mod registry;
 mod reload;
 mod socket;
 mod support;
+mod unprivileged;
