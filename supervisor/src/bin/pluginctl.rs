@@ -556,6 +556,15 @@ fn print_status(p: &PluginStatus) {
             println!("  {name:<11} {how}");
         }
     }
+    if !p.sandbox.is_empty() {
+        println!("sandbox:");
+        for g in &p.sandbox {
+            match &g.why {
+                None => println!("  {:<30} holds: {}", g.guarantee, g.mechanism),
+                Some(why) => println!("  {:<30} does NOT hold here: {why}", g.guarantee),
+            }
+        }
+    }
     println!("last error:  {}", p.last_error.as_deref().unwrap_or("-"));
     if let Some(e) = &p.last_exit {
         let mut parts = Vec::new();
