@@ -169,8 +169,9 @@ async fn plugin_gets_no_answer_on_control_socket_while_running() {
 async fn plugin_gets_no_answer_on_control_socket_during_init() {
     let b = victim(Daemon::builder());
     let config = json!({"on_init": control_phase(&b.path().join("plugind.sock"), "victim")});
-    let d = hostiles(b, &VARIANTS, &config).start().await;
+    let d = hostiles(b, &VARIANTS, &config).spawn().await;
     for (name, _) in VARIANTS {
+        d.wait_state(name, "running").await;
         if held(&d, name, &["control"]).await {
             phase_refused(&d, name, "init").await;
         }
@@ -182,8 +183,9 @@ async fn plugin_gets_no_answer_on_control_socket_during_init() {
 async fn plugin_gets_no_answer_on_control_socket_during_register() {
     let b = victim(Daemon::builder());
     let config = json!({"on_register": control_phase(&b.path().join("plugind.sock"), "victim")});
-    let d = hostiles(b, &VARIANTS, &config).start().await;
+    let d = hostiles(b, &VARIANTS, &config).spawn().await;
     for (name, _) in VARIANTS {
+        d.wait_state(name, "running").await;
         if held(&d, name, &["control"]).await {
             phase_refused(&d, name, "register").await;
         }
@@ -554,7 +556,11 @@ async fn setsid_grandchild_does_not_outlive_plugind() {
 /// the other plugins carry on.
 #[tokio::test(flavor = "multi_thread")]
 async fn huge_instances_is_a_load_error() {
-    let b = victim(Daemon::builder()).plugin_as("hostile", "greedy").plugin_as("hostile", "greedy65");
+    // Under an address-space cap: a plugind that tries to allocate for every instance dies
+    // at once instead of taking the host's memory.
+    let b = victim(Daemon::builder().address_space_mb(8192))
+        .plugin_as("hostile", "greedy")
+        .plugin_as("hostile", "greedy65");
     let b = b.manifest("greedy", |m| m["instances"] = json!(2_000_000_000u64));
     let d = b.manifest("greedy65", |m| m["instances"] = json!(65)).start().await;
     for name in ["greedy", "greedy65"] {
@@ -568,7 +574,7 @@ async fn huge_instances_is_a_load_error() {
 /// The same manifest appearing on a rescan (`plugins.reload`).
 #[tokio::test(flavor = "multi_thread")]
 async fn huge_instances_on_a_rescan_is_a_load_error() {
-    let d = victim(Daemon::builder()).start().await;
+    let d = victim(Daemon::builder().address_space_mb(8192)).start().await;
     let dir = d.plugins.join("greedy");
     copy_dir(&fixture("hostile"), &dir);
     let m = dir.join("plugin.json");
@@ -684,8 +690,9 @@ async fn state_files_are_private() {
     let env = env_of(&d, "victim").await;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let state = d.dir.path().join("state");
-    assert_eq!(mode(&state), 0o700, "state dir");
-    assert_eq!(mode(&state.join("kv.sqlite")), 0o600, "kv database");
+    assert!(mode(&state) == 0o700, "state dir {:o}", mode(&state));
+    let kv = state.join("kv.sqlite");
+    assert!(mode(&kv) == 0o600, "kv database {:o}", mode(&kv));
     let data = PathBuf::from(env["PLUGIND_DATA_DIR"].as_str().unwrap());
     assert_eq!(mode(&data) & 0o007, 0, "data dir {:o}", mode(&data));
 }

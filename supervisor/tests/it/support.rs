@@ -79,6 +79,7 @@ pub struct DaemonBuilder {
     env: Vec<(String, String)>,
     watch: bool,
     soft_open_files: Option<u64>,
+    address_space_mb: Option<u64>,
     inherit: Option<(i32, PathBuf)>,
 }
 
@@ -148,6 +149,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// Starts plugind under this `RLIMIT_AS` (through `sh -c 'ulimit -v N'`), so that a test of
+    /// runaway allocation ends plugind instead of the host's memory.
+    pub fn address_space_mb(mut self, mb: u64) -> Self {
+        self.address_space_mb = Some(mb);
+        self
+    }
+
     /// Starts plugind with `path` (created if missing, in the temp dir when relative) open for
     /// appending on `fd` without close-on-exec, as a careless parent process leaks an fd.
     pub fn inherit_fd(mut self, fd: i32, path: &str) -> Self {
@@ -186,9 +194,17 @@ impl DaemonBuilder {
             args.push("--no-watch".into());
         }
         args.extend(self.extra_args);
+        let mut ulimits = Vec::new();
         if let Some(n) = self.soft_open_files {
+            ulimits.push(format!("ulimit -Sn {n}"));
+        }
+        if let Some(mb) = self.address_space_mb {
+            ulimits.push(format!("ulimit -v {}", mb * 1024));
+        }
+        if !ulimits.is_empty() {
             let plugind = env!("CARGO_BIN_EXE_plugind").to_owned();
-            args = [format!("ulimit -Sn {n} && exec \"$0\" \"$@\""), plugind].into_iter().chain(args).collect();
+            let script = format!("{} && exec \"$0\" \"$@\"", ulimits.join(" && "));
+            args = [script, plugind].into_iter().chain(args).collect();
         }
         let mut d = Daemon {
             launch: Some((args, self.env)),
@@ -274,6 +290,7 @@ impl Daemon {
             env: Vec::new(),
             watch: false,
             soft_open_files: None,
+            address_space_mb: None,
             inherit: None,
         }
     }
