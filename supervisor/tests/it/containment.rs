@@ -410,6 +410,26 @@ async fn plugin_cannot_read_plugind_config_or_token_file() {
     unreadable(&d, &[d.dir.path().join("plugind.toml"), d.dir.path().join("token")]).await;
 }
 
+/// Reaches plugind's state and another plugin's directory through `/proc/PID/cwd` and
+/// `/proc/PID/root`, magic links that bypass whatever hides their paths from the plugin.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_reach_hidden_files_through_proc_magic_links() {
+    let d = hostiles(victim(Daemon::builder()), &VARIANTS, &json!({})).start().await;
+    attack(&d, "victim", "kv", json!({"key": "secret", "value": "victim's secret"})).await;
+    let (plugind, victim) = (d.pid(), pid_of(&d, "victim").await);
+    let kv = std::fs::canonicalize(d.dir.path().join("state/kv.sqlite")).unwrap();
+    unreadable(
+        &d,
+        &[
+            PathBuf::from(format!("/proc/{plugind}/cwd/state/kv.sqlite")),
+            PathBuf::from(format!("/proc/{plugind}/root{}", kv.display())),
+            PathBuf::from(format!("/proc/{victim}/cwd/main.py")),
+            PathBuf::from(format!("/proc/{victim}/cwd")),
+        ],
+    )
+    .await;
+}
+
 // ---- changing files (SPEC §9.1: without `filesystem` nothing outside TMPDIR and data dir) ----
 
 /// Write, create, mkdir, remove and rename outside the plugin's own dirs, without `filesystem`.
