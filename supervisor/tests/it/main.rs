@@ -9,6 +9,7 @@ mod chaos;
 mod cli;
 mod clients;
 mod conformance;
+mod containment;
 mod crash;
 mod crashsafe;
 mod daemon;

@@ -68,6 +68,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub plugins: PathBuf,
     pub child: Option<Child>,
+    /// A file plugind inherits open (without close-on-exec) on this fd: (fd, path).
+    inherit: Option<(i32, PathBuf)>,
 }
 
 /// Builds a [`Daemon`].
@@ -77,6 +79,8 @@ pub struct DaemonBuilder {
     env: Vec<(String, String)>,
     watch: bool,
     soft_open_files: Option<u64>,
+    address_space_mb: Option<u64>,
+    inherit: Option<(i32, PathBuf)>,
 }
 
 impl DaemonBuilder {
@@ -145,6 +149,20 @@ impl DaemonBuilder {
         self
     }
 
+    /// Starts plugind under this `RLIMIT_AS` (through `sh -c 'ulimit -v N'`), so that a test of
+    /// runaway allocation ends plugind instead of the host's memory.
+    pub fn address_space_mb(mut self, mb: u64) -> Self {
+        self.address_space_mb = Some(mb);
+        self
+    }
+
+    /// Starts plugind with `path` (created if missing, in the temp dir when relative) open for
+    /// appending on `fd` without close-on-exec, as a careless parent process leaks an fd.
+    pub fn inherit_fd(mut self, fd: i32, path: &str) -> Self {
+        self.inherit = Some((fd, self.dir.path().join(path)));
+        self
+    }
+
     /// An extra plugind argument.
     pub fn arg(mut self, a: &str) -> Self {
         self.extra_args.push(a.to_owned());
@@ -176,11 +194,26 @@ impl DaemonBuilder {
             args.push("--no-watch".into());
         }
         args.extend(self.extra_args);
+        let mut ulimits = Vec::new();
         if let Some(n) = self.soft_open_files {
-            let plugind = env!("CARGO_BIN_EXE_plugind").to_owned();
-            args = [format!("ulimit -Sn {n} && exec \"$0\" \"$@\""), plugind].into_iter().chain(args).collect();
+            ulimits.push(format!("ulimit -Sn {n}"));
         }
-        let mut d = Daemon { launch: Some((args, self.env)), dir: self.dir, socket, plugins, child: None };
+        if let Some(mb) = self.address_space_mb {
+            ulimits.push(format!("ulimit -v {}", mb * 1024));
+        }
+        if !ulimits.is_empty() {
+            let plugind = env!("CARGO_BIN_EXE_plugind").to_owned();
+            let script = format!("{} && exec \"$0\" \"$@\"", ulimits.join(" && "));
+            args = [script, plugind].into_iter().chain(args).collect();
+        }
+        let mut d = Daemon {
+            launch: Some((args, self.env)),
+            dir: self.dir,
+            socket,
+            plugins,
+            child: None,
+            inherit: self.inherit,
+        };
         d.spawn_process();
         d
     }
@@ -198,7 +231,27 @@ impl Daemon {
             Some(a) if a.starts_with("ulimit") => ("sh", vec!["-c"]),
             _ => (env!("CARGO_BIN_EXE_plugind"), vec![]),
         };
-        let child = Command::new(program)
+        let mut cmd = Command::new(program);
+        // The leaked file stays open here until plugind has been spawned.
+        let _leaked = self.inherit.as_ref().map(|(fd, path)| {
+            use std::os::fd::{AsRawFd, OwnedFd};
+            use std::os::unix::process::CommandExt;
+            let file: OwnedFd = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap().into();
+            let (from, to) = (file.as_raw_fd(), *fd);
+            // dup2 leaves close-on-exec off on the copy (std opens files with O_CLOEXEC).
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = if from == to { libc::fcntl(to, libc::F_SETFD, 0) } else { libc::dup2(from, to) };
+                    if r < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(())
+                    }
+                })
+            };
+            file
+        });
+        let child = cmd
             .current_dir(self.dir.path())
             .args(pre)
             .args(&args)
@@ -220,6 +273,15 @@ impl Daemon {
         self.wait_settled().await;
     }
 
+    /// Kills plugind with SIGKILL (no clean-up at all) and starts it again on the same
+    /// directories, waiting until it has settled.
+    pub async fn kill_and_restart(&mut self) {
+        self.signal(libc::SIGKILL);
+        assert_eq!(self.wait_exit().await, None, "plugind died of SIGKILL");
+        self.spawn_process();
+        self.wait_settled().await;
+    }
+
     /// A builder with an empty plugin dir.
     pub fn builder() -> DaemonBuilder {
         DaemonBuilder {
@@ -228,6 +290,8 @@ impl Daemon {
             env: Vec::new(),
             watch: false,
             soft_open_files: None,
+            address_space_mb: None,
+            inherit: None,
         }
     }
 

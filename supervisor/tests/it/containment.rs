@@ -1,0 +1,895 @@
+//! Issue 15: containment. A hostile plugin (tests/fixtures/plugins/hostile, raw Python, no SDK)
+//! tries to reach plugind, other plugins and their data, with and without each permission.
+//!
+//! Every attack answers `{ok, detail}` where `ok: true` means the attack succeeded: each test
+//! here passes only when its attack fails. The positive controls at the end check that what a
+//! permission grants still works, and that plugins in every supported language (and the SDK
+//! examples) still run under the default sandbox.
+//!
+//! Where a defense needs a kernel mechanism a host may lack, the test first reads the attacking
+//! plugin's status `sandbox` rows: a row about that guarantee with `held: false` makes the test
+//! print `skipped: why` and stop. No row (or no `sandbox` field) counts as held.
+//!
+//! The control socket path reaches the plugin through its manifest `config` (and attack params);
+//! plugind's pid through `execute` params (it is also the plugin's parent); a sibling plugin's
+//! pid is read from its status and passed in the params.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The permission sets most attacks are tried with: none, `filesystem` alone, all four.
+const VARIANTS: [(&str, &[&str]); 3] = [
+    ("hostile", &[]),
+    ("hostile-fs", &["filesystem"]),
+    ("hostile-all", &["filesystem", "networking", "process", "storage"]),
+];
+
+/// Plugins without `filesystem`: none, and every other permission.
+const NO_FS: [(&str, &[&str]); 2] = [("hostile", &[]), ("hostile-nofs", &["networking", "process", "storage"])];
+
+/// Plugins with `filesystem`.
+const WITH_FS: [(&str, &[&str]); 2] =
+    [("hostile-fs", &["filesystem"]), ("hostile-all", &["filesystem", "networking", "process", "storage"])];
+
+/// A copy of the hostile fixture as `name`, with `perms` and manifest `config`.
+fn hostile(b: DaemonBuilder, name: &str, perms: &[&str], config: Value) -> DaemonBuilder {
+    let perms = json!(perms);
+    b.plugin_as("hostile", name).manifest(name, move |m| {
+        m["permissions"] = perms;
+        m["config"] = config;
+    })
+}
+
+/// One hostile plugin per entry of `set`, all with `config`.
+fn hostiles(mut b: DaemonBuilder, set: &[(&str, &[&str])], config: &Value) -> DaemonBuilder {
+    for (name, perms) in set {
+        b = hostile(b, name, perms, config.clone());
+    }
+    b
+}
+
+/// The victim: the same fixture as `victim`, with `storage`, attacking nothing.
+fn victim(b: DaemonBuilder) -> DaemonBuilder {
+    hostile(b, "victim", &["storage"], json!({}))
+}
+
+/// Runs an execute method of a plugin; panics if the call itself failed.
+async fn attack(d: &Daemon, plugin: &str, method: &str, params: Value) -> Value {
+    d.execute(plugin, method, params.clone()).await.unwrap_or_else(|e| panic!("{plugin} {method} {params}: {e:?}"))
+}
+
+/// Asserts that an attack failed.
+fn refused(r: &Value, what: &str) {
+    assert_eq!(r["ok"], false, "{what}: THE ATTACK SUCCEEDED: {r}");
+}
+
+/// Whether `plugin`'s status claims the guarantee named by any of `keywords` holds. A row that
+/// says it does not hold prints `skipped: why`; no matching row counts as held.
+async fn held(d: &Daemon, plugin: &str, keywords: &[&str]) -> bool {
+    let s = d.status(plugin).await;
+    for row in s["sandbox"].as_array().into_iter().flatten() {
+        let g = row["guarantee"].as_str().unwrap_or("").to_lowercase();
+        if keywords.iter().any(|k| g.contains(k)) && row["held"] == false {
+            eprintln!("skipped: {plugin}: {g} does not hold here: {}", row["why"]);
+            return false;
+        }
+    }
+    true
+}
+
+/// A plugin's pid from its status.
+async fn pid_of(d: &Daemon, plugin: &str) -> u32 {
+    d.wait_state(plugin, "running").await["pid"].as_u64().unwrap() as u32
+}
+
+/// A plugin's environment as it reports it (TMPDIR, PLUGIND_DATA_DIR, pid, ppid).
+async fn env_of(d: &Daemon, plugin: &str) -> Value {
+    attack(d, plugin, "env", json!({})).await
+}
+
+/// Has the victim create `file` in its data dir and in its TMPDIR, and returns where those
+/// files are on the host (found under plugind's state dir; else the paths the victim sees).
+async fn victim_files(d: &Daemon, file: &str) -> Vec<PathBuf> {
+    let env = env_of(d, "victim").await;
+    let mut found = vec![];
+    for var in ["PLUGIND_DATA_DIR", "TMPDIR"] {
+        let seen = PathBuf::from(env[var].as_str().unwrap()).join(format!("{var}-{file}"));
+        let r = attack(d, "victim", "create", json!({"path": seen})).await;
+        assert_eq!(r["ok"], true, "the victim writes its own {var}: {r}");
+        let on_host = find(&d.dir.path().join("state"), seen.file_name().unwrap());
+        found.push(on_host.unwrap_or(seen));
+    }
+    found
+}
+
+/// The first file named `name` under `dir`.
+fn find(dir: &Path, name: &std::ffi::OsStr) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if e.file_name() == name {
+            return Some(p);
+        }
+        if e.file_type().ok()?.is_dir() {
+            if let Some(f) = find(&p, name) {
+                return Some(f);
+            }
+        }
+    }
+    None
+}
+
+/// Control requests a plugin must get no answer to (any answer at all is a success).
+fn control_requests(sock: &Path, victim: &str) -> Vec<Value> {
+    let p = |method: &str, params: Value| json!({"path": sock, "method": method, "params": params, "timeout": 5});
+    vec![
+        p("supervisor.status", json!({})),
+        p("plugins.stop", json!({"name": victim})),
+        p("execute", json!({"plugin": victim, "method": "who", "params": {}})),
+        p("services.register", json!({"name": "evil", "version": "1.0.0"})),
+    ]
+}
+
+/// The same as `[attack, params]` pairs for a manifest's `on_*` config.
+fn control_phase(sock: &Path, victim: &str) -> Value {
+    Value::Array(control_requests(sock, victim).into_iter().map(|p| json!(["control", p])).collect())
+}
+
+/// Asserts that every attack `plugin` ran during `phase` failed (and that some ran).
+async fn phase_refused(d: &Daemon, plugin: &str, phase: &str) {
+    let results = attack(d, plugin, "results", json!({})).await;
+    let mine: Vec<&Value> = results.as_array().unwrap().iter().filter(|r| r["phase"] == phase).collect();
+    assert!(!mine.is_empty(), "{plugin} ran no {phase} attack: {results}");
+    for r in mine {
+        refused(r, &format!("{plugin} during {phase}"));
+    }
+}
+
+/// Waits until `plugin`'s log (logs.tail) has a line containing `needle`; returns it.
+async fn log_line(d: &Daemon, plugin: &str, needle: &str) -> String {
+    wait_for(&format!("{plugin}'s log to say {needle:?}"), async || {
+        let r = d.call("logs.tail", json!({"plugin": plugin, "lines": 1000})).await.ok()?;
+        let lines = r["lines"].as_array()?.clone();
+        lines.iter().filter_map(|l| l["message"].as_str()).find(|m| m.contains(needle)).map(str::to_owned)
+    })
+    .await
+}
+
+/// SIGKILLs a process left behind by a failed test, so a broken sandbox leaks nothing.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// plugind's resident memory in KiB (VmRSS).
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+// ---- the control socket (SPEC §9.1: no answer to any control method, at any moment) ----
+
+/// A running plugin connects to the control socket and sends control requests, plugind's
+/// shutdown last.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_gets_no_answer_on_control_socket_while_running() {
+    let d = hostiles(victim(Daemon::builder()), &VARIANTS, &json!({})).start().await;
+    let victim_pid = pid_of(&d, "victim").await;
+    for (name, _) in VARIANTS {
+        if !held(&d, name, &["control"]).await {
+            continue;
+        }
+        let mut requests = control_requests(&d.socket, "victim");
+        requests.push(json!({"path": d.socket, "method": "supervisor.shutdown", "params": {}}));
+        for p in requests {
+            refused(&attack(&d, name, "control", p.clone()).await, &format!("{name} {}", p["method"]));
+        }
+    }
+    assert_eq!(pid_of(&d, "victim").await, victim_pid, "the victim was not stopped");
+}
+
+/// The plugin connects while plugind waits for its `init` answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_gets_no_answer_on_control_socket_during_init() {
+    let b = victim(Daemon::builder());
+    let config = json!({"on_init": control_phase(&b.path().join("plugind.sock"), "victim")});
+    let d = hostiles(b, &VARIANTS, &config).spawn().await;
+    for (name, _) in VARIANTS {
+        d.wait_state(name, "running").await;
+        if held(&d, name, &["control"]).await {
+            phase_refused(&d, name, "init").await;
+        }
+    }
+}
+
+/// The plugin connects while plugind waits for its `register` answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_gets_no_answer_on_control_socket_during_register() {
+    let b = victim(Daemon::builder());
+    let config = json!({"on_register": control_phase(&b.path().join("plugind.sock"), "victim")});
+    let d = hostiles(b, &VARIANTS, &config).spawn().await;
+    for (name, _) in VARIANTS {
+        d.wait_state(name, "running").await;
+        if held(&d, name, &["control"]).await {
+            phase_refused(&d, name, "register").await;
+        }
+    }
+}
+
+/// A `process` plugin's double-forked, setsid'd grandchild (no longer its descendant by
+/// ancestry) connects to the control socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn setsid_grandchild_gets_no_answer_on_control_socket() {
+    let d = hostile(victim(Daemon::builder()), "hostile-all", VARIANTS[2].1, json!({})).start().await;
+    if !held(&d, "hostile-all", &["control"]).await {
+        return;
+    }
+    for p in control_requests(&d.socket, "victim") {
+        let r = attack(&d, "hostile-all", "grandchild", json!({"attack": "control", "params": p})).await;
+        assert!(r["grandchild"]["sid"].is_number(), "the grandchild ran: {r}");
+        refused(&r, &format!("grandchild {}", p["method"]));
+    }
+}
+
+/// An instance retiring after a hot reload connects while handling `teardown`.
+#[tokio::test(flavor = "multi_thread")]
+async fn retiring_instance_gets_no_answer_on_control_socket() {
+    let b = victim(Daemon::builder()).watch();
+    let sock = b.path().join("plugind.sock");
+    let p = json!({"path": sock, "method": "supervisor.status", "params": {}, "timeout": 2});
+    let d = hostile(b, "hostile", &[], json!({"on_teardown": [["control", p]]})).start().await;
+    if !held(&d, "hostile", &["control"]).await {
+        return;
+    }
+    let old = pid_of(&d, "hostile").await;
+    let manifest = d.plugins.join("hostile/plugin.json");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace("Test fixture", "Reloaded test fixture");
+    std::fs::write(&manifest, text).unwrap();
+    wait_for("the hot reload", async || (d.status("hostile").await["pid"].as_u64()? != old as u64).then_some(())).await;
+    let line = log_line(&d, "hostile", "hostile-result teardown control").await;
+    assert!(line.contains("ok=false"), "the retiring instance got an answer: {line}");
+}
+
+/// A plugin being stopped connects while handling `teardown`.
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_plugin_gets_no_answer_on_control_socket() {
+    let b = Daemon::builder();
+    let p = json!({"path": b.path().join("plugind.sock"), "method": "supervisor.status", "params": {}, "timeout": 2});
+    let d = hostile(b, "hostile", &[], json!({"on_teardown": [["control", p]]})).start().await;
+    if !held(&d, "hostile", &["control"]).await {
+        return;
+    }
+    d.call("plugins.stop", json!({"name": "hostile"})).await.unwrap();
+    let line = log_line(&d, "hostile", "hostile-result teardown control").await;
+    assert!(line.contains("ok=false"), "the stopping plugin got an answer: {line}");
+}
+
+// ---- plugind's and other plugins' processes (SPEC §9.1: signal, ptrace, /proc) ----
+
+/// Tries `method` with `params(target pid)` from every variant against plugind and, when
+/// `sibling`, the victim plugin.
+async fn against_processes(method: &str, sibling: bool, keywords: &[&str], params: impl Fn(u32) -> Value) {
+    let d =
+        hostiles(victim(Daemon::builder()), &VARIANTS, &json!({})).env("PLUGIND_TEST_SECRET", "s3cret").start().await;
+    for (name, _) in VARIANTS {
+        if !held(&d, name, keywords).await {
+            continue;
+        }
+        let mut targets = vec![("plugind", d.pid())];
+        if sibling {
+            targets.push(("victim", pid_of(&d, "victim").await));
+        }
+        for (who, pid) in targets {
+            refused(&attack(&d, name, method, params(pid)).await, &format!("{name}: {method} on {who} ({pid})"));
+        }
+    }
+}
+
+/// Reads plugind's `/proc/PID/environ` (its secrets).
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_read_plugind_environ() {
+    against_processes("proc", false, &["/proc", "ptrace", "environ"], |pid| json!({"pid": pid, "what": "environ"}))
+        .await;
+}
+
+/// Reads plugind's `/proc/PID/maps`.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_read_plugind_maps() {
+    against_processes("proc", false, &["/proc", "ptrace", "environ"], |pid| json!({"pid": pid, "what": "maps"})).await;
+}
+
+/// Opens and reads plugind's `/proc/PID/mem`.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_read_plugind_mem() {
+    against_processes("proc", false, &["/proc", "ptrace", "environ"], |pid| json!({"pid": pid, "what": "mem"})).await;
+}
+
+/// Lists plugind's `/proc/PID/fd`.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_list_plugind_fds() {
+    against_processes("proc", false, &["/proc", "ptrace", "environ"], |pid| json!({"pid": pid, "what": "fd"})).await;
+}
+
+/// `kill(plugind, 0)`: probing is signalling (a real signal would end the test's daemon).
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_signal_plugind() {
+    against_processes("signal", false, &["signal"], |pid| json!({"pid": pid, "sig": 0})).await;
+}
+
+/// `kill(sibling, SIGTERM)`: the victim must keep running, with the same pid.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_signal_another_plugin() {
+    let d = hostiles(victim(Daemon::builder()), &VARIANTS, &json!({})).start().await;
+    let pid = pid_of(&d, "victim").await;
+    for (name, _) in VARIANTS {
+        if held(&d, name, &["signal"]).await {
+            let r = attack(&d, name, "signal", json!({"pid": pid, "sig": libc::SIGTERM})).await;
+            refused(&r, &format!("{name}: SIGTERM to victim"));
+        }
+    }
+    let s = d.status("victim").await;
+    assert!(s["pid"] == pid && s["restarts"] == 0, "the victim was killed: {s}");
+}
+
+/// `PTRACE_SEIZE` of plugind and of another plugin.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_ptrace_plugind_or_another_plugin() {
+    against_processes("ptrace", true, &["ptrace"], |pid| json!({"pid": pid})).await;
+}
+
+/// `process_vm_readv` of plugind's and another plugin's memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_process_vm_readv_plugind_or_another_plugin() {
+    against_processes("vm_read", true, &["ptrace"], |pid| json!({"pid": pid})).await;
+}
+
+/// `pidfd_open` + `pidfd_getfd`: taking plugind's fds (its listening sockets among them).
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_take_fds_with_pidfd_getfd() {
+    against_processes("getfd", true, &["ptrace", "getfd"], |pid| json!({"pid": pid})).await;
+}
+
+// ---- plugind's state and other plugins' data (SPEC §9.1: hidden, with or without `filesystem`) ----
+
+/// Reads every path from every variant.
+async fn unreadable(d: &Daemon, paths: &[PathBuf]) {
+    for (name, _) in VARIANTS {
+        if !held(d, name, &["state", "hidden", "hide"]).await {
+            continue;
+        }
+        for path in paths {
+            refused(&attack(d, name, "read", json!({"path": path})).await, &format!("{name} read {}", path.display()));
+        }
+    }
+}
+
+/// Reads the kv database (every plugin's values) and lists plugind's state dir.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_read_the_kv_database_or_the_state_dir() {
+    let d = hostiles(victim(Daemon::builder()), &VARIANTS, &json!({})).start().await;
+    let r = attack(&d, "victim", "kv", json!({"key": "secret", "value": "victim's secret"})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let state = d.dir.path().join("state");
+    unreadable(&d, &[state.join("kv.sqlite"), state.clone()]).await;
+}
+
+/// Reads files the victim keeps in its data dir and TMPDIR, and lists both.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_read_another_plugins_data_dir_or_tmpdir() {
+    let d = hostiles(victim(Daemon::builder()), &VARIANTS, &json!({})).start().await;
+    let mut paths = vec![];
+    for file in victim_files(&d, "secret.txt").await {
+        paths.extend([file.parent().unwrap().to_path_buf(), file]);
+    }
+    unreadable(&d, &paths).await;
+}
+
+/// Reads another plugin's directory (its code and manifest).
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_read_another_plugins_directory() {
+    let d = hostiles(victim(Daemon::builder()), &VARIANTS, &json!({})).start().await;
+    let dir = d.plugins.join("victim");
+    unreadable(&d, &[dir.join("plugin.json"), dir.join("main.py"), dir]).await;
+}
+
+/// Reads plugind's config file and its `--listen` token file.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_read_plugind_config_or_token_file() {
+    let b = Daemon::builder();
+    std::fs::write(b.path().join("plugind.toml"), "# the operator's config: secrets live here\n").unwrap();
+    std::fs::write(b.path().join("token"), "secret-token\n").unwrap();
+    let b = b.arg("--config").arg("plugind.toml").arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg("token");
+    let d = hostiles(b, &VARIANTS, &json!({})).start().await;
+    unreadable(&d, &[d.dir.path().join("plugind.toml"), d.dir.path().join("token")]).await;
+}
+
+/// Reaches plugind's state and another plugin's directory through `/proc/PID/cwd` and
+/// `/proc/PID/root`, magic links that bypass whatever hides their paths from the plugin.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_reach_hidden_files_through_proc_magic_links() {
+    let d = hostiles(victim(Daemon::builder()), &VARIANTS, &json!({})).start().await;
+    attack(&d, "victim", "kv", json!({"key": "secret", "value": "victim's secret"})).await;
+    let (plugind, victim) = (d.pid(), pid_of(&d, "victim").await);
+    let kv = std::fs::canonicalize(d.dir.path().join("state/kv.sqlite")).unwrap();
+    unreadable(
+        &d,
+        &[
+            PathBuf::from(format!("/proc/{plugind}/cwd/state/kv.sqlite")),
+            PathBuf::from(format!("/proc/{plugind}/root{}", kv.display())),
+            PathBuf::from(format!("/proc/{victim}/cwd/main.py")),
+            PathBuf::from(format!("/proc/{victim}/cwd")),
+        ],
+    )
+    .await;
+}
+
+// ---- changing files (SPEC §9.1: without `filesystem` nothing outside TMPDIR and data dir) ----
+
+/// Write, create, mkdir, remove and rename outside the plugin's own dirs, without `filesystem`.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_without_filesystem_changes_no_file_outside_its_dirs() {
+    let d = hostiles(victim(Daemon::builder()), &NO_FS, &json!({})).start().await;
+    let outside = d.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let file = outside.join("file.txt");
+    std::fs::write(&file, "original\n").unwrap();
+    let victim_dir = d.plugins.join("victim");
+    for (name, _) in NO_FS {
+        if !held(&d, name, &["write", "filesystem"]).await {
+            continue;
+        }
+        for (method, p) in [
+            ("write", json!({"path": file})),
+            ("create", json!({"path": outside.join("new.txt")})),
+            ("create", json!({"path": victim_dir.join("evil.py")})),
+            ("mkdir", json!({"path": outside.join("newdir")})),
+            ("rename", json!({"src": file, "dst": outside.join("moved.txt")})),
+            ("remove", json!({"path": file})),
+            ("remove", json!({"path": victim_dir.join("main.py")})),
+        ] {
+            refused(&attack(&d, name, method, p.clone()).await, &format!("{name} {method} {p}"));
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "original\n");
+}
+
+/// chmod (setuid), chown, utime and setxattr outside the plugin's own dirs without
+/// `filesystem`, another plugin's `main` among the targets: its mode stays, and plugind does
+/// not hot-reload it (checked after a sentinel plugin's reload, which the same watcher sees).
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_without_filesystem_changes_no_metadata_outside_its_dirs() {
+    let b = hostiles(victim(Daemon::builder()), &NO_FS, &json!({})).plugin_as("perl-echo", "sentinel").watch();
+    let d = b.start().await;
+    let victim_pid = pid_of(&d, "victim").await;
+    let file = d.dir.path().join("outside.txt");
+    std::fs::write(&file, "original\n").unwrap();
+    let main = d.plugins.join("victim/main.py");
+    let modes = [&file, &main].map(|p| std::fs::metadata(p).unwrap().permissions().mode());
+    for (name, _) in NO_FS {
+        if !held(&d, name, &["metadata", "chmod", "filesystem"]).await {
+            continue;
+        }
+        for target in [&main, &file] {
+            for method in ["chmod", "chown", "utime", "setxattr"] {
+                let r = attack(&d, name, method, json!({"path": target, "mode": 0o4777})).await;
+                refused(&r, &format!("{name} {method} {}", target.display()));
+            }
+        }
+    }
+    assert_eq!([&file, &main].map(|p| std::fs::metadata(p).unwrap().permissions().mode()), modes);
+    // The watcher handles changes in batches, in order: once it has acted on a later change
+    // (the sentinel's), it has acted on the attacks' too.
+    let sentinel = pid_of(&d, "sentinel").await;
+    let pl = d.plugins.join("sentinel/main.pl");
+    std::fs::write(&pl, std::fs::read_to_string(&pl).unwrap() + "\n# touched\n").unwrap();
+    wait_for("the sentinel's reload", async || {
+        let s = d.status("sentinel").await;
+        (s["state"] == "running" && s["pid"].is_number() && s["pid"] != sentinel).then_some(())
+    })
+    .await;
+    let reload_logged =
+        |p: &str| d.log().lines().any(|l| l.contains("hot reload") && l.ends_with(&format!("plugin={p}")));
+    assert!(reload_logged("sentinel"), "plugind logged the sentinel's reload");
+    assert!(!reload_logged("victim"), "the victim was hot-reloaded");
+    let s = d.status("victim").await;
+    assert_eq!(s["pid"], victim_pid, "the victim was restarted: {s}");
+}
+
+/// With `filesystem`, writes into plugind's state dir, config, token and other plugins'
+/// directories (and their data dirs and TMPDIR) still fail.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_with_filesystem_cannot_write_plugind_state_or_other_plugins() {
+    let b = Daemon::builder();
+    std::fs::write(b.path().join("plugind.toml"), "# config\n").unwrap();
+    std::fs::write(b.path().join("token"), "secret-token\n").unwrap();
+    let b = b.arg("--config").arg("plugind.toml").arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg("token");
+    let d = hostiles(victim(b), &WITH_FS, &json!({})).start().await;
+    attack(&d, "victim", "kv", json!({"key": "k", "value": "v"})).await;
+    let dirs = victim_files(&d, "marker").await.into_iter().map(|f| f.parent().unwrap().to_path_buf());
+    let [data, tmp]: [PathBuf; 2] = dirs.collect::<Vec<_>>().try_into().unwrap();
+    let state = d.dir.path().join("state");
+    let victim_dir = d.plugins.join("victim");
+    for (name, _) in WITH_FS {
+        if !held(&d, name, &["state", "write", "filesystem"]).await {
+            continue;
+        }
+        for (method, p) in [
+            ("write", json!({"path": state.join("kv.sqlite")})),
+            ("create", json!({"path": state.join("evil")})),
+            ("write", json!({"path": d.dir.path().join("plugind.toml")})),
+            ("write", json!({"path": d.dir.path().join("token")})),
+            ("write", json!({"path": victim_dir.join("main.py")})),
+            ("create", json!({"path": victim_dir.join("evil.py")})),
+            ("chmod", json!({"path": victim_dir.join("main.py"), "mode": 0o4777})),
+            ("create", json!({"path": data.join("evil")})),
+            ("create", json!({"path": tmp.join("evil")})),
+        ] {
+            refused(&attack(&d, name, method, p.clone()).await, &format!("{name} {method} {p}"));
+        }
+    }
+}
+
+// ---- inherited fds, abstract sockets ----
+
+/// plugind starts with a file open on fd 7 (no close-on-exec), as a careless parent leaves
+/// it; the plugin scans fds 3..1024 at start-up and writes to whatever it finds.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_inherits_no_fd_but_stdio() {
+    let d = hostiles(Daemon::builder().inherit_fd(7, "leaked.txt"), &VARIANTS, &json!({})).start().await;
+    for (name, _) in VARIANTS {
+        if !held(&d, name, &["inherit", "descriptor"]).await {
+            continue;
+        }
+        refused(&attack(&d, name, "fd_scan", json!({})).await, &format!("{name}: fds open at start"));
+        refused(&attack(&d, name, "fd_write", json!({})).await, &format!("{name}: writes to inherited fds"));
+    }
+    let leaked = std::fs::read_to_string(d.dir.path().join("leaked.txt")).unwrap();
+    assert!(!leaked.contains("hostile"), "a plugin wrote through the leaked fd: {leaked:?}");
+}
+
+/// Connects to an abstract unix socket the test listens on (outside the plugin's sandbox).
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_connect_to_an_abstract_socket_outside_its_sandbox() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("plugind-containment-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let d = hostiles(Daemon::builder(), &VARIANTS, &json!({})).start().await;
+    for (name_, _) in VARIANTS {
+        if held(&d, name_, &["abstract"]).await {
+            refused(&attack(&d, name_, "abstract", json!({"name": name})).await, &format!("{name_} abstract connect"));
+        }
+    }
+}
+
+// ---- outliving plugind (SPEC §9.1: leftovers are killed before the next plugind starts) ----
+
+/// A plugin clears its parent-death signal, ignores SIGTERM and keeps living after its stdin
+/// closes; plugind is SIGKILLed. It must be dead at the latest once the next plugind on the
+/// same state dir is up.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_that_clears_its_parent_death_signal_does_not_outlive_plugind() {
+    let mut d = hostiles(Daemon::builder(), &[VARIANTS[0], VARIANTS[2]], &json!({})).start().await;
+    let mut guards = vec![];
+    for name in ["hostile", "hostile-all"] {
+        let r = attack(&d, name, "survive", json!({})).await;
+        let pid = r["detail"]["pid"].as_u64().unwrap() as u32;
+        guards.push(KillOnDrop(pid));
+    }
+    d.kill_and_restart().await;
+    if !held(&d, "hostile", &["outlive", "leftover"]).await {
+        return;
+    }
+    for g in &guards {
+        wait_for(&format!("the old plugin {} to be gone", g.0), async || (!alive(g.0)).then_some(())).await;
+    }
+}
+
+/// A `process` plugin's setsid'd grandchild that ignores SIGTERM and closed its stdio; plugind
+/// is SIGKILLed. The grandchild must be dead at the latest once the next plugind is up.
+#[tokio::test(flavor = "multi_thread")]
+async fn setsid_grandchild_does_not_outlive_plugind() {
+    let mut d = hostile(Daemon::builder(), "hostile-all", VARIANTS[2].1, json!({})).start().await;
+    let r = attack(&d, "hostile-all", "grandchild", json!({"attack": "env", "linger": true})).await;
+    let pid = r["grandchild"]["pid"].as_u64().unwrap() as u32;
+    let _guard = KillOnDrop(pid);
+    assert!(alive(pid), "{r}");
+    d.kill_and_restart().await;
+    if held(&d, "hostile-all", &["outlive", "leftover"]).await {
+        wait_for(&format!("the grandchild {pid} to be gone"), async || (!alive(pid)).then_some(())).await;
+    }
+}
+
+// ---- what a plugin declares or sends (SPEC §9.1: plugind's memory stays bounded) ----
+
+/// `instances: 2000000000` (and 65) in a manifest: a load error naming the field; plugind and
+/// the other plugins carry on.
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_instances_is_a_load_error() {
+    // Under an address-space cap: a plugind that tries to allocate for every instance dies
+    // at once instead of taking the host's memory.
+    let b = victim(Daemon::builder().address_space_mb(8192))
+        .plugin_as("hostile", "greedy")
+        .plugin_as("hostile", "greedy65");
+    let b = b.manifest("greedy", |m| m["instances"] = json!(2_000_000_000u64));
+    let d = b.manifest("greedy65", |m| m["instances"] = json!(65)).start().await;
+    for name in ["greedy", "greedy65"] {
+        let s = d.status(name).await;
+        assert_eq!(s["state"], "invalid", "{s}");
+        assert!(s["last_error"].as_str().unwrap_or("").contains("/instances"), "{s}");
+    }
+    assert_eq!(d.status("victim").await["state"], "running");
+}
+
+/// The same manifest appearing on a rescan (`plugins.reload`).
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_instances_on_a_rescan_is_a_load_error() {
+    let d = victim(Daemon::builder().address_space_mb(8192)).start().await;
+    let dir = d.plugins.join("greedy");
+    copy_dir(&fixture("hostile"), &dir);
+    let m = dir.join("plugin.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
+    v["name"] = json!("greedy");
+    v["instances"] = json!(2_000_000_000u64);
+    std::fs::write(&m, v.to_string()).unwrap();
+    let r = d.call("plugins.reload", json!({})).await;
+    assert!(r.as_ref().is_ok_and(|r| r["errors"].to_string().contains("/instances")), "{r:?}");
+    assert_eq!(d.status("greedy").await["state"], "invalid");
+    assert_eq!(d.status("victim").await["state"], "running");
+}
+
+/// 60 `log` notifications of 4 MiB each: plugind's RSS grows by less than 100 MB, and a kept
+/// message is cut to 64 KiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_flood_does_not_grow_plugind_memory() {
+    let b = hostile(Daemon::builder(), "hostile", &[], json!({}));
+    let d = b.manifest("hostile", |m| m["timeout_ms"] = json!(60_000)).start().await;
+    let before = rss_kb(d.pid());
+    attack(&d, "hostile", "log_flood", json!({"count": 60, "mb": 4})).await;
+    attack(&d, "hostile", "env", json!({})).await;
+    let after = rss_kb(d.pid());
+    assert!(after < before + 100 * 1024, "plugind grew from {before} KiB to {after} KiB");
+    let r = d.call("logs.tail", json!({"plugin": "hostile", "lines": 3})).await.unwrap();
+    let longest = r["lines"].as_array().unwrap().iter().filter_map(|l| l["message"].as_str()).map(str::len).max();
+    assert!(longest.is_some_and(|n| n <= 65 * 1024), "a log message of {longest:?} bytes was kept");
+}
+
+/// 5000 distinct `metrics.emit` series: at most 1000 kept, each labelled `plugin`.
+#[tokio::test(flavor = "multi_thread")]
+async fn metric_series_are_capped_per_plugin_and_labelled() {
+    let d = hostile(Daemon::builder(), "hostile", &[], json!({})).start().await;
+    attack(&d, "hostile", "metrics_flood", json!({"count": 5000, "prefix": "hostile_flood"})).await;
+    attack(&d, "hostile", "env", json!({})).await;
+    let text = d.call("metrics.get", json!({})).await.unwrap()["text"].as_str().unwrap().to_owned();
+    let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && l.contains("hostile_flood_")).collect();
+    assert!(!series.is_empty(), "no series kept at all");
+    assert!(series.len() <= 1000, "{} series kept", series.len());
+    assert!(
+        series.iter().all(|l| l.contains("plugin=\"hostile\"")),
+        "{:?}",
+        series.iter().find(|l| !l.contains("plugin="))
+    );
+}
+
+// ---- the registry (SPEC §9.2) ----
+
+/// A plugin registers `victim@99.0.0` (another plugin's name) and a service its manifest does
+/// not provide: both refused and shown in `refused_services`; calls meant for the victim, from
+/// hosts and plugins, still reach the victim.
+#[tokio::test(flavor = "multi_thread")]
+async fn register_of_a_service_not_provided_is_refused() {
+    let services =
+        json!({"services": [{"name": "victim", "version": "99.0.0"}, {"name": "notmine", "version": "1.0.0"}]});
+    let b = hostile(victim(Daemon::builder()), "hostile", &[], services);
+    let b = hostile(b, "caller", &[], json!({}))
+        .manifest("caller", |m| m["dependencies"] = json!({"required": ["victim"]}));
+    let d = b.start().await;
+    let r = d.call("services.call", json!({"service": "victim", "method": "who", "params": {}})).await.unwrap();
+    assert_eq!(r["plugin"], "victim", "a host's call was hijacked: {r}");
+    let r = attack(&d, "caller", "call", json!({"service": "victim", "method": "who"})).await;
+    assert_eq!(r["reached"], "victim", "a plugin's call was hijacked: {r}");
+    let refused_services = d.status("hostile").await["refused_services"].to_string();
+    for name in ["victim", "notmine"] {
+        assert!(refused_services.contains(name), "{name} not in refused_services: {refused_services}");
+    }
+    let list = d.call("services.list", json!({})).await.unwrap().to_string();
+    assert!(!list.contains("notmine"), "{list}");
+}
+
+/// A caller that declared `svc@^1` asks for `svc` `^2` (or any version): the 2.0.0 provider is
+/// never reached, since a call's version only narrows the declared range.
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_version_only_narrows_its_declared_range() {
+    let mut b = Daemon::builder();
+    for (name, v) in [("old", "1.0.0"), ("new", "2.0.0")] {
+        let svc = json!([{"name": "svc", "version": v}]);
+        b = hostile(b, name, &[], json!({"services": svc.clone()})).manifest(name, move |m| m["provides"] = svc);
+    }
+    let b = hostile(b, "caller", &[], json!({}));
+    let d = b.manifest("caller", |m| m["dependencies"] = json!({"required": ["svc@^1"]})).start().await;
+    let r = attack(&d, "caller", "call", json!({"service": "svc", "version": "*", "method": "who"})).await;
+    assert_eq!(r["reached"], "old", "{r}");
+    let r = attack(&d, "caller", "call", json!({"service": "svc", "version": "^2", "method": "who"})).await;
+    assert_ne!(r["reached"], "new", "the call left the declared range: {r}");
+    assert_eq!(r["detail"]["error"]["code"], -32004, "{r}");
+}
+
+// ---- `last_exit.limit` and state file modes (SPEC §9.1) ----
+
+/// A plugin prints `MemoryError` (and other allocation failures) on stderr and exits 1: no
+/// limit fired, so `last_exit.limit` stays unset.
+#[tokio::test(flavor = "multi_thread")]
+async fn stderr_text_does_not_set_last_exit_limit() {
+    let d = hostile(Daemon::builder(), "hostile", &[], json!({})).start().await;
+    let pid = pid_of(&d, "hostile").await;
+    let r = d.execute("hostile", "spoof_oom", json!({})).await;
+    assert_eq!(code(&r), -32003, "{r:?}");
+    let s = wait_for("the restart", async || {
+        let s = d.status("hostile").await;
+        (s["state"] == "running" && s["pid"] != pid && s["last_exit"]["code"] == 1).then_some(s)
+    })
+    .await;
+    assert!(s["last_exit"]["limit"].is_null(), "a limit was taken from stderr text: {}", s["last_exit"]);
+}
+
+/// The state dir is 0700, the kv database 0600, and a data dir not readable by others.
+#[tokio::test(flavor = "multi_thread")]
+async fn state_files_are_private() {
+    let d = victim(Daemon::builder()).start().await;
+    attack(&d, "victim", "kv", json!({"key": "k", "value": "v"})).await;
+    let data = victim_files(&d, "marker").await[0].parent().unwrap().to_path_buf();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let state = d.dir.path().join("state");
+    assert!(mode(&state) == 0o700, "state dir {:o}", mode(&state));
+    let kv = state.join("kv.sqlite");
+    assert!(mode(&kv) == 0o600, "kv database {:o}", mode(&kv));
+    assert_eq!(mode(&data) & 0o007, 0, "data dir {}: {:o}", data.display(), mode(&data));
+}
+
+// ---- positive controls: what a permission grants still works ----
+
+/// `networking`: a TCP connection to a listener of the test.
+#[tokio::test(flavor = "multi_thread")]
+async fn networking_plugin_still_connects_over_tcp() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let d = hostile(Daemon::builder(), "net", &["networking"], json!({})).start().await;
+    let r = attack(&d, "net", "tcp", json!({"port": port})).await;
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+/// `filesystem`: writes a file in the test's temp dir; every plugin writes its TMPDIR.
+#[tokio::test(flavor = "multi_thread")]
+async fn filesystem_plugin_still_writes_where_its_user_may() {
+    let d =
+        hostile(hostile(Daemon::builder(), "fs", &["filesystem"], json!({})), "plain", &[], json!({})).start().await;
+    let out = d.dir.path().join("written-by-plugin.txt");
+    let r = attack(&d, "fs", "create", json!({"path": out})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "hostile\n");
+    for p in ["fs", "plain"] {
+        let tmp = PathBuf::from(env_of(&d, p).await["TMPDIR"].as_str().unwrap());
+        let r = attack(&d, p, "create", json!({"path": tmp.join("scratch.txt")})).await;
+        assert_eq!(r["ok"], true, "{p} TMPDIR: {r}");
+    }
+}
+
+/// `storage`: kv and the data dir.
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_plugin_still_uses_kv_and_its_data_dir() {
+    let d = hostile(Daemon::builder(), "store", &["storage"], json!({})).start().await;
+    let r = attack(&d, "store", "kv", json!({"key": "k", "value": {"n": 1}})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let data = PathBuf::from(env_of(&d, "store").await["PLUGIND_DATA_DIR"].as_str().unwrap());
+    let r = attack(&d, "store", "create", json!({"path": data.join("kept.txt")})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = attack(&d, "store", "read", json!({"path": data.join("kept.txt")})).await;
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+/// `process`: runs `/bin/true`.
+#[tokio::test(flavor = "multi_thread")]
+async fn process_plugin_still_runs_a_program() {
+    let d = hostile(Daemon::builder(), "proc", &["process"], json!({})).start().await;
+    let r = attack(&d, "proc", "spawn", json!({})).await;
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+/// Every plugin still reads what the host's file permissions allow: `/etc`, libraries, its
+/// own directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_still_reads_system_files_and_its_own_dir() {
+    let d = hostile(Daemon::builder(), "hostile", &[], json!({})).start().await;
+    for path in ["/etc/passwd", "/usr/lib", "main.py", "plugin.json"] {
+        let r = attack(&d, "hostile", "read", json!({"path": path})).await;
+        assert_eq!(r["ok"], true, "{path}: {r}");
+    }
+}
+
+const NODE_PLUGIN: &str = r#"const rl = require('readline').createInterface({ input: process.stdin });
+rl.on('line', (line) => {
+  const m = JSON.parse(line);
+  if (m.id === undefined || !m.method) return;
+  const fixed = { init: { protocol_version: 1 }, register: { services: [] }, teardown: null, ping: {} };
+  const result = m.method in fixed ? fixed[m.method] : { lang: 'node', version: process.version };
+  process.stdout.write(JSON.stringify({ jsonrpc: '2.0', id: m.id, result }) + '\n');
+});
+"#;
+
+const JAVA_PLUGIN: &str = r#"import java.io.*;
+import java.util.regex.*;
+
+public class Main {
+    public static void main(String[] args) throws IOException {
+        BufferedReader in = new BufferedReader(new InputStreamReader(System.in, "UTF-8"));
+        Pattern idP = Pattern.compile("\"id\"\\s*:\\s*(\"[^\"]*\"|-?\\d+)");
+        Pattern methodP = Pattern.compile("\"method\"\\s*:\\s*\"([^\"]*)\"");
+        String line;
+        while ((line = in.readLine()) != null) {
+            Matcher id = idP.matcher(line), method = methodP.matcher(line);
+            if (!id.find() || !method.find()) continue;
+            String result = switch (method.group(1)) {
+                case "init" -> "{\"protocol_version\":1}";
+                case "register" -> "{\"services\":[]}";
+                case "teardown" -> "null";
+                case "ping" -> "{}";
+                default -> "{\"lang\":\"java\",\"version\":\"" + System.getProperty("java.version") + "\"}";
+            };
+            System.out.println("{\"jsonrpc\":\"2.0\",\"id\":" + id.group(1) + ",\"result\":" + result + "}");
+            System.out.flush();
+        }
+    }
+}
+"#;
+
+/// Python, Node, Perl and Java (`java Main.java`) plugins start and answer under the default
+/// sandbox (no permission).
+#[tokio::test(flavor = "multi_thread")]
+async fn python_node_perl_and_java_plugins_run_in_the_default_sandbox() {
+    let node = json!({"name": "node-plain", "version": "1.0.0", "main": "main.cjs"}).to_string();
+    let mut b = hostile(Daemon::builder(), "python-plain", &[], json!({}))
+        .plugin("perl-echo")
+        .plugin_files("node-plain", &[("plugin.json", &node), ("main.cjs", NODE_PLUGIN)]);
+    let java = which("java");
+    if java {
+        let m =
+            json!({"name": "java-plain", "version": "1.0.0", "main": "Main.java", "command": ["java", "Main.java"]});
+        b = b.plugin_files("java-plain", &[("plugin.json", &m.to_string()), ("Main.java", JAVA_PLUGIN)]);
+    } else {
+        eprintln!("skipped: java not installed");
+    }
+    let d = b.start().await;
+    assert_eq!(attack(&d, "python-plain", "env", json!({})).await["PLUGIND_PLUGIN"], "python-plain");
+    assert_eq!(attack(&d, "perl-echo", "echo", json!({"n": 1})).await, json!({"n": 1}));
+    assert_eq!(attack(&d, "node-plain", "hello", json!({})).await["lang"], "node");
+    if java {
+        let s = d.status("java-plain").await;
+        assert_eq!(s["state"], "running", "{s}");
+        assert_eq!(attack(&d, "java-plain", "hello", json!({})).await["lang"], "java");
+    }
+}
+
+/// Whether a program is on PATH.
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// The SDK examples (Python, Node and Rust SDKs, and the SDK-less Python one) start and answer
+/// under the default sandbox.
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_examples_run_in_the_default_sandbox() {
+    let examples = ["echo-python", "echo-node", "echo-rust", "plain-python"];
+    let d = examples.iter().fold(Daemon::builder(), |b, e| b.example(e)).start().await;
+    for e in examples {
+        let s = d.status(e).await;
+        assert_eq!(s["state"], "running", "{s}");
+        assert_eq!(attack(&d, e, "echo", json!({"from": e})).await, json!({"from": e}), "{e}");
+    }
+}
