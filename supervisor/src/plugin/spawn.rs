@@ -42,6 +42,15 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
+    /// Making the instance's `TMPDIR` or data dir private (mode 0700) failed.
+    #[error("cannot make {path} private: {source}")]
+    Private {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Building the instance's confinement failed (then it does not start: no silent downgrade).
     #[error("cannot set up the sandbox: {0}")]
     Sandbox(#[from] SandboxError),
@@ -138,6 +147,12 @@ pub struct Spawned {
 
 /// Spawns the child with piped stdio, in its own session, with limits and the sandbox applied.
 pub fn spawn(plan: &SpawnPlan, request: &sandbox::Request<'_>) -> Result<Spawned, SpawnError> {
+    // The instance's own dirs are private to it (and plugind), whoever made them.
+    for dir in std::iter::once(request.tmp_dir).chain(request.data_dir) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|source| SpawnError::Private { path: dir.to_path_buf(), source })?;
+    }
     let sandbox::Confinement { child: mut confinement, cgroup } = sandbox::prepare(request, &plan.cwd)?;
     let program = match confinement.denies_process().then(|| past_shims(&plan.argv[0], &plan.env)).flatten() {
         Some(p) => {

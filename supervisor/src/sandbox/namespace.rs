@@ -9,7 +9,9 @@
 //!   back at its usual path, so other plugins' code and files are gone;
 //! - plugind's control socket, config file and token file get a read-only `/dev/null` on top;
 //! - `/sys/fs/cgroup` is covered (a plugin cannot move itself out of its cgroup, which is how
-//!   plugind recognises its processes) and `/proc/sys` is made read-only.
+//!   plugind recognises its processes) and `/proc/sys` is made read-only;
+//! - as root, `/proc` is a new instance with `hidepid=ptraceable`: plugind and other plugins are
+//!   not even listed.
 //!
 //! As root the child only needs `CLONE_NEWNS`. An ordinary user's plugind also unshares a user
 //! namespace that maps the plugin's uid and gid to themselves (the plugin sees its own ids, and
@@ -93,6 +95,8 @@ pub struct MountPlan {
 const TMPFS_OPTS: &CStr = c"size=16k,mode=0755";
 const CGROUP_FS: &CStr = c"/sys/fs/cgroup";
 const PROC_SYS: &CStr = c"/proc/sys";
+/// `hidepid=ptraceable`, by number (Linux 5.8).
+const HIDEPID: &CStr = c"hidepid=4";
 
 fn cstr(p: &Path) -> CString {
     // Paths from the OS never hold a NUL byte.
@@ -205,6 +209,21 @@ impl MountPlan {
             }
             if libc::access(CGROUP_FS.as_ptr(), libc::F_OK) == 0 {
                 mount_tmpfs(CGROUP_FS, libc::MS_RDONLY)?;
+            }
+            if self.user_ns.is_none() {
+                // A /proc of its own that lists only processes the plugin may ptrace: its own
+                // (Landlock confines ptrace to its domain). A root plugin would otherwise list
+                // plugind's /proc/PID/fd: the directory of a non-dumpable process belongs to
+                // root. (A user namespace cannot mount proc without a pid namespace of its own,
+                // and there the directory is not the plugin's uid's anyway.)
+                let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, HIDEPID.as_ptr().cast())
+                    != 0
+                    && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+                {
+                    // EINVAL: a kernel before 5.8 without hidepid=4; the ptrace checks still hold.
+                    return Err(io::Error::last_os_error());
+                }
             }
             if libc::mount(PROC_SYS.as_ptr(), PROC_SYS.as_ptr(), null(), libc::MS_BIND | libc::MS_REC, null()) == 0 {
                 remount_read_only(PROC_SYS, true)?;
