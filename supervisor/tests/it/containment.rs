@@ -739,6 +739,25 @@ async fn stderr_text_does_not_set_last_exit_limit() {
     assert!(s["last_exit"]["limit"].is_null(), "a limit was taken from stderr text: {}", s["last_exit"]);
 }
 
+/// A second plugind on a state dir in use exits 1 at once, naming the holder, and touches
+/// nothing: the first one's plugins keep their pids, its socket keeps answering.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_plugind_on_the_same_state_dir_exits_and_kills_nothing() {
+    let d = victim(Daemon::builder()).start().await;
+    let before = pid_of(&d, "victim").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_plugind"))
+        .current_dir(d.dir.path())
+        .args(["--plugins", "plugins", "--state-dir", "state", "--no-watch", "--socket", "other.sock"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("in use") && stderr.contains(&d.pid().to_string()), "names the holder: {stderr}");
+    assert!(!d.dir.path().join("other.sock").exists(), "it bound nothing");
+    assert_eq!(pid_of(&d, "victim").await, before, "the first plugind's plugin is untouched");
+    assert!(alive(before));
+}
+
 /// The state dir is 0700, the kv database 0600, and a data dir not readable by others.
 #[tokio::test(flavor = "multi_thread")]
 async fn state_files_are_private() {
