@@ -739,6 +739,24 @@ async fn stderr_text_does_not_set_last_exit_limit() {
     assert!(s["last_exit"]["limit"].is_null(), "a limit was taken from stderr text: {}", s["last_exit"]);
 }
 
+/// Rewrites its own manifest (to grant itself permissions at the next hot reload) and its own
+/// code, with `filesystem` too: the plugin's own directory is read-only to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_rewrite_its_own_manifest_or_code() {
+    let d = hostiles(Daemon::builder(), &VARIANTS, &json!({})).start().await;
+    for (name, _) in VARIANTS {
+        if !held(&d, name, &["state", "write"]).await {
+            continue;
+        }
+        for file in ["plugin.json", "main.py"] {
+            let path = d.plugins.join(name).join(file);
+            refused(&attack(&d, name, "write", json!({"path": path})).await, &format!("{name} writes its {file}"));
+        }
+        let r = attack(&d, name, "read", json!({"path": d.plugins.join(name).join("plugin.json")})).await;
+        assert_eq!(r["ok"], true, "{name} still reads its own manifest: {r}");
+    }
+}
+
 /// A second plugind on a state dir in use exits 1 at once, naming the holder, and touches
 /// nothing: the first one's plugins keep their pids, its socket keeps answering.
 #[tokio::test(flavor = "multi_thread")]
