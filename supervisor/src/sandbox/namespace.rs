@@ -6,9 +6,9 @@
 //! - plugind's state dir (kv database, logs, every plugin's data dir and temp dir) is covered;
 //!   the instance's own `TMPDIR` and data dir are bind-mounted back at their usual paths;
 //! - every plugin root (`--plugins DIR`) is covered; the plugin's own directory is bind-mounted
-//!   back read-only at its usual path, so other plugins' code and files are gone, and a plugin
-//!   cannot rewrite its own manifest (with `filesystem` it could otherwise grant itself any
-//!   permission at the next hot reload) nor its own code;
+//!   back at its usual path, so other plugins' code and files are gone; its `plugin.json` is
+//!   made read-only (with `filesystem` a plugin could otherwise grant itself any permission at
+//!   the next hot reload);
 //! - plugind's control socket, config file and token file get a read-only `/dev/null` on top;
 //! - `/sys/fs/cgroup` is covered (a plugin cannot move itself out of its cgroup, which is how
 //!   plugind recognises its processes) and `/proc/sys` is made read-only;
@@ -73,8 +73,6 @@ pub struct PlanError {
 struct Kept {
     /// Its usual path.
     target: CString,
-    /// Bound back read-only: the plugin's own directory (its code and manifest).
-    read_only: bool,
     /// Every ancestor of `target` below `/`, shallow first: created (in a cover's tmpfs) if missing.
     ancestors: Vec<CString>,
 }
@@ -92,6 +90,8 @@ pub struct MountPlan {
     kept: Vec<Kept>,
     /// Files covered by a read-only `/dev/null`.
     files: Vec<CString>,
+    /// The plugin's own manifest, bound onto itself read-only.
+    manifest: CString,
     /// The working directory to enter again once its path leads to the bind mount.
     cwd: CString,
 }
@@ -125,13 +125,12 @@ impl MountPlan {
         let outer: Vec<PathBuf> = covers.iter().filter(|p| !nested(p, &covers)).cloned().collect();
         let mut kept = Vec::new();
         // The plugin dir's usual path is root/NAME even when NAME is a symlink to elsewhere.
-        let own = [(plugin_dir, true), (tmp_dir, false)].into_iter().chain(data_dir.map(|d| (d, false)));
-        for (dir, read_only) in own {
+        for dir in std::iter::once(plugin_dir).chain(Some(tmp_dir)).chain(data_dir) {
             let dir = std::path::absolute(dir).map_err(|source| PlanError { path: dir.into(), source })?;
             if !outer.iter().any(|c| dir.starts_with(c)) {
                 continue;
             }
-            kept.push(Self::keep(&dir, read_only)?);
+            kept.push(Self::keep(&dir)?);
             debug_assert!(kept.len() <= MAX_KEPT);
         }
         let files = private.files.iter().filter(|f| !outer.iter().any(|c| f.starts_with(c))).map(|f| cstr(f)).collect();
@@ -144,18 +143,19 @@ impl MountPlan {
             covers: outer.iter().map(|p| cstr(p)).collect(),
             kept,
             files,
+            manifest: cstr(&std::path::absolute(plugin_dir.join("plugin.json")).unwrap_or_default()),
             cwd: cstr(&std::path::absolute(plugin_dir).unwrap_or_else(|_| plugin_dir.into())),
         })
     }
 
-    fn keep(dir: &Path, read_only: bool) -> Result<Kept, PlanError> {
+    fn keep(dir: &Path) -> Result<Kept, PlanError> {
         if !dir.is_dir() {
             let source = io::Error::from_raw_os_error(libc::ENOTDIR);
             return Err(PlanError { path: dir.into(), source });
         }
         let ancestors = dir.ancestors().skip(1).filter(|a| a.parent().is_some()).collect::<Vec<_>>();
         let ancestors = ancestors.into_iter().rev().map(cstr).collect();
-        Ok(Kept { target: cstr(dir), read_only, ancestors })
+        Ok(Kept { target: cstr(dir), ancestors })
     }
 
     /// Runs in the child between `fork` and `exec`: syscalls only, no allocation.
@@ -200,13 +200,15 @@ impl MountPlan {
                 cvt(libc::fchdir(fd))?;
                 cvt(libc::mount(c".".as_ptr(), k.target.as_ptr(), null(), libc::MS_BIND | libc::MS_REC, null()))?;
                 libc::close(fd);
-                if k.read_only {
-                    remount_code_read_only(&k.target)?;
-                }
             }
             for cover in &self.covers {
                 remount_read_only(cover, false)?;
             }
+            // The manifest says what the plugin may do: with `filesystem` it could otherwise
+            // grant itself every permission, taking effect at the next hot reload. (As a mount
+            // point it cannot be renamed over or removed either.)
+            cvt(libc::mount(self.manifest.as_ptr(), self.manifest.as_ptr(), null(), libc::MS_BIND, null()))?;
+            remount_file_read_only(&self.manifest)?;
             for f in &self.files {
                 // A file that is gone (a socket removed meanwhile) needs no cover.
                 if libc::mount(c"/dev/null".as_ptr(), f.as_ptr(), null(), libc::MS_BIND, null()) == 0 {
@@ -265,10 +267,9 @@ fn remount_read_only(target: &CStr, bind: bool) -> io::Result<()> {
     cvt(unsafe { libc::mount(null(), target.as_ptr(), null(), flags, null()) })
 }
 
-/// Makes the bind mount at `target` (the plugin's code) read-only, keeping it executable and its
-/// other flags as they were: in a user namespace a remount may not clear a flag the original
-/// mount had, and `noexec` would stop a plugin whose `main` is a program.
-fn remount_code_read_only(target: &CStr) -> io::Result<()> {
+/// Makes the bind mount at `target` (a plugin's file) read-only, keeping its other flags as they
+/// were: in a user namespace a remount may not clear a flag the original mount had.
+fn remount_file_read_only(target: &CStr) -> io::Result<()> {
     // SAFETY: a NUL-terminated path and a stack struct that outlive the call.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     cvt(unsafe { libc::statvfs(target.as_ptr(), &mut st) })?;
