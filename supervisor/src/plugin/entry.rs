@@ -156,7 +156,12 @@ impl PluginEntry {
         let services = match &st.manifest {
             Some(m) => std::iter::once(ServiceRef { name: m.name.clone(), version: m.version.to_string() })
                 .chain(m.provides.iter().map(|p| ServiceRef { name: p.name.clone(), version: p.version.to_string() }))
-                .chain(st.registered.iter().map(|s| ServiceRef { name: s.name.clone(), version: s.version.clone() }))
+                .chain(
+                    st.registered
+                        .iter()
+                        .filter(|s| crate::registry::rules::check(m, s).is_ok())
+                        .map(|s| ServiceRef { name: s.name.clone(), version: s.version.clone() }),
+                )
                 .fold(Vec::new(), |mut acc, s| {
                     if !acc.contains(&s) {
                         acc.push(s);
@@ -192,6 +197,10 @@ impl PluginEntry {
             last_exit: st.last_exit.clone(),
             stderr_tail: self.log.stderr_tail(),
             history: st.history.iter().cloned().collect(),
+            refused_services: st
+                .manifest
+                .as_ref()
+                .map_or_else(Vec::new, |m| crate::registry::rules::refused(m, &st.registered)),
             dir: self.dir.to_string_lossy().into_owned(),
         }
     }

@@ -12,7 +12,7 @@
 //! call through its `Peer` directly, so one call costs one write and one read.
 
 use crate::host::{self, Caller};
-use crate::logs::{PluginLog, Stream};
+use crate::logs::PluginLog;
 use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
 use crate::sandbox::{self, cgroup::Cgroup};
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
@@ -25,7 +25,9 @@ use nix::unistd::Pid;
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
 use plugind_protocol::manifest::Manifest;
-use plugind_protocol::methods::{self, InitParams, InitResult, LogParams, RegisterResult, ServiceDecl, SupervisorInfo};
+use plugind_protocol::methods::{
+    self, InitParams, InitResult, LogParams, ProgressParams, RegisterResult, ServiceDecl, SupervisorInfo,
+};
 use plugind_protocol::version;
 use serde_json::value::RawValue;
 use std::future::Future;
@@ -403,7 +405,10 @@ impl InstanceTask {
                     }
                 },
                 Some(step) = steps.next(), if !steps.is_empty() => match step {
-                    Step::Handshake(result) => {
+                    Step::Handshake(mut result) => {
+                        if let Ok(services) = &mut result {
+                            crate::registry::rules::vet_register(&self.spec.manifest, services, &self.log);
+                        }
                         ready = result.is_ok();
                         if let Err(e) = &result {
                             reason = Some(e.clone());
@@ -511,35 +516,25 @@ impl InstanceTask {
             }
             Err(e) => exit.reason = Some(format!("wait failed: {e}")),
         }
-        // Which limit ended it (SPEC §5). Children that left the process group die with the
-        // cgroup; then stderr reaches EOF, so its last lines (the plugin's dying words) are in.
+        // Children that left the process group die with the cgroup; then stderr reaches EOF, so
+        // its last lines (the plugin's dying words) are in the log before the exit is reported.
         if let Some(cg) = &cgroup {
             cg.kill_all();
         }
         let _ = tokio::time::timeout(Duration::from_millis(500), stderr_done).await;
+        // Which limit ended it: from the kernel's accounting only, never from what it printed.
         if !exit.requested {
-            let stderr = self.instance_stderr(inst.id);
             let facts = sandbox::ExitFacts {
                 code: exit.code,
                 signal: exit.signal,
                 cpu_limit_s: self.spec.manifest.limits.cpu_seconds,
                 cgroup: cgroup.as_ref().map(Cgroup::stats),
-                stderr: &stderr,
             };
             exit.limit = sandbox::classify(&facts).map(sandbox::Limit::as_str);
         }
         drop(cgroup); // removes it
         self.log.plugind(format!("instance {} (pid {}) {}", inst.id, inst.pid(), exit.describe()));
         let _ = self.events.send(InstanceEvent::Exited { id: inst.id, exit });
-    }
-
-    /// This instance's stderr lines still in the log ring: those after its "started" line.
-    fn instance_stderr(&self, id: u64) -> Vec<String> {
-        let lines = self.log.tail(64);
-        let start = format!("started instance {id} ");
-        let from =
-            lines.iter().rposition(|l| l.stream == "plugind" && l.message.starts_with(&start)).map_or(0, |i| i + 1);
-        lines[from..].iter().filter(|l| l.stream == "stderr").map(|l| l.message.clone()).collect()
     }
 
     fn kill_group(&self, sig: Signal) {
@@ -595,15 +590,23 @@ impl InstanceTask {
         let params = params.map_or("null", RawValue::get);
         match method {
             methods::LOG => match serde_json::from_str::<LogParams>(params) {
-                Ok(p) => self.log.push(Stream::Log, p.level, p.message),
+                Ok(p) => self.log.notification(p),
                 Err(e) => self.report_bad_output(codes::INVALID_PARAMS, format!("bad `log` params: {e}")),
             },
             methods::PROGRESS => {
-                let id = serde_json::from_str::<serde_json::Value>(params)
-                    .ok()
-                    .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64));
-                if let Some(id) = id {
+                let Ok(mut p) = serde_json::from_str::<ProgressParams>(params) else { return };
+                if let Some(id) = p.id.as_u64() {
                     self.instance.peer.progress(id);
+                }
+                if let Some(message) = &mut p.message {
+                    if crate::caps::truncate(message, crate::caps::PROGRESS_MESSAGE_BYTES) {
+                        let cap = crate::caps::PROGRESS_MESSAGE_BYTES;
+                        self.log.over_cap(
+                            crate::caps::Cap::ProgressMessage,
+                            format!("a `$/progress` message was cut to {cap} bytes"),
+                        );
+                    }
+                    tracing::debug!(plugin = %self.spec.plugin, id = %p.id, "progress: {message}");
                 }
             }
             methods::METRICS_EMIT => self.daemon.metrics_emit(&self.spec.plugin, params),
