@@ -11,6 +11,7 @@
 //!
 //! The figures are documented for plugin authors in `docs/protocol.md` ("Caps").
 
+use crate::logs::PluginLog;
 use plugind_protocol::methods::ServiceDecl;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -22,6 +23,8 @@ pub const LOG_FIELDS_BYTES: usize = 16 * 1024;
 /// Bytes of log text one plugin's ring keeps, whatever its line count: 1000 lines of 64 KiB
 /// would otherwise be 64 MiB per plugin.
 pub const LOG_RING_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes of a handshake error kept for `last_error` (it quotes the plugin's own error message).
+pub const ERROR_TEXT_BYTES: usize = 4 * 1024;
 /// Bytes of a `$/progress` message kept.
 pub const PROGRESS_MESSAGE_BYTES: usize = 1024;
 /// Services one `register` answer may list; later ones are dropped.
@@ -81,19 +84,44 @@ impl Overflows {
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary, ending it with a marker that
-/// says how long it was; returns whether it was cut.
+/// says how long it was; returns whether it was cut. A cut string gets a new, small buffer:
+/// keeping the plugin's 4 MiB allocation behind 64 KiB of text would defeat the cap.
 pub fn truncate(text: &mut String, max: usize) -> bool {
+    match cut(text, max) {
+        Some(short) => {
+            *text = short;
+            true
+        }
+        None => false,
+    }
+}
+
+/// `text` cut to at most `max` bytes with the marker of [`truncate`], if it is longer.
+fn cut(text: &str, max: usize) -> Option<String> {
     if text.len() <= max {
-        return false;
+        return None;
     }
     let marker = format!(" …[truncated: {} bytes in all]", text.len());
     let mut end = max.saturating_sub(marker.len());
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text.truncate(end);
-    text.push_str(&marker);
-    true
+    Some(format!("{}{marker}", &text[..end]))
+}
+
+/// A `$/progress` message as plugind keeps it: cut to [`PROGRESS_MESSAGE_BYTES`], the first
+/// cut warned about in the plugin's log.
+pub fn progress_message(message: &str, log: &PluginLog) -> String {
+    cut(message, PROGRESS_MESSAGE_BYTES).map_or_else(
+        || message.to_owned(),
+        |short| {
+            log.over_cap(
+                Cap::ProgressMessage,
+                format!("a `$/progress` message was cut to {PROGRESS_MESSAGE_BYTES} bytes"),
+            );
+            short
+        },
+    )
 }
 
 /// Applies the `register` caps to the services a plugin listed, in place; returns whether

@@ -124,7 +124,10 @@ impl PluginLog {
     }
 
     /// Records one line with structured fields.
-    fn push_with(&self, stream: Stream, level: LogLevel, message: String, fields: Option<serde_json::Value>) {
+    /// Every line is cut to [`caps::LOG_MESSAGE_BYTES`], whatever its source: plugind's own
+    /// lines can quote what a plugin sent (an unknown response id, an error message).
+    fn push_with(&self, stream: Stream, level: LogLevel, mut message: String, fields: Option<serde_json::Value>) {
+        caps::truncate(&mut message, caps::LOG_MESSAGE_BYTES);
         let plugin = self.plugin.as_str();
         match level {
             LogLevel::Error => tracing::error!(plugin, stream = stream.as_str(), "{message}"),

@@ -25,9 +25,7 @@ use nix::unistd::Pid;
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
 use plugind_protocol::manifest::Manifest;
-use plugind_protocol::methods::{
-    self, InitParams, InitResult, LogParams, ProgressParams, RegisterResult, ServiceDecl, SupervisorInfo,
-};
+use plugind_protocol::methods::{self, InitParams, InitResult, LogParams, RegisterResult, ServiceDecl, SupervisorInfo};
 use plugind_protocol::version;
 use serde_json::value::RawValue;
 use std::future::Future;
@@ -406,9 +404,7 @@ impl InstanceTask {
                 },
                 Some(step) = steps.next(), if !steps.is_empty() => match step {
                     Step::Handshake(mut result) => {
-                        if let Ok(services) = &mut result {
-                            crate::registry::rules::vet_register(&self.spec.manifest, services, &self.log);
-                        }
+                        self.vet_handshake(&mut result);
                         ready = result.is_ok();
                         if let Err(e) = &result {
                             reason = Some(e.clone());
@@ -537,6 +533,17 @@ impl InstanceTask {
         let _ = self.events.send(InstanceEvent::Exited { id: inst.id, exit });
     }
 
+    /// Bounds what the handshake brought before the actor keeps it: the `register` answer
+    /// (caps, refused services warned about) or the plugin's error text (for `last_error`).
+    fn vet_handshake(&self, result: &mut Result<Vec<ServiceDecl>, String>) {
+        match result {
+            Ok(services) => crate::registry::rules::vet_register(&self.spec.manifest, services, &self.log),
+            Err(e) => {
+                crate::caps::truncate(e, crate::caps::ERROR_TEXT_BYTES);
+            }
+        }
+    }
+
     fn kill_group(&self, sig: Signal) {
         if self.instance.pid() > 0 {
             let _ = killpg(Pid::from_raw(self.instance.pid() as i32), sig);
@@ -594,19 +601,13 @@ impl InstanceTask {
                 Err(e) => self.report_bad_output(codes::INVALID_PARAMS, format!("bad `log` params: {e}")),
             },
             methods::PROGRESS => {
-                let Ok(mut p) = serde_json::from_str::<ProgressParams>(params) else { return };
-                if let Some(id) = p.id.as_u64() {
+                let p = serde_json::from_str::<serde_json::Value>(params).unwrap_or_default();
+                if let Some(id) = p.get("id").and_then(serde_json::Value::as_u64) {
                     self.instance.peer.progress(id);
                 }
-                if let Some(message) = &mut p.message {
-                    if crate::caps::truncate(message, crate::caps::PROGRESS_MESSAGE_BYTES) {
-                        let cap = crate::caps::PROGRESS_MESSAGE_BYTES;
-                        self.log.over_cap(
-                            crate::caps::Cap::ProgressMessage,
-                            format!("a `$/progress` message was cut to {cap} bytes"),
-                        );
-                    }
-                    tracing::debug!(plugin = %self.spec.plugin, id = %p.id, "progress: {message}");
+                if let Some(message) = p.get("message").and_then(serde_json::Value::as_str) {
+                    let message = crate::caps::progress_message(message, &self.log);
+                    tracing::debug!(plugin = %self.spec.plugin, "progress: {message}");
                 }
             }
             methods::METRICS_EMIT => self.daemon.metrics_emit(&self.spec.plugin, params),
