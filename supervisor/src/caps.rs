@@ -1,4 +1,4 @@
-//! Caps on what a plugin can make plugind hold (SPEC §9.1, §9.9 "Limits").
+//! Caps on what a plugin can make plugind hold (`docs/protocol.md`, "Caps").
 //!
 //! A plugin is untrusted, and everything it sends or declares that plugind keeps (log lines,
 //! registered services, metric series) or forwards would otherwise grow plugind without bound:
@@ -15,7 +15,7 @@ use crate::logs::PluginLog;
 use plugind_protocol::methods::ServiceDecl;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Bytes of a `log` message kept; the rest is cut (SPEC §9.1: 64 KiB).
+/// Bytes of a `log` message kept; the rest is cut.
 pub const LOG_MESSAGE_BYTES: usize = 64 * 1024;
 /// Bytes of a `log` notification's `fields`, as compact JSON; larger fields are dropped whole
 /// (half an object is not an object).
@@ -36,7 +36,7 @@ pub const REGISTER_CAPABILITIES: usize = 32;
 /// Bytes of one name in a `register` answer (service, version, method, capability); a longer
 /// one is dropped (a service with one is dropped whole).
 pub const REGISTER_NAME_BYTES: usize = 128;
-/// Metric series (name plus label values) one plugin may create (SPEC §9.1: 1000).
+/// Metric series (name plus label values) one plugin may create.
 pub const METRIC_SERIES: usize = 1000;
 /// Labels one `metrics.emit` sample may carry besides `plugin`.
 pub const METRIC_LABELS: usize = 16;

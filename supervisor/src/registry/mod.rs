@@ -152,7 +152,7 @@ impl Daemon {
                     target: Target::Plugin(entry.clone()),
                 });
             };
-            // Refused services (SPEC §9.2) are never routed; the status lists them.
+            // Refused services (see `rules`) are never routed; the status lists them.
             for s in st.registered.iter().filter(|s| rules::check(&m, s).is_ok()) {
                 let caps = if s.capabilities.is_empty() { m.capabilities.clone() } else { s.capabilities.clone() };
                 push(&s.name, &s.version, s.methods.clone(), caps);

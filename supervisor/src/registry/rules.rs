@@ -1,4 +1,4 @@
-//! Which services a plugin may register (SPEC §9.2).
+//! Which services a plugin may register (`docs/protocol.md`, `register`).
 //!
 //! A plugin's manifest says, before it starts, which services it provides (`provides`, plus the
 //! service named after the plugin at the plugin's version). Its `register` answer is what the

@@ -1,4 +1,4 @@
-//! Which `limits` entry ended an instance (`last_exit.limit`, SPEC §5).
+//! Which `limits` entry ended an instance (`last_exit.limit`; `docs/security.md`, "Limits").
 //!
 //! Only the kernel's own accounting names a limit: a signal (SIGXCPU at the soft CPU limit,
 //! SIGKILL at the hard one, told apart from an outside SIGKILL by the cgroup's CPU time) or a

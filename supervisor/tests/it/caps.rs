@@ -151,3 +151,19 @@ async fn caps_init_config_is_an_object_when_unset() {
     assert_eq!(d.execute("bare", "init_params", json!({})).await.unwrap()["config"], json!({}));
     assert_eq!(d.execute("set", "init_params", json!({})).await.unwrap()["config"], json!({"k": 1}));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caps_register_lists_are_cut_with_one_warning() {
+    // 100 services, each with 300 methods: 64 services are looked at, 256 methods each kept.
+    let d = Daemon::builder()
+        .plugin_as("py-greedy", "lister")
+        .manifest("lister", |m| m["env"] = json!({"REGISTER_MANY": r#"{"n": 100, "methods": 300}"#}))
+        .start()
+        .await;
+    let listed = d.call("services.list", json!({})).await.unwrap();
+    let own = listed.as_array().unwrap().iter().find(|s| s["name"] == "lister").unwrap();
+    assert_eq!(own["methods"].as_array().unwrap().len(), 256, "{own}");
+    let s = d.status("lister").await;
+    assert_eq!(s["refused_services"].as_array().unwrap().len(), 63, "undeclared ones among the first 64");
+    assert_eq!(warnings(&d, "lister", "register: lists cut to 64 services").await, 1);
+}
