@@ -129,12 +129,14 @@ impl PluginLog {
     fn push_with(&self, stream: Stream, level: LogLevel, mut message: String, fields: Option<serde_json::Value>) {
         caps::truncate(&mut message, caps::LOG_MESSAGE_BYTES);
         let plugin = self.plugin.as_str();
+        // The plugin's fields travel as one JSON field of plugind's own log line.
+        let f = fields.as_ref().map(tracing::field::display);
         match level {
-            LogLevel::Error => tracing::error!(plugin, stream = stream.as_str(), "{message}"),
-            LogLevel::Warn => tracing::warn!(plugin, stream = stream.as_str(), "{message}"),
-            LogLevel::Info => tracing::info!(plugin, stream = stream.as_str(), "{message}"),
-            LogLevel::Debug => tracing::debug!(plugin, stream = stream.as_str(), "{message}"),
-            LogLevel::Trace => tracing::trace!(plugin, stream = stream.as_str(), "{message}"),
+            LogLevel::Error => tracing::error!(plugin, stream = stream.as_str(), fields = f, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, stream = stream.as_str(), fields = f, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, stream = stream.as_str(), fields = f, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, stream = stream.as_str(), fields = f, "{message}"),
+            LogLevel::Trace => tracing::trace!(plugin, stream = stream.as_str(), fields = f, "{message}"),
         }
         let line = LogLine {
             ts: crate::time::now_rfc3339(),

@@ -86,6 +86,9 @@ async fn caps_log_fields_are_kept_up_to_their_cap() {
     assert_eq!((&logged[0]["message"], &logged[0]["fields"]), (&json!("xxxxx"), &fields));
     assert!(logged[1].get("fields").is_none() && logged[1]["message"] == "xxxxxx", "{:?}", logged[1]);
     assert_eq!(warnings(&d, "tidy", "`log` fields over 16384 bytes").await, 1);
+    // plugind's own log line carries them as one field.
+    let daemon_log = d.log();
+    assert!(daemon_log.lines().any(|l| l.contains(r#"stream="log""#) && l.contains(r#""attempt":3"#)), "{daemon_log}");
     // pluginctl logs --json carries them too.
     let out = d.ctl(&["--json", "logs", "tidy"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"attempt\":3"), "{out:?}");
