@@ -43,7 +43,9 @@ impl Stream {
 
 struct Rings {
     lines: VecDeque<LogLine>,
-    /// Bytes of message and fields text in `lines`.
+    /// What each of `lines` costs ([`line_bytes`]), so evicting one needs no re-serializing.
+    sizes: VecDeque<usize>,
+    /// Bytes of message and fields text in `lines`: their sum.
     bytes: usize,
     stderr: VecDeque<String>,
     /// Stderr lines: a flooding plugin cannot flood plugind's log too.
@@ -104,6 +106,7 @@ impl PluginLog {
             capacity: capacity.max(STDERR_TAIL),
             rings: Mutex::new(Rings {
                 lines: VecDeque::new(),
+                sizes: VecDeque::new(),
                 bytes: 0,
                 stderr: VecDeque::new(),
                 stderr_bucket: Bucket::new(),
@@ -124,6 +127,7 @@ impl PluginLog {
     }
 
     /// Records one line with structured fields.
+    ///
     /// Every line is cut to [`caps::LOG_MESSAGE_BYTES`], whatever its source: plugind's own
     /// lines can quote what a plugin sent (an unknown response id, an error message).
     fn push_with(&self, stream: Stream, level: LogLevel, mut message: String, fields: Option<serde_json::Value>) {
@@ -155,11 +159,11 @@ impl PluginLog {
             r.stderr.push_back(line.message.clone());
         }
         while r.lines.len() == self.capacity || (r.bytes + size > caps::LOG_RING_BYTES && !r.lines.is_empty()) {
-            if let Some(old) = r.lines.pop_front() {
-                r.bytes -= line_bytes(&old);
-            }
+            r.lines.pop_front();
+            r.bytes -= r.sizes.pop_front().unwrap_or(0);
         }
         r.bytes += size;
+        r.sizes.push_back(size);
         r.lines.push_back(line.clone());
         drop(r);
         let _ = self.follow.send(line);

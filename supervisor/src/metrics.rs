@@ -224,6 +224,7 @@ fn new_family(name: &str, kind: MetricKind, names: Vec<String>) -> prometheus::R
 
 impl Daemon {
     /// Records a `metrics.emit` notification of a plugin (raw params).
+    ///
     /// A dropped sample is warned about once per kind of reason and plugin: a plugin emitting
     /// thousands of bad samples a second must not turn each into a log line.
     pub fn metrics_emit(&self, plugin: &str, params: &str) {

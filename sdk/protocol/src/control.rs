@@ -255,7 +255,7 @@ pub struct PluginStatus {
     pub stderr_tail: Vec<String>,
     /// Recent lifecycle events.
     pub history: Vec<HistoryEntry>,
-    /// Services the plugin's `register` answer named but may not provide (`docs/protocol.md`, `register`).
+    /// Services the plugin's `register` answer named but may not provide (never routed).
     #[serde(default)]
     pub refused_services: Vec<RefusedService>,
     /// The plugin directory.
