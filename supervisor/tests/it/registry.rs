@@ -255,6 +255,11 @@ async fn registry_refuses_services_the_manifest_does_not_declare() {
     let listed = list.as_array().unwrap().iter().find(|p| p["name"] == "evil").unwrap();
     assert_eq!(listed["refused_services"], s["refused_services"]);
     assert_eq!(d.status("victim").await["refused_services"], json!([]));
+    let out = String::from_utf8_lossy(&d.ctl(&["status", "evil"]).stdout).into_owned();
+    assert!(
+        out.contains("refused services") && out.contains("  victim@99.0.0: not in the manifest's provides"),
+        "{out}"
+    );
     let tail = d.call("logs.tail", json!({"plugin": "evil"})).await.unwrap();
     let warned = tail["lines"]
         .as_array()
