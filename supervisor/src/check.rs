@@ -125,7 +125,16 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
             let took = started.elapsed();
             let level = if took > SLOW_INIT { Level::Warn } else { Level::Ok };
             r.push(level, format!("init + register answered in {} ms", took.as_millis()));
-            let names: Vec<String> = services.iter().map(|s| format!("{}@{}", s.name, s.version)).collect();
+            // What a daemon would route; the rest it refuses (see `registry::rules`).
+            let names: Vec<String> = services
+                .iter()
+                .filter(|s| crate::registry::rules::check(&m, s).is_ok())
+                .map(|s| format!("{}@{}", s.name, s.version))
+                .collect();
+            for refused in crate::registry::rules::refused(&m, &services) {
+                let (name, version, why) = (refused.name, refused.version, refused.reason);
+                r.push(Level::Warn, format!("register: service {name}@{version} refused: {why}"));
+            }
             r.push(
                 Level::Ok,
                 format!(

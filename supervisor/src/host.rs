@@ -23,8 +23,20 @@ pub struct Caller {
     pub peer: Arc<Peer>,
 }
 
-fn query_dep(q: &ServiceQuery) -> Result<Dependency, RpcError> {
-    crate::registry::dependency(&q.name, q.version.as_deref())
+/// The dependency a plugin's `registry.getService`/`requireService` resolves: the range it asks
+/// for, narrowed by the range its manifest declares for that name, if it declares one (a caller's
+/// `version` never widens what its manifest declared).
+fn query_dep(caller: &Caller, q: &ServiceQuery) -> Result<Dependency, RpcError> {
+    let asked = crate::registry::dependency(&q.name, q.version.as_deref())?;
+    Ok(match declared(caller, &q.name) {
+        Some(d) => d.narrowed(asked.range.as_ref()),
+        None => asked,
+    })
+}
+
+/// The caller's manifest dependency on service `name`, if it declares one.
+fn declared<'a>(caller: &'a Caller, name: &str) -> Option<&'a Dependency> {
+    caller.manifest.dependencies().find(|(d, _)| d.name == name).map(|(d, _)| d)
 }
 
 /// Answers one request of a plugin.
@@ -36,11 +48,11 @@ pub async fn handle_request(
 ) -> Result<Box<RawValue>, RpcError> {
     match method {
         methods::REGISTRY_GET_SERVICE => {
-            let dep = query_dep(&params(raw)?)?;
+            let dep = query_dep(caller, &params(raw)?)?;
             Ok(to_raw(&daemon.resolve(&dep).as_deref().map(|p| &p.info)))
         }
         methods::REGISTRY_REQUIRE_SERVICE => {
-            let dep = query_dep(&params(raw)?)?;
+            let dep = query_dep(caller, &params(raw)?)?;
             match daemon.resolve(&dep) {
                 Some(p) => Ok(to_raw(&p.info)),
                 None => Err(not_found(&dep)),
@@ -52,8 +64,7 @@ pub async fn handle_request(
         }
         methods::SERVICE_CALL => {
             let p = ServiceCallIn::parse(raw)?;
-            let declared = caller.manifest.dependencies().find(|(d, _)| d.name == p.service).map(|(d, _)| d);
-            let Some(declared) = declared else {
+            let Some(declared) = declared(caller, &p.service) else {
                 return Err(RpcError::with_data(
                     codes::PERMISSION_DENIED,
                     format!(
@@ -63,15 +74,10 @@ pub async fn handle_request(
                     serde_json::json!({ "plugin": &*caller.plugin, "dependency": p.service }),
                 ));
             };
-            let ranged;
-            let dep = match &p.version {
-                Some(r) => {
-                    ranged = crate::registry::dependency(&p.service, Some(r))?;
-                    &ranged
-                }
-                None => declared,
-            };
-            let provider = daemon.resolve(dep).ok_or_else(|| not_found(dep))?;
+            // The provider must match the declared range and the one asked for, both.
+            let asked = crate::registry::dependency(&p.service, p.version.as_deref())?;
+            let dep = declared.narrowed(asked.range.as_ref());
+            let provider = daemon.resolve(&dep).ok_or_else(|| not_found(&dep))?;
             // The call this one is made for bounds its deadline, and cancels it when it ends.
             let parent = caller.peer.parent_of(p.parent);
             let call = Call {

@@ -11,12 +11,14 @@
 //! - [`host`]: what plugins may ask plugind (`registry.*`, `service.call`, `kv.*`).
 //! - [`control`]: the control socket and its handlers; [`client`] is `pluginctl`'s side.
 //! - [`discovery`], [`config`], [`logs`]: finding plugins, settings, log rings.
+//! - [`caps`]: the bounds on what a plugin can make plugind hold (log lines, services, series).
 //!
 //! # Theory of operation
 //! [`run`] binds the control socket, loads every plugin directory into a [`PluginEntry`] with an
 //! actor task, starts them, serves the socket until asked to stop, then stops every plugin.
 //! The [`Daemon`] is the shared state everybody holds an `Arc` of: the plugin table and settings.
 
+pub mod caps;
 pub mod check;
 pub mod client;
 pub mod client_http;

@@ -2,10 +2,17 @@
 //!
 //! Each line goes to `tracing` (with the plugin's name as a field) and into a bounded ring, so
 //! `logs.tail` and the status's `stderr_tail` can show recent lines without unbounded memory.
+//! The ring is bounded twice: by its line count (`log_lines`) and by the bytes of text it holds
+//! ([`caps::LOG_RING_BYTES`]), since a plugin chooses how long its lines are.
+//!
+//! What a plugin sends is rate-limited per source (stderr lines and `log` notifications each
+//! have a token bucket), and a `log` notification is capped ([`caps::LOG_MESSAGE_BYTES`],
+//! [`caps::LOG_FIELDS_BYTES`]) before it is kept.
 
+use crate::caps::{self, Cap, Overflows};
 use crate::transport::tap::Tap;
 use plugind_protocol::control::LogLine;
-use plugind_protocol::methods::LogLevel;
+use plugind_protocol::methods::{LogLevel, LogParams};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
@@ -36,16 +43,46 @@ impl Stream {
 
 struct Rings {
     lines: VecDeque<LogLine>,
+    /// What each of `lines` costs ([`line_bytes`]), so evicting one needs no re-serializing.
+    sizes: VecDeque<usize>,
+    /// Bytes of message and fields text in `lines`: their sum.
+    bytes: usize,
     stderr: VecDeque<String>,
-    /// Token bucket for stderr lines: a flooding plugin cannot flood plugind's log too.
+    /// Stderr lines: a flooding plugin cannot flood plugind's log too.
+    stderr_bucket: Bucket,
+    /// `log` notifications, limited apart from stderr so one source cannot starve the other.
+    log_bucket: Bucket,
+}
+
+/// A token bucket of lines, counting what it refused.
+struct Bucket {
     tokens: f64,
     refilled: std::time::Instant,
     dropped: u64,
 }
 
-/// Stderr lines per second kept, sustained.
+impl Bucket {
+    fn new() -> Self {
+        Bucket { tokens: STDERR_BURST, refilled: std::time::Instant::now(), dropped: 0 }
+    }
+
+    /// Takes a token: `Some(lines dropped since the last one taken)`, or `None` (over the rate).
+    fn take(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * STDERR_RATE).min(STDERR_BURST);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            self.dropped += 1;
+            return None;
+        }
+        self.tokens -= 1.0;
+        Some(std::mem::take(&mut self.dropped))
+    }
+}
+
+/// Lines per second kept, sustained, of stderr and of `log` notifications each.
 pub const STDERR_RATE: f64 = 200.0;
-/// Stderr lines kept in a burst.
+/// Lines kept in a burst, of stderr and of `log` notifications each.
 pub const STDERR_BURST: f64 = 1000.0;
 
 /// One plugin's log.
@@ -56,6 +93,8 @@ pub struct PluginLog {
     capacity: usize,
     rings: Mutex<Rings>,
     follow: broadcast::Sender<LogLine>,
+    /// Caps this plugin went over: each is warned about once.
+    overflows: Overflows,
 }
 
 impl PluginLog {
@@ -67,12 +106,14 @@ impl PluginLog {
             capacity: capacity.max(STDERR_TAIL),
             rings: Mutex::new(Rings {
                 lines: VecDeque::new(),
+                sizes: VecDeque::new(),
+                bytes: 0,
                 stderr: VecDeque::new(),
-                tokens: STDERR_BURST,
-                refilled: std::time::Instant::now(),
-                dropped: 0,
+                stderr_bucket: Bucket::new(),
+                log_bucket: Bucket::new(),
             }),
             follow,
+            overflows: Overflows::default(),
         }
     }
 
@@ -82,13 +123,24 @@ impl PluginLog {
 
     /// Records one line.
     pub fn push(&self, stream: Stream, level: LogLevel, message: String) {
+        self.push_with(stream, level, message, None);
+    }
+
+    /// Records one line with structured fields.
+    ///
+    /// Every line is cut to [`caps::LOG_MESSAGE_BYTES`], whatever its source: plugind's own
+    /// lines can quote what a plugin sent (an unknown response id, an error message).
+    fn push_with(&self, stream: Stream, level: LogLevel, mut message: String, fields: Option<serde_json::Value>) {
+        caps::truncate(&mut message, caps::LOG_MESSAGE_BYTES);
         let plugin = self.plugin.as_str();
+        // The plugin's fields travel as one JSON field of plugind's own log line.
+        let f = fields.as_ref().map(tracing::field::display);
         match level {
-            LogLevel::Error => tracing::error!(plugin, stream = stream.as_str(), "{message}"),
-            LogLevel::Warn => tracing::warn!(plugin, stream = stream.as_str(), "{message}"),
-            LogLevel::Info => tracing::info!(plugin, stream = stream.as_str(), "{message}"),
-            LogLevel::Debug => tracing::debug!(plugin, stream = stream.as_str(), "{message}"),
-            LogLevel::Trace => tracing::trace!(plugin, stream = stream.as_str(), "{message}"),
+            LogLevel::Error => tracing::error!(plugin, stream = stream.as_str(), fields = f, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, stream = stream.as_str(), fields = f, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, stream = stream.as_str(), fields = f, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, stream = stream.as_str(), fields = f, "{message}"),
+            LogLevel::Trace => tracing::trace!(plugin, stream = stream.as_str(), fields = f, "{message}"),
         }
         let line = LogLine {
             ts: crate::time::now_rfc3339(),
@@ -96,7 +148,9 @@ impl PluginLog {
             stream: stream.as_str().to_owned(),
             level: level.as_str().to_owned(),
             message,
+            fields,
         };
+        let size = line_bytes(&line);
         let mut r = self.rings();
         if stream == Stream::Stderr {
             if r.stderr.len() == STDERR_TAIL {
@@ -104,9 +158,12 @@ impl PluginLog {
             }
             r.stderr.push_back(line.message.clone());
         }
-        if r.lines.len() == self.capacity {
+        while r.lines.len() == self.capacity || (r.bytes + size > caps::LOG_RING_BYTES && !r.lines.is_empty()) {
             r.lines.pop_front();
+            r.bytes -= r.sizes.pop_front().unwrap_or(0);
         }
+        r.bytes += size;
+        r.sizes.push_back(size);
         r.lines.push_back(line.clone());
         drop(r);
         let _ = self.follow.send(line);
@@ -115,26 +172,50 @@ impl PluginLog {
     /// A stderr line, subject to the rate limit: lines over it are counted and reported as
     /// one "N lines dropped" line once the rate allows again.
     pub fn stderr(&self, message: String) {
-        let dropped = {
-            let mut r = self.rings();
-            let now = std::time::Instant::now();
-            r.tokens = (r.tokens + now.duration_since(r.refilled).as_secs_f64() * STDERR_RATE).min(STDERR_BURST);
-            r.refilled = now;
-            if r.tokens < 1.0 {
-                r.dropped += 1;
-                return;
+        let Some(dropped) = self.rings().stderr_bucket.take() else { return };
+        self.report_dropped(dropped, "stderr lines");
+        self.push(Stream::Stderr, LogLevel::Info, message);
+    }
+
+    /// A `log` notification: rate-limited like stderr, its message cut to
+    /// [`caps::LOG_MESSAGE_BYTES`] and its `fields` kept up to [`caps::LOG_FIELDS_BYTES`].
+    pub fn notification(&self, p: LogParams) {
+        let Some(dropped) = self.rings().log_bucket.take() else { return };
+        self.report_dropped(dropped, "`log` notifications");
+        let LogParams { level, mut message, fields } = p;
+        if caps::truncate(&mut message, caps::LOG_MESSAGE_BYTES) {
+            self.over_cap(Cap::LogMessage, format!("a `log` message was cut to {} bytes", caps::LOG_MESSAGE_BYTES));
+        }
+        let fields = fields.filter(|f| {
+            let fits = serde_json::to_string(f).is_ok_and(|t| t.len() <= caps::LOG_FIELDS_BYTES);
+            if !fits {
+                self.over_cap(
+                    Cap::LogFields,
+                    format!("`log` fields over {} bytes of JSON dropped", caps::LOG_FIELDS_BYTES),
+                );
             }
-            r.tokens -= 1.0;
-            std::mem::take(&mut r.dropped)
-        };
+            fits
+        });
+        self.push_with(Stream::Log, level, message, fields);
+    }
+
+    /// Says how many lines a rate limit dropped, once the rate allows a line again.
+    fn report_dropped(&self, dropped: u64, what: &str) {
         if dropped > 0 {
             self.push(
                 Stream::Plugind,
                 LogLevel::Warn,
-                format!("{dropped} stderr lines dropped: over {STDERR_RATE} lines/s (burst {STDERR_BURST})"),
+                format!("{dropped} {what} dropped: over {STDERR_RATE} lines/s (burst {STDERR_BURST})"),
             );
         }
-        self.push(Stream::Stderr, LogLevel::Info, message);
+    }
+
+    /// The plugin went over `cap`: warns the first time, with what happened and that repeats
+    /// are not reported.
+    pub fn over_cap(&self, cap: Cap, what: String) {
+        if self.overflows.first(cap) {
+            self.warn(format!("{what} (further ones are not reported)"));
+        }
     }
 
     /// plugind's own event about this plugin.
@@ -152,9 +233,74 @@ impl PluginLog {
         self.rings().stderr.iter().cloned().collect()
     }
 
+    /// Bytes of text the ring holds.
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
+        self.rings().bytes
+    }
+
     /// The last `n` lines, oldest first.
     pub fn tail(&self, n: usize) -> Vec<LogLine> {
         let r = self.rings();
         r.lines.iter().skip(r.lines.len().saturating_sub(n)).cloned().collect()
+    }
+}
+
+/// What a kept line costs, roughly: its message and fields text.
+fn line_bytes(line: &LogLine) -> usize {
+    line.message.len() + line.fields.as_ref().map_or(0, |f| f.to_string().len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log() -> PluginLog {
+        PluginLog::new("p", 5000, broadcast::channel(4).0)
+    }
+
+    fn notification(message: String, fields: Option<serde_json::Value>) -> LogParams {
+        LogParams { level: LogLevel::Info, message, fields }
+    }
+
+    #[test]
+    fn log_notifications_are_capped_and_keep_their_fields() {
+        let l = log();
+        l.notification(notification("x".repeat(4 << 20), Some(serde_json::json!({"k": 1}))));
+        l.notification(notification("y".repeat(4 << 20), None));
+        l.notification(notification(
+            "small".into(),
+            Some(serde_json::json!({"big": "z".repeat(caps::LOG_FIELDS_BYTES)})),
+        ));
+        let lines = l.tail(10);
+        let kept: Vec<&LogLine> = lines.iter().filter(|l| l.stream == "log").collect();
+        assert_eq!(kept.len(), 3);
+        assert!(kept[0].message.len() <= caps::LOG_MESSAGE_BYTES && kept[0].message.contains("truncated"));
+        assert_eq!(kept[0].fields, Some(serde_json::json!({"k": 1})));
+        assert_eq!(kept[2].fields, None, "fields over the cap are dropped");
+        let warnings: Vec<&LogLine> = lines.iter().filter(|l| l.stream == "plugind").collect();
+        assert_eq!(warnings.len(), 2, "one warning per cap: {warnings:?}");
+    }
+
+    #[test]
+    fn the_ring_holds_a_bounded_number_of_bytes() {
+        let l = log();
+        for _ in 0..500 {
+            l.notification(notification("m".repeat(caps::LOG_MESSAGE_BYTES), None));
+        }
+        assert!(l.held_bytes() <= caps::LOG_RING_BYTES, "{}", l.held_bytes());
+        assert!(l.tail(1000).len() < 500);
+    }
+
+    #[test]
+    fn log_notifications_are_rate_limited_apart_from_stderr() {
+        let l = log();
+        for i in 0..(STDERR_BURST as usize + 500) {
+            l.notification(notification(format!("n{i}"), None));
+        }
+        let logged = l.tail(5000).iter().filter(|x| x.stream == "log").count();
+        assert!(logged < STDERR_BURST as usize + 250, "the burst passed, the rest mostly not: {logged}");
+        l.stderr("still heard".into());
+        assert_eq!(l.stderr_tail(), ["still heard"], "stderr has its own bucket");
     }
 }

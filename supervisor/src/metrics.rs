@@ -3,14 +3,17 @@
 //! plugind's own figures per plugin (calls, errors, timeouts, restarts, state, memory) are read
 //! from the plugin table at scrape time; call latency is a histogram observed on the call path
 //! through a handle cached per plugin (no lookup per call). Figures plugins send with
-//! `metrics.emit` become metric families created on first use, labelled `plugin`.
+//! `metrics.emit` become metric families created on first use, labelled `plugin`, at most
+//! [`caps::METRIC_SERIES`] series per plugin.
 
+use crate::caps::{self, Cap};
 use crate::Daemon;
 use plugind_protocol::methods::{MetricKind, MetricsEmitParams};
 use prometheus::{
     CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::{LazyLock, Mutex};
 
 /// Call latency by plugin, observed on the call path.
@@ -32,10 +35,82 @@ enum Emitted {
     Histogram(HistogramVec, Vec<String>),
 }
 
+impl Emitted {
+    fn kind(&self) -> MetricKind {
+        match self {
+            Emitted::Counter(..) => MetricKind::Counter,
+            Emitted::Gauge(..) => MetricKind::Gauge,
+            Emitted::Histogram(..) => MetricKind::Histogram,
+        }
+    }
+
+    fn label_names(&self) -> &[String] {
+        match self {
+            Emitted::Counter(_, n) | Emitted::Gauge(_, n) | Emitted::Histogram(_, n) => n,
+        }
+    }
+}
+
+/// Why a `metrics.emit` sample was dropped.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EmitError {
+    /// The plugin already has [`caps::METRIC_SERIES`] series and this would be a new one.
+    #[error("a new series of {name:?} dropped: the plugin already has {} metric series", caps::METRIC_SERIES)]
+    TooManySeries {
+        /// The metric.
+        name: String,
+    },
+    /// Over [`caps::METRIC_LABELS`] labels, or a name or value over [`caps::METRIC_TEXT_BYTES`].
+    #[error(
+        "a sample of {name:?} dropped: over {} labels, or a name or label over {} bytes",
+        caps::METRIC_LABELS,
+        caps::METRIC_TEXT_BYTES
+    )]
+    TooLarge {
+        /// The metric (cut to the cap).
+        name: String,
+    },
+    /// The name was first registered (by this plugin or another) with another kind.
+    #[error("samples of {name:?} as a {kind:?} dropped: the name was first registered as a {first:?}")]
+    KindTaken {
+        /// The metric.
+        name: String,
+        /// The kind this sample has.
+        kind: MetricKind,
+        /// The kind that won.
+        first: MetricKind,
+    },
+    /// Anything else wrong with the sample.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl EmitError {
+    /// The cap whose one warning this error counts under.
+    pub fn cap(&self) -> Cap {
+        match self {
+            EmitError::TooManySeries { .. } => Cap::MetricSeries,
+            EmitError::TooLarge { .. } => Cap::MetricLabels,
+            EmitError::KindTaken { .. } => Cap::MetricKind,
+            EmitError::Invalid(_) => Cap::MetricInvalid,
+        }
+    }
+}
+
+/// What `metrics.emit` created, under one lock.
+#[derive(Default)]
+struct EmittedState {
+    /// Families by metric name; the first sample of a name fixes its kind and label names.
+    families: HashMap<String, Emitted>,
+    /// Per plugin, the series it created (hashes of name and label values): what
+    /// [`caps::METRIC_SERIES`] counts. A hash, so a plugin's 1000 series cost 8 KB here.
+    series: HashMap<String, HashSet<u64>>,
+}
+
 /// The daemon's metrics state.
 pub struct Metrics {
     registry: Registry,
-    emitted: Mutex<HashMap<String, Emitted>>,
+    emitted: Mutex<EmittedState>,
 }
 
 impl Default for Metrics {
@@ -43,7 +118,7 @@ impl Default for Metrics {
         let registry = Registry::new();
         // Registering a fresh static can only fail if it were registered twice in this registry.
         let _ = registry.register(Box::new(CALL_LATENCY.clone()));
-        Metrics { registry, emitted: Mutex::new(HashMap::new()) }
+        Metrics { registry, emitted: Mutex::new(EmittedState::default()) }
     }
 }
 
@@ -54,69 +129,111 @@ fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
+/// The identity of one series: its metric name and label values in label-name order.
+fn series_key(name: &str, values: &[&str]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    values.hash(&mut h);
+    h.finish()
+}
+
 impl Metrics {
-    /// Records one `metrics.emit` sample of `plugin`; returns why it was refused, if it was.
-    pub fn emit(&self, plugin: &str, p: &MetricsEmitParams) -> Result<(), String> {
-        if !valid_name(&p.name) || p.name.starts_with("plugind_") {
-            return Err(format!("metric name {:?} is not a valid Prometheus name outside plugind_*", p.name));
-        }
+    /// Records one `metrics.emit` sample of `plugin`; returns why it was dropped, if it was.
+    ///
+    /// Every series carries the `plugin` label, so two plugins' figures under one name are
+    /// two series, never one. A name's first sample fixes its kind and label names for every
+    /// plugin: Prometheus has one type per name, so a later sample of another kind is dropped
+    /// (the first kind registered wins) rather than breaking the whole exposition.
+    pub fn emit(&self, plugin: &str, p: &MetricsEmitParams) -> Result<(), EmitError> {
         let labels = p.labels.clone().unwrap_or_default();
+        let too_long = |t: &str| t.len() > caps::METRIC_TEXT_BYTES;
+        if labels.len() > caps::METRIC_LABELS
+            || too_long(&p.name)
+            || labels.iter().any(|(k, v)| too_long(k) || too_long(v))
+        {
+            let mut name = p.name.clone();
+            caps::truncate(&mut name, caps::METRIC_TEXT_BYTES);
+            return Err(EmitError::TooLarge { name });
+        }
+        if !valid_name(&p.name) || p.name.starts_with("plugind_") {
+            return Err(EmitError::Invalid(format!(
+                "metric name {:?} is not a valid Prometheus name outside plugind_*",
+                p.name
+            )));
+        }
         if let Some(bad) = labels.keys().find(|k| !valid_name(k) || k.as_str() == "plugin") {
-            return Err(format!("label name {bad:?} is not allowed"));
+            return Err(EmitError::Invalid(format!("label name {bad:?} is not allowed")));
         }
         let mut names: Vec<String> = std::iter::once("plugin".to_owned()).chain(labels.keys().cloned()).collect();
         names[1..].sort();
         let values: Vec<&str> = std::iter::once(plugin).chain(names[1..].iter().map(|k| labels[k].as_str())).collect();
-        let mut all = self.emitted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !all.contains_key(&p.name) {
-            let help = format!("Emitted by plugins with metrics.emit ({:?}).", p.kind);
-            let opts = Opts::new(p.name.clone(), help.clone());
-            let label_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            let family = match p.kind {
-                MetricKind::Counter => CounterVec::new(opts, &label_refs).map(|v| Emitted::Counter(v, names.clone())),
-                MetricKind::Gauge => GaugeVec::new(opts, &label_refs).map(|v| Emitted::Gauge(v, names.clone())),
-                MetricKind::Histogram => HistogramVec::new(HistogramOpts::new(p.name.clone(), help), &label_refs)
-                    .map(|v| Emitted::Histogram(v, names.clone())),
+        let mut state = self.emitted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let EmittedState { families, series } = &mut *state;
+        if let Some(family) = families.get(&p.name) {
+            if family.kind() != p.kind {
+                return Err(EmitError::KindTaken { name: p.name.clone(), kind: p.kind, first: family.kind() });
             }
-            .map_err(|e| e.to_string())?;
+            if family.label_names() != names.as_slice() {
+                return Err(EmitError::Invalid(format!(
+                    "metric {:?} was first emitted with labels {:?}",
+                    p.name,
+                    family.label_names()
+                )));
+            }
+        }
+        if p.kind == MetricKind::Counter && p.value < 0.0 {
+            return Err(EmitError::Invalid("a counter cannot go down".into()));
+        }
+        let mine = series.entry(plugin.to_owned()).or_default();
+        let key = series_key(&p.name, &values);
+        if !mine.contains(&key) && mine.len() >= caps::METRIC_SERIES {
+            return Err(EmitError::TooManySeries { name: p.name.clone() });
+        }
+        if !families.contains_key(&p.name) {
+            let family = new_family(&p.name, p.kind, names).map_err(|e| EmitError::Invalid(e.to_string()))?;
             let collector: Box<dyn prometheus::core::Collector> = match &family {
                 Emitted::Counter(v, _) => Box::new(v.clone()),
                 Emitted::Gauge(v, _) => Box::new(v.clone()),
                 Emitted::Histogram(v, _) => Box::new(v.clone()),
             };
-            self.registry.register(collector).map_err(|e| e.to_string())?;
-            all.insert(p.name.clone(), family);
+            self.registry.register(collector).map_err(|e| EmitError::Invalid(e.to_string()))?;
+            families.insert(p.name.clone(), family);
         }
-        let mismatch = |want: &Vec<String>| format!("metric {:?} was first emitted with labels {want:?}", p.name);
-        match (all.get(&p.name), p.kind) {
-            (Some(Emitted::Counter(v, n)), MetricKind::Counter) if *n == names => {
-                if p.value < 0.0 {
-                    return Err("a counter cannot go down".into());
-                }
-                v.with_label_values(&values).inc_by(p.value);
-            }
-            (Some(Emitted::Gauge(v, n)), MetricKind::Gauge) if *n == names => v.with_label_values(&values).set(p.value),
-            (Some(Emitted::Histogram(v, n)), MetricKind::Histogram) if *n == names => {
-                v.with_label_values(&values).observe(p.value)
-            }
-            (Some(Emitted::Counter(_, n) | Emitted::Gauge(_, n) | Emitted::Histogram(_, n)), _) if *n != names => {
-                return Err(mismatch(n))
-            }
-            _ => return Err(format!("metric {:?} was first emitted as another kind", p.name)),
+        mine.insert(key);
+        match &families[&p.name] {
+            Emitted::Counter(v, _) => v.with_label_values(&values).inc_by(p.value),
+            Emitted::Gauge(v, _) => v.with_label_values(&values).set(p.value),
+            Emitted::Histogram(v, _) => v.with_label_values(&values).observe(p.value),
         }
         Ok(())
     }
 }
 
+/// A new family for `name` of `kind` with label `names` (`plugin` first).
+fn new_family(name: &str, kind: MetricKind, names: Vec<String>) -> prometheus::Result<Emitted> {
+    let help = format!("Emitted by plugins with metrics.emit ({kind:?}).");
+    let label_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    Ok(match kind {
+        MetricKind::Counter => Emitted::Counter(CounterVec::new(Opts::new(name, help), &label_refs)?, names),
+        MetricKind::Gauge => Emitted::Gauge(GaugeVec::new(Opts::new(name, help), &label_refs)?, names),
+        MetricKind::Histogram => {
+            Emitted::Histogram(HistogramVec::new(HistogramOpts::new(name, help), &label_refs)?, names)
+        }
+    })
+}
+
 impl Daemon {
     /// Records a `metrics.emit` notification of a plugin (raw params).
+    ///
+    /// A dropped sample is warned about once per kind of reason and plugin: a plugin emitting
+    /// thousands of bad samples a second must not turn each into a log line.
     pub fn metrics_emit(&self, plugin: &str, params: &str) {
         let result = serde_json::from_str::<MetricsEmitParams>(params)
-            .map_err(|e| format!("bad metrics.emit params: {e}"))
+            .map_err(|e| EmitError::Invalid(format!("bad metrics.emit params: {e}")))
             .and_then(|p| self.metrics.emit(plugin, &p));
         if let Err(e) = result {
             if let Some(entry) = self.plugin(plugin) {
-                entry.log.warn(format!("metrics.emit ignored: {e}"));
+                entry.log.over_cap(e.cap(), format!("metrics.emit: {e}"));
             }
         }
     }
@@ -205,9 +322,64 @@ pub async fn serve(daemon: std::sync::Arc<Daemon>, listener: tokio::net::TcpList
 mod tests {
     use super::*;
 
-    fn emit(m: &Metrics, name: &str, kind: MetricKind, value: f64, labels: &[(&str, &str)]) -> Result<(), String> {
+    fn emit(m: &Metrics, name: &str, kind: MetricKind, value: f64, labels: &[(&str, &str)]) -> Result<(), EmitError> {
+        emit_as(m, "p", name, kind, value, labels)
+    }
+
+    fn emit_as(
+        m: &Metrics,
+        plugin: &str,
+        name: &str,
+        kind: MetricKind,
+        value: f64,
+        labels: &[(&str, &str)],
+    ) -> Result<(), EmitError> {
         let labels = (!labels.is_empty()).then(|| labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
-        m.emit("p", &MetricsEmitParams { name: name.into(), value, kind, labels })
+        m.emit(plugin, &MetricsEmitParams { name: name.into(), value, kind, labels })
+    }
+
+    fn text(m: &Metrics) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&m.registry.gather(), &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_plugin_keeps_at_most_its_cap_of_series() {
+        let m = Metrics::default();
+        for i in 0..caps::METRIC_SERIES {
+            emit(&m, "jobs", MetricKind::Gauge, 1.0, &[("n", &i.to_string())]).unwrap();
+        }
+        let over = emit(&m, "jobs", MetricKind::Gauge, 1.0, &[("n", "new")]);
+        assert!(matches!(over, Err(EmitError::TooManySeries { .. })), "{over:?}");
+        assert_eq!(over.unwrap_err().cap(), Cap::MetricSeries);
+        emit(&m, "jobs", MetricKind::Gauge, 2.0, &[("n", "7")]).expect("an existing series still moves");
+        emit_as(&m, "q", "jobs", MetricKind::Gauge, 1.0, &[("n", "new")]).expect("another plugin has its own cap");
+        let labels = [("a", "1"); 1];
+        let many: Vec<(String, String)> = (0..=caps::METRIC_LABELS).map(|i| (format!("l{i}"), "v".into())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert!(matches!(emit_as(&m, "r", "wide", MetricKind::Gauge, 1.0, &many), Err(EmitError::TooLarge { .. })));
+        let long = "v".repeat(caps::METRIC_TEXT_BYTES + 1);
+        assert!(matches!(
+            emit_as(&m, "r", "wide", MetricKind::Gauge, 1.0, &[("a", &long)]),
+            Err(EmitError::TooLarge { .. })
+        ));
+        emit_as(&m, "r", "narrow", MetricKind::Gauge, 1.0, &labels).unwrap();
+    }
+
+    #[test]
+    fn the_first_kind_of_a_name_wins_and_plugins_stay_apart() {
+        let m = Metrics::default();
+        emit_as(&m, "a", "shared", MetricKind::Counter, 2.0, &[]).unwrap();
+        let r = emit_as(&m, "b", "shared", MetricKind::Gauge, 5.0, &[]);
+        assert_eq!(
+            r,
+            Err(EmitError::KindTaken { name: "shared".into(), kind: MetricKind::Gauge, first: MetricKind::Counter })
+        );
+        emit_as(&m, "b", "shared", MetricKind::Counter, 3.0, &[]).unwrap();
+        let t = text(&m);
+        assert!(t.contains(r#"shared{plugin="a"} 2"#) && t.contains(r#"shared{plugin="b"} 3"#), "{t}");
+        assert!(t.contains("# TYPE shared counter"), "{t}");
     }
 
     #[test]
@@ -220,9 +392,7 @@ mod tests {
         assert!(emit(&m, "jobs_done", MetricKind::Counter, -1.0, &[("queue", "a")]).is_err());
         assert!(emit(&m, "bad name", MetricKind::Gauge, 1.0, &[]).is_err());
         assert!(emit(&m, "plugind_calls_total", MetricKind::Gauge, 1.0, &[]).is_err());
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&m.registry.gather(), &mut out).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = text(&m);
         assert!(text.contains(r#"jobs_done{plugin="p",queue="a"} 5"#), "{text}");
     }
 }

@@ -119,6 +119,9 @@ pub struct LogLine {
     pub level: String,
     /// The text.
     pub message: String,
+    /// Structured fields of a `log` notification (an object, capped in size: see docs/protocol.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Value>,
 }
 
 /// `logs.tail` result.
@@ -267,6 +270,9 @@ pub struct PluginStatus {
     pub stderr_tail: Vec<String>,
     /// Recent lifecycle events.
     pub history: Vec<HistoryEntry>,
+    /// Services the plugin's `register` answer named but may not provide (never routed).
+    #[serde(default)]
+    pub refused_services: Vec<RefusedService>,
     /// The plugin directory.
     #[serde(default)]
     pub dir: String,
@@ -282,6 +288,17 @@ pub struct ServiceRef {
     pub name: String,
     /// Its version.
     pub version: String,
+}
+
+/// A service a plugin's `register` answer named and plugind refused to route to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedService {
+    /// The name it registered.
+    pub name: String,
+    /// The version it registered.
+    pub version: String,
+    /// Why it was refused, for a human.
+    pub reason: String,
 }
 
 /// A dependency as the status shows it.

@@ -24,6 +24,9 @@ pub const DEFAULT_OPEN_FILES: u64 = 1024;
 pub const DEFAULT_MAX_INFLIGHT: u32 = 64;
 /// Default `limits.max_queue` (an extension: calls waiting beyond `max_inflight`).
 pub const DEFAULT_MAX_QUEUE: u32 = 1024;
+/// Most `instances` a manifest may ask for: each is a process plugind spawns, watches and holds
+/// buffers for, so the number is bounded like everything else a plugin declares.
+pub const MAX_INSTANCES: u64 = 64;
 
 /// A permission of §6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -88,6 +91,20 @@ impl Dependency {
     /// Whether `version` satisfies the range.
     pub fn matches(&self, version: &Version) -> bool {
         self.range.as_ref().is_none_or(|r| r.matches(version))
+    }
+
+    /// This dependency narrowed by a caller's own `range`: a provider must match both, so a
+    /// `version` given with a call can only narrow what the manifest declared, never widen it.
+    pub fn narrowed(&self, range: Option<&VersionReq>) -> Dependency {
+        let range = match (&self.range, range) {
+            (Some(a), Some(b)) => {
+                // A `VersionReq` matches when all its comparators do: concatenating intersects.
+                let comparators = a.comparators.iter().chain(&b.comparators).cloned().collect();
+                Some(VersionReq { comparators })
+            }
+            (a, b) => a.clone().or_else(|| b.cloned()),
+        };
+        Dependency { name: self.name.clone(), range }
     }
 
     /// The range as text, `*` when any version will do.
@@ -566,7 +583,15 @@ impl Manifest {
         }
 
         let watch = w.string_array(obj.get("watch"), "/watch");
-        let config = obj.get("config").cloned().unwrap_or(Value::Null);
+        // `init` always receives an object: none given is `{}`.
+        let config = match obj.get("config") {
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(v @ Value::Object(_)) => v.clone(),
+            Some(other) => {
+                w.err("/config", "an object", describe(other));
+                Value::Null
+            }
+        };
 
         let mut engines_plugind = None;
         if let Some(e) = w.object(obj.get("engines"), "/engines") {
@@ -583,7 +608,13 @@ impl Manifest {
                 Some(other) => w.err("/engines/plugind", "a semver range", describe(other)),
             }
         }
-        let instances = w.uint(obj, "", "instances", 1).map_or(1, clamp_u32);
+        let instances = match w.uint(obj, "", "instances", 1) {
+            Some(n) if n > MAX_INSTANCES => {
+                w.err("/instances", format!("an integer from 1 to {MAX_INSTANCES}"), n.to_string());
+                1
+            }
+            n => n.map_or(1, clamp_u32),
+        };
 
         let extra: Map<String, Value> = obj
             .iter()
@@ -654,6 +685,33 @@ mod tests {
 
     fn parse(v: Value) -> Result<Manifest, ManifestError> {
         Manifest::from_value(&v)
+    }
+
+    #[test]
+    fn a_callers_range_only_narrows_the_declared_one() {
+        let v = |s: &str| Version::parse(s).unwrap();
+        let declared = Dependency::parse("dep@^1").unwrap();
+        let asked = VersionReq::parse(">=2").unwrap();
+        let both = declared.narrowed(Some(&asked));
+        assert!(!both.matches(&v("2.0.0")) && !both.matches(&v("1.5.0")), "{both}");
+        let within = declared.narrowed(Some(&VersionReq::parse(">=1.2").unwrap()));
+        assert!(within.matches(&v("1.5.0")) && !within.matches(&v("1.1.0")), "{within}");
+        assert_eq!(declared.narrowed(None), declared);
+        let any = Dependency::parse("dep").unwrap();
+        assert_eq!(any.narrowed(Some(&asked)).range, Some(asked));
+    }
+
+    #[test]
+    fn config_is_an_object_and_instances_are_bounded() {
+        let base = json!({"name": "p", "version": "1.0.0", "main": "m.py"});
+        assert_eq!(parse(base.clone()).unwrap().config, json!({}));
+        let mut m = base.clone();
+        m["instances"] = json!(MAX_INSTANCES);
+        assert_eq!(parse(m.clone()).unwrap().instances, 64);
+        m["instances"] = json!(2_000_000_000u64);
+        let e = parse(m).unwrap_err();
+        assert_eq!(e.errors[0].pointer, "/instances");
+        assert!(e.errors[0].expected.contains("1 to 64"), "{e}");
     }
 
     #[test]

@@ -339,6 +339,9 @@ fn schema_and_parser_agree_on_edge_cases() {
         (json!({ "timeout_ms": "5000" }), false),
         (json!({ "instances": 1 }), true),
         (json!({ "instances": 0 }), false),
+        (json!({ "instances": 64 }), true),
+        (json!({ "instances": 65 }), false),
+        (json!({ "instances": 2_000_000_000u64 }), false),
         (
             json!({ "limits": { "memory_mb": 1, "cpu_seconds": 1, "open_files": 8, "processes": 1,
                              "max_inflight": 1, "max_queue": 0, "unknown": "ignored" } }),
@@ -360,8 +363,10 @@ fn schema_and_parser_agree_on_edge_cases() {
         (json!({ "restart": { "cooldown_s": 0 } }), false),
         (json!({ "restart": { "max_restarts": -1 } }), false),
         // free-form and unknown fields
-        (json!({ "config": [1, "two", { "three": null }] }), true),
-        (json!({ "config": "text" }), true),
+        // `init` always receives an object (`{}` when none is given).
+        (json!({ "config": { "nested": [1, "two", { "three": null }] } }), true),
+        (json!({ "config": [1, "two", { "three": null }] }), false),
+        (json!({ "config": "text" }), false),
         (json!({ "author": { "name": "me" }, "x-anything": [1] }), true),
         (json!({ "$schema": "https://example.org/plugin.schema.json" }), true),
         (json!({ "watch": ["**/*.py", "plugin.json"] }), true),

@@ -462,8 +462,9 @@ fn print_log_line(line: &Value, json_out: bool) {
     if json_out {
         println!("{line}");
     } else {
+        let fields = line.get("fields").map_or(String::new(), |f| format!(" {f}"));
         println!(
-            "{} {} [{}] {}: {}",
+            "{} {} [{}] {}: {}{fields}",
             str_of(&line["ts"]),
             str_of(&line["plugin"]),
             str_of(&line["stream"]),
@@ -533,6 +534,12 @@ fn print_status(p: &PluginStatus) {
         "services:    {}",
         p.services.iter().map(|s| format!("{}@{}", s.name, s.version)).collect::<Vec<_>>().join(", ")
     );
+    if !p.refused_services.is_empty() {
+        println!("refused services (registered, never routed):");
+        for r in &p.refused_services {
+            println!("  {}@{}: {}", r.name, r.version, r.reason);
+        }
+    }
     if !p.dependencies.is_empty() {
         println!("dependencies:");
         for d in &p.dependencies {

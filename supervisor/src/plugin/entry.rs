@@ -49,7 +49,8 @@ pub struct Status {
     pub last_exit: Option<LastExit>,
     /// Recent lifecycle events.
     pub history: VecDeque<HistoryEntry>,
-    /// Services from `register` (beyond `provides` and the implicit one).
+    /// Services from `register` as answered (within the caps): those the manifest declares add
+    /// their methods and capabilities, the others are refused (`registry::rules`).
     pub registered: Vec<ServiceDecl>,
 }
 
@@ -153,10 +154,10 @@ impl PluginEntry {
     pub fn snapshot(&self) -> PluginStatus {
         let routes = self.routes();
         let st = self.status();
+        // A plugin provides what its manifest declares: `register` can add no service to these.
         let services = match &st.manifest {
             Some(m) => std::iter::once(ServiceRef { name: m.name.clone(), version: m.version.to_string() })
                 .chain(m.provides.iter().map(|p| ServiceRef { name: p.name.clone(), version: p.version.to_string() }))
-                .chain(st.registered.iter().map(|s| ServiceRef { name: s.name.clone(), version: s.version.clone() }))
                 .fold(Vec::new(), |mut acc, s| {
                     if !acc.contains(&s) {
                         acc.push(s);
@@ -192,6 +193,10 @@ impl PluginEntry {
             last_exit: st.last_exit.clone(),
             stderr_tail: self.log.stderr_tail(),
             history: st.history.iter().cloned().collect(),
+            refused_services: st
+                .manifest
+                .as_ref()
+                .map_or_else(Vec::new, |m| crate::registry::rules::refused(m, &st.registered)),
             dir: self.dir.to_string_lossy().into_owned(),
             sandbox: Vec::new(),
         }

@@ -12,7 +12,7 @@
 //! call through its `Peer` directly, so one call costs one write and one read.
 
 use crate::host::{self, Caller};
-use crate::logs::{PluginLog, Stream};
+use crate::logs::PluginLog;
 use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
 use crate::sandbox::{self, cgroup::Cgroup};
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
@@ -403,7 +403,8 @@ impl InstanceTask {
                     }
                 },
                 Some(step) = steps.next(), if !steps.is_empty() => match step {
-                    Step::Handshake(result) => {
+                    Step::Handshake(mut result) => {
+                        self.vet_handshake(&mut result);
                         ready = result.is_ok();
                         if let Err(e) = &result {
                             reason = Some(e.clone());
@@ -511,20 +512,19 @@ impl InstanceTask {
             }
             Err(e) => exit.reason = Some(format!("wait failed: {e}")),
         }
-        // Which limit ended it (SPEC §5). Children that left the process group die with the
-        // cgroup; then stderr reaches EOF, so its last lines (the plugin's dying words) are in.
+        // Children that left the process group die with the cgroup; then stderr reaches EOF, so
+        // its last lines (the plugin's dying words) are in the log before the exit is reported.
         if let Some(cg) = &cgroup {
             cg.kill_all();
         }
         let _ = tokio::time::timeout(Duration::from_millis(500), stderr_done).await;
+        // Which limit ended it: from the kernel's accounting only, never from what it printed.
         if !exit.requested {
-            let stderr = self.instance_stderr(inst.id);
             let facts = sandbox::ExitFacts {
                 code: exit.code,
                 signal: exit.signal,
                 cpu_limit_s: self.spec.manifest.limits.cpu_seconds,
                 cgroup: cgroup.as_ref().map(Cgroup::stats),
-                stderr: &stderr,
             };
             exit.limit = sandbox::classify(&facts).map(sandbox::Limit::as_str);
         }
@@ -533,13 +533,15 @@ impl InstanceTask {
         let _ = self.events.send(InstanceEvent::Exited { id: inst.id, exit });
     }
 
-    /// This instance's stderr lines still in the log ring: those after its "started" line.
-    fn instance_stderr(&self, id: u64) -> Vec<String> {
-        let lines = self.log.tail(64);
-        let start = format!("started instance {id} ");
-        let from =
-            lines.iter().rposition(|l| l.stream == "plugind" && l.message.starts_with(&start)).map_or(0, |i| i + 1);
-        lines[from..].iter().filter(|l| l.stream == "stderr").map(|l| l.message.clone()).collect()
+    /// Bounds what the handshake brought before the actor keeps it: the `register` answer
+    /// (caps, refused services warned about) or the plugin's error text (for `last_error`).
+    fn vet_handshake(&self, result: &mut Result<Vec<ServiceDecl>, String>) {
+        match result {
+            Ok(services) => crate::registry::rules::vet_register(&self.spec.manifest, services, &self.log),
+            Err(e) => {
+                crate::caps::truncate(e, crate::caps::ERROR_TEXT_BYTES);
+            }
+        }
     }
 
     fn kill_group(&self, sig: Signal) {
@@ -595,15 +597,17 @@ impl InstanceTask {
         let params = params.map_or("null", RawValue::get);
         match method {
             methods::LOG => match serde_json::from_str::<LogParams>(params) {
-                Ok(p) => self.log.push(Stream::Log, p.level, p.message),
+                Ok(p) => self.log.notification(p),
                 Err(e) => self.report_bad_output(codes::INVALID_PARAMS, format!("bad `log` params: {e}")),
             },
             methods::PROGRESS => {
-                let id = serde_json::from_str::<serde_json::Value>(params)
-                    .ok()
-                    .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64));
-                if let Some(id) = id {
+                let p = serde_json::from_str::<serde_json::Value>(params).unwrap_or_default();
+                if let Some(id) = p.get("id").and_then(serde_json::Value::as_u64) {
                     self.instance.peer.progress(id);
+                }
+                if let Some(message) = p.get("message").and_then(serde_json::Value::as_str) {
+                    let message = crate::caps::progress_message(message, &self.log);
+                    tracing::debug!(plugin = %self.spec.plugin, "progress: {message}");
                 }
             }
             methods::METRICS_EMIT => self.daemon.metrics_emit(&self.spec.plugin, params),

@@ -1,21 +1,23 @@
-//! Which `limits` entry ended an instance (`last_exit.limit`, SPEC §5).
+//! Which `limits` entry ended an instance (`last_exit.limit`; `docs/security.md`, "Limits").
 //!
-//! The kernel reports a limit in different ways: a signal (SIGXCPU at the soft CPU limit,
-//! SIGKILL at the hard one), a cgroup counter (OOM kills, refused forks), or only a failed call
-//! inside the plugin (ENOMEM under RLIMIT_DATA, EMFILE), which a plugin that dies of it usually
-//! prints last on stderr. Kernel facts go first; stderr is the fallback.
+//! Only the kernel's own accounting names a limit: a signal (SIGXCPU at the soft CPU limit,
+//! SIGKILL at the hard one, told apart from an outside SIGKILL by the cgroup's CPU time) or a
+//! cgroup counter (OOM kills, forks refused at `pids.max`). Some limits the kernel does not
+//! account: an allocation refused under RLIMIT_DATA or an `open` refused with EMFILE is only a
+//! failed call inside the plugin, which it may handle or die of; that is an ordinary error, not
+//! a limit. What the plugin prints is never read here: a plugin that writes `MemoryError` and
+//! exits has exited, and untrusted text must not put words in its status.
 
 use super::cgroup::CgroupStats;
 
-/// A `limits` entry that fired.
+/// A `limits` entry that fired. `open_files` is not one: the kernel keeps no count of refused
+/// `open`s, so an EMFILE is only an error the plugin sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     /// `memory_mb`.
     Memory,
     /// `cpu_seconds`.
     Cpu,
-    /// `open_files`.
-    OpenFiles,
     /// `processes`.
     Processes,
 }
@@ -26,7 +28,6 @@ impl Limit {
         match self {
             Limit::Memory => "memory_mb",
             Limit::Cpu => "cpu_seconds",
-            Limit::OpenFiles => "open_files",
             Limit::Processes => "processes",
         }
     }
@@ -34,7 +35,7 @@ impl Limit {
 
 /// What is known about an exit that plugind did not ask for.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ExitFacts<'a> {
+pub struct ExitFacts {
     /// Exit code.
     pub code: Option<i32>,
     /// Killing signal.
@@ -43,25 +44,10 @@ pub struct ExitFacts<'a> {
     pub cpu_limit_s: Option<u64>,
     /// The instance cgroup's counters, if it had one.
     pub cgroup: Option<CgroupStats>,
-    /// The instance's last stderr lines, oldest first.
-    pub stderr: &'a [String],
 }
 
-/// What language runtimes print when an allocation is refused (Python, V8, perl, Rust, C++,
-/// strerror(ENOMEM)).
-const MEMORY_MARKERS: [&str; 6] = [
-    "MemoryError",
-    "heap out of memory",
-    "Out of memory!",
-    "memory allocation of",
-    "std::bad_alloc",
-    "Cannot allocate memory",
-];
-/// strerror(EMFILE) and the errno name.
-const OPEN_FILES_MARKERS: [&str; 2] = ["Too many open files", "EMFILE"];
-
 /// The limit that ended the instance, if one did.
-pub fn classify(f: &ExitFacts<'_>) -> Option<Limit> {
+pub fn classify(f: &ExitFacts) -> Option<Limit> {
     let cg = f.cgroup.unwrap_or_default();
     if f.signal == Some(libc::SIGXCPU) {
         return Some(Limit::Cpu);
@@ -83,28 +69,12 @@ pub fn classify(f: &ExitFacts<'_>) -> Option<Limit> {
     if cg.pids_max_hits > 0 {
         return Some(Limit::Processes);
     }
-    // The last lines are the cause; earlier ones may be errors the plugin survived.
-    for line in f.stderr.iter().rev().take(STDERR_LINES) {
-        if MEMORY_MARKERS.iter().any(|m| line.contains(m)) {
-            return Some(Limit::Memory);
-        }
-        if OPEN_FILES_MARKERS.iter().any(|m| line.contains(m)) {
-            return Some(Limit::OpenFiles);
-        }
-    }
     None
 }
-
-/// How many of the last stderr lines are searched.
-const STDERR_LINES: usize = 10;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lines(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| (*s).to_owned()).collect()
-    }
 
     #[test]
     fn signals_and_counters_name_the_limit() {
@@ -126,17 +96,12 @@ mod tests {
     }
 
     #[test]
-    fn stderr_names_refused_allocations_and_files() {
-        let py = lines(&["Traceback (most recent call last):", "  File \"main.py\"", "MemoryError"]);
-        assert_eq!(classify(&ExitFacts { code: Some(1), stderr: &py, ..Default::default() }), Some(Limit::Memory));
-        let node = lines(&["FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory"]);
-        assert_eq!(
-            classify(&ExitFacts { signal: Some(libc::SIGABRT), stderr: &node, ..Default::default() }),
-            Some(Limit::Memory)
-        );
-        let fds = lines(&["OSError: [Errno 24] Too many open files: '/dev/null'"]);
-        assert_eq!(classify(&ExitFacts { code: Some(1), stderr: &fds, ..Default::default() }), Some(Limit::OpenFiles));
-        assert_eq!(classify(&ExitFacts { code: Some(0), stderr: &fds, ..Default::default() }), None, "clean exit");
-        assert_eq!(classify(&ExitFacts { code: Some(3), stderr: &lines(&["boom"]), ..Default::default() }), None);
+    fn refused_allocations_and_files_are_no_limit() {
+        // Without a kernel counter or signal, an exit is an exit, whatever it printed before.
+        for code in [Some(1), Some(0)] {
+            assert_eq!(classify(&ExitFacts { code, cgroup: Some(CgroupStats::default()), ..Default::default() }), None);
+        }
+        let abort = ExitFacts { signal: Some(libc::SIGABRT), ..Default::default() };
+        assert_eq!(classify(&abort), None, "a runtime aborting on a refused allocation");
     }
 }

@@ -106,3 +106,18 @@ fn new_refuses_bad_names_and_existing_dirs() {
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again).contains("already exists"));
 }
+
+#[test]
+fn check_warns_about_services_register_may_not_claim() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("claimer");
+    crate::support::copy_dir(&fixture("py-greedy"), &dir);
+    let m = dir.join("plugin.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
+    v["env"] = json!({"REGISTER": r#"[{"name": "victim", "version": "99.0.0"}]"#});
+    std::fs::write(&m, v.to_string()).unwrap();
+    let out = ctl(&["check", dir.to_str().unwrap()], work.path());
+    let t = text(&out);
+    assert!(t.contains("register: service victim@99.0.0 refused"), "{t}");
+    assert!(t.contains("services: py-greedy@1.0.0") && !t.contains(", victim@99.0.0"), "{t}");
+}

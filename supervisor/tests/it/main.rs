@@ -5,6 +5,7 @@
 
 mod authoring;
 mod calls;
+mod caps;
 mod chaos;
 mod cli;
 mod clients;

@@ -446,8 +446,21 @@ async fn hits_limit(mode: &str, limits: Value, limit: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn misbehave_leaks_memory_slowly() {
-    let s = hits_limit("leak-memory", json!({"memory_mb": 64}), "memory_mb").await;
+    // RLIMIT_DATA refuses the allocation (Rust aborts: an ordinary crash, no limit), unless
+    // the memory cgroup's OOM killer gets there first (SIGKILL, counted: `memory_mb`).
+    let d = with_bad("leak-memory", json!({"limits": {"memory_mb": 64}, "timeout_ms": 15000})).start().await;
+    let pid = d.status("bad").await["pid"].as_u64().unwrap();
+    let (r, _) = meanwhile(&d, timed(&d, "misbehave", json!({}), 15000)).await;
+    assert_eq!(code(&r), -32003, "the call ends with the crash: {r:?}");
+    let s = meanwhile(&d, restarted(&d, pid)).await;
     assert!(s["stderr_tail"].to_string().contains("leaking"), "{s}");
+    if s["last_exit"]["signal"] == "SIGKILL" {
+        assert_eq!(s["last_exit"]["limit"], "memory_mb", "{s}");
+    } else {
+        assert_eq!(s["last_exit"]["signal"], "SIGABRT", "{s}");
+        assert!(s["last_exit"].get("limit").is_none(), "a refused allocation is no limit: {s}");
+    }
+    assert_eq!(d.execute("bad", "echo", json!(4)).await.unwrap(), json!(4));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -197,3 +197,118 @@ async fn dependents_hear_when_a_service_goes_down_and_comes_up() {
     })
     .await;
 }
+
+/// py-greedy as `name`, answering `register` with `services`.
+fn greedy(b: DaemonBuilder, name: &str, services: Value) -> DaemonBuilder {
+    b.plugin_as("py-greedy", name).manifest(name, move |m| m["env"] = json!({ "REGISTER": services.to_string() }))
+}
+
+/// What `plugin` gets for `method` from plugind: its whole response (`result` or `error`).
+async fn ask(d: &Daemon, plugin: &str, method: &str, params: Value) -> Value {
+    d.execute(plugin, "request", json!({ "method": method, "params": params })).await.unwrap()
+}
+
+/// The plugin that answers a call through the registry: asks it for its `PLUGIND_PLUGIN`.
+fn who(service: &str, version: Option<&str>) -> Value {
+    let mut p = json!({ "service": service, "method": "env", "params": { "name": "PLUGIND_PLUGIN" } });
+    if let Some(v) = version {
+        p["version"] = json!(v);
+    }
+    p
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_refuses_services_the_manifest_does_not_declare() {
+    // `evil` claims another plugin's name at a higher version (which would win every
+    // resolution), and its own declared service at an undeclared version.
+    let claims = json!([
+        {"name": "victim", "version": "99.0.0"},
+        {"name": "evil-svc", "version": "2.0.0"},
+        {"name": "evil-svc", "version": "1.0.0", "methods": ["env"]},
+        {"name": "evil", "version": "1.0.0"},
+    ]);
+    let b = Daemon::builder().plugin_as("perl-echo", "victim");
+    let b = greedy(b, "evil", claims)
+        .manifest("evil", |m| m["provides"] = json!([{"name": "evil-svc", "version": "1.0.0"}]));
+    let b = greedy(b, "caller", json!([])).manifest("caller", |m| m["dependencies"] = json!({"required": ["victim"]}));
+    let d = b.start().await;
+
+    // Calls meant for `victim` reach victim: from a plugin depending on it, and from a host.
+    let r = ask(&d, "caller", "service.call", who("victim", None)).await;
+    assert_eq!(r["result"], json!({"value": "victim"}), "{r}");
+    let r = d.call("services.call", who("victim", None)).await.unwrap();
+    assert_eq!(r, json!({"value": "victim"}));
+    let r = d.call("services.call", who("victim", Some(">=2"))).await;
+    assert_eq!(code(&r), -32004, "no victim >= 2 exists: {r:?}");
+
+    // The refusals show in the status (and in plugins.list), and were warned about.
+    let s = d.status("evil").await;
+    let refused = s["refused_services"].as_array().unwrap();
+    let names: Vec<(&str, &str)> =
+        refused.iter().map(|r| (r["name"].as_str().unwrap(), r["version"].as_str().unwrap())).collect();
+    assert_eq!(names, [("victim", "99.0.0"), ("evil-svc", "2.0.0")], "{s}");
+    assert!(refused[0]["reason"].as_str().unwrap().contains("provides"), "{s}");
+    assert!(refused[1]["reason"].as_str().unwrap().contains("1.0.0"), "{s}");
+    let services = s["services"].to_string();
+    assert!(!services.contains("victim") && !services.contains("2.0.0"), "{services}");
+    let list = d.call("plugins.list", json!({})).await.unwrap();
+    let listed = list.as_array().unwrap().iter().find(|p| p["name"] == "evil").unwrap();
+    assert_eq!(listed["refused_services"], s["refused_services"]);
+    assert_eq!(d.status("victim").await["refused_services"], json!([]));
+    let out = String::from_utf8_lossy(&d.ctl(&["status", "evil"]).stdout).into_owned();
+    assert!(
+        out.contains("refused services") && out.contains("  victim@99.0.0: not in the manifest's provides"),
+        "{out}"
+    );
+    let tail = d.call("logs.tail", json!({"plugin": "evil"})).await.unwrap();
+    let warned = tail["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["level"] == "warn" && l["message"].as_str().unwrap().contains("service victim@99.0.0 refused"));
+    assert!(warned, "{tail}");
+
+    // What the manifest declares still registers, with the methods `register` gave.
+    let listed = d.call("services.list", json!({})).await.unwrap();
+    let providers: Vec<(&str, &str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["version"].as_str().unwrap(), s["plugin"].as_str().unwrap()))
+        .collect();
+    assert!(providers.contains(&("evil-svc", "1.0.0", "evil")), "{providers:?}");
+    assert!(!providers.iter().any(|p| p.2 == "evil" && (p.0 == "victim" || p.1 == "2.0.0")), "{providers:?}");
+    let evil_svc = listed.as_array().unwrap().iter().find(|s| s["name"] == "evil-svc").unwrap();
+    assert_eq!(evil_svc["methods"], json!(["env"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callers_version_only_narrows_its_declared_range() {
+    // `dep` exists at 1.0.0 and 2.0.0; the caller declares `dep@^1`.
+    let provide = |v: &'static str| move |m: &mut Value| m["provides"] = json!([{"name": "dep", "version": v}]);
+    let b = Daemon::builder()
+        .plugin_as("perl-echo", "dep-one")
+        .manifest("dep-one", provide("1.0.0"))
+        .plugin_as("perl-echo", "dep-two")
+        .manifest("dep-two", provide("2.0.0"));
+    let b = greedy(b, "caller", json!([])).manifest("caller", |m| m["dependencies"] = json!({"optional": ["dep@^1"]}));
+    let d = b.start().await;
+
+    // Asking for >=2 cannot widen ^1: nothing matches both.
+    let r = ask(&d, "caller", "service.call", who("dep", Some(">=2"))).await;
+    assert_eq!(r["error"]["code"], -32004, "{r}");
+    let r = ask(&d, "caller", "registry.requireService", json!({"name": "dep", "version": ">=2"})).await;
+    assert_eq!(r["error"]["code"], -32004, "{r}");
+    let r = ask(&d, "caller", "registry.getService", json!({"name": "dep", "version": ">=2"})).await;
+    assert_eq!(r["result"], json!(null), "{r}");
+    // Without a version, and with one inside the range, the declared range decides.
+    let r = ask(&d, "caller", "service.call", who("dep", None)).await;
+    assert_eq!(r["result"], json!({"value": "dep-one"}), "{r}");
+    let r = ask(&d, "caller", "service.call", who("dep", Some(">=1.0.0"))).await;
+    assert_eq!(r["result"], json!({"value": "dep-one"}), "{r}");
+    let r = ask(&d, "caller", "registry.getService", json!({"name": "dep"})).await;
+    assert_eq!((&r["result"]["plugin"], &r["result"]["version"]), (&json!("dep-one"), &json!("1.0.0")), "{r}");
+    // A host has no declared range: its version alone applies, so 2.0.0 is there to be found.
+    let r = d.call("services.call", who("dep", Some(">=2"))).await.unwrap();
+    assert_eq!(r, json!({"value": "dep-two"}));
+}

@@ -1,9 +1,15 @@
 //! The service registry: which services exist, who provides them, which one a call goes to.
 //!
-//! Every plugin provides a service named after itself at its own version, the services of its
-//! manifest's `provides`, and those it returns from `register`. Hosts provide services too
+//! Every plugin provides a service named after itself at its own version and the services of its
+//! manifest's `provides`; its `register` answer may add methods and capabilities to those, but
+//! never a service its manifest does not declare ([`rules`]). Hosts provide services too
 //! (`services.register` on a control connection, for as long as the connection stays open).
 //! Only running plugins' services are offered to callers.
+//!
+//! A caller's `version` only narrows: a plugin's call resolves against its manifest's declared
+//! range and the range it gives, both ([`Dependency::narrowed`]).
+
+pub mod rules;
 
 use crate::plugin::instance::call_error;
 use crate::plugin::PluginEntry;
@@ -146,7 +152,8 @@ impl Daemon {
                     target: Target::Plugin(entry.clone()),
                 });
             };
-            for s in &st.registered {
+            // Refused services (see `rules`) are never routed; the status lists them.
+            for s in st.registered.iter().filter(|s| rules::check(&m, s).is_ok()) {
                 let caps = if s.capabilities.is_empty() { m.capabilities.clone() } else { s.capabilities.clone() };
                 push(&s.name, &s.version, s.methods.clone(), caps);
             }

@@ -1,0 +1,172 @@
+//! What a plugin can make plugind hold is bounded: `instances`, `log` messages and fields,
+//! the log rate, `$/progress` messages, metric series and kinds. Each over-cap is one warning.
+
+use crate::support::*;
+use serde_json::{json, Value};
+
+/// plugind's resident memory (VmRSS) in KiB.
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `plugin`'s lines in `logs.tail`.
+async fn log_lines(d: &Daemon, plugin: &str) -> Vec<Value> {
+    let r = d.call("logs.tail", json!({"plugin": plugin, "lines": 5000})).await.unwrap();
+    r["lines"].as_array().unwrap().clone()
+}
+
+/// plugind's warnings in `plugin`'s log that contain `text`.
+async fn warnings(d: &Daemon, plugin: &str, text: &str) -> usize {
+    let lines = log_lines(d, plugin).await;
+    lines.iter().filter(|l| l["stream"] == "plugind" && l["message"].as_str().unwrap().contains(text)).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caps_instances_over_64_are_a_load_error_also_on_a_rescan() {
+    let d = Daemon::builder()
+        .plugin_as("perl-echo", "many")
+        .manifest("many", |m| m["instances"] = json!(2_000_000_000u64))
+        .plugin("perl-echo")
+        .start()
+        .await;
+    let s = d.status("many").await;
+    assert_eq!(s["state"], "invalid", "{s}");
+    let e = s["last_error"].as_str().unwrap();
+    assert!(e.contains("many/plugin.json") && e.contains("/instances") && e.contains("1 to 64"), "{e}");
+    assert_eq!(code(&d.call("plugins.start", json!({"name": "many"})).await), -32007);
+
+    // A running plugin's manifest turns greedy and plugind rescans: plugind lives on.
+    let path = d.plugins.join("perl-echo/plugin.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["instances"] = json!(2_000_000_000u64);
+    std::fs::write(&path, m.to_string()).unwrap();
+    let r = d.call("plugins.reload", json!({})).await.unwrap();
+    assert!(r["errors"].to_string().contains("/instances"), "{r}");
+    assert_eq!(d.call("supervisor.status", json!({})).await.unwrap()["pid"], d.pid());
+    let s = d.status("perl-echo").await;
+    assert!(s["instances"].as_u64().unwrap() <= 1, "{s}");
+    // 64 is allowed.
+    m["instances"] = json!(64);
+    std::fs::write(&path, m.to_string()).unwrap();
+    d.call("plugins.reload", json!({})).await.unwrap();
+    assert_ne!(d.status("perl-echo").await["state"], "invalid");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caps_huge_log_notifications_keep_plugind_small_and_are_truncated() {
+    let d = Daemon::builder().plugin_as("py-greedy", "loud").start().await;
+    let before = rss_kb(d.pid());
+    // 60 notifications of 4 MiB: 240 MiB through plugind's stdout reader.
+    let r = d.execute("loud", "log", json!({"n": 60, "bytes": 4 << 20})).await.unwrap();
+    assert_eq!(r["sent"], 60);
+    let after = rss_kb(d.pid());
+    assert!(after < before + 64 * 1024, "plugind grew from {before} KiB to {after} KiB");
+    let lines = log_lines(&d, "loud").await;
+    let kept: Vec<&Value> = lines.iter().filter(|l| l["stream"] == "log").collect();
+    assert!(!kept.is_empty(), "{lines:?}");
+    for l in &kept {
+        let m = l["message"].as_str().unwrap();
+        assert!(m.len() <= 64 * 1024 && m.ends_with(&format!("[truncated: {} bytes in all]", 4 << 20)), "{}", m.len());
+    }
+    assert_eq!(warnings(&d, "loud", "was cut to 65536 bytes").await, 1, "one warning for 60 cuts");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caps_log_fields_are_kept_up_to_their_cap() {
+    let d = Daemon::builder().plugin_as("py-greedy", "tidy").start().await;
+    let fields = json!({"user": "ana", "attempt": 3, "tags": ["a", "b"]});
+    d.execute("tidy", "log", json!({"n": 1, "bytes": 5, "fields": fields})).await.unwrap();
+    let big = json!({"blob": "z".repeat(20_000)});
+    d.execute("tidy", "log", json!({"n": 2, "bytes": 6, "fields": big})).await.unwrap();
+    let lines = log_lines(&d, "tidy").await;
+    let logged: Vec<&Value> = lines.iter().filter(|l| l["stream"] == "log").collect();
+    assert_eq!(logged.len(), 3, "{lines:?}");
+    assert_eq!((&logged[0]["message"], &logged[0]["fields"]), (&json!("xxxxx"), &fields));
+    assert!(logged[1].get("fields").is_none() && logged[1]["message"] == "xxxxxx", "{:?}", logged[1]);
+    assert_eq!(warnings(&d, "tidy", "`log` fields over 16384 bytes").await, 1);
+    // plugind's own log line carries them as one field.
+    let daemon_log = d.log();
+    assert!(daemon_log.lines().any(|l| l.contains(r#"stream="log""#) && l.contains(r#""attempt":3"#)), "{daemon_log}");
+    // pluginctl logs --json carries them too.
+    let out = d.ctl(&["--json", "logs", "tidy"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"attempt\":3"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caps_log_notifications_are_rate_limited_like_stderr() {
+    let d = Daemon::builder().plugin_as("py-greedy", "chatty").arg("--log-lines").arg("10000").start().await;
+    d.execute("chatty", "log", json!({"n": 5000, "bytes": 10})).await.unwrap();
+    let logged = log_lines(&d, "chatty").await.iter().filter(|l| l["stream"] == "log").count();
+    // A burst of 1000 passes, then 200 a second: far fewer than 5000 in the time this takes.
+    assert!((1000..4000).contains(&logged), "{logged} of 5000 kept");
+    // The drops are reported once the rate allows a line again.
+    d.execute("chatty", "log", json!({"n": 1, "bytes": 1})).await.unwrap();
+    wait_for("the drop report", async || {
+        (warnings(&d, "chatty", "`log` notifications dropped").await > 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caps_progress_messages_are_cut_with_one_warning() {
+    let d = Daemon::builder().plugin_as("py-greedy", "busy").start().await;
+    for _ in 0..3 {
+        d.execute("busy", "progress", json!({"bytes": 100_000})).await.unwrap();
+    }
+    assert_eq!(warnings(&d, "busy", "`$/progress` message was cut to 1024 bytes").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caps_a_plugin_keeps_at_most_1000_metric_series() {
+    let d = Daemon::builder().plugin_as("py-greedy", "counter").start().await;
+    d.execute("counter", "emit", json!({"name": "greedy_series", "kind": "gauge", "n": 5000})).await.unwrap();
+    let text = d.call("metrics.get", json!({})).await.unwrap()["text"].as_str().unwrap().to_owned();
+    let series = text.lines().filter(|l| l.starts_with("greedy_series{")).count();
+    assert_eq!(series, 1000, "{}", &text[..text.len().min(2000)]);
+    assert!(text.lines().filter(|l| l.starts_with("greedy_series{")).all(|l| l.contains("plugin=\"counter\"")));
+    assert_eq!(warnings(&d, "counter", "already has 1000 metric series").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caps_the_first_kind_of_a_metric_name_wins() {
+    let d = Daemon::builder().plugin_as("py-greedy", "first").plugin_as("py-greedy", "second").start().await;
+    d.execute("first", "emit", json!({"name": "shared_jobs", "kind": "counter", "n": 1, "value": 2})).await.unwrap();
+    d.execute("second", "emit", json!({"name": "shared_jobs", "kind": "gauge", "n": 3, "value": 5})).await.unwrap();
+    let text = d.call("metrics.get", json!({})).await.unwrap()["text"].as_str().unwrap().to_owned();
+    assert!(text.contains("# TYPE shared_jobs counter"), "{text}");
+    assert!(text.contains(r#"shared_jobs{i="0",plugin="first"} 2"#), "{text}");
+    let theirs = text.lines().filter(|l| l.starts_with("shared_jobs") && l.contains(r#"plugin="second""#)).count();
+    assert_eq!(theirs, 0, "{text}");
+    assert_eq!(warnings(&d, "second", "first registered as a Counter").await, 1);
+    assert_eq!(warnings(&d, "first", "metrics.emit").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caps_init_config_is_an_object_when_unset() {
+    let d = Daemon::builder()
+        .plugin_as("py-greedy", "bare")
+        .plugin_as("py-greedy", "set")
+        .manifest("set", |m| m["config"] = json!({"k": 1}))
+        .start()
+        .await;
+    assert_eq!(d.execute("bare", "init_params", json!({})).await.unwrap()["config"], json!({}));
+    assert_eq!(d.execute("set", "init_params", json!({})).await.unwrap()["config"], json!({"k": 1}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caps_register_lists_are_cut_with_one_warning() {
+    // 100 services, each with 300 methods: 64 services are looked at, 256 methods each kept.
+    let d = Daemon::builder()
+        .plugin_as("py-greedy", "lister")
+        .manifest("lister", |m| m["env"] = json!({"REGISTER_MANY": r#"{"n": 100, "methods": 300}"#}))
+        .start()
+        .await;
+    let listed = d.call("services.list", json!({})).await.unwrap();
+    let own = listed.as_array().unwrap().iter().find(|s| s["name"] == "lister").unwrap();
+    assert_eq!(own["methods"].as_array().unwrap().len(), 256, "{own}");
+    let s = d.status("lister").await;
+    assert_eq!(s["refused_services"].as_array().unwrap().len(), 63, "undeclared ones among the first 64");
+    assert_eq!(warnings(&d, "lister", "register: lists cut to 64 services").await, 1);
+}
