@@ -198,6 +198,10 @@ async fn run(args: Args) -> Result<(), Failure> {
         return new_plugin(name, lang, dir.clone(), args.json);
     }
     if let Cmd::Check { dir, execute, params } = &args.command {
+        // `check` writes to a plugin's stdin: a plugin that dies meanwhile must give an EPIPE
+        // to report, not a SIGPIPE that ends pluginctl before it says anything.
+        // SAFETY: setting a signal disposition; no handler runs Rust code.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
         let params = parse_json("--params", params.as_deref(), json!({}))?;
         return check_plugin(dir, execute.clone().map(|m| (m, params)), args.json).await;
     }

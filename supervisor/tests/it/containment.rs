@@ -936,3 +936,42 @@ async fn sdk_examples_run_in_the_default_sandbox() {
         assert_eq!(attack(&d, e, "echo", json!({"from": e})).await, json!({"from": e}), "{e}");
     }
 }
+
+/// `pluginctl check`'s diagnostic mode: a plugin whose launcher forks (a `$(...)` in a shell
+/// script) dies under the sandbox without `process`; `check` fails it and names what the sandbox
+/// denied, found by starting it again with one part of the sandbox left out at a time.
+#[test]
+fn check_explains_what_the_sandbox_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("forky");
+    std::fs::create_dir_all(&plugin).unwrap();
+    std::fs::write(
+        plugin.join("plugin.json"),
+        json!({"name": "forky", "version": "1.0.0", "main": "main.sh"}).to_string(),
+    )
+    .unwrap();
+    // dash forks for a command substitution; `set -e` ends the script when that fails.
+    std::fs::write(plugin.join("main.sh"), "set -e\nversion=$(echo 1)\nexec python3 ./main.py\n").unwrap();
+    std::fs::write(
+        plugin.join("main.py"),
+        r#"import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" in m and "method" in m:
+        print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pluginctl")).arg("check").arg(&plugin).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let process = "permission process: denied, enforced";
+    if !text.contains(process) {
+        eprintln!("skipped: `process` is not enforced on this host:\n{text}");
+        return;
+    }
+    let verdict =
+        text.lines().find(|l| l.contains("sandbox: it starts once the sandbox allows it")).unwrap_or_default();
+    assert!(verdict.contains("starts processes") && verdict.contains("`process`"), "names the denial:\n{text}");
+    assert_eq!(text.matches("sandbox: it starts once").count(), 1, "only that part explains it:\n{text}");
+}
