@@ -18,6 +18,8 @@ export declare const ErrorCode: Readonly<{
   PERMISSION_DENIED: -32005;
   OVERLOADED: -32006;
   INVALID_MANIFEST: -32007;
+  HOOK_REJECTED: -32008;
+  REJECTED: -32009;
 }>;
 
 type Awaitable<T> = T | Promise<T>;
@@ -40,6 +42,12 @@ export declare class PluginError extends Error {
   toJSON(): RpcErrorObject;
   static fromJSON(error: unknown): PluginError;
 }
+
+/**
+ * The error a hook handler throws to reject a payload on purpose: `throw reject("no token")`.
+ * The chain ends whatever the plugin's `failure` mode; `hooks.run` answers -32008 carrying it.
+ */
+export declare function reject(message: string, data?: unknown): PluginError;
 
 /** Return `new StopChain(payload)` from a hook handler to end the hook chain with `payload`. */
 export declare class StopChain<P = unknown> {

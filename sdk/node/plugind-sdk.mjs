@@ -34,6 +34,8 @@ export const ErrorCode = Object.freeze({
   PERMISSION_DENIED: -32005,
   OVERLOADED: -32006,
   INVALID_MANIFEST: -32007,
+  HOOK_REJECTED: -32008,
+  REJECTED: -32009,
 });
 
 /**
@@ -60,6 +62,15 @@ export class PluginError extends Error {
     }
     return new PluginError(error.code ?? ErrorCode.INTERNAL_ERROR, String(error.message ?? ""), error.data);
   }
+}
+
+/**
+ * The error a hook handler throws to reject a payload on purpose: `throw reject("no token")`.
+ * The chain ends whatever the plugin's `failure` mode, and `hooks.run` answers -32008 hook
+ * rejected, carrying this error (code -32009).
+ */
+export function reject(message, data) {
+  return new PluginError(ErrorCode.REJECTED, message, data);
 }
 
 /** Return `new StopChain(payload)` from a hook handler to end the hook chain with `payload`. */

@@ -49,7 +49,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional
 
 __all__ = [
-    "Plugin", "PluginError", "Cancelled", "StopChain", "Host", "Context", "Registry", "run",
+    "Plugin", "PluginError", "Cancelled", "StopChain", "reject", "Host", "Context", "Registry", "run",
     "PROTOCOL_VERSION", "MAX_FRAME", "THREAD_STACK_SIZE",
     "PARSE_ERROR", "INVALID_REQUEST", "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
     "DEADLINE_EXCEEDED", "PLUGIN_UNAVAILABLE", "PLUGIN_CRASHED", "SERVICE_NOT_FOUND",
@@ -77,6 +77,8 @@ SERVICE_NOT_FOUND = -32004
 PERMISSION_DENIED = -32005
 OVERLOADED = -32006
 INVALID_MANIFEST = -32007
+HOOK_REJECTED = -32008
+REJECTED = -32009
 
 
 class PluginError(Exception):
@@ -108,6 +110,15 @@ class PluginError(Exception):
 
 class Cancelled(Exception):
     """Raised by a call into plugind once the call it was made for has been cancelled."""
+
+
+def reject(message: str, data: Any = None) -> PluginError:
+    """The error a hook handler raises to reject a payload on purpose: ``raise reject("no token")``.
+
+    The chain ends whatever the plugin's ``failure`` mode, and ``hooks.run`` answers -32008 hook
+    rejected, carrying this error (code -32009).
+    """
+    return PluginError(REJECTED, message, data)
 
 
 class StopChain:

@@ -1,58 +1,211 @@
-//! Host hook chains (SPEC §4.2): a payload passed through every running plugin that handles a
-//! hook, in priority order (ties by name); `stop: true` ends the chain; a plugin that fails or
-//! times out is skipped, told with `onError`, and the chain goes on.
+//! Host hook chains: a payload passed through every plugin that handles a hook, in priority order
+//! (ties by name), with a receipt of what each one did.
+//!
+//! Each plugin takes part as its manifest says (`hooks.NAME`: a priority, or `{ priority,
+//! timeout_ms, failure, mode }`):
+//! - `mode: "enforce"` (default): its answer's `payload` is the next plugin's; `stop: true` ends
+//!   the chain with that payload;
+//! - `mode: "shadow"`: it sees a copy of the payload at its place in the chain, within its own
+//!   timeout; its answer and failures never change the chain (a guardrail tried before it is
+//!   trusted);
+//! - `failure: "open"` (default): an error or timeout skips it (it is told with `onError`) and
+//!   the chain goes on;
+//! - `failure: "closed"`: an error or timeout ends the chain and `hooks.run` answers `-32008`
+//!   hook rejected; so does such a plugin that is enabled but not running, or that the chain's
+//!   budget cut off (an auth hook must not be skipped silently);
+//! - any plugin may reject a payload on purpose by answering error `-32009`: the chain ends with
+//!   `-32008`, whatever its `failure` mode.
+//!
+//! `hooks.run`'s `timeout_ms` is the whole chain's budget: the plugin still running when it runs
+//! out is `timed_out`, the later ones `skipped`, and the payload so far is the answer (unless a
+//! closed plugin was cut off). The receipt has one entry per plugin in chain order.
 
-use crate::router::call_plugin;
-use crate::Daemon;
-use plugind_protocol::control::HooksRunResult;
+use crate::router::{call_plugin, unavailable};
+use crate::{Daemon, PluginEntry};
+use plugind_protocol::codes;
+use plugind_protocol::control::{HookOutcome, HooksRunResult, ReceiptEntry};
+use plugind_protocol::manifest::{HookFailure, HookMode, HookSpec};
 use plugind_protocol::methods::{self, HookResult};
+use plugind_protocol::RpcError;
 use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// One member of a chain: the plugin and how it takes part.
+struct Member {
+    entry: Arc<PluginEntry>,
+    spec: HookSpec,
+    /// Its deadline for this hook: the hook's `timeout_ms`, else the plugin's.
+    timeout_ms: u64,
+}
 
 impl Daemon {
-    /// Runs hook `hook` over `payload`.
-    pub async fn run_hook(&self, hook: &str, payload: Value) -> HooksRunResult {
-        let mut chain: Vec<(i64, std::sync::Arc<crate::PluginEntry>)> = self
-            .plugins()
-            .into_iter()
-            .filter(|p| p.status().state.is_running())
-            .filter_map(|p| {
-                let prio = p.status().manifest.as_ref()?.hooks.get(hook).copied()?;
-                Some((prio, p))
-            })
-            .collect();
-        chain.sort_by(|(pa, a), (pb, b)| pa.cmp(pb).then_with(|| a.name.cmp(&b.name)));
-        let mut result = HooksRunResult { payload, handled_by: Vec::new(), stopped_by: None };
-        for (_, entry) in chain {
-            let params = json!({ "hook": hook, "payload": result.payload });
-            let write = |out: &mut Vec<u8>| plugind_protocol::jsonrpc::write_json(out, &params);
-            let outcome = call_plugin(&entry, methods::HOOK, write, None, None).await.and_then(|raw| {
-                serde_json::from_str::<HookResult>(raw.get()).map_err(|e| {
-                    plugind_protocol::RpcError::invalid_params(format!("hook result is not {{ payload, stop? }}: {e}"))
-                })
-            });
-            match outcome {
+    /// Runs hook `hook` over `payload`, within `budget` when given. `Err` is `-32008` hook
+    /// rejected, with the receipt so far in its data.
+    pub async fn run_hook(
+        &self,
+        hook: &str,
+        payload: Value,
+        budget: Option<Duration>,
+    ) -> Result<HooksRunResult, RpcError> {
+        let end = budget.map(|b| Instant::now() + b);
+        let mut result = HooksRunResult { payload, handled_by: Vec::new(), stopped_by: None, receipt: Vec::new() };
+        let chain = self.hook_chain(hook);
+        // A rejection's receipt still has one entry per plugin: the ones after it `skipped`.
+        let rejected = |at: usize, plugin: &str, e: &RpcError, mut receipt: Vec<ReceiptEntry>| {
+            let now = Instant::now();
+            receipt.extend(chain[at + 1..].iter().map(|m| entry(&m.entry.name, HookOutcome::Skipped, now, None)));
+            rejection(hook, plugin, e, receipt)
+        };
+        for (at, m) in chain.iter().enumerate() {
+            let name = m.entry.name.to_string();
+            let started = Instant::now();
+            let shadow = m.spec.mode == HookMode::Shadow;
+            let closed = m.spec.failure == HookFailure::Closed && !shadow;
+            let spent = end.is_some_and(|e| started >= e);
+            if result.stopped_by.is_some() || spent {
+                result.receipt.push(entry(&name, HookOutcome::Skipped, started, None));
+                if spent && closed {
+                    let e = RpcError::with_data(
+                        codes::DEADLINE_EXCEEDED,
+                        format!(
+                            "the chain's budget of {} ms ran out before {name}",
+                            budget.unwrap_or_default().as_millis()
+                        ),
+                        json!({ "plugin": &name, "timeout_ms": budget.unwrap_or_default().as_millis() as u64 }),
+                    );
+                    return Err(rejected(at, &name, &e, result.receipt));
+                }
+                continue;
+            }
+            let answer = if m.entry.status().state.is_running() {
+                self.hook_step(m, hook, &result.payload, end).await
+            } else {
+                Err(unavailable(&m.entry))
+            };
+            match answer {
+                Ok(_) if shadow => result.receipt.push(entry(&name, HookOutcome::Shadow, started, None)),
                 Ok(r) => {
+                    let outcome = if r.stop {
+                        result.stopped_by = Some(name.clone());
+                        HookOutcome::Stopped
+                    } else if r.payload == result.payload {
+                        HookOutcome::Passed
+                    } else {
+                        HookOutcome::Modified
+                    };
                     result.payload = r.payload;
-                    result.handled_by.push(entry.name.to_string());
-                    if r.stop {
-                        result.stopped_by = Some(entry.name.to_string());
-                        break;
-                    }
+                    result.handled_by.push(name.clone());
+                    result.receipt.push(entry(&name, outcome, started, None));
                 }
                 Err(e) => {
-                    entry.log.warn(format!("hook {hook} skipped: {e}"));
-                    let mut data = e.data.clone().unwrap_or_else(|| json!({}));
-                    if let Some(obj) = data.as_object_mut() {
-                        obj.insert("hook".into(), json!(hook));
-                        obj.insert("plugin".into(), json!(&*entry.name));
+                    let outcome = match e.code {
+                        _ if shadow => HookOutcome::Shadow,
+                        codes::DEADLINE_EXCEEDED => HookOutcome::TimedOut,
+                        _ => HookOutcome::Failed,
+                    };
+                    result.receipt.push(entry(&name, outcome, started, Some(&e)));
+                    if shadow {
+                        m.entry.log.plugind(format!("hook {hook} (shadow): {}", e.message));
+                        continue;
                     }
-                    if let Some(i) = entry.routes().first() {
-                        i.peer
-                            .notify(methods::ON_ERROR, &json!({ "code": e.code, "message": e.message, "data": data }));
+                    if e.code == codes::REJECTED {
+                        m.entry.log.plugind(format!("hook {hook}: rejected the payload: {}", e.message));
+                        return Err(rejected(at, &name, &e, result.receipt));
+                    }
+                    tell_plugin(&m.entry, hook, &e);
+                    if closed {
+                        return Err(rejected(at, &name, &e, result.receipt));
                     }
                 }
             }
         }
-        result
+        Ok(result)
+    }
+
+    /// The plugins that take part in `hook`, in chain order: every plugin whose manifest lists
+    /// it and that is running or meant to run (not disabled in the config file).
+    fn hook_chain(&self, hook: &str) -> Vec<Member> {
+        let mut chain: Vec<Member> = self
+            .plugins()
+            .into_iter()
+            .filter_map(|entry| {
+                let status = entry.status();
+                let m = status.manifest.as_ref()?;
+                let spec = *m.hooks.get(hook)?;
+                let timeout_ms = spec.timeout_ms.unwrap_or(m.timeout_ms);
+                let member = status.state.is_running() || self.config().enabled(&entry.name);
+                drop(status);
+                member.then_some(Member { entry, spec, timeout_ms })
+            })
+            .collect();
+        chain.sort_by(|a, b| a.spec.priority.cmp(&b.spec.priority).then_with(|| a.entry.name.cmp(&b.entry.name)));
+        chain
+    }
+
+    /// One plugin's step: `hook { hook, payload }` within its timeout and the chain's end.
+    async fn hook_step(
+        &self,
+        m: &Member,
+        hook: &str,
+        payload: &Value,
+        end: Option<Instant>,
+    ) -> Result<HookResult, RpcError> {
+        let params = json!({ "hook": hook, "payload": payload });
+        let write = |out: &mut Vec<u8>| plugind_protocol::jsonrpc::write_json(out, &params);
+        let raw = call_plugin(&m.entry, methods::HOOK, write, Some(m.timeout_ms), end).await?;
+        serde_json::from_str::<HookResult>(raw.get())
+            .map_err(|e| RpcError::invalid_params(format!("hook result is not {{ payload, stop? }}: {e}")))
+    }
+}
+
+/// A receipt entry for a step that began at `started`.
+fn entry(plugin: &str, outcome: HookOutcome, started: Instant, error: Option<&RpcError>) -> ReceiptEntry {
+    let ms = (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+    ReceiptEntry { plugin: plugin.to_owned(), outcome, ms, error: error.map(error_object) }
+}
+
+fn error_object(e: &RpcError) -> Value {
+    serde_json::to_value(e).unwrap_or_else(|_| json!({ "code": e.code, "message": e.message }))
+}
+
+/// `-32008` hook rejected: `plugin` ended the chain with `error`.
+fn rejection(hook: &str, plugin: &str, error: &RpcError, receipt: Vec<ReceiptEntry>) -> RpcError {
+    RpcError::with_data(
+        codes::HOOK_REJECTED,
+        format!("hook {hook} rejected by {plugin}: {}", error.message),
+        json!({ "plugin": plugin, "hook": hook, "error": error_object(error), "receipt": receipt }),
+    )
+}
+
+/// Logs a failed step in the plugin's log and tells it with `onError`.
+fn tell_plugin(entry: &PluginEntry, hook: &str, e: &RpcError) {
+    entry.log.warn(format!("hook {hook} failed: {}", e.message));
+    let mut data = e.data.clone().unwrap_or_else(|| json!({}));
+    if let Some(obj) = data.as_object_mut() {
+        obj.insert("hook".into(), json!(hook));
+        obj.insert("plugin".into(), json!(&*entry.name));
+    }
+    if let Some(i) = entry.routes().first() {
+        i.peer.notify(methods::ON_ERROR, &json!({ "code": e.code, "message": e.message, "data": data }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejection_carries_plugin_hook_error_and_receipt() {
+        let e = RpcError::new(codes::REJECTED, "no token");
+        let receipt = vec![ReceiptEntry { plugin: "auth".into(), outcome: HookOutcome::Failed, ms: 1.5, error: None }];
+        let r = rejection("onRequest", "auth", &e, receipt);
+        assert_eq!(r.code, codes::HOOK_REJECTED);
+        let data = r.data.unwrap();
+        assert_eq!(data["plugin"], "auth");
+        assert_eq!(data["hook"], "onRequest");
+        assert_eq!(data["error"]["code"], codes::REJECTED);
+        assert_eq!(data["receipt"][0]["outcome"], "failed");
     }
 }

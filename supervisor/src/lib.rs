@@ -544,9 +544,13 @@ impl Daemon {
     /// stop together. [`run`] bounds the whole with the stop timeout.
     pub async fn stop_all(&self) {
         // SPEC §7: `onShutdown` hooks run before the first `teardown`.
-        let hooked = self.run_hook("onShutdown", serde_json::json!({})).await;
-        if !hooked.handled_by.is_empty() {
-            tracing::info!(handled_by = ?hooked.handled_by, "onShutdown hooks ran");
+        match self.run_hook("onShutdown", serde_json::json!({}), None).await {
+            Ok(hooked) if !hooked.handled_by.is_empty() => {
+                tracing::info!(handled_by = ?hooked.handled_by, "onShutdown hooks ran");
+            }
+            Ok(_) => {}
+            // A closed onShutdown plugin that failed cannot stop the shutdown.
+            Err(e) => tracing::warn!("onShutdown hooks: {}", e.message),
         }
 
         let mut pending = self.plugins();

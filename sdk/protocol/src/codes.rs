@@ -27,3 +27,8 @@ pub const PERMISSION_DENIED: i64 = -32005;
 pub const OVERLOADED: i64 = -32006;
 /// Invalid manifest or configuration.
 pub const INVALID_MANIFEST: i64 = -32007;
+/// A hook chain was rejected: a `failure: "closed"` plugin failed, timed out or was not running,
+/// or a plugin rejected the payload on purpose (`data: { plugin, hook, error, receipt }`).
+pub const HOOK_REJECTED: i64 = -32008;
+/// What a hook plugin answers to reject a payload on purpose, whatever its `failure` mode.
+pub const REJECTED: i64 = -32009;

@@ -78,6 +78,44 @@ pub struct HooksRunParams {
     /// Initial payload.
     #[serde(default)]
     pub payload: Value,
+    /// The whole chain's budget; none: the chain has no budget of its own (each plugin still has
+    /// its own timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// What one plugin did in a hook chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookOutcome {
+    /// Answered the payload unchanged.
+    Passed,
+    /// Answered another payload.
+    Modified,
+    /// Answered `stop: true`: the chain ended with its payload.
+    Stopped,
+    /// Answered an error, crashed or was not running.
+    Failed,
+    /// Its own timeout or the chain's budget ran out while it ran.
+    TimedOut,
+    /// Not asked: the chain had already stopped, or its budget was spent.
+    Skipped,
+    /// A shadow plugin: it ran, its answer was discarded.
+    Shadow,
+}
+
+/// One entry of a hook chain's receipt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceiptEntry {
+    /// The plugin.
+    pub plugin: String,
+    /// What it did.
+    pub outcome: HookOutcome,
+    /// How long its step took, in milliseconds.
+    pub ms: f64,
+    /// Its error (a JSON-RPC error object), when it failed or timed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
 }
 
 /// `hooks.run` result.
@@ -90,6 +128,9 @@ pub struct HooksRunResult {
     /// The plugin that ended the chain with `stop: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_by: Option<String>,
+    /// One entry per plugin of the chain, in chain order.
+    #[serde(default)]
+    pub receipt: Vec<ReceiptEntry>,
 }
 
 /// `logs.tail` params.

@@ -28,6 +28,54 @@ pub const DEFAULT_MAX_QUEUE: u32 = 1024;
 /// buffers for, so the number is bounded like everything else a plugin declares.
 pub const MAX_INSTANCES: u64 = 64;
 
+/// The priority of a hook given as an object without one.
+pub const DEFAULT_HOOK_PRIORITY: i64 = 100;
+
+/// How a plugin takes part in one hook chain (manifest `hooks` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookSpec {
+    /// Lower runs first; ties by plugin name.
+    pub priority: i64,
+    /// This plugin's deadline for this hook (else its `timeout_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// What its error or timeout does to the chain.
+    pub failure: HookFailure,
+    /// Whether its answer counts.
+    pub mode: HookMode,
+}
+
+impl Default for HookSpec {
+    fn default() -> Self {
+        HookSpec {
+            priority: DEFAULT_HOOK_PRIORITY,
+            timeout_ms: None,
+            failure: HookFailure::Open,
+            mode: HookMode::Enforce,
+        }
+    }
+}
+
+/// `failure` of a hook: what an error or timeout of this plugin does to the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookFailure {
+    /// Skipped; the chain goes on (the default).
+    Open,
+    /// The chain ends and `hooks.run` answers `-32008` hook rejected.
+    Closed,
+}
+
+/// `mode` of a hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookMode {
+    /// Its answer is the chain's payload (the default).
+    Enforce,
+    /// It sees a copy of the payload; whatever it answers or does never changes the chain.
+    Shadow,
+}
+
 /// A permission of §6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -219,8 +267,8 @@ pub struct Manifest {
     pub permissions: Vec<Permission>,
     /// Free-form tags.
     pub capabilities: Vec<String>,
-    /// Hook name → priority (lower first).
-    pub hooks: BTreeMap<String, i64>,
+    /// Hook name → how this plugin takes part in that chain (priority: lower first).
+    pub hooks: BTreeMap<String, HookSpec>,
     /// Per-call deadline.
     pub timeout_ms: u64,
     /// Ceiling for calls extended by `$/progress`.
@@ -357,6 +405,46 @@ impl Walker {
                 None
             }
         }
+    }
+
+    /// A `hooks` value: an integer priority, or `{ priority?, timeout_ms?, failure?, mode? }`.
+    fn hook(&mut self, v: &Value, pointer: &str) -> Option<HookSpec> {
+        if let Some(priority) = v.as_i64() {
+            return Some(HookSpec { priority, ..HookSpec::default() });
+        }
+        let Value::Object(o) = v else {
+            self.err(pointer, "an integer priority or { priority, timeout_ms, failure, mode }", describe(v));
+            return None;
+        };
+        let errors = self.errors.len();
+        let priority = match o.get("priority") {
+            None | Some(Value::Null) => DEFAULT_HOOK_PRIORITY,
+            Some(p) => p.as_i64().unwrap_or_else(|| {
+                self.err(format!("{pointer}/priority"), "an integer", describe(p));
+                0
+            }),
+        };
+        let timeout_ms = self.uint(o, pointer, "timeout_ms", 1);
+        let mut word = |key: &str, words: [&str; 2]| match o.get(key) {
+            None | Some(Value::Null) => Some(false),
+            Some(Value::String(s)) if s == words[0] => Some(false),
+            Some(Value::String(s)) if s == words[1] => Some(true),
+            Some(other) => {
+                self.err(format!("{pointer}/{key}"), format!("{:?} or {:?}", words[0], words[1]), describe(other));
+                None
+            }
+        };
+        let closed = word("failure", ["open", "closed"]);
+        let shadow = word("mode", ["enforce", "shadow"]);
+        if self.errors.len() > errors {
+            return None;
+        }
+        Some(HookSpec {
+            priority,
+            timeout_ms,
+            failure: if closed == Some(true) { HookFailure::Closed } else { HookFailure::Open },
+            mode: if shadow == Some(true) { HookMode::Shadow } else { HookMode::Enforce },
+        })
     }
 
     fn dependencies(&mut self, v: Option<&Value>, pointer: &str) -> Vec<Dependency> {
@@ -544,11 +632,8 @@ impl Manifest {
         let mut hooks = BTreeMap::new();
         if let Some(m) = w.object(obj.get("hooks"), "/hooks") {
             for (k, v) in m {
-                match v.as_i64() {
-                    Some(prio) => {
-                        hooks.insert(k.clone(), prio);
-                    }
-                    None => w.err(format!("/hooks/{}", escape_pointer(k)), "an integer priority", describe(v)),
+                if let Some(spec) = w.hook(v, &format!("/hooks/{}", escape_pointer(k))) {
+                    hooks.insert(k.clone(), spec);
                 }
             }
         }

@@ -331,6 +331,16 @@ fn schema_and_parser_agree_on_edge_cases() {
         (json!({ "hooks": { "onRequest": 1.5 } }), false),
         (json!({ "hooks": { "onRequest": null } }), false),
         (json!({ "hooks": { "onRequest": 1e19 } }), false),
+        (
+            json!({ "hooks": { "onRequest": { "priority": 5, "timeout_ms": 200, "failure": "closed", "mode": "shadow" } } }),
+            true,
+        ),
+        (json!({ "hooks": { "onRequest": {} } }), true),
+        (json!({ "hooks": { "onRequest": { "failure": "maybe" } } }), false),
+        (json!({ "hooks": { "onRequest": { "mode": "log" } } }), false),
+        (json!({ "hooks": { "onRequest": { "timeout_ms": 0 } } }), false),
+        (json!({ "hooks": { "onRequest": { "priority": "high" } } }), false),
+        (json!({ "hooks": { "onRequest": "10" } }), false),
         // integer bounds
         (json!({ "timeout_ms": 1, "max_timeout_ms": 1 }), true),
         (json!({ "timeout_ms": 0 }), false),

@@ -125,6 +125,24 @@ pub const REQUEST_CANCELLED: i64 = -32800;
 /// plugind sends `SIGTERM` two seconds after closing stdin, so this stays below that.
 pub const EOF_GRACE: Duration = Duration::from_secs(1);
 
+/// The error a hook handler returns to reject a payload on purpose (code `-32009`): the chain
+/// ends whatever the plugin's `failure` mode, and `hooks.run` answers `-32008` hook rejected
+/// carrying this error.
+///
+/// ```
+/// # use plugind_sdk::{reject, RpcError, Value};
+/// fn on_request(payload: &Value) -> Result<Value, RpcError> {
+///     if payload["headers"]["authorization"].is_null() {
+///         return Err(reject("missing Authorization header"));
+///     }
+///     Ok(payload.clone())
+/// }
+/// # assert_eq!(on_request(&Value::Null).unwrap_err().code, -32009);
+/// ```
+pub fn reject(message: impl Into<String>) -> RpcError {
+    RpcError::new(plugind_protocol::codes::REJECTED, message)
+}
+
 /// The error a call cancelled by plugind ends with (see [`REQUEST_CANCELLED`]).
 pub fn cancelled_error() -> RpcError {
     RpcError::new(REQUEST_CANCELLED, "request cancelled")

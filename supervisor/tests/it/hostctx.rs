@@ -54,7 +54,7 @@ async fn hook_chain_runs_in_priority_order_skips_failures_and_stops() {
     .await;
     // A hook nobody handles returns the payload untouched.
     let r = d.call("hooks.run", json!({"hook": "onNothing", "payload": [1]})).await.unwrap();
-    assert_eq!(r, json!({"payload": [1], "handled_by": []}));
+    assert_eq!(r, json!({"payload": [1], "handled_by": [], "receipt": []}));
     // pluginctl hook prints the final payload.
     let out = d.ctl(&["hook", "onPrompt", r#"{"n": 1}"#]);
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!({"n": 1, "trail": ["a-first", "c-stops"]}));

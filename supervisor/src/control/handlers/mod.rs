@@ -46,7 +46,8 @@ pub async fn dispatch(
         c::PLUGINS_TRACE => observe::plugins_trace(daemon, conn, params(raw)?),
         c::HOOKS_RUN => {
             let p: c::HooksRunParams = params(raw)?;
-            Ok(plugind_protocol::jsonrpc::to_raw(&Box::pin(daemon.run_hook(&p.hook, p.payload)).await))
+            let budget = p.timeout_ms.map(std::time::Duration::from_millis);
+            Ok(plugind_protocol::jsonrpc::to_raw(&Box::pin(daemon.run_hook(&p.hook, p.payload, budget)).await?))
         }
         c::METRICS_GET => Ok(plugind_protocol::jsonrpc::to_raw(&c::MetricsResult { text: daemon.metrics_text() })),
         other => Err(RpcError::method_not_found(other)),

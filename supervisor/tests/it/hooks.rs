@@ -1,0 +1,220 @@
+//! Hook chains for gateways: order, shadow, open and closed failures (by error, timeout and a
+//! plugin that is not running), rejection on purpose, `stop`, the chain's budget, and the receipt.
+//!
+//! Every plugin here is the same plain-Python fixture; its manifest `config.do` says what it does
+//! with a payload: `modify` (appends its name to `payload.seen`), `pass`, `stop`, `error`,
+//! `reject` (-32009), or `sleep:MS` then `modify`.
+
+use crate::support::{code, data, Daemon, DaemonBuilder};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const HOOKER: &str = r#"import json, os, sys, time
+NAME = os.environ["PLUGIND_PLUGIN"]
+cfg = {}
+def send(m):
+    print(json.dumps(dict(m, jsonrpc="2.0")), flush=True)
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m:
+        continue
+    method, p = m["method"], m.get("params") or {}
+    if method == "init":
+        cfg = p.get("config") or {}
+    if method != "hook":
+        send({"id": m["id"], "result": None if method == "teardown" else {}})
+        continue
+    do, payload = cfg.get("do", "modify"), p["payload"]
+    if do.startswith("sleep:"):
+        time.sleep(int(do.split(":")[1]) / 1000)
+        do = "modify"
+    if do == "modify":
+        send({"id": m["id"], "result": {"payload": dict(payload, seen=payload.get("seen", []) + [NAME])}})
+    elif do == "pass":
+        send({"id": m["id"], "result": {"payload": payload}})
+    elif do == "stop":
+        send({"id": m["id"], "result": {"payload": dict(payload, stopped=NAME), "stop": True}})
+    elif do == "error":
+        send({"id": m["id"], "error": {"code": -32000, "message": NAME + " broke"}})
+    elif do == "reject":
+        send({"id": m["id"], "error": {"code": -32009, "message": NAME + " says no"}})
+"#;
+
+/// A hook plugin named `name` taking part in `onRequest` as `hook` (a priority or an object),
+/// doing `action`.
+fn hooker(b: DaemonBuilder, name: &str, hook: Value, action: &str) -> DaemonBuilder {
+    let manifest = json!({
+        "name": name, "version": "1.0.0", "main": "main.py",
+        "hooks": { "onRequest": hook }, "config": { "do": action },
+    });
+    b.plugin_files(name, &[("plugin.json", &manifest.to_string()), ("main.py", HOOKER)])
+}
+
+async fn run(d: &Daemon, params: Value) -> Result<Value, plugind::client::ClientError> {
+    d.call("hooks.run", params).await
+}
+
+/// The receipt's outcomes, in order, as `plugin:outcome`.
+fn outcomes(receipt: &Value) -> Vec<String> {
+    receipt
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{}:{}", e["plugin"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hooks_run_in_priority_order_ties_by_name_with_a_receipt() {
+    let b = hooker(Daemon::builder(), "a", json!(20), "modify");
+    let b = hooker(b, "c", json!({ "priority": 10 }), "modify");
+    let b = hooker(b, "b", json!(10), "modify");
+    // An object without a priority gets 100: last.
+    let d = hooker(b, "z-pass", json!({}), "pass").start().await;
+    let r = run(&d, json!({ "hook": "onRequest", "payload": { "q": 1 } })).await.unwrap();
+    assert_eq!(r["payload"], json!({ "q": 1, "seen": ["b", "c", "a"] }), "{r}");
+    assert_eq!(r["handled_by"], json!(["b", "c", "a", "z-pass"]), "{r}");
+    assert_eq!(outcomes(&r["receipt"]), ["b:modified", "c:modified", "a:modified", "z-pass:passed"]);
+    for e in r["receipt"].as_array().unwrap() {
+        assert!(e["ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{e}");
+        assert!(e.get("error").is_none(), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shadow_plugins_see_the_payload_but_never_change_the_chain() {
+    let b = hooker(Daemon::builder(), "s-modify", json!({ "priority": 1, "mode": "shadow" }), "modify");
+    // Shadow wins over failure: a closed shadow plugin that rejects changes nothing either.
+    let b = hooker(b, "s-reject", json!({ "priority": 2, "mode": "shadow", "failure": "closed" }), "reject");
+    let b = hooker(b, "s-error", json!({ "priority": 3, "mode": "shadow" }), "error");
+    let d = hooker(b, "enforcer", json!(4), "modify").start().await;
+    let r = run(&d, json!({ "hook": "onRequest", "payload": {} })).await.unwrap();
+    assert_eq!(r["payload"], json!({ "seen": ["enforcer"] }), "{r}");
+    assert_eq!(r["handled_by"], json!(["enforcer"]), "{r}");
+    assert_eq!(outcomes(&r["receipt"]), ["s-modify:shadow", "s-reject:shadow", "s-error:shadow", "enforcer:modified"]);
+    assert_eq!(r["receipt"][1]["error"]["code"], -32009, "{r}");
+    assert_eq!(r["receipt"][2]["error"]["code"], -32000, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_plugin_that_fails_is_skipped_and_the_chain_goes_on() {
+    let b = hooker(Daemon::builder(), "broken", json!(1), "error");
+    let d = hooker(b, "after", json!(2), "modify").start().await;
+    let r = run(&d, json!({ "hook": "onRequest", "payload": {} })).await.unwrap();
+    assert_eq!(r["payload"], json!({ "seen": ["after"] }));
+    assert_eq!(outcomes(&r["receipt"]), ["broken:failed", "after:modified"]);
+    assert_eq!(r["receipt"][0]["error"]["code"], -32000);
+    assert_eq!(r["receipt"][0]["error"]["message"], "broken broke");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_plugin_that_fails_rejects_the_chain() {
+    let b = hooker(Daemon::builder(), "first", json!(1), "modify");
+    let b = hooker(b, "auth", json!({ "priority": 2, "failure": "closed" }), "error");
+    let d = hooker(b, "after", json!(3), "modify").start().await;
+    let r = run(&d, json!({ "hook": "onRequest", "payload": {} })).await;
+    assert_eq!(code(&r), -32008, "{r:?}");
+    let data = data(&r);
+    assert_eq!(data["plugin"], "auth");
+    assert_eq!(data["hook"], "onRequest");
+    assert_eq!(data["error"]["code"], -32000);
+    assert_eq!(outcomes(&data["receipt"]), ["first:modified", "auth:failed", "after:skipped"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_plugin_that_times_out_rejects_with_a_deadline_error() {
+    let b = hooker(
+        Daemon::builder(),
+        "slow-auth",
+        json!({ "priority": 1, "timeout_ms": 200, "failure": "closed" }),
+        "sleep:3000",
+    );
+    let d = hooker(b, "after", json!(2), "modify").start().await;
+    let started = Instant::now();
+    let r = run(&d, json!({ "hook": "onRequest", "payload": {} })).await;
+    // Time is the feature here: the hook's own 200 ms, not the plugin's 5 s nor the sleep.
+    assert!(started.elapsed() < Duration::from_millis(2500), "answered in {:?}", started.elapsed());
+    assert_eq!(code(&r), -32008, "{r:?}");
+    let data = data(&r);
+    assert_eq!(data["error"]["code"], -32001);
+    assert_eq!(outcomes(&data["receipt"]), ["slow-auth:timed_out", "after:skipped"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_plugin_that_is_not_running_rejects_the_chain() {
+    let b = hooker(Daemon::builder(), "auth", json!({ "priority": 1, "failure": "closed" }), "pass");
+    let d = hooker(b, "open-one", json!({ "priority": 2 }), "modify").start().await;
+    d.call("plugins.stop", json!({ "name": "open-one" })).await.unwrap();
+    // An open plugin that is not running fails and is skipped…
+    let r = run(&d, json!({ "hook": "onRequest", "payload": {} })).await.unwrap();
+    assert_eq!(outcomes(&r["receipt"]), ["auth:passed", "open-one:failed"]);
+    assert_eq!(r["receipt"][1]["error"]["code"], -32002);
+    // …a closed one ends the chain.
+    d.call("plugins.stop", json!({ "name": "auth" })).await.unwrap();
+    let r = run(&d, json!({ "hook": "onRequest", "payload": {} })).await;
+    assert_eq!(code(&r), -32008, "{r:?}");
+    let data = data(&r);
+    assert_eq!(data["plugin"], "auth");
+    assert_eq!(data["error"]["code"], -32002);
+    assert_eq!(data["error"]["data"]["state"], "stopped");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejection_on_purpose_ends_the_chain_whatever_the_failure_mode() {
+    let b = hooker(Daemon::builder(), "guard", json!(1), "reject");
+    let d = hooker(b, "after", json!(2), "modify").start().await;
+    let r = run(&d, json!({ "hook": "onRequest", "payload": {} })).await;
+    assert_eq!(code(&r), -32008, "{r:?}");
+    let data = data(&r);
+    assert_eq!(data["plugin"], "guard");
+    assert_eq!(data["error"]["code"], -32009);
+    assert_eq!(data["error"]["message"], "guard says no");
+    assert_eq!(outcomes(&data["receipt"]), ["guard:failed", "after:skipped"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_ends_the_chain_with_its_payload() {
+    let b = hooker(Daemon::builder(), "first", json!(1), "modify");
+    let b = hooker(b, "stopper", json!(2), "stop");
+    let d = hooker(b, "after", json!({ "priority": 3, "failure": "closed" }), "modify").start().await;
+    let r = run(&d, json!({ "hook": "onRequest", "payload": {} })).await.unwrap();
+    assert_eq!(r["payload"], json!({ "seen": ["first"], "stopped": "stopper" }));
+    assert_eq!(r["stopped_by"], "stopper");
+    assert_eq!(r["handled_by"], json!(["first", "stopper"]));
+    assert_eq!(outcomes(&r["receipt"]), ["first:modified", "stopper:stopped", "after:skipped"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chain_budget_times_out_the_running_plugin_and_skips_the_rest() {
+    let b = hooker(Daemon::builder(), "quick", json!(1), "modify");
+    let b = hooker(b, "slow", json!(2), "sleep:3000");
+    let d = hooker(b, "later", json!(3), "modify").start().await;
+    let started = Instant::now();
+    let r = run(&d, json!({ "hook": "onRequest", "payload": {}, "timeout_ms": 500 })).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(2500), "answered in {:?}", started.elapsed());
+    // No closed plugin involved: the payload so far.
+    assert_eq!(r["payload"], json!({ "seen": ["quick"] }));
+    assert_eq!(outcomes(&r["receipt"]), ["quick:modified", "slow:timed_out", "later:skipped"]);
+    assert_eq!(r["receipt"][1]["error"]["code"], -32001);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_plugin_cut_off_by_the_chain_budget_rejects_the_chain() {
+    let b = hooker(Daemon::builder(), "slow", json!(1), "sleep:3000");
+    let d = hooker(b, "auth", json!({ "priority": 2, "failure": "closed" }), "pass").start().await;
+    let r = run(&d, json!({ "hook": "onRequest", "payload": {}, "timeout_ms": 300 })).await;
+    assert_eq!(code(&r), -32008, "{r:?}");
+    let data = data(&r);
+    assert_eq!(data["plugin"], "auth");
+    assert_eq!(data["error"]["code"], -32001);
+    assert_eq!(outcomes(&data["receipt"]), ["slow:timed_out", "auth:skipped"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_hook_object_is_a_load_error_naming_the_field() {
+    let d = hooker(Daemon::builder(), "bad", json!({ "failure": "sometimes" }), "pass").start().await;
+    let s = d.status("bad").await;
+    assert_eq!(s["state"], "invalid", "{s}");
+    let e = s["last_error"].as_str().unwrap();
+    assert!(e.contains("/hooks/onRequest/failure") && e.contains("plugin.json"), "{e}");
+}
