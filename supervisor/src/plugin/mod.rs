@@ -6,6 +6,7 @@
 //! - [`instance`]: one process and its task.
 //! - [`spawn`]: argv, environment and limits of a process.
 //! - [`spawner`]: the long-lived threads that fork plugins, off the tokio workers.
+//! - [`machine`]: the lifecycle as one pure state machine (events in, actions out) the actor drives.
 //! - [`state`]: the lifecycle states and the restart policy, without I/O.
 //!
 //! Architecture invariant: a plugin's state changes only inside its actor task; everybody else
@@ -14,6 +15,7 @@
 pub mod actor;
 pub mod entry;
 pub mod instance;
+pub mod machine;
 pub mod spawn;
 pub mod spawner;
 pub mod state;
