@@ -533,13 +533,18 @@ impl Machine {
         self.halt(Leave::Stop, out);
     }
 
-    /// Desired stopped without touching `failed`: abandon the swap, tell every instance to go.
+    /// Desired stopped without touching `failed`: every instance goes. A swap under way ends
+    /// too, but its manifest (which loaded fine) is kept for the next start, and its waiters
+    /// are answered when the plugin settles.
     fn halt(&mut self, how: Leave, out: &mut Vec<Action>) {
         self.running = false;
         self.start_after_stop = None;
         self.blocked = None;
         self.restart_at = None;
-        self.abandon_next("the plugin was stopped before the new instances were ready", out);
+        if let Some(next) = self.next.take() {
+            self.waiters.extend(next.waiters);
+            self.adopt(next.manifest, true, out);
+        }
         let keys: Vec<Key> = self.insts.keys().copied().collect();
         for k in keys {
             self.leave(k, how, out);

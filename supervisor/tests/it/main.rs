@@ -16,6 +16,7 @@ mod deps;
 mod hostctx;
 mod isolation;
 mod lifecycle;
+mod lifecycle_seams;
 mod misbehave;
 mod observe;
 mod registry;

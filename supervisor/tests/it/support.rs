@@ -68,6 +68,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub plugins: PathBuf,
     pub child: Option<Child>,
+    /// See [`DaemonBuilder::stderr_closed`].
+    stderr_pipe: bool,
 }
 
 /// Builds a [`Daemon`].
@@ -77,9 +79,23 @@ pub struct DaemonBuilder {
     env: Vec<(String, String)>,
     watch: bool,
     soft_open_files: Option<u64>,
+    stderr_pipe: bool,
+    relative_state_dir: bool,
 }
 
 impl DaemonBuilder {
+    /// plugind's stderr is a pipe whose reading end is closed at once (a `| tee` that ended).
+    pub fn stderr_closed(mut self) -> Self {
+        self.stderr_pipe = true;
+        self
+    }
+
+    /// `--state-dir state`, relative to plugind's working directory (the temp dir).
+    pub fn relative_state_dir(mut self) -> Self {
+        self.relative_state_dir = true;
+        self
+    }
+
     /// Adds a copy of a fixture plugin (optionally under another directory name).
     pub fn plugin(self, name: &str) -> Self {
         copy_dir(&fixture(name), &self.dir.path().join("plugins").join(name));
@@ -171,7 +187,8 @@ impl DaemonBuilder {
         std::fs::create_dir_all(&plugins).unwrap();
         let mut args: Vec<String> = vec!["--plugins".into(), "plugins".into()];
         args.extend(["--socket".into(), socket.to_string_lossy().into_owned()]);
-        args.extend(["--state-dir".into(), self.dir.path().join("state").to_string_lossy().into_owned()]);
+        let state = if self.relative_state_dir { "state".into() } else { self.dir.path().join("state") };
+        args.extend(["--state-dir".into(), state.to_string_lossy().into_owned()]);
         if !self.watch {
             args.push("--no-watch".into());
         }
@@ -180,7 +197,14 @@ impl DaemonBuilder {
             let plugind = env!("CARGO_BIN_EXE_plugind").to_owned();
             args = [format!("ulimit -Sn {n} && exec \"$0\" \"$@\""), plugind].into_iter().chain(args).collect();
         }
-        let mut d = Daemon { launch: Some((args, self.env)), dir: self.dir, socket, plugins, child: None };
+        let mut d = Daemon {
+            launch: Some((args, self.env)),
+            dir: self.dir,
+            socket,
+            plugins,
+            child: None,
+            stderr_pipe: self.stderr_pipe,
+        };
         d.spawn_process();
         d
     }
@@ -198,17 +222,22 @@ impl Daemon {
             Some(a) if a.starts_with("ulimit") => ("sh", vec!["-c"]),
             _ => (env!("CARGO_BIN_EXE_plugind"), vec![]),
         };
-        let child = Command::new(program)
+        let (stdout, stderr) =
+            if self.stderr_pipe { (Stdio::piped(), Stdio::piped()) } else { (Stdio::null(), log.into()) };
+        let mut child = Command::new(program)
             .current_dir(self.dir.path())
             .args(pre)
             .args(&args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("PLUGIND_LOG", "debug")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("plugind binary runs");
+        // The readers go away at once: every later write of plugind's gets EPIPE.
+        drop(child.stdout.take());
+        drop(child.stderr.take());
         self.child = Some(child);
     }
 
@@ -228,6 +257,8 @@ impl Daemon {
             env: Vec::new(),
             watch: false,
             soft_open_files: None,
+            stderr_pipe: false,
+            relative_state_dir: false,
         }
     }
 
@@ -386,3 +417,19 @@ for line in sys.stdin:
         print(json.dumps(r), flush=True); continue
     print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
 "#;
+
+/// Live (non-zombie) processes whose command line contains `marker`: how a test counts a
+/// plugin's processes without asking plugind.
+pub fn procs_with(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return pids };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        if String::from_utf8_lossy(&cmdline).contains(marker) && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
