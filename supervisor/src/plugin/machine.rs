@@ -223,6 +223,10 @@ pub struct Machine {
     failed: bool,
     /// Waiting for these dependencies.
     blocked: Unmet,
+    /// Every instance was ready at once since the last start: from then on the plugin is
+    /// `running` while any instance serves (one crashed of three is still running), but a
+    /// start is `starting` until all of them are.
+    up: bool,
     /// The serving generation's manifest.
     manifest: Arc<Manifest>,
     /// The serving generation.
@@ -252,6 +256,7 @@ impl Machine {
             start_after_stop: None,
             failed: false,
             blocked: None,
+            up: false,
             manifest,
             gen: 0,
             last_gen: 0,
@@ -514,6 +519,7 @@ impl Machine {
     /// Desired running from now: spawn the serving generation's instances (unless blocked).
     fn begin_start(&mut self, unmet: Unmet, reset: bool, out: &mut Vec<Action>) {
         self.running = true;
+        self.up = false;
         self.start_after_stop = None;
         self.restart_at = None;
         if reset {
@@ -538,6 +544,7 @@ impl Machine {
     /// are answered when the plugin settles.
     fn halt(&mut self, how: Leave, out: &mut Vec<Action>) {
         self.running = false;
+        self.up = false;
         self.start_after_stop = None;
         self.blocked = None;
         self.restart_at = None;
@@ -694,7 +701,7 @@ impl Machine {
             }
         } else if let Some(unmet) = &self.blocked {
             PluginState::Blocked { unmet: unmet.clone() }
-        } else if self.serving() > 0 {
+        } else if self.serving() > 0 && (self.up || self.serving() >= self.manifest.instances as usize) {
             PluginState::Running
         } else if let Some((_, delay)) = self.restart_at {
             PluginState::Restarting { delay }
@@ -740,6 +747,9 @@ impl Machine {
             }
         }
         self.publish(out);
+        if self.running && self.serving() >= self.manifest.instances as usize {
+            self.up = true;
+        }
         let state = self.derive_state();
         if state != self.state {
             if state == PluginState::Running && self.serving() == self.manifest.instances as usize {

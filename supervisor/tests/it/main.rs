@@ -17,6 +17,7 @@ mod hostctx;
 mod isolation;
 mod lifecycle;
 mod lifecycle_seams;
+mod lifecycle_storm;
 mod misbehave;
 mod observe;
 mod registry;
