@@ -765,3 +765,142 @@ impl Machine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(instances: u32, version: &str) -> Arc<Manifest> {
+        let doc = serde_json::json!({ "name": "p", "version": version, "main": "p.py", "instances": instances });
+        Arc::new(Manifest::from_value(&doc).expect("UNWRAP: a valid manifest"))
+    }
+
+    fn spawned(actions: &[Action]) -> Vec<Key> {
+        actions.iter().filter_map(|a| if let Action::Spawn { key, .. } = a { Some(*key) } else { None }).collect()
+    }
+
+    fn left(actions: &[Action]) -> Vec<(Key, Leave)> {
+        actions
+            .iter()
+            .filter_map(|a| if let Action::Leave { key, how } = a { Some((*key, *how)) } else { None })
+            .collect()
+    }
+
+    fn answers(actions: &[Action]) -> Vec<(Ticket, Outcome)> {
+        actions
+            .iter()
+            .filter_map(|a| {
+                if let Action::Answer { ticket, outcome } = a {
+                    Some((*ticket, outcome.clone()))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn ready(m: &mut Machine, now: Instant, keys: &[Key]) -> Vec<Action> {
+        keys.iter().flat_map(|k| m.step(now, Event::Ready { key: *k, result: Ok(Vec::new()) })).collect()
+    }
+
+    fn exit(m: &mut Machine, now: Instant, keys: &[Key]) -> Vec<Action> {
+        let exit = Exit { clean: true, describe: "exited with code 0".into() };
+        keys.iter().flat_map(|k| m.step(now, Event::Exited { key: *k, exit: exit.clone() })).collect()
+    }
+
+    /// A running plugin of `n` instances and their keys.
+    fn running(n: u32) -> (Machine, Instant, Vec<Key>) {
+        let now = Instant::now();
+        let mut m = Machine::new(manifest(n, "1.0.0"));
+        let keys = spawned(&m.step(now, Event::Start { ticket: 1, unmet: None }));
+        assert_eq!(keys.len(), n as usize);
+        let a = ready(&mut m, now, &keys);
+        assert_eq!(answers(&a), [(1, Outcome::Settled)]);
+        assert_eq!(*m.state(), PluginState::Running);
+        (m, now, keys)
+    }
+
+    #[test]
+    fn a_swap_routes_to_the_new_generation_and_retires_the_old() {
+        let (mut m, now, old) = running(2);
+        let a = m.step(now, Event::Reload { ticket: 2, manifest: Ok(manifest(1, "2.0.0")), unmet: None });
+        let new = spawned(&a);
+        assert_eq!(new.len(), 1);
+        assert_eq!(m.routes(), &old[..], "the old generation serves meanwhile");
+        let a = ready(&mut m, now, &new);
+        assert_eq!(m.routes(), &new[..]);
+        assert_eq!(left(&a), old.iter().map(|k| (*k, Leave::Retire)).collect::<Vec<_>>());
+        assert_eq!(answers(&a), [(2, Outcome::Settled)]);
+        assert_eq!(m.manifest().version.to_string(), "2.0.0");
+    }
+
+    #[test]
+    fn a_stop_during_a_swap_ends_both_generations_and_keeps_the_new_manifest() {
+        let (mut m, now, old) = running(1);
+        let new = spawned(&m.step(now, Event::Reload { ticket: 2, manifest: Ok(manifest(1, "2.0.0")), unmet: None }));
+        let a = m.step(now, Event::Stop { ticket: 3 });
+        assert!(m.routes().is_empty(), "no route once stopping");
+        assert_eq!(left(&a), [(old[0], Leave::Stop), (new[0], Leave::Stop)]);
+        assert_eq!(*m.state(), PluginState::Stopping);
+        let a = exit(&mut m, now, &[old[0], new[0]]);
+        assert_eq!(*m.state(), PluginState::Stopped);
+        assert_eq!(answers(&a), [(3, Outcome::Settled), (2, Outcome::Settled)]);
+        let a = m.step(now, Event::Start { ticket: 4, unmet: None });
+        assert_eq!(spawned(&a).len(), 1);
+        assert_eq!(m.manifest().version.to_string(), "2.0.0", "the next start uses the new manifest");
+    }
+
+    #[test]
+    fn a_reload_while_starting_kills_what_was_starting() {
+        let now = Instant::now();
+        let mut m = Machine::new(manifest(3, "1.0.0"));
+        let first = spawned(&m.step(now, Event::Start { ticket: 1, unmet: None }));
+        let a = m.step(now, Event::Reload { ticket: 2, manifest: Ok(manifest(1, "2.0.0")), unmet: None });
+        assert_eq!(left(&a), first.iter().map(|k| (*k, Leave::Kill)).collect::<Vec<_>>());
+        let new = spawned(&a);
+        assert_eq!(new.len(), 1);
+        exit(&mut m, now, &first);
+        let a = ready(&mut m, now, &new);
+        assert_eq!(answers(&a), [(1, Outcome::Settled), (2, Outcome::Settled)]);
+        assert_eq!(m.instances().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_swap_keeps_the_old_generation_serving() {
+        let (mut m, now, old) = running(1);
+        let new = spawned(&m.step(now, Event::Restart { ticket: 2, hard: false, unmet: None }));
+        let a = m.step(now, Event::Ready { key: new[0], result: Err("init refused".into()) });
+        assert_eq!(answers(&a), [(2, Outcome::Failed("init refused".into()))]);
+        assert_eq!(m.routes(), &old[..]);
+        assert_eq!(*m.state(), PluginState::Running);
+    }
+
+    #[test]
+    fn a_hard_restart_stops_then_starts() {
+        let (mut m, now, old) = running(1);
+        let a = m.step(now, Event::Restart { ticket: 2, hard: true, unmet: None });
+        assert_eq!(left(&a), [(old[0], Leave::Stop)]);
+        assert!(spawned(&a).is_empty(), "nothing starts before the old process is gone");
+        let a = exit(&mut m, now, &old);
+        let new = spawned(&a);
+        assert_eq!(new.len(), 1);
+        let a = ready(&mut m, now, &new);
+        assert_eq!(answers(&a), [(2, Outcome::Settled)]);
+    }
+
+    #[test]
+    fn crashes_back_off_then_fail() {
+        let (mut m, mut now, mut keys) = running(1);
+        let crash = Exit { clean: false, describe: "exited with code 1".into() };
+        for _ in 0..5 {
+            m.step(now, Event::Exited { key: keys[0], exit: crash.clone() });
+            assert!(matches!(m.state(), PluginState::Restarting { .. }));
+            now = m.next_deadline().expect("UNWRAP: a backoff is pending");
+            keys = spawned(&m.step(now, Event::Tick { unmet: None }));
+            ready(&mut m, now, &keys);
+        }
+        m.step(now, Event::Exited { key: keys[0], exit: crash });
+        assert_eq!(*m.state(), PluginState::Failed);
+        assert!(m.routes().is_empty());
+    }
+}
