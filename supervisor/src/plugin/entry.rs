@@ -150,6 +150,11 @@ impl PluginEntry {
         self.status().state.as_str()
     }
 
+    /// Whether the plugin has an actor (its manifest loaded).
+    pub fn has_actor(&self) -> bool {
+        self.ctl.is_some()
+    }
+
     /// Sends a command and waits until the plugin settles. False if the plugin has no actor.
     pub async fn command(&self, make: impl FnOnce(Reply) -> Command) -> bool {
         self.request(make).await.is_some()

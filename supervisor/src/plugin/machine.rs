@@ -356,7 +356,9 @@ impl Machine {
     fn on_restart(&mut self, ticket: Ticket, hard: bool, unmet: Unmet, out: &mut Vec<Action>) {
         self.tracker.reset();
         if !hard && self.running && self.serving() > 0 {
-            return self.begin_swap(self.manifest.clone(), ticket, out);
+            // A reload under way brought a newer manifest: restart into that one.
+            let m = self.next.as_ref().map_or_else(|| self.manifest.clone(), |n| n.manifest.clone());
+            return self.begin_swap(m, ticket, out);
         }
         self.waiters.push(ticket);
         if self.insts.is_empty() {
@@ -392,7 +394,13 @@ impl Machine {
         }
         // Nothing serves: take the new manifest at once; what was starting is of the old one.
         self.waiters.push(ticket);
-        self.abandon_next("a newer manifest replaced it", out);
+        if let Some(next) = self.next.take() {
+            // Superseded: its waiters wait for this manifest to settle.
+            self.waiters.extend(next.waiters);
+            for k in self.keys_of(next.gen) {
+                self.leave(k, Leave::Kill, out);
+            }
+        }
         self.adopt(m, true, out);
         self.restart_at = None;
         if self.running {

@@ -43,6 +43,11 @@ async fn act(daemon: &Daemon, name: &str, make: impl FnOnce(Reply) -> Command) -
                 serde_json::json!({ "plugin": &*e.name, "state": st.state.as_str(), "last_error": st.last_error }),
             ))
         }
+        None if e.has_actor() => Err(RpcError::with_data(
+            codes::INTERNAL_ERROR,
+            format!("plugin {}: its actor has ended (a bug in plugind; see its log)", e.name),
+            serde_json::json!({ "plugin": &*e.name }),
+        )),
         None => {
             let st = e.status();
             Err(RpcError::with_data(
