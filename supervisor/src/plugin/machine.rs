@@ -37,6 +37,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// How soon a cool-down start is tried again while a killed instance has not reported its exit.
+const COOLDOWN_RECHECK: Duration = Duration::from_millis(100);
+
 /// Names one instance within its plugin's machine (the shell maps it to a process).
 pub type Key = u64;
 /// Names one command owed an answer.
@@ -516,7 +519,10 @@ impl Machine {
         }
         if self.cooldown_at.is_some_and(|t| t <= now) {
             self.cooldown_at = None;
-            if self.failed && self.insts.is_empty() {
+            if self.failed && !self.insts.is_empty() {
+                // A killed instance has not reported its exit yet: look again shortly.
+                self.cooldown_at = Some(now + COOLDOWN_RECHECK);
+            } else if self.failed {
                 out.push(Action::Log { warn: false, message: "cool-down elapsed: one more start".into() });
                 self.failed = false;
                 self.begin_start(unmet, false, out);
