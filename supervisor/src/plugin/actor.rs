@@ -36,6 +36,8 @@ pub struct PluginActor {
     events_tx: mpsc::UnboundedSender<InstanceEvent>,
     /// Events the shell produced itself (a spawn that failed at once), fed before anything else.
     own: VecDeque<Event>,
+    /// `instances` changed since the entry's list of processes was last published.
+    processes_changed: bool,
 }
 
 impl PluginActor {
@@ -58,6 +60,7 @@ impl PluginActor {
             next_ticket: 1,
             events_tx,
             own: VecDeque::new(),
+            processes_changed: false,
         };
         tokio::spawn(actor.run(ctl_rx, events_rx));
         entry
@@ -171,12 +174,14 @@ impl PluginActor {
             InstanceEvent::SpawnFailed { id, error } => {
                 let key = self.keys.remove(&id)?;
                 self.instances.remove(&key);
+                self.processes_changed = true;
                 self.log().warn(format!("cannot start: {error}"));
                 Some(Event::Exited { key, exit: spawn_failure(error) })
             }
             InstanceEvent::Exited { id, exit } => {
                 let key = self.keys.remove(&id)?;
                 self.instances.remove(&key);
+                self.processes_changed = true;
                 self.entry.status().last_exit = Some(LastExit {
                     code: exit.code,
                     signal: exit.signal.map(instance::signal_name),
@@ -198,6 +203,9 @@ impl PluginActor {
             for a in actions {
                 self.act(a);
             }
+        }
+        if std::mem::take(&mut self.processes_changed) {
+            self.entry.set_processes(self.instances.values().cloned().collect());
         }
     }
 
@@ -278,6 +286,7 @@ impl PluginActor {
             Ok(inst) => {
                 self.keys.insert(id, key);
                 self.instances.insert(key, inst);
+                self.processes_changed = true;
             }
             Err(error) => {
                 self.log().warn(format!("cannot start: {error}"));

@@ -99,6 +99,9 @@ pub struct PluginEntry {
     pub status: Mutex<Status>,
     /// Instances that serve calls, replaced whole (copy on write) by the actor.
     routes: RwLock<Arc<[Arc<Instance>]>>,
+    /// Every instance whose process may be alive (starting, serving, retiring, stopping): what
+    /// must be refused on the control socket and killed at the end, not only what is routed.
+    processes: RwLock<Arc<[Arc<Instance>]>>,
     /// Call counters.
     pub counters: CallCounters,
     /// The actor's command queue (`None` for invalid plugins, which have no actor).
@@ -120,6 +123,7 @@ impl PluginEntry {
             log,
             status: Mutex::new(status),
             routes: RwLock::new(Arc::from(Vec::new())),
+            processes: RwLock::new(Arc::from(Vec::new())),
             counters: CallCounters::new(name),
             ctl,
         }
@@ -137,6 +141,15 @@ impl PluginEntry {
 
     pub(crate) fn set_routes(&self, routes: Vec<Arc<Instance>>) {
         *self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(routes);
+    }
+
+    /// Every instance whose process may be alive, routed or not (starting, retiring, stopping).
+    pub fn processes(&self) -> Arc<[Arc<Instance>]> {
+        self.processes.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn set_processes(&self, all: Vec<Arc<Instance>>) {
+        *self.processes.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(all);
     }
 
     /// The least-loaded instance serving calls.
