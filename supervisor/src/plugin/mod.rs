@@ -2,7 +2,8 @@
 //!
 //! - [`entry`]: what everybody may read about a plugin (status, routes, counters) and the
 //!   systemctl-like handle to command it.
-//! - [`actor`]: the one task per plugin that changes its state (start, stop, crash, restart).
+//! - [`actor`]: the one task per plugin that changes its state: a thin async shell that feeds
+//!   commands, instance events and timers to its [`machine`] and carries out the actions.
 //! - [`instance`]: one process and its task.
 //! - [`spawn`]: argv, environment and limits of a process.
 //! - [`spawner`]: the long-lived threads that fork plugins, off the tokio workers.
