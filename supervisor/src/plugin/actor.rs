@@ -91,9 +91,13 @@ impl PluginActor {
                         }
                     }
                     None => {
-                        // The daemon dropped the plugin: end every process and stop.
+                        // The daemon dropped the plugin (its directory went away): end every
+                        // process, answer whoever still waits, and stop.
                         for i in self.instances.values() {
                             i.kill();
+                        }
+                        for (_, r) in self.replies.drain() {
+                            let _ = r.send(machine::Outcome::Failed("the plugin was removed".into()));
                         }
                         break;
                     }
