@@ -157,6 +157,7 @@ fn lifecycle_step() -> impl Strategy<Value = lifecycle::Step> {
         2 => any::<bool>().prop_map(|hard| Step::Restart { hard }),
         3 => (0u32..4).prop_map(Step::Reload),
         6 => (any::<usize>(), prop::bool::weighted(0.85)).prop_map(|(pick, ok)| Step::Ready { pick, ok }),
+        1 => any::<usize>().prop_map(|pick| Step::SpawnFail { pick }),
         3 => (any::<usize>(), prop::bool::weighted(0.2)).prop_map(|(pick, clean)| Step::Crash { pick, clean }),
         5 => any::<usize>().prop_map(|pick| Step::Exit { pick }),
         3 => prop_oneof![Just(50u64), Just(1_000), Just(40_000)].prop_map(|ms| Step::Wait { ms }),

@@ -3,13 +3,15 @@
 //! [`World`] plays everything around one [`Machine`]: the operator (start, stop, restart both
 //! ways, reload to another `instances` or to a broken manifest, start with a dependency
 //! missing), the processes (each `Spawn` action makes one; they become ready, fail their
-//! handshake, crash, or exit once told to go) and the clock. It keeps its own account of the
+//! handshake, fail to start at all, crash, or exit once told to go) and the clock. It keeps its own account of the
 //! processes and tickets, from the actions alone, and after every step checks:
 //! - every answer names a ticket issued and not answered before;
 //! - actions name processes that exist; the machine's instances are exactly the live processes;
 //! - routes name only ready processes nobody told to go, and none while the plugin is stopped,
 //!   stopping or failed; a stopped plugin has no process;
-//! - once a swap completes, every process of an older generation has been told to go.
+//! - once a swap completes, every process of an older generation has been told to go;
+//! - a command is answered `settled` only when the plugin has (running with every instance
+//!   ready, or stopped, failed or blocked with no process left).
 //!
 //! Then [`World::settle`] lets time pass with no more commands or crashes (processes get ready,
 //! those told to go exit, timers fire) and checks convergence: every ticket answered exactly
@@ -48,6 +50,12 @@ pub enum Step {
         pick: usize,
         /// Answered `register`.
         ok: bool,
+    },
+    /// A process that has not answered its handshake yet could not be started at all (no such
+    /// program, a sandbox set-up that failed): its only report is its exit.
+    SpawnFail {
+        /// Which of the starting processes.
+        pick: usize,
     },
     /// A live process exits on its own.
     Crash {
@@ -144,6 +152,11 @@ impl World {
                 }
                 Event::Ready { key, result }
             }
+            Step::SpawnFail { pick } => {
+                let Some(key) = self.pick(pick, |p| !p.ready && !p.told) else { return };
+                self.procs.remove(&key);
+                Event::Exited { key, exit: Exit { clean: false, describe: "cannot start: no such file".into() } }
+            }
             Step::Crash { pick, clean } => {
                 let Some(key) = self.pick(pick, |_| true) else { return };
                 self.procs.remove(&key);
@@ -166,6 +179,7 @@ impl World {
         self.log.push(format!("{ev:?}"));
         let actions = self.m.step(self.now, ev);
         let mut swapped = false;
+        let mut settled_answer = false;
         for a in actions {
             self.log.push(format!("  -> {a:?}"));
             match a {
@@ -179,6 +193,7 @@ impl World {
                 Action::Route(keys) => self.routes = keys,
                 Action::Answer { ticket, outcome } => {
                     assert!(self.issued.contains(&ticket), "answer to a ticket never issued\n{}", self.trace());
+                    settled_answer |= outcome == Outcome::Settled;
                     if self.answered.insert(ticket, outcome).is_some() {
                         self.fail(&format!("ticket {ticket} answered twice"));
                     }
@@ -189,6 +204,9 @@ impl World {
             }
         }
         self.check(swapped);
+        if settled_answer && !self.m.is_settled() {
+            self.fail(&format!("a command answered `settled` while {} has not settled", self.state.as_str()));
+        }
     }
 
     fn trace(&self) -> String {
