@@ -474,6 +474,9 @@ async fn act(
                 }
             }
             Err(ClientError::Rpc(e)) => {
+                if json_out {
+                    print_json(&json!({ "error": { "code": e.code, "message": e.message, "data": e.data } }))?;
+                }
                 eprintln!("pluginctl: {name}: {}", e.message);
                 fail(format!("{method} failed for some plugins"));
             }

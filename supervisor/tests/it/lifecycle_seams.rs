@@ -325,6 +325,12 @@ async fn graceful_restart_whose_new_instance_fails_keeps_the_old_one_and_exits_1
     assert!(s["last_error"].as_str().unwrap().contains("init refused"), "{s}");
     assert_eq!(d.execute("g", "pid", json!({})).await.unwrap()["pid"].as_u64(), Some(pid));
     wait_procs(&d, "g", "only the old instance", |p| p == [pid as u32]).await;
+    // --json: the error object on stdout.
+    let out = d.ctl(&["--json", "restart", "g"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], -32603, "{v}");
+    assert_eq!(v["error"]["data"]["state"], "running", "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
