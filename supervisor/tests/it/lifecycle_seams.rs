@@ -383,3 +383,15 @@ async fn startup_timeout_is_separate_from_the_call_deadline() {
     let e = s["last_error"].as_str().unwrap();
     assert!(e.contains("startup_timeout_ms (300 ms) expired before init was answered"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stderr_still_exits_0_on_sigterm() {
+    let mut d = with_gated("g", json!({})).stderr_closed().start().await;
+    let socket = d.socket.clone();
+    let out = d.ctl(&["restart", "g"]);
+    assert!(out.status.success(), "{out:?}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit().await, Some(0));
+    assert!(!socket.exists(), "the socket file is removed");
+    assert!(procs_with(&tag(&d, "g")).is_empty());
+}
