@@ -108,7 +108,9 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
             return r;
         }
     };
-    let handshake = tokio::time::timeout(Duration::from_millis(2 * m.timeout_ms + 1000), events.recv()).await;
+    // The instance ends the handshake itself at `startup_timeout_ms`; a second more for its report.
+    let handshake =
+        tokio::time::timeout(Duration::from_millis(m.startup_timeout_ms.saturating_add(1000)), events.recv()).await;
     if let Ok(Some(InstanceEvent::SpawnFailed { error, .. })) = &handshake {
         r.push(Level::Fail, format!("start: {error}"));
         return r;

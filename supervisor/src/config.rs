@@ -130,10 +130,12 @@ impl Config {
         let origin =
             |key: &str, by_flag: bool| if by_flag { format!("--{}", key.replace('_', "-")) } else { key.to_owned() };
 
+        // Relative paths are resolved against plugind's working directory once, here: a plugin
+        // runs in its own directory, so a relative TMPDIR or data dir would not exist from there.
         let mut c = Config::new(
-            flags.plugin_dirs.or(from_file.plugin_dirs).unwrap_or_default(),
-            flags.socket.or(from_file.socket).unwrap_or_else(default_socket),
-            flags.state_dir.or(from_file.state_dir).unwrap_or_else(default_state_dir),
+            flags.plugin_dirs.or(from_file.plugin_dirs).unwrap_or_default().into_iter().map(absolute).collect(),
+            absolute(flags.socket.or(from_file.socket).unwrap_or_else(default_socket)),
+            absolute(flags.state_dir.or(from_file.state_dir).unwrap_or_else(default_state_dir)),
         );
         c.watch = flags.watch.or(from_file.watch).unwrap_or(true);
         c.log_format = flags.log_format.or(from_file.log_format).unwrap_or_default();
@@ -180,7 +182,7 @@ impl Config {
                 _ => c.metrics = addr,
             }
         }
-        c.token_file = flags.token_file.or(from_file.token_file);
+        c.token_file = flags.token_file.or(from_file.token_file).map(absolute);
         if c.listen.is_some() && c.token_file.is_none() {
             return Err(ConfigError {
                 file: if listen_by_flag { None } else { path.clone() },
@@ -484,6 +486,15 @@ impl crate::Daemon {
     }
 }
 
+/// `p` against the working directory if it is relative (lexically: no symlink is resolved and
+/// the path need not exist yet). Left as it is if the working directory cannot be read.
+fn absolute(p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        return p;
+    }
+    std::path::absolute(&p).unwrap_or(p)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -548,6 +559,21 @@ limits = { memory_mb = 64 }
         assert!(e.contains("token"), "{e}");
         let e = parse("listen = \"nowhere\"\ntoken_file = \"t\"\n").unwrap_err().to_string();
         assert!(e.contains("listen: expected HOST:PORT"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_working_directory() {
+        let flags = Settings {
+            plugin_dirs: Some(vec!["plugins".into()]),
+            state_dir: Some("state".into()),
+            socket: Some("plugind.sock".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(flags, None).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.plugin_dirs, [cwd.join("plugins")]);
+        assert_eq!(c.state_dir, cwd.join("state"));
+        assert_eq!(c.socket, cwd.join("plugind.sock"));
     }
 
     #[test]

@@ -249,7 +249,7 @@ impl Daemon {
     /// ancestor is an instance's): such processes may not use the control socket.
     pub fn is_plugin_process(&self, pid: u32) -> bool {
         let instances: Vec<u32> =
-            self.plugins().iter().flat_map(|p| p.routes().iter().map(|i| i.pid()).collect::<Vec<_>>()).collect();
+            self.plugins().iter().flat_map(|p| p.processes().iter().map(|i| i.pid()).collect::<Vec<_>>()).collect();
         if instances.is_empty() {
             return false;
         }

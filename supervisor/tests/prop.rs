@@ -1,6 +1,8 @@
 //! Property tests (issue 9): the NDJSON frame decoder and the control-socket request path. The
 //! properties live in `tests/props/` and are shared with the cargo-fuzz targets of `fuzz/`;
 //! inputs the fuzzers found are kept below as regression tests.
+//!
+//! Issue 16: a model-based test of the plugin lifecycle machine (`tests/props/lifecycle.rs`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,6 +10,8 @@
 mod control;
 #[path = "props/frame.rs"]
 mod frame;
+#[path = "props/lifecycle.rs"]
+mod lifecycle;
 
 use plugind::transport::frame::Frame;
 use proptest::collection::vec;
@@ -137,6 +141,54 @@ fn control_regression_slow_request_then_eof() {
     // control_request: a request still running at EOF must be answered (half-closed client).
     let input = concat!(
         r#"{"jsonrpc":"2.0","id":1,"method":"hooks.run","params":{"hook":"onPrompt","payload":{"a":1}}}"#,
+        "\n"
+    );
+    control::Harness::new().check(input.as_bytes());
+}
+
+/// Anything that can happen to one plugin, weighted towards the seams (commands during swaps,
+/// crashes during starts).
+fn lifecycle_step() -> impl Strategy<Value = lifecycle::Step> {
+    use lifecycle::Step;
+    prop_oneof![
+        3 => Just(Step::Start),
+        1 => Just(Step::StartBlocked),
+        3 => Just(Step::Stop),
+        2 => any::<bool>().prop_map(|hard| Step::Restart { hard }),
+        3 => (0u32..4).prop_map(Step::Reload),
+        6 => (any::<usize>(), prop::bool::weighted(0.85)).prop_map(|(pick, ok)| Step::Ready { pick, ok }),
+        1 => any::<usize>().prop_map(|pick| Step::SpawnFail { pick }),
+        3 => (any::<usize>(), prop::bool::weighted(0.2)).prop_map(|(pick, clean)| Step::Crash { pick, clean }),
+        5 => any::<usize>().prop_map(|pick| Step::Exit { pick }),
+        3 => prop_oneof![Just(50u64), Just(1_000), Just(40_000)].prop_map(|ms| Step::Wait { ms }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Issue 16: any interleaving of commands, manifest changes, handshakes, crashes and timers
+    /// keeps the lifecycle invariants after every step and converges once left alone.
+    #[test]
+    fn lifecycle_machine_keeps_its_invariants(instances in 1u32..4, steps in vec(lifecycle_step(), 0..60)) {
+        let mut w = lifecycle::World::new(instances);
+        for s in &steps {
+            w.apply(s);
+        }
+        w.settle();
+    }
+}
+
+#[test]
+fn control_regression_half_closed_after_a_call_to_its_own_service() {
+    // Issue 16: the client registers `ui`, a call is routed to it (so the service index holds
+    // its connection), then the client half-closes: plugind must answer, then close.
+    let input = concat!(
+        r#"{"jsonrpc":"2.0","id":1,"method":"services.register","params":{"name":"ui","version":"1.0.0"}}"#,
+        "\n",
+        r#"{"jsonrpc":"2.0","id":2,"method":"services.call","params":{"service":"ui","method":"m","params":{},"timeout_ms":50}}"#,
+        "\n",
+        r#"{"jsonrpc":"2.0","id":3,"method":"services.list","params":{}}"#,
         "\n"
     );
     control::Harness::new().check(input.as_bytes());

@@ -55,6 +55,16 @@ pub struct NameParams {
     pub name: String,
 }
 
+/// `plugins.restart` params.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestartParams {
+    /// Plugin name.
+    pub name: String,
+    /// Stop, then start, instead of starting new instances beside the old ones.
+    #[serde(default)]
+    pub hard: bool,
+}
+
 /// Control `execute` params.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecuteParams {

@@ -16,6 +16,8 @@ use std::fmt;
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// Default ceiling for a call extended by `$/progress`.
 pub const DEFAULT_MAX_TIMEOUT_MS: u64 = 60_000;
+/// Default budget from spawn until `register` is answered (`startup_timeout_ms`).
+pub const DEFAULT_STARTUP_TIMEOUT_MS: u64 = 30_000;
 /// Default `limits.memory_mb`.
 pub const DEFAULT_MEMORY_MB: u64 = 512;
 /// Default `limits.open_files`.
@@ -273,6 +275,9 @@ pub struct Manifest {
     pub timeout_ms: u64,
     /// Ceiling for calls extended by `$/progress`.
     pub max_timeout_ms: u64,
+    /// Budget from spawn until `register` is answered: start-up (a JVM, a large interpreter) is
+    /// not held to the per-call deadline.
+    pub startup_timeout_ms: u64,
     /// Resource limits.
     pub limits: Limits,
     /// Restart policy.
@@ -485,6 +490,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "hooks",
     "timeout_ms",
     "max_timeout_ms",
+    "startup_timeout_ms",
     "limits",
     "restart",
     "watch",
@@ -640,6 +646,7 @@ impl Manifest {
 
         let timeout_ms = w.uint(obj, "", "timeout_ms", 1).unwrap_or(DEFAULT_TIMEOUT_MS);
         let max_timeout_ms = w.uint(obj, "", "max_timeout_ms", 1).unwrap_or(DEFAULT_MAX_TIMEOUT_MS.max(timeout_ms));
+        let startup_timeout_ms = w.uint(obj, "", "startup_timeout_ms", 1).unwrap_or(DEFAULT_STARTUP_TIMEOUT_MS);
 
         let mut limits = Limits::default();
         if let Some(l) = w.object(obj.get("limits"), "/limits") {
@@ -724,6 +731,7 @@ impl Manifest {
                 hooks,
                 timeout_ms,
                 max_timeout_ms,
+                startup_timeout_ms,
                 limits,
                 restart,
                 watch,

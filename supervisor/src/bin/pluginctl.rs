@@ -39,7 +39,8 @@ enum Cmd {
         /// Plugin name.
         name: String,
     },
-    /// Start plugins and print their new state.
+    /// Start plugins and print their new state once settled; exits 1 if one ends failed,
+    /// blocked or invalid.
     Start {
         /// Plugin names.
         #[arg(required = true)]
@@ -51,8 +52,13 @@ enum Cmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Restart plugins and print their new state.
+    /// Restart plugins and print their new state: new instances start beside the old ones, which
+    /// retire once the new ones serve (no call fails); exits 1 if a new instance fails (the old
+    /// ones keep serving) or the plugin ends failed, blocked or invalid.
     Restart {
+        /// Stop, then start (calls fail in between).
+        #[arg(long)]
+        hard: bool,
         /// Plugin names.
         #[arg(required = true)]
         names: Vec<String>,
@@ -281,9 +287,11 @@ async fn run(args: Args) -> Result<(), Failure> {
             let p: PluginStatus = serde_json::from_value(result).map_err(bad_answer)?;
             print_status(&p);
         }
-        Cmd::Start { names } => act(&mut client, c::PLUGINS_START, names, args.json).await?,
-        Cmd::Stop { names } => act(&mut client, c::PLUGINS_STOP, names, args.json).await?,
-        Cmd::Restart { names } => act(&mut client, c::PLUGINS_RESTART, names, args.json).await?,
+        Cmd::Start { names } => act(&mut client, c::PLUGINS_START, names, json!({}), args.json).await?,
+        Cmd::Stop { names } => act(&mut client, c::PLUGINS_STOP, names, json!({}), args.json).await?,
+        Cmd::Restart { hard, names } => {
+            act(&mut client, c::PLUGINS_RESTART, names, json!({ "hard": hard }), args.json).await?
+        }
         Cmd::Reload => {
             let result = client.call(c::PLUGINS_RELOAD, &json!({})).await?;
             if args.json {
@@ -440,21 +448,41 @@ fn new_plugin(name: &str, lang: &str, dir: Option<PathBuf>, json_out: bool) -> R
     Ok(())
 }
 
-async fn act(client: &mut Client, method: &str, names: Vec<String>, json_out: bool) -> Result<(), Failure> {
+/// Starts, stops or restarts each plugin (`extra` params besides the name). Exit code 1 when one
+/// fails, or when a start or restart leaves a plugin `failed`, `blocked` or `invalid`.
+async fn act(
+    client: &mut Client,
+    method: &str,
+    names: Vec<String>,
+    extra: Value,
+    json_out: bool,
+) -> Result<(), Failure> {
     let mut failure = None;
+    let mut fail = |what: String| failure = Some(Failure { code: 1, message: what });
     for name in names {
-        match client.call(method, &json!({ "name": name })).await {
-            Ok(result) if json_out => print_json(&result)?,
+        let mut params = extra.clone();
+        params["name"] = json!(name);
+        match client.call(method, &params).await {
             Ok(result) => {
                 let state = str_of(&result["state"]);
-                match result["last_error"].as_str() {
-                    Some(e) if state != "running" && state != "stopped" => println!("{name}: {state} ({e})"),
-                    _ => println!("{name}: {state}"),
+                if json_out {
+                    print_json(&result)?;
+                } else {
+                    match result["last_error"].as_str() {
+                        Some(e) if state != "running" && state != "stopped" => println!("{name}: {state} ({e})"),
+                        _ => println!("{name}: {state}"),
+                    }
+                }
+                if method != c::PLUGINS_STOP && matches!(state.as_str(), "failed" | "blocked" | "invalid") {
+                    fail(format!("{name} is {state}"));
                 }
             }
             Err(ClientError::Rpc(e)) => {
+                if json_out {
+                    print_json(&json!({ "error": { "code": e.code, "message": e.message, "data": e.data } }))?;
+                }
                 eprintln!("pluginctl: {name}: {}", e.message);
-                failure = Some(Failure { code: 1, message: format!("{method} failed for some plugins") });
+                fail(format!("{method} failed for some plugins"));
             }
             Err(e) => return Err(e.into()),
         }

@@ -95,7 +95,9 @@ fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PLUGIND_LOG").unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
+        // Its own report of a failed write is an `eprintln!`, which panics on a closed stderr.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cfg.log_format {
         LogFormat::Json => builder.json().init(),
@@ -108,7 +110,7 @@ fn main() -> std::process::ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("plugind: cannot start the runtime: {e}");
+            say(format_args!("plugind: cannot start the runtime: {e}"));
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -121,7 +123,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("plugind: {e:#}");
+            say(format_args!("plugind: {e:#}"));
             std::process::ExitCode::FAILURE
         }
     }
@@ -129,8 +131,31 @@ fn main() -> std::process::ExitCode {
 
 /// Reports a settings error (before logging is set up) and exits 1.
 fn fail(e: &plugind::config::ConfigError) -> std::process::ExitCode {
-    eprintln!("plugind: {e}");
+    say(format_args!("plugind: {e}"));
     std::process::ExitCode::FAILURE
+}
+
+/// plugind's stderr, where losing a line is fine and failing is not: when the pipe has gone
+/// (a `| tee` or log shipper that ended), log lines are dropped and plugind goes on serving.
+/// (`eprintln!` and `std::io::stderr` as a tracing writer panic or complain instead.)
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// One line on stderr, if it is still there.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Completes on the first SIGTERM or SIGINT; a second one exits at once. The handlers are

@@ -92,6 +92,12 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
     // Last: a `services.register` still in flight at the EOF has registered by now.
     daemon.remove_host_services(conn.id);
     conn.closed.cancel();
+    // Close our side explicitly, after the answers already queued: waiting for the last clone
+    // of the peer to drop is not enough, as a cached copy of the registry may still hold the
+    // host service it was given (and a client waiting for EOF would wait forever). Spawned: a
+    // client that reads nothing must not keep this task.
+    let peer = conn.peer.clone();
+    tokio::spawn(async move { peer.close_output().await });
 }
 
 /// One line from the client: a request is dispatched and answered, a response (from a host to a

@@ -2,6 +2,7 @@
 
 use crate::logs::PluginLog;
 use crate::plugin::instance::Instance;
+use crate::plugin::machine::Outcome;
 use crate::plugin::state::PluginState;
 use plugind_protocol::control::{CallCounts, HistoryEntry, LastExit, PluginStatus, ServiceRef};
 use plugind_protocol::manifest::Manifest;
@@ -16,18 +17,28 @@ use tokio::time::Instant;
 /// History entries kept per plugin.
 pub const HISTORY_LEN: usize = 50;
 
-/// What an operator or the daemon asks a plugin actor to do. Each carries a reply sent once the
-/// plugin has settled (reached a state it stays in without further action).
+/// Where the answer to a [`Command`] goes.
+pub type Reply = oneshot::Sender<Outcome>;
+
+/// What an operator or the daemon asks a plugin actor to do. Each carries a reply, sent exactly
+/// once: when the plugin has settled (reached a state it stays in without further action), or
+/// when a swap (reload, graceful restart) completes or fails.
 #[derive(Debug)]
 pub enum Command {
     /// Start if not running.
-    Start(oneshot::Sender<()>),
+    Start(Reply),
     /// Stop all instances.
-    Stop(oneshot::Sender<()>),
-    /// Stop, then start.
-    Restart(oneshot::Sender<()>),
+    Stop(Reply),
+    /// Restart: by default a new generation beside the old one (like a hot reload, no call
+    /// fails); `hard`: stop, then start.
+    Restart {
+        /// Stop, then start.
+        hard: bool,
+        /// The answer.
+        reply: Reply,
+    },
     /// Re-read the manifest and swap in a new generation without failing a call (hot reload).
-    Reload(oneshot::Sender<()>),
+    Reload(Reply),
 }
 
 /// Mutable status, written only by the plugin's actor (and the loader for invalid plugins).
@@ -89,6 +100,9 @@ pub struct PluginEntry {
     pub status: Mutex<Status>,
     /// Instances that serve calls, replaced whole (copy on write) by the actor.
     routes: RwLock<Arc<[Arc<Instance>]>>,
+    /// Every instance whose process may be alive (starting, serving, retiring, stopping): what
+    /// must be refused on the control socket and killed at the end, not only what is routed.
+    processes: RwLock<Arc<[Arc<Instance>]>>,
     /// Call counters.
     pub counters: CallCounters,
     /// The actor's command queue (`None` for invalid plugins, which have no actor).
@@ -110,6 +124,7 @@ impl PluginEntry {
             log,
             status: Mutex::new(status),
             routes: RwLock::new(Arc::from(Vec::new())),
+            processes: RwLock::new(Arc::from(Vec::new())),
             counters: CallCounters::new(name),
             ctl,
         }
@@ -129,6 +144,15 @@ impl PluginEntry {
         *self.routes.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(routes);
     }
 
+    /// Every instance whose process may be alive, routed or not (starting, retiring, stopping).
+    pub fn processes(&self) -> Arc<[Arc<Instance>]> {
+        self.processes.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn set_processes(&self, all: Vec<Arc<Instance>>) {
+        *self.processes.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(all);
+    }
+
     /// The least-loaded instance serving calls.
     pub fn pick(&self) -> Option<Arc<Instance>> {
         let routes = self.routes();
@@ -140,14 +164,22 @@ impl PluginEntry {
         self.status().state.as_str()
     }
 
+    /// Whether the plugin has an actor (its manifest loaded).
+    pub fn has_actor(&self) -> bool {
+        self.ctl.is_some()
+    }
+
     /// Sends a command and waits until the plugin settles. False if the plugin has no actor.
-    pub async fn command(&self, make: impl FnOnce(oneshot::Sender<()>) -> Command) -> bool {
-        let Some(ctl) = &self.ctl else { return false };
+    pub async fn command(&self, make: impl FnOnce(Reply) -> Command) -> bool {
+        self.request(make).await.is_some()
+    }
+
+    /// Sends a command and waits for its outcome; None if the plugin has no actor.
+    pub async fn request(&self, make: impl FnOnce(Reply) -> Command) -> Option<Outcome> {
+        let ctl = self.ctl.as_ref()?;
         let (tx, rx) = oneshot::channel();
-        if ctl.send(make(tx)).is_err() {
-            return false;
-        }
-        rx.await.is_ok()
+        ctl.send(make(tx)).ok()?;
+        rx.await.ok()
     }
 
     /// The status object of SPEC §4.1.

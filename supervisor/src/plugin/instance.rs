@@ -352,7 +352,7 @@ impl InstanceTask {
         let inst = self.instance.clone();
         let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME));
         let mut steps: FuturesUnordered<BoxFut<Step>> = FuturesUnordered::new();
-        steps.push(Box::pin(handshake(inst.peer.clone(), self.spec.clone())));
+        steps.push(Box::pin(handshake(inst.peer.clone(), self.spec.clone(), inst.started)));
         let mut ready = false;
         let mut ping = tokio::time::interval_at(first_ping(self.spec.ping_every), self.spec.ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -625,10 +625,15 @@ impl InstanceTask {
     }
 }
 
-/// `init` then `register`, each with the plugin's deadline.
-async fn handshake(peer: Arc<Peer>, spec: InstanceSpec) -> Step {
+/// `init` then `register`, both within `startup_timeout_ms` of `spawned` (not the per-call
+/// `timeout_ms`: a JVM or a big interpreter may take seconds just to get to `init`).
+async fn handshake(peer: Arc<Peer>, spec: InstanceSpec, spawned: Instant) -> Step {
     let m = &spec.manifest;
-    let d = || Deadline::new(Duration::from_millis(m.timeout_ms), Duration::from_millis(m.timeout_ms));
+    let until = spawned + Duration::from_millis(m.startup_timeout_ms);
+    let d = || {
+        let left = until.saturating_duration_since(Instant::now());
+        Deadline::new(left, left)
+    };
     let params = InitParams {
         protocol_version: version::PROTOCOL_VERSION,
         name: m.name.clone(),
@@ -638,7 +643,9 @@ async fn handshake(peer: Arc<Peer>, spec: InstanceSpec) -> Step {
         supervisor: SupervisorInfo { name: "plugind".into(), version: crate::VERSION.into() },
     };
     let describe = |what: &str, e: CallError| match e {
-        CallError::Timeout(t) => format!("{what} timed out after {} ms", t.as_millis()),
+        CallError::Timeout(_) => {
+            format!("startup_timeout_ms ({} ms) expired before {what} was answered", m.startup_timeout_ms)
+        }
         CallError::Closed => format!("exited during {what}"),
         CallError::Rpc(e) => format!("{what} failed: {e}"),
     };

@@ -83,7 +83,15 @@ impl HostService {
         self.load.fetch_add(1, Ordering::Relaxed);
         let r = self.peer.call_with(methods::EXECUTE, |out| params.write_json(out), deadline).await;
         self.load.fetch_sub(1, Ordering::Relaxed);
-        r.map_err(|e| call_error(&self.info.plugin, timeout, e))
+        r.map_err(|e| match e {
+            // The host half-closed or went away: it can no longer answer (not a crash).
+            crate::transport::peer::CallError::Closed => RpcError::with_data(
+                plugind_protocol::codes::PLUGIN_UNAVAILABLE,
+                format!("service {} is unavailable: its host's connection closed", self.info.name),
+                serde_json::json!({ "plugin": &self.info.plugin, "state": "stopped" }),
+            ),
+            e => call_error(&self.info.plugin, timeout, e),
+        })
     }
 }
 

@@ -44,11 +44,20 @@ async fn stop_start_restart() {
     let s = d.call("plugins.start", json!({"name": "perl-echo"})).await.unwrap();
     assert_eq!(s["state"], "running");
     let pid2 = s["pid"].as_u64().unwrap() as u32;
+    // Graceful (the default): the new instance serves when the answer comes; the old one retires.
     let s = d.call("plugins.restart", json!({"name": "perl-echo"})).await.unwrap();
     assert_eq!(s["state"], "running");
-    assert_ne!(s["pid"].as_u64().unwrap() as u32, pid2);
-    assert!(!alive(pid2));
+    let pid3 = s["pid"].as_u64().unwrap() as u32;
+    assert_ne!(pid3, pid2);
+    wait_for("the old instance to retire", async || (!alive(pid2)).then_some(())).await;
     assert_eq!(s["restarts"], 0, "operator restarts are not crash restarts");
+    // Hard: stop, then start; the old process is gone when the answer comes.
+    let s = d.call("plugins.restart", json!({"name": "perl-echo", "hard": true})).await.unwrap();
+    assert_eq!(s["state"], "running");
+    assert_ne!(s["pid"].as_u64().unwrap() as u32, pid3);
+    assert!(!alive(pid3));
+    let history = s["history"].to_string();
+    assert!(history.contains("stopping") && history.contains("stopped"), "a hard restart stops first: {history}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,6 +19,8 @@ mod hooks;
 mod hostctx;
 mod isolation;
 mod lifecycle;
+mod lifecycle_seams;
+mod lifecycle_storm;
 mod misbehave;
 mod observe;
 mod registry;

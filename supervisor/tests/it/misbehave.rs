@@ -216,7 +216,7 @@ async fn misbehave_answers_init_with_an_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn misbehave_never_answers_anything() {
-    let extra = json!({"timeout_ms": 500, "restart": {"max_restarts": 1, "window_s": 60}});
+    let extra = json!({"startup_timeout_ms": 500, "restart": {"max_restarts": 1, "window_s": 60}});
     let d = with_bad("silent", extra).spawn().await;
     let s = meanwhile(&d, async {
         wait_for("bad to fail", async || {
@@ -228,7 +228,10 @@ async fn misbehave_never_answers_anything() {
         .await
     })
     .await;
-    assert!(s["last_error"].as_str().unwrap().contains("init timed out after 50"), "{s}");
+    assert!(
+        s["last_error"].as_str().unwrap().contains("startup_timeout_ms (500 ms) expired before init was answered"),
+        "{s}"
+    );
     assert!(s["stderr_tail"].as_array().unwrap().iter().any(|l| l == "bad-plugin: not answering init"), "{s}");
     assert_eq!(s["restarts"], 1);
     assert_eq!(s["last_exit"]["signal"], "SIGKILL", "killed, not left behind: {s}");

@@ -70,6 +70,8 @@ pub struct Daemon {
     pub child: Option<Child>,
     /// A file plugind inherits open (without close-on-exec) on this fd: (fd, path).
     inherit: Option<(i32, PathBuf)>,
+    /// See [`DaemonBuilder::stderr_closed`].
+    stderr_pipe: bool,
 }
 
 /// Builds a [`Daemon`].
@@ -81,9 +83,23 @@ pub struct DaemonBuilder {
     soft_open_files: Option<u64>,
     address_space_mb: Option<u64>,
     inherit: Option<(i32, PathBuf)>,
+    stderr_pipe: bool,
+    relative_state_dir: bool,
 }
 
 impl DaemonBuilder {
+    /// plugind's stderr is a pipe whose reading end is closed at once (a `| tee` that ended).
+    pub fn stderr_closed(mut self) -> Self {
+        self.stderr_pipe = true;
+        self
+    }
+
+    /// `--state-dir state`, relative to plugind's working directory (the temp dir).
+    pub fn relative_state_dir(mut self) -> Self {
+        self.relative_state_dir = true;
+        self
+    }
+
     /// Adds a copy of a fixture plugin (optionally under another directory name).
     pub fn plugin(self, name: &str) -> Self {
         copy_dir(&fixture(name), &self.dir.path().join("plugins").join(name));
@@ -189,7 +205,8 @@ impl DaemonBuilder {
         std::fs::create_dir_all(&plugins).unwrap();
         let mut args: Vec<String> = vec!["--plugins".into(), "plugins".into()];
         args.extend(["--socket".into(), socket.to_string_lossy().into_owned()]);
-        args.extend(["--state-dir".into(), self.dir.path().join("state").to_string_lossy().into_owned()]);
+        let state = if self.relative_state_dir { "state".into() } else { self.dir.path().join("state") };
+        args.extend(["--state-dir".into(), state.to_string_lossy().into_owned()]);
         if !self.watch {
             args.push("--no-watch".into());
         }
@@ -213,6 +230,7 @@ impl DaemonBuilder {
             plugins,
             child: None,
             inherit: self.inherit,
+            stderr_pipe: self.stderr_pipe,
         };
         d.spawn_process();
         d
@@ -251,17 +269,22 @@ impl Daemon {
             };
             file
         });
-        let child = cmd
+        let (stdout, stderr) =
+            if self.stderr_pipe { (Stdio::piped(), Stdio::piped()) } else { (Stdio::null(), log.into()) };
+        let mut child = cmd
             .current_dir(self.dir.path())
             .args(pre)
             .args(&args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("PLUGIND_LOG", "debug")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("plugind binary runs");
+        // The readers go away at once: every later write of plugind's gets EPIPE.
+        drop(child.stdout.take());
+        drop(child.stderr.take());
         self.child = Some(child);
     }
 
@@ -292,6 +315,8 @@ impl Daemon {
             soft_open_files: None,
             address_space_mb: None,
             inherit: None,
+            stderr_pipe: false,
+            relative_state_dir: false,
         }
     }
 
@@ -450,3 +475,19 @@ for line in sys.stdin:
         print(json.dumps(r), flush=True); continue
     print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
 "#;
+
+/// Live (non-zombie) processes whose command line contains `marker`: how a test counts a
+/// plugin's processes without asking plugind.
+pub fn procs_with(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return pids };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        if String::from_utf8_lossy(&cmdline).contains(marker) && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}

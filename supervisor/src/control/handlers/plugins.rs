@@ -1,17 +1,23 @@
 //! `plugins.list`, `plugins.get`, `plugins.start`, `plugins.stop`, `plugins.restart`.
+//!
+//! Start, stop and restart answer once the plugin has settled (the actor's machine says when):
+//! the answer is the status object then, whatever the state (`pluginctl` turns `failed`,
+//! `blocked` and `invalid` into exit code 1). A graceful restart whose new instances fail
+//! answers an error naming why; the old instances keep serving.
 
-use crate::plugin::entry::Command;
+use crate::plugin::entry::{Command, Reply};
+use crate::plugin::machine::Outcome;
 use crate::plugin::PluginEntry;
 use crate::router::unknown_plugin;
 use crate::Daemon;
 use plugind_protocol::codes;
-use plugind_protocol::control::NameParams;
+use plugind_protocol::control::{NameParams, RestartParams};
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 
-fn entry(daemon: &Daemon, p: &NameParams) -> Result<Arc<PluginEntry>, RpcError> {
-    daemon.plugin(&p.name).ok_or_else(|| unknown_plugin(&p.name))
+fn entry(daemon: &Daemon, name: &str) -> Result<Arc<PluginEntry>, RpcError> {
+    daemon.plugin(name).ok_or_else(|| unknown_plugin(name))
 }
 
 /// Every plugin's status object.
@@ -22,7 +28,7 @@ pub fn list(daemon: &Daemon) -> Result<Box<RawValue>, RpcError> {
 
 /// One plugin's status object, with the sandbox's guarantees on this host.
 pub fn get(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
-    let e = entry(daemon, &p)?;
+    let e = entry(daemon, &p.name)?;
     let mut status = daemon.status_of(&e);
     if let Some(m) = e.status().manifest.clone() {
         status.sandbox = crate::sandbox::guarantees(&m);
@@ -30,38 +36,50 @@ pub fn get(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
     Ok(to_raw(&status))
 }
 
-async fn act(
-    daemon: &Daemon,
-    p: NameParams,
-    make: fn(tokio::sync::oneshot::Sender<()>) -> Command,
-) -> Result<Box<RawValue>, RpcError> {
-    let e = entry(daemon, &p)?;
-    if !e.command(make).await {
-        let st = e.status();
-        return Err(RpcError::with_data(
-            codes::INVALID_MANIFEST,
-            format!(
-                "plugin {} cannot be started: {}",
-                e.name,
-                st.last_error.clone().unwrap_or_else(|| "invalid manifest".into())
-            ),
-            serde_json::json!({ "plugin": &*e.name, "state": st.state.as_str() }),
-        ));
+async fn act(daemon: &Daemon, name: &str, make: impl FnOnce(Reply) -> Command) -> Result<Box<RawValue>, RpcError> {
+    let e = entry(daemon, name)?;
+    match e.request(make).await {
+        Some(Outcome::Settled) => Ok(to_raw(&daemon.status_of(&e))),
+        Some(Outcome::Failed(why)) => {
+            let st = e.status();
+            Err(RpcError::with_data(
+                codes::INTERNAL_ERROR,
+                format!("plugin {}: {why}", e.name),
+                serde_json::json!({ "plugin": &*e.name, "state": st.state.as_str(), "last_error": st.last_error }),
+            ))
+        }
+        None if e.has_actor() => Err(RpcError::with_data(
+            codes::INTERNAL_ERROR,
+            format!("plugin {}: its actor has ended (a bug in plugind; see its log)", e.name),
+            serde_json::json!({ "plugin": &*e.name }),
+        )),
+        None => {
+            let st = e.status();
+            Err(RpcError::with_data(
+                codes::INVALID_MANIFEST,
+                format!(
+                    "plugin {} cannot be started: {}",
+                    e.name,
+                    st.last_error.clone().unwrap_or_else(|| "invalid manifest".into())
+                ),
+                serde_json::json!({ "plugin": &*e.name, "state": st.state.as_str() }),
+            ))
+        }
     }
-    Ok(to_raw(&daemon.status_of(&e)))
 }
 
-/// Starts a plugin; answers once it is running (or has failed).
+/// Starts a plugin; answers once it has settled (running, failed, blocked).
 pub async fn start(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
-    act(daemon, p, Command::Start).await
+    act(daemon, &p.name, Command::Start).await
 }
 
 /// Stops a plugin; answers once its processes are gone.
 pub async fn stop(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
-    act(daemon, p, Command::Stop).await
+    act(daemon, &p.name, Command::Stop).await
 }
 
-/// Stops and starts a plugin, clearing its restart count window.
-pub async fn restart(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
-    act(daemon, p, Command::Restart).await
+/// Restarts a plugin, clearing its restart count window: gracefully (new instances beside the
+/// old, no call fails) unless `hard` (stop, then start).
+pub async fn restart(daemon: &Daemon, p: RestartParams) -> Result<Box<RawValue>, RpcError> {
+    act(daemon, &p.name, |reply| Command::Restart { hard: p.hard, reply }).await
 }

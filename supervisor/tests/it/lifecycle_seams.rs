@@ -1,0 +1,397 @@
+//! Issue 16: the lifecycle at the seams between commands, reloads, crashes and plugind's own
+//! surroundings, with real processes. Each test orders events by observing them (a process
+//! appears, a state is reached, a file gate opens), never by sleeping.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A plain-Python plugin steered by its environment:
+/// - `GATE`: `init` waits until this file exists;
+/// - `FAIL_IF`: `init` answers an error while this file exists;
+/// - `INIT_DELAY_S`: `init` takes this long;
+/// - `TEARDOWN_GATE`: `teardown` waits until this file exists (and SIGTERM is ignored).
+///
+/// `execute` method `env` reports its TMPDIR and data dir; anything else answers its pid. Its
+/// first argument is a marker that [`procs_with`] finds.
+pub const GATED: &str = r#"import json, os, signal, sys, time
+def wait_for(path):
+    while path and not os.path.exists(path):
+        time.sleep(0.01)
+def send(m):
+    sys.stdout.write(json.dumps(m) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m:
+        continue
+    meth, r = m["method"], {}
+    if meth == "init":
+        sys.stderr.write("init waiting %d\n" % os.getpid())
+        sys.stderr.flush()
+        wait_for(os.environ.get("GATE", ""))
+        fail = os.environ.get("FAIL_IF", "")
+        if fail and os.path.exists(fail):
+            send({"jsonrpc": "2.0", "id": m["id"], "error": {"code": -32000, "message": "init refused"}})
+            continue
+        time.sleep(float(os.environ.get("INIT_DELAY_S", "0")))
+    elif meth == "register":
+        r = {"services": []}
+    elif meth == "teardown":
+        if os.environ.get("TEARDOWN_GATE"):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            wait_for(os.environ["TEARDOWN_GATE"])
+        r = None
+    elif meth == "execute":
+        if m["params"]["method"] == "env":
+            t, dd = os.environ.get("TMPDIR", ""), os.environ.get("PLUGIND_DATA_DIR", "")
+            try:
+                with open(os.path.join(t, "probe"), "w") as f:
+                    f.write("x")
+                wrote = True
+            except Exception as e:
+                wrote = str(e)
+            r = {"tmpdir": t, "tmpdir_exists": os.path.isdir(t), "data_dir": dd,
+                 "data_dir_exists": os.path.isdir(dd), "tmp_write": wrote}
+        else:
+            r = {"pid": os.getpid()}
+    send({"jsonrpc": "2.0", "id": m["id"], "result": r})
+"#;
+
+/// The manifest of a [`GATED`] plugin `name` with marker `tag`, plus `extra` fields.
+pub fn gated_manifest(name: &str, tag: &str, extra: Value) -> String {
+    let mut m = json!({ "name": name, "version": "1.0.0", "main": "main.py", "args": [tag] });
+    if let (Some(m), Some(extra)) = (m.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    m.to_string()
+}
+
+/// A marker unique to this daemon and plugin.
+fn tag(d: &Daemon, name: &str) -> String {
+    format!("{}/{name}-marker", d.dir.path().display())
+}
+
+fn rewrite(d: &Daemon, name: &str, extra: Value) {
+    let text = gated_manifest(name, &tag(d, name), extra);
+    let path = d.plugins.join(name).join("plugin.json");
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A builder with one [`GATED`] plugin; its marker is `tag(&daemon, name)` once built.
+fn with_gated(name: &str, extra: Value) -> DaemonBuilder {
+    let b = Daemon::builder();
+    let marker = format!("{}/{name}-marker", b.path().display());
+    b.plugin_files(name, &[("plugin.json", &gated_manifest(name, &marker, extra)), ("main.py", GATED)])
+}
+
+async fn wait_procs(d: &Daemon, name: &str, what: &str, f: impl Fn(&[u32]) -> bool) -> Vec<u32> {
+    let marker = tag(d, name);
+    wait_for(what, async || {
+        let p = procs_with(&marker);
+        f(&p).then_some(p)
+    })
+    .await
+}
+
+fn gate(d: &Daemon, file: &str) -> String {
+    d.dir.path().join(file).to_string_lossy().into_owned()
+}
+
+/// `plugins.reload` in the background (it answers once the plugins settle).
+fn reload_in_background(d: &Daemon) -> tokio::task::JoinHandle<Value> {
+    let socket = d.socket.clone();
+    tokio::spawn(async move {
+        let mut c = plugind::client::Client::connect(&socket).await.unwrap();
+        c.call("plugins.reload", &json!({})).await.unwrap()
+    })
+}
+
+async fn stopped_and_unroutable(d: &Daemon, name: &str) {
+    let s = d.status(name).await;
+    assert_eq!(s["state"], "stopped", "{s}");
+    assert_eq!(s["pid"], Value::Null, "{s}");
+    assert!(procs_with(&tag(d, name)).is_empty(), "a stopped plugin has no process");
+    let r = d.execute(name, "pid", json!({})).await;
+    assert_eq!(code(&r), -32002, "no route to a stopped plugin: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_during_a_hot_reload_stops_everything_and_start_works_after() {
+    let d = with_gated("g", json!({})).start().await;
+    let old = d.status("g").await["pid"].as_u64().unwrap() as u32;
+    // The new version waits in `init` until the gate opens: the reload is under way.
+    rewrite(&d, "g", json!({ "version": "2.0.0", "env": { "GATE": gate(&d, "gate") } }));
+    let reload = reload_in_background(&d);
+    wait_procs(&d, "g", "the new instance beside the old one", |p| p.len() == 2 && p.contains(&old)).await;
+    let s = d.call("plugins.stop", json!({ "name": "g" })).await.unwrap();
+    assert_eq!(s["state"], "stopped", "{s}");
+    stopped_and_unroutable(&d, "g").await;
+    let r = tokio::time::timeout(TIMEOUT, reload).await.expect("the reload is answered").unwrap();
+    assert_eq!(r["changed"], json!(["g"]), "{r}");
+    // Later: the new version (gate open) starts.
+    std::fs::write(gate(&d, "gate"), "").unwrap();
+    let s = d.call("plugins.start", json!({ "name": "g" })).await.unwrap();
+    assert_eq!(s["state"], "running", "{s}");
+    assert_eq!(s["version"], "2.0.0", "{s}");
+    assert_eq!(procs_with(&tag(&d, "g")).len(), 1);
+    d.execute("g", "pid", json!({})).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_reload_during_a_stop_leaves_it_stopped() {
+    // The running version's teardown waits (SIGTERM ignored), so the stop takes a while.
+    let d = with_gated("g", json!({})).start().await;
+    rewrite(&d, "g", json!({ "version": "2.0.0", "env": { "TEARDOWN_GATE": gate(&d, "never") } }));
+    d.call("plugins.reload", json!({})).await.unwrap();
+    let s = d.status("g").await;
+    assert_eq!((s["state"].as_str(), s["version"].as_str()), (Some("running"), Some("2.0.0")), "{s}");
+    let socket = d.socket.clone();
+    let stop = tokio::spawn(async move {
+        let mut c = plugind::client::Client::connect(&socket).await.unwrap();
+        c.call("plugins.stop", &json!({ "name": "g" })).await.unwrap()
+    });
+    d.wait_state("g", "stopping").await;
+    rewrite(&d, "g", json!({ "version": "3.0.0" }));
+    let r = d.call("plugins.reload", json!({})).await.unwrap();
+    assert_eq!(r["changed"], json!(["g"]), "{r}");
+    let s = tokio::time::timeout(TIMEOUT, stop).await.expect("the stop is answered").unwrap();
+    assert_eq!(s["state"], "stopped", "{s}");
+    stopped_and_unroutable(&d, "g").await;
+    let s = d.call("plugins.start", json!({ "name": "g" })).await.unwrap();
+    assert_eq!((s["state"].as_str(), s["version"].as_str()), (Some("running"), Some("3.0.0")), "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_of_a_starting_plugin_to_fewer_instances_leaves_no_extra_process() {
+    let b = with_gated("g", json!({}));
+    let d0 = b.path().to_path_buf();
+    let g = d0.join("gate").to_string_lossy().into_owned();
+    let d = b.manifest("g", |m| {
+        m["instances"] = json!(3);
+        m["env"] = json!({ "GATE": g });
+    });
+    let d = d.spawn().await;
+    let first = wait_procs(&d, "g", "three starting instances", |p| p.len() == 3).await;
+    assert_eq!(d.status("g").await["state"], "starting");
+    rewrite(&d, "g", json!({ "instances": 1, "env": { "GATE": gate(&d, "gate") } }));
+    let reload = reload_in_background(&d);
+    let now = wait_procs(&d, "g", "one new instance only", |p| p.len() == 1 && !first.contains(&p[0])).await;
+    std::fs::write(gate(&d, "gate"), "").unwrap();
+    let s = d.wait_state("g", "running").await;
+    assert_eq!(s["instances"], 1, "{s}");
+    assert_eq!(s["pid"].as_u64(), Some(u64::from(now[0])), "{s}");
+    tokio::time::timeout(TIMEOUT, reload).await.expect("the reload is answered").unwrap();
+    assert_eq!(procs_with(&tag(&d, "g")), now, "no extra process");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stderr_changes_nothing() {
+    let mut d = with_gated("g", json!({})).stderr_closed().start().await;
+    let socket = d.socket.clone();
+    // Crash it: the restart after backoff logs plenty.
+    let pid = d.status("g").await["pid"].as_u64().unwrap() as u32;
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_for("the restarted instance", async || {
+        let s = d.status("g").await;
+        (s["state"] == "running" && s["pid"].as_u64() != Some(u64::from(pid))).then_some(())
+    })
+    .await;
+    for args in [&["restart", "g"][..], &["restart", "--hard", "g"], &["stop", "g"], &["start", "g"]] {
+        let out = d.ctl(args);
+        assert!(out.status.success(), "pluginctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(d.status("g").await["state"], "running");
+    d.signal(libc::SIGINT);
+    assert_eq!(d.wait_exit().await, Some(0), "no panic (101) on a closed stderr");
+    assert!(!socket.exists(), "the socket file is removed");
+    assert!(procs_with(&tag(&d, "g")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relative_state_dir_gives_plugins_dirs_that_exist() {
+    let d = with_gated("g", json!({ "permissions": ["storage"] })).relative_state_dir().start().await;
+    let r = d.execute("g", "env", json!({})).await.unwrap();
+    for dir in ["tmpdir", "data_dir"] {
+        let p = r[dir].as_str().unwrap();
+        assert!(Path::new(p).is_absolute(), "{dir} is absolute: {r}");
+        assert_eq!(r[format!("{dir}_exists")], true, "{dir} exists from the plugin's cwd: {r}");
+    }
+    assert_eq!(r["tmp_write"], true, "{r}");
+    assert!(d.dir.path().join("state").is_dir());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_closed_connection_is_answered_then_closed() {
+    let d = Daemon::builder().start().await;
+    let mut s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+    let requests = [
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "services.register", "params": { "name": "ui", "version": "1.0.0" } }),
+        // Routed to this very connection, which can no longer answer once it has half-closed.
+        json!({ "jsonrpc": "2.0", "id": 2, "method": "services.call",
+                "params": { "service": "ui", "method": "m", "params": {}, "timeout_ms": 15000 } }),
+        json!({ "jsonrpc": "2.0", "id": 3, "method": "supervisor.status", "params": {} }),
+    ];
+    let mut text = String::new();
+    for r in &requests {
+        text.push_str(&r.to_string());
+        text.push('\n');
+    }
+    let started = Instant::now();
+    s.write_all(text.as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_string(&mut out)).await.expect("plugind closes the connection").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "the call to its own service failed at once");
+    let answers: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let by_id = |id: u64| answers.iter().find(|a| a["id"] == id && a.get("method").is_none()).cloned();
+    assert_eq!(by_id(1).expect("register answered")["result"], Value::Null, "{out}");
+    assert_eq!(by_id(2).expect("call answered")["error"]["code"], -32002, "{out}");
+    assert!(by_id(3).expect("status answered")["result"]["pid"].is_u64(), "{out}");
+    // What it registered is gone.
+    let list = d.call("services.list", json!({})).await.unwrap();
+    assert!(!list.to_string().contains("\"ui\""), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_restart_under_load_fails_no_call_and_hard_restart_stops_first() {
+    let d = Arc::new(Daemon::builder().plugin("perl-echo").start().await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (d, stop, ok, failed) = (d.clone(), stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut c = d.client().await;
+                while !stop.load(Ordering::Relaxed) {
+                    let p = json!({ "plugin": "perl-echo", "method": "echo", "params": 1 });
+                    match c.call("execute", &p).await {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            eprintln!("failed call: {e:?}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    wait_for("calls flowing", async || (ok.load(Ordering::Relaxed) > 20).then_some(())).await;
+    let mut pids = vec![d.status("perl-echo").await["pid"].as_u64().unwrap()];
+    for _ in 0..3 {
+        let dd = d.clone();
+        let out = tokio::task::spawn_blocking(move || dd.ctl(&["restart", "perl-echo"])).await.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "perl-echo: running");
+        let before = ok.load(Ordering::Relaxed);
+        wait_for("calls after the restart", async || (ok.load(Ordering::Relaxed) > before + 10).then_some(())).await;
+        pids.push(d.status("perl-echo").await["pid"].as_u64().unwrap());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        l.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no call fails during a graceful restart");
+    pids.dedup();
+    assert_eq!(pids.len(), 4, "each restart made a new instance: {pids:?}");
+    let out = d.ctl(&["restart", "--hard", "perl-echo"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = d.status("perl-echo").await;
+    assert_eq!(s["state"], "running");
+    assert!(!alive(*pids.last().unwrap() as u32), "hard: the old process is gone when it answers");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_restart_whose_new_instance_fails_keeps_the_old_one_and_exits_1() {
+    let b = with_gated("g", json!({}));
+    let refuse = b.path().join("refuse").to_string_lossy().into_owned();
+    let d = b.manifest("g", |m| m["env"] = json!({ "FAIL_IF": refuse.clone() })).start().await;
+    let pid = d.status("g").await["pid"].as_u64().unwrap();
+    std::fs::write(&refuse, "").unwrap();
+    let out = d.ctl(&["restart", "g"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("init refused"), "the error names why: {err}");
+    let s = d.status("g").await;
+    assert_eq!((s["state"].as_str(), s["pid"].as_u64()), (Some("running"), Some(pid)), "the old one serves: {s}");
+    assert!(s["last_error"].as_str().unwrap().contains("init refused"), "{s}");
+    assert_eq!(d.execute("g", "pid", json!({})).await.unwrap()["pid"].as_u64(), Some(pid));
+    wait_procs(&d, "g", "only the old instance", |p| p == [pid as u32]).await;
+    // --json: the error object on stdout.
+    let out = d.ctl(&["--json", "restart", "g"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], -32603, "{v}");
+    assert_eq!(v["error"]["data"]["state"], "running", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_and_restart_exit_1_when_the_plugin_ends_failed_blocked_or_invalid() {
+    let b = with_gated("g", json!({ "restart": { "max_restarts": 0 } }));
+    let refuse = b.path().join("refuse");
+    std::fs::write(&refuse, "").unwrap();
+    let r = refuse.to_string_lossy().into_owned();
+    let d = b
+        .manifest("g", |m| m["env"] = json!({ "FAIL_IF": r }))
+        .plugin_as("perl-echo", "needy")
+        .manifest("needy", |m| m["dependencies"] = json!({ "required": ["absent@^1"] }))
+        .plugin_files("broken", &[("plugin.json", r#"{"name": "broken"}"#)])
+        .start()
+        .await;
+    assert_eq!(d.status("g").await["state"], "failed");
+    for (args, state) in [
+        (&["start", "g"][..], "failed"),
+        (&["restart", "g"], "failed"),
+        (&["restart", "--hard", "g"], "failed"),
+        (&["start", "needy"], "blocked"),
+        (&["start", "broken"], "invalid"),
+    ] {
+        let out = d.ctl(args);
+        assert_eq!(out.status.code(), Some(1), "pluginctl {args:?}: {out:?}");
+        assert_eq!(d.status(args[args.len() - 1]).await["state"], state);
+    }
+    std::fs::remove_file(&refuse).unwrap();
+    let out = d.ctl(&["start", "g"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "g: running");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_timeout_is_separate_from_the_call_deadline() {
+    // 1.5 s to answer `init`, with a 1 s call deadline: starts, under the default 30 s budget.
+    let b = with_gated("slow", json!({ "timeout_ms": 1000, "env": { "INIT_DELAY_S": "1.5" } }));
+    let marker = format!("{}/late-marker", b.path().display());
+    let late = gated_manifest(
+        "late",
+        &marker,
+        json!({ "startup_timeout_ms": 300, "restart": { "max_restarts": 0 }, "env": { "INIT_DELAY_S": "1.5" } }),
+    );
+    let d = b.plugin_files("late", &[("plugin.json", &late), ("main.py", GATED)]).start().await;
+    let s = d.status("slow").await;
+    assert_eq!(s["state"], "running", "{s}");
+    d.execute("slow", "pid", json!({})).await.unwrap();
+    let s = d.status("late").await;
+    assert_eq!(s["state"], "failed", "{s}");
+    let e = s["last_error"].as_str().unwrap();
+    assert!(e.contains("startup_timeout_ms (300 ms) expired before init was answered"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stderr_still_exits_0_on_sigterm() {
+    let mut d = with_gated("g", json!({})).stderr_closed().start().await;
+    let socket = d.socket.clone();
+    let out = d.ctl(&["restart", "g"]);
+    assert!(out.status.success(), "{out:?}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit().await, Some(0));
+    assert!(!socket.exists(), "the socket file is removed");
+    assert!(procs_with(&tag(&d, "g")).is_empty());
+}
