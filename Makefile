@@ -3,7 +3,7 @@ PREFIX ?= /usr/local
 CARGO ?= cargo
 SOCKET ?= $(CURDIR)/state/plugind.sock
 
-.PHONY: all build release run test lint fmt test-rust test-sdk bench install clean
+.PHONY: all build release run gateway test lint fmt test-rust test-sdk bench install clean
 
 all: build
 
@@ -21,6 +21,10 @@ run: release
 	@echo "  ./target/release/pluginctl --socket $(SOCKET) call echo-rust hello '{\"name\":\"you\"}'"
 	@echo "  (or: export PLUGIND_SOCKET=$(SOCKET); then just ./target/release/pluginctl list)"
 	PLUGIND_PROFILE=release ./target/release/plugind --plugins examples --socket $(SOCKET) --state-dir state
+
+## gateway: build, then run plugind on the LLM gateway's plugins and the gateway on 127.0.0.1:$${GATEWAY_PORT:-8088}.
+gateway: release
+	scripts/gateway.sh
 
 ## test: everything CI checks: format, lints, Rust tests, SDK tests.
 test: lint test-rust test-sdk

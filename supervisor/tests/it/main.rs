@@ -15,6 +15,7 @@ mod crash;
 mod crashsafe;
 mod daemon;
 mod deps;
+mod gateway;
 mod hooks;
 mod hostctx;
 mod isolation;

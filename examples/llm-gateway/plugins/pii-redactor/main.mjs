@@ -1,0 +1,24 @@
+// pii-redactor: the gateway's onPrompt hook on the Node SDK.
+//
+// The payload is `{ messages: [ { role, content } ] }`; every string `content` is redacted:
+// e-mail addresses become `[email]`, phone numbers `[phone]` (E.164 `+15551234567`,
+// `+1 555-123-4567`, `(555) 123-4567`, `555-123-4567`, `555.123.4567`, `555 123 4567`).
+
+import { serve } from "../../../../sdk/node/plugind-sdk.mjs";
+
+const EMAIL = /[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}/g;
+// An optional country code, then 3-3-4 digits with optional brackets and separators; or E.164.
+const PHONE = /(?:\+\d{1,3}[\s.-]?)?(?:\(\d{3}\)|\d{3})[\s.-]?\d{3}[\s.-]?\d{4}\b|\+\d{8,15}\b/g;
+
+export const redact = (text) => text.replace(EMAIL, "[email]").replace(PHONE, "[phone]");
+
+serve({
+  hooks: {
+    onPrompt: (payload) => ({
+      ...payload,
+      messages: (payload?.messages ?? []).map((m) =>
+        typeof m?.content === "string" ? { ...m, content: redact(m.content) } : m,
+      ),
+    }),
+  },
+});
