@@ -15,7 +15,7 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Pipelining depths of (b).
 pub const DEPTHS: [usize; 2] = [64, 256];
@@ -122,7 +122,55 @@ pub fn call_plugins() -> Vec<PluginDef> {
     defs.extend(
         (1..=3).map(|i| PluginDef { hooks: vec![(HOOK.into(), i * 10)], ..PluginDef::plain(format!("hook-{i}")) }),
     );
+    // (d2) the gateway's request path: one plugin per hook, and the `echo` service as the model.
+    defs.extend(
+        GATEWAY_HOOKS.iter().map(|&(h, plugin)| PluginDef { hooks: vec![(h.into(), 10)], ..PluginDef::plain(plugin) }),
+    );
     defs
+}
+
+/// The hooks of a gateway request and the plugin handling each, in order (the model call comes
+/// between the second and the third).
+const GATEWAY_HOOKS: [(&str, &str); 3] =
+    [("gw.onRequest", "gw-request"), ("gw.onPrompt", "gw-prompt"), ("gw.onResponse", "gw-response")];
+
+/// (d2) One gateway request as a host makes it: `hooks.run` onRequest and onPrompt, `services.call`
+/// of the model, `hooks.run` onResponse, one after the other. The floor is the same four plugins
+/// called with plain `execute`s, no hook machinery: what a host would pay calling them itself.
+fn gateway_lines(ours: &mut LineConn, placement: &str, t: Timing, rounds: usize) -> anyhow::Result<()> {
+    let [(request, p1), (prompt, p2), (response, p3)] = GATEWAY_HOOKS;
+    let model = Request::new("services.call", &format!(r#"{{"service":"echo","method":"echo","params":{PAYLOAD}}}"#));
+    let path = [Request::hook(request), Request::hook(prompt), model, Request::hook(response)];
+    let direct = [Request::echo(p1), Request::echo(p2), Request::echo("echo"), Request::echo(p3)];
+    for (req, what) in path.iter().zip(["onRequest", "onPrompt", "services.call", "onResponse"]) {
+        ours.result(req).with_context(|| format!("(d2) {what}"))?;
+    }
+    let sequence = |conn: &mut LineConn, reqs: &[Request]| -> anyhow::Result<Vec<Duration>> {
+        let start = Instant::now();
+        let mut v = Vec::new();
+        loop {
+            let t0 = Instant::now();
+            for r in reqs {
+                conn.call(r)?;
+            }
+            let t1 = Instant::now();
+            if t0 - start >= t.warmup {
+                v.push(t1 - t0);
+            }
+            if t1 - start >= t.warmup + t.run {
+                return Ok(v);
+            }
+        }
+    };
+    let (mut floor, mut s) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        floor.extend(sequence(ours, &direct)?);
+        s.extend(sequence(ours, &path)?);
+    }
+    let floor = Samples::new(floor);
+    latency_lines("floor.gateway_direct", placement, &floor, None);
+    latency_lines("d2.gateway_request", placement, &Samples::new(s), Some((&floor, "4 executes", 1.0)));
+    Ok(())
 }
 
 /// Floor (iii) and (a), (b), (c), (d): the relays and a plugind already running [`call_plugins`],
@@ -197,6 +245,7 @@ pub fn relay_and_plugind(
         s.extend(ours.latencies(&req, t)?);
     }
     latency_lines("d.hooks_run", placement, &Samples::new(s), Some((&floor_seq, "3x relay", 3.0)));
+    gateway_lines(&mut ours, placement, t, rounds)?;
     Ok(Ours { p50_us: our_p50, p99_us: our_p99, tput64: our_tput[0], tput256: our_tput[1] })
 }
 

@@ -79,7 +79,7 @@ impl LineConn {
     }
 
     /// One round trip; returns the reply line.
-    fn call(&mut self, req: &Request) -> anyhow::Result<&[u8]> {
+    pub fn call(&mut self, req: &Request) -> anyhow::Result<&[u8]> {
         write_request(&mut self.w, self.next_id, req)?;
         self.next_id += 1;
         self.w.flush()?;
