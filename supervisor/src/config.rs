@@ -36,7 +36,7 @@ impl std::str::FromStr for LogFormat {
 
 /// Default graceful stop budget (SIGTERM → every plugin torn down).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default health ping period (SPEC: 10 s).
+/// Default health ping period: 10 s.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Default log lines kept per plugin.
 pub const DEFAULT_LOG_LINES: usize = 1000;
@@ -66,7 +66,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Hot reload on file changes.
     pub watch: bool,
-    /// Health ping period (SPEC: 10 s).
+    /// Health ping period (default 10 s).
     pub ping_interval: Duration,
     /// Log lines kept per plugin.
     pub log_lines: usize,
@@ -443,7 +443,7 @@ impl StatePaths {
     }
 }
 
-/// The control socket path when none is given (SPEC §4): `$PLUGIND_SOCKET`, else
+/// The control socket path when none is given (docs/control-api.md): `$PLUGIND_SOCKET`, else
 /// `$RUNTIME_DIRECTORY/plugind.sock`, else `$XDG_RUNTIME_DIR/plugind.sock`, else
 /// `/tmp/plugind-$UID.sock`.
 pub fn default_socket() -> PathBuf {

@@ -1,4 +1,4 @@
-//! What a plugin may ask plugind (SPEC §3.2): `registry.*`, `service.call`, `kv.*`.
+//! What a plugin may ask plugind (docs/protocol.md): `registry.*`, `service.call`, `kv.*`.
 
 use crate::control::handlers::params;
 use crate::registry::{not_found, ServiceCallIn};

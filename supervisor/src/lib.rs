@@ -421,7 +421,7 @@ impl Daemon {
     }
 
     /// Rescans the plugin dirs (`plugins.reload`, SIGHUP): new directories are added and started,
-    /// removed ones stopped and dropped, changed ones hot-reloaded (SPEC §5).
+    /// removed ones stopped and dropped, changed ones hot-reloaded (docs/security.md).
     pub async fn reload(self: &Arc<Self>) -> ReloadResult {
         let _serial = self.reload_lock.lock().await;
         let (found, mut errors) = self.scan();
@@ -543,7 +543,7 @@ impl Daemon {
     /// running dependent stop together in one wave; if a cycle leaves no such plugin, the rest
     /// stop together. [`run`] bounds the whole with the stop timeout.
     pub async fn stop_all(&self) {
-        // SPEC §7: `onShutdown` hooks run before the first `teardown`.
+        // docs/systemd.md: `onShutdown` hooks run before the first `teardown`.
         match self.run_hook("onShutdown", serde_json::json!({}), None).await {
             Ok(hooked) if !hooked.handled_by.is_empty() => {
                 tracing::info!(handled_by = ?hooked.handled_by, "onShutdown hooks ran");
@@ -612,7 +612,7 @@ impl Daemon {
 
 /// Runs plugind until `shutdown` completes or a client asks it to stop, then stops every plugin.
 ///
-/// The order (SPEC §7): bind the control socket (and `--listen`/`--metrics`), load the plugins,
+/// The order (docs/systemd.md): bind the control socket (and `--listen`/`--metrics`), load the plugins,
 /// start them all, `READY=1`; then serve until SIGTERM/SIGINT (`shutdown`) or
 /// `supervisor.shutdown`, reloading on SIGHUP; then `STOPPING=1` and stop every plugin in reverse
 /// dependency order within the stop timeout. [`service::Service`] keeps the watchdog and the
@@ -659,7 +659,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let stop_timeout = config.stop_timeout;
     let daemon = Daemon::new(config);
-    // From here SIGHUP is `plugins.reload` (SPEC §7), handled by the service loop once the
+    // From here SIGHUP is `plugins.reload` (docs/systemd.md), handled by the service loop once the
     // plugins have started; sd_notify and the watchdog go through it too.
     let mut service = service::Service::new(daemon.clone(), hup);
     daemon.open_kv().map_err(|e| cleanup(e.into()))?;

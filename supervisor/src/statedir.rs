@@ -1,4 +1,4 @@
-//! The state dir: private to plugind, and used by one plugind at a time (SPEC §9.1, §9.9).
+//! The state dir: private to plugind, and used by one plugind at a time (docs/security.md).
 //!
 //! [`StateDir::lock`] creates the dir with mode 0700 (and tightens an existing one), then takes an
 //! exclusive `flock` on `plugind.lock` inside, which holds plugind's pid. A second plugind on the

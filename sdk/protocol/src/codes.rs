@@ -1,4 +1,4 @@
-//! Error codes (SPEC §3.3). Every error's `data` carries `plugin` where one is involved.
+//! Error codes (docs/protocol.md). Every error's `data` carries `plugin` where one is involved.
 
 /// Invalid JSON was received.
 pub const PARSE_ERROR: i64 = -32700;

@@ -1,4 +1,4 @@
-//! The control API (SPEC §4): what hosts and `pluginctl` send plugind over its socket.
+//! The control API (docs/control-api.md): what hosts and `pluginctl` send plugind over its socket.
 //!
 //! Daemon and client share these types (as pueue's daemon and client share `pueue_lib`), so a
 //! field renamed here is renamed on both sides at once.
@@ -286,7 +286,7 @@ pub struct HistoryEntry {
     pub detail: String,
 }
 
-/// The status object of SPEC §4.1.
+/// The status object of docs/control-api.md.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PluginStatus {
     /// Plugin name.

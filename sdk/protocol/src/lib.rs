@@ -1,6 +1,6 @@
 //! Wire types of plugind, shared by the supervisor and the Rust SDK.
 //!
-//! This crate is the contract of `SPEC.md` §2–§4 written as Rust types. It does no I/O, spawns
+//! This crate is the contract (the manifest, `docs/protocol.md`, `docs/control-api.md`) written as Rust types. It does no I/O, spawns
 //! nothing and depends on no runtime, so that both sides of the wire — the supervisor (`plugind`)
 //! and the plugin SDK (`plugind-sdk`) — can depend on it without depending on each other.
 //!

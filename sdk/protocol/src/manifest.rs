@@ -1,4 +1,4 @@
-//! `plugin.json` (SPEC §2): parsed, validated, defaults applied.
+//! `plugin.json` (manifests/README.md): parsed, validated, defaults applied.
 //!
 //! [`Manifest::parse`] reads the JSON into a `serde_json::Value` and walks it field by field, so
 //! that every problem is reported at once, each as a [`FieldError`] with the JSON pointer of the

@@ -1,4 +1,4 @@
-//! Methods between plugind and a plugin (SPEC §3.1, §3.2): names and typed params/results.
+//! Methods between plugind and a plugin (docs/protocol.md): names and typed params/results.
 //!
 //! Payloads that plugind only relays (`execute` params and results, hook payloads, kv values)
 //! are `serde_json::Value` here for the SDKs' convenience; the supervisor's hot path does not use

@@ -3,7 +3,7 @@
 //! plugind sends `protocol_version` in `init`; a plugin may echo the version it speaks in its
 //! `init` result. A plugin that answers `{}` is taken to speak the supervisor's version.
 
-/// The only protocol version so far (SPEC §3).
+/// The only protocol version so far (docs/protocol.md).
 pub const PROTOCOL_V1: u32 = 1;
 
 /// The version this build speaks.

@@ -413,7 +413,7 @@ fn known_divergences_stay_documented() {
         (json!({ "hooks": { "onRequest": 1.0 } }), true, false),
         // A regex cannot bound a number to u64: semver rejects the overflow, the pattern does not.
         (json!({ "version": "18446744073709551616.0.0" }), true, false),
-        // The parser never looks at "$schema"; SPEC and schema say it is a string.
+        // The parser never looks at "$schema"; the contract and the schema say it is a string.
         (json!({ "$schema": 5 }), false, true),
     ];
     let mut failures = Vec::new();

@@ -1,7 +1,7 @@
 //! Write plugind plugins in Rust.
 //!
 //! A plugin is a process that plugind spawns and talks to over stdin/stdout (JSON-RPC 2.0, one
-//! message per line, SPEC §3).
+//! message per line, docs/protocol.md).
 //! This crate does the protocol: implement [`Plugin`] and hand it to [`run`].
 //!
 //! # Example

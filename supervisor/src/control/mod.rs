@@ -1,4 +1,4 @@
-//! The control API (SPEC §4): a Unix socket speaking NDJSON JSON-RPC to hosts and `pluginctl`.
+//! The control API (docs/control-api.md): a Unix socket speaking NDJSON JSON-RPC to hosts and `pluginctl`.
 //!
 //! - [`socket`]: binding (stale files, a live daemon, mode 0600) and peer credentials.
 //! - [`connection`]: one task per client: read requests, run them concurrently, write answers.

@@ -182,7 +182,7 @@ impl PluginEntry {
         rx.await.ok()
     }
 
-    /// The status object of SPEC §4.1.
+    /// The status object of docs/control-api.md.
     pub fn snapshot(&self) -> PluginStatus {
         let routes = self.routes();
         let st = self.status();

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
-/// Grace between steps of a stop (SPEC §3.1): teardown answer, stdin closed → SIGTERM → SIGKILL.
+/// Grace between steps of a stop (docs/protocol.md): teardown answer, stdin closed → SIGTERM → SIGKILL.
 pub const STOP_STEP: Duration = Duration::from_secs(2);
 /// Health pings missed in a row before the instance counts as crashed.
 pub const PING_MISSES: u32 = 3;
@@ -687,7 +687,7 @@ async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>) {
     }
 }
 
-/// Maps a failed call to an instance onto the error a caller sees (SPEC §3.3).
+/// Maps a failed call to an instance onto the error a caller sees (docs/protocol.md).
 pub fn call_error(plugin: &str, timeout: Duration, e: CallError) -> RpcError {
     match e {
         CallError::Rpc(e) => e,

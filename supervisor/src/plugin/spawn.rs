@@ -56,7 +56,7 @@ pub enum SpawnError {
     Sandbox(#[from] SandboxError),
 }
 
-/// The program and arguments a manifest asks for (SPEC §2 `main` / `command`).
+/// The program and arguments a manifest asks for (manifests/README.md `main` / `command`).
 pub fn argv_for(manifest: &Manifest, dir: &Path) -> Result<Vec<String>, SpawnError> {
     let mut argv: Vec<String> = match (&manifest.command, &manifest.main) {
         (Some(cmd), _) => {
@@ -102,7 +102,7 @@ pub struct SpawnPlan {
     pub limits: Limits,
 }
 
-/// The environment of a plugin: a fixed allow-list plus the manifest's `env` (SPEC §5).
+/// The environment of a plugin: a fixed allow-list plus the manifest's `env` (docs/security.md).
 /// plugind's own variables (`NOTIFY_SOCKET`, tokens, secrets) never reach a plugin.
 pub fn plugin_env(
     manifest: &Manifest,

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Where a plugin is in its lifecycle (SPEC §4.1 states).
+/// Where a plugin is in its lifecycle (docs/control-api.md states).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginState {
     /// Instances are being spawned and handshaked.
@@ -69,7 +69,7 @@ impl PluginState {
     }
 }
 
-/// First restart delay (SPEC §2 `restart`).
+/// First restart delay (manifests/README.md `restart`).
 pub const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Longest restart delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);

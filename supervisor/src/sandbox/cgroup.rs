@@ -1,4 +1,4 @@
-//! One cgroup per plugin instance, for the limits rlimits cannot hold (SPEC §5).
+//! One cgroup per plugin instance, for the limits rlimits cannot hold (docs/security.md).
 //!
 //! rlimits are per process: a plugin's children get fresh budgets, RLIMIT_NPROC counts every
 //! process of the user (and does not bind root), RLIMIT_DATA misses shared memory. A cgroup holds

@@ -1,4 +1,4 @@
-//! The Landlock domain every plugin instance runs in (SPEC §6, §9.1).
+//! The Landlock domain every plugin instance runs in (docs/security.md).
 //!
 //! Without `filesystem`: reads and execution stay allowed everywhere (interpreters load their
 //! libraries from anywhere); every write-like right (write, truncate, create, remove, rename,

@@ -1,4 +1,4 @@
-//! Isolation of plugin processes (SPEC §5, §6, §9.1; `docs/security.md` has the threat model).
+//! Isolation of plugin processes (docs/security.md; `docs/security.md` has the threat model).
 //!
 //! Kernel mechanisms, each used only where the host offers it (found once by [`host`]):
 //! - a **mount namespace** ([`namespace`]): plugind's state dir, config, token, control socket and
@@ -299,7 +299,7 @@ pub fn prepare(req: &Request<'_>, plugin_dir: &Path) -> Result<Confinement, Sand
     Ok(Confinement { child: ChildConfinement { procs, mounts, drop_caps, landlock, filters, denies_process }, cgroup })
 }
 
-/// Per permission of `m`: granted, whether this host enforces its denial, and how (SPEC §6).
+/// Per permission of `m`: granted, whether this host enforces its denial, and how (docs/security.md).
 /// Pure apart from the cached host probe, so `pluginctl check` can call it too.
 pub fn report(m: &Manifest) -> BTreeMap<String, PermissionStatus> {
     let host = host();
@@ -320,7 +320,7 @@ pub fn report(m: &Manifest) -> BTreeMap<String, PermissionStatus> {
         .collect()
 }
 
-/// The containment guarantees (SPEC §9.1) for a plugin with manifest `m`, and whether this
+/// The containment guarantees (docs/security.md) for a plugin with manifest `m`, and whether this
 /// host's kernel makes each hold: one row each, in the status (`sandbox`) and `pluginctl check`.
 /// Nothing is claimed that the probed mechanisms do not enforce.
 pub fn guarantees(m: &Manifest) -> Vec<SandboxGuarantee> {

@@ -1,4 +1,4 @@
-//! A private mount namespace per instance: what a plugin must not read is not there (SPEC §9.1).
+//! A private mount namespace per instance: what a plugin must not read is not there (docs/security.md).
 //!
 //! Like bubblewrap or systemd's `InaccessiblePaths=`/`PrivateTmp=`, the child unshares its mount
 //! namespace between `fork` and `exec` and lays empty read-only tmpfs mounts over what it must not

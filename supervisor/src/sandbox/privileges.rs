@@ -1,4 +1,4 @@
-//! Capabilities: a plugin keeps none, even when plugind runs as root (SPEC §9.1).
+//! Capabilities: a plugin keeps none, even when plugind runs as root (docs/security.md).
 //!
 //! A root child with capabilities could read plugind's `/proc/PID/environ` (`CAP_PERFMON`,
 //! `CAP_SYS_ADMIN`), ptrace it (`CAP_SYS_PTRACE`), write any file (`CAP_DAC_OVERRIDE`) or undo

@@ -1,5 +1,5 @@
-//! seccomp-BPF programs: the `networking`, `process` and `filesystem` denials (SPEC §6), and what
-//! no plugin may do (SPEC §9.1).
+//! seccomp-BPF programs: the `networking`, `process` and `filesystem` denials (docs/security.md), and what
+//! no plugin may do (docs/security.md).
 //!
 //! Each filter allows everything but a few syscalls, which fail with an errno (never a kill):
 //! a plugin sees an ordinary error (`PermissionError`, `EACCES`…) it can report. One seccompiler

@@ -8,7 +8,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 
-/// Default frame limit (SPEC §3): 16 MiB.
+/// Default frame limit (docs/protocol.md): 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// Spare room past the limit, so reading the byte that proves a line too long needs no growth.

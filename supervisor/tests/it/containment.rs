@@ -174,7 +174,7 @@ fn rss_kb(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-// ---- the control socket (SPEC §9.1: no answer to any control method, at any moment) ----
+// ---- the control socket (docs/security.md: no answer to any control method, at any moment) ----
 
 /// A running plugin connects to the control socket and sends control requests, plugind's
 /// shutdown last.
@@ -271,7 +271,7 @@ async fn stopping_plugin_gets_no_answer_on_control_socket() {
     assert!(line.contains("ok=false"), "the stopping plugin got an answer: {line}");
 }
 
-// ---- plugind's and other plugins' processes (SPEC §9.1: signal, ptrace, /proc) ----
+// ---- plugind's and other plugins' processes (docs/security.md: signal, ptrace, /proc) ----
 
 /// Tries `method` with `params(target pid)` from every variant against plugind and, when
 /// `sibling`, the victim plugin.
@@ -356,7 +356,7 @@ async fn plugin_cannot_take_fds_with_pidfd_getfd() {
     against_processes("getfd", true, &["ptrace", "getfd"], |pid| json!({"pid": pid})).await;
 }
 
-// ---- plugind's state and other plugins' data (SPEC §9.1: hidden, with or without `filesystem`) ----
+// ---- plugind's state and other plugins' data (docs/security.md: hidden, with or without `filesystem`) ----
 
 /// Reads every path from every variant.
 async fn unreadable(d: &Daemon, paths: &[PathBuf]) {
@@ -430,7 +430,7 @@ async fn plugin_cannot_reach_hidden_files_through_proc_magic_links() {
     .await;
 }
 
-// ---- changing files (SPEC §9.1: without `filesystem` nothing outside TMPDIR and data dir) ----
+// ---- changing files (docs/security.md: without `filesystem` nothing outside TMPDIR and data dir) ----
 
 /// Write, create, mkdir, remove and rename outside the plugin's own dirs, without `filesystem`.
 #[tokio::test(flavor = "multi_thread")]
@@ -569,7 +569,7 @@ async fn plugin_cannot_connect_to_an_abstract_socket_outside_its_sandbox() {
     }
 }
 
-// ---- outliving plugind (SPEC §9.1: leftovers are killed before the next plugind starts) ----
+// ---- outliving plugind (docs/security.md: leftovers are killed before the next plugind starts) ----
 
 /// A plugin clears its parent-death signal, ignores SIGTERM and keeps living after its stdin
 /// closes; plugind is SIGKILLed. It must be dead at the latest once the next plugind on the
@@ -607,7 +607,7 @@ async fn setsid_grandchild_does_not_outlive_plugind() {
     }
 }
 
-// ---- what a plugin declares or sends (SPEC §9.1: plugind's memory stays bounded) ----
+// ---- what a plugin declares or sends (docs/security.md: plugind's memory stays bounded) ----
 
 /// `instances: 2000000000` (and 65) in a manifest: a load error naming the field; plugind and
 /// the other plugins carry on.
@@ -678,7 +678,7 @@ async fn metric_series_are_capped_per_plugin_and_labelled() {
     );
 }
 
-// ---- the registry (SPEC §9.2) ----
+// ---- the registry (docs/protocol.md) ----
 
 /// A plugin registers `victim@99.0.0` (another plugin's name) and a service its manifest does
 /// not provide: both refused and shown in `refused_services`; calls meant for the victim, from
@@ -721,7 +721,7 @@ async fn callers_version_only_narrows_its_declared_range() {
     assert_eq!(r["detail"]["error"]["code"], -32004, "{r}");
 }
 
-// ---- `last_exit.limit` and state file modes (SPEC §9.1) ----
+// ---- `last_exit.limit` and state file modes (docs/security.md) ----
 
 /// A plugin prints `MemoryError` (and other allocation failures) on stderr and exits 1: no
 /// limit fired, so `last_exit.limit` stays unset.

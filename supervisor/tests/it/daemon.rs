@@ -1,4 +1,4 @@
-//! plugind as a service (SPEC §4, §7): sd_notify readiness/status/watchdog/reload/stop, signals
+//! plugind as a service (docs/control-api.md): sd_notify readiness/status/watchdog/reload/stop, signals
 //! and the stop order, the config file, control socket security, the `--listen` HTTP/WebSocket
 //! API, and the systemd unit.
 

@@ -1,5 +1,5 @@
 //! Issue 4: permissions enforced by the kernel between fork and exec, and limits that stop a
-//! plugin and say which one fired (SPEC §5, §6; docs/security.md).
+//! plugin and say which one fired (docs/security.md; docs/security.md).
 //!
 //! Real plugins in two languages (tests/fixtures/plugins/py-sandbox, perl-sandbox) try what a
 //! permission denies. A denial is only asserted where the status claims it is `enforced`, so the

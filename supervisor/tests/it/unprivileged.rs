@@ -1,5 +1,5 @@
 //! plugind run by an ordinary user: the sandbox then needs a user namespace for the mount
-//! namespace, and must still hold (SPEC §9.1: "plugind may run as root or as an ordinary user").
+//! namespace, and must still hold (docs/security.md: "plugind may run as root or as an ordinary user").
 //!
 //! The test starts the real plugind as `nobody` (through `setpriv`), with a plain-Python plugin
 //! that reports what it can see and do, and asserts each containment claim from inside.

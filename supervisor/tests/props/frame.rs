@@ -1,7 +1,7 @@
 //! Properties of [`FrameDecoder`], shared by the proptests (`supervisor/tests/prop.rs`) and the
 //! cargo-fuzz target `frame_decoder` (`fuzz/`), which both include this file with `#[path]`.
 //!
-//! The reference [`model`] is written from the decoder's contract (SPEC §3 and
+//! The reference [`model`] is written from the decoder's contract (docs/protocol.md and
 //! docs/design-choices.md), not from its code: lines end at `\n`; a line longer than the limit is
 //! reported once as `Oversized` with its full length; one trailing `\r` is stripped from a
 //! complete line; blank lines are skipped; a last line without `\n` is delivered at EOF as is.

@@ -6,7 +6,7 @@
 //!   field of the document or a missing one under an existing parent.
 //! - A manifest that loads satisfies what the rest of plugind relies on (valid name, limits and
 //!   counts at least 1, relative `main`, non-empty `command`), and keeps loading, to the same
-//!   manifest, with an unknown field added (SPEC §2: unknown fields are kept and ignored).
+//!   manifest, with an unknown field added (manifests/README.md: unknown fields are kept and ignored).
 
 #![allow(dead_code)] // each includer uses part of it
 
