@@ -16,6 +16,7 @@ mod crashsafe;
 mod daemon;
 mod deps;
 mod hostctx;
+mod hosts;
 mod isolation;
 mod lifecycle;
 mod misbehave;
