@@ -117,3 +117,15 @@ async fn hosts_see_progress_under_their_own_request_id() {
         assert_eq!((answer["id"].clone(), answer["result"].clone()), (id, json!({ "done": 3 })));
     }
 }
+
+#[tokio::test]
+async fn hosts_wiz_example_registers_its_theme_through_the_host_ui() {
+    // What `make wiz` runs once plugind is built.
+    let out = tokio::process::Command::new(crate::support::repo().join("examples/wiz-host/run.sh"))
+        .env("PLUGIND", env!("CARGO_BIN_EXE_plugind"))
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out).await.expect("make wiz ends").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.lines().any(|l| l == "theme registered: midnight"), "{stdout}");
+}
