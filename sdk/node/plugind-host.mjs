@@ -145,6 +145,7 @@ export class Host {
     this._serving = new Map(); // plugind's request id -> AbortController
     this._services = new Map(); // name -> { version, handlers }
     this._eventQueues = new Set();
+    this._subscribed = false; // events.subscribe sent on the current connection
   }
 
   // ---- calls ----------------------------------------------------------------------------------
@@ -237,7 +238,7 @@ export class Host {
     const queue = { items: [], wake: null };
     this._eventQueues.add(queue);
     try {
-      if (this._eventQueues.size === 1 && this._up) await this._call('events.subscribe', {}, {});
+      await this._subscribe();
       for (;;) {
         while (queue.items.length === 0) await new Promise((r) => (queue.wake = r));
         const ev = queue.items.shift();
@@ -246,6 +247,17 @@ export class Host {
       }
     } finally {
       this._eventQueues.delete(queue);
+    }
+  }
+
+  /** Subscribes the connection to events once; after a reconnect, again. */
+  async _subscribe() {
+    if (this._subscribed || !this._up) return;
+    this._subscribed = true;
+    try {
+      await this._call('events.subscribe', {}, {});
+    } catch (e) {
+      if (!(e instanceof ConnectionLost)) throw e; // the reconnect subscribes again
     }
   }
 
@@ -320,7 +332,7 @@ export class Host {
       this._attach(link);
       try {
         for (const name of this._services.keys()) await this._register(name);
-        if (this._eventQueues.size > 0) await this._call('events.subscribe', {}, {});
+        if (this._eventQueues.size > 0) await this._subscribe();
       } catch {
         // broke again: the next reconnect tries again
       }
@@ -329,6 +341,7 @@ export class Host {
   }
 
   _broken(why) {
+    this._subscribed = false;
     const pending = [...this._pending.values()];
     this._pending.clear();
     for (const p of pending) p.reject(new ConnectionLost(why));

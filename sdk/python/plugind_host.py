@@ -142,10 +142,10 @@ class _WsLink:
             return None
 
     def send(self, text):
-        asyncio.ensure_future(self.ws.send(text))
+        _spawn(self.ws.send(text))
 
     def close(self):
-        asyncio.ensure_future(self.ws.close())
+        _spawn(self.ws.close())
 
 
 class _Service:
@@ -164,6 +164,7 @@ class Host:
         self._serving = {}  # plugind's request id -> handler task
         self._services = {}  # name -> _Service
         self._event_queues = set()
+        self._subscribed = False  # events.subscribe sent on the current connection
         self._closed = False
         self._reader = None
         self._resuming = None
@@ -252,8 +253,7 @@ class Host:
         queue = asyncio.Queue()
         self._event_queues.add(queue)
         try:
-            if len(self._event_queues) == 1 and self._up.is_set():
-                await self._call("events.subscribe", {}, None)
+            await self._subscribe()
             while True:
                 ev = await queue.get()
                 if ev is None:
@@ -261,6 +261,16 @@ class Host:
                 yield ev
         finally:
             self._event_queues.discard(queue)
+
+    async def _subscribe(self):
+        """Subscribes the connection to events once; after a reconnect, again."""
+        if self._subscribed or not self._up.is_set():
+            return
+        self._subscribed = True
+        try:
+            await self._call("events.subscribe", {}, None)
+        except ConnectionLost:
+            pass  # the reconnect subscribes again
 
     # ---- connection ---------------------------------------------------------------------------
 
@@ -270,6 +280,8 @@ class Host:
         self._up.clear()
         if self._link:
             self._link.close()
+        if self._resuming:
+            self._resuming.cancel()
         if self._reader:
             self._reader.cancel()
             try:
@@ -341,11 +353,12 @@ class Host:
             for service in list(self._services.values()):
                 await self._register(service)
             if self._event_queues:
-                await self._call("events.subscribe", {}, None)
+                await self._subscribe()
         except PluginError:
             pass  # broke again: the next reconnect tries again
 
     def _broken(self, why):
+        self._subscribed = False
         for fut, _ in self._pending.values():
             if not fut.done():
                 fut.set_exception(ConnectionLost(why))
@@ -378,7 +391,7 @@ class Host:
                 update = {k: p[k] for k in ("message", "progress", "total") if k in p}
                 result = entry[1](update)
                 if inspect.isawaitable(result):
-                    asyncio.ensure_future(result)
+                    _spawn(result)
         elif method == "$/cancel":
             task = self._serving.get((msg.get("params") or {}).get("id"))
             if task:
@@ -389,6 +402,16 @@ class Host:
 
     def _send(self, msg):
         self._link.send(json.dumps(msg, separators=(",", ":")))
+
+
+_background = set()
+
+
+def _spawn(awaitable):
+    """Runs ``awaitable`` in the background, keeping a reference until it is done."""
+    task = asyncio.ensure_future(awaitable)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def _with(params, timeout_ms, meta):

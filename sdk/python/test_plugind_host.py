@@ -277,6 +277,15 @@ class ReconnectTest(unittest.IsolatedAsyncioTestCase):
             await plugind_host.connect(socket=os.path.join(self.plugind.dir, "nobody.sock"))
         self.assertGreaterEqual(loop.time() - started, 8.0)
 
+    async def test_url_mode_without_websockets_says_what_is_missing(self):
+        try:
+            import websockets  # noqa: F401
+            self.skipTest("websockets is installed")
+        except ImportError:
+            pass
+        with self.assertRaisesRegex(RuntimeError, "websockets"):
+            await plugind_host.connect(url="http://127.0.0.1:9", token="t")
+
     async def test_default_socket_follows_plugind_rules(self):
         env = dict(os.environ)
         try:

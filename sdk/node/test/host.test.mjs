@@ -186,6 +186,17 @@ test('the events iterator sees a restart', opts, async () => {
   await events.return();
 });
 
+test('url mode without the ws package says what is missing', opts, async (t) => {
+  try {
+    await import('ws');
+    t.skip('ws is installed');
+    return;
+  } catch {
+    // expected: not installed here
+  }
+  await assert.rejects(connect({ url: 'http://127.0.0.1:9', token: 't' }), /'ws' package/);
+});
+
 test('defaultSocket follows plugind rules', opts, () => {
   assert.equal(defaultSocket({}), `/tmp/plugind-${process.getuid()}.sock`);
   assert.equal(defaultSocket({ XDG_RUNTIME_DIR: '/run/user/7' }), '/run/user/7/plugind.sock');
