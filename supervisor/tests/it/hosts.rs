@@ -129,3 +129,46 @@ async fn hosts_wiz_example_registers_its_theme_through_the_host_ui() {
     assert!(out.status.success(), "exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(stdout.lines().any(|l| l == "theme registered: midnight"), "{stdout}");
 }
+
+#[tokio::test]
+async fn hosts_hooks_run_is_cancellable_and_relays_progress() {
+    let d = peer_daemon().start().await;
+    let mut c = Raw::open(&d).await;
+    c.send(json!({ "jsonrpc": "2.0", "id": 3, "method": "hooks.run",
+        "params": { "hook": "onRequest", "payload": { "progress": true } } }))
+        .await;
+    let note = c.next(Duration::from_secs(5)).await;
+    assert_eq!(note["method"], "$/progress", "{note}");
+    assert_eq!(note["params"], json!({ "id": 3, "message": "hook", "progress": 1, "total": 1 }));
+    let answer = c.next(Duration::from_secs(5)).await;
+    assert_eq!(answer["result"]["handled_by"], json!(["py-host-peer"]), "{answer}");
+
+    c.send(json!({ "jsonrpc": "2.0", "id": 4, "method": "hooks.run",
+        "params": { "hook": "onRequest", "payload": { "sleep_ms": 20000 } } }))
+        .await;
+    wait_stderr(&d, "py-host-peer", "sleeping").await;
+    c.send(json!({ "jsonrpc": "2.0", "method": "$/cancel", "params": { "id": 4 } })).await;
+    let answer = c.next(Duration::from_secs(2)).await;
+    assert_eq!((answer["id"].clone(), answer["error"]["code"].clone()), (json!(4), json!(-32800)), "{answer}");
+    wait_stderr(&d, "py-host-peer", "got $/cancel").await;
+}
+
+#[tokio::test]
+async fn hosts_see_progress_of_a_service_another_host_provides() {
+    let d = peer_daemon().start().await;
+    let (mut a, mut b) = (Raw::open(&d).await, Raw::open(&d).await);
+    b.send(json!({ "jsonrpc": "2.0", "id": 1, "method": "services.register", "params": { "name": "ui", "version": "1.0.0" } }))
+        .await;
+    assert_eq!(b.next(Duration::from_secs(5)).await["result"], Value::Null);
+    a.send(json!({ "jsonrpc": "2.0", "id": 9, "method": "services.call",
+        "params": { "service": "ui", "method": "paint", "params": {} } }))
+        .await;
+    let request = b.next(Duration::from_secs(5)).await;
+    assert_eq!(request["method"], "execute", "{request}");
+    b.send(json!({ "jsonrpc": "2.0", "method": "$/progress", "params": { "id": request["id"], "message": "half", "progress": 50, "total": 100 } }))
+        .await;
+    b.send(json!({ "jsonrpc": "2.0", "id": request["id"], "result": "painted" })).await;
+    let note = a.next(Duration::from_secs(5)).await;
+    assert_eq!(note["params"], json!({ "id": 9, "message": "half", "progress": 50, "total": 100 }), "{note}");
+    assert_eq!(a.next(Duration::from_secs(5)).await["result"], "painted");
+}
