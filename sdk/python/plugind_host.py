@@ -341,7 +341,7 @@ class Host:
             delay = min(delay * 2, BACKOFF_MAX_S)
             try:
                 self._link = await self._open()
-            except OSError:
+            except Exception:  # noqa: BLE001 - plugind not back yet (or refusing): try again later
                 continue
             self._up.set()
             # Re-register beside the reader: the answers come through _dispatch.
