@@ -3,7 +3,7 @@ PREFIX ?= /usr/local
 CARGO ?= cargo
 SOCKET ?= $(CURDIR)/state/plugind.sock
 
-.PHONY: all build release run gateway test lint fmt test-rust test-sdk bench install clean
+.PHONY: all build release run gateway wiz test lint fmt test-rust test-sdk bench install clean
 
 all: build
 
@@ -44,6 +44,11 @@ test-sdk:
 
 fmt:
 	$(CARGO) fmt --all
+
+## wiz: the Project Wiz seed, one-shot: plugind, the Python host providing `ui`, and the theme plugin
+## registering its theme through it (examples/wiz-host/README.md).
+wiz: build
+	./examples/wiz-host/run.sh
 
 ## bench: plugind against floors (pipe, relay, router, bare spawn) and the MCP SDKs, pinned and unpinned (docs/benchmarks.md).
 bench: release

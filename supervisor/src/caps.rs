@@ -109,6 +109,11 @@ fn cut(text: &str, max: usize) -> Option<String> {
     Some(format!("{}{marker}", &text[..end]))
 }
 
+/// A `$/progress` message cut to [`PROGRESS_MESSAGE_BYTES`] if longer (None: kept whole).
+pub fn cut_progress(message: &str) -> Option<String> {
+    cut(message, PROGRESS_MESSAGE_BYTES)
+}
+
 /// A `$/progress` message as plugind keeps it: cut to [`PROGRESS_MESSAGE_BYTES`], the first
 /// cut warned about in the plugin's log.
 pub fn progress_message(message: &str, log: &PluginLog) -> String {

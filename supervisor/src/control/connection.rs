@@ -22,6 +22,15 @@ pub struct Conn {
     pub peer: Arc<Peer>,
     /// Cancelled when the client goes away: ends its subscriptions.
     pub closed: tokio_util::sync::CancellationToken,
+    /// The client's `$/cancel`s for its own requests.
+    pub cancels: crate::control::cancel::Cancels,
+}
+
+impl Conn {
+    /// Connection `id`, calling the other side through `peer`.
+    pub fn new(id: u64, peer: Arc<Peer>) -> Self {
+        Conn { id, peer, closed: Default::default(), cancels: Default::default() }
+    }
 }
 
 /// Requests read in a row before the connection lets the writers run.
@@ -39,7 +48,7 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
     spawn_writer(write, rx);
-    let conn = Arc::new(Conn { id: daemon.next_conn_id(), peer: Arc::new(Peer::new(tx)), closed: Default::default() });
+    let conn = Arc::new(Conn::new(daemon.next_conn_id(), Arc::new(Peer::new(tx))));
     let mut frames = FramedRead::new(read, FrameDecoder::new(DEFAULT_MAX_FRAME));
     let mut inflight = FuturesUnordered::new();
     let mut eof = false;
@@ -107,14 +116,17 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
 async fn serve_line(daemon: Arc<Daemon>, conn: Arc<Conn>, line: Bytes) {
     if let Some(request) = handlers::ExecuteRequest::parse(&line) {
         let id = request.id;
-        let reply = request.run(&daemon).await;
+        let reply = request.run(&daemon, &conn).await;
         conn.peer.respond(id, reply.as_deref()).await;
         return;
     }
     match conn.peer.accept(&line) {
         Incoming::Request { id, method, params } => {
-            let reply = handlers::dispatch(&daemon, &conn, &method, params).await;
+            let reply = handlers::dispatch_request(&daemon, &conn, id, &method, params).await;
             conn.peer.respond(id, reply.as_deref()).await;
+        }
+        Incoming::Notification { method, params } if method == plugind_protocol::methods::CANCEL => {
+            conn.cancels.cancel(params);
         }
         Incoming::Invalid(e) => {
             let err = RpcError::new(e.code(), e.to_string());

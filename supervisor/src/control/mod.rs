@@ -3,7 +3,9 @@
 //! - [`socket`]: binding (stale files, a live daemon, mode 0600) and peer credentials.
 //! - [`connection`]: one task per client: read requests, run them concurrently, write answers.
 //! - [`handlers`]: one function per method, dispatched by one exhaustive match.
+//! - [`cancel`]: a host's `$/cancel` and `$/progress` for its own requests.
 
+pub mod cancel;
 pub mod connection;
 pub mod handlers;
 pub mod socket;

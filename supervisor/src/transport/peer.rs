@@ -86,6 +86,8 @@ struct Pending {
     /// Whether calls made by the other side while this one is pending may be on its behalf
     /// (not for pings and teardown, which run beside real work).
     parentable: bool,
+    /// The host whose request caused this call: the other side's `$/progress` for it goes there.
+    relay: Option<ProgressTo>,
 }
 
 impl Drop for Pending {
@@ -94,6 +96,80 @@ impl Drop for Pending {
             done.cancel();
         }
     }
+}
+
+/// A host's request id, as the host sent it: numbers (what host libraries use) kept inline, so
+/// relaying progress costs no allocation per call; anything else kept as its JSON text.
+#[derive(Debug, Clone)]
+pub enum HostId {
+    /// An integer id.
+    Num(i64),
+    /// Any other id, as JSON text.
+    Json(Arc<str>),
+}
+
+impl HostId {
+    /// The id of a host's request.
+    pub fn of(id: &RawValue) -> Self {
+        id.get().parse().map_or_else(|_| HostId::Json(id.get().into()), HostId::Num)
+    }
+
+    fn to_value(&self) -> serde_json::Value {
+        match self {
+            HostId::Num(n) => (*n).into(),
+            HostId::Json(text) => serde_json::from_str(text).unwrap_or_default(),
+        }
+    }
+}
+
+/// Where the `$/progress` of calls made for a host's request goes: that host's connection, under
+/// the host's own request id.
+#[derive(Clone)]
+pub struct ProgressTo {
+    /// The host's connection.
+    pub peer: Arc<Peer>,
+    /// The host's request id.
+    pub id: HostId,
+}
+
+tokio::task_local! {
+    /// Set while a host's request runs: every call [`Peer::call_with`] makes meanwhile, in this
+    /// task, relays its progress to that host. A task-local rather than a parameter because the
+    /// calls are made several layers down (router, registry, hook chains) and the calls plugins
+    /// make on their own (in their reader tasks) must not relay.
+    static PROGRESS_TO: ProgressTo;
+}
+
+/// Runs `fut` with the progress of the calls it makes relayed to `to`.
+pub fn relaying_progress<F: std::future::Future>(
+    to: ProgressTo,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
+    PROGRESS_TO.scope(to, fut)
+}
+
+/// The params of a `$/progress` from the other side; `progress`/`total` pass on as they came.
+#[derive(serde::Deserialize)]
+struct ProgressIn<'a> {
+    id: u64,
+    #[serde(default, borrow)]
+    message: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    progress: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    total: Option<&'a RawValue>,
+}
+
+/// A `$/progress` as relayed to a host: the host's id, the rest only where the plugin gave it.
+#[derive(Serialize)]
+struct ProgressOut<'a> {
+    id: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<&'a RawValue>,
 }
 
 /// A call of ours that the other side is working on, as seen by the calls it makes meanwhile.
@@ -250,9 +326,10 @@ impl Peer {
                 return Err(CallError::Closed);
             }
             let parentable = method != plugind_protocol::methods::PING && method != plugind_protocol::methods::TEARDOWN;
-            calls
-                .pending
-                .insert(id, Pending { reply: Some(tx), progressed: None, hard: deadline.hard, done: None, parentable });
+            let relay = PROGRESS_TO.try_with(ProgressTo::clone).ok();
+            let pending =
+                Pending { reply: Some(tx), progressed: None, hard: deadline.hard, done: None, parentable, relay };
+            calls.pending.insert(id, pending);
         }
         let mut guard = CancelOnDrop { peer: self, id, armed: true };
         let start = Instant::now();
@@ -333,6 +410,23 @@ impl Peer {
         }
     }
 
+    /// The other side's `$/progress`: restarts the call's deadline and, for a call made for a
+    /// host's request, tells that host under its own id (the message cut as plugind keeps it).
+    fn progress_from(&self, params: Option<&RawValue>) {
+        let Some(p) = params.and_then(|raw| serde_json::from_str::<ProgressIn<'_>>(raw.get()).ok()) else { return };
+        let relay = match self.calls().pending.get_mut(&p.id) {
+            Some(pending) => {
+                pending.progressed = Some(Instant::now());
+                pending.relay.clone()
+            }
+            None => None,
+        };
+        let Some(to) = relay else { return };
+        let message = p.message.map(|m| crate::caps::cut_progress(&m).unwrap_or(m.into_owned()));
+        let out = ProgressOut { id: to.id.to_value(), message, progress: p.progress, total: p.total };
+        to.peer.notify(plugind_protocol::methods::PROGRESS, &out);
+    }
+
     /// The call of ours that a request of the other side is made on behalf of: the one named by
     /// `explicit` (an id the other side passed along), else the only call it is working on.
     /// None when that is ambiguous or nothing is pending.
@@ -359,7 +453,12 @@ impl Peer {
         match Message::parse(line) {
             Err(e) => Incoming::Invalid(e),
             Ok(Message::Request { id, method, params }) => Incoming::Request { id, method, params },
-            Ok(Message::Notification { method, params }) => Incoming::Notification { method, params },
+            Ok(Message::Notification { method, params }) => {
+                if method == plugind_protocol::methods::PROGRESS {
+                    self.progress_from(params);
+                }
+                Incoming::Notification { method, params }
+            }
             Ok(Message::Response { id, outcome }) => {
                 let Some(n) = Message::numeric_id(id) else { return Incoming::UnknownResponse(id.get().to_owned()) };
                 let mut calls = self.calls();

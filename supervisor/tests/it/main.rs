@@ -18,6 +18,7 @@ mod deps;
 mod gateway;
 mod hooks;
 mod hostctx;
+mod hosts;
 mod isolation;
 mod lifecycle;
 mod lifecycle_seams;

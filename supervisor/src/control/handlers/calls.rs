@@ -74,9 +74,9 @@ impl<'a> ExecuteRequest<'a> {
         valid.then_some(req)
     }
 
-    /// Runs it.
-    pub async fn run(self, daemon: &Daemon) -> Result<Box<RawValue>, RpcError> {
-        execute_parsed(daemon, self.params).await
+    /// Runs it as a host call of `conn` (cancellable, progress relayed).
+    pub async fn run(self, daemon: &Daemon, conn: &Conn) -> Result<Box<RawValue>, RpcError> {
+        crate::control::cancel::host_call(conn, self.id, execute_parsed(daemon, self.params)).await
     }
 }
 

@@ -19,6 +19,23 @@ pub(crate) fn params<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<T, R
     serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(RpcError::invalid_params)
 }
 
+/// Runs the client's request `id`: the calls that reach plugins (`execute`, `services.call`,
+/// `hooks.run`) as host calls (cancellable with `$/cancel`, `$/progress` relayed), the rest as is.
+pub async fn dispatch_request(
+    daemon: &std::sync::Arc<Daemon>,
+    conn: &Conn,
+    id: &RawValue,
+    method: &str,
+    raw: Option<&RawValue>,
+) -> Result<Box<RawValue>, RpcError> {
+    match method {
+        c::EXECUTE | c::SERVICES_CALL | c::HOOKS_RUN => {
+            Box::pin(crate::control::cancel::host_call(conn, id, dispatch(daemon, conn, method, raw))).await
+        }
+        _ => dispatch(daemon, conn, method, raw).await,
+    }
+}
+
 /// Runs one control request.
 pub async fn dispatch(
     daemon: &std::sync::Arc<Daemon>,

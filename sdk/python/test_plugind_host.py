@@ -1,0 +1,309 @@
+"""Tests of plugind_host against a real plugind (target/debug/plugind, built by
+`cargo build --workspace`) and a real plugin (tests/fixtures/plugins/py-host-peer).
+
+Run: python3 -m unittest discover -s sdk/python -p 'test_*.py'
+"""
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from datetime import datetime
+
+SDK_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(SDK_DIR))
+sys.path.insert(0, SDK_DIR)
+import plugind_host  # noqa: E402
+from plugind_host import ConnectionLost, PluginError  # noqa: E402
+
+PLUGIND = os.environ.get("PLUGIND_BIN") or os.path.join(REPO, "target", "debug", "plugind")
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "plugins", "py-host-peer")
+DEADLINE = 20.0  # seconds: the upper bound for anything a test waits for
+
+
+def need_plugind():
+    if not os.access(PLUGIND, os.X_OK):
+        print("\nskipped: %s is missing: run `cargo build --workspace` first" % PLUGIND, file=sys.stderr)
+        raise unittest.SkipTest("plugind binary missing (%s)" % PLUGIND)
+
+
+async def wait_for(what, probe, deadline=DEADLINE):
+    """Polls ``probe`` (async, returns a truthy value when done) until ``deadline`` seconds."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline
+    while True:
+        try:
+            found = await probe()
+        except PluginError:
+            found = None
+        if found:
+            return found
+        if loop.time() > give_up:
+            raise AssertionError("timed out waiting for %s" % what)
+        await asyncio.sleep(0.02)
+
+
+class Plugind:
+    """A real plugind in a temp dir with two copies of the fixture: py-host-peer and helper."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="plugind-host-py-")
+        self.socket = os.path.join(self.dir, "plugind.sock")
+        plugins = os.path.join(self.dir, "plugins")
+        shutil.copytree(FIXTURE, os.path.join(plugins, "py-host-peer"))
+        shutil.copytree(FIXTURE, os.path.join(plugins, "helper"))
+        manifest = os.path.join(plugins, "helper", "plugin.json")
+        with open(manifest) as f:
+            m = json.load(f)
+        m.update(name="helper", hooks={})
+        with open(manifest, "w") as f:
+            json.dump(m, f)
+        self.proc = None
+        self.start()
+
+    def start(self):
+        with open(os.path.join(self.dir, "plugind.log"), "ab") as log:
+            self.proc = subprocess.Popen(
+                [PLUGIND, "--plugins", "plugins", "--socket", self.socket, "--state-dir", "state", "--no-watch"],
+                cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+            )
+
+    def stop(self):
+        """SIGTERM, then waits for a graceful exit."""
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=DEADLINE)
+
+    def cleanup(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    async def settled(self, host):
+        async def running():
+            plugins = await host.request("plugins.list")
+            return len(plugins) == 2 and all(p["state"] == "running" for p in plugins)
+        await wait_for("both plugins running", running)
+
+
+def _epoch(rfc3339):
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+async def stderr_has(host, plugin, prefix):
+    async def probe():
+        st = await host.request("plugins.get", {"name": plugin})
+        return any(line.startswith(prefix) for line in st["stderr_tail"])
+    await wait_for("%s to write %r" % (plugin, prefix), probe)
+
+
+class HostTest(unittest.IsolatedAsyncioTestCase):
+    @classmethod
+    def setUpClass(cls):
+        need_plugind()
+        cls.plugind = Plugind()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.plugind.cleanup()
+
+    async def asyncSetUp(self):
+        self.host = await plugind_host.connect(socket=self.plugind.socket)
+        await self.plugind.settled(self.host)
+
+    async def asyncTearDown(self):
+        await self.host.close()
+
+    async def test_execute_answers_the_plugins_result(self):
+        self.assertEqual(await self.host.execute("helper", "echo", {"a": [1, 2]}), {"a": [1, 2]})
+
+    async def test_timeout_is_error_32001(self):
+        with self.assertRaises(PluginError) as e:
+            await self.host.execute("helper", "sleep", {"ms": 5000}, timeout_ms=200)
+        self.assertEqual(e.exception.code, -32001)
+        self.assertEqual(e.exception.data["plugin"], "helper")
+
+    async def test_cancelling_the_task_cancels_the_call_in_the_plugin(self):
+        call = asyncio.ensure_future(self.host.execute("helper", "sleep", {"ms": 20000}, timeout_ms=30000))
+        await stderr_has(self.host, "helper", "sleeping")
+        call.cancel()
+        with self.assertRaises(asyncio.CancelledError):
+            await call
+        await stderr_has(self.host, "helper", "got $/cancel")
+        seen = await self.host.execute("helper", "cancels")
+        self.assertIn("sleep", [c["method"] for c in seen])
+
+    async def test_progress_reaches_the_callback(self):
+        updates = []
+        result = await self.host.execute("helper", "progress", {"steps": 3}, on_progress=updates.append)
+        self.assertEqual(result, {"done": 3})
+        self.assertEqual(updates, [{"message": "step %d" % i, "progress": i, "total": 3} for i in (1, 2, 3)])
+        updates.clear()
+        await self.host.call_service("helper", "progress", {"steps": 2}, on_progress=updates.append)
+        self.assertEqual([u["progress"] for u in updates], [1, 2])
+
+    async def test_provided_service_is_called_by_a_plugin_that_the_handler_sees(self):
+        seen = []
+
+        async def register_theme(params, caller):
+            seen.append(caller)
+            return {"registered": params["name"]}
+
+        def broken(params, caller):
+            raise ValueError("no such colour")
+
+        def refuses(params, caller):
+            raise PluginError(-32099, "refused", {"why": "test"})
+
+        await self.host.provide("ui", "1.2.0", {"registerTheme": register_theme, "broken": broken, "refuses": refuses})
+        call = {"service": "ui", "method": "registerTheme", "params": {"name": "midnight"}}
+        out = await self.host.execute("py-host-peer", "call", call)
+        self.assertEqual(out["answer"], {"registered": "midnight"})
+        self.assertEqual(seen, ["py-host-peer"])
+        out = await self.host.execute("py-host-peer", "call", dict(call, method="broken"))
+        self.assertEqual(out["answer"]["error"]["code"], -32603)
+        self.assertIn("no such colour", out["answer"]["error"]["message"])
+        out = await self.host.execute("py-host-peer", "call", dict(call, method="refuses"))
+        self.assertEqual(out["answer"]["error"]["code"], -32099)
+        self.assertEqual(out["answer"]["error"]["data"], {"why": "test"})
+        # The host calls its own service through plugind too.
+        self.assertEqual(await self.host.call_service("ui", "registerTheme", {"name": "x"}, version="^1"), {"registered": "x"})
+
+    async def test_run_hook_answers_the_chain_result(self):
+        result = await self.host.run_hook("onRequest", {"seen": []})
+        self.assertEqual(result["payload"], {"seen": ["py-host-peer"]})
+        self.assertEqual(result["handled_by"], ["py-host-peer"])
+
+    async def test_events_iterator_sees_a_restart(self):
+        events = self.host.events()
+        first = asyncio.ensure_future(events.__anext__())
+        # The subscription is in place once its request is answered; restart until an event shows.
+        async def restarted():
+            await self.host.request("plugins.restart", {"name": "helper", "hard": True})
+            await asyncio.sleep(0)
+            return first.done()
+        await wait_for("an event", restarted)
+        ev = first.result()
+        self.assertEqual(ev["plugin"], "helper")
+        self.assertIn("kind", ev)
+        await events.aclose()
+
+
+class ReconnectTest(unittest.IsolatedAsyncioTestCase):
+    def setUp(self):
+        need_plugind()
+        self.plugind = Plugind()
+
+    def tearDown(self):
+        self.plugind.cleanup()
+
+    async def test_restart_of_plugind_reconnects_and_re_registers_within_10s(self):
+        host = await plugind_host.connect(socket=self.plugind.socket)
+        try:
+            await self.plugind.settled(host)
+            await host.provide("ui", "1.0.0", {"registerTheme": lambda p, caller: {"registered": p["name"], "by": caller}})
+            call = {"service": "ui", "method": "registerTheme", "params": {"name": "before"}}
+            self.assertEqual((await host.execute("py-host-peer", "call", call))["answer"]["registered"], "before")
+            seen = []
+
+            async def consume():
+                async for ev in host.events():
+                    seen.append(ev)
+
+            consumer = asyncio.ensure_future(consume())
+            await host.request("supervisor.status")  # the subscription went out before this request
+            pending = asyncio.ensure_future(host.execute("helper", "sleep", {"ms": 20000}, timeout_ms=30000))
+            await stderr_has(host, "helper", "sleeping")
+
+            await asyncio.get_running_loop().run_in_executor(None, self.plugind.stop)
+            stopped_at = time.time()
+            # A graceful stop answers the call in flight itself (the plugin was stopped under it);
+            # calls made while disconnected fail at once.
+            with self.assertRaises(PluginError) as e:
+                await asyncio.wait_for(pending, DEADLINE)
+            self.assertIn(e.exception.code, (-32003, -32011))
+            with self.assertRaises(ConnectionLost):
+                await host.execute("helper", "echo", {})
+
+            self.plugind.start()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+
+            async def ui_again():
+                try:
+                    out = await host.execute("py-host-peer", "call", dict(call, params={"name": "after"}))
+                except PluginError:
+                    return None
+                return out["answer"] if isinstance(out["answer"], dict) and "registered" in out["answer"] else None
+
+            answer = await wait_for("the plugin to reach ui again", ui_again, deadline=10.0)
+            self.assertEqual(answer, {"registered": "after", "by": "py-host-peer"})
+            self.assertLess(loop.time() - started, 10.0)
+
+            # The same events iterator goes on with the new plugind's events.
+            async def new_event():
+                await host.request("plugins.restart", {"name": "helper", "hard": True})
+                return any(ev["plugin"] == "helper" and _epoch(ev["ts"]) >= stopped_at for ev in seen)
+
+            await wait_for("an event of the new plugind", new_event)
+            await host.close()
+            await asyncio.wait_for(consumer, DEADLINE)
+        finally:
+            await host.close()
+
+    async def test_calls_in_flight_at_a_break_fail_at_once_with_connection_lost(self):
+        host = await plugind_host.connect(socket=self.plugind.socket)
+        try:
+            await self.plugind.settled(host)
+            pending = asyncio.ensure_future(host.execute("helper", "sleep", {"ms": 20000}, timeout_ms=30000))
+            await stderr_has(host, "helper", "sleeping")
+            self.plugind.proc.kill()  # no answer from plugind at all: only the break
+            with self.assertRaises(ConnectionLost) as e:
+                await asyncio.wait_for(pending, 5.0)
+            self.assertEqual(e.exception.code, -32011)
+        finally:
+            await host.close()
+
+    async def test_connect_gives_up_after_10s_with_connection_lost(self):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with self.assertRaises(ConnectionLost):
+            await plugind_host.connect(socket=os.path.join(self.plugind.dir, "nobody.sock"))
+        self.assertGreaterEqual(loop.time() - started, 8.0)
+
+    async def test_url_mode_without_websockets_says_what_is_missing(self):
+        try:
+            import websockets  # noqa: F401
+            self.skipTest("websockets is installed")
+        except ImportError:
+            pass
+        with self.assertRaisesRegex(RuntimeError, "websockets"):
+            await plugind_host.connect(url="http://127.0.0.1:9", token="t")
+
+    async def test_default_socket_follows_plugind_rules(self):
+        env = dict(os.environ)
+        try:
+            for k in ("PLUGIND_SOCKET", "RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
+                os.environ.pop(k, None)
+            self.assertEqual(plugind_host.default_socket(), "/tmp/plugind-%d.sock" % os.getuid())
+            os.environ["XDG_RUNTIME_DIR"] = "/run/user/7"
+            self.assertEqual(plugind_host.default_socket(), "/run/user/7/plugind.sock")
+            os.environ["RUNTIME_DIRECTORY"] = "/run/plugind"
+            self.assertEqual(plugind_host.default_socket(), "/run/plugind/plugind.sock")
+            os.environ["PLUGIND_SOCKET"] = self.plugind.socket
+            self.assertEqual(plugind_host.default_socket(), self.plugind.socket)
+            host = await plugind_host.connect()
+            await host.close()
+        finally:
+            os.environ.clear()
+            os.environ.update(env)
+
+
+if __name__ == "__main__":
+    unittest.main()
