@@ -289,32 +289,30 @@ impl Daemon {
     }
 }
 
-/// Serves `GET /metrics` on `addr` until the task is aborted (`--metrics ADDR`).
+/// Serves `GET /metrics` (the text of `metrics.get`) on `listener` until the task is aborted.
+/// HTTP is hyper's, through jsonrpsee's connection helper (the same stack as `--listen`): requests
+/// split across segments, keep-alive and pipelining behave as any client expects.
 pub async fn serve(daemon: std::sync::Arc<Daemon>, listener: tokio::net::TcpListener) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use jsonrpsee::server::{serve_with_graceful_shutdown, HttpBody};
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let Ok((sock, _)) = listener.accept().await else { continue };
         let daemon = daemon.clone();
-        tokio::spawn(async move {
-            // One small request per connection: read its head, answer, close.
-            let mut buf = vec![0u8; 4096];
-            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
-                ("200 OK", daemon.metrics_text())
-            } else {
-                ("404 Not Found", "try GET /metrics\n".to_owned())
-            };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(reply.as_bytes()).await;
-            let _ = sock.shutdown().await;
+        let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let metrics =
+                (req.method() == http::Method::GET && req.uri().path() == "/metrics").then(|| daemon.metrics_text());
+            async move {
+                let (status, body) = match metrics {
+                    Some(text) => (http::StatusCode::OK, text),
+                    None => (http::StatusCode::NOT_FOUND, "try GET /metrics\n".to_owned()),
+                };
+                http::Response::builder()
+                    .status(status)
+                    .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+                    .body(HttpBody::from(body))
+                    .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+            }
         });
+        tokio::spawn(serve_with_graceful_shutdown(sock, svc, std::future::pending()));
     }
 }
 

@@ -209,7 +209,11 @@ async fn metrics_are_scraped_over_http() {
     d.execute("perl-echo", "echo", json!(1)).await.unwrap();
     let body = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        // Byte by byte, each its own segment: a server must not answer the first read it gets.
+        s.set_nodelay(true).unwrap();
+        for b in b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" {
+            s.write_all(&[*b]).unwrap();
+        }
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
