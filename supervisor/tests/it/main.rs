@@ -15,6 +15,7 @@ mod crash;
 mod crashsafe;
 mod daemon;
 mod deps;
+mod host_client;
 mod hostctx;
 mod isolation;
 mod lifecycle;
