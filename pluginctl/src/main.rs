@@ -1,4 +1,4 @@
-//! `pluginctl`: the CLI of plugind (docs/cli.md).
+//! `pluginctl`: the CLI of plugind (`pluginctl --help`; the methods it calls are in docs/control-api.md).
 //!
 //! It talks to plugind only through the `plugind-client` library and does not link the daemon:
 //! `new` copies the embedded templates (`scaffold`), and `check`, which needs the daemon's
