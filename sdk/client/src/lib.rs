@@ -316,6 +316,7 @@ impl Client {
 
     /// Lifecycle events (`events.subscribe`), resumed after a reconnect (events in between may
     /// be missed). It consumes the client's notifications: other kinds are skipped.
+    /// Events are queued until read, so a host that subscribes keeps reading.
     pub async fn events(&self) -> Result<Events<'_>, ClientError> {
         let Transport::Socket { shared, .. } = &self.transport else {
             return Err(ClientError::Unsupported { what: "events" });
