@@ -419,7 +419,10 @@ fn check_plugin(dir: &Path, execute: Option<&str>, params: Option<&str>, json_ou
     }
     let status = cmd.status().map_err(|e| Failure {
         code: 1,
-        message: format!("cannot run {} for `check` (it is installed beside pluginctl): {e}", plugind.display()),
+        message: format!(
+            "`check` runs {} (beside pluginctl, else on PATH), which failed to start: {e}",
+            plugind.display()
+        ),
     })?;
     match status.code() {
         Some(0) => Ok(()),
