@@ -11,7 +11,7 @@
 mod scaffold;
 
 use clap::{Parser, Subcommand};
-use plugind_client::{Client, ClientError};
+use plugind_client::{Client, ClientError, Progress};
 use plugind_protocol::control::{self as c, PluginStatus};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -243,7 +243,8 @@ async fn run(args: Args) -> Result<(), Failure> {
         None => Client::connect(&socket).await?,
     };
     if let Some((method, params)) = request {
-        let result = client.call(method, &params).await?;
+        let json_out = args.json;
+        let result = client.call_with_progress(method, &params, move |p| print_progress(&p, json_out)).await?;
         // `hook` prints the final payload; --json prints the whole result (handled_by, stopped_by).
         let shown = if method == c::HOOKS_RUN && !args.json { &result["payload"] } else { &result };
         println!("{}", serde_json::to_string_pretty(shown).unwrap_or_default());
@@ -477,6 +478,20 @@ async fn act(client: &Client, method: &str, names: Vec<String>, json_out: bool) 
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// A `$/progress` for the call in flight, on stderr (stdout stays the result alone).
+fn print_progress(p: &Progress, json_out: bool) {
+    if json_out {
+        eprintln!("{}", serde_json::to_string(p).unwrap_or_default());
+        return;
+    }
+    let fraction = match (p.progress, p.total) {
+        (Some(done), Some(total)) => format!(" ({done}/{total})"),
+        (Some(done), None) => format!(" ({done})"),
+        _ => String::new(),
+    };
+    eprintln!("progress: {}{fraction}", p.message.as_deref().unwrap_or("working"));
 }
 
 fn print_log_line(line: &Value, json_out: bool) {

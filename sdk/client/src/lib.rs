@@ -255,6 +255,17 @@ impl Client {
         self.request(method, params, None).await
     }
 
+    /// [`Client::call`], handing every `$/progress` plugind forwards for it to `on_progress`
+    /// (`pluginctl call` prints them).
+    pub async fn call_with_progress(
+        &self,
+        method: &str,
+        params: &Value,
+        mut on_progress: impl FnMut(Progress) + Send + 'static,
+    ) -> Result<Value, ClientError> {
+        self.request(method, params, Some(&mut on_progress)).await
+    }
+
     async fn request(
         &self,
         method: &str,

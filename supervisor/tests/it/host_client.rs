@@ -183,6 +183,10 @@ async fn rust_host_progress_reaches_the_callback() {
             ("step 3".into(), Some(3.0), Some(3.0))
         ]
     );
+    // pluginctl, on the same library, prints them on stderr as they come.
+    let out = d.ctl(&["call", "ui-user", "progress"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("progress: step 1 (1/3)\nprogress: step 2 (2/3)\nprogress: step 3 (3/3)"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
