@@ -3,7 +3,7 @@ PREFIX ?= /usr/local
 CARGO ?= cargo
 SOCKET ?= $(CURDIR)/state/plugind.sock
 
-.PHONY: all build release run gateway wiz test lint fmt test-rust test-sdk bench install clean
+.PHONY: all build release run gateway wiz test lint pluginctl-deps fmt test-rust test-sdk bench install clean
 
 all: build
 
@@ -29,9 +29,15 @@ gateway: release
 ## test: everything CI checks: format, lints, Rust tests, SDK tests.
 test: lint test-rust test-sdk
 
-lint:
+lint: pluginctl-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## pluginctl-deps: pluginctl links the plugind-client library, never the daemon crate (plugind).
+pluginctl-deps:
+	@if $(CARGO) tree -p pluginctl -e normal,build --prefix none | grep -q '^plugind v'; then \
+		echo "pluginctl links the daemon crate: see cargo tree -p pluginctl -i plugind"; exit 1; \
+	else echo "pluginctl-deps: pluginctl does not link the daemon crate"; fi
 
 test-rust:
 	$(CARGO) build --workspace

@@ -1,8 +1,8 @@
 //! A plugind under test: a temp dir of echo-rust plugin copies, the daemon process, its control
-//! socket (through `plugind::client::Client`), and a clean shutdown.
+//! socket (through `plugind_client::Client`), and a clean shutdown.
 
 use anyhow::{bail, Context as _};
-use plugind::client::Client;
+use plugind_client::Client;
 use serde_json::json;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -123,7 +123,7 @@ impl Daemon {
     /// `supervisor.status` every 0.5 ms.
     pub async fn wait_running(&mut self, n: u64, timeout: Duration) -> anyhow::Result<Duration> {
         let give_up = self.spawned + timeout;
-        let mut client = loop {
+        let client = loop {
             match Client::connect(&self.socket).await {
                 Ok(c) => break c,
                 Err(e) if Instant::now() > give_up => bail!("{e}{}", self.log_tail()),
@@ -153,7 +153,7 @@ impl Daemon {
 
     /// Asks for `supervisor.shutdown` and waits for the exit (kills it after 10 s).
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Ok(mut c) = Client::connect(&self.socket).await {
+        if let Ok(c) = Client::connect(&self.socket).await {
             let _ = c.call("supervisor.shutdown", &json!({})).await;
         }
         let give_up = Instant::now() + Duration::from_secs(10);

@@ -5,7 +5,7 @@
 use crate::daemon::{Bins, Daemon};
 use crate::report::{self, Samples};
 use anyhow::bail;
-use plugind::client::Client;
+use plugind_client::Client;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
@@ -32,7 +32,7 @@ pub fn run(rt: &Runtime, bins: &Bins, placement: &str, reloads: usize) -> anyhow
     std::fs::write(dir.join("main.py"), source(0))?;
     let samples = rt.block_on(async {
         d.wait_running(0, Duration::from_secs(30)).await?;
-        let mut client = Client::connect(&d.socket).await?;
+        let client = Client::connect(&d.socket).await?;
         client.call("plugins.reload", &json!({})).await?;
         let mut samples = Vec::with_capacity(reloads);
         for gen in 1..=reloads {

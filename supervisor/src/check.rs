@@ -1,4 +1,4 @@
-//! `pluginctl check DIR`: validates a plugin and drives it through its lifecycle without a
+//! `plugind check DIR` (run by `pluginctl check DIR`): validates a plugin and drives it through its lifecycle without a
 //! daemon (`init`, `register`, `ping`, an optional `execute`, `teardown`), reporting what a
 //! plugin author needs to fix before deploying it.
 

@@ -134,7 +134,7 @@ impl Config {
         // runs in its own directory, so a relative TMPDIR or data dir would not exist from there.
         let mut c = Config::new(
             flags.plugin_dirs.or(from_file.plugin_dirs).unwrap_or_default().into_iter().map(absolute).collect(),
-            absolute(flags.socket.or(from_file.socket).unwrap_or_else(default_socket)),
+            absolute(flags.socket.or(from_file.socket).unwrap_or_else(plugind_client::default_socket)),
             absolute(flags.state_dir.or(from_file.state_dir).unwrap_or_else(default_state_dir)),
         );
         c.watch = flags.watch.or(from_file.watch).unwrap_or(true);
@@ -441,25 +441,6 @@ impl StatePaths {
     pub fn tmp_dir(&self, plugin: &str, instance: u64) -> PathBuf {
         self.root.join("tmp").join(format!("{plugin}-{instance}"))
     }
-}
-
-/// The control socket path when none is given (docs/control-api.md): `$PLUGIND_SOCKET`, else
-/// `$RUNTIME_DIRECTORY/plugind.sock`, else `$XDG_RUNTIME_DIR/plugind.sock`, else
-/// `/tmp/plugind-$UID.sock`.
-pub fn default_socket() -> PathBuf {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(p) = var("PLUGIND_SOCKET") {
-        return PathBuf::from(p);
-    }
-    if let Some(d) = var("RUNTIME_DIRECTORY") {
-        // systemd may pass several, colon-separated; the first is ours.
-        let first = d.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
-        return PathBuf::from(first).join("plugind.sock");
-    }
-    if let Some(d) = var("XDG_RUNTIME_DIR") {
-        return PathBuf::from(d).join("plugind.sock");
-    }
-    PathBuf::from(format!("/tmp/plugind-{}.sock", nix::unistd::getuid()))
 }
 
 /// The state dir when none is given: `$STATE_DIRECTORY`, else `./state`.

@@ -9,7 +9,8 @@
 //! - [`plugin`]: one actor per plugin, one task per instance, spawning and limits.
 //! - [`router`]: the call path: pick an instance, admit, call with a deadline, map errors.
 //! - [`host`]: what plugins may ask plugind (`registry.*`, `service.call`, `kv.*`).
-//! - [`control`]: the control socket and its handlers; [`client`] is `pluginctl`'s side.
+//! - [`control`]: the control socket and its handlers (the client side is the `plugind-client`
+//!   crate, which `pluginctl` and hosts use).
 //! - [`discovery`], [`config`], [`logs`]: finding plugins, settings, log rings.
 //! - [`caps`]: the bounds on what a plugin can make plugind hold (log lines, services, series).
 //!
@@ -20,8 +21,6 @@
 
 pub mod caps;
 pub mod check;
-pub mod client;
-pub mod client_http;
 pub mod config;
 pub mod control;
 pub mod discovery;
@@ -36,7 +35,6 @@ pub mod procfs;
 pub mod registry;
 pub mod router;
 pub mod sandbox;
-pub mod scaffold;
 pub mod service;
 pub mod statedir;
 pub mod time;

@@ -60,19 +60,9 @@ impl Serving {
     }
 }
 
-/// Reads the bearer token: the first line of `path`, trimmed; an empty token is an error.
-pub fn read_token(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
-    let token = text.lines().next().unwrap_or_default().trim().to_owned();
-    if token.is_empty() {
-        return Err(format!("token file {} is empty", path.display()));
-    }
-    Ok(token)
-}
-
 /// Binds `addr` and reads the token file.
 pub async fn bind(addr: &str, token_file: &Path) -> anyhow::Result<Listener> {
-    let token = read_token(token_file).map_err(anyhow::Error::msg)?;
+    let token = plugind_client::read_token(token_file).map_err(anyhow::Error::msg)?;
     if let Ok(meta) = std::fs::metadata(token_file) {
         use std::os::unix::fs::PermissionsExt;
         if meta.permissions().mode() & 0o077 != 0 {

@@ -14,8 +14,8 @@
 //! - SIGHUP: `RELOADING=1` + `MONOTONIC_USEC=`, `plugins.reload`, then `READY=1`.
 //! - `STOPPING=1` when a graceful stop begins.
 
-use crate::client::Client;
 use crate::Daemon;
+use plugind_client::Client;
 use plugind_protocol::control::{Event, ReloadResult};
 use sd_notify::NotifyState;
 use std::future::Future;
@@ -197,7 +197,7 @@ impl Service {
         let limit = (period / 2).max(Duration::from_millis(5));
         let socket = self.daemon.config().socket.clone();
         let check = async {
-            let mut c = Client::connect(&socket).await.map_err(|e| e.to_string())?;
+            let c = Client::connect(&socket).await.map_err(|e| e.to_string())?;
             c.call(plugind_protocol::control::SUPERVISOR_STATUS, &serde_json::json!({}))
                 .await
                 .map_err(|e| e.to_string())

@@ -1,4 +1,8 @@
-//! `plugind`: the daemon. See SPEC §7, `docs/configuration.md` and `docs/systemd.md`.
+//! `plugind`: the daemon. See `docs/configuration.md` and `docs/systemd.md`.
+//!
+//! `plugind check DIR` is the one subcommand: it drives a plugin through its lifecycle without a
+//! daemon, with the daemon's own sandbox and instance code. `pluginctl check` runs it, so that
+//! `pluginctl` need not link this crate.
 
 use clap::Parser;
 use plugind::config::{Config, LogFormat, Settings};
@@ -14,8 +18,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// Settings come from the flags, else the config file (--config), else the defaults.
 #[derive(Parser, Debug)]
-#[command(name = "plugind", version, about)]
+#[command(name = "plugind", version, about, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// TOML config file: the flags' keys plus [plugins.NAME] tables (see docs/configuration.md).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -57,6 +63,25 @@ struct Args {
     ping_interval_ms: Option<u64>,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Validate a plugin and drive it through init, register, ping, teardown, without a daemon
+    /// (what `pluginctl check` runs).
+    Check {
+        /// The plugin directory.
+        dir: PathBuf,
+        /// Also call this execute method.
+        #[arg(long)]
+        execute: Option<String>,
+        /// Params for --execute, as JSON.
+        #[arg(long)]
+        params: Option<String>,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 impl Args {
     /// The flags as a settings layer: only what was given.
     fn settings(&self) -> Settings {
@@ -80,6 +105,9 @@ impl Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(Sub::Check { dir, execute, params, json }) = args.command {
+        return check(&dir, execute, params.as_deref(), json);
+    }
     // Settings first: a bad config file is reported before anything starts.
     let file = match &args.config {
         Some(path) => match Settings::load(path) {
@@ -186,4 +214,59 @@ async fn wait_for_signals(mut term: tokio::signal::unix::Signal, mut int: tokio:
         tracing::warn!("second signal: exiting now");
         std::process::exit(0);
     });
+}
+
+/// `plugind check`: prints the findings (a table, or JSON with `--json`) and exits 0 when the
+/// plugin passed, 1 when it has problems, 2 for bad `--params`.
+fn check(
+    dir: &std::path::Path,
+    execute: Option<String>,
+    params: Option<&str>,
+    json_out: bool,
+) -> std::process::ExitCode {
+    use plugind::check::Level;
+    use serde_json::{json, Value};
+    let params: Value = match params.map(serde_json::from_str).transpose() {
+        Ok(p) => p.unwrap_or_else(|| json!({})),
+        Err(e) => {
+            eprintln!("plugind: --params is not valid JSON: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // `check` writes to a plugin's stdin: a plugin that dies meanwhile must give an EPIPE
+    // to report, not a SIGPIPE that ends plugind before it says anything.
+    // SAFETY: setting a signal disposition before any thread exists; no handler runs Rust code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("plugind: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let report = rt.block_on(plugind::check::check(dir, execute.map(|m| (m, params))));
+    if json_out {
+        let items: Vec<Value> = report
+            .findings
+            .iter()
+            .map(|(l, t)| json!({ "level": format!("{l:?}").to_lowercase(), "message": t }))
+            .collect();
+        let out = json!({ "passed": report.passed(), "findings": items });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        for (level, text) in &report.findings {
+            let tag = match level {
+                Level::Ok => "ok  ",
+                Level::Warn => "warn",
+                Level::Fail => "FAIL",
+            };
+            println!("{tag} {text}");
+        }
+    }
+    if report.passed() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        eprintln!("plugind: {} has problems (see FAIL above)", dir.display());
+        std::process::ExitCode::FAILURE
+    }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn ctl(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pluginctl")).args(args).current_dir(cwd).output().expect("pluginctl runs")
+    Command::new(pluginctl()).args(args).current_dir(cwd).output().expect("pluginctl runs")
 }
 
 fn text(o: &Output) -> String {

@@ -18,7 +18,7 @@ async fn plugin_error_reaches_the_caller_unchanged() {
     let d = Daemon::builder().plugin("perl-echo").start().await;
     let r = d.execute("perl-echo", "fail", json!({"code": 4242, "message": "nope"})).await;
     assert_eq!(code(&r), 4242);
-    let Err(plugind::client::ClientError::Rpc(e)) = r else { unreachable!() };
+    let Err(plugind_client::ClientError::Rpc(e)) = r else { unreachable!() };
     assert_eq!(e.message, "nope");
 }
 

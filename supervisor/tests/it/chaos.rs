@@ -100,7 +100,7 @@ fn builder() -> DaemonBuilder {
 /// One client: random calls until `stop`; checks each against its deadline.
 async fn client(d: &Daemon, seed: u64, stop: &AtomicBool, tally: &Tally) {
     let mut rng = Rng(seed);
-    let mut c = d.client().await;
+    let c = d.client().await;
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let plugin = PLUGINS[rng.below(PLUGINS.len() as u64) as usize].1;
@@ -130,7 +130,7 @@ async fn client(d: &Daemon, seed: u64, stop: &AtomicBool, tally: &Tally) {
                 }
                 tally.ok.fetch_add(1, Ordering::Relaxed);
             }
-            Err(plugind::client::ClientError::Rpc(e)) => {
+            Err(plugind_client::ClientError::Rpc(e)) => {
                 assert!([-32001, -32002, -32003].contains(&e.code), "{plugin} {method}: untyped error {e:?}");
                 assert_eq!(e.data.as_ref().map(|d| d["plugin"].clone()), Some(json!(plugin)), "{e:?}");
                 *tally.by_code.lock().unwrap().entry(e.code).or_default() += 1;
@@ -147,7 +147,7 @@ async fn client(d: &Daemon, seed: u64, stop: &AtomicBool, tally: &Tally) {
 /// Kills a random running plugin every 50–200 ms until `stop`; returns how many it killed.
 async fn killer(d: &Daemon, seed: u64, stop: &AtomicBool) -> u64 {
     let mut rng = Rng(seed);
-    let mut c = d.client().await;
+    let c = d.client().await;
     let mut kills = 0;
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(50 + rng.below(151))).await;

@@ -55,10 +55,7 @@ async fn list_status_call_and_exit_codes() {
 
 #[test]
 fn unreachable_daemon_is_exit_3() {
-    let out = Command::new(env!("CARGO_BIN_EXE_pluginctl"))
-        .args(["--socket", "/nonexistent/plugind.sock", "list"])
-        .output()
-        .unwrap();
+    let out = Command::new(pluginctl()).args(["--socket", "/nonexistent/plugind.sock", "list"]).output().unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach plugind"));
 }

@@ -962,7 +962,7 @@ for line in sys.stdin:
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pluginctl")).arg("check").arg(&plugin).output().unwrap();
+    let out = std::process::Command::new(pluginctl()).arg("check").arg(&plugin).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     let process = "permission process: denied, enforced";

@@ -47,7 +47,7 @@ async fn relaunch(d: &mut Daemon) {
 /// One writer: `kv.set` of increasing keys until plugind dies; returns the writes answered.
 async fn write_until_killed(d: &Daemon, plugin: &str, round: u32) -> Vec<(String, u64)> {
     let mut answered = Vec::new();
-    let Ok(mut c) = plugind::client::Client::connect(&d.socket).await else { return answered };
+    let Ok(c) = plugind_client::Client::connect(&d.socket).await else { return answered };
     for i in 0u64.. {
         let key = format!("r{round}/{i:06}");
         let value = json!({"i": i, "pad": "x".repeat(200)});

@@ -573,7 +573,7 @@ async fn listen_serves_the_api_over_http_and_websocket_with_a_bearer_token() {
 
     // pluginctl --url: the right token works, a wrong one fails saying why.
     let ctl = |token: &str| {
-        Command::new(env!("CARGO_BIN_EXE_pluginctl"))
+        Command::new(pluginctl())
             .current_dir(d.dir.path())
             .args(["--url", &format!("http://{addr}"), "--token-file", token, "list"])
             .output()

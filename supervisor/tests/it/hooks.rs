@@ -50,7 +50,7 @@ fn hooker(b: DaemonBuilder, name: &str, hook: Value, action: &str) -> DaemonBuil
     b.plugin_files(name, &[("plugin.json", &manifest.to_string()), ("main.py", HOOKER)])
 }
 
-async fn run(d: &Daemon, params: Value) -> Result<Value, plugind::client::ClientError> {
+async fn run(d: &Daemon, params: Value) -> Result<Value, plugind_client::ClientError> {
     d.call("hooks.run", params).await
 }
 

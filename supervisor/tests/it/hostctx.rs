@@ -154,7 +154,7 @@ for line in sys.stdin:
         .start()
         .await;
     let mut worst = Duration::ZERO;
-    let mut client = d.client().await;
+    let client = d.client().await;
     for i in 0..200 {
         let t = Instant::now();
         let r = client.call("execute", &json!({"plugin": "perl-echo", "method": "echo", "params": i})).await.unwrap();

@@ -110,7 +110,7 @@ fn gate(d: &Daemon, file: &str) -> String {
 fn reload_in_background(d: &Daemon) -> tokio::task::JoinHandle<Value> {
     let socket = d.socket.clone();
     tokio::spawn(async move {
-        let mut c = plugind::client::Client::connect(&socket).await.unwrap();
+        let c = plugind_client::Client::connect(&socket).await.unwrap();
         c.call("plugins.reload", &json!({})).await.unwrap()
     })
 }
@@ -156,7 +156,7 @@ async fn hot_reload_during_a_stop_leaves_it_stopped() {
     assert_eq!((s["state"].as_str(), s["version"].as_str()), (Some("running"), Some("2.0.0")), "{s}");
     let socket = d.socket.clone();
     let stop = tokio::spawn(async move {
-        let mut c = plugind::client::Client::connect(&socket).await.unwrap();
+        let c = plugind_client::Client::connect(&socket).await.unwrap();
         c.call("plugins.stop", &json!({ "name": "g" })).await.unwrap()
     });
     d.wait_state("g", "stopping").await;
@@ -270,7 +270,7 @@ async fn graceful_restart_under_load_fails_no_call_and_hard_restart_stops_first(
         .map(|_| {
             let (d, stop, ok, failed) = (d.clone(), stop.clone(), ok.clone(), failed.clone());
             tokio::spawn(async move {
-                let mut c = d.client().await;
+                let c = d.client().await;
                 while !stop.load(Ordering::Relaxed) {
                     let p = json!({ "plugin": "perl-echo", "method": "echo", "params": 1 });
                     match c.call("execute", &p).await {

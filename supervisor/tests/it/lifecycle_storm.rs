@@ -49,7 +49,7 @@ async fn storm_of_commands_kills_and_changes_converges() {
     let d = b.start().await;
     let mut instances: Vec<u64> = (1..=PLUGINS.len() as u64).collect();
     let mut version = 1u64;
-    let mut inflight: Vec<(String, tokio::task::JoinHandle<Result<Value, plugind::client::ClientError>>)> = Vec::new();
+    let mut inflight: Vec<(String, tokio::task::JoinHandle<Result<Value, plugind_client::ClientError>>)> = Vec::new();
     let (mut kills, mut changes, mut commands) = (0, 0, 0);
 
     let until = Instant::now() + Duration::from_secs(secs);
@@ -70,7 +70,7 @@ async fn storm_of_commands_kills_and_changes_converges() {
                 inflight.push((
                     format!("{method} {params}"),
                     tokio::spawn(async move {
-                        let mut c = plugind::client::Client::connect(&socket).await.expect("socket");
+                        let c = plugind_client::Client::connect(&socket).await.expect("socket");
                         c.call(method, &params).await
                     }),
                 ));
@@ -109,7 +109,7 @@ async fn storm_of_commands_kills_and_changes_converges() {
     // Every command is answered (errors are fine: a call to a stopped plugin, a failed swap).
     for (what, task) in inflight {
         let r = tokio::time::timeout(TIMEOUT, task).await.unwrap_or_else(|_| panic!("never answered: {what}"));
-        if let Ok(Err(plugind::client::ClientError::Rpc(e))) = &r {
+        if let Ok(Err(plugind_client::ClientError::Rpc(e))) = &r {
             assert!([-32001, -32002, -32003, -32603].contains(&e.code), "{what}: unexpected error {e:?}");
         }
     }

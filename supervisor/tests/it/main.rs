@@ -17,6 +17,7 @@ mod daemon;
 mod deps;
 mod gateway;
 mod hooks;
+mod host_client;
 mod hostctx;
 mod hosts;
 mod isolation;

@@ -10,7 +10,7 @@
 //! works too.
 
 use crate::support::*;
-use plugind::client::ClientError;
+use plugind_client::ClientError;
 use serde_json::{json, Value};
 use std::cell::Cell;
 use std::future::Future;
@@ -75,7 +75,7 @@ async fn meanwhile<T>(d: &Daemon, work: impl Future<Output = T>) -> T {
     };
     let bystander = async {
         d.wait_state("perl-echo", "running").await;
-        let mut c = d.client().await;
+        let c = d.client().await;
         let (mut n, mut worst) = (0u64, Duration::ZERO);
         loop {
             let t = Instant::now();
@@ -376,7 +376,7 @@ async fn misbehave_ignores_sigterm_and_is_killed_on_stop() {
 async fn misbehave_floods_stderr() {
     let d = with_bad("flood-stderr", json!({})).start().await;
     let worst = meanwhile(&d, async {
-        let mut c = d.client().await;
+        let c = d.client().await;
         let mut worst = Duration::ZERO;
         for i in 0..50 {
             let t = Instant::now();

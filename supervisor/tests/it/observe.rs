@@ -22,7 +22,7 @@ for line in sys.stdin:
 #[tokio::test(flavor = "multi_thread")]
 async fn trace_shows_both_directions() {
     let d = Daemon::builder().plugin("perl-echo").start().await;
-    let mut watcher = d.client().await;
+    let watcher = d.client().await;
     assert_eq!(watcher.call("plugins.trace", &json!({"name": "perl-echo"})).await.unwrap(), json!(null));
     d.execute("perl-echo", "echo", json!({"traced": 1})).await.unwrap();
     let (m1, out) = watcher.notification().await.unwrap();
@@ -36,7 +36,7 @@ async fn trace_shows_both_directions() {
     assert_eq!(inn["message"]["result"], json!({"traced": 1}));
     assert!(inn["ts"].as_str().unwrap().ends_with('Z'));
     // pluginctl trace prints one JSON line per message.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pluginctl"))
+    let mut child = Command::new(pluginctl())
         .args(["--socket", d.socket.to_str().unwrap(), "trace", "perl-echo"])
         .stdout(Stdio::piped())
         .spawn()
@@ -85,7 +85,7 @@ async fn stderr_and_log_notifications_reach_logs_tail_and_pluginctl_logs() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 3, "{text}");
     // -f follows new lines.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pluginctl"))
+    let mut child = Command::new(pluginctl())
         .args(["--socket", d.socket.to_str().unwrap(), "logs", "talker", "-n", "0", "-f"])
         .stdout(Stdio::piped())
         .spawn()
@@ -106,7 +106,7 @@ async fn stderr_and_log_notifications_reach_logs_tail_and_pluginctl_logs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn events_report_state_changes_and_restarts() {
     let d = Daemon::builder().plugin("py-probe").start().await;
-    let mut sub = d.client().await;
+    let sub = d.client().await;
     sub.call("events.subscribe", &json!({})).await.unwrap();
     let _ = d.execute("py-probe", "exit", json!({"code": 4})).await;
     let mut seen = Vec::new();

@@ -83,7 +83,7 @@ async fn range_mismatch_blocks_until_a_matching_host_service_appears_and_goes() 
     let _ = host_task.await;
     wait_for("the host service to go", async || {
         let r = d.execute("llama-extension", "generate", json!({"prompt": "x"})).await;
-        matches!(r, Err(plugind::client::ClientError::Rpc(ref e)) if e.code == -32004).then_some(())
+        matches!(r, Err(plugind_client::ClientError::Rpc(ref e)) if e.code == -32004).then_some(())
     })
     .await;
 }

@@ -54,7 +54,7 @@ async fn six_changes_under_load_fail_no_call() {
         .map(|c| {
             let (d, stop, ok, failed) = (d.clone(), stop.clone(), ok.clone(), failed.clone());
             tokio::spawn(async move {
-                let mut client = d.client().await;
+                let client = d.client().await;
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
@@ -222,7 +222,7 @@ async fn a_new_name_is_a_removal_plus_an_addition() {
     d.wait_state("renamed", "running").await;
     wait_for("the old name to go", async || {
         let r = d.call("plugins.get", json!({"name": "hot"})).await;
-        matches!(r, Err(plugind::client::ClientError::Rpc(ref e)) if e.code == -32004).then_some(())
+        matches!(r, Err(plugind_client::ClientError::Rpc(ref e)) if e.code == -32004).then_some(())
     })
     .await;
     assert_eq!(d.execute("renamed", "e", json!(1)).await.unwrap()["gen"], 1);

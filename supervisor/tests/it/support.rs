@@ -1,6 +1,6 @@
 //! Fixtures: a real plugind process in a temp dir, real plugin processes, a real socket.
 
-use plugind::client::{Client, ClientError};
+use plugind_client::{Client, ClientError};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -12,6 +12,19 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("UNWRAP: supervisor/ has a parent").to_path_buf()
+}
+
+/// The `pluginctl` binary. It is its own package (it does not link the daemon), so cargo builds
+/// it beside `plugind` only for a workspace build: `make test` runs `cargo build --workspace`
+/// first.
+pub fn pluginctl() -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_plugind")).with_file_name("pluginctl");
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace first (`cargo build --workspace`, as `make test` does)",
+        p.display()
+    );
+    p
 }
 
 /// A fixture plugin directory under tests/fixtures/plugins or examples/.
@@ -352,7 +365,7 @@ impl Daemon {
     /// Waits until the socket answers and no plugin is starting.
     pub async fn wait_settled(&self) {
         wait_for("plugind to settle", async || {
-            let mut c = Client::connect(&self.socket).await.ok()?;
+            let c = Client::connect(&self.socket).await.ok()?;
             let list = c.call("plugins.list", &json!({})).await.ok()?;
             list.as_array()?.iter().all(|p| p["state"] != "starting" && p["state"] != "stopped").then_some(())
         })
@@ -361,12 +374,7 @@ impl Daemon {
 
     /// Runs pluginctl against this daemon.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_pluginctl"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("pluginctl runs")
+        Command::new(pluginctl()).arg("--socket").arg(&self.socket).args(args).output().expect("pluginctl runs")
     }
 
     /// plugind's pid.
@@ -437,7 +445,7 @@ impl DaemonBuilder {
     pub async fn spawn(self) -> Daemon {
         let d = self.launch();
         wait_for("plugind to answer", async || {
-            let mut c = Client::connect(&d.socket).await.ok()?;
+            let c = Client::connect(&d.socket).await.ok()?;
             c.call("plugins.list", &json!({})).await.ok()
         })
         .await;

@@ -5,7 +5,7 @@
 //! that reports what it can see and do, and asserts each containment claim from inside.
 
 use crate::support::{wait_for, TIMEOUT};
-use plugind::client::Client;
+use plugind_client::Client;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -87,14 +87,14 @@ async fn an_unprivileged_plugind_confines_its_plugins_too() {
     let plugind = child.id();
     let result = async {
         let status = wait_for("looker to run", async || {
-            let mut c = Client::connect(&socket).await.ok()?;
+            let c = Client::connect(&socket).await.ok()?;
             let s = c.call("plugins.get", &json!({"name": "looker"})).await.ok()?;
             (s["state"] == "running").then_some(s)
         })
         .await;
         let outside = root.join("outside.txt");
         let params = json!({"state": root.join("state"), "plugind": plugind, "outside": outside});
-        let mut c = Client::connect(&socket).await.unwrap();
+        let c = Client::connect(&socket).await.unwrap();
         let seen = c.call("execute", &json!({"plugin": "looker", "method": "look", "params": params})).await.unwrap();
         (status, seen, outside.exists())
     };

@@ -1,8 +1,8 @@
 //! The client side of `--listen`: one JSON-RPC call per HTTP/1.1 POST, with the bearer token.
-//! Used through [`crate::client::Client::connect_url`] (`pluginctl --url`). Plain `http://`
+//! Used through [`crate::Client::connect_url`] (`pluginctl --url`). Plain `http://`
 //! only (put TLS in front with a reverse proxy); no notifications (the HTTP API streams none).
 
-use crate::client::ClientError;
+use crate::ClientError;
 use plugind_protocol::jsonrpc::{self, Message};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Where and how to reach a plugind `--listen` endpoint.
-pub struct HttpClient {
+pub(crate) struct HttpClient {
     url: String,
     /// `host:port` to connect to.
     authority: String,
@@ -20,7 +20,7 @@ pub struct HttpClient {
 
 impl HttpClient {
     /// `url` is `http://HOST:PORT[/PATH]`.
-    pub fn new(url: &str, token: Option<String>) -> Result<HttpClient, ClientError> {
+    pub(crate) fn new(url: &str, token: Option<String>) -> Result<HttpClient, ClientError> {
         let bad = |why: &str| ClientError::Unreachable {
             path: PathBuf::from(url),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_owned()),
@@ -46,7 +46,7 @@ impl HttpClient {
     }
 
     /// One call: POST, read the whole answer, map it like the socket client does.
-    pub async fn call(&self, id: u64, method: &str, params: &Value) -> Result<Value, ClientError> {
+    pub(crate) async fn call(&self, id: u64, method: &str, params: &Value) -> Result<Value, ClientError> {
         let body = jsonrpsee_body(id, method, params);
         let mut head = format!(
             "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -59,11 +59,11 @@ impl HttpClient {
         }
         head.push_str("\r\n");
         let mut stream = TcpStream::connect(&self.authority).await.map_err(|e| self.unreachable(e))?;
-        stream.write_all(head.as_bytes()).await.map_err(|_| ClientError::Lost)?;
-        stream.write_all(&body).await.map_err(|_| ClientError::Lost)?;
+        stream.write_all(head.as_bytes()).await.map_err(|_| ClientError::ConnectionLost)?;
+        stream.write_all(&body).await.map_err(|_| ClientError::ConnectionLost)?;
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.map_err(|_| ClientError::Lost)?;
-        let (status, body) = parse_response(&raw).ok_or(ClientError::Lost)?;
+        stream.read_to_end(&mut raw).await.map_err(|_| ClientError::ConnectionLost)?;
+        let (status, body) = parse_response(&raw).ok_or(ClientError::ConnectionLost)?;
         if status == 401 || status == 403 {
             return Err(self.unreachable(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
@@ -72,7 +72,7 @@ impl HttpClient {
         }
         match Message::parse(&body) {
             Ok(Message::Response { outcome, .. }) => match outcome {
-                Ok(raw) => serde_json::from_str(raw.get()).map_err(|_| ClientError::Lost),
+                Ok(raw) => serde_json::from_str(raw.get()).map_err(|_| ClientError::ConnectionLost),
                 Err(e) => Err(ClientError::Rpc(e)),
             },
             _ => Err(self.unreachable(std::io::Error::other(format!(

@@ -1,13 +1,20 @@
-//! `pluginctl`: the CLI of plugind (SPEC §8).
+//! `pluginctl`: the CLI of plugind (`pluginctl --help`; the methods it calls are in docs/control-api.md).
+//!
+//! It talks to plugind only through the `plugind-client` library and does not link the daemon:
+//! `new` copies the embedded templates (`scaffold`), and `check`, which needs the daemon's
+//! sandbox and instance driver, runs `plugind check` (the `plugind` beside this executable, else
+//! the one on `PATH`).
 //!
 //! Exit codes: 0 success, 1 the operation failed (message on stderr), 2 usage error,
 //! 3 the daemon cannot be reached.
 
+mod scaffold;
+
 use clap::{Parser, Subcommand};
-use plugind::client::{Client, ClientError};
+use plugind_client::{Client, ClientError, Progress};
 use plugind_protocol::control::{self as c, PluginStatus};
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Control plugind.
@@ -156,8 +163,8 @@ struct Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match e {
-            ClientError::Rpc(_) => 1,
-            ClientError::Unreachable { .. } | ClientError::Lost => 3,
+            ClientError::Rpc(_) | ClientError::Unsupported { .. } => 1,
+            ClientError::Unreachable { .. } | ClientError::ConnectionLost => 3,
         };
         Failure { code, message: e.to_string() }
     }
@@ -192,24 +199,21 @@ fn main() -> ExitCode {
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("pluginctl: {}", f.message);
+            if !f.message.is_empty() {
+                eprintln!("pluginctl: {}", f.message);
+            }
             ExitCode::from(f.code)
         }
     }
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
-    let socket = args.socket.clone().unwrap_or_else(plugind::config::default_socket);
+    let socket = args.socket.clone().unwrap_or_else(plugind_client::default_socket);
     if let Cmd::New { name, lang, dir } = &args.command {
         return new_plugin(name, lang, dir.clone(), args.json);
     }
     if let Cmd::Check { dir, execute, params } = &args.command {
-        // `check` writes to a plugin's stdin: a plugin that dies meanwhile must give an EPIPE
-        // to report, not a SIGPIPE that ends pluginctl before it says anything.
-        // SAFETY: setting a signal disposition; no handler runs Rust code.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-        let params = parse_json("--params", params.as_deref(), json!({}))?;
-        return check_plugin(dir, execute.clone().map(|m| (m, params)), args.json).await;
+        return check_plugin(dir, execute.as_deref(), params.as_deref(), args.json);
     }
     // Validate arguments before connecting so usage errors win over an absent daemon.
     let request = match &args.command {
@@ -237,15 +241,16 @@ async fn run(args: Args) -> Result<(), Failure> {
         )),
         _ => None,
     };
-    let mut client = match &args.url {
+    let client = match &args.url {
         Some(url) => {
-            let token = args.token_file.as_deref().map(plugind::listen::read_token).transpose().map_err(usage)?;
+            let token = args.token_file.as_deref().map(plugind_client::read_token).transpose().map_err(usage)?;
             Client::connect_url(url, token).await?
         }
         None => Client::connect(&socket).await?,
     };
     if let Some((method, params)) = request {
-        let result = client.call(method, &params).await?;
+        let json_out = args.json;
+        let result = client.call_with_progress(method, &params, move |p| print_progress(&p, json_out)).await?;
         // `hook` prints the final payload; --json prints the whole result (handled_by, stopped_by).
         let shown = if method == c::HOOKS_RUN && !args.json { &result["payload"] } else { &result };
         println!("{}", serde_json::to_string_pretty(shown).unwrap_or_default());
@@ -287,10 +292,10 @@ async fn run(args: Args) -> Result<(), Failure> {
             let p: PluginStatus = serde_json::from_value(result).map_err(bad_answer)?;
             print_status(&p);
         }
-        Cmd::Start { names } => act(&mut client, c::PLUGINS_START, names, json!({}), args.json).await?,
-        Cmd::Stop { names } => act(&mut client, c::PLUGINS_STOP, names, json!({}), args.json).await?,
+        Cmd::Start { names } => act(&client, c::PLUGINS_START, names, json!({}), args.json).await?,
+        Cmd::Stop { names } => act(&client, c::PLUGINS_STOP, names, json!({}), args.json).await?,
         Cmd::Restart { hard, names } => {
-            act(&mut client, c::PLUGINS_RESTART, names, json!({ "hard": hard }), args.json).await?
+            act(&client, c::PLUGINS_RESTART, names, json!({ "hard": hard }), args.json).await?
         }
         Cmd::Reload => {
             let result = client.call(c::PLUGINS_RELOAD, &json!({})).await?;
@@ -405,35 +410,48 @@ async fn run(args: Args) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn check_plugin(dir: &std::path::Path, execute: Option<(String, Value)>, json_out: bool) -> Result<(), Failure> {
-    use plugind::check::{self, Level};
-    let report = check::check(dir, execute).await;
-    if json_out {
-        let items: Vec<Value> = report
-            .findings
-            .iter()
-            .map(|(l, t)| json!({ "level": format!("{l:?}").to_lowercase(), "message": t }))
-            .collect();
-        print_json(&json!({ "passed": report.passed(), "findings": items }))?;
-    } else {
-        for (level, text) in &report.findings {
-            let tag = match level {
-                Level::Ok => "ok  ",
-                Level::Warn => "warn",
-                Level::Fail => "FAIL",
-            };
-            println!("{tag} {text}");
-        }
+/// `check` runs `plugind check` (the sandbox and the instance driver are the daemon's code),
+/// which prints the findings and exits like `pluginctl check` always did: 0 passed, 1 failed,
+/// 2 usage. `--json` is passed on; colour follows the shared terminal and `NO_COLOR`.
+fn check_plugin(dir: &Path, execute: Option<&str>, params: Option<&str>, json_out: bool) -> Result<(), Failure> {
+    let plugind = plugind_beside_us();
+    let mut cmd = std::process::Command::new(&plugind);
+    cmd.arg("check").arg(dir);
+    if let Some(m) = execute {
+        cmd.arg("--execute").arg(m);
     }
-    if report.passed() {
-        Ok(())
-    } else {
-        Err(Failure { code: 1, message: format!("{} has problems (see FAIL above)", dir.display()) })
+    if let Some(p) = params {
+        cmd.arg("--params").arg(p);
+    }
+    if json_out {
+        cmd.arg("--json");
+    }
+    let status = cmd.status().map_err(|e| Failure {
+        code: 1,
+        message: format!(
+            "`check` runs {} (beside pluginctl, else on PATH), which failed to start: {e}",
+            plugind.display()
+        ),
+    })?;
+    match status.code() {
+        Some(0) => Ok(()),
+        // plugind said why on stderr already.
+        Some(code) => Err(Failure { code: u8::try_from(code).unwrap_or(1), message: String::new() }),
+        None => Err(Failure { code: 1, message: format!("plugind check ended by a signal ({status})") }),
     }
 }
 
+/// The `plugind` installed beside this executable, else the name alone (looked up on `PATH`).
+fn plugind_beside_us() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("plugind")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("plugind"))
+}
+
 fn new_plugin(name: &str, lang: &str, dir: Option<PathBuf>, json_out: bool) -> Result<(), Failure> {
-    use plugind::scaffold::{self, Lang, ScaffoldError};
+    use scaffold::{Lang, ScaffoldError};
     let lang: Lang = lang.parse().map_err(usage)?;
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     let files = scaffold::scaffold(name, lang, &dir).map_err(|e| match e {
@@ -450,13 +468,7 @@ fn new_plugin(name: &str, lang: &str, dir: Option<PathBuf>, json_out: bool) -> R
 
 /// Starts, stops or restarts each plugin (`extra` params besides the name). Exit code 1 when one
 /// fails, or when a start or restart leaves a plugin `failed`, `blocked` or `invalid`.
-async fn act(
-    client: &mut Client,
-    method: &str,
-    names: Vec<String>,
-    extra: Value,
-    json_out: bool,
-) -> Result<(), Failure> {
+async fn act(client: &Client, method: &str, names: Vec<String>, extra: Value, json_out: bool) -> Result<(), Failure> {
     let mut failure = None;
     let mut fail = |what: String| failure = Some(Failure { code: 1, message: what });
     for name in names {
@@ -488,6 +500,20 @@ async fn act(
         }
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// A `$/progress` for the call in flight, on stderr (stdout stays the result alone).
+fn print_progress(p: &Progress, json_out: bool) {
+    if json_out {
+        eprintln!("{}", serde_json::to_string(p).unwrap_or_default());
+        return;
+    }
+    let fraction = match (p.progress, p.total) {
+        (Some(done), Some(total)) => format!(" ({done}/{total})"),
+        (Some(done), None) => format!(" ({done})"),
+        _ => String::new(),
+    };
+    eprintln!("progress: {}{fraction}", p.message.as_deref().unwrap_or("working"));
 }
 
 fn print_log_line(line: &Value, json_out: bool) {

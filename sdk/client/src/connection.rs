@@ -1,0 +1,360 @@
+//! The socket connection: one task reads plugind's lines, one writes ours, and a driver
+//! reconnects after a break.
+//!
+//! Everything the two sides share lives in [`Shared`] behind a `std` mutex that is never held
+//! across an `.await`: the calls in flight (answered by id), the services this client provides
+//! (re-registered on every new connection) and the requests plugind is waiting on from us
+//! (aborted by `$/cancel`).
+
+use crate::provide::{Caller, Provided};
+use crate::ClientError;
+use futures::StreamExt;
+use plugind_protocol::control as c;
+use plugind_protocol::jsonrpc::{self, Message};
+use plugind_protocol::methods;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio_util::codec::{FramedRead, LinesCodec};
+
+/// The longest line read from plugind (its own frame limit).
+const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// The first wait before reconnecting; it doubles up to [`BACKOFF_MAX`].
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// A `$/progress` notification for one of our calls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// What the plugin is doing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// How far it got, in units of `total`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f64>,
+    /// The whole amount of work, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<f64>,
+}
+
+/// A progress callback (in an alias, the trait object is `'static`, as a boxed one is).
+pub(crate) type ProgressFn = dyn FnMut(Progress) + Send;
+
+/// A call in flight: where its answer and its progress go.
+struct Pending {
+    answer: oneshot::Sender<Result<Value, ClientError>>,
+    progress: Option<mpsc::UnboundedSender<Progress>>,
+}
+
+/// What the connection tasks and the [`crate::Client`] share.
+pub(crate) struct Shared {
+    next_id: AtomicU64,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The writer's queue; `None` while there is no connection.
+    out: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    pending: HashMap<u64, Pending>,
+    provided: Vec<Provided>,
+    /// Whether `events.subscribe` was asked for: it is asked again after a reconnect.
+    events: bool,
+    /// plugind's requests being served, by their raw id, so `$/cancel` can abort them.
+    serving: HashMap<String, AbortHandle>,
+    /// Where notifications go (`event`, `log`, `trace`…); dropped when the client ends for good.
+    notify: Option<mpsc::UnboundedSender<(String, Value)>>,
+}
+
+impl Shared {
+    /// A connection on `stream`, and the receiving end of its notifications. With `reconnect`,
+    /// a break is followed by new connections to `path` (backoff 100 ms doubling to 2 s) that
+    /// re-register what this client provides; without it, the client ends at the first break.
+    pub(crate) fn start(
+        stream: UnixStream,
+        path: PathBuf,
+        reconnect: bool,
+    ) -> (Arc<Shared>, mpsc::UnboundedReceiver<(String, Value)>, tokio::task::JoinHandle<()>) {
+        let (notify, notifications) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            next_id: AtomicU64::new(1),
+            state: Mutex::new(State { notify: Some(notify), ..State::default() }),
+        });
+        // Opened before the driver runs, so calls can be sent as soon as `start` returns.
+        let session = open(&shared, stream, true);
+        let driver = tokio::spawn(drive(shared.clone(), session, path, reconnect));
+        (shared, notifications, driver)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends a request and waits for its answer, handing each `$/progress` for it to
+    /// `on_progress`. Dropping the future before the answer sends `$/cancel { id }`.
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        method: &str,
+        params: &Value,
+        mut on_progress: Option<&mut ProgressFn>,
+    ) -> Result<Value, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answer, mut answered) = oneshot::channel();
+        let (progress, mut progressed) = match on_progress {
+            Some(_) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        {
+            let mut st = self.lock();
+            let out = st.out.clone().ok_or(ClientError::ConnectionLost)?;
+            st.pending.insert(id, Pending { answer, progress });
+            out.send(jsonrpc::request_line(id, method, params)).map_err(|_| ClientError::ConnectionLost)?;
+        }
+        let mut guard = CancelOnDrop { shared: self, id: Some(id) };
+        loop {
+            tokio::select! {
+                biased;
+                Some(p) = async { progressed.as_mut()?.recv().await } => {
+                    if let Some(f) = on_progress.as_mut() {
+                        f(p);
+                    }
+                }
+                answer = &mut answered => {
+                    guard.id = None;
+                    return answer.unwrap_or(Err(ClientError::ConnectionLost));
+                }
+            }
+        }
+    }
+
+    /// Registers a provided service now (and after every reconnect).
+    pub(crate) async fn provide(self: &Arc<Self>, provided: Provided) -> Result<(), ClientError> {
+        let register = provided.register.clone();
+        let name = provided.name.clone();
+        self.lock().provided.push(provided);
+        let result = self.call(c::SERVICES_REGISTER, &register, None).await;
+        if result.is_err() {
+            self.lock().provided.retain(|p| p.name != name);
+        }
+        result.map(drop)
+    }
+
+    /// Subscribes this connection (and every later one) to lifecycle events.
+    pub(crate) async fn subscribe_events(self: &Arc<Self>) -> Result<(), ClientError> {
+        if self.lock().events {
+            return Ok(());
+        }
+        self.call(c::EVENTS_SUBSCRIBE, &json!({}), None).await?;
+        self.lock().events = true;
+        Ok(())
+    }
+}
+
+/// Sends `$/cancel` for a call whose future is dropped before its answer came.
+struct CancelOnDrop<'a> {
+    shared: &'a Shared,
+    /// The call's id while it is unanswered.
+    id: Option<u64>,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        let Some(id) = self.id else { return };
+        let mut st = self.shared.lock();
+        if st.pending.remove(&id).is_some() {
+            if let Some(out) = &st.out {
+                let _ = out.send(jsonrpc::notification_line(methods::CANCEL, &json!({ "id": id })));
+            }
+        }
+    }
+}
+
+/// Runs connections until the client is dropped (the task is aborted) or, without
+/// `reconnect`, until the first break.
+async fn drive(shared: Arc<Shared>, mut session: Session, path: PathBuf, reconnect: bool) {
+    loop {
+        serve(&shared, session).await;
+        broken(&shared);
+        if !reconnect {
+            shared.lock().notify = None;
+            return;
+        }
+        session = open(&shared, reconnected(&path).await, false);
+    }
+}
+
+/// Connects to `path` again, backing off from 100 ms to 2 s between attempts.
+async fn reconnected(path: &Path) -> UnixStream {
+    let mut delay = BACKOFF_START;
+    loop {
+        tokio::time::sleep(delay).await;
+        if let Ok(s) = UnixStream::connect(path).await {
+            return s;
+        }
+        delay = (delay * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// A break: every call in flight fails at once, every request of plugind's is abandoned.
+fn broken(shared: &Shared) {
+    let mut st = shared.lock();
+    st.out = None;
+    for (_, p) in st.pending.drain() {
+        let _ = p.answer.send(Err(ClientError::ConnectionLost));
+    }
+    for (_, h) in st.serving.drain() {
+        h.abort();
+    }
+}
+
+/// A connection whose writer queue is already the client's.
+struct Session {
+    read: OwnedReadHalf,
+    write: OwnedWriteHalf,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    queue: mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+/// Makes `stream` the client's connection. On a new connection (not the `first`), what the
+/// client provides and subscribed to is asked for again before anything else is sent.
+fn open(shared: &Shared, stream: UnixStream, first: bool) -> Session {
+    let (read, write) = stream.into_split();
+    let (out, queue) = mpsc::unbounded_channel::<Vec<u8>>();
+    let mut st = shared.lock();
+    if !first {
+        let id = || shared.next_id.fetch_add(1, Ordering::Relaxed);
+        for p in &st.provided {
+            let _ = out.send(jsonrpc::request_line(id(), c::SERVICES_REGISTER, &p.register));
+        }
+        if st.events {
+            let _ = out.send(jsonrpc::request_line(id(), c::EVENTS_SUBSCRIBE, &json!({})));
+        }
+    }
+    st.out = Some(out.clone());
+    Session { read, write, out, queue }
+}
+
+/// One connection, until it breaks.
+async fn serve(shared: &Arc<Shared>, session: Session) {
+    let Session { read, mut write, out, mut queue } = session;
+    let writer = async move {
+        while let Some(line) = queue.recv().await {
+            if write.write_all(&line).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = read_lines(shared, read, &out) => {}
+        () = writer => {}
+    }
+}
+
+/// Reads plugind's lines until the connection ends.
+async fn read_lines(shared: &Arc<Shared>, read: OwnedReadHalf, out: &mpsc::UnboundedSender<Vec<u8>>) {
+    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
+    while let Some(line) = lines.next().await {
+        let Ok(line) = line else { return };
+        match Message::parse(line.as_bytes()) {
+            Ok(Message::Response { id, outcome }) => {
+                let Some(id) = Message::numeric_id(id) else { continue };
+                let Some(p) = shared.lock().pending.remove(&id) else { continue };
+                let result = match outcome {
+                    Ok(raw) => serde_json::from_str(raw.get()).map_err(|_| ClientError::ConnectionLost),
+                    Err(e) => Err(ClientError::Rpc(e)),
+                };
+                let _ = p.answer.send(result);
+            }
+            Ok(Message::Notification { method, params }) => {
+                let params: Value = params.and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or(Value::Null);
+                notification(shared, &method, params);
+            }
+            Ok(Message::Request { id, method, params }) => request(shared, out, id, &method, params),
+            Err(_) => {}
+        }
+    }
+}
+
+/// `$/progress` goes to its call, `$/cancel` aborts the request it names, the rest to the
+/// client's notifications.
+fn notification(shared: &Shared, method: &str, params: Value) {
+    let mut st = shared.lock();
+    match method {
+        methods::PROGRESS => {
+            let Some(id) = params["id"].as_u64() else { return };
+            let Some(tx) = st.pending.get(&id).and_then(|p| p.progress.as_ref()) else { return };
+            if let Ok(p) = serde_json::from_value(params) {
+                let _ = tx.send(p);
+            }
+        }
+        methods::CANCEL => {
+            if let Some(h) = st.serving.remove(&params["id"].to_string()) {
+                h.abort();
+            }
+        }
+        _ => {
+            if let Some(tx) = &st.notify {
+                let _ = tx.send((method.to_owned(), params));
+            }
+        }
+    }
+}
+
+/// plugind's `execute` for a provided service: served in a task of its own, answered on `out`.
+fn request(
+    shared: &Arc<Shared>,
+    out: &mpsc::UnboundedSender<Vec<u8>>,
+    id: &RawValue,
+    method: &str,
+    params: Option<&RawValue>,
+) {
+    let key = id.get().to_owned();
+    let id: Box<RawValue> = id.to_owned();
+    if method != methods::EXECUTE {
+        let _ = out.send(jsonrpc::error_line(&id, &jsonrpc::RpcError::method_not_found(method)));
+        return;
+    }
+    let call: methods::ExecuteParams = match params.map(|p| serde_json::from_str(p.get())) {
+        Some(Ok(p)) => p,
+        _ => {
+            let _ =
+                out.send(jsonrpc::error_line(&id, &jsonrpc::RpcError::invalid_params("expected { method, params }")));
+            return;
+        }
+    };
+    let mut st = shared.lock();
+    let provided = st.provided.iter().find(|p| call.service.as_deref().is_none_or(|s| s == p.name));
+    let Some(provided) = provided else {
+        let e =
+            jsonrpc::RpcError::new(plugind_protocol::codes::SERVICE_NOT_FOUND, "this host provides no such service");
+        let _ = out.send(jsonrpc::error_line(&id, &e));
+        return;
+    };
+    let caller = Caller { plugin: call.caller, service: call.service };
+    let work = provided.handlers.serve(&call.method, call.params, caller);
+    let (out, shared2, key2) = (out.clone(), shared.clone(), key.clone());
+    // Spawned under the lock so the task cannot finish (and forget itself) before it is recorded.
+    let task = tokio::spawn(async move {
+        let line = match work.await {
+            Ok(v) => jsonrpc::result_line(&id, &v),
+            Err(e) => jsonrpc::error_line(&id, &e.to_rpc()),
+        };
+        shared2.lock().serving.remove(&key2);
+        let _ = out.send(line);
+    });
+    st.serving.insert(key, task.abort_handle());
+}
