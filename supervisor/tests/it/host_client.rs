@@ -129,7 +129,8 @@ async fn rust_host_sees_events() {
     let d = daemon().await;
     let h = host(&d).await;
     let mut events = h.events().await.unwrap();
-    h.call("plugins.restart", &json!({"name": "py-probe"})).await.unwrap();
+    // A hard restart: stopped, then starting and running again (a graceful one stays running).
+    h.call("plugins.restart", &json!({"name": "py-probe", "hard": true})).await.unwrap();
     let ev = tokio::time::timeout(TIMEOUT, async {
         loop {
             let ev = events.next().await.expect("events keep coming");
@@ -235,7 +236,8 @@ async fn rust_host_reconnects_after_plugind_restarts_and_provides_again() {
     }
     assert_eq!(callers.lock().unwrap().len(), 2);
     // The event stream resumed on the new connection.
-    h.call("plugins.restart", &json!({"name": "py-probe"})).await.unwrap();
+    // A hard restart: stopped, then starting and running again (a graceful one stays running).
+    h.call("plugins.restart", &json!({"name": "py-probe", "hard": true})).await.unwrap();
     tokio::time::timeout(TIMEOUT, async {
         while let Some(ev) = events.next().await {
             if ev["plugin"] == "py-probe" {
