@@ -1,6 +1,6 @@
 //! One control client: requests in, answers out, several in flight at once.
 
-use crate::control::handlers;
+use crate::control::{cancel, handlers};
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
 use crate::transport::peer::{spawn_writer, Incoming, Peer, OUTBOX_CAPACITY};
 use crate::Daemon;
@@ -22,14 +22,12 @@ pub struct Conn {
     pub peer: Arc<Peer>,
     /// Cancelled when the client goes away: ends its subscriptions.
     pub closed: tokio_util::sync::CancellationToken,
-    /// The client's `$/cancel`s for its own requests.
-    pub cancels: crate::control::cancel::Cancels,
 }
 
 impl Conn {
     /// Connection `id`, calling the other side through `peer`.
     pub fn new(id: u64, peer: Arc<Peer>) -> Self {
-        Conn { id, peer, closed: Default::default(), cancels: Default::default() }
+        Conn { id, peer, closed: Default::default() }
     }
 }
 
@@ -49,6 +47,8 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
     let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
     spawn_writer(write, rx);
     let conn = Arc::new(Conn::new(daemon.next_conn_id(), Arc::new(Peer::new(tx))));
+    // Progress of the calls its requests make reaches it (`$/progress` under its own ids).
+    let _relay = crate::transport::peer::relay_target(conn.id, &conn.peer);
     let mut frames = FramedRead::new(read, FrameDecoder::new(DEFAULT_MAX_FRAME));
     let mut inflight = FuturesUnordered::new();
     let mut eof = false;
@@ -69,7 +69,11 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
                         break;
                     }
                 };
-                inflight.push(serve_line(daemon.clone(), conn.clone(), line));
+                if let Some(id) = cancel::cancel_target(&line) {
+                    cancel::cancel_in_flight(std::pin::Pin::new(&mut inflight), &conn, id);
+                    continue;
+                }
+                inflight.push(cancel::InFlight::new(line.clone(), serve_line(daemon.clone(), conn.clone(), line)));
                 burst += 1;
                 if burst == FLUSH_EVERY {
                     burst = 0;
@@ -124,9 +128,6 @@ async fn serve_line(daemon: Arc<Daemon>, conn: Arc<Conn>, line: Bytes) {
         Incoming::Request { id, method, params } => {
             let reply = handlers::dispatch_request(&daemon, &conn, id, &method, params).await;
             conn.peer.respond(id, reply.as_deref()).await;
-        }
-        Incoming::Notification { method, params } if method == plugind_protocol::methods::CANCEL => {
-            conn.cancels.cancel(params);
         }
         Incoming::Invalid(e) => {
             let err = RpcError::new(e.code(), e.to_string());

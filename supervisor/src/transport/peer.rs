@@ -122,14 +122,36 @@ impl HostId {
     }
 }
 
-/// Where the `$/progress` of calls made for a host's request goes: that host's connection, under
-/// the host's own request id.
+/// Where the `$/progress` of calls made for a host's request goes: that host's connection (by the
+/// id it registered with [`relay_target`]), under the host's own request id. Copied into every
+/// call made for the request, so it holds no reference count: the connection is looked up only
+/// when a progress notification actually comes.
 #[derive(Clone)]
 pub struct ProgressTo {
-    /// The host's connection.
-    pub peer: Arc<Peer>,
+    /// The host's connection id.
+    pub conn: u64,
     /// The host's request id.
     pub id: HostId,
+}
+
+/// The host connections that relayed progress can reach, by connection id.
+static RELAY_TARGETS: std::sync::LazyLock<std::sync::RwLock<std::collections::HashMap<u64, std::sync::Weak<Peer>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A host connection registered as a target of relayed progress; unregistered on drop.
+#[must_use = "the connection is a relay target only while this lives"]
+pub struct RelayTarget(u64);
+
+/// Registers `peer`, the host connection `conn`, as a target of relayed progress.
+pub fn relay_target(conn: u64, peer: &Arc<Peer>) -> RelayTarget {
+    RELAY_TARGETS.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(conn, Arc::downgrade(peer));
+    RelayTarget(conn)
+}
+
+impl Drop for RelayTarget {
+    fn drop(&mut self) {
+        RELAY_TARGETS.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.0);
+    }
 }
 
 tokio::task_local! {
@@ -422,9 +444,11 @@ impl Peer {
             None => None,
         };
         let Some(to) = relay else { return };
+        let target = RELAY_TARGETS.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&to.conn).cloned();
+        let Some(host) = target.and_then(|w| w.upgrade()) else { return };
         let message = p.message.map(|m| crate::caps::cut_progress(&m).unwrap_or(m.into_owned()));
         let out = ProgressOut { id: to.id.to_value(), message, progress: p.progress, total: p.total };
-        to.peer.notify(plugind_protocol::methods::PROGRESS, &out);
+        host.notify(plugind_protocol::methods::PROGRESS, &out);
     }
 
     /// The call of ours that a request of the other side is made on behalf of: the one named by
