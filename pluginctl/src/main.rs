@@ -92,6 +92,9 @@ enum Cmd {
         method: String,
         /// Params as JSON.
         params: Option<String>,
+        /// Deadline in milliseconds.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
     },
     /// Table of services: NAME VERSION PLUGIN CAPABILITIES.
     Services {
@@ -145,6 +148,9 @@ enum Cmd {
         hook: String,
         /// Initial payload as JSON.
         payload: Option<String>,
+        /// Budget of the whole chain in milliseconds.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
     },
     /// Print plugind's metrics (Prometheus text).
     Metrics,
@@ -158,6 +164,8 @@ enum Cmd {
 struct Failure {
     code: u8,
     message: String,
+    /// The JSON-RPC error object plugind answered, if that is what failed: `--json` prints it.
+    error: Option<Value>,
 }
 
 impl From<ClientError> for Failure {
@@ -166,12 +174,25 @@ impl From<ClientError> for Failure {
             ClientError::Rpc(_) | ClientError::Unsupported { .. } => 1,
             ClientError::Unreachable { .. } | ClientError::ConnectionLost => 3,
         };
-        Failure { code, message: e.to_string() }
+        let error = match &e {
+            ClientError::Rpc(rpc) => serde_json::to_value(rpc).ok(),
+            ClientError::ConnectionLost => {
+                Some(json!({ "code": plugind_client::CONNECTION_LOST, "message": e.to_string() }))
+            }
+            _ => None,
+        };
+        Failure { code, message: e.to_string(), error }
+    }
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure { code, message: message.into(), error: None }
     }
 }
 
 fn usage(message: String) -> Failure {
-    Failure { code: 2, message }
+    Failure::new(2, message)
 }
 
 fn parse_json(what: &str, text: Option<&str>, default: Value) -> Result<Value, Failure> {
@@ -196,9 +217,15 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("UNWRAP: a current-thread runtime builds");
+    let json_out = args.json;
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
+            // --json: a JSON-RPC error as the error object on stdout, for scripts; the message
+            // still goes to stderr for people.
+            if let (true, Some(error)) = (json_out, &f.error) {
+                println!("{}", json!({ "error": error }));
+            }
             if !f.message.is_empty() {
                 eprintln!("pluginctl: {}", f.message);
             }
@@ -224,7 +251,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             }
             Some((c::EXECUTE, p))
         }
-        Cmd::Service { service, method, params } => {
+        Cmd::Service { service, method, params, timeout_ms } => {
             let (name, version) = match service.split_once('@') {
                 Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
                 None => (service.clone(), None),
@@ -233,12 +260,18 @@ async fn run(args: Args) -> Result<(), Failure> {
             if let Some(v) = version {
                 p["version"] = json!(v);
             }
+            if let Some(t) = timeout_ms {
+                p["timeout_ms"] = json!(t);
+            }
             Some((c::SERVICES_CALL, p))
         }
-        Cmd::Hook { hook, payload } => Some((
-            c::HOOKS_RUN,
-            json!({ "hook": hook, "payload": parse_json("PAYLOAD_JSON", payload.as_deref(), json!({}))? }),
-        )),
+        Cmd::Hook { hook, payload, timeout_ms } => {
+            let mut p = json!({ "hook": hook, "payload": parse_json("PAYLOAD_JSON", payload.as_deref(), json!({}))? });
+            if let Some(t) = timeout_ms {
+                p["timeout_ms"] = json!(t);
+            }
+            Some((c::HOOKS_RUN, p))
+        }
         _ => None,
     };
     let client = match &args.url {
@@ -426,18 +459,16 @@ fn check_plugin(dir: &Path, execute: Option<&str>, params: Option<&str>, json_ou
     if json_out {
         cmd.arg("--json");
     }
-    let status = cmd.status().map_err(|e| Failure {
-        code: 1,
-        message: format!(
-            "`check` runs {} (beside pluginctl, else on PATH), which failed to start: {e}",
-            plugind.display()
-        ),
+    let status = cmd.status().map_err(|e| {
+        let why =
+            format!("`check` runs {} (beside pluginctl, else on PATH), which failed to start: {e}", plugind.display());
+        Failure::new(1, why)
     })?;
     match status.code() {
         Some(0) => Ok(()),
         // plugind said why on stderr already.
-        Some(code) => Err(Failure { code: u8::try_from(code).unwrap_or(1), message: String::new() }),
-        None => Err(Failure { code: 1, message: format!("plugind check ended by a signal ({status})") }),
+        Some(code) => Err(Failure::new(u8::try_from(code).unwrap_or(1), String::new())),
+        None => Err(Failure::new(1, format!("plugind check ended by a signal ({status})"))),
     }
 }
 
@@ -456,7 +487,7 @@ fn new_plugin(name: &str, lang: &str, dir: Option<PathBuf>, json_out: bool) -> R
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     let files = scaffold::scaffold(name, lang, &dir).map_err(|e| match e {
         ScaffoldError::BadName(_) | ScaffoldError::RustDot(_) => usage(e.to_string()),
-        other => Failure { code: 1, message: other.to_string() },
+        other => Failure::new(1, other.to_string()),
     })?;
     if json_out {
         return print_json(&json!({ "dir": dir, "files": files }));
@@ -470,7 +501,7 @@ fn new_plugin(name: &str, lang: &str, dir: Option<PathBuf>, json_out: bool) -> R
 /// fails, or when a start or restart leaves a plugin `failed`, `blocked` or `invalid`.
 async fn act(client: &Client, method: &str, names: Vec<String>, extra: Value, json_out: bool) -> Result<(), Failure> {
     let mut failure = None;
-    let mut fail = |what: String| failure = Some(Failure { code: 1, message: what });
+    let mut fail = |what: String| failure = Some(Failure::new(1, what));
     for name in names {
         let mut params = extra.clone();
         params["name"] = json!(name);
@@ -533,7 +564,7 @@ fn print_log_line(line: &Value, json_out: bool) {
 }
 
 fn bad_answer(e: serde_json::Error) -> Failure {
-    Failure { code: 1, message: format!("unexpected answer from plugind: {e}") }
+    Failure::new(1, format!("unexpected answer from plugind: {e}"))
 }
 
 fn print_json(v: &Value) -> Result<(), Failure> {

@@ -59,3 +59,26 @@ fn unreachable_daemon_is_exit_3() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach plugind"));
 }
+
+/// `--json` prints a failed call's JSON-RPC error object on stdout (code, message, data kept), and
+/// `service` and `hook` take `--timeout-ms` like `call`.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_errors_keep_code_and_data_and_every_call_takes_a_timeout() {
+    let d = Daemon::builder().plugin("perl-echo").start().await;
+    let out = d.ctl(&["--json", "call", "ghost", "echo"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["error"]["code"], -32004, "{v}");
+    assert_eq!(v["error"]["data"]["plugin"], "ghost", "{v}");
+
+    let out = d.ctl(&["--json", "service", "perl-echo", "sleep", r#"{"ms": 3000}"#, "--timeout-ms", "200"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["error"]["code"], -32001, "{v}");
+    assert_eq!(v["error"]["data"]["timeout_ms"], 200, "{v}");
+
+    // A chain budget: the payload so far (no closed plugin), exit 0.
+    let out = d.ctl(&["hook", "onRequest", r#"{"n": 1}"#, "--timeout-ms", "500"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(stdout(&out).trim()).unwrap(), serde_json::json!({"n": 1}));
+}
