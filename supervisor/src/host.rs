@@ -1,11 +1,11 @@
 //! What a plugin may ask plugind (docs/protocol.md): `registry.*`, `service.call`, `kv.*`.
 
-use crate::control::handlers::params;
 use crate::registry::{not_found, ServiceCallIn};
 use crate::router::Call;
 use crate::transport::peer::Peer;
 use crate::Daemon;
 use plugind_protocol::codes;
+use plugind_protocol::jsonrpc::parse_params as params;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
 use plugind_protocol::manifest::{Dependency, Manifest, Permission};
 use plugind_protocol::methods::{self, ListServicesParams, ServiceQuery};

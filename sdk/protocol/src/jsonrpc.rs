@@ -29,6 +29,12 @@ pub struct RpcError {
     pub data: Option<Value>,
 }
 
+/// A request's params as `T`, `{}` when absent; `-32602` invalid params when they do not fit.
+/// Every side that serves requests (plugind's control API, its answers to plugins) uses it.
+pub fn parse_params<T: serde::de::DeserializeOwned>(raw: Option<&RawValue>) -> Result<T, RpcError> {
+    serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(RpcError::invalid_params)
+}
+
 impl RpcError {
     /// An error without data.
     pub fn new(code: i64, message: impl Into<String>) -> Self {

@@ -11,13 +11,9 @@ use crate::control::connection::Conn;
 use crate::Daemon;
 use plugind_protocol::control as c;
 use plugind_protocol::jsonrpc::RpcError;
-use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
-/// Params of `method`, `{}` when absent.
-pub(crate) fn params<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<T, RpcError> {
-    serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(RpcError::invalid_params)
-}
+use plugind_protocol::jsonrpc::parse_params as params;
 
 /// Runs the client's request `id`: the calls that reach plugins (`execute`, `services.call`,
 /// `hooks.run`) as host calls (cancellable with `$/cancel`, `$/progress` relayed), the rest as is.
