@@ -763,6 +763,30 @@ async fn plugin_cannot_rewrite_its_own_manifest() {
     }
 }
 
+/// With `filesystem` (and root), what would undo the sandbox or reach the host's kernel settings:
+/// moving itself out of its cgroup (plugind recognises plugin processes by it) and writing a
+/// sysctl. `/sys/fs/cgroup` is covered and `/proc/sys` is read-only in a plugin's namespace.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_with_filesystem_cannot_leave_its_cgroup_or_write_sysctls() {
+    let d = hostiles(Daemon::builder(), &WITH_FS, &json!({})).start().await;
+    let mut targets: Vec<PathBuf> = vec!["/proc/sys/kernel/domainname".into(), "/proc/sys/vm/drop_caches".into()];
+    for tree in ["", "unified", "memory", "pids"] {
+        let procs = Path::new("/sys/fs/cgroup").join(tree).join("cgroup.procs");
+        if procs.exists() {
+            targets.push(procs);
+        }
+    }
+    for (name, _) in WITH_FS {
+        if !held(&d, name, &["state", "write", "filesystem"]).await {
+            continue;
+        }
+        for path in &targets {
+            let r = attack(&d, name, "open_write", json!({ "path": path })).await;
+            refused(&r, &format!("{name} opens {} for writing", path.display()));
+        }
+    }
+}
+
 /// A second plugind on a state dir in use exits 1 at once, naming the holder, and touches
 /// nothing: the first one's plugins keep their pids, its socket keeps answering.
 #[tokio::test(flavor = "multi_thread")]
