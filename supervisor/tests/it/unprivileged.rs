@@ -62,13 +62,16 @@ async fn an_unprivileged_plugind_confines_its_plugins_too() {
     )
     .unwrap();
     std::fs::write(plugin.join("main.py"), LOOKER).unwrap();
+    // The checkout may sit where `nobody` cannot reach (below /root): run a copy from the temp dir.
+    let binary = root.join("plugind");
+    std::fs::copy(env!("CARGO_BIN_EXE_plugind"), &binary).unwrap();
     chown_tree(root, NOBODY);
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = root.join("plugind.sock");
     let log = std::fs::File::create(root.join("plugind.log")).unwrap();
     let mut child = Command::new("setpriv")
         .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_plugind"))
+        .arg(&binary)
         .arg("--plugins")
         .arg(root.join("plugins"))
         .arg("--state-dir")
