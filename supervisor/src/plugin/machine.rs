@@ -337,16 +337,21 @@ impl Machine {
         out
     }
 
+    /// A start from `stopped` or `failed`: the failure is forgotten; the start happens now, or
+    /// once the last instance still stopping is gone.
+    fn start_fresh(&mut self, unmet: Unmet, out: &mut Vec<Action>) {
+        self.failed = false;
+        self.cooldown_at = None;
+        if self.insts.is_empty() {
+            self.begin_start(unmet, true, out);
+        } else {
+            self.start_after_stop = Some(unmet);
+        }
+    }
+
     fn on_start(&mut self, unmet: Unmet, out: &mut Vec<Action>) {
         if !self.running {
-            self.failed = false;
-            self.cooldown_at = None;
-            if self.insts.is_empty() {
-                self.begin_start(unmet, true, out);
-            } else {
-                // Still stopping: start once the last instance is gone.
-                self.start_after_stop = Some(unmet);
-            }
+            self.start_fresh(unmet, out);
         } else if self.blocked.is_some() {
             self.begin_start(unmet, true, out);
         } else if self.restart_at.take().is_some() {
@@ -416,13 +421,7 @@ impl Machine {
             self.begin_start(unmet, true, out);
         } else if self.failed {
             // A fixed plugin comes back.
-            self.failed = false;
-            self.cooldown_at = None;
-            if self.insts.is_empty() {
-                self.begin_start(unmet, true, out);
-            } else {
-                self.start_after_stop = Some(unmet);
-            }
+            self.start_fresh(unmet, out);
         } else if self.start_after_stop.is_some() {
             self.start_after_stop = Some(unmet);
         }

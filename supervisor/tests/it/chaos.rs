@@ -29,22 +29,6 @@ const CLIENTS: usize = 4;
 const CALL_TIMEOUT_MS: u64 = 1000;
 const LATE_MARGIN: Duration = Duration::from_millis(250);
 
-/// xorshift64*: no dependency, reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// plugind's resource figures from /proc.
 #[derive(Debug, Clone, Copy)]
 pub struct Usage {

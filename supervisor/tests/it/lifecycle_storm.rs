@@ -9,22 +9,6 @@ use crate::support::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// xorshift64*: enough randomness for a storm, and a seed replays it exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const PLUGINS: [&str; 3] = ["sa", "sb", "sc"];
 
 fn marker(root: &std::path::Path, name: &str) -> String {

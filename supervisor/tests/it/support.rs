@@ -499,3 +499,21 @@ pub fn procs_with(marker: &str) -> Vec<u32> {
     pids.sort_unstable();
     pids
 }
+
+/// xorshift64*: randomness for storms with no dependency, replayed exactly from a printed seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
