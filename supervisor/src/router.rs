@@ -9,6 +9,7 @@
 
 use crate::plugin::instance::{self, Admission};
 use crate::plugin::PluginEntry;
+use crate::trace::{Hop, TraceIn};
 use crate::transport::peer::{CallError, Deadline};
 use crate::Daemon;
 use plugind_protocol::codes;
@@ -30,6 +31,8 @@ pub struct ExecuteOut<'a> {
     pub service: Option<&'a str>,
     /// The calling plugin.
     pub caller: Option<&'a str>,
+    /// The hop's trace context, sent as `_meta`.
+    pub trace: Option<&'a Hop>,
 }
 
 impl ExecuteOut<'_> {
@@ -57,6 +60,10 @@ impl ExecuteOut<'_> {
                 jsonrpc::write_json(out, v);
             }
         }
+        if let Some(hop) = self.trace {
+            out.push(b',');
+            hop.write_meta(out);
+        }
         out.push(b'}');
     }
 }
@@ -75,6 +82,8 @@ pub struct Call<'a> {
     pub caller: Option<&'a str>,
     /// A deadline inherited from the call that caused this one.
     pub not_after: Option<Instant>,
+    /// The trace this call continues (its `_meta`, or the call that caused it).
+    pub trace: TraceIn,
 }
 
 /// `-32004` for an unknown plugin.
@@ -108,13 +117,33 @@ impl Daemon {
 
 /// Calls `execute` on a plugin entry.
 pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
+    let hop = Hop::start(&call.trace);
     let params = ExecuteOut {
         method: call.method,
         params: call.params.unwrap_or(RawValue::NULL),
         service: call.service,
         caller: call.caller,
+        trace: Some(&hop),
     };
-    call_plugin(entry, methods::EXECUTE, |out| params.write_json(out), call.timeout_ms, call.not_after).await
+    let result =
+        call_plugin(entry, methods::EXECUTE, |out| params.write_json(out), call.timeout_ms, call.not_after, &hop).await;
+    if let Err(e) = &result {
+        call_failed(entry, call.method, e, &hop);
+    }
+    hop.finish("execute", &entry.name, call.method, result.as_ref().map(|_| ()).map_err(|e| (e.code, &*e.message)));
+    result
+}
+
+/// A call that timed out, was cancelled or lost its process is logged in the plugin's log and
+/// published as a `call_failed` event, both with the call's trace id (an error the plugin
+/// answered itself is the caller's business, not plugind's).
+pub fn call_failed(entry: &PluginEntry, method: &str, e: &RpcError, hop: &Hop) {
+    if matches!(e.code, codes::DEADLINE_EXCEEDED | codes::PLUGIN_CRASHED | codes::REQUEST_CANCELLED | codes::OVERLOADED)
+    {
+        let trace_id = hop.span.trace_id_hex();
+        entry.log.warn_traced(format!("call {method} failed: {}", e.message), &trace_id);
+        entry.log.call_event("call_failed", format!("{method}: {}", e.message), trace_id);
+    }
 }
 
 /// Sends request `method` to the least-loaded ready instance of a plugin, with admission
@@ -126,6 +155,7 @@ pub async fn call_plugin(
     write_params: impl FnOnce(&mut Vec<u8>),
     timeout_ms: Option<u64>,
     not_after: Option<Instant>,
+    hop: &Hop,
 ) -> Result<Box<RawValue>, RpcError> {
     let Some(instance) = entry.pick() else { return Err(unavailable(entry)) };
     let (default_timeout, max) = instance.timeouts;
@@ -147,7 +177,7 @@ pub async fn call_plugin(
         })?;
         instance
             .peer
-            .call_with(method, write_params, deadline)
+            .call_traced(method, write_params, deadline, Some(hop.as_parent()))
             .await
             .map_err(|e| instance::call_error(&entry.name, timeout, e))
     }
