@@ -691,7 +691,7 @@ fn new_plugin(name: &str, lang: &str, dir: Option<PathBuf>, json_out: bool) -> R
         return print_json(&json!({ "dir": dir, "files": files }));
     }
     println!("created {} ({} files)", dir.display(), files.len());
-    println!("next:\n{}", scaffold::next_steps(name, lang, &dir));
+    println!("{}", scaffold::next_steps(name, lang, &dir));
     Ok(())
 }
 
