@@ -58,8 +58,11 @@ struct Conn {
 impl Conn {
     /// These options given after the command, over those given before it.
     fn over(self, before: Conn) -> Conn {
-        let (socket, url) =
-            if self.socket.is_some() || self.url.is_some() { (self.socket, self.url) } else { (before.socket, before.url) };
+        let (socket, url) = if self.socket.is_some() || self.url.is_some() {
+            (self.socket, self.url)
+        } else {
+            (before.socket, before.url)
+        };
         Conn { socket, url, token_file: self.token_file.or(before.token_file), json: self.json || before.json }
     }
 }
@@ -72,11 +75,8 @@ const DAEMONLESS: [&str; 2] = ["new", "check"];
 /// and `check` shows only their own options.
 fn parse_args() -> Result<(Cmd, Conn), clap::Error> {
     let mut cmd = Args::command();
-    let daemon_commands: Vec<String> = cmd
-        .get_subcommands()
-        .map(|s| s.get_name().to_owned())
-        .filter(|n| !DAEMONLESS.contains(&n.as_str()))
-        .collect();
+    let daemon_commands: Vec<String> =
+        cmd.get_subcommands().map(|s| s.get_name().to_owned()).filter(|n| !DAEMONLESS.contains(&n.as_str())).collect();
     for name in &daemon_commands {
         cmd = cmd.mut_subcommand(name, Conn::augment_args);
     }
@@ -240,11 +240,9 @@ struct Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::Rpc(rpc) => Failure {
-                code: 1,
-                message: rpc_message(&rpc),
-                error: serde_json::to_value(&rpc).ok(),
-            },
+            ClientError::Rpc(rpc) => {
+                Failure { code: 1, message: rpc_message(&rpc), error: serde_json::to_value(&rpc).ok() }
+            }
             ClientError::Unreachable { path, source } => unreachable(&path, &source),
             ClientError::ConnectionLost => Failure {
                 code: 3,
@@ -347,7 +345,9 @@ fn rpc_message(e: &RpcError) -> String {
 fn parse_json(what: &str, text: Option<&str>) -> Result<Value, Failure> {
     match text {
         None => Ok(json!({})),
-        Some(t) => serde_json::from_str(t).map_err(|e| usage(format!("{what} is not valid JSON: {}", json_problem(t, &e)))),
+        Some(t) => {
+            serde_json::from_str(t).map_err(|e| usage(format!("{what} is not valid JSON: {}", json_problem(t, &e))))
+        }
     }
 }
 
@@ -361,7 +361,8 @@ fn json_problem(text: &str, e: &serde_json::Error) -> String {
         Category::Eof if text.trim().is_empty() => "it is empty (give {} for no params)".to_owned(),
         Category::Eof => format!("it ends too early, at {at} (a missing }}, ] or \"?)"),
         Category::Syntax => {
-            let found = text.lines().nth(e.line().saturating_sub(1)).and_then(|l| l.chars().nth(e.column().saturating_sub(1)));
+            let found =
+                text.lines().nth(e.line().saturating_sub(1)).and_then(|l| l.chars().nth(e.column().saturating_sub(1)));
             match found {
                 Some(ch) if ch.is_alphabetic() || ch == '\'' => format!("unexpected {ch:?} at {at}: {quoting}"),
                 Some(ch) => format!("unexpected {ch:?} at {at}"),
@@ -415,7 +416,8 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
     // Validate arguments before connecting so usage errors win over an absent daemon.
     let request = match &command {
         Cmd::Call { plugin, method, params, timeout_ms } => {
-            let mut p = json!({ "plugin": plugin, "method": method, "params": parse_json("PARAMS", params.as_deref())? });
+            let mut p =
+                json!({ "plugin": plugin, "method": method, "params": parse_json("PARAMS", params.as_deref())? });
             if let Some(t) = timeout_ms {
                 p["timeout_ms"] = json!(t);
             }
@@ -426,7 +428,8 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
                 Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
                 None => (service.clone(), None),
             };
-            let mut p = json!({ "service": name, "method": method, "params": parse_json("PARAMS", params.as_deref())? });
+            let mut p =
+                json!({ "service": name, "method": method, "params": parse_json("PARAMS", params.as_deref())? });
             if let Some(v) = version {
                 p["version"] = json!(v);
             }
@@ -587,7 +590,8 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
                 if json_out {
                     println!("{ev}");
                 } else {
-                    let state = ev["state"].as_str().map(|s| format!(" {}", paint(state_style(s), s))).unwrap_or_default();
+                    let state =
+                        ev["state"].as_str().map(|s| format!(" {}", paint(state_style(s), s))).unwrap_or_default();
                     anstream::println!(
                         "{} {} {}{} {}",
                         str_of(&ev["ts"]),
@@ -656,7 +660,8 @@ fn check_plugin(dir: &Path, execute: Option<&str>, params: Option<&str>, json_ou
     }
     let status = cmd.status().map_err(|e| {
         let why = if e.kind() == std::io::ErrorKind::NotFound {
-            "none was found beside pluginctl or on PATH: install plugind next to pluginctl, or put it on PATH".to_owned()
+            "none was found beside pluginctl or on PATH: install plugind next to pluginctl, or put it on PATH"
+                .to_owned()
         } else {
             format!("{} failed to start: {}", plugind.display(), os_text(&e))
         };
@@ -879,7 +884,9 @@ fn print_status(p: &PluginStatus) {
         for g in &p.sandbox {
             match &g.why {
                 None => item(&format!("{:<30} {}", g.guarantee, paint(GOOD, &format!("holds: {}", g.mechanism)))),
-                Some(why) => item(&format!("{:<30} {}", g.guarantee, paint(BAD, &format!("does NOT hold here: {why}")))),
+                Some(why) => {
+                    item(&format!("{:<30} {}", g.guarantee, paint(BAD, &format!("does NOT hold here: {why}"))))
+                }
             }
         }
     }
