@@ -407,11 +407,11 @@ fn main() -> ExitCode {
 
 async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
     let json_out = conn.json;
-    if let Cmd::New { name, lang, dir, .. } = &command {
-        return new_plugin(name, lang, dir.clone(), json_out);
+    if let Cmd::New { name, lang, dir, json } = &command {
+        return new_plugin(name, lang, dir.clone(), *json || json_out);
     }
-    if let Cmd::Check { dir, execute, params, .. } = &command {
-        return check_plugin(dir, execute.as_deref(), params.as_deref(), json_out);
+    if let Cmd::Check { dir, execute, params, json } = &command {
+        return check_plugin(dir, execute.as_deref(), params.as_deref(), *json || json_out);
     }
     // Validate arguments before connecting so usage errors win over an absent daemon.
     let request = match &command {

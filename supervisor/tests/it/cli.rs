@@ -342,6 +342,17 @@ async fn new_and_check_show_only_their_own_options() {
     }
     let text = help(&["list", "--help"]);
     assert!(text.contains("--socket <PATH>") && text.contains("--json"), "{text}");
+    // Their own --json, after their name as before it.
+    let work = tempfile::tempdir().unwrap();
+    for (n, args) in [["new", "a", "--json"], ["--json", "new", "b"]].iter().enumerate() {
+        let out = Command::new(pluginctl()).args(args).current_dir(work.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["dir"], ["a", "b"][n], "{v}");
+    }
+    let out = Command::new(pluginctl()).arg("check").arg(fixture("perl-echo")).arg("--json").output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["passed"], true, "{v}");
 
     let d = Daemon::builder().plugin("perl-echo").start().await;
     let sock = d.socket.to_str().unwrap();
