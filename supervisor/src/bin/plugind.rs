@@ -258,13 +258,15 @@ fn check(
         let out = json!({ "passed": report.passed(), "findings": items });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
+        // Colour on a terminal only: anstream strips the styles for a pipe, a file or `NO_COLOR`.
+        use anstyle::AnsiColor;
         for (level, text) in &report.findings {
-            let tag = match level {
-                Level::Ok => "ok  ",
-                Level::Warn => "warn",
-                Level::Fail => "FAIL",
+            let (tag, style) = match level {
+                Level::Ok => ("ok  ", AnsiColor::Green.on_default()),
+                Level::Warn => ("warn", AnsiColor::Yellow.on_default()),
+                Level::Fail => ("FAIL", AnsiColor::Red.on_default().bold()),
             };
-            println!("{tag} {text}");
+            anstream::println!("{style}{tag}{style:#} {text}");
         }
     }
     if report.passed() {
