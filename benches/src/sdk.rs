@@ -91,6 +91,10 @@ fn leak(s: String) -> &'static str {
 /// Runs the SDK overhead lines in this placement.
 pub fn run(rt: &tokio::runtime::Runtime, bins: &Bins, placement: &str, t: Timing, rounds: usize) -> anyhow::Result<()> {
     let mut langs = langs(bins);
+    // PLUGIND_BENCH_SDK_LANGS=python,node: only those (while working on one SDK).
+    if let Ok(only) = std::env::var("PLUGIND_BENCH_SDK_LANGS") {
+        langs.retain(|l| only.split(',').any(|o| o == l.name));
+    }
     for l in langs.iter().filter(|l| l.missing.is_some()) {
         let why = l.missing.as_deref().unwrap_or_default();
         for kind in ["floor.raw", "s.sdk"] {
