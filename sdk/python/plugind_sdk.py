@@ -155,6 +155,37 @@ def _fail(fut: concurrent.futures.Future, exc: BaseException) -> None:
 # control characters, so a frame never holds a raw newline.
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _loads = json.loads
+try:  # the C parts of the json module, called directly: a plugin's answers are its hot path
+    from json.decoder import JSONDecoder as _JSONDecoder
+    from json.encoder import c_make_encoder as _c_make_encoder, encode_basestring as _encode_str
+
+    def _not_json(o: Any) -> Any:
+        raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+    _c_encode = _c_make_encoder(None, _not_json, _encode_str, None, ":", ",", False, False, False)
+    _scan = _JSONDecoder().scan_once
+
+    def _encode(o: Any) -> str:  # noqa: F811 - the same function, faster
+        if type(o) is str:
+            return _encode_str(o)
+        try:
+            return "".join(_c_encode(o, 0))
+        except RecursionError:
+            raise ValueError("Circular reference detected") from None
+
+    def _loads(line: str) -> Any:  # noqa: F811
+        try:
+            value, end = _scan(line, 0)
+        except StopIteration:
+            return json.loads(line)  # leading whitespace, or not JSON: json.loads says which
+        if end != len(line) and not line[end:].isspace():
+            return json.loads(line)
+        return value
+except (ImportError, TypeError):  # another implementation of json: the plain functions
+    pass
+
+# Types a handler's value may have that are surely not awaitable (checked before hasattr).
+_PLAIN = frozenset((dict, list, str, int, float, bool, type(None), tuple))
 
 
 def _id_json(rid: Any) -> str:
@@ -459,12 +490,14 @@ class Context(Host):
         self._conn = conn
         self.registry = registry
         self.id = rid
-        self.service: Optional[str] = None
-        self.caller: Optional[str] = None
-        self._is_cancelled = False
-        self._event: Optional[_CancelEvent] = None
-        self._outgoing: Optional[set] = None  # our requests to plugind still unanswered
-        self._task: Optional[concurrent.futures.Future] = None  # an async handler's task
+
+    # Class-level defaults, overridden per call only when set.
+    service: Optional[str] = None
+    caller: Optional[str] = None
+    _is_cancelled = False
+    _event: Optional[_CancelEvent] = None
+    _outgoing: Optional[set] = None  # our requests to plugind still unanswered
+    _task: Optional[concurrent.futures.Future] = None  # an async handler's task
 
     @property
     def cancelled(self) -> threading.Event:
@@ -863,6 +896,7 @@ class _Server:
         ctx._cancel()
 
     def _request(self, rid: Any, method: str, params: Any) -> None:
+        turn = _local.turn
         ctx = Context(self.conn, self.host.registry, rid)
         key = rid if type(rid) in (int, str) else None
         inflight = self.inflight
@@ -872,8 +906,18 @@ class _Server:
         except BaseException as e:  # noqa: B036 - every failure becomes the call's error answer
             self._finish(ctx, key, None, e)
             return
-        if hasattr(value, "__await__"):
+        if type(value) not in _PLAIN and hasattr(value, "__await__"):
             self._schedule(ctx, key, value)
+        elif not (turn.handed or ctx._is_cancelled):
+            # Answered on the reading thread before any other thread could read a $/cancel for
+            # it: no lock needed.
+            del inflight[key]
+            try:
+                line = '{"jsonrpc":"2.0","id":' + _id_json(rid) + ',"result":' + _encode(value) + "}"
+            except (TypeError, ValueError):
+                self._finish(ctx, key, value, None)  # the slow path words the error
+                return
+            self.conn.send_line(line)
         else:
             self._finish(ctx, key, value, None)
 
@@ -881,7 +925,8 @@ class _Server:
         """Starts a call: its result, or an awaitable that gives it."""
         p = self.plugin
         if method == "execute":
-            ctx.service, ctx.caller = params.get("service"), params.get("caller")
+            if "service" in params or "caller" in params:
+                ctx.service, ctx.caller = params.get("service"), params.get("caller")
             meta = params.get("_meta")
             if meta is not None:
                 self._trace(ctx, meta)
