@@ -176,7 +176,6 @@ impl Daemon {
             plugind_protocol::jsonrpc::write_json(out, hook);
             out.extend_from_slice(br#","payload":"#);
             plugind_protocol::jsonrpc::write_json(out, payload);
-            out.push(b',');
             hop.write_meta(out);
             out.push(b'}');
         };

@@ -61,7 +61,6 @@ impl ExecuteOut<'_> {
             }
         }
         if let Some(hop) = self.trace {
-            out.push(b',');
             hop.write_meta(out);
         }
         out.push(b'}');

@@ -195,8 +195,13 @@ impl Hop {
         TraceIn { parent: Some(self.span), tracestate: self.tracestate.clone() }
     }
 
-    /// Appends `"_meta":{"traceparent":"…"[,"tracestate":"…"]}` (no leading comma).
+    /// Appends `,"_meta":{"traceparent":"…"[,"tracestate":"…"]}` (nothing when trace context
+    /// is switched off: [`propagating`]).
     pub fn write_meta(&self, out: &mut Vec<u8>) {
+        if !propagating() {
+            return;
+        }
+        out.push(b',');
         out.extend_from_slice(br#""_meta":{"traceparent":""#);
         self.span.write(out);
         out.push(b'"');
@@ -257,6 +262,14 @@ impl Hop {
         // Full queue: the span is dropped (export must never slow calls down).
         let _ = exporter.spans.try_send(data);
     }
+}
+
+/// Whether plugind passes trace context on at all: always, except when the environment variable
+/// `PLUGIND_TRACE_CONTEXT=off` is set — a diagnostic switch, there so `make bench` can measure
+/// what propagation costs (`a.execute.p50.trace`), not something to run with.
+pub fn propagating() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("PLUGIND_TRACE_CONTEXT").is_none_or(|v| v != "off"))
 }
 
 /// The configured exporter: the queue into the batching task.
@@ -369,7 +382,7 @@ mod tests {
         assert_ne!(hop.span.span_id, parent.span_id);
         let mut out = Vec::new();
         hop.write_meta(&mut out);
-        let meta: serde_json::Value = serde_json::from_slice(&[b"{", &out[..], b"}"].concat()).unwrap();
+        let meta: serde_json::Value = serde_json::from_slice(&[&b"{\"a\":1"[..], &out[..], b"}"].concat()).unwrap();
         assert_eq!(meta["_meta"]["traceparent"], hop.span.to_traceparent());
         assert_eq!(meta["_meta"]["tracestate"], "a=b");
         let fresh = Hop::start(&TraceIn::default());
