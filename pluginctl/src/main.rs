@@ -8,6 +8,7 @@
 //! Exit codes: 0 success, 1 the operation failed (message on stderr), 2 usage error,
 //! 3 the daemon cannot be reached.
 
+mod methods;
 mod scaffold;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,11 @@ enum Cmd {
     List,
     /// Everything about one plugin.
     Status {
+        /// Plugin name.
+        name: String,
+    },
+    /// A plugin's method catalog: METHOD TIMEOUT IDEMPOTENT PARAMS DESCRIPTION.
+    Methods {
         /// Plugin name.
         name: String,
     },
@@ -325,6 +331,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             let p: PluginStatus = serde_json::from_value(result).map_err(bad_answer)?;
             print_status(&p);
         }
+        Cmd::Methods { name } => methods::run(&client, &name, args.json).await?,
         Cmd::Start { names } => act(&client, c::PLUGINS_START, names, json!({}), args.json).await?,
         Cmd::Stop { names } => act(&client, c::PLUGINS_STOP, names, json!({}), args.json).await?,
         Cmd::Restart { hard, names } => {
