@@ -10,6 +10,7 @@
 //! `--relay SOCKET PROGRAM [ARGS…]`.
 
 mod calls;
+mod catalog;
 mod child;
 mod cli;
 mod daemon;
@@ -35,7 +36,7 @@ const USAGE: &str = "usage: plugind-bench [--smoke] [--placement cpu0|any|both] 
   --smoke       every benchmark briefly, only checking that it runs (part of `make test`)
   --placement   cpu0: everything under `taskset -c 0`; any: unpinned; both (default, smoke: any)
   --bin-dir     where plugind, pluginctl and echo-rust are (default: this binary's directory)
-  --only        one group: floors, calls (relay, a-d, h, peers), sdk (SDK overhead), start (e), reload (f), scale (g)";
+  --only        one group: floors, calls (relay, a-d, h, i, peers), sdk (SDK overhead), start (e), reload (f), scale (g)";
 
 struct Options {
     smoke: bool,
@@ -279,6 +280,7 @@ fn run(placement: &str, o: &Options) -> ExitCode {
             peers::run(&bin_dir(o)?, placement, o.smoke, &ours)
         })();
         record("relay+plugind", r);
+        record("i.catalog", catalog::run(&rt, &bins, placement, t, rounds));
     }
     if o.runs("sdk") {
         // Smoke: only proves that the six plugins answer through plugind.

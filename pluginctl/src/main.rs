@@ -10,6 +10,7 @@
 //! Exit codes: 0 success, 1 the operation failed (message on stderr), 2 usage error,
 //! 3 the daemon cannot be reached.
 
+mod methods;
 mod output;
 mod scaffold;
 
@@ -105,6 +106,11 @@ enum Cmd {
     List,
     /// Everything about one plugin.
     Status {
+        /// Plugin name.
+        name: String,
+    },
+    /// A plugin's method catalog: METHOD TIMEOUT IDEMPOTENT PARAMS DESCRIPTION.
+    Methods {
         /// Plugin name.
         name: String,
     },
@@ -509,6 +515,7 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
             let p: PluginStatus = serde_json::from_value(result).map_err(bad_answer)?;
             print_status(&p);
         }
+        Cmd::Methods { name } => methods::run(&client, &name, json_out).await?,
         Cmd::Start { names } => act(&client, c::PLUGINS_START, names, json!({}), json_out).await?,
         Cmd::Stop { names } => act(&client, c::PLUGINS_STOP, names, json!({}), json_out).await?,
         Cmd::Restart { hard, names } => {
