@@ -22,6 +22,7 @@ mod report;
 mod scale;
 mod sdk;
 mod startup;
+mod tracing;
 mod wire;
 
 use anyhow::Context as _;
@@ -36,7 +37,7 @@ const USAGE: &str = "usage: plugind-bench [--smoke] [--placement cpu0|any|both] 
   --smoke       every benchmark briefly, only checking that it runs (part of `make test`)
   --placement   cpu0: everything under `taskset -c 0`; any: unpinned; both (default, smoke: any)
   --bin-dir     where plugind, pluginctl and echo-rust are (default: this binary's directory)
-  --only        one group: floors, calls (relay, a-d, h, i, peers), sdk (SDK overhead), start (e), reload (f), scale (g)";
+  --only        one group: floors, calls (relay, a-d, h, i, j, peers), sdk (SDK overhead), start (e), reload (f), scale (g)";
 
 struct Options {
     smoke: bool,
@@ -281,6 +282,7 @@ fn run(placement: &str, o: &Options) -> ExitCode {
         })();
         record("relay+plugind", r);
         record("i.catalog", catalog::run(&rt, &bins, placement, t, rounds));
+        record("j.trace", tracing::run(&rt, &bins, placement, t, rounds));
     }
     if o.runs("sdk") {
         // Smoke: only proves that the six plugins answer through plugind.
