@@ -282,8 +282,7 @@ pub fn large_payloads(
     let mut ours = LineConn::unix(&daemon.socket)?;
     for (size, tag) in LARGE {
         let params = format!(r#"{{"blob":"{}"}}"#, "x".repeat(size));
-        let req =
-            Request::new("execute", &format!(r#"{{"plugin":"echo","method":"echo","params":{params}}}"#));
+        let req = Request::new("execute", &format!(r#"{{"plugin":"echo","method":"echo","params":{params}}}"#));
         relay.check(&req, &params).with_context(|| format!("relay, {tag}"))?;
         ours.check(&req, &params).with_context(|| format!("plugind, {tag}"))?;
         let (mut floor, mut us) = (Vec::new(), Vec::new());
