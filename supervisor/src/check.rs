@@ -3,8 +3,8 @@
 //! plugin author needs to fix before deploying it.
 
 use crate::config::Config;
-use crate::plugin::actor::instance_spec;
-use crate::plugin::instance::{self, InstanceEvent};
+use crate::plugin::context::{ActorHost, InstanceHost};
+use crate::plugin::instance::{self, InstanceEvent, InstanceSpec};
 use crate::transport::peer::Deadline;
 use crate::Daemon;
 use plugind_protocol::manifest::Manifest;
@@ -90,7 +90,7 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
     };
     let daemon = Daemon::new(Config::new(Vec::new(), state.path().join("unused.sock"), state.path().to_path_buf()));
     let name: Arc<str> = m.name.as_str().into();
-    let spec = match instance_spec(&daemon, &name, &dir, &m, 1) {
+    let spec = match InstanceSpec::new(&daemon.instance_settings(&m), &name, &dir, &m, 1) {
         Ok(s) => s,
         Err(e) => {
             r.push(Level::Fail, format!("start: {e}"));
@@ -101,7 +101,7 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
     let log = daemon.plugin_log(&m.name);
     let (tx, mut events) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let inst = match instance::launch(1, spec, daemon.clone(), log.clone(), tx) {
+    let inst = match instance::launch(1, spec, daemon.clone() as Arc<dyn InstanceHost>, log.clone(), tx) {
         Ok(i) => i,
         Err(e) => {
             r.push(Level::Fail, format!("start: {e}"));
@@ -244,9 +244,12 @@ async fn diagnose(r: &mut Report, daemon: &Arc<Daemon>, name: &Arc<str>, dir: &P
 
 /// Starts the plugin once, and whether it answers `init` and `register`; then stops it.
 async fn handshake_succeeds(daemon: &Arc<Daemon>, name: &Arc<str>, dir: &Path, m: &Arc<Manifest>, id: u64) -> bool {
-    let Ok(spec) = instance_spec(daemon, name, dir, m, id) else { return false };
+    let Ok(spec) = InstanceSpec::new(&daemon.instance_settings(m), name, dir, m, id) else { return false };
     let (tx, mut events) = mpsc::unbounded_channel();
-    let Ok(inst) = instance::launch(id, spec, daemon.clone(), daemon.plugin_log(&m.name), tx) else { return false };
+    let Ok(inst) = instance::launch(id, spec, daemon.clone() as Arc<dyn InstanceHost>, daemon.plugin_log(&m.name), tx)
+    else {
+        return false;
+    };
     let budget = Duration::from_millis(2 * m.timeout_ms + 1000);
     let ok = matches!(
         tokio::time::timeout(budget, events.recv()).await,

@@ -452,18 +452,26 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 /// What the operator changes about plugins (`[plugins.NAME]` of the config file).
-impl crate::Daemon {
+impl Config {
     /// Writes the operator's `limits` for `m.name` over the manifest's. Applied wherever a
-    /// manifest is loaded from disk (`Daemon::scan`; a hot reload should too).
+    /// manifest is loaded from disk (a rescan, a hot reload).
     pub fn apply_overrides(&self, m: &mut Manifest) {
-        if let Some(l) = self.config().plugin(&m.name).and_then(|p| p.limits.as_ref()) {
+        if let Some(l) = self.plugin(&m.name).and_then(|p| p.limits.as_ref()) {
             l.apply(m);
         }
     }
 
-    /// Whether the config file lets `plugin` start at boot.
-    pub fn enabled_at_boot(&self, plugin: &str) -> bool {
-        self.config().enabled(plugin)
+    /// The operator's extra environment for a plugin (`[plugins.NAME] env`).
+    pub fn operator_env(&self, plugin: &str) -> Vec<(String, String)> {
+        self.plugin(plugin).map(|p| p.env.clone().into_iter().collect()).unwrap_or_default()
+    }
+
+    /// The config passed to `init`: the manifest's `config` with the operator's merged over it.
+    pub fn plugin_config(&self, m: &Manifest) -> serde_json::Value {
+        match self.plugin(&m.name).and_then(PluginSettings::config_json) {
+            Some(over) => merge_json(m.config.clone(), over),
+            None => m.config.clone(),
+        }
     }
 }
 

@@ -1,26 +1,36 @@
 //! What a plugin may ask plugind (docs/protocol.md): `registry.*`, `service.call`, `kv.*`.
 
+use crate::plugin::context::{BoxFuture, Caller, InstanceHost};
+use crate::plugin::spawner::Spawner;
 use crate::registry::{not_found, ServiceCallIn};
 use crate::router::Call;
-use crate::transport::peer::Peer;
 use crate::Daemon;
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::parse_params as params;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
-use plugind_protocol::manifest::{Dependency, Manifest, Permission};
+use plugind_protocol::manifest::{Dependency, Permission};
 use plugind_protocol::methods::{self, ListServicesParams, ServiceQuery};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 
-/// The plugin making a request.
-#[derive(Clone)]
-pub struct Caller {
-    /// Its name.
-    pub plugin: Arc<str>,
-    /// Its manifest (for permissions and dependencies).
-    pub manifest: Arc<Manifest>,
-    /// The connection to its instance: to find the call a request is made on behalf of.
-    pub peer: Arc<Peer>,
+/// The daemon as a plugin's instances see it (`plugin/context.rs`).
+impl InstanceHost for Daemon {
+    fn spawner(&self) -> Result<&Spawner, String> {
+        Daemon::spawner(self)
+    }
+
+    fn answer(
+        self: Arc<Self>,
+        caller: Caller,
+        method: String,
+        params: Option<Box<RawValue>>,
+    ) -> BoxFuture<Result<Box<RawValue>, RpcError>> {
+        Box::pin(async move { handle_request(&self, &caller, &method, params.as_deref()).await })
+    }
+
+    fn metrics_emit(&self, plugin: &str, params: &str) {
+        Daemon::metrics_emit(self, plugin, params);
+    }
 }
 
 /// The dependency a plugin's `registry.getService`/`requireService` resolves: the range it asks

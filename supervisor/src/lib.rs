@@ -46,6 +46,7 @@ pub mod watch;
 use crate::config::{Config, StatePaths};
 use crate::logs::PluginLog;
 use crate::plugin::actor::PluginActor;
+use crate::plugin::context::{ActorHost, InstanceSettings};
 use crate::plugin::entry::{Command, Status};
 use crate::plugin::state::PluginState;
 pub use crate::plugin::PluginEntry;
@@ -58,7 +59,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -145,16 +145,6 @@ impl Daemon {
         &self.paths
     }
 
-    /// A fresh instance id.
-    pub fn next_instance_id(&self) -> u64 {
-        self.next_instance.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Health ping period.
-    pub fn ping_interval(&self) -> Duration {
-        self.config.ping_interval
-    }
-
     /// One plugin by name.
     pub fn plugin(&self, name: &str) -> Option<Arc<PluginEntry>> {
         self.plugins.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
@@ -163,19 +153,6 @@ impl Daemon {
     /// Every plugin, by name.
     pub fn plugins(&self) -> Vec<Arc<PluginEntry>> {
         self.plugins.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
-    }
-
-    /// The operator's extra environment for a plugin (config file `[plugins.NAME] env`).
-    pub fn operator_env(&self, plugin: &str) -> Vec<(String, String)> {
-        self.config.plugin(plugin).map(|p| p.env.clone().into_iter().collect()).unwrap_or_default()
-    }
-
-    /// The config passed to `init`: the manifest's `config` (operator overrides merge over it).
-    pub fn plugin_config(&self, m: &Manifest) -> serde_json::Value {
-        match self.config.plugin(&m.name).and_then(config::PluginSettings::config_json) {
-            Some(over) => config::merge_json(m.config.clone(), over),
-            None => m.config.clone(),
-        }
     }
 
     /// Publishes a lifecycle event to subscribers (`events.subscribe`).
@@ -367,7 +344,7 @@ impl Daemon {
             }
             // The operator's `[plugins.NAME] limits` (config file) win over the manifest's.
             if let Ok(m) = &mut f.manifest {
-                self.apply_overrides(m);
+                self.config.apply_overrides(m);
             }
         }
         (found, errors)
@@ -398,7 +375,7 @@ impl Daemon {
         match manifest {
             Some(m) => PluginActor::spawn(
                 |ctl| Arc::new(PluginEntry::new(&f.name, f.dir, log, status, Some(ctl))),
-                self.clone(),
+                self.clone() as Arc<dyn ActorHost>,
                 m,
             ),
             None => Arc::new(PluginEntry::new(&f.name, f.dir, log, status, None)),
@@ -490,16 +467,11 @@ impl Daemon {
         }
         futures::future::join_all(to_reload.iter().map(|e| e.command(Command::Reload))).await;
         // Like at boot, plugins the config file disables are added but not started.
-        let startable = added.iter().filter(|e| self.enabled_at_boot(&e.name));
+        let startable = added.iter().filter(|e| self.config.enabled(&e.name));
         futures::future::join_all(startable.map(|e| e.command(Command::Start))).await;
         result.errors = errors;
         tracing::info!(added = ?result.added, removed = ?result.removed, changed = ?result.changed, "plugins reloaded");
         result
-    }
-
-    /// Called by an actor after it swapped in a new generation.
-    pub fn reloaded(&self, entry: &PluginEntry) {
-        tracing::info!(plugin = %entry.name, "hot reload complete");
     }
 
     /// Starts every loadable plugin in dependency order and waits until each has settled
@@ -514,7 +486,7 @@ impl Daemon {
             .into_iter()
             .filter(|p| p.ctl.is_some())
             .filter(|p| {
-                let on = self.enabled_at_boot(&p.name);
+                let on = self.config.enabled(&p.name);
                 if !on {
                     tracing::info!(plugin = %p.name, "disabled in the config file: not started");
                     p.log.plugind("disabled in the config file (enabled = false): not started at boot".to_owned());
@@ -607,6 +579,51 @@ impl Daemon {
             }
         }
         c
+    }
+}
+
+/// The daemon as its plugin actors see it (`plugin/context.rs`).
+impl ActorHost for Daemon {
+    fn next_instance_id(&self) -> u64 {
+        self.next_instance.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn instance_settings(&self, m: &Manifest) -> InstanceSettings {
+        InstanceSettings {
+            paths: self.paths.clone(),
+            operator_env: self.config.operator_env(&m.name),
+            config: self.config.plugin_config(m),
+            ping_every: self.config.ping_interval,
+        }
+    }
+
+    fn apply_overrides(&self, m: &mut Manifest) {
+        self.config.apply_overrides(m);
+    }
+
+    fn unmet_dependencies(&self, m: &Manifest) -> Option<Vec<String>> {
+        Daemon::unmet_dependencies(self, m)
+    }
+
+    fn rescan(self: Arc<Self>) {
+        tokio::spawn(async move { self.reload().await });
+    }
+
+    fn state_changed(&self, entry: &PluginEntry, state: &str, was_running: bool) {
+        Daemon::state_changed(self, entry, state, was_running);
+    }
+
+    fn registry_changed(&self) {
+        Daemon::registry_changed(self);
+    }
+
+    fn publish_event(&self, plugin: &str, kind: &str, detail: String) {
+        Daemon::publish_event(self, plugin, kind, None, detail);
+    }
+
+    fn swapped(&self, entry: &PluginEntry) {
+        self.notify_dependents(&entry.name, &entry.snapshot().services, ServiceEvent::Replaced);
+        tracing::info!(plugin = %entry.name, "hot reload complete");
     }
 }
 
@@ -719,4 +736,66 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let _ = std::fs::remove_file(&socket);
     tracing::info!("plugind stopped");
     Ok(())
+}
+
+/// The daemon's arrows run one way (ARCHITECTURE.md, "Layers"): control → daemon services →
+/// plugin room → transport and sandbox. This test reads the lower rooms' sources and fails when
+/// one of them names something above it, so the layering cannot erode unnoticed.
+#[cfg(test)]
+mod layers {
+    use std::path::Path;
+
+    /// Names above the plugin room (the daemon's state and services, the control API, the glue).
+    const ABOVE_PLUGINS: &[&str] = &[
+        "crate::Daemon",
+        "Daemon}",
+        "crate::host",
+        "crate::router",
+        "crate::hooks",
+        "crate::control",
+        "crate::kv",
+        "crate::listen",
+        "crate::watch",
+        "crate::service::",
+        "crate::check",
+    ];
+    /// What transport and sandbox must not name either: the plugin room above them.
+    const ABOVE_TRANSPORT: &[&str] = &["crate::plugin", "crate::registry", "crate::metrics", "crate::logs"];
+
+    fn offenders(room: &str, forbidden: &[&str]) -> Vec<String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(room);
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("UNWRAP: the room's source dir exists") {
+            let path = entry.expect("UNWRAP: readable dir").path();
+            let text = std::fs::read_to_string(&path).expect("UNWRAP: readable source");
+            for (n, line) in text.lines().enumerate() {
+                // Doc comments may point upward ("the daemon implements this in lib.rs").
+                if line.trim_start().starts_with("//") {
+                    continue;
+                }
+                for f in forbidden {
+                    if line.contains(f) {
+                        found.push(format!("{}:{}: names {f}", path.display(), n + 1));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_plugin_room_does_not_reach_up() {
+        let bad = offenders("plugin", ABOVE_PLUGINS);
+        assert!(bad.is_empty(), "the plugin room must go through plugin/context.rs:\n{}", bad.join("\n"));
+    }
+
+    #[test]
+    fn transport_and_sandbox_do_not_reach_up() {
+        let mut bad = Vec::new();
+        for room in ["transport", "sandbox"] {
+            bad.extend(offenders(room, ABOVE_PLUGINS));
+            bad.extend(offenders(room, ABOVE_TRANSPORT));
+        }
+        assert!(bad.is_empty(), "transport and sandbox are the bottom layer:\n{}", bad.join("\n"));
+    }
 }

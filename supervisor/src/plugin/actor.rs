@@ -7,15 +7,13 @@
 //! answers commands. It decides nothing itself.
 
 use crate::logs::PluginLog;
+use crate::plugin::context::{ActorHost, InstanceHost};
 use crate::plugin::entry::{Command, PluginEntry, Reply};
 use crate::plugin::instance::{self, ExitReport, Instance, InstanceEvent, InstanceSpec};
 use crate::plugin::machine::{self, Action, Event, Key, Leave, Machine, Ticket, Unmet};
-use crate::plugin::spawn::{self, SpawnPlan};
 use crate::plugin::state::PluginState;
-use crate::Daemon;
 use plugind_protocol::control::LastExit;
 use plugind_protocol::manifest::Manifest;
-use plugind_protocol::methods::ServiceEvent;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -24,7 +22,8 @@ use tokio::time::Instant;
 /// The actor's state: the machine, and the processes and replies its keys and tickets name.
 pub struct PluginActor {
     entry: Arc<PluginEntry>,
-    daemon: Arc<Daemon>,
+    /// The daemon, seen through what a lifecycle may ask of it.
+    host: Arc<dyn ActorHost>,
     machine: Machine,
     /// The process of each machine key.
     instances: HashMap<Key, Arc<Instance>>,
@@ -44,7 +43,7 @@ impl PluginActor {
     /// Spawns the actor of a loaded plugin; returns its entry.
     pub fn spawn(
         entry_of: impl FnOnce(mpsc::UnboundedSender<Command>) -> Arc<PluginEntry>,
-        daemon: Arc<Daemon>,
+        host: Arc<dyn ActorHost>,
         manifest: Arc<Manifest>,
     ) -> Arc<PluginEntry> {
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
@@ -52,7 +51,7 @@ impl PluginActor {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let actor = PluginActor {
             entry: entry.clone(),
-            daemon,
+            host,
             machine: Machine::new(manifest),
             instances: HashMap::new(),
             keys: HashMap::new(),
@@ -69,7 +68,7 @@ impl PluginActor {
     /// Records a lifecycle event in the history and publishes it to `events.subscribe`.
     fn note(&self, event: &str, detail: String) {
         self.entry.status().record(event, detail.clone());
-        self.daemon.publish_event(&self.entry.name, event, None, detail);
+        self.host.publish_event(&self.entry.name, event, detail);
     }
 
     fn log(&self) -> &PluginLog {
@@ -117,7 +116,7 @@ impl PluginActor {
     }
 
     fn unmet(&self, m: &Manifest) -> Unmet {
-        self.daemon.unmet_dependencies(m)
+        self.host.unmet_dependencies(m)
     }
 
     fn ticket(&mut self, reply: Reply) -> Ticket {
@@ -158,13 +157,12 @@ impl PluginActor {
         match found.manifest {
             Ok(mut m) if m.name == *self.entry.name => {
                 // The operator's overrides (config file) apply to a reloaded manifest too.
-                self.daemon.apply_overrides(&mut m);
+                self.host.apply_overrides(&mut m);
                 Some(Ok(Arc::new(m)))
             }
             Ok(m) => {
                 self.log().plugind(format!("the manifest now names plugin {:?}: rescanning", m.name));
-                let daemon = self.daemon.clone();
-                tokio::spawn(async move { daemon.reload().await });
+                self.host.clone().rescan();
                 None
             }
             Err(e) => Some(Err(e)),
@@ -240,11 +238,11 @@ impl PluginActor {
                     st.version = m.version.to_string();
                     st.manifest = Some(m);
                 }
-                self.daemon.registry_changed();
+                self.host.registry_changed();
             }
             Action::Registered(services) => {
                 self.entry.status().registered = services;
-                self.daemon.registry_changed();
+                self.host.registry_changed();
             }
             Action::LastError(e) => self.entry.status().last_error = e,
             Action::Note { event, detail } => self.note(event, detail),
@@ -253,12 +251,7 @@ impl PluginActor {
             Action::Restarted => self.entry.status().restarts += 1,
             Action::Swapped => {
                 self.entry.status().running_since = Some(Instant::now());
-                self.daemon.notify_dependents(
-                    &self.entry.name,
-                    &self.entry.snapshot().services,
-                    ServiceEvent::Replaced,
-                );
-                self.daemon.reloaded(&self.entry);
+                self.host.swapped(&self.entry);
             }
         }
     }
@@ -276,15 +269,16 @@ impl PluginActor {
         let was_running = st.state.is_running();
         st.state = state;
         drop(st);
-        self.daemon.state_changed(&self.entry, name, was_running);
+        self.host.state_changed(&self.entry, name, was_running);
     }
 
     /// Starts the process of machine key `key`; a failure to even begin comes back as its exit.
     fn launch(&mut self, key: Key, m: &Arc<Manifest>) {
-        let id = self.daemon.next_instance_id();
-        let started = instance_spec(&self.daemon, &self.entry.name, &self.entry.dir, m, id).and_then(|spec| {
-            instance::launch(id, spec, self.daemon.clone(), self.entry.log.clone(), self.events_tx.clone())
-                .map_err(|e| e.to_string())
+        let id = self.host.next_instance_id();
+        let settings = self.host.instance_settings(m);
+        let host: Arc<dyn InstanceHost> = self.host.clone();
+        let started = InstanceSpec::new(&settings, &self.entry.name, &self.entry.dir, m, id).and_then(|spec| {
+            instance::launch(id, spec, host, self.entry.log.clone(), self.events_tx.clone()).map_err(|e| e.to_string())
         });
         match started {
             Ok(inst) => {
@@ -304,31 +298,4 @@ impl PluginActor {
 fn spawn_failure(error: String) -> machine::Exit {
     let report = ExitReport { reason: Some(error), ..ExitReport::default() };
     machine::Exit { clean: false, describe: report.describe() }
-}
-
-/// Everything instance `id` of plugin `name` (in `dir`, with manifest `m`) needs to start.
-pub fn instance_spec(
-    daemon: &Daemon,
-    name: &Arc<str>,
-    dir: &std::path::Path,
-    m: &Arc<Manifest>,
-    id: u64,
-) -> Result<InstanceSpec, String> {
-    let argv = spawn::argv_for(m, dir).map_err(|e| e.to_string())?;
-    let paths = daemon.paths();
-    let data_dir = m.grants(plugind_protocol::manifest::Permission::Storage).then(|| paths.data_dir(&m.name));
-    if let Some(d) = &data_dir {
-        std::fs::create_dir_all(d).map_err(|e| format!("cannot create data dir {}: {e}", d.display()))?;
-    }
-    let tmp_dir = paths.tmp_dir(&m.name, id);
-    let env = spawn::plugin_env(m, data_dir.as_deref(), &tmp_dir, &daemon.operator_env(&m.name));
-    Ok(InstanceSpec {
-        plugin: name.clone(),
-        manifest: m.clone(),
-        plan: SpawnPlan { argv, cwd: dir.to_path_buf(), env, limits: m.limits.clone() },
-        config: daemon.plugin_config(m),
-        data_dir,
-        tmp_dir,
-        ping_every: daemon.ping_interval(),
-    })
 }

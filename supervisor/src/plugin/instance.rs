@@ -11,13 +11,12 @@
 //! Callers do not go through this task: they hold an `Arc<Instance>` from the routing table and
 //! call through its `Peer` directly, so one call costs one write and one read.
 
-use crate::host::{self, Caller};
 use crate::logs::PluginLog;
+use crate::plugin::context::{Caller, InstanceHost, InstanceSettings};
 use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
 use crate::sandbox::{self, cgroup::Cgroup};
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
 use crate::transport::peer::{spawn_writer, CallError, Deadline, Incoming, Outgoing, Peer, OUTBOX_CAPACITY};
-use crate::Daemon;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use nix::sys::signal::{killpg, Signal};
@@ -234,12 +233,41 @@ pub struct InstanceSpec {
     pub ping_every: Duration,
 }
 
+impl InstanceSpec {
+    /// Everything instance `id` of plugin `name` (in `dir`, with manifest `m`) needs to start.
+    pub fn new(
+        settings: &InstanceSettings,
+        name: &Arc<str>,
+        dir: &std::path::Path,
+        m: &Arc<Manifest>,
+        id: u64,
+    ) -> Result<InstanceSpec, String> {
+        let argv = spawn::argv_for(m, dir).map_err(|e| e.to_string())?;
+        let paths = &settings.paths;
+        let data_dir = m.grants(plugind_protocol::manifest::Permission::Storage).then(|| paths.data_dir(&m.name));
+        if let Some(d) = &data_dir {
+            std::fs::create_dir_all(d).map_err(|e| format!("cannot create data dir {}: {e}", d.display()))?;
+        }
+        let tmp_dir = paths.tmp_dir(&m.name, id);
+        let env = spawn::plugin_env(m, data_dir.as_deref(), &tmp_dir, &settings.operator_env);
+        Ok(InstanceSpec {
+            plugin: name.clone(),
+            manifest: m.clone(),
+            plan: SpawnPlan { argv, cwd: dir.to_path_buf(), env, limits: m.limits.clone() },
+            config: settings.config.clone(),
+            data_dir,
+            tmp_dir,
+            ping_every: settings.ping_every,
+        })
+    }
+}
+
 /// Starts an instance: its task forks the child, then serves it. A failed fork is reported as
 /// [`InstanceEvent::SpawnFailed`]; only a temp dir that cannot be made fails here.
 pub fn launch(
     id: u64,
     spec: InstanceSpec,
-    daemon: Arc<Daemon>,
+    host: Arc<dyn InstanceHost>,
     log: Arc<PluginLog>,
     events: mpsc::UnboundedSender<InstanceEvent>,
 ) -> Result<Arc<Instance>, SpawnError> {
@@ -264,13 +292,13 @@ pub fn launch(
         load: AtomicUsize::new(0),
         stop_tx,
     });
-    let task = InstanceTask { instance: instance.clone(), spec, daemon, log, events };
+    let task = InstanceTask { instance: instance.clone(), spec, host, log, events };
     tokio::spawn(task.start(out_rx, stop_rx));
     Ok(instance)
 }
 
 /// Forks the child of `spec` on a spawner thread.
-async fn fork(daemon: &Daemon, spec: &InstanceSpec, id: u64) -> Result<spawn::Spawned, String> {
+async fn fork(host: &dyn InstanceHost, spec: &InstanceSpec, id: u64) -> Result<spawn::Spawned, String> {
     let (plan, manifest, data_dir, tmp_dir) =
         (spec.plan.clone(), spec.manifest.clone(), spec.data_dir.clone(), spec.tmp_dir.clone());
     let job = move || {
@@ -278,7 +306,7 @@ async fn fork(daemon: &Daemon, spec: &InstanceSpec, id: u64) -> Result<spawn::Sp
             sandbox::Request { manifest: &manifest, data_dir: data_dir.as_deref(), tmp_dir: &tmp_dir, instance: id };
         spawn::spawn(&plan, &sandbox)
     };
-    match daemon.spawner()?.run(job).await {
+    match host.spawner()?.run(job).await {
         Some(spawned) => spawned.map_err(|e| e.to_string()),
         None => Err("the spawner thread failed".to_owned()),
     }
@@ -297,7 +325,7 @@ enum Step {
 struct InstanceTask {
     instance: Arc<Instance>,
     spec: InstanceSpec,
-    daemon: Arc<Daemon>,
+    host: Arc<dyn InstanceHost>,
     log: Arc<PluginLog>,
     events: mpsc::UnboundedSender<InstanceEvent>,
 }
@@ -319,7 +347,7 @@ impl InstanceTask {
     /// Forks the child, then serves it until it exits.
     async fn start(self, out_rx: mpsc::Receiver<Outgoing>, stop_rx: mpsc::Receiver<StopKind>) {
         let inst = &self.instance;
-        let spawn::Spawned { mut child, cgroup } = match fork(&self.daemon, &self.spec, inst.id).await {
+        let spawn::Spawned { mut child, cgroup } = match fork(&*self.host, &self.spec, inst.id).await {
             Ok(s) => s,
             Err(error) => {
                 let _ = std::fs::remove_dir_all(&self.spec.tmp_dir);
@@ -566,7 +594,7 @@ impl InstanceTask {
                 let id: Box<RawValue> = id.to_owned();
                 let method = method.into_owned();
                 let params: Option<Box<RawValue>> = params.map(ToOwned::to_owned);
-                let daemon = self.daemon.clone();
+                let host = self.host.clone();
                 let peer = self.instance.peer.clone();
                 let caller = Caller {
                     plugin: self.spec.plugin.clone(),
@@ -574,7 +602,7 @@ impl InstanceTask {
                     peer: self.instance.peer.clone(),
                 };
                 Some(Box::pin(async move {
-                    let reply = host::handle_request(&daemon, &caller, &method, params.as_deref()).await;
+                    let reply = host.answer(caller, method, params).await;
                     peer.respond(&id, reply.as_deref()).await;
                     Step::Served
                 }))
@@ -618,7 +646,7 @@ impl InstanceTask {
                     tracing::debug!(plugin = %self.spec.plugin, "progress: {message}");
                 }
             }
-            methods::METRICS_EMIT => self.daemon.metrics_emit(&self.spec.plugin, params),
+            methods::METRICS_EMIT => self.host.metrics_emit(&self.spec.plugin, params),
             other => tracing::debug!(plugin = %self.spec.plugin, method = other, "ignored notification"),
         }
     }

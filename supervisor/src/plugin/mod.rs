@@ -1,5 +1,7 @@
 //! Plugins: the shared view of one plugin ([`PluginEntry`]), its actor, its instances.
 //!
+//! - [`context`]: what the plugin room needs from the daemon, as two traits ([`context::ActorHost`],
+//!   [`context::InstanceHost`]); the room never names the daemon itself.
 //! - [`entry`]: what everybody may read about a plugin (status, routes, counters) and the
 //!   systemctl-like handle to command it.
 //! - [`actor`]: the one task per plugin that changes its state: a thin async shell that feeds
@@ -14,6 +16,7 @@
 //! reads snapshots or sends commands.
 
 pub mod actor;
+pub mod context;
 pub mod entry;
 pub mod instance;
 pub mod machine;

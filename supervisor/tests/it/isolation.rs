@@ -158,7 +158,16 @@ async fn status_and_pluginctl_show_what_is_enforced() {
 /// perl-echo kept answering and that the restart policy applied.
 async fn contained(limits: Value, perms: &[&str], method: &str, params: Value, limit: &str) -> Daemon {
     let b = with_perms(Daemon::builder().plugin("perl-echo"), "py-sandbox", "hog", perms);
-    let d = b.manifest("hog", move |m| m["limits"] = limits).start().await;
+    // A generous deadline: the limit must end the call, not the clock (a loaded machine gives the
+    // spinner a fraction of a CPU, so 2 s of CPU time may take far longer than 5 s).
+    let d = b
+        .manifest("hog", move |m| {
+            m["limits"] = limits;
+            m["timeout_ms"] = json!(60_000);
+            m["max_timeout_ms"] = json!(60_000);
+        })
+        .start()
+        .await;
     let pid = d.status("hog").await["pid"].as_u64().unwrap();
     let r = d.execute("hog", method, params).await;
     assert_eq!(code(&r), -32003, "the call ends with the crash: {r:?}");
@@ -179,7 +188,16 @@ async fn contained(limits: Value, perms: &[&str], method: &str, params: Value, l
 /// the plugin restarts, and its status names no limit.
 async fn ordinary_error(limits: Value, method: &str, params: Value, stderr: &str) {
     let b = with_perms(Daemon::builder(), "py-sandbox", "hog", &[]);
-    let d = b.manifest("hog", move |m| m["limits"] = limits).start().await;
+    // A generous deadline: the limit must end the call, not the clock (a loaded machine gives the
+    // spinner a fraction of a CPU, so 2 s of CPU time may take far longer than 5 s).
+    let d = b
+        .manifest("hog", move |m| {
+            m["limits"] = limits;
+            m["timeout_ms"] = json!(60_000);
+            m["max_timeout_ms"] = json!(60_000);
+        })
+        .start()
+        .await;
     let pid = d.status("hog").await["pid"].as_u64().unwrap();
     let r = d.execute("hog", method, params).await;
     assert_eq!(code(&r), -32003, "the call ends with the crash: {r:?}");
