@@ -8,6 +8,7 @@
 //! Exit codes: 0 success, 1 the operation failed (message on stderr), 2 usage error,
 //! 3 the daemon cannot be reached.
 
+mod mcp;
 mod scaffold;
 
 use clap::{Parser, Subcommand};
@@ -158,6 +159,8 @@ enum Cmd {
     Info,
     /// Stop the daemon gracefully.
     Shutdown,
+    /// Serve every running plugin's methods as MCP tools on stdio (for MCP clients; docs/mcp.md).
+    Mcp,
 }
 
 /// A failure with its exit code.
@@ -241,6 +244,19 @@ async fn run(args: Args) -> Result<(), Failure> {
     }
     if let Cmd::Check { dir, execute, params } = &args.command {
         return check_plugin(dir, execute.as_deref(), params.as_deref(), args.json);
+    }
+    if let Cmd::Mcp = &args.command {
+        // Reconnecting: an MCP client keeps this server for its whole session.
+        let connect = match &args.url {
+            Some(url) => Client::builder().url(url.clone()),
+            None => Client::builder().socket(socket),
+        };
+        let token = args.token_file.as_deref().map(plugind_client::read_token).transpose().map_err(usage)?;
+        let connect = match token {
+            Some(t) => connect.token(t),
+            None => connect,
+        };
+        return mcp::run(connect.connect().await?).await.map_err(|e| Failure::new(1, e.to_string()));
     }
     // Validate arguments before connecting so usage errors win over an absent daemon.
     let request = match &args.command {
@@ -436,7 +452,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                 println!("null");
             }
         }
-        Cmd::Call { .. } | Cmd::Service { .. } | Cmd::Hook { .. } | Cmd::New { .. } | Cmd::Check { .. } => {
+        Cmd::Call { .. } | Cmd::Service { .. } | Cmd::Hook { .. } | Cmd::New { .. } | Cmd::Check { .. } | Cmd::Mcp => {
             unreachable!("handled above")
         }
     }
