@@ -384,7 +384,7 @@ mod tests {
         let second = tool_name("p", &format!("{long}x"), &mut taken);
         assert_eq!(second.len(), 64);
         assert!(second.ends_with("_2") && second != first, "{second}");
-        assert_eq!(tool_name("é", "ü", &mut taken), "___");
+        assert_eq!(tool_name("é", "ü", &mut taken), "____");
     }
 
     #[test]
