@@ -14,6 +14,7 @@ mod child;
 mod cli;
 mod daemon;
 mod echo;
+mod mcp;
 mod peers;
 mod relay;
 mod reload;
@@ -278,6 +279,7 @@ fn run(placement: &str, o: &Options) -> ExitCode {
             peers::run(&bin_dir(o)?, placement, o.smoke, &ours)
         })();
         record("relay+plugind", r);
+        record("i.mcp", mcp::run(&rt, &bins, placement, t));
     }
     if o.runs("start") {
         record("e.start", startup::run(&rt, &bins, placement, &sizes));
