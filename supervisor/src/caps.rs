@@ -36,6 +36,11 @@ pub const REGISTER_CAPABILITIES: usize = 32;
 /// Bytes of one name in a `register` answer (service, version, method, capability); a longer
 /// one is dropped (a service with one is dropped whole).
 pub const REGISTER_NAME_BYTES: usize = 128;
+/// Methods one `register` answer's `methods` object may declare; later ones are dropped.
+pub const REGISTER_CATALOG_METHODS: usize = 256;
+/// Bytes of one method of a `register` answer's `methods`, as compact JSON (its schemas
+/// included); a larger one is dropped whole (half a schema is not a schema).
+pub const REGISTER_METHOD_BYTES: usize = 64 * 1024;
 /// Metric series (name plus label values) one plugin may create.
 pub const METRIC_SERIES: usize = 1000;
 /// Labels one `metrics.emit` sample may carry besides `plugin`.
@@ -55,6 +60,8 @@ pub enum Cap {
     /// [`REGISTER_SERVICES`], [`REGISTER_METHODS`], [`REGISTER_CAPABILITIES`],
     /// [`REGISTER_NAME_BYTES`].
     Register,
+    /// [`REGISTER_CATALOG_METHODS`], [`REGISTER_METHOD_BYTES`].
+    RegisterCatalog,
     /// [`METRIC_SERIES`].
     MetricSeries,
     /// [`METRIC_LABELS`] and [`METRIC_TEXT_BYTES`].

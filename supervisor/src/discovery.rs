@@ -83,7 +83,8 @@ pub fn load(dir: &Path, plugind_version: &semver::Version) -> Found {
                 file.display(),
                 req.to_string()
             )),
-            _ => Ok(m),
+            // Every schema of the catalog compiles, or the plugin does not load.
+            _ => crate::catalog::check_manifest(&m).map(|()| m).map_err(|e| format!("{}: {e}", file.display())),
         });
     if let Ok(m) = &manifest {
         for w in &m.warnings {

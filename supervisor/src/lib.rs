@@ -21,6 +21,7 @@
 //! The [`Daemon`] is the shared state everybody holds an `Arc` of: the plugin table and settings.
 
 pub mod caps;
+pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod control;

@@ -2,12 +2,16 @@
 //!
 //! 1. Find the plugin ([`Daemon::plugin`]) and its least-loaded ready instance
 //!    ([`PluginEntry::pick`]); none → `-32002` with the state, at once.
-//! 2. Admit the call ([`Instance::admit`]): one of `max_inflight` slots, else a place in the
+//! 2. For `execute`: check the params against the method's `params` schema, if the instance's
+//!    catalog has one (`-32602` on a mismatch, and the plugin is not called), and take the
+//!    method's `timeout_ms` when the call gives none ([`crate::catalog`]).
+//! 3. Admit the call ([`Instance::admit`]): one of `max_inflight` slots, else a place in the
 //!    queue, else `-32006`.
-//! 3. Send `execute` with the caller's params as raw JSON (never parsed here) and wait until the
-//!    deadline ([`Peer::call`]); a timeout sends `$/cancel` and answers `-32001`, a crash `-32003`.
+//! 4. Send `execute` with the caller's params as raw JSON (parsed only for a schema) and wait
+//!    until the deadline ([`Peer::call`]); a timeout sends `$/cancel` and answers `-32001`, a
+//!    crash `-32003`.
 
-use crate::plugin::instance::{self, Admission};
+use crate::plugin::instance::{self, Admission, Instance};
 use crate::plugin::PluginEntry;
 use crate::transport::peer::{CallError, Deadline};
 use crate::Daemon;
@@ -106,15 +110,26 @@ impl Daemon {
     }
 }
 
-/// Calls `execute` on a plugin entry.
+/// Calls `execute` on a plugin entry: control `execute`, `services.call` and a plugin's
+/// `service.call` all end here. The instance's method catalog (`crate::catalog`) is applied
+/// first: params that do not match the method's `params` schema are answered `-32602` and never
+/// reach the plugin, and the method's `timeout_ms` stands in for the plugin's when the call
+/// gives none.
 pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
+    let Some(instance) = entry.pick() else { return Err(unavailable(entry)) };
+    let method = instance.catalog().and_then(|c| c.get(call.method));
+    if let Some(m) = method {
+        m.check_params(&entry.name, call.method, call.params)?;
+    }
     let params = ExecuteOut {
         method: call.method,
         params: call.params.unwrap_or(RawValue::NULL),
         service: call.service,
         caller: call.caller,
     };
-    call_plugin(entry, methods::EXECUTE, |out| params.write_json(out), call.timeout_ms, call.not_after).await
+    // Deadline precedence: the call's own, else the method's, else the plugin's.
+    let timeout_ms = call.timeout_ms.or_else(|| method.and_then(|m| m.spec.timeout_ms));
+    call_instance(entry, instance, methods::EXECUTE, |out| params.write_json(out), timeout_ms, call.not_after).await
 }
 
 /// Sends request `method` to the least-loaded ready instance of a plugin, with admission
@@ -128,8 +143,21 @@ pub async fn call_plugin(
     not_after: Option<Instant>,
 ) -> Result<Box<RawValue>, RpcError> {
     let Some(instance) = entry.pick() else { return Err(unavailable(entry)) };
+    call_instance(entry, instance, method, write_params, timeout_ms, not_after).await
+}
+
+/// [`call_plugin`] on an instance already picked. The deadline is `timeout_ms` (else the
+/// manifest's), never past `max_timeout_ms` nor `not_after`.
+async fn call_instance(
+    entry: &Arc<PluginEntry>,
+    instance: Arc<Instance>,
+    method: &str,
+    write_params: impl FnOnce(&mut Vec<u8>),
+    timeout_ms: Option<u64>,
+    not_after: Option<Instant>,
+) -> Result<Box<RawValue>, RpcError> {
     let (default_timeout, max) = instance.timeouts;
-    let timeout = timeout_ms.map_or(default_timeout, Duration::from_millis);
+    let timeout = timeout_ms.map_or(default_timeout, Duration::from_millis).min(max);
     let mut deadline = Deadline::new(timeout, max);
     if let Some(t) = not_after {
         deadline = deadline.within(t);

@@ -3,6 +3,7 @@
 //! Daemon and client share these types (as pueue's daemon and client share `pueue_lib`), so a
 //! field renamed here is renamed on both sides at once.
 
+use crate::manifest::MethodSpec;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -330,6 +331,15 @@ pub struct PluginStatus {
     /// The containment guarantees and whether each holds here (`plugins.get` only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sandbox: Vec<SandboxGuarantee>,
+    /// What the plugin speaks on stdio, `plugind` or `mcp` (`plugins.get` only; absent when the
+    /// manifest does not load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// The method catalog: the manifest's `methods` merged with those of the serving instance's
+    /// `register` answer, the manifest's winning (`plugins.get` only; absent when the manifest
+    /// does not load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<BTreeMap<String, MethodSpec>>,
 }
 
 /// A service name and version.

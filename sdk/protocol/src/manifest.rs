@@ -78,6 +78,70 @@ pub enum HookMode {
     Shadow,
 }
 
+/// `protocol`: what the plugin speaks on its stdin/stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// plugind's own JSON-RPC protocol (`docs/protocol.md`): the default.
+    #[default]
+    Plugind,
+    /// The plugin is an MCP server over stdio.
+    Mcp,
+}
+
+impl Protocol {
+    /// Its name in manifests and in the status object.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Plugind => "plugind",
+            Protocol::Mcp => "mcp",
+        }
+    }
+}
+
+/// Longest method name of the catalog, in bytes (manifest and `register` alike).
+pub const MAX_METHOD_NAME_BYTES: usize = 128;
+
+/// One method of the catalog: a `methods` value of the manifest or of a `register` answer.
+///
+/// Only the shape is checked here; whether `params` and `result` are valid JSON Schemas is the
+/// supervisor's to decide (it compiles them), since that needs a schema engine this crate does
+/// not carry. Serialized back, it is the manifest's shape (`plugins.get` answers it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MethodSpec {
+    /// Free text for humans (and MCP clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON Schema of the params: plugind validates calls against it before forwarding them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+    /// JSON Schema of the result (informational: results are not validated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// This method's deadline, overriding the plugin's `timeout_ms` (a call's own wins over it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Whether calling it twice does no more than calling it once (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotent: Option<bool>,
+    /// Unknown keys, kept and ignored like the manifest's own.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl MethodSpec {
+    /// Checks the shape of one `methods` value at `pointer` (`/methods/NAME`); `max_timeout_ms`
+    /// bounds its `timeout_ms`. Every problem is returned, each with its pointer.
+    pub fn from_value(v: &Value, pointer: &str, max_timeout_ms: u64) -> Result<MethodSpec, Vec<FieldError>> {
+        let mut w = Walker { errors: Vec::new() };
+        let spec = w.method(v, pointer, max_timeout_ms);
+        match spec {
+            Some(spec) if w.errors.is_empty() => Ok(spec),
+            _ => Err(w.errors),
+        }
+    }
+}
+
 /// A permission of §6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -290,6 +354,10 @@ pub struct Manifest {
     pub engines_plugind: Option<VersionReq>,
     /// Number of processes.
     pub instances: u32,
+    /// What the plugin speaks on stdio.
+    pub protocol: Protocol,
+    /// The method catalog: method name → description, schemas, deadline.
+    pub methods: BTreeMap<String, MethodSpec>,
     /// Unknown top-level fields, kept.
     pub extra: Map<String, Value>,
     /// Things that load but deserve a word (unknown permission names…).
@@ -465,6 +533,95 @@ impl Walker {
     }
 }
 
+impl Walker {
+    /// A `methods` value: `{ description?, params?, result?, timeout_ms?, idempotent? }`.
+    fn method(&mut self, v: &Value, pointer: &str, max_timeout_ms: u64) -> Option<MethodSpec> {
+        let Value::Object(o) = v else {
+            self.err(pointer, "an object { description, params, result, timeout_ms, idempotent }", describe(v));
+            return None;
+        };
+        let errors = self.errors.len();
+        let description = match o.get("description") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                self.err(format!("{pointer}/description"), "a string", describe(other));
+                None
+            }
+        };
+        let mut schema = |key: &str| match o.get(key) {
+            None | Some(Value::Null) => None,
+            Some(s @ (Value::Object(_) | Value::Bool(_))) => Some(s.clone()),
+            Some(other) => {
+                self.err(format!("{pointer}/{key}"), "a JSON Schema (an object or a boolean)", describe(other));
+                None
+            }
+        };
+        let (params, result) = (schema("params"), schema("result"));
+        let timeout_ms = match self.uint(o, pointer, "timeout_ms", 1) {
+            Some(n) if n > max_timeout_ms => {
+                self.err(
+                    format!("{pointer}/timeout_ms"),
+                    format!("an integer from 1 to {max_timeout_ms} (the plugin's max_timeout_ms)"),
+                    n.to_string(),
+                );
+                None
+            }
+            n => n,
+        };
+        let idempotent = match o.get("idempotent") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                self.err(format!("{pointer}/idempotent"), "true or false", describe(other));
+                None
+            }
+        };
+        let extra = o
+            .iter()
+            .filter(|(k, _)| !METHOD_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        (self.errors.len() == errors).then_some(MethodSpec {
+            description,
+            params,
+            result,
+            timeout_ms,
+            idempotent,
+            extra,
+        })
+    }
+
+    /// The manifest's `methods` object.
+    fn methods(&mut self, v: Option<&Value>, max_timeout_ms: u64) -> BTreeMap<String, MethodSpec> {
+        let mut out = BTreeMap::new();
+        let Some(m) = self.object(v, "/methods") else { return out };
+        for (name, spec) in m {
+            let pointer = format!("/methods/{}", escape_pointer(name));
+            if name.is_empty() || name.len() > MAX_METHOD_NAME_BYTES {
+                self.err(
+                    pointer,
+                    format!("a method name of 1 to {MAX_METHOD_NAME_BYTES} bytes"),
+                    describe(&Value::String(name.clone())),
+                );
+                continue;
+            }
+            if let Some(spec) = self.method(spec, &pointer, max_timeout_ms) {
+                out.insert(name.clone(), spec);
+            }
+        }
+        out
+    }
+}
+
+/// The keys of a `methods` value that plugind reads; others are kept in [`MethodSpec::extra`].
+const METHOD_FIELDS: &[&str] = &["description", "params", "result", "timeout_ms", "idempotent"];
+
+/// Escapes a key for a JSON pointer (`~` → `~0`, `/` → `~1`).
+pub fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
 /// Whether `name` matches `^[a-z0-9][a-z0-9._-]{0,63}$`.
 pub fn is_valid_name(name: &str) -> bool {
     let b = name.as_bytes();
@@ -497,6 +654,8 @@ const KNOWN_FIELDS: &[&str] = &[
     "config",
     "engines",
     "instances",
+    "protocol",
+    "methods",
 ];
 
 impl Manifest {
@@ -708,6 +867,17 @@ impl Manifest {
             n => n.map_or(1, clamp_u32),
         };
 
+        let protocol = match obj.get("protocol") {
+            None | Some(Value::Null) => Protocol::Plugind,
+            Some(Value::String(s)) if s == "plugind" => Protocol::Plugind,
+            Some(Value::String(s)) if s == "mcp" => Protocol::Mcp,
+            Some(other) => {
+                w.err("/protocol", "\"plugind\" or \"mcp\"", describe(other));
+                Protocol::Plugind
+            }
+        };
+        let methods = w.methods(obj.get("methods"), max_timeout_ms);
+
         let extra: Map<String, Value> = obj
             .iter()
             .filter(|(k, _)| !KNOWN_FIELDS.contains(&k.as_str()))
@@ -738,6 +908,8 @@ impl Manifest {
                 config,
                 engines_plugind,
                 instances,
+                protocol,
+                methods,
                 extra,
                 warnings,
             }),
@@ -765,10 +937,6 @@ pub fn salvage_identity(text: &[u8]) -> (Option<String>, Option<String>) {
 
 fn clamp_u32(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-fn escape_pointer(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
 }
 
 #[cfg(test)]
@@ -886,6 +1054,46 @@ mod tests {
         assert!(
             !is_valid_name("") && !is_valid_name("Echo") && !is_valid_name("-x") && !is_valid_name(&"a".repeat(65))
         );
+    }
+
+    #[test]
+    fn methods_and_protocol_are_parsed_with_pointers() {
+        let m = parse(json!({"name": "a", "version": "1.0.0", "main": "a.sh", "max_timeout_ms": 1000,
+        "methods": {
+            "greet": {"description": "hi", "params": {"type": "object"}, "timeout_ms": 200,
+                      "idempotent": true, "x-note": 1},
+            "any": {"params": true}
+        }}))
+        .unwrap();
+        assert_eq!(m.protocol, Protocol::Plugind);
+        let greet = &m.methods["greet"];
+        assert_eq!((greet.timeout_ms, greet.idempotent), (Some(200), Some(true)));
+        assert_eq!(greet.extra["x-note"], 1, "unknown keys are kept");
+        assert_eq!(m.methods["any"].params, Some(json!(true)));
+        assert!(m.extra.is_empty(), "methods and protocol are known fields");
+        let mcp = parse(json!({"name": "a", "version": "1.0.0", "main": "a", "protocol": "mcp"})).unwrap();
+        assert_eq!(mcp.protocol, Protocol::Mcp);
+
+        let e = parse(json!({"name": "a", "version": "1.0.0", "main": "a.sh", "protocol": "grpc",
+        "methods": {
+            "a": {"params": "object", "timeout_ms": 60001, "idempotent": "yes"},
+            "b": [],
+            "": {}
+        }}))
+        .unwrap_err();
+        let pointers: Vec<_> = e.errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(
+            pointers,
+            [
+                "/protocol",
+                "/methods/",
+                "/methods/a/params",
+                "/methods/a/timeout_ms",
+                "/methods/a/idempotent",
+                "/methods/b"
+            ]
+        );
+        assert!(e.to_string().contains("from 1 to 60000"), "{e}");
     }
 
     #[test]

@@ -45,7 +45,7 @@
 
 pub mod adapter;
 
-use plugind_protocol::manifest::Manifest;
+use plugind_protocol::manifest::{Manifest, Protocol};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -64,7 +64,7 @@ pub const MAX_TOOL_NAME_BYTES: usize = crate::caps::REGISTER_NAME_BYTES;
 
 /// Whether the manifest says the plugin is an MCP server (`"protocol": "mcp"`).
 pub fn is_mcp(manifest: &Manifest) -> bool {
-    manifest.extra.get("protocol").and_then(Value::as_str) == Some("mcp")
+    manifest.protocol == Protocol::Mcp
 }
 
 /// Why an MCP server's `initialize` answer is refused.

@@ -231,6 +231,8 @@ impl PluginEntry {
                 .map_or_else(Vec::new, |m| crate::registry::rules::refused(m, &st.registered)),
             dir: self.dir.to_string_lossy().into_owned(),
             sandbox: Vec::new(),
+            protocol: None,
+            methods: None,
         }
     }
 }

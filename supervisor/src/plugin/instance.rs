@@ -11,6 +11,7 @@
 //! Callers do not go through this task: they hold an `Arc<Instance>` from the routing table and
 //! call through its `Peer` directly, so one call costs one write and one read.
 
+use crate::catalog::{self, Catalog};
 use crate::logs::PluginLog;
 use crate::plugin::context::{Caller, InstanceHost, InstanceSettings};
 use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
@@ -32,7 +33,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
@@ -149,6 +150,8 @@ pub struct Instance {
     /// Calls admitted or waiting: what "least loaded" compares.
     load: AtomicUsize,
     stop_tx: mpsc::Sender<StopKind>,
+    /// Its method catalog, set once when it has answered `register` (before it is routed).
+    catalog: OnceLock<Arc<Catalog>>,
 }
 
 /// Holds an instance's `max_inflight` slot and its load count for the duration of one call.
@@ -167,6 +170,12 @@ impl Instance {
     /// The child's pid (also its process group id); 0 while it is being forked.
     pub fn pid(&self) -> u32 {
         self.pid.load(Ordering::Relaxed)
+    }
+
+    /// Its method catalog (the manifest's merged with its `register` answer's); None until it
+    /// has registered.
+    pub fn catalog(&self) -> Option<&Arc<Catalog>> {
+        self.catalog.get()
     }
 
     /// Calls in flight plus calls queued.
@@ -291,6 +300,7 @@ pub fn launch(
         max_queue: limits.max_queue,
         load: AtomicUsize::new(0),
         stop_tx,
+        catalog: OnceLock::new(),
     });
     let task = InstanceTask { instance: instance.clone(), spec, host, log, events };
     tokio::spawn(task.start(out_rx, stop_rx));
@@ -388,7 +398,7 @@ impl InstanceTask {
         let inst = self.instance.clone();
         let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME));
         let mut steps: FuturesUnordered<BoxFut<Step>> = FuturesUnordered::new();
-        steps.push(Box::pin(handshake(inst.peer.clone(), self.spec.clone(), inst.started)));
+        steps.push(Box::pin(handshake(inst.clone(), self.spec.clone(), self.log.clone())));
         let mut ready = false;
         let mut ping = tokio::time::interval_at(first_ping(self.spec.ping_every), self.spec.ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -663,7 +673,8 @@ impl InstanceTask {
 
 /// `init` then `register`, both within `startup_timeout_ms` of `spawned` (not the per-call
 /// `timeout_ms`: a JVM or a big interpreter may take seconds just to get to `init`).
-async fn handshake(peer: Arc<Peer>, spec: InstanceSpec, spawned: Instant) -> Step {
+async fn handshake(inst: Arc<Instance>, spec: InstanceSpec, log: Arc<PluginLog>) -> Step {
+    let (peer, spawned) = (&inst.peer, inst.started);
     let m = &spec.manifest;
     let until = spawned + Duration::from_millis(m.startup_timeout_ms);
     let d = || {
@@ -702,7 +713,11 @@ async fn handshake(peer: Arc<Peer>, spec: InstanceSpec, spawned: Instant) -> Ste
         Err(e) => return Step::Handshake(Err(describe("register", e))),
     };
     match serde_json::from_str::<Option<RegisterResult>>(reg.get()) {
-        Ok(r) => Step::Handshake(Ok(r.unwrap_or_default().services)),
+        Ok(r) => {
+            // In place before the actor hears the instance is ready, so its first call sees it.
+            let _ = inst.catalog.set(Arc::new(Catalog::build(m, catalog::register_methods(&reg).as_ref(), &log)));
+            Step::Handshake(Ok(r.unwrap_or_default().services))
+        }
         Err(e) => Step::Handshake(Err(format!("register: result is not {{\"services\": [...]}}: {e}"))),
     }
 }

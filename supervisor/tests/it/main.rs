@@ -6,6 +6,7 @@
 mod authoring;
 mod calls;
 mod caps;
+mod catalog;
 mod chaos;
 mod cli;
 mod clients;

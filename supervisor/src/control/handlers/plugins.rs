@@ -26,12 +26,18 @@ pub fn list(daemon: &Daemon) -> Result<Box<RawValue>, RpcError> {
     Ok(to_raw(&all))
 }
 
-/// One plugin's status object, with the sandbox's guarantees on this host.
+/// One plugin's status object, with the sandbox's guarantees on this host, its protocol and its
+/// method catalog.
 pub fn get(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
     let e = entry(daemon, &p.name)?;
     let mut status = daemon.status_of(&e);
     if let Some(m) = e.status().manifest.clone() {
         status.sandbox = crate::sandbox::guarantees(&m);
+        status.protocol = Some(m.protocol.as_str().to_owned());
+        // The serving instance's catalog (manifest and `register` merged); the manifest's alone
+        // while none serves.
+        let serving = e.routes().first().and_then(|i| i.catalog().map(|c| c.specs()));
+        status.methods = Some(serving.unwrap_or_else(|| m.methods.clone()));
     }
     Ok(to_raw(&status))
 }

@@ -1,0 +1,336 @@
+//! The method catalog: what a plugin says its methods are, and the params check at the boundary.
+//!
+//! # Theory of operation
+//! A plugin's catalog comes from two places: its manifest's `methods`, known before it starts,
+//! and the `methods` object of its `register` answer, known once an instance has registered.
+//! [`Catalog::build`] merges them when an instance answers `register` (the manifest wins where
+//! both name a method) and compiles every `params` schema once, there; the instance keeps the
+//! result (`Instance::catalog`) for as long as it lives. So a call validates against the catalog
+//! of the very instance it is routed to: during a hot reload the old generation's calls use the
+//! old catalog and the new generation's the new one, with no lock and no lookup table to keep in
+//! step.
+//!
+//! Schemas are JSON Schema 2020-12 unless their `$schema` names another draft; `format` is not
+//! asserted (it is an annotation in 2020-12). Neither remote nor file `$ref`s are fetched: the
+//! engine is built without either, so a schema cannot make plugind read a file or open a socket.
+//!
+//! The manifest's schemas are also compiled when the manifest loads ([`check_manifest`]): an
+//! invalid one makes the plugin `invalid` (a load error, `-32007` when started), naming the JSON
+//! pointer of the bad part (`/methods/greet/params/type`). One from `register` is only rejected,
+//! with a warning in the plugin's log: the plugin is already running, and its other methods work.
+//!
+//! On the call path ([`crate::router::execute_on`]) a method without a `params` schema costs one
+//! hash lookup and no allocation; one with a schema parses the params once and validates them.
+//! A mismatch is `-32602` with `data: { plugin, method, errors: [ { path, message } ] }` and the
+//! plugin never sees the call.
+
+use crate::caps::{self, Cap};
+use crate::logs::PluginLog;
+use plugind_protocol::codes;
+use plugind_protocol::jsonrpc::RpcError;
+use plugind_protocol::manifest::{escape_pointer, Manifest, MethodSpec, MAX_METHOD_NAME_BYTES};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+/// Most `errors` one `-32602` answer lists: enough to fix a call, not a copy of a huge document.
+pub const MAX_PARAM_ERRORS: usize = 20;
+
+/// A schema that does not compile, at the JSON pointer of its bad part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{pointer}: expected a valid JSON Schema, found {message}")]
+pub struct SchemaError {
+    /// Where, from the document's root: `/methods/greet/params/type`.
+    pub pointer: String,
+    /// What the schema engine says.
+    pub message: String,
+}
+
+/// Compiles `schema`, found at `pointer` of its document.
+pub fn compile(schema: &Value, pointer: &str) -> Result<jsonschema::Validator, SchemaError> {
+    // `format` stays an annotation, as 2020-12 says; the draft is `$schema`'s, else 2020-12.
+    jsonschema::options().should_validate_formats(false).build(schema).map_err(|e| SchemaError {
+        // The schema is the instance the meta-schema was checked against, so the error's
+        // instance path is the bad part's place inside the schema.
+        pointer: format!("{pointer}{}", e.instance_path()),
+        message: e.to_string(),
+    })
+}
+
+/// Compiles every schema of the manifest's `methods`; the first that fails, if any.
+pub fn check_manifest(m: &Manifest) -> Result<(), SchemaError> {
+    for (name, spec) in &m.methods {
+        let at = format!("/methods/{}", escape_pointer(name));
+        for (key, schema) in [("params", &spec.params), ("result", &spec.result)] {
+            if let Some(schema) = schema {
+                compile(schema, &format!("{at}/{key}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The top-level `methods` of a `register` answer, if it has one.
+pub fn register_methods(answer: &RawValue) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        methods: Option<Value>,
+    }
+    serde_json::from_str::<Option<Answer>>(answer.get()).ok().flatten().and_then(|a| a.methods)
+}
+
+/// Where a method of the catalog was declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The manifest's `methods`.
+    Manifest,
+    /// The `methods` of the `register` answer.
+    Register,
+}
+
+/// One method of a catalog, its params schema compiled.
+pub struct Method {
+    /// As declared.
+    pub spec: MethodSpec,
+    /// Where.
+    pub source: Source,
+    /// The compiled `params` schema.
+    params: Option<jsonschema::Validator>,
+}
+
+impl fmt::Debug for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Method").field("spec", &self.spec).field("source", &self.source).finish_non_exhaustive()
+    }
+}
+
+impl Method {
+    /// `Ok` when the method has no `params` schema or `params` (`null` when absent) matches it;
+    /// else `-32602` listing at most [`MAX_PARAM_ERRORS`] mismatches, each with the JSON pointer
+    /// into params where it is (`""` for params itself).
+    pub fn check_params(&self, plugin: &str, method: &str, params: Option<&RawValue>) -> Result<(), RpcError> {
+        let Some(validator) = &self.params else { return Ok(()) };
+        let value: Value = match params {
+            None => Value::Null,
+            // Params were checked to be JSON when the request was read; this cannot fail.
+            Some(raw) => serde_json::from_str(raw.get()).map_err(RpcError::invalid_params)?,
+        };
+        if validator.is_valid(&value) {
+            return Ok(());
+        }
+        let errors: Vec<Value> = validator
+            .iter_errors(&value)
+            .take(MAX_PARAM_ERRORS)
+            .map(|e| serde_json::json!({ "path": e.instance_path().to_string(), "message": e.to_string() }))
+            .collect();
+        let first = errors.first().map_or_else(String::new, |e| {
+            let path = e["path"].as_str().unwrap_or_default();
+            let at = if path.is_empty() { String::new() } else { format!(" at {path}") };
+            format!(": {}{at}", e["message"].as_str().unwrap_or_default())
+        });
+        Err(RpcError::with_data(
+            codes::INVALID_PARAMS,
+            format!("invalid params for {plugin} method {method}{first}"),
+            serde_json::json!({ "plugin": plugin, "method": method, "errors": errors }),
+        ))
+    }
+}
+
+/// A plugin's methods: the manifest's merged with one instance's `register` answer.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    methods: HashMap<String, Method>,
+}
+
+impl Catalog {
+    /// The catalog of an instance of `m` whose `register` answer carried `registered` (its
+    /// top-level `methods`, if any). Problems with the registered ones (not an object, over the
+    /// caps, a bad shape, a schema that does not compile, a name the manifest already has) drop
+    /// that method with a warning in `log`; the manifest's were checked when it loaded.
+    pub fn build(m: &Manifest, registered: Option<&Value>, log: &PluginLog) -> Catalog {
+        let mut methods = HashMap::with_capacity(m.methods.len());
+        for (name, spec) in &m.methods {
+            let at = format!("/methods/{}", escape_pointer(name));
+            match Self::method(spec.clone(), Source::Manifest, &at) {
+                Ok(method) => {
+                    methods.insert(name.clone(), method);
+                }
+                // Not reached for a manifest that loaded; kept safe all the same.
+                Err(e) => log.warn(format!("manifest: method {name:?} ignored: {e}")),
+            }
+        }
+        match registered {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(decls)) => {
+                if decls.len() > caps::REGISTER_CATALOG_METHODS {
+                    log.over_cap(
+                        Cap::RegisterCatalog,
+                        format!(
+                            "register: methods cut to the first {} of {}",
+                            caps::REGISTER_CATALOG_METHODS,
+                            decls.len()
+                        ),
+                    );
+                }
+                for (name, decl) in decls.iter().take(caps::REGISTER_CATALOG_METHODS) {
+                    if let Some((name, method)) = Self::registered(m, name, decl, log) {
+                        methods.insert(name, method);
+                    }
+                }
+            }
+            Some(_) => log.warn("register: `methods` ignored: expected an object keyed by method name".into()),
+        }
+        Catalog { methods }
+    }
+
+    /// One method of a `register` answer, or None (warned about).
+    fn registered(m: &Manifest, name: &str, decl: &Value, log: &PluginLog) -> Option<(String, Method)> {
+        if m.methods.contains_key(name) {
+            log.warn(format!("register: method {name:?} ignored: the manifest defines it, and the manifest wins"));
+            return None;
+        }
+        let size = serde_json::to_string(decl).map_or(usize::MAX, |s| s.len());
+        if name.is_empty() || name.len() > MAX_METHOD_NAME_BYTES || size > caps::REGISTER_METHOD_BYTES {
+            log.over_cap(
+                Cap::RegisterCatalog,
+                format!(
+                    "register: a method dropped: names must be 1 to {MAX_METHOD_NAME_BYTES} bytes and each \
+                     method at most {} bytes of JSON",
+                    caps::REGISTER_METHOD_BYTES
+                ),
+            );
+            return None;
+        }
+        let at = format!("/methods/{}", escape_pointer(name));
+        let spec = match MethodSpec::from_value(decl, &at, m.max_timeout_ms) {
+            Ok(mut spec) => {
+                // Unknown keys are the plugin's to send but not plugind's to keep.
+                spec.extra.clear();
+                spec
+            }
+            Err(errors) => {
+                let why: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                log.warn(format!("register: method {name:?} rejected: {}", why.join("; ")));
+                return None;
+            }
+        };
+        match Self::method(spec, Source::Register, &at) {
+            Ok(method) => Some((name.to_owned(), method)),
+            Err(e) => {
+                log.warn(format!("register: method {name:?} rejected: {e}"));
+                None
+            }
+        }
+    }
+
+    /// `spec` with its schemas compiled (`result` only checked: results are not validated).
+    fn method(spec: MethodSpec, source: Source, at: &str) -> Result<Method, SchemaError> {
+        let params = spec.params.as_ref().map(|s| compile(s, &format!("{at}/params"))).transpose()?;
+        if let Some(result) = &spec.result {
+            compile(result, &format!("{at}/result"))?;
+        }
+        Ok(Method { spec, source, params })
+    }
+
+    /// The method called `name`, if the catalog has it.
+    #[inline]
+    pub fn get(&self, name: &str) -> Option<&Method> {
+        if self.methods.is_empty() {
+            return None;
+        }
+        self.methods.get(name)
+    }
+
+    /// Whether it has no method.
+    pub fn is_empty(&self) -> bool {
+        self.methods.is_empty()
+    }
+
+    /// Every method in the manifest's shape, by name (the status object's `methods`).
+    pub fn specs(&self) -> BTreeMap<String, MethodSpec> {
+        self.methods.iter().map(|(k, m)| (k.clone(), m.spec.clone())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn manifest(methods: Value) -> Manifest {
+        Manifest::from_value(&json!({"name": "p", "version": "1.0.0", "main": "m.py", "methods": methods}))
+            .expect("valid test manifest")
+    }
+
+    fn raw(v: Value) -> Box<RawValue> {
+        RawValue::from_string(v.to_string()).expect("JSON")
+    }
+
+    #[test]
+    fn a_bad_schema_is_named_by_its_pointer() {
+        let m = manifest(json!({"greet": {"params": {"type": "object", "properties": {"n": {"type": 5}}}}}));
+        let e = check_manifest(&m).unwrap_err();
+        assert_eq!(e.pointer, "/methods/greet/params/properties/n/type", "{e}");
+        let m = manifest(json!({"a/b": {"result": {"minimum": "x"}}}));
+        assert_eq!(check_manifest(&m).unwrap_err().pointer, "/methods/a~1b/result/minimum");
+        assert!(check_manifest(&manifest(json!({"ok": {"params": true}}))).is_ok());
+    }
+
+    #[test]
+    fn mismatches_carry_pointers_into_params() {
+        let m = manifest(json!({"sum": {"params": {
+            "type": "object",
+            "required": ["items"],
+            "properties": {"items": {"type": "array", "items": {"type": "integer"}}}
+        }}}));
+        let c = Catalog::build(&m, None, &PluginLog::new("p", 100, tokio::sync::broadcast::channel(4).0));
+        let sum = c.get("sum").unwrap();
+        assert!(sum.check_params("p", "sum", Some(&raw(json!({"items": [1, 2]})))).is_ok());
+        let e = sum.check_params("p", "sum", Some(&raw(json!({"items": [1, "two", 3.5]})))).unwrap_err();
+        assert_eq!(e.code, codes::INVALID_PARAMS);
+        let data = e.data.unwrap();
+        let paths: Vec<&str> = data["errors"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+        assert_eq!(paths, ["/items/1", "/items/2"]);
+        assert_eq!(data["plugin"], "p");
+        let e = sum.check_params("p", "sum", None).unwrap_err();
+        assert_eq!(e.data.unwrap()["errors"][0]["path"], "");
+    }
+
+    #[test]
+    fn draft_is_2020_12_unless_schema_says_and_formats_are_not_asserted() {
+        // `prefixItems` is 2020-12; under draft-07 it is an unknown keyword and asserts nothing.
+        let tuple = json!({"prefixItems": [{"type": "integer"}]});
+        let v = compile(&tuple, "").unwrap();
+        assert!(!v.is_valid(&json!(["x"])));
+        let mut old = tuple.clone();
+        old["$schema"] = json!("http://json-schema.org/draft-07/schema#");
+        assert!(compile(&old, "").unwrap().is_valid(&json!(["x"])));
+        let email = compile(&json!({"type": "string", "format": "email"}), "").unwrap();
+        assert!(email.is_valid(&json!("not an address")));
+    }
+
+    #[test]
+    fn the_manifest_wins_and_bad_registered_methods_are_dropped() {
+        let m = manifest(json!({"greet": {"description": "from the manifest"}}));
+        let log = PluginLog::new("p", 100, tokio::sync::broadcast::channel(4).0);
+        let reg = json!({
+            "greet": {"description": "from register"},
+            "add": {"params": {"type": "object"}, "timeout_ms": 100, "x-extra": 1},
+            "bad": {"params": {"type": "nope"}},
+            "slow": {"timeout_ms": 10_000_000}
+        });
+        let c = Catalog::build(&m, Some(&reg), &log);
+        let specs = c.specs();
+        assert_eq!(specs.keys().collect::<Vec<_>>(), ["add", "greet"]);
+        assert_eq!(specs["greet"].description.as_deref(), Some("from the manifest"));
+        assert_eq!(c.get("add").unwrap().source, Source::Register);
+        assert!(specs["add"].extra.is_empty());
+        let text: Vec<String> = log.tail(100).into_iter().map(|l| l.message).collect();
+        let text = text.join("\n");
+        assert!(text.contains("\"greet\" ignored: the manifest defines it"), "{text}");
+        assert!(text.contains("\"bad\" rejected: /methods/bad/params/type"), "{text}");
+        assert!(text.contains("\"slow\" rejected: /methods/slow/timeout_ms"), "{text}");
+    }
+}
