@@ -279,13 +279,19 @@ fn sdk_python() -> Result<PathBuf, String> {
 
 /// The SDK's high-level server (`MCPServer`, 1.x's `FastMCP`): one tool with a structured
 /// result, one that raises.
-const SDK_SERVER: &str = r#"from mcp.server import MCPServer
+const SDK_SERVER: &str = r#"from typing import TypedDict
+
+from mcp.server import MCPServer
 
 server = MCPServer("sdk-greeter")
 
 
+class Greeting(TypedDict):
+    greeting: str
+
+
 @server.tool()
-def greet(name: str) -> dict:
+def greet(name: str) -> Greeting:
     """Greets someone."""
     return {"greeting": f"Hello, {name}!"}
 
@@ -317,11 +323,12 @@ async fn the_sdk_server_is_a_plugin() {
     let s = d.wait_state("sdk", "running").await;
     assert_eq!(s["methods"]["greet"]["description"], "Greets someone.");
     assert_eq!(s["methods"]["greet"]["params"]["required"], json!(["name"]));
+    assert_eq!(s["methods"]["greet"]["result"]["required"], json!(["greeting"]));
     let r = d.execute("sdk", "greet", json!({ "name": "Ada" })).await.unwrap();
     assert_eq!(r["structuredContent"], json!({ "greeting": "Hello, Ada!" }), "{r}");
     let r = d.execute("sdk", "boom", json!({})).await;
     assert_eq!(code(&r), -32010, "{r:?}");
-    assert!(data(&r)["result"]["content"][0]["text"].as_str().unwrap().contains("boom on purpose"), "{r:?}");
+    assert!(data(&r)["result"]["content"][0]["text"].as_str().unwrap().contains("boom"), "{r:?}");
     let r = d.execute("sdk", "greet", json!({ "name": 7 })).await;
     assert_eq!(code(&r), -32602, "{r:?}");
 }
