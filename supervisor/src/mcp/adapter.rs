@@ -314,7 +314,7 @@ impl Shared {
     }
 
     /// One line from the server.
-    async fn from_server(&self, line: &[u8]) {
+    async fn on_server_line(&self, line: &[u8]) {
         match Message::parse(line) {
             // Not a message: plugind's instance reports it as for any plugin (a non-JSON line
             // is logged with the hint to write logs to stderr) and goes on.
@@ -469,7 +469,7 @@ async fn upstream<R: AsyncRead + Unpin>(shared: Arc<Shared>, stdout: R) {
     let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME));
     while let Some(frame) = frames.next().await {
         match frame {
-            Ok(Frame::Line(line)) => shared.from_server(&line).await,
+            Ok(Frame::Line(line)) => shared.on_server_line(&line).await,
             Ok(Frame::Oversized { len }) => shared.log.warn(format!(
                 "stdout line of {len} bytes exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded"
             )),
