@@ -431,3 +431,25 @@ async fn the_sdk_client_uses_plugins_through_pluginctl_mcp() {
     assert_eq!(r["tool_error"], json!({ "text": "it failed on purpose", "is_error": true }));
     assert!(r["unknown"].as_str().is_some_and(|e| e.contains("unknown tool")), "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_mcp_server_works_as_documented() {
+    let d = Daemon::builder().plugin("mcp-python").start().await;
+    let s = d.wait_state("mcp-python", "running").await;
+    assert_eq!(s["methods"]["word_count"]["idempotent"], true);
+    let r = d.execute("mcp-python", "word_count", json!({ "text": "hello plugin world" })).await.unwrap();
+    assert_eq!(r["structuredContent"], json!({ "words": 3, "characters": 18 }));
+    let r = d.execute("mcp-python", "divide", json!({ "a": 1, "b": 0 })).await;
+    assert_eq!(code(&r), -32010);
+    // Each progress step restarts the deadline, so the first step is made longer than it.
+    let r = d.call("execute", json!({ "plugin": "mcp-python", "method": "count_to", "params": { "n": 5, "delay_ms": 2000 }, "timeout_ms": 300 })).await;
+    assert_eq!(code(&r), -32001);
+    wait_for("the example to stop counting", async || {
+        stderr_lines(&d, "mcp-python")
+            .await
+            .iter()
+            .any(|l| l.starts_with("count_to ") && l.contains("cancelled"))
+            .then_some(())
+    })
+    .await;
+}
