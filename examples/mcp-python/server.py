@@ -56,6 +56,7 @@ def result(rid, text, structured=None, is_error=False):
 def count_to(rid, args, token):
     stop = cancelled.setdefault(rid, threading.Event())
     n, delay = args["n"], args.get("delay_ms", 100) / 1000
+    print(f"count_to {rid} started: n={n}", file=sys.stderr, flush=True)
     for i in range(1, n + 1):
         if stop.wait(delay):
             print(f"count_to {rid} cancelled at {i}", file=sys.stderr, flush=True)

@@ -453,3 +453,87 @@ async fn the_example_mcp_server_works_as_documented() {
     })
     .await;
 }
+
+/// `pluginctl mcp` driven with raw JSON lines (no SDK needed): progress for a token,
+/// `notifications/cancelled` reaching the plugin, `ping`, an unknown tool, `list_changed` when a
+/// plugin stops, exit 0 when stdin closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn pluginctl_mcp_relays_progress_and_cancellation() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let d = Daemon::builder().plugin("mcp-python").start().await;
+    let mut child = tokio::process::Command::new(pluginctl())
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("mcp")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut send = async |v: Value| stdin.write_all(format!("{v}\n").as_bytes()).await.unwrap();
+    // Reads messages until one satisfies `pick`; returns it and those before it.
+    async fn until(
+        lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+        pick: impl Fn(&Value) -> bool,
+    ) -> (Value, Vec<Value>) {
+        let mut before = Vec::new();
+        loop {
+            let line = tokio::time::timeout(TIMEOUT, lines.next_line()).await.expect("an answer in time").unwrap();
+            let v: Value = serde_json::from_str(&line.expect("pluginctl mcp still running")).unwrap();
+            if pick(&v) {
+                return (v, before);
+            }
+            before.push(v);
+        }
+    }
+    send(json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})).await;
+    let (init, _) = until(&mut lines, |v| v["id"] == 1).await;
+    assert_eq!(init["result"]["protocolVersion"], "2024-11-05");
+    send(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await;
+
+    let args = json!({"n": 2, "delay_ms": 10});
+    send(json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"mcp-python__count_to","arguments":args,"_meta":{"progressToken":"t1"}}})).await;
+    let (done, before) = until(&mut lines, |v| v["id"] == 2).await;
+    assert_eq!(done["result"]["content"][0]["text"], "counted to 2");
+    let progress: Vec<&Value> = before.iter().filter(|v| v["method"] == "notifications/progress").collect();
+    assert_eq!(progress.len(), 2, "{before:?}");
+    assert_eq!(
+        progress[1]["params"],
+        json!({"progressToken": "t1", "progress": 2.0, "total": 2.0, "message": "2 of 2"})
+    );
+
+    let slow = json!({"n": 3, "delay_ms": 5000});
+    send(
+        json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"mcp-python__count_to","arguments":slow}}),
+    )
+    .await;
+    wait_for("the slow call to reach the plugin", async || {
+        stderr_lines(&d, "mcp-python").await.iter().any(|l| l.ends_with("started: n=3")).then_some(())
+    })
+    .await;
+    send(json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3,"reason":"user"}})).await;
+    wait_for("the plugin to stop counting", async || {
+        stderr_lines(&d, "mcp-python")
+            .await
+            .iter()
+            .any(|l| l.starts_with("count_to ") && l.contains("cancelled"))
+            .then_some(())
+    })
+    .await;
+    send(json!({"jsonrpc":"2.0","id":4,"method":"ping"})).await;
+    send(json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"nobody__nothing","arguments":{}}}))
+        .await;
+    let (unknown, before) = until(&mut lines, |v| v["id"] == 5).await;
+    assert_eq!(unknown["error"]["code"], -32602);
+    assert!(before.iter().any(|v| v["id"] == 4 && v["result"] == json!({})), "{before:?}");
+    assert!(!before.iter().any(|v| v["id"] == 3), "a cancelled request is not answered: {before:?}");
+
+    assert!(d.ctl(&["stop", "mcp-python"]).status.success());
+    until(&mut lines, |v| v["method"] == "notifications/tools/list_changed").await;
+    drop(send);
+    drop(stdin);
+    let status = tokio::time::timeout(TIMEOUT, child.wait()).await.expect("exit when stdin closes").unwrap();
+    assert_eq!(status.code(), Some(0));
+}
