@@ -532,7 +532,6 @@ async fn pluginctl_mcp_relays_progress_and_cancellation() {
 
     assert!(d.ctl(&["stop", "mcp-python"]).status.success());
     until(&mut lines, |v| v["method"] == "notifications/tools/list_changed").await;
-    drop(send);
     drop(stdin);
     let status = tokio::time::timeout(TIMEOUT, child.wait()).await.expect("exit when stdin closes").unwrap();
     assert_eq!(status.code(), Some(0));
