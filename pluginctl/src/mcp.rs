@@ -166,8 +166,8 @@ struct Server {
     table: tokio::sync::Mutex<Table>,
     /// Calls in flight by the JSON text of their id, for `notifications/cancelled`.
     calls: Mutex<HashMap<String, AbortHandle>>,
-    /// Set once the list-changed watcher runs.
-    watching: Mutex<bool>,
+    /// The list-changed watcher, once it runs (aborted when stdin closes: it holds the server).
+    watcher: Mutex<Option<AbortHandle>>,
 }
 
 impl Server {
@@ -303,16 +303,12 @@ impl Server {
 
     /// Watches plugind's lifecycle events and tells the client when the tools changed.
     fn watch_list(self: &Arc<Self>) {
-        {
-            let mut watching = self.watching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if *watching {
-                return;
-            }
-            *watching = true;
+        let mut watcher = self.watcher.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if watcher.is_some() {
+            return;
         }
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let Some(server) = me.upgrade() else { return };
+        let server = self.clone();
+        let task = tokio::spawn(async move {
             let Ok(mut events) = server.client.events().await else { return };
             let mut last = build_table(&server.client).await.map(|t| t.tools).unwrap_or_default();
             while events.next().await.is_some() {
@@ -323,6 +319,7 @@ impl Server {
                 }
             }
         });
+        *watcher = Some(task.abort_handle());
     }
 }
 
@@ -348,7 +345,7 @@ pub async fn run(client: Client) -> Result<(), McpError> {
         out,
         table: tokio::sync::Mutex::new(Table::default()),
         calls: Mutex::new(HashMap::new()),
-        watching: Mutex::new(false),
+        watcher: Mutex::new(None),
     });
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let read = loop {
@@ -361,6 +358,9 @@ pub async fn run(client: Client) -> Result<(), McpError> {
     };
     for (_, call) in server.calls().drain() {
         call.abort();
+    }
+    if let Some(watcher) = server.watcher.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        watcher.abort();
     }
     // The writer ends once every sender is gone: the server's and those of finished tasks.
     drop(server);

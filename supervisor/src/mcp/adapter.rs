@@ -93,7 +93,7 @@ enum Pending {
 struct Calls {
     /// By MCP request id (the adapter's own numbers).
     pending: HashMap<u64, Pending>,
-    /// plugind's `execute` id → the MCP id it became, for `$/cancel`.
+    /// plugind's `execute` (or `ping`) id → the MCP id it became, for `$/cancel`.
     by_call: HashMap<u64, u64>,
     /// The server's stdout ended: no more answers will come.
     closed: bool,
@@ -294,7 +294,7 @@ impl Shared {
         self.to_server(line).await;
     }
 
-    /// plugind's `$/cancel { id }`: `notifications/cancelled` for the `tools/call` it became.
+    /// plugind's `$/cancel { id }`: `notifications/cancelled` for the `tools/call` (or `ping`) it became.
     /// Its entry is forgotten, so a late answer is dropped (plugind has answered the caller).
     async fn cancel(&self, params: Option<&RawValue>) {
         #[derive(Deserialize)]
@@ -342,7 +342,7 @@ impl Shared {
         let pending = n.and_then(|n| {
             let mut calls = self.calls();
             let p = calls.pending.remove(&n)?;
-            if let Pending::Execute { id, .. } = &p {
+            if let Pending::Execute { id, .. } | Pending::Ping(id) = &p {
                 if let Some(call) = Message::numeric_id(id) {
                     calls.by_call.remove(&call);
                 }
@@ -437,7 +437,14 @@ async fn downstream(shared: Arc<Shared>, from_plugind: DuplexStream) {
                 methods::EXECUTE => shared.execute(id, params).await,
                 methods::PING => {
                     let mcp_id = shared.next_id();
-                    shared.calls().pending.insert(mcp_id, Pending::Ping(id.to_owned()));
+                    {
+                        let mut calls = shared.calls();
+                        // Remembered for `$/cancel` too: a ping plugind gave up on is forgotten.
+                        if let Some(n) = Message::numeric_id(id) {
+                            calls.by_call.insert(n, mcp_id);
+                        }
+                        calls.pending.insert(mcp_id, Pending::Ping(id.to_owned()));
+                    }
                     shared.to_server(jsonrpc::request_line(mcp_id, "ping", &json!({}))).await;
                 }
                 // The handshake steps wait for the server's answers, which upstream delivers:
