@@ -42,6 +42,7 @@ impl Bins {
 }
 
 /// One plugin of the test set: a copy of the echo-rust plugin dir under another name.
+#[derive(Clone, Debug)]
 pub struct PluginDef {
     /// Its name.
     pub name: String,
@@ -49,12 +50,26 @@ pub struct PluginDef {
     pub requires: Vec<String>,
     /// `hooks`: (hook, priority).
     pub hooks: Vec<(String, u32)>,
+    /// The program; `None` is the echo-rust binary.
+    pub main: Option<Main>,
+}
+
+/// A plugin program other than echo-rust: files copied into the plugin dir (a script and the SDK
+/// it imports) or linked (a binary).
+#[derive(Clone, Debug)]
+pub struct Main {
+    /// The manifest's `main`: the name of one of `files` in the plugin dir.
+    pub main: String,
+    /// (name in the plugin dir, source path).
+    pub files: Vec<(String, PathBuf)>,
+    /// Symlink the files instead of copying them (binaries).
+    pub link: bool,
 }
 
 impl PluginDef {
     /// A plugin without dependencies or hooks.
     pub fn plain(name: impl Into<String>) -> Self {
-        PluginDef { name: name.into(), requires: Vec::new(), hooks: Vec::new() }
+        PluginDef { name: name.into(), requires: Vec::new(), hooks: Vec::new(), main: None }
     }
 }
 
@@ -70,12 +85,24 @@ pub fn write_plugins(root: &Path, defs: &[PluginDef], echo: &Path) -> anyhow::Re
         std::fs::create_dir_all(&dir)?;
         let hooks: serde_json::Map<String, serde_json::Value> =
             d.hooks.iter().map(|(h, p)| (h.clone(), json!(p))).collect();
+        let main = d.main.as_ref().map_or("echo-rust", |m| m.main.as_str());
         let manifest = json!({
-            "name": d.name, "version": "1.0.0", "main": "echo-rust",
+            "name": d.name, "version": "1.0.0", "main": main,
             "dependencies": { "required": d.requires }, "permissions": permissions, "hooks": hooks,
         });
         std::fs::write(dir.join("plugin.json"), serde_json::to_vec_pretty(&manifest)?)?;
-        std::os::unix::fs::symlink(echo, dir.join("echo-rust"))?;
+        match &d.main {
+            None => std::os::unix::fs::symlink(echo, dir.join("echo-rust"))?,
+            Some(m) => {
+                for (name, src) in &m.files {
+                    if m.link {
+                        std::os::unix::fs::symlink(src, dir.join(name))?;
+                    } else {
+                        std::fs::copy(src, dir.join(name)).with_context(|| format!("copy {}", src.display()))?;
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }

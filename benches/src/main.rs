@@ -10,6 +10,7 @@
 //! `--relay SOCKET PROGRAM [ARGS…]`.
 
 mod calls;
+mod catalog;
 mod child;
 mod cli;
 mod daemon;
@@ -20,6 +21,7 @@ mod relay;
 mod reload;
 mod report;
 mod scale;
+mod sdk;
 mod startup;
 mod wire;
 
@@ -35,7 +37,7 @@ const USAGE: &str = "usage: plugind-bench [--smoke] [--placement cpu0|any|both] 
   --smoke       every benchmark briefly, only checking that it runs (part of `make test`)
   --placement   cpu0: everything under `taskset -c 0`; any: unpinned; both (default, smoke: any)
   --bin-dir     where plugind, pluginctl and echo-rust are (default: this binary's directory)
-  --only        one group: floors, calls (relay, a-d, h, peers), start (e), reload (f), scale (g)";
+  --only        one group: floors, calls (relay, a-d, h, i, peers), sdk (SDK overhead), start (e), reload (f), scale (g)";
 
 struct Options {
     smoke: bool,
@@ -46,7 +48,7 @@ struct Options {
 }
 
 /// The groups `--only` can pick.
-const GROUPS: [&str; 5] = ["floors", "calls", "start", "reload", "scale"];
+const GROUPS: [&str; 6] = ["floors", "calls", "sdk", "start", "reload", "scale"];
 
 impl Options {
     fn runs(&self, group: &str) -> bool {
@@ -279,7 +281,17 @@ fn run(placement: &str, o: &Options) -> ExitCode {
             peers::run(&bin_dir(o)?, placement, o.smoke, &ours)
         })();
         record("relay+plugind", r);
-        record("i.mcp", mcp::run(&rt, &bins, placement, t));
+        record("i.catalog", catalog::run(&rt, &bins, placement, t, rounds));
+        record("m.mcp", mcp::run(&rt, &bins, placement, t));
+    }
+    if o.runs("sdk") {
+        // Smoke: only proves that the six plugins answer through plugind.
+        let (st, sr) = if o.smoke {
+            (Timing { warmup: Duration::from_millis(10), run: Duration::from_millis(60) }, 1)
+        } else {
+            (t, rounds)
+        };
+        record("s.sdk", sdk::run(&rt, &bins, placement, st, sr));
     }
     if o.runs("start") {
         record("e.start", startup::run(&rt, &bins, placement, &sizes));

@@ -1,4 +1,4 @@
-//! (i) An MCP server supervised by plugind (`"protocol": "mcp"`), called through plugind's
+//! (m) An MCP server supervised by plugind (`"protocol": "mcp"`), called through plugind's
 //! `execute`, against the same server called directly by the MCP SDK's own client (the floor).
 //!
 //! The server is the Python peer's `server.py` (the MCP Python SDK, one `echo` tool), installed
@@ -6,7 +6,7 @@
 //! sends `execute { plugin: "mcp-echo", method: "echo", params: {"msg":"hello","n":42} }`;
 //! plugind's MCP adapter turns it into `tools/call` and the `CallToolResult` comes back as the
 //! result. The floor is the peer's `client.py`: `ClientSession.call_tool` over `stdio_client`,
-//! no plugind in between. Lines: `i.mcp.p50` (sequential calls) and `i.mcp.tput64` (64 in
+//! no plugind in between. Lines: `m.mcp.p50` (sequential calls) and `m.mcp.tput64` (64 in
 //! flight), each with the SDK client's figure as floor; the ratio is what plugind's supervision
 //! (socket hop, adapter, sandbox) costs or saves against a Python MCP host. Skipped when the peer
 //! is not installed (`--smoke` installs nothing; a full run installs it first).
@@ -24,19 +24,19 @@ use std::time::Duration;
 /// The plugin's name under plugind.
 const PLUGIN: &str = "mcp-echo";
 
-/// Runs (i) in `placement`, printing its lines (or one `skipped` line).
+/// Runs (m) in `placement`, printing its lines (or one `skipped` line).
 pub fn run(rt: &tokio::runtime::Runtime, bins: &Bins, placement: &str, t: Timing) -> anyhow::Result<()> {
     let bin_dir = bins.plugind.parent().context("plugind has a directory")?;
     let peer = bin_dir.parent().unwrap_or(bin_dir).join("bench-peers/python");
     let python = peer.join("venv/bin/python");
     if !python.is_file() || !peer.join(".installed").is_file() {
-        skipped("i.mcp", placement, "the MCP Python SDK peer is not installed (a full `make bench` installs it)");
+        skipped("m.mcp", placement, "the MCP Python SDK peer is not installed (a full `make bench` installs it)");
         return Ok(());
     }
     let (p50, tput) = through_plugind(rt, bins, &peer, &python, t)?;
     let floor = direct(&peer, &python, t)?;
-    line("i.mcp.p50", placement, p50, "us", Some(Floor { value: floor.0, name: "mcp-py direct" }));
-    line("i.mcp.tput64", placement, tput, "calls/s", Some(Floor { value: floor.1, name: "mcp-py direct" }));
+    line("m.mcp.p50", placement, p50, "us", Some(Floor { value: floor.0, name: "mcp-py direct" }));
+    line("m.mcp.tput64", placement, tput, "calls/s", Some(Floor { value: floor.1, name: "mcp-py direct" }));
     Ok(())
 }
 

@@ -1,41 +1,104 @@
-//! `pluginctl`: the CLI of plugind (`pluginctl --help`; the methods it calls are in docs/control-api.md).
+//! `pluginctl`: the CLI of plugind (`pluginctl --help`; docs/cli.md; the methods it calls are in
+//! docs/control-api.md).
 //!
 //! It talks to plugind only through the `plugind-client` library and does not link the daemon:
 //! `new` copies the embedded templates (`scaffold`), and `check`, which needs the daemon's
 //! sandbox and instance driver, runs `plugind check` (the `plugind` beside this executable, else
-//! the one on `PATH`).
+//! the one on `PATH`). Tables and `key: value` blocks are printed by `output`, in colour on a
+//! terminal only.
 //!
 //! Exit codes: 0 success, 1 the operation failed (message on stderr), 2 usage error,
 //! 3 the daemon cannot be reached.
 
 mod mcp;
+mod methods;
+mod output;
 mod scaffold;
 
-use clap::{Parser, Subcommand};
-use plugind_client::{Client, ClientError, Progress};
+use clap::{Args as _, CommandFactory, FromArgMatches, Parser, Subcommand};
+use output::{paint, state_style, Cell, BAD, GOOD, PLAIN, WARN};
+use plugind_client::{Client, ClientError, Progress, RpcError};
+use plugind_protocol::codes;
 use plugind_protocol::control::{self as c, PluginStatus};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Control plugind.
+///
+/// The connection options (--socket, --url, --token-file, --json) go before the command or after
+/// it; `new` and `check` need no daemon and take only --json of them.
 #[derive(Parser, Debug)]
 #[command(name = "pluginctl", version, about)]
 struct Args {
-    /// Control socket (default: $PLUGIND_SOCKET, $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR, /tmp).
-    #[arg(long, global = true, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Talk to plugind's --listen HTTP API instead of the socket (http://HOST:PORT).
-    #[arg(long, global = true, value_name = "URL", conflicts_with = "socket")]
-    url: Option<String>,
-    /// File holding the bearer token for --url.
-    #[arg(long, global = true, value_name = "FILE", requires = "url")]
-    token_file: Option<PathBuf>,
-    /// Print the raw JSON result.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    conn: Conn,
     #[command(subcommand)]
     command: Cmd,
+}
+
+// How to reach plugind, and whether to print JSON. `pluginctl` takes these before the command,
+// and every command that talks to plugind takes them after its name too (see `parse_args`).
+// (A `///` comment here would become the `about` of every command that flattens it.)
+#[derive(clap::Args, Debug, Default, Clone)]
+#[command(next_help_heading = "Connection")]
+struct Conn {
+    /// Control socket (default: $PLUGIND_SOCKET, $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR, /tmp).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Talk to plugind's --listen HTTP API instead of the socket (http://HOST:PORT).
+    #[arg(long, value_name = "URL", conflicts_with = "socket")]
+    url: Option<String>,
+    /// File holding the bearer token for --url.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Print the raw JSON result.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Conn {
+    /// These options given after the command, over those given before it.
+    fn over(self, before: Conn) -> Conn {
+        let (socket, url) = if self.socket.is_some() || self.url.is_some() {
+            (self.socket, self.url)
+        } else {
+            (before.socket, before.url)
+        };
+        Conn { socket, url, token_file: self.token_file.or(before.token_file), json: self.json || before.json }
+    }
+}
+
+/// The commands that need no daemon: they take none of [`Conn`]'s options but `--json`.
+const DAEMONLESS: [&str; 2] = ["new", "check"];
+
+/// Parses the command line: [`Conn`]'s options are added to every command that talks to plugind,
+/// so that `pluginctl list --json` works as `pluginctl --json list` does, while the help of `new`
+/// and `check` shows only their own options.
+fn parse_args() -> Result<(Cmd, Conn), clap::Error> {
+    let mut cmd = Args::command();
+    let daemon_commands: Vec<String> =
+        cmd.get_subcommands().map(|s| s.get_name().to_owned()).filter(|n| !DAEMONLESS.contains(&n.as_str())).collect();
+    for name in &daemon_commands {
+        cmd = cmd.mut_subcommand(name, Conn::augment_args);
+    }
+    let matches = cmd.try_get_matches()?;
+    let args = Args::from_arg_matches(&matches)?;
+    let after = match matches.subcommand() {
+        Some((name, sub)) if daemon_commands.iter().any(|d| d == name) => Conn::from_arg_matches(sub)?,
+        _ => Conn::default(),
+    };
+    Ok((args.command, after.over(args.conn)))
+}
+
+/// `--timeout-ms`: a whole number of milliseconds.
+fn millis(s: &str) -> Result<u64, String> {
+    s.trim().parse().map_err(|_| "expected a whole number of milliseconds, e.g. 5000".to_owned())
+}
+
+/// `-n`: a whole number of lines.
+fn lines(s: &str) -> Result<usize, String> {
+    s.trim().parse().map_err(|_| "expected a whole number of lines, e.g. 50".to_owned())
 }
 
 #[derive(Subcommand, Debug)]
@@ -44,6 +107,11 @@ enum Cmd {
     List,
     /// Everything about one plugin.
     Status {
+        /// Plugin name.
+        name: String,
+    },
+    /// A plugin's method catalog: METHOD TIMEOUT IDEMPOTENT PARAMS DESCRIPTION.
+    Methods {
         /// Plugin name.
         name: String,
     },
@@ -82,7 +150,7 @@ enum Cmd {
         /// Params as JSON.
         params: Option<String>,
         /// Deadline in milliseconds.
-        #[arg(long)]
+        #[arg(long, value_name = "MS", value_parser = millis)]
         timeout_ms: Option<u64>,
     },
     /// Call a service through the registry.
@@ -94,7 +162,7 @@ enum Cmd {
         /// Params as JSON.
         params: Option<String>,
         /// Deadline in milliseconds.
-        #[arg(long)]
+        #[arg(long, value_name = "MS", value_parser = millis)]
         timeout_ms: Option<u64>,
     },
     /// Table of services: NAME VERSION PLUGIN CAPABILITIES.
@@ -113,24 +181,30 @@ enum Cmd {
         /// Directory to create (default ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Print the directory and the files written as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate a plugin and drive it through init, register, ping, teardown (needs no daemon).
     Check {
         /// The plugin directory.
         dir: PathBuf,
         /// Also call this execute method.
-        #[arg(long)]
+        #[arg(long, value_name = "METHOD")]
         execute: Option<String>,
         /// Params for --execute, as JSON.
-        #[arg(long)]
+        #[arg(long, value_name = "JSON")]
         params: Option<String>,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Recent log lines (stderr, `log` notifications, plugind's events); -f follows.
     Logs {
         /// Only this plugin.
         name: Option<String>,
         /// How many lines.
-        #[arg(short = 'n', long = "lines", default_value_t = 100)]
+        #[arg(short = 'n', long = "lines", default_value_t = 100, value_parser = lines)]
         lines: usize,
         /// Keep printing new lines.
         #[arg(short, long)]
@@ -150,12 +224,12 @@ enum Cmd {
         /// Initial payload as JSON.
         payload: Option<String>,
         /// Budget of the whole chain in milliseconds.
-        #[arg(long)]
+        #[arg(long, value_name = "MS", value_parser = millis)]
         timeout_ms: Option<u64>,
     },
     /// Print plugind's metrics (Prometheus text).
     Metrics,
-    /// Supervisor version, pid, uptime and counts.
+    /// plugind's version, pid, uptime and plugin counts.
     Info,
     /// Stop the daemon gracefully.
     Shutdown,
@@ -166,6 +240,7 @@ enum Cmd {
 /// A failure with its exit code.
 struct Failure {
     code: u8,
+    /// For people, on stderr: what went wrong and what to do (empty: already said).
     message: String,
     /// The JSON-RPC error object plugind answered, if that is what failed: `--json` prints it.
     error: Option<Value>,
@@ -173,18 +248,22 @@ struct Failure {
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
-        let code = match e {
-            ClientError::Rpc(_) | ClientError::Unsupported { .. } => 1,
-            ClientError::Unreachable { .. } | ClientError::ConnectionLost => 3,
-        };
-        let error = match &e {
-            ClientError::Rpc(rpc) => serde_json::to_value(rpc).ok(),
-            ClientError::ConnectionLost => {
-                Some(json!({ "code": plugind_client::CONNECTION_LOST, "message": e.to_string() }))
+        match e {
+            ClientError::Rpc(rpc) => {
+                Failure { code: 1, message: rpc_message(&rpc), error: serde_json::to_value(&rpc).ok() }
             }
-            _ => None,
-        };
-        Failure { code, message: e.to_string(), error }
+            ClientError::Unreachable { path, source } => unreachable(&path, &source),
+            ClientError::ConnectionLost => Failure {
+                code: 3,
+                message: "the connection to plugind broke before it answered: did plugind stop? \
+                          (`pluginctl info` checks)"
+                    .into(),
+                error: Some(json!({ "code": plugind_client::CONNECTION_LOST, "message": e.to_string() })),
+            },
+            ClientError::Unsupported { .. } => {
+                Failure::new(1, format!("{e}: use --socket on plugind's own host for this command"))
+            }
+        }
     }
 }
 
@@ -198,10 +277,108 @@ fn usage(message: String) -> Failure {
     Failure::new(2, message)
 }
 
-fn parse_json(what: &str, text: Option<&str>, default: Value) -> Result<Value, Failure> {
+/// An OS error's text without the "(os error N)" tail people need not read.
+fn os_text(e: &std::io::Error) -> String {
+    without_errno(&e.to_string())
+}
+
+fn without_errno(text: &str) -> String {
+    match text.find(" (os error ") {
+        Some(i) => {
+            let end = text[i..].find(')').map_or(text.len(), |j| i + j + 1);
+            format!("{}{}", &text[..i], &text[end..])
+        }
+        None => text.to_owned(),
+    }
+}
+
+/// Exit 3 (2 for a malformed `--url`): which socket or URL, why, and what to try.
+fn unreachable(target: &Path, e: &std::io::Error) -> Failure {
+    use std::io::ErrorKind;
+    let target = target.display();
+    if e.kind() == ErrorKind::InvalidInput {
+        return usage(format!("--url {target}: {}", os_text(e)));
+    }
+    if target.to_string().starts_with("http://") {
+        return Failure::new(
+            3,
+            format!(
+                "cannot reach plugind at {target}: {}; is plugind running with --listen on that address?",
+                os_text(e)
+            ),
+        );
+    }
+    let why = match e.kind() {
+        ErrorKind::NotFound => "there is no socket there".to_owned(),
+        ErrorKind::ConnectionRefused => "nothing listens on it (a socket left by a plugind that stopped?)".to_owned(),
+        ErrorKind::PermissionDenied => "permission denied (plugind runs as another user?)".to_owned(),
+        _ => os_text(e),
+    };
+    Failure::new(
+        3,
+        format!(
+            "cannot reach plugind at {target}: {why}; is plugind running? \
+             Start it (plugind --plugins DIR), or point at its socket with --socket PATH or $PLUGIND_SOCKET"
+        ),
+    )
+}
+
+/// plugind's (or the plugin's) error message, with what to do next where pluginctl knows it,
+/// and the schema's complaints (`data.errors`) one per line.
+fn rpc_message(e: &RpcError) -> String {
+    let data = e.data.as_ref().unwrap_or(&Value::Null);
+    let plugin = data["plugin"].as_str();
+    let hint = match e.code {
+        codes::SERVICE_NOT_FOUND if data.get("service").is_some() => {
+            Some("`pluginctl services` lists the services provided".to_owned())
+        }
+        codes::SERVICE_NOT_FOUND if plugin.is_some() => Some("`pluginctl list` shows the plugins".to_owned()),
+        codes::PLUGIN_UNAVAILABLE => {
+            plugin.map(|p| format!("`pluginctl status {p}` says why; `pluginctl start {p}` starts it"))
+        }
+        codes::DEADLINE_EXCEEDED => Some("give it longer with --timeout-ms".to_owned()),
+        _ => None,
+    };
+    let mut text = e.message.clone();
+    if let Some(h) = hint {
+        text.push_str(&format!(" ({h})"));
+    }
+    for err in data["errors"].as_array().into_iter().flatten() {
+        let path = err["path"].as_str().filter(|p| !p.is_empty()).unwrap_or("/");
+        text.push_str(&format!("\n  {path}: {}", str_of(&err["message"])));
+    }
+    text
+}
+
+/// `text` (the argument named `what`) as JSON, `{}` when absent; a usage error in words otherwise.
+fn parse_json(what: &str, text: Option<&str>) -> Result<Value, Failure> {
     match text {
-        None => Ok(default),
-        Some(t) => serde_json::from_str(t).map_err(|e| usage(format!("{what} is not valid JSON: {e}"))),
+        None => Ok(json!({})),
+        Some(t) => {
+            serde_json::from_str(t).map_err(|e| usage(format!("{what} is not valid JSON: {}", json_problem(t, &e))))
+        }
+    }
+}
+
+/// Why `text` is not JSON, for people: where, what was found there, and the usual cause.
+fn json_problem(text: &str, e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let at = format!("line {} column {}", e.line(), e.column());
+    let quoting = "strings and object keys need double quotes, and the whole argument single quotes \
+                   for the shell, e.g. '{\"name\": \"Ada\"}'";
+    match e.classify() {
+        Category::Eof if text.trim().is_empty() => "it is empty (give {} for no params)".to_owned(),
+        Category::Eof => format!("it ends too early, at {at} (a missing }}, ] or \"?)"),
+        Category::Syntax => {
+            let found =
+                text.lines().nth(e.line().saturating_sub(1)).and_then(|l| l.chars().nth(e.column().saturating_sub(1)));
+            match found {
+                Some(ch) if ch.is_alphabetic() || ch == '\'' => format!("unexpected {ch:?} at {at}: {quoting}"),
+                Some(ch) => format!("unexpected {ch:?} at {at}"),
+                None => format!("unexpected end of line at {at}"),
+            }
+        }
+        Category::Data | Category::Io => format!("{e}"),
     }
 }
 
@@ -209,7 +386,7 @@ fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes away (`| head`).
     // SAFETY: setting a signal disposition to its default before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let args = match Args::try_parse() {
+    let (command, conn) = match parse_args() {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
@@ -220,8 +397,8 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("UNWRAP: a current-thread runtime builds");
-    let json_out = args.json;
-    match rt.block_on(run(args)) {
+    let json_out = conn.json;
+    match rt.block_on(run(command, conn)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             // --json: a JSON-RPC error as the error object on stdout, for scripts; the message
@@ -237,21 +414,21 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), Failure> {
-    let socket = args.socket.clone().unwrap_or_else(plugind_client::default_socket);
-    if let Cmd::New { name, lang, dir } = &args.command {
-        return new_plugin(name, lang, dir.clone(), args.json);
+async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
+    let json_out = conn.json;
+    if let Cmd::New { name, lang, dir, json } = &command {
+        return new_plugin(name, lang, dir.clone(), *json || json_out);
     }
-    if let Cmd::Check { dir, execute, params } = &args.command {
-        return check_plugin(dir, execute.as_deref(), params.as_deref(), args.json);
+    if let Cmd::Check { dir, execute, params, json } = &command {
+        return check_plugin(dir, execute.as_deref(), params.as_deref(), *json || json_out);
     }
-    if let Cmd::Mcp = &args.command {
+    if let Cmd::Mcp = &command {
         // Reconnecting: an MCP client keeps this server for its whole session.
-        let connect = match &args.url {
+        let connect = match &conn.url {
             Some(url) => Client::builder().url(url.clone()),
-            None => Client::builder().socket(socket),
+            None => Client::builder().socket(conn.socket.clone().unwrap_or_else(plugind_client::default_socket)),
         };
-        let token = args.token_file.as_deref().map(plugind_client::read_token).transpose().map_err(usage)?;
+        let token = conn.token_file.as_deref().map(plugind_client::read_token).transpose().map_err(usage)?;
         let connect = match token {
             Some(t) => connect.token(t),
             None => connect,
@@ -259,9 +436,10 @@ async fn run(args: Args) -> Result<(), Failure> {
         return mcp::run(connect.connect().await?).await.map_err(|e| Failure::new(1, e.to_string()));
     }
     // Validate arguments before connecting so usage errors win over an absent daemon.
-    let request = match &args.command {
+    let request = match &command {
         Cmd::Call { plugin, method, params, timeout_ms } => {
-            let mut p = json!({ "plugin": plugin, "method": method, "params": parse_json("PARAMS_JSON", params.as_deref(), json!({}))? });
+            let mut p =
+                json!({ "plugin": plugin, "method": method, "params": parse_json("PARAMS", params.as_deref())? });
             if let Some(t) = timeout_ms {
                 p["timeout_ms"] = json!(t);
             }
@@ -272,7 +450,8 @@ async fn run(args: Args) -> Result<(), Failure> {
                 Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
                 None => (service.clone(), None),
             };
-            let mut p = json!({ "service": name, "method": method, "params": parse_json("PARAMS_JSON", params.as_deref(), json!({}))? });
+            let mut p =
+                json!({ "service": name, "method": method, "params": parse_json("PARAMS", params.as_deref())? });
             if let Some(v) = version {
                 p["version"] = json!(v);
             }
@@ -282,7 +461,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             Some((c::SERVICES_CALL, p))
         }
         Cmd::Hook { hook, payload, timeout_ms } => {
-            let mut p = json!({ "hook": hook, "payload": parse_json("PAYLOAD_JSON", payload.as_deref(), json!({}))? });
+            let mut p = json!({ "hook": hook, "payload": parse_json("PAYLOAD", payload.as_deref())? });
             if let Some(t) = timeout_ms {
                 p["timeout_ms"] = json!(t);
             }
@@ -290,44 +469,55 @@ async fn run(args: Args) -> Result<(), Failure> {
         }
         _ => None,
     };
-    let client = match &args.url {
+    let (client, target) = match &conn.url {
         Some(url) => {
-            let token = args.token_file.as_deref().map(plugind_client::read_token).transpose().map_err(usage)?;
-            Client::connect_url(url, token).await?
+            let token = conn
+                .token_file
+                .as_deref()
+                .map(plugind_client::read_token)
+                .transpose()
+                .map_err(|e| usage(format!("--token-file: {}", without_errno(&e))))?;
+            (Client::connect_url(url, token).await?, url.clone())
         }
-        None => Client::connect(&socket).await?,
+        None => {
+            if conn.token_file.is_some() {
+                return Err(usage("--token-file goes with --url (the socket needs no token)".into()));
+            }
+            let socket = conn.socket.clone().unwrap_or_else(plugind_client::default_socket);
+            (Client::connect(&socket).await?, socket.display().to_string())
+        }
     };
     if let Some((method, params)) = request {
-        let json_out = args.json;
         let result = client.call_with_progress(method, &params, move |p| print_progress(&p, json_out)).await?;
         // `hook` prints the final payload; --json prints the whole result (handled_by, stopped_by).
-        let shown = if method == c::HOOKS_RUN && !args.json { &result["payload"] } else { &result };
+        let shown = if method == c::HOOKS_RUN && !json_out { &result["payload"] } else { &result };
         println!("{}", serde_json::to_string_pretty(shown).unwrap_or_default());
         return Ok(());
     }
-    match args.command {
+    match command {
         Cmd::List => {
             let result = client.call(c::PLUGINS_LIST, &json!({})).await?;
-            if args.json {
+            if json_out {
                 return print_json(&result);
             }
             let list: Vec<PluginStatus> = serde_json::from_value(result).map_err(bad_answer)?;
-            print_table(
+            output::table(
                 &["NAME", "VERSION", "STATE", "PID", "RESTARTS", "UPTIME", "SERVICES"],
                 list.iter()
                     .map(|p| {
                         vec![
-                            p.name.clone(),
-                            p.version.clone(),
-                            p.state.clone(),
-                            p.pid.map_or("-".into(), |x| x.to_string()),
-                            p.restarts.to_string(),
-                            if p.uptime_ms > 0 { human_duration(p.uptime_ms) } else { "-".into() },
+                            p.name.clone().into(),
+                            p.version.clone().into(),
+                            Cell::styled(p.state.clone(), state_style(&p.state)),
+                            p.pid.map_or("-".into(), |x| x.to_string()).into(),
+                            p.restarts.to_string().into(),
+                            if p.uptime_ms > 0 { human_duration(p.uptime_ms) } else { "-".into() }.into(),
                             p.services
                                 .iter()
                                 .map(|s| format!("{}@{}", s.name, s.version))
                                 .collect::<Vec<_>>()
-                                .join(","),
+                                .join(",")
+                                .into(),
                         ]
                     })
                     .collect(),
@@ -335,33 +525,35 @@ async fn run(args: Args) -> Result<(), Failure> {
         }
         Cmd::Status { name } => {
             let result = client.call(c::PLUGINS_GET, &json!({ "name": name })).await?;
-            if args.json {
+            if json_out {
                 return print_json(&result);
             }
             let p: PluginStatus = serde_json::from_value(result).map_err(bad_answer)?;
             print_status(&p);
         }
-        Cmd::Start { names } => act(&client, c::PLUGINS_START, names, json!({}), args.json).await?,
-        Cmd::Stop { names } => act(&client, c::PLUGINS_STOP, names, json!({}), args.json).await?,
+        Cmd::Methods { name } => methods::run(&client, &name, json_out).await?,
+        Cmd::Start { names } => act(&client, c::PLUGINS_START, names, json!({}), json_out).await?,
+        Cmd::Stop { names } => act(&client, c::PLUGINS_STOP, names, json!({}), json_out).await?,
         Cmd::Restart { hard, names } => {
-            act(&client, c::PLUGINS_RESTART, names, json!({ "hard": hard }), args.json).await?
+            act(&client, c::PLUGINS_RESTART, names, json!({ "hard": hard }), json_out).await?
         }
         Cmd::Reload => {
             let result = client.call(c::PLUGINS_RELOAD, &json!({})).await?;
-            if args.json {
+            if json_out {
                 return print_json(&result);
             }
             for key in ["added", "removed", "changed", "errors"] {
                 let items = result[key].as_array().cloned().unwrap_or_default();
                 let items: Vec<String> =
                     items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect();
-                println!("{key}: {}", if items.is_empty() { "-".into() } else { items.join(", ") });
+                let style = if key == "errors" && !items.is_empty() { BAD } else { PLAIN };
+                output::row(key, &if items.is_empty() { "-".into() } else { items.join(", ") }, style);
             }
         }
         Cmd::Services { capability } => {
             let params = capability.map_or(json!({}), |cap| json!({ "capability": cap }));
             let result = client.call(c::SERVICES_LIST, &params).await?;
-            if args.json {
+            if json_out {
                 return print_json(&result);
             }
             let rows = result
@@ -378,14 +570,14 @@ async fn run(args: Args) -> Result<(), Failure> {
                         .filter_map(|c| c.as_str().map(str::to_owned))
                         .collect();
                     vec![
-                        str_of(&s["name"]),
-                        str_of(&s["version"]),
-                        str_of(&s["plugin"]),
-                        if caps.is_empty() { "-".into() } else { caps.join(",") },
+                        str_of(&s["name"]).into(),
+                        str_of(&s["version"]).into(),
+                        str_of(&s["plugin"]).into(),
+                        if caps.is_empty() { "-".into() } else { caps.join(",") }.into(),
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "VERSION", "PLUGIN", "CAPABILITIES"], rows);
+            output::table(&["NAME", "VERSION", "PLUGIN", "CAPABILITIES"], rows);
         }
         Cmd::Logs { name, lines, follow } => {
             let mut params = json!({ "lines": lines, "follow": follow });
@@ -394,12 +586,12 @@ async fn run(args: Args) -> Result<(), Failure> {
             }
             let result = client.call(c::LOGS_TAIL, &params).await?;
             for line in result["lines"].as_array().cloned().unwrap_or_default() {
-                print_log_line(&line, args.json);
+                print_log_line(&line, json_out);
             }
             if follow {
                 while let Some((method, line)) = client.notification().await {
                     if method == c::LOG_NOTIFICATION {
-                        print_log_line(&line, args.json);
+                        print_log_line(&line, json_out);
                     }
                 }
             }
@@ -418,11 +610,12 @@ async fn run(args: Args) -> Result<(), Failure> {
                 if method != c::EVENT_NOTIFICATION {
                     continue;
                 }
-                if args.json {
+                if json_out {
                     println!("{ev}");
                 } else {
-                    let state = ev["state"].as_str().map(|s| format!(" {s}")).unwrap_or_default();
-                    println!(
+                    let state =
+                        ev["state"].as_str().map(|s| format!(" {}", paint(state_style(s), s))).unwrap_or_default();
+                    anstream::println!(
                         "{} {} {}{} {}",
                         str_of(&ev["ts"]),
                         str_of(&ev["plugin"]),
@@ -435,18 +628,21 @@ async fn run(args: Args) -> Result<(), Failure> {
         }
         Cmd::Metrics => {
             let result = client.call(c::METRICS_GET, &json!({})).await?;
-            if args.json {
+            if json_out {
                 return print_json(&result);
             }
             print!("{}", result["text"].as_str().unwrap_or_default());
         }
         Cmd::Info => {
             let result = client.call(c::SUPERVISOR_STATUS, &json!({})).await?;
-            print_json(&result)?;
+            if json_out {
+                return print_json(&result);
+            }
+            print_info(&result, &target);
         }
         Cmd::Shutdown => {
             client.call(c::SUPERVISOR_SHUTDOWN, &json!({})).await?;
-            if !args.json {
+            if !json_out {
                 println!("plugind is stopping");
             } else {
                 println!("null");
@@ -463,6 +659,16 @@ async fn run(args: Args) -> Result<(), Failure> {
 /// which prints the findings and exits like `pluginctl check` always did: 0 passed, 1 failed,
 /// 2 usage. `--json` is passed on; colour follows the shared terminal and `NO_COLOR`.
 fn check_plugin(dir: &Path, execute: Option<&str>, params: Option<&str>, json_out: bool) -> Result<(), Failure> {
+    if !dir.is_dir() {
+        return Err(usage(format!(
+            "{} is not a directory: give the plugin's directory, the one holding plugin.json",
+            dir.display()
+        )));
+    }
+    if params.is_some() && execute.is_none() {
+        return Err(usage("--params goes with --execute METHOD (the call it is for)".into()));
+    }
+    parse_json("--params", params)?;
     let plugind = plugind_beside_us();
     let mut cmd = std::process::Command::new(&plugind);
     cmd.arg("check").arg(dir);
@@ -476,9 +682,13 @@ fn check_plugin(dir: &Path, execute: Option<&str>, params: Option<&str>, json_ou
         cmd.arg("--json");
     }
     let status = cmd.status().map_err(|e| {
-        let why =
-            format!("`check` runs {} (beside pluginctl, else on PATH), which failed to start: {e}", plugind.display());
-        Failure::new(1, why)
+        let why = if e.kind() == std::io::ErrorKind::NotFound {
+            "none was found beside pluginctl or on PATH: install plugind next to pluginctl, or put it on PATH"
+                .to_owned()
+        } else {
+            format!("{} failed to start: {}", plugind.display(), os_text(&e))
+        };
+        Failure::new(1, format!("`pluginctl check` runs `plugind check`, and {why}"))
     })?;
     match status.code() {
         Some(0) => Ok(()),
@@ -499,7 +709,7 @@ fn plugind_beside_us() -> PathBuf {
 
 fn new_plugin(name: &str, lang: &str, dir: Option<PathBuf>, json_out: bool) -> Result<(), Failure> {
     use scaffold::{Lang, ScaffoldError};
-    let lang: Lang = lang.parse().map_err(usage)?;
+    let lang: Lang = lang.parse().map_err(|e| usage(format!("--lang: {e}")))?;
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     let files = scaffold::scaffold(name, lang, &dir).map_err(|e| match e {
         ScaffoldError::BadName(_) | ScaffoldError::RustDot(_) => usage(e.to_string()),
@@ -509,7 +719,7 @@ fn new_plugin(name: &str, lang: &str, dir: Option<PathBuf>, json_out: bool) -> R
         return print_json(&json!({ "dir": dir, "files": files }));
     }
     println!("created {} ({} files)", dir.display(), files.len());
-    println!("next:\n{}", scaffold::next_steps(name, lang, &dir));
+    println!("{}", scaffold::next_steps(name, lang, &dir));
     Ok(())
 }
 
@@ -527,20 +737,23 @@ async fn act(client: &Client, method: &str, names: Vec<String>, extra: Value, js
                 if json_out {
                     print_json(&result)?;
                 } else {
+                    let shown = paint(state_style(&state), &state);
                     match result["last_error"].as_str() {
-                        Some(e) if state != "running" && state != "stopped" => println!("{name}: {state} ({e})"),
-                        _ => println!("{name}: {state}"),
+                        Some(e) if state != "running" && state != "stopped" => {
+                            anstream::println!("{name}: {shown} ({e})")
+                        }
+                        _ => anstream::println!("{name}: {shown}"),
                     }
                 }
                 if method != c::PLUGINS_STOP && matches!(state.as_str(), "failed" | "blocked" | "invalid") {
-                    fail(format!("{name} is {state}"));
+                    fail(format!("{name} is {state} (`pluginctl status {name}` says why)"));
                 }
             }
             Err(ClientError::Rpc(e)) => {
                 if json_out {
                     print_json(&json!({ "error": { "code": e.code, "message": e.message, "data": e.data } }))?;
                 }
-                eprintln!("pluginctl: {name}: {}", e.message);
+                eprintln!("pluginctl: {name}: {}", rpc_message(&e));
                 fail(format!("{method} failed for some plugins"));
             }
             Err(e) => return Err(e.into()),
@@ -580,7 +793,13 @@ fn print_log_line(line: &Value, json_out: bool) {
 }
 
 fn bad_answer(e: serde_json::Error) -> Failure {
-    Failure::new(1, format!("unexpected answer from plugind: {e}"))
+    Failure::new(
+        1,
+        format!(
+            "plugind answered something this pluginctl does not understand ({e}): are they the same version? \
+             (`pluginctl --version`, `pluginctl --json info`)"
+        ),
+    )
 }
 
 fn print_json(v: &Value) -> Result<(), Failure> {
@@ -590,28 +809,6 @@ fn print_json(v: &Value) -> Result<(), Failure> {
 
 fn str_of(v: &Value) -> String {
     v.as_str().map_or_else(|| if v.is_null() { "-".into() } else { v.to_string() }, str::to_owned)
-}
-
-fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (i, cell) in r.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let last = cells.len() - 1;
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| if i == last { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
-            .collect::<Vec<_>>()
-            .join("  ")
-    };
-    println!("{}", line(headers.iter().map(|h| (*h).to_owned()).collect()));
-    for r in rows {
-        println!("{}", line(r));
-    }
 }
 
 fn human_duration(ms: u64) -> String {
@@ -624,60 +821,102 @@ fn human_duration(ms: u64) -> String {
     }
 }
 
+/// `pluginctl info`: `supervisor.status` as `key: value` rows, the plugin counts as a section;
+/// fields this pluginctl does not know yet are shown as they come.
+fn print_info(status: &Value, target: &str) {
+    output::row("version", &str_of(&status["version"]), PLAIN);
+    output::row("pid", &str_of(&status["pid"]), PLAIN);
+    output::row("uptime", &status["uptime_ms"].as_u64().map_or("-".into(), human_duration), PLAIN);
+    output::row("reached at", target, PLAIN);
+    output::section("plugins");
+    let counts = &status["plugins"];
+    for (key, style) in [("total", PLAIN), ("running", GOOD), ("failed", BAD), ("blocked", BAD)] {
+        let n = counts[key].as_u64().unwrap_or(0);
+        output::item(&format!("{key:<8} {}", paint(if n > 0 { style } else { PLAIN }, &n.to_string())));
+    }
+    for (key, n) in counts.as_object().into_iter().flatten() {
+        if !["total", "running", "failed", "blocked"].contains(&key.as_str()) {
+            output::item(&format!("{key:<8} {}", str_of(n)));
+        }
+    }
+    let known = ["version", "pid", "uptime_ms", "plugins"];
+    for (key, value) in status.as_object().into_iter().flatten().filter(|(k, _)| !known.contains(&k.as_str())) {
+        match value {
+            Value::Object(fields) => {
+                output::section(key);
+                for (k, v) in fields {
+                    output::item(&format!("{k}: {}", str_of(v)));
+                }
+            }
+            Value::Array(items) => {
+                output::row(key, &items.iter().map(str_of).collect::<Vec<_>>().join(", "), PLAIN);
+            }
+            other => output::row(key, &str_of(other), PLAIN),
+        }
+    }
+}
+
 fn print_status(p: &PluginStatus) {
-    println!("name:        {}", p.name);
-    println!("version:     {}", p.version);
-    println!("state:       {}", p.state);
-    println!("dir:         {}", p.dir);
-    println!("pid:         {}", p.pid.map_or("-".into(), |x| x.to_string()));
-    println!("instances:   {}", p.instances);
-    println!("restarts:    {}", p.restarts);
-    println!("uptime:      {}", if p.uptime_ms > 0 { human_duration(p.uptime_ms) } else { "-".into() });
-    println!("memory:      {}", p.memory_kb.map_or("-".into(), |k| format!("{k} KiB")));
-    println!("calls:       {} total, {} failed, {} timed out", p.calls.total, p.calls.failed, p.calls.timed_out);
-    println!(
-        "services:    {}",
-        p.services.iter().map(|s| format!("{}@{}", s.name, s.version)).collect::<Vec<_>>().join(", ")
+    use output::{item, row, section};
+    row("name", &p.name, PLAIN);
+    row("version", &p.version, PLAIN);
+    row("state", &p.state, state_style(&p.state));
+    row("dir", &p.dir, PLAIN);
+    row("pid", &p.pid.map_or("-".into(), |x| x.to_string()), PLAIN);
+    row("instances", &p.instances.to_string(), PLAIN);
+    row("restarts", &p.restarts.to_string(), PLAIN);
+    row("uptime", &if p.uptime_ms > 0 { human_duration(p.uptime_ms) } else { "-".into() }, PLAIN);
+    row("memory", &p.memory_kb.map_or("-".into(), |k| format!("{k} KiB")), PLAIN);
+    row(
+        "calls",
+        &format!("{} total, {} failed, {} timed out", p.calls.total, p.calls.failed, p.calls.timed_out),
+        PLAIN,
+    );
+    row(
+        "services",
+        &p.services.iter().map(|s| format!("{}@{}", s.name, s.version)).collect::<Vec<_>>().join(", "),
+        PLAIN,
     );
     if !p.refused_services.is_empty() {
-        println!("refused services (registered, never routed):");
+        section("refused services (registered, never routed)");
         for r in &p.refused_services {
-            println!("  {}@{}: {}", r.name, r.version, r.reason);
+            item(&paint(WARN, &format!("{}@{}: {}", r.name, r.version, r.reason)));
         }
     }
     if !p.dependencies.is_empty() {
-        println!("dependencies:");
+        section("dependencies");
         for d in &p.dependencies {
-            println!(
-                "  {}@{} ({}){}",
-                d.name,
-                d.range,
-                if d.required { "required" } else { "optional" },
-                if d.met { "" } else { " UNMET" }
-            );
+            let kind = if d.required { "required" } else { "optional" };
+            let (met, style) = if d.met { ("met", GOOD) } else { ("UNMET", BAD) };
+            item(&format!("{}@{} ({kind}) {}", d.name, d.range, paint(style, met)));
         }
     }
     if !p.permissions.is_empty() {
-        println!("permissions:");
+        section("permissions");
         for (name, s) in &p.permissions {
-            let how = match (s.granted, s.enforced) {
-                (true, _) => "granted".to_owned(),
-                (false, true) => format!("denied, enforced by {}", s.mechanism),
-                (false, false) => "denied, advisory only (not enforced on this host)".to_owned(),
+            let (how, style) = match (s.granted, s.enforced) {
+                (true, _) => ("granted".to_owned(), PLAIN),
+                (false, true) => (format!("denied, enforced by {}", s.mechanism), GOOD),
+                (false, false) => ("denied, advisory only (not enforced on this host)".to_owned(), WARN),
             };
-            println!("  {name:<11} {how}");
+            item(&format!("{name:<11} {}", paint(style, &how)));
         }
     }
     if !p.sandbox.is_empty() {
-        println!("sandbox:");
+        section("sandbox");
         for g in &p.sandbox {
             match &g.why {
-                None => println!("  {:<30} holds: {}", g.guarantee, g.mechanism),
-                Some(why) => println!("  {:<30} does NOT hold here: {why}", g.guarantee),
+                None => item(&format!("{:<30} {}", g.guarantee, paint(GOOD, &format!("holds: {}", g.mechanism)))),
+                Some(why) => {
+                    item(&format!("{:<30} {}", g.guarantee, paint(BAD, &format!("does NOT hold here: {why}"))))
+                }
             }
         }
     }
-    println!("last error:  {}", p.last_error.as_deref().unwrap_or("-"));
+    match p.last_error.as_deref() {
+        Some(e) => row("last error", e, BAD),
+        None => row("last error", "-", PLAIN),
+    }
     if let Some(e) = &p.last_exit {
         let mut parts = Vec::new();
         if let Some(c) = e.code {
@@ -689,18 +928,53 @@ fn print_status(p: &PluginStatus) {
         if let Some(l) = &e.limit {
             parts.push(format!("limit {l}"));
         }
-        println!("last exit:   {} {}", parts.join(", "), e.ts.as_deref().unwrap_or(""));
+        let clean = e.code == Some(0) && e.signal.is_none() && e.limit.is_none();
+        let text = format!("{} {}", parts.join(", "), e.ts.as_deref().unwrap_or(""));
+        row("last exit", text.trim_end(), if clean { PLAIN } else { BAD });
     }
     if !p.stderr_tail.is_empty() {
-        println!("stderr (last {} lines):", p.stderr_tail.len());
+        section(&format!("stderr (last {} lines)", p.stderr_tail.len()));
         for l in &p.stderr_tail {
-            println!("  {l}");
+            item(l);
         }
     }
     if !p.history.is_empty() {
-        println!("history:");
+        section("history");
         for h in p.history.iter().rev().take(10).collect::<Vec<_>>().into_iter().rev() {
-            println!("  {}  {:<8} {}", h.ts, h.event, h.detail);
+            item(&format!("{}  {:<8} {}", h.ts, h.event, h.detail));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(text: &str) -> String {
+        json_problem(text, &serde_json::from_str::<Value>(text).expect_err("not JSON"))
+    }
+
+    #[test]
+    fn json_problems_are_said_in_words() {
+        let p = problem("{name: \"Ada\"}");
+        assert!(p.starts_with("unexpected 'n' at line 1 column 2: strings and object keys need double quotes"), "{p}");
+        assert_eq!(problem("[1,"), "it ends too early, at line 1 column 3 (a missing }, ] or \"?)");
+        assert_eq!(problem("{\"a\": }"), "unexpected '}' at line 1 column 7");
+        assert_eq!(problem(""), "it is empty (give {} for no params)");
+    }
+
+    #[test]
+    fn os_errors_lose_their_number() {
+        assert_eq!(without_errno("No such file or directory (os error 2)"), "No such file or directory");
+        assert_eq!(without_errno("cannot read x: Permission denied (os error 13)"), "cannot read x: Permission denied");
+        assert_eq!(without_errno("plain"), "plain");
+    }
+
+    #[test]
+    fn options_after_the_command_win() {
+        let before = Conn { socket: Some("/a".into()), json: true, ..Conn::default() };
+        let after = Conn { url: Some("http://h:1".into()), ..Conn::default() };
+        let c = after.over(before);
+        assert_eq!((c.socket, c.url.as_deref(), c.json), (None, Some("http://h:1"), true));
     }
 }

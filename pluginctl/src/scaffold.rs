@@ -1,5 +1,9 @@
 //! `pluginctl new`: writes a plugin from the templates in `plugin-template/`, embedded in the
 //! binary so it works offline and without a daemon.
+//!
+//! The new plugin carries its SDK: Python and Node get the SDK module next to their code, Rust
+//! gets the `plugind-sdk` and `plugind-protocol` crates in `vendor/` (see `build.rs`). So it
+//! builds outside this repository and names no path of the machine `pluginctl` was built on.
 
 use plugind_protocol::manifest::is_valid_name;
 use std::path::{Path, PathBuf};
@@ -7,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// A template language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
-    /// Rust, on `sdk/rust`.
+    /// Rust, with `sdk/rust` and `sdk/protocol` copied into `vendor/`.
     Rust,
     /// Python, with `plugind_sdk.py` copied in.
     Python,
@@ -33,32 +37,37 @@ macro_rules! files {
     };
 }
 
-/// (path in the repository, contents) of each template's files.
+/// (path in the repository, contents) of each template's files; `{{name}}` is replaced in them.
 const RUST: &[(&str, &str)] = files!(
     "plugin-template/rust/Cargo.toml",
     "plugin-template/rust/README.md",
     "plugin-template/rust/plugin.json",
     "plugin-template/rust/src/main.rs",
+    "plugin-template/rust/.gitignore",
 );
 const PYTHON: &[(&str, &str)] = files!(
     "plugin-template/python/README.md",
     "plugin-template/python/main.py",
     "plugin-template/python/plugin.json",
     "plugin-template/python/test_plugin.py",
-    "sdk/python/plugind_sdk.py",
 );
 const NODE: &[(&str, &str)] = files!(
     "plugin-template/node/README.md",
     "plugin-template/node/main.mjs",
     "plugin-template/node/plugin.json",
     "plugin-template/node/plugin.test.mjs",
-    "sdk/node/plugind-sdk.mjs",
-    "sdk/node/plugind-sdk.d.ts",
-    "sdk/node/plugind-sdk.d.mts",
 );
 
-/// Where the Rust template finds the SDK crate: this repository's `sdk/rust`, as built.
-const SDK_RUST_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk/rust");
+/// (path in the new plugin, contents) of each language's SDK, copied as is.
+const PYTHON_SDK: &[(&str, &str)] = &[("plugind_sdk.py", include_str!("../../sdk/python/plugind_sdk.py"))];
+const NODE_SDK: &[(&str, &str)] = &[
+    ("plugind-sdk.mjs", include_str!("../../sdk/node/plugind-sdk.mjs")),
+    ("plugind-sdk.d.ts", include_str!("../../sdk/node/plugind-sdk.d.ts")),
+    ("plugind-sdk.d.mts", include_str!("../../sdk/node/plugind-sdk.d.mts")),
+];
+mod rust_sdk {
+    include!(concat!(env!("OUT_DIR"), "/sdk_files.rs"));
+}
 
 /// Why a plugin could not be scaffolded.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +79,7 @@ pub enum ScaffoldError {
     #[error("invalid name {0:?} for a Rust plugin: cargo package names cannot contain '.'")]
     RustDot(String),
     /// The target exists and is not empty.
-    #[error("{0} already exists and is not empty")]
+    #[error("{0} already exists and is not empty: choose another --dir, or empty it first")]
     Exists(PathBuf),
     /// Writing failed.
     #[error("cannot write {path}: {source}")]
@@ -94,21 +103,20 @@ pub fn scaffold(name: &str, lang: Lang, dir: &Path) -> Result<Vec<PathBuf>, Scaf
     if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(ScaffoldError::Exists(dir.to_path_buf()));
     }
-    let sdk_path = std::fs::canonicalize(SDK_RUST_PATH).unwrap_or_else(|_| PathBuf::from(SDK_RUST_PATH));
-    let files = match lang {
-        Lang::Rust => RUST,
-        Lang::Python => PYTHON,
-        Lang::Node => NODE,
+    let (template, sdk) = match lang {
+        Lang::Rust => (RUST, rust_sdk::SDK_FILES),
+        Lang::Python => (PYTHON, PYTHON_SDK),
+        Lang::Node => (NODE, NODE_SDK),
     };
+    let prefix = format!("plugin-template/{}/", lang_dir(lang));
+    let template = template.iter().map(|(path, text)| {
+        let rel = path.strip_prefix(&prefix).expect("UNWRAP: template files live in their language's dir");
+        (rel, text.replace("{{name}}", name))
+    });
+    let sdk = sdk.iter().map(|(rel, text)| (*rel, (*text).to_owned()));
     let mut written = Vec::new();
-    for (repo_path, text) in files {
-        // Template files keep their path below the language dir; SDK files land at the top.
-        let rel = match repo_path.split_once(&format!("plugin-template/{}/", lang_dir(lang))) {
-            Some((_, rel)) => rel.to_owned(),
-            None => Path::new(repo_path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
-        };
+    for (rel, text) in template.chain(sdk) {
         let target = dir.join(rel);
-        let text = text.replace("{{name}}", name).replace("{{sdk_path}}", &sdk_path.to_string_lossy());
         let io = |source| ScaffoldError::Io { path: target.clone(), source };
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
@@ -127,15 +135,35 @@ fn lang_dir(lang: Lang) -> &'static str {
     }
 }
 
-/// What to run next, for the CLI to print.
+/// What to do next, for the CLI to print: shell lines, indented by two spaces, to type in order
+/// from where `pluginctl new` ran (the `plugind` line in a terminal of its own).
 pub fn next_steps(name: &str, lang: Lang, dir: &Path) -> String {
-    let d = dir.display();
-    let build = match lang {
-        Lang::Rust => format!("cd {d} && cargo build --release && cargo test\npluginctl check {d}"),
-        Lang::Python => format!("cd {d} && python3 -m unittest\npluginctl check {d}"),
-        Lang::Node => format!("cd {d} && node --test\npluginctl check {d}"),
+    let test = match lang {
+        Lang::Rust => "cargo build --release && cargo test",
+        Lang::Python => "python3 -m unittest",
+        Lang::Node => "node --test",
     };
-    format!("{build}\nthen put {name}/ in a --plugins directory of plugind (or run `pluginctl reload`)")
+    let holder = std::path::absolute(dir)
+        .ok()
+        .and_then(|d| d.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from(".."));
+    let (dir, holder) = (shell_word(&dir.to_string_lossy()), shell_word(&holder.to_string_lossy()));
+    format!(
+        "next, test it and check it as plugind will run it:\n  cd {dir}\n  {test}\n  pluginctl check .\n\
+         then run it under plugind, in a terminal of its own (or `pluginctl reload`, if a plugind scans {holder} already):\n  \
+         plugind --plugins {holder}\n\
+         and call it:\n  pluginctl call {name} hello '{{\"name\": \"Ada\"}}'"
+    )
+}
+
+/// `word` as one shell word: as is when that is safe, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_./-+:@%,=".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 #[cfg(test)]
@@ -161,11 +189,27 @@ mod tests {
     }
 
     #[test]
-    fn rust_template_points_at_the_sdk() {
+    fn rust_template_vendors_the_sdk_and_names_no_path_of_this_machine() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        scaffold("hello-rs", Lang::Rust, &tmp.path().join("h")).expect("scaffold");
+        let files = scaffold("hello-rs", Lang::Rust, &tmp.path().join("h")).expect("scaffold");
         let cargo = std::fs::read_to_string(tmp.path().join("h/Cargo.toml")).expect("Cargo.toml");
-        assert!(cargo.contains("sdk/rust") && cargo.contains("hello-rs") && !cargo.contains("{{"), "{cargo}");
-        assert!(tmp.path().join("h/src/main.rs").exists());
+        assert!(cargo.contains(r#"path = "vendor/plugind-sdk""#) && cargo.contains("hello-rs"), "{cargo}");
+        let sdk = std::fs::read_to_string(tmp.path().join("h/vendor/plugind-sdk/Cargo.toml")).expect("sdk manifest");
+        assert!(sdk.contains(r#"path = "../plugind-protocol""#) && !sdk.contains("workspace"), "{sdk}");
+        assert!(tmp.path().join("h/vendor/plugind-protocol/src/lib.rs").exists());
+        assert!(tmp.path().join("h/vendor/plugind-sdk/src/lib.rs").exists());
+        let checkout = env!("CARGO_MANIFEST_DIR").trim_end_matches("/pluginctl");
+        for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "toml" || e == "json")) {
+            let text = std::fs::read_to_string(f).expect("written");
+            assert!(!text.contains(checkout) && !text.contains("{{"), "{}: {text}", f.display());
+        }
+    }
+
+    #[test]
+    fn next_steps_quote_what_the_shell_would_split() {
+        assert_eq!(shell_word("plugins/my-plugin"), "plugins/my-plugin");
+        assert_eq!(shell_word("my dir/it's"), r"'my dir/it'\''s'");
+        let steps = next_steps("p", Lang::Python, Path::new("a b/p"));
+        assert!(steps.contains("  cd 'a b/p'\n  python3 -m unittest\n  pluginctl check .\n"), "{steps}");
     }
 }

@@ -103,7 +103,13 @@ export declare class Host {
   notify(method: string, params: unknown): void;
   log(level: LogLevel, message: string, fields?: Record<string, unknown>): void;
   metric(name: string, value: number, kind?: MetricKind, labels?: Record<string, string>): void;
-  /** `service.call` through plugind's registry: resolves with the provider's result. */
+  /** The W3C trace context of the call being served (a Context's); undefined elsewhere. */
+  readonly traceparent: string | undefined;
+  readonly tracestate: string | undefined;
+  /**
+   * `service.call` through plugind's registry: resolves with the provider's result. Inside a call,
+   * the request carries the call's trace context (`_meta.traceparent`, `_meta.tracestate`).
+   */
   callService<T = unknown>(
     service: string,
     method: string,
@@ -117,9 +123,25 @@ export declare class Host {
   kvList(prefix?: string): Promise<string[]>;
 }
 
-/** The service registry. `registerService` works only while `register` runs. */
+/** A method's entry in plugind's catalog (sent in the `register` answer's `methods`). */
+export interface MethodDeclaration {
+  description?: string;
+  /** JSON Schema of the params; plugind rejects params that do not match (-32602). */
+  params?: object;
+  /** JSON Schema of the result. */
+  result?: object;
+  /** This method's deadline (`timeout_ms` is accepted too). */
+  timeoutMs?: number;
+  timeout_ms?: number;
+  /** Informational: calling it twice has the effect of calling it once. */
+  idempotent?: boolean;
+}
+
+/** The service registry. `registerService` and `declareMethod` work only while `register` runs. */
 export declare class Registry {
   registerService(name: string, version: string, options?: { methods?: string[]; capabilities?: string[] }): void;
+  /** Declares a method for plugind's catalog (the `methods` map's `{ handler, ... }` form does the same). */
+  declareMethod(name: string, declaration: MethodDeclaration): void;
   getService(name: string, version?: string): Promise<ServiceInfo | null>;
   /** Rejects with PluginError(-32004) when no provider matches. */
   requireService(name: string, version?: string): Promise<ServiceInfo>;
@@ -134,6 +156,10 @@ export declare class Context extends Host {
   readonly service?: string;
   /** The calling plugin's name, when a plugin called. */
   readonly caller?: string;
+  /** The W3C traceparent plugind passed with this call (`_meta.traceparent`), or undefined. */
+  readonly traceparent: string | undefined;
+  /** The W3C tracestate plugind passed with this call, or undefined. */
+  readonly tracestate: string | undefined;
   /** Aborted on `$/cancel`; the call's pending requests to plugind then reject. */
   readonly signal: AbortSignal;
   readonly cancelled: boolean;
@@ -163,9 +189,15 @@ export interface Plugin {
 export type MethodHandler = (params: any, ctx: Context) => Awaitable<unknown>;
 export type HookHandler = (payload: any, ctx: Context) => Awaitable<unknown>;
 
+/** A handler with its catalog declaration. */
+export interface DeclaredMethod extends MethodDeclaration {
+  handler: MethodHandler;
+}
+
 /** A plugin with any member left out, plus handler maps the default execute/hook dispatch to. */
 export interface PluginDefinition extends Partial<Plugin> {
-  methods?: Record<string, MethodHandler>;
+  /** Handlers by method name; a `{ handler, description?, params?, ... }` entry is also declared. */
+  methods?: Record<string, MethodHandler | DeclaredMethod>;
   hooks?: Record<string, HookHandler>;
 }
 

@@ -4,15 +4,26 @@
 // A plugin is a child process speaking JSON-RPC 2.0 with plugind, one JSON object per line on
 // stdin/stdout. serve() does the wire work: it answers the lifecycle requests, runs calls
 // concurrently, lets handlers call back into plugind while other calls are in flight, aborts
-// `ctx.signal` on `$/cancel` (and sends no answer for that call), and sends console.log and
-// every other stdout write to stderr, so they cannot corrupt the wire.
+// `ctx.signal` on `$/cancel` (and sends no answer for that call), passes the call's trace context
+// on (`ctx.traceparent`), and sends console.log and every other stdout write to stderr, so they
+// cannot corrupt the wire.
 //
 //   import { serve } from "./plugind-sdk.mjs";
 //   serve({
 //     methods: {
 //       hello: ({ name = "world" } = {}) => ({ greeting: `Hello, ${name}!` }),
+//       // Declared for plugind's catalog: plugind checks params against the schema.
+//       add: {
+//         description: "Adds two numbers",
+//         params: { type: "object", properties: { a: { type: "number" }, b: { type: "number" } } },
+//         handler: ({ a, b }) => ({ sum: a + b }),
+//       },
 //     },
 //   });
+//
+// Cost: a handler that returns a value (not a promise) is answered in the same turn of the event
+// loop that read its request, with no promise in between; the answers to everything one read of
+// stdin brought are written together, in one write.
 
 import process from "node:process";
 
@@ -88,6 +99,11 @@ class Connection {
   #nextId = 1;
   #pending = new Map(); // id -> { resolve, reject }
   #closed = false;
+  // Lines not written yet: what one read of stdin answers goes out in one write (flush() at the
+  // end of the read); anything sent later (a promise settling) at the end of that microtask run.
+  #out = "";
+  #batching = false;
+  #scheduled = false;
 
   constructor(write) {
     this.#write = write;
@@ -95,7 +111,33 @@ class Connection {
 
   send(message) {
     // JSON.stringify escapes control characters, so a frame never holds a raw newline.
-    this.#write(JSON.stringify(message) + "\n");
+    this.sendLine(JSON.stringify(message));
+  }
+
+  sendLine(line) {
+    this.#out += line + "\n";
+    if (!this.#batching && !this.#scheduled) {
+      this.#scheduled = true;
+      queueMicrotask(() => this.flush());
+    }
+  }
+
+  /** Lines sent until end() go out together. */
+  begin() {
+    this.#batching = true;
+  }
+
+  end() {
+    this.#batching = false;
+    this.flush();
+  }
+
+  flush() {
+    this.#scheduled = false;
+    if (this.#out === "") return;
+    const out = this.#out;
+    this.#out = "";
+    this.#write(out);
   }
 
   notify(method, params) {
@@ -186,10 +228,27 @@ export class Host {
     this.notify("metrics.emit", withOptional({ name, value, kind }, { labels }));
   }
 
-  /** `service.call`: runs `method` on the provider of `service` and resolves with its result. */
+  /** The trace context of the call being served (a Context's), or undefined. */
+  get traceparent() {
+    return undefined;
+  }
+
+  get tracestate() {
+    return undefined;
+  }
+
+  /**
+   * `service.call`: runs `method` on the provider of `service` and resolves with its result.
+   * Inside a call the request carries the call's trace context (`_meta.traceparent`).
+   */
   callService(service, method, params, { version, timeoutMs } = {}) {
     params ??= {};
-    return this.request("service.call", withOptional({ service, method, params }, { version, timeout_ms: timeoutMs }));
+    const traceparent = this.traceparent;
+    const _meta = traceparent === undefined ? undefined : withOptional({ traceparent }, { tracestate: this.tracestate });
+    return this.request(
+      "service.call",
+      withOptional({ service, method, params }, { version, timeout_ms: timeoutMs, _meta }),
+    );
   }
 
   // kv.* needs the "storage" permission (-32005 otherwise).
@@ -210,11 +269,18 @@ export class Host {
   }
 }
 
+/** A method's entry in the `register` answer's `methods` (the manifest's shape). */
+function declaration({ description, params, result, timeoutMs, timeout_ms, idempotent } = {}) {
+  return withOptional({}, { description, params, result, timeout_ms: timeout_ms ?? timeoutMs, idempotent });
+}
+
 /** The service registry. `registerService` works only while the plugin's `register` runs. */
 export class Registry {
   #host;
   /** @type {object[] | null} a list while `register` runs */
   declared = null;
+  /** @type {Record<string, object> | null} methods declared for the catalog, while `register` runs */
+  methods = null;
 
   constructor(host) {
     this.#host = host;
@@ -224,6 +290,16 @@ export class Registry {
   registerService(name, version, { methods, capabilities } = {}) {
     if (!this.declared) throw new Error("registerService() is allowed only inside the plugin's register()");
     this.declared.push(withOptional({ name, version }, { methods, capabilities }));
+  }
+
+  /**
+   * Declares a method for plugind's catalog: `{ description, params, result, timeoutMs, idempotent }`
+   * (`params` and `result` are JSON Schemas). A `methods` entry written as `{ handler, ... }` is
+   * declared the same way.
+   */
+  declareMethod(name, options) {
+    if (!this.methods) throw new Error("declareMethod() is allowed only inside the plugin's register()");
+    this.methods[name] = declaration(options);
   }
 
   /** The provider of `name` (`version` is a semver range), or null. */
@@ -246,21 +322,43 @@ export class Registry {
  * `$/cancel`, which also rejects the call's pending requests to plugind.
  */
 export class Context extends Host {
-  #controller = new AbortController();
+  // Made on first use: most calls never look at their signal, and an AbortController is costly.
+  #controller = null;
+  #cancelled = false;
+  #traceparent;
+  #tracestate;
 
-  constructor(conn, registry, id, { service, caller } = {}) {
+  constructor(conn, registry, id, { service, caller, _meta } = {}) {
     super(conn, registry);
     this.id = id;
     this.service = service;
     this.caller = caller;
+    if (_meta !== null && typeof _meta === "object") {
+      if (typeof _meta.traceparent === "string") this.#traceparent = _meta.traceparent;
+      if (typeof _meta.tracestate === "string") this.#tracestate = _meta.tracestate;
+    }
   }
 
   get signal() {
+    if (this.#controller === null) {
+      this.#controller = new AbortController();
+      if (this.#cancelled) this.#controller.abort(cancelReason());
+    }
     return this.#controller.signal;
   }
 
   get cancelled() {
-    return this.signal.aborted;
+    return this.#cancelled;
+  }
+
+  /** The W3C traceparent plugind passed with this call (`_meta.traceparent`), or undefined. */
+  get traceparent() {
+    return this.#traceparent;
+  }
+
+  /** The W3C tracestate plugind passed with this call, or undefined. */
+  get tracestate() {
+    return this.#tracestate;
   }
 
   /**
@@ -274,10 +372,15 @@ export class Context extends Host {
 
   /** @internal */
   cancel() {
-    const reason = new Error("the call was cancelled");
-    reason.name = "AbortError";
-    this.#controller.abort(reason);
+    this.#cancelled = true;
+    this.#controller?.abort(cancelReason());
   }
+}
+
+function cancelReason() {
+  const reason = new Error("the call was cancelled");
+  reason.name = "AbortError";
+  return reason;
 }
 
 /**
@@ -286,11 +389,22 @@ export class Context extends Host {
  */
 export function definePlugin(definition) {
   const { methods = {}, hooks = {} } = definition;
+  // `methods` entries are handlers, or `{ handler, description?, params?, result?, timeoutMs?,
+  // idempotent? }`, which are also declared in the register answer.
+  const handlers = new Map();
+  const declarations = {};
+  for (const [name, entry] of Object.entries(methods)) {
+    if (typeof entry === "function") handlers.set(name, entry);
+    else if (entry !== null && typeof entry === "object" && typeof entry.handler === "function") {
+      handlers.set(name, entry.handler);
+      declarations[name] = declaration(entry);
+    }
+  }
   return {
     init() {},
     register() {},
     execute(method, params, ctx) {
-      const handler = Object.hasOwn(methods, method) ? methods[method] : undefined;
+      const handler = handlers.get(method);
       if (!handler) throw new PluginError(ErrorCode.METHOD_NOT_FOUND, `method not found: ${method}`);
       return handler.call(definition, params, ctx);
     },
@@ -302,8 +416,11 @@ export function definePlugin(definition) {
     onError() {},
     servicesChanged() {},
     ...bindAll(definition),
+    [DECLARED]: declarations,
   };
 }
+
+const DECLARED = Symbol("declared methods");
 
 // The definition's own functions, bound to it so that `this` still works when plugins are
 // classes (methods live on the prototype) or object literals.
@@ -339,7 +456,7 @@ class Server {
     if (message === null || typeof message !== "object" || Array.isArray(message)) {
       warn(`ignored a JSON value that is not a message: ${line.slice(0, 200)}`);
     } else if (typeof message.method === "string") {
-      if ("id" in message) this.#answer(message);
+      if ("id" in message) this.#request(message.id, message.method, message.params ?? {});
       else this.#onNotification(message.method, message.params ?? {});
     } else if (!this.#conn.resolve(message)) {
       warn(`ignored a response to an unknown id: ${line.slice(0, 200)}`);
@@ -361,60 +478,105 @@ class Server {
     // Any other notification is ignored, as the protocol asks.
   }
 
-  async #answer({ id, method, params }) {
-    params ??= {};
+  // A handler that returns a value is answered at once, with no promise; one that returns a
+  // promise is answered when it settles, and is in #inflight meanwhile so $/cancel can reach it.
+  #request(id, method, params) {
     const ctx = new Context(this.#conn, this.#host.registry, id, params);
-    this.#inflight.set(id, ctx);
-    let reply;
+    let value;
     try {
-      reply = { jsonrpc: "2.0", id, result: (await this.#dispatch(method, params, ctx)) ?? null };
+      value = this.#dispatch(method, params, ctx);
     } catch (err) {
-      if (!(err instanceof PluginError) && !ctx.cancelled) console.error(err); // a bug: show the stack
-      reply = { jsonrpc: "2.0", id, error: toRpcError(err) };
+      this.#fail(id, ctx, err);
+      return;
     }
-    this.#inflight.delete(id);
-    if (ctx.cancelled) return; // plugind has already answered the caller: send nothing
-    try {
-      this.#conn.send(reply);
-    } catch (err) {
-      // The result is not JSON (a BigInt, a cycle, ...).
-      const message = `result is not JSON-serializable: ${err.message}`;
-      this.#conn.send({ jsonrpc: "2.0", id, error: { code: ErrorCode.INTERNAL_ERROR, message } });
+    if (value !== null && typeof value === "object" && typeof value.then === "function") {
+      this.#inflight.set(id, ctx);
+      value.then(
+        (result) => {
+          this.#inflight.delete(id);
+          if (!ctx.cancelled) this.#reply(id, result);
+        },
+        (err) => {
+          this.#inflight.delete(id);
+          this.#fail(id, ctx, err);
+        },
+      );
+    } else {
+      this.#reply(id, value);
     }
   }
 
-  async #dispatch(method, params, ctx) {
+  #reply(id, result) {
+    let line;
+    try {
+      line = `{"jsonrpc":"2.0","id":${JSON.stringify(id)},"result":${JSON.stringify(result) ?? "null"}}`;
+    } catch (err) {
+      // The result is not JSON (a BigInt, a cycle, ...).
+      const message = `result is not JSON-serializable: ${err.message}`;
+      line = JSON.stringify({ jsonrpc: "2.0", id, error: { code: ErrorCode.INTERNAL_ERROR, message } });
+    }
+    this.#conn.sendLine(line);
+  }
+
+  #fail(id, ctx, err) {
+    if (ctx.cancelled) return; // plugind has already answered the caller: send nothing
+    if (!(err instanceof PluginError)) console.error(err); // a bug: show the stack
+    this.#conn.send({ jsonrpc: "2.0", id, error: toRpcError(err) });
+  }
+
+  /** Starts a call: its result, or a promise of it. */
+  #dispatch(method, params, ctx) {
     const plugin = this.#plugin;
     switch (method) {
       case "execute":
         return plugin.execute(params.method, params.params, ctx);
       case "hook": {
-        const result = await plugin.hook(params.hook, params.payload, ctx);
-        return result instanceof StopChain ? { payload: result.payload, stop: true } : { payload: result ?? null };
+        const result = plugin.hook(params.hook, params.payload, ctx);
+        return isThenable(result) ? result.then(hookAnswer) : hookAnswer(result);
       }
       case "ping":
         return {};
       case "init":
-        await plugin.init(params.config, this.#host, params);
-        return { protocol_version: PROTOCOL_VERSION };
+        return then(plugin.init(params.config, this.#host, params), () => ({ protocol_version: PROTOCOL_VERSION }));
       case "register": {
         const registry = this.#host.registry;
         registry.declared = [];
-        try {
-          await plugin.register(registry);
-          return { services: registry.declared };
-        } finally {
+        registry.methods = { ...(plugin[DECLARED] ?? {}) };
+        const answer = () => {
+          const result = { services: registry.declared };
+          if (Object.keys(registry.methods).length > 0) result.methods = registry.methods;
+          return result;
+        };
+        const reset = () => {
           registry.declared = null;
+          registry.methods = null;
+        };
+        let value;
+        try {
+          value = plugin.register(registry);
+        } catch (err) {
+          reset();
+          throw err;
         }
+        if (!isThenable(value)) {
+          const result = answer();
+          reset();
+          return result;
+        }
+        return Promise.resolve(value).then(answer).finally(reset);
       }
       case "teardown":
-        await plugin.teardown();
-        return null;
+        return then(plugin.teardown(), () => null);
       default:
         throw new PluginError(ErrorCode.METHOD_NOT_FOUND, `method not found: ${method}`);
     }
   }
 }
+
+const isThenable = (v) => v !== null && typeof v === "object" && typeof v.then === "function";
+const then = (value, next) => (isThenable(value) ? Promise.resolve(value).then(next) : next(value));
+const hookAnswer = (result) =>
+  result instanceof StopChain ? { payload: result.payload, stop: true } : { payload: result ?? null };
 
 function toRpcError(err) {
   if (err instanceof PluginError) return err.toJSON();
@@ -422,38 +584,51 @@ function toRpcError(err) {
   return { code: ErrorCode.INTERNAL_ERROR, message };
 }
 
-/** Calls onLine with every line of `stream`; a line over MAX_FRAME is skipped without being held whole. */
-function readFrames(stream, onLine, onEnd) {
-  let parts = [];
-  let size = 0;
+/**
+ * Calls onLine with every line of `stream`; a line over MAX_FRAME is skipped without being held
+ * whole. Lines come as strings (the stream decodes UTF-8, keeping characters split across chunks
+ * whole); `conn` batches the answers of each chunk into one write.
+ */
+function readFrames(stream, conn, onLine, onEnd) {
+  let partial = ""; // the start of a line whose end has not come
   let skipping = false; // inside a line that is already too long
+  stream.setEncoding("utf8");
   stream.on("data", (chunk) => {
     let start = 0;
-    for (;;) {
-      const nl = chunk.indexOf(10, start);
-      const end = nl === -1 ? chunk.length : nl;
-      if (!skipping) {
-        size += end - start;
-        if (size > MAX_FRAME) {
-          skipping = true;
-          parts = [];
-          warn(`discarded an input line longer than ${MAX_FRAME} bytes`);
-        } else {
-          parts.push(chunk.subarray(start, end));
-        }
+    let nl = chunk.indexOf("\n");
+    conn.begin();
+    try {
+      if (nl !== -1 && (partial !== "" || skipping)) {
+        if (!skipping && partial.length + nl <= MAX_FRAME) line(partial + chunk.slice(0, nl));
+        else if (!skipping) warn(`discarded an input line longer than ${MAX_FRAME} bytes`);
+        partial = "";
+        skipping = false;
+        start = nl + 1;
+        nl = chunk.indexOf("\n", start);
       }
-      if (nl === -1) break;
-      if (!skipping) {
-        const line = Buffer.concat(parts).toString("utf8");
-        if (line.trim()) onLine(line);
+      while (nl !== -1) {
+        line(chunk.slice(start, nl));
+        start = nl + 1;
+        nl = chunk.indexOf("\n", start);
       }
-      parts = [];
-      size = 0;
-      skipping = false;
-      start = nl + 1;
+    } finally {
+      conn.end();
+    }
+    if (start < chunk.length && !skipping) {
+      partial += chunk.slice(start);
+      if (partial.length > MAX_FRAME) {
+        partial = "";
+        skipping = true;
+        warn(`discarded an input line longer than ${MAX_FRAME} bytes`);
+      }
     }
   });
   stream.on("end", onEnd);
+
+  function line(text) {
+    if (text.length > MAX_FRAME) warn(`discarded an input line longer than ${MAX_FRAME} bytes`);
+    else if (text.trim()) onLine(text);
+  }
 }
 
 /**
@@ -478,6 +653,7 @@ export function serve(plugin) {
   const server = new Server(definePlugin(plugin), conn);
   readFrames(
     process.stdin,
+    conn,
     (line) => server.onLine(line),
     () => {
       server.close();

@@ -17,7 +17,7 @@ SDK_DIR = os.path.dirname(os.path.abspath(__file__))
 TIMEOUT = 5.0  # seconds to wait for anything that should happen
 
 FIXTURE = r'''
-import asyncio, os, sys
+import asyncio, os, sys, time
 from plugind_sdk import Cancelled, Plugin, PluginError, StopChain, run
 
 class Fixture(Plugin):
@@ -27,6 +27,7 @@ class Fixture(Plugin):
     def register(self, registry):
         others = registry.list_services()  # a request to the host while register is in flight
         registry.register_service("greeter", "1.0.0", methods=["hello"], capabilities=["demo"])
+        registry.declare_method("whoami", description="Who called")
         self.host.log("info", "registered", others=len(others))
 
     def on_error(self, error):
@@ -54,6 +55,25 @@ def sleep(params, ctx):
         print("sleep cancelled")
         return {"cancelled": True}  # the SDK must not send this
     return {"slept": params["ms"]}
+
+@plugin.method("block")
+def block(params, ctx):
+    time.sleep(params["ms"] / 1000)  # blocks outside the SDK: the watchdog hands reading on
+    return {"blocked": params["ms"]}
+
+@plugin.method("greet", description="Greets someone", idempotent=True, timeout_ms=250,
+               params={"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+               result={"type": "object", "properties": {"greeting": {"type": "string"}}})
+def greet(params, ctx):
+    return {"greeting": "Hello, " + params["name"] + "!"}
+
+@plugin.method("trace")
+def trace(params, ctx):
+    return {"traceparent": ctx.traceparent, "tracestate": ctx.tracestate, "params": params}
+
+@plugin.method("atrace")
+async def atrace(params, ctx):
+    return {"traceparent": ctx.traceparent, "params": params}
 
 @plugin.method("asleep")
 async def asleep(params, ctx):
@@ -221,7 +241,13 @@ class PythonSdkTest(unittest.TestCase):
         asked = self.host.incoming_request("registry.listServices")
         self.host.send({"jsonrpc": "2.0", "id": asked["id"], "result": [{"name": "x"}]})
         self.assertEqual(self.host.response(rid)["result"], {"services": [
-            {"name": "greeter", "version": "1.0.0", "methods": ["hello"], "capabilities": ["demo"]}]})
+            {"name": "greeter", "version": "1.0.0", "methods": ["hello"], "capabilities": ["demo"]}],
+            "methods": {
+                "greet": {"description": "Greets someone", "idempotent": True, "timeout_ms": 250,
+                          "params": {"type": "object", "properties": {"name": {"type": "string"}},
+                                     "required": ["name"]},
+                          "result": {"type": "object", "properties": {"greeting": {"type": "string"}}}},
+                "whoami": {"description": "Who called"}}})
         log = self.host.wait_for(lambda m: m.get("method") == "log")
         self.assertEqual(log["params"], {"level": "info", "message": "registered", "fields": {"others": 1}})
         who = self.host.call("execute", {"method": "whoami", "params": {}, "service": "greeter", "caller": "other"})
@@ -247,6 +273,34 @@ class PythonSdkTest(unittest.TestCase):
         self.assertLess(time.monotonic() - started, 0.5)
         self.assertEqual(self.host.response(slow)["result"], {"slept": 700})
         self.assertEqual(self.host.response(aslow)["result"], {"slept": 700})
+
+    def test_a_blocking_plain_handler_is_handed_off(self):
+        slow = self.host.request("execute", {"method": "block", "params": {"ms": 1500}})
+        started = time.monotonic()
+        self.assertEqual(self.host.execute("echo", 2)["result"], 2)
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertEqual(self.host.response(slow)["result"], {"blocked": 1500})
+
+    def test_trace_context_reaches_the_handler_and_its_service_calls(self):
+        tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        meta = {"traceparent": tp, "tracestate": "vendor=1"}
+        got = self.host.call("execute", {"method": "trace", "params": {"x": 1}, "_meta": meta})
+        self.assertEqual(got["result"], {"traceparent": tp, "tracestate": "vendor=1", "params": {"x": 1}})
+        got = self.host.call("execute", {"method": "atrace", "params": {"y": 2}, "_meta": {"traceparent": tp}})
+        self.assertEqual(got["result"], {"traceparent": tp, "params": {"y": 2}})
+        # Without _meta: no trace context, and service calls carry none.
+        got = self.host.call("execute", {"method": "trace", "params": {}})
+        self.assertEqual(got["result"], {"traceparent": None, "tracestate": None, "params": {}})
+        for method in ("call", "acall"):
+            rid = self.host.request("execute", {"method": method, "_meta": meta,
+                                                "params": {"service": "svc", "method": "m", "params": {"x": 1}}})
+            asked = self.host.incoming_request("service.call")
+            self.assertEqual(asked["params"]["_meta"], meta)
+            self.assertEqual(asked["params"]["params"], {"x": 1})
+            self.host.send({"jsonrpc": "2.0", "id": asked["id"], "result": {"from": "svc"}})
+            self.assertEqual(self.host.response(rid)["result"], {"from": "svc"})
+        hook = self.host.call("hook", {"hook": "onRequest", "payload": {"a": 1}, "_meta": meta})
+        self.assertEqual(hook["result"], {"payload": {"a": 1, "seen": True}})
 
     def assert_no_response(self, rid, wait=0.4):
         self.assertEqual(self.host.call("ping")["result"], {})

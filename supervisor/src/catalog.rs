@@ -248,6 +248,40 @@ impl Catalog {
         self.methods.is_empty()
     }
 
+    /// One line for `check`: `methods: greet [params, idempotent], sleep [timeout 300 ms]`.
+    pub fn summary(&self) -> String {
+        if self.methods.is_empty() {
+            return "methods: none declared".to_owned();
+        }
+        let mut names: Vec<&String> = self.methods.keys().collect();
+        names.sort();
+        let described: Vec<String> = names
+            .into_iter()
+            .map(|name| {
+                let m = &self.methods[name];
+                let mut notes = Vec::new();
+                if m.params.is_some() {
+                    notes.push("params schema".to_owned());
+                }
+                if let Some(t) = m.spec.timeout_ms {
+                    notes.push(format!("timeout {t} ms"));
+                }
+                if m.spec.idempotent == Some(true) {
+                    notes.push("idempotent".to_owned());
+                }
+                if m.source == Source::Register {
+                    notes.push("from register".to_owned());
+                }
+                if notes.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{name} [{}]", notes.join(", "))
+                }
+            })
+            .collect();
+        format!("methods: {}", described.join(", "))
+    }
+
     /// Every method in the manifest's shape, by name (the status object's `methods`).
     pub fn specs(&self) -> BTreeMap<String, MethodSpec> {
         self.methods.iter().map(|(k, m)| (k.clone(), m.spec.clone())).collect()

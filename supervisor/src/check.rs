@@ -146,6 +146,10 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
                     names.iter().map(|n| format!(", {n}")).collect::<String>()
                 ),
             );
+            // The catalog a daemon would serve; what register got rejected is in the log (below).
+            if let Some(catalog) = inst.catalog() {
+                r.push(Level::Ok, catalog.summary());
+            }
         }
         Ok(Some(InstanceEvent::Ready { result: Err(e), .. })) => r.push(Level::Fail, format!("handshake: {e}")),
         Ok(Some(InstanceEvent::Exited { exit, .. })) => {
@@ -161,8 +165,18 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
             Err(e) => r.push(Level::Fail, format!("ping: {e}")),
         }
         if let Some((method, params)) = execute {
+            // Checked against the catalog first, as a daemon would: a mismatch is its -32602.
+            let raw = serde_json::value::to_raw_value(&params).ok();
+            let checked = inst
+                .catalog()
+                .and_then(|c| c.get(&method))
+                .map_or(Ok(()), |spec| spec.check_params(&m.name, &method, raw.as_deref()));
             let call = serde_json::json!({ "method": method, "params": params });
-            match inst.peer.call(methods::EXECUTE, &call, d).await {
+            let answer = match checked {
+                Ok(()) => inst.peer.call(methods::EXECUTE, &call, d).await,
+                Err(e) => Err(crate::transport::peer::CallError::Rpc(e)),
+            };
+            match answer {
                 Ok(v) => r.push(Level::Ok, format!("execute {method}: {}", v.get())),
                 Err(e) => r.push(Level::Fail, format!("execute {method}: {e}")),
             }

@@ -78,6 +78,8 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// `--metrics ADDR`: `GET /metrics` over HTTP.
     pub metrics: Option<String>,
+    /// `--otlp-endpoint URL`: where spans go (OTLP/HTTP, `URL/v1/traces`); none: no span is built.
+    pub otlp_endpoint: Option<String>,
     /// How long a graceful stop may take before plugind exits anyway.
     pub stop_timeout: Duration,
     /// Threads running plugind's tasks (`None`: [`default_worker_threads`]).
@@ -102,6 +104,7 @@ impl Config {
             listen: None,
             token_file: None,
             metrics: None,
+            otlp_endpoint: None,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             worker_threads: None,
             plugins: BTreeMap::new(),
@@ -182,6 +185,21 @@ impl Config {
                 _ => c.metrics = addr,
             }
         }
+        let by_flag = flags.otlp_endpoint.is_some();
+        if let Some(url) = flags.otlp_endpoint.or(from_file.otlp_endpoint) {
+            let rest = url.strip_prefix("http://").ok_or_else(|| {
+                err(
+                    &origin("otlp_endpoint", by_flag),
+                    format!(
+                        "expected http://HOST:PORT[/PATH] (OTLP/HTTP; for https run a local collector), found {url:?}"
+                    ),
+                )
+            })?;
+            if rest.is_empty() || rest.starts_with('/') {
+                return Err(err(&origin("otlp_endpoint", by_flag), format!("no host in {url:?}")));
+            }
+            c.otlp_endpoint = Some(url);
+        }
         c.token_file = flags.token_file.or(from_file.token_file).map(absolute);
         if c.listen.is_some() && c.token_file.is_none() {
             return Err(ConfigError {
@@ -244,6 +262,8 @@ pub struct Settings {
     pub token_file: Option<PathBuf>,
     /// `--metrics ADDR`.
     pub metrics: Option<String>,
+    /// `--otlp-endpoint URL`.
+    pub otlp_endpoint: Option<String>,
     /// `--ping-interval-ms MS`.
     pub ping_interval_ms: Option<u64>,
     /// `--stop-timeout-s S`.

@@ -21,6 +21,7 @@
 //! closed plugin was cut off). The receipt has one entry per plugin in chain order.
 
 use crate::router::{call_plugin, unavailable};
+use crate::trace::{Hop, TraceIn};
 use crate::{Daemon, PluginEntry};
 use plugind_protocol::codes;
 use plugind_protocol::control::{HookOutcome, HooksRunResult, ReceiptEntry};
@@ -48,6 +49,22 @@ impl Daemon {
         hook: &str,
         payload: Value,
         budget: Option<Duration>,
+        trace: &TraceIn,
+    ) -> Result<HooksRunResult, RpcError> {
+        let chain_hop = Hop::start(trace);
+        let result = self.run_chain(hook, payload, budget, &chain_hop).await;
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| (e.code, &*e.message));
+        chain_hop.finish("hooks.run", "", hook, outcome);
+        result
+    }
+
+    /// [`Daemon::run_hook`] under the chain's span `chain_hop`.
+    async fn run_chain(
+        &self,
+        hook: &str,
+        payload: Value,
+        budget: Option<Duration>,
+        chain_hop: &Hop,
     ) -> Result<HooksRunResult, RpcError> {
         let end = budget.map(|b| Instant::now() + b);
         let mut result = HooksRunResult { payload, handled_by: Vec::new(), stopped_by: None, receipt: Vec::new() };
@@ -80,7 +97,7 @@ impl Daemon {
                 continue;
             }
             let answer = if m.entry.status().state.is_running() {
-                self.hook_step(m, hook, &result.payload, end).await
+                self.hook_step(m, hook, &result.payload, end, chain_hop).await
             } else {
                 Err(unavailable(&m.entry))
             };
@@ -151,12 +168,26 @@ impl Daemon {
         hook: &str,
         payload: &Value,
         end: Option<Instant>,
+        chain_hop: &Hop,
     ) -> Result<HookResult, RpcError> {
-        let params = json!({ "hook": hook, "payload": payload });
-        let write = |out: &mut Vec<u8>| plugind_protocol::jsonrpc::write_json(out, &params);
-        let raw = call_plugin(&m.entry, methods::HOOK, write, Some(m.timeout_ms), end).await?;
-        serde_json::from_str::<HookResult>(raw.get())
-            .map_err(|e| RpcError::invalid_params(format!("hook result is not {{ payload, stop? }}: {e}")))
+        let hop = Hop::start(&chain_hop.as_parent());
+        let write = |out: &mut Vec<u8>| {
+            out.extend_from_slice(br#"{"hook":"#);
+            plugind_protocol::jsonrpc::write_json(out, hook);
+            out.extend_from_slice(br#","payload":"#);
+            plugind_protocol::jsonrpc::write_json(out, payload);
+            hop.write_meta(out);
+            out.push(b'}');
+        };
+        let result = call_plugin(&m.entry, methods::HOOK, write, Some(m.timeout_ms), end, &hop).await.and_then(|raw| {
+            serde_json::from_str::<HookResult>(raw.get())
+                .map_err(|e| RpcError::invalid_params(format!("hook result is not {{ payload, stop? }}: {e}")))
+        });
+        if let Err(e) = &result {
+            crate::router::call_failed(&m.entry, hook, e, &hop);
+        }
+        hop.finish("hook", &m.entry.name, hook, result.as_ref().map(|_| ()).map_err(|e| (e.code, &*e.message)));
+        result
     }
 }
 

@@ -4,6 +4,7 @@ use crate::plugin::context::{BoxFuture, Caller, InstanceHost};
 use crate::plugin::spawner::Spawner;
 use crate::registry::{not_found, ServiceCallIn};
 use crate::router::Call;
+use crate::trace::TraceIn;
 use crate::Daemon;
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::parse_params as params;
@@ -97,6 +98,11 @@ pub async fn handle_request(
                 service: Some(&p.service),
                 caller: Some(&caller.plugin),
                 not_after: parent.as_ref().map(|pc| pc.hard),
+                // The trace the plugin names, else the one of the call it is made for.
+                trace: match &p.meta {
+                    Some(meta) if meta.traceparent.is_some() => TraceIn::from_meta(Some(meta)),
+                    _ => parent.as_ref().and_then(|pc| pc.trace.clone()).unwrap_or_default(),
+                },
             };
             let routed = provider.call(call);
             match parent {

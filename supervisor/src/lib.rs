@@ -41,6 +41,7 @@ pub mod sandbox;
 pub mod service;
 pub mod statedir;
 pub mod time;
+pub mod trace;
 pub mod transport;
 pub mod watch;
 
@@ -164,6 +165,7 @@ impl Daemon {
             kind: kind.to_owned(),
             state: state.map(str::to_owned),
             detail,
+            trace_id: None,
         });
     }
 
@@ -314,7 +316,7 @@ impl Daemon {
     }
 
     fn new_log(&self, name: &str) -> Arc<PluginLog> {
-        Arc::new(PluginLog::new(name, self.config.log_lines, self.log_follow.clone()))
+        Arc::new(PluginLog::new(name, self.config.log_lines, self.log_follow.clone()).with_events(self.events.clone()))
     }
 
     /// A log for a plugin that is not (yet) in the table, e.g. for `pluginctl check`.
@@ -517,7 +519,7 @@ impl Daemon {
     /// stop together. [`run`] bounds the whole with the stop timeout.
     pub async fn stop_all(&self) {
         // docs/systemd.md: `onShutdown` hooks run before the first `teardown`.
-        match self.run_hook("onShutdown", serde_json::json!({}), None).await {
+        match self.run_hook("onShutdown", serde_json::json!({}), None, &trace::TraceIn::default()).await {
             Ok(hooked) if !hooked.handled_by.is_empty() => {
                 tracing::info!(handled_by = ?hooked.handled_by, "onShutdown hooks ran");
             }
@@ -675,6 +677,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         ),
         None => None,
     };
+    if let Some(url) = &config.otlp_endpoint {
+        trace::start_export(url).map_err(|e| cleanup(e.into()))?;
+        tracing::info!(endpoint = %url, "exporting spans over OTLP/HTTP");
+    }
     let stop_timeout = config.stop_timeout;
     let daemon = Daemon::new(config);
     // From here SIGHUP is `plugins.reload` (docs/systemd.md), handled by the service loop once the

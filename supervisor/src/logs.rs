@@ -11,7 +11,7 @@
 
 use crate::caps::{self, Cap, Overflows};
 use crate::transport::tap::Tap;
-use plugind_protocol::control::LogLine;
+use plugind_protocol::control::{Event, LogLine};
 use plugind_protocol::methods::{LogLevel, LogParams};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -93,6 +93,8 @@ pub struct PluginLog {
     capacity: usize,
     rings: Mutex<Rings>,
     follow: broadcast::Sender<LogLine>,
+    /// The daemon's event stream, for events about one call (`call_failed`).
+    events: Option<broadcast::Sender<Event>>,
     /// Caps this plugin went over: each is warned about once.
     overflows: Overflows,
 }
@@ -113,7 +115,28 @@ impl PluginLog {
                 log_bucket: Bucket::new(),
             }),
             follow,
+            events: None,
             overflows: Overflows::default(),
+        }
+    }
+
+    /// The same log, publishing events about calls to `events` (`events.subscribe`).
+    pub fn with_events(mut self, events: broadcast::Sender<Event>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Publishes an event about one call of this plugin, with its trace id.
+    pub fn call_event(&self, kind: &str, detail: String, trace_id: String) {
+        if let Some(events) = &self.events {
+            let _ = events.send(Event {
+                ts: crate::time::now_rfc3339(),
+                plugin: self.plugin.clone(),
+                kind: kind.to_owned(),
+                state: None,
+                detail,
+                trace_id: Some(trace_id),
+            });
         }
     }
 
@@ -123,14 +146,21 @@ impl PluginLog {
 
     /// Records one line.
     pub fn push(&self, stream: Stream, level: LogLevel, message: String) {
-        self.push_with(stream, level, message, None);
+        self.push_with(stream, level, message, None, None);
     }
 
     /// Records one line with structured fields.
     ///
     /// Every line is cut to [`caps::LOG_MESSAGE_BYTES`], whatever its source: plugind's own
     /// lines can quote what a plugin sent (an unknown response id, an error message).
-    fn push_with(&self, stream: Stream, level: LogLevel, mut message: String, fields: Option<serde_json::Value>) {
+    fn push_with(
+        &self,
+        stream: Stream,
+        level: LogLevel,
+        mut message: String,
+        fields: Option<serde_json::Value>,
+        trace_id: Option<String>,
+    ) {
         caps::truncate(&mut message, caps::LOG_MESSAGE_BYTES);
         let plugin = self.plugin.as_str();
         // The plugin's fields travel as one JSON field of plugind's own log line.
@@ -149,6 +179,7 @@ impl PluginLog {
             level: level.as_str().to_owned(),
             message,
             fields,
+            trace_id,
         };
         let size = line_bytes(&line);
         let mut r = self.rings();
@@ -182,7 +213,9 @@ impl PluginLog {
     pub fn notification(&self, p: LogParams) {
         let Some(dropped) = self.rings().log_bucket.take() else { return };
         self.report_dropped(dropped, "`log` notifications");
-        let LogParams { level, mut message, fields } = p;
+        let LogParams { level, mut message, fields, mut trace_id } = p;
+        // A plugin's own trace id is kept only if it looks like one.
+        trace_id = trace_id.filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()));
         if caps::truncate(&mut message, caps::LOG_MESSAGE_BYTES) {
             self.over_cap(Cap::LogMessage, format!("a `log` message was cut to {} bytes", caps::LOG_MESSAGE_BYTES));
         }
@@ -196,7 +229,7 @@ impl PluginLog {
             }
             fits
         });
-        self.push_with(Stream::Log, level, message, fields);
+        self.push_with(Stream::Log, level, message, fields, trace_id);
     }
 
     /// Says how many lines a rate limit dropped, once the rate allows a line again.
@@ -221,6 +254,11 @@ impl PluginLog {
     /// plugind's own event about this plugin.
     pub fn plugind(&self, message: String) {
         self.push(Stream::Plugind, LogLevel::Info, message);
+    }
+
+    /// plugind's own warning about one call, with the call's trace id.
+    pub fn warn_traced(&self, message: String, trace_id: &str) {
+        self.push_with(Stream::Plugind, LogLevel::Warn, message, None, Some(trace_id.to_owned()));
     }
 
     /// plugind's own warning about this plugin.
@@ -260,7 +298,7 @@ mod tests {
     }
 
     fn notification(message: String, fields: Option<serde_json::Value>) -> LogParams {
-        LogParams { level: LogLevel::Info, message, fields }
+        LogParams { level: LogLevel::Info, message, fields, trace_id: None }
     }
 
     #[test]

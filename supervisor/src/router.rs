@@ -13,6 +13,7 @@
 
 use crate::plugin::instance::{self, Admission, Instance};
 use crate::plugin::PluginEntry;
+use crate::trace::{Hop, TraceIn};
 use crate::transport::peer::{CallError, Deadline};
 use crate::Daemon;
 use plugind_protocol::codes;
@@ -34,6 +35,8 @@ pub struct ExecuteOut<'a> {
     pub service: Option<&'a str>,
     /// The calling plugin.
     pub caller: Option<&'a str>,
+    /// The hop's trace context, sent as `_meta`.
+    pub trace: Option<&'a Hop>,
 }
 
 impl ExecuteOut<'_> {
@@ -61,6 +64,9 @@ impl ExecuteOut<'_> {
                 jsonrpc::write_json(out, v);
             }
         }
+        if let Some(hop) = self.trace {
+            hop.write_meta(out);
+        }
         out.push(b'}');
     }
 }
@@ -79,6 +85,8 @@ pub struct Call<'a> {
     pub caller: Option<&'a str>,
     /// A deadline inherited from the call that caused this one.
     pub not_after: Option<Instant>,
+    /// The trace this call continues (its `_meta`, or the call that caused it).
+    pub trace: TraceIn,
 }
 
 /// `-32004` for an unknown plugin.
@@ -121,15 +129,43 @@ pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<Box<
     if let Some(m) = method {
         m.check_params(&entry.name, call.method, call.params)?;
     }
+    let hop = Hop::start(&call.trace);
     let params = ExecuteOut {
         method: call.method,
         params: call.params.unwrap_or(RawValue::NULL),
         service: call.service,
         caller: call.caller,
+        trace: Some(&hop),
     };
     // Deadline precedence: the call's own, else the method's, else the plugin's.
     let timeout_ms = call.timeout_ms.or_else(|| method.and_then(|m| m.spec.timeout_ms));
-    call_instance(entry, instance, methods::EXECUTE, |out| params.write_json(out), timeout_ms, call.not_after).await
+    let result = call_instance(
+        entry,
+        instance,
+        methods::EXECUTE,
+        |out| params.write_json(out),
+        timeout_ms,
+        call.not_after,
+        &hop,
+    )
+    .await;
+    if let Err(e) = &result {
+        call_failed(entry, call.method, e, &hop);
+    }
+    hop.finish("execute", &entry.name, call.method, result.as_ref().map(|_| ()).map_err(|e| (e.code, &*e.message)));
+    result
+}
+
+/// A call that timed out, was cancelled or lost its process is logged in the plugin's log and
+/// published as a `call_failed` event, both with the call's trace id (an error the plugin
+/// answered itself is the caller's business, not plugind's).
+pub fn call_failed(entry: &PluginEntry, method: &str, e: &RpcError, hop: &Hop) {
+    if matches!(e.code, codes::DEADLINE_EXCEEDED | codes::PLUGIN_CRASHED | codes::REQUEST_CANCELLED | codes::OVERLOADED)
+    {
+        let trace_id = hop.span.trace_id_hex();
+        entry.log.warn_traced(format!("call {method} failed: {}", e.message), &trace_id);
+        entry.log.call_event("call_failed", format!("{method}: {}", e.message), trace_id);
+    }
 }
 
 /// Sends request `method` to the least-loaded ready instance of a plugin, with admission
@@ -141,9 +177,10 @@ pub async fn call_plugin(
     write_params: impl FnOnce(&mut Vec<u8>),
     timeout_ms: Option<u64>,
     not_after: Option<Instant>,
+    hop: &Hop,
 ) -> Result<Box<RawValue>, RpcError> {
     let Some(instance) = entry.pick() else { return Err(unavailable(entry)) };
-    call_instance(entry, instance, method, write_params, timeout_ms, not_after).await
+    call_instance(entry, instance, method, write_params, timeout_ms, not_after, hop).await
 }
 
 /// [`call_plugin`] on an instance already picked. The deadline is `timeout_ms` (else the
@@ -155,6 +192,7 @@ async fn call_instance(
     write_params: impl FnOnce(&mut Vec<u8>),
     timeout_ms: Option<u64>,
     not_after: Option<Instant>,
+    hop: &Hop,
 ) -> Result<Box<RawValue>, RpcError> {
     let (default_timeout, max) = instance.timeouts;
     let timeout = timeout_ms.map_or(default_timeout, Duration::from_millis).min(max);
@@ -175,7 +213,7 @@ async fn call_instance(
         })?;
         instance
             .peer
-            .call_with(method, write_params, deadline)
+            .call_traced(method, write_params, deadline, Some(hop.as_parent()))
             .await
             .map_err(|e| instance::call_error(&entry.name, timeout, e))
     }

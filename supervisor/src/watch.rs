@@ -2,27 +2,52 @@
 //!
 //! One recursive watch per plugin dir (`--plugins`) sees every plugin's files and also the plugin
 //! directories themselves, so a directory replaced by a symlink flip is seen like a file change.
-//! Events are debounced (a burst of writes is one change) and then matched against each plugin's
+//! Events settle (a burst of writes is one change; see [`start`] for the rule) and then are matched against each plugin's
 //! `watch` globs (default: `plugin.json` and the `main` file). A match sends the plugin's actor a
 //! reload; a plugin directory that appeared or vanished triggers a rescan (`Daemon::reload`).
 
 use crate::plugin::entry::Command;
 use crate::Daemon;
 use globset::{Glob, GlobSetBuilder};
-use notify::RecursiveMode;
-use notify_debouncer_full::{new_debouncer, DebounceEventResult};
-use std::collections::BTreeSet;
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+use notify::{RecursiveMode, Watcher as _};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-/// Quiet time after the last change of a burst before acting on it.
+/// Quiet time after a write that is not known to be finished (data written, file still open).
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Quiet time after a finished change (a file closed after writing, a rename, a removal): only
+/// long enough to take the other files of the same save or deploy into one reload.
+pub const SETTLE: Duration = Duration::from_millis(15);
+
+/// How far along a changed path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Closed after writing, renamed into place, removed: complete.
+    Done,
+    /// Written to and maybe still open: more may come.
+    Writing,
+}
+
+/// What a file event says about its paths; None for what is no change (opening and reading
+/// files, which every plugin start does).
+fn classify(kind: &EventKind) -> Option<Change> {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Change::Done),
+        EventKind::Access(_) => None,
+        EventKind::Modify(ModifyKind::Name(_) | ModifyKind::Metadata(_)) | EventKind::Remove(_) => Some(Change::Done),
+        EventKind::Create(CreateKind::Folder) => Some(Change::Done),
+        _ => Some(Change::Writing),
+    }
+}
 
 /// Keeps the watch alive; dropping it stops watching.
 pub struct Watcher {
-    _debouncer: Box<dyn std::any::Any + Send>,
+    _watcher: Box<dyn std::any::Any + Send>,
 }
 
 /// Why watching could not start.
@@ -35,45 +60,55 @@ pub struct WatchError {
 }
 
 /// Starts watching every plugin dir of `daemon`; changes are acted on by a task on the runtime.
+///
+/// The settle rule: a batch of changes is acted on once every path in it has settled — 15 ms
+/// after a finished change ([`SETTLE`]: an editor's save, `cp`, a rename into place all end with
+/// one), 100 ms after a write whose file may still be open ([`DEBOUNCE`]). A deploy that writes
+/// many files is one batch as long as its writes follow each other within those windows.
 pub fn start(daemon: Arc<Daemon>) -> Result<Watcher, WatchError> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
-    let mut debouncer = new_debouncer(DEBOUNCE, None, move |r: DebounceEventResult| {
-        if let Ok(events) = r {
-            // Opening and reading files (every plugin start reads its own) is no change.
-            let paths: Vec<PathBuf> = events
-                .into_iter()
-                .filter(|e| !matches!(e.event.kind, notify::EventKind::Access(_)))
-                .flat_map(|e| e.event.paths)
-                .collect();
-            if !paths.is_empty() {
-                let _ = tx.send(paths);
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Change, Vec<PathBuf>)>();
+    let mut watcher = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
+        if let Ok(event) = r {
+            if let Some(change) = classify(&event.kind) {
+                let _ = tx.send((change, event.paths));
             }
         }
     })
     .map_err(|source| WatchError { path: PathBuf::new(), source })?;
     for root in &daemon.config().plugin_dirs {
         let root = std::path::absolute(root).unwrap_or_else(|_| root.clone());
-        debouncer.watch(&root, RecursiveMode::Recursive).map_err(|source| WatchError { path: root.clone(), source })?;
+        watcher.watch(&root, RecursiveMode::Recursive).map_err(|source| WatchError { path: root.clone(), source })?;
     }
-    let debouncer = Arc::new(std::sync::Mutex::new(debouncer));
-    let rewatch = debouncer.clone();
+    let watcher = Arc::new(std::sync::Mutex::new(watcher));
+    let rewatch = watcher.clone();
     tokio::spawn(async move {
-        while let Some(mut paths) = rx.recv().await {
-            // Whatever else arrived meanwhile joins this batch.
-            while let Ok(more) = rx.try_recv() {
-                paths.extend(more);
-            }
-            for dir in on_change(&daemon, &paths).await {
-                // A plugin dir that was replaced (a symlink flipped to a new release): watch
-                // what it points to now, or changes inside the new target go unseen.
-                let mut d = rewatch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Err(e) = d.watch(&dir, RecursiveMode::Recursive) {
-                    tracing::warn!(dir = %dir.display(), "cannot watch: {e}");
+        // Paths changed and not yet acted on: how far along each is, and when it last changed.
+        let mut pending: HashMap<PathBuf, (Change, Instant)> = HashMap::new();
+        loop {
+            let due = pending.values().map(|(c, at)| *at + if *c == Change::Done { SETTLE } else { DEBOUNCE }).max();
+            tokio::select! {
+                got = rx.recv() => {
+                    let Some((change, paths)) = got else { break };
+                    let now = Instant::now();
+                    for p in paths {
+                        pending.insert(p, (change, now));
+                    }
+                }
+                _ = crate::time::sleep_until_opt(due) => {
+                    let paths: Vec<PathBuf> = pending.drain().map(|(p, _)| p).collect();
+                    for dir in on_change(&daemon, &paths).await {
+                        // A plugin dir that was replaced (a symlink flipped to a new release):
+                        // watch what it points to now, or changes inside the new target go unseen.
+                        let mut w = rewatch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if let Err(e) = w.watch(&dir, RecursiveMode::Recursive) {
+                            tracing::warn!(dir = %dir.display(), "cannot watch: {e}");
+                        }
+                    }
                 }
             }
         }
     });
-    Ok(Watcher { _debouncer: Box::new(debouncer) })
+    Ok(Watcher { _watcher: Box::new(watcher) })
 }
 
 /// Maps changed paths to plugins and reloads them; returns the plugin dirs that were themselves

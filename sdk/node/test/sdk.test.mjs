@@ -20,6 +20,16 @@ import { serve, PluginError, StopChain } from ${JSON.stringify(SDK_URL)};
 class Fixture {
   methods = {
     echo: (params) => params,
+    greet: {
+      description: "Greets someone",
+      params: { type: "object", properties: { name: { type: "string" } }, required: ["name"] },
+      result: { type: "object", properties: { greeting: { type: "string" } } },
+      timeoutMs: 250,
+      idempotent: true,
+      handler: ({ name }) => ({ greeting: "Hello, " + name + "!" }),
+    },
+    trace: (params, ctx) => ({ traceparent: ctx.traceparent ?? null, tracestate: ctx.tracestate ?? null, params }),
+    atrace: async (params, ctx) => ({ traceparent: ctx.traceparent ?? null, params }),
     whoami: (params, ctx) => ({ service: ctx.service, caller: ctx.caller, name: this.name, config: this.config }),
     sleep: async ({ ms }, ctx) => {
       try {
@@ -71,6 +81,7 @@ class Fixture {
   async register(registry) {
     await registry.listServices(); // a request to the host while register is in flight
     registry.registerService("greeter", "1.0.0", { methods: ["hello"], capabilities: ["demo"] });
+    registry.declareMethod("whoami", { description: "Who called" });
   }
   onError(error) { console.error("on_error: " + error.message); }
   servicesChanged(change) { console.error("services_changed: " + change.service + " " + change.event); }
@@ -197,7 +208,18 @@ test("init and register, with a request to the host during register", async () =
   host.send({ jsonrpc: "2.0", id: asked.id, result: [{ name: "x" }] });
   assert.deepEqual((await host.response(id)).result, {
     services: [{ name: "greeter", version: "1.0.0", methods: ["hello"], capabilities: ["demo"] }],
+    methods: {
+      greet: {
+        description: "Greets someone",
+        params: { type: "object", properties: { name: { type: "string" } }, required: ["name"] },
+        result: { type: "object", properties: { greeting: { type: "string" } } },
+        timeout_ms: 250,
+        idempotent: true,
+      },
+      whoami: { description: "Who called" },
+    },
   });
+  assert.deepEqual((await host.execute("greet", { name: "you" })).result, { greeting: "Hello, you!" });
   const who = await host.call("execute", { method: "whoami", params: {}, service: "greeter", caller: "other" });
   assert.deepEqual(who.result, { service: "greeter", caller: "other", name: "fixture", config: { greeting: "hi" } });
   await host.waitStderr('init with {"greeting":"hi"}');
@@ -222,6 +244,37 @@ test("calls run concurrently", async () => {
   assert.equal((await host.execute("echo", 1)).result, 1);
   assert.ok(Date.now() - started < 500);
   assert.deepEqual((await host.response(slow)).result, { slept: 700 });
+});
+
+test("trace context reaches the handler and its service calls", async () => {
+  const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  const _meta = { traceparent: tp, tracestate: "vendor=1" };
+  let got = await host.call("execute", { method: "trace", params: { x: 1 }, _meta });
+  assert.deepEqual(got.result, { traceparent: tp, tracestate: "vendor=1", params: { x: 1 } });
+  got = await host.call("execute", { method: "atrace", params: { y: 2 }, _meta: { traceparent: tp } });
+  assert.deepEqual(got.result, { traceparent: tp, params: { y: 2 } });
+  got = await host.call("execute", { method: "trace", params: {} });
+  assert.deepEqual(got.result, { traceparent: null, tracestate: null, params: {} });
+
+  const id = host.request("execute", { method: "call", params: { service: "svc", method: "m", params: { x: 1 } }, _meta });
+  const asked = await host.incomingRequest("service.call");
+  assert.deepEqual(asked.params, { service: "svc", method: "m", params: { x: 1 }, version: "^1", _meta });
+  host.send({ jsonrpc: "2.0", id: asked.id, result: { from: "svc" } });
+  assert.deepEqual((await host.response(id)).result, { from: "svc" });
+  const hook = await host.call("hook", { hook: "onRequest", payload: { a: 1 }, _meta });
+  assert.deepEqual(hook.result, { payload: { a: 1, seen: true } });
+});
+
+test("a pipelined batch of calls gets every answer", async () => {
+  const ids = [];
+  let batch = "";
+  for (let i = 0; i < 50; i++) {
+    const id = ++host.nextId;
+    ids.push(id);
+    batch += JSON.stringify({ jsonrpc: "2.0", id, method: "execute", params: { method: "echo", params: i } }) + "\n";
+  }
+  host.proc.stdin.write(batch);
+  for (const [i, id] of ids.entries()) assert.equal((await host.response(id)).result, i);
 });
 
 test("a cancelled call gets no response", async () => {

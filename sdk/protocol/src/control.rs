@@ -93,6 +93,20 @@ pub struct HooksRunParams {
     /// its own timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Trace context: the chain continues this trace.
+    #[serde(default, rename = "_meta", skip_serializing_if = "Option::is_none")]
+    pub meta: Option<TraceMeta>,
+}
+
+/// `_meta` of a request: W3C trace context (docs/tracing.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceMeta {
+    /// `00-TRACEID-PARENTID-FLAGS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Vendor data, forwarded as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// What one plugin did in a hook chain.
@@ -174,6 +188,9 @@ pub struct LogLine {
     /// Structured fields of a `log` notification (an object, capped in size: see docs/protocol.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<Value>,
+    /// The trace of the call the line was logged for (32 hex digits), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// `logs.tail` result.
@@ -404,6 +421,9 @@ pub struct Event {
     pub state: Option<String>,
     /// Detail.
     pub detail: String,
+    /// The trace of the call the event is about (`call_failed`), 32 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// A `trace` notification.

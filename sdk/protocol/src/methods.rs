@@ -237,6 +237,10 @@ pub struct LogParams {
     /// Structured fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<Value>,
+    /// The trace of the call this line is about (32 hex digits), when the plugin knows it; else
+    /// plugind uses the call the plugin is working on, if there is only one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 fn default_level() -> LogLevel {

@@ -75,6 +75,20 @@ pub(crate) struct Request {
     pub(crate) cancel: CancelToken,
     pub(crate) caller: Option<String>,
     pub(crate) service: Option<String>,
+    /// The W3C trace context plugind passed with the call (`_meta`), passed on by `call_service`.
+    pub(crate) trace: Option<TraceContext>,
+}
+
+/// A W3C trace context as plugind passes it in `_meta` of `execute` and `hook` params, and as the
+/// SDK passes it on in `_meta` of `service.call`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    /// `version-traceid-parentid-flags`, e.g. `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Vendor-specific trace state, forwarded as it came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// A handler's view of its call and of plugind.
@@ -126,6 +140,23 @@ impl Context {
     /// The service the caller asked for, when the call came through the service registry.
     pub fn service(&self) -> Option<&str> {
         self.req.as_deref().and_then(|r| r.service.as_deref())
+    }
+
+    /// The W3C `traceparent` plugind passed with this call (`_meta.traceparent`), if any.
+    ///
+    /// [`Context::call_service`] passes it on by itself; read it to tag your own logs or spans.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.trace().and_then(|t| t.traceparent.as_deref())
+    }
+
+    /// The W3C `tracestate` plugind passed with this call, if any.
+    pub fn tracestate(&self) -> Option<&str> {
+        self.trace().and_then(|t| t.tracestate.as_deref())
+    }
+
+    /// This call's trace context (`_meta`), if plugind sent one.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.req.as_deref().and_then(|r| r.trace.as_ref())
     }
 
     /// The `init` params (name, version, config, data dir), once plugind sent `init`.
@@ -234,19 +265,30 @@ impl Context {
     ///
     /// The service must be among the plugin's `dependencies`, else plugind answers `-32005`.
     /// Errors of the provider come back unchanged.
+    /// The request carries this call's trace context (`_meta`), so the trace goes on down the chain.
     pub async fn call_service(&self, service: &str, method: &str, params: Value) -> Result<Value, RpcError> {
         #[derive(Serialize)]
         struct Call<'a> {
             service: &'a str,
             method: &'a str,
             params: Value,
+            #[serde(rename = "_meta", skip_serializing_if = "Option::is_none")]
+            meta: Option<&'a TraceContext>,
         }
-        self.request_as(methods::SERVICE_CALL, &Call { service, method, params }).await
+        self.request_as(methods::SERVICE_CALL, &Call { service, method, params, meta: self.trace() }).await
     }
 
-    /// [`Context::call_service`] with every option (version range, timeout).
+    /// [`Context::call_service`] with every option (version range, timeout); it carries this
+    /// call's trace context too.
     pub async fn call_service_with(&self, call: &ServiceCallParams) -> Result<Value, RpcError> {
-        self.request_as(methods::SERVICE_CALL, call).await
+        #[derive(Serialize)]
+        struct WithMeta<'a> {
+            #[serde(flatten)]
+            call: &'a ServiceCallParams,
+            #[serde(rename = "_meta", skip_serializing_if = "Option::is_none")]
+            meta: Option<&'a TraceContext>,
+        }
+        self.request_as(methods::SERVICE_CALL, &WithMeta { call, meta: self.trace() }).await
     }
 
     /// Looks a service up: `None` if no provider matches (`registry.getService`).

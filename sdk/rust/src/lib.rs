@@ -56,9 +56,12 @@
 //!
 //! One reader loop reads lines (at most [`MAX_FRAME_BYTES`] each; longer ones are skipped and
 //! reported on stderr) and routes them:
-//! - A request from plugind (`init`, `register`, `execute`, `hook`, `teardown`) becomes its own tokio
-//!   task that calls the [`Plugin`], so any number of calls are in flight at once and a slow one
-//!   never holds up the others. `ping` is answered inline.
+//! - A request from plugind (`init`, `register`, `execute`, `hook`, `teardown`) calls the [`Plugin`]
+//!   and polls the handler's future once, right there: a handler that does not wait is answered
+//!   at once, without a task. One that is still pending becomes its own tokio task, so any number of
+//!   calls are in flight at once and a slow one never holds up the others. `ping` is answered inline.
+//!   (A handler that computes for long before its first `.await` does hold the reader up meanwhile:
+//!   such work belongs in `tokio::task::spawn_blocking`, as in any tokio program.)
 //! - A response is matched by id to a request the plugin made through a [`Context`]
 //!   (`registry.*`, `service.call`, `kv.*`); the ids of both directions are independent.
 //! - A notification (`$/cancel`, `services.changed`, `onError`) is handled at once.
@@ -102,9 +105,9 @@ mod tests;
 
 use std::time::Duration;
 
-pub use context::{CancelToken, Context};
+pub use context::{CancelToken, Context, TraceContext};
 pub use plugin::Plugin;
-pub use registry::{Registry, ServiceBuilder};
+pub use registry::{MethodBuilder, Registry, ServiceBuilder};
 pub use serve::{serve_on, MAX_FRAME_BYTES};
 
 pub use plugind_protocol as protocol;

@@ -2,6 +2,7 @@
 
 use plugind_protocol::methods::{ServiceDecl, ServiceInfo};
 use plugind_protocol::RpcError;
+use serde_json::{Map, Value};
 
 use crate::context::Context;
 
@@ -10,15 +11,44 @@ use crate::context::Context;
 pub struct Registry {
     ctx: Context,
     services: Vec<ServiceDecl>,
+    /// Methods declared for plugind's catalog, in the manifest's `methods` shape.
+    methods: Map<String, Value>,
 }
 
 impl Registry {
     pub(crate) fn new(ctx: Context) -> Self {
-        Self { ctx, services: Vec::new() }
+        Self { ctx, services: Vec::new(), methods: Map::new() }
     }
 
-    pub(crate) fn into_services(self) -> Vec<ServiceDecl> {
-        self.services
+    pub(crate) fn into_parts(self) -> (Vec<ServiceDecl>, Map<String, Value>) {
+        (self.services, self.methods)
+    }
+
+    /// Declares `execute` method `name` for plugind's catalog (sent in the `register` answer's
+    /// `methods`); chain a description, JSON Schemas, a timeout onto the returned builder.
+    /// plugind checks a call's params against the `params` schema before the call reaches the
+    /// plugin. Declaring is optional: `execute` serves any method either way.
+    ///
+    /// ```
+    /// # use plugind_sdk::json;
+    /// # fn f(registry: &mut plugind_sdk::Registry) {
+    /// registry
+    ///     .declare_method("hello")
+    ///     .description("Greets someone")
+    ///     .params(json!({ "type": "object", "properties": { "name": { "type": "string" } } }))
+    ///     .result(json!({ "type": "object", "required": ["greeting"] }))
+    ///     .timeout_ms(1000)
+    ///     .idempotent(true);
+    /// # }
+    /// ```
+    pub fn declare_method(&mut self, name: impl Into<String>) -> MethodBuilder<'_> {
+        let entry = self.methods.entry(name.into()).or_insert_with(|| Value::Object(Map::new()));
+        MethodBuilder(entry)
+    }
+
+    /// The methods declared so far, keyed by name.
+    pub fn declared_methods(&self) -> &Map<String, Value> {
+        &self.methods
     }
 
     /// Declares a service this plugin provides at `version` (semver); chain methods and
@@ -95,5 +125,43 @@ impl ServiceBuilder<'_> {
     pub fn capabilities<I: IntoIterator<Item = S>, S: Into<String>>(self, capabilities: I) -> Self {
         self.0.capabilities.extend(capabilities.into_iter().map(Into::into));
         self
+    }
+}
+
+/// Adds detail to a method declared with [`Registry::declare_method`].
+#[derive(Debug)]
+pub struct MethodBuilder<'a>(&'a mut Value);
+
+impl MethodBuilder<'_> {
+    fn set(self, key: &str, value: Value) -> Self {
+        if let Value::Object(map) = &mut *self.0 {
+            map.insert(key.to_owned(), value);
+        }
+        self
+    }
+
+    /// What the method does (shown by `pluginctl methods`, and to MCP clients).
+    pub fn description(self, description: impl Into<String>) -> Self {
+        self.set("description", Value::String(description.into()))
+    }
+
+    /// The JSON Schema its params must match; plugind answers `-32602` to params that do not.
+    pub fn params(self, schema: Value) -> Self {
+        self.set("params", schema)
+    }
+
+    /// The JSON Schema of its result.
+    pub fn result(self, schema: Value) -> Self {
+        self.set("result", schema)
+    }
+
+    /// Its deadline, instead of the plugin's `timeout_ms`.
+    pub fn timeout_ms(self, timeout_ms: u64) -> Self {
+        self.set("timeout_ms", Value::from(timeout_ms))
+    }
+
+    /// Whether calling it twice has the effect of calling it once (informational).
+    pub fn idempotent(self, idempotent: bool) -> Self {
+        self.set("idempotent", Value::Bool(idempotent))
     }
 }

@@ -5,12 +5,12 @@ use std::future::Future;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 
 use plugind_protocol::jsonrpc::{error_line, result_line, Message};
 use plugind_protocol::methods::{
-    self, CancelParams, ExecuteParams, HookParams, InitParams, InitResult, OnErrorParams, RegisterResult,
-    ServicesChangedParams, SupervisorInfo,
+    self, CancelParams, HookResult, InitParams, InitResult, OnErrorParams, ServiceDecl, ServicesChangedParams,
+    SupervisorInfo,
 };
 use plugind_protocol::version::PROTOCOL_VERSION;
 use plugind_protocol::{codes, RpcError};
@@ -22,7 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::mpsc;
 
 use crate::conn::{self, Conn};
-use crate::context::{CancelToken, Context, Request};
+use crate::context::{CancelToken, Context, Request, TraceContext};
 use crate::plugin::Plugin;
 use crate::registry::Registry;
 
@@ -124,6 +124,39 @@ fn params_of<T: DeserializeOwned>(params: Option<&RawValue>) -> Result<T, RpcErr
 #[derive(Serialize)]
 struct Empty {}
 
+/// `execute` params, with the trace context plugind passes in `_meta`.
+#[derive(Deserialize)]
+struct ExecuteIn {
+    method: String,
+    #[serde(default)]
+    params: Value,
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    caller: Option<String>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<TraceContext>,
+}
+
+/// `hook` params, with the trace context plugind passes in `_meta`.
+#[derive(Deserialize)]
+struct HookIn {
+    hook: String,
+    #[serde(default)]
+    payload: Value,
+    #[serde(default, rename = "_meta")]
+    meta: Option<TraceContext>,
+}
+
+/// The `register` answer: the services, and the methods declared for plugind's catalog (left out
+/// when none are, so a plugin that declares nothing answers as before).
+#[derive(Serialize)]
+struct RegisterAnswer {
+    services: Vec<ServiceDecl>,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    methods: serde_json::Map<String, Value>,
+}
+
 /// `init` params, read leniently: only what a plugin cannot do without is required, so a host
 /// that leaves out `supervisor` or `config` still gets an answer.
 #[derive(Deserialize)]
@@ -186,32 +219,36 @@ fn on_request<P: Plugin>(plugin: &Arc<P>, conn: &Arc<Conn>, id: &RawValue, metho
             let params = InitParams::from(params);
             let _ = conn.init.set(params.clone());
             let p = p();
-            spawn_call(conn, id, None, None, |ctx| async move {
+            start_call(conn, id, None, None, None, |ctx| async move {
                 p.init(ctx, params).await?;
                 Ok(InitResult { protocol_version: Some(u64::from(PROTOCOL_VERSION)) })
             })
         }),
         methods::REGISTER => {
             let p = p();
-            spawn_call(conn, id, None, None, |ctx| async move {
+            start_call(conn, id, None, None, None, |ctx| async move {
                 let mut registry = Registry::new(ctx);
                 p.register(&mut registry).await?;
-                Ok(RegisterResult { services: registry.into_services() })
+                let (services, methods) = registry.into_parts();
+                Ok(RegisterAnswer { services, methods })
             });
             Ok(())
         }
-        methods::EXECUTE => params_of::<ExecuteParams>(params).map(|call| {
-            let ExecuteParams { method, params, service, caller } = call;
+        methods::EXECUTE => params_of::<ExecuteIn>(params).map(|call| {
+            let ExecuteIn { method, params, service, caller, meta } = call;
             let p = p();
-            spawn_call(conn, id, caller, service, |ctx| async move { p.execute(ctx, &method, params).await })
+            start_call(conn, id, caller, service, meta, |ctx| async move { p.execute(ctx, &method, params).await })
         }),
-        methods::HOOK => params_of::<HookParams>(params).map(|h| {
+        methods::HOOK => params_of::<HookIn>(params).map(|h| {
             let p = p();
-            spawn_call(conn, id, None, None, |ctx| async move { p.hook(ctx, &h.hook, h.payload).await })
+            start_call(conn, id, None, None, h.meta, |ctx| async move {
+                let result: HookResult = p.hook(ctx, &h.hook, h.payload).await?;
+                Ok(result)
+            })
         }),
         methods::TEARDOWN => {
             let p = p();
-            spawn_call(conn, id, None, None, |ctx| async move {
+            start_call(conn, id, None, None, None, |ctx| async move {
                 p.teardown(ctx).await?;
                 Ok(Value::Null)
             });
@@ -250,43 +287,67 @@ fn on_notification<P: Plugin>(plugin: &Arc<P>, conn: &Arc<Conn>, method: &str, p
     }
 }
 
-/// Runs one call from plugind as its own task and answers it, unless it was cancelled.
-fn spawn_call<T, F, Fut>(conn: &Arc<Conn>, id: &RawValue, caller: Option<String>, service: Option<String>, make: F)
-where
+/// Starts one call from plugind and answers it, unless it was cancelled.
+///
+/// The handler's future is polled once right here, on the reader: a handler that does not wait
+/// (most do not) is answered at once, with no task, no waker and no entry in the table of calls in
+/// flight. Only one that is still pending becomes a task of its own, registered so that
+/// `$/cancel` can reach it. The reader handles the next line only after this returns, so a
+/// `$/cancel` for this call always finds it registered.
+fn start_call<T, F, Fut>(
+    conn: &Arc<Conn>,
+    id: &RawValue,
+    caller: Option<String>,
+    service: Option<String>,
+    trace: Option<TraceContext>,
+    make: F,
+) where
     T: Serialize,
     F: FnOnce(Context) -> Fut,
     Fut: Future<Output = Result<T, RpcError>> + Send + 'static,
 {
-    let key: Box<str> = id.get().into();
-    let cancel = CancelToken::new();
-    conn.begin(key.clone(), cancel.clone());
-    let req = Arc::new(Request { id: id.to_owned(), cancel, caller, service });
+    let req = Arc::new(Request { id: id.to_owned(), cancel: CancelToken::new(), caller, service, trace });
     // Boxed on its own: the handler's future sits inside the task's future several times over
     // (the panic guard, the answer), which made each task about 1.9 KB, past glibc's per-thread
     // cache, so every call took malloc's slow path and copied the task around.
-    let call = Box::pin(make(Context::new(Arc::clone(conn), Some(Arc::clone(&req)))));
-    let conn = Arc::clone(conn);
-    tokio::spawn(async move {
-        let outcome = match catch_unwind(call).await {
-            Ok(outcome) => outcome,
-            Err(panic) => {
-                let message = panic_message(&*panic);
-                Err(RpcError::with_data(
-                    codes::INTERNAL_ERROR,
-                    format!("internal error: handler panicked: {message}"),
-                    serde_json::json!({ "panic": message }),
-                ))
-            }
-        };
-        if !req.cancel.is_cancelled() {
-            conn.send(match &outcome {
-                Ok(result) => result_line(&req.id, result),
-                Err(e) => error_line(&req.id, e),
+    let mut call = Box::pin(make(Context::new(Arc::clone(conn), Some(Arc::clone(&req)))));
+    // A waker that does nothing: a handler that stays pending is polled again by its task, with
+    // the task's waker, which every tokio resource then registers in its place.
+    let mut cx = std::task::Context::from_waker(Waker::noop());
+    match std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx))) {
+        Ok(Poll::Ready(outcome)) => answer(conn, &req, &outcome),
+        Err(panic) => answer::<T>(conn, &req, &Err(panicked(&*panic))),
+        Ok(Poll::Pending) => {
+            let key: Box<str> = id.get().into();
+            conn.begin(key.clone(), req.cancel.clone());
+            let conn = Arc::clone(conn);
+            tokio::spawn(async move {
+                let outcome = catch_unwind(call).await.unwrap_or_else(|panic| Err(panicked(&*panic)));
+                answer(&conn, &req, &outcome);
+                // Only now: the end-of-input path waits for this before it stops the writer.
+                conn.end(&key);
             });
         }
-        // Only now: the end-of-input path waits for this before it stops the writer.
-        conn.end(&key);
-    });
+    }
+}
+
+/// Sends a call's answer, unless plugind cancelled the call (it has answered the caller).
+fn answer<T: Serialize>(conn: &Conn, req: &Request, outcome: &Result<T, RpcError>) {
+    if !req.cancel.is_cancelled() {
+        conn.send(match outcome {
+            Ok(result) => result_line(&req.id, result),
+            Err(e) => error_line(&req.id, e),
+        });
+    }
+}
+
+fn panicked(panic: &(dyn Any + Send)) -> RpcError {
+    let message = panic_message(panic);
+    RpcError::with_data(
+        codes::INTERNAL_ERROR,
+        format!("internal error: handler panicked: {message}"),
+        serde_json::json!({ "panic": message }),
+    )
 }
 
 /// Polls `fut`, turning a panic into `Err(payload)`.

@@ -80,6 +80,7 @@ pub struct TestHost {
     notifications: tokio::sync::Mutex<mpsc::UnboundedReceiver<Notification>>,
     serve: Option<JoinHandle<io::Result<()>>>,
     services: Vec<ServiceDecl>,
+    methods: serde_json::Map<String, Value>,
 }
 
 impl fmt::Debug for TestHost {
@@ -143,6 +144,9 @@ impl<P: Plugin> TestHostBuilder<P> {
         let mut host = self.connect();
         host.request(methods::INIT, init).await?;
         let registered = host.request(methods::REGISTER, json!({})).await?;
+        if let Some(Value::Object(methods)) = registered.get("methods") {
+            host.methods = methods.clone();
+        }
         let registered: RegisterResult = serde_json::from_value(registered)
             .map_err(|e| RpcError::internal(format!("register result is not {{\"services\": [...]}}: {e}")))?;
         host.services = registered.services;
@@ -180,6 +184,7 @@ impl<P: Plugin> TestHostBuilder<P> {
             notifications: tokio::sync::Mutex::new(notes_rx),
             serve: Some(serve),
             services: Vec::new(),
+            methods: serde_json::Map::new(),
         }
     }
 }
@@ -212,6 +217,11 @@ impl TestHost {
     /// The services the plugin declared in `register`.
     pub fn services(&self) -> &[ServiceDecl] {
         &self.services
+    }
+
+    /// The methods the plugin declared for the catalog in `register` (the answer's `methods`).
+    pub fn methods(&self) -> &serde_json::Map<String, Value> {
+        &self.methods
     }
 
     /// Sends a request and returns a handle on its answer (its `id()` is what `cancel` and

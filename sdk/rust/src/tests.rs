@@ -8,7 +8,10 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, Barrier};
 
 use crate::testing::{Notification, TestHost};
-use crate::{codes, Context, InitParams, LogLevel, MetricKind, Plugin, Registry, RpcError, ServicesChangedParams};
+use crate::{
+    codes, Context, InitParams, LogLevel, MetricKind, Plugin, Registry, RpcError, ServiceCallParams,
+    ServicesChangedParams,
+};
 
 /// Safety net for tests that would hang on a bug; no test waits for it on success.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +49,14 @@ impl Plugin for Probe {
 
     async fn register(&self, registry: &mut Registry) -> Result<(), RpcError> {
         registry.register_service("probe", "1.2.3").methods(["a", "b"]).capability("test");
+        registry
+            .declare_method("echo")
+            .description("Answers its params")
+            .params(json!({ "type": "object" }))
+            .result(json!({ "type": "object" }))
+            .timeout_ms(250)
+            .idempotent(true);
+        registry.declare_method("who");
         Ok(())
     }
 
@@ -70,6 +81,22 @@ impl Plugin for Probe {
                 Ok(json!({ "done": true }))
             }
             "nested" => ctx.call_service("other", "m", params).await,
+            "nested_with" => {
+                let call = ServiceCallParams {
+                    service: "other".into(),
+                    version: Some("^1".into()),
+                    method: "m".into(),
+                    params,
+                    timeout_ms: Some(100),
+                    parent: None,
+                };
+                ctx.call_service_with(&call).await
+            }
+            "trace" => Ok(json!({
+                "traceparent": ctx.traceparent(),
+                "tracestate": ctx.tracestate(),
+                "params": params,
+            })),
             "kv" => {
                 ctx.kv_set("a/1", json!({ "n": 1 })).await?;
                 ctx.kv_set("b", json!(2)).await?;
@@ -137,9 +164,16 @@ async fn handshake_answers_follow_the_spec() {
     assert_eq!(within(host.request("init", init)).await, Ok(json!({ "protocol_version": 1 })));
     assert_eq!(
         within(host.request("register", json!({}))).await,
-        Ok(
-            json!({ "services": [{ "name": "probe", "version": "1.2.3", "methods": ["a", "b"], "capabilities": ["test"] }] })
-        )
+        Ok(json!({
+            "services": [{ "name": "probe", "version": "1.2.3", "methods": ["a", "b"], "capabilities": ["test"] }],
+            "methods": {
+                "echo": {
+                    "description": "Answers its params", "params": { "type": "object" },
+                    "result": { "type": "object" }, "timeout_ms": 250, "idempotent": true,
+                },
+                "who": {},
+            },
+        }))
     );
     assert_eq!(within(host.request("teardown", json!({}))).await, Ok(Value::Null));
     within(host.close()).await.expect("serve ends cleanly");
@@ -417,4 +451,52 @@ async fn long_lines_are_read_whole() {
     // Bigger than the 64 KiB read buffer: exercises the collecting path of the line reader.
     let big = "x".repeat(300 * 1024);
     assert_eq!(within(host.execute("echo", json!(big))).await, Ok(json!(big)));
+}
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[tokio::test]
+async fn trace_context_reaches_the_handler_not_its_params() {
+    let (host, _events) = started().await;
+    let meta = json!({ "traceparent": TRACEPARENT, "tracestate": "vendor=1" });
+    let call = json!({ "method": "trace", "params": { "x": 1 }, "_meta": meta });
+    assert_eq!(
+        within(host.request("execute", call)).await,
+        Ok(json!({ "traceparent": TRACEPARENT, "tracestate": "vendor=1", "params": { "x": 1 } }))
+    );
+    assert_eq!(
+        within(host.execute("trace", json!({}))).await,
+        Ok(json!({ "traceparent": null, "tracestate": null, "params": {} }))
+    );
+    let hook = json!({ "hook": "onRequest", "payload": { "a": 1 }, "_meta": meta });
+    assert_eq!(within(host.request("hook", hook)).await, Ok(json!({ "payload": { "a": 1 } })));
+}
+
+#[tokio::test]
+async fn service_calls_carry_the_calls_trace_context() {
+    let (plugin, _events) = probe();
+    let host = TestHost::builder(plugin).on_request(|_, params| Ok(params)).start();
+    let host = within(host).await.expect("start");
+    let meta = json!({ "traceparent": TRACEPARENT, "tracestate": "vendor=1" });
+    for method in ["nested", "nested_with"] {
+        let call = json!({ "method": method, "params": { "x": 1 }, "_meta": meta });
+        let sent = within(host.request("execute", call)).await.expect(method);
+        assert_eq!(sent["_meta"], meta, "{method}: {sent}");
+        assert_eq!(sent["params"], json!({ "x": 1 }), "{method}: {sent}");
+    }
+    assert_eq!(
+        within(host.execute("nested_with", json!({}))).await,
+        Ok(json!({ "service": "other", "version": "^1", "method": "m", "params": {}, "timeout_ms": 100 }))
+    );
+    assert_eq!(
+        within(host.execute("nested", json!(1))).await,
+        Ok(json!({ "service": "other", "method": "m", "params": 1 }))
+    );
+}
+
+#[tokio::test]
+async fn declared_methods_reach_the_test_host() {
+    let (host, _events) = started().await;
+    assert_eq!(host.methods()["echo"]["timeout_ms"], json!(250));
+    assert_eq!(host.methods()["who"], json!({}));
 }

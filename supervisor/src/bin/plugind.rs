@@ -49,6 +49,9 @@ struct Args {
     /// Serve GET /metrics (Prometheus text) on ADDR (HOST:PORT).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Export a span per call, hop and hook step over OTLP/HTTP to URL (http://HOST:PORT; spans go to URL/v1/traces).
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Graceful stop budget in seconds: plugins still running then are killed (default 30).
     #[arg(long, value_name = "S")]
     stop_timeout_s: Option<u64>,
@@ -94,6 +97,7 @@ impl Args {
             listen: self.listen.clone(),
             token_file: self.token_file.clone(),
             metrics: self.metrics.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
             ping_interval_ms: self.ping_interval_ms,
             stop_timeout_s: self.stop_timeout_s,
             log_lines: self.log_lines,
@@ -254,13 +258,15 @@ fn check(
         let out = json!({ "passed": report.passed(), "findings": items });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
+        // Colour on a terminal only: anstream strips the styles for a pipe, a file or `NO_COLOR`.
+        use anstyle::AnsiColor;
         for (level, text) in &report.findings {
-            let tag = match level {
-                Level::Ok => "ok  ",
-                Level::Warn => "warn",
-                Level::Fail => "FAIL",
+            let (tag, style) = match level {
+                Level::Ok => ("ok  ", AnsiColor::Green.on_default()),
+                Level::Warn => ("warn", AnsiColor::Yellow.on_default()),
+                Level::Fail => ("FAIL", AnsiColor::Red.on_default().bold()),
             };
-            println!("{tag} {text}");
+            anstream::println!("{style}{tag}{style:#} {text}");
         }
     }
     if report.passed() {

@@ -643,7 +643,13 @@ impl InstanceTask {
         let params = params.map_or("null", RawValue::get);
         match method {
             methods::LOG => match serde_json::from_str::<LogParams>(params) {
-                Ok(p) => self.log.notification(p),
+                Ok(mut p) => {
+                    // The call it was logged for: named by the plugin, else the only one in flight.
+                    if p.trace_id.is_none() {
+                        p.trace_id = self.instance.peer.current_trace_id();
+                    }
+                    self.log.notification(p)
+                }
                 Err(e) => self.report_bad_output(codes::INVALID_PARAMS, format!("bad `log` params: {e}")),
             },
             methods::PROGRESS => {

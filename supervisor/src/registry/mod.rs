@@ -74,15 +74,22 @@ impl HostService {
         if let Some(t) = call.not_after {
             deadline = deadline.within(t);
         }
+        let hop = crate::trace::Hop::start(&call.trace);
         let params = ExecuteOut {
             method: call.method,
             params: call.params.unwrap_or(RawValue::NULL),
             service: call.service,
             caller: call.caller,
+            trace: Some(&hop),
         };
         self.load.fetch_add(1, Ordering::Relaxed);
         let r = self.peer.call_with(methods::EXECUTE, |out| params.write_json(out), deadline).await;
         self.load.fetch_sub(1, Ordering::Relaxed);
+        let outcome = r.as_ref().map(|_| ()).map_err(|e| match e {
+            crate::transport::peer::CallError::Rpc(e) => (e.code, e.message.as_str()),
+            _ => (plugind_protocol::codes::PLUGIN_UNAVAILABLE, "the host did not answer"),
+        });
+        hop.finish("execute", &self.info.plugin, call.method, outcome);
         r.map_err(|e| match e {
             // The host half-closed or went away: it can no longer answer (not a crash).
             crate::transport::peer::CallError::Closed => RpcError::with_data(
@@ -249,6 +256,9 @@ pub struct ServiceCallIn<'a> {
     /// Extension: the id of the request this call is made on behalf of.
     #[serde(default)]
     pub parent: Option<u64>,
+    /// Trace context (`traceparent`, `tracestate`).
+    #[serde(default, borrow, rename = "_meta")]
+    pub meta: Option<crate::trace::MetaIn<'a>>,
 }
 
 impl<'a> ServiceCallIn<'a> {

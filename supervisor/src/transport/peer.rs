@@ -7,6 +7,7 @@
 //!
 //! Architecture invariant: the `pending` lock is never held across an `.await`.
 
+use crate::trace::TraceIn;
 use crate::transport::tap::{Dir, Tap};
 use plugind_protocol::jsonrpc::{self, Message, ParseError, RpcError};
 use serde::Serialize;
@@ -88,6 +89,8 @@ struct Pending {
     parentable: bool,
     /// The host whose request caused this call: the other side's `$/progress` for it goes there.
     relay: Option<ProgressTo>,
+    /// The trace a call the other side makes on this one's behalf continues.
+    trace: Option<TraceIn>,
 }
 
 impl Drop for Pending {
@@ -203,6 +206,8 @@ pub struct ParentCall {
     pub hard: Instant,
     /// Cancelled when the parent call ends.
     pub done: CancellationToken,
+    /// The trace calls made on its behalf continue.
+    pub trace: Option<TraceIn>,
 }
 
 #[derive(Default)]
@@ -339,6 +344,18 @@ impl Peer {
         write_params: impl FnOnce(&mut Vec<u8>),
         deadline: Deadline,
     ) -> Result<Box<RawValue>, CallError> {
+        self.call_traced(method, write_params, deadline, None).await
+    }
+
+    /// [`Peer::call_with`] for a call that is a hop of trace `trace`: calls the other side makes
+    /// on its behalf ([`Peer::parent_of`]) continue that trace.
+    pub async fn call_traced(
+        &self,
+        method: &str,
+        write_params: impl FnOnce(&mut Vec<u8>),
+        deadline: Deadline,
+        trace: Option<TraceIn>,
+    ) -> Result<Box<RawValue>, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let line = jsonrpc::request_line_with(id, method, write_params);
         let (tx, mut rx) = oneshot::channel();
@@ -349,8 +366,15 @@ impl Peer {
             }
             let parentable = method != plugind_protocol::methods::PING && method != plugind_protocol::methods::TEARDOWN;
             let relay = PROGRESS_TO.try_with(ProgressTo::clone).ok();
-            let pending =
-                Pending { reply: Some(tx), progressed: None, hard: deadline.hard, done: None, parentable, relay };
+            let pending = Pending {
+                reply: Some(tx),
+                progressed: None,
+                hard: deadline.hard,
+                done: None,
+                parentable,
+                relay,
+                trace,
+            };
             calls.pending.insert(id, pending);
         }
         let mut guard = CancelOnDrop { peer: self, id, armed: true };
@@ -468,7 +492,18 @@ impl Peer {
         };
         let p = calls.pending.get_mut(&id)?;
         let done = p.done.get_or_insert_with(CancellationToken::new).clone();
-        Some(ParentCall { id, hard: p.hard, done })
+        Some(ParentCall { id, hard: p.hard, done, trace: p.trace.clone() })
+    }
+
+    /// The trace id of the only call the other side is working on (what a `log` notification
+    /// without its own trace id is attributed to); None when there is no such single call.
+    pub fn current_trace_id(&self) -> Option<String> {
+        let calls = self.calls();
+        let mut candidates = calls.pending.values().filter(|p| p.parentable);
+        match (candidates.next(), candidates.next()) {
+            (Some(only), None) => only.trace.as_ref()?.parent.map(|s| s.trace_id_hex()),
+            _ => None,
+        }
     }
 
     /// Handles one incoming line: responses are delivered here, the rest is returned.

@@ -199,3 +199,61 @@ async fn an_invalid_schema_in_the_manifest_is_a_load_error_naming_its_pointer() 
     assert!(e.message.contains(PROBE) && e.message.contains(pointer), "{}", e.message);
     assert_eq!(d.status("perl-echo").await["state"], "running", "one bad manifest stops no other plugin");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pluginctl_methods_prints_the_catalog_as_a_table_and_as_json() {
+    let d = Daemon::builder().plugin(PROBE).plugin("perl-echo").start().await;
+    let out = d.ctl(&["methods", PROBE]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("METHOD") && lines[0].contains("PARAMS") && lines[0].contains("DESCRIPTION"),
+        "{text}"
+    );
+    let row = |m: &str| *lines.iter().find(|l| l.starts_with(m)).unwrap_or_else(|| panic!("no row for {m}: {text}"));
+    let greet = row("greet");
+    assert!(greet.contains("{name*: string, times: integer}") && greet.contains("yes"), "{greet}");
+    assert!(greet.ends_with("Says hello to someone."), "{greet}");
+    assert!(row("sleep").contains("300ms"), "{text}");
+    assert_eq!(lines.len(), 4, "a header and three methods: {text}");
+
+    let out = d.ctl(&["--json", "methods", PROBE]);
+    assert!(out.status.success());
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json, d.status(PROBE).await["methods"]);
+
+    let none = d.ctl(&["methods", "perl-echo"]);
+    assert!(none.status.success() && String::from_utf8_lossy(&none.stdout).contains("no methods"), "{none:?}");
+    let unknown = d.ctl(&["methods", "nope"]);
+    assert_eq!(unknown.status.code(), d.ctl(&["status", "nope"]).status.code(), "exits like status");
+    assert_eq!(unknown.status.code(), Some(1));
+}
+
+#[test]
+fn pluginctl_check_reports_the_catalog_and_bad_schemas_by_pointer() {
+    let check = |dir: &std::path::Path, extra: &[&str]| {
+        let out = std::process::Command::new(pluginctl()).arg("check").arg(dir).args(extra).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, text) = check(&fixture(PROBE), &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("methods: greet [params schema, idempotent], sleep [timeout 300 ms], sum [params schema]"),
+        "{text}"
+    );
+    let (code, text) = check(&fixture(PROBE), &["--execute", "sum", "--params", r#"{"items": [1, "x"]}"#]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("execute sum") && text.contains("/items/1"), "{text}");
+
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("probe");
+    copy_dir(&fixture(PROBE), &dir);
+    let manifest = dir.join("plugin.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    m["methods"]["sum"]["params"]["properties"]["items"]["items"] = json!({"type": "integer", "minimum": "zero"});
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    let (code, text) = check(&dir, &[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("/methods/sum/params/properties/items/items/minimum"), "{text}");
+}

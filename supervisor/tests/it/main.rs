@@ -32,4 +32,5 @@ mod registry;
 mod reload;
 mod socket;
 mod support;
+mod trace;
 mod unprivileged;

@@ -162,7 +162,8 @@ async fn pluginctl_reload_adds_and_removes_directories() {
     std::fs::remove_dir_all(d.plugins.join("py-probe")).unwrap();
     let out = d.ctl(&["reload"]);
     assert_eq!(out.status.code(), Some(0));
-    let text = String::from_utf8_lossy(&out.stdout);
+    // Rows are `key: value` with the values aligned: compare with the spaces squeezed.
+    let text = String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(text.contains("added: newcomer") && text.contains("removed: py-probe"), "{text}");
     assert_eq!(d.execute("newcomer", "echo", json!(7)).await.unwrap(), json!(7));
     assert_eq!(code(&d.execute("py-probe", "echo", json!(1)).await), -32004);

@@ -3,6 +3,7 @@
 use crate::control::connection::Conn;
 use crate::registry::{HostService, ServiceCallIn};
 use crate::router::Call;
+use crate::trace::{MetaIn, TraceIn};
 use crate::Daemon;
 use plugind_protocol::control::ServicesRegisterParams;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
@@ -25,6 +26,9 @@ struct ExecuteIn<'a> {
     params: Option<&'a RawValue>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// Trace context (`traceparent`, `tracestate`).
+    #[serde(default, borrow, rename = "_meta")]
+    meta: Option<MetaIn<'a>>,
 }
 
 /// Calls a plugin's `execute`.
@@ -41,6 +45,7 @@ async fn execute_parsed(daemon: &Daemon, p: ExecuteIn<'_>) -> Result<Box<RawValu
         service: None,
         caller: None,
         not_after: None,
+        trace: TraceIn::from_meta(p.meta.as_ref()),
     };
     daemon.execute(&p.plugin, call).await
 }
@@ -99,6 +104,7 @@ pub async fn services_call(daemon: &Daemon, raw: Option<&RawValue>) -> Result<Bo
                 service: Some(&p.service),
                 caller: None,
                 not_after: None,
+                trace: TraceIn::from_meta(p.meta.as_ref()),
             },
         )
         .await

@@ -60,7 +60,15 @@ pub async fn dispatch(
         c::HOOKS_RUN => {
             let p: c::HooksRunParams = params(raw)?;
             let budget = p.timeout_ms.map(std::time::Duration::from_millis);
-            Ok(plugind_protocol::jsonrpc::to_raw(&Box::pin(daemon.run_hook(&p.hook, p.payload, budget)).await?))
+            Ok(plugind_protocol::jsonrpc::to_raw(
+                &Box::pin(daemon.run_hook(
+                    &p.hook,
+                    p.payload,
+                    budget,
+                    &crate::trace::TraceIn::from_wire(p.meta.as_ref()),
+                ))
+                .await?,
+            ))
         }
         c::METRICS_GET => Ok(plugind_protocol::jsonrpc::to_raw(&c::MetricsResult { text: daemon.metrics_text() })),
         other => Err(RpcError::method_not_found(other)),

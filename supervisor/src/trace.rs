@@ -1,0 +1,392 @@
+//! W3C trace context across plugin boundaries, and span export over OTLP (docs/tracing.md).
+//!
+//! A request may carry `_meta: { traceparent, tracestate? }` in its params (`execute`,
+//! `services.call`, `hooks.run` from hosts; `service.call` from plugins). Each hop plugind makes —
+//! one `execute` sent to a plugin, one hook step — is a span: it keeps the trace id it came with
+//! (or starts a trace when none came), gets a new span id, and the plugin receives that span as
+//! the parent in its own `_meta.traceparent`. A plugin's `service.call` continues the trace of the
+//! call it is made for: the `_meta` it sends, else the call plugind knows it is working on.
+//!
+//! Without `--otlp-endpoint` nothing but ids is made: a traceparent costs one random number and
+//! 55 bytes per hop. With it, every finished hop becomes a span (plugin, method, outcome, its
+//! parent) that a batching task POSTs to `URL/v1/traces` as OTLP/HTTP JSON.
+
+use opentelemetry::trace::{SpanContext as OtelSpanContext, SpanKind, Status, TraceFlags, TraceState};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+/// `_meta` of a request, as it came (only the trace fields are read).
+#[derive(Debug, Default, Deserialize)]
+pub struct MetaIn<'a> {
+    /// `00-TRACEID-PARENTID-FLAGS`.
+    #[serde(default, borrow)]
+    pub traceparent: Option<Cow<'a, str>>,
+    /// Vendor data, forwarded as is.
+    #[serde(default, borrow)]
+    pub tracestate: Option<Cow<'a, str>>,
+}
+
+/// A span's place in a trace: what a traceparent says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanRef {
+    /// The trace, never all zeros.
+    pub trace_id: [u8; 16],
+    /// The span, never all zeros.
+    pub span_id: [u8; 8],
+    /// Trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+impl SpanRef {
+    /// Parses a W3C `traceparent` (version 00, or a later version read as 00); None when invalid.
+    pub fn parse(text: &str) -> Option<SpanRef> {
+        let b = text.as_bytes();
+        if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' || (b.len() > 55 && b[55] != b'-') {
+            return None;
+        }
+        let version = hex::<1>(&b[0..2])?[0];
+        if version == 0xff || (version == 0 && b.len() != 55) {
+            return None;
+        }
+        let trace_id = hex::<16>(&b[3..35])?;
+        let span_id = hex::<8>(&b[36..52])?;
+        let flags = hex::<1>(&b[53..55])?[0];
+        (trace_id != [0; 16] && span_id != [0; 8]).then_some(SpanRef { trace_id, span_id, flags })
+    }
+
+    /// Appends `00-TRACEID-SPANID-FLAGS`.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"00-");
+        write_hex(out, &self.trace_id);
+        out.push(b'-');
+        write_hex(out, &self.span_id);
+        out.push(b'-');
+        write_hex(out, &[self.flags]);
+    }
+
+    /// The traceparent text.
+    pub fn to_traceparent(&self) -> String {
+        let mut out = Vec::with_capacity(55);
+        self.write(&mut out);
+        String::from_utf8(out).expect("UNWRAP: hex digits and dashes")
+    }
+
+    /// The trace id in lowercase hex, as logs and events show it.
+    pub fn trace_id_hex(&self) -> String {
+        let mut out = Vec::with_capacity(32);
+        write_hex(&mut out, &self.trace_id);
+        String::from_utf8(out).expect("UNWRAP: hex digits")
+    }
+}
+
+fn hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    for (i, pair) in text.chunks_exact(2).enumerate() {
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
+    }
+}
+
+/// A random non-zero u64: wyrand on a per-thread state seeded by the standard library's
+/// randomly keyed hasher. Ids need to be unique, not secret.
+fn random_u64() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new().build_hasher().finish() | 1
+        });
+    }
+    STATE.with(|s| loop {
+        let next = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(next);
+        let t = u128::from(next) * u128::from(next ^ 0xe703_7ed1_a0b4_28db);
+        let r = (t >> 64) as u64 ^ t as u64;
+        if r != 0 {
+            break r;
+        }
+    })
+}
+
+/// Where a hop's trace comes from: the parent span (if one came or is known) and `tracestate`.
+#[derive(Debug, Clone, Default)]
+pub struct TraceIn {
+    /// The span that caused this hop; None starts a trace.
+    pub parent: Option<SpanRef>,
+    /// Forwarded as it came.
+    pub tracestate: Option<Arc<str>>,
+}
+
+impl TraceIn {
+    /// From a parsed `_meta` of the wire types.
+    pub fn from_wire(meta: Option<&plugind_protocol::control::TraceMeta>) -> TraceIn {
+        let meta = meta.map(|m| MetaIn {
+            traceparent: m.traceparent.as_deref().map(Cow::Borrowed),
+            tracestate: m.tracestate.as_deref().map(Cow::Borrowed),
+        });
+        TraceIn::from_meta(meta.as_ref())
+    }
+
+    /// From a request's `_meta` (an invalid traceparent is ignored: a new trace starts).
+    pub fn from_meta(meta: Option<&MetaIn<'_>>) -> TraceIn {
+        let Some(m) = meta else { return TraceIn::default() };
+        let parent = m.traceparent.as_deref().and_then(SpanRef::parse);
+        // tracestate without a valid traceparent means nothing (W3C: discard it).
+        let tracestate = parent.and(m.tracestate.as_deref()).filter(|s| s.len() <= 512).map(Arc::from);
+        TraceIn { parent, tracestate }
+    }
+}
+
+/// One hop in flight: the span plugind made for it, and what it needs to export it when done.
+#[derive(Debug)]
+pub struct Hop {
+    /// This hop's span (the plugin sees it as its parent).
+    pub span: SpanRef,
+    /// The span that caused it.
+    pub parent: Option<SpanRef>,
+    /// Forwarded `tracestate`.
+    pub tracestate: Option<Arc<str>>,
+    /// When it began, only when spans are exported.
+    started: Option<SystemTime>,
+}
+
+impl Hop {
+    /// Starts a hop under `from`.
+    pub fn start(from: &TraceIn) -> Hop {
+        let trace_id = match from.parent {
+            Some(p) => p.trace_id,
+            None => {
+                let (a, b) = (random_u64(), random_u64());
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&a.to_be_bytes());
+                id[8..].copy_from_slice(&b.to_be_bytes());
+                id
+            }
+        };
+        let flags = from.parent.map_or(1, |p| p.flags);
+        Hop {
+            span: SpanRef { trace_id, span_id: random_u64().to_be_bytes(), flags },
+            parent: from.parent,
+            tracestate: from.tracestate.clone(),
+            started: exporting().then(SystemTime::now),
+        }
+    }
+
+    /// What a call made on this hop's behalf continues from.
+    pub fn as_parent(&self) -> TraceIn {
+        TraceIn { parent: Some(self.span), tracestate: self.tracestate.clone() }
+    }
+
+    /// Appends `,"_meta":{"traceparent":"…"[,"tracestate":"…"]}` (nothing when trace context
+    /// is switched off: [`propagating`]).
+    pub fn write_meta(&self, out: &mut Vec<u8>) {
+        if !propagating() {
+            return;
+        }
+        out.push(b',');
+        out.extend_from_slice(br#""_meta":{"traceparent":""#);
+        self.span.write(out);
+        out.push(b'"');
+        if let Some(state) = &self.tracestate {
+            out.extend_from_slice(br#","tracestate":"#);
+            plugind_protocol::jsonrpc::write_json(out, &**state);
+        }
+        out.push(b'}');
+    }
+
+    /// Ends the hop: exports its span when an exporter is configured. `outcome` is `ok` or the
+    /// error code's name; `error` the message of a failed hop.
+    pub fn finish(self, name: &'static str, plugin: &str, method: &str, outcome: Result<(), (i64, &str)>) {
+        let (Some(started), Some(exporter)) = (self.started, EXPORTER.get()) else { return };
+        let mut attributes = vec![
+            KeyValue::new("plugind.plugin", plugin.to_owned()),
+            KeyValue::new("rpc.method", method.to_owned()),
+            KeyValue::new("rpc.system", "jsonrpc"),
+        ];
+        let status = match outcome {
+            Ok(()) => {
+                attributes.push(KeyValue::new("plugind.outcome", "ok"));
+                Status::Ok
+            }
+            Err((code, message)) => {
+                attributes.push(KeyValue::new("plugind.outcome", "error"));
+                attributes.push(KeyValue::new("rpc.jsonrpc.error_code", code));
+                let mut message = message.to_owned();
+                crate::caps::truncate(&mut message, 256);
+                Status::error(message)
+            }
+        };
+        let tracestate = self.tracestate.as_deref().and_then(|s| s.parse::<TraceState>().ok()).unwrap_or_default();
+        let span_context = OtelSpanContext::new(
+            opentelemetry::trace::TraceId::from_bytes(self.span.trace_id),
+            opentelemetry::trace::SpanId::from_bytes(self.span.span_id),
+            TraceFlags::new(self.span.flags),
+            false,
+            tracestate,
+        );
+        let data = SpanData {
+            span_context,
+            parent_span_id: self
+                .parent
+                .map_or(opentelemetry::trace::SpanId::INVALID, |p| opentelemetry::trace::SpanId::from_bytes(p.span_id)),
+            parent_span_is_remote: self.parent.is_some(),
+            span_kind: SpanKind::Client,
+            name: Cow::Owned(format!("{name} {plugin}/{method}")),
+            start_time: started,
+            end_time: SystemTime::now(),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: exporter.scope.clone(),
+        };
+        // Full queue: the span is dropped (export must never slow calls down).
+        let _ = exporter.spans.try_send(data);
+    }
+}
+
+/// Whether plugind passes trace context on at all: always, except when the environment variable
+/// `PLUGIND_TRACE_CONTEXT=off` is set — a diagnostic switch, there so `make bench` can measure
+/// what propagation costs (`a.execute.p50.trace`), not something to run with.
+pub fn propagating() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("PLUGIND_TRACE_CONTEXT").is_none_or(|v| v != "off"))
+}
+
+/// The configured exporter: the queue into the batching task.
+struct Exporter {
+    spans: mpsc::Sender<SpanData>,
+    scope: InstrumentationScope,
+}
+
+static EXPORTER: OnceLock<Exporter> = OnceLock::new();
+
+/// Whether spans are exported (`--otlp-endpoint` given and the exporter started).
+pub fn exporting() -> bool {
+    EXPORTER.get().is_some()
+}
+
+/// Spans kept waiting for export at most; beyond, new ones are dropped.
+const QUEUE: usize = 4096;
+/// Spans per POST at most.
+const BATCH: usize = 512;
+/// How long a span may wait for its batch.
+const BATCH_DELAY: Duration = Duration::from_millis(200);
+
+/// Why the exporter did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The OTLP exporter rejected the endpoint.
+    #[error("--otlp-endpoint {endpoint}: {reason}")]
+    Build {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Starts exporting spans to `endpoint` (its `/v1/traces` path is added unless present); runs
+/// until plugind exits, flushing what is queued when [`flush`] is called.
+pub fn start_export(endpoint: &str) -> Result<(), ExportError> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+    let base = endpoint.trim_end_matches('/');
+    let url = if base.ends_with("/v1/traces") { base.to_owned() } else { format!("{base}/v1/traces") };
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpJson)
+        .with_endpoint(url)
+        .with_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| ExportError::Build { endpoint: endpoint.to_owned(), reason: e.to_string() })?;
+    exporter.set_resource(
+        &opentelemetry_sdk::Resource::builder_empty()
+            .with_service_name("plugind")
+            .with_attribute(KeyValue::new("service.version", crate::VERSION))
+            .build(),
+    );
+    let (tx, mut rx) = mpsc::channel::<SpanData>(QUEUE);
+    let scope = InstrumentationScope::builder("plugind").with_version(crate::VERSION).build();
+    if EXPORTER.set(Exporter { spans: tx, scope }).is_err() {
+        return Ok(());
+    }
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let Some(first) = rx.recv().await else { break };
+            batch.push(first);
+            let until = tokio::time::Instant::now() + BATCH_DELAY;
+            while batch.len() < BATCH {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(span)) => batch.push(span),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if let Err(e) = exporter.export(std::mem::take(&mut batch)).await {
+                tracing::warn!("OTLP export failed: {e}");
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents_round_trip_and_bad_ones_are_refused() {
+        let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let r = SpanRef::parse(text).unwrap();
+        assert_eq!(r.to_traceparent(), text);
+        assert_eq!(r.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "",
+        ] {
+            assert_eq!(SpanRef::parse(bad), None, "{bad}");
+        }
+        // A later version may append fields.
+        assert!(SpanRef::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz").is_some());
+    }
+
+    #[test]
+    fn a_hop_keeps_the_trace_and_gets_a_new_span() {
+        let parent = SpanRef::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let hop = Hop::start(&TraceIn { parent: Some(parent), tracestate: Some("a=b".into()) });
+        assert_eq!(hop.span.trace_id, parent.trace_id);
+        assert_ne!(hop.span.span_id, parent.span_id);
+        let mut out = Vec::new();
+        hop.write_meta(&mut out);
+        let meta: serde_json::Value = serde_json::from_slice(&[&b"{\"a\":1"[..], &out[..], b"}"].concat()).unwrap();
+        assert_eq!(meta["_meta"]["traceparent"], hop.span.to_traceparent());
+        assert_eq!(meta["_meta"]["tracestate"], "a=b");
+        let fresh = Hop::start(&TraceIn::default());
+        assert_ne!(fresh.span.trace_id, [0; 16]);
+        assert_ne!(fresh.span.trace_id, Hop::start(&TraceIn::default()).span.trace_id);
+    }
+}
