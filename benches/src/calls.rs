@@ -261,3 +261,51 @@ fn service_relay(bins: &Bins, sock: &Path) -> anyhow::Result<(Ready, LineConn)> 
 pub fn settle() {
     std::thread::sleep(Duration::from_millis(50));
 }
+
+/// The sizes of the large-payload lines: 64 KiB (a document) and 1 MiB (an image in base64).
+pub const LARGE: [(usize, &str); 2] = [(64 * 1024, "64k"), (1024 * 1024, "1m")];
+/// Calls in flight for the large-payload throughput lines.
+const LARGE_DEPTH: usize = 16;
+
+/// (a) and (b) with large params echoed back, against the relay in the same run: `execute`
+/// of echo-rust's `echo` with `{"blob": "xxx…"}` of each [`LARGE`] size; sequential p50/p99,
+/// then MB/s (request bytes per second) with [`LARGE_DEPTH`] in flight.
+pub fn large_payloads(
+    bins: &Bins,
+    dir: &Path,
+    daemon: &Daemon,
+    placement: &str,
+    t: Timing,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let (relay_child, mut relay) = relay(bins, &dir.join("relay-large.sock"), &[bins.echo.as_os_str()])?;
+    let mut ours = LineConn::unix(&daemon.socket)?;
+    for (size, tag) in LARGE {
+        let params = format!(r#"{{"blob":"{}"}}"#, "x".repeat(size));
+        let req =
+            Request::new("execute", &format!(r#"{{"plugin":"echo","method":"echo","params":{params}}}"#));
+        relay.check(&req, &params).with_context(|| format!("relay, {tag}"))?;
+        ours.check(&req, &params).with_context(|| format!("plugind, {tag}"))?;
+        let (mut floor, mut us) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            floor.extend(relay.latencies(&req, t)?);
+            us.extend(ours.latencies(&req, t)?);
+        }
+        let floor = Samples::new(floor);
+        latency_lines(&format!("floor.relay.{tag}"), placement, &floor, None);
+        latency_lines(&format!("a.execute.{tag}"), placement, &Samples::new(us), Some((&floor, "relay", 1.0)));
+        let (mut floor_rates, mut our_rates) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            floor_rates.push(relay.throughput(&req, LARGE_DEPTH, t)?);
+            our_rates.push(ours.throughput(&req, LARGE_DEPTH, t)?);
+        }
+        let mb = |calls_per_s: f64| calls_per_s * size as f64 / 1e6;
+        let floor = mb(median(floor_rates));
+        line(&format!("floor.relay.{tag}.mbps"), placement, floor, "MB/s", None);
+        let f = Some(Floor { value: floor, name: "relay" });
+        line(&format!("b.execute.{tag}.mbps"), placement, mb(median(our_rates)), "MB/s", f);
+    }
+    drop(relay);
+    relay_child.wait()?;
+    Ok(())
+}

@@ -120,6 +120,11 @@ pub struct Daemon {
 impl Daemon {
     /// Writes the plugins, then starts plugind on them (not waiting for anything).
     pub fn start(bins: &Bins, defs: &[PluginDef]) -> anyhow::Result<Daemon> {
+        Daemon::start_with_env(bins, defs, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables for plugind.
+    pub fn start_with_env(bins: &Bins, defs: &[PluginDef], env: &[(&str, &str)]) -> anyhow::Result<Daemon> {
         let dir = tempfile::Builder::new().prefix("plugind-bench").tempdir()?;
         let plugins = dir.path().join("plugins");
         write_plugins(&plugins, defs, &bins.echo)?;
@@ -138,6 +143,7 @@ impl Daemon {
             .arg(&socket)
             .arg("--state-dir")
             .arg(dir.path().join("state"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -23,6 +23,7 @@ mod report;
 mod scale;
 mod sdk;
 mod startup;
+mod tracing;
 mod wire;
 
 use anyhow::Context as _;
@@ -37,7 +38,7 @@ const USAGE: &str = "usage: plugind-bench [--smoke] [--placement cpu0|any|both] 
   --smoke       every benchmark briefly, only checking that it runs (part of `make test`)
   --placement   cpu0: everything under `taskset -c 0`; any: unpinned; both (default, smoke: any)
   --bin-dir     where plugind, pluginctl and echo-rust are (default: this binary's directory)
-  --only        one group: floors, calls (relay, a-d, h, i, peers), sdk (SDK overhead), start (e), reload (f), scale (g)";
+  --only        one group: floors, calls (relay, a-d, h, i, j, peers), sdk (SDK overhead), start (e), reload (f), scale (g)";
 
 struct Options {
     smoke: bool,
@@ -273,15 +274,18 @@ fn run(placement: &str, o: &Options) -> ExitCode {
             let mut d = Daemon::start(&bins, &plugins)?;
             rt.block_on(d.wait_running(plugins.len() as u64, Duration::from_secs(60)))?;
             let calls = calls::relay_and_plugind(&bins, tmp.path(), &d, placement, t, rounds);
+            let large = calls::large_payloads(&bins, tmp.path(), &d, placement, t, rounds);
             let cli = cli::run(&bins, &d, placement, cli_calls);
             rt.block_on(d.stop())?;
             let ours = calls?;
+            large?;
             cli?;
             // The MCP SDKs after plugind has stopped, so they have the machine to themselves.
             peers::run(&bin_dir(o)?, placement, o.smoke, &ours)
         })();
         record("relay+plugind", r);
         record("i.catalog", catalog::run(&rt, &bins, placement, t, rounds));
+        record("j.trace", tracing::run(&rt, &bins, placement, t, rounds));
         record("m.mcp", mcp::run(&rt, &bins, placement, t));
     }
     if o.runs("sdk") {

@@ -50,7 +50,12 @@ pub struct SchemaError {
 /// Compiles `schema`, found at `pointer` of its document.
 pub fn compile(schema: &Value, pointer: &str) -> Result<jsonschema::Validator, SchemaError> {
     // `format` stays an annotation, as 2020-12 says; the draft is `$schema`'s, else 2020-12.
-    jsonschema::options().should_validate_formats(false).build(schema).map_err(|e| SchemaError {
+    // `pattern`s run on the linear-time `regex` engine: a plugin's schema is checked inside
+    // plugind on every call, so a backtracking pattern (`^(a+)+$`) must not be able to burn
+    // plugind's CPU. Look-around and back-references are refused at load time instead.
+    let options =
+        jsonschema::options().should_validate_formats(false).with_pattern_options(jsonschema::PatternOptions::regex());
+    options.build(schema).map_err(|e| SchemaError {
         // The schema is the instance the meta-schema was checked against, so the error's
         // instance path is the bad part's place inside the schema.
         pointer: format!("{pointer}{}", e.instance_path()),
@@ -292,6 +297,17 @@ impl Catalog {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn patterns_cannot_backtrack_inside_plugind() {
+        // Exponential on a backtracking engine; linear here, and simply no match.
+        let v = compile(&json!({ "type": "string", "pattern": "^(a+)+$" }), "/p").unwrap();
+        assert!(!v.is_valid(&json!(format!("{}!", "a".repeat(5000)))));
+        assert!(v.is_valid(&json!("aaaa")));
+        // What only a backtracking engine can do is refused when the schema loads.
+        let e = compile(&json!({ "type": "string", "pattern": "(?<=a)b" }), "/methods/m/params").unwrap_err();
+        assert!(e.pointer.starts_with("/methods/m/params"), "{e}");
+    }
 
     fn manifest(methods: Value) -> Manifest {
         Manifest::from_value(&json!({"name": "p", "version": "1.0.0", "main": "m.py", "methods": methods}))
