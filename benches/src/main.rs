@@ -15,6 +15,7 @@ mod child;
 mod cli;
 mod daemon;
 mod echo;
+mod mcp;
 mod peers;
 mod relay;
 mod reload;
@@ -285,6 +286,7 @@ fn run(placement: &str, o: &Options) -> ExitCode {
         record("relay+plugind", r);
         record("i.catalog", catalog::run(&rt, &bins, placement, t, rounds));
         record("j.trace", tracing::run(&rt, &bins, placement, t, rounds));
+        record("m.mcp", mcp::run(&rt, &bins, placement, t));
     }
     if o.runs("sdk") {
         // Smoke: only proves that the six plugins answer through plugind.

@@ -10,6 +10,7 @@
 //! Exit codes: 0 success, 1 the operation failed (message on stderr), 2 usage error,
 //! 3 the daemon cannot be reached.
 
+mod mcp;
 mod methods;
 mod output;
 mod scaffold;
@@ -232,6 +233,8 @@ enum Cmd {
     Info,
     /// Stop the daemon gracefully.
     Shutdown,
+    /// Serve every running plugin's methods as MCP tools on stdio (for MCP clients; docs/mcp.md).
+    Mcp,
 }
 
 /// A failure with its exit code.
@@ -418,6 +421,19 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
     }
     if let Cmd::Check { dir, execute, params, json } = &command {
         return check_plugin(dir, execute.as_deref(), params.as_deref(), *json || json_out);
+    }
+    if let Cmd::Mcp = &command {
+        // Reconnecting: an MCP client keeps this server for its whole session.
+        let connect = match &conn.url {
+            Some(url) => Client::builder().url(url.clone()),
+            None => Client::builder().socket(conn.socket.clone().unwrap_or_else(plugind_client::default_socket)),
+        };
+        let token = conn.token_file.as_deref().map(plugind_client::read_token).transpose().map_err(usage)?;
+        let connect = match token {
+            Some(t) => connect.token(t),
+            None => connect,
+        };
+        return mcp::run(connect.connect().await?).await.map_err(|e| Failure::new(1, e.to_string()));
     }
     // Validate arguments before connecting so usage errors win over an absent daemon.
     let request = match &command {
@@ -632,7 +648,7 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
                 println!("null");
             }
         }
-        Cmd::Call { .. } | Cmd::Service { .. } | Cmd::Hook { .. } | Cmd::New { .. } | Cmd::Check { .. } => {
+        Cmd::Call { .. } | Cmd::Service { .. } | Cmd::Hook { .. } | Cmd::New { .. } | Cmd::Check { .. } | Cmd::Mcp => {
             unreachable!("handled above")
         }
     }

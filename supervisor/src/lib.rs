@@ -12,6 +12,7 @@
 //! - [`control`]: the control socket and its handlers (the client side is the `plugind-client`
 //!   crate, which `pluginctl` and hosts use).
 //! - [`discovery`], [`config`], [`logs`]: finding plugins, settings, log rings.
+//! - [`mcp`]: `"protocol": "mcp"` plugins, an adapter between an MCP server's stdio and the plugin protocol.
 //! - [`caps`]: the bounds on what a plugin can make plugind hold (log lines, services, series).
 //!
 //! # Theory of operation
@@ -30,6 +31,7 @@ pub mod host;
 pub mod kv;
 pub mod listen;
 pub mod logs;
+pub mod mcp;
 pub mod metrics;
 pub mod plugin;
 pub mod procfs;

@@ -32,3 +32,6 @@ pub const INVALID_MANIFEST: i64 = -32007;
 pub const HOOK_REJECTED: i64 = -32008;
 /// What a hook plugin answers to reject a payload on purpose, whatever its `failure` mode.
 pub const REJECTED: i64 = -32009;
+/// An MCP plugin's tool answered a `CallToolResult` with `isError: true`
+/// (`data: { plugin, result }`, the result unchanged).
+pub const TOOL_ERROR: i64 = -32010;

@@ -373,16 +373,24 @@ impl InstanceTask {
             child.stdout.take().expect("UNWRAP: stdout is piped"),
             child.stderr.take().expect("UNWRAP: stderr is piped"),
         );
-        spawn_writer(stdin, out_rx);
         self.log.plugind(format!("started instance {} (pid {pid}): {}", inst.id, self.spec.plan.argv.join(" ")));
         let stderr_done = tokio::spawn(read_stderr(stderr, self.log.clone()));
-        self.run(child, stdout, stop_rx, cgroup, stderr_done).await;
+        if crate::mcp::is_mcp(&self.spec.manifest) {
+            // An MCP server: the instance speaks plugind's protocol to an adapter (crate::mcp).
+            let ctx = crate::mcp::adapter::AdapterContext { plugin: self.spec.plugin.clone(), log: self.log.clone() };
+            let (stdin, stdout) = crate::mcp::adapter::adapt(stdin, stdout, ctx);
+            spawn_writer(stdin, out_rx);
+            self.run(child, stdout, stop_rx, cgroup, stderr_done).await;
+        } else {
+            spawn_writer(stdin, out_rx);
+            self.run(child, stdout, stop_rx, cgroup, stderr_done).await;
+        }
     }
 
-    async fn run(
+    async fn run<R: tokio::io::AsyncRead + Unpin>(
         self,
         mut child: tokio::process::Child,
-        stdout: tokio::process::ChildStdout,
+        stdout: R,
         mut stop_rx: mpsc::Receiver<StopKind>,
         cgroup: Option<Cgroup>,
         stderr_done: tokio::task::JoinHandle<()>,

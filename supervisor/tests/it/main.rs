@@ -25,6 +25,7 @@ mod isolation;
 mod lifecycle;
 mod lifecycle_seams;
 mod lifecycle_storm;
+mod mcp;
 mod misbehave;
 mod observe;
 mod registry;

@@ -1,0 +1,432 @@
+//! `pluginctl mcp`: plugind's plugins as the tools of an MCP server on stdio (`docs/mcp.md`).
+//!
+//! # Theory of operation
+//! An MCP client (an IDE, a desktop assistant, the MCP SDKs) starts `pluginctl mcp` as a stdio
+//! server. Each line on stdin is one JSON-RPC message; each answer is one line on stdout (nothing
+//! else is ever written there). Behind it is one [`Client`] connection to plugind, reconnected
+//! if plugind restarts.
+//! - `tools/list` asks plugind for `plugins.list`, then `plugins.get` of each running plugin, and
+//!   offers every method of its catalog (`methods`) as the tool `PLUGIN__METHOD` ([`tool_name`]),
+//!   with the method's `params` schema as `inputSchema` (`{"type":"object"}` without one), its
+//!   description, and `idempotent` as `annotations.idempotentHint`.
+//! - `tools/call` is plugind's `execute` ([`Server::call`]): a plain JSON result becomes a text
+//!   content with the JSON (and `structuredContent` when it is an object); an MCP plugin's own
+//!   `CallToolResult` passes through, also when it is a tool error (`-32010` carries it); any
+//!   other plugin error is a result with `isError: true` and the message as text, so the model
+//!   sees it. An unknown tool and arguments plugind refused (`-32602`) are JSON-RPC errors.
+//! - Each call runs as its own task: `notifications/cancelled` aborts it, which drops the
+//!   `execute` future, which makes the client library send plugind `$/cancel`. With a
+//!   `_meta.progressToken`, plugind's `$/progress` for the call becomes `notifications/progress`.
+//! - `notifications/tools/list_changed`: after `notifications/initialized`, plugind's lifecycle
+//!   events make the server rebuild its list, and it tells the client when the list changed.
+//! - It ends when stdin closes (exit 0); calls still in flight are cancelled.
+
+use plugind_client::{CallOptions, Client, ClientError, Progress};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+/// The MCP versions this server speaks, oldest first; it answers the client's when it is one of
+/// them, else the newest.
+pub const VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+/// The longest tool name MCP clients accept.
+pub const MAX_TOOL_NAME: usize = 64;
+
+/// JSON-RPC codes this server answers with.
+const INVALID_PARAMS: i64 = -32602;
+const METHOD_NOT_FOUND: i64 = -32601;
+const PARSE_ERROR: i64 = -32700;
+/// plugind's tool error: an MCP plugin's `CallToolResult` with `isError` in `data.result`.
+const TOOL_ERROR: i64 = plugind_protocol::codes::TOOL_ERROR;
+
+/// Why `pluginctl mcp` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum McpError {
+    /// Reading stdin failed.
+    #[error("reading stdin: {0}")]
+    Stdin(#[source] std::io::Error),
+}
+
+/// The tool name for `method` of `plugin`: `PLUGIN__METHOD`, every character outside
+/// `[A-Za-z0-9_-]` replaced by `_`, cut to 64 characters; on a collision with a name in `taken`,
+/// a numeric suffix (`_2`, `_3`…) within the 64. The name is added to `taken`.
+pub fn tool_name(plugin: &str, method: &str, taken: &mut HashSet<String>) -> String {
+    let clean: String = format!("{plugin}__{method}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .take(MAX_TOOL_NAME)
+        .collect();
+    let mut name = clean.clone();
+    let mut n = 2;
+    while taken.contains(&name) {
+        let suffix = format!("_{n}");
+        name = format!("{}{suffix}", &clean[..clean.len().min(MAX_TOOL_NAME - suffix.len())]);
+        n += 1;
+    }
+    taken.insert(name.clone());
+    name
+}
+
+/// The version to answer a client's `initialize` with.
+pub fn negotiate(requested: Option<&str>) -> &'static str {
+    VERSIONS.iter().find(|v| Some(**v) == requested).copied().unwrap_or(VERSIONS[VERSIONS.len() - 1])
+}
+
+/// Where a tool's calls go.
+#[derive(Debug, Clone)]
+struct Route {
+    plugin: String,
+    method: String,
+    /// An MCP plugin: its results are `CallToolResult`s already.
+    mcp: bool,
+}
+
+/// The tools as last listed.
+#[derive(Default)]
+struct Table {
+    tools: Vec<Value>,
+    routes: HashMap<String, Route>,
+}
+
+/// The MCP `Tool` for one catalog entry.
+fn tool(name: &str, spec: &Value) -> Value {
+    let mut t = json!({ "name": name, "inputSchema": spec.get("params").filter(|s| s.is_object()).cloned().unwrap_or_else(|| json!({ "type": "object" })) });
+    if let Some(d) = spec.get("description").and_then(Value::as_str) {
+        t["description"] = json!(d);
+    }
+    if let Some(b) = spec.get("idempotent").and_then(Value::as_bool) {
+        t["annotations"] = json!({ "idempotentHint": b });
+    }
+    t
+}
+
+/// Every running plugin's catalog as tools, plugins and methods in name order.
+async fn build_table(client: &Client) -> Result<Table, ClientError> {
+    let list = client.call("plugins.list", &json!({})).await?;
+    let mut names: Vec<&str> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["state"] == "running")
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    let mut table = Table::default();
+    let mut taken = HashSet::new();
+    for plugin in names {
+        // A plugin that went away meanwhile simply has no tools.
+        let Ok(status) = client.call("plugins.get", &json!({ "name": plugin })).await else { continue };
+        let mcp = status["protocol"] == "mcp";
+        let Some(methods) = status["methods"].as_object() else { continue };
+        let mut sorted: Vec<(&String, &Value)> = methods.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        for (method, spec) in sorted {
+            let name = tool_name(plugin, method, &mut taken);
+            table.tools.push(tool(&name, spec));
+            table.routes.insert(name, Route { plugin: plugin.to_owned(), method: method.clone(), mcp });
+        }
+    }
+    Ok(table)
+}
+
+/// A plugin's answer as an MCP `CallToolResult`, or the JSON-RPC error to answer instead.
+fn to_call_result(route: &Route, outcome: Result<Value, ClientError>) -> Result<Value, Value> {
+    match outcome {
+        Ok(v) if route.mcp => Ok(v),
+        Ok(v) => {
+            let mut r = json!({ "content": [{ "type": "text", "text": v.to_string() }] });
+            if v.is_object() {
+                r["structuredContent"] = v;
+            }
+            Ok(r)
+        }
+        Err(e) if e.code() == TOOL_ERROR && e.data().is_some_and(|d| d["result"].is_object()) => {
+            Ok(e.data().map(|d| d["result"].clone()).unwrap_or_default())
+        }
+        Err(e) if e.code() == INVALID_PARAMS => {
+            let rpc = e.to_rpc();
+            let mut err = json!({ "code": rpc.code, "message": rpc.message });
+            if let Some(d) = rpc.data {
+                err["data"] = d;
+            }
+            Err(err)
+        }
+        Err(e) => Ok(json!({ "content": [{ "type": "text", "text": e.to_rpc().message }], "isError": true })),
+    }
+}
+
+/// The server's state, shared by the reading loop and the call tasks.
+struct Server {
+    client: Client,
+    /// Lines for stdout.
+    out: mpsc::UnboundedSender<Value>,
+    table: tokio::sync::Mutex<Table>,
+    /// Calls in flight by the JSON text of their id, for `notifications/cancelled`.
+    calls: Mutex<HashMap<String, AbortHandle>>,
+    /// The list-changed watcher, once it runs (aborted when stdin closes: it holds the server).
+    watcher: Mutex<Option<AbortHandle>>,
+}
+
+impl Server {
+    fn send(&self, v: Value) {
+        let _ = self.out.send(v);
+    }
+
+    fn answer(&self, id: &Value, outcome: Result<Value, Value>) {
+        self.send(match outcome {
+            Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
+            Err(error) => json!({ "jsonrpc": "2.0", "id": id, "error": error }),
+        });
+    }
+
+    fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<String, AbortHandle>> {
+        self.calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One line from the client.
+    fn handle(self: &Arc<Self>, line: &str) {
+        let msg: Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => {
+                let error = json!({ "code": PARSE_ERROR, "message": format!("not JSON: {e}") });
+                return self.answer(&Value::Null, Err(error));
+            }
+        };
+        let method = msg["method"].as_str().unwrap_or_default();
+        let params = msg.get("params").cloned().unwrap_or(Value::Null);
+        let Some(id) = msg.get("id").filter(|id| !id.is_null()).cloned() else {
+            // Notifications (and the client's answers, which this server never asks for).
+            match method {
+                "notifications/cancelled" => {
+                    if let Some(call) = self.calls().remove(&params["requestId"].to_string()) {
+                        call.abort();
+                    }
+                }
+                "notifications/initialized" => self.watch_list(),
+                _ => {}
+            }
+            return;
+        };
+        match method {
+            "initialize" => {
+                let version = negotiate(params["protocolVersion"].as_str());
+                self.answer(
+                    &id,
+                    Ok(json!({
+                        "protocolVersion": version,
+                        "capabilities": { "tools": { "listChanged": true } },
+                        "serverInfo": { "name": "pluginctl", "version": env!("CARGO_PKG_VERSION") },
+                        "instructions": "The methods of the plugins running under plugind, as tools named PLUGIN__METHOD.",
+                    })),
+                );
+            }
+            "ping" => self.answer(&id, Ok(json!({}))),
+            "tools/list" => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let outcome = me.list().await.map(|tools| json!({ "tools": tools }));
+                    me.answer(&id, outcome);
+                });
+            }
+            "tools/call" => {
+                let me = self.clone();
+                let key = id.to_string();
+                let mut calls = self.calls();
+                let task = tokio::spawn(async move {
+                    let outcome = me.call(&params).await;
+                    // Answered only if not cancelled meanwhile (then the entry is gone).
+                    if me.calls().remove(&id.to_string()).is_some() {
+                        me.answer(&id, outcome);
+                    }
+                });
+                calls.insert(key, task.abort_handle());
+            }
+            other => self
+                .answer(&id, Err(json!({ "code": METHOD_NOT_FOUND, "message": format!("method not found: {other}") }))),
+        }
+    }
+
+    /// Rebuilds the table; the tools, or the error to answer.
+    async fn list(&self) -> Result<Vec<Value>, Value> {
+        let table = build_table(&self.client).await.map_err(|e| {
+            let rpc = e.to_rpc();
+            json!({ "code": rpc.code, "message": rpc.message })
+        })?;
+        let tools = table.tools.clone();
+        *self.table.lock().await = table;
+        Ok(tools)
+    }
+
+    /// `tools/call { name, arguments?, _meta? }` through plugind's `execute`.
+    async fn call(&self, params: &Value) -> Result<Value, Value> {
+        let name = params["name"].as_str().unwrap_or_default();
+        let mut route = self.table.lock().await.routes.get(name).cloned();
+        if route.is_none() {
+            // A client may call without listing first, or a plugin may have started since.
+            let _ = self.list().await;
+            route = self.table.lock().await.routes.get(name).cloned();
+        }
+        let Some(route) = route else {
+            return Err(json!({ "code": INVALID_PARAMS, "message": format!("unknown tool: {name}") }));
+        };
+        let arguments = match params.get("arguments") {
+            None | Some(Value::Null) => json!({}),
+            Some(a) => a.clone(),
+        };
+        let meta = &params["_meta"];
+        let mut opts = CallOptions::new();
+        if let Some(tp) = meta.get("traceparent") {
+            opts = opts.meta(json!({ "traceparent": tp }));
+        }
+        if let Some(token) = meta.get("progressToken").filter(|t| t.is_string() || t.is_number()).cloned() {
+            let out = self.out.clone();
+            let mut count = 0.0;
+            opts = opts.on_progress(move |p: Progress| {
+                // MCP's `progress` must grow; a plugin's `$/progress` may carry none.
+                count += 1.0;
+                let mut n = json!({ "progressToken": token, "progress": p.progress.unwrap_or(count) });
+                if let Some(t) = p.total {
+                    n["total"] = json!(t);
+                }
+                if let Some(m) = p.message {
+                    n["message"] = json!(m);
+                }
+                let _ = out.send(json!({ "jsonrpc": "2.0", "method": "notifications/progress", "params": n }));
+            });
+        }
+        let outcome = self.client.execute(&route.plugin, &route.method, arguments, opts).await;
+        to_call_result(&route, outcome)
+    }
+
+    /// Watches plugind's lifecycle events and tells the client when the tools changed.
+    fn watch_list(self: &Arc<Self>) {
+        let mut watcher = self.watcher.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if watcher.is_some() {
+            return;
+        }
+        let server = self.clone();
+        let task = tokio::spawn(async move {
+            let Ok(mut events) = server.client.events().await else { return };
+            let mut last = build_table(&server.client).await.map(|t| t.tools).unwrap_or_default();
+            while events.next().await.is_some() {
+                let Ok(now) = build_table(&server.client).await.map(|t| t.tools) else { continue };
+                if now != last {
+                    last = now;
+                    server.send(json!({ "jsonrpc": "2.0", "method": "notifications/tools/list_changed" }));
+                }
+            }
+        });
+        *watcher = Some(task.abort_handle());
+    }
+}
+
+/// Serves MCP on stdin/stdout through `client` until stdin closes.
+pub async fn run(client: Client) -> Result<(), McpError> {
+    let (out, mut out_rx) = mpsc::unbounded_channel::<Value>();
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        let mut buf = Vec::new();
+        while let Some(first) = out_rx.recv().await {
+            buf.clear();
+            for v in std::iter::once(first).chain(std::iter::from_fn(|| out_rx.try_recv().ok())) {
+                let _ = serde_json::to_writer(&mut buf, &v);
+                buf.push(b'\n');
+            }
+            if stdout.write_all(&buf).await.is_err() || stdout.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let server = Arc::new(Server {
+        client,
+        out,
+        table: tokio::sync::Mutex::new(Table::default()),
+        calls: Mutex::new(HashMap::new()),
+        watcher: Mutex::new(None),
+    });
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let read = loop {
+        match lines.next_line().await {
+            Ok(Some(line)) if line.trim().is_empty() => {}
+            Ok(Some(line)) => server.handle(&line),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(McpError::Stdin(e)),
+        }
+    };
+    for (_, call) in server.calls().drain() {
+        call.abort();
+    }
+    if let Some(watcher) = server.watcher.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        watcher.abort();
+    }
+    // The writer ends once every sender is gone: the server's and those of finished tasks.
+    drop(server);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
+    read
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_names_are_clean_short_and_unique() {
+        let mut taken = HashSet::new();
+        assert_eq!(tool_name("echo", "hello", &mut taken), "echo__hello");
+        assert_eq!(tool_name("my.plugin", "a/b c", &mut taken), "my_plugin__a_b_c");
+        assert_eq!(tool_name("my_plugin", "a_b.c", &mut taken), "my_plugin__a_b_c_2");
+        let long = "m".repeat(100);
+        let first = tool_name("p", &long, &mut taken);
+        assert_eq!(first.len(), 64);
+        let second = tool_name("p", &format!("{long}x"), &mut taken);
+        assert_eq!(second.len(), 64);
+        assert!(second.ends_with("_2") && second != first, "{second}");
+        assert_eq!(tool_name("é", "ü", &mut taken), "____");
+    }
+
+    #[test]
+    fn versions_are_the_clients_when_known() {
+        assert_eq!(negotiate(Some("2025-03-26")), "2025-03-26");
+        assert_eq!(negotiate(Some("2099-01-01")), "2025-11-25");
+        assert_eq!(negotiate(None), "2025-11-25");
+    }
+
+    #[test]
+    fn results_map_onto_call_tool_results() {
+        let plain = Route { plugin: "p".into(), method: "m".into(), mcp: false };
+        let mcp = Route { mcp: true, ..plain.clone() };
+        assert_eq!(
+            to_call_result(&plain, Ok(json!({ "a": 1 }))),
+            Ok(json!({ "content": [{ "type": "text", "text": "{\"a\":1}" }], "structuredContent": { "a": 1 } }))
+        );
+        assert_eq!(
+            to_call_result(&plain, Ok(json!([1]))),
+            Ok(json!({ "content": [{ "type": "text", "text": "[1]" }] }))
+        );
+        let own = json!({ "content": [], "structuredContent": { "x": 1 } });
+        assert_eq!(to_call_result(&mcp, Ok(own.clone())), Ok(own));
+        let rpc = |code, data: Value| Err(ClientError::Rpc(plugind_client::RpcError::with_data(code, "boom", data)));
+        let failed = json!({ "content": [{ "type": "text", "text": "no" }], "isError": true });
+        assert_eq!(to_call_result(&mcp, rpc(TOOL_ERROR, json!({ "plugin": "p", "result": failed }))), Ok(failed));
+        assert_eq!(
+            to_call_result(&plain, rpc(-32001, json!({}))),
+            Ok(json!({ "content": [{ "type": "text", "text": "boom" }], "isError": true }))
+        );
+        let bad = to_call_result(&plain, rpc(INVALID_PARAMS, json!({ "errors": [] }))).unwrap_err();
+        assert_eq!(bad["code"], INVALID_PARAMS);
+        assert_eq!(bad["data"], json!({ "errors": [] }));
+    }
+
+    #[test]
+    fn a_method_without_schema_takes_any_object() {
+        assert_eq!(tool("p__m", &json!({})), json!({ "name": "p__m", "inputSchema": { "type": "object" } }));
+        let spec = json!({ "description": "D", "params": { "type": "object", "required": ["x"] }, "idempotent": true });
+        assert_eq!(
+            tool("p__m", &spec),
+            json!({ "name": "p__m", "description": "D", "inputSchema": spec["params"], "annotations": { "idempotentHint": true } })
+        );
+    }
+}
