@@ -797,6 +797,13 @@ mod layers {
     }
 
     #[test]
+    fn the_mcp_adapter_sits_below_the_plugin_room() {
+        let mut bad = offenders("mcp", ABOVE_PLUGINS);
+        bad.extend(offenders("mcp", &["crate::plugin", "crate::registry"]));
+        assert!(bad.is_empty(), "the MCP adapter is a transport for instances:\n{}", bad.join("\n"));
+    }
+
+    #[test]
     fn transport_and_sandbox_do_not_reach_up() {
         let mut bad = Vec::new();
         for room in ["transport", "sandbox"] {
