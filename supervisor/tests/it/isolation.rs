@@ -153,21 +153,24 @@ async fn status_and_pluginctl_show_what_is_enforced() {
     }
 }
 
+/// Starts plugind with plugin `hog` under `limits` and a generous deadline: the limit must end
+/// the call, not the clock (a loaded machine gives a CPU spinner a fraction of a CPU, so 2 s of
+/// CPU time may take far longer than 5 s).
+async fn start_hog(b: DaemonBuilder, limits: Value) -> Daemon {
+    b.manifest("hog", move |m| {
+        m["limits"] = limits;
+        m["timeout_ms"] = json!(60_000);
+        m["max_timeout_ms"] = json!(60_000);
+    })
+    .start()
+    .await
+}
+
 /// Starts py-sandbox as `hog` with `limits` (and `permissions`) next to perl-echo, runs `method`,
 /// and waits until the status reports the limit. Asserts the call failed as a crash, that
 /// perl-echo kept answering and that the restart policy applied.
 async fn contained(limits: Value, perms: &[&str], method: &str, params: Value, limit: &str) -> Daemon {
-    let b = with_perms(Daemon::builder().plugin("perl-echo"), "py-sandbox", "hog", perms);
-    // A generous deadline: the limit must end the call, not the clock (a loaded machine gives the
-    // spinner a fraction of a CPU, so 2 s of CPU time may take far longer than 5 s).
-    let d = b
-        .manifest("hog", move |m| {
-            m["limits"] = limits;
-            m["timeout_ms"] = json!(60_000);
-            m["max_timeout_ms"] = json!(60_000);
-        })
-        .start()
-        .await;
+    let d = start_hog(with_perms(Daemon::builder().plugin("perl-echo"), "py-sandbox", "hog", perms), limits).await;
     let pid = d.status("hog").await["pid"].as_u64().unwrap();
     let r = d.execute("hog", method, params).await;
     assert_eq!(code(&r), -32003, "the call ends with the crash: {r:?}");
@@ -187,17 +190,7 @@ async fn contained(limits: Value, perms: &[&str], method: &str, params: Value, l
 /// error the kernel does not account (a refused call, not a kill): the call fails as a crash,
 /// the plugin restarts, and its status names no limit.
 async fn ordinary_error(limits: Value, method: &str, params: Value, stderr: &str) {
-    let b = with_perms(Daemon::builder(), "py-sandbox", "hog", &[]);
-    // A generous deadline: the limit must end the call, not the clock (a loaded machine gives the
-    // spinner a fraction of a CPU, so 2 s of CPU time may take far longer than 5 s).
-    let d = b
-        .manifest("hog", move |m| {
-            m["limits"] = limits;
-            m["timeout_ms"] = json!(60_000);
-            m["max_timeout_ms"] = json!(60_000);
-        })
-        .start()
-        .await;
+    let d = start_hog(with_perms(Daemon::builder(), "py-sandbox", "hog", &[]), limits).await;
     let pid = d.status("hog").await["pid"].as_u64().unwrap();
     let r = d.execute("hog", method, params).await;
     assert_eq!(code(&r), -32003, "the call ends with the crash: {r:?}");

@@ -33,6 +33,15 @@ fn two(b: DaemonBuilder) -> DaemonBuilder {
     })
 }
 
+/// `front`'s `relay` to `back` under the test's traceparent: the `_meta` sent, and the answer
+/// (`mine`: what front got, `theirs.meta`: what back got).
+async fn relay_front_to_back(d: &Daemon) -> (Value, Value) {
+    d.wait_state("front", "running").await;
+    let meta = json!({ "traceparent": traceparent() });
+    let params = json!({ "plugin": "front", "method": "relay", "params": { "service": "back" }, "_meta": meta });
+    (meta, d.call("execute", params).await.unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn execute_passes_the_trace_on_with_a_new_parent_span() {
     let d = two(Daemon::builder()).start().await;
@@ -65,15 +74,7 @@ async fn execute_passes_the_trace_on_with_a_new_parent_span() {
 #[tokio::test(flavor = "multi_thread")]
 async fn service_calls_continue_the_trace_of_the_call_they_are_made_for() {
     let d = two(Daemon::builder()).start().await;
-    d.wait_state("front", "running").await;
-    let meta = json!({ "traceparent": traceparent() });
-    let r = d
-        .call(
-            "execute",
-            json!({ "plugin": "front", "method": "relay", "params": { "service": "back" }, "_meta": meta }),
-        )
-        .await
-        .unwrap();
+    let (meta, r) = relay_front_to_back(&d).await;
     let (t_front, s_front) = parts(&r["mine"]["traceparent"]);
     let (t_back, s_back) = parts(&r["theirs"]["meta"]["traceparent"]);
     assert_eq!((t_front.as_str(), t_back.as_str()), (TRACE, TRACE), "{r}");
@@ -216,15 +217,7 @@ fn attr(span: &Value, key: &str) -> Value {
 async fn otlp_receives_one_span_per_hop_linked_to_its_parent() {
     let (url, bodies) = otlp_receiver().await;
     let d = two(Daemon::builder()).arg("--otlp-endpoint").arg(&url).start().await;
-    d.wait_state("front", "running").await;
-    let meta = json!({ "traceparent": traceparent() });
-    let r = d
-        .call(
-            "execute",
-            json!({ "plugin": "front", "method": "relay", "params": { "service": "back" }, "_meta": meta }),
-        )
-        .await
-        .unwrap();
+    let (meta, r) = relay_front_to_back(&d).await;
     let (_, front_span) = parts(&r["mine"]["traceparent"]);
     let (_, back_span) = parts(&r["theirs"]["meta"]["traceparent"]);
     let ours = wait_for("both hops' spans", async || {
