@@ -25,6 +25,7 @@ use plugind_client::{CallOptions, Client, ClientError, Progress};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -38,6 +39,7 @@ pub const MAX_TOOL_NAME: usize = 64;
 /// JSON-RPC codes this server answers with.
 const INVALID_PARAMS: i64 = -32602;
 const METHOD_NOT_FOUND: i64 = -32601;
+const INVALID_REQUEST: i64 = -32600;
 const PARSE_ERROR: i64 = -32700;
 /// plugind's tool error: an MCP plugin's `CallToolResult` with `isError` in `data.result`.
 const TOOL_ERROR: i64 = plugind_protocol::codes::TOOL_ERROR;
@@ -91,16 +93,35 @@ struct Table {
     routes: HashMap<String, Route>,
 }
 
-/// The MCP `Tool` for one catalog entry.
-fn tool(name: &str, spec: &Value) -> Value {
-    let mut t = json!({ "name": name, "inputSchema": spec.get("params").filter(|s| s.is_object()).cloned().unwrap_or_else(|| json!({ "type": "object" })) });
+/// The MCP `Tool` for one catalog entry; None when its params schema admits no object (MCP
+/// arguments are always an object).
+fn tool(name: &str, spec: &Value) -> Option<Value> {
+    let mut t = json!({ "name": name, "inputSchema": input_schema(spec.get("params"))? });
     if let Some(d) = spec.get("description").and_then(Value::as_str) {
         t["description"] = json!(d);
     }
     if let Some(b) = spec.get("idempotent").and_then(Value::as_bool) {
         t["annotations"] = json!({ "idempotentHint": b });
     }
-    t
+    Some(t)
+}
+
+/// A method's params schema as an MCP `inputSchema`, whose `type` must be the literal
+/// `"object"` (clients such as the TypeScript SDK refuse the whole `tools/list` otherwise):
+/// - no schema (or not an object, or `true`): `{ "type": "object" }`;
+/// - `"type": "object"`: as it is;
+/// - no `type`, or a `type` list that includes `"object"`: `{ "type": "object", "allOf": [schema] }`;
+/// - any other `type` (`array`, `string`…): None, the method cannot be a tool.
+fn input_schema(params: Option<&Value>) -> Option<Value> {
+    let Some(schema) = params.filter(|s| s.is_object()) else { return Some(json!({ "type": "object" })) };
+    match schema.get("type") {
+        Some(Value::String(t)) if t == "object" => Some(schema.clone()),
+        None => Some(json!({ "type": "object", "allOf": [schema] })),
+        Some(Value::Array(ts)) if ts.iter().any(|t| t == "object") => {
+            Some(json!({ "type": "object", "allOf": [schema] }))
+        }
+        Some(_) => None,
+    }
 }
 
 /// Every running plugin's catalog as tools, plugins and methods in name order.
@@ -125,7 +146,11 @@ async fn build_table(client: &Client) -> Result<Table, ClientError> {
         sorted.sort_by(|a, b| a.0.cmp(b.0));
         for (method, spec) in sorted {
             let name = tool_name(plugin, method, &mut taken);
-            table.tools.push(tool(&name, spec));
+            let Some(t) = tool(&name, spec) else {
+                eprintln!("pluginctl mcp: {plugin} method {method} is not a tool: its params schema admits no object");
+                continue;
+            };
+            table.tools.push(t);
             table.routes.insert(name, Route { plugin: plugin.to_owned(), method: method.clone(), mcp });
         }
     }
@@ -235,6 +260,12 @@ impl Server {
                 let me = self.clone();
                 let key = id.to_string();
                 let mut calls = self.calls();
+                if calls.contains_key(&key) {
+                    drop(calls);
+                    let message = format!("request id {key} is already in use by a call in flight");
+                    self.answer(&id, Err(json!({ "code": INVALID_REQUEST, "message": message })));
+                    return;
+                }
                 let task = tokio::spawn(async move {
                     let outcome = me.call(&params).await;
                     // Answered only if not cancelled meanwhile (then the entry is gone).
@@ -311,7 +342,16 @@ impl Server {
         let task = tokio::spawn(async move {
             let Ok(mut events) = server.client.events().await else { return };
             let mut last = build_table(&server.client).await.map(|t| t.tools).unwrap_or_default();
-            while events.next().await.is_some() {
+            while let Some(event) = events.next().await {
+                // Only lifecycle changes can change the tools (not `call_failed` and the like);
+                // events already queued behind this one are folded into one rebuild.
+                let mut relevant = matches!(event["kind"].as_str(), Some("state" | "reload"));
+                while let Ok(Some(more)) = tokio::time::timeout(Duration::ZERO, events.next()).await {
+                    relevant |= matches!(more["kind"].as_str(), Some("state" | "reload"));
+                }
+                if !relevant {
+                    continue;
+                }
                 let Ok(now) = build_table(&server.client).await.map(|t| t.tools) else { continue };
                 if now != last {
                     last = now;
@@ -422,11 +462,25 @@ mod tests {
 
     #[test]
     fn a_method_without_schema_takes_any_object() {
-        assert_eq!(tool("p__m", &json!({})), json!({ "name": "p__m", "inputSchema": { "type": "object" } }));
+        assert_eq!(tool("p__m", &json!({})), Some(json!({ "name": "p__m", "inputSchema": { "type": "object" } })));
         let spec = json!({ "description": "D", "params": { "type": "object", "required": ["x"] }, "idempotent": true });
         assert_eq!(
             tool("p__m", &spec),
-            json!({ "name": "p__m", "description": "D", "inputSchema": spec["params"], "annotations": { "idempotentHint": true } })
+            Some(
+                json!({ "name": "p__m", "description": "D", "inputSchema": spec["params"], "annotations": { "idempotentHint": true } })
+            )
         );
+    }
+
+    #[test]
+    fn input_schemas_always_say_type_object() {
+        // No `type`, or a list with "object": wrapped, so MCP clients accept the tool list.
+        let untyped = json!({ "required": ["x"], "properties": { "x": { "type": "string" } } });
+        assert_eq!(input_schema(Some(&untyped)), Some(json!({ "type": "object", "allOf": [untyped] })));
+        let nullable = json!({ "type": ["object", "null"] });
+        assert_eq!(input_schema(Some(&nullable)), Some(json!({ "type": "object", "allOf": [nullable] })));
+        // A schema no object satisfies is no tool.
+        assert_eq!(input_schema(Some(&json!({ "type": "array" }))), None);
+        assert_eq!(input_schema(Some(&json!(true))), Some(json!({ "type": "object" })));
     }
 }

@@ -200,10 +200,11 @@ class _Turn:
     """One thread's turn at reading stdin. ``handed`` once another thread has taken over reading;
     ``calls`` and ``busy`` let the watchdog see a plain handler that has run too long."""
 
-    __slots__ = ("handed", "calls", "busy")
+    __slots__ = ("handed", "passing", "calls", "busy")
 
     def __init__(self) -> None:
         self.handed = False
+        self.passing = False  # a thread is being started to take the turn over
         self.calls = 0
         self.busy = False
 
@@ -678,23 +679,30 @@ class _Server:
 
     def _pass_turn(self, turn: _Turn) -> None:
         with self.lock:
-            if turn.handed or self.turn is not turn:
+            if turn.handed or turn.passing or self.turn is not turn:
                 return
-            turn.handed = True
             new = _Turn()
-            self.turn = new
             parked = self.parked.pop() if self.parked else None
             if parked is not None:
+                turn.handed = True
+                self.turn = new
                 parked[1] = new
                 parked[0].set()
                 return
+            turn.passing = True
+        # No parked thread: start one, and only once it runs is the turn given up here, so a
+        # thread that cannot be started leaves this one reading (nobody is left without a reader).
         try:
             threading.Thread(target=self._read_turn, args=(new,), name="plugind-reader", daemon=True).start()
         except RuntimeError as e:  # out of threads: keep reading here, after the handler
             _warn(f"cannot start a thread to read stdin: {e}")
             with self.lock:
-                turn.handed = False
-                self.turn = turn
+                turn.passing = False
+            return
+        with self.lock:
+            turn.passing = False
+            turn.handed = True
+            self.turn = new
 
     def _read_turn(self, turn: _Turn) -> None:
         """Handles lines while this thread has the turn, then parks for a new one (or exits)."""
@@ -723,6 +731,8 @@ class _Server:
                 if slot in self.parked:
                     self.parked.remove(slot)
                     return False
+        if slot[1] is None:  # woken at the end of input: no turn, the thread ends
+            return False
         _local.turn = slot[1]
         return True
 

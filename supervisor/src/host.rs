@@ -99,8 +99,9 @@ pub async fn handle_request(
                 caller: Some(&caller.plugin),
                 not_after: parent.as_ref().map(|pc| pc.hard),
                 // The trace the plugin names, else the one of the call it is made for.
-                trace: match &p.meta {
-                    Some(meta) if meta.traceparent.is_some() => TraceIn::from_meta(Some(meta)),
+                // (A malformed traceparent counts as none.)
+                trace: match TraceIn::from_meta(p.meta.as_ref()) {
+                    named if named.parent.is_some() => named,
                     _ => parent.as_ref().and_then(|pc| pc.trace.clone()).unwrap_or_default(),
                 },
             };

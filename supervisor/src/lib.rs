@@ -61,6 +61,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -741,6 +742,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     server.abort();
     let _ = std::fs::remove_file(&socket);
+    trace::flush(Duration::from_secs(2)).await;
     tracing::info!("plugind stopped");
     Ok(())
 }

@@ -158,10 +158,11 @@ pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<Box<
 
 /// A call that timed out, was cancelled or lost its process is logged in the plugin's log and
 /// published as a `call_failed` event, both with the call's trace id (an error the plugin
-/// answered itself is the caller's business, not plugind's).
+/// answered itself is the caller's business, not plugind's). A call refused as overloaded
+/// (`-32006`) is not: under overload that would be a line and an event per refused call, and the
+/// overload shows in the metrics already.
 pub fn call_failed(entry: &PluginEntry, method: &str, e: &RpcError, hop: &Hop) {
-    if matches!(e.code, codes::DEADLINE_EXCEEDED | codes::PLUGIN_CRASHED | codes::REQUEST_CANCELLED | codes::OVERLOADED)
-    {
+    if matches!(e.code, codes::DEADLINE_EXCEEDED | codes::PLUGIN_CRASHED | codes::REQUEST_CANCELLED) {
         let trace_id = hop.span.trace_id_hex();
         entry.log.warn_traced(format!("call {method} failed: {}", e.message), &trace_id);
         entry.log.call_event("call_failed", format!("{method}: {}", e.message), trace_id);

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// `_meta` of a request, as it came (only the trace fields are read).
 #[derive(Debug, Default, Deserialize)]
@@ -275,6 +275,8 @@ pub fn propagating() -> bool {
 /// The configured exporter: the queue into the batching task.
 struct Exporter {
     spans: mpsc::Sender<SpanData>,
+    /// Asks the batching task to export what is queued and say when it is done.
+    flush: mpsc::Sender<oneshot::Sender<()>>,
     scope: InstrumentationScope,
 }
 
@@ -306,7 +308,7 @@ pub enum ExportError {
 }
 
 /// Starts exporting spans to `endpoint` (its `/v1/traces` path is added unless present); runs
-/// until plugind exits, flushing what is queued when [`flush`] is called.
+/// until plugind exits; [`flush`] exports what is queued at once.
 pub fn start_export(endpoint: &str) -> Result<(), ExportError> {
     use opentelemetry_otlp::{Protocol, WithExportConfig as _};
     let base = endpoint.trim_end_matches('/');
@@ -325,14 +327,32 @@ pub fn start_export(endpoint: &str) -> Result<(), ExportError> {
             .build(),
     );
     let (tx, mut rx) = mpsc::channel::<SpanData>(QUEUE);
+    let (flush_tx, mut flush_rx) = mpsc::channel::<oneshot::Sender<()>>(1);
     let scope = InstrumentationScope::builder("plugind").with_version(crate::VERSION).build();
-    if EXPORTER.set(Exporter { spans: tx, scope }).is_err() {
+    if EXPORTER.set(Exporter { spans: tx, flush: flush_tx, scope }).is_err() {
         return Ok(());
     }
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(BATCH);
         loop {
-            let Some(first) = rx.recv().await else { break };
+            let first = tokio::select! {
+                span = rx.recv() => match span {
+                    Some(span) => span,
+                    None => break,
+                },
+                Some(done) = flush_rx.recv() => {
+                    // Everything queued goes now, in batches.
+                    while let Ok(span) = rx.try_recv() {
+                        batch.push(span);
+                        if batch.len() == BATCH {
+                            export(&exporter, &mut batch).await;
+                        }
+                    }
+                    export(&exporter, &mut batch).await;
+                    let _ = done.send(());
+                    continue;
+                }
+            };
             batch.push(first);
             let until = tokio::time::Instant::now() + BATCH_DELAY;
             while batch.len() < BATCH {
@@ -341,12 +361,30 @@ pub fn start_export(endpoint: &str) -> Result<(), ExportError> {
                     Ok(None) | Err(_) => break,
                 }
             }
-            if let Err(e) = exporter.export(std::mem::take(&mut batch)).await {
-                tracing::warn!("OTLP export failed: {e}");
-            }
+            export(&exporter, &mut batch).await;
         }
     });
     Ok(())
+}
+
+/// POSTs `batch` (emptying it); a failure is a warning.
+async fn export(exporter: &opentelemetry_otlp::SpanExporter, batch: &mut Vec<SpanData>) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = exporter.export(std::mem::take(batch)).await {
+        tracing::warn!("OTLP export failed: {e}");
+    }
+}
+
+/// Exports every span queued so far, waiting at most `bound` (plugind calls it last, after the
+/// plugins stopped, so the spans of `onShutdown` hooks and of the last calls are not lost).
+pub async fn flush(bound: Duration) {
+    let Some(exporter) = EXPORTER.get() else { return };
+    let (done, wait) = oneshot::channel();
+    if exporter.flush.send(done).await.is_ok() {
+        let _ = tokio::time::timeout(bound, wait).await;
+    }
 }
 
 #[cfg(test)]

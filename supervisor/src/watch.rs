@@ -45,6 +45,38 @@ fn classify(kind: &EventKind) -> Option<Change> {
     }
 }
 
+/// A path that has not settled yet may wait at most this long (a file written without pause).
+pub const MAX_WAIT: Duration = Duration::from_secs(1);
+/// Paths waiting to settle at most; beyond, all are acted on at once.
+const MAX_PENDING: usize = 4096;
+
+/// One changed path waiting to settle.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    change: Change,
+    first: Instant,
+    last: Instant,
+}
+
+impl Pending {
+    /// When it is acted on: once quiet for its window, and never later than [`MAX_WAIT`] after
+    /// its first change.
+    fn due(&self) -> Instant {
+        let quiet = if self.change == Change::Done { SETTLE } else { DEBOUNCE };
+        (self.last + quiet).min(self.first + MAX_WAIT)
+    }
+}
+
+/// Whether a change of `path` can reload or rescan anything: a plugin directory itself, any
+/// `plugin.json` directly in one, or a file of a loaded plugin that its `watch` globs match.
+fn matters(roots: &[PathBuf], plugins: &[Arc<crate::PluginEntry>], path: &Path) -> bool {
+    let Some((dir, rel)) = split(roots, path) else { return false };
+    if rel.as_os_str().is_empty() || rel == Path::new("plugin.json") {
+        return true;
+    }
+    plugins.iter().find(|p| p.dir == dir).is_some_and(|p| is_watched(p, &rel))
+}
+
 /// Keeps the watch alive; dropping it stops watching.
 pub struct Watcher {
     _watcher: Box<dyn std::any::Any + Send>,
@@ -61,10 +93,11 @@ pub struct WatchError {
 
 /// Starts watching every plugin dir of `daemon`; changes are acted on by a task on the runtime.
 ///
-/// The settle rule: a batch of changes is acted on once every path in it has settled — 15 ms
-/// after a finished change ([`SETTLE`]: an editor's save, `cp`, a rename into place all end with
-/// one), 100 ms after a write whose file may still be open ([`DEBOUNCE`]). A deploy that writes
-/// many files is one batch as long as its writes follow each other within those windows.
+/// The settle rule, per path: a change is acted on 15 ms after it ([`SETTLE`]) when the kernel
+/// says it is finished (an editor's save, `cp`, a rename into place all end with one), 100 ms
+/// after it ([`DEBOUNCE`]) when the file may still be open, and at the latest [`MAX_WAIT`] after
+/// the path first changed. Paths due together are one batch. Changes that cannot matter (files
+/// no plugin watches, like a plugin's own log in its directory) are dropped on arrival.
 pub fn start(daemon: Arc<Daemon>) -> Result<Watcher, WatchError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Change, Vec<PathBuf>)>();
     let mut watcher = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
@@ -82,21 +115,35 @@ pub fn start(daemon: Arc<Daemon>) -> Result<Watcher, WatchError> {
     let watcher = Arc::new(std::sync::Mutex::new(watcher));
     let rewatch = watcher.clone();
     tokio::spawn(async move {
-        // Paths changed and not yet acted on: how far along each is, and when it last changed.
-        let mut pending: HashMap<PathBuf, (Change, Instant)> = HashMap::new();
+        let roots: Vec<PathBuf> =
+            daemon.config().plugin_dirs.iter().map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone())).collect();
+        // Paths changed and not yet acted on: how far along each is, when it first and last changed.
+        let mut pending: HashMap<PathBuf, Pending> = HashMap::new();
         loop {
-            let due = pending.values().map(|(c, at)| *at + if *c == Change::Done { SETTLE } else { DEBOUNCE }).max();
+            let due = pending.values().map(Pending::due).min();
             tokio::select! {
                 got = rx.recv() => {
                     let Some((change, paths)) = got else { break };
                     let now = Instant::now();
-                    for p in paths {
-                        pending.insert(p, (change, now));
+                    let plugins = daemon.plugins();
+                    // Only what could reload or rescan something is kept: a plugin writing its own
+                    // log in its directory must not hold up (or grow) anything.
+                    for p in paths.into_iter().filter(|p| matters(&roots, &plugins, p)) {
+                        pending
+                            .entry(p)
+                            .and_modify(|e| (e.change, e.last) = (change, now))
+                            .or_insert(Pending { change, first: now, last: now });
                     }
                 }
                 _ = crate::time::sleep_until_opt(due) => {
-                    let paths: Vec<PathBuf> = pending.drain().map(|(p, _)| p).collect();
-                    for dir in on_change(&daemon, &paths).await {
+                    let now = Instant::now();
+                    let crowded = pending.len() > MAX_PENDING;
+                    let ready: Vec<PathBuf> =
+                        pending.iter().filter(|(_, e)| crowded || e.due() <= now).map(|(p, _)| p.clone()).collect();
+                    for p in &ready {
+                        pending.remove(p);
+                    }
+                    for dir in on_change(&daemon, &ready).await {
                         // A plugin dir that was replaced (a symlink flipped to a new release):
                         // watch what it points to now, or changes inside the new target go unseen.
                         let mut w = rewatch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

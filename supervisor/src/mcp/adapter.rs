@@ -211,6 +211,8 @@ impl Shared {
             return Ok(json!({ "services": [], "methods": methods }));
         }
         let (mut cursor, mut bytes, mut pages) = (None::<String>, 0usize, 0usize);
+        // The size of the methods kept so far, as they will be sent.
+        let mut answer_bytes = 0usize;
         let mut over = Vec::new();
         loop {
             let params = cursor.as_ref().map_or_else(|| json!({}), |c| json!({ "cursor": c }));
@@ -236,7 +238,26 @@ impl Shared {
                         self.log.warn(format!("tools/list lists tool {:?} twice; the first is kept", t.name))
                     }
                     Ok(t) => {
-                        methods.insert(t.name.clone(), t.method_entry());
+                        // What the catalog would drop anyway is dropped here, and the answer stays
+                        // well under the frame limit whatever the server lists.
+                        let entry = t.method_entry();
+                        let size = entry.to_string().len();
+                        if size > crate::caps::REGISTER_METHOD_BYTES {
+                            over.push(format!(
+                                "tool {:?} of {size} bytes dropped (at most {} per tool)",
+                                t.name,
+                                crate::caps::REGISTER_METHOD_BYTES
+                            ));
+                        } else if answer_bytes + size > super::MAX_TOOLS_LIST_BYTES {
+                            over.push(format!(
+                                "the tools past {} bytes of schemas are not methods",
+                                super::MAX_TOOLS_LIST_BYTES
+                            ));
+                            break;
+                        } else {
+                            answer_bytes += size;
+                            methods.insert(t.name.clone(), entry);
+                        }
                     }
                     Err(e) => self.log.warn(format!("tools/list: a tool is not a Tool object ({e}); dropped")),
                 }
@@ -566,6 +587,23 @@ mod tests {
         )
         .await;
         assert_eq!(next_json(&mut from_adapter).await["method"], "log");
+    }
+
+    #[tokio::test]
+    async fn a_tool_too_big_for_the_catalog_is_dropped_and_the_rest_kept() {
+        let (mut plugind, mut from_adapter, mut server_in, mut server_out) = rig();
+        send(&mut plugind, json!({"jsonrpc":"2.0","id":1,"method":"init","params":{}})).await;
+        let init = next_json(&mut server_in).await;
+        send(&mut server_out, json!({"jsonrpc":"2.0","id":init["id"],"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}}}})).await;
+        next_json(&mut server_in).await;
+        next_json(&mut from_adapter).await;
+        send(&mut plugind, json!({"jsonrpc":"2.0","id":2,"method":"register","params":{}})).await;
+        let list = next_json(&mut server_in).await;
+        let huge = "x".repeat(crate::caps::REGISTER_METHOD_BYTES + 1);
+        let tools = json!([{"name":"big","description":huge}, {"name":"small","description":"S"}]);
+        send(&mut server_out, json!({"jsonrpc":"2.0","id":list["id"],"result":{"tools":tools}})).await;
+        let reg = next_json(&mut from_adapter).await;
+        assert_eq!(reg["result"]["methods"], json!({"small":{"description":"S"}}));
     }
 
     #[tokio::test]

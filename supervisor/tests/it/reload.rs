@@ -228,3 +228,38 @@ async fn a_new_name_is_a_removal_plus_an_addition() {
     .await;
     assert_eq!(d.execute("renamed", "e", json!(1)).await.unwrap()["gen"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_nobody_watches_do_not_hold_up_a_reload() {
+    // Another plugin's directory gets a write every 10 ms (a log, a database), without pause,
+    // for the whole test: edits of `hot` must still be picked up.
+    let d = Daemon::builder()
+        .watch()
+        .plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))])
+        .plugin_files("busy", &[("notes.txt", "")])
+        .start()
+        .await;
+    d.wait_state("hot", "running").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let noise = {
+        let (stop, path) = (stop.clone(), d.plugins.join("busy/notes.txt"));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                std::fs::write(&path, format!("line {n}\n")).unwrap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    for gen in [2, 3] {
+        write_atomic(&d.plugins.join("hot/main.py"), &source(gen));
+        wait_for(&format!("generation {gen} answering"), async || {
+            let r = d.execute("hot", "e", json!(0)).await.ok()?;
+            (r["gen"] == gen).then_some(())
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    noise.join().unwrap();
+}

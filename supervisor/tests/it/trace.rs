@@ -216,7 +216,7 @@ fn attr(span: &Value, key: &str) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn otlp_receives_one_span_per_hop_linked_to_its_parent() {
     let (url, bodies) = otlp_receiver().await;
-    let d = two(Daemon::builder()).arg("--otlp-endpoint").arg(&url).start().await;
+    let mut d = two(Daemon::builder()).arg("--otlp-endpoint").arg(&url).start().await;
     let (meta, r) = relay_front_to_back(&d).await;
     let (_, front_span) = parts(&r["mine"]["traceparent"]);
     let (_, back_span) = parts(&r["theirs"]["meta"]["traceparent"]);
@@ -244,6 +244,17 @@ async fn otlp_receives_one_span_per_hop_linked_to_its_parent() {
     .await;
     assert_eq!(attr(&failed, "plugind.outcome")["stringValue"], "error", "{failed}");
     assert_eq!(failed["status"]["code"], 2, "status error: {failed}");
+
+    // The last call's span is exported before plugind exits (queued spans are flushed).
+    let last = d.execute("back", "meta", json!({})).await.unwrap();
+    let (trace, span) = parts(&last["meta"]["traceparent"]);
+    d.call("supervisor.shutdown", json!({})).await.unwrap();
+    assert_eq!(d.wait_exit().await, Some(0));
+    let after = spans(&bodies);
+    assert!(
+        after.iter().any(|s| s["traceId"] == trace && s["spanId"] == span),
+        "the last call's span was lost at shutdown: {after:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
