@@ -197,14 +197,14 @@ async fn call_instance(
 ) -> Result<Box<RawValue>, RpcError> {
     let (default_timeout, max) = instance.timeouts;
     let timeout = timeout_ms.map_or(default_timeout, Duration::from_millis).min(max);
-    let mut deadline = Deadline::new(timeout, max);
+    let accepted = Instant::now();
+    let mut deadline = Deadline::starting(accepted, timeout, max);
     if let Some(t) = not_after {
         deadline = deadline.within(t);
     }
     entry.counters.total.fetch_add(1, Ordering::Relaxed);
-    let accepted = Instant::now();
     let result = async {
-        let _slot = instance.admit(deadline.hard.min(Instant::now() + timeout)).await.map_err(|a| match a {
+        let _slot = instance.admit(deadline.hard.min(accepted + timeout)).await.map_err(|a| match a {
             Admission::Overloaded => RpcError::with_data(
                 codes::OVERLOADED,
                 format!("plugin {} is overloaded: max_inflight calls busy and the queue full", entry.name),

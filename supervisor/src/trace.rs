@@ -60,14 +60,19 @@ impl SpanRef {
         (trace_id != [0; 16] && span_id != [0; 8]).then_some(SpanRef { trace_id, span_id, flags })
     }
 
-    /// Appends `00-TRACEID-SPANID-FLAGS`.
+    /// Appends `00-TRACEID-SPANID-FLAGS` (built on the stack, appended in one copy: this runs
+    /// for every hop).
     pub fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"00-");
-        write_hex(out, &self.trace_id);
-        out.push(b'-');
-        write_hex(out, &self.span_id);
-        out.push(b'-');
-        write_hex(out, &[self.flags]);
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let digits = self.trace_id.iter().chain(&self.span_id).chain(std::iter::once(&self.flags));
+        // Where each byte's two digits go: after "00-", after the trace id's dash, after the span's.
+        let at = (3..35).step_by(2).chain((36..52).step_by(2)).chain(std::iter::once(53));
+        for (b, i) in digits.zip(at) {
+            text[i] = DIGITS[usize::from(b >> 4)];
+            text[i + 1] = DIGITS[usize::from(b & 15)];
+        }
+        out.extend_from_slice(&text);
     }
 
     /// The traceparent text.

@@ -118,7 +118,10 @@ pub fn cancel_target(line: &[u8]) -> Option<serde_json::Value> {
     struct CancelParams {
         id: serde_json::Value,
     }
-    memchr::memmem::find(line, br#""$/cancel""#)?;
+    // One searcher for the process: `memmem::find` would build one per line.
+    static CANCEL: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""$/cancel""#));
+    CANCEL.find(line)?;
     let note: Note<'_> = serde_json::from_slice(line).ok()?;
     (note.id.is_none() && note.method == plugind_protocol::methods::CANCEL).then_some(note.params?.id)
 }

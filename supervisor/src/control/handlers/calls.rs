@@ -72,7 +72,10 @@ impl<'a> ExecuteRequest<'a> {
     /// else (including a malformed `execute`), which takes the general path and gets its error
     /// there. Lines without the literal `"method":"execute"` are not even tried.
     pub fn parse(line: &'a [u8]) -> Option<Self> {
-        memchr::memmem::find(line, br#""method":"execute""#)?;
+        // One searcher for the process: `memmem::find` would build one per line.
+        static EXECUTE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""method":"execute""#));
+        EXECUTE.find(line)?;
         let req: ExecuteRequest = serde_json::from_str(std::str::from_utf8(line).ok()?).ok()?;
         let valid =
             req.method == "execute" && req.jsonrpc.as_deref().is_none_or(|v| v == "2.0") && req.id.get() != "null";
