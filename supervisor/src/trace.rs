@@ -63,15 +63,10 @@ impl SpanRef {
     /// Appends `00-TRACEID-SPANID-FLAGS` (built on the stack, appended in one copy: this runs
     /// for every hop).
     pub fn write(&self, out: &mut Vec<u8>) {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        let digits = self.trace_id.iter().chain(&self.span_id).chain(std::iter::once(&self.flags));
-        // Where each byte's two digits go: after "00-", after the trace id's dash, after the span's.
-        let at = (3..35).step_by(2).chain((36..52).step_by(2)).chain(std::iter::once(53));
-        for (b, i) in digits.zip(at) {
-            text[i] = DIGITS[usize::from(b >> 4)];
-            text[i + 1] = DIGITS[usize::from(b & 15)];
-        }
+        hex_into(&mut text[3..35], &self.trace_id);
+        hex_into(&mut text[36..52], &self.span_id);
+        hex_into(&mut text[53..55], &[self.flags]);
         out.extend_from_slice(&text);
     }
 
@@ -101,6 +96,15 @@ fn hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
         out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
     }
     Some(out)
+}
+
+/// Two lowercase hex digits per byte of `bytes` into `out` (exactly twice as long).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
 }
 
 fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
