@@ -33,6 +33,40 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Sequential latencies of `req` on `floor` and on `ours`, in `rounds` alternating rounds.
+fn alternate_latencies(
+    floor: &mut LineConn,
+    ours: &mut LineConn,
+    req: &Request,
+    t: Timing,
+    rounds: usize,
+) -> anyhow::Result<(Samples, Samples)> {
+    let (mut f, mut o) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        f.extend(floor.latencies(req, t)?);
+        o.extend(ours.latencies(req, t)?);
+    }
+    Ok((Samples::new(f), Samples::new(o)))
+}
+
+/// Calls per second of `req` with `depth` in flight on `floor` and on `ours`: the medians of
+/// `rounds` alternating rounds.
+fn alternate_throughput(
+    floor: &mut LineConn,
+    ours: &mut LineConn,
+    req: &Request,
+    depth: usize,
+    t: Timing,
+    rounds: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let (mut f, mut o) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        f.push(floor.throughput(req, depth, t)?);
+        o.push(ours.throughput(req, depth, t)?);
+    }
+    Ok((median(f), median(o)))
+}
+
 /// A child that printed `ready` on stdout; killed if dropped before it exits.
 struct Ready(Child);
 
@@ -189,30 +223,18 @@ pub fn relay_and_plugind(
     let req = Request::echo("echo");
     ours.check(&req, PAYLOAD).context("(a) execute")?;
 
-    let (mut floor_seq, mut our_seq) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        floor_seq.extend(relay.latencies(&req, t)?);
-        our_seq.extend(ours.latencies(&req, t)?);
-    }
-    let floor_seq = Samples::new(floor_seq);
+    let (floor_seq, our_seq) = alternate_latencies(&mut relay, &mut ours, &req, t, rounds)?;
     latency_lines("floor.relay", placement, &floor_seq, None);
-    let our_seq = Samples::new(our_seq);
     latency_lines("a.execute", placement, &our_seq, Some((&floor_seq, "relay", 1.0)));
     let (our_p50, our_p99) = (our_seq.pct_us(50.0), our_seq.pct_us(99.0));
     let mut our_tput = Vec::new();
 
     for depth in DEPTHS {
-        let (mut floor_rates, mut our_rates) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            floor_rates.push(relay.throughput(&req, depth, t)?);
-            our_rates.push(ours.throughput(&req, depth, t)?);
-        }
-        let floor = median(floor_rates);
+        let (floor, rate) = alternate_throughput(&mut relay, &mut ours, &req, depth, t, rounds)?;
         line(&format!("floor.relay.tput{depth}"), placement, floor, "calls/s", None);
         let f = Some(Floor { value: floor, name: "relay" });
-        let ours = median(our_rates);
-        our_tput.push(ours);
-        line(&format!("b.execute.tput{depth}"), placement, ours, "calls/s", f);
+        our_tput.push(rate);
+        line(&format!("b.execute.tput{depth}"), placement, rate, "calls/s", f);
     }
     drop(relay);
     relay_child.wait()?;
@@ -221,16 +243,11 @@ pub fn relay_and_plugind(
     let req = Request::service_call("caller", "echo");
     let (router_child, mut router) = service_relay(bins, &dir.join("router.sock"))?;
     ours.check(&req, PAYLOAD).context("(c) service.call")?;
-    let (mut floor, mut s) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        floor.extend(router.latencies(&req, t)?);
-        s.extend(ours.latencies(&req, t)?);
-    }
+    let (floor, s) = alternate_latencies(&mut router, &mut ours, &req, t, rounds)?;
     drop(router);
     router_child.wait()?;
-    let floor = Samples::new(floor);
     latency_lines("floor.router", placement, &floor, None);
-    latency_lines("c.service_call", placement, &Samples::new(s), Some((&floor, "router", 1.0)));
+    latency_lines("c.service_call", placement, &s, Some((&floor, "router", 1.0)));
 
     let req = Request::hook(HOOK);
     let result = ours.result(&req).context("(d) hooks.run")?;
@@ -285,24 +302,14 @@ pub fn large_payloads(
         let req = Request::new("execute", &format!(r#"{{"plugin":"echo","method":"echo","params":{params}}}"#));
         relay.check(&req, &params).with_context(|| format!("relay, {tag}"))?;
         ours.check(&req, &params).with_context(|| format!("plugind, {tag}"))?;
-        let (mut floor, mut us) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            floor.extend(relay.latencies(&req, t)?);
-            us.extend(ours.latencies(&req, t)?);
-        }
-        let floor = Samples::new(floor);
+        let (floor, us) = alternate_latencies(&mut relay, &mut ours, &req, t, rounds)?;
         latency_lines(&format!("floor.relay.{tag}"), placement, &floor, None);
-        latency_lines(&format!("a.execute.{tag}"), placement, &Samples::new(us), Some((&floor, "relay", 1.0)));
-        let (mut floor_rates, mut our_rates) = (Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            floor_rates.push(relay.throughput(&req, LARGE_DEPTH, t)?);
-            our_rates.push(ours.throughput(&req, LARGE_DEPTH, t)?);
-        }
+        latency_lines(&format!("a.execute.{tag}"), placement, &us, Some((&floor, "relay", 1.0)));
+        let (floor, us) = alternate_throughput(&mut relay, &mut ours, &req, LARGE_DEPTH, t, rounds)?;
         let mb = |calls_per_s: f64| calls_per_s * size as f64 / 1e6;
-        let floor = mb(median(floor_rates));
-        line(&format!("floor.relay.{tag}.mbps"), placement, floor, "MB/s", None);
-        let f = Some(Floor { value: floor, name: "relay" });
-        line(&format!("b.execute.{tag}.mbps"), placement, mb(median(our_rates)), "MB/s", f);
+        line(&format!("floor.relay.{tag}.mbps"), placement, mb(floor), "MB/s", None);
+        let f = Some(Floor { value: mb(floor), name: "relay" });
+        line(&format!("b.execute.{tag}.mbps"), placement, mb(us), "MB/s", f);
     }
     drop(relay);
     relay_child.wait()?;

@@ -53,8 +53,7 @@ impl Daemon {
     ) -> Result<HooksRunResult, RpcError> {
         let chain_hop = Hop::start(trace);
         let result = self.run_chain(hook, payload, budget, &chain_hop).await;
-        let outcome = result.as_ref().map(|_| ()).map_err(|e| (e.code, &*e.message));
-        chain_hop.finish("hooks.run", "", hook, outcome);
+        chain_hop.finish("hooks.run", "", hook, &result);
         result
     }
 
@@ -186,7 +185,7 @@ impl Daemon {
         if let Err(e) = &result {
             crate::router::call_failed(&m.entry, hook, e, &hop);
         }
-        hop.finish("hook", &m.entry.name, hook, result.as_ref().map(|_| ()).map_err(|e| (e.code, &*e.message)));
+        hop.finish("hook", &m.entry.name, hook, &result);
         result
     }
 }

@@ -89,6 +89,19 @@ pub struct Call<'a> {
     pub trace: TraceIn,
 }
 
+impl Call<'_> {
+    /// The `execute` params this call sends as hop `hop` (plugins and hosts get the same shape).
+    pub fn execute_out<'h>(&'h self, hop: &'h Hop) -> ExecuteOut<'h> {
+        ExecuteOut {
+            method: self.method,
+            params: self.params.unwrap_or(RawValue::NULL),
+            service: self.service,
+            caller: self.caller,
+            trace: Some(hop),
+        }
+    }
+}
+
 /// `-32004` for an unknown plugin.
 pub fn unknown_plugin(name: &str) -> RpcError {
     RpcError::with_data(
@@ -130,13 +143,7 @@ pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<Box<
         m.check_params(&entry.name, call.method, call.params)?;
     }
     let hop = Hop::start(&call.trace);
-    let params = ExecuteOut {
-        method: call.method,
-        params: call.params.unwrap_or(RawValue::NULL),
-        service: call.service,
-        caller: call.caller,
-        trace: Some(&hop),
-    };
+    let params = call.execute_out(&hop);
     // Deadline precedence: the call's own, else the method's, else the plugin's.
     let timeout_ms = call.timeout_ms.or_else(|| method.and_then(|m| m.spec.timeout_ms));
     let result = call_instance(
@@ -152,7 +159,7 @@ pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<Box<
     if let Err(e) = &result {
         call_failed(entry, call.method, e, &hop);
     }
-    hop.finish("execute", &entry.name, call.method, result.as_ref().map(|_| ()).map_err(|e| (e.code, &*e.message)));
+    hop.finish("execute", &entry.name, call.method, &result);
     result
 }
 

@@ -14,6 +14,7 @@
 use opentelemetry::trace::{SpanContext as OtelSpanContext, SpanKind, Status, TraceFlags, TraceState};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use plugind_protocol::jsonrpc::RpcError;
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -79,9 +80,9 @@ impl SpanRef {
 
     /// The trace id in lowercase hex, as logs and events show it.
     pub fn trace_id_hex(&self) -> String {
-        let mut out = Vec::with_capacity(32);
-        write_hex(&mut out, &self.trace_id);
-        String::from_utf8(out).expect("UNWRAP: hex digits")
+        let mut text = [0u8; 32];
+        hex_into(&mut text, &self.trace_id);
+        String::from_utf8(text.to_vec()).expect("UNWRAP: hex digits")
     }
 }
 
@@ -104,14 +105,6 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair[0] = DIGITS[usize::from(b >> 4)];
         pair[1] = DIGITS[usize::from(b & 15)];
-    }
-}
-
-fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 15)]);
     }
 }
 
@@ -221,24 +214,24 @@ impl Hop {
         out.push(b'}');
     }
 
-    /// Ends the hop: exports its span when an exporter is configured. `outcome` is `ok` or the
-    /// error code's name; `error` the message of a failed hop.
-    pub fn finish(self, name: &'static str, plugin: &str, method: &str, outcome: Result<(), (i64, &str)>) {
+    /// Ends the hop with the answer it got: exports its span when an exporter is configured
+    /// (an error answer becomes the span's error status, with its code as an attribute).
+    pub fn finish<T>(self, name: &'static str, plugin: &str, method: &str, answer: &Result<T, RpcError>) {
         let (Some(started), Some(exporter)) = (self.started, EXPORTER.get()) else { return };
         let mut attributes = vec![
             KeyValue::new("plugind.plugin", plugin.to_owned()),
             KeyValue::new("rpc.method", method.to_owned()),
             KeyValue::new("rpc.system", "jsonrpc"),
         ];
-        let status = match outcome {
-            Ok(()) => {
+        let status = match answer {
+            Ok(_) => {
                 attributes.push(KeyValue::new("plugind.outcome", "ok"));
                 Status::Ok
             }
-            Err((code, message)) => {
+            Err(e) => {
                 attributes.push(KeyValue::new("plugind.outcome", "error"));
-                attributes.push(KeyValue::new("rpc.jsonrpc.error_code", code));
-                let mut message = message.to_owned();
+                attributes.push(KeyValue::new("rpc.jsonrpc.error_code", e.code));
+                let mut message = e.message.clone();
                 crate::caps::truncate(&mut message, 256);
                 Status::error(message)
             }
@@ -275,7 +268,7 @@ impl Hop {
 
 /// Whether plugind passes trace context on at all: always, except when the environment variable
 /// `PLUGIND_TRACE_CONTEXT=off` is set — a diagnostic switch, there so `make bench` can measure
-/// what propagation costs (`a.execute.p50.trace`), not something to run with.
+/// what propagation costs (`j.execute_traced.p50`), not something to run with.
 pub fn propagating() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("PLUGIND_TRACE_CONTEXT").is_none_or(|v| v != "off"))

@@ -1,9 +1,9 @@
-//! Hot reload's eyes: file changes under the plugin dirs, debounced, mapped to plugins.
+//! Hot reload's eyes: file changes under the plugin dirs, settled, mapped to plugins.
 //!
 //! One recursive watch per plugin dir (`--plugins`) sees every plugin's files and also the plugin
 //! directories themselves, so a directory replaced by a symlink flip is seen like a file change.
-//! Events settle (a burst of writes is one change; see [`start`] for the rule) and then are matched against each plugin's
-//! `watch` globs (default: `plugin.json` and the `main` file). A match sends the plugin's actor a
+//! Events settle (a burst of writes is one change; see [`start`] for the rule) and are then
+//! matched against each plugin's `watch` globs (default: `plugin.json` and the `main` file). A match sends the plugin's actor a
 //! reload; a plugin directory that appeared or vanished triggers a rescan (`Daemon::reload`).
 
 use crate::plugin::entry::Command;

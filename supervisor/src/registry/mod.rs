@@ -13,7 +13,7 @@ pub mod rules;
 
 use crate::plugin::instance::call_error;
 use crate::plugin::PluginEntry;
-use crate::router::{self, Call, ExecuteOut};
+use crate::router::{self, Call};
 use crate::transport::peer::{Deadline, Peer};
 use crate::Daemon;
 use plugind_protocol::jsonrpc::RpcError;
@@ -75,22 +75,11 @@ impl HostService {
             deadline = deadline.within(t);
         }
         let hop = crate::trace::Hop::start(&call.trace);
-        let params = ExecuteOut {
-            method: call.method,
-            params: call.params.unwrap_or(RawValue::NULL),
-            service: call.service,
-            caller: call.caller,
-            trace: Some(&hop),
-        };
+        let params = call.execute_out(&hop);
         self.load.fetch_add(1, Ordering::Relaxed);
         let r = self.peer.call_with(methods::EXECUTE, |out| params.write_json(out), deadline).await;
         self.load.fetch_sub(1, Ordering::Relaxed);
-        let outcome = r.as_ref().map(|_| ()).map_err(|e| match e {
-            crate::transport::peer::CallError::Rpc(e) => (e.code, e.message.as_str()),
-            _ => (plugind_protocol::codes::PLUGIN_UNAVAILABLE, "the host did not answer"),
-        });
-        hop.finish("execute", &self.info.plugin, call.method, outcome);
-        r.map_err(|e| match e {
+        let answer = r.map_err(|e| match e {
             // The host half-closed or went away: it can no longer answer (not a crash).
             crate::transport::peer::CallError::Closed => RpcError::with_data(
                 plugind_protocol::codes::PLUGIN_UNAVAILABLE,
@@ -98,7 +87,9 @@ impl HostService {
                 serde_json::json!({ "plugin": &self.info.plugin, "state": "stopped" }),
             ),
             e => call_error(&self.info.plugin, timeout, e),
-        })
+        });
+        hop.finish("execute", &self.info.plugin, call.method, &answer);
+        answer
     }
 }
 
