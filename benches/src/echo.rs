@@ -2,18 +2,27 @@
 //! handshake plugind does (used by the relay and by the start-up floor).
 
 use anyhow::{bail, Context as _};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 /// An echo-rust process on pipes.
 pub struct Echo {
     /// The process.
-    pub child: Child,
+    pub child: Proc,
     /// Its stdin (plugind → plugin).
-    pub stdin: ChildStdin,
+    pub stdin: File,
     /// Its stdout (plugin → plugind).
-    pub stdout: BufReader<ChildStdout>,
+    pub stdout: BufReader<File>,
+}
+
+/// The process, however it was started.
+pub enum Proc {
+    /// Plainly, by [`Echo::spawn`].
+    Plain(Child),
+    /// By plugind's own spawn code, under its sandbox ([`Echo::sandboxed`]).
+    Sandboxed(plugind::plugin::spawn::Spawned),
 }
 
 impl Echo {
@@ -30,9 +39,17 @@ impl Echo {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("spawn {}", program.display()))?;
-        let stdin = child.stdin.take().context("stdin")?;
-        let stdout = BufReader::new(child.stdout.take().context("stdout")?);
-        Ok(Echo { child, stdin, stdout })
+        let stdin = File::from(std::os::fd::OwnedFd::from(child.stdin.take().context("stdin")?));
+        let stdout = File::from(std::os::fd::OwnedFd::from(child.stdout.take().context("stdout")?));
+        Ok(Echo { child: Proc::Plain(child), stdin, stdout: BufReader::new(stdout) })
+    }
+
+    /// A process plugind's spawn code started ([`plugind::plugin::spawn::spawn`]), its pipes made
+    /// blocking.
+    pub fn sandboxed(mut spawned: plugind::plugin::spawn::Spawned) -> anyhow::Result<Echo> {
+        let stdin = File::from(spawned.child.stdin.take().context("stdin")?.into_owned_fd()?);
+        let stdout = File::from(spawned.child.stdout.take().context("stdout")?.into_owned_fd()?);
+        Ok(Echo { child: Proc::Sandboxed(spawned), stdin, stdout: BufReader::new(stdout) })
     }
 
     /// Sends `init` (without waiting).
@@ -73,10 +90,28 @@ impl Echo {
 
     /// Closes stdin (the plugin's cue to exit) and waits for it.
     pub fn finish(self) -> anyhow::Result<()> {
-        let Echo { mut child, stdin, stdout } = self;
+        let Echo { child, stdin, mut stdout } = self;
         drop(stdin);
-        drop(stdout);
-        child.wait()?;
+        // EOF when it exits (or closes its stdout).
+        std::io::copy(&mut stdout, &mut std::io::sink())?;
+        child.wait()
+    }
+}
+
+impl Proc {
+    /// Waits for the exit.
+    pub fn wait(self) -> anyhow::Result<()> {
+        match self {
+            Proc::Plain(mut child) => drop(child.wait()?),
+            // tokio's `wait` needs a runtime driving its signal handler; `try_wait` is a plain
+            // `waitpid`. Its stdout is closed by then, so the exit is near. The cgroup goes with
+            // `spawned`, after the exit.
+            Proc::Sandboxed(mut spawned) => {
+                while spawned.child.try_wait()?.is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -18,7 +18,7 @@ pub fn run(socket: &Path, program: &Path, args: &[&str]) -> anyhow::Result<()> {
     io::stdout().flush()?;
     let (client, _) = listener.accept()?;
     let from_client = client.try_clone()?;
-    let Echo { mut child, stdin, stdout } = plugin;
+    let Echo { child, stdin, stdout } = plugin;
     let up = std::thread::spawn(move || pump(from_client, stdin)); // EOF closes the plugin's stdin
     let down = pump(stdout, client);
     up.join().map_err(|_| anyhow::anyhow!("relay thread panicked"))??;
@@ -53,8 +53,8 @@ pub fn run_service(socket: &Path, program: &Path) -> anyhow::Result<()> {
     println!("ready");
     io::stdout().flush()?;
     let (client, _) = listener.accept()?;
-    let Echo { child: mut caller_child, stdin: caller_in, stdout: caller_out } = caller;
-    let Echo { child: mut echo_child, stdin: mut echo_in, stdout: echo_out } = echo;
+    let Echo { child: caller_child, stdin: caller_in, stdout: caller_out } = caller;
+    let Echo { child: echo_child, stdin: mut echo_in, stdout: echo_out } = echo;
     // Two sources write to caller's stdin: whole lines, under a lock.
     let caller_in = std::sync::Arc::new(std::sync::Mutex::new(Some(caller_in)));
     let from_client = BufReader::new(client.try_clone()?);

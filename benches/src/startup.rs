@@ -1,9 +1,13 @@
-//! (e) start-up: plugind spawned → N plugins `running`, against the floor of spawning the same N
-//! echo-rust processes directly and taking each through `init` and `register`.
+//! (e) start-up: plugind spawned → N plugins `running`, against two floors: spawning the same N
+//! echo-rust processes directly and taking each through `init` and `register`, and the same
+//! under plugind's sandbox, started by plugind's own spawn code.
 
-use crate::daemon::{Bins, Daemon, PluginDef};
+use crate::daemon::{write_plugins, Bins, Daemon, PluginDef};
 use crate::echo::Echo;
 use crate::report::{line, Floor, Samples};
+use plugind::plugin::spawn;
+use plugind::sandbox;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
@@ -13,21 +17,79 @@ fn bare_spawn(bins: &Bins, n: usize) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
     let mut procs =
         (0..n).map(|i| Echo::spawn(&bins.echo, &[], &format!("echo-{i}"))).collect::<anyhow::Result<Vec<_>>>()?;
-    for (i, p) in procs.iter_mut().enumerate() {
-        p.send_init(&format!("echo-{i}"))?;
-    }
-    for p in &mut procs {
-        p.expect_result("init")?;
-        p.send_register()?;
-    }
-    for p in &mut procs {
-        p.expect_result("register")?;
-    }
+    handshakes(&mut procs)?;
     let took = t0.elapsed();
     for p in procs {
         p.finish()?;
     }
     Ok(took)
+}
+
+/// Takes `procs` through `init` and `register`, each sent to all before any answer is read.
+fn handshakes(procs: &mut [Echo]) -> anyhow::Result<()> {
+    for (i, p) in procs.iter_mut().enumerate() {
+        p.send_init(&format!("echo-{i}"))?;
+    }
+    for p in procs.iter_mut() {
+        p.expect_result("init")?;
+        p.send_register()?;
+    }
+    for p in procs.iter_mut() {
+        p.expect_result("register")?;
+    }
+    Ok(())
+}
+
+/// The floor under the same sandbox: the plugin dirs plugind gets, each plugin spawned one after
+/// the other by plugind's own code (`plugind::plugin::spawn`: its manifest read, the argv and
+/// environment plugind gives it, a private temp dir, the instance's cgroup, the mount namespace,
+/// dropped capabilities, rlimits, Landlock and seccomp), then the handshakes as in [`bare_spawn`].
+/// What is left out is plugind itself: its start, the lifecycle, the registry, the control socket.
+fn sandboxed_spawn(rt: &Runtime, bins: &Bins, n: usize) -> anyhow::Result<Duration> {
+    // One path for every run of this process: what plugind hides from its plugins is set once
+    // per process (`sandbox::protect`), so the dirs it names must stay where they were.
+    let root = std::env::temp_dir().join(format!("plugind-bench-floor.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (plugins, state) = (root.join("plugins"), root.join("state"));
+    std::fs::create_dir_all(&state)?;
+    let defs: Vec<PluginDef> = (0..n).map(|i| PluginDef::plain(format!("echo-{i:03}"))).collect();
+    write_plugins(&plugins, &defs, &bins.echo)?;
+    sandbox::protect(sandbox::PrivatePaths {
+        state_dir: Some(state.clone()),
+        plugin_roots: vec![plugins.clone()],
+        files: vec![],
+    });
+    sandbox::probe::host();
+    let version = semver::Version::parse(env!("CARGO_PKG_VERSION"))?;
+    let _in_runtime = rt.enter();
+    let t0 = Instant::now();
+    let mut procs = Vec::with_capacity(n);
+    for (i, d) in defs.iter().enumerate() {
+        procs.push(spawn_one(&plugins.join(&d.name), &state, i as u64 + 1, &version)?);
+    }
+    handshakes(&mut procs)?;
+    let took = t0.elapsed();
+    for p in procs {
+        p.finish()?;
+    }
+    std::fs::remove_dir_all(&root)?;
+    Ok(took)
+}
+
+/// One plugin dir spawned as plugind spawns instance `id` of it.
+fn spawn_one(dir: &Path, state: &Path, id: u64, version: &semver::Version) -> anyhow::Result<Echo> {
+    let found = plugind::discovery::load(dir, version);
+    let manifest = found.manifest.map_err(anyhow::Error::msg)?;
+    let tmp_dir = state.join("tmp").join(format!("{}-{id}", manifest.name));
+    std::fs::create_dir_all(&tmp_dir)?;
+    let plan = spawn::SpawnPlan {
+        argv: spawn::argv_for(&manifest, dir)?,
+        cwd: dir.to_path_buf(),
+        env: spawn::plugin_env(&manifest, None, &tmp_dir, &[]),
+        limits: manifest.limits.clone(),
+    };
+    let request = sandbox::Request { manifest: &manifest, data_dir: None, tmp_dir: &tmp_dir, instance: id };
+    Echo::sandboxed(spawn::spawn(&plan, &request)?)
 }
 
 /// plugind on `n` fresh copies of the echo-rust plugin: spawn → all `running`.
@@ -39,21 +101,28 @@ fn plugind_start(rt: &Runtime, bins: &Bins, n: usize) -> anyhow::Result<Duration
     Ok(took)
 }
 
-/// Runs both `repeats` times for each `n`; prints the medians.
+/// Runs the three `repeats` times for each `n`, in turns; prints the medians: `e.start` against
+/// the bare spawn, and again (`.vs_sandboxed`, the target of issue 20) against the spawn under
+/// the same sandbox, whose own figure is `floor.sandboxed_spawn`.
 pub fn run(rt: &Runtime, bins: &Bins, placement: &str, sizes: &[(usize, usize)]) -> anyhow::Result<()> {
     for &(n, repeats) in sizes {
-        let mut floor = Vec::new();
-        let mut ours = Vec::new();
+        let (mut bare, mut sandboxed, mut ours) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..repeats {
-            floor.push(bare_spawn(bins, n)?);
+            bare.push(bare_spawn(bins, n)?);
+            crate::calls::settle();
+            sandboxed.push(sandboxed_spawn(rt, bins, n)?);
             crate::calls::settle();
             ours.push(plugind_start(rt, bins, n)?);
             crate::calls::settle();
         }
-        let floor = Samples::new(floor).pct_ms(50.0);
+        let bare = Floor { value: Samples::new(bare).pct_ms(50.0), name: "bare spawn" };
+        let sandboxed = Samples::new(sandboxed).pct_ms(50.0);
         let ours = Samples::new(ours);
-        let f = Floor { value: floor, name: "bare spawn" };
-        line(&format!("e.start.n{n}.median_of_{}", ours.len()), placement, ours.pct_ms(50.0), "ms", Some(f));
+        let runs = ours.len();
+        line(&format!("floor.sandboxed_spawn.n{n}.median_of_{runs}"), placement, sandboxed, "ms", None);
+        line(&format!("e.start.n{n}.median_of_{runs}"), placement, ours.pct_ms(50.0), "ms", Some(bare));
+        let f = Floor { value: sandboxed, name: "sandboxed spawn" };
+        line(&format!("e.start.n{n}.vs_sandboxed"), placement, ours.pct_ms(50.0), "ms", Some(f));
     }
     Ok(())
 }
