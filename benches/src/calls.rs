@@ -287,6 +287,16 @@ const LARGE_DEPTH: usize = 16;
 /// (a) and (b) with large params echoed back, against the relay in the same run: `execute`
 /// of echo-rust's `echo` with `{"blob": "xxx…"}` of each [`LARGE`] size; sequential p50/p99,
 /// then MB/s (request bytes per second) with [`LARGE_DEPTH`] in flight.
+/// `{"blob": "xxx…"}` with `size` x's.
+fn blob_params(size: usize) -> String {
+    format!(r#"{{"blob":"{}"}}"#, "x".repeat(size))
+}
+
+/// `execute` of `echo` with [`blob_params`].
+pub fn blob_request(size: usize) -> Request {
+    Request::new("execute", &format!(r#"{{"plugin":"echo","method":"echo","params":{}}}"#, blob_params(size)))
+}
+
 pub fn large_payloads(
     bins: &Bins,
     dir: &Path,
@@ -298,8 +308,8 @@ pub fn large_payloads(
     let (relay_child, mut relay) = relay(bins, &dir.join("relay-large.sock"), &[bins.echo.as_os_str()])?;
     let mut ours = LineConn::unix(&daemon.socket)?;
     for (size, tag) in LARGE {
-        let params = format!(r#"{{"blob":"{}"}}"#, "x".repeat(size));
-        let req = Request::new("execute", &format!(r#"{{"plugin":"echo","method":"echo","params":{params}}}"#));
+        let params = blob_params(size);
+        let req = blob_request(size);
         relay.check(&req, &params).with_context(|| format!("relay, {tag}"))?;
         ours.check(&req, &params).with_context(|| format!("plugind, {tag}"))?;
         let (floor, us) = alternate_latencies(&mut relay, &mut ours, &req, t, rounds)?;

@@ -188,12 +188,22 @@ fn load(secs: &str, rest: &[&str]) -> anyhow::Result<()> {
     let run = Duration::from_secs_f64(secs.parse()?);
     let depth = rest.first().map_or(Ok(64), |d| d.parse())?;
     let kind = rest.get(1).copied().unwrap_or("plugind");
+    // An optional payload size (`64k`, `1m`): `{"blob": "xxx…"}` echoed, as in the large lines.
+    let blob = match rest.get(2).copied() {
+        None => None,
+        Some(tag) => {
+            Some(calls::LARGE.iter().find(|(_, t)| *t == tag).map(|(size, _)| *size).with_context(|| {
+                format!("unknown payload {tag:?}: expected one of {:?}", calls::LARGE.map(|(_, t)| t))
+            })?)
+        }
+    };
     let dir = std::env::var_os("PLUGIND_BENCH_BIN_DIR").map(PathBuf::from);
     let bins = Bins::in_dir(&bin_dir(&Options { smoke: false, placement: None, bin_dir: dir, only: None })?)?;
-    let req = match kind {
-        "service" => wire::Request::service_call("caller", "echo"),
-        "plugind" | "relay" => wire::Request::echo("echo"),
-        other => anyhow::bail!("unknown load {other:?}: expected plugind, relay or service"),
+    let req = match (kind, blob) {
+        ("service", None) => wire::Request::service_call("caller", "echo"),
+        ("plugind" | "relay", None) => wire::Request::echo("echo"),
+        ("plugind" | "relay", Some(size)) => calls::blob_request(size),
+        _ => anyhow::bail!("unknown load {kind:?} {blob:?}: expected plugind or relay [64k|1m], or service"),
     };
     let drive = |pid: u32, socket: &Path| -> anyhow::Result<()> {
         println!("pid {pid}");
