@@ -1,8 +1,9 @@
 //! What a handler gets: the call it is serving, and the way back to plugind.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use plugind_protocol::methods::{
     self, InitParams, KvKey, KvListParams, ListServicesParams, LogLevel, MetricKind, ServiceCallParams, ServiceInfo,
@@ -10,7 +11,7 @@ use plugind_protocol::methods::{
 };
 use plugind_protocol::RpcError;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -72,23 +73,157 @@ impl fmt::Debug for CancelToken {
 pub(crate) struct Request {
     /// The id plugind gave the call, echoed in the response and in `$/progress`.
     pub(crate) id: Box<RawValue>,
-    pub(crate) cancel: CancelToken,
+    /// Made on first use: most calls answer without anybody asking for it. It exists before
+    /// anything can cancel the call, because a call is registered for `$/cancel` (with its token)
+    /// only once its handler waits.
+    cancel: OnceLock<CancelToken>,
     pub(crate) caller: Option<String>,
     pub(crate) service: Option<String>,
     /// The W3C trace context plugind passed with the call (`_meta`), passed on by `call_service`.
     pub(crate) trace: Option<TraceContext>,
 }
 
+impl Request {
+    pub(crate) fn new(
+        id: Box<RawValue>,
+        caller: Option<String>,
+        service: Option<String>,
+        trace: Option<TraceContext>,
+    ) -> Self {
+        Self { id, cancel: OnceLock::new(), caller, service, trace }
+    }
+
+    /// The call's cancel token, made now if nobody asked for it before.
+    pub(crate) fn token(&self) -> &CancelToken {
+        self.cancel.get_or_init(CancelToken::new)
+    }
+
+    /// Whether the call was cancelled (a token nobody made cannot have been).
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancel.get().is_some_and(CancelToken::is_cancelled)
+    }
+}
+
 /// A W3C trace context as plugind passes it in `_meta` of `execute` and `hook` params, and as the
 /// SDK passes it on in `_meta` of `service.call`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Read it with [`TraceContext::traceparent`] and [`TraceContext::tracestate`]; build one with
+/// [`TraceContext::new`] and the `with_*` methods. A version-00 `traceparent` (55 characters) is
+/// held inline, so reading a call's trace context allocates nothing; any other string is kept
+/// (and passed on) as it came. On the wire it is `{"traceparent": …, "tracestate": …}`, either
+/// member left out when absent.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct TraceContext {
-    /// `version-traceid-parentid-flags`, e.g. `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traceparent: Option<String>,
-    /// Vendor-specific trace state, forwarded as it came.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tracestate: Option<String>,
+    traceparent: Option<Traceparent>,
+    tracestate: Option<Box<str>>,
+}
+
+/// The length of a version-00 `traceparent`: `00-` 32 hex digits `-` 16 hex digits `-` 2 hex digits.
+const TRACEPARENT_LEN: usize = 55;
+
+/// A `traceparent` as it came: inline when it has a version-00 traceparent's length (every valid
+/// one has), else on the heap.
+#[derive(Clone, PartialEq, Eq)]
+enum Traceparent {
+    Inline([u8; TRACEPARENT_LEN]),
+    Heap(Box<str>),
+}
+
+impl Traceparent {
+    fn new(s: &str) -> Self {
+        match <[u8; TRACEPARENT_LEN]>::try_from(s.as_bytes()) {
+            Ok(bytes) => Traceparent::Inline(bytes),
+            _ => Traceparent::Heap(s.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // The bytes of a whole `str` (see `new`), so this never fails.
+            Traceparent::Inline(bytes) => std::str::from_utf8(bytes).unwrap_or_default(),
+            Traceparent::Heap(s) => s,
+        }
+    }
+}
+
+impl TraceContext {
+    /// A trace context with this `traceparent` (`version-traceid-parentid-flags`, e.g.
+    /// `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`) and no `tracestate`.
+    pub fn new(traceparent: &str) -> Self {
+        Self { traceparent: Some(Traceparent::new(traceparent)), tracestate: None }
+    }
+
+    /// The same context with this `traceparent`.
+    #[must_use]
+    pub fn with_traceparent(mut self, traceparent: &str) -> Self {
+        self.traceparent = Some(Traceparent::new(traceparent));
+        self
+    }
+
+    /// The same context with this `tracestate`.
+    #[must_use]
+    pub fn with_tracestate(mut self, tracestate: &str) -> Self {
+        self.tracestate = Some(tracestate.into());
+        self
+    }
+
+    /// `version-traceid-parentid-flags`, as plugind sent it, if it sent one.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_ref().map(Traceparent::as_str)
+    }
+
+    /// Vendor-specific trace state, as it came, if any.
+    pub fn tracestate(&self) -> Option<&str> {
+        self.tracestate.as_deref()
+    }
+}
+
+impl fmt::Debug for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TraceContext")
+            .field("traceparent", &self.traceparent())
+            .field("tracestate", &self.tracestate())
+            .finish()
+    }
+}
+
+/// `_meta` on the wire; its strings are borrowed from the line unless they have escapes.
+#[derive(Serialize, Deserialize)]
+struct TraceWire<'a> {
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "plugind_protocol::jsonrpc::borrowed_opt_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    traceparent: Option<Cow<'a, str>>,
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "plugind_protocol::jsonrpc::borrowed_opt_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    tracestate: Option<Cow<'a, str>>,
+}
+
+impl Serialize for TraceContext {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        TraceWire {
+            traceparent: self.traceparent().map(Cow::Borrowed),
+            tracestate: self.tracestate().map(Cow::Borrowed),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TraceContext {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let wire = TraceWire::deserialize(d)?;
+        Ok(Self {
+            traceparent: wire.traceparent.as_deref().map(Traceparent::new),
+            tracestate: wire.tracestate.as_deref().map(Box::from),
+        })
+    }
 }
 
 /// A handler's view of its call and of plugind.
@@ -120,7 +255,7 @@ impl Context {
 
     fn token(&self) -> &CancelToken {
         match &self.req {
-            Some(r) => &r.cancel,
+            Some(r) => r.token(),
             None => &self.conn.closed,
         }
     }
@@ -146,12 +281,12 @@ impl Context {
     ///
     /// [`Context::call_service`] passes it on by itself; read it to tag your own logs or spans.
     pub fn traceparent(&self) -> Option<&str> {
-        self.trace().and_then(|t| t.traceparent.as_deref())
+        self.trace().and_then(TraceContext::traceparent)
     }
 
     /// The W3C `tracestate` plugind passed with this call, if any.
     pub fn tracestate(&self) -> Option<&str> {
-        self.trace().and_then(|t| t.tracestate.as_deref())
+        self.trace().and_then(TraceContext::tracestate)
     }
 
     /// This call's trace context (`_meta`), if plugind sent one.
@@ -173,7 +308,10 @@ impl Context {
 
     /// Whether this call was cancelled; for loops that do not await.
     pub fn is_cancelled(&self) -> bool {
-        self.token().is_cancelled()
+        match &self.req {
+            Some(r) => r.is_cancelled(),
+            None => self.conn.closed.is_cancelled(),
+        }
     }
 
     /// `Err(cancelled_error())` once cancelled, for `ctx.check_cancelled()?` in loops.

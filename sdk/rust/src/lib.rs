@@ -67,7 +67,14 @@
 //! - A notification (`$/cancel`, `services.changed`, `onError`) is handled at once.
 //!
 //! Every outgoing line goes through one writer task, which writes whatever is queued and flushes
-//! when the queue runs dry: one `write` per burst, no latency when idle.
+//! when the queue runs dry: one `write` per burst, no latency when idle. The answers the reader
+//! makes itself (handlers that did not wait, `ping`, refusals) are held until it has handled
+//! everything one read of stdin brought, and queued together.
+//!
+//! The hot path allocates little: an `execute` (or `hook`) line in the shape plugind writes is
+//! parsed in one pass, envelope and params together, its method name borrowed from the line and
+//! its `_meta` traceparent kept inline in the [`TraceContext`]; any other shape takes the general
+//! path (the envelope, then the params), with the same outcome.
 //!
 //! Cancellation is cooperative: `$/cancel {id}` trips the [`Context::cancelled`] token of that
 //! call, and from then on the SDK sends no response for it, whatever the handler returns.

@@ -169,7 +169,12 @@ impl<P: Plugin> TestHostBuilder<P> {
         let reader = Reader { shared: Arc::clone(&shared), to_plugin: to_plugin.clone(), handler, notes: notes_tx };
         tokio::spawn(async move {
             let mut reader = reader;
-            let read = crate::serve::read_lines(host_in, |line| reader.on_line(line)).await;
+            let read = crate::serve::read_lines(host_in, |input| {
+                if let crate::serve::Input::Line(line) = input {
+                    reader.on_line(line);
+                }
+            })
+            .await;
             if let Err(e) = read {
                 eprintln!("testing: reading the plugin's output failed: {e}");
             }

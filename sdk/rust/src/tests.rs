@@ -500,3 +500,132 @@ async fn declared_methods_reach_the_test_host() {
     assert_eq!(host.methods()["echo"]["timeout_ms"], json!(250));
     assert_eq!(host.methods()["who"], json!({}));
 }
+
+/// The probe served over raw pipes, after `init`: lines in, lines out, nothing in between.
+struct Raw {
+    to_plugin: tokio::io::DuplexStream,
+    from_plugin: tokio::io::Lines<tokio::io::BufReader<tokio::io::DuplexStream>>,
+}
+
+impl Raw {
+    async fn start() -> Raw {
+        use tokio::io::AsyncBufReadExt;
+        let (plugin, _events) = probe();
+        let (to_plugin, plugin_in) = tokio::io::duplex(64 * 1024);
+        let (plugin_out, from_plugin) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(crate::serve_on(plugin, plugin_in, plugin_out));
+        let mut raw = Raw { to_plugin, from_plugin: tokio::io::BufReader::new(from_plugin).lines() };
+        raw.write(r#"{"jsonrpc":"2.0","id":0,"method":"init","params":{}}"#.to_owned() + "\n").await;
+        assert_eq!(raw.read().await, r#"{"jsonrpc":"2.0","id":0,"result":{"protocol_version":1}}"#);
+        raw
+    }
+
+    async fn write(&mut self, bytes: impl AsRef<[u8]>) {
+        use tokio::io::AsyncWriteExt;
+        within(self.to_plugin.write_all(bytes.as_ref())).await.expect("write");
+    }
+
+    async fn read(&mut self) -> String {
+        within(self.from_plugin.next_line()).await.expect("read").expect("a line")
+    }
+
+    /// Sends `line` and returns the answer's `result`, or its `error`'s code.
+    async fn call(&mut self, line: &str) -> Result<Value, i64> {
+        self.write(format!("{line}\n")).await;
+        let answer: Value = serde_json::from_str(&self.read().await).expect("JSON");
+        match answer.get("error") {
+            Some(e) => Err(e["code"].as_i64().expect("code")),
+            None => Ok(answer["result"].clone()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn execute_lines_of_any_shape_are_answered_alike() {
+    let mut raw = Raw::start().await;
+    // plugind's shape, read in one pass; the answer line exactly as `result_line` writes it.
+    let plain = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"execute","params":{{"method":"echo","params":{{"a":[1,"x"]}},"_meta":{{"traceparent":"{TRACEPARENT}"}}}}}}"#
+    );
+    raw.write(plain + "\n").await;
+    assert_eq!(raw.read().await, r#"{"jsonrpc":"2.0","id":1,"result":{"a":[1,"x"]}}"#);
+    // Other shapes take the general path, with the same outcome.
+    for (line, expected) in [
+        (r#"{"id":2,"params":{"method":"echo","params":[2]},"method":"execute","jsonrpc":"2.0"}"#, Ok(json!([2]))),
+        (r#"{"jsonrpc":"2.0","id":3,"method":"execute","params":{"method":"e\u0063ho","params":3}}"#, Ok(json!(3))),
+        (r#"{"jsonrpc":"2.0","id":4,"method":"execute","params":{"method":"echo","p\u0061rams":4}}"#, Ok(json!(4))),
+        (r#"{"jsonrpc":"2.0","id":5,"x":true,"method":"execute","params":{"method":"echo","params":5}}"#, Ok(json!(5))),
+        (
+            r#"{"jsonrpc":"2.0","id":"six","method":"execute","params":{"method":"echo","params":6,"more":{}}}"#,
+            Ok(json!(6)),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"execute","params":{"method":"echo","params":1,"params":2}}"#,
+            Err(codes::INVALID_PARAMS),
+        ),
+        (r#"{"jsonrpc":"2.0","id":8,"method":"execute","params":{"params":8}}"#, Err(codes::INVALID_PARAMS)),
+        (
+            r#"{"jsonrpc":"2.0","id":9,"method":"execute","params":{"method":"echo","_meta":{"traceparent":9}}}"#,
+            Err(codes::INVALID_PARAMS),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":10,"method":"execute","params":{"method":"echo","params":null,"_meta":null}}"#,
+            Ok(Value::Null),
+        ),
+        (r#"{"jsonrpc":"2.0","id":11,"method":"execute","params":{"method":"nope"}}"#, Err(codes::METHOD_NOT_FOUND)),
+        (r#"{"jsonrpc":"2.0","id":12,"method":"execute"}"#, Err(codes::INVALID_PARAMS)),
+        (
+            r#"{"jsonrpc":"2.0","id":13,"method":"hook","params":{"hook":"h","payload":{"p":1},"_meta":{}}}"#,
+            Ok(json!({ "payload": { "p": 1 } })),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":14,"method":"hook","params":{"payload":14,"hook":"h","method":"x"}}"#,
+            Ok(json!({ "payload": 14 })),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":15,"method":"execute","params":{"method":"who","caller":"c","service":"s"}}"#,
+            Ok(json!({ "caller": "c", "service": "s", "name": "", "config": null, "id": "15" })),
+        ),
+    ] {
+        assert_eq!(raw.call(line).await, expected, "{line}");
+    }
+    // A traceparent that is not version 00's length is handed on as it came, and so is tracestate.
+    for tp in [TRACEPARENT, "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future", "junk", "é"] {
+        let line = json!({ "jsonrpc": "2.0", "id": 20, "method": "execute",
+            "params": { "method": "trace", "_meta": { "traceparent": tp, "tracestate": "v=1" } } });
+        let expected = json!({ "traceparent": tp, "tracestate": "v=1", "params": null });
+        assert_eq!(raw.call(&line.to_string()).await, Ok(expected), "{tp}");
+    }
+}
+
+#[tokio::test]
+async fn answers_leave_when_the_input_read_is_handled() {
+    let mut raw = Raw::start().await;
+    // Two calls and the start of a third in one write: both answers come before the third's end.
+    let call = |id: u32| {
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"execute","params":{{"method":"echo","params":{id}}}}}"#)
+    };
+    let third = call(3);
+    let (head, tail) = third.split_at(20);
+    raw.write(format!("{}\n{}\n{head}", call(1), call(2))).await;
+    assert_eq!(raw.read().await, r#"{"jsonrpc":"2.0","id":1,"result":1}"#);
+    assert_eq!(raw.read().await, r#"{"jsonrpc":"2.0","id":2,"result":2}"#);
+    raw.write(format!("{tail}\n")).await;
+    assert_eq!(raw.read().await, r#"{"jsonrpc":"2.0","id":3,"result":3}"#);
+}
+
+#[test]
+fn trace_context_reads_and_writes_as_before() {
+    let tc = crate::TraceContext::new(TRACEPARENT).with_tracestate("v=1");
+    assert_eq!((tc.traceparent(), tc.tracestate()), (Some(TRACEPARENT), Some("v=1")));
+    let wire = json!({ "traceparent": TRACEPARENT, "tracestate": "v=1" });
+    assert_eq!(serde_json::to_value(&tc).expect("serialize"), wire);
+    assert_eq!(serde_json::from_value::<crate::TraceContext>(wire).expect("deserialize"), tc);
+    let empty = crate::TraceContext::default();
+    assert_eq!(serde_json::to_value(&empty).expect("serialize"), json!({}));
+    assert_eq!(empty.with_traceparent("x").traceparent(), Some("x"));
+    assert_eq!(
+        format!("{tc:?}"),
+        format!(r#"TraceContext {{ traceparent: Some("{TRACEPARENT}"), tracestate: Some("v=1") }}"#)
+    );
+}
