@@ -34,7 +34,7 @@ use std::time::Duration;
 use wire::Timing;
 
 const USAGE: &str = "usage: plugind-bench [--smoke] [--placement cpu0|any|both] [--bin-dir DIR] [--only GROUP]
-       plugind-bench --load SECONDS [DEPTH [plugind|relay]]   (plugind or the relay under pipelined `execute` load, for profiling)
+       plugind-bench --load SECONDS [DEPTH [plugind|relay [64k|1m] | service]]   (pipelined `execute` load, for profiling)
   --smoke       every benchmark briefly, only checking that it runs (part of `make test`)
   --placement   cpu0: everything under `taskset -c 0`; any: unpinned; both (default, smoke: any)
   --bin-dir     where plugind, pluginctl and echo-rust are (default: this binary's directory)
