@@ -601,8 +601,12 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
+/// Lines at least this long skip the writer's batch buffer (see [`spawn_writer`]).
+const WRITE_DIRECT: usize = 16 * 1024;
+
 /// Spawns the task that writes queued lines to `w`, batching what is queued and flushing as soon
-/// as the queue is empty.
+/// as the queue is empty. A line of [`WRITE_DIRECT`] bytes or more is written as it is, after
+/// the batch queued before it.
 pub fn spawn_writer<W>(mut w: W, mut rx: mpsc::Receiver<Outgoing>) -> tokio::task::JoinHandle<()>
 where
     W: AsyncWrite + Unpin + Send + 'static,
@@ -611,16 +615,28 @@ where
         // Grows to the largest batch written and is reused; an idle connection holds none.
         let mut buf: Vec<u8> = Vec::new();
         let mut closing = false;
-        while let Some(first) = rx.recv().await {
-            match first {
-                Outgoing::Line(l) => buf.extend_from_slice(&l),
-                Outgoing::Close => closing = true,
-            }
-            while !closing && buf.len() < 256 * 1024 {
-                match rx.try_recv() {
-                    Ok(Outgoing::Line(l)) => buf.extend_from_slice(&l),
-                    Ok(Outgoing::Close) => closing = true,
-                    Err(_) => break,
+        'serve: while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            while let Some(item) = next.take() {
+                match item {
+                    // A large line is written from where it is, after the batch before it:
+                    // copying it into the batch would be one more pass over the payload.
+                    Outgoing::Line(l) if l.len() >= WRITE_DIRECT => {
+                        if !buf.is_empty() {
+                            if w.write_all(&buf).await.is_err() {
+                                break 'serve;
+                            }
+                            buf.clear();
+                        }
+                        if w.write_all(&l).await.is_err() {
+                            break 'serve;
+                        }
+                    }
+                    Outgoing::Line(l) => buf.extend_from_slice(&l),
+                    Outgoing::Close => closing = true,
+                }
+                if !closing && buf.len() < 256 * 1024 {
+                    next = rx.try_recv().ok();
                 }
             }
             if !buf.is_empty() {
