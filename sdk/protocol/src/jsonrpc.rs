@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::codes;
+use crate::{codes, scan};
 
 /// A JSON-RPC error object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,7 +136,7 @@ pub fn borrowed_opt_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'d
     Option::<Borrowed<'de>>::deserialize(d).map(|o| o.map(|b| b.0))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct Envelope<'a> {
     #[serde(default, borrow, deserialize_with = "borrowed_opt_str")]
     jsonrpc: Option<Cow<'a, str>>,
@@ -152,6 +152,46 @@ struct Envelope<'a> {
     error: Option<&'a RawValue>,
 }
 
+impl<'a> Envelope<'a> {
+    /// The envelope by the fast scanner ([`scan`]), which walks `params` and `result` without
+    /// building them; `NotTaken` for whatever it leaves to serde_json (which then gives the
+    /// error, if there is one): a member twice, a member of a type the envelope does not allow,
+    /// escapes in `jsonrpc` or `method`.
+    fn scan(text: &'a str) -> Result<Self, scan::NotTaken> {
+        let mut env = Envelope::default();
+        // Twice is serde's "duplicate field", even when the first was `null`.
+        let mut seen = [false; 6];
+        scan::members(text, |key, value| {
+            let (n, raw_slot) = match key {
+                "jsonrpc" => (0, None),
+                "method" => (1, None),
+                "id" => (2, Some(&mut env.id)),
+                "params" => (3, Some(&mut env.params)),
+                "result" => (4, Some(&mut env.result)),
+                "error" => (5, Some(&mut env.error)),
+                _ => return Ok(()),
+            };
+            if std::mem::replace(&mut seen[n], true) {
+                return Err(scan::NotTaken);
+            }
+            match raw_slot {
+                Some(slot) => *slot = Some(scan::raw(value)),
+                None => {
+                    // `null` reads as absent, as an `Option` does in serde; a string with escapes
+                    // or another type is left to serde.
+                    let s = match value {
+                        "null" => None,
+                        _ => Some(Cow::Borrowed(scan::plain_str(value).ok_or(scan::NotTaken)?)),
+                    };
+                    *(if n == 0 { &mut env.jsonrpc } else { &mut env.method }) = s;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(env)
+    }
+}
+
 impl<'a> Message<'a> {
     /// Parses one line (without its `\n`).
     pub fn parse(line: &'a [u8]) -> Result<Message<'a>, ParseError> {
@@ -164,7 +204,10 @@ impl<'a> Message<'a> {
         // Validating UTF-8 once up front (vectorised) and parsing from `&str` is faster than
         // serde_json's byte-wise checks when parsing from a slice.
         let text = std::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?;
-        let env: Envelope<'a> = serde_json::from_str(text)?;
+        let env: Envelope<'a> = match Envelope::scan(text) {
+            Ok(env) => env,
+            Err(scan::NotTaken) => serde_json::from_str(text)?,
+        };
         if let Some(v) = &env.jsonrpc {
             if v != "2.0" {
                 return Err(ParseError::NotJsonRpc("\"jsonrpc\" must be \"2.0\""));
@@ -296,6 +339,55 @@ pub fn to_raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
 
 #[cfg(test)]
 mod tests {
+
+    /// An envelope's members as text, to compare the scanner's with serde's.
+    fn fields(e: &Envelope<'_>) -> [Option<String>; 6] {
+        let raw = |r: Option<&RawValue>| r.map(|r| r.get().to_owned());
+        let s = |c: &Option<Cow<'_, str>>| c.as_deref().map(str::to_owned);
+        [s(&e.jsonrpc), s(&e.method), raw(e.id), raw(e.params), raw(e.result), raw(e.error)]
+    }
+
+    /// Whatever envelope the scanner reads, serde_json reads the same (on valid messages and on
+    /// every one-byte mutation of them); and it does read the usual messages.
+    #[test]
+    fn scanned_envelopes_match_serde() {
+        let seeds = [
+            r#"{"jsonrpc":"2.0","id":1,"method":"execute","params":{"method":"echo","params":{"s":"a\"b"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"x":[1,2.5]}}"#,
+            r#"{"jsonrpc":"2.0","id":"q","error":{"code":-32000,"message":"m"}}"#,
+            r#"{"jsonrpc":null,"method":"$/progress","params":null,"id":null,"extra":[{}]}"#,
+            r#"{"method":"log","jsonrpc":"2.0","params":{"level":"info","message":"\u00e9"}}"#,
+        ];
+        for seed in seeds {
+            assert!(Envelope::scan(seed).is_ok(), "{seed}");
+        }
+        let mut taken = 0;
+        for seed in seeds {
+            let b = seed.as_bytes();
+            for pos in 0..b.len() {
+                for c in b"\"\\{}[],:0-1.nule \x02" {
+                    let mut v = b.to_vec();
+                    v[pos] = *c;
+                    let mut w = b.to_vec();
+                    w.insert(pos, *c);
+                    for t in [v, w].iter().filter_map(|v| std::str::from_utf8(v).ok()) {
+                        if let Ok(ours) = Envelope::scan(t) {
+                            taken += 1;
+                            let theirs: Envelope<'_> =
+                                serde_json::from_str(t).unwrap_or_else(|e| panic!("scanner took {t:?}, serde: {e}"));
+                            assert_eq!(fields(&ours), fields(&theirs), "{t:?}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(taken > 100, "{taken}");
+        // Left to serde: a member twice (its "duplicate field" error), escapes in the method.
+        assert!(Envelope::scan(r#"{"id":1,"id":2,"result":1}"#).is_err());
+        assert!(Envelope::scan(r#"{"method":null,"method":"x"}"#).is_err());
+        assert!(Envelope::scan(r#"{"method":"a\u0062"}"#).is_err());
+        assert!(serde_json::from_str::<Envelope<'_>>(r#"{"id":1,"id":2,"result":1}"#).is_err());
+    }
     use super::*;
 
     #[test]

@@ -22,6 +22,7 @@ pub mod control;
 pub mod jsonrpc;
 pub mod manifest;
 pub mod methods;
+pub mod scan;
 pub mod version;
 
 pub use jsonrpc::{Message, RpcError};

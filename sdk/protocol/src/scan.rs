@@ -1,0 +1,410 @@
+//! A validating scanner for the JSON of a message's envelope: it finds the members of an object
+//! and delimits their values without building them.
+//!
+//! Why: plugind passes `params` and `result` on as raw JSON text. serde_json delimits such a
+//! value by walking it (`ignore_value`), checking strings eight bytes at a time; on a 64 KiB
+//! payload that walk was the largest single cost of a call. This scanner checks the same grammar
+//! (RFC 8259) with strings scanned sixteen bytes at a time (SSE2 on x86-64).
+//!
+//! It is a fast path, never the judge: it accepts a subset of what serde_json accepts, and the
+//! callers ([`crate::jsonrpc::Message::parse`], plugind's control `execute`) go back to serde_json
+//! for anything it does not take (keys with escapes, duplicate members, nesting deeper than
+//! [`MAX_DEPTH`], any error), so that errors and their wording stay serde_json's. The tests
+//! check that whatever it accepts, serde_json accepts with the same members.
+//!
+//! UTF-8 is the caller's to check, once for the whole line (`str::from_utf8`): the scanner
+//! works on a `&str` and only ever splits it at ASCII bytes.
+
+use serde_json::value::RawValue;
+
+/// Deepest nesting of arrays and objects taken (serde_json's own limit when it builds values).
+pub const MAX_DEPTH: usize = 128;
+
+/// The text is not something this scanner takes (it may still be valid JSON: ask serde_json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotTaken;
+
+type Scan<T> = Result<T, NotTaken>;
+
+/// Calls `member(key, value)` for each member of the JSON object `text` (whitespace around it
+/// allowed), in order. `key` is the text between the key's quotes (a key with an escape is not
+/// taken); `value` is the member's value as JSON text. Stops at the first error `member` returns.
+pub fn members<'a>(text: &'a str, mut member: impl FnMut(&'a str, &'a str) -> Scan<()>) -> Scan<()> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return Err(NotTaken);
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            let key_end = skip_string(b, i)?;
+            let key = &text[i + 1..key_end - 1];
+            if key.contains('\\') {
+                return Err(NotTaken);
+            }
+            i = skip_ws(b, key_end);
+            if b.get(i) != Some(&b':') {
+                return Err(NotTaken);
+            }
+            let start = skip_ws(b, i + 1);
+            let end = skip_value(b, start, 1)?;
+            member(key, &text[start..end])?;
+            i = skip_ws(b, end);
+            match b.get(i) {
+                Some(b',') => i = skip_ws(b, i + 1),
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return Err(NotTaken),
+            }
+        }
+    }
+    if skip_ws(b, i) == b.len() {
+        Ok(())
+    } else {
+        Err(NotTaken)
+    }
+}
+
+/// The contents of a JSON string value without escapes (`"abc"` → `abc`); None for any other
+/// value, escaped strings included.
+pub fn plain_str(value: &str) -> Option<&str> {
+    let inner = value.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
+}
+
+/// A value the scanner delimited, as serde_json's raw value type, without a second pass.
+pub fn raw(value: &str) -> &RawValue {
+    // SAFETY: `RawValue` is `#[repr(transparent)]` over `str`, and serde_json makes its own
+    // borrowed raw values with this very cast (`RawValue::from_borrowed`). The test
+    // `raw_is_the_same_text` fails if that layout ever changes. `value` is one JSON value: the
+    // scanner checked it.
+    unsafe { &*(value as *const str as *const RawValue) }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The end (exclusive) of the JSON value that starts at `i`.
+fn skip_value(b: &[u8], i: usize, depth: usize) -> Scan<usize> {
+    match b.get(i) {
+        Some(b'"') => skip_string(b, i),
+        Some(b'{') => skip_container(b, i, depth, b'}', true),
+        Some(b'[') => skip_container(b, i, depth, b']', false),
+        Some(b't') => literal(b, i, b"true"),
+        Some(b'f') => literal(b, i, b"false"),
+        Some(b'n') => literal(b, i, b"null"),
+        Some(b'-' | b'0'..=b'9') => skip_number(b, i),
+        _ => Err(NotTaken),
+    }
+}
+
+/// An object (`keyed`) or an array starting at `i`, ending with `close`.
+fn skip_container(b: &[u8], i: usize, depth: usize, close: u8, keyed: bool) -> Scan<usize> {
+    if depth >= MAX_DEPTH {
+        return Err(NotTaken);
+    }
+    let mut i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&close) {
+        return Ok(i + 1);
+    }
+    loop {
+        if keyed {
+            if b.get(i) != Some(&b'"') {
+                return Err(NotTaken);
+            }
+            i = skip_ws(b, skip_string(b, i)?);
+            if b.get(i) != Some(&b':') {
+                return Err(NotTaken);
+            }
+            i = skip_ws(b, i + 1);
+        }
+        i = skip_ws(b, skip_value(b, i, depth + 1)?);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(&c) if c == close => return Ok(i + 1),
+            _ => return Err(NotTaken),
+        }
+    }
+}
+
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Scan<usize> {
+    match b.get(i..i + word.len()) {
+        Some(w) if w == word => Ok(i + word.len()),
+        _ => Err(NotTaken),
+    }
+}
+
+/// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+fn skip_number(b: &[u8], mut i: usize) -> Scan<usize> {
+    let digits = |i: usize| b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i += digits(i),
+        _ => return Err(NotTaken),
+    }
+    if b.get(i) == Some(&b'.') {
+        let n = digits(i + 1);
+        if n == 0 {
+            return Err(NotTaken);
+        }
+        i += 1 + n;
+    }
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = b.get(i) {
+            i += 1;
+        }
+        let n = digits(i);
+        if n == 0 {
+            return Err(NotTaken);
+        }
+        i += n;
+    }
+    Ok(i)
+}
+
+/// The end (exclusive, after the closing quote) of the string starting at `i` (its opening
+/// quote): no control characters, only the escapes JSON has.
+fn skip_string(b: &[u8], i: usize) -> Scan<usize> {
+    if b.get(i) != Some(&b'"') {
+        return Err(NotTaken);
+    }
+    let mut i = i + 1;
+    loop {
+        i = find_special(b, i);
+        match b.get(i) {
+            Some(b'"') => return Ok(i + 1),
+            Some(b'\\') => match b.get(i + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                Some(b'u') => match b.get(i + 2..i + 6) {
+                    Some(hex) if hex.iter().all(u8::is_ascii_hexdigit) => i += 6,
+                    _ => return Err(NotTaken),
+                },
+                _ => return Err(NotTaken),
+            },
+            // A control character, or the end of the text.
+            _ => return Err(NotTaken),
+        }
+    }
+}
+
+/// The index of the first `"`, `\` or control character (below 0x20) at or after `i`; `b.len()`
+/// if none.
+fn find_special(b: &[u8], i: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        find_special_sse2(b, i)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        find_special_scalar(b, i)
+    }
+}
+
+fn find_special_scalar(b: &[u8], i: usize) -> usize {
+    b[i.min(b.len())..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).map_or(b.len(), |p| i + p)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn find_special_sse2(b: &[u8], mut i: usize) -> usize {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    // SAFETY: SSE2 is part of the x86-64 baseline, so these instructions exist on every CPU this
+    // code runs on; the only memory access is the load, of sixteen bytes inside `b`.
+    unsafe {
+        let quote = _mm_set1_epi8(b'"' as i8);
+        let backslash = _mm_set1_epi8(b'\\' as i8);
+        let below_space = _mm_set1_epi8(0x1f);
+        while i + 16 <= b.len() {
+            // Unaligned loads are allowed; `i + 16 <= b.len()`.
+            let x = _mm_loadu_si128(b.as_ptr().add(i).cast::<__m128i>());
+            // A byte is at most 0x1f exactly when min(byte, 0x1f) is the byte (unsigned compare).
+            let control = _mm_cmpeq_epi8(_mm_min_epu8(x, below_space), x);
+            let hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)), control);
+            let mask = _mm_movemask_epi8(hit);
+            if mask != 0 {
+                return i + mask.trailing_zeros() as usize;
+            }
+            i += 16;
+        }
+    }
+    find_special_scalar(b, i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every member the scanner reports, or None if it does not take the text.
+    fn scan(text: &str) -> Option<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        members(text, |k, v| {
+            out.push((k.to_owned(), v.to_owned()));
+            Ok(())
+        })
+        .ok()
+        .map(|()| out)
+    }
+
+    /// serde_json's view of an object's members, values as raw text, in order; None if it rejects
+    /// the text or it is not an object.
+    fn serde_members(text: &str) -> Option<Vec<(String, String)>> {
+        struct Members(Vec<(String, String)>);
+        impl<'de> serde::Deserialize<'de> for Members {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Members;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("an object")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Members, A::Error> {
+                        let mut out = Vec::new();
+                        while let Some((k, v)) = m.next_entry::<String, &RawValue>()? {
+                            out.push((k, v.get().to_owned()));
+                        }
+                        Ok(Members(out))
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+        serde_json::from_str::<Members>(text).ok().map(|m| m.0)
+    }
+
+    /// Whatever the scanner takes, serde_json takes with the same members.
+    fn agrees(text: &str) {
+        if let Some(ours) = scan(text) {
+            assert_eq!(Some(&ours), serde_members(text).as_ref(), "scanner took {text:?}");
+        }
+    }
+
+    #[test]
+    fn takes_envelopes_and_delimits_values() {
+        let text = r#" {"jsonrpc":"2.0", "id" : 7,"method":"execute","params":{"a":[1,-2.5e+3,true,null,"x\"\\\u00e9y"],"b":{}}}  "#;
+        let m = scan(text).unwrap();
+        assert_eq!(m[1], ("id".into(), "7".into()));
+        assert_eq!(m[3].1, r#"{"a":[1,-2.5e+3,true,null,"x\"\\\u00e9y"],"b":{}}"#);
+        assert_eq!(Some(m), serde_members(text));
+        assert_eq!(scan("{}"), Some(vec![]));
+    }
+
+    #[test]
+    fn rejects_what_json_does_not_allow() {
+        for bad in [
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":-}"#,
+            r#"{"a":1e}"#,
+            r#"{"a":.5}"#,
+            r#"{"a":"x"#,
+            "{\"a\":\"tab\there\"}",
+            r#"{"a":"\x"}"#,
+            r#"{"a":"\u12g4"}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":[1,]}"#,
+            r#"{"a":{"b":1,}}"#,
+            r#"{"a":1,}"#,
+            r#"{"a" 1}"#,
+            r#"{a:1}"#,
+            r#"{"a":1} x"#,
+            r#"{"a":1}}"#,
+            r#"[1]"#,
+            r#"{"a":[1 2]}"#,
+            r#"{"a":{"b"}}"#,
+        ] {
+            assert_eq!(scan(bad), None, "{bad:?}");
+            agrees(bad);
+        }
+    }
+
+    #[test]
+    fn leaves_hard_cases_to_serde() {
+        // Escaped keys, and nesting past the limit, are valid JSON the scanner does not take.
+        assert_eq!(scan(r#"{"\u0069d":1}"#), None);
+        let deep = format!(r#"{{"a":{}{}}}"#, "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert_eq!(scan(&deep), None);
+        let ok = format!(r#"{{"a":{}{}}}"#, "[".repeat(MAX_DEPTH - 2), "]".repeat(MAX_DEPTH - 2));
+        assert!(scan(&ok).is_some());
+    }
+
+    #[test]
+    fn long_strings_cross_the_vector_width() {
+        for n in 0..70 {
+            for special in ["", "\\\"", "\\u0041", "é"] {
+                let s = format!(r#"{{"k":"{}{special}{}"}}"#, "x".repeat(n), "y".repeat(n % 17));
+                assert!(scan(&s).is_some(), "{s:?}");
+                agrees(&s);
+                // A control character anywhere in it is refused.
+                let bad = format!("{{\"k\":\"{}\u{1}{}\"}}", "x".repeat(n), "y".repeat(n % 17));
+                assert_eq!(scan(&bad), None, "{bad:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn raw_is_the_same_text() {
+        let text = r#"{"a": [1, 2]}"#;
+        let r = raw(text);
+        assert_eq!(r.get().as_ptr(), text.as_ptr());
+        assert_eq!(r.get().len(), text.len());
+        assert_eq!(std::mem::size_of::<&RawValue>(), std::mem::size_of::<&str>());
+    }
+
+    #[test]
+    fn plain_str_only_for_unescaped_strings() {
+        assert_eq!(plain_str(r#""echo""#), Some("echo"));
+        assert_eq!(plain_str(r#""e\"cho""#), None);
+        assert_eq!(plain_str("12"), None);
+    }
+
+    /// Mutations of valid messages (a byte replaced, dropped or doubled, at every position, by
+    /// the bytes JSON's grammar turns on): whatever the scanner takes, serde_json takes alike.
+    #[test]
+    fn agrees_with_serde_on_mutated_messages() {
+        let seeds = [
+            r#"{"jsonrpc":"2.0","id":12,"method":"execute","params":{"plugin":"echo","method":"echo","params":{"msg":"hi \"x\" \\ \u00e9","n":[1,2.5,-3e2,true,false,null]},"timeout_ms":500}}"#,
+            r#"{"jsonrpc":"2.0","id":"a-1","result":{"ok":true,"list":[{},[],"",0]}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32601,"message":"no","data":{"x":[1]}}}"#,
+        ];
+        let specials = b"\"\\{}[],:-+.eE0123456789tfnu \x01x";
+        let mut checked = 0;
+        for seed in seeds {
+            agrees(seed);
+            let bytes = seed.as_bytes();
+            for pos in 0..bytes.len() {
+                for &c in specials {
+                    let mut replaced = bytes.to_vec();
+                    replaced[pos] = c;
+                    let mut inserted = bytes.to_vec();
+                    inserted.insert(pos, c);
+                    for v in [replaced, inserted] {
+                        if let Ok(t) = std::str::from_utf8(&v) {
+                            agrees(t);
+                            checked += 1;
+                        }
+                    }
+                }
+                let mut dropped = bytes.to_vec();
+                dropped.remove(pos);
+                if let Ok(t) = std::str::from_utf8(&dropped) {
+                    agrees(t);
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
+}
