@@ -279,21 +279,12 @@ mod tests {
         }
         let mut taken = 0;
         for seed in seeds {
-            let b = seed.as_bytes();
-            for pos in 0..b.len() {
-                for c in b"\"\\{}[],:0-1.nul \x02" {
-                    let mut v = b.to_vec();
-                    v[pos] = *c;
-                    let mut w = b.to_vec();
-                    w.insert(pos, *c);
-                    for t in [v, w].iter().filter_map(|v| std::str::from_utf8(v).ok()) {
-                        if let Ok(ours) = ExecuteRequest::scan(t) {
-                            taken += 1;
-                            let theirs: ExecuteRequest<'_> =
-                                serde_json::from_str(t).unwrap_or_else(|e| panic!("scanner took {t:?}, serde: {e}"));
-                            assert_eq!(fields(&ours), fields(&theirs), "{t:?}");
-                        }
-                    }
+            for t in scan::one_byte_mutations(seed, b"\"\\{}[],:0-1.nul \x02") {
+                if let Ok(ours) = ExecuteRequest::scan(&t) {
+                    taken += 1;
+                    let theirs: ExecuteRequest<'_> =
+                        serde_json::from_str(&t).unwrap_or_else(|e| panic!("scanner took {t:?}, serde: {e}"));
+                    assert_eq!(fields(&ours), fields(&theirs), "{t:?}");
                 }
             }
         }
