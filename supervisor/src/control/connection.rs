@@ -73,7 +73,12 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
                     cancel::cancel_in_flight(std::pin::Pin::new(&mut inflight), &conn, id);
                     continue;
                 }
-                inflight.push(cancel::InFlight::new(line.clone(), serve_line(daemon.clone(), conn.clone(), line)));
+                // Boxed here, once: the request's future is large (the whole call path is in
+                // it), and `FuturesUnordered::push` would otherwise move it into its task by
+                // value, a copy of every byte of it, and allocate that task past the allocator's
+                // small-size fast path.
+                let request = Box::pin(serve_line(daemon.clone(), conn.clone(), line.clone()));
+                inflight.push(cancel::InFlight::new(line, request));
                 burst += 1;
                 if burst == FLUSH_EVERY {
                     burst = 0;

@@ -32,15 +32,17 @@ use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
 /// Grace between steps of a stop (docs/protocol.md): teardown answer, stdin closed → SIGTERM → SIGKILL.
 pub const STOP_STEP: Duration = Duration::from_secs(2);
+/// Stdout frames an instance task handles in a row before it looks at anything else.
+const FRAMES_IN_A_ROW: usize = 32;
 /// Health pings missed in a row before the instance counts as crashed.
 pub const PING_MISSES: u32 = 3;
 
@@ -142,9 +144,9 @@ pub struct Instance {
     pub started: Instant,
     /// The manifest's `timeout_ms` and `max_timeout_ms`, here so a call needs no lock to read them.
     pub timeouts: (Duration, Duration),
-    /// `max_inflight` permits.
-    limiter: Semaphore,
-    /// Calls waiting for a permit.
+    /// `max_inflight` slots.
+    limiter: Limiter,
+    /// Calls waiting for a slot.
     queued: AtomicU32,
     max_queue: u32,
     /// Calls admitted or waiting: what "least loaded" compares.
@@ -157,12 +159,96 @@ pub struct Instance {
 /// Holds an instance's `max_inflight` slot and its load count for the duration of one call.
 pub struct CallSlot<'a> {
     instance: &'a Instance,
-    _permit: SemaphorePermit<'a>,
 }
 
 impl Drop for CallSlot<'_> {
     fn drop(&mut self) {
+        self.instance.limiter.release();
         self.instance.load.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `max_inflight` slots: one atomic word while a slot is free or nobody waits, a FIFO semaphore
+/// only to hand a freed slot to a call waiting in the queue.
+///
+/// tokio's `Semaphore` alone took its waiters' mutex for every release, waiters or not (a
+/// percent of plugind's instructions per call). The word holds the free slots (low half) and
+/// the queued calls not yet handed a slot (high half), so a release either frees its slot or
+/// hands it to a waiter, never both and never neither, and a caller either takes a free slot or
+/// counts itself as waiting in the same step: no slot can be freed unseen by a caller going to
+/// wait. As with tokio's semaphore, a queued call is served before a newcomer takes a slot.
+struct Limiter {
+    /// `free | waiting << 32`.
+    state: AtomicU64,
+    /// Holds the slots handed to waiters (none at rest); FIFO among them.
+    handoff: Semaphore,
+}
+
+const FREE: u64 = 1;
+const WAITING: u64 = 1 << 32;
+
+impl Limiter {
+    fn new(slots: u32) -> Self {
+        Limiter { state: AtomicU64::new(u64::from(slots)), handoff: Semaphore::new(0) }
+    }
+
+    /// Takes a free slot, if one is free.
+    fn try_take(&self) -> bool {
+        self.state
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |s| (s & 0xffff_ffff != 0).then(|| s - FREE))
+            .is_ok()
+    }
+
+    /// Takes a free slot, else counts the caller as waiting: true if it took one.
+    fn take_or_wait(&self) -> bool {
+        let prev = self
+            .state
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |s| {
+                Some(if s & 0xffff_ffff != 0 { s - FREE } else { s + WAITING })
+            })
+            .unwrap_or_else(|s| s);
+        prev & 0xffff_ffff != 0
+    }
+
+    /// Waits for a slot until `until`: true if it got one.
+    async fn wait(&self, until: Instant) -> bool {
+        if self.take_or_wait() {
+            return true;
+        }
+        let acquire = self.handoff.acquire();
+        tokio::pin!(acquire);
+        // `handoff` is never closed.
+        if let Ok(Ok(p)) = tokio::time::timeout_at(until, &mut acquire).await {
+            p.forget();
+            return true;
+        }
+        // Given up: leave the queue, unless a release has already counted this caller out.
+        let left = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |s| (s >= WAITING).then(|| s - WAITING))
+            .is_ok();
+        if !left {
+            // Every caller still queued has a slot on its way (this one kept its place in the
+            // queue), so this wait is only for a release between its two steps: pass it on.
+            if let Ok(p) = acquire.await {
+                p.forget();
+            }
+            self.release();
+        }
+        false
+    }
+
+    /// Frees a slot, or hands it to the first call waiting.
+    fn release(&self) {
+        let prev = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |s| {
+                Some(if s >= WAITING { s - WAITING } else { s + FREE })
+            })
+            .unwrap_or_else(|s| s);
+        if prev >= WAITING {
+            self.handoff.add_permits(1);
+        }
     }
 }
 
@@ -186,8 +272,8 @@ impl Instance {
     /// Waits for one of `max_inflight` slots, queueing up to `max_queue`, until `until`.
     pub async fn admit(&self, until: Instant) -> Result<CallSlot<'_>, Admission> {
         self.load.fetch_add(1, Ordering::Relaxed);
-        if let Ok(permit) = self.limiter.try_acquire() {
-            return Ok(CallSlot { instance: self, _permit: permit });
+        if self.limiter.try_take() {
+            return Ok(CallSlot { instance: self });
         }
         if self.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queue {
             self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -195,14 +281,13 @@ impl Instance {
             return Err(Admission::Overloaded);
         }
         // Boxed: only queued calls wait, and the waiting future would grow every call's.
-        let got = Box::pin(tokio::time::timeout_at(until, self.limiter.acquire())).await;
+        let got = Box::pin(self.limiter.wait(until)).await;
         self.queued.fetch_sub(1, Ordering::Relaxed);
-        match got {
-            Ok(Ok(permit)) => Ok(CallSlot { instance: self, _permit: permit }),
-            Ok(Err(_)) | Err(_) => {
-                self.load.fetch_sub(1, Ordering::Relaxed);
-                Err(Admission::Timeout)
-            }
+        if got {
+            Ok(CallSlot { instance: self })
+        } else {
+            self.load.fetch_sub(1, Ordering::Relaxed);
+            Err(Admission::Timeout)
         }
     }
 
@@ -295,7 +380,7 @@ pub fn launch(
             Duration::from_millis(spec.manifest.timeout_ms),
             Duration::from_millis(spec.manifest.max_timeout_ms),
         ),
-        limiter: Semaphore::new(limits.max_inflight as usize),
+        limiter: Limiter::new(limits.max_inflight),
         queued: AtomicU32::new(0),
         max_queue: limits.max_queue,
         load: AtomicUsize::new(0),
@@ -429,25 +514,42 @@ impl InstanceTask {
             let timer = [timer, eof_kill_at, drain_tick].into_iter().flatten().min();
             tokio::select! {
                 status = child.wait() => break status,
-                frame = frames.next(), if stdout_open => match frame {
-                    Some(Ok(Frame::Line(line))) => {
-                        if let Some(fut) = self.on_line(&line).await {
-                            steps.push(fut);
+                frame = frames.next(), if stdout_open => {
+                    // The frames already read are handled in a row (up to `FRAMES_IN_A_ROW`),
+                    // not one per round of this `select!`, which polls every other branch again
+                    // (the child's exit, the stop channel, the timers) for each.
+                    let mut frame = frame;
+                    for n in 1.. {
+                        match frame {
+                            Some(Ok(Frame::Line(line))) => {
+                                if let Some(fut) = self.on_line(&line).await {
+                                    steps.push(fut);
+                                }
+                            }
+                            Some(Ok(Frame::Oversized { len })) => self.report_bad_output(
+                                codes::INVALID_REQUEST,
+                                format!("stdout line of {len} bytes exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded"),
+                            ),
+                            Some(Err(_)) | None => {
+                                stdout_open = false;
+                                inst.peer.close();
+                                if stop.is_none() {
+                                    // A plugin without stdout cannot answer: give it a moment to exit by itself.
+                                    eof_kill_at = Some(Instant::now() + Duration::from_millis(500));
+                                }
+                                break;
+                            }
+                        }
+                        if n == FRAMES_IN_A_ROW {
+                            break;
+                        }
+                        // With this task's own waker: a `Pending` leaves it registered for stdout.
+                        match std::future::poll_fn(|cx| std::task::Poll::Ready(frames.poll_next_unpin(cx))).await {
+                            std::task::Poll::Ready(next) => frame = next,
+                            std::task::Poll::Pending => break,
                         }
                     }
-                    Some(Ok(Frame::Oversized { len })) => self.report_bad_output(
-                        codes::INVALID_REQUEST,
-                        format!("stdout line of {len} bytes exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded"),
-                    ),
-                    Some(Err(_)) | None => {
-                        stdout_open = false;
-                        inst.peer.close();
-                        if stop.is_none() {
-                            // A plugin without stdout cannot answer: give it a moment to exit by itself.
-                            eof_kill_at = Some(Instant::now() + Duration::from_millis(500));
-                        }
-                    }
-                },
+                }
                 Some(step) = steps.next(), if !steps.is_empty() => match step {
                     Step::Handshake(mut result) => {
                         self.vet_handshake(&mut result);
@@ -778,4 +880,69 @@ fn first_ping(every: Duration) -> Instant {
     let since = earliest.duration_since(epoch).as_nanos();
     let wait = (every_ns - since % every_ns) % every_ns;
     earliest + Duration::from_nanos(u64::try_from(wait).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Limiter;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn soon(ms: u64) -> Instant {
+        Instant::now() + Duration::from_millis(ms)
+    }
+
+    #[tokio::test]
+    async fn slots_are_taken_and_freed() {
+        let l = Limiter::new(2);
+        assert!(l.try_take() && l.try_take());
+        assert!(!l.try_take());
+        l.release();
+        assert!(l.try_take());
+        assert!(!l.wait(soon(20)).await, "no slot frees: the wait times out");
+        // The timed-out waiter left the queue: a release frees the slot for anyone.
+        l.release();
+        assert!(l.try_take());
+    }
+
+    #[tokio::test]
+    async fn a_release_goes_to_the_first_waiter_before_newcomers() {
+        let l = Arc::new(Limiter::new(1));
+        assert!(l.try_take());
+        let first = tokio::spawn({
+            let l = l.clone();
+            async move { l.wait(soon(5_000)).await }
+        });
+        while l.state.load(std::sync::atomic::Ordering::Relaxed) < super::WAITING {
+            tokio::task::yield_now().await;
+        }
+        l.release();
+        assert!(!l.try_take(), "the freed slot is the waiter's");
+        assert!(first.await.unwrap());
+        l.release();
+        assert!(l.try_take());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slots_are_conserved_under_timeouts() {
+        let l = Arc::new(Limiter::new(3));
+        let mut tasks = Vec::new();
+        for i in 0..200u64 {
+            let l = l.clone();
+            tasks.push(tokio::spawn(async move {
+                if l.try_take() || l.wait(soon(i % 7)).await {
+                    tokio::task::yield_now().await;
+                    l.release();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for _ in 0..3 {
+            assert!(l.try_take());
+        }
+        assert!(!l.try_take());
+    }
 }

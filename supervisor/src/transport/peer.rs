@@ -81,11 +81,21 @@ pub enum Outgoing {
     Close,
 }
 
+/// What a caller waiting for an answer is told: the answer, or that its deadline has passed.
+type Outcome = Result<Reply, Expired>;
+
+/// The deadline of a call has passed (told by [`sweep`]).
+struct Expired;
+
 struct Pending {
-    /// Taken when the answer is delivered.
-    reply: Option<oneshot::Sender<Reply>>,
+    /// Taken when the answer is delivered, or when the deadline passes.
+    reply: Option<oneshot::Sender<Outcome>>,
     /// Set by `$/progress`: the deadline restarts from here.
     progressed: Option<Instant>,
+    /// The first deadline: `idle` after the call was sent, never past `hard`.
+    due: Instant,
+    /// Time allowed since the last `$/progress`.
+    idle: Duration,
     /// The call's hard deadline: calls the other side makes on its behalf must end by then.
     hard: Instant,
     /// Cancelled when this call ends in any way (the entry is dropped), so work done on its
@@ -98,6 +108,17 @@ struct Pending {
     relay: Option<ProgressTo>,
     /// The trace a call the other side makes on this one's behalf continues.
     trace: Option<TraceIn>,
+}
+
+impl Pending {
+    /// When the call times out, with the progress so far: `due`, moved to `idle` after the last
+    /// `$/progress`, never past `hard`.
+    fn deadline(&self) -> Instant {
+        match self.progressed {
+            Some(at) => self.due.max((at + self.idle).min(self.hard)),
+            None => self.due,
+        }
+    }
 }
 
 impl Drop for Pending {
@@ -164,20 +185,57 @@ impl Drop for RelayTarget {
     }
 }
 
-tokio::task_local! {
-    /// Set while a host's request runs: every call [`Peer::call_with`] makes meanwhile, in this
-    /// task, relays its progress to that host. A task-local rather than a parameter because the
-    /// calls are made several layers down (router, registry, hook chains) and the calls plugins
-    /// make on their own (in their reader tasks) must not relay.
-    static PROGRESS_TO: ProgressTo;
+std::thread_local! {
+    /// While a host's request is being polled: where the progress of the calls it makes goes.
+    /// Every call [`Peer::call_with`] makes meanwhile copies it into its pending entry. Set only
+    /// for the extent of one poll of a [`Relaying`] future (so it is per task, like a
+    /// task-local: the calls are made several layers down (router, registry, hook chains) and
+    /// the calls plugins make on their own, in their reader tasks, must not relay). A pointer in
+    /// a `Cell` rather than tokio's `task_local!`, whose scope swaps the value in and out of a
+    /// `RefCell` twice per poll (a percent of plugind's time per call).
+    static PROGRESS_TO: std::cell::Cell<*const ProgressTo> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// The relay target of the host request being polled on this thread, if any.
+fn current_relay() -> Option<ProgressTo> {
+    PROGRESS_TO.with(|cell| {
+        let to = cell.get();
+        // SAFETY: non-null only while a `Relaying` future is inside its own `poll`, pointing at
+        // its `to`, which that poll borrows for its whole extent (see `Relaying::poll`).
+        (!to.is_null()).then(|| unsafe { (*to).clone() })
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// A future whose calls relay their progress to `to` (see [`relaying_progress`]).
+    pub struct Relaying<F> {
+        to: ProgressTo,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Relaying<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        /// Puts back the enclosing scope's target, also if the poll panics.
+        struct Restore(*const ProgressTo);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                PROGRESS_TO.with(|cell| cell.set(self.0));
+            }
+        }
+        let this = self.project();
+        let to: &ProgressTo = this.to;
+        let _restore = Restore(PROGRESS_TO.with(|cell| cell.replace(to)));
+        this.fut.poll(cx)
+    }
 }
 
 /// Runs `fut` with the progress of the calls it makes relayed to `to`.
-pub fn relaying_progress<F: std::future::Future>(
-    to: ProgressTo,
-    fut: F,
-) -> impl std::future::Future<Output = F::Output> {
-    PROGRESS_TO.scope(to, fut)
+pub fn relaying_progress<F: std::future::Future>(to: ProgressTo, fut: F) -> Relaying<F> {
+    Relaying { to, fut }
 }
 
 /// The params of a `$/progress` from the other side; `progress`/`total` pass on as they came.
@@ -224,6 +282,74 @@ struct Calls {
     abandoned: HashSet<u64>,
     abandoned_order: VecDeque<u64>,
     closed: bool,
+    /// When the deadline sweeper ([`sweep`]) wakes next: no later than the earliest deadline
+    /// pending. None while it waits for a call (or before it is started).
+    sweep_at: Option<Instant>,
+    /// Whether the sweeper task has been started.
+    sweeper: bool,
+}
+
+/// What the [`Peer`] shares with its deadline sweeper.
+#[derive(Default)]
+struct Shared {
+    calls: Mutex<Calls>,
+    /// Wakes the sweeper: an earlier deadline, or the peer closed or dropped.
+    rearm: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
+        // A panic while holding this lock would be a bug in this module; keep serving regardless.
+        self.calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A peer's deadline sweeper: one timer for all its calls, set to the earliest deadline pending;
+/// when it fires, every call whose deadline (moved by `$/progress`) has passed is told so, and
+/// gives up as before (`$/cancel`, the id remembered). A call costs no timer of its own: a
+/// timer registered and cleared per call was a twentieth of plugind's time per call. The
+/// sweeper ends when the peer closes or is dropped.
+async fn sweep(shared: Arc<Shared>) {
+    loop {
+        let at = {
+            let calls = shared.calls();
+            if calls.closed {
+                return;
+            }
+            calls.sweep_at
+        };
+        let Some(at) = at else {
+            shared.rearm.notified().await;
+            continue;
+        };
+        tokio::select! {
+            biased;
+            () = shared.rearm.notified() => continue,
+            () = tokio::time::sleep_until(at) => {}
+        }
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut calls = shared.calls();
+            let mut next: Option<Instant> = None;
+            for p in calls.pending.values_mut() {
+                if p.reply.is_none() {
+                    continue;
+                }
+                let deadline = p.deadline();
+                if deadline <= now {
+                    expired.extend(p.reply.take());
+                } else {
+                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                }
+            }
+            calls.sweep_at = next;
+        }
+        // Outside the lock: a send wakes the caller.
+        for reply in expired {
+            let _ = reply.send(Err(Expired));
+        }
+    }
 }
 
 const ABANDONED_MEMORY: usize = 4096;
@@ -271,7 +397,7 @@ pub enum Incoming<'a> {
 /// The calling side of a connection.
 pub struct Peer {
     out: mpsc::Sender<Outgoing>,
-    calls: Mutex<Calls>,
+    shared: Arc<Shared>,
     next_id: AtomicU64,
     /// Copies messages for `plugins.trace` while somebody watches.
     tap: Option<Arc<Tap>>,
@@ -280,7 +406,7 @@ pub struct Peer {
 impl Peer {
     /// A peer writing through `out` (the sender of a [`spawn_writer`] task).
     pub fn new(out: mpsc::Sender<Outgoing>) -> Self {
-        Peer { out, calls: Mutex::new(Calls::default()), next_id: AtomicU64::new(1), tap: None }
+        Peer { out, shared: Arc::default(), next_id: AtomicU64::new(1), tap: None }
     }
 
     /// The same peer, copying every message in and out to `tap`.
@@ -326,8 +452,7 @@ impl Peer {
     }
 
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
-        // A panic while holding this lock would be a bug in this module; keep serving regardless.
-        self.calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.shared.calls()
     }
 
     /// Calls `method` and waits for the answer until `deadline`.
@@ -365,17 +490,21 @@ impl Peer {
     ) -> Result<Box<RawValue>, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let line = jsonrpc::request_line_with(id, method, write_params);
-        let (tx, mut rx) = oneshot::channel();
-        {
+        let (tx, rx) = oneshot::channel();
+        let start = deadline.start;
+        let due = (start + deadline.idle).min(deadline.hard);
+        let start_sweeper = {
             let mut calls = self.calls();
             if calls.closed {
                 return Err(CallError::Closed);
             }
             let parentable = method != plugind_protocol::methods::PING && method != plugind_protocol::methods::TEARDOWN;
-            let relay = PROGRESS_TO.try_with(ProgressTo::clone).ok();
+            let relay = current_relay();
             let pending = Pending {
                 reply: Some(tx),
                 progressed: None,
+                due,
+                idle: deadline.idle,
                 hard: deadline.hard,
                 done: None,
                 parentable,
@@ -383,10 +512,21 @@ impl Peer {
                 trace,
             };
             calls.pending.insert(id, pending);
+            // The sweeper's timer is moved only for a deadline earlier than it: calls with the
+            // same timeout come in the order of their deadlines and never move it.
+            if calls.sweep_at.is_none_or(|at| due < at) {
+                calls.sweep_at = Some(due);
+                Some(!std::mem::replace(&mut calls.sweeper, true))
+            } else {
+                None
+            }
+        };
+        match start_sweeper {
+            Some(true) => drop(tokio::spawn(sweep(self.shared.clone()))),
+            Some(false) => self.shared.rearm.notify_one(),
+            None => {}
         }
         let mut guard = CancelOnDrop { peer: self, id, armed: true };
-        let start = deadline.start;
-        let mut due = (start + deadline.idle).min(deadline.hard);
         match self.push_until(line, Some(due)).await {
             Ok(true) => {}
             Ok(false) => {
@@ -400,30 +540,19 @@ impl Peer {
                 return Err(CallError::Timeout(start.elapsed()));
             }
         }
-        loop {
-            tokio::select! {
-                biased;
-                reply = &mut rx => {
-                    guard.armed = false;
-                    return match reply {
-                        Ok(Ok(v)) => Ok(v),
-                        Ok(Err(e)) => Err(CallError::Rpc(e)),
-                        Err(_) => Err(CallError::Closed),
-                    };
-                }
-                _ = tokio::time::sleep_until(due) => {
-                    let progressed = self.calls().pending.get(&id).and_then(|p| p.progressed);
-                    if let Some(at) = progressed {
-                        let extended = (at + deadline.idle).min(deadline.hard);
-                        if extended > due {
-                            due = extended;
-                            continue;
-                        }
-                    }
-                    // The guard sends `$/cancel` and forgets the id.
-                    drop(guard);
-                    return Err(CallError::Timeout(start.elapsed()));
-                }
+        match rx.await {
+            Ok(Ok(reply)) => {
+                guard.armed = false;
+                reply.map_err(CallError::Rpc)
+            }
+            Ok(Err(Expired)) => {
+                // The guard sends `$/cancel` and forgets the id (unless the answer came meanwhile).
+                drop(guard);
+                Err(CallError::Timeout(start.elapsed()))
+            }
+            Err(_) => {
+                guard.armed = false;
+                Err(CallError::Closed)
             }
         }
     }
@@ -532,7 +661,7 @@ impl Peer {
                     Some(mut p) => {
                         drop(calls);
                         if let Some(reply) = p.reply.take() {
-                            let _ = reply.send(outcome.map(ToOwned::to_owned));
+                            let _ = reply.send(Ok(outcome.map(ToOwned::to_owned)));
                         }
                         Incoming::Delivered
                     }
@@ -552,6 +681,7 @@ impl Peer {
             calls.pending.drain().map(|(_, p)| p).collect()
         };
         drop(drained); // dropping the senders wakes every caller with Closed
+        self.shared.rearm.notify_one(); // the sweeper ends
     }
 
     /// Asks the writer task to flush and close the write half.
@@ -572,6 +702,14 @@ impl Peer {
     /// Whether [`Peer::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.calls().closed
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // Nobody can call through it any more: the sweeper ends.
+        self.calls().closed = true;
+        self.shared.rearm.notify_one();
     }
 }
 
@@ -725,6 +863,26 @@ mod tests {
         let (r, took) = call.await.unwrap();
         assert!(matches!(r, Err(CallError::Timeout(_))));
         assert!(took >= Duration::from_millis(390) && took < Duration::from_millis(600), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn progress_relay_is_set_only_inside_its_scope() {
+        let to = |id| ProgressTo { conn: 7, id: HostId::Num(id) };
+        let id_now = || {
+            current_relay().map(|t| match t.id {
+                HostId::Num(n) => n,
+                HostId::Json(_) => -1,
+            })
+        };
+        assert_eq!(id_now(), None);
+        let outer = relaying_progress(to(1), async {
+            assert_eq!(id_now(), Some(1));
+            relaying_progress(to(2), async { assert_eq!(id_now(), Some(2)) }).await;
+            tokio::task::yield_now().await;
+            assert_eq!(id_now(), Some(1));
+        });
+        outer.await;
+        assert_eq!(id_now(), None);
     }
 
     #[tokio::test]
