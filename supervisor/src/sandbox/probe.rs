@@ -107,10 +107,19 @@ fn seccomp_available() -> bool {
     if seccompiler::TargetArch::try_from(std::env::consts::ARCH).is_err() {
         return false;
     }
-    match std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail") {
-        Ok(actions) => actions.split_whitespace().any(|a| a == "errno"),
-        // Kernels before 4.14 lack the file: PR_GET_SECCOMP fails with EINVAL without seccomp.
+    // Asked of the `seccomp` syscall itself, which installing a filter needs: the kernel's
+    // config can have it while something between plugind and the kernel does not (valgrind has
+    // no `seccomp`, and every plugin would fail to start under it).
+    let errno_action: u32 = 0x0005_0000; // SECCOMP_RET_ERRNO
+                                         // SAFETY: SECCOMP_GET_ACTION_AVAIL (2) reads one u32 from the pointer, which outlives the call.
+    let answer = unsafe { libc::syscall(libc::SYS_seccomp, 2, 0, &errno_action as *const u32) };
+    match answer {
+        0 => true,
+        // Kernels before 4.14 lack the operation: PR_GET_SECCOMP fails with EINVAL without seccomp.
         // SAFETY: a query without pointers.
-        Err(_) => (unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) }) >= 0,
+        _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) => {
+            (unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) }) >= 0
+        }
+        _ => false,
     }
 }
