@@ -320,6 +320,12 @@ pub fn raw_result_line(id: &RawValue, result: &RawValue) -> Vec<u8> {
     Line::new(48 + id.get().len() + result.get().len()).raw("id", id).raw("result", result).end()
 }
 
+/// `{"jsonrpc":"2.0","id":ID,"result":`: a result line up to its result, for a writer that
+/// writes the result from where it is and then `}\n`.
+pub fn result_head(id: &RawValue) -> Vec<u8> {
+    Line::new(32 + id.get().len()).raw("id", id).key("result").0
+}
+
 /// `{"jsonrpc":"2.0","id":ID,"error":E}\n`.
 pub fn error_line(id: &RawValue, error: &RpcError) -> Vec<u8> {
     Line::new(128).raw("id", id).field("error", error).end()

@@ -126,13 +126,13 @@ async fn serve_line(daemon: Arc<Daemon>, conn: Arc<Conn>, line: Bytes) {
     if let Some(request) = handlers::ExecuteRequest::parse(&line) {
         let id = request.id;
         let reply = request.run(&daemon, &conn).await;
-        conn.peer.respond(id, reply.as_deref()).await;
+        conn.peer.respond_with(id, reply).await;
         return;
     }
     match conn.peer.accept(&line) {
         Incoming::Request { id, method, params } => {
             let reply = handlers::dispatch_request(&daemon, &conn, id, &method, params).await;
-            conn.peer.respond(id, reply.as_deref()).await;
+            conn.peer.respond_with(id, reply).await;
         }
         Incoming::Invalid(e) => {
             let err = RpcError::new(e.code(), e.to_string());

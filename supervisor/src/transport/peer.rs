@@ -77,6 +77,16 @@ impl Deadline {
 pub enum Outgoing {
     /// One `\n`-terminated line.
     Line(Vec<u8>),
+    /// One line in three parts, written without copying `body` (a large answer, whose result
+    /// would otherwise be copied into a line and again into the writer's batch).
+    Spliced {
+        /// `{"jsonrpc":"2.0","id":ID,"result":`.
+        head: Vec<u8>,
+        /// The result, as it came.
+        body: Box<RawValue>,
+        /// `}\n`.
+        tail: &'static [u8],
+    },
     /// Flush, shut the write half down (closes a child's stdin) and stop.
     Close,
 }
@@ -576,6 +586,21 @@ impl Peer {
         self.push(line).await;
     }
 
+    /// [`Peer::respond`] with the answer's ownership: a result of [`WRITE_DIRECT`] bytes or more
+    /// goes to the writer as it is ([`Outgoing::Spliced`]) instead of being copied into a line.
+    pub async fn respond_with(&self, id: &RawValue, reply: Reply) {
+        let body = match reply {
+            Ok(result) if result.get().len() >= WRITE_DIRECT => result,
+            other => return self.respond(id, other.as_deref()).await,
+        };
+        let head = jsonrpc::result_head(id);
+        const TAIL: &[u8] = b"}\n";
+        if self.tap.is_some() {
+            self.trace(Dir::Out, &[&head[..], body.get().as_bytes(), TAIL].concat());
+        }
+        let _ = self.out.send(Outgoing::Spliced { head, body, tail: TAIL }).await;
+    }
+
     /// Sends a pre-built line (already `\n`-terminated).
     pub async fn send_line(&self, line: Vec<u8>) -> bool {
         self.push(line).await
@@ -739,6 +764,25 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
+/// Writes every byte of `parts`, in order, with as few `writev`s as the kernel allows.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, mut parts: [&[u8]; 4]) -> std::io::Result<()> {
+    loop {
+        let slices = parts.map(std::io::IoSlice::new);
+        let mut n = match w.write_vectored(&slices).await? {
+            0 if parts.iter().any(|p| !p.is_empty()) => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => n,
+        };
+        for p in parts.iter_mut() {
+            let k = n.min(p.len());
+            *p = &p[k..];
+            n -= k;
+        }
+        if parts.iter().all(|p| p.is_empty()) {
+            return Ok(());
+        }
+    }
+}
+
 /// Lines at least this long skip the writer's batch buffer (see [`spawn_writer`]).
 const WRITE_DIRECT: usize = 16 * 1024;
 
@@ -771,6 +815,13 @@ where
                         }
                     }
                     Outgoing::Line(l) => buf.extend_from_slice(&l),
+                    Outgoing::Spliced { head, body, tail } => {
+                        let parts = [&buf[..], &head[..], body.get().as_bytes(), tail];
+                        if write_all_vectored(&mut w, parts).await.is_err() {
+                            break 'serve;
+                        }
+                        buf.clear();
+                    }
                     Outgoing::Close => closing = true,
                 }
                 if !closing && buf.len() < 256 * 1024 {
@@ -812,6 +863,29 @@ mod tests {
         let (to_us_w, to_us_r) = tokio::io::duplex(1 << 16);
         let _ = to_us_r;
         (peer, FramedRead::new(their_read, FrameDecoder::default()), to_us_w)
+    }
+
+    /// Lines, a spliced answer and the lines after it leave in order and whole, through a pipe
+    /// that takes a few bytes at a time (partial writes in the middle of every part).
+    #[tokio::test]
+    async fn spliced_answers_are_written_whole_and_in_order() {
+        use tokio::io::AsyncReadExt;
+        let (ours, mut theirs) = tokio::io::duplex(61);
+        let (tx, rx) = mpsc::channel(16);
+        let writer = spawn_writer(ours, rx);
+        let body = "x".repeat(100_000);
+        let id = jsonrpc::to_raw(&7);
+        let result = jsonrpc::to_raw(&body);
+        let expected = [&b"{\"a\":1}\n"[..], &jsonrpc::raw_result_line(&id, &result), b"{\"b\":2}\n"].concat();
+        tx.send(Outgoing::Line(b"{\"a\":1}\n".to_vec())).await.unwrap();
+        tx.send(Outgoing::Spliced { head: jsonrpc::result_head(&id), body: result, tail: b"}\n" }).await.unwrap();
+        tx.send(Outgoing::Line(b"{\"b\":2}\n".to_vec())).await.unwrap();
+        tx.send(Outgoing::Close).await.unwrap();
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the bytes differ");
     }
 
     #[tokio::test]
