@@ -159,21 +159,14 @@ impl<'a> Envelope<'a> {
     /// escapes in `jsonrpc` or `method`.
     fn scan(text: &'a str) -> Result<Self, scan::NotTaken> {
         let mut env = Envelope::default();
-        // Twice is serde's "duplicate field", even when the first was `null`.
-        let mut seen = [false; 6];
-        scan::members(text, |key, value| {
-            let (n, raw_slot) = match key {
-                "jsonrpc" => (0, None),
-                "method" => (1, None),
-                "id" => (2, Some(&mut env.id)),
-                "params" => (3, Some(&mut env.params)),
-                "result" => (4, Some(&mut env.result)),
-                "error" => (5, Some(&mut env.error)),
-                _ => return Ok(()),
+        scan::fields(text, ["jsonrpc", "method", "id", "params", "result", "error"], |n, value| {
+            let raw_slot = match n {
+                2 => Some(&mut env.id),
+                3 => Some(&mut env.params),
+                4 => Some(&mut env.result),
+                5 => Some(&mut env.error),
+                _ => None,
             };
-            if std::mem::replace(&mut seen[n], true) {
-                return Err(scan::NotTaken);
-            }
             match raw_slot {
                 Some(slot) => *slot = Some(scan::raw(value)),
                 None => {

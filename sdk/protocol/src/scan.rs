@@ -70,6 +70,24 @@ pub fn members<'a>(text: &'a str, mut member: impl FnMut(&'a str, &'a str) -> Sc
     }
 }
 
+/// [`members`] for the members named in `keys`: `field(n, value)` for each member named
+/// `keys[n]`, the others skipped. A name twice is `NotTaken`: serde's "duplicate field", even
+/// when the first was `null`.
+pub fn fields<'a, const N: usize>(
+    text: &'a str,
+    keys: [&str; N],
+    mut field: impl FnMut(usize, &'a str) -> Scan<()>,
+) -> Scan<()> {
+    let mut seen = [false; N];
+    members(text, |key, value| {
+        let Some(n) = keys.iter().position(|k| *k == key) else { return Ok(()) };
+        if std::mem::replace(&mut seen[n], true) {
+            return Err(NotTaken);
+        }
+        field(n, value)
+    })
+}
+
 /// The contents of a JSON string value without escapes (`"abc"` → `abc`); None for any other
 /// value, escaped strings included.
 pub fn plain_str(value: &str) -> Option<&str> {

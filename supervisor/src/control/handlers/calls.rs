@@ -36,19 +36,7 @@ impl<'a> ExecuteIn<'a> {
     /// [`ExecuteRequest::scan`] for the params object.
     fn scan(text: &'a str) -> Result<Self, NotTaken> {
         let (mut plugin, mut method, mut params, mut timeout_ms, mut meta) = (None, None, None, None, None);
-        let mut seen = [false; 5];
-        scan::members(text, |key, value| {
-            let n = match key {
-                "plugin" => 0,
-                "method" => 1,
-                "params" => 2,
-                "timeout_ms" => 3,
-                "_meta" => 4,
-                _ => return Ok(()),
-            };
-            if std::mem::replace(&mut seen[n], true) {
-                return Err(NotTaken);
-            }
+        scan::fields(text, ["plugin", "method", "params", "timeout_ms", "_meta"], |n, value| {
             let null = value == "null";
             match n {
                 0 => plugin = Some(plain(value)?),
@@ -136,18 +124,7 @@ impl<'a> ExecuteRequest<'a> {
     /// type the struct does not allow, escaped names) is `NotTaken`, left to serde_json.
     fn scan(text: &'a str) -> Result<Self, NotTaken> {
         let (mut jsonrpc, mut id, mut method, mut params) = (None, None, None, None);
-        let mut seen = [false; 4];
-        scan::members(text, |key, value| {
-            let n = match key {
-                "jsonrpc" => 0,
-                "id" => 1,
-                "method" => 2,
-                "params" => 3,
-                _ => return Ok(()),
-            };
-            if std::mem::replace(&mut seen[n], true) {
-                return Err(NotTaken);
-            }
+        scan::fields(text, ["jsonrpc", "id", "method", "params"], |n, value| {
             match n {
                 0 => jsonrpc = (value != "null").then(|| plain(value)).transpose()?,
                 1 => id = Some(scan::raw(value)),
