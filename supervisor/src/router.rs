@@ -48,6 +48,10 @@ impl ExecuteOut<'_> {
     /// would otherwise split the line. In JSON text `\n` and `\r` can only be whitespace between
     /// tokens (strings escape them), so dropping them changes nothing.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Room for the whole line at once: grown piece by piece, a large payload was copied by
+        // every reallocation, the last one (for `_meta`, after it) included.
+        let names = self.method.len() + self.service.map_or(0, str::len) + self.caller.map_or(0, str::len);
+        out.reserve(self.params.get().len() + names + 256);
         out.extend_from_slice(br#"{"method":"#);
         jsonrpc::write_json(out, self.method);
         out.extend_from_slice(br#","params":"#);

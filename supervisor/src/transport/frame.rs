@@ -113,6 +113,11 @@ impl Decoder for FrameDecoder {
                     let room = self.max + READ_ROOM;
                     if buf.len() > self.max / 16 && buf.capacity() < room {
                         buf.reserve(room - buf.len());
+                    } else if buf.len() >= READ_ROOM && buf.capacity() - buf.len() < buf.len() {
+                        // Longer than a read: room for as much again in one step. Left to the
+                        // reader's `reserve(1)`, a buffer shared with lines still in flight is
+                        // copied into one just big enough, then grown and copied again.
+                        buf.reserve(buf.len());
                     }
                     return Ok(None);
                 }
