@@ -284,9 +284,6 @@ pub const LARGE: [(usize, &str); 2] = [(64 * 1024, "64k"), (1024 * 1024, "1m")];
 /// Calls in flight for the large-payload throughput lines.
 const LARGE_DEPTH: usize = 16;
 
-/// (a) and (b) with large params echoed back, against the relay in the same run: `execute`
-/// of echo-rust's `echo` with `{"blob": "xxx…"}` of each [`LARGE`] size; sequential p50/p99,
-/// then MB/s (request bytes per second) with [`LARGE_DEPTH`] in flight.
 /// `{"blob": "xxx…"}` with `size` x's.
 fn blob_params(size: usize) -> String {
     format!(r#"{{"blob":"{}"}}"#, "x".repeat(size))
@@ -297,6 +294,9 @@ pub fn blob_request(size: usize) -> Request {
     Request::new("execute", &format!(r#"{{"plugin":"echo","method":"echo","params":{}}}"#, blob_params(size)))
 }
 
+/// (a) and (b) with large params echoed back, against the relay in the same run: `execute`
+/// of echo-rust's `echo` with `{"blob": "xxx…"}` of each [`LARGE`] size; sequential p50/p99,
+/// then MB/s (request bytes per second) with [`LARGE_DEPTH`] in flight.
 pub fn large_payloads(
     bins: &Bins,
     dir: &Path,

@@ -450,7 +450,12 @@ impl Peer {
     /// so they are boxed and made only when needed.
     async fn push_until(&self, line: Vec<u8>, due: Option<Instant>) -> Result<bool, tokio::time::error::Elapsed> {
         self.trace(Dir::Out, &line);
-        let waiting = match self.out.try_send(Outgoing::Line(line)) {
+        self.queue_until(Outgoing::Line(line), due).await
+    }
+
+    /// [`Peer::push_until`] for any message for the writer (traced by the caller).
+    async fn queue_until(&self, item: Outgoing, due: Option<Instant>) -> Result<bool, tokio::time::error::Elapsed> {
+        let waiting = match self.out.try_send(item) {
             Ok(()) => return Ok(true),
             Err(mpsc::error::TrySendError::Closed(_)) => return Ok(false),
             Err(mpsc::error::TrySendError::Full(waiting)) => waiting,
@@ -598,7 +603,7 @@ impl Peer {
         if self.tap.is_some() {
             self.trace(Dir::Out, &[&head[..], body.get().as_bytes(), TAIL].concat());
         }
-        let _ = self.out.send(Outgoing::Spliced { head, body, tail: TAIL }).await;
+        let _ = self.queue_until(Outgoing::Spliced { head, body, tail: TAIL }, None).await;
     }
 
     /// Sends a pre-built line (already `\n`-terminated).
@@ -764,25 +769,6 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
-/// Writes every byte of `parts`, in order, with as few `writev`s as the kernel allows.
-async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, mut parts: [&[u8]; 4]) -> std::io::Result<()> {
-    loop {
-        let slices = parts.map(std::io::IoSlice::new);
-        let mut n = match w.write_vectored(&slices).await? {
-            0 if parts.iter().any(|p| !p.is_empty()) => return Err(std::io::ErrorKind::WriteZero.into()),
-            n => n,
-        };
-        for p in parts.iter_mut() {
-            let k = n.min(p.len());
-            *p = &p[k..];
-            n -= k;
-        }
-        if parts.iter().all(|p| p.is_empty()) {
-            return Ok(());
-        }
-    }
-}
-
 /// Lines at least this long skip the writer's batch buffer (see [`spawn_writer`]).
 const WRITE_DIRECT: usize = 16 * 1024;
 
@@ -816,8 +802,11 @@ where
                     }
                     Outgoing::Line(l) => buf.extend_from_slice(&l),
                     Outgoing::Spliced { head, body, tail } => {
-                        let parts = [&buf[..], &head[..], body.get().as_bytes(), tail];
-                        if write_all_vectored(&mut w, parts).await.is_err() {
+                        // The batch so far, then the three parts: `writev`s where the writer
+                        // takes them.
+                        use bytes::Buf;
+                        let mut parts = (&buf[..]).chain(&head[..]).chain(body.get().as_bytes()).chain(tail);
+                        if w.write_all_buf(&mut parts).await.is_err() {
                             break 'serve;
                         }
                         buf.clear();
