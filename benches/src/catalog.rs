@@ -9,7 +9,7 @@
 //! measures anything.
 
 use crate::daemon::{Bins, Daemon, PluginDef};
-use crate::report::{line, Floor, Samples};
+use crate::report::{Overhead, Samples};
 use crate::wire::{LineConn, Request, Timing, PAYLOAD};
 use anyhow::{bail, Context as _};
 use serde_json::json;
@@ -37,17 +37,15 @@ pub fn run(rt: &tokio::runtime::Runtime, bins: &Bins, placement: &str, t: Timing
     drop(conn);
     rt.block_on(d.stop())?;
 
-    let (without, with) = (Samples::new(without), Samples::new(with));
-    line("i.execute_no_schema.p50", placement, without.pct_us(50.0), "us", None);
-    let floor = Floor { value: without.pct_us(50.0), name: "no schema" };
-    line("i.execute_schema.p50", placement, with.pct_us(50.0), "us", Some(floor));
-    let overhead = (with.pct_us(50.0) - without.pct_us(50.0)) / without.pct_us(50.0);
-    let verdict = if overhead <= TARGET { "within" } else { "OVER" };
-    println!(
-        "# i.catalog@{placement}: validation adds {:.1} % to execute p50 ({verdict} the {:.0} % target)",
-        overhead * 100.0,
-        TARGET * 100.0
-    );
+    let report = Overhead {
+        tag: "i.catalog",
+        what: "validation",
+        base_line: "i.execute_no_schema.p50",
+        with_line: "i.execute_schema.p50",
+        floor_name: "no schema",
+        target: TARGET,
+    };
+    report.print(placement, &Samples::new(without), &Samples::new(with));
     Ok(())
 }
 

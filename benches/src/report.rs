@@ -125,3 +125,39 @@ pub fn utc_now() -> String {
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
+
+/// What a feature costs on `execute`'s p50: the line `base_line` for the samples without it (the
+/// floor, named `floor_name`), the line `with_line` for those with it, and a `# tag` note saying
+/// whether the feature (`what`) stays within `target` (a fraction of the floor).
+pub struct Overhead<'a> {
+    /// Note tag (`i.catalog`).
+    pub tag: &'a str,
+    /// What adds the cost (`validation`).
+    pub what: &'a str,
+    /// Line name of the samples without it.
+    pub base_line: &'a str,
+    /// Line name of the samples with it.
+    pub with_line: &'a str,
+    /// The floor's name in the floor cell.
+    pub floor_name: &'static str,
+    /// The overhead allowed, as a fraction of the floor.
+    pub target: f64,
+}
+
+impl Overhead<'_> {
+    /// Prints the two p50 lines and the note.
+    pub fn print(&self, placement: &str, without: &Samples, with: &Samples) {
+        let (base, ours) = (without.pct_us(50.0), with.pct_us(50.0));
+        line(self.base_line, placement, base, "us", None);
+        line(self.with_line, placement, ours, "us", Some(Floor { value: base, name: self.floor_name }));
+        let overhead = (ours - base) / base;
+        let verdict = if overhead <= self.target { "within" } else { "OVER" };
+        println!(
+            "# {}@{placement}: {} adds {:.1} % to execute p50 ({verdict} the {:.0} % target)",
+            self.tag,
+            self.what,
+            overhead * 100.0,
+            self.target * 100.0
+        );
+    }
+}

@@ -6,7 +6,7 @@
 //! (`docs/benchmarks.md`).
 
 use crate::daemon::{Bins, Daemon, PluginDef};
-use crate::report::{line, Floor, Samples};
+use crate::report::{Overhead, Samples};
 use crate::wire::{LineConn, Request, Timing, PAYLOAD};
 use std::time::Duration;
 
@@ -33,16 +33,14 @@ pub fn run(rt: &tokio::runtime::Runtime, bins: &Bins, placement: &str, t: Timing
     rt.block_on(on.stop())?;
     rt.block_on(off.stop())?;
 
-    let (traced, untraced) = (Samples::new(traced), Samples::new(untraced));
-    line("j.execute_untraced.p50", placement, untraced.pct_us(50.0), "us", None);
-    let floor = Floor { value: untraced.pct_us(50.0), name: "untraced" };
-    line("j.execute_traced.p50", placement, traced.pct_us(50.0), "us", Some(floor));
-    let overhead = (traced.pct_us(50.0) - untraced.pct_us(50.0)) / untraced.pct_us(50.0);
-    let verdict = if overhead <= TARGET { "within" } else { "OVER" };
-    println!(
-        "# j.trace@{placement}: trace context adds {:.1} % to execute p50 ({verdict} the {:.0} % target)",
-        overhead * 100.0,
-        TARGET * 100.0
-    );
+    let report = Overhead {
+        tag: "j.trace",
+        what: "trace context",
+        base_line: "j.execute_untraced.p50",
+        with_line: "j.execute_traced.p50",
+        floor_name: "untraced",
+        target: TARGET,
+    };
+    report.print(placement, &Samples::new(untraced), &Samples::new(traced));
     Ok(())
 }
