@@ -5,9 +5,13 @@
 use crate::daemon::{write_plugins, Bins, Daemon, PluginDef};
 use crate::echo::Echo;
 use crate::report::{line, Floor, Samples};
+use plugind::config::StatePaths;
+use plugind::plugin::context::InstanceSettings;
+use plugind::plugin::instance::InstanceSpec;
 use plugind::plugin::spawn;
 use plugind::sandbox;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
@@ -76,20 +80,27 @@ fn sandboxed_spawn(rt: &Runtime, bins: &Bins, n: usize) -> anyhow::Result<Durati
     Ok(took)
 }
 
-/// One plugin dir spawned as plugind spawns instance `id` of it.
+/// One plugin dir spawned as plugind spawns instance `id` of it: its instance spec (argv,
+/// environment, temp dir) made by plugind's own `InstanceSpec::new`, the temp dir created as
+/// `instance::launch` does, then `spawn::spawn`.
 fn spawn_one(dir: &Path, state: &Path, id: u64, version: &semver::Version) -> anyhow::Result<Echo> {
-    let found = plugind::discovery::load(dir, version);
-    let manifest = found.manifest.map_err(anyhow::Error::msg)?;
-    let tmp_dir = state.join("tmp").join(format!("{}-{id}", manifest.name));
-    std::fs::create_dir_all(&tmp_dir)?;
-    let plan = spawn::SpawnPlan {
-        argv: spawn::argv_for(&manifest, dir)?,
-        cwd: dir.to_path_buf(),
-        env: spawn::plugin_env(&manifest, None, &tmp_dir, &[]),
-        limits: manifest.limits.clone(),
+    let manifest = Arc::new(plugind::discovery::load(dir, version).manifest.map_err(anyhow::Error::msg)?);
+    let settings = InstanceSettings {
+        paths: StatePaths::new(state),
+        operator_env: Vec::new(),
+        config: serde_json::json!({}),
+        ping_every: Duration::from_secs(10),
     };
-    let request = sandbox::Request { manifest: &manifest, data_dir: None, tmp_dir: &tmp_dir, instance: id };
-    Echo::sandboxed(spawn::spawn(&plan, &request)?)
+    let name: Arc<str> = manifest.name.as_str().into();
+    let spec = InstanceSpec::new(&settings, &name, dir, &manifest, id).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&spec.tmp_dir)?;
+    let request = sandbox::Request {
+        manifest: &manifest,
+        data_dir: spec.data_dir.as_deref(),
+        tmp_dir: &spec.tmp_dir,
+        instance: id,
+    };
+    Echo::sandboxed(spawn::spawn(&spec.plan, &request)?)
 }
 
 /// plugind on `n` fresh copies of the echo-rust plugin: spawn → all `running`.
