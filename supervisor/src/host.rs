@@ -5,6 +5,7 @@ use crate::plugin::spawner::Spawner;
 use crate::registry::{not_found, ServiceCallIn};
 use crate::router::Call;
 use crate::trace::TraceIn;
+use crate::transport::peer::{RawJson, Reply};
 use crate::Daemon;
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::parse_params as params;
@@ -20,12 +21,7 @@ impl InstanceHost for Daemon {
         Daemon::spawner(self)
     }
 
-    fn answer(
-        self: Arc<Self>,
-        caller: Caller,
-        method: String,
-        params: Option<Box<RawValue>>,
-    ) -> BoxFuture<Result<Box<RawValue>, RpcError>> {
+    fn answer(self: Arc<Self>, caller: Caller, method: String, params: Option<Box<RawValue>>) -> BoxFuture<Reply> {
         Box::pin(async move { handle_request(&self, &caller, &method, params.as_deref()).await })
     }
 
@@ -50,8 +46,65 @@ fn declared<'a>(caller: &'a Caller, name: &str) -> Option<&'a Dependency> {
     caller.manifest.dependencies().find(|(d, _)| d.name == name).map(|(d, _)| d)
 }
 
-/// Answers one request of a plugin.
-pub async fn handle_request(
+/// Answers one request of a plugin: a `service.call` with the provider's answer as it came (a
+/// large one passes on without a copy), the rest with what plugind makes.
+pub async fn handle_request(daemon: &Daemon, caller: &Caller, method: &str, raw: Option<&RawValue>) -> Reply {
+    match method {
+        methods::SERVICE_CALL => service_call(daemon, caller, raw).await,
+        _ => handle_local(daemon, caller, method, raw).await.map(RawJson::from),
+    }
+}
+
+/// A plugin's `service.call`: allowed only for a declared dependency, bounded by the call it is
+/// made for.
+async fn service_call(daemon: &Daemon, caller: &Caller, raw: Option<&RawValue>) -> Reply {
+    let p = ServiceCallIn::parse(raw)?;
+    let Some(declared) = declared(caller, &p.service) else {
+        return Err(RpcError::with_data(
+            codes::PERMISSION_DENIED,
+            format!(
+                "plugin {} may not call service {:?}: it is not in its manifest's dependencies",
+                caller.plugin, p.service
+            ),
+            serde_json::json!({ "plugin": &*caller.plugin, "dependency": p.service }),
+        ));
+    };
+    // The provider must match the declared range and the one asked for, both.
+    let asked = crate::registry::dependency(&p.service, p.version.as_deref())?;
+    let dep = declared.narrowed(asked.range.as_ref());
+    let provider = daemon.resolve(&dep).ok_or_else(|| not_found(&dep))?;
+    // The call this one is made for bounds its deadline, and cancels it when it ends.
+    let parent = caller.peer.parent_of(p.parent);
+    let call = Call {
+        method: &p.method,
+        params: p.params,
+        timeout_ms: p.timeout_ms,
+        service: Some(&p.service),
+        caller: Some(&caller.plugin),
+        not_after: parent.as_ref().map(|pc| pc.hard),
+        // The trace the plugin names, else the one of the call it is made for.
+        // (A malformed traceparent counts as none.)
+        trace: match TraceIn::from_meta(p.meta.as_ref()) {
+            named if named.parent.is_some() => named,
+            _ => parent.as_ref().and_then(|pc| pc.trace.clone()).unwrap_or_default(),
+        },
+    };
+    let routed = provider.call(call);
+    match parent {
+        None => routed.await,
+        Some(pc) => tokio::select! {
+            r = routed => r,
+            _ = pc.done.cancelled() => Err(RpcError::with_data(
+                codes::REQUEST_CANCELLED,
+                format!("cancelled: the call it was made for (id {}) ended", pc.id),
+                serde_json::json!({ "plugin": &*caller.plugin }),
+            )),
+        },
+    }
+}
+
+/// The requests of a plugin that plugind answers itself.
+async fn handle_local(
     daemon: &Daemon,
     caller: &Caller,
     method: &str,
@@ -72,51 +125,6 @@ pub async fn handle_request(
         methods::REGISTRY_LIST_SERVICES => {
             let p: ListServicesParams = params(raw)?;
             Ok(to_raw(&daemon.list_services(p.capability.as_deref())))
-        }
-        methods::SERVICE_CALL => {
-            let p = ServiceCallIn::parse(raw)?;
-            let Some(declared) = declared(caller, &p.service) else {
-                return Err(RpcError::with_data(
-                    codes::PERMISSION_DENIED,
-                    format!(
-                        "plugin {} may not call service {:?}: it is not in its manifest's dependencies",
-                        caller.plugin, p.service
-                    ),
-                    serde_json::json!({ "plugin": &*caller.plugin, "dependency": p.service }),
-                ));
-            };
-            // The provider must match the declared range and the one asked for, both.
-            let asked = crate::registry::dependency(&p.service, p.version.as_deref())?;
-            let dep = declared.narrowed(asked.range.as_ref());
-            let provider = daemon.resolve(&dep).ok_or_else(|| not_found(&dep))?;
-            // The call this one is made for bounds its deadline, and cancels it when it ends.
-            let parent = caller.peer.parent_of(p.parent);
-            let call = Call {
-                method: &p.method,
-                params: p.params,
-                timeout_ms: p.timeout_ms,
-                service: Some(&p.service),
-                caller: Some(&caller.plugin),
-                not_after: parent.as_ref().map(|pc| pc.hard),
-                // The trace the plugin names, else the one of the call it is made for.
-                // (A malformed traceparent counts as none.)
-                trace: match TraceIn::from_meta(p.meta.as_ref()) {
-                    named if named.parent.is_some() => named,
-                    _ => parent.as_ref().and_then(|pc| pc.trace.clone()).unwrap_or_default(),
-                },
-            };
-            let routed = provider.call(call);
-            match parent {
-                None => routed.await,
-                Some(pc) => tokio::select! {
-                    r = routed => r,
-                    _ = pc.done.cancelled() => Err(RpcError::with_data(
-                        codes::REQUEST_CANCELLED,
-                        format!("cancelled: the call it was made for (id {}) ended", pc.id),
-                        serde_json::json!({ "plugin": &*caller.plugin }),
-                    )),
-                },
-            }
         }
         methods::KV_GET | methods::KV_SET | methods::KV_DELETE | methods::KV_LIST => {
             if !caller.manifest.grants(Permission::Storage) {

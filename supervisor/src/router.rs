@@ -14,7 +14,7 @@
 use crate::plugin::instance::{self, Admission, Instance};
 use crate::plugin::PluginEntry;
 use crate::trace::{Hop, TraceIn};
-use crate::transport::peer::{CallError, Deadline};
+use crate::transport::peer::{CallError, Deadline, RawJson};
 use crate::Daemon;
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{self, RpcError};
@@ -129,7 +129,7 @@ pub fn unavailable(entry: &PluginEntry) -> RpcError {
 
 impl Daemon {
     /// Calls `execute` on plugin `name`.
-    pub async fn execute(&self, name: &str, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
+    pub async fn execute(&self, name: &str, call: Call<'_>) -> Result<RawJson, RpcError> {
         let entry = self.plugin(name).ok_or_else(|| unknown_plugin(name))?;
         execute_on(&entry, call).await
     }
@@ -140,7 +140,7 @@ impl Daemon {
 /// first: params that do not match the method's `params` schema are answered `-32602` and never
 /// reach the plugin, and the method's `timeout_ms` stands in for the plugin's when the call
 /// gives none.
-pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
+pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<RawJson, RpcError> {
     let Some(instance) = entry.pick() else { return Err(unavailable(entry)) };
     let method = instance.catalog().and_then(|c| c.get(call.method));
     if let Some(m) = method {
@@ -190,7 +190,7 @@ pub async fn call_plugin(
     timeout_ms: Option<u64>,
     not_after: Option<Instant>,
     hop: &Hop,
-) -> Result<Box<RawValue>, RpcError> {
+) -> Result<RawJson, RpcError> {
     let Some(instance) = entry.pick() else { return Err(unavailable(entry)) };
     call_instance(entry, instance, method, write_params, timeout_ms, not_after, hop).await
 }
@@ -205,7 +205,7 @@ async fn call_instance(
     timeout_ms: Option<u64>,
     not_after: Option<Instant>,
     hop: &Hop,
-) -> Result<Box<RawValue>, RpcError> {
+) -> Result<RawJson, RpcError> {
     let (default_timeout, max) = instance.timeouts;
     let timeout = timeout_ms.map_or(default_timeout, Duration::from_millis).min(max);
     let accepted = Instant::now();

@@ -157,9 +157,10 @@ impl<'a> Envelope<'a> {
     /// building them; `NotTaken` for whatever it leaves to serde_json (which then gives the
     /// error, if there is one): a member twice, a member of a type the envelope does not allow,
     /// escapes in `jsonrpc` or `method`.
-    fn scan(text: &'a str) -> Result<Self, scan::NotTaken> {
+    fn scan(line: &'a [u8]) -> Result<Self, scan::NotTaken> {
         let mut env = Envelope::default();
-        scan::fields(text, ["jsonrpc", "method", "id", "params", "result", "error"], |n, value| {
+        scan::fields(line, ["jsonrpc", "method", "id", "params", "result", "error"], |n, value| {
+            let value = value.text()?;
             let raw_slot = match n {
                 2 => Some(&mut env.id),
                 3 => Some(&mut env.params),
@@ -194,12 +195,12 @@ impl<'a> Message<'a> {
             serde_json::from_slice::<serde::de::IgnoredAny>(line)?;
             return Err(ParseError::NotJsonRpc("not a JSON object"));
         }
-        // Validating UTF-8 once up front (vectorised) and parsing from `&str` is faster than
-        // serde_json's byte-wise checks when parsing from a slice.
-        let text = std::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?;
-        let env: Envelope<'a> = match Envelope::scan(text) {
+        // The scanner checks UTF-8 as it goes. What it leaves goes to serde_json, from `&str`:
+        // validating UTF-8 up front (vectorised) is faster than serde_json's byte-wise checks
+        // when parsing from a slice.
+        let env: Envelope<'a> = match Envelope::scan(line) {
             Ok(env) => env,
-            Err(scan::NotTaken) => serde_json::from_str(text)?,
+            Err(scan::NotTaken) => serde_json::from_str(std::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?)?,
         };
         if let Some(v) = &env.jsonrpc {
             if v != "2.0" {
@@ -358,12 +359,12 @@ mod tests {
             r#"{"method":"log","jsonrpc":"2.0","params":{"level":"info","message":"\u00e9"}}"#,
         ];
         for seed in seeds {
-            assert!(Envelope::scan(seed).is_ok(), "{seed}");
+            assert!(Envelope::scan(seed.as_bytes()).is_ok(), "{seed}");
         }
         let mut taken = 0;
         for seed in seeds {
             for t in scan::one_byte_mutations(seed, b"\"\\{}[],:0-1.nule \x02") {
-                if let Ok(ours) = Envelope::scan(&t) {
+                if let Ok(ours) = Envelope::scan(t.as_bytes()) {
                     taken += 1;
                     let theirs: Envelope<'_> =
                         serde_json::from_str(&t).unwrap_or_else(|e| panic!("scanner took {t:?}, serde: {e}"));
@@ -373,9 +374,9 @@ mod tests {
         }
         assert!(taken > 100, "{taken}");
         // Left to serde: a member twice (its "duplicate field" error), escapes in the method.
-        assert!(Envelope::scan(r#"{"id":1,"id":2,"result":1}"#).is_err());
-        assert!(Envelope::scan(r#"{"method":null,"method":"x"}"#).is_err());
-        assert!(Envelope::scan(r#"{"method":"a\u0062"}"#).is_err());
+        assert!(Envelope::scan(br#"{"id":1,"id":2,"result":1}"#).is_err());
+        assert!(Envelope::scan(br#"{"method":null,"method":"x"}"#).is_err());
+        assert!(Envelope::scan(br#"{"method":"a\u0062"}"#).is_err());
         assert!(serde_json::from_str::<Envelope<'_>>(r#"{"id":1,"id":2,"result":1}"#).is_err());
     }
     use super::*;

@@ -13,8 +13,15 @@
 //! [`MAX_DEPTH`], any error), so that errors and their wording stay serde_json's. The tests
 //! check that whatever it accepts, serde_json accepts with the same members.
 //!
-//! UTF-8 is the caller's to check, once for the whole line (`str::from_utf8`): the scanner
-//! works on a `&str` and only ever splits it at ASCII bytes.
+//! It reads bytes and checks UTF-8 itself, in the same pass: outside strings the grammar allows
+//! only ASCII, and a string's bytes from its first non-ASCII one to its closing quote are checked
+//! with `str::from_utf8` (most payloads have none: base64, numbers, ASCII text). A separate
+//! `from_utf8` over the whole line was another pass over every payload, 7 % of plugind's time on
+//! a 64 KiB call. So every key and value it hands out is valid UTF-8 and is handed out as `&str`.
+//!
+//! A value can be read as text ([`Value::text`]) or walked in turn as an object
+//! ([`Value::fields`]), in the same pass: a control `execute`'s params object is walked once,
+//! not delimited first and walked again.
 
 use serde_json::value::RawValue;
 
@@ -27,44 +34,58 @@ pub struct NotTaken;
 
 type Scan<T> = Result<T, NotTaken>;
 
+/// One member's value, where the scanner stands: read it as text ([`Value::text`]) or walk it as
+/// an object ([`Value::fields`]). A value left unread is delimited and checked all the same.
+pub struct Value<'a, 's> {
+    b: &'a [u8],
+    start: usize,
+    depth: usize,
+    /// Set once the value has been scanned: where it ends.
+    end: &'s mut Option<usize>,
+}
+
+impl<'a> Value<'a, '_> {
+    /// The value as JSON text, checked.
+    pub fn text(self) -> Scan<&'a str> {
+        let end = skip_value(self.b, self.start, self.depth)?;
+        *self.end = Some(end);
+        Ok(text_of(self.b, self.start, end))
+    }
+
+    /// Walks the value, which must be an object, as [`fields`] does; returns its text.
+    pub fn fields<const N: usize>(
+        self,
+        keys: [&'a str; N],
+        field: impl FnMut(usize, Value<'a, '_>) -> Scan<()>,
+    ) -> Scan<&'a str> {
+        if self.b.get(self.start) != Some(&b'{') || self.depth >= MAX_DEPTH {
+            return Err(NotTaken);
+        }
+        let end = object(self.b, self.start, self.depth, named(keys, field))?;
+        *self.end = Some(end);
+        Ok(text_of(self.b, self.start, end))
+    }
+}
+
+/// `b[start..end]` as text: a value or key the scanner checked, so valid UTF-8.
+fn text_of(b: &[u8], start: usize, end: usize) -> &str {
+    // SAFETY: only called on a span the scanner has checked: ASCII outside strings (the grammar
+    // allows nothing else there) and strings whose non-ASCII bytes passed `str::from_utf8` (see
+    // `skip_string`). A span never starts or ends inside a multi-byte character, as it starts and
+    // ends at ASCII bytes (quotes, brackets, digits, letters of literals).
+    unsafe { std::str::from_utf8_unchecked(&b[start..end]) }
+}
+
 /// Calls `member(key, value)` for each member of the JSON object `text` (whitespace around it
 /// allowed), in order. `key` is the text between the key's quotes (a key with an escape is not
-/// taken); `value` is the member's value as JSON text. Stops at the first error `member` returns.
-pub fn members<'a>(text: &'a str, mut member: impl FnMut(&'a str, &'a str) -> Scan<()>) -> Scan<()> {
-    let b = text.as_bytes();
-    let mut i = skip_ws(b, 0);
-    if b.get(i) != Some(&b'{') {
+/// taken). Stops at the first error `member` returns. Whatever it takes is valid UTF-8.
+pub fn members<'a>(text: &'a [u8], member: impl FnMut(&'a str, Value<'a, '_>) -> Scan<()>) -> Scan<()> {
+    let i = skip_ws(text, 0);
+    if text.get(i) != Some(&b'{') {
         return Err(NotTaken);
     }
-    i = skip_ws(b, i + 1);
-    if b.get(i) == Some(&b'}') {
-        i += 1;
-    } else {
-        loop {
-            let key_end = skip_string(b, i)?;
-            let key = &text[i + 1..key_end - 1];
-            if key.contains('\\') {
-                return Err(NotTaken);
-            }
-            i = skip_ws(b, key_end);
-            if b.get(i) != Some(&b':') {
-                return Err(NotTaken);
-            }
-            let start = skip_ws(b, i + 1);
-            let end = skip_value(b, start, 1)?;
-            member(key, &text[start..end])?;
-            i = skip_ws(b, end);
-            match b.get(i) {
-                Some(b',') => i = skip_ws(b, i + 1),
-                Some(b'}') => {
-                    i += 1;
-                    break;
-                }
-                _ => return Err(NotTaken),
-            }
-        }
-    }
-    if skip_ws(b, i) == b.len() {
+    let end = object(text, i, 0, member)?;
+    if skip_ws(text, end) == text.len() {
         Ok(())
     } else {
         Err(NotTaken)
@@ -75,18 +96,64 @@ pub fn members<'a>(text: &'a str, mut member: impl FnMut(&'a str, &'a str) -> Sc
 /// `keys[n]`, the others skipped. A name twice is `NotTaken`: serde's "duplicate field", even
 /// when the first was `null`.
 pub fn fields<'a, const N: usize>(
-    text: &'a str,
-    keys: [&str; N],
-    mut field: impl FnMut(usize, &'a str) -> Scan<()>,
+    text: &'a [u8],
+    keys: [&'a str; N],
+    field: impl FnMut(usize, Value<'a, '_>) -> Scan<()>,
 ) -> Scan<()> {
+    members(text, named(keys, field))
+}
+
+/// A member callback that passes on the members named in `keys`, by index, once each.
+fn named<'a, const N: usize>(
+    keys: [&'a str; N],
+    mut field: impl FnMut(usize, Value<'a, '_>) -> Scan<()>,
+) -> impl FnMut(&'a str, Value<'a, '_>) -> Scan<()> {
     let mut seen = [false; N];
-    members(text, |key, value| {
+    move |key, value| {
         let Some(n) = keys.iter().position(|k| *k == key) else { return Ok(()) };
         if std::mem::replace(&mut seen[n], true) {
             return Err(NotTaken);
         }
         field(n, value)
-    })
+    }
+}
+
+/// The object starting at `i` (its `{`), at nesting `depth`, its members given to `member`; its
+/// end (exclusive).
+fn object<'a>(
+    b: &'a [u8],
+    i: usize,
+    depth: usize,
+    mut member: impl FnMut(&'a str, Value<'a, '_>) -> Scan<()>,
+) -> Scan<usize> {
+    let mut i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return Ok(i + 1);
+    }
+    loop {
+        let key_end = skip_string(b, i)?;
+        let key = text_of(b, i + 1, key_end - 1);
+        if key.contains('\\') {
+            return Err(NotTaken);
+        }
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return Err(NotTaken);
+        }
+        let start = skip_ws(b, i + 1);
+        let mut end = None;
+        member(key, Value { b, start, depth: depth + 1, end: &mut end })?;
+        let end = match end {
+            Some(end) => end,
+            None => skip_value(b, start, depth + 1)?,
+        };
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return Ok(i + 1),
+            _ => return Err(NotTaken),
+        }
+    }
 }
 
 /// The contents of a JSON string value without escapes (`"abc"` → `abc`); None for any other
@@ -110,21 +177,26 @@ pub fn raw(value: &str) -> &RawValue {
 /// path with serde_json, here and in plugind.
 #[doc(hidden)]
 pub fn one_byte_mutations(seed: &str, with: &[u8]) -> Vec<String> {
-    let b = seed.as_bytes();
+    one_byte_mutations_raw(seed.as_bytes(), with).into_iter().filter_map(|v| String::from_utf8(v).ok()).collect()
+}
+
+/// [`one_byte_mutations`], invalid UTF-8 included.
+#[doc(hidden)]
+pub fn one_byte_mutations_raw(seed: &[u8], with: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    for pos in 0..b.len() {
+    for pos in 0..seed.len() {
         for &c in with {
-            let mut replaced = b.to_vec();
+            let mut replaced = seed.to_vec();
             replaced[pos] = c;
-            let mut inserted = b.to_vec();
+            let mut inserted = seed.to_vec();
             inserted.insert(pos, c);
             out.extend([replaced, inserted]);
         }
-        let mut dropped = b.to_vec();
+        let mut dropped = seed.to_vec();
         dropped.remove(pos);
         out.push(dropped);
     }
-    out.into_iter().filter_map(|v| String::from_utf8(v).ok()).collect()
+    out
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -217,16 +289,28 @@ fn skip_number(b: &[u8], mut i: usize) -> Scan<usize> {
 }
 
 /// The end (exclusive, after the closing quote) of the string starting at `i` (its opening
-/// quote): no control characters, only the escapes JSON has.
+/// quote): no control characters, only the escapes JSON has, valid UTF-8.
 fn skip_string(b: &[u8], i: usize) -> Scan<usize> {
     if b.get(i) != Some(&b'"') {
         return Err(NotTaken);
     }
     let mut i = i + 1;
+    // The string's first non-ASCII byte, once seen: from there to the closing quote is checked
+    // as UTF-8 in one call (a valid multi-byte character never holds an ASCII byte, so the span
+    // between two ASCII bytes is valid exactly when its characters are).
+    let mut wide: Option<usize> = None;
     loop {
-        i = find_special(b, i);
+        i = match wide {
+            None => find_special::<true>(b, i),
+            Some(_) => find_special::<false>(b, i),
+        };
         match b.get(i) {
-            Some(b'"') => return Ok(i + 1),
+            Some(b'"') => {
+                if let Some(w) = wide {
+                    std::str::from_utf8(&b[w..i]).map_err(|_| NotTaken)?;
+                }
+                return Ok(i + 1);
+            }
             Some(b'\\') => match b.get(i + 1) {
                 Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
                 Some(b'u') => match b.get(i + 2..i + 6) {
@@ -235,35 +319,39 @@ fn skip_string(b: &[u8], i: usize) -> Scan<usize> {
                 },
                 _ => return Err(NotTaken),
             },
+            Some(0x80..) => {
+                wide = Some(i);
+                i += 1;
+            }
             // A control character, or the end of the text.
             _ => return Err(NotTaken),
         }
     }
 }
 
-/// The index of the first `"`, `\` or control character (below 0x20) at or after `i`; `b.len()`
-/// if none. 32 bytes at a time with AVX2 where the CPU has it, else 16 with SSE2 (x86-64's
-/// baseline), else one at a time.
-fn find_special(b: &[u8], i: usize) -> usize {
+/// The index of the first `"`, `\`, control character (below 0x20) or, with `HIGH`, non-ASCII
+/// byte (0x80 and up) at or after `i`; `b.len()` if none. 32 bytes at a time with AVX2 where the
+/// CPU has it, else 16 with SSE2 (x86-64's baseline), else one at a time.
+fn find_special<const HIGH: bool>(b: &[u8], i: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         if *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2")) {
             // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { find_special_avx2(b, i) };
+            return unsafe { find_special_avx2::<HIGH>(b, i) };
         }
-        find_special_sse2(b, i)
+        find_special_sse2::<HIGH>(b, i)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        find_special_scalar(b, i)
+        find_special_scalar::<HIGH>(b, i)
     }
 }
 
 /// [`find_special`] with AVX2. Only called where the CPU has it.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn find_special_avx2(b: &[u8], mut i: usize) -> usize {
+unsafe fn find_special_avx2<const HIGH: bool>(b: &[u8], mut i: usize) -> usize {
     use std::arch::x86_64::{
         __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_min_epu8, _mm256_movemask_epi8, _mm256_or_si256,
         _mm256_set1_epi8,
@@ -275,23 +363,30 @@ unsafe fn find_special_avx2(b: &[u8], mut i: usize) -> usize {
         // SAFETY: `i + 32 <= b.len()`: thirty-two readable bytes; unaligned loads are allowed.
         let x = unsafe { _mm256_loadu_si256(b.as_ptr().add(i).cast::<__m256i>()) };
         let control = _mm256_cmpeq_epi8(_mm256_min_epu8(x, below_space), x);
-        let hit =
+        let mut hit =
             _mm256_or_si256(_mm256_or_si256(_mm256_cmpeq_epi8(x, quote), _mm256_cmpeq_epi8(x, backslash)), control);
+        if HIGH {
+            // The mask takes each byte's top bit: set exactly for the non-ASCII ones.
+            hit = _mm256_or_si256(hit, x);
+        }
         let mask = _mm256_movemask_epi8(hit) as u32;
         if mask != 0 {
             return i + mask.trailing_zeros() as usize;
         }
         i += 32;
     }
-    find_special_sse2(b, i)
+    find_special_sse2::<HIGH>(b, i)
 }
 
-fn find_special_scalar(b: &[u8], i: usize) -> usize {
-    b[i.min(b.len())..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).map_or(b.len(), |p| i + p)
+fn find_special_scalar<const HIGH: bool>(b: &[u8], i: usize) -> usize {
+    b[i.min(b.len())..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20 || (HIGH && c >= 0x80))
+        .map_or(b.len(), |p| i + p)
 }
 
 #[cfg(target_arch = "x86_64")]
-fn find_special_sse2(b: &[u8], mut i: usize) -> usize {
+fn find_special_sse2<const HIGH: bool>(b: &[u8], mut i: usize) -> usize {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
     };
@@ -306,7 +401,10 @@ fn find_special_sse2(b: &[u8], mut i: usize) -> usize {
             let x = _mm_loadu_si128(b.as_ptr().add(i).cast::<__m128i>());
             // A byte is at most 0x1f exactly when min(byte, 0x1f) is the byte (unsigned compare).
             let control = _mm_cmpeq_epi8(_mm_min_epu8(x, below_space), x);
-            let hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)), control);
+            let mut hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)), control);
+            if HIGH {
+                hit = _mm_or_si128(hit, x);
+            }
             let mask = _mm_movemask_epi8(hit);
             if mask != 0 {
                 return i + mask.trailing_zeros() as usize;
@@ -314,7 +412,7 @@ fn find_special_sse2(b: &[u8], mut i: usize) -> usize {
             i += 16;
         }
     }
-    find_special_scalar(b, i)
+    find_special_scalar::<HIGH>(b, i)
 }
 
 #[cfg(test)]
@@ -323,9 +421,13 @@ mod tests {
 
     /// Every member the scanner reports, or None if it does not take the text.
     fn scan(text: &str) -> Option<Vec<(String, String)>> {
+        scan_bytes(text.as_bytes())
+    }
+
+    fn scan_bytes(text: &[u8]) -> Option<Vec<(String, String)>> {
         let mut out = Vec::new();
         members(text, |k, v| {
-            out.push((k.to_owned(), v.to_owned()));
+            out.push((k.to_owned(), v.text()?.to_owned()));
             Ok(())
         })
         .ok()
@@ -428,26 +530,104 @@ mod tests {
         }
     }
 
-    /// Every implementation finds the same first special byte, wherever it is.
+    /// Every implementation finds the same first special byte, wherever it is, with and without
+    /// stopping at non-ASCII bytes.
     #[test]
     fn vector_and_scalar_searches_agree() {
+        fn check<const HIGH: bool>(b: &[u8], start: usize, what: &str) {
+            let want = find_special_scalar::<HIGH>(b, start);
+            assert_eq!(find_special::<HIGH>(b, start), want, "{what}");
+            #[cfg(target_arch = "x86_64")]
+            assert_eq!(find_special_sse2::<HIGH>(b, start), want, "{what}");
+        }
         for len in 0..100 {
             for at in 0..=len {
-                for special in [b'"', b'\\', 0x00, 0x1f] {
+                for special in [b'"', b'\\', 0x00, 0x1f, 0x80, 0xc3, 0xff] {
                     let mut b = vec![b'a'; len];
-                    b.extend([0x20, 0x7f, 0x80, 0xff]);
+                    b.extend([0x20, 0x7f, 0x80, 0xff, b'"']);
                     if at < len {
                         b[at] = special;
                     }
                     for start in [0, 1, 3].into_iter().filter(|&s| s <= b.len()) {
-                        let want = find_special_scalar(&b, start);
-                        assert_eq!(find_special(&b, start), want, "len {len} at {at} start {start}");
-                        #[cfg(target_arch = "x86_64")]
-                        assert_eq!(find_special_sse2(&b, start), want);
+                        let what = format!("len {len} at {at} byte {special:#x} start {start}");
+                        check::<true>(&b, start, &what);
+                        check::<false>(&b, start, &what);
                     }
                 }
             }
         }
+    }
+
+    /// Non-ASCII text is taken where it is valid UTF-8, inside strings only, at every offset
+    /// across the vector width; invalid sequences are not.
+    #[test]
+    fn checks_utf8_itself() {
+        for n in 0..70 {
+            for text in ["é", "€uro", "日本語", r"\u00e9é", "x😀y"] {
+                let s = format!(r#"{{"k":"{}{text}{}","{text}":1}}"#, "x".repeat(n), "é".repeat(n % 5));
+                if !text.contains('\\') {
+                    assert!(scan(&s).is_some(), "{s:?}");
+                }
+                agrees(&s);
+            }
+            for bad in [&[0x80][..], &[0xc3], &[0xc3, 0x28], &[0xe2, 0x82], &[0xed, 0xa0, 0x80], &[0xc0, 0xaf], &[0xff]]
+            {
+                let mut s = format!(r#"{{"k":"{}"#, "x".repeat(n)).into_bytes();
+                s.extend_from_slice(bad);
+                s.extend_from_slice(br#"y"}"#);
+                assert_eq!(scan_bytes(&s), None, "{s:?}");
+            }
+        }
+        // Outside strings, nothing but ASCII.
+        assert_eq!(scan_bytes("{\"a\":1\u{a0}}".as_bytes()), None);
+        assert_eq!(scan_bytes("\u{feff}{}".as_bytes()), None);
+    }
+
+    /// Mutations of valid messages by bytes that are not ASCII, invalid UTF-8 included: whatever
+    /// the scanner takes is valid UTF-8, and serde_json takes it alike.
+    #[test]
+    fn agrees_with_serde_on_non_ascii_mutations() {
+        let seed = r#"{"id":1,"result":{"t":"é€😀 \u00e9","n":[1,"ü"]}}"#;
+        let mut checked = 0;
+        for t in one_byte_mutations_raw(seed.as_bytes(), &[0x80, 0xbf, 0xc3, 0xe2, 0xf0, 0xff, b'"']) {
+            if scan_bytes(&t).is_some() {
+                let text = std::str::from_utf8(&t).expect("the scanner took invalid UTF-8");
+                agrees(text);
+                checked += 1;
+            }
+        }
+        assert!(checked > 10, "{checked}");
+    }
+
+    /// A value walked as an object in place gives the same members as walking its text again,
+    /// and the scan goes on after it.
+    #[test]
+    fn values_walked_in_place() {
+        let text = br#"{"a":1,"params":{"x":"y","p":[1,{"q":2}]},"z":true}"#;
+        let (mut inner, mut after) = (Vec::new(), None);
+        members(text, |k, v| {
+            match k {
+                "params" => {
+                    let whole = v.fields(["p", "x"], |n, v| {
+                        inner.push((n, v.text()?));
+                        Ok(())
+                    })?;
+                    assert_eq!(whole, r#"{"x":"y","p":[1,{"q":2}]}"#);
+                }
+                "z" => after = Some(v.text()?),
+                _ => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(inner, [(1, r#""y""#), (0, r#"[1,{"q":2}]"#)]);
+        assert_eq!(after, Some("true"));
+        // Not an object, or a member twice: not taken.
+        assert_eq!(members(br#"{"params":[1]}"#, |_, v| v.fields(["x"], |_, _| Ok(())).map(drop)), Err(NotTaken));
+        assert_eq!(
+            members(br#"{"params":{"x":1,"x":2}}"#, |_, v| v.fields(["x"], |_, _| Ok(())).map(drop)),
+            Err(NotTaken)
+        );
     }
 
     #[test]

@@ -69,10 +69,6 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
                         break;
                     }
                 };
-                if let Some(id) = cancel::cancel_target(&line) {
-                    cancel::cancel_in_flight(std::pin::Pin::new(&mut inflight), &conn, id);
-                    continue;
-                }
                 // Boxed here, once: the request's future is large (the whole call path is in
                 // it), and `FuturesUnordered::push` would otherwise move it into its task by
                 // value, a copy of every byte of it, and allocate that task past the allocator's
@@ -83,16 +79,20 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
                 if burst == FLUSH_EVERY {
                     burst = 0;
                     // The new requests' first polls queue their lines; then the writers run.
-                    while let Some(Some(())) = inflight.next().now_or_never() {}
+                    while let Some(Some(served)) = inflight.next().now_or_never() {
+                        cancel_if_asked(&mut inflight, &conn, served);
+                    }
                     tokio::task::yield_now().await;
                 }
             }
-            Some(()) = inflight.next(), if !inflight.is_empty() => {}
+            Some(served) = inflight.next(), if !inflight.is_empty() => cancel_if_asked(&mut inflight, &conn, served),
         }
     }
     // Every line read gets its first poll (which parses it and delivers a response) before the
     // peer closes: a host's last answers reach their callers rather than failing with it.
-    while let Some(Some(())) = inflight.next().now_or_never() {}
+    while let Some(Some(served)) = inflight.next().now_or_never() {
+        cancel_if_asked(&mut inflight, &conn, served);
+    }
     // Nothing more will be read: calls to this client (its host services) fail at once.
     conn.peer.close();
     if eof {
@@ -102,7 +102,7 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
         let mut check = tokio::time::interval(HANGUP_CHECK);
         while !inflight.is_empty() {
             tokio::select! {
-                _ = inflight.next() => {}
+                Some(served) = inflight.next() => cancel_if_asked(&mut inflight, &conn, served),
                 _ = check.tick() => if hung_up(socket) { break },
             }
         }
@@ -118,16 +118,28 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
     tokio::spawn(async move { peer.close_output().await });
 }
 
+/// Cancels the request a finished line named, if it was a `$/cancel`.
+fn cancel_if_asked<F: std::future::Future<Output = cancel::Served>>(
+    inflight: &mut FuturesUnordered<cancel::InFlight<F>>,
+    conn: &Arc<Conn>,
+    served: cancel::Served,
+) {
+    if let Some(id) = served {
+        cancel::cancel_in_flight(std::pin::Pin::new(inflight), conn, id);
+    }
+}
+
 /// One line from the client: a request is dispatched and answered, a response (from a host to a
-/// request plugind made of it) is delivered, anything else is answered with an error. The line
-/// moves into the future, so the request's id, method and params are borrowed from it rather than
-/// copied out (three allocations per request fewer).
-async fn serve_line(daemon: Arc<Daemon>, conn: Arc<Conn>, line: Bytes) {
+/// request plugind made of it) is delivered, a `$/cancel` ends with its target (which the
+/// connection cancels), anything else is answered with an error. The line moves into the
+/// future, so the request's id, method and params are borrowed from it rather than copied out
+/// (three allocations per request fewer).
+async fn serve_line(daemon: Arc<Daemon>, conn: Arc<Conn>, line: Bytes) -> cancel::Served {
     if let Some(request) = handlers::ExecuteRequest::parse(&line) {
         let id = request.id;
         let reply = request.run(&daemon, &conn).await;
         conn.peer.respond_with(id, reply).await;
-        return;
+        return None;
     }
     match conn.peer.accept(&line) {
         Incoming::Request { id, method, params } => {
@@ -138,8 +150,10 @@ async fn serve_line(daemon: Arc<Daemon>, conn: Arc<Conn>, line: Bytes) {
             let err = RpcError::new(e.code(), e.to_string());
             conn.peer.respond(null_id(), Err(&err)).await;
         }
-        Incoming::Notification { .. } | Incoming::Delivered | Incoming::UnknownResponse(_) => {}
+        Incoming::Notification { method, params } => return cancel::cancel_target(&method, params),
+        Incoming::Delivered | Incoming::UnknownResponse(_) => {}
     }
+    None
 }
 
 /// How often a half-closed client is checked for a full hang-up while its calls finish.

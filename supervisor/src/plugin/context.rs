@@ -13,7 +13,6 @@ use crate::plugin::machine::Unmet;
 use crate::plugin::spawner::Spawner;
 use crate::plugin::PluginEntry;
 use crate::transport::peer::Peer;
-use plugind_protocol::jsonrpc::RpcError;
 use plugind_protocol::manifest::Manifest;
 use serde_json::value::RawValue;
 use std::future::Future;
@@ -46,7 +45,7 @@ pub trait InstanceHost: Send + Sync + 'static {
         caller: Caller,
         method: String,
         params: Option<Box<RawValue>>,
-    ) -> BoxFuture<Result<Box<RawValue>, RpcError>>;
+    ) -> BoxFuture<crate::transport::peer::Reply>;
 
     /// A `metrics.emit` notification of plugin `plugin` (its raw params).
     fn metrics_emit(&self, plugin: &str, params: &str);

@@ -699,7 +699,7 @@ impl InstanceTask {
     }
 
     /// Handles one stdout line; returns work to run concurrently (a plugin request).
-    async fn on_line(&self, line: &[u8]) -> Option<BoxFut<Step>> {
+    async fn on_line(&self, line: &bytes::Bytes) -> Option<BoxFut<Step>> {
         match self.instance.peer.accept(line) {
             Incoming::Delivered => None,
             Incoming::Request { id, method, params } => {
@@ -715,7 +715,7 @@ impl InstanceTask {
                 };
                 Some(Box::pin(async move {
                     let reply = host.answer(caller, method, params).await;
-                    peer.respond(&id, reply.as_deref()).await;
+                    peer.respond_with(&id, reply).await;
                     Step::Served
                 }))
             }

@@ -14,7 +14,7 @@ pub mod rules;
 use crate::plugin::instance::call_error;
 use crate::plugin::PluginEntry;
 use crate::router::{self, Call};
-use crate::transport::peer::{Deadline, Peer};
+use crate::transport::peer::{Deadline, Peer, Reply};
 use crate::Daemon;
 use plugind_protocol::jsonrpc::RpcError;
 use plugind_protocol::manifest::{Dependency, DEFAULT_MAX_TIMEOUT_MS, DEFAULT_TIMEOUT_MS};
@@ -68,7 +68,7 @@ impl HostService {
         HostService { conn, info, version, peer, load: AtomicUsize::new(0) }
     }
 
-    async fn call(&self, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
+    async fn call(&self, call: Call<'_>) -> Reply {
         let timeout = Duration::from_millis(call.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS));
         let mut deadline = Deadline::new(timeout, Duration::from_millis(DEFAULT_MAX_TIMEOUT_MS));
         if let Some(t) = call.not_after {
@@ -115,7 +115,7 @@ pub struct Provider {
 
 impl Provider {
     /// Calls the provider's `execute`.
-    pub async fn call(&self, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
+    pub async fn call(&self, call: Call<'_>) -> Reply {
         match &self.target {
             Target::Plugin(entry) => router::execute_on(entry, call).await,
             Target::Host(h) => h.call(call).await,
@@ -217,7 +217,7 @@ impl Daemon {
     }
 
     /// Calls a service through the registry (control `services.call`, plugin `service.call`).
-    pub async fn call_service(&self, dep: &Dependency, call: Call<'_>) -> Result<Box<RawValue>, RpcError> {
+    pub async fn call_service(&self, dep: &Dependency, call: Call<'_>) -> Reply {
         let provider = self.resolve(dep).ok_or_else(|| not_found(dep))?;
         provider.call(call).await
     }

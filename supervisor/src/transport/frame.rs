@@ -37,12 +37,16 @@ pub struct FrameDecoder {
     scanned: usize,
     /// While discarding an oversized line: how many bytes were dropped so far.
     discarding: Option<usize>,
+    /// The length of the last line, if it was longer than a read: the next line is likely as
+    /// long (a client or plugin sending documents sends several), so room for it is made at
+    /// once, not by doubling, which copied a 64 KiB line's first 120 KiB on its way in.
+    last_long: usize,
 }
 
 impl FrameDecoder {
     /// A decoder yielding lines of at most `max` bytes.
     pub fn new(max: usize) -> Self {
-        FrameDecoder { max, scanned: 0, discarding: None }
+        FrameDecoder { max, scanned: 0, discarding: None, last_long: 0 }
     }
 }
 
@@ -83,6 +87,7 @@ impl Decoder for FrameDecoder {
                     // After a long line, the rest moves to a buffer of its own: the big one goes
                     // with the line.
                     release(buf);
+                    self.last_long = if i >= READ_ROOM { i } else { 0 };
                     line.truncate(i);
                     if line.last() == Some(&b'\r') {
                         line.truncate(i - 1);
@@ -113,6 +118,9 @@ impl Decoder for FrameDecoder {
                     let room = self.max + READ_ROOM;
                     if buf.len() > self.max / 16 && buf.capacity() < room {
                         buf.reserve(room - buf.len());
+                    } else if self.last_long > buf.len() && buf.capacity() < self.last_long + READ_ROOM {
+                        // As long as the last line, with a read's room to find its end.
+                        buf.reserve(self.last_long + READ_ROOM - buf.len());
                     } else if buf.len() >= READ_ROOM && buf.capacity() - buf.len() < buf.len() {
                         // Longer than a read: room for as much again in one step. Left to the
                         // reader's `reserve(1)`, a buffer shared with lines still in flight is
@@ -173,6 +181,25 @@ mod tests {
         let out: Vec<Frame> = FramedRead::new(rx, FrameDecoder::new(max)).map(|f| f.unwrap()).collect().await;
         writer.await.unwrap();
         out
+    }
+
+    /// After a long line, the next one gets room for as much at its first partial read, not
+    /// by doubling (each doubling copies what was read so far); after a short line, no such room.
+    #[test]
+    fn room_for_a_long_line_after_a_long_line() {
+        let mut d = FrameDecoder::default();
+        let long = [vec![b'x'; 40_000], b"\n".to_vec()].concat();
+        let mut buf = BytesMut::from(&long[..]);
+        assert!(matches!(d.decode(&mut buf), Ok(Some(Frame::Line(l))) if l.len() == 40_000));
+        buf.extend_from_slice(&[b'y'; 100]);
+        assert_eq!(d.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() >= 40_000 + READ_ROOM, "{}", buf.capacity());
+        buf.extend_from_slice(b"\nshort\n");
+        assert!(matches!(d.decode(&mut buf), Ok(Some(Frame::Line(l))) if l.len() == 100));
+        assert!(matches!(d.decode(&mut buf), Ok(Some(Frame::Line(l))) if &l[..] == b"short"));
+        let mut buf = BytesMut::from(&b"zz"[..]);
+        assert_eq!(d.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() < READ_ROOM, "{}", buf.capacity());
     }
 
     #[tokio::test]

@@ -27,7 +27,70 @@ use tokio_util::sync::CancellationToken;
 pub const OUTBOX_CAPACITY: usize = 1024;
 
 /// What a call came back with.
-pub type Reply = Result<Box<RawValue>, RpcError>;
+pub type Reply = Result<RawJson, RpcError>;
+
+/// A JSON value's text, checked when it was read: in an allocation of its own, or, for a large
+/// result from the other side, a slice of the buffer its line was read into, which passes on to
+/// the caller and out to a host without being copied (a 1 MiB result was copied out of the read
+/// buffer only to be written out again). Reads as a [`RawValue`].
+#[derive(Debug, Clone)]
+pub struct RawJson(Repr);
+
+#[derive(Debug, Clone)]
+enum Repr {
+    Boxed(Box<RawValue>),
+    /// Valid JSON text: a span [`Message::parse`] delimited and checked.
+    Shared(bytes::Bytes),
+}
+
+impl RawJson {
+    /// The value in an allocation of its own (copied only if it is a shared slice).
+    pub fn into_boxed(self) -> Box<RawValue> {
+        match self.0 {
+            Repr::Boxed(b) => b,
+            Repr::Shared(_) => (*self).to_owned(),
+        }
+    }
+
+    /// `value`, a span of `line` (as [`Message::parse`] returned it), shared with `line` if it
+    /// is large, else copied out.
+    fn of(line: &bytes::Bytes, value: &RawValue) -> Self {
+        if value.get().len() >= WRITE_DIRECT {
+            RawJson(Repr::Shared(line.slice_ref(value.get().as_bytes())))
+        } else {
+            RawJson(Repr::Boxed(value.to_owned()))
+        }
+    }
+}
+
+impl std::ops::Deref for RawJson {
+    type Target = RawValue;
+
+    fn deref(&self) -> &RawValue {
+        match &self.0 {
+            Repr::Boxed(b) => b,
+            Repr::Shared(bytes) => {
+                // SAFETY: a `Shared` value is made only by `RawJson::of` from a span that
+                // `Message::parse` returned as `&RawValue` (valid UTF-8, one JSON value), and
+                // `Bytes` never changes its contents.
+                let text = unsafe { std::str::from_utf8_unchecked(bytes) };
+                plugind_protocol::scan::raw(text)
+            }
+        }
+    }
+}
+
+impl From<Box<RawValue>> for RawJson {
+    fn from(b: Box<RawValue>) -> Self {
+        RawJson(Repr::Boxed(b))
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
 
 /// Why a call produced no result.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +146,7 @@ pub enum Outgoing {
         /// `{"jsonrpc":"2.0","id":ID,"result":`.
         head: Vec<u8>,
         /// The result, as it came.
-        body: Box<RawValue>,
+        body: RawJson,
         /// `}\n`.
         tail: &'static [u8],
     },
@@ -479,7 +542,7 @@ impl Peer {
         method: &str,
         params: &P,
         deadline: Deadline,
-    ) -> Result<Box<RawValue>, CallError> {
+    ) -> Result<RawJson, CallError> {
         self.call_with(method, |out| jsonrpc::write_json(out, params), deadline).await
     }
 
@@ -490,7 +553,7 @@ impl Peer {
         method: &str,
         write_params: impl FnOnce(&mut Vec<u8>),
         deadline: Deadline,
-    ) -> Result<Box<RawValue>, CallError> {
+    ) -> Result<RawJson, CallError> {
         self.call_traced(method, write_params, deadline, None).await
     }
 
@@ -502,7 +565,7 @@ impl Peer {
         write_params: impl FnOnce(&mut Vec<u8>),
         deadline: Deadline,
         trace: Option<TraceIn>,
-    ) -> Result<Box<RawValue>, CallError> {
+    ) -> Result<RawJson, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let line = jsonrpc::request_line_with(id, method, write_params);
         let (tx, rx) = oneshot::channel();
@@ -673,7 +736,7 @@ impl Peer {
     }
 
     /// Handles one incoming line: responses are delivered here, the rest is returned.
-    pub fn accept<'a>(&self, line: &'a [u8]) -> Incoming<'a> {
+    pub fn accept<'a>(&self, line: &'a bytes::Bytes) -> Incoming<'a> {
         self.trace(Dir::In, line);
         match Message::parse(line) {
             Err(e) => Incoming::Invalid(e),
@@ -691,7 +754,7 @@ impl Peer {
                     Some(mut p) => {
                         drop(calls);
                         if let Some(reply) = p.reply.take() {
-                            let _ = reply.send(Ok(outcome.map(ToOwned::to_owned)));
+                            let _ = reply.send(Ok(outcome.map(|result| RawJson::of(line, result))));
                         }
                         Incoming::Delivered
                     }
@@ -867,7 +930,9 @@ mod tests {
         let result = jsonrpc::to_raw(&body);
         let expected = [&b"{\"a\":1}\n"[..], &jsonrpc::raw_result_line(&id, &result), b"{\"b\":2}\n"].concat();
         tx.send(Outgoing::Line(b"{\"a\":1}\n".to_vec())).await.unwrap();
-        tx.send(Outgoing::Spliced { head: jsonrpc::result_head(&id), body: result, tail: b"}\n" }).await.unwrap();
+        tx.send(Outgoing::Spliced { head: jsonrpc::result_head(&id), body: result.into(), tail: b"}\n" })
+            .await
+            .unwrap();
         tx.send(Outgoing::Line(b"{\"b\":2}\n".to_vec())).await.unwrap();
         tx.send(Outgoing::Close).await.unwrap();
         let mut got = Vec::new();
@@ -892,8 +957,30 @@ mod tests {
         let Some(Ok(Frame::Line(req))) = plugin_in.next().await else { panic!() };
         let v: serde_json::Value = serde_json::from_slice(&req).unwrap();
         let answer = format!(r#"{{"jsonrpc":"2.0","id":{},"result":{{"ok":true}}}}"#, v["id"]);
-        assert!(matches!(peer.accept(answer.as_bytes()), Incoming::Delivered));
+        assert!(matches!(peer.accept(&answer.into()), Incoming::Delivered));
         assert_eq!(call.await.unwrap().unwrap().get(), r#"{"ok":true}"#);
+    }
+
+    /// A large result reaches its caller as a slice of the line it came in (no copy); a small
+    /// one in an allocation of its own (the read buffer is not held for it).
+    #[tokio::test]
+    async fn large_results_are_shared_with_their_line() {
+        let (peer, mut plugin_in, _) = pair();
+        for (n, size) in [(1, WRITE_DIRECT * 4), (2, 10)] {
+            let p2 = peer.clone();
+            let call = tokio::spawn(async move {
+                p2.call("execute", &(), Deadline::new(Duration::from_secs(5), Duration::from_secs(5))).await
+            });
+            let Some(Ok(Frame::Line(_req))) = plugin_in.next().await else { panic!() };
+            let result = format!(r#"{{"blob":"{}"}}"#, "é".repeat(size / 2));
+            let line = bytes::Bytes::from(format!(r#"{{"jsonrpc":"2.0","id":{n},"result":{result}}}"#));
+            assert!(matches!(peer.accept(&line), Incoming::Delivered));
+            let got = call.await.unwrap().unwrap();
+            assert_eq!(got.get(), result);
+            let inside = line.as_ptr_range().contains(&got.get().as_ptr());
+            assert_eq!(inside, size >= WRITE_DIRECT, "size {size}");
+            assert_eq!(got.clone().into_boxed().get(), result);
+        }
     }
 
     #[tokio::test]
@@ -905,8 +992,9 @@ mod tests {
         let Some(Ok(Frame::Line(_req))) = plugin_in.next().await else { panic!() };
         let Some(Ok(Frame::Line(cancel))) = plugin_in.next().await else { panic!() };
         assert_eq!(std::str::from_utf8(&cancel).unwrap(), r#"{"jsonrpc":"2.0","method":"$/cancel","params":{"id":1}}"#);
-        assert!(matches!(peer.accept(br#"{"id":1,"result":1}"#), Incoming::Delivered));
-        assert!(matches!(peer.accept(br#"{"id":99,"result":1}"#), Incoming::UnknownResponse(_)));
+        let answer = |text: &'static [u8]| bytes::Bytes::from_static(text);
+        assert!(matches!(peer.accept(&answer(br#"{"id":1,"result":1}"#)), Incoming::Delivered));
+        assert!(matches!(peer.accept(&answer(br#"{"id":99,"result":1}"#)), Incoming::UnknownResponse(_)));
     }
 
     #[tokio::test]

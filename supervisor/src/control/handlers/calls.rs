@@ -4,6 +4,7 @@ use crate::control::connection::Conn;
 use crate::registry::{HostService, ServiceCallIn};
 use crate::router::Call;
 use crate::trace::{MetaIn, TraceIn};
+use crate::transport::peer::Reply;
 use crate::Daemon;
 use plugind_protocol::control::ServicesRegisterParams;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
@@ -33,10 +34,11 @@ struct ExecuteIn<'a> {
 }
 
 impl<'a> ExecuteIn<'a> {
-    /// [`ExecuteRequest::scan`] for the params object.
-    fn scan(text: &'a str) -> Result<Self, NotTaken> {
+    /// [`ExecuteRequest::scan`] for the params object, walked where it stands in the line.
+    fn scan(value: scan::Value<'a, '_>) -> Result<Self, NotTaken> {
         let (mut plugin, mut method, mut params, mut timeout_ms, mut meta) = (None, None, None, None, None);
-        scan::fields(text, ["plugin", "method", "params", "timeout_ms", "_meta"], |n, value| {
+        value.fields(["plugin", "method", "params", "timeout_ms", "_meta"], |n, value| {
+            let value = value.text()?;
             let null = value == "null";
             match n {
                 0 => plugin = Some(plain(value)?),
@@ -63,12 +65,12 @@ fn plain(value: &str) -> Result<Cow<'_, str>, NotTaken> {
 }
 
 /// Calls a plugin's `execute`.
-pub async fn execute(daemon: &Daemon, raw: Option<&RawValue>) -> Result<Box<RawValue>, RpcError> {
+pub async fn execute(daemon: &Daemon, raw: Option<&RawValue>) -> Reply {
     let p: ExecuteIn<'_> = serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(RpcError::invalid_params)?;
     execute_parsed(daemon, p).await
 }
 
-async fn execute_parsed(daemon: &Daemon, p: ExecuteIn<'_>) -> Result<Box<RawValue>, RpcError> {
+async fn execute_parsed(daemon: &Daemon, p: ExecuteIn<'_>) -> Reply {
     let call = Call {
         method: &p.method,
         params: p.params,
@@ -101,17 +103,22 @@ pub struct ExecuteRequest<'a> {
 impl<'a> ExecuteRequest<'a> {
     /// `line` as a valid JSON-RPC `execute` request with well-formed params; None for anything
     /// else (including a malformed `execute`), which takes the general path and gets its error
-    /// there. Lines without the literal `"method":"execute"` are not even tried.
+    /// there.
     pub fn parse(line: &'a [u8]) -> Option<Self> {
-        // One searcher for the process: `memmem::find` would build one per line.
-        static EXECUTE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""method":"execute""#));
-        EXECUTE.find(line)?;
-        let text = std::str::from_utf8(line).ok()?;
-        let req = match Self::scan(text) {
+        let mut other_method = false;
+        let req = match Self::scan(line, &mut other_method) {
             Ok(req) => req,
-            // serde_json decides what the scanner leaves (and rejects what is malformed).
-            Err(NotTaken) => serde_json::from_str(text).ok()?,
+            // Another method: the general path's.
+            Err(NotTaken) if other_method => return None,
+            Err(NotTaken) => {
+                // serde_json decides what the scanner leaves (and rejects what is malformed);
+                // lines without the literal `"method":"execute"` are not even tried. One
+                // searcher for the process: `memmem::find` would build one per line.
+                static EXECUTE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+                    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(br#""method":"execute""#));
+                EXECUTE.find(line)?;
+                serde_json::from_str(std::str::from_utf8(line).ok()?).ok()?
+            }
         };
         let valid =
             req.method == "execute" && req.jsonrpc.as_deref().is_none_or(|v| v == "2.0") && req.id.get() != "null";
@@ -121,14 +128,22 @@ impl<'a> ExecuteRequest<'a> {
     /// The request by the fast scanner, which delimits the caller's `params` without a serde
     /// walk over them (on a 64 KiB payload, that walk was the largest cost of the call). The
     /// same members as the derived `Deserialize`; anything it does not take (a member twice, a
-    /// type the struct does not allow, escaped names) is `NotTaken`, left to serde_json.
-    fn scan(text: &'a str) -> Result<Self, NotTaken> {
+    /// type the struct does not allow, escaped names) is `NotTaken`, left to serde_json. A plain
+    /// method name other than `execute` stops the scan at once, with `other_method` set.
+    fn scan(line: &'a [u8], other_method: &mut bool) -> Result<Self, NotTaken> {
         let (mut jsonrpc, mut id, mut method, mut params) = (None, None, None, None);
-        scan::fields(text, ["jsonrpc", "id", "method", "params"], |n, value| {
+        scan::fields(line, ["jsonrpc", "id", "method", "params"], |n, value| {
             match n {
-                0 => jsonrpc = (value != "null").then(|| plain(value)).transpose()?,
-                1 => id = Some(scan::raw(value)),
-                2 => method = Some(plain(value)?),
+                0 => jsonrpc = Some(value.text()?).filter(|v| *v != "null").map(plain).transpose()?,
+                1 => id = Some(scan::raw(value.text()?)),
+                2 => {
+                    let name = plain(value.text()?)?;
+                    if name != "execute" {
+                        *other_method = true;
+                        return Err(NotTaken);
+                    }
+                    method = Some(name);
+                }
                 _ => params = Some(ExecuteIn::scan(value)?),
             }
             Ok(())
@@ -142,7 +157,7 @@ impl<'a> ExecuteRequest<'a> {
     }
 
     /// Runs it as a host call of `conn` (cancellable, progress relayed).
-    pub async fn run(self, daemon: &Daemon, conn: &Conn) -> Result<Box<RawValue>, RpcError> {
+    pub async fn run(self, daemon: &Daemon, conn: &Conn) -> Reply {
         crate::control::cancel::host_call(conn, self.id, execute_parsed(daemon, self.params)).await
     }
 }
@@ -153,7 +168,7 @@ pub fn services_list(daemon: &Daemon, p: ListServicesParams) -> Result<Box<RawVa
 }
 
 /// Calls a service through the registry.
-pub async fn services_call(daemon: &Daemon, raw: Option<&RawValue>) -> Result<Box<RawValue>, RpcError> {
+pub async fn services_call(daemon: &Daemon, raw: Option<&RawValue>) -> Reply {
     let p = ServiceCallIn::parse(raw)?;
     let dep = crate::registry::dependency(&p.service, p.version.as_deref())?;
     daemon
@@ -252,12 +267,12 @@ mod tests {
             r#"{"method":"execute","params":{"timeout_ms":250,"method":"m","plugin":"p","params":null,"_meta":{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","tracestate":"a=1"}},"id":"x","jsonrpc":"2.0"}"#,
         ];
         for seed in seeds {
-            assert!(ExecuteRequest::scan(seed).is_ok(), "{seed}");
+            assert!(ExecuteRequest::scan(seed.as_bytes(), &mut false).is_ok(), "{seed}");
         }
         let mut taken = 0;
         for seed in seeds {
             for t in scan::one_byte_mutations(seed, b"\"\\{}[],:0-1.nul \x02") {
-                if let Ok(ours) = ExecuteRequest::scan(&t) {
+                if let Ok(ours) = ExecuteRequest::scan(t.as_bytes(), &mut false) {
                     taken += 1;
                     let theirs: ExecuteRequest<'_> =
                         serde_json::from_str(&t).unwrap_or_else(|e| panic!("scanner took {t:?}, serde: {e}"));
@@ -272,7 +287,7 @@ mod tests {
             r#"{"id":1,"method":"execute","params":{"plugin":"a","method":"m","timeout_ms":1.5}}"#,
             r#"{"id":1,"method":"execute","params":{"plugin":"\u0061","method":"m"}}"#,
         ] {
-            assert!(ExecuteRequest::scan(t).is_err(), "{t}");
+            assert!(ExecuteRequest::scan(t.as_bytes(), &mut false).is_err(), "{t}");
         }
     }
 }

@@ -8,6 +8,7 @@ mod plugins;
 mod supervisor;
 
 use crate::control::connection::Conn;
+use crate::transport::peer::{RawJson, Reply};
 use crate::Daemon;
 use plugind_protocol::control as c;
 use plugind_protocol::jsonrpc::RpcError;
@@ -23,7 +24,7 @@ pub async fn dispatch_request(
     id: &RawValue,
     method: &str,
     raw: Option<&RawValue>,
-) -> Result<Box<RawValue>, RpcError> {
+) -> Reply {
     match method {
         c::EXECUTE | c::SERVICES_CALL | c::HOOKS_RUN => {
             Box::pin(crate::control::cancel::host_call(conn, id, dispatch(daemon, conn, method, raw))).await
@@ -33,7 +34,18 @@ pub async fn dispatch_request(
 }
 
 /// Runs one control request.
-pub async fn dispatch(
+pub async fn dispatch(daemon: &std::sync::Arc<Daemon>, conn: &Conn, method: &str, raw: Option<&RawValue>) -> Reply {
+    match method {
+        // The calls that reach plugins give the plugin's answer as it came (a large one is
+        // passed on without a copy); the rest make their own.
+        c::EXECUTE => calls::execute(daemon, raw).await,
+        c::SERVICES_CALL => Box::pin(calls::services_call(daemon, raw)).await,
+        _ => dispatch_local(daemon, conn, method, raw).await.map(RawJson::from),
+    }
+}
+
+/// [`dispatch`] for the methods plugind answers itself.
+async fn dispatch_local(
     daemon: &std::sync::Arc<Daemon>,
     conn: &Conn,
     method: &str,
@@ -50,9 +62,7 @@ pub async fn dispatch(
         c::PLUGINS_STOP => Box::pin(plugins::stop(daemon, params(raw)?)).await,
         c::PLUGINS_RESTART => Box::pin(plugins::restart(daemon, params(raw)?)).await,
         c::PLUGINS_RELOAD => Ok(plugind_protocol::jsonrpc::to_raw(&Box::pin(daemon.reload()).await)),
-        c::EXECUTE => calls::execute(daemon, raw).await,
         c::SERVICES_LIST => calls::services_list(daemon, params(raw)?),
-        c::SERVICES_CALL => Box::pin(calls::services_call(daemon, raw)).await,
         c::SERVICES_REGISTER => calls::services_register(daemon, conn, params(raw)?),
         c::LOGS_TAIL => observe::logs_tail(daemon, conn, params(raw)?),
         c::EVENTS_SUBSCRIBE => observe::events_subscribe(daemon, conn),
