@@ -177,6 +177,7 @@ impl Daemon {
             plugind_protocol::jsonrpc::write_json(out, payload);
             hop.write_meta(out);
             out.push(b'}');
+            None
         };
         let result = call_plugin(&m.entry, methods::HOOK, write, Some(m.timeout_ms), end, &hop).await.and_then(|raw| {
             serde_json::from_str::<HookResult>(raw.get())

@@ -88,6 +88,7 @@ async fn service_call(daemon: &Daemon, caller: &Caller, raw: Option<&RawValue>) 
             named if named.parent.is_some() => named,
             _ => parent.as_ref().and_then(|pc| pc.trace.clone()).unwrap_or_default(),
         },
+        params_line: None,
     };
     let routed = provider.call(call);
     match parent {

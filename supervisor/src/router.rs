@@ -14,8 +14,9 @@
 use crate::plugin::instance::{self, Admission, Instance};
 use crate::plugin::PluginEntry;
 use crate::trace::{Hop, TraceIn};
-use crate::transport::peer::{CallError, Deadline, RawJson};
+use crate::transport::peer::{CallError, Deadline, RawJson, Splice, WRITE_DIRECT};
 use crate::Daemon;
+use bytes::Bytes;
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{self, RpcError};
 use plugind_protocol::methods;
@@ -37,41 +38,64 @@ pub struct ExecuteOut<'a> {
     pub caller: Option<&'a str>,
     /// The hop's trace context, sent as `_meta`.
     pub trace: Option<&'a Hop>,
+    /// The line `params` were read from, if that line has no line break in it: large params
+    /// are then passed on from it, not copied ([`Splice`]).
+    pub params_line: Option<&'a Bytes>,
 }
 
 impl ExecuteOut<'_> {
     /// Appends `{"method":…,"params":…,"service":…,"caller":…}`: the keys as literals, the
     /// strings escaped, the params copied as they came (a serializer pass over them would only
-    /// re-check JSON that was checked when it was read).
+    /// re-check JSON that was checked when it was read). Large params from a line without line
+    /// breaks are not copied: they are handed back as a [`Splice`], with the text after them.
     ///
     /// The params lose their line breaks, if they have any: a pretty-printed body over `--listen`
-    /// would otherwise split the line. In JSON text `\n` and `\r` can only be whitespace between
-    /// tokens (strings escape them), so dropping them changes nothing.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
+    /// would otherwise split the line, and so would a lone `\r` for a plugin whose line reader
+    /// breaks lines at one (universal newlines: Python's `open()`, Node's `readline`). In JSON
+    /// text `\n` and `\r` can only be whitespace between tokens (strings escape them), so
+    /// dropping them changes nothing.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> Option<Splice> {
+        let params = self.params.get().as_bytes();
+        let shared = match self.params_line {
+            Some(line) if params.len() >= WRITE_DIRECT => RawJson::from_line(line, self.params),
+            _ => None,
+        };
         // Room for the whole line at once: grown piece by piece, a large payload was copied by
         // every reallocation, the last one (for `_meta`, after it) included.
         let names = self.method.len() + self.service.map_or(0, str::len) + self.caller.map_or(0, str::len);
-        out.reserve(self.params.get().len() + names + 256);
+        out.reserve(if shared.is_some() { 0 } else { params.len() } + names + 256);
         out.extend_from_slice(br#"{"method":"#);
         jsonrpc::write_json(out, self.method);
         out.extend_from_slice(br#","params":"#);
-        let params = self.params.get().as_bytes();
-        // memchr: a byte-set `contains` walks the text a byte at a time.
-        if memchr::memchr2(b'\n', b'\r', params).is_some() {
-            out.extend(params.iter().filter(|b| !matches!(b, b'\n' | b'\r')));
-        } else {
-            out.extend_from_slice(params);
-        }
+        // What follows the params goes after them in `out`, or, when they are spliced, in a
+        // tail of its own.
+        let mut tail = Vec::new();
+        let rest = match shared {
+            Some(_) => {
+                tail.reserve(names + 256);
+                &mut tail
+            }
+            None => {
+                // memchr: a byte-set `contains` walks the text a byte at a time.
+                if memchr::memchr2(b'\n', b'\r', params).is_some() {
+                    out.extend(params.iter().filter(|b| !matches!(b, b'\n' | b'\r')));
+                } else {
+                    out.extend_from_slice(params);
+                }
+                out
+            }
+        };
         for (key, value) in [(&br#","service":"#[..], self.service), (br#","caller":"#, self.caller)] {
             if let Some(v) = value {
-                out.extend_from_slice(key);
-                jsonrpc::write_json(out, v);
+                rest.extend_from_slice(key);
+                jsonrpc::write_json(rest, v);
             }
         }
         if let Some(hop) = self.trace {
-            hop.write_meta(out);
+            hop.write_meta(rest);
         }
-        out.push(b'}');
+        rest.push(b'}');
+        shared.map(|body| Splice { body, tail })
     }
 }
 
@@ -91,6 +115,8 @@ pub struct Call<'a> {
     pub not_after: Option<Instant>,
     /// The trace this call continues (its `_meta`, or the call that caused it).
     pub trace: TraceIn,
+    /// The line `params` were read from, if it has no line break (see [`ExecuteOut`]).
+    pub params_line: Option<&'a Bytes>,
 }
 
 impl Call<'_> {
@@ -102,6 +128,7 @@ impl Call<'_> {
             service: self.service,
             caller: self.caller,
             trace: Some(hop),
+            params_line: self.params_line,
         }
     }
 }
@@ -186,7 +213,7 @@ pub fn call_failed(entry: &PluginEntry, method: &str, e: &RpcError, hop: &Hop) {
 pub async fn call_plugin(
     entry: &Arc<PluginEntry>,
     method: &str,
-    write_params: impl FnOnce(&mut Vec<u8>),
+    write_params: impl FnOnce(&mut Vec<u8>) -> Option<Splice>,
     timeout_ms: Option<u64>,
     not_after: Option<Instant>,
     hop: &Hop,
@@ -201,7 +228,7 @@ async fn call_instance(
     entry: &Arc<PluginEntry>,
     instance: Arc<Instance>,
     method: &str,
-    write_params: impl FnOnce(&mut Vec<u8>),
+    write_params: impl FnOnce(&mut Vec<u8>) -> Option<Splice>,
     timeout_ms: Option<u64>,
     not_after: Option<Instant>,
     hop: &Hop,
@@ -238,4 +265,60 @@ async fn call_instance(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::TraceIn;
+
+    /// The params and the text around them, as [`ExecuteOut::write_json`] gives them: one line,
+    /// or its three parts joined.
+    fn written(out: &ExecuteOut<'_>) -> (Vec<u8>, Option<bool>) {
+        let mut line = Vec::new();
+        match out.write_json(&mut line) {
+            None => (line, None),
+            Some(Splice { body, tail }) => {
+                let shared = body.is_shared();
+                ([line, body.get().as_bytes().to_vec(), tail].concat(), Some(shared))
+            }
+        }
+    }
+
+    /// Large params from a line without a line break are spliced from it, the same text as
+    /// when copied; small ones, and params not from such a line, are copied, line breaks taken
+    /// out.
+    #[test]
+    fn large_params_from_a_flat_line_are_spliced() {
+        let hop = Hop::start(&TraceIn::default());
+        for size in [10, WRITE_DIRECT + 1] {
+            let params = format!(r#"{{"blob": "{}"}}"#, "x".repeat(size));
+            let line = Bytes::from(format!(r#"{{"id":1,"params":{params}}}"#));
+            let in_line = &line[line.len() - 1 - params.len()..line.len() - 1];
+            let raw = plugind_protocol::scan::raw(std::str::from_utf8(in_line).unwrap());
+            let out = |params_line| ExecuteOut {
+                method: "echo",
+                params: raw,
+                service: Some("svc"),
+                caller: None,
+                trace: Some(&hop),
+                params_line,
+            };
+            let (copied, how) = written(&out(None));
+            assert_eq!(how, None);
+            let (spliced, how) = written(&out(Some(&line)));
+            assert_eq!(how, (size >= WRITE_DIRECT).then_some(true), "size {size}");
+            assert!(spliced == copied, "size {size}");
+            let v: serde_json::Value = serde_json::from_slice(&spliced).unwrap();
+            assert_eq!(v["params"]["blob"].as_str().map(str::len), Some(size));
+            assert_eq!(v["service"], "svc");
+            // Params not in the line given are copied.
+            let other = Bytes::from(line.to_vec());
+            assert_eq!(written(&out(Some(&other))).1, None);
+        }
+        // Line breaks between tokens are taken out of copied params.
+        let raw = plugind_protocol::scan::raw("{\"a\":\r\n1}");
+        let out = ExecuteOut { method: "m", params: raw, service: None, caller: None, trace: None, params_line: None };
+        assert_eq!(written(&out).0, br#"{"method":"m","params":{"a":1}}"#);
+    }
 }

@@ -299,6 +299,12 @@ pub fn request_line_with(id: u64, method: &str, write_params: impl FnOnce(&mut V
     line.end()
 }
 
+/// `{"jsonrpc":"2.0","id":ID,"method":M,"params":`: a request line up to its params, for a writer
+/// that writes them and then `}\n`.
+pub fn request_head(id: u64, method: &str) -> Vec<u8> {
+    Line::new(256).numeric_id(id).field("method", method).key("params").0
+}
+
 /// `{"jsonrpc":"2.0","method":M,"params":P}\n`.
 pub fn notification_line<P: Serialize + ?Sized>(method: &str, params: &P) -> Vec<u8> {
     Line::new(128).field("method", method).field("params", params).end()

@@ -73,7 +73,8 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
                 // it), and `FuturesUnordered::push` would otherwise move it into its task by
                 // value, a copy of every byte of it, and allocate that task past the allocator's
                 // small-size fast path.
-                let request = Box::pin(serve_line(daemon.clone(), conn.clone(), line.clone()));
+                let flat = !frames.decoder().last_line_has_cr();
+                let request = Box::pin(serve_line(daemon.clone(), conn.clone(), line.clone(), flat));
                 inflight.push(cancel::InFlight::new(line, request));
                 burst += 1;
                 if burst == FLUSH_EVERY {
@@ -133,11 +134,11 @@ fn cancel_if_asked<F: std::future::Future<Output = cancel::Served>>(
 /// request plugind made of it) is delivered, a `$/cancel` ends with its target (which the
 /// connection cancels), anything else is answered with an error. The line moves into the
 /// future, so the request's id, method and params are borrowed from it rather than copied out
-/// (three allocations per request fewer).
-async fn serve_line(daemon: Arc<Daemon>, conn: Arc<Conn>, line: Bytes) -> cancel::Served {
+/// (three allocations per request fewer). `flat`: the line has no line break (no `\r`).
+async fn serve_line(daemon: Arc<Daemon>, conn: Arc<Conn>, line: Bytes, flat: bool) -> cancel::Served {
     if let Some(request) = handlers::ExecuteRequest::parse(&line) {
         let id = request.id;
-        let reply = request.run(&daemon, &conn).await;
+        let reply = request.run(&daemon, &conn, flat.then_some(&line)).await;
         conn.peer.respond_with(id, reply).await;
         return None;
     }

@@ -41,12 +41,53 @@ pub struct FrameDecoder {
     /// long (a client or plugin sending documents sends several), so room for it is made at
     /// once, not by doubling, which copied a 64 KiB line's first 120 KiB on its way in.
     last_long: usize,
+    /// Whether the line being read has a `\r` in it (not the one before its `\n`).
+    cr_inside: bool,
+    /// [`FrameDecoder::cr_inside`] of the last line yielded.
+    last_had_cr: bool,
 }
 
 impl FrameDecoder {
     /// A decoder yielding lines of at most `max` bytes.
     pub fn new(max: usize) -> Self {
-        FrameDecoder { max, scanned: 0, discarding: None, last_long: 0 }
+        FrameDecoder { max, scanned: 0, discarding: None, last_long: 0, cr_inside: false, last_had_cr: false }
+    }
+}
+
+impl FrameDecoder {
+    /// Whether the last line yielded has a `\r` in it. A line without one has no line break at
+    /// all (`\n` ends it), so a value from it can be forwarded to a plugin as it is: some line
+    /// readers (universal newlines: Python's `open()`, Node's `readline`) break lines at a lone
+    /// `\r` too, so plugind takes them out of what it forwards (see `router::ExecuteOut`),
+    /// which needs a pass over the value unless this says there is none.
+    pub fn last_line_has_cr(&self) -> bool {
+        self.last_had_cr
+    }
+
+    /// The next `\n` at or after `scanned`, noting a `\r` inside the line on the way; None with
+    /// `scanned` moved past what was looked at (not past a last `\r`, which a `\n` may follow).
+    fn find_newline(&mut self, buf: &[u8]) -> Option<usize> {
+        let mut from = self.scanned;
+        loop {
+            let Some(at) = memchr::memchr2(b'\n', b'\r', &buf[from..]).map(|i| from + i) else {
+                self.scanned = buf.len();
+                return None;
+            };
+            if buf[at] == b'\n' {
+                return Some(at);
+            }
+            match buf.get(at + 1) {
+                Some(b'\n') => return Some(at + 1),
+                Some(_) => {
+                    self.cr_inside = true;
+                    from = at + 1;
+                }
+                None => {
+                    self.scanned = at;
+                    return None;
+                }
+            }
+        }
     }
 }
 
@@ -62,7 +103,7 @@ impl Decoder for FrameDecoder {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
         loop {
-            let newline = memchr::memchr(b'\n', &buf[self.scanned..]).map(|i| self.scanned + i);
+            let newline = self.find_newline(buf);
             if let Some(dropped) = self.discarding {
                 match newline {
                     Some(i) => {
@@ -70,6 +111,7 @@ impl Decoder for FrameDecoder {
                         release(buf);
                         self.scanned = 0;
                         self.discarding = None;
+                        self.cr_inside = false;
                         return Ok(Some(Frame::Oversized { len: dropped + i }));
                     }
                     None => {
@@ -93,6 +135,7 @@ impl Decoder for FrameDecoder {
                         line.truncate(i - 1);
                     }
                     self.scanned = 0;
+                    self.last_had_cr = std::mem::take(&mut self.cr_inside);
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue; // blank lines are keep-alives, not messages
                     }
@@ -111,7 +154,6 @@ impl Decoder for FrameDecoder {
                     return Ok(None);
                 }
                 None => {
-                    self.scanned = buf.len();
                     // A long line on its way: make room for the longest allowed at once. Growing
                     // by doubling copies the line each time, and the last doubling would briefly
                     // hold the old buffer beside one of twice the limit (48 MiB for 16).
@@ -144,8 +186,10 @@ impl Decoder for FrameDecoder {
             buf.clear();
             return Ok(None);
         }
-        // A last line without `\n`: deliver it, the peer is gone anyway.
+        // A last line without `\n`: deliver it, the peer is gone anyway. (Said to have a `\r`:
+        // not worth a look.)
         self.scanned = 0;
+        self.last_had_cr = true;
         Ok(Some(Frame::Line(buf.split().freeze())))
     }
 }
@@ -200,6 +244,36 @@ mod tests {
         let mut buf = BytesMut::from(&b"zz"[..]);
         assert_eq!(d.decode(&mut buf).unwrap(), None);
         assert!(buf.capacity() < READ_ROOM, "{}", buf.capacity());
+    }
+
+    /// A `\r` inside a line is noted, wherever the reads split it; one before `\n` is not (it is
+    /// taken off).
+    #[test]
+    fn notes_a_cr_inside_a_line() {
+        for (text, want) in [
+            (&b"{\"a\":1}\n"[..], false),
+            (b"{\"a\":1}\r\n", false),
+            (b"{\"a\":\r1}\n", true),
+            (b"{\"a\":1}\r\r\n", true),
+            (b"\r{}\n", true),
+        ] {
+            for cut in 0..text.len() {
+                let mut d = FrameDecoder::default();
+                let mut buf = BytesMut::from(&text[..cut]);
+                let first = d.decode(&mut buf).unwrap();
+                buf.extend_from_slice(&text[cut..]);
+                let line = first.or_else(|| d.decode(&mut buf).unwrap());
+                assert!(matches!(line, Some(Frame::Line(_))), "{text:?} cut at {cut}");
+                assert_eq!(d.last_line_has_cr(), want, "{text:?} cut at {cut}");
+            }
+        }
+        // The flag is the last line's: a line without one after a line with one.
+        let mut d = FrameDecoder::default();
+        let mut buf = BytesMut::from(&b"{\r}\n{}\n"[..]);
+        d.decode(&mut buf).unwrap();
+        assert!(d.last_line_has_cr());
+        d.decode(&mut buf).unwrap();
+        assert!(!d.last_line_has_cr());
     }
 
     #[tokio::test]

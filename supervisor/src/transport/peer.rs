@@ -29,6 +29,16 @@ pub const OUTBOX_CAPACITY: usize = 1024;
 /// What a call came back with.
 pub type Reply = Result<RawJson, RpcError>;
 
+/// What a request's params writer ([`Peer::call_traced`]) returns when the params hold a large
+/// value it does not copy: the value, and the params' text after it. The request line is then
+/// the text written so far, `body`, and `tail` (with the line's end added).
+pub struct Splice {
+    /// The large value, shared ([`RawJson::is_shared`]).
+    pub body: RawJson,
+    /// The params' text after it.
+    pub tail: Vec<u8>,
+}
+
 /// A JSON value's text, checked when it was read: in an allocation of its own, or, for a large
 /// result from the other side, a slice of the buffer its line was read into, which passes on to
 /// the caller and out to a host without being copied (a 1 MiB result was copied out of the read
@@ -52,8 +62,18 @@ impl RawJson {
         }
     }
 
-    /// `value`, a span of `line` (as [`Message::parse`] returned it), shared with `line` if it
-    /// is large, else copied out.
+    /// `value`, a span of `line` (a `&RawValue` parsed from it), shared with `line` if it is
+    /// large, else copied out; None if `value` is not in `line`.
+    pub fn from_line(line: &bytes::Bytes, value: &RawValue) -> Option<Self> {
+        line.as_ptr_range().contains(&value.get().as_ptr()).then(|| RawJson::of(line, value))
+    }
+
+    /// Whether it is a slice of a read buffer.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.0, Repr::Shared(_))
+    }
+
+    /// [`RawJson::from_line`] for a value known to be in `line`.
     fn of(line: &bytes::Bytes, value: &RawValue) -> Self {
         if value.get().len() >= WRITE_DIRECT {
             RawJson(Repr::Shared(line.slice_ref(value.get().as_bytes())))
@@ -140,15 +160,16 @@ impl Deadline {
 pub enum Outgoing {
     /// One `\n`-terminated line.
     Line(Vec<u8>),
-    /// One line in three parts, written without copying `body` (a large answer, whose result
-    /// would otherwise be copied into a line and again into the writer's batch).
+    /// One line in three parts, written without copying `body`: a large answer, or a request
+    /// forwarding large params (each would otherwise be copied into a line, and an answer again
+    /// into the writer's batch).
     Spliced {
-        /// `{"jsonrpc":"2.0","id":ID,"result":`.
+        /// The line up to `body` (`{"jsonrpc":"2.0","id":ID,"result":`, say).
         head: Vec<u8>,
-        /// The result, as it came.
+        /// The large value, as it came.
         body: RawJson,
-        /// `}\n`.
-        tail: &'static [u8],
+        /// The rest of the line, `\n` included.
+        tail: Cow<'static, [u8]>,
     },
     /// Flush, shut the write half down (closes a child's stdin) and stop.
     Close,
@@ -494,6 +515,17 @@ impl Peer {
         }
     }
 
+    /// [`Peer::trace`] for a message going out, as one line.
+    fn trace_out(&self, item: &Outgoing) {
+        match item {
+            Outgoing::Line(line) => self.trace(Dir::Out, line),
+            Outgoing::Spliced { head, body, tail } if self.tap.as_ref().is_some_and(|t| t.watched()) => {
+                self.trace(Dir::Out, &[&head[..], body.get().as_bytes(), tail].concat());
+            }
+            _ => {}
+        }
+    }
+
     /// Queues a line without waiting; false if the outbox is full or closed.
     fn push_now(&self, line: Vec<u8>) -> bool {
         self.trace(Dir::Out, &line);
@@ -543,15 +575,23 @@ impl Peer {
         params: &P,
         deadline: Deadline,
     ) -> Result<RawJson, CallError> {
-        self.call_with(method, |out| jsonrpc::write_json(out, params), deadline).await
+        self.call_with(
+            method,
+            |out| {
+                jsonrpc::write_json(out, params);
+                None
+            },
+            deadline,
+        )
+        .await
     }
 
-    /// [`Peer::call`] with params that `write_params` appends to the request line as JSON text
-    /// (see [`jsonrpc::request_line_with`]).
+    /// [`Peer::call`] with params that `write_params` appends to the request line as JSON text,
+    /// or writes up to a large value it passes on without a copy ([`Splice`]).
     pub async fn call_with(
         &self,
         method: &str,
-        write_params: impl FnOnce(&mut Vec<u8>),
+        write_params: impl FnOnce(&mut Vec<u8>) -> Option<Splice>,
         deadline: Deadline,
     ) -> Result<RawJson, CallError> {
         self.call_traced(method, write_params, deadline, None).await
@@ -562,12 +602,22 @@ impl Peer {
     pub async fn call_traced(
         &self,
         method: &str,
-        write_params: impl FnOnce(&mut Vec<u8>),
+        write_params: impl FnOnce(&mut Vec<u8>) -> Option<Splice>,
         deadline: Deadline,
         trace: Option<TraceIn>,
     ) -> Result<RawJson, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let line = jsonrpc::request_line_with(id, method, write_params);
+        let mut head = jsonrpc::request_head(id, method);
+        let line = match write_params(&mut head) {
+            None => {
+                head.extend_from_slice(LINE_END);
+                Outgoing::Line(head)
+            }
+            Some(Splice { body, mut tail }) => {
+                tail.extend_from_slice(LINE_END);
+                Outgoing::Spliced { head, body, tail: Cow::Owned(tail) }
+            }
+        };
         let (tx, rx) = oneshot::channel();
         let start = deadline.start;
         let due = (start + deadline.idle).min(deadline.hard);
@@ -605,7 +655,8 @@ impl Peer {
             None => {}
         }
         let mut guard = CancelOnDrop { peer: self, id, armed: true };
-        match self.push_until(line, Some(due)).await {
+        self.trace_out(&line);
+        match self.queue_until(line, Some(due)).await {
             Ok(true) => {}
             Ok(false) => {
                 guard.armed = false;
@@ -661,12 +712,9 @@ impl Peer {
             Ok(result) if result.get().len() >= WRITE_DIRECT => result,
             other => return self.respond(id, other.as_deref()).await,
         };
-        let head = jsonrpc::result_head(id);
-        const TAIL: &[u8] = b"}\n";
-        if self.tap.is_some() {
-            self.trace(Dir::Out, &[&head[..], body.get().as_bytes(), TAIL].concat());
-        }
-        let _ = self.queue_until(Outgoing::Spliced { head, body, tail: TAIL }, None).await;
+        let answer = Outgoing::Spliced { head: jsonrpc::result_head(id), body, tail: Cow::Borrowed(LINE_END) };
+        self.trace_out(&answer);
+        let _ = self.queue_until(answer, None).await;
     }
 
     /// Sends a pre-built line (already `\n`-terminated).
@@ -832,8 +880,12 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
-/// Lines at least this long skip the writer's batch buffer (see [`spawn_writer`]).
-const WRITE_DIRECT: usize = 16 * 1024;
+/// Lines at least this long skip the writer's batch buffer (see [`spawn_writer`]), and values at
+/// least this long pass through plugind without a copy ([`RawJson`], [`Splice`]).
+pub const WRITE_DIRECT: usize = 16 * 1024;
+
+/// The end of every line: the envelope's `}` and the newline.
+const LINE_END: &[u8] = b"}\n";
 
 /// Spawns the task that writes queued lines to `w`, batching what is queued and flushing as soon
 /// as the queue is empty. A line of [`WRITE_DIRECT`] bytes or more is written as it is, after
@@ -868,7 +920,7 @@ where
                         // The batch so far, then the three parts: `writev`s where the writer
                         // takes them.
                         use bytes::Buf;
-                        let mut parts = (&buf[..]).chain(&head[..]).chain(body.get().as_bytes()).chain(tail);
+                        let mut parts = (&buf[..]).chain(&head[..]).chain(body.get().as_bytes()).chain(&tail[..]);
                         if w.write_all_buf(&mut parts).await.is_err() {
                             break 'serve;
                         }
@@ -930,9 +982,13 @@ mod tests {
         let result = jsonrpc::to_raw(&body);
         let expected = [&b"{\"a\":1}\n"[..], &jsonrpc::raw_result_line(&id, &result), b"{\"b\":2}\n"].concat();
         tx.send(Outgoing::Line(b"{\"a\":1}\n".to_vec())).await.unwrap();
-        tx.send(Outgoing::Spliced { head: jsonrpc::result_head(&id), body: result.into(), tail: b"}\n" })
-            .await
-            .unwrap();
+        tx.send(Outgoing::Spliced {
+            head: jsonrpc::result_head(&id),
+            body: result.into(),
+            tail: Cow::Borrowed(b"}\n"),
+        })
+        .await
+        .unwrap();
         tx.send(Outgoing::Line(b"{\"b\":2}\n".to_vec())).await.unwrap();
         tx.send(Outgoing::Close).await.unwrap();
         let mut got = Vec::new();

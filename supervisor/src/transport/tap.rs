@@ -54,6 +54,11 @@ impl Tap {
         Watch { tap: self.clone(), rx }
     }
 
+    /// Whether somebody watches (a line in parts need not be put together otherwise).
+    pub fn watched(&self) -> bool {
+        self.watchers.load(Ordering::Relaxed) > 0
+    }
+
     /// Records one line if somebody watches.
     pub fn record(&self, dir: Dir, line: &[u8]) {
         if self.watchers.load(Ordering::Relaxed) == 0 {

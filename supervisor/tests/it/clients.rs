@@ -72,8 +72,9 @@ async fn line_breaks_in_json_whitespace_reach_no_plugin() {
     std::fs::write(b.path().join("token"), "tok\n").unwrap();
     std::fs::set_permissions(b.path().join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let d = b.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg("token").start().await;
-    // A `\r` between JSON tokens on the socket: valid JSON, but Python's text-mode stdin splits
-    // lines at a lone `\r`.
+    // A `\r` between JSON tokens on the socket: valid JSON, but a plugin reading with universal
+    // newlines (Python's `open()` and `TextIOWrapper` defaults, as py-probe does; Node's
+    // `readline`) splits lines at a lone `\r`.
     let mut c = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
     c.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"execute\",\"params\":{\"plugin\":\"py-probe\",\"method\":\"echo\",\"params\":{\"a\":\r[1,\r2]},\"timeout_ms\":2000}}\n").await.unwrap();
     let mut line = Vec::new();
@@ -83,6 +84,27 @@ async fn line_breaks_in_json_whitespace_reach_no_plugin() {
     }
     let v: Value = serde_json::from_slice(&line).unwrap();
     assert_eq!(v["result"], json!({"a": [1, 2]}), "{v}");
+    // The same with params large enough to be passed on from the client's line rather than
+    // copied (16 KiB or more): with a `\r` in them they are copied without it; without one,
+    // they arrive whole.
+    let big = "x".repeat(40_000);
+    for cr in ["\r", ""] {
+        let req = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"execute\",\"params\":{{\"plugin\":\"py-probe\",\"method\":\"echo\",\"params\":{{\"a\":{cr}[1,{cr}2],\"big\":\"{big}\"}},\"timeout_ms\":5000}}}}\n"
+        );
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut line = Vec::new();
+        while c.read_exact(&mut byte).await.is_ok() && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            v["result"],
+            json!({"a": [1, 2], "big": big}),
+            "with {cr:?}: {}",
+            &v.to_string()[..200.min(v.to_string().len())]
+        );
+    }
     // A pretty-printed HTTP body over --listen: its `\n`s must not reach the plugin's stdin.
     let addr = wait_for("the --listen address", async || {
         let log = d.log();

@@ -6,6 +6,7 @@ use crate::router::Call;
 use crate::trace::{MetaIn, TraceIn};
 use crate::transport::peer::Reply;
 use crate::Daemon;
+use bytes::Bytes;
 use plugind_protocol::control::ServicesRegisterParams;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
 use plugind_protocol::methods::ListServicesParams;
@@ -67,10 +68,12 @@ fn plain(value: &str) -> Result<Cow<'_, str>, NotTaken> {
 /// Calls a plugin's `execute`.
 pub async fn execute(daemon: &Daemon, raw: Option<&RawValue>) -> Reply {
     let p: ExecuteIn<'_> = serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(RpcError::invalid_params)?;
-    execute_parsed(daemon, p).await
+    execute_parsed(daemon, p, None).await
 }
 
-async fn execute_parsed(daemon: &Daemon, p: ExecuteIn<'_>) -> Reply {
+/// [`execute`] of params already read, from `line` (if it has no line break: see
+/// [`crate::router::ExecuteOut`]).
+async fn execute_parsed(daemon: &Daemon, p: ExecuteIn<'_>, line: Option<&Bytes>) -> Reply {
     let call = Call {
         method: &p.method,
         params: p.params,
@@ -79,6 +82,7 @@ async fn execute_parsed(daemon: &Daemon, p: ExecuteIn<'_>) -> Reply {
         caller: None,
         not_after: None,
         trace: TraceIn::from_meta(p.meta.as_ref()),
+        params_line: line,
     };
     daemon.execute(&p.plugin, call).await
 }
@@ -156,9 +160,10 @@ impl<'a> ExecuteRequest<'a> {
         })
     }
 
-    /// Runs it as a host call of `conn` (cancellable, progress relayed).
-    pub async fn run(self, daemon: &Daemon, conn: &Conn) -> Reply {
-        crate::control::cancel::host_call(conn, self.id, execute_parsed(daemon, self.params)).await
+    /// Runs it as a host call of `conn` (cancellable, progress relayed). `line` is the line it
+    /// was parsed from, if that has no line break (its large params are passed on from it).
+    pub async fn run(self, daemon: &Daemon, conn: &Conn, line: Option<&Bytes>) -> Reply {
+        crate::control::cancel::host_call(conn, self.id, execute_parsed(daemon, self.params, line)).await
     }
 }
 
@@ -182,6 +187,7 @@ pub async fn services_call(daemon: &Daemon, raw: Option<&RawValue>) -> Reply {
                 caller: None,
                 not_after: None,
                 trace: TraceIn::from_meta(p.meta.as_ref()),
+                params_line: None,
             },
         )
         .await
