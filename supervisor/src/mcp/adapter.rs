@@ -51,7 +51,7 @@ pub struct AdapterContext {
 /// plugind writes (in place of the child's stdin) and the one it reads (in place of its stdout).
 pub fn adapt<W, R>(stdin: W, stdout: R, ctx: AdapterContext) -> (DuplexStream, DuplexStream)
 where
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + crate::transport::pipe::Growable + 'static,
     R: AsyncRead + Unpin + Send + 'static,
 {
     let (plugind_writes, adapter_reads) = tokio::io::duplex(PIPE_BYTES);

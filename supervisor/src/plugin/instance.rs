@@ -17,7 +17,10 @@ use crate::plugin::context::{Caller, InstanceHost, InstanceSettings};
 use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
 use crate::sandbox::{self, cgroup::Cgroup};
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
-use crate::transport::peer::{spawn_writer, CallError, Deadline, Incoming, Outgoing, Peer, OUTBOX_CAPACITY};
+use crate::transport::peer::{
+    spawn_writer, CallError, Deadline, Incoming, Outgoing, Peer, OUTBOX_CAPACITY, WRITE_DIRECT,
+};
+use crate::transport::pipe::Growable;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use nix::sys::signal::{killpg, Signal};
@@ -472,7 +475,7 @@ impl InstanceTask {
         }
     }
 
-    async fn run<R: tokio::io::AsyncRead + Unpin>(
+    async fn run<R: tokio::io::AsyncRead + Unpin + Growable>(
         self,
         mut child: tokio::process::Child,
         stdout: R,
@@ -490,6 +493,8 @@ impl InstanceTask {
         let mut ping_out = false;
         let mut misses = 0u32;
         let mut stdout_open = true;
+        // Whether stdout's pipe grew for a large line (`crate::transport::pipe`).
+        let mut stdout_grown = false;
         let mut stop: Option<StopPhase> = None;
         let mut reason: Option<String> = None;
         let mut requested = false;
@@ -522,6 +527,10 @@ impl InstanceTask {
                     for n in 1.. {
                         match frame {
                             Some(Ok(Frame::Line(line))) => {
+                                if !stdout_grown && line.len() >= WRITE_DIRECT {
+                                    frames.get_ref().grow();
+                                    stdout_grown = true;
+                                }
                                 if let Some(fut) = self.on_line(&line).await {
                                     steps.push(fut);
                                 }

@@ -5,4 +5,5 @@
 
 pub mod frame;
 pub mod peer;
+pub mod pipe;
 pub mod tap;

@@ -8,6 +8,7 @@
 //! Architecture invariant: the `pending` lock is never held across an `.await`.
 
 use crate::trace::TraceIn;
+use crate::transport::pipe::Growable;
 use crate::transport::tap::{Dir, Tap};
 use plugind_protocol::jsonrpc::{self, Message, ParseError, RpcError};
 use serde::Serialize;
@@ -173,6 +174,17 @@ pub enum Outgoing {
     },
     /// Flush, shut the write half down (closes a child's stdin) and stop.
     Close,
+}
+
+impl Outgoing {
+    /// Its length in bytes.
+    fn len(&self) -> usize {
+        match self {
+            Outgoing::Line(l) => l.len(),
+            Outgoing::Spliced { head, body, tail } => head.len() + body.get().len() + tail.len(),
+            Outgoing::Close => 0,
+        }
+    }
 }
 
 /// What a caller waiting for an answer is told: the answer, or that its deadline has passed.
@@ -889,18 +901,24 @@ const LINE_END: &[u8] = b"}\n";
 
 /// Spawns the task that writes queued lines to `w`, batching what is queued and flushing as soon
 /// as the queue is empty. A line of [`WRITE_DIRECT`] bytes or more is written as it is, after
-/// the batch queued before it.
+/// the batch queued before it; the first one grows `w`'s pipe, if it is one
+/// ([`crate::transport::pipe`]).
 pub fn spawn_writer<W>(mut w: W, mut rx: mpsc::Receiver<Outgoing>) -> tokio::task::JoinHandle<()>
 where
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + Growable + 'static,
 {
     tokio::spawn(async move {
         // Grows to the largest batch written and is reused; an idle connection holds none.
         let mut buf: Vec<u8> = Vec::new();
         let mut closing = false;
+        let mut grown = false;
         'serve: while let Some(first) = rx.recv().await {
             let mut next = Some(first);
             while let Some(item) = next.take() {
+                if !grown && item.len() >= WRITE_DIRECT {
+                    w.grow();
+                    grown = true;
+                }
                 match item {
                     // A large line is written from where it is, after the batch before it:
                     // copying it into the batch would be one more pass over the payload.

@@ -136,3 +136,22 @@ async fn line_breaks_in_json_whitespace_reach_no_plugin() {
         assert!(!tail.contains("bad input") && !tail.contains("Traceback"), "{p}: {tail}");
     }
 }
+
+/// A plugin's pipes grow to 256 KiB once a line of 16 KiB or more goes through them (a 64 KiB
+/// line no longer goes in parts, a context switch each), and not before: pipe capacity counts
+/// against a per-user budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipes_grow_for_large_lines_only() {
+    let d = Daemon::builder().plugin("py-probe").start().await;
+    let pipes = async || d.execute("py-probe", "pipes", json!({})).await.unwrap();
+    let before = pipes().await;
+    for end in ["stdin", "stdout"] {
+        assert!(before[end].as_u64().unwrap() < 256 * 1024, "{before}");
+    }
+    d.execute("py-probe", "echo", json!({"small": "x".repeat(1000)})).await.unwrap();
+    assert_eq!(pipes().await, before, "small lines grow nothing");
+    // The request grows stdin before it is written; its answer grows stdout when it is read.
+    let big = "x".repeat(40_000);
+    assert_eq!(d.execute("py-probe", "echo", json!({"big": big})).await.unwrap()["big"], big);
+    assert_eq!(pipes().await, json!({"stdin": 256 * 1024, "stdout": 256 * 1024}));
+}
