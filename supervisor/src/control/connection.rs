@@ -49,7 +49,7 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
     let conn = Arc::new(Conn::new(daemon.next_conn_id(), Arc::new(Peer::new(tx))));
     // Progress of the calls its requests make reaches it (`$/progress` under its own ids).
     let _relay = crate::transport::peer::relay_target(conn.id, &conn.peer);
-    let mut frames = FramedRead::new(read, FrameDecoder::new(DEFAULT_MAX_FRAME));
+    let mut frames = FramedRead::new(read, FrameDecoder::new(DEFAULT_MAX_FRAME).noting_cr());
     let mut inflight = FuturesUnordered::new();
     let mut eof = false;
     let mut burst = 0usize;

@@ -41,6 +41,8 @@ pub struct FrameDecoder {
     /// long (a client or plugin sending documents sends several), so room for it is made at
     /// once, not by doubling, which copied a 64 KiB line's first 120 KiB on its way in.
     last_long: usize,
+    /// Whether to note a `\r` inside a line ([`FrameDecoder::noting_cr`]).
+    note_cr: bool,
     /// Whether the line being read has a `\r` in it (not the one before its `\n`).
     cr_inside: bool,
     /// [`FrameDecoder::cr_inside`] of the last line yielded.
@@ -50,12 +52,32 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder yielding lines of at most `max` bytes.
     pub fn new(max: usize) -> Self {
-        FrameDecoder { max, scanned: 0, discarding: None, last_long: 0, cr_inside: false, last_had_cr: false }
+        FrameDecoder {
+            max,
+            scanned: 0,
+            discarding: None,
+            last_long: 0,
+            note_cr: false,
+            cr_inside: false,
+            last_had_cr: false,
+        }
     }
 }
 
 impl FrameDecoder {
-    /// Whether the last line yielded has a `\r` in it. A line without one has no line break at
+    /// The same decoder, noting whether each line has a `\r` in it ([`last_line_has_cr`]): a
+    /// search for two bytes instead of one, which costs as much again (a control connection's
+    /// large params are forwarded from the line only if it has none).
+    ///
+    /// [`last_line_has_cr`]: FrameDecoder::last_line_has_cr
+    pub fn noting_cr(mut self) -> Self {
+        self.note_cr = true;
+        self
+    }
+
+    /// Whether the last line yielded has a `\r` in it (always true unless [`noting_cr`]).
+    ///
+    /// [`noting_cr`]: FrameDecoder::noting_cr A line without one has no line break at
     /// all (`\n` ends it), so a value from it can be forwarded to a plugin as it is: some line
     /// readers (universal newlines: Python's `open()`, Node's `readline`) break lines at a lone
     /// `\r` too, so plugind takes them out of what it forwards (see `router::ExecuteOut`),
@@ -67,6 +89,14 @@ impl FrameDecoder {
     /// The next `\n` at or after `scanned`, noting a `\r` inside the line on the way; None with
     /// `scanned` moved past what was looked at (not past a last `\r`, which a `\n` may follow).
     fn find_newline(&mut self, buf: &[u8]) -> Option<usize> {
+        if !self.note_cr {
+            self.cr_inside = true;
+            let found = memchr::memchr(b'\n', &buf[self.scanned..]).map(|i| self.scanned + i);
+            if found.is_none() {
+                self.scanned = buf.len();
+            }
+            return found;
+        }
         let mut from = self.scanned;
         loop {
             let Some(at) = memchr::memchr2(b'\n', b'\r', &buf[from..]).map(|i| from + i) else {
@@ -258,7 +288,7 @@ mod tests {
             (b"\r{}\n", true),
         ] {
             for cut in 0..text.len() {
-                let mut d = FrameDecoder::default();
+                let mut d = FrameDecoder::default().noting_cr();
                 let mut buf = BytesMut::from(&text[..cut]);
                 let first = d.decode(&mut buf).unwrap();
                 buf.extend_from_slice(&text[cut..]);
@@ -267,8 +297,13 @@ mod tests {
                 assert_eq!(d.last_line_has_cr(), want, "{text:?} cut at {cut}");
             }
         }
-        // The flag is the last line's: a line without one after a line with one.
+        // Not noting, every line may have one.
         let mut d = FrameDecoder::default();
+        let mut buf = BytesMut::from(&b"{}\n"[..]);
+        d.decode(&mut buf).unwrap();
+        assert!(d.last_line_has_cr());
+        // The flag is the last line's: a line without one after a line with one.
+        let mut d = FrameDecoder::default().noting_cr();
         let mut buf = BytesMut::from(&b"{\r}\n{}\n"[..]);
         d.decode(&mut buf).unwrap();
         assert!(d.last_line_has_cr());

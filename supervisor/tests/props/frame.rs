@@ -43,7 +43,22 @@ pub fn model(data: &[u8], max: usize) -> Vec<Frame> {
 /// then `decode_eof` until `None`), in reads of the sizes in `chunks` (cycled; each at least 1).
 /// Checks after every read that the buffer holds no more than `max` bytes.
 pub fn decode_chunked(data: &[u8], max: usize, chunks: &[usize]) -> Vec<Frame> {
-    let mut decoder = FrameDecoder::new(max);
+    decode_with(FrameDecoder::new(max), data, max, chunks)
+}
+
+/// [`decode_chunked`] with a decoder noting `\r`s ([`FrameDecoder::noting_cr`]); checks that a
+/// line it says has none has none (what the control connection trusts when it forwards large
+/// params from their line).
+pub fn decode_noting_cr(data: &[u8], max: usize, chunks: &[usize]) -> Vec<Frame> {
+    decode_with(FrameDecoder::new(max).noting_cr(), data, max, chunks)
+}
+
+fn decode_with(mut decoder: FrameDecoder, data: &[u8], max: usize, chunks: &[usize]) -> Vec<Frame> {
+    let note = |f: &Frame, decoder: &FrameDecoder| {
+        if let Frame::Line(l) = f {
+            assert!(decoder.last_line_has_cr() || !l.contains(&b'\r'), "a line with a \\r said to have none: {l:?}");
+        }
+    };
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let mut rest = data;
@@ -54,11 +69,13 @@ pub fn decode_chunked(data: &[u8], max: usize, chunks: &[usize]) -> Vec<Frame> {
         buf.extend_from_slice(&rest[..n]);
         rest = &rest[n..];
         while let Some(f) = decoder.decode(&mut buf).expect("decode never fails") {
+            note(&f, &decoder);
             out.push(f);
         }
         assert!(buf.len() <= max, "the buffer holds {} bytes, over the {max}-byte limit", buf.len());
     }
     while let Some(f) = decoder.decode_eof(&mut buf).expect("decode_eof never fails") {
+        note(&f, &decoder);
         out.push(f);
     }
     assert!(buf.is_empty(), "bytes left in the buffer at EOF: {}", buf.len());
@@ -71,8 +88,10 @@ pub fn check(data: &[u8], max: usize, chunks: &[usize]) {
     let want = model(data, max);
     assert_eq!(decode_chunked(data, max, &[]), want, "read whole (max {max})");
     assert_eq!(decode_chunked(data, max, chunks), want, "read in chunks {chunks:?} (max {max})");
+    assert_eq!(decode_noting_cr(data, max, chunks), want, "noting \\r, read in chunks {chunks:?} (max {max})");
     if data.len() <= 4096 {
         assert_eq!(decode_chunked(data, max, &[1]), want, "read byte by byte (max {max})");
+        assert_eq!(decode_noting_cr(data, max, &[1]), want, "noting \\r, read byte by byte (max {max})");
     }
 }
 
