@@ -50,7 +50,7 @@ pub struct RawJson(Repr);
 #[derive(Debug, Clone)]
 enum Repr {
     Boxed(Box<RawValue>),
-    /// Valid JSON text: a span [`Message::parse`] delimited and checked.
+    /// The text of a `&RawValue` (so valid UTF-8 and one JSON value), sliced from its line.
     Shared(bytes::Bytes),
 }
 
@@ -66,7 +66,8 @@ impl RawJson {
     /// `value`, a span of `line` (a `&RawValue` parsed from it), shared with `line` if it is
     /// large, else copied out; None if `value` is not in `line`.
     pub fn from_line(line: &bytes::Bytes, value: &RawValue) -> Option<Self> {
-        line.as_ptr_range().contains(&value.get().as_ptr()).then(|| RawJson::of(line, value))
+        let (within, text) = (line.as_ptr_range(), value.get().as_bytes().as_ptr_range());
+        (within.start <= text.start && text.end <= within.end).then(|| RawJson::of(line, value))
     }
 
     /// Whether it is a slice of a read buffer.
@@ -91,9 +92,9 @@ impl std::ops::Deref for RawJson {
         match &self.0 {
             Repr::Boxed(b) => b,
             Repr::Shared(bytes) => {
-                // SAFETY: a `Shared` value is made only by `RawJson::of` from a span that
-                // `Message::parse` returned as `&RawValue` (valid UTF-8, one JSON value), and
-                // `Bytes` never changes its contents.
+                // SAFETY: a `Shared` value is made only by `RawJson::of`, from the bytes of a
+                // `&RawValue`, which is a `str` (valid UTF-8) holding one JSON value; `Bytes`
+                // never changes its contents.
                 let text = unsafe { std::str::from_utf8_unchecked(bytes) };
                 plugind_protocol::scan::raw(text)
             }
