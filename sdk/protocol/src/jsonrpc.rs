@@ -275,7 +275,7 @@ impl Line {
     }
 
     fn end(mut self) -> Vec<u8> {
-        self.0.extend_from_slice(b"}\n");
+        self.0.extend_from_slice(LINE_END);
         self.0
     }
 }
@@ -294,16 +294,20 @@ pub fn request_line<P: Serialize + ?Sized>(id: u64, method: &str, params: &P) ->
 /// A request line whose params `write_params` appends as JSON text: for params that are mostly
 /// raw JSON already (a forwarded `execute`), which a serializer pass would only re-check.
 pub fn request_line_with(id: u64, method: &str, write_params: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    let mut line = Line::new(256).numeric_id(id).field("method", method).key("params");
-    write_params(&mut line.0);
-    line.end()
+    let mut line = request_head(id, method);
+    write_params(&mut line);
+    line.extend_from_slice(LINE_END);
+    line
 }
 
 /// `{"jsonrpc":"2.0","id":ID,"method":M,"params":`: a request line up to its params, for a writer
-/// that writes them and then `}\n`.
+/// that writes them and then [`LINE_END`].
 pub fn request_head(id: u64, method: &str) -> Vec<u8> {
     Line::new(256).numeric_id(id).field("method", method).key("params").0
 }
+
+/// The end of every line: the envelope's `}` and the newline.
+pub const LINE_END: &[u8] = b"}\n";
 
 /// `{"jsonrpc":"2.0","method":M,"params":P}\n`.
 pub fn notification_line<P: Serialize + ?Sized>(method: &str, params: &P) -> Vec<u8> {
@@ -321,7 +325,7 @@ pub fn raw_result_line(id: &RawValue, result: &RawValue) -> Vec<u8> {
 }
 
 /// `{"jsonrpc":"2.0","id":ID,"result":`: a result line up to its result, for a writer that
-/// writes the result from where it is and then `}\n`.
+/// writes the result from where it is and then [`LINE_END`].
 pub fn result_head(id: &RawValue) -> Vec<u8> {
     Line::new(32 + id.get().len()).raw("id", id).key("result").0
 }

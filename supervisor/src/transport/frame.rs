@@ -45,7 +45,7 @@ pub struct FrameDecoder {
     note_cr: bool,
     /// Whether the line being read has a `\r` in it (not the one before its `\n`).
     cr_inside: bool,
-    /// [`FrameDecoder::cr_inside`] of the last line yielded.
+    /// `cr_inside` of the last line yielded.
     last_had_cr: bool,
 }
 
@@ -62,9 +62,7 @@ impl FrameDecoder {
             last_had_cr: false,
         }
     }
-}
 
-impl FrameDecoder {
     /// The same decoder, noting whether each line has a `\r` in it ([`last_line_has_cr`]): a
     /// search for two bytes instead of one, which costs as much again (a control connection's
     /// large params are forwarded from the line only if it has none).
@@ -75,22 +73,22 @@ impl FrameDecoder {
         self
     }
 
-    /// Whether the last line yielded has a `\r` in it (always true unless [`noting_cr`]).
+    /// Whether the last line yielded has a `\r` in it (always true unless [`noting_cr`]). A
+    /// line without one has no line break at all (`\n` ends it), so a value from it can be
+    /// forwarded to a plugin as it is: some line readers (universal newlines: Python's `open()`,
+    /// Node's `readline`) break lines at a lone `\r` too, so plugind takes them out of what it
+    /// forwards (see `router::ExecuteOut`), which needs a pass over the value unless this says
+    /// there is none.
     ///
-    /// [`noting_cr`]: FrameDecoder::noting_cr A line without one has no line break at
-    /// all (`\n` ends it), so a value from it can be forwarded to a plugin as it is: some line
-    /// readers (universal newlines: Python's `open()`, Node's `readline`) break lines at a lone
-    /// `\r` too, so plugind takes them out of what it forwards (see `router::ExecuteOut`),
-    /// which needs a pass over the value unless this says there is none.
+    /// [`noting_cr`]: FrameDecoder::noting_cr
     pub fn last_line_has_cr(&self) -> bool {
-        self.last_had_cr
+        !self.note_cr || self.last_had_cr
     }
 
     /// The next `\n` at or after `scanned`, noting a `\r` inside the line on the way; None with
     /// `scanned` moved past what was looked at (not past a last `\r`, which a `\n` may follow).
     fn find_newline(&mut self, buf: &[u8]) -> Option<usize> {
         if !self.note_cr {
-            self.cr_inside = true;
             let found = memchr::memchr(b'\n', &buf[self.scanned..]).map(|i| self.scanned + i);
             if found.is_none() {
                 self.scanned = buf.len();

@@ -10,7 +10,7 @@
 use crate::trace::TraceIn;
 use crate::transport::pipe::Growable;
 use crate::transport::tap::{Dir, Tap};
-use plugind_protocol::jsonrpc::{self, Message, ParseError, RpcError};
+use plugind_protocol::jsonrpc::{self, Message, ParseError, RpcError, LINE_END};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -547,21 +547,16 @@ impl Peer {
 
     /// Queues a line, waiting for room; false if the connection is gone.
     async fn push(&self, line: Vec<u8>) -> bool {
-        self.push_until(line, None).await.unwrap_or(false)
+        self.trace(Dir::Out, &line);
+        self.queue_until(Outgoing::Line(line), None).await.unwrap_or(false)
     }
 
-    /// Queues a line, waiting for room until `due` (`Err` past it); false if the connection is
-    /// gone.
+    /// Queues a message for the writer (traced by the caller), waiting for room until `due`
+    /// (`Err` past it); false if the connection is gone.
     ///
     /// Tries without waiting first: the outbox is rarely full, and the waiting `send` and its
     /// timer are large enough to grow the future of every request (allocated once per request),
     /// so they are boxed and made only when needed.
-    async fn push_until(&self, line: Vec<u8>, due: Option<Instant>) -> Result<bool, tokio::time::error::Elapsed> {
-        self.trace(Dir::Out, &line);
-        self.queue_until(Outgoing::Line(line), due).await
-    }
-
-    /// [`Peer::push_until`] for any message for the writer (traced by the caller).
     async fn queue_until(&self, item: Outgoing, due: Option<Instant>) -> Result<bool, tokio::time::error::Elapsed> {
         let waiting = match self.out.try_send(item) {
             Ok(()) => return Ok(true),
@@ -896,9 +891,6 @@ impl Drop for CancelOnDrop<'_> {
 /// Lines at least this long skip the writer's batch buffer (see [`spawn_writer`]), and values at
 /// least this long pass through plugind without a copy ([`RawJson`], [`Splice`]).
 pub const WRITE_DIRECT: usize = 16 * 1024;
-
-/// The end of every line: the envelope's `}` and the newline.
-const LINE_END: &[u8] = b"}\n";
 
 /// Spawns the task that writes queued lines to `w`, batching what is queued and flushing as soon
 /// as the queue is empty. A line of [`WRITE_DIRECT`] bytes or more is written as it is, after

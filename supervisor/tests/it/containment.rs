@@ -732,6 +732,21 @@ async fn callers_version_only_narrows_its_declared_range() {
     assert_eq!(r["detail"]["error"]["code"], -32004, "{r}");
 }
 
+/// A plugin's `service.call` with a lone `\r` between the JSON tokens of its params (valid
+/// JSON) reaches the provider without it. The provider reads with universal newlines (as
+/// Python's `open()` and Node's `readline` do): had plugind passed the `\r` on, its line would
+/// have ended there, broken, and the provider (whose reader takes a broken line as fatal) would
+/// have died.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_cannot_break_another_plugins_input_line() {
+    let b = hostile(victim(Daemon::builder()), "caller", &[], json!({}))
+        .manifest("caller", |m| m["dependencies"] = json!({"required": ["victim"]}));
+    let d = b.start().await;
+    let r = attack(&d, "caller", "call_raw", json!({"service": "victim"})).await;
+    assert_eq!(r["reached"], "victim", "the provider did not answer: {r}");
+    assert_eq!(d.status("victim").await["state"], "running");
+}
+
 // ---- `last_exit.limit` and state file modes (docs/security.md) ----
 
 /// A plugin prints `MemoryError` (and other allocation failures) on stderr and exits 1: no
