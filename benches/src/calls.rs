@@ -131,6 +131,35 @@ fn relay(bins: &Bins, sock: &Path, plugin: &[&OsStr]) -> anyhow::Result<(Ready, 
     Ok((child, conn))
 }
 
+/// Diagnostic: plugind against the relay on an event loop (`--relay-async`), in alternating
+/// rounds. Against the blocking relay, plugind pays for its event loop (an `epoll_wait` before
+/// each read) and for its own work; against this one only for its own work.
+pub fn event_loop_relay(
+    bins: &Bins,
+    dir: &Path,
+    daemon: &Daemon,
+    placement: &str,
+    t: Timing,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let sock = dir.join("relay-async.sock");
+    let child = Ready::spawn(Command::new(&bins.me).arg("--relay-async").arg(&sock).arg(&bins.echo))?;
+    let mut relay = LineConn::unix(&sock)?;
+    let req = Request::echo("echo");
+    relay.check(&req, PAYLOAD).context("relay-async")?;
+    let mut ours = LineConn::unix(&daemon.socket)?;
+    let (floor, us) = alternate_latencies(&mut relay, &mut ours, &req, t, rounds)?;
+    latency_lines("floor.relay_async", placement, &floor, None);
+    latency_lines("a.execute.vs_relay_async", placement, &us, Some((&floor, "relay_async", 1.0)));
+    let depth = DEPTHS[0];
+    let (floor, rate) = alternate_throughput(&mut relay, &mut ours, &req, depth, t, rounds)?;
+    line(&format!("floor.relay_async.tput{depth}"), placement, floor, "calls/s", None);
+    let f = Some(Floor { value: floor, name: "relay_async" });
+    line(&format!("b.execute.tput{depth}.vs_relay_async"), placement, rate, "calls/s", f);
+    drop(relay);
+    child.wait()
+}
+
 /// Diagnostic: the relay in front of the `--child-pipe` echo instead of echo-rust, to show how
 /// much of the relay floor is the plugin (its SDK) rather than the relaying.
 pub fn relay_rawchild(bins: &Bins, dir: &Path, placement: &str, t: Timing) -> anyhow::Result<()> {

@@ -34,7 +34,7 @@ use std::time::Duration;
 use wire::Timing;
 
 const USAGE: &str = "usage: plugind-bench [--smoke] [--placement cpu0|any|both] [--bin-dir DIR] [--only GROUP]
-       plugind-bench --load SECONDS [DEPTH [plugind|relay [64k|1m] | service]]   (pipelined `execute` load, for profiling)
+       plugind-bench --load SECONDS [DEPTH [plugind|relay|relay-async [64k|1m] | service]]   (pipelined `execute` load, for profiling)
   --smoke       every benchmark briefly, only checking that it runs (part of `make test`)
   --placement   cpu0: everything under `taskset -c 0`; any: unpinned; both (default, smoke: any)
   --bin-dir     where plugind, pluginctl and echo-rust are (default: this binary's directory)
@@ -63,6 +63,7 @@ fn main() -> ExitCode {
         ["--child-pipe"] => child::serve(std::io::stdin().lock(), std::io::stdout().lock()).map_err(Into::into),
         ["--child-unix", path] => child::serve_unix(Path::new(path)).map_err(Into::into),
         ["--relay", socket, program, args @ ..] => relay::run(Path::new(socket), Path::new(program), args),
+        ["--relay-async", socket, program, args @ ..] => relay::run_async(Path::new(socket), Path::new(program), args),
         ["--service-relay", socket, program] => relay::run_service(Path::new(socket), Path::new(program)),
         ["--load", secs, rest @ ..] => load(secs, rest),
         ["--run", placement, rest @ ..] => match parse(rest) {
@@ -179,8 +180,8 @@ fn top(o: &Options) -> ExitCode {
     }
 }
 
-/// `--load SECONDS [DEPTH [plugind|relay|service]]`: starts plugind on the call plugins (or the
-/// relay in front of echo-rust), prints `pid PID` of it, then keeps DEPTH (default 64) calls in
+/// `--load SECONDS [DEPTH [plugind|relay|relay-async|service]]`: starts plugind on the call
+/// plugins (or the relay, blocking or on an event loop, in front of echo-rust), prints `pid PID` of it, then keeps DEPTH (default 64) calls in
 /// flight for SECONDS and prints the rate: `execute` of echo, or with `service` caller's
 /// `service.call` of echo. For profilers and `perf stat -p PID` (docs/benchmarks.md).
 /// `PLUGIND_BENCH_BIN_DIR` takes the binaries under test from another build (a before/after).
@@ -201,9 +202,11 @@ fn load(secs: &str, rest: &[&str]) -> anyhow::Result<()> {
     let bins = Bins::in_dir(&bin_dir(&Options { smoke: false, placement: None, bin_dir: dir, only: None })?)?;
     let req = match (kind, blob) {
         ("service", None) => wire::Request::service_call("caller", "echo"),
-        ("plugind" | "relay", None) => wire::Request::echo("echo"),
-        ("plugind" | "relay", Some(size)) => calls::blob_request(size),
-        _ => anyhow::bail!("unknown load {kind:?} {blob:?}: expected plugind or relay [64k|1m], or service"),
+        ("plugind" | "relay" | "relay-async", None) => wire::Request::echo("echo"),
+        ("plugind" | "relay" | "relay-async", Some(size)) => calls::blob_request(size),
+        _ => {
+            anyhow::bail!("unknown load {kind:?} {blob:?}: expected plugind, relay or relay-async [64k|1m], or service")
+        }
     };
     let drive = |pid: u32, socket: &Path| -> anyhow::Result<()> {
         println!("pid {pid}");
@@ -212,11 +215,11 @@ fn load(secs: &str, rest: &[&str]) -> anyhow::Result<()> {
         println!("{rate:.0} calls/s with {depth} in flight");
         Ok(())
     };
-    if kind == "relay" {
+    if kind.starts_with("relay") {
         let tmp = tempfile::Builder::new().prefix("plugind-bench").tempdir()?;
         let sock = tmp.path().join("relay.sock");
         let mut relay = Command::new(&bins.me)
-            .arg("--relay")
+            .arg(format!("--{kind}"))
             .arg(&sock)
             .arg(&bins.echo)
             .stdout(std::process::Stdio::piped())
@@ -284,10 +287,12 @@ fn run(placement: &str, o: &Options) -> ExitCode {
             let mut d = Daemon::start(&bins, &plugins)?;
             rt.block_on(d.wait_running(plugins.len() as u64, Duration::from_secs(60)))?;
             let calls = calls::relay_and_plugind(&bins, tmp.path(), &d, placement, t, rounds);
+            let event_loop = calls::event_loop_relay(&bins, tmp.path(), &d, placement, t, rounds);
             let large = calls::large_payloads(&bins, tmp.path(), &d, placement, t, rounds);
             let cli = cli::run(&bins, &d, placement, cli_calls);
             rt.block_on(d.stop())?;
             let ours = calls?;
+            event_loop?;
             large?;
             cli?;
             // The MCP SDKs after plugind has stopped, so they have the machine to themselves.

@@ -27,6 +27,57 @@ pub fn run(socket: &Path, program: &Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--relay-async SOCKET PROGRAM [ARGS…]`: the relay of [`run`] on an event loop, a diagnostic
+/// floor. The same copying, but both directions are tasks of one tokio runtime built as
+/// plugind's is (its default worker count), on non-blocking descriptors: each read waits in
+/// `epoll_wait` first, where the blocking relay's threads wait in the `read` itself. The
+/// difference between the two is what serving many plugins from a few threads costs any
+/// supervisor; the difference between this and plugind is plugind's own work.
+pub fn run_async(socket: &Path, program: &Path, args: &[&str]) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut plugin = Echo::spawn(program, args, "echo")?;
+    plugin.handshake()?;
+    let listener = UnixListener::bind(socket)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(plugind::config::default_worker_threads())
+        .enable_all()
+        .build()?;
+    println!("ready");
+    io::stdout().flush()?;
+    let (client, _) = listener.accept()?;
+    client.set_nonblocking(true)?;
+    let Echo { child, stdin, stdout } = plugin;
+    anyhow::ensure!(stdout.buffer().is_empty(), "the plugin wrote more than the handshake's answers");
+    async fn pump(
+        mut from: impl tokio::io::AsyncRead + Unpin,
+        mut to: impl tokio::io::AsyncWrite + Unpin,
+    ) -> io::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = from.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            to.write_all(&buf[..n]).await?;
+        }
+    }
+    rt.block_on(async move {
+        let client = tokio::net::UnixStream::from_std(client)?;
+        let (from_client, to_client) = client.into_split();
+        let to_plugin = tokio::net::unix::pipe::Sender::from_file(stdin)?;
+        let from_plugin = tokio::net::unix::pipe::Receiver::from_file(stdout.into_inner())?;
+        // Both on the runtime's workers, as plugind's tasks are (not on this thread). EOF from
+        // the client drops the plugin's stdin, which ends the plugin and so the other task.
+        let up = tokio::spawn(pump(from_client, to_plugin));
+        let down = tokio::spawn(pump(from_plugin, to_client));
+        up.await.map_err(io::Error::other)??;
+        down.await.map_err(io::Error::other)??;
+        io::Result::Ok(())
+    })?;
+    child.wait()?;
+    Ok(())
+}
+
 fn pump(mut from: impl Read, mut to: impl Write) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -2,10 +2,10 @@
 # CPU time, context switches and syscalls per call of each process on the call path, under the
 # pipelined load of `plugind-bench --load` (see docs/benchmarks.md, "What limits each figure").
 #
-# usage: benches/tools/per_call.sh plugind|relay [DEPTH] [CPUS]     (needs perf; run as root)
+# usage: benches/tools/per_call.sh plugind|relay|relay-async [DEPTH] [CPUS]     (needs perf; run as root)
 #   DEPTH: calls in flight (default 64; 1 = sequential)   CPUS: taskset list (default 0)
 set -eu
-target=${1:?plugind or relay}; depth=${2:-64}; cpus=${3:-0}
+target=${1:?plugind, relay or relay-async}; depth=${2:-64}; cpus=${3:-0}
 bench=$(dirname "$0")/../../target/release/plugind-bench
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
