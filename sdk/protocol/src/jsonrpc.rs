@@ -160,24 +160,19 @@ impl<'a> Envelope<'a> {
     fn scan(line: &'a [u8]) -> Result<Self, scan::NotTaken> {
         let mut env = Envelope::default();
         scan::fields(line, ["jsonrpc", "method", "id", "params", "result", "error"], |n, value| {
-            let value = value.text()?;
-            let raw_slot = match n {
-                2 => Some(&mut env.id),
-                3 => Some(&mut env.params),
-                4 => Some(&mut env.result),
-                5 => Some(&mut env.error),
-                _ => None,
-            };
-            match raw_slot {
-                Some(slot) => *slot = Some(scan::raw(value)),
-                None => {
-                    // `null` reads as absent, as an `Option` does in serde; a string with escapes
-                    // or another type is left to serde.
-                    let s = match value {
-                        "null" => None,
-                        _ => Some(Cow::Borrowed(scan::plain_str(value).ok_or(scan::NotTaken)?)),
+            // `null` reads as absent, as an `Option` does in serde; a string with escapes or
+            // another type is left to serde.
+            match n {
+                0 => env.jsonrpc = value.plain_str()?.map(Cow::Borrowed),
+                1 => env.method = value.plain_str()?.map(Cow::Borrowed),
+                _ => {
+                    let slot = match n {
+                        2 => &mut env.id,
+                        3 => &mut env.params,
+                        4 => &mut env.result,
+                        _ => &mut env.error,
                     };
-                    *(if n == 0 { &mut env.jsonrpc } else { &mut env.method }) = s;
+                    *slot = Some(scan::raw(value.text()?));
                 }
             }
             Ok(())
@@ -267,11 +262,10 @@ impl Line {
         line
     }
 
-    /// `,"id":N`, without the serializer.
-    fn numeric_id(mut self, id: u64) -> Self {
-        use std::io::Write as _;
-        let _ = write!(self.0, r#","id":{id}"#);
-        self
+    /// `,"id":N`.
+    fn numeric_id(self, id: u64) -> Self {
+        // serde_json writes integers with `itoa`, without the formatting machinery of `write!`.
+        self.field("id", &id)
     }
 
     fn end(mut self) -> Vec<u8> {
@@ -349,7 +343,6 @@ pub fn to_raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
 
 #[cfg(test)]
 mod tests {
-
     /// An envelope's members as text, to compare the scanner's with serde's.
     fn fields(e: &Envelope<'_>) -> [Option<String>; 6] {
         let raw = |r: Option<&RawValue>| r.map(|r| r.get().to_owned());

@@ -52,6 +52,23 @@ impl<'a> Value<'a, '_> {
         Ok(text_of(self.b, self.start, end))
     }
 
+    /// The value as a string without escapes (the text between its quotes, borrowed), or None
+    /// for `null`; anything else (an escaped string, another type) is `NotTaken`. The scan
+    /// itself says whether there was an escape: no second search of the text for a `\`.
+    pub fn plain_str(self) -> Scan<Option<&'a str>> {
+        if self.b.get(self.start) != Some(&b'"') {
+            let end = literal(self.b, self.start, b"null")?;
+            *self.end = Some(end);
+            return Ok(None);
+        }
+        let (end, escaped) = string_end(self.b, self.start)?;
+        *self.end = Some(end);
+        if escaped {
+            return Err(NotTaken);
+        }
+        Ok(Some(text_of(self.b, self.start + 1, end - 1)))
+    }
+
     /// Walks the value, which must be an object, as [`fields`] does; returns its text.
     pub fn fields<const N: usize>(
         self,
@@ -131,11 +148,11 @@ fn object<'a>(
         return Ok(i + 1);
     }
     loop {
-        let key_end = skip_string(b, i)?;
-        let key = text_of(b, i + 1, key_end - 1);
-        if key.contains('\\') {
+        let (key_end, escaped) = string_end(b, i)?;
+        if escaped {
             return Err(NotTaken);
         }
+        let key = text_of(b, i + 1, key_end - 1);
         i = skip_ws(b, key_end);
         if b.get(i) != Some(&b':') {
             return Err(NotTaken);
@@ -291,50 +308,87 @@ fn skip_number(b: &[u8], mut i: usize) -> Scan<usize> {
 /// The end (exclusive, after the closing quote) of the string starting at `i` (its opening
 /// quote): no control characters, only the escapes JSON has, valid UTF-8.
 fn skip_string(b: &[u8], i: usize) -> Scan<usize> {
+    string_end(b, i).map(|(end, _)| end)
+}
+
+/// [`skip_string`], and whether the string has an escape.
+#[inline]
+fn string_end(b: &[u8], i: usize) -> Scan<(usize, bool)> {
     if b.get(i) != Some(&b'"') {
         return Err(NotTaken);
     }
-    let mut i = i + 1;
+    // Nearly every string of an envelope is plain ASCII: its end is the first special byte.
+    let i = find_special::<true>(b, i + 1);
+    if b.get(i) == Some(&b'"') {
+        return Ok((i + 1, false));
+    }
+    string_rest(b, i)
+}
+
+/// The rest of [`string_end`] from `i`, a special byte inside the string: escapes, non-ASCII
+/// text, or an error. Apart, so that the common case stays small enough to inline.
+#[cold]
+#[inline(never)]
+fn string_rest(b: &[u8], mut i: usize) -> Scan<(usize, bool)> {
+    let mut escaped = false;
     // The string's first non-ASCII byte, once seen: from there to the closing quote is checked
     // as UTF-8 in one call (a valid multi-byte character never holds an ASCII byte, so the span
     // between two ASCII bytes is valid exactly when its characters are).
     let mut wide: Option<usize> = None;
     loop {
-        i = match wide {
-            None => find_special::<true>(b, i),
-            Some(_) => find_special::<false>(b, i),
-        };
         match b.get(i) {
             Some(b'"') => {
                 if let Some(w) = wide {
                     std::str::from_utf8(&b[w..i]).map_err(|_| NotTaken)?;
                 }
-                return Ok(i + 1);
+                return Ok((i + 1, escaped));
             }
             Some(b'\\') => match b.get(i + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
+                    escaped = true;
+                    i += 2
+                }
                 Some(b'u') => match b.get(i + 2..i + 6) {
-                    Some(hex) if hex.iter().all(u8::is_ascii_hexdigit) => i += 6,
+                    Some(hex) if hex.iter().all(u8::is_ascii_hexdigit) => {
+                        escaped = true;
+                        i += 6
+                    }
                     _ => return Err(NotTaken),
                 },
                 _ => return Err(NotTaken),
             },
             Some(0x80..) => {
-                wide = Some(i);
+                wide.get_or_insert(i);
                 i += 1;
             }
             // A control character, or the end of the text.
             _ => return Err(NotTaken),
         }
+        i = match wide {
+            None => find_special::<true>(b, i),
+            Some(_) => find_special::<false>(b, i),
+        };
     }
 }
 
 /// The index of the first `"`, `\`, control character (below 0x20) or, with `HIGH`, non-ASCII
 /// byte (0x80 and up) at or after `i`; `b.len()` if none. 32 bytes at a time with AVX2 where the
 /// CPU has it, else 16 with SSE2 (x86-64's baseline), else one at a time.
-fn find_special<const HIGH: bool>(b: &[u8], i: usize) -> usize {
+#[inline]
+fn find_special<const HIGH: bool>(b: &[u8], mut i: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
+        // Most strings of an envelope (keys, method names, ids) end within 16 bytes: one SSE2
+        // step, inlined here, finds their end without a call or the CPU feature check.
+        if i + 16 > b.len() {
+            // The last few bytes of a line (its last strings): one at a time.
+            return find_special_scalar::<HIGH>(b, i);
+        }
+        let mask = sse2_step::<HIGH>(b, i);
+        if mask != 0 {
+            return i + mask.trailing_zeros() as usize;
+        }
+        i += 16;
         static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         if *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2")) {
             // SAFETY: the CPU has AVX2 (checked just above).
@@ -385,32 +439,41 @@ fn find_special_scalar<const HIGH: bool>(b: &[u8], i: usize) -> usize {
         .map_or(b.len(), |p| i + p)
 }
 
+/// The special bytes of `b[i..i + 16]` as a bit mask (bit n: byte `i + n`). `i + 16 <= b.len()`.
 #[cfg(target_arch = "x86_64")]
-fn find_special_sse2<const HIGH: bool>(b: &[u8], mut i: usize) -> usize {
+#[inline(always)]
+fn sse2_step<const HIGH: bool>(b: &[u8], i: usize) -> u32 {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
     };
+    assert!(i + 16 <= b.len());
     // SAFETY: SSE2 is part of the x86-64 baseline, so these instructions exist on every CPU this
-    // code runs on; the only memory access is the load, of sixteen bytes inside `b`.
+    // code runs on; the only memory access is the load, of sixteen bytes inside `b` (asserted
+    // above; the callers' own checks let the compiler drop the assertion).
     unsafe {
         let quote = _mm_set1_epi8(b'"' as i8);
         let backslash = _mm_set1_epi8(b'\\' as i8);
         let below_space = _mm_set1_epi8(0x1f);
-        while i + 16 <= b.len() {
-            // Unaligned loads are allowed; `i + 16 <= b.len()`.
-            let x = _mm_loadu_si128(b.as_ptr().add(i).cast::<__m128i>());
-            // A byte is at most 0x1f exactly when min(byte, 0x1f) is the byte (unsigned compare).
-            let control = _mm_cmpeq_epi8(_mm_min_epu8(x, below_space), x);
-            let mut hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)), control);
-            if HIGH {
-                hit = _mm_or_si128(hit, x);
-            }
-            let mask = _mm_movemask_epi8(hit);
-            if mask != 0 {
-                return i + mask.trailing_zeros() as usize;
-            }
-            i += 16;
+        // Unaligned loads are allowed.
+        let x = _mm_loadu_si128(b.as_ptr().add(i).cast::<__m128i>());
+        // A byte is at most 0x1f exactly when min(byte, 0x1f) is the byte (unsigned compare).
+        let control = _mm_cmpeq_epi8(_mm_min_epu8(x, below_space), x);
+        let mut hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)), control);
+        if HIGH {
+            hit = _mm_or_si128(hit, x);
         }
+        _mm_movemask_epi8(hit) as u32
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn find_special_sse2<const HIGH: bool>(b: &[u8], mut i: usize) -> usize {
+    while i + 16 <= b.len() {
+        let mask = sse2_step::<HIGH>(b, i);
+        if mask != 0 {
+            return i + mask.trailing_zeros() as usize;
+        }
+        i += 16;
     }
     find_special_scalar::<HIGH>(b, i)
 }

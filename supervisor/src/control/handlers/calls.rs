@@ -39,19 +39,24 @@ impl<'a> ExecuteIn<'a> {
     fn scan(value: scan::Value<'a, '_>) -> Result<Self, NotTaken> {
         let (mut plugin, mut method, mut params, mut timeout_ms, mut meta) = (None, None, None, None, None);
         value.fields(["plugin", "method", "params", "timeout_ms", "_meta"], |n, value| {
-            let value = value.text()?;
-            let null = value == "null";
             match n {
                 0 => plugin = Some(plain(value)?),
                 1 => method = Some(plain(value)?),
-                // `null` reads as absent, as an `Option` does in serde.
-                2 => params = (!null).then(|| scan::raw(value)),
-                // The scanner checked the number's grammar; a fraction, exponent or sign is left
-                // to serde.
-                3 => timeout_ms = (!null).then(|| value.parse::<u64>().map_err(|_| NotTaken)).transpose()?,
                 _ => {
-                    meta =
-                        (!null).then(|| serde_json::from_str::<MetaIn<'a>>(value).map_err(|_| NotTaken)).transpose()?
+                    let value = value.text()?;
+                    // `null` reads as absent, as an `Option` does in serde.
+                    let null = value == "null";
+                    match n {
+                        2 => params = (!null).then(|| scan::raw(value)),
+                        // The scanner checked the number's grammar; a fraction, exponent or sign
+                        // is left to serde.
+                        3 => timeout_ms = (!null).then(|| value.parse::<u64>().map_err(|_| NotTaken)).transpose()?,
+                        _ => {
+                            meta = (!null)
+                                .then(|| serde_json::from_str::<MetaIn<'a>>(value).map_err(|_| NotTaken))
+                                .transpose()?
+                        }
+                    }
                 }
             }
             Ok(())
@@ -60,9 +65,9 @@ impl<'a> ExecuteIn<'a> {
     }
 }
 
-/// A JSON string without escapes, borrowed; anything else is left to serde.
-fn plain(value: &str) -> Result<Cow<'_, str>, NotTaken> {
-    scan::plain_str(value).map(Cow::Borrowed).ok_or(NotTaken)
+/// A JSON string without escapes, borrowed; anything else (`null` too) is left to serde.
+fn plain<'a>(value: scan::Value<'a, '_>) -> Result<Cow<'a, str>, NotTaken> {
+    value.plain_str()?.map(Cow::Borrowed).ok_or(NotTaken)
 }
 
 /// Calls a plugin's `execute`.
@@ -138,10 +143,10 @@ impl<'a> ExecuteRequest<'a> {
         let (mut jsonrpc, mut id, mut method, mut params) = (None, None, None, None);
         scan::fields(line, ["jsonrpc", "id", "method", "params"], |n, value| {
             match n {
-                0 => jsonrpc = Some(value.text()?).filter(|v| *v != "null").map(plain).transpose()?,
+                0 => jsonrpc = value.plain_str()?.map(Cow::Borrowed),
                 1 => id = Some(scan::raw(value.text()?)),
                 2 => {
-                    let name = plain(value.text()?)?;
+                    let name = plain(value)?;
                     if name != "execute" {
                         *other_method = true;
                         return Err(NotTaken);
