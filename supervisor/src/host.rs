@@ -69,9 +69,15 @@ async fn service_call(daemon: &Daemon, caller: &Caller, raw: Option<&RawValue>) 
             serde_json::json!({ "plugin": &*caller.plugin, "dependency": p.service }),
         ));
     };
-    // The provider must match the declared range and the one asked for, both.
-    let asked = crate::registry::dependency(&p.service, p.version.as_deref())?;
-    let dep = declared.narrowed(asked.range.as_ref());
+    // The provider must match the declared range and the one asked for, both. Without a range
+    // asked, that is the declared dependency as it stands (no parse, no copy per call).
+    let dep = match p.version.as_deref() {
+        None => std::borrow::Cow::Borrowed(declared),
+        Some(range) => {
+            let asked = crate::registry::dependency(&p.service, Some(range))?;
+            std::borrow::Cow::Owned(declared.narrowed(asked.range.as_ref()))
+        }
+    };
     let provider = daemon.resolve(&dep).ok_or_else(|| not_found(&dep))?;
     // The call this one is made for bounds its deadline, and cancels it when it ends.
     let parent = caller.peer.parent_of(p.parent);

@@ -15,6 +15,7 @@ use opentelemetry::trace::{SpanContext as OtelSpanContext, SpanKind, Status, Tra
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use plugind_protocol::jsonrpc::RpcError;
+use plugind_protocol::scan;
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -31,6 +32,25 @@ pub struct MetaIn<'a> {
     /// Vendor data, forwarded as is.
     #[serde(default, borrow)]
     pub tracestate: Option<Cow<'a, str>>,
+}
+
+impl<'a> MetaIn<'a> {
+    /// The `_meta` member where the scanner stands (`null` reads as absent), its strings
+    /// borrowed: serde's `borrow` does not reach into an `Option<Cow<str>>`, so it allocated
+    /// both for every hop that carried them.
+    pub fn scan(value: scan::Value<'a, '_>) -> Result<Option<Self>, scan::NotTaken> {
+        if value.is_null() {
+            value.text()?;
+            return Ok(None);
+        }
+        let mut meta = MetaIn::default();
+        value.fields(["traceparent", "tracestate"], |n, value| {
+            let text = value.plain_str()?.map(Cow::Borrowed);
+            *(if n == 0 { &mut meta.traceparent } else { &mut meta.tracestate }) = text;
+            Ok(())
+        })?;
+        Ok(Some(meta))
+    }
 }
 
 /// A span's place in a trace: what a traceparent says.

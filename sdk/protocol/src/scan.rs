@@ -69,6 +69,31 @@ impl<'a> Value<'a, '_> {
         Ok(Some(text_of(self.b, self.start + 1, end - 1)))
     }
 
+    /// Whether the value starts as `null` would (read it to have it checked).
+    pub fn is_null(&self) -> bool {
+        self.b.get(self.start) == Some(&b'n')
+    }
+
+    /// [`Value::plain_str`] where the member must be a string: `null` is `NotTaken` too.
+    pub fn required_str(self) -> Scan<&'a str> {
+        self.plain_str()?.ok_or(NotTaken)
+    }
+
+    /// The value as raw JSON, or None for `null` (as an `Option` reads in serde).
+    pub fn raw_opt(self) -> Scan<Option<&'a RawValue>> {
+        let text = self.text()?;
+        Ok((text != "null").then(|| raw(text)))
+    }
+
+    /// The value as an unsigned integer, or None for `null`. A number with a fraction, an
+    /// exponent or a sign is `NotTaken` (serde decides).
+    pub fn u64_opt(self) -> Scan<Option<u64>> {
+        match self.text()? {
+            "null" => Ok(None),
+            text => text.parse().map(Some).map_err(|_| NotTaken),
+        }
+    }
+
     /// Walks the value, which must be an object, as [`fields`] does; returns its text.
     pub fn fields<const N: usize>(
         self,

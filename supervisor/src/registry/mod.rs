@@ -253,9 +253,35 @@ pub struct ServiceCallIn<'a> {
 }
 
 impl<'a> ServiceCallIn<'a> {
-    /// Parses `raw` (`-32602` when malformed).
+    /// Parses `raw` (`-32602` when malformed): by the scanner, with serde_json for whatever it
+    /// does not take (and for the error).
     pub fn parse(raw: Option<&'a RawValue>) -> Result<Self, RpcError> {
-        serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(RpcError::invalid_params)
+        let text = raw.map_or("{}", RawValue::get);
+        Self::scan(text).or_else(|_| serde_json::from_str(text).map_err(RpcError::invalid_params))
+    }
+
+    /// The same members as the derived `Deserialize`, read by the scanner (strings borrowed,
+    /// `params` delimited, not walked twice).
+    fn scan(text: &'a str) -> Result<Self, plugind_protocol::scan::NotTaken> {
+        use plugind_protocol::scan::{self, NotTaken};
+        use std::borrow::Cow;
+        let (mut service, mut version, mut method, mut params) = (None, None, None, None);
+        let (mut timeout_ms, mut parent, mut meta) = (None, None, None);
+        let keys = ["service", "version", "method", "params", "timeout_ms", "parent", "_meta"];
+        scan::fields(text.as_bytes(), keys, |n, value| {
+            match n {
+                0 => service = Some(Cow::Borrowed(value.required_str()?)),
+                1 => version = value.plain_str()?.map(Cow::Borrowed),
+                2 => method = Some(Cow::Borrowed(value.required_str()?)),
+                3 => params = value.raw_opt()?,
+                4 => timeout_ms = value.u64_opt()?,
+                5 => parent = value.u64_opt()?,
+                _ => meta = crate::trace::MetaIn::scan(value)?,
+            }
+            Ok(())
+        })?;
+        let (Some(service), Some(method)) = (service, method) else { return Err(NotTaken) };
+        Ok(ServiceCallIn { service, version, method, params, timeout_ms, parent, meta })
     }
 }
 
@@ -276,4 +302,64 @@ pub fn not_found(dep: &Dependency) -> RpcError {
         format!("no running provider of service {dep}"),
         serde_json::json!({ "service": dep.name, "version": dep.range_text() }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServiceCallIn;
+    use plugind_protocol::scan;
+
+    /// The members as text, to compare the scanner's reading with serde's.
+    fn members(p: &ServiceCallIn<'_>) -> Vec<Option<String>> {
+        let meta = p.meta.as_ref();
+        vec![
+            Some(p.service.to_string()),
+            p.version.as_deref().map(str::to_owned),
+            Some(p.method.to_string()),
+            p.params.map(|v| v.get().to_owned()),
+            p.timeout_ms.map(|t| t.to_string()),
+            p.parent.map(|t| t.to_string()),
+            meta.and_then(|m| m.traceparent.as_deref().map(str::to_owned)),
+            meta.and_then(|m| m.tracestate.as_deref().map(str::to_owned)),
+        ]
+    }
+
+    /// Whatever the scanner reads, serde reads the same, on `service.call` params and on every
+    /// one-byte mutation of them; and the usual params take the fast path.
+    #[test]
+    fn scanned_service_calls_match_serde() {
+        let seeds = [
+            r#"{"service":"echo","method":"echo","params":{"msg":"hi","n":[1,2.5e3]},"parent":7}"#,
+            r#"{"_meta":{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","tracestate":"a=1"},"timeout_ms":250,"version":"^1.2","method":"m","service":"s","params":null}"#,
+        ];
+        for seed in seeds {
+            assert!(ServiceCallIn::scan(seed).is_ok(), "{seed}");
+        }
+        let mut taken = 0;
+        for seed in seeds {
+            for t in scan::one_byte_mutations(seed, b"\"\\{}[],:0-1.nul \x02") {
+                if let Ok(ours) = ServiceCallIn::scan(&t) {
+                    taken += 1;
+                    let theirs: ServiceCallIn<'_> =
+                        serde_json::from_str(&t).unwrap_or_else(|e| panic!("scanner took {t:?}, serde: {e}"));
+                    assert_eq!(members(&ours), members(&theirs), "{t:?}");
+                }
+            }
+        }
+        assert!(taken > 100, "{taken}");
+        // Left to serde, which reads or rejects them as before: a member twice, a negative
+        // parent, an escaped name, a missing method.
+        for t in [
+            r#"{"service":"a","service":"b","method":"m"}"#,
+            r#"{"service":"a","method":"m","parent":-1}"#,
+            r#"{"service":"\u0061","method":"m"}"#,
+            r#"{"service":"a"}"#,
+        ] {
+            assert!(ServiceCallIn::scan(t).is_err(), "{t}");
+        }
+        let escaped = ServiceCallIn::parse(Some(scan::raw(r#"{"service":"\u0061","method":"m"}"#))).unwrap();
+        assert_eq!(escaped.service, "a");
+        let missing = ServiceCallIn::parse(Some(scan::raw(r#"{"service":"a"}"#))).err().unwrap();
+        assert!(missing.message.contains("missing field `method`"), "{}", missing.message);
+    }
 }

@@ -11,10 +11,11 @@ use crate::trace::TraceIn;
 use crate::transport::pipe::Growable;
 use crate::transport::tap::{Dir, Tap};
 use plugind_protocol::jsonrpc::{self, Message, ParseError, RpcError, LINE_END};
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -384,9 +385,10 @@ pub struct ParentCall {
 
 #[derive(Default)]
 struct Calls {
-    pending: HashMap<u64, Pending>,
+    /// The calls waiting for an answer, by the id plugind gave them.
+    pending: FxHashMap<u64, Pending>,
     /// Ids given up on recently, so their late answers are dropped quietly.
-    abandoned: HashSet<u64>,
+    abandoned: FxHashSet<u64>,
     abandoned_order: VecDeque<u64>,
     closed: bool,
     /// When the deadline sweeper ([`sweep`]) wakes next: no later than the earliest deadline

@@ -40,34 +40,16 @@ impl<'a> ExecuteIn<'a> {
         let (mut plugin, mut method, mut params, mut timeout_ms, mut meta) = (None, None, None, None, None);
         value.fields(["plugin", "method", "params", "timeout_ms", "_meta"], |n, value| {
             match n {
-                0 => plugin = Some(plain(value)?),
-                1 => method = Some(plain(value)?),
-                _ => {
-                    let value = value.text()?;
-                    // `null` reads as absent, as an `Option` does in serde.
-                    let null = value == "null";
-                    match n {
-                        2 => params = (!null).then(|| scan::raw(value)),
-                        // The scanner checked the number's grammar; a fraction, exponent or sign
-                        // is left to serde.
-                        3 => timeout_ms = (!null).then(|| value.parse::<u64>().map_err(|_| NotTaken)).transpose()?,
-                        _ => {
-                            meta = (!null)
-                                .then(|| serde_json::from_str::<MetaIn<'a>>(value).map_err(|_| NotTaken))
-                                .transpose()?
-                        }
-                    }
-                }
+                0 => plugin = Some(Cow::Borrowed(value.required_str()?)),
+                1 => method = Some(Cow::Borrowed(value.required_str()?)),
+                2 => params = value.raw_opt()?,
+                3 => timeout_ms = value.u64_opt()?,
+                _ => meta = MetaIn::scan(value)?,
             }
             Ok(())
         })?;
         Ok(ExecuteIn { plugin: plugin.ok_or(NotTaken)?, method: method.ok_or(NotTaken)?, params, timeout_ms, meta })
     }
-}
-
-/// A JSON string without escapes, borrowed; anything else (`null` too) is left to serde.
-fn plain<'a>(value: scan::Value<'a, '_>) -> Result<Cow<'a, str>, NotTaken> {
-    value.plain_str()?.map(Cow::Borrowed).ok_or(NotTaken)
 }
 
 /// Calls a plugin's `execute`.
@@ -146,12 +128,12 @@ impl<'a> ExecuteRequest<'a> {
                 0 => jsonrpc = value.plain_str()?.map(Cow::Borrowed),
                 1 => id = Some(scan::raw(value.text()?)),
                 2 => {
-                    let name = plain(value)?;
+                    let name = value.required_str()?;
                     if name != "execute" {
                         *other_method = true;
                         return Err(NotTaken);
                     }
-                    method = Some(name);
+                    method = Some(Cow::Borrowed(name));
                 }
                 _ => params = Some(ExecuteIn::scan(value)?),
             }
