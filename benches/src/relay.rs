@@ -13,6 +13,7 @@ use std::path::Path;
 pub fn run(socket: &Path, program: &Path, args: &[&str]) -> anyhow::Result<()> {
     let mut plugin = Echo::spawn(program, args, "echo")?;
     plugin.handshake()?;
+    grow_pipes(&plugin);
     let listener = UnixListener::bind(socket)?;
     println!("ready");
     io::stdout().flush()?;
@@ -37,6 +38,7 @@ pub fn run_async(socket: &Path, program: &Path, args: &[&str]) -> anyhow::Result
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut plugin = Echo::spawn(program, args, "echo")?;
     plugin.handshake()?;
+    grow_pipes(&plugin);
     let listener = UnixListener::bind(socket)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(plugind::config::default_worker_threads())
@@ -52,7 +54,7 @@ pub fn run_async(socket: &Path, program: &Path, args: &[&str]) -> anyhow::Result
         mut from: impl tokio::io::AsyncRead + Unpin,
         mut to: impl tokio::io::AsyncWrite + Unpin,
     ) -> io::Result<()> {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; plugind::transport::pipe::LARGE_PIPE];
         loop {
             let n = from.read(&mut buf).await?;
             if n == 0 {
@@ -78,8 +80,22 @@ pub fn run_async(socket: &Path, program: &Path, args: &[&str]) -> anyhow::Result
     Ok(())
 }
 
+/// The plugin's pipes as large as plugind makes them for large lines
+/// (`plugind::transport::pipe::LARGE_PIPE`): a relay with 64 KiB pipes passes a 1 MiB line in
+/// sixteen parts, a context switch each, and would be no ideal floor for the large lines.
+fn grow_pipes(plugin: &Echo) {
+    use std::os::fd::AsRawFd;
+    for fd in [plugin.stdin.as_raw_fd(), plugin.stdout.get_ref().as_raw_fd()] {
+        // SAFETY: F_SETPIPE_SZ on a pipe this process holds open.
+        let size = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, plugind::transport::pipe::LARGE_PIPE as libc::c_int) };
+        if size < 0 {
+            eprintln!("relay: cannot grow the plugin's pipe: {}", io::Error::last_os_error());
+        }
+    }
+}
+
 fn pump(mut from: impl Read, mut to: impl Write) -> io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; plugind::transport::pipe::LARGE_PIPE];
     loop {
         let n = from.read(&mut buf)?;
         if n == 0 {
