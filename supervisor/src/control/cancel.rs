@@ -32,7 +32,12 @@ pub fn cancelled() -> RpcError {
 /// Runs the host's request `id` (`fut`) with the progress of the calls it makes relayed to the
 /// host under that id.
 pub fn host_call<F: Future<Output = Reply>>(conn: &Conn, id: &RawValue, fut: F) -> impl Future<Output = Reply> {
-    relaying_progress(ProgressTo { conn: conn.id, id: HostId::of(id) }, fut)
+    relaying_progress(progress_to(conn, id), fut)
+}
+
+/// Where the progress of the calls made for the host's request `id` goes.
+pub fn progress_to(conn: &Conn, id: &RawValue) -> ProgressTo {
+    ProgressTo { conn: conn.id, id: HostId::of(id) }
 }
 
 /// The methods a host may cancel.

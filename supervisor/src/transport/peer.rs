@@ -327,18 +327,24 @@ impl<F: std::future::Future> std::future::Future for Relaying<F> {
     type Output = F::Output;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
-        /// Puts back the enclosing scope's target, also if the poll panics.
-        struct Restore(*const ProgressTo);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                PROGRESS_TO.with(|cell| cell.set(self.0));
-            }
-        }
         let this = self.project();
-        let to: &ProgressTo = this.to;
-        let _restore = Restore(PROGRESS_TO.with(|cell| cell.replace(to)));
-        this.fut.poll(cx)
+        with_progress_to(this.to, || this.fut.poll(cx))
     }
+}
+
+/// Runs `f` (a poll) with the progress of the calls it makes relayed to `to`: the scope of
+/// [`Relaying`], for a caller that polls a future pinned where it stands rather than moving it
+/// into a `Relaying`.
+pub fn with_progress_to<R>(to: &ProgressTo, f: impl FnOnce() -> R) -> R {
+    /// Puts back the enclosing scope's target, also if the poll panics.
+    struct Restore(*const ProgressTo);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PROGRESS_TO.with(|cell| cell.set(self.0));
+        }
+    }
+    let _restore = Restore(PROGRESS_TO.with(|cell| cell.replace(to)));
+    f()
 }
 
 /// Runs `fut` with the progress of the calls it makes relayed to `to`.
