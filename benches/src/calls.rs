@@ -125,39 +125,15 @@ pub fn unix_floor(bins: &Bins, dir: &Path, placement: &str, t: Timing) -> anyhow
 
 /// A relay (`--relay`) in front of `plugin` (argv), connected.
 fn relay(bins: &Bins, sock: &Path, plugin: &[&OsStr]) -> anyhow::Result<(Ready, LineConn)> {
-    let child = Ready::spawn(Command::new(&bins.me).arg("--relay").arg(sock).args(plugin))?;
+    relay_as("--relay", bins, sock, plugin)
+}
+
+/// The relay of `mode` (`--relay`, `--relay-async`) in front of `plugin` (argv), connected.
+fn relay_as(mode: &str, bins: &Bins, sock: &Path, plugin: &[&OsStr]) -> anyhow::Result<(Ready, LineConn)> {
+    let child = Ready::spawn(Command::new(&bins.me).arg(mode).arg(sock).args(plugin))?;
     let mut conn = LineConn::unix(sock)?;
     conn.check(&Request::echo("echo"), PAYLOAD)?;
     Ok((child, conn))
-}
-
-/// Diagnostic: plugind against the relay on an event loop (`--relay-async`), in alternating
-/// rounds. Against the blocking relay, plugind pays for its event loop (an `epoll_wait` before
-/// each read) and for its own work; against this one only for its own work.
-pub fn event_loop_relay(
-    bins: &Bins,
-    dir: &Path,
-    daemon: &Daemon,
-    placement: &str,
-    t: Timing,
-    rounds: usize,
-) -> anyhow::Result<()> {
-    let sock = dir.join("relay-async.sock");
-    let child = Ready::spawn(Command::new(&bins.me).arg("--relay-async").arg(&sock).arg(&bins.echo))?;
-    let mut relay = LineConn::unix(&sock)?;
-    let req = Request::echo("echo");
-    relay.check(&req, PAYLOAD).context("relay-async")?;
-    let mut ours = LineConn::unix(&daemon.socket)?;
-    let (floor, us) = alternate_latencies(&mut relay, &mut ours, &req, t, rounds)?;
-    latency_lines("floor.relay_async", placement, &floor, None);
-    latency_lines("a.execute.vs_relay_async", placement, &us, Some((&floor, "relay_async", 1.0)));
-    let depth = DEPTHS[0];
-    let (floor, rate) = alternate_throughput(&mut relay, &mut ours, &req, depth, t, rounds)?;
-    line(&format!("floor.relay_async.tput{depth}"), placement, floor, "calls/s", None);
-    let f = Some(Floor { value: floor, name: "relay_async" });
-    line(&format!("b.execute.tput{depth}.vs_relay_async"), placement, rate, "calls/s", f);
-    drop(relay);
-    child.wait()
 }
 
 /// Diagnostic: the relay in front of the `--child-pipe` echo instead of echo-rust, to show how
@@ -236,9 +212,9 @@ fn gateway_lines(ours: &mut LineConn, placement: &str, t: Timing, rounds: usize)
     Ok(())
 }
 
-/// Floor (iii) and (a), (b), (c), (d): the relays and a plugind already running [`call_plugins`],
-/// in `rounds` alternating rounds of `t` each. Returns plugind's (a) and (b) figures, which the
-/// MCP peers are compared with.
+/// Floor (iii) and (a), (b), (c), (d), and the event-loop relay: the relays and a plugind already
+/// running [`call_plugins`], in `rounds` alternating rounds of `t` each. Returns plugind's (a)
+/// and (b) figures, which the MCP peers are compared with.
 pub fn relay_and_plugind(
     bins: &Bins,
     dir: &Path,
@@ -265,6 +241,22 @@ pub fn relay_and_plugind(
         our_tput.push(rate);
         line(&format!("b.execute.tput{depth}"), placement, rate, "calls/s", f);
     }
+    drop(relay);
+    relay_child.wait()?;
+
+    // Diagnostic: (a) and (b) against the relay on an event loop (`--relay-async`), in rounds of
+    // their own. Against the blocking relay, plugind pays for its event loop (an `epoll_wait`
+    // before each read) and for its own work; against this one only for its own work.
+    let (relay_child, mut relay) =
+        relay_as("--relay-async", bins, &dir.join("relay-async.sock"), &[bins.echo.as_os_str()])?;
+    let (floor, us) = alternate_latencies(&mut relay, &mut ours, &req, t, rounds)?;
+    latency_lines("floor.relay_async", placement, &floor, None);
+    latency_lines("a.execute.vs_relay_async", placement, &us, Some((&floor, "relay_async", 1.0)));
+    let depth = DEPTHS[0];
+    let (floor, rate) = alternate_throughput(&mut relay, &mut ours, &req, depth, t, rounds)?;
+    line(&format!("floor.relay_async.tput{depth}"), placement, floor, "calls/s", None);
+    let f = Some(Floor { value: floor, name: "relay_async" });
+    line(&format!("b.execute.tput{depth}.vs_relay_async"), placement, rate, "calls/s", f);
     drop(relay);
     relay_child.wait()?;
 

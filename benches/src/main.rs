@@ -287,12 +287,10 @@ fn run(placement: &str, o: &Options) -> ExitCode {
             let mut d = Daemon::start(&bins, &plugins)?;
             rt.block_on(d.wait_running(plugins.len() as u64, Duration::from_secs(60)))?;
             let calls = calls::relay_and_plugind(&bins, tmp.path(), &d, placement, t, rounds);
-            let event_loop = calls::event_loop_relay(&bins, tmp.path(), &d, placement, t, rounds);
             let large = calls::large_payloads(&bins, tmp.path(), &d, placement, t, rounds);
             let cli = cli::run(&bins, &d, placement, cli_calls);
             rt.block_on(d.stop())?;
             let ours = calls?;
-            event_loop?;
             large?;
             cli?;
             // The MCP SDKs after plugind has stopped, so they have the machine to themselves.
