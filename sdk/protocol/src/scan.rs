@@ -397,8 +397,9 @@ fn string_rest(b: &[u8], mut i: usize) -> Scan<(usize, bool)> {
 }
 
 /// The index of the first `"`, `\`, control character (below 0x20) or, with `HIGH`, non-ASCII
-/// byte (0x80 and up) at or after `i`; `b.len()` if none. 32 bytes at a time with AVX2 where the
-/// CPU has it, else 16 with SSE2 (x86-64's baseline), else one at a time.
+/// byte (0x80 and up) at or after `i`; `b.len()` if none. On x86-64: one 16-byte SSE2 step
+/// (x86-64's baseline) inlined into the caller, then 32 bytes at a time with AVX2 where the CPU
+/// has it, else 16 with SSE2; fewer than 16 bytes left, one at a time. Elsewhere one at a time.
 #[inline]
 fn find_special<const HIGH: bool>(b: &[u8], mut i: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
