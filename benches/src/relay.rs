@@ -6,6 +6,7 @@
 use crate::echo::Echo;
 use serde_json::value::RawValue;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
@@ -81,15 +82,12 @@ pub fn run_async(socket: &Path, program: &Path, args: &[&str]) -> anyhow::Result
 }
 
 /// The plugin's pipes as large as plugind makes them for large lines
-/// (`plugind::transport::pipe::LARGE_PIPE`): a relay with 64 KiB pipes passes a 1 MiB line in
-/// sixteen parts, a context switch each, and would be no ideal floor for the large lines.
+/// (`plugind::transport::pipe::grow`): a relay with 64 KiB pipes passes a 1 MiB line in sixteen
+/// parts, a context switch each, and would be no ideal floor for the large lines.
 fn grow_pipes(plugin: &Echo) {
-    use std::os::fd::AsRawFd;
-    for fd in [plugin.stdin.as_raw_fd(), plugin.stdout.get_ref().as_raw_fd()] {
-        // SAFETY: F_SETPIPE_SZ on a pipe this process holds open.
-        let size = unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, plugind::transport::pipe::LARGE_PIPE as libc::c_int) };
-        if size < 0 {
-            eprintln!("relay: cannot grow the plugin's pipe: {}", io::Error::last_os_error());
+    for pipe in [plugin.stdin.as_fd(), plugin.stdout.get_ref().as_fd()] {
+        if let Err(e) = plugind::transport::pipe::grow(pipe) {
+            eprintln!("relay: cannot grow the plugin's pipe: {e}");
         }
     }
 }

@@ -198,13 +198,6 @@ fn object<'a>(
     }
 }
 
-/// The contents of a JSON string value without escapes (`"abc"` → `abc`); None for any other
-/// value, escaped strings included.
-pub fn plain_str(value: &str) -> Option<&str> {
-    let inner = value.strip_prefix('"')?.strip_suffix('"')?;
-    (!inner.contains('\\')).then_some(inner)
-}
-
 /// A value the scanner delimited, as serde_json's raw value type, without a second pass.
 pub fn raw(value: &str) -> &RawValue {
     // SAFETY: `RawValue` is `#[repr(transparent)]` over `str`, and serde_json makes its own
@@ -730,9 +723,20 @@ mod tests {
 
     #[test]
     fn plain_str_only_for_unescaped_strings() {
-        assert_eq!(plain_str(r#""echo""#), Some("echo"));
-        assert_eq!(plain_str(r#""e\"cho""#), None);
-        assert_eq!(plain_str("12"), None);
+        // The value of member `v` in `{"v":VALUE}`, read with `Value::plain_str`.
+        fn plain_str(value: &str) -> Scan<Option<String>> {
+            let text = format!(r#"{{"v":{value}}}"#);
+            let mut out = None;
+            fields(text.as_bytes(), ["v"], |_, v| {
+                out = v.plain_str()?.map(str::to_owned);
+                Ok(())
+            })?;
+            Ok(out)
+        }
+        assert_eq!(plain_str(r#""echo""#), Ok(Some("echo".to_owned())));
+        assert_eq!(plain_str(r#""e\"cho""#), Err(NotTaken));
+        assert_eq!(plain_str("12"), Err(NotTaken));
+        assert_eq!(plain_str("null"), Ok(None));
     }
 
     /// Mutations of valid messages (a byte replaced, dropped or doubled, at every position, by

@@ -29,13 +29,13 @@ pub trait Growable {
 
 impl Growable for tokio::process::ChildStdin {
     fn grow(&self) {
-        grow(self);
+        let _ = grow(self);
     }
 }
 
 impl Growable for tokio::process::ChildStdout {
     fn grow(&self) {
-        grow(self);
+        let _ = grow(self);
     }
 }
 
@@ -43,9 +43,10 @@ impl Growable for tokio::io::DuplexStream {}
 
 impl Growable for tokio::net::unix::OwnedWriteHalf {}
 
-fn grow(fd: impl AsFd) {
-    // Refused past the user's pipe budget (EPERM): the pipe stays as it was, which works.
-    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(LARGE_PIPE as i32));
+/// Grows the pipe `fd` to [`LARGE_PIPE`]. Refused past the user's pipe budget (`EPERM`): the
+/// pipe then stays as it was, which works, so plugind ignores the error.
+pub fn grow(fd: impl AsFd) -> nix::Result<()> {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(LARGE_PIPE as i32)).map(drop)
 }
 
 #[cfg(test)]
