@@ -155,7 +155,7 @@ impl<S> tower::Layer<S> for DispatchLayer {
     fn layer(&self, _jsonrpsee_methods: S) -> Dispatch {
         // A control connection whose peer writes nowhere: the methods that need one to talk
         // back are refused before they run (see `streaming`).
-        let (tx, _) = tokio::sync::mpsc::channel(1);
+        let (tx, _) = crate::transport::outbox::channel();
         let conn = Conn::new(self.daemon.next_conn_id(), Arc::new(Peer::new(tx)));
         Dispatch { daemon: self.daemon.clone(), conn: Arc::new(ConnGuard { conn, daemon: self.daemon.clone() }) }
     }

@@ -14,7 +14,8 @@
 use crate::plugin::instance::{self, Admission, Instance};
 use crate::plugin::PluginEntry;
 use crate::trace::{Hop, TraceIn};
-use crate::transport::peer::{CallError, Deadline, RawJson, Splice, WRITE_DIRECT};
+use crate::transport::outbox::WRITE_DIRECT;
+use crate::transport::peer::{CallError, Deadline, RawJson, Splice};
 use crate::Daemon;
 use bytes::Bytes;
 use plugind_protocol::codes;
@@ -65,7 +66,7 @@ impl ExecuteOut<'_> {
         let names = self.method.len() + self.service.map_or(0, str::len) + self.caller.map_or(0, str::len);
         out.reserve(if shared.is_some() { 0 } else { params.len() } + names + 256);
         out.extend_from_slice(br#"{"method":"#);
-        jsonrpc::write_json(out, self.method);
+        jsonrpc::write_str(out, self.method);
         out.extend_from_slice(br#","params":"#);
         // What follows the params goes after them in `out`, or, when they are spliced, in a
         // tail of its own.
@@ -88,7 +89,7 @@ impl ExecuteOut<'_> {
         for (key, value) in [(&br#","service":"#[..], self.service), (br#","caller":"#, self.caller)] {
             if let Some(v) = value {
                 rest.extend_from_slice(key);
-                jsonrpc::write_json(rest, v);
+                jsonrpc::write_str(rest, v);
             }
         }
         if let Some(hop) = self.trace {

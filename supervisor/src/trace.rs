@@ -119,12 +119,21 @@ fn hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
-/// Two lowercase hex digits per byte of `bytes` into `out` (exactly twice as long).
+/// Two lowercase hex digits per byte of `bytes` into `out` (exactly twice as long): one table
+/// load per byte (every hop writes 25 bytes of traceparent).
 fn hex_into(out: &mut [u8], bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 15)];
+    const PAIRS: [[u8; 2]; 256] = {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut pairs = [[0u8; 2]; 256];
+        let mut b = 0;
+        while b < 256 {
+            pairs[b] = [DIGITS[b >> 4], DIGITS[b & 15]];
+            b += 1;
+        }
+        pairs
+    };
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&PAIRS[usize::from(b)]);
     }
 }
 
@@ -229,7 +238,7 @@ impl Hop {
         out.push(b'"');
         if let Some(state) = &self.tracestate {
             out.extend_from_slice(br#","tracestate":"#);
-            plugind_protocol::jsonrpc::write_json(out, &**state);
+            plugind_protocol::jsonrpc::write_str(out, state);
         }
         out.push(b'}');
     }

@@ -255,17 +255,18 @@ impl Line {
         line
     }
 
+    /// `,"KEY":` then the string `value` ([`write_str`]).
+    fn str_field(self, key: &str, value: &str) -> Self {
+        let mut line = self.key(key);
+        write_str(&mut line.0, value);
+        line
+    }
+
     /// `,"KEY":` then `value` verbatim (no pass of the serializer over it).
     fn raw(self, key: &str, value: &RawValue) -> Self {
         let mut line = self.key(key);
         line.0.extend_from_slice(value.get().as_bytes());
         line
-    }
-
-    /// `,"id":N`.
-    fn numeric_id(self, id: u64) -> Self {
-        // serde_json writes integers with `itoa`, without the formatting machinery of `write!`.
-        self.field("id", &id)
     }
 
     fn end(mut self) -> Vec<u8> {
@@ -278,6 +279,18 @@ impl Line {
 pub fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     // Serializing our own types into a Vec cannot fail: no maps with non-string keys.
     serde_json::to_writer(out, value).expect("UNWRAP: plain values serialize");
+}
+
+/// Appends `s` as a JSON string: the text between quotes when it needs no escape (the names an
+/// envelope carries), else as serde_json escapes it.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    if crate::scan::needs_escape(s) {
+        return write_json(out, s);
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
 }
 
 /// `{"jsonrpc":"2.0","id":ID,"method":M,"params":P}\n`.
@@ -297,7 +310,18 @@ pub fn request_line_with(id: u64, method: &str, write_params: impl FnOnce(&mut V
 /// `{"jsonrpc":"2.0","id":ID,"method":M,"params":`: a request line up to its params, for a writer
 /// that writes them and then [`LINE_END`].
 pub fn request_head(id: u64, method: &str) -> Vec<u8> {
-    Line::new(256).numeric_id(id).field("method", method).key("params").0
+    let mut out = Vec::with_capacity(256);
+    append_request_head(&mut out, id, method);
+    out
+}
+
+/// [`request_head`] appended to `out` (a writer's batch, say).
+pub fn append_request_head(out: &mut Vec<u8>, id: u64, method: &str) {
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+    write_json(out, &id);
+    out.extend_from_slice(br#","method":"#);
+    write_str(out, method);
+    out.extend_from_slice(br#","params":"#);
 }
 
 /// The end of every line: the envelope's `}` and the newline.
@@ -305,7 +329,7 @@ pub const LINE_END: &[u8] = b"}\n";
 
 /// `{"jsonrpc":"2.0","method":M,"params":P}\n`.
 pub fn notification_line<P: Serialize + ?Sized>(method: &str, params: &P) -> Vec<u8> {
-    Line::new(128).field("method", method).field("params", params).end()
+    Line::new(128).str_field("method", method).field("params", params).end()
 }
 
 /// `{"jsonrpc":"2.0","id":ID,"result":R}\n`.
@@ -315,7 +339,18 @@ pub fn result_line<R: Serialize + ?Sized>(id: &RawValue, result: &R) -> Vec<u8> 
 
 /// [`result_line`] for a result that is JSON text already (a forwarded answer): copied verbatim.
 pub fn raw_result_line(id: &RawValue, result: &RawValue) -> Vec<u8> {
-    Line::new(48 + id.get().len() + result.get().len()).raw("id", id).raw("result", result).end()
+    let mut out = Vec::with_capacity(32 + id.get().len() + result.get().len());
+    append_raw_result_line(&mut out, id, result);
+    out
+}
+
+/// [`raw_result_line`] appended to `out` (a writer's batch, say).
+pub fn append_raw_result_line(out: &mut Vec<u8>, id: &RawValue, result: &RawValue) {
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+    out.extend_from_slice(id.get().as_bytes());
+    out.extend_from_slice(br#","result":"#);
+    out.extend_from_slice(result.get().as_bytes());
+    out.extend_from_slice(LINE_END);
 }
 
 /// `{"jsonrpc":"2.0","id":ID,"result":`: a result line up to its result, for a writer that
@@ -343,6 +378,15 @@ pub fn to_raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn write_str_writes_what_serde_writes() {
+        for text in ["execute", "", "a\"b", "tab\there", "é", "\u{1}", "back\\slash", "x/y"] {
+            let mut ours = Vec::new();
+            super::write_str(&mut ours, text);
+            assert_eq!(ours, serde_json::to_vec(text).unwrap(), "{text:?}");
+        }
+    }
+
     /// An envelope's members as text, to compare the scanner's with serde's.
     fn fields(e: &Envelope<'_>) -> [Option<String>; 6] {
         let raw = |r: Option<&RawValue>| r.map(|r| r.get().to_owned());

@@ -2,7 +2,8 @@
 
 use crate::control::{cancel, handlers};
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
-use crate::transport::peer::{spawn_writer, Incoming, Peer, OUTBOX_CAPACITY};
+use crate::transport::outbox::{self, spawn_writer};
+use crate::transport::peer::{Incoming, Peer};
 use crate::Daemon;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
@@ -11,7 +12,6 @@ use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{null_id, RpcError};
 use std::sync::Arc;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
 /// What a handler may use of its connection.
@@ -44,7 +44,7 @@ const FLUSH_EVERY: usize = 16;
 /// Serves one client until it disconnects.
 pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
     let (read, write) = stream.into_split();
-    let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let (tx, rx) = outbox::channel();
     spawn_writer(write, rx);
     let conn = Arc::new(Conn::new(daemon.next_conn_id(), Arc::new(Peer::new(tx))));
     // Progress of the calls its requests make reaches it (`$/progress` under its own ids).

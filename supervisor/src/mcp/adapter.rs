@@ -20,7 +20,7 @@
 use super::{check_version, is_tool_error, log_params, tool_error_message, HandshakeError, Tool};
 use crate::logs::PluginLog;
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
-use crate::transport::peer::{spawn_writer, Outgoing, OUTBOX_CAPACITY};
+use crate::transport::outbox::{self, spawn_writer, Outbox, Outgoing};
 use futures::StreamExt;
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{self, Message, RpcError};
@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 
 /// Bytes buffered in each in-memory pipe between the instance task and the adapter.
@@ -56,8 +56,8 @@ where
 {
     let (plugind_writes, adapter_reads) = tokio::io::duplex(PIPE_BYTES);
     let (adapter_writes, plugind_reads) = tokio::io::duplex(PIPE_BYTES);
-    let (to_server, server_rx) = mpsc::channel(OUTBOX_CAPACITY);
-    let (to_plugind, plugind_rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let (to_server, server_rx) = outbox::channel();
+    let (to_plugind, plugind_rx) = outbox::channel();
     spawn_writer(stdin, server_rx);
     spawn_writer(adapter_writes, plugind_rx);
     let shared = Arc::new(Shared {
@@ -104,9 +104,9 @@ struct Shared {
     plugin: Arc<str>,
     log: Arc<PluginLog>,
     /// Lines for the child's stdin.
-    to_server: mpsc::Sender<Outgoing>,
+    to_server: Outbox,
     /// Lines for the instance task (as if from the child's stdout).
-    to_plugind: mpsc::Sender<Outgoing>,
+    to_plugind: Outbox,
     /// The next MCP request id.
     next_id: AtomicU64,
     /// Whether the server declared the `tools` capability (else `register` lists nothing).
@@ -149,7 +149,7 @@ impl Shared {
     }
 
     async fn to_server(&self, line: Vec<u8>) -> bool {
-        self.to_server.send(Outgoing::Line(line)).await.is_ok()
+        self.to_server.send(Outgoing::Line(line)).await
     }
 
     /// Answers plugind's request `id`.

@@ -17,9 +17,8 @@ use crate::plugin::context::{Caller, InstanceHost, InstanceSettings};
 use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
 use crate::sandbox::{self, cgroup::Cgroup};
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
-use crate::transport::peer::{
-    spawn_writer, CallError, Deadline, Incoming, Outgoing, Peer, OUTBOX_CAPACITY, WRITE_DIRECT,
-};
+use crate::transport::outbox::{self, spawn_writer, OutboxReader, WRITE_DIRECT};
+use crate::transport::peer::{CallError, Deadline, Incoming, Peer};
 use crate::transport::pipe::Growable;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -370,7 +369,7 @@ pub fn launch(
 ) -> Result<Arc<Instance>, SpawnError> {
     std::fs::create_dir_all(&spec.tmp_dir)
         .map_err(|source| SpawnError::TempDir { path: spec.tmp_dir.clone(), source })?;
-    let (out_tx, out_rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let (out_tx, out_rx) = outbox::channel();
     let (stop_tx, stop_rx) = mpsc::channel(4);
     let limits = &spec.manifest.limits;
     let instance = Arc::new(Instance {
@@ -443,7 +442,7 @@ enum StopPhase {
 
 impl InstanceTask {
     /// Forks the child, then serves it until it exits.
-    async fn start(self, out_rx: mpsc::Receiver<Outgoing>, stop_rx: mpsc::Receiver<StopKind>) {
+    async fn start(self, out_rx: OutboxReader, stop_rx: mpsc::Receiver<StopKind>) {
         let inst = &self.instance;
         let spawn::Spawned { mut child, cgroup } = match fork(&*self.host, &self.spec, inst.id).await {
             Ok(s) => s,

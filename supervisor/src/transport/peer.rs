@@ -1,14 +1,14 @@
 //! One side of a bidirectional JSON-RPC connection: calls out with deadlines, replies matched by id.
 //!
 //! A [`Peer`] is shared (`Arc`) by everybody who calls the other side. It owns nothing that
-//! blocks: outgoing lines go to a writer task ([`spawn_writer`]) through a bounded channel, and
+//! blocks: outgoing lines go to a writer task through a bounded queue ([`crate::transport::outbox`]), and
 //! the owner of the read half feeds every incoming line to [`Peer::accept`], which resolves
 //! responses on the spot and hands requests and notifications back to the owner.
 //!
 //! Architecture invariant: the `pending` lock is never held across an `.await`.
 
 use crate::trace::TraceIn;
-use crate::transport::pipe::Growable;
+use crate::transport::outbox::{Outbox, Outgoing, Refused, WRITE_DIRECT};
 use crate::transport::tap::{Dir, Tap};
 use plugind_protocol::jsonrpc::{self, Message, ParseError, RpcError, LINE_END};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -20,13 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// Lines queued for the writer task before senders wait.
-pub const OUTBOX_CAPACITY: usize = 1024;
 
 /// What a call came back with.
 pub type Reply = Result<RawJson, RpcError>;
@@ -155,37 +151,6 @@ impl Deadline {
     /// A deadline no later than `self` and no later than `other`'s hard limit.
     pub fn within(self, hard: Instant) -> Self {
         Deadline { hard: self.hard.min(hard), ..self }
-    }
-}
-
-/// A message for the writer task.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// One `\n`-terminated line.
-    Line(Vec<u8>),
-    /// One line in three parts, written without copying `body`: a large answer, or a request
-    /// forwarding large params (each would otherwise be copied into a line, and an answer again
-    /// into the writer's batch).
-    Spliced {
-        /// The line up to `body` (`{"jsonrpc":"2.0","id":ID,"result":`, say).
-        head: Vec<u8>,
-        /// The large value, as it came.
-        body: RawJson,
-        /// The rest of the line, `\n` included.
-        tail: Cow<'static, [u8]>,
-    },
-    /// Flush, shut the write half down (closes a child's stdin) and stop.
-    Close,
-}
-
-impl Outgoing {
-    /// Its length in bytes.
-    fn len(&self) -> usize {
-        match self {
-            Outgoing::Line(l) => l.len(),
-            Outgoing::Spliced { head, body, tail } => head.len() + body.get().len() + tail.len(),
-            Outgoing::Close => 0,
-        }
     }
 }
 
@@ -511,7 +476,7 @@ pub enum Incoming<'a> {
 
 /// The calling side of a connection.
 pub struct Peer {
-    out: mpsc::Sender<Outgoing>,
+    out: Outbox,
     shared: Arc<Shared>,
     next_id: AtomicU64,
     /// Copies messages for `plugins.trace` while somebody watches.
@@ -519,8 +484,9 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// A peer writing through `out` (the sender of a [`spawn_writer`] task).
-    pub fn new(out: mpsc::Sender<Outgoing>) -> Self {
+    /// A peer writing through `out` (the queue of a [`crate::transport::outbox::spawn_writer`]
+    /// task).
+    pub fn new(out: Outbox) -> Self {
         Peer { out, shared: Arc::default(), next_id: AtomicU64::new(1), tap: None }
     }
 
@@ -566,15 +532,41 @@ impl Peer {
     /// timer are large enough to grow the future of every request (allocated once per request),
     /// so they are boxed and made only when needed.
     async fn queue_until(&self, item: Outgoing, due: Option<Instant>) -> Result<bool, tokio::time::error::Elapsed> {
-        let waiting = match self.out.try_send(item) {
-            Ok(()) => return Ok(true),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(false),
-            Err(mpsc::error::TrySendError::Full(waiting)) => waiting,
-        };
-        match due {
-            Some(due) => Ok(Box::pin(tokio::time::timeout_at(due, self.out.send(waiting))).await?.is_ok()),
-            None => Ok(Box::pin(self.out.send(waiting)).await.is_ok()),
+        match self.out.try_send(item) {
+            Ok(()) => Ok(true),
+            Err(Refused::Closed(_)) => Ok(false),
+            Err(Refused::Full(waiting)) => Box::pin(self.out.send_until(waiting, due)).await,
         }
+    }
+
+    /// Writes a line straight into the outbox's batch (no line of its own), when nobody watches
+    /// this peer's messages (a watched line is recorded whole, so it is made apart); otherwise,
+    /// or when the outbox is full, `write` makes a line that is queued as a message. `write`
+    /// returns the rest of the line when it ends with a large value written from where it is
+    /// ([`Outgoing::Spliced`], its head empty). False if the connection is gone; `Err` if `due`
+    /// passed while the outbox was full.
+    async fn write_line(
+        &self,
+        write: impl FnOnce(&mut Vec<u8>) -> Option<Outgoing>,
+        due: Option<Instant>,
+    ) -> Result<bool, tokio::time::error::Elapsed> {
+        let watched = self.tap.as_ref().is_some_and(|t| t.watched());
+        let write = if watched {
+            write
+        } else {
+            match self.out.try_write(write) {
+                Ok(()) => return Ok(true),
+                Err(Refused::Closed(_)) => return Ok(false),
+                Err(Refused::Full(w)) => w,
+            }
+        };
+        let mut line = Vec::with_capacity(128);
+        let item = match write(&mut line) {
+            Some(Outgoing::Spliced { body, tail, .. }) => Outgoing::Spliced { head: line, body, tail },
+            _ => Outgoing::Line(line),
+        };
+        self.trace_out(&item);
+        self.queue_until(item, due).await
     }
 
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
@@ -623,17 +615,6 @@ impl Peer {
         trace: Option<TraceIn>,
     ) -> Result<RawJson, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut head = jsonrpc::request_head(id, method);
-        let line = match write_params(&mut head) {
-            None => {
-                head.extend_from_slice(LINE_END);
-                Outgoing::Line(head)
-            }
-            Some(Splice { body, mut tail }) => {
-                tail.extend_from_slice(LINE_END);
-                Outgoing::Spliced { head, body, tail: Cow::Owned(tail) }
-            }
-        };
         let (tx, rx) = oneshot::channel();
         let start = deadline.start;
         let due = (start + deadline.idle).min(deadline.hard);
@@ -671,8 +652,20 @@ impl Peer {
             None => {}
         }
         let mut guard = CancelOnDrop { peer: self, id, armed: true };
-        self.trace_out(&line);
-        match self.queue_until(line, Some(due)).await {
+        let line = |out: &mut Vec<u8>| {
+            jsonrpc::append_request_head(out, id, method);
+            match write_params(out) {
+                None => {
+                    out.extend_from_slice(LINE_END);
+                    None
+                }
+                Some(Splice { body, mut tail }) => {
+                    tail.extend_from_slice(LINE_END);
+                    Some(Outgoing::Spliced { head: Vec::new(), body, tail: Cow::Owned(tail) })
+                }
+            }
+        };
+        match self.write_line(line, Some(due)).await {
             Ok(true) => {}
             Ok(false) => {
                 guard.armed = false;
@@ -714,11 +707,14 @@ impl Peer {
 
     /// Answers a request of the other side.
     pub async fn respond(&self, id: &RawValue, reply: Result<&RawValue, &RpcError>) {
-        let line = match reply {
-            Ok(result) => jsonrpc::raw_result_line(id, result),
-            Err(e) => jsonrpc::error_line(id, e),
+        let line = |out: &mut Vec<u8>| {
+            match reply {
+                Ok(result) => jsonrpc::append_raw_result_line(out, id, result),
+                Err(e) => out.extend_from_slice(&jsonrpc::error_line(id, e)),
+            }
+            None
         };
-        self.push(line).await;
+        let _ = self.write_line(line, None).await;
     }
 
     /// [`Peer::respond`] with the answer's ownership: a result of [`WRITE_DIRECT`] bytes or more
@@ -896,78 +892,6 @@ impl Drop for CancelOnDrop<'_> {
     }
 }
 
-/// Lines at least this long skip the writer's batch buffer (see [`spawn_writer`]), and values at
-/// least this long pass through plugind without a copy ([`RawJson`], [`Splice`]).
-pub const WRITE_DIRECT: usize = 16 * 1024;
-
-/// Spawns the task that writes queued lines to `w`, batching what is queued and flushing as soon
-/// as the queue is empty. A line of [`WRITE_DIRECT`] bytes or more is written as it is, after
-/// the batch queued before it; the first one grows `w`'s pipe, if it is one
-/// ([`crate::transport::pipe`]).
-pub fn spawn_writer<W>(mut w: W, mut rx: mpsc::Receiver<Outgoing>) -> tokio::task::JoinHandle<()>
-where
-    W: AsyncWrite + Unpin + Send + Growable + 'static,
-{
-    tokio::spawn(async move {
-        // Grows to the largest batch written and is reused; an idle connection holds none.
-        let mut buf: Vec<u8> = Vec::new();
-        let mut closing = false;
-        let mut grown = false;
-        'serve: while let Some(first) = rx.recv().await {
-            let mut next = Some(first);
-            while let Some(item) = next.take() {
-                if !grown && item.len() >= WRITE_DIRECT {
-                    w.grow();
-                    grown = true;
-                }
-                match item {
-                    // A large line is written from where it is, after the batch before it:
-                    // copying it into the batch would be one more pass over the payload.
-                    Outgoing::Line(l) if l.len() >= WRITE_DIRECT => {
-                        if !buf.is_empty() {
-                            if w.write_all(&buf).await.is_err() {
-                                break 'serve;
-                            }
-                            buf.clear();
-                        }
-                        if w.write_all(&l).await.is_err() {
-                            break 'serve;
-                        }
-                    }
-                    Outgoing::Line(l) => buf.extend_from_slice(&l),
-                    Outgoing::Spliced { head, body, tail } => {
-                        // The batch so far, then the three parts: `writev`s where the writer
-                        // takes them.
-                        use bytes::Buf;
-                        let mut parts = (&buf[..]).chain(&head[..]).chain(body.get().as_bytes()).chain(&tail[..]);
-                        if w.write_all_buf(&mut parts).await.is_err() {
-                            break 'serve;
-                        }
-                        buf.clear();
-                    }
-                    Outgoing::Close => closing = true,
-                }
-                if !closing && buf.len() < 256 * 1024 {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if !buf.is_empty() {
-                if w.write_all(&buf).await.is_err() {
-                    break;
-                }
-                buf.clear();
-            }
-            if (closing || rx.is_empty()) && w.flush().await.is_err() {
-                break;
-            }
-            if closing {
-                let _ = w.shutdown().await;
-                break;
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -980,41 +904,12 @@ mod tests {
     fn pair() -> (Arc<Peer>, FramedRead<tokio::io::DuplexStream, FrameDecoder>, tokio::io::DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
         let (their_read, their_write) = (theirs, ours);
-        let (tx, rx) = mpsc::channel(16);
-        spawn_writer(their_write, rx);
+        let (tx, rx) = crate::transport::outbox::channel();
+        crate::transport::outbox::spawn_writer(their_write, rx);
         let peer = Arc::new(Peer::new(tx));
         let (to_us_w, to_us_r) = tokio::io::duplex(1 << 16);
         let _ = to_us_r;
         (peer, FramedRead::new(their_read, FrameDecoder::default()), to_us_w)
-    }
-
-    /// Lines, a spliced answer and the lines after it leave in order and whole, through a pipe
-    /// that takes a few bytes at a time (partial writes in the middle of every part).
-    #[tokio::test]
-    async fn spliced_answers_are_written_whole_and_in_order() {
-        use tokio::io::AsyncReadExt;
-        let (ours, mut theirs) = tokio::io::duplex(61);
-        let (tx, rx) = mpsc::channel(16);
-        let writer = spawn_writer(ours, rx);
-        let body = "x".repeat(100_000);
-        let id = jsonrpc::to_raw(&7);
-        let result = jsonrpc::to_raw(&body);
-        let expected = [&b"{\"a\":1}\n"[..], &jsonrpc::raw_result_line(&id, &result), b"{\"b\":2}\n"].concat();
-        tx.send(Outgoing::Line(b"{\"a\":1}\n".to_vec())).await.unwrap();
-        tx.send(Outgoing::Spliced {
-            head: jsonrpc::result_head(&id),
-            body: result.into(),
-            tail: Cow::Borrowed(b"}\n"),
-        })
-        .await
-        .unwrap();
-        tx.send(Outgoing::Line(b"{\"b\":2}\n".to_vec())).await.unwrap();
-        tx.send(Outgoing::Close).await.unwrap();
-        let mut got = Vec::new();
-        theirs.read_to_end(&mut got).await.unwrap();
-        writer.await.unwrap();
-        assert_eq!(got.len(), expected.len());
-        assert!(got == expected, "the bytes differ");
     }
 
     #[tokio::test]

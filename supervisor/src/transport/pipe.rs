@@ -6,7 +6,7 @@
 //! of [`WRITE_DIRECT`] bytes or more goes through a plugin's pipe, that pipe grows to
 //! [`LARGE_PIPE`] (plugind's CPU per 64 KiB call: 21.0 → 18.8 µs).
 //!
-//! [`WRITE_DIRECT`]: crate::transport::peer::WRITE_DIRECT
+//! [`WRITE_DIRECT`]: crate::transport::outbox::WRITE_DIRECT
 //!
 //! Only then, not at spawn: pipe capacity counts against a per-user budget
 //! (`/proc/sys/fs/pipe-user-pages-soft`, 64 MiB by default) when plugind runs without
