@@ -349,6 +349,11 @@ pub fn guarantees(m: &Manifest) -> Vec<SandboxGuarantee> {
             "socket, config and token hidden (mount namespace); peers in a plugin cgroup refused",
         ),
         row("signals-and-ptrace", scopes, "Landlock domain and scopes, no capabilities, plugind not dumpable"),
+        row(
+            "limits-and-scheduling",
+            need(host.seccomp, "needs seccomp"),
+            "seccomp: prlimit, sched_set*, setpriority and ioprio_set only on the caller itself",
+        ),
         row("private-state", ns.clone(), "mount namespace: state dir, config, token, other plugins covered"),
         row(writes.0, writes.1, writes.2),
         row("inherited-fds", Ok(()), "close_range(CLOSE_RANGE_CLOEXEC) before exec"),

@@ -9,7 +9,13 @@
 //! - changing its parent-death signal to anything but SIGKILL (clearing it would let it outlive
 //!   plugind);
 //! - the mount syscalls (the mount namespace's covers must stay; Landlock and the dropped
-//!   capabilities forbid this too: defence in depth).
+//!   capabilities forbid this too: defence in depth);
+//! - changing another process's resource limits, scheduling, CPU affinity, nice value or I/O
+//!   priority. Only the same uid is needed for these (no ptrace check, and Landlock does not
+//!   cover them), so without this a plugin could set plugind's `RLIMIT_NOFILE` to 8 (its control
+//!   socket stops accepting) or its `RLIMIT_CPU` to 1 s (the kernel kills it), or starve another
+//!   plugin with `SCHED_IDLE`. The forms that name the caller itself (pid 0) stay allowed:
+//!   `setrlimit`, `nice`, `os.sched_setaffinity(0, …)` work as usual.
 //!
 //! Without `filesystem` (`EPERM`): metadata changes, which Landlock does not cover: chmod, chown,
 //! utime and the xattr calls, in their path and fd forms, everywhere (its `TMPDIR` included).
@@ -96,6 +102,24 @@ pub fn filters(deny: Denials) -> Result<Vec<BpfProgram>, BackendError> {
     let not_kill = SeccompCondition::new(1, SeccompCmpArgLen::Qword, SeccompCmpOp::Ne, libc::SIGKILL as u64)?;
     eperm.insert(libc::SYS_prctl, vec![SeccompRule::new(vec![pdeathsig, not_kill])?]);
     eperm.extend(MOUNTS.iter().map(|&nr| (nr, vec![])));
+    // pid (the first argument) other than 0, the caller.
+    let other_pid = || SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, 0);
+    for nr in [
+        libc::SYS_prlimit64,
+        libc::SYS_sched_setscheduler,
+        libc::SYS_sched_setparam,
+        libc::SYS_sched_setattr,
+        libc::SYS_sched_setaffinity,
+    ] {
+        eperm.insert(nr, vec![SeccompRule::new(vec![other_pid()?])?]);
+    }
+    // `setpriority(which, who, prio)` and `ioprio_set(which, who, prio)`: only the caller itself
+    // (a process group or a uid would reach plugind and the other plugins).
+    let arg_ne = |arg, value: u64| SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, value);
+    const IOPRIO_WHO_PROCESS: u64 = 1;
+    for (nr, own) in [(libc::SYS_setpriority, libc::PRIO_PROCESS as u64), (libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS)] {
+        eperm.insert(nr, vec![SeccompRule::new(vec![arg_ne(0, own)?])?, SeccompRule::new(vec![arg_ne(1, 0)?])?]);
+    }
     if deny.metadata {
         eperm.extend(METADATA.iter().map(|&nr| (nr, vec![])));
     }

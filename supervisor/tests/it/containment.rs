@@ -349,6 +349,47 @@ async fn plugin_cannot_signal_another_plugin() {
     assert!(s["pid"] == pid && s["restarts"] == 0, "the victim was killed: {s}");
 }
 
+/// What needs only the same uid, no ptrace access: resource limits (`RLIMIT_NOFILE` 8 would
+/// stop plugind accepting control connections, `RLIMIT_CPU` 1 s would have the kernel kill it),
+/// scheduling class, CPU affinity, nice value and I/O priority, of plugind and of another plugin;
+/// and the nice value of every process of the uid or of a process group. Afterwards plugind's
+/// and the victim's limits and scheduling are as they were, and plugind still answers. What a
+/// plugin may do to itself still works.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_cannot_change_limits_or_scheduling_of_plugind_or_another_plugin() {
+    let d = hostiles(victim(Daemon::builder()), &VARIANTS, &json!({})).start().await;
+    let victim_pid = pid_of(&d, "victim").await;
+    let snapshot = |pid: u32| {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // After the command name: state … nice (field 19) … policy (field 41).
+        let fields: Vec<String> = stat.rsplit_once(')').unwrap().1.split_whitespace().map(str::to_owned).collect();
+        let affinity = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Cpus_allowed_list"))
+            .unwrap()
+            .to_owned();
+        (limits, fields[16].clone(), fields[38].clone(), affinity)
+    };
+    let before = [snapshot(d.pid()), snapshot(victim_pid)];
+    for (name, _) in VARIANTS {
+        if !held(&d, name, &["limits-and-scheduling"]).await {
+            continue;
+        }
+        for (who, pid) in [("plugind", d.pid()), ("victim", victim_pid)] {
+            for method in ["prlimit", "prlimit_cpu", "sched_idle", "renice", "renice_group", "affinity", "ioprio"] {
+                refused(&attack(&d, name, method, json!({"pid": pid})).await, &format!("{name}: {method} on {who}"));
+            }
+        }
+        refused(&attack(&d, name, "renice_user", json!({})).await, &format!("{name}: setpriority(PRIO_USER)"));
+        let own = attack(&d, name, "own_limits", json!({})).await;
+        assert_eq!(own["ok"], true, "{name}: a plugin could not change its own limits: {own}");
+    }
+    assert_eq!([snapshot(d.pid()), snapshot(victim_pid)], before, "plugind's or the victim's limits changed");
+    d.wait_state("victim", "running").await;
+}
+
 /// `PTRACE_SEIZE` of plugind and of another plugin.
 #[tokio::test(flavor = "multi_thread")]
 async fn plugin_cannot_ptrace_plugind_or_another_plugin() {
