@@ -136,7 +136,7 @@ impl Config {
         // Relative paths are resolved against plugind's working directory once, here: a plugin
         // runs in its own directory, so a relative TMPDIR or data dir would not exist from there.
         let mut c = Config::new(
-            flags.plugin_dirs.or(from_file.plugin_dirs).unwrap_or_default().into_iter().map(absolute).collect(),
+            flags.plugin_dirs.or(from_file.plugin_dirs).unwrap_or_default().into_iter().map(real_dir).collect(),
             absolute(flags.socket.or(from_file.socket).unwrap_or_else(plugind_client::default_socket)),
             absolute(flags.state_dir.or(from_file.state_dir).unwrap_or_else(default_state_dir)),
         );
@@ -497,6 +497,14 @@ impl Config {
 
 /// `p` against the working directory if it is relative (lexically: no symlink is resolved and
 /// the path need not exist yet). Left as it is if the working directory cannot be read.
+/// A plugins directory as the kernel names it: symlinks and `..` resolved. The sandbox covers
+/// and binds plugin directories by path, and a path through a symlink (`/etc/plugind/plugins ->
+/// /opt/…`) or with a `..` named a different place inside a plugin's mount namespace: no plugin
+/// could start. A directory that does not exist yet stays as given (made absolute).
+fn real_dir(p: PathBuf) -> PathBuf {
+    std::fs::canonicalize(&p).unwrap_or_else(|_| absolute(p))
+}
+
 fn absolute(p: PathBuf) -> PathBuf {
     if p.is_absolute() {
         return p;

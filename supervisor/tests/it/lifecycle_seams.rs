@@ -395,3 +395,22 @@ async fn a_closed_stderr_still_exits_0_on_sigterm() {
     assert!(!socket.exists(), "the socket file is removed");
     assert!(procs_with(&tag(&d, "g")).is_empty());
 }
+
+/// A plugins dir named through a symlink (`/etc/plugind/plugins -> /opt/…`) or with a `..` in it
+/// starts its plugins: the sandbox binds plugin directories by their real path. (Each plugin
+/// failed to start with "No such file or directory" inside its mount namespace.)
+#[tokio::test(flavor = "multi_thread")]
+async fn plugins_dirs_through_a_symlink_or_a_dotdot_start_their_plugins() {
+    let b = Daemon::builder();
+    let root = b.root().to_owned();
+    copy_dir(&fixture("py-probe"), &root.join("real/py-probe"));
+    copy_dir(&fixture("perl-echo"), &root.join("elsewhere/perl-echo"));
+    std::os::unix::fs::symlink(root.join("real"), root.join("link")).unwrap();
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    let d = b.arg("--plugins").arg("link").arg("--plugins").arg("sub/../elsewhere").start().await;
+    for (plugin, method) in [("py-probe", "echo"), ("perl-echo", "echo")] {
+        let s = d.wait_state(plugin, "running").await;
+        let r = d.execute(plugin, method, json!({"x": 1})).await;
+        assert!(r.is_ok(), "{plugin}: {r:?}; status {s}");
+    }
+}

@@ -113,6 +113,11 @@ impl DaemonBuilder {
         self
     }
 
+    /// The temp dir plugind runs in (its default plugins dir is `plugins` in it).
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Adds a copy of a fixture plugin (optionally under another directory name).
     pub fn plugin(self, name: &str) -> Self {
         copy_dir(&fixture(name), &self.dir.path().join("plugins").join(name));
