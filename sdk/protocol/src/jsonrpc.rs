@@ -122,6 +122,30 @@ impl ParseError {
     }
 }
 
+/// Whether `id` is an id JSON-RPC allows: a string, a number or `null`.
+pub fn valid_id(id: &RawValue) -> bool {
+    matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9' | b'n'))
+}
+
+impl Message<'_> {
+    /// The id of a line that is not a valid message but has a `method` (a request, however
+    /// malformed), if it has an id a JSON-RPC error answer can carry (a string or a number): an
+    /// invalid request is answered under its own id. None for anything else (a malformed
+    /// response is never answered).
+    pub fn request_id_of(line: &[u8]) -> Option<&RawValue> {
+        let (mut id, mut method) = (None, false);
+        scan::fields(line, ["id", "method"], |n, value| {
+            match n {
+                0 => id = Some(scan::raw(value.text()?)),
+                _ => method = value.text().is_ok(),
+            }
+            Ok(())
+        })
+        .ok()?;
+        id.filter(|id| method && valid_id(id) && id.get() != "null")
+    }
+}
+
 /// Deserializes a member that is present (even as `null`) into `Some`.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
@@ -195,12 +219,28 @@ impl<'a> Message<'a> {
         // when parsing from a slice.
         let env: Envelope<'a> = match Envelope::scan(line) {
             Ok(env) => env,
-            Err(scan::NotTaken) => serde_json::from_str(std::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?)?,
+            Err(scan::NotTaken) => {
+                serde_json::from_str(std::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?).map_err(|e| {
+                    // Valid JSON whose members have the wrong types (`"method": 5`) is not a
+                    // JSON-RPC message; only a syntax error makes it "not JSON".
+                    if e.is_data() {
+                        ParseError::NotJsonRpc("a member has the wrong type (\"method\" must be a string)")
+                    } else {
+                        ParseError::NotJson(e)
+                    }
+                })?
+            }
         };
         if let Some(v) = &env.jsonrpc {
             if v != "2.0" {
                 return Err(ParseError::NotJsonRpc("\"jsonrpc\" must be \"2.0\""));
             }
+        }
+        if env.id.is_some_and(|id| !valid_id(id)) {
+            return Err(ParseError::NotJsonRpc("\"id\" must be a string, a number or null"));
+        }
+        if env.params.is_some_and(|p| !matches!(p.get().as_bytes().first(), Some(b'{' | b'[' | b'n'))) {
+            return Err(ParseError::NotJsonRpc("\"params\" must be an object or an array"));
         }
         if let Some(method) = env.method {
             return Ok(match env.id {
@@ -378,6 +418,31 @@ pub fn to_raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
 
 #[cfg(test)]
 mod tests {
+    /// Valid JSON with members of the wrong type is "not JSON-RPC" (-32600), not "not JSON"; a
+    /// malformed request's id can still be read to answer it, a malformed response's is not.
+    #[test]
+    fn wrong_types_are_invalid_requests() {
+        use super::{codes, Message};
+        for line in [
+            r#"{"jsonrpc":"2.0","id":1,"method":5}"#,
+            r#"{"jsonrpc":"2.0","id":{"a":1},"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":true,"method":"m"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"m","params":3}"#,
+        ] {
+            let e = Message::parse(line.as_bytes()).unwrap_err();
+            assert_eq!(e.code(), codes::INVALID_REQUEST, "{line}: {e}");
+        }
+        assert!(Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":null}"#).is_ok());
+        assert!(Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"m","params":[1]}"#).is_ok());
+        let id = |line: &str| Message::request_id_of(line.as_bytes()).map(|id| id.get().to_owned());
+        assert_eq!(id(r#"{"id":"r-1","method":5}"#).as_deref(), Some(r#""r-1""#));
+        assert_eq!(id(r#"{"method":[1],"id":7}"#).as_deref(), Some("7"));
+        assert_eq!(id(r#"{"id":7,"result":1,"error":{}}"#), None);
+        assert_eq!(id(r#"{"id":null,"method":5}"#), None);
+        assert_eq!(id(r#"{"id":[7],"method":5}"#), None);
+    }
+
     #[test]
     fn write_str_writes_what_serde_writes() {
         for text in ["execute", "", "a\"b", "tab\there", "é", "\u{1}", "back\\slash", "x/y"] {

@@ -41,10 +41,13 @@ fn id() -> impl Strategy<Value = Value> {
 fn message() -> impl Strategy<Value = (Owned, Vec<u8>)> {
     let text = |v: &Value| serde_json::to_string(v).unwrap();
     prop_oneof![
+        // Params are structured (an object or an array) in JSON-RPC 2.0.
         (any::<u64>(), ".{0,16}", json_value()).prop_map(move |(n, m, p)| {
+            let p = serde_json::json!({ "v": p });
             (Owned::Request(n.to_string(), m.clone(), Some(text(&p))), rpc::request_line(n, &m, &p))
         }),
         (".{0,16}", json_value()).prop_map(move |(m, p)| {
+            let p = serde_json::json!([p]);
             (Owned::Notification(m.clone(), Some(text(&p))), rpc::notification_line(&m, &p))
         }),
         (id(), json_value()).prop_map(move |(i, r)| {

@@ -148,8 +148,10 @@ async fn serve_line(daemon: Arc<Daemon>, conn: Arc<Conn>, line: Bytes, flat: boo
             conn.peer.respond_with(id, reply).await;
         }
         Incoming::Invalid(e) => {
+            // Under the request's own id when it has one that can be read.
             let err = RpcError::new(e.code(), e.to_string());
-            conn.peer.respond(null_id(), Err(&err)).await;
+            let id = plugind_protocol::jsonrpc::Message::request_id_of(&line).unwrap_or(null_id());
+            conn.peer.respond(id, Err(&err)).await;
         }
         Incoming::Notification { method, params } => return cancel::cancel_target(&method, params),
         Incoming::Delivered | Incoming::UnknownResponse(_) => {}

@@ -744,7 +744,19 @@ impl InstanceTask {
             }
             Incoming::Invalid(e) => {
                 self.report_bad_output(codes::INVALID_REQUEST, format!("stdout line is {e}; ignored"));
-                None
+                // A request it could not make sense of is still answered, under its own id: a
+                // plugin waiting for that answer would wait forever.
+                let id = plugind_protocol::jsonrpc::Message::request_id_of(line)?.to_owned();
+                let peer = self.instance.peer.clone();
+                let error = RpcError::with_data(
+                    codes::INVALID_REQUEST,
+                    e.to_string(),
+                    serde_json::json!({ "plugin": &*self.spec.plugin }),
+                );
+                Some(Box::pin(async move {
+                    peer.respond(&id, Err(&error)).await;
+                    Step::Served
+                }))
             }
         }
     }

@@ -506,3 +506,17 @@ async fn misbehave_manifest_with_extreme_numbers() {
     assert_eq!(d.execute("perl-echo", "echo", json!(2)).await.unwrap(), json!(2));
     assert!(!d.log().contains("panicked"), "{}", d.log());
 }
+
+/// A plugin's request that is valid JSON but not a valid request (`"method": 5`) is answered
+/// `-32600` under its own id (a plugin waiting for it would hang), and logged as what it is, not
+/// as a non-JSON line.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_malformed_request_is_answered_under_its_id() {
+    let d = Daemon::builder().plugin("hostile").start().await;
+    let r = d.execute("hostile", "bad_request", json!({})).await.unwrap();
+    assert_eq!(r["error"]["code"], -32600, "{r}");
+    assert_eq!(r["error"]["data"]["plugin"], "hostile", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("\"method\" must be a string"), "{r}");
+    let log = d.log();
+    assert!(!log.contains("non-JSON line"), "{log}");
+}

@@ -29,6 +29,19 @@ async fn junk_gets_errors_and_the_daemon_keeps_serving() {
         assert_eq!(r["error"]["code"], -32600);
         let r = roundtrip(&sock, b"\xff\xfe\xfd\n").unwrap();
         assert_eq!(r["error"]["code"], -32700);
+        // Valid JSON that is not a valid request: -32600, under its own id when it has one.
+        for (line, id) in [
+            (&b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":5}\n"[..], json!(1)),
+            (b"{\"jsonrpc\":\"2.0\",\"id\":\"x\",\"method\":{\"a\":1}}\n", json!("x")),
+            (b"{\"jsonrpc\":\"1.0\",\"id\":8,\"method\":\"supervisor.status\"}\n", json!(8)),
+            (b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"supervisor.status\",\"params\":\"x\"}\n", json!(9)),
+            (b"{\"jsonrpc\":\"2.0\",\"id\":{\"a\":1},\"method\":\"supervisor.status\"}\n", json!(null)),
+            (b"{\"jsonrpc\":\"2.0\",\"id\":true,\"method\":\"execute\",\"params\":{\"plugin\":\"perl-echo\",\"method\":\"echo\"}}\n", json!(null)),
+            (b"{\"jsonrpc\":\"2.0\",\"id\":[1],\"method\":\"supervisor.status\"}\n", json!(null)),
+        ] {
+            let r = roundtrip(&sock, line).unwrap();
+            assert_eq!((&r["error"]["code"], &r["id"]), (&json!(-32600), &id), "{}: {r}", String::from_utf8_lossy(line));
+        }
         let r = roundtrip(&sock, b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"no.such\"}\n").unwrap();
         assert_eq!(r["error"]["code"], -32601);
         let r = roundtrip(&sock, b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"plugins.get\",\"params\":{\"nom\":1}}\n")

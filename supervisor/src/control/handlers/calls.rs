@@ -112,7 +112,8 @@ impl<'a> ExecuteRequest<'a> {
             }
         };
         let valid =
-            req.method == "execute" && req.jsonrpc.as_deref().is_none_or(|v| v == "2.0") && req.id.get() != "null";
+            req.method == "execute" && req.jsonrpc.as_deref().is_none_or(|v| v == "2.0") && req.id.get() != "null"
+            && plugind_protocol::jsonrpc::valid_id(req.id);
         valid.then_some(req)
     }
 
