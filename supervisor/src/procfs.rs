@@ -11,6 +11,15 @@ pub fn rss_kb(pid: u32) -> Option<u64> {
     Some(pages * page / 1024)
 }
 
+/// Whether `pid` is gone or a zombie (dead, not yet reaped by its parent: `kill(pid, 0)` still
+/// succeeds on one).
+pub fn dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) == Some("Z"),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
 /// The parent pid, process group and session of `pid`.
 pub fn ids(pid: u32) -> Option<(u32, u32, u32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -21,4 +30,23 @@ pub fn ids(pid: u32) -> Option<(u32, u32, u32)> {
     let pgrp = f.next()?.parse().ok()?;
     let session = f.next()?.parse().ok()?;
     Some((ppid, pgrp, session))
+}
+
+#[cfg(test)]
+mod tests {
+    /// A zombie (exited, not reaped) is dead; a live process is not; a reaped one is.
+    #[test]
+    fn zombies_are_dead() {
+        assert!(!super::dead(std::process::id() as i32));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Not reaped yet: wait until its state turns to Z.
+        while !super::dead(pid) {
+            std::thread::yield_now();
+        }
+        // SAFETY: signal 0 only checks that the process exists.
+        assert_eq!(unsafe { libc::kill(pid, 0) }, 0, "kill(pid, 0) succeeds on a zombie");
+        child.wait().unwrap();
+        assert!(super::dead(pid));
+    }
 }

@@ -19,7 +19,6 @@
 use super::SandboxError;
 use plugind_protocol::manifest::Limits;
 use std::fs::{File, OpenOptions};
-use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -347,9 +346,7 @@ fn remove_stale(dir: &Path) {
         let name = e.file_name();
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };
         let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
-        // SAFETY: signal 0 only checks existence.
-        let dead = unsafe { libc::kill(pid, 0) } != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if dead {
+        if crate::procfs::dead(pid) {
             stale.push(e.path());
         }
     }

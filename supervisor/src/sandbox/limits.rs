@@ -49,8 +49,15 @@ pub struct ExitFacts {
 /// The limit that ended the instance, if one did.
 pub fn classify(f: &ExitFacts) -> Option<Limit> {
     let cg = f.cgroup.unwrap_or_default();
+    // SIGXCPU is the soft CPU limit only if there is one and, where the cgroup counts CPU time,
+    // it was used up (99 %: the two clocks are read apart): any process may send itself SIGXCPU.
     if f.signal == Some(libc::SIGXCPU) {
-        return Some(Limit::Cpu);
+        let used_up = match (f.cpu_limit_s, cg.cpu_usec) {
+            (Some(limit), Some(usec)) => usec >= limit.saturating_mul(990_000),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        return used_up.then_some(Limit::Cpu);
     }
     if cg.oom_kills > 0 {
         return Some(Limit::Memory);
@@ -78,8 +85,15 @@ mod tests {
 
     #[test]
     fn signals_and_counters_name_the_limit() {
-        let xcpu = ExitFacts { signal: Some(libc::SIGXCPU), ..Default::default() };
+        let xcpu = ExitFacts { signal: Some(libc::SIGXCPU), cpu_limit_s: Some(1), ..Default::default() };
         assert_eq!(classify(&xcpu), Some(Limit::Cpu));
+        let at_limit = CgroupStats { cpu_usec: Some(1_001_000), ..Default::default() };
+        assert_eq!(classify(&ExitFacts { cgroup: Some(at_limit), ..xcpu }), Some(Limit::Cpu));
+        // SIGXCPU a plugin sent itself: without a CPU limit, or with the budget unspent.
+        let own = ExitFacts { signal: Some(libc::SIGXCPU), ..Default::default() };
+        assert_eq!(classify(&own), None, "SIGXCPU without a cpu_seconds limit");
+        let idle = CgroupStats { cpu_usec: Some(30_000), ..Default::default() };
+        assert_eq!(classify(&ExitFacts { cgroup: Some(idle), ..xcpu }), None, "SIGXCPU with the budget unspent");
         let oom = CgroupStats { oom_kills: 1, ..Default::default() };
         let killed = ExitFacts { signal: Some(libc::SIGKILL), cgroup: Some(oom), ..Default::default() };
         assert_eq!(classify(&killed), Some(Limit::Memory));

@@ -806,6 +806,29 @@ async fn stderr_text_does_not_set_last_exit_limit() {
     assert!(s["last_exit"]["limit"].is_null(), "a limit was taken from stderr text: {}", s["last_exit"]);
 }
 
+/// Sends itself SIGXCPU, the CPU limit's signal, with no `cpu_seconds` limit and with one it has
+/// not spent: neither exit is reported as the CPU limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn self_sent_sigxcpu_does_not_set_last_exit_limit() {
+    let b = hostile(Daemon::builder(), "hostile", &[], json!({}));
+    let b = hostile(b, "hostile-limited", &[], json!({})).manifest("hostile-limited", |m| {
+        m["limits"] = json!({"cpu_seconds": 30});
+    });
+    let d = b.start().await;
+    for name in ["hostile", "hostile-limited"] {
+        let pid = pid_of(&d, name).await;
+        let r = d.execute(name, "spoof_xcpu", json!({})).await;
+        assert_eq!(code(&r), -32003, "{name}: {r:?}");
+        let s = wait_for("the restart", async || {
+            let s = d.status(name).await;
+            (s["state"] == "running" && s["pid"] != pid && !s["last_exit"].is_null()).then_some(s)
+        })
+        .await;
+        assert_eq!(s["last_exit"]["signal"], "SIGXCPU", "{name}: {}", s["last_exit"]);
+        assert!(s["last_exit"]["limit"].is_null(), "{name}: a self-sent SIGXCPU was taken for the limit: {}", s["last_exit"]);
+    }
+}
+
 /// Rewrites its own manifest, to grant itself permissions at the next hot reload: with
 /// `filesystem` too, its `plugin.json` is read-only to it (and a new file can still be written
 /// in its directory, as its user may).
