@@ -24,9 +24,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-/// `-32800`: the host cancelled its request.
-pub fn cancelled() -> RpcError {
-    RpcError::new(codes::REQUEST_CANCELLED, "request cancelled")
+/// `-32800`: the host cancelled its request; `data` names what it called (`plugin` for an
+/// `execute`, `service` or `hook` for the others).
+pub fn cancelled(data: serde_json::Value) -> RpcError {
+    RpcError::with_data(codes::REQUEST_CANCELLED, "request cancelled", data)
 }
 
 /// Runs the host's request `id` (`fut`) with the progress of the calls it makes relayed to the
@@ -72,16 +73,29 @@ impl<F: Future<Output = Served>> InFlight<F> {
         InFlight { line, waker: None, answer: None, fut: Some(fut) }
     }
 
-    /// Whether this is the cancellable request with id `id` (the JSON text of an id).
-    fn is_request(&self, id: &serde_json::Value) -> bool {
+    /// If this is the cancellable request with id `id`: what it called, as the `data` of its
+    /// `-32800` answer (`{ plugin }`, `{ service }` or `{ hook }`).
+    fn called(&self, id: &serde_json::Value) -> Option<serde_json::Value> {
         #[derive(serde::Deserialize)]
         struct Head<'a> {
             id: Option<serde_json::Value>,
             #[serde(borrow)]
             method: Option<std::borrow::Cow<'a, str>>,
+            #[serde(default)]
+            params: Option<Target>,
         }
-        let Ok(head) = serde_json::from_slice::<Head<'_>>(&self.line) else { return false };
-        head.id.as_ref() == Some(id) && head.method.is_some_and(|m| CANCELLABLE.contains(&m.as_ref()))
+        #[derive(serde::Deserialize, serde::Serialize)]
+        struct Target {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            plugin: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            service: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            hook: Option<String>,
+        }
+        let head = serde_json::from_slice::<Head<'_>>(&self.line).ok()?;
+        let cancellable = head.id.as_ref() == Some(id) && head.method.is_some_and(|m| CANCELLABLE.contains(&m.as_ref()));
+        cancellable.then(|| serde_json::to_value(head.params).unwrap_or_default())
     }
 
     /// Cancels it: its future is dropped at its next poll and `answer` is sent instead.
@@ -135,10 +149,10 @@ pub fn cancel_in_flight<F: Future<Output = Served>>(
     id: serde_json::Value,
 ) {
     for request in inflight.iter_pin_mut() {
-        if request.is_request(&id) {
+        if let Some(data) = request.called(&id) {
             let peer = conn.peer.clone();
             let raw = serde_json::value::to_raw_value(&id).expect("UNWRAP: a JSON value serializes");
-            request.cancel(Box::pin(async move { peer.respond(&raw, Err(&cancelled())).await }));
+            request.cancel(Box::pin(async move { peer.respond(&raw, Err(&cancelled(data))).await }));
             return;
         }
     }

@@ -231,7 +231,8 @@ impl PluginEntry {
                 .map_or_else(Vec::new, |m| crate::registry::rules::refused(m, &st.registered)),
             dir: self.dir.to_string_lossy().into_owned(),
             sandbox: Vec::new(),
-            protocol: None,
+            // In `plugins.list` too (which leaves out only `sandbox` and `methods`).
+            protocol: st.manifest.as_ref().map(|m| m.protocol.as_str().to_owned()),
             methods: None,
         }
     }

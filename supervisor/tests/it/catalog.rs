@@ -160,7 +160,7 @@ async fn register_methods_join_the_catalog_and_the_manifest_wins() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn plugins_get_has_methods_and_protocol_and_plugins_list_has_neither() {
+async fn plugins_get_has_methods_and_protocol_and_plugins_list_only_protocol() {
     let d = Daemon::builder().plugin(PROBE).plugin("perl-echo").start().await;
     let s = d.status(PROBE).await;
     assert_eq!(s["protocol"], "plugind");
@@ -172,7 +172,8 @@ async fn plugins_get_has_methods_and_protocol_and_plugins_list_has_neither() {
 
     let list = d.call("plugins.list", json!({})).await.unwrap();
     for p in list.as_array().unwrap() {
-        assert!(p.get("methods").is_none() && p.get("protocol").is_none(), "{p}");
+        assert!(p.get("methods").is_none() && p.get("sandbox").is_none(), "{p}");
+        assert_eq!(p["protocol"], "plugind", "{p}");
     }
 
     // A stopped plugin still shows its manifest's catalog.

@@ -57,6 +57,7 @@ async fn hosts_cancel_reaches_the_plugin_down_the_chain_and_answers_at_once() {
     assert_eq!(answer["id"], 1, "{answer}");
     assert_eq!(answer["error"]["code"], -32800, "{answer}");
     assert_eq!(answer["error"]["message"], "request cancelled");
+    assert_eq!(answer["error"]["data"], json!({ "plugin": "py-host-peer" }), "{answer}");
     assert!(sent.elapsed() < Duration::from_secs(1), "answered in {:?}", sent.elapsed());
     // Both the plugin called and the one it called were told.
     wait_stderr(&d, "py-host-peer", "got $/cancel").await;
@@ -150,6 +151,7 @@ async fn hosts_hooks_run_is_cancellable_and_relays_progress() {
     c.send(json!({ "jsonrpc": "2.0", "method": "$/cancel", "params": { "id": 4 } })).await;
     let answer = c.next(Duration::from_secs(2)).await;
     assert_eq!((answer["id"].clone(), answer["error"]["code"].clone()), (json!(4), json!(-32800)), "{answer}");
+    assert_eq!(answer["error"]["data"], json!({ "hook": "onRequest" }), "{answer}");
     wait_stderr(&d, "py-host-peer", "got $/cancel").await;
 }
 

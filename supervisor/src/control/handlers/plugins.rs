@@ -33,7 +33,6 @@ pub fn get(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
     let mut status = daemon.status_of(&e);
     if let Some(m) = e.status().manifest.clone() {
         status.sandbox = crate::sandbox::guarantees(&m);
-        status.protocol = Some(m.protocol.as_str().to_owned());
         // The serving instance's catalog (manifest and `register` merged); the manifest's alone
         // while none serves.
         let serving = e.routes().first().and_then(|i| i.catalog().map(|c| c.specs()));
