@@ -30,7 +30,7 @@
 //!    instances of its manifest, and a stopped one to none.
 
 use crate::plugin::state::{AfterExit, PluginState, RestartTracker};
-use plugind_protocol::manifest::Manifest;
+use plugind_protocol::manifest::{Manifest, RestartMode};
 use plugind_protocol::methods::ServiceDecl;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -488,17 +488,22 @@ impl Machine {
                 out.push(Action::Log { warn: false, message: format!("restarting in {} ms", delay.as_millis()) });
             }
             AfterExit::Fail => {
-                let detail = format!(
-                    "more than {} restarts within {} s; giving up until `pluginctl restart`",
-                    self.manifest.restart.max_restarts, self.manifest.restart.window_s
-                );
+                let policy = &self.manifest.restart;
+                // None (never) for a period past the end of time (`cooldown_s: u64::MAX`).
+                self.cooldown_at = policy.cooldown_s.and_then(|c| now.checked_add(Duration::from_secs(c)));
+                let why = match policy.policy {
+                    RestartMode::Never => "exited, and its restart policy is `never`".to_owned(),
+                    _ => format!("more than {} restarts within {} s", policy.max_restarts, policy.window_s),
+                };
+                let then = match (self.cooldown_at, policy.cooldown_s) {
+                    (Some(_), Some(c)) => format!("one more start in {c} s (`cooldown_s`) or at `pluginctl restart`"),
+                    _ => "giving up until `pluginctl restart`".to_owned(),
+                };
+                let detail = format!("{why}; {then}");
                 out.push(Action::Log { warn: true, message: format!("failed: {detail}") });
                 out.push(Action::Note { event: "failed", detail });
                 self.halt(Leave::Kill, out);
                 self.failed = true;
-                // None (never) for a period past the end of time (`cooldown_s: u64::MAX`).
-                self.cooldown_at =
-                    self.manifest.restart.cooldown_s.and_then(|c| now.checked_add(Duration::from_secs(c)));
             }
             AfterExit::Stop => {
                 // A clean exit the policy does not restart: the plugin is done.

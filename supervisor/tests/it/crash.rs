@@ -144,6 +144,10 @@ async fn init_error_fails_the_start_and_says_why() {
         .await;
     let s = d.wait_state("badinit", "failed").await;
     assert!(s["last_error"].as_str().unwrap().contains("init failed: no config"), "{s}");
+    // The history says why it is failed: its policy, not restarts it never had.
+    let failed = s["history"].as_array().unwrap().iter().find(|h| h["event"] == "failed").cloned();
+    let detail = failed.as_ref().map(|h| h["detail"].to_string()).unwrap_or_default();
+    assert!(detail.contains("restart policy is `never`") && !detail.contains("restarts within"), "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -161,7 +165,9 @@ async fn cooldown_gives_a_failed_plugin_one_more_start_per_period() {
         )
         .start()
         .await;
-    d.wait_state("cooler", "failed").await;
+    let s = d.wait_state("cooler", "failed").await;
+    let history = s["history"].to_string();
+    assert!(history.contains("one more start in 1 s") && !history.contains("giving up"), "{s}");
     // Fixed meanwhile: the next cool-down start brings it up.
     std::fs::write(
         d.plugins.join("cooler/run.sh"),
