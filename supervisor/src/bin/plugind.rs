@@ -61,8 +61,8 @@ struct Args {
     /// Threads running plugind's tasks (default: half the CPUs, at least 1).
     #[arg(long, value_name = "N")]
     worker_threads: Option<usize>,
-    /// Health ping period in milliseconds (default 10000).
-    #[arg(long, value_name = "MS", hide = true)]
+    /// Health ping period in milliseconds (default 10000; at least 10).
+    #[arg(long, value_name = "MS")]
     ping_interval_ms: Option<u64>,
 }
 

@@ -648,3 +648,24 @@ fn unit_file_has_the_service_contract_and_passes_systemd_analyze_verify() {
     // Other units of the host may draw warnings; ours must draw none.
     assert!(out.status.success() && !said.contains("plugind.service"), "systemd-analyze verify: {said}");
 }
+
+/// Every flag docs/configuration.md documents is in `plugind --help` (`--ping-interval-ms` was
+/// accepted but hidden).
+#[test]
+fn plugind_help_lists_every_documented_flag() {
+    let doc = std::fs::read_to_string(repo().join("docs/configuration.md")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_plugind")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let mut flags: Vec<&str> = doc
+        .split("`--")
+        .skip(1)
+        .map(|rest| rest.split(|c: char| !(c.is_ascii_lowercase() || c == '-')).next().unwrap_or(""))
+        .filter(|f| !f.is_empty())
+        .collect();
+    flags.sort_unstable();
+    flags.dedup();
+    assert!(flags.len() >= 10, "{flags:?}");
+    for f in flags {
+        assert!(help.contains(&format!("--{f}")), "--{f} is documented but not in plugind --help:\n{help}");
+    }
+}
