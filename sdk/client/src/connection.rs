@@ -41,11 +41,21 @@ pub struct Progress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// How far it got, in units of `total`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "whole_as_integer")]
     pub progress: Option<f64>,
     /// The whole amount of work, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "whole_as_integer")]
     pub total: Option<f64>,
+}
+
+/// Writes a whole number as an integer (`1`, as the plugin sent it, not `1.0`).
+fn whole_as_integer<S: serde::Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: every integer below is exact in an f64
+    match value {
+        Some(v) if v.fract() == 0.0 && v.abs() < EXACT => s.serialize_i64(*v as i64),
+        Some(v) => s.serialize_f64(*v),
+        None => s.serialize_none(),
+    }
 }
 
 /// A progress callback (in an alias, the trait object is `'static`, as a boxed one is).
@@ -357,4 +367,16 @@ fn request(
         let _ = out.send(line);
     });
     st.serving.insert(key, task.abort_handle());
+}
+
+#[cfg(test)]
+mod tests {
+    /// Progress figures pass on as the plugin wrote them: integers stay integers.
+    #[test]
+    fn whole_progress_figures_serialize_as_integers() {
+        let p = super::Progress { message: None, progress: Some(1.0), total: Some(2.5) };
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"progress":1,"total":2.5}"#);
+        let p = super::Progress { message: Some("m".into()), progress: Some(-3.0), total: None };
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"message":"m","progress":-3}"#);
+    }
 }
