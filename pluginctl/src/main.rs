@@ -336,6 +336,7 @@ fn rpc_message(e: &RpcError) -> String {
         codes::PLUGIN_UNAVAILABLE => {
             plugin.map(|p| format!("`pluginctl status {p}` says why; `pluginctl start {p}` starts it"))
         }
+        codes::INVALID_MANIFEST => plugin.map(|p| format!("`pluginctl check` on its directory says what to fix; `pluginctl status {p}` shows the error")),
         codes::DEADLINE_EXCEEDED => Some("give it longer with --timeout-ms".to_owned()),
         _ => None,
     };

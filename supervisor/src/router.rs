@@ -143,11 +143,19 @@ pub fn unknown_plugin(name: &str) -> RpcError {
     )
 }
 
-/// `-32002` for a plugin that is not running.
+/// `-32002` for a plugin that is not running; `-32007` for one that cannot run (its manifest is
+/// invalid: no start would help).
 pub fn unavailable(entry: &PluginEntry) -> RpcError {
     let st = entry.status();
     let state = st.state.as_str();
     let why = st.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+    if st.state == crate::plugin::state::PluginState::Invalid {
+        return RpcError::with_data(
+            codes::INVALID_MANIFEST,
+            format!("plugin {} cannot run, its manifest is invalid{why}", entry.name),
+            serde_json::json!({ "plugin": &*entry.name, "state": state }),
+        );
+    }
     RpcError::with_data(
         codes::PLUGIN_UNAVAILABLE,
         format!("plugin {} is {state}{why}", entry.name),

@@ -27,9 +27,19 @@ async fn invalid_manifest_is_listed_and_does_not_stop_the_others() {
     assert_eq!(broken["version"], "not-semver");
     let notjson = d.status("notjson").await;
     assert!(notjson["last_error"].as_str().unwrap().contains("invalid JSON"), "{notjson}");
-    // Starting an invalid plugin is an error naming the cause.
+    // Starting an invalid plugin is an error naming the cause; so is calling it (no start
+    // would help: not -32002, whose states are ones a start changes); stopping it changes nothing.
     let r = d.call("plugins.start", json!({"name": "broken"})).await;
     assert_eq!(code(&r), -32007);
+    let r = d.execute("broken", "echo", json!(1)).await;
+    assert_eq!((code(&r), data(&r)["plugin"].clone(), data(&r)["state"].clone()), (-32007, json!("broken"), json!("invalid")));
+    let s = d.call("plugins.stop", json!({"name": "broken"})).await.unwrap();
+    assert_eq!(s["state"], "invalid");
+    let out = d.ctl(&["stop", "broken"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = d.ctl(&["call", "broken", "echo", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pluginctl check") && !err.contains("pluginctl start"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

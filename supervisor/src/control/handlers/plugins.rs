@@ -78,8 +78,13 @@ pub async fn start(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcE
     act(daemon, &p.name, Command::Start).await
 }
 
-/// Stops a plugin; answers once its processes are gone.
+/// Stops a plugin; answers once its processes are gone. A plugin that cannot run (an invalid
+/// manifest) has none: stopping it succeeds and changes nothing.
 pub async fn stop(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
+    let e = entry(daemon, &p.name)?;
+    if !e.has_actor() {
+        return Ok(to_raw(&daemon.status_of(&e)));
+    }
     act(daemon, &p.name, Command::Stop).await
 }
 
