@@ -336,8 +336,14 @@ fn rpc_message(e: &RpcError) -> String {
         codes::PLUGIN_UNAVAILABLE => {
             plugin.map(|p| format!("`pluginctl status {p}` says why; `pluginctl start {p}` starts it"))
         }
-        codes::INVALID_MANIFEST => plugin.map(|p| format!("`pluginctl check` on its directory says what to fix; `pluginctl status {p}` shows the error")),
-        codes::DEADLINE_EXCEEDED => Some("give it longer with --timeout-ms".to_owned()),
+        codes::INVALID_MANIFEST => plugin.map(|p| {
+            format!("`pluginctl check` on its directory says what to fix; `pluginctl status {p}` shows the error")
+        }),
+        codes::DEADLINE_EXCEEDED => match data["limit"].as_str() {
+            Some("max_timeout_ms") => Some("its manifest's max_timeout_ms caps every call; raise it there".to_owned()),
+            Some("caller") => None,
+            _ => Some("give it longer with --timeout-ms".to_owned()),
+        },
         _ => None,
     };
     let mut text = e.message.clone();

@@ -257,13 +257,12 @@ async fn call_instance(
                 format!("plugin {} is overloaded: max_inflight calls busy and the queue full", entry.name),
                 serde_json::json!({ "plugin": &*entry.name }),
             ),
-            Admission::Timeout => instance::call_error(&entry.name, timeout, CallError::Timeout(timeout)),
+            Admission::Timeout => timed_out(entry, timeout, max, accepted, not_after),
         })?;
-        instance
-            .peer
-            .call_traced(method, write_params, deadline, Some(hop.as_parent()))
-            .await
-            .map_err(|e| instance::call_error(&entry.name, timeout, e))
+        instance.peer.call_traced(method, write_params, deadline, Some(hop.as_parent())).await.map_err(|e| match e {
+            CallError::Timeout(_) => timed_out(entry, timeout, max, accepted, not_after),
+            e => instance::call_error(&entry.name, timeout, e),
+        })
     }
     .await;
     entry.counters.latency.observe(accepted.elapsed().as_secs_f64());
@@ -274,6 +273,39 @@ async fn call_instance(
         }
     }
     result
+}
+
+/// `-32001` naming the deadline that ended the call: its own (`timeout`, restarted by progress),
+/// the plugin's `max_timeout_ms` (`max`, which progress never extends), or its caller's
+/// (`not_after`: a hook chain's budget, the call a `service.call` was made for), in
+/// `data.limit` (`"timeout_ms"`, `"max_timeout_ms"`, `"caller"`) and `data.timeout_ms`.
+fn timed_out(
+    entry: &PluginEntry,
+    timeout: Duration,
+    max: Duration,
+    accepted: Instant,
+    not_after: Option<Instant>,
+) -> RpcError {
+    // A hard limit fired when the call ran (about) as long as it allows.
+    let ran = accepted.elapsed() + Duration::from_millis(2);
+    let caller = not_after.map(|t| t.saturating_duration_since(accepted)).filter(|c| *c < max);
+    let (limit, allowed) = match caller {
+        Some(c) if ran >= c => ("caller", c),
+        // Also when the call's own deadline was capped to it: only a larger max would help.
+        _ if ran >= max => ("max_timeout_ms", max),
+        _ => ("timeout_ms", timeout),
+    };
+    let ms = allowed.as_millis() as u64;
+    let whose = match limit {
+        "caller" => " (its caller's deadline)",
+        "max_timeout_ms" => " (its max_timeout_ms, which progress does not extend)",
+        _ => "",
+    };
+    RpcError::with_data(
+        codes::DEADLINE_EXCEEDED,
+        format!("deadline exceeded: plugin {} did not answer within {ms} ms{whose}", entry.name),
+        serde_json::json!({ "plugin": &*entry.name, "timeout_ms": ms, "limit": limit }),
+    )
 }
 
 #[cfg(test)]

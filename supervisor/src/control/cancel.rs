@@ -94,7 +94,8 @@ impl<F: Future<Output = Served>> InFlight<F> {
             hook: Option<String>,
         }
         let head = serde_json::from_slice::<Head<'_>>(&self.line).ok()?;
-        let cancellable = head.id.as_ref() == Some(id) && head.method.is_some_and(|m| CANCELLABLE.contains(&m.as_ref()));
+        let cancellable =
+            head.id.as_ref() == Some(id) && head.method.is_some_and(|m| CANCELLABLE.contains(&m.as_ref()));
         cancellable.then(|| serde_json::to_value(head.params).unwrap_or_default())
     }
 

@@ -825,7 +825,11 @@ async fn self_sent_sigxcpu_does_not_set_last_exit_limit() {
         })
         .await;
         assert_eq!(s["last_exit"]["signal"], "SIGXCPU", "{name}: {}", s["last_exit"]);
-        assert!(s["last_exit"]["limit"].is_null(), "{name}: a self-sent SIGXCPU was taken for the limit: {}", s["last_exit"]);
+        assert!(
+            s["last_exit"]["limit"].is_null(),
+            "{name}: a self-sent SIGXCPU was taken for the limit: {}",
+            s["last_exit"]
+        );
     }
 }
 

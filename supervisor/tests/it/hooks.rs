@@ -137,7 +137,27 @@ async fn a_closed_plugin_that_times_out_rejects_with_a_deadline_error() {
     assert_eq!(code(&r), -32008, "{r:?}");
     let data = data(&r);
     assert_eq!(data["error"]["code"], -32001);
+    assert_eq!(
+        (data["error"]["data"]["timeout_ms"].clone(), data["error"]["data"]["limit"].clone()),
+        (json!(200), json!("timeout_ms"))
+    );
     assert_eq!(outcomes(&data["receipt"]), ["slow-auth:timed_out", "after:skipped"]);
+}
+
+/// Cut off by the chain's budget (`hooks.run`'s `timeout_ms`), a closed plugin's `-32001` names
+/// the budget, not the plugin's own (longer) deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_plugin_cut_off_by_the_budget_names_the_budget() {
+    let b = hooker(Daemon::builder(), "slow-auth", json!({ "priority": 1, "failure": "closed" }), "sleep:3000");
+    let d = b.start().await;
+    let r = run(&d, json!({ "hook": "onRequest", "payload": {}, "timeout_ms": 300 })).await;
+    assert_eq!(code(&r), -32008, "{r:?}");
+    let error = &data(&r)["error"];
+    assert_eq!(error["code"], -32001, "{r:?}");
+    // What was left of the 300 ms budget when the plugin was called.
+    let left = error["data"]["timeout_ms"].as_u64().unwrap();
+    assert!((250..=300).contains(&left) && error["data"]["limit"] == "caller", "{r:?}");
+    assert!(error["message"].as_str().unwrap().contains(&format!("within {left} ms (its caller's deadline)")), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -174,3 +174,25 @@ async fn hosts_see_progress_of_a_service_another_host_provides() {
     assert_eq!(note["params"], json!({ "id": 9, "message": "half", "progress": 50, "total": 100 }), "{note}");
     assert_eq!(a.next(Duration::from_secs(5)).await["result"], "painted");
 }
+
+/// A call kept alive by progress past `max_timeout_ms` ends there, and its `-32001` says so: the
+/// limit and its length (not the plugin's `timeout_ms`, which progress restarts), and pluginctl
+/// does not advise a longer `--timeout-ms`, which could not help.
+#[tokio::test]
+async fn a_call_ended_by_max_timeout_ms_names_that_limit() {
+    let d = Daemon::builder()
+        .plugin("py-host-peer")
+        .manifest("py-host-peer", |m| {
+            m["timeout_ms"] = json!(300);
+            m["max_timeout_ms"] = json!(900);
+        })
+        .start()
+        .await;
+    let r = d.execute("py-host-peer", "progress", json!({ "steps": 30, "every_ms": 100 })).await;
+    assert_eq!(crate::support::code(&r), -32001, "{r:?}");
+    let data = crate::support::data(&r);
+    assert_eq!((data["limit"].clone(), data["timeout_ms"].clone()), (json!("max_timeout_ms"), json!(900)), "{r:?}");
+    let out = d.ctl(&["call", "py-host-peer", "progress", r#"{"steps": 30, "every_ms": 100}"#, "--timeout-ms", "5000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("within 900 ms") && err.contains("max_timeout_ms") && !err.contains("--timeout-ms"), "{err}");
+}

@@ -32,7 +32,10 @@ async fn invalid_manifest_is_listed_and_does_not_stop_the_others() {
     let r = d.call("plugins.start", json!({"name": "broken"})).await;
     assert_eq!(code(&r), -32007);
     let r = d.execute("broken", "echo", json!(1)).await;
-    assert_eq!((code(&r), data(&r)["plugin"].clone(), data(&r)["state"].clone()), (-32007, json!("broken"), json!("invalid")));
+    assert_eq!(
+        (code(&r), data(&r)["plugin"].clone(), data(&r)["state"].clone()),
+        (-32007, json!("broken"), json!("invalid"))
+    );
     let s = d.call("plugins.stop", json!({"name": "broken"})).await.unwrap();
     assert_eq!(s["state"], "invalid");
     let out = d.ctl(&["stop", "broken"]);

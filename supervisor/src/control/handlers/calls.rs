@@ -111,8 +111,9 @@ impl<'a> ExecuteRequest<'a> {
                 serde_json::from_str(std::str::from_utf8(line).ok()?).ok()?
             }
         };
-        let valid =
-            req.method == "execute" && req.jsonrpc.as_deref().is_none_or(|v| v == "2.0") && req.id.get() != "null"
+        let valid = req.method == "execute"
+            && req.jsonrpc.as_deref().is_none_or(|v| v == "2.0")
+            && req.id.get() != "null"
             && plugind_protocol::jsonrpc::valid_id(req.id);
         valid.then_some(req)
     }
