@@ -119,6 +119,8 @@ pub fn start(daemon: Arc<Daemon>) -> Result<Watcher, WatchError> {
             daemon.config().plugin_dirs.iter().map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone())).collect();
         // Paths changed and not yet acted on: how far along each is, when it first and last changed.
         let mut pending: HashMap<PathBuf, Pending> = HashMap::new();
+        // Each plugin dir's files as they were when this task last loaded or reloaded it.
+        let mut loaded: HashMap<PathBuf, u64> = HashMap::new();
         loop {
             let due = pending.values().map(Pending::due).min();
             tokio::select! {
@@ -143,7 +145,7 @@ pub fn start(daemon: Arc<Daemon>) -> Result<Watcher, WatchError> {
                     for p in &ready {
                         pending.remove(p);
                     }
-                    for dir in on_change(&daemon, &ready).await {
+                    for dir in on_change(&daemon, &ready, &mut loaded).await {
                         // A plugin dir that was replaced (a symlink flipped to a new release):
                         // watch what it points to now, or changes inside the new target go unseen.
                         let mut w = rewatch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -160,7 +162,13 @@ pub fn start(daemon: Arc<Daemon>) -> Result<Watcher, WatchError> {
 
 /// Maps changed paths to plugins and reloads them; returns the plugin dirs that were themselves
 /// replaced (to be watched anew).
-async fn on_change(daemon: &Arc<Daemon>, paths: &[PathBuf]) -> Vec<PathBuf> {
+///
+/// A plugin whose files are as they were when it was last loaded here (`loaded`: a
+/// [`fingerprint`] per plugin dir, taken before the load read them) is not reloaded: a plugin
+/// created in place (`mkdir`, `cp main`, write `plugin.json`) was started by the rescan one file
+/// brought about, and the other files of the same creation, settling a moment later, reloaded it
+/// at once (a second instance, SIGKILLs while the first was still starting).
+async fn on_change(daemon: &Arc<Daemon>, paths: &[PathBuf], loaded: &mut HashMap<PathBuf, u64>) -> Vec<PathBuf> {
     let roots: Vec<PathBuf> =
         daemon.config().plugin_dirs.iter().map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone())).collect();
     let plugins = daemon.plugins();
@@ -184,11 +192,26 @@ async fn on_change(daemon: &Arc<Daemon>, paths: &[PathBuf]) -> Vec<PathBuf> {
     }
     if rescan {
         tracing::info!("plugin directories changed: rescanning");
+        let before: Vec<(PathBuf, u64)> = paths
+            .iter()
+            .filter_map(|p| split(&roots, p).map(|(dir, _)| dir))
+            .filter(|dir| !plugins.iter().any(|p| &p.dir == dir))
+            .map(|dir| {
+                let f = fingerprint(&dir);
+                (dir, f)
+            })
+            .collect();
         daemon.reload().await;
+        loaded.extend(before);
         return replaced;
     }
     for name in reload {
         let Some(p) = daemon.plugin(&name) else { continue };
+        let now = fingerprint(&p.dir);
+        if loaded.insert(p.dir.clone(), now) == Some(now) {
+            tracing::debug!(plugin = %name, "files changed back or already loaded: no reload");
+            continue;
+        }
         tracing::info!(plugin = %name, "files changed: hot reload");
         if p.ctl.is_none() {
             // An invalid plugin has no actor: a rescan picks up a fixed manifest.
@@ -201,6 +224,42 @@ async fn on_change(daemon: &Arc<Daemon>, paths: &[PathBuf]) -> Vec<PathBuf> {
         }
     }
     replaced
+}
+
+/// Files of a plugin dir looked at for a [`fingerprint`] at most (and directory levels).
+const FINGERPRINT_FILES: usize = 2000;
+const FINGERPRINT_DEPTH: usize = 8;
+
+/// A hash of what a plugin dir holds: each file's path, size, modification time and inode (a
+/// file replaced has a new one), through symlinks to files; 0 if it cannot be read.
+fn fingerprint(dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    fn walk(dir: &Path, depth: usize, files: &mut Vec<(PathBuf, u64, std::time::SystemTime, u64)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            if files.len() >= FINGERPRINT_FILES {
+                return;
+            }
+            let path = e.path();
+            // Directories only where they really are (no symlink loops); files through links.
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                if depth < FINGERPRINT_DEPTH {
+                    walk(&path, depth + 1, files);
+                }
+                continue;
+            }
+            if let Ok(m) = std::fs::metadata(&path) {
+                use std::os::unix::fs::MetadataExt;
+                files.push((path, m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH), m.ino()));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, 0, &mut files);
+    files.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    files.hash(&mut h);
+    h.finish()
 }
 
 /// The plugin directory a path is in and the path relative to it.

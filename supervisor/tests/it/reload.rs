@@ -263,3 +263,49 @@ async fn files_nobody_watches_do_not_hold_up_a_reload() {
     stop.store(true, Ordering::Relaxed);
     noise.join().unwrap();
 }
+
+/// A plugin created in place in a watched dir (`mkdir`, its main file, then `plugin.json`) is
+/// started once: the rescan that one file brings about loads it, and the other files of the same
+/// creation, settling a moment later, do not reload it. (They did, often: a second instance at
+/// once, SIGKILLs while the first was still starting.) A later edit still reloads it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_created_in_place_is_started_once() {
+    let d = Daemon::builder()
+        .watch()
+        .plugin_files(
+            "marker",
+            &[("plugin.json", &manifest("1.0.0").replace("\"hot\"", "\"marker\"")), ("main.py", &source(1))],
+        )
+        .start()
+        .await;
+    let names = ["add1", "add2"];
+    for name in names {
+        let dir = d.plugins.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        // `plugin.json` is written but still open (its change not finished) when the main file's
+        // change settles and brings about the rescan that starts the plugin; then it is closed.
+        use std::io::Write;
+        let mut open = std::fs::File::create(dir.join("plugin.json")).unwrap();
+        open.write_all(manifest("1.0.0").replace("\"hot\"", &format!("\"{name}\"")).as_bytes()).unwrap();
+        std::fs::write(dir.join("main.py"), source(1)).unwrap();
+        d.wait_state(name, "running").await;
+        drop(open);
+    }
+    // A change the watcher handles after every event of those creations: once it is served, any
+    // reload they caused has been decided (and logged).
+    write_atomic(&d.plugins.join("marker/main.py"), &source(2));
+    wait_for("the marker's reload", async || {
+        (d.execute("marker", "e", json!(0)).await.ok()?["gen"] == 2).then_some(())
+    })
+    .await;
+    let log = d.log();
+    for name in names {
+        assert!(!log.contains(&format!("files changed: hot reload plugin={name}")), "{name} was reloaded:\n{log}");
+        let s = d.status(name).await;
+        assert!(!s["history"].to_string().contains("reload"), "{name}: {s}");
+    }
+    assert!(log.contains("files changed: hot reload plugin=marker"), "{log}");
+    // A real edit of a plugin created in place still reloads it.
+    write_atomic(&d.plugins.join("add1/main.py"), &source(3));
+    wait_for("add1's edit", async || (d.execute("add1", "e", json!(0)).await.ok()?["gen"] == 3).then_some(())).await;
+}
