@@ -50,10 +50,13 @@ pub struct ExitFacts {
 pub fn classify(f: &ExitFacts) -> Option<Limit> {
     let cg = f.cgroup.unwrap_or_default();
     // SIGXCPU is the soft CPU limit only if there is one and, where the cgroup counts CPU time,
-    // it was used up (99 %: the two clocks are read apart): any process may send itself SIGXCPU.
+    // it was largely used: any process may send itself SIGXCPU. Half the budget, not all of it:
+    // RLIMIT_CPU is checked against tick-sampled CPU time, which charges a whole tick to the task
+    // running when it falls and so, on a busy CPU, runs ahead of the cgroup's exact count (a
+    // spinner with a 1 s limit got SIGXCPU at under 0.99 s of cgroup time).
     if f.signal == Some(libc::SIGXCPU) {
         let used_up = match (f.cpu_limit_s, cg.cpu_usec) {
-            (Some(limit), Some(usec)) => usec >= limit.saturating_mul(990_000),
+            (Some(limit), Some(usec)) => usec.saturating_mul(2) >= limit.saturating_mul(1_000_000),
             (Some(_), None) => true,
             (None, _) => false,
         };
