@@ -501,7 +501,21 @@ impl InstanceTask {
         let mut eof_kill_at: Option<Instant> = None;
         // Set while retiring: the instant by which the calls in flight must have finished.
         let mut drain_until: Option<Instant> = None;
+        // A fork refused at `pids.max` stops the instance like any other limit; checked once now
+        // too, for a refusal before the watch was made.
+        let pids_alarm =
+            cgroup.as_ref().and_then(Cgroup::pids_events).and_then(|f| sandbox::pids_alarm::PidsAlarm::watch(&f));
+        let mut pids_checked = pids_alarm.is_none();
         let status = loop {
+            if !pids_checked && stop.is_none() && cgroup.as_ref().is_some_and(|c| c.stats().pids_max_hits > 0) {
+                self.log.plugind("a fork was refused at its processes limit: stopping it".to_owned());
+                stop = Some(StopPhase::Killed);
+                self.kill_group(Signal::SIGKILL);
+                if let Some(cg) = &cgroup {
+                    cg.kill_all();
+                }
+            }
+            pids_checked = true;
             if let Some(until) = drain_until {
                 // Done draining when idle (re-checked after a short grace for calls routed just
                 // before the switch), or when the longest possible call would be over.
@@ -602,6 +616,10 @@ impl InstanceTask {
                             other => Err(other),
                         }))
                     }));
+                }
+                () = async { pids_alarm.as_ref().expect("UNWRAP: guarded").changed().await }, if pids_alarm.is_some() && stop.is_none() => {
+                    // Checked at the top of the loop.
+                    pids_checked = false;
                 }
                 kind = stop_rx.recv() => match kind {
                     Some(StopKind::Drain) if stop.is_none() && drain_until.is_none() => {

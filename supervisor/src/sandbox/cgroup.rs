@@ -193,6 +193,12 @@ impl Cgroup {
         self.pids_limited
     }
 
+    /// The `pids.events` file that counts the forks `pids.max` refused, where a pids cgroup
+    /// holds the instance.
+    pub fn pids_events(&self) -> Option<PathBuf> {
+        self.dirs.iter().map(|(_, dir)| dir.join("pids.events")).find(|f| self.pids_limited && f.exists())
+    }
+
     /// The directories, for logs and tests.
     pub fn dirs(&self) -> impl Iterator<Item = &Path> {
         self.dirs.iter().map(|(_, d)| d.as_path())

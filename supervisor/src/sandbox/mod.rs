@@ -21,6 +21,7 @@ pub mod cgroup;
 pub mod landlock;
 pub mod limits;
 pub mod namespace;
+pub mod pids_alarm;
 pub mod privileges;
 pub mod probe;
 pub mod seccomp;

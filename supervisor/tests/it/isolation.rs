@@ -274,6 +274,31 @@ async fn fork_bomb_is_held_by_the_pids_cgroup() {
     contained(json!({"processes": 16}), &["process"], "forks", json!({"max": 200}), "processes").await;
 }
 
+/// A plugin that catches the refused fork and lives on is stopped all the same (a plugin over a
+/// limit is stopped, its status names the limit, the restart policy applies), at the refusal,
+/// not when it later exits for some other reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_that_ignores_a_refused_fork_is_stopped() {
+    let probe = Daemon::builder().start().await;
+    if !probe.log().contains("processes: cgroup") {
+        eprintln!("skipping: no writable pids cgroup on this host (RLIMIT_NPROC does not bind root)");
+        return;
+    }
+    let d = start_hog(with_perms(Daemon::builder(), "py-sandbox", "hog", &["process"]), json!({"processes": 16})).await;
+    let pid = d.status("hog").await["pid"].as_u64().unwrap();
+    // Answered (the refusal caught) or ended by the stop, whichever comes first.
+    let r = d.execute("hog", "forks", json!({"max": 200, "catch": true})).await;
+    assert!(r.is_ok() || code(&r) == -32003, "{r:?}");
+    let s = wait_for("the stop at the limit", async || {
+        let s = d.status("hog").await;
+        (s["last_exit"]["limit"] == "processes").then_some(s)
+    })
+    .await;
+    assert!(s["history"].to_string().contains("limit processes exceeded"), "{s}");
+    let s = d.wait_state("hog", "running").await;
+    assert_ne!(s["pid"].as_u64().unwrap(), pid, "restarted after the limit: {s}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn instance_cgroups_are_removed_after_exit() {
     let d = Daemon::builder().plugin("py-sandbox").start().await;
