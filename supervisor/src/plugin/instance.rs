@@ -41,6 +41,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
+/// How often the forks refused at an instance's `processes` limit are counted (see `run`).
+const PIDS_POLL: Duration = Duration::from_millis(250);
+
 /// Grace between steps of a stop (docs/protocol.md): teardown answer, stdin closed → SIGTERM → SIGKILL.
 pub const STOP_STEP: Duration = Duration::from_secs(2);
 /// Stdout frames an instance task handles in a row before it looks at anything else.
@@ -501,21 +504,12 @@ impl InstanceTask {
         let mut eof_kill_at: Option<Instant> = None;
         // Set while retiring: the instant by which the calls in flight must have finished.
         let mut drain_until: Option<Instant> = None;
-        // A fork refused at `pids.max` stops the instance like any other limit; checked once now
-        // too, for a refusal before the watch was made.
-        let pids_alarm =
-            cgroup.as_ref().and_then(Cgroup::pids_events).and_then(|f| sandbox::pids_alarm::PidsAlarm::watch(&f));
-        let mut pids_checked = pids_alarm.is_none();
+        // A fork refused at `pids.max` stops the instance like any other limit. The kernel
+        // refuses the fork and kills nothing; on cgroup v1 it does not even signal the change of
+        // `pids.events` to inotify, so the count is read every `PIDS_POLL`, for the instances
+        // whose manifest sets `processes` only.
+        let mut pids_poll = cgroup.as_ref().and_then(Cgroup::pids_refused).map(|_| tokio::time::interval(PIDS_POLL));
         let status = loop {
-            if !pids_checked && stop.is_none() && cgroup.as_ref().is_some_and(|c| c.stats().pids_max_hits > 0) {
-                self.log.plugind("a fork was refused at its processes limit: stopping it".to_owned());
-                stop = Some(StopPhase::Killed);
-                self.kill_group(Signal::SIGKILL);
-                if let Some(cg) = &cgroup {
-                    cg.kill_all();
-                }
-            }
-            pids_checked = true;
             if let Some(until) = drain_until {
                 // Done draining when idle (re-checked after a short grace for calls routed just
                 // before the switch), or when the longest possible call would be over.
@@ -617,9 +611,13 @@ impl InstanceTask {
                         }))
                     }));
                 }
-                () = async { pids_alarm.as_ref().expect("UNWRAP: guarded").changed().await }, if pids_alarm.is_some() && stop.is_none() => {
-                    // Checked at the top of the loop.
-                    pids_checked = false;
+                _ = async { pids_poll.as_mut().expect("UNWRAP: guarded").tick().await }, if pids_poll.is_some() && stop.is_none() => {
+                    if let Some(cg) = cgroup.as_ref().filter(|c| c.pids_refused().is_some_and(|n| n > 0)) {
+                        self.log.plugind("a fork was refused at its processes limit: stopping it".to_owned());
+                        stop = Some(StopPhase::Killed);
+                        self.kill_group(Signal::SIGKILL);
+                        cg.kill_all();
+                    }
                 }
                 kind = stop_rx.recv() => match kind {
                     Some(StopKind::Drain) if stop.is_none() && drain_until.is_none() => {

@@ -193,10 +193,10 @@ impl Cgroup {
         self.pids_limited
     }
 
-    /// The `pids.events` file that counts the forks `pids.max` refused, where a pids cgroup
-    /// holds the instance.
-    pub fn pids_events(&self) -> Option<PathBuf> {
-        self.dirs.iter().map(|(_, dir)| dir.join("pids.events")).find(|f| self.pids_limited && f.exists())
+    /// Forks `pids.max` has refused so far (`pids.events` `max`); None where no pids cgroup
+    /// holds `processes`.
+    pub fn pids_refused(&self) -> Option<u64> {
+        self.pids_limited.then(|| self.dirs.iter().filter_map(|(_, dir)| key(&dir.join("pids.events"), "max")).sum())
     }
 
     /// The directories, for logs and tests.

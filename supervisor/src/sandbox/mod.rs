@@ -21,7 +21,6 @@ pub mod cgroup;
 pub mod landlock;
 pub mod limits;
 pub mod namespace;
-pub mod pids_alarm;
 pub mod privileges;
 pub mod probe;
 pub mod seccomp;
