@@ -80,6 +80,13 @@ pub enum Refused<T> {
     Closed(T),
 }
 
+/// Wakes the writer, if a sender took its waker (outside the lock).
+fn wake(writer: Option<Waker>) {
+    if let Some(w) = writer {
+        w.wake();
+    }
+}
+
 /// One queued piece, in order.
 enum Chunk {
     /// Small lines, concatenated.
@@ -149,9 +156,7 @@ impl Drop for Outbox {
             }
             st.writer.take()
         };
-        if let Some(w) = writer {
-            w.wake();
-        }
+        wake(writer);
     }
 }
 
@@ -168,8 +173,17 @@ impl Drop for OutboxReader {
 }
 
 impl State {
-    fn full(&self) -> bool {
-        self.bytes >= OUTBOX_BYTES
+    /// `what` back if the queue takes a message now; refused if it is closed or full (then the
+    /// writer tells the waiting senders when it has made room).
+    fn admit<T>(&mut self, what: T) -> Result<T, Refused<T>> {
+        if self.closed {
+            return Err(Refused::Closed(what));
+        }
+        if self.bytes >= OUTBOX_BYTES {
+            self.waiting = true;
+            return Err(Refused::Full(what));
+        }
+        Ok(what)
     }
 
     /// The batch buffer lines are appended to: the last chunk, if it is a batch with room, else
@@ -202,18 +216,10 @@ impl Outbox {
     pub fn try_send(&self, item: Outgoing) -> Result<(), Refused<Outgoing>> {
         let writer = {
             let mut st = self.0.state();
-            if st.closed {
-                return Err(Refused::Closed(item));
-            }
-            if st.full() {
-                st.waiting = true;
-                return Err(Refused::Full(item));
-            }
+            let item = st.admit(item)?;
             st.queue(item)
         };
-        if let Some(w) = writer {
-            w.wake();
-        }
+        wake(writer);
         Ok(())
     }
 
@@ -226,13 +232,7 @@ impl Outbox {
     pub fn try_write<F: FnOnce(&mut Vec<u8>) -> Option<Outgoing>>(&self, write: F) -> Result<(), Refused<F>> {
         let writer = {
             let mut st = self.0.state();
-            if st.closed {
-                return Err(Refused::Closed(write));
-            }
-            if st.full() {
-                st.waiting = true;
-                return Err(Refused::Full(write));
-            }
+            let write = st.admit(write)?;
             let batch = st.batch();
             let before = batch.len();
             let then = write(batch);
@@ -243,9 +243,7 @@ impl Outbox {
                 None => st.writer.take(),
             }
         };
-        if let Some(w) = writer {
-            w.wake();
-        }
+        wake(writer);
         Ok(())
     }
 

@@ -262,12 +262,20 @@ async fn printing_memory_error_and_exiting_is_no_limit() {
     assert!(!s["history"].to_string().contains("limit"), "{s}");
 }
 
+/// Whether plugind holds `processes` with a pids cgroup on this host; says `skipping: why` if not.
+async fn pids_cgroup_here() -> bool {
+    let probe = Daemon::builder().start().await;
+    let here = probe.log().contains("processes: cgroup");
+    if !here {
+        eprintln!("skipping: no writable pids cgroup on this host (RLIMIT_NPROC does not bind root)");
+    }
+    here
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fork_bomb_is_held_by_the_pids_cgroup() {
     // RLIMIT_NPROC does not bind root, so as root only a pids cgroup holds `processes`.
-    let probe = Daemon::builder().start().await;
-    if !probe.log().contains("processes: cgroup") {
-        eprintln!("skipping: no writable pids cgroup on this host (RLIMIT_NPROC does not bind root)");
+    if !pids_cgroup_here().await {
         return;
     }
     // The fixture stops by itself after 200 forks should the limit not hold.
@@ -279,9 +287,7 @@ async fn fork_bomb_is_held_by_the_pids_cgroup() {
 /// not when it later exits for some other reason.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_that_ignores_a_refused_fork_is_stopped() {
-    let probe = Daemon::builder().start().await;
-    if !probe.log().contains("processes: cgroup") {
-        eprintln!("skipping: no writable pids cgroup on this host (RLIMIT_NPROC does not bind root)");
+    if !pids_cgroup_here().await {
         return;
     }
     let d = start_hog(with_perms(Daemon::builder(), "py-sandbox", "hog", &["process"]), json!({"processes": 16})).await;
