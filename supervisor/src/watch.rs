@@ -192,10 +192,14 @@ async fn on_change(daemon: &Arc<Daemon>, paths: &[PathBuf], loaded: &mut HashMap
     }
     if rescan {
         tracing::info!("plugin directories changed: rescanning");
-        let before: Vec<(PathBuf, u64)> = paths
+        // Each new plugin dir once, however many of its paths changed.
+        let new_dirs: BTreeSet<PathBuf> = paths
             .iter()
             .filter_map(|p| split(&roots, p).map(|(dir, _)| dir))
             .filter(|dir| !plugins.iter().any(|p| &p.dir == dir))
+            .collect();
+        let before: Vec<(PathBuf, u64)> = new_dirs
+            .into_iter()
             .map(|dir| {
                 let f = fingerprint(&dir);
                 (dir, f)

@@ -16,7 +16,7 @@
 //! refused ([`Outbox::try_send`]). A queue holds at least one message whatever its size.
 //!
 //! Closing: [`Outgoing::Close`] has the writer flush, shut the write half down (a child's stdin
-//! closes) and stop; so does the last [`Outbox`] dropped. Once the writer has stopped (closed,
+//! closes) and stop; so does dropping the [`Outbox`]. Once the writer has stopped (closed,
 //! or a write failed: the other side is gone), every send fails.
 
 use crate::transport::pipe::Growable;
@@ -108,8 +108,8 @@ struct State {
     waiting: bool,
     /// The writer has stopped, or will stop after what is queued: sends fail.
     closed: bool,
-    /// Live [`Outbox`] handles; the writer stops (after what is queued) when none is left.
-    senders: usize,
+    /// The [`Outbox`] was dropped: the writer stops after what is queued.
+    sender_gone: bool,
 }
 
 struct Shared {
@@ -124,7 +124,8 @@ impl Shared {
     }
 }
 
-/// The sending side: cheap to clone, shared by everybody who writes to the connection.
+/// The sending side, one per connection (its [`crate::transport::peer::Peer`], shared through
+/// the peer's `Arc`).
 pub struct Outbox(Arc<Shared>);
 
 /// The writing side, for [`spawn_writer`].
@@ -132,28 +133,15 @@ pub struct OutboxReader(Arc<Shared>);
 
 /// A new queue: its sending side and the side its writer takes.
 pub fn channel() -> (Outbox, OutboxReader) {
-    let shared = Arc::new(Shared {
-        state: Mutex::new(State { senders: 1, ..State::default() }),
-        room: tokio::sync::Notify::new(),
-    });
+    let shared = Arc::new(Shared { state: Mutex::new(State::default()), room: tokio::sync::Notify::new() });
     (Outbox(shared.clone()), OutboxReader(shared))
-}
-
-impl Clone for Outbox {
-    fn clone(&self) -> Self {
-        self.0.state().senders += 1;
-        Outbox(self.0.clone())
-    }
 }
 
 impl Drop for Outbox {
     fn drop(&mut self) {
         let writer = {
             let mut st = self.0.state();
-            st.senders -= 1;
-            if st.senders > 0 {
-                return;
-            }
+            st.sender_gone = true;
             st.writer.take()
         };
         wake(writer);
@@ -275,11 +263,6 @@ impl Outbox {
     pub async fn send(&self, item: Outgoing) -> bool {
         self.send_until(item, None).await.unwrap_or(false)
     }
-
-    /// Whether nothing is queued (the writer may still be writing its last round).
-    pub fn is_empty(&self) -> bool {
-        self.0.state().queue.is_empty()
-    }
 }
 
 impl OutboxReader {
@@ -298,7 +281,7 @@ impl OutboxReader {
                 }
                 return Poll::Ready(Some(()));
             }
-            if st.senders == 0 {
+            if st.sender_gone {
                 return Poll::Ready(None);
             }
             st.writer = Some(cx.waker().clone());
@@ -330,7 +313,7 @@ impl OutboxReader {
 /// Spawns the task that writes what is queued in `outbox` to `w`: each round, everything queued
 /// (small lines in one write, large ones from where they are), then a flush when nothing more
 /// is queued. The first large message grows `w`'s pipe, if it is one ([`crate::transport::pipe`]).
-/// It stops after [`Outgoing::Close`] (shutting `w` down), when the last [`Outbox`] is dropped,
+/// It stops after [`Outgoing::Close`] (shutting `w` down), when the [`Outbox`] is dropped,
 /// or when a write fails; sends fail from then on.
 pub fn spawn_writer<W>(mut w: W, outbox: OutboxReader) -> tokio::task::JoinHandle<()>
 where

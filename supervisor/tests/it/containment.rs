@@ -383,6 +383,14 @@ async fn plugin_cannot_change_limits_or_scheduling_of_plugind_or_another_plugin(
             }
         }
         refused(&attack(&d, name, "renice_user", json!({})).await, &format!("{name}: setpriority(PRIO_USER)"));
+        if name == "hostile-all" {
+            // From a grandchild in a session of its own (the filter is inherited through fork).
+            for (who, pid) in [("plugind", d.pid()), ("victim", victim_pid)] {
+                let r = attack(&d, name, "grandchild", json!({"attack": "prlimit", "params": {"pid": pid}})).await;
+                assert!(r["grandchild"].is_object(), "{name}: the grandchild did not run: {r}");
+                refused(&r, &format!("{name}: prlimit on {who} from a grandchild"));
+            }
+        }
         let own = attack(&d, name, "own_limits", json!({})).await;
         assert_eq!(own["ok"], true, "{name}: a plugin could not change its own limits: {own}");
     }
