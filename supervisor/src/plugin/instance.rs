@@ -633,6 +633,13 @@ impl InstanceTask {
                     Some(StopKind::Graceful) if stop.is_none() => {
                         requested = true;
                         if ready && stdout_open {
+                            // Nobody will wait for the work in flight: each call ends now with
+                            // -32002 "stopping" and the plugin gets `$/cancel` for it, so it
+                            // can answer `teardown` at once rather than after its work.
+                            let cancelled = inst.peer.cancel_work();
+                            if cancelled > 0 {
+                                self.log.plugind(format!("stopping: cancelled {cancelled} call(s) in flight"));
+                            }
                             let peer = inst.peer.clone();
                             let d = Deadline::new(STOP_STEP, STOP_STEP);
                             steps.push(Box::pin(async move {
@@ -838,6 +845,7 @@ async fn handshake(inst: Arc<Instance>, spec: InstanceSpec, log: Arc<PluginLog>)
             format!("startup_timeout_ms ({} ms) expired before {what} was answered", m.startup_timeout_ms)
         }
         CallError::Closed => format!("exited during {what}"),
+        CallError::Stopping => format!("stopped during {what}"),
         CallError::Rpc(e) => format!("{what} failed: {e}"),
     };
     let init = match peer.call(methods::INIT, &params, d()).await {
@@ -895,6 +903,11 @@ pub fn call_error(plugin: &str, timeout: Duration, e: CallError) -> RpcError {
             codes::PLUGIN_CRASHED,
             format!("plugin {plugin} crashed while the call was in flight"),
             serde_json::json!({ "plugin": plugin }),
+        ),
+        CallError::Stopping => RpcError::with_data(
+            codes::PLUGIN_UNAVAILABLE,
+            format!("plugin {plugin} is stopping: the call in flight was cancelled"),
+            serde_json::json!({ "plugin": plugin, "state": "stopping" }),
         ),
     }
 }

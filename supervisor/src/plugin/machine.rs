@@ -664,7 +664,9 @@ impl Machine {
         let mut extra: Vec<Key> = live.clone();
         extra.sort_by_key(|k| (self.insts[k].phase == Phase::Ready, std::cmp::Reverse(*k)));
         for k in extra.into_iter().take(live.len().saturating_sub(want)) {
-            self.leave(k, Leave::Stop, out);
+            // A ready one finishes its calls in flight first: fewer instances fail no call.
+            let how = if self.insts[&k].phase == Phase::Ready { Leave::Retire } else { Leave::Stop };
+            self.leave(k, how, out);
         }
         let missing = want.saturating_sub(live.len());
         let m = self.manifest.clone();

@@ -123,6 +123,10 @@ pub enum CallError {
     /// The connection closed (the process exited) before an answer came.
     #[error("connection closed")]
     Closed,
+    /// The other side is being stopped: the call was cancelled (it was sent `$/cancel`), or was
+    /// never sent ([`Peer::cancel_work`]).
+    #[error("cancelled: the other side is stopping")]
+    Stopping,
 }
 
 /// When a call must be answered.
@@ -154,11 +158,16 @@ impl Deadline {
     }
 }
 
-/// What a caller waiting for an answer is told: the answer, or that its deadline has passed.
-type Outcome = Result<Reply, Expired>;
+/// What a caller waiting for an answer is told: the answer, or why none will come.
+type Outcome = Result<Reply, Unanswered>;
 
-/// The deadline of a call has passed (told by [`sweep`]).
-struct Expired;
+/// Why a pending call was given up on.
+enum Unanswered {
+    /// The deadline of the call has passed (told by [`sweep`]).
+    Expired,
+    /// The other side is being stopped (told by [`Peer::cancel_work`]); it was sent `$/cancel`.
+    Stopping,
+}
 
 struct Pending {
     /// Taken when the answer is delivered, or when the deadline passes.
@@ -362,6 +371,8 @@ struct Calls {
     abandoned: FxHashSet<u64>,
     abandoned_order: VecDeque<u64>,
     closed: bool,
+    /// Set by [`Peer::cancel_work`]: calls of real work are refused from then on.
+    stopping: bool,
     /// When the deadline sweeper ([`sweep`]) wakes next: no later than the earliest deadline
     /// pending. None while it waits for a call (or before it is started).
     sweep_at: Option<Instant>,
@@ -427,7 +438,7 @@ async fn sweep(shared: Arc<Shared>) {
         }
         // Outside the lock: a send wakes the caller.
         for reply in expired {
-            let _ = reply.send(Err(Expired));
+            let _ = reply.send(Err(Unanswered::Expired));
         }
     }
 }
@@ -624,6 +635,9 @@ impl Peer {
                 return Err(CallError::Closed);
             }
             let parentable = method != plugind_protocol::methods::PING && method != plugind_protocol::methods::TEARDOWN;
+            if parentable && calls.stopping {
+                return Err(CallError::Stopping);
+            }
             let relay = current_relay();
             let pending = Pending {
                 reply: Some(tx),
@@ -683,10 +697,15 @@ impl Peer {
                 guard.armed = false;
                 reply.map_err(CallError::Rpc)
             }
-            Ok(Err(Expired)) => {
+            Ok(Err(Unanswered::Expired)) => {
                 // The guard sends `$/cancel` and forgets the id (unless the answer came meanwhile).
                 drop(guard);
                 Err(CallError::Timeout(start.elapsed()))
+            }
+            Ok(Err(Unanswered::Stopping)) => {
+                // `cancel_work` already sent `$/cancel` and forgot the id.
+                guard.armed = false;
+                Err(CallError::Stopping)
             }
             Err(_) => {
                 guard.armed = false;
@@ -835,6 +854,35 @@ impl Peer {
         };
         drop(drained); // dropping the senders wakes every caller with Closed
         self.shared.rearm.notify_one(); // the sweeper ends
+    }
+
+    /// The start of a graceful stop: every call of real work in flight (not pings or teardown)
+    /// ends now with [`CallError::Stopping`], the other side gets `$/cancel` for each (so it
+    /// can answer `teardown` promptly instead of finishing work nobody waits for), and new
+    /// calls of real work are refused the same way. Returns how many calls were cancelled.
+    pub fn cancel_work(&self) -> usize {
+        let cancelled: Vec<(u64, Pending)> = {
+            let mut calls = self.calls();
+            calls.stopping = true;
+            let ids: Vec<u64> = calls.pending.iter().filter(|(_, p)| p.parentable).map(|(id, _)| *id).collect();
+            ids.into_iter()
+                .filter_map(|id| {
+                    let p = calls.pending.remove(&id)?;
+                    calls.abandon(id);
+                    Some((id, p))
+                })
+                .collect()
+        };
+        // Outside the lock: a send wakes the caller; dropping the entry cancels the calls the
+        // other side made on its behalf.
+        let count = cancelled.len();
+        for (id, mut pending) in cancelled {
+            if let Some(reply) = pending.reply.take() {
+                let _ = reply.send(Err(Unanswered::Stopping));
+            }
+            self.notify(plugind_protocol::methods::CANCEL, &serde_json::json!({ "id": id }));
+        }
+        count
     }
 
     /// Asks the writer task to flush and close the write half.

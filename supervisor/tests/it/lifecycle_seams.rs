@@ -414,3 +414,76 @@ async fn plugins_dirs_through_a_symlink_or_a_dotdot_start_their_plugins() {
         assert!(r.is_ok(), "{plugin}: {r:?}; status {s}");
     }
 }
+
+/// A plain-Python plugin whose `execute` never answers by itself: it reports the call on
+/// stderr (`working ID`) and keeps reading, reporting each `$/cancel` (`cancel ID`) and
+/// `teardown` (`teardown`), which it answers at once before it exits 0.
+const STOPPABLE: &str = r#"import json, sys
+def send(m):
+    sys.stdout.write(json.dumps(m) + "\n")
+    sys.stdout.flush()
+def say(s):
+    sys.stderr.write(s + "\n")
+    sys.stderr.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    meth = m.get("method")
+    if meth == "$/cancel":
+        say("cancel %s" % m["params"]["id"])
+    elif meth == "execute":
+        say("working %s" % m["id"])
+    elif meth == "teardown":
+        say("teardown")
+        send({"jsonrpc": "2.0", "id": m["id"], "result": None})
+        sys.exit(0)
+    elif "id" in m:
+        send({"jsonrpc": "2.0", "id": m["id"], "result": {"services": []} if meth == "register" else {}})
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_cancels_the_calls_in_flight_before_teardown_and_says_stopping() {
+    let manifest = r#"{"name": "slowpoke", "version": "1.0.0", "main": "main.py", "timeout_ms": 30000}"#;
+    let d = Arc::new(
+        Daemon::builder().plugin_files("slowpoke", &[("plugin.json", manifest), ("main.py", STOPPABLE)]).start().await,
+    );
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let d = d.clone();
+            tokio::spawn(async move { d.execute("slowpoke", "work", json!({})).await })
+        })
+        .collect();
+    let lines = |s: &Value| -> Vec<String> {
+        s["stderr_tail"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(str::to_owned)).collect()
+    };
+    wait_for("both calls to reach the plugin", async || {
+        (lines(&d.status("slowpoke").await).iter().filter(|l| l.starts_with("working ")).count() == 2).then_some(())
+    })
+    .await;
+    let out = d.ctl(&["stop", "slowpoke"]);
+    assert!(out.status.success(), "{out:?}");
+    for c in calls {
+        let r = c.await.unwrap();
+        assert_eq!(code(&r), -32002, "a stopped plugin's call says so, not that it crashed: {r:?}");
+        assert_eq!(data(&r)["state"], "stopping", "{r:?}");
+        assert_eq!(data(&r)["plugin"], "slowpoke", "{r:?}");
+    }
+    let s = d.status("slowpoke").await;
+    assert_eq!(s["state"], "stopped", "{s}");
+    let seen = lines(&s);
+    let working: Vec<&str> = seen.iter().filter_map(|l| l.strip_prefix("working ")).collect();
+    let cancelled: Vec<&str> = seen.iter().filter_map(|l| l.strip_prefix("cancel ")).collect();
+    let (mut w, mut c) = (working, cancelled);
+    w.sort_unstable();
+    c.sort_unstable();
+    assert_eq!(w, c, "every call in flight got $/cancel: {seen:?}");
+    let teardown = seen.iter().position(|l| l == "teardown").expect("teardown was sent");
+    assert!(
+        seen.iter().rposition(|l| l.starts_with("cancel ")).unwrap() < teardown,
+        "$/cancel came before teardown: {seen:?}"
+    );
+    // It answered teardown and exited by itself: no SIGTERM was needed.
+    assert_eq!(s["last_exit"]["code"], 0, "{s}");
+    assert_eq!(s["last_exit"]["signal"], Value::Null, "{s}");
+    // Calls after the stop are refused as before.
+    assert_eq!(code(&d.execute("slowpoke", "work", json!({})).await), -32002);
+}
