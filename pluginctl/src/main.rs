@@ -308,8 +308,11 @@ fn unreachable(target: &Path, e: &std::io::Error) -> Failure {
             ),
         );
     }
+    use std::os::unix::fs::FileTypeExt;
+    let not_a_socket = std::fs::metadata(target.to_string()).is_ok_and(|m| !m.file_type().is_socket());
     let why = match e.kind() {
         ErrorKind::NotFound => "there is no socket there".to_owned(),
+        ErrorKind::ConnectionRefused if not_a_socket => "it is not a socket".to_owned(),
         ErrorKind::ConnectionRefused => "nothing listens on it (a socket left by a plugind that stopped?)".to_owned(),
         ErrorKind::PermissionDenied => "permission denied (plugind runs as another user?)".to_owned(),
         _ => os_text(e),
@@ -667,8 +670,9 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
 /// 2 usage. `--json` is passed on; colour follows the shared terminal and `NO_COLOR`.
 fn check_plugin(dir: &Path, execute: Option<&str>, params: Option<&str>, json_out: bool) -> Result<(), Failure> {
     if !dir.is_dir() {
+        let what = if dir.exists() { "is not a directory" } else { "does not exist" };
         return Err(usage(format!(
-            "{} is not a directory: give the plugin's directory, the one holding plugin.json",
+            "{} {what}: give the plugin's directory, the one holding plugin.json",
             dir.display()
         )));
     }
@@ -678,6 +682,8 @@ fn check_plugin(dir: &Path, execute: Option<&str>, params: Option<&str>, json_ou
     parse_json("--params", params)?;
     let plugind = plugind_beside_us();
     let mut cmd = std::process::Command::new(&plugind);
+    // plugind names itself after argv[0] in what it prints: the user ran pluginctl.
+    std::os::unix::process::CommandExt::arg0(&mut cmd, "pluginctl");
     cmd.arg("check").arg(dir);
     if let Some(m) = execute {
         cmd.arg("--execute").arg(m);

@@ -2,7 +2,7 @@
 
 use crate::plugin::context::{BoxFuture, Caller, InstanceHost};
 use crate::plugin::spawner::Spawner;
-use crate::registry::{not_found, ServiceCallIn};
+use crate::registry::ServiceCallIn;
 use crate::router::Call;
 use crate::trace::TraceIn;
 use crate::transport::peer::{RawJson, Reply};
@@ -78,7 +78,7 @@ async fn service_call(daemon: &Daemon, caller: &Caller, raw: Option<&RawValue>) 
             std::borrow::Cow::Owned(declared.narrowed(asked.range.as_ref()))
         }
     };
-    let provider = daemon.resolve(&dep).ok_or_else(|| not_found(&dep))?;
+    let provider = daemon.resolve(&dep).ok_or_else(|| daemon.not_found(&dep))?;
     // The call this one is made for bounds its deadline, and cancels it when it ends.
     let parent = caller.peer.parent_of(p.parent);
     let call = Call {
@@ -126,7 +126,7 @@ async fn handle_local(
             let dep = query_dep(caller, &params(raw)?)?;
             match daemon.resolve(&dep) {
                 Some(p) => Ok(to_raw(&p.info)),
-                None => Err(not_found(&dep)),
+                None => Err(daemon.not_found(&dep)),
             }
         }
         methods::REGISTRY_LIST_SERVICES => {

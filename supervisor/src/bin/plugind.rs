@@ -220,6 +220,15 @@ async fn wait_for_signals(mut term: tokio::signal::unix::Signal, mut int: tokio:
     });
 }
 
+/// What plugind is called in what it prints: `pluginctl check` runs `plugind check` with
+/// argv[0] `pluginctl`, so its user reads the name of the command they ran.
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|a| Some(std::path::Path::new(&a).file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "plugind".to_owned())
+}
+
 /// `plugind check`: prints the findings (a table, or JSON with `--json`) and exits 0 when the
 /// plugin passed, 1 when it has problems, 2 for bad `--params`.
 fn check(
@@ -233,7 +242,7 @@ fn check(
     let params: Value = match params.map(serde_json::from_str).transpose() {
         Ok(p) => p.unwrap_or_else(|| json!({})),
         Err(e) => {
-            eprintln!("plugind: --params is not valid JSON: {e}");
+            eprintln!("{}: --params is not valid JSON: {e}", program_name());
             return std::process::ExitCode::from(2);
         }
     };
@@ -272,7 +281,7 @@ fn check(
     if report.passed() {
         std::process::ExitCode::SUCCESS
     } else {
-        eprintln!("plugind: {} has problems (see FAIL above)", dir.display());
+        eprintln!("{}: {} has problems (see FAIL above)", program_name(), dir.display());
         std::process::ExitCode::FAILURE
     }
 }

@@ -216,9 +216,30 @@ impl Daemon {
             .cloned()
     }
 
+    /// `-32004` for a dependency no running provider matches. When the service runs at versions
+    /// outside the range, the error names them (`data.running`), so "not there" and "there, but
+    /// not at that version" read differently.
+    pub fn not_found(&self, dep: &Dependency) -> RpcError {
+        let index = self.service_index();
+        let running: Vec<String> = index
+            .get(&dep.name)
+            .into_iter()
+            .flatten()
+            .map(|p| format!("{} (plugin {})", p.version, p.info.plugin))
+            .collect();
+        let mut e = not_found(dep);
+        if !running.is_empty() {
+            e.message = format!("{}: it runs only at {}", e.message, running.join(", "));
+            if let Some(data) = e.data.as_mut().and_then(serde_json::Value::as_object_mut) {
+                data.insert("running".into(), running.into());
+            }
+        }
+        e
+    }
+
     /// Calls a service through the registry (control `services.call`, plugin `service.call`).
     pub async fn call_service(&self, dep: &Dependency, call: Call<'_>) -> Reply {
-        let provider = self.resolve(dep).ok_or_else(|| not_found(dep))?;
+        let provider = self.resolve(dep).ok_or_else(|| self.not_found(dep))?;
         provider.call(call).await
     }
 }
@@ -296,7 +317,7 @@ pub fn dependency(name: &str, range: Option<&str>) -> Result<Dependency, RpcErro
 }
 
 /// `-32004` for a dependency nobody provides.
-pub fn not_found(dep: &Dependency) -> RpcError {
+fn not_found(dep: &Dependency) -> RpcError {
     RpcError::with_data(
         plugind_protocol::codes::SERVICE_NOT_FOUND,
         format!("no running provider of service {dep}"),

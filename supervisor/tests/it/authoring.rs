@@ -87,6 +87,9 @@ fn check_names_the_bad_field() {
     assert_eq!(out.status.code(), Some(1));
     let t = text(&out);
     assert!(t.contains("plugin.json") && t.contains("/version") && t.contains("/limits/memory_mb"), "{t}");
+    // The summary is pluginctl's, the command the user ran (plugind does the checking).
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("pluginctl: . has problems (see FAIL above)"), "{err}");
 }
 
 #[test]

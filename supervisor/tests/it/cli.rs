@@ -268,10 +268,17 @@ fn usage_errors_without_a_daemon_say_what_to_do() {
     let out = Command::new(pluginctl()).args(["check", "/nonexistent/plugin"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("/nonexistent/plugin is not a directory: give the plugin's directory"),
+        stderr(&out).contains("/nonexistent/plugin does not exist: give the plugin's directory"),
         "{}",
         stderr(&out)
     );
+    let out = Command::new(pluginctl()).args(["check", "/etc/hostname"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/etc/hostname is not a directory: give the plugin's directory"), "{}", stderr(&out));
+    // A regular file given as the socket is not taken for a stale socket.
+    let out = Command::new(pluginctl()).args(["--socket", "/etc/hostname", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("cannot reach plugind at /etc/hostname: it is not a socket"), "{}", stderr(&out));
     let dir = fixture("perl-echo");
     let out = Command::new(pluginctl())
         .arg("check")

@@ -39,6 +39,18 @@ async fn seed_manifest_node_plugin_calls_its_required_service() {
         .call("services.call", json!({"service": "llm-service", "version": "^3", "method": "echo", "params": {}}))
         .await;
     assert_eq!(code(&r), -32004);
+    // It runs, but not at that version: the error says which versions do run.
+    let running = data(&r)["running"].clone();
+    assert!(
+        running.as_array().is_some_and(|r| r.iter().any(|v| v.as_str().is_some_and(|v| v.starts_with("2.")))),
+        "{r:?}"
+    );
+    let out = d.ctl(&["service", "llm-service@^3", "echo"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("llm-service@^3") && err.contains("it runs only at 2."), "{err}");
+    let r = d.call("services.call", json!({"service": "no-such-service", "method": "echo", "params": {}})).await;
+    assert_eq!(data(&r)["running"], Value::Null, "nothing runs under that name: {r:?}");
     // pluginctl services / service.
     let out = d.ctl(&["services"]);
     let text = String::from_utf8_lossy(&out.stdout);
