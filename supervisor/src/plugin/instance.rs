@@ -893,7 +893,7 @@ async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>) {
 /// Maps a failed call to an instance onto the error a caller sees (docs/protocol.md).
 pub fn call_error(plugin: &str, timeout: Duration, e: CallError) -> RpcError {
     match e {
-        CallError::Rpc(e) => e,
+        CallError::Rpc(e) => naming_plugin(e, plugin),
         CallError::Timeout(_) => RpcError::with_data(
             codes::DEADLINE_EXCEEDED,
             format!("deadline exceeded: plugin {plugin} did not answer within {} ms", timeout.as_millis()),
@@ -910,6 +910,21 @@ pub fn call_error(plugin: &str, timeout: Duration, e: CallError) -> RpcError {
             serde_json::json!({ "plugin": plugin, "state": "stopping" }),
         ),
     }
+}
+
+/// A plugin's own error as its caller gets it: code, message and data unchanged, except that
+/// `data.plugin` names the plugin that answered (every error carries the plugin involved) when
+/// `data` is absent or an object without `plugin`. An error passed on from further down a
+/// chain keeps the plugin it names; data of another type is left as it is.
+fn naming_plugin(mut e: RpcError, plugin: &str) -> RpcError {
+    match &mut e.data {
+        None => e.data = Some(serde_json::json!({ "plugin": plugin })),
+        Some(serde_json::Value::Object(map)) if !map.contains_key("plugin") => {
+            map.insert("plugin".into(), plugin.into());
+        }
+        Some(_) => {}
+    }
+    e
 }
 
 /// Raw `{}` (for results that carry nothing).

@@ -14,7 +14,20 @@ async fn scenario(d: &Daemon, p: &str) {
 
     let r = d.execute(p, "fail", json!({"code": 1234, "message": "nope"})).await;
     assert_eq!(code(&r), 1234, "{p}");
-    assert_eq!(code(&d.execute(p, "no-such-method", json!({})).await), -32601, "{p}");
+    assert_eq!(data(&r)["plugin"], p, "a plugin's own error names it: {r:?}");
+    let r = d.execute(p, "no-such-method", json!({})).await;
+    assert_eq!(code(&r), -32601, "{p}");
+    assert_eq!(data(&r)["plugin"], p, "{r:?}");
+    // An error passed on from a service call keeps the plugin that made it.
+    let r = d
+        .execute(
+            p,
+            "call",
+            json!({"service": "perl-echo", "method": "fail", "params": {"code": 77, "message": "deep"}}),
+        )
+        .await;
+    assert_eq!(code(&r), 77, "{p}: {r:?}");
+    assert_eq!(data(&r)["plugin"], "perl-echo", "{p}: {r:?}");
 
     // A deadline: -32001 for the caller, $/cancel for the plugin, which must not answer late.
     let r = d.call("execute", json!({"plugin": p, "method": "sleep", "params": {"ms": 5000}, "timeout_ms": 300})).await;
