@@ -213,6 +213,8 @@ struct Next {
     manifest: Arc<Manifest>,
     /// Answered when this swap completes or is abandoned.
     waiters: Vec<Ticket>,
+    /// Whether a graceful restart (not a reload) started it, for the history and the log.
+    restart: bool,
 }
 
 /// The lifecycle of one plugin. See the module doc.
@@ -366,7 +368,11 @@ impl Machine {
         if !hard && self.running && self.serving() > 0 {
             // A reload under way brought a newer manifest: restart into that one.
             let m = self.next.as_ref().map_or_else(|| self.manifest.clone(), |n| n.manifest.clone());
-            return self.begin_swap(m, ticket, out);
+            self.begin_swap(m, ticket, out);
+            if let Some(next) = self.next.as_mut() {
+                next.restart = true;
+            }
+            return;
         }
         self.waiters.push(ticket);
         if self.insts.is_empty() {
@@ -593,7 +599,7 @@ impl Machine {
         for _ in 0..m.instances {
             self.spawn(gen, &m, out);
         }
-        self.next = Some(Next { gen, manifest: m, waiters });
+        self.next = Some(Next { gen, manifest: m, waiters, restart: false });
     }
 
     /// The new generation is ready: route to it, retire the old one, answer its waiters.
@@ -610,8 +616,13 @@ impl Machine {
         self.adopt(next.manifest, false, out);
         out.push(Action::Registered(services));
         out.push(Action::LastError(None));
-        out.push(Action::Note { event: "reload", detail: format!("now serving version {}", self.manifest.version) });
-        out.push(Action::Log { warn: false, message: format!("reloaded: serving version {}", self.manifest.version) });
+        let (done, how) =
+            if next.restart { ("restarted gracefully", "restarted gracefully: ") } else { ("reloaded", "") };
+        out.push(Action::Note {
+            event: "reload",
+            detail: format!("{how}now serving version {}", self.manifest.version),
+        });
+        out.push(Action::Log { warn: false, message: format!("{done}: serving version {}", self.manifest.version) });
         out.push(Action::Swapped);
         // Routes first, so a waiter's answer sees the new instances serving.
         self.publish(out);

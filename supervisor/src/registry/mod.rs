@@ -80,6 +80,8 @@ impl HostService {
         let r = self.peer.call_with(methods::EXECUTE, |out| params.write_json(out), deadline).await;
         self.load.fetch_sub(1, Ordering::Relaxed);
         let answer = r.map_err(|e| match e {
+            // A host's own error goes back as it came: no plugin is involved.
+            crate::transport::peer::CallError::Rpc(e) => e,
             // The host half-closed or went away: it can no longer answer (not a crash).
             crate::transport::peer::CallError::Closed => RpcError::with_data(
                 plugind_protocol::codes::PLUGIN_UNAVAILABLE,

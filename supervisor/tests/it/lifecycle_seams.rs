@@ -302,6 +302,16 @@ async fn graceful_restart_under_load_fails_no_call_and_hard_restart_stops_first(
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no call fails during a graceful restart");
     pids.dedup();
     assert_eq!(pids.len(), 4, "each restart made a new instance: {pids:?}");
+    let history = d.status("perl-echo").await["history"].clone();
+    let said = |e: &Value| {
+        e["event"] == "reload"
+            && e["detail"].as_str().is_some_and(|t| t.starts_with("restarted gracefully: now serving version"))
+    };
+    assert_eq!(
+        history.as_array().unwrap().iter().filter(|e| said(e)).count(),
+        3,
+        "the history tells a restart from a reload: {history}"
+    );
     let out = d.ctl(&["restart", "--hard", "perl-echo"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = d.status("perl-echo").await;
