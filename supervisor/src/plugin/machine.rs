@@ -607,7 +607,13 @@ impl Machine {
         let Some(next) = self.next.take() else { return };
         let old: Vec<Key> = self.insts.iter().filter(|(_, i)| i.gen != next.gen).map(|(k, _)| *k).collect();
         for k in old {
-            let how = if self.insts[&k].phase == Phase::Ready { Leave::Retire } else { Leave::Kill };
+            let how = match self.insts[&k].phase {
+                Phase::Ready => Leave::Retire,
+                // Already going (an earlier swap retired it, and it is draining its calls):
+                // it goes as it was told.
+                Phase::Leaving(_) => continue,
+                Phase::Starting => Leave::Kill,
+            };
             self.leave(k, how, out);
         }
         self.gen = next.gen;
@@ -863,6 +869,19 @@ mod tests {
         assert_eq!(left(&a), old.iter().map(|k| (*k, Leave::Retire)).collect::<Vec<_>>());
         assert_eq!(answers(&a), [(2, Outcome::Settled)]);
         assert_eq!(m.manifest().version.to_string(), "2.0.0");
+    }
+
+    #[test]
+    fn a_second_swap_leaves_the_first_ones_retiring_instance_draining() {
+        let (mut m, now, first) = running(1);
+        let second = spawned(&m.step(now, Event::Restart { ticket: 2, hard: false, unmet: None }));
+        let a = ready(&mut m, now, &second);
+        assert_eq!(left(&a), [(first[0], Leave::Retire)]);
+        // A second restart while the first instance still drains its calls.
+        let third = spawned(&m.step(now, Event::Restart { ticket: 3, hard: false, unmet: None }));
+        let a = ready(&mut m, now, &third);
+        assert_eq!(left(&a), [(second[0], Leave::Retire)], "the draining one is not killed");
+        assert_eq!(m.routes(), &third[..]);
     }
 
     #[test]

@@ -497,3 +497,45 @@ async fn stop_cancels_the_calls_in_flight_before_teardown_and_says_stopping() {
     // Calls after the stop are refused as before.
     assert_eq!(code(&d.execute("slowpoke", "work", json!({})).await), -32002);
 }
+
+/// A plain-Python plugin whose `execute` reports itself on stderr (`working ID`) and answers
+/// once the file `release` exists in its directory.
+const HELD: &str = r#"import json, os, sys, time
+def send(m):
+    sys.stdout.write(json.dumps(m) + "\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    meth = m.get("method")
+    if meth == "execute":
+        sys.stderr.write("working %s\n" % m["id"])
+        sys.stderr.flush()
+        while not os.path.exists("release"):
+            time.sleep(0.01)
+        send({"jsonrpc": "2.0", "id": m["id"], "result": {"done": True}})
+    elif "id" in m and meth:
+        send({"jsonrpc": "2.0", "id": m["id"], "result": None if meth == "teardown" else {}})
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_graceful_restart_lets_the_first_ones_old_instance_finish_its_call() {
+    let manifest = r#"{"name": "held", "version": "1.0.0", "main": "main.py", "timeout_ms": 30000}"#;
+    let d =
+        Arc::new(Daemon::builder().plugin_files("held", &[("plugin.json", manifest), ("main.py", HELD)]).start().await);
+    let first = d.status("held").await["pid"].as_u64().unwrap();
+    let call = {
+        let d = d.clone();
+        tokio::spawn(async move { d.execute("held", "wait", json!({})).await })
+    };
+    wait_stderr(&d, "held", "working ").await;
+    for _ in 0..2 {
+        let out = d.ctl(&["restart", "held"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    assert!(alive(first as u32), "the first instance still drains its call");
+    std::fs::write(d.plugins.join("held").join("release"), "").unwrap();
+    assert_eq!(call.await.unwrap().unwrap(), json!({"done": true}), "no call fails because of a restart");
+    wait_for("the first instance to go", async || (!alive(first as u32)).then_some(())).await;
+    let s = d.status("held").await;
+    assert_eq!((s["state"].as_str(), s["calls"]["failed"].as_u64()), (Some("running"), Some(0)), "{s}");
+}
