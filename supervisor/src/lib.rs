@@ -297,8 +297,17 @@ impl Daemon {
     /// The status object of a plugin, with what only the daemon knows (dependencies met,
     /// permissions enforced).
     pub fn status_of(&self, entry: &PluginEntry) -> plugind_protocol::control::PluginStatus {
+        self.status_with_details(entry, entry.snapshot())
+    }
+
+    /// `s`, a [`PluginEntry::snapshot`] of `entry`, with what the daemon knows besides: whether
+    /// each dependency is met, and what this host enforces of each permission.
+    pub fn status_with_details(
+        &self,
+        entry: &PluginEntry,
+        mut s: plugind_protocol::control::PluginStatus,
+    ) -> plugind_protocol::control::PluginStatus {
         use plugind_protocol::control::DependencyStatus;
-        let mut s = entry.snapshot();
         let manifest = entry.status().manifest.clone();
         if let Some(m) = manifest {
             s.dependencies = m

@@ -8,7 +8,7 @@
 
 use crate::logs::PluginLog;
 use crate::plugin::context::{ActorHost, InstanceHost};
-use crate::plugin::entry::{Command, PluginEntry, Reply};
+use crate::plugin::entry::{Answer, Command, PluginEntry, Reply};
 use crate::plugin::instance::{self, ExitReport, Instance, InstanceEvent, InstanceSpec};
 use crate::plugin::machine::{self, Action, Event, Key, Leave, Machine, Ticket, Unmet};
 use crate::plugin::state::PluginState;
@@ -96,7 +96,8 @@ impl PluginActor {
                             i.kill();
                         }
                         for (_, r) in self.replies.drain() {
-                            let _ = r.send(machine::Outcome::Failed("the plugin was removed".into()));
+                            let status = self.entry.snapshot();
+                            let _ = r.send(Answer { outcome: machine::Outcome::Failed("the plugin was removed".into()), status });
                         }
                         break;
                     }
@@ -139,7 +140,8 @@ impl PluginActor {
                 let manifest = match self.read_manifest() {
                     Some(m) => m,
                     None => {
-                        let _ = reply.send(machine::Outcome::Settled);
+                        let _ =
+                            reply.send(Answer { outcome: machine::Outcome::Settled, status: self.entry.snapshot() });
                         return None;
                     }
                 };
@@ -206,6 +208,11 @@ impl PluginActor {
                 self.act(a);
             }
         }
+        self.publish_processes();
+    }
+
+    /// Shows the instances' processes in the entry, if they changed.
+    fn publish_processes(&mut self) {
         if std::mem::take(&mut self.processes_changed) {
             self.entry.set_processes(self.instances.values().cloned().collect());
         }
@@ -228,7 +235,9 @@ impl PluginActor {
             }
             Action::Answer { ticket, outcome } => {
                 if let Some(r) = self.replies.remove(&ticket) {
-                    let _ = r.send(outcome);
+                    // The status as the command leaves it, processes included.
+                    self.publish_processes();
+                    let _ = r.send(Answer { outcome, status: self.entry.snapshot() });
                 }
             }
             Action::State(state) => self.set_state(state),

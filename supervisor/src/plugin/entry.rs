@@ -18,7 +18,18 @@ use tokio::time::Instant;
 pub const HISTORY_LEN: usize = 50;
 
 /// Where the answer to a [`Command`] goes.
-pub type Reply = oneshot::Sender<Outcome>;
+pub type Reply = oneshot::Sender<Answer>;
+
+/// The answer to a [`Command`]: its outcome, and the plugin's status as it was at that moment
+/// (taken by the actor as it answers, so a command that follows at once cannot show through:
+/// a `stop` answers `stopped` even when a `start` is already under way).
+#[derive(Debug)]
+pub struct Answer {
+    /// Whether the command took effect.
+    pub outcome: Outcome,
+    /// [`PluginEntry::snapshot`] when the command was answered.
+    pub status: PluginStatus,
+}
 
 /// What an operator or the daemon asks a plugin actor to do. Each carries a reply, sent exactly
 /// once: when the plugin has settled (reached a state it stays in without further action), or
@@ -174,8 +185,8 @@ impl PluginEntry {
         self.request(make).await.is_some()
     }
 
-    /// Sends a command and waits for its outcome; None if the plugin has no actor.
-    pub async fn request(&self, make: impl FnOnce(Reply) -> Command) -> Option<Outcome> {
+    /// Sends a command and waits for its answer; None if the plugin has no actor.
+    pub async fn request(&self, make: impl FnOnce(Reply) -> Command) -> Option<Answer> {
         let ctl = self.ctl.as_ref()?;
         let (tx, rx) = oneshot::channel();
         ctl.send(make(tx)).ok()?;

@@ -539,3 +539,28 @@ async fn a_second_graceful_restart_lets_the_first_ones_old_instance_finish_its_c
     let s = d.status("held").await;
     assert_eq!((s["state"].as_str(), s["calls"]["failed"].as_u64()), (Some("running"), Some(0)), "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_commands_each_answer_the_state_they_settled_in() {
+    let d = Arc::new(Daemon::builder().plugin("perl-echo").start().await);
+    let command = |method: &'static str| {
+        let d = d.clone();
+        tokio::spawn(async move { d.call(method, json!({ "name": "perl-echo" })).await.unwrap() })
+    };
+    for round in 0..30 {
+        let answers = [command("plugins.stop"), command("plugins.stop"), command("plugins.start")];
+        for (i, a) in answers.into_iter().enumerate() {
+            let s = a.await.unwrap();
+            let want = if i < 2 { "stopped" } else { "running" };
+            // A later command may already have moved the plugin on; the answer still tells the
+            // state this one settled in, whole: a stopped plugin has no pid, a running one has.
+            match s["state"].as_str() {
+                Some("stopped") => assert!(s["pid"].is_null(), "round {round}: {s}"),
+                Some("running") => assert!(s["pid"].is_u64(), "round {round}: {s}"),
+                other => {
+                    panic!("round {round}: command {i} (wanting {want}) answered the unsettled state {other:?}: {s}")
+                }
+            }
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! `blocked` and `invalid` into exit code 1). A graceful restart whose new instances fail
 //! answers an error naming why; the old instances keep serving.
 
-use crate::plugin::entry::{Command, Reply};
+use crate::plugin::entry::{Answer, Command, Reply};
 use crate::plugin::machine::Outcome;
 use crate::plugin::PluginEntry;
 use crate::router::unknown_plugin;
@@ -44,15 +44,12 @@ pub fn get(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
 async fn act(daemon: &Daemon, name: &str, make: impl FnOnce(Reply) -> Command) -> Result<Box<RawValue>, RpcError> {
     let e = entry(daemon, name)?;
     match e.request(make).await {
-        Some(Outcome::Settled) => Ok(to_raw(&daemon.status_of(&e))),
-        Some(Outcome::Failed(why)) => {
-            let st = e.status();
-            Err(RpcError::with_data(
-                codes::INTERNAL_ERROR,
-                format!("plugin {}: {why}", e.name),
-                serde_json::json!({ "plugin": &*e.name, "state": st.state.as_str(), "last_error": st.last_error }),
-            ))
-        }
+        Some(Answer { outcome: Outcome::Settled, status }) => Ok(to_raw(&daemon.status_with_details(&e, status))),
+        Some(Answer { outcome: Outcome::Failed(why), status }) => Err(RpcError::with_data(
+            codes::INTERNAL_ERROR,
+            format!("plugin {}: {why}", e.name),
+            serde_json::json!({ "plugin": &*e.name, "state": status.state, "last_error": status.last_error }),
+        )),
         None if e.has_actor() => Err(RpcError::with_data(
             codes::INTERNAL_ERROR,
             format!("plugin {}: its actor has ended (a bug in plugind; see its log)", e.name),
