@@ -10,6 +10,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{null_id, RpcError};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::UnixStream;
 use tokio_util::codec::FramedRead;
@@ -22,12 +23,34 @@ pub struct Conn {
     pub peer: Arc<Peer>,
     /// Cancelled when the client goes away: ends its subscriptions.
     pub closed: tokio_util::sync::CancellationToken,
+    /// Streams running for this client (`events.subscribe`, `plugins.trace`, following logs):
+    /// a client that half-closed is kept while one runs.
+    streams: Arc<AtomicUsize>,
 }
 
 impl Conn {
     /// Connection `id`, calling the other side through `peer`.
     pub fn new(id: u64, peer: Arc<Peer>) -> Self {
-        Conn { id, peer, closed: Default::default() }
+        Conn { id, peer, closed: Default::default(), streams: Arc::default() }
+    }
+
+    /// Counts a stream as running until the guard is dropped.
+    pub fn stream_started(&self) -> StreamGuard {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.streams.clone())
+    }
+
+    fn streams_running(&self) -> bool {
+        self.streams.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// A running stream of a connection ([`Conn::stream_started`]).
+pub struct StreamGuard(Arc<AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -98,10 +121,11 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
     conn.peer.close();
     if eof {
         // The client may have shut down only its write half and still be reading (`echo … |
-        // socat - UNIX-CONNECT:…`): answer what it asked, unless it hangs up entirely.
+        // socat - UNIX-CONNECT:…`): answer what it asked, and keep the streams it opened
+        // running, unless it hangs up entirely.
         let socket: &UnixStream = frames.get_ref().as_ref();
         let mut check = tokio::time::interval(HANGUP_CHECK);
-        while !inflight.is_empty() {
+        while !inflight.is_empty() || conn.streams_running() {
             tokio::select! {
                 Some(served) = inflight.next() => cancel_if_asked(&mut inflight, &conn, served),
                 _ = check.tick() => if hung_up(socket) { break },

@@ -564,3 +564,33 @@ async fn racing_commands_each_answer_the_state_they_settled_in() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_closed_connection_keeps_its_streams_until_it_hangs_up() {
+    use tokio::io::AsyncBufReadExt;
+    let d = Daemon::builder().plugin("perl-echo").start().await;
+    for (method, params) in [
+        ("events.subscribe", json!({})),
+        ("plugins.trace", json!({ "name": "perl-echo" })),
+        ("logs.tail", json!({ "plugin": "perl-echo", "follow": true, "lines": 0 })),
+    ] {
+        let s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+        let (read, mut write) = s.into_split();
+        let request = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+        write.write_all(format!("{request}\n").as_bytes()).await.unwrap();
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        let answer: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(answer["id"], 1, "{method}: {answer}");
+        write.shutdown().await.unwrap(); // half-close, as `echo … | socat - UNIX-CONNECT:…` does
+                                         // Something to stream: a hard restart makes events, wire messages and log lines.
+        assert!(d.ctl(&["restart", "--hard", "perl-echo"]).status.success());
+        let next = tokio::time::timeout(TIMEOUT, lines.next_line()).await.expect("a notification comes").unwrap();
+        let note: Value =
+            serde_json::from_str(&next.unwrap_or_else(|| panic!("{method}: closed at the half-close"))).unwrap();
+        assert!(note["method"].is_string() && note.get("id").is_none(), "{method}: {note}");
+        // The client hangs up entirely: its stream ends (plugind carries on).
+        drop(lines);
+        drop(write);
+    }
+    assert_eq!(d.status("perl-echo").await["state"], "running");
+}

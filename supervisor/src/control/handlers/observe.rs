@@ -43,8 +43,9 @@ pub fn events_subscribe(daemon: &Daemon, conn: &Conn) -> Result<Box<RawValue>, R
 pub fn plugins_trace(daemon: &Daemon, conn: &Conn, p: NameParams) -> Result<Box<RawValue>, RpcError> {
     let entry = daemon.plugin(&p.name).ok_or_else(|| unknown_plugin(&p.name))?;
     let watch = entry.log.tap.watch();
-    let (peer, closed) = (conn.peer.clone(), conn.closed.clone());
+    let (peer, closed, running) = (conn.peer.clone(), conn.closed.clone(), conn.stream_started());
     tokio::spawn(async move {
+        let _running = running;
         let mut watch = watch;
         loop {
             tokio::select! {
@@ -67,8 +68,9 @@ fn forward<T: Clone + Serialize + Send + Sync + 'static>(
     method: &'static str,
     keep: impl Fn(&T) -> bool + Send + 'static,
 ) {
-    let (peer, closed): (Arc<_>, _) = (conn.peer.clone(), conn.closed.clone());
+    let (peer, closed, running): (Arc<_>, _, _) = (conn.peer.clone(), conn.closed.clone(), conn.stream_started());
     tokio::spawn(async move {
+        let _running = running;
         loop {
             tokio::select! {
                 _ = closed.cancelled() => break,
