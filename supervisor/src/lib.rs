@@ -411,8 +411,22 @@ impl Daemon {
     }
 
     /// Rescans the plugin dirs (`plugins.reload`, SIGHUP): new directories are added and started,
-    /// removed ones stopped and dropped, changed ones hot-reloaded (docs/security.md).
+    /// removed ones stopped and dropped, changed ones hot-reloaded (docs/security.md). Answers
+    /// once the plugins it started or reloaded have settled.
     pub async fn reload(self: &Arc<Self>) -> ReloadResult {
+        let (result, settling) = self.rescan_dirs().await;
+        futures::future::join_all(settling).await;
+        result
+    }
+
+    /// [`Daemon::reload`] without waiting for the plugins to settle: the starts and reloads are
+    /// sent, and their answers come on the receivers returned. Rescans run one at a time, and
+    /// none waits for another's plugins to settle: a plugin that never settles (a crash loop
+    /// with a high `max_restarts`) must not hold up the next rescan, which may be the one that
+    /// removes it.
+    pub async fn rescan_dirs(
+        self: &Arc<Self>,
+    ) -> (ReloadResult, Vec<tokio::sync::oneshot::Receiver<plugin::entry::Answer>>) {
         let _serial = self.reload_lock.lock().await;
         let (found, mut errors) = self.scan();
         let mut result = ReloadResult::default();
@@ -478,13 +492,13 @@ impl Daemon {
             self.registry_changed();
             added.push(entry);
         }
-        futures::future::join_all(to_reload.iter().map(|e| e.command(Command::Reload))).await;
+        let mut settling: Vec<_> = to_reload.iter().filter_map(|e| e.send(Command::Reload)).collect();
         // Like at boot, plugins the config file disables are added but not started.
         let startable = added.iter().filter(|e| self.config.enabled(&e.name));
-        futures::future::join_all(startable.map(|e| e.command(Command::Start))).await;
+        settling.extend(startable.filter_map(|e| e.send(Command::Start)));
         result.errors = errors;
         tracing::info!(added = ?result.added, removed = ?result.removed, changed = ?result.changed, "plugins reloaded");
-        result
+        (result, settling)
     }
 
     /// Starts every loadable plugin in dependency order and waits until each has settled

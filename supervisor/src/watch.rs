@@ -205,9 +205,14 @@ async fn on_change(daemon: &Arc<Daemon>, paths: &[PathBuf], loaded: &mut HashMap
                 (dir, f)
             })
             .collect();
-        daemon.reload().await;
+        // Not waiting for the plugins to settle: this task must go on seeing changes.
+        let (done, _settling) = daemon.rescan_dirs().await;
         loaded.extend(before);
-        return replaced;
+        // Files of other plugins that changed in the same batch reload those plugins, unless
+        // the rescan already took care of them.
+        let handled =
+            |name: &String| done.added.contains(name) || done.changed.contains(name) || done.removed.contains(name);
+        reload.retain(|name| !handled(name));
     }
     for name in reload {
         let Some(p) = daemon.plugin(&name) else { continue };
@@ -219,7 +224,7 @@ async fn on_change(daemon: &Arc<Daemon>, paths: &[PathBuf], loaded: &mut HashMap
         tracing::info!(plugin = %name, "files changed: hot reload");
         if p.ctl.is_none() {
             // An invalid plugin has no actor: a rescan picks up a fixed manifest.
-            daemon.reload().await;
+            drop(daemon.rescan_dirs().await);
             continue;
         }
         let (tx, _rx) = tokio::sync::oneshot::channel();

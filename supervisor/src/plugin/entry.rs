@@ -187,10 +187,16 @@ impl PluginEntry {
 
     /// Sends a command and waits for its answer; None if the plugin has no actor.
     pub async fn request(&self, make: impl FnOnce(Reply) -> Command) -> Option<Answer> {
+        self.send(make)?.await.ok()
+    }
+
+    /// Sends a command now (the actor takes commands in the order they were sent); its answer
+    /// comes on the receiver. None if the plugin has no actor.
+    pub fn send(&self, make: impl FnOnce(Reply) -> Command) -> Option<oneshot::Receiver<Answer>> {
         let ctl = self.ctl.as_ref()?;
         let (tx, rx) = oneshot::channel();
         ctl.send(make(tx)).ok()?;
-        rx.await.ok()
+        Some(rx)
     }
 
     /// The status object of docs/control-api.md.

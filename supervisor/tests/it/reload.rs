@@ -309,3 +309,53 @@ async fn a_plugin_created_in_place_is_started_once() {
     write_atomic(&d.plugins.join("add1/main.py"), &source(3));
     wait_for("add1's edit", async || (d.execute("add1", "e", json!(0)).await.ok()?["gen"] == 3).then_some(())).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edit_in_the_same_batch_as_a_new_plugin_dir_is_not_lost() {
+    let d = Daemon::builder()
+        .watch()
+        .plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))])
+        .start()
+        .await;
+    for gen in 2..5 {
+        // A new plugin dir (a rescan) and an edit of `hot`, settling together.
+        let name = format!("new{gen}");
+        let dir = d.plugins.join(&name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("main.py"), source(0)).unwrap();
+        std::fs::write(dir.join("plugin.json"), manifest("1.0.0").replace("\"hot\"", &format!("\"{name}\""))).unwrap();
+        write_atomic(&d.plugins.join("hot/main.py"), &source(gen));
+        d.wait_state(&name, "running").await;
+        wait_for(&format!("hot's edit to generation {gen}"), async || {
+            (d.execute("hot", "e", json!(0)).await.ok()?["gen"] == gen).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_a_crash_looping_plugin_added_while_running_leaves_rescans_working() {
+    let d = Daemon::builder().watch().plugin("perl-echo").start().await;
+    // Added while plugind runs: a rescan starts it, and it never settles (it exits at once,
+    // and its policy allows a thousand restarts).
+    let dir = d.plugins.join("looper");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("main.py"), "import sys\nsys.exit(1)\n").unwrap();
+    let looper = r#"{"name": "looper", "version": "1.0.0", "main": "main.py", "restart": {"max_restarts": 1000}}"#;
+    std::fs::write(dir.join("plugin.json"), looper).unwrap();
+    wait_for("looper to crash twice", async || {
+        let s = d.call("plugins.get", json!({ "name": "looper" })).await.ok()?;
+        (s["restarts"].as_u64() >= Some(2)).then_some(())
+    })
+    .await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    copy_dir(&fixture("perl-echo"), &d.plugins.join("later"));
+    let m = d.plugins.join("later/plugin.json");
+    std::fs::write(&m, std::fs::read_to_string(&m).unwrap().replace("\"perl-echo\"", "\"later\"")).unwrap();
+    // The rescans are not held up by the plugin that never settled.
+    let r = tokio::time::timeout(TIMEOUT, d.call("plugins.reload", json!({}))).await.expect("plugins.reload answers");
+    r.unwrap();
+    d.wait_state("later", "running").await;
+    let list = d.call("plugins.list", json!({})).await.unwrap();
+    assert!(!list.to_string().contains("\"looper\""), "the removed plugin is gone: {list}");
+}
