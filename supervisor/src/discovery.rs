@@ -73,6 +73,8 @@ pub fn load(dir: &Path, plugind_version: &semver::Version) -> Found {
             }
         }
     };
+    // A byte-order mark (some Windows editors write one) is not JSON: read past it.
+    let text = text.strip_prefix(UTF8_BOM).map(<[u8]>::to_vec).unwrap_or(text);
     let (salvaged_name, salvaged_version) = manifest::salvage_identity(&text);
     let name = salvaged_name.filter(|n| manifest::is_valid_name(n)).unwrap_or(dir_name);
     let version = salvaged_version.unwrap_or_default();
@@ -84,7 +86,11 @@ pub fn load(dir: &Path, plugind_version: &semver::Version) -> Found {
                 req.to_string()
             )),
             // Every schema of the catalog compiles, or the plugin does not load.
-            _ => crate::catalog::check_manifest(&m).map(|()| m).map_err(|e| format!("{}: {e}", file.display())),
+            _ => crate::catalog::check_manifest(&m)
+                .map_err(|e| e.to_string())
+                .and_then(|()| within_host_limits(&m))
+                .map(|()| m)
+                .map_err(|e| format!("{}: {e}", file.display())),
         });
     if let Ok(m) = &manifest {
         for w in &m.warnings {
@@ -92,6 +98,24 @@ pub fn load(dir: &Path, plugind_version: &semver::Version) -> Found {
         }
     }
     Found { dir: dir.to_path_buf(), name, manifest, version }
+}
+
+/// The UTF-8 byte-order mark.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// What a manifest asks that this host cannot give, named like a manifest error: an
+/// `open_files` above plugind's own hard limit, which no child of plugind may raise its limit
+/// past (every start would fail with "Operation not permitted").
+fn within_host_limits(m: &Manifest) -> Result<(), String> {
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap_or((0, u64::MAX));
+    if m.limits.open_files > hard {
+        return Err(format!(
+            "field /limits/open_files: expected at most {hard} (plugind's own hard limit on open files; raise it with \
+             LimitNOFILE= in its unit or `ulimit -Hn`), found {}",
+            m.limits.open_files
+        ));
+    }
+    Ok(())
 }
 
 /// Plugins on a cycle of required dependencies, each with the cycle as text (`a → b → a`).

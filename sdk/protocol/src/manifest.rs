@@ -22,6 +22,9 @@ pub const DEFAULT_STARTUP_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MEMORY_MB: u64 = 512;
 /// Default `limits.open_files`.
 pub const DEFAULT_OPEN_FILES: u64 = 1024;
+/// Most `limits.processes` may be: the kernel's own ceiling on pids (`PID_MAX_LIMIT` on 64-bit
+/// Linux), past which a cgroup's `pids.max` refuses the number.
+pub const MAX_PROCESSES: u64 = 4_194_304;
 /// Default `limits.max_inflight`.
 pub const DEFAULT_MAX_INFLIGHT: u32 = 64;
 /// Default `limits.max_queue` (an extension: calls waiting beyond `max_inflight`).
@@ -812,7 +815,13 @@ impl Manifest {
             limits.memory_mb = w.uint(l, "/limits", "memory_mb", 1).unwrap_or(limits.memory_mb);
             limits.cpu_seconds = w.uint(l, "/limits", "cpu_seconds", 1);
             limits.open_files = w.uint(l, "/limits", "open_files", 8).unwrap_or(limits.open_files);
-            limits.processes = w.uint(l, "/limits", "processes", 1);
+            limits.processes = match w.uint(l, "/limits", "processes", 1) {
+                Some(n) if n > MAX_PROCESSES => {
+                    w.err("/limits/processes", format!("an integer from 1 to {MAX_PROCESSES}"), n.to_string());
+                    None
+                }
+                n => n,
+            };
             limits.max_inflight = w.uint(l, "/limits", "max_inflight", 1).map_or(limits.max_inflight, clamp_u32);
             limits.max_queue = w.uint(l, "/limits", "max_queue", 0).map_or(limits.max_queue, clamp_u32);
         }

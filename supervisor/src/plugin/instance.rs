@@ -569,6 +569,16 @@ impl InstanceTask {
                 Some(step) = steps.next(), if !steps.is_empty() => match step {
                     Step::Handshake(mut result) => {
                         self.vet_handshake(&mut result);
+                        if let Err(e) = &mut result {
+                            // The commonest first mistake: a message written without its `\n`.
+                            let pending = frames.read_buffer();
+                            if !pending.iter().all(u8::is_ascii_whitespace) {
+                                e.push_str(&format!(
+                                    "; {} bytes on its stdout were never ended by a newline (each message is one line ending in \\n)",
+                                    pending.len()
+                                ));
+                            }
+                        }
                         ready = result.is_ok();
                         if let Err(e) = &result {
                             reason = Some(e.clone());

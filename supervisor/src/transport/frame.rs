@@ -47,7 +47,12 @@ pub struct FrameDecoder {
     cr_inside: bool,
     /// `cr_inside` of the last line yielded.
     last_had_cr: bool,
+    /// No line yielded yet: the first may start with a byte-order mark, which is skipped.
+    first: bool,
 }
+
+/// The UTF-8 byte-order mark, which some runtimes write before their first output.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl FrameDecoder {
     /// A decoder yielding lines of at most `max` bytes.
@@ -60,6 +65,7 @@ impl FrameDecoder {
             note_cr: false,
             cr_inside: false,
             last_had_cr: false,
+            first: true,
         }
     }
 
@@ -164,6 +170,9 @@ impl Decoder for FrameDecoder {
                     }
                     self.scanned = 0;
                     self.last_had_cr = std::mem::take(&mut self.cr_inside);
+                    if std::mem::take(&mut self.first) && line.starts_with(BOM) {
+                        line.advance(BOM.len());
+                    }
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue; // blank lines are keep-alives, not messages
                     }
@@ -357,5 +366,15 @@ mod tests {
         }
         buf.extend_from_slice(b"\n");
         assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::Oversized { len: 6400 }));
+    }
+
+    /// A byte-order mark before the first line is skipped; anywhere else it stays (and the line
+    /// is then not JSON, as it should be).
+    #[test]
+    fn a_bom_before_the_first_line_is_skipped() {
+        let mut d = FrameDecoder::default();
+        let mut buf = BytesMut::from(&b"\xEF\xBB\xBF{\"a\":1}\n\xEF\xBB\xBF{}\n"[..]);
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::Line(Bytes::from_static(b"{\"a\":1}"))));
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::Line(Bytes::from_static(b"\xEF\xBB\xBF{}"))));
     }
 }

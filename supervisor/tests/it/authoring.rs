@@ -92,6 +92,53 @@ fn check_names_the_bad_field() {
     assert!(err.starts_with("pluginctl: . has problems (see FAIL above)"), "{err}");
 }
 
+/// What this host cannot give is a load error naming the field (every start would fail), and a
+/// byte-order mark before the JSON (some Windows editors write one) is read past.
+#[test]
+fn check_names_an_open_files_limit_above_pluginds_and_reads_past_a_bom() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    let too_many = lim.rlim_max + 1;
+    let work = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("perl-echo").join("main.pl"), work.path().join("main.pl")).unwrap();
+    let manifest = |open_files: u64| {
+        json!({ "name": "x", "version": "1.0.0", "command": ["perl", "main.pl"], "limits": { "open_files": open_files } })
+            .to_string()
+    };
+    std::fs::write(work.path().join("plugin.json"), manifest(too_many)).unwrap();
+    let out = ctl(&["check", "."], work.path());
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    let want = format!("field /limits/open_files: expected at most {} (plugind's own hard limit", lim.rlim_max);
+    assert!(t.contains(&want) && t.contains(&format!("found {too_many}")), "{t}");
+
+    std::fs::write(work.path().join("plugin.json"), [&b"\xEF\xBB\xBF"[..], manifest(64).as_bytes()].concat()).unwrap();
+    let out = ctl(&["check", "."], work.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// A message written without its `\n` (`process.stdout.write(JSON.stringify(m))`) is the
+/// commonest first mistake: the failed start says so.
+#[test]
+fn a_start_that_times_out_on_an_unended_line_says_so() {
+    let work = tempfile::tempdir().unwrap();
+    let main = r#"import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": {}}))
+    sys.stdout.flush()
+"#;
+    std::fs::write(work.path().join("main.py"), main).unwrap();
+    let manifest = r#"{"name": "nonl", "version": "1.0.0", "main": "main.py", "startup_timeout_ms": 1000}"#;
+    std::fs::write(work.path().join("plugin.json"), manifest).unwrap();
+    let out = ctl(&["check", "."], work.path());
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("expired before init was answered"), "{t}");
+    assert!(t.contains("bytes on its stdout were never ended by a newline"), "{t}");
+}
+
 #[test]
 fn check_fails_a_plugin_that_prints_to_stdout() {
     let out = ctl(&["check", fixture("perl-echo").to_str().unwrap(), "--execute", "garbage"], &repo());
