@@ -196,3 +196,37 @@ async fn a_call_ended_by_max_timeout_ms_names_that_limit() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("within 900 ms") && err.contains("max_timeout_ms") && !err.contains("--timeout-ms"), "{err}");
 }
+
+/// A host's service that does not answer in time: `-32001` naming the deadline, as for a plugin,
+/// while its own errors pass as they came (no plugin to name).
+#[tokio::test]
+async fn a_host_service_timeout_names_its_limit_and_its_errors_pass_unchanged() {
+    let d = Daemon::builder().start().await;
+    let mut provider = Raw::open(&d).await;
+    provider.send(json!({ "jsonrpc": "2.0", "id": 1, "method": "services.register", "params": { "name": "slow", "version": "1.0.0" } })).await;
+    assert_eq!(provider.next(Duration::from_secs(5)).await["id"], 1);
+    let mut caller = Raw::open(&d).await;
+    caller
+        .send(json!({ "jsonrpc": "2.0", "id": 7, "method": "services.call",
+            "params": { "service": "slow", "method": "m", "params": {}, "timeout_ms": 200 } }))
+        .await;
+    let request = provider.next(Duration::from_secs(5)).await;
+    assert_eq!(request["method"], "execute", "{request}");
+    let answer = caller.next(Duration::from_secs(5)).await;
+    assert_eq!(answer["error"]["code"], -32001, "{answer}");
+    let data = &answer["error"]["data"];
+    assert_eq!((data["limit"].clone(), data["timeout_ms"].clone()), (json!("timeout_ms"), json!(200)), "{answer}");
+    // Its own error, answered in time, reaches the caller as it was.
+    caller
+        .send(json!({ "jsonrpc": "2.0", "id": 8, "method": "services.call",
+            "params": { "service": "slow", "method": "m", "params": {}, "timeout_ms": 5000 } }))
+        .await;
+    let mut request = provider.next(Duration::from_secs(5)).await;
+    if request.get("method").is_some_and(|m| m == "$/cancel") {
+        request = provider.next(Duration::from_secs(5)).await;
+    }
+    let own = json!({ "code": 4711, "message": "not today", "data": { "why": "test" } });
+    provider.send(json!({ "jsonrpc": "2.0", "id": request["id"], "error": own })).await;
+    let answer = caller.next(Duration::from_secs(5)).await;
+    assert_eq!(answer["error"], own, "{answer}");
+}
