@@ -128,9 +128,9 @@ pub fn valid_id(id: &RawValue) -> bool {
 }
 
 impl Message<'_> {
-    /// The id of a line that is not a valid message but has a `method` (a request, however
-    /// malformed), if it has an id a JSON-RPC error answer can carry (a string or a number): an
-    /// invalid request is answered under its own id. None for anything else (a malformed
+    /// The id to answer a line that is not a valid message but has a `method` and an `id` (a
+    /// request, however malformed) under: its own id when an answer can carry it (a string, a
+    /// number, null), else `null`. None for anything else (a malformed notification or
     /// response is never answered).
     pub fn request_id_of(line: &[u8]) -> Option<&RawValue> {
         let (mut id, mut method) = (None, false);
@@ -142,7 +142,9 @@ impl Message<'_> {
             Ok(())
         })
         .ok()?;
-        id.filter(|id| method && valid_id(id) && id.get() != "null")
+        // An id no answer can carry (an object, a boolean) gets its answer under `null`, as
+        // JSON-RPC 2.0 says for an id that cannot be read.
+        id.filter(|_| method).map(|id| if valid_id(id) { id } else { null_id() })
     }
 }
 
@@ -244,8 +246,9 @@ impl<'a> Message<'a> {
         }
         if let Some(method) = env.method {
             return Ok(match env.id {
-                Some(id) if id.get() != "null" => Message::Request { id, method, params: env.params },
-                Some(_) => return Err(ParseError::NotJsonRpc("request id must not be null")),
+                // A null id is allowed (JSON-RPC 2.0 discourages it, but a request it is): the
+                // answer carries it back.
+                Some(id) => Message::Request { id, method, params: env.params },
                 None => Message::Notification { method, params: env.params },
             });
         }
@@ -439,8 +442,15 @@ mod tests {
         assert_eq!(id(r#"{"id":"r-1","method":5}"#).as_deref(), Some(r#""r-1""#));
         assert_eq!(id(r#"{"method":[1],"id":7}"#).as_deref(), Some("7"));
         assert_eq!(id(r#"{"id":7,"result":1,"error":{}}"#), None);
-        assert_eq!(id(r#"{"id":null,"method":5}"#), None);
-        assert_eq!(id(r#"{"id":[7],"method":5}"#), None);
+        // An id an answer cannot carry back gets its answer under null.
+        assert_eq!(id(r#"{"id":null,"method":5}"#).as_deref(), Some("null"));
+        assert_eq!(id(r#"{"id":[7],"method":5}"#).as_deref(), Some("null"));
+        assert_eq!(id(r#"{"method":5}"#), None, "a notification is never answered");
+        // A request with a null id is a request (JSON-RPC 2.0 allows it).
+        assert!(matches!(
+            Message::parse(br#"{"jsonrpc":"2.0","id":null,"method":"m"}"#),
+            Ok(Message::Request { id, .. }) if id.get() == "null"
+        ));
     }
 
     #[test]

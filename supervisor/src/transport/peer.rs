@@ -818,7 +818,10 @@ impl Peer {
     pub fn accept<'a>(&self, line: &'a bytes::Bytes) -> Incoming<'a> {
         self.trace(Dir::In, line);
         match Message::parse(line) {
-            Err(e) => Incoming::Invalid(e),
+            Err(e) => {
+                self.fail_on_malformed_answer(line, &e);
+                Incoming::Invalid(e)
+            }
             Ok(Message::Request { id, method, params }) => Incoming::Request { id, method, params },
             Ok(Message::Notification { method, params }) => {
                 if method == plugind_protocol::methods::PROGRESS {
@@ -841,6 +844,29 @@ impl Peer {
                     None => Incoming::UnknownResponse(n.to_string()),
                 }
             }
+        }
+    }
+
+    /// A malformed answer (both `result` and `error`, say) to a call in flight ends that call
+    /// at once with `-32603`: its caller would otherwise wait out its deadline for an answer
+    /// that came. (The line is still reported as invalid by whoever reads it.)
+    fn fail_on_malformed_answer(&self, line: &[u8], e: &plugind_protocol::jsonrpc::ParseError) {
+        let (mut id, mut method) = (None, false);
+        let _ = plugind_protocol::scan::fields(line, ["id", "method"], |n, value| {
+            match n {
+                0 => id = Some(plugind_protocol::scan::raw(value.text()?)),
+                _ => method = true,
+            }
+            Ok(())
+        });
+        let Some(n) = id.filter(|_| !method).and_then(Message::numeric_id) else { return };
+        let pending = self.calls().pending.remove(&n);
+        if let Some(reply) = pending.and_then(|mut p| p.reply.take()) {
+            let error = RpcError::new(
+                plugind_protocol::codes::INTERNAL_ERROR,
+                format!("the answer to this call was not a valid JSON-RPC response: {e}"),
+            );
+            let _ = reply.send(Ok(Err(error)));
         }
     }
 
@@ -958,6 +984,25 @@ mod tests {
         let (to_us_w, to_us_r) = tokio::io::duplex(1 << 16);
         let _ = to_us_r;
         (peer, FramedRead::new(their_read, FrameDecoder::default()), to_us_w)
+    }
+
+    #[tokio::test]
+    async fn a_malformed_answer_ends_its_call_at_once() {
+        let (peer, mut plugin_in, _) = pair();
+        let p2 = peer.clone();
+        let call = tokio::spawn(async move {
+            p2.call("execute", &serde_json::json!({}), Deadline::new(Duration::from_secs(30), Duration::from_secs(30)))
+                .await
+        });
+        let Some(Ok(Frame::Line(req))) = plugin_in.next().await else { panic!() };
+        let v: serde_json::Value = serde_json::from_slice(&req).unwrap();
+        let answer = format!(r#"{{"jsonrpc":"2.0","id":{},"result":1,"error":{{"code":1,"message":"x"}}}}"#, v["id"]);
+        assert!(matches!(peer.accept(&answer.into()), Incoming::Invalid(_)));
+        match call.await.unwrap() {
+            Err(CallError::Rpc(e)) => assert_eq!(e.code, plugind_protocol::codes::INTERNAL_ERROR, "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(peer.in_flight(), 0);
     }
 
     #[tokio::test]
