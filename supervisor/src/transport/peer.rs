@@ -851,6 +851,10 @@ impl Peer {
     /// at once with `-32603`: its caller would otherwise wait out its deadline for an answer
     /// that came. (The line is still reported as invalid by whoever reads it.)
     fn fail_on_malformed_answer(&self, line: &[u8], e: &plugind_protocol::jsonrpc::ParseError) {
+        // Only valid JSON of the wrong shape: a line that is not JSON at all says nothing.
+        if !matches!(e, plugind_protocol::jsonrpc::ParseError::NotJsonRpc(_)) {
+            return;
+        }
         let (mut id, mut method) = (None, false);
         let _ = plugind_protocol::scan::fields(line, ["id", "method"], |n, value| {
             match n {

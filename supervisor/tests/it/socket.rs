@@ -42,6 +42,9 @@ async fn junk_gets_errors_and_the_daemon_keeps_serving() {
             let r = roundtrip(&sock, line).unwrap();
             assert_eq!((&r["error"]["code"], &r["id"]), (&json!(-32600), &id), "{}: {r}", String::from_utf8_lossy(line));
         }
+        // A null id is allowed (JSON-RPC 2.0): served, and answered under null.
+        let r = roundtrip(&sock, b"{\"jsonrpc\":\"2.0\",\"id\":null,\"method\":\"supervisor.status\"}\n").unwrap();
+        assert!(r["result"]["uptime_ms"].is_u64() && r["id"].is_null(), "{r}");
         let r = roundtrip(&sock, b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"no.such\"}\n").unwrap();
         assert_eq!(r["error"]["code"], -32601);
         let r = roundtrip(&sock, b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"plugins.get\",\"params\":{\"nom\":1}}\n")
