@@ -59,14 +59,21 @@ struct Bucket {
     tokens: f64,
     refilled: std::time::Instant,
     dropped: u64,
+    /// When dropped lines were last reported: at most once per [`DROPS_REPORTED_EVERY`], or
+    /// under a sustained flood every line let through would come with a report of its own.
+    reported: Option<std::time::Instant>,
 }
+
+/// How often a rate limit says how many lines it dropped, at most.
+const DROPS_REPORTED_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Bucket {
     fn new() -> Self {
-        Bucket { tokens: STDERR_BURST, refilled: std::time::Instant::now(), dropped: 0 }
+        Bucket { tokens: STDERR_BURST, refilled: std::time::Instant::now(), dropped: 0, reported: None }
     }
 
-    /// Takes a token: `Some(lines dropped since the last one taken)`, or `None` (over the rate).
+    /// Takes a token: `Some(lines dropped to report now)` (0 most of the time), or `None`
+    /// (over the rate).
     fn take(&mut self) -> Option<u64> {
         let now = std::time::Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * STDERR_RATE).min(STDERR_BURST);
@@ -76,6 +83,10 @@ impl Bucket {
             return None;
         }
         self.tokens -= 1.0;
+        if self.dropped == 0 || self.reported.is_some_and(|at| now.duration_since(at) < DROPS_REPORTED_EVERY) {
+            return Some(0);
+        }
+        self.reported = Some(now);
         Some(std::mem::take(&mut self.dropped))
     }
 }
@@ -328,6 +339,22 @@ mod tests {
         }
         assert!(l.held_bytes() <= caps::LOG_RING_BYTES, "{}", l.held_bytes());
         assert!(l.tail(1000).len() < 500);
+    }
+
+    /// Under a flood that goes on, what was dropped is reported about once a second, not once
+    /// per line let through. (Time is the feature: the flood lasts 1.5 s.)
+    #[test]
+    fn a_sustained_flood_is_reported_about_once_a_second() {
+        let l = log();
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(1500) {
+            l.stderr("flood".into());
+        }
+        let lines = l.tail(100_000);
+        let reports = lines.iter().filter(|x| x.message.contains("stderr lines dropped")).count();
+        let kept = lines.iter().filter(|x| x.message == "flood").count();
+        assert!(kept > STDERR_BURST as usize + 100, "the rate let lines through after the burst: {kept}");
+        assert!((1..=3).contains(&reports), "{reports} reports for {kept} lines kept");
     }
 
     #[test]

@@ -202,6 +202,7 @@ impl PluginEntry {
     /// The status object of docs/control-api.md.
     pub fn snapshot(&self) -> PluginStatus {
         let routes = self.routes();
+        let live: Vec<u32> = self.processes().iter().map(|i| i.pid()).filter(|pid| *pid > 0).collect();
         let st = self.status();
         // A plugin provides what its manifest declares: `register` can add no service to these.
         let services = match &st.manifest {
@@ -219,8 +220,10 @@ impl PluginEntry {
             name: self.name.to_string(),
             version: st.version.clone(),
             state: st.state.as_str().to_owned(),
-            pid: routes.first().map(|i| i.pid()),
-            instances: routes.len(),
+            // The serving instances; while none serves (starting, stopping), the processes
+            // there are, so a plugin stuck in `init` can be found.
+            pid: routes.first().map(|i| i.pid()).or_else(|| live.first().copied()),
+            instances: if routes.is_empty() { live.len() } else { routes.len() },
             restarts: st.restarts,
             uptime_ms: match (&st.state, st.running_since) {
                 (s, Some(t)) if s.is_running() => t.elapsed().as_millis() as u64,

@@ -865,8 +865,8 @@ async fn handshake(inst: Arc<Instance>, spec: InstanceSpec, log: Arc<PluginLog>)
     let init: InitResult = serde_json::from_str(init.get()).unwrap_or_default();
     if !version::is_compatible(init.protocol_version) {
         return Step::Handshake(Err(format!(
-            "init: plugin speaks protocol_version {:?}, plugind speaks {}",
-            init.protocol_version,
+            "init: plugin speaks protocol_version {}, plugind speaks {}",
+            init.protocol_version.map_or_else(|| "(none)".to_owned(), |v| v.to_string()),
             version::PROTOCOL_VERSION
         )));
     }

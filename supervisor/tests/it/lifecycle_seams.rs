@@ -594,3 +594,20 @@ async fn a_half_closed_connection_keeps_its_streams_until_it_hangs_up() {
     }
     assert_eq!(d.status("perl-echo").await["state"], "running");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_stuck_in_init_shows_its_process() {
+    let b = with_gated("slowstart", json!({}));
+    let open = b.path().join("open");
+    let gate_path = open.to_string_lossy().into_owned();
+    let d = b.manifest("slowstart", |m| m["env"] = json!({ "GATE": gate_path })).spawn().await;
+    let pids = wait_procs(&d, "slowstart", "the instance waiting in init", |p| p.len() == 1).await;
+    let s = wait_for("its status to show it", async || {
+        let s = d.call("plugins.get", json!({ "name": "slowstart" })).await.ok()?;
+        (s["state"] == "starting" && s["pid"].is_u64()).then_some(s)
+    })
+    .await;
+    assert_eq!((s["pid"].as_u64(), s["instances"].as_u64()), (Some(u64::from(pids[0])), Some(1)), "{s}");
+    std::fs::write(&open, "").unwrap();
+    d.wait_state("slowstart", "running").await;
+}
