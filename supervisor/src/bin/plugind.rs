@@ -154,7 +154,7 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(plugind::run(cfg, shutdown)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Once, as a command-line error: the log goes to the same stderr.
             say(format_args!("plugind: {e:#}"));
             std::process::ExitCode::FAILURE
         }

@@ -83,7 +83,9 @@ async fn socket_mode_stale_file_and_second_daemon() {
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already listening"), "{out:?}");
+    assert_eq!(err.matches("already listening").count(), 1, "said once: {err}");
     // The first one is unharmed.
     assert_eq!(d.execute("perl-echo", "echo", json!(1)).await.unwrap(), json!(1));
 

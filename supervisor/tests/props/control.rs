@@ -76,7 +76,16 @@ impl Harness {
                 };
                 let read = async move {
                     let mut out = Vec::new();
-                    let _ = rd.read_to_end(&mut out).await;
+                    let mut buf = vec![0u8; 1 << 16];
+                    loop {
+                        // Quiet for ten (paused-clock) minutes: every answer is in, and a stream
+                        // it opened (events, trace, following logs) holds the half-closed
+                        // connection open, as it should; hang up entirely to end it.
+                        match tokio::time::timeout(Duration::from_secs(600), rd.read(&mut buf)).await {
+                            Ok(Ok(0) | Err(_)) | Err(_) => break,
+                            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                        }
+                    }
                     out
                 };
                 let (wr, out) = tokio::join!(write, read);
