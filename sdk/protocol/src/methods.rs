@@ -141,8 +141,8 @@ pub struct HookParams {
 /// `hook` result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HookResult {
-    /// The payload for the next plugin.
-    #[serde(default)]
+    /// The payload for the next plugin. Required (`null` is a payload): an answer without it is
+    /// malformed, not a payload wiped.
     pub payload: Value,
     /// `true` ends the chain.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

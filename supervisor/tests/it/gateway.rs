@@ -139,8 +139,33 @@ async fn llm_gateway_serves_redacts_authenticates_counts_and_recovers() {
     assert_eq!(outcomes(&r["onPrompt"]), ["pii-redactor:modified"], "{r}");
     assert_eq!(outcomes(&r["onResponse"]), ["request-logger:passed"], "{r}");
 
-    // request-logger counted what reached onResponse: one request (the 401 did not).
-    assert_eq!(d.execute("request-logger", "stats", json!({})).await.unwrap(), json!({ "requests": 1 }));
+    // A multi-part message (OpenAI's `content` as a list of parts): its text parts are redacted
+    // too, other parts pass as they are.
+    let parts = json!([
+        { "type": "text", "text": "mail bob@example.com" },
+        { "type": "image_url", "image_url": { "url": "https://example.com/a.png" } },
+        { "type": "text", "text": "or call 555-123-4567" }
+    ]);
+    let q = json!({ "model": "mock", "messages": [{ "role": "user", "content": parts }] });
+    let (status, _, body) =
+        tokio::task::spawn_blocking(move || http(port, "POST", CHAT, Some(KEY), Some(&q))).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "echo: mail [email] or call [phone]", "{body}");
+    let r = d
+        .call(
+            "hooks.run",
+            json!({ "hook": "onPrompt", "payload": { "messages": [{ "role": "user", "content": parts }] } }),
+        )
+        .await;
+    let content = &r.unwrap()["payload"]["messages"][0]["content"];
+    assert_eq!(content[1], parts[1], "{content}");
+    assert_eq!(
+        (content[0]["text"].as_str(), content[2]["text"].as_str()),
+        (Some("mail [email]"), Some("or call [phone]"))
+    );
+
+    // request-logger counted what reached onResponse: two requests (the 401 did not).
+    assert_eq!(d.execute("request-logger", "stats", json!({})).await.unwrap(), json!({ "requests": 2 }));
 
     // A SIGKILLed model: a quick JSON error, never a hang; then the gateway recovers.
     let llm = d.status("mock-llm").await["pid"].as_u64().unwrap() as i32;

@@ -38,6 +38,8 @@ for line in sys.stdin:
         send({"id": m["id"], "error": {"code": -32000, "message": NAME + " broke"}})
     elif do == "reject":
         send({"id": m["id"], "error": {"code": -32009, "message": NAME + " says no"}})
+    elif do == "empty":
+        send({"id": m["id"], "result": {}})
 "#;
 
 /// A hook plugin named `name` taking part in `onRequest` as `hook` (a priority or an object),
@@ -105,6 +107,22 @@ async fn an_open_plugin_that_fails_is_skipped_and_the_chain_goes_on() {
     assert_eq!(outcomes(&r["receipt"]), ["broken:failed", "after:modified"]);
     assert_eq!(r["receipt"][0]["error"]["code"], -32000);
     assert_eq!(r["receipt"][0]["error"]["message"], "broken broke");
+}
+
+/// An answer without `payload` is malformed, not a payload wiped: it fails like any bad answer
+/// (skipped when open, the chain rejected when closed).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hook_answer_without_a_payload_fails_the_step() {
+    let b = hooker(Daemon::builder(), "blank", json!(1), "empty");
+    let d = hooker(b, "after", json!(2), "modify").start().await;
+    let r = run(&d, json!({ "hook": "onRequest", "payload": { "user": "alice" } })).await.unwrap();
+    assert_eq!(r["payload"], json!({ "user": "alice", "seen": ["after"] }), "{r}");
+    assert_eq!(outcomes(&r["receipt"]), ["blank:failed", "after:modified"]);
+    let b = hooker(Daemon::builder(), "blank", json!({ "priority": 1, "failure": "closed" }), "empty");
+    let d = hooker(b, "after", json!(2), "modify").start().await;
+    let r = run(&d, json!({ "hook": "onRequest", "payload": { "user": "alice" } })).await;
+    assert_eq!(code(&r), -32008, "{r:?}");
+    assert_eq!(data(&r)["error"]["code"], -32602, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

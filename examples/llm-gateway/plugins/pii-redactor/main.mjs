@@ -1,6 +1,7 @@
 // pii-redactor: the gateway's onPrompt hook on the Node SDK.
 //
-// The payload is `{ messages: [ { role, content } ] }`; every string `content` is redacted:
+// The payload is `{ messages: [ { role, content } ] }`; every string `content`, and the `text` of
+// every part of a `content` list (OpenAI's multi-part messages), is redacted:
 // e-mail addresses become `[email]`, phone numbers `[phone]` (E.164 `+15551234567`,
 // `+1 555-123-4567`, `(555) 123-4567`, `555-123-4567`, `555.123.4567`, `555 123 4567`).
 
@@ -12,13 +13,21 @@ const PHONE = /(?:\+\d{1,3}[\s.-]?)?(?:\(\d{3}\)|\d{3})[\s.-]?\d{3}[\s.-]?\d{4}\
 
 export const redact = (text) => text.replace(EMAIL, "[email]").replace(PHONE, "[phone]");
 
+// A message's `content`: a string, or a list of parts whose `text` strings are redacted (other
+// parts, an image say, pass as they are).
+const redactContent = (content) => {
+  if (typeof content === "string") return redact(content);
+  if (Array.isArray(content)) {
+    return content.map((part) => (typeof part?.text === "string" ? { ...part, text: redact(part.text) } : part));
+  }
+  return content;
+};
+
 serve({
   hooks: {
     onPrompt: (payload) => ({
       ...payload,
-      messages: (payload?.messages ?? []).map((m) =>
-        typeof m?.content === "string" ? { ...m, content: redact(m.content) } : m,
-      ),
+      messages: (payload?.messages ?? []).map((m) => (m && "content" in m ? { ...m, content: redactContent(m.content) } : m)),
     }),
   },
 });

@@ -2,7 +2,8 @@
 //!
 //! It provides the service `llm@1.0.0` with one method, `chat`: params `{ model?, messages: [ {
 //! role, content } ] }`, result `{ model, content }` where `content` is `"echo: "` followed by the
-//! last user message exactly as it arrived — so what the redactor did is visible in the answer.
+//! last user message exactly as it arrived (the text of its parts, for a multi-part message) — so
+//! what the redactor did is visible in the answer.
 
 use plugind_sdk::{json, Context, Plugin, Registry, RpcError, Value};
 
@@ -25,13 +26,26 @@ impl Plugin for MockLlm {
                     .iter()
                     .rev()
                     .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-                    .and_then(|m| m.get("content").and_then(Value::as_str))
-                    .unwrap_or("");
+                    .and_then(|m| m.get("content"))
+                    .map(text_of)
+                    .unwrap_or_default();
                 let model = params.get("model").and_then(Value::as_str).unwrap_or("mock-llm");
                 Ok(json!({ "model": model, "content": format!("echo: {last_user}") }))
             }
             _ => Err(RpcError::method_not_found(method)),
         }
+    }
+}
+
+/// A message's `content` as text: the string itself, or the `text` of each part of a list
+/// (OpenAI's multi-part messages), joined by spaces.
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => {
+            parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" ")
+        }
+        _ => String::new(),
     }
 }
 
