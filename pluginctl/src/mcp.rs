@@ -19,7 +19,9 @@
 //!   `_meta.progressToken`, plugind's `$/progress` for the call becomes `notifications/progress`.
 //! - `notifications/tools/list_changed`: after `notifications/initialized`, plugind's lifecycle
 //!   events make the server rebuild its list, and it tells the client when the list changed.
-//! - It ends when stdin closes (exit 0); calls still in flight are cancelled.
+//! - It ends when stdin closes (exit 0), once the requests it read have been answered.
+//! - A batch (a JSON array of messages, MCP 2025-03-26) is taken member by member, each answered
+//!   on its own line.
 
 use plugind_client::{CallOptions, Client, ClientError, Progress};
 use serde_json::{json, Value};
@@ -193,6 +195,9 @@ struct Server {
     calls: Mutex<HashMap<String, AbortHandle>>,
     /// The list-changed watcher, once it runs (aborted when stdin closes: it holds the server).
     watcher: Mutex<Option<AbortHandle>>,
+    /// The tasks answering requests (`tools/list`, `tools/call`): when stdin closes, the
+    /// requests already read are answered before the server exits.
+    tasks: Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl Server {
@@ -211,7 +216,15 @@ impl Server {
         self.calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// One line from the client.
+    /// Runs `work` as a task the server waits for before it exits.
+    fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) -> AbortHandle {
+        let mut tasks = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while tasks.try_join_next().is_some() {} // the finished ones
+        tasks.spawn(work)
+    }
+
+    /// One line from the client: a message, or a batch of them (an array, which MCP 2025-03-26
+    /// allows; each member is answered on its own line).
     fn handle(self: &Arc<Self>, line: &str) {
         let msg: Value = match serde_json::from_str(line) {
             Ok(v) => v,
@@ -220,6 +233,30 @@ impl Server {
                 return self.answer(&Value::Null, Err(error));
             }
         };
+        match msg {
+            Value::Array(batch) if batch.is_empty() => {
+                self.answer(&Value::Null, Err(json!({ "code": INVALID_REQUEST, "message": "an empty batch" })));
+            }
+            Value::Array(batch) => batch.into_iter().for_each(|m| self.handle_message(m)),
+            msg => self.handle_message(msg),
+        }
+    }
+
+    /// One JSON-RPC message from the client.
+    fn handle_message(self: &Arc<Self>, msg: Value) {
+        if !msg.is_object() {
+            let error = json!({ "code": INVALID_REQUEST, "message": "not a JSON-RPC message (an object)" });
+            return self.answer(&Value::Null, Err(error));
+        }
+        if msg.get("method").is_none() {
+            // A response (this server asks the client nothing) is not answered; anything else
+            // without a method is not a request.
+            if msg.get("result").is_none() && msg.get("error").is_none() {
+                let id = msg.get("id").cloned().unwrap_or(Value::Null);
+                self.answer(&id, Err(json!({ "code": INVALID_REQUEST, "message": "no \"method\"" })));
+            }
+            return;
+        }
         let method = msg["method"].as_str().unwrap_or_default();
         let params = msg.get("params").cloned().unwrap_or(Value::Null);
         let Some(id) = msg.get("id").filter(|id| !id.is_null()).cloned() else {
@@ -251,7 +288,7 @@ impl Server {
             "ping" => self.answer(&id, Ok(json!({}))),
             "tools/list" => {
                 let me = self.clone();
-                tokio::spawn(async move {
+                self.spawn(async move {
                     let outcome = me.list().await.map(|tools| json!({ "tools": tools }));
                     me.answer(&id, outcome);
                 });
@@ -266,14 +303,14 @@ impl Server {
                     self.answer(&id, Err(json!({ "code": INVALID_REQUEST, "message": message })));
                     return;
                 }
-                let task = tokio::spawn(async move {
+                let task = self.spawn(async move {
                     let outcome = me.call(&params).await;
                     // Answered only if not cancelled meanwhile (then the entry is gone).
                     if me.calls().remove(&id.to_string()).is_some() {
                         me.answer(&id, outcome);
                     }
                 });
-                calls.insert(key, task.abort_handle());
+                calls.insert(key, task);
             }
             other => self
                 .answer(&id, Err(json!({ "code": METHOD_NOT_FOUND, "message": format!("method not found: {other}") }))),
@@ -386,6 +423,7 @@ pub async fn run(client: Client) -> Result<(), McpError> {
         table: tokio::sync::Mutex::new(Table::default()),
         calls: Mutex::new(HashMap::new()),
         watcher: Mutex::new(None),
+        tasks: Mutex::new(tokio::task::JoinSet::new()),
     });
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let read = loop {
@@ -396,9 +434,10 @@ pub async fn run(client: Client) -> Result<(), McpError> {
             Err(e) => break Err(McpError::Stdin(e)),
         }
     };
-    for (_, call) in server.calls().drain() {
-        call.abort();
-    }
+    // The requests already read are answered (or cancelled by the client meanwhile) first:
+    // `echo … | pluginctl mcp` gets its answers.
+    let mut tasks = std::mem::take(&mut *server.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    while tasks.join_next().await.is_some() {}
     if let Some(watcher) = server.watcher.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
         watcher.abort();
     }

@@ -536,3 +536,39 @@ async fn pluginctl_mcp_relays_progress_and_cancellation() {
     let status = tokio::time::timeout(TIMEOUT, child.wait()).await.expect("exit when stdin closes").unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// A scripted client (`printf … | pluginctl mcp`): the requests read before stdin closed are all
+/// answered, a batch (MCP 2025-03-26) member by member, before it exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn pluginctl_mcp_answers_what_it_read_before_stdin_closed_and_takes_batches() {
+    use tokio::io::AsyncWriteExt;
+    let d = Daemon::builder().plugin("mcp-python").start().await;
+    let mut child = tokio::process::Command::new(pluginctl())
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("mcp")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let script = [
+        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-03-26","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}),
+        json!([{"jsonrpc":"2.0","id":50,"method":"ping"},{"jsonrpc":"2.0","id":51,"method":"ping"}]),
+        json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"mcp-python__count_to","arguments":{"n": 2, "delay_ms": 200}}}),
+    ];
+    let mut stdin = child.stdin.take().unwrap();
+    for m in &script {
+        stdin.write_all(format!("{m}\n").as_bytes()).await.unwrap();
+    }
+    drop(stdin); // before the call can have finished
+    let out = tokio::time::timeout(TIMEOUT, child.wait_with_output()).await.expect("it exits").unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let answers: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let by_id =
+        |id: u64| answers.iter().find(|a| a["id"] == id).unwrap_or_else(|| panic!("no answer {id}: {answers:?}"));
+    assert_eq!(by_id(1)["result"]["protocolVersion"], "2025-03-26");
+    assert_eq!((by_id(50)["result"].clone(), by_id(51)["result"].clone()), (json!({}), json!({})));
+    assert_eq!(by_id(2)["result"]["content"][0]["text"], "counted to 2", "{answers:?}");
+}
