@@ -367,7 +367,13 @@ impl Daemon {
     fn make_entry(self: &Arc<Self>, f: discovery::Found) -> Arc<PluginEntry> {
         let log = self.new_log(&f.name);
         let (state, version, manifest, last_error) = match f.manifest {
-            Ok(m) => (PluginState::Stopped, m.version.to_string(), Some(Arc::new(m)), None),
+            Ok(m) => {
+                // In the plugin's own log too (`pluginctl logs`), not only on plugind's stderr.
+                for w in &m.warnings {
+                    log.warn(format!("plugin.json: {w}"));
+                }
+                (PluginState::Stopped, m.version.to_string(), Some(Arc::new(m)), None)
+            }
             Err(e) => {
                 tracing::error!(plugin = %f.name, "invalid manifest: {e}");
                 log.warn(format!("invalid manifest: {e}"));

@@ -22,6 +22,22 @@ pub const DEFAULT_STARTUP_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MEMORY_MB: u64 = 512;
 /// Default `limits.open_files`.
 pub const DEFAULT_OPEN_FILES: u64 = 1024;
+/// The keys of `limits` and of `restart`: any other is a misspelling worth a warning (a
+/// `memroy_mb` silently left the default in force).
+const LIMITS_KEYS: &[&str] = &["memory_mb", "cpu_seconds", "open_files", "processes", "max_inflight", "max_queue"];
+const RESTART_KEYS: &[&str] = &["policy", "max_restarts", "window_s", "cooldown_s"];
+
+/// Warns about each key of `obj` (at `pointer`) that is not one of `known`.
+fn unknown_keys(obj: &Map<String, Value>, pointer: &str, known: &[&str], warnings: &mut Vec<String>) {
+    for key in obj.keys().filter(|k| !known.contains(&k.as_str())) {
+        warnings.push(format!(
+            "{pointer}/{}: unknown field ignored (known: {})",
+            escape_pointer(key),
+            known.join(", ")
+        ));
+    }
+}
+
 /// Most `limits.processes` may be: the kernel's own ceiling on pids (`PID_MAX_LIMIT` on 64-bit
 /// Linux), past which a cgroup's `pids.max` refuses the number.
 pub const MAX_PROCESSES: u64 = 4_194_304;
@@ -812,6 +828,7 @@ impl Manifest {
 
         let mut limits = Limits::default();
         if let Some(l) = w.object(obj.get("limits"), "/limits") {
+            unknown_keys(l, "/limits", LIMITS_KEYS, &mut warnings);
             limits.memory_mb = w.uint(l, "/limits", "memory_mb", 1).unwrap_or(limits.memory_mb);
             limits.cpu_seconds = w.uint(l, "/limits", "cpu_seconds", 1);
             limits.open_files = w.uint(l, "/limits", "open_files", 8).unwrap_or(limits.open_files);
@@ -828,6 +845,7 @@ impl Manifest {
 
         let mut restart = RestartPolicy::default();
         if let Some(r) = w.object(obj.get("restart"), "/restart") {
+            unknown_keys(r, "/restart", RESTART_KEYS, &mut warnings);
             match r.get("policy") {
                 None | Some(Value::Null) => {}
                 Some(Value::String(s)) if s == "on-failure" => restart.policy = RestartMode::OnFailure,

@@ -139,6 +139,22 @@ for line in sys.stdin:
     assert!(t.contains("bytes on its stdout were never ended by a newline"), "{t}");
 }
 
+/// A misspelled key in `limits` or `restart` (which left the default in force, silently) is
+/// warned about, naming the field; the plugin still passes.
+#[test]
+fn check_warns_about_a_misspelled_limit() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("perl-echo").join("main.pl"), work.path().join("main.pl")).unwrap();
+    let manifest = json!({ "name": "x", "version": "1.0.0", "command": ["perl", "main.pl"],
+        "limits": { "memroy_mb": 64 }, "restart": { "max_restart": 3 } });
+    std::fs::write(work.path().join("plugin.json"), manifest.to_string()).unwrap();
+    let out = ctl(&["check", "."], work.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("warn") && t.contains("/limits/memroy_mb: unknown field ignored (known: memory_mb,"), "{t}");
+    assert!(t.contains("/restart/max_restart: unknown field ignored"), "{t}");
+}
+
 #[test]
 fn check_fails_a_plugin_that_prints_to_stdout() {
     let out = ctl(&["check", fixture("perl-echo").to_str().unwrap(), "--execute", "garbage"], &repo());
@@ -170,4 +186,17 @@ fn check_warns_about_services_register_may_not_claim() {
     let t = text(&out);
     assert!(t.contains("register: service victim@99.0.0 refused"), "{t}");
     assert!(t.contains("services: py-greedy@1.0.0") && !t.contains(", victim@99.0.0"), "{t}");
+}
+
+/// The manifest's warnings are in the plugin's own log too, where `pluginctl logs` shows them.
+#[tokio::test(flavor = "multi_thread")]
+async fn manifest_warnings_are_in_the_plugins_log() {
+    let d = Daemon::builder()
+        .plugin("perl-echo")
+        .manifest("perl-echo", |m| m["limits"] = json!({ "memroy_mb": 64 }))
+        .start()
+        .await;
+    let out = d.ctl(&["logs", "perl-echo"]);
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.contains("plugin.json: /limits/memroy_mb: unknown field ignored"), "{t}");
 }
