@@ -454,14 +454,9 @@ async fn the_example_mcp_server_works_as_documented() {
     .await;
 }
 
-/// `pluginctl mcp` driven with raw JSON lines (no SDK needed): progress for a token,
-/// `notifications/cancelled` reaching the plugin, `ping`, an unknown tool, `list_changed` when a
-/// plugin stops, exit 0 when stdin closes.
-#[tokio::test(flavor = "multi_thread")]
-async fn pluginctl_mcp_relays_progress_and_cancellation() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let d = Daemon::builder().plugin("mcp-python").start().await;
-    let mut child = tokio::process::Command::new(pluginctl())
+/// `pluginctl mcp` for daemon `d`, its stdin and stdout piped.
+fn pluginctl_mcp(d: &Daemon) -> tokio::process::Child {
+    tokio::process::Command::new(pluginctl())
         .arg("--socket")
         .arg(&d.socket)
         .arg("mcp")
@@ -469,7 +464,17 @@ async fn pluginctl_mcp_relays_progress_and_cancellation() {
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// `pluginctl mcp` driven with raw JSON lines (no SDK needed): progress for a token,
+/// `notifications/cancelled` reaching the plugin, `ping`, an unknown tool, `list_changed` when a
+/// plugin stops, exit 0 when stdin closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn pluginctl_mcp_relays_progress_and_cancellation() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let d = Daemon::builder().plugin("mcp-python").start().await;
+    let mut child = pluginctl_mcp(&d);
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut send = async |v: Value| stdin.write_all(format!("{v}\n").as_bytes()).await.unwrap();
@@ -543,15 +548,7 @@ async fn pluginctl_mcp_relays_progress_and_cancellation() {
 async fn pluginctl_mcp_answers_what_it_read_before_stdin_closed_and_takes_batches() {
     use tokio::io::AsyncWriteExt;
     let d = Daemon::builder().plugin("mcp-python").start().await;
-    let mut child = tokio::process::Command::new(pluginctl())
-        .arg("--socket")
-        .arg(&d.socket)
-        .arg("mcp")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = pluginctl_mcp(&d);
     let script = [
         json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-03-26","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}),
         json!([{"jsonrpc":"2.0","id":50,"method":"ping"},{"jsonrpc":"2.0","id":51,"method":"ping"}]),
