@@ -74,12 +74,12 @@ pub fn load(dir: &Path, plugind_version: &semver::Version) -> Found {
         }
     };
     // A byte-order mark (some Windows editors write one) is not JSON: read past it.
-    let text = text.strip_prefix(UTF8_BOM).map(<[u8]>::to_vec).unwrap_or(text);
-    let (salvaged_name, salvaged_version) = manifest::salvage_identity(&text);
+    let text = text.strip_prefix(UTF8_BOM).unwrap_or(&text);
+    let (salvaged_name, salvaged_version) = manifest::salvage_identity(text);
     let name = salvaged_name.filter(|n| manifest::is_valid_name(n)).unwrap_or(dir_name);
     let version = salvaged_version.unwrap_or_default();
     let manifest =
-        Manifest::parse(&text).map_err(|e| format!("{}: {e}", file.display())).and_then(|m| match &m.engines_plugind {
+        Manifest::parse(text).map_err(|e| format!("{}: {e}", file.display())).and_then(|m| match &m.engines_plugind {
             Some(req) if !req.matches(plugind_version) => Err(format!(
                 "{}: /engines/plugind: expected a range matching plugind {plugind_version}, found {:?}",
                 file.display(),

@@ -195,10 +195,7 @@ impl Daemon {
     fn wake_blocked(&self) {
         for p in self.plugins() {
             if p.state_name() == "blocked" {
-                if let Some(ctl) = &p.ctl {
-                    let (tx, _rx) = tokio::sync::oneshot::channel();
-                    let _ = ctl.send(Command::Start(tx));
-                }
+                drop(p.send(Command::Start));
             }
         }
     }

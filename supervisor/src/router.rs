@@ -257,10 +257,10 @@ async fn call_instance(
                 format!("plugin {} is overloaded: max_inflight calls busy and the queue full", entry.name),
                 serde_json::json!({ "plugin": &*entry.name }),
             ),
-            Admission::Timeout => timed_out(entry, timeout, max, accepted, not_after),
+            Admission::Timeout => timed_out(&Answerer::plugin(&entry.name), timeout, max, accepted, not_after),
         })?;
         instance.peer.call_traced(method, write_params, deadline, Some(hop.as_parent())).await.map_err(|e| match e {
-            CallError::Timeout(_) => timed_out(entry, timeout, max, accepted, not_after),
+            CallError::Timeout(_) => timed_out(&Answerer::plugin(&entry.name), timeout, max, accepted, not_after),
             e => instance::call_error(&entry.name, timeout, e),
         })
     }
@@ -275,12 +275,29 @@ async fn call_instance(
     result
 }
 
+/// Who did not answer in time, for [`timed_out`]: how the message names it, and the `plugin`
+/// its `data` names.
+pub struct Answerer<'a> {
+    /// "plugin NAME", or "service NAME (host host:N)".
+    pub described: String,
+    /// `data.plugin`.
+    pub plugin: &'a str,
+}
+
+impl<'a> Answerer<'a> {
+    /// A plugin.
+    pub fn plugin(name: &'a str) -> Self {
+        Answerer { described: format!("plugin {name}"), plugin: name }
+    }
+}
+
 /// `-32001` naming the deadline that ended the call: its own (`timeout`, restarted by progress),
 /// the plugin's `max_timeout_ms` (`max`, which progress never extends), or its caller's
 /// (`not_after`: a hook chain's budget, the call a `service.call` was made for), in
 /// `data.limit` (`"timeout_ms"`, `"max_timeout_ms"`, `"caller"`) and `data.timeout_ms`.
-fn timed_out(
-    entry: &PluginEntry,
+/// (`accepted`: when the call's clock started.)
+pub fn timed_out(
+    who: &Answerer<'_>,
     timeout: Duration,
     max: Duration,
     accepted: Instant,
@@ -303,8 +320,8 @@ fn timed_out(
     };
     RpcError::with_data(
         codes::DEADLINE_EXCEEDED,
-        format!("deadline exceeded: plugin {} did not answer within {ms} ms{whose}", entry.name),
-        serde_json::json!({ "plugin": &*entry.name, "timeout_ms": ms, "limit": limit }),
+        format!("deadline exceeded: {} did not answer within {ms} ms{whose}", who.described),
+        serde_json::json!({ "plugin": who.plugin, "timeout_ms": ms, "limit": limit }),
     )
 }
 

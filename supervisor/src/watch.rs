@@ -227,10 +227,7 @@ async fn on_change(daemon: &Arc<Daemon>, paths: &[PathBuf], loaded: &mut HashMap
             drop(daemon.rescan_dirs().await);
             continue;
         }
-        let (tx, _rx) = tokio::sync::oneshot::channel();
-        if let Some(ctl) = &p.ctl {
-            let _ = ctl.send(Command::Reload(tx));
-        }
+        drop(p.send(Command::Reload));
     }
     replaced
 }

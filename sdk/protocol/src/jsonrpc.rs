@@ -133,6 +133,21 @@ impl Message<'_> {
     /// number, null), else `null`. None for anything else (a malformed notification or
     /// response is never answered).
     pub fn request_id_of(line: &[u8]) -> Option<&RawValue> {
+        let (id, method) = Self::id_and_method(line)?;
+        // An id no answer can carry (an object, a boolean) gets its answer under `null`, as
+        // JSON-RPC 2.0 says for an id that cannot be read.
+        id.filter(|_| method).map(|id| if valid_id(id) { id } else { null_id() })
+    }
+
+    /// The numeric id of a line that is not a valid message and has no `method`: an answer,
+    /// however malformed, to the request plugind sent under that id. None for anything else.
+    pub fn answer_id_of(line: &[u8]) -> Option<u64> {
+        let (id, method) = Self::id_and_method(line)?;
+        id.filter(|_| !method).and_then(Message::numeric_id)
+    }
+
+    /// A line's `id` (as it is) and whether it has a `method`, read without parsing the rest.
+    fn id_and_method(line: &[u8]) -> Option<(Option<&RawValue>, bool)> {
         let (mut id, mut method) = (None, false);
         scan::fields(line, ["id", "method"], |n, value| {
             match n {
@@ -142,9 +157,7 @@ impl Message<'_> {
             Ok(())
         })
         .ok()?;
-        // An id no answer can carry (an object, a boolean) gets its answer under `null`, as
-        // JSON-RPC 2.0 says for an id that cannot be read.
-        id.filter(|_| method).map(|id| if valid_id(id) { id } else { null_id() })
+        Some((id, method))
     }
 }
 
@@ -446,6 +459,9 @@ mod tests {
         assert_eq!(id(r#"{"id":null,"method":5}"#).as_deref(), Some("null"));
         assert_eq!(id(r#"{"id":[7],"method":5}"#).as_deref(), Some("null"));
         assert_eq!(id(r#"{"method":5}"#), None, "a notification is never answered");
+        // A malformed answer names the request it was for; a malformed request is no answer.
+        assert_eq!(Message::answer_id_of(br#"{"id":7,"result":1,"error":{}}"#), Some(7));
+        assert_eq!(Message::answer_id_of(br#"{"id":7,"method":5}"#), None);
         // A request with a null id is a request (JSON-RPC 2.0 allows it).
         assert!(matches!(
             Message::parse(br#"{"jsonrpc":"2.0","id":null,"method":"m"}"#),

@@ -8,7 +8,7 @@
 
 use crate::logs::PluginLog;
 use crate::plugin::context::{ActorHost, InstanceHost};
-use crate::plugin::entry::{Answer, Command, PluginEntry, Reply};
+use crate::plugin::entry::{Command, PluginEntry, Reply};
 use crate::plugin::instance::{self, ExitReport, Instance, InstanceEvent, InstanceSpec};
 use crate::plugin::machine::{self, Action, Event, Key, Leave, Machine, Ticket, Unmet};
 use crate::plugin::state::PluginState;
@@ -96,8 +96,7 @@ impl PluginActor {
                             i.kill();
                         }
                         for (_, r) in self.replies.drain() {
-                            let status = self.entry.snapshot();
-                            let _ = r.send(Answer { outcome: machine::Outcome::Failed("the plugin was removed".into()), status });
+                            r.answer(machine::Outcome::Failed("the plugin was removed".into()), || self.entry.snapshot());
                         }
                         break;
                     }
@@ -140,8 +139,7 @@ impl PluginActor {
                 let manifest = match self.read_manifest() {
                     Some(m) => m,
                     None => {
-                        let _ =
-                            reply.send(Answer { outcome: machine::Outcome::Settled, status: self.entry.snapshot() });
+                        reply.answer(machine::Outcome::Settled, || self.entry.snapshot());
                         return None;
                     }
                 };
@@ -236,8 +234,10 @@ impl PluginActor {
             Action::Answer { ticket, outcome } => {
                 if let Some(r) = self.replies.remove(&ticket) {
                     // The status as the command leaves it, processes included.
-                    self.publish_processes();
-                    let _ = r.send(Answer { outcome, status: self.entry.snapshot() });
+                    r.answer(outcome, || {
+                        self.publish_processes();
+                        self.entry.snapshot()
+                    });
                 }
             }
             Action::State(state) => self.set_state(state),

@@ -17,8 +17,26 @@ use tokio::time::Instant;
 /// History entries kept per plugin.
 pub const HISTORY_LEN: usize = 50;
 
-/// Where the answer to a [`Command`] goes.
-pub type Reply = oneshot::Sender<Answer>;
+/// Where the answer to a [`Command`] goes, and whether its sender wants the plugin's status
+/// with it (an operator's command does; the daemon's own, at boot or in a rescan, do not).
+#[derive(Debug)]
+pub struct Reply {
+    tx: oneshot::Sender<Answer>,
+    with_status: bool,
+}
+
+impl Reply {
+    fn channel(with_status: bool) -> (Reply, oneshot::Receiver<Answer>) {
+        let (tx, rx) = oneshot::channel();
+        (Reply { tx, with_status }, rx)
+    }
+
+    /// Answers the command; `status` is taken, now, only if its sender wants it.
+    pub fn answer(self, outcome: Outcome, status: impl FnOnce() -> PluginStatus) {
+        let status = self.with_status.then(status);
+        let _ = self.tx.send(Answer { outcome, status });
+    }
+}
 
 /// The answer to a [`Command`]: its outcome, and the plugin's status as it was at that moment
 /// (taken by the actor as it answers, so a command that follows at once cannot show through:
@@ -27,8 +45,9 @@ pub type Reply = oneshot::Sender<Answer>;
 pub struct Answer {
     /// Whether the command took effect.
     pub outcome: Outcome,
-    /// [`PluginEntry::snapshot`] when the command was answered.
-    pub status: PluginStatus,
+    /// [`PluginEntry::snapshot`] when the command was answered, if its sender asked for it
+    /// ([`PluginEntry::request`]).
+    pub status: Option<PluginStatus>,
 }
 
 /// What an operator or the daemon asks a plugin actor to do. Each carries a reply, sent exactly
@@ -182,27 +201,48 @@ impl PluginEntry {
 
     /// Sends a command and waits until the plugin settles. False if the plugin has no actor.
     pub async fn command(&self, make: impl FnOnce(Reply) -> Command) -> bool {
-        self.request(make).await.is_some()
+        match self.send(make) {
+            Some(rx) => rx.await.is_ok(),
+            None => false,
+        }
     }
 
-    /// Sends a command and waits for its answer; None if the plugin has no actor.
+    /// Sends a command and waits for its answer, with the status the command left; None if the
+    /// plugin has no actor.
     pub async fn request(&self, make: impl FnOnce(Reply) -> Command) -> Option<Answer> {
-        self.send(make)?.await.ok()
+        self.send_wanting(true, make)?.await.ok()
     }
 
     /// Sends a command now (the actor takes commands in the order they were sent); its answer
-    /// comes on the receiver. None if the plugin has no actor.
+    /// (without the status) comes on the receiver, which may be dropped. None if the plugin has
+    /// no actor.
     pub fn send(&self, make: impl FnOnce(Reply) -> Command) -> Option<oneshot::Receiver<Answer>> {
+        self.send_wanting(false, make)
+    }
+
+    fn send_wanting(
+        &self,
+        with_status: bool,
+        make: impl FnOnce(Reply) -> Command,
+    ) -> Option<oneshot::Receiver<Answer>> {
         let ctl = self.ctl.as_ref()?;
-        let (tx, rx) = oneshot::channel();
-        ctl.send(make(tx)).ok()?;
+        let (reply, rx) = Reply::channel(with_status);
+        ctl.send(make(reply)).ok()?;
         Some(rx)
     }
 
     /// The status object of docs/control-api.md.
     pub fn snapshot(&self) -> PluginStatus {
         let routes = self.routes();
-        let live: Vec<u32> = self.processes().iter().map(|i| i.pid()).filter(|pid| *pid > 0).collect();
+        // The serving instances; while none serves (starting, stopping), the processes there
+        // are, so a plugin stuck in `init` can be found.
+        let (pid, instances) = match routes.first() {
+            Some(first) => (Some(first.pid()), routes.len()),
+            None => {
+                let live: Vec<u32> = self.processes().iter().map(|i| i.pid()).filter(|pid| *pid > 0).collect();
+                (live.first().copied(), live.len())
+            }
+        };
         let st = self.status();
         // A plugin provides what its manifest declares: `register` can add no service to these.
         let services = match &st.manifest {
@@ -220,10 +260,8 @@ impl PluginEntry {
             name: self.name.to_string(),
             version: st.version.clone(),
             state: st.state.as_str().to_owned(),
-            // The serving instances; while none serves (starting, stopping), the processes
-            // there are, so a plugin stuck in `init` can be found.
-            pid: routes.first().map(|i| i.pid()).or_else(|| live.first().copied()),
-            instances: if routes.is_empty() { live.len() } else { routes.len() },
+            pid,
+            instances,
             restarts: st.restarts,
             uptime_ms: match (&st.state, st.running_since) {
                 (s, Some(t)) if s.is_running() => t.elapsed().as_millis() as u64,

@@ -82,25 +82,14 @@ impl HostService {
         let answer = r.map_err(|e| match e {
             // A host's own error goes back as it came: no plugin is involved.
             crate::transport::peer::CallError::Rpc(e) => e,
-            // Which deadline ran out, as for a plugin (`router::timed_out`).
-            crate::transport::peer::CallError::Timeout(ran) => {
-                let cut = call.not_after.map(|t| t.saturating_duration_since(deadline.start));
-                let max = Duration::from_millis(DEFAULT_MAX_TIMEOUT_MS);
-                let (limit, allowed) = match cut {
-                    Some(c) if c < timeout && ran + Duration::from_millis(2) >= c => ("caller", c),
-                    _ if ran + Duration::from_millis(2) >= max => ("max_timeout_ms", max),
-                    _ => ("timeout_ms", timeout),
+            // Which deadline ran out, named as for a plugin.
+            crate::transport::peer::CallError::Timeout(_) => {
+                let who = crate::router::Answerer {
+                    described: format!("service {} (host {})", self.info.name, self.info.plugin),
+                    plugin: &self.info.plugin,
                 };
-                RpcError::with_data(
-                    plugind_protocol::codes::DEADLINE_EXCEEDED,
-                    format!(
-                        "deadline exceeded: service {} (host {}) did not answer within {} ms",
-                        self.info.name,
-                        self.info.plugin,
-                        allowed.as_millis()
-                    ),
-                    serde_json::json!({ "plugin": &self.info.plugin, "timeout_ms": allowed.as_millis() as u64, "limit": limit }),
-                )
+                let max = Duration::from_millis(DEFAULT_MAX_TIMEOUT_MS);
+                crate::router::timed_out(&who, timeout, max, deadline.start, call.not_after)
             }
             // The host half-closed or went away: it can no longer answer (not a crash).
             crate::transport::peer::CallError::Closed => RpcError::with_data(

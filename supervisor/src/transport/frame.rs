@@ -170,8 +170,11 @@ impl Decoder for FrameDecoder {
                     }
                     self.scanned = 0;
                     self.last_had_cr = std::mem::take(&mut self.cr_inside);
-                    if std::mem::take(&mut self.first) && line.starts_with(BOM) {
-                        line.advance(BOM.len());
+                    if self.first {
+                        self.first = false;
+                        if line.starts_with(BOM) {
+                            line.advance(BOM.len());
+                        }
                     }
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue; // blank lines are keep-alives, not messages

@@ -855,15 +855,7 @@ impl Peer {
         if !matches!(e, plugind_protocol::jsonrpc::ParseError::NotJsonRpc(_)) {
             return;
         }
-        let (mut id, mut method) = (None, false);
-        let _ = plugind_protocol::scan::fields(line, ["id", "method"], |n, value| {
-            match n {
-                0 => id = Some(plugind_protocol::scan::raw(value.text()?)),
-                _ => method = true,
-            }
-            Ok(())
-        });
-        let Some(n) = id.filter(|_| !method).and_then(Message::numeric_id) else { return };
+        let Some(n) = Message::answer_id_of(line) else { return };
         let pending = self.calls().pending.remove(&n);
         if let Some(reply) = pending.and_then(|mut p| p.reply.take()) {
             let error = RpcError::new(

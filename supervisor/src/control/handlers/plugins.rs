@@ -44,12 +44,18 @@ pub fn get(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
 async fn act(daemon: &Daemon, name: &str, make: impl FnOnce(Reply) -> Command) -> Result<Box<RawValue>, RpcError> {
     let e = entry(daemon, name)?;
     match e.request(make).await {
-        Some(Answer { outcome: Outcome::Settled, status }) => Ok(to_raw(&daemon.status_with_details(&e, status))),
-        Some(Answer { outcome: Outcome::Failed(why), status }) => Err(RpcError::with_data(
-            codes::INTERNAL_ERROR,
-            format!("plugin {}: {why}", e.name),
-            serde_json::json!({ "plugin": &*e.name, "state": status.state, "last_error": status.last_error }),
-        )),
+        Some(Answer { outcome, status }) => {
+            // `request` asks for the status the command left; it is always there.
+            let status = status.unwrap_or_else(|| e.snapshot());
+            match outcome {
+                Outcome::Settled => Ok(to_raw(&daemon.status_with_details(&e, status))),
+                Outcome::Failed(why) => Err(RpcError::with_data(
+                    codes::INTERNAL_ERROR,
+                    format!("plugin {}: {why}", e.name),
+                    serde_json::json!({ "plugin": &*e.name, "state": status.state, "last_error": status.last_error }),
+                )),
+            }
+        }
         None if e.has_actor() => Err(RpcError::with_data(
             codes::INTERNAL_ERROR,
             format!("plugin {}: its actor has ended (a bug in plugind; see its log)", e.name),
