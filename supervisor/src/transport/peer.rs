@@ -886,14 +886,11 @@ impl Peer {
         let cancelled: Vec<(u64, Pending)> = {
             let mut calls = self.calls();
             calls.stopping = true;
-            let ids: Vec<u64> = calls.pending.iter().filter(|(_, p)| p.parentable).map(|(id, _)| *id).collect();
-            ids.into_iter()
-                .filter_map(|id| {
-                    let p = calls.pending.remove(&id)?;
-                    calls.abandon(id);
-                    Some((id, p))
-                })
-                .collect()
+            let cancelled: Vec<(u64, Pending)> = calls.pending.extract_if(|_, p| p.parentable).collect();
+            for (id, _) in &cancelled {
+                calls.abandon(*id);
+            }
+            cancelled
         };
         // Outside the lock: a send wakes the caller; dropping the entry cancels the calls the
         // other side made on its behalf.
