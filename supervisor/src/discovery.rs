@@ -89,6 +89,7 @@ pub fn load(dir: &Path, plugind_version: &semver::Version) -> Found {
             _ => crate::catalog::check_manifest(&m)
                 .map_err(|e| e.to_string())
                 .and_then(|()| within_host_limits(&m))
+                .and_then(|()| watch_globs_compile(&m))
                 .map(|()| m)
                 .map_err(|e| format!("{}: {e}", file.display())),
         });
@@ -114,6 +115,17 @@ fn within_host_limits(m: &Manifest) -> Result<(), String> {
              LimitNOFILE= in its unit or `ulimit -Hn`), found {}",
             m.limits.open_files
         ));
+    }
+    Ok(())
+}
+
+/// A `watch` glob that does not compile is a load error: it would only be warned about at every
+/// file event, and the plugin would never reload on the files it meant.
+fn watch_globs_compile(m: &Manifest) -> Result<(), String> {
+    for (i, glob) in m.watch.iter().enumerate() {
+        if let Err(e) = globset::Glob::new(glob.trim_start_matches("./")) {
+            return Err(format!("field /watch/{i}: expected a glob, found {glob:?} ({})", e.kind()));
+        }
     }
     Ok(())
 }

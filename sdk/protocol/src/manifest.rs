@@ -26,6 +26,9 @@ pub const DEFAULT_OPEN_FILES: u64 = 1024;
 /// `memroy_mb` silently left the default in force).
 const LIMITS_KEYS: &[&str] = &["memory_mb", "cpu_seconds", "open_files", "processes", "max_inflight", "max_queue"];
 const RESTART_KEYS: &[&str] = &["policy", "max_restarts", "window_s", "cooldown_s"];
+/// The keys of a `hooks` object value and of `dependencies`, warned about the same way.
+const HOOK_KEYS: &[&str] = &["priority", "timeout_ms", "failure", "mode"];
+const DEPENDENCIES_KEYS: &[&str] = &["required", "optional"];
 
 /// Warns about each key of `obj` (at `pointer`) that is not one of `known`.
 fn unknown_keys(obj: &Map<String, Value>, pointer: &str, known: &[&str], warnings: &mut Vec<String>) {
@@ -500,7 +503,7 @@ impl Walker {
     }
 
     /// A `hooks` value: an integer priority, or `{ priority?, timeout_ms?, failure?, mode? }`.
-    fn hook(&mut self, v: &Value, pointer: &str) -> Option<HookSpec> {
+    fn hook(&mut self, v: &Value, pointer: &str, warnings: &mut Vec<String>) -> Option<HookSpec> {
         if let Some(priority) = v.as_i64() {
             return Some(HookSpec { priority, ..HookSpec::default() });
         }
@@ -508,6 +511,7 @@ impl Walker {
             self.err(pointer, "an integer priority or { priority, timeout_ms, failure, mode }", describe(v));
             return None;
         };
+        unknown_keys(o, pointer, HOOK_KEYS, warnings);
         let errors = self.errors.len();
         let priority = match o.get("priority") {
             None | Some(Value::Null) => DEFAULT_HOOK_PRIORITY,
@@ -727,6 +731,10 @@ impl Manifest {
                 if argv.is_empty() && matches!(v, Some(Value::Array(_))) {
                     w.err("/command", "a non-empty array of strings", "[]");
                 }
+                // The program: "" would only fail at every start, with "cannot start \"\"".
+                if argv.first().is_some_and(String::is_empty) {
+                    w.err("/command/0", "the program to run (a non-empty string)", "\"\"");
+                }
                 Some(argv)
             }
         };
@@ -761,6 +769,7 @@ impl Manifest {
 
         let (mut required, mut optional) = (Vec::new(), Vec::new());
         if let Some(d) = w.object(obj.get("dependencies"), "/dependencies") {
+            unknown_keys(d, "/dependencies", DEPENDENCIES_KEYS, &mut warnings);
             required = w.dependencies(d.get("required"), "/dependencies/required");
             optional = w.dependencies(d.get("optional"), "/dependencies/optional");
         }
@@ -816,7 +825,12 @@ impl Manifest {
         let mut hooks = BTreeMap::new();
         if let Some(m) = w.object(obj.get("hooks"), "/hooks") {
             for (k, v) in m {
-                if let Some(spec) = w.hook(v, &format!("/hooks/{}", escape_pointer(k))) {
+                let pointer = format!("/hooks/{}", escape_pointer(k));
+                if k.is_empty() {
+                    w.err(pointer, "a non-empty hook name", "\"\"");
+                    continue;
+                }
+                if let Some(spec) = w.hook(v, &pointer, &mut warnings) {
                     hooks.insert(k.clone(), spec);
                 }
             }
@@ -824,6 +838,15 @@ impl Manifest {
 
         let timeout_ms = w.uint(obj, "", "timeout_ms", 1).unwrap_or(DEFAULT_TIMEOUT_MS);
         let max_timeout_ms = w.uint(obj, "", "max_timeout_ms", 1).unwrap_or(DEFAULT_MAX_TIMEOUT_MS.max(timeout_ms));
+        // Both given and contradicting: the same error as a method's `timeout_ms` past the ceiling
+        // (left alone, every call would silently get the smaller one).
+        if timeout_ms > max_timeout_ms && obj.get("timeout_ms").is_some_and(Value::is_u64) {
+            w.err(
+                "/timeout_ms",
+                format!("an integer from 1 to {max_timeout_ms} (the plugin's max_timeout_ms)"),
+                timeout_ms.to_string(),
+            );
+        }
         let startup_timeout_ms = w.uint(obj, "", "startup_timeout_ms", 1).unwrap_or(DEFAULT_STARTUP_TIMEOUT_MS);
 
         let mut limits = Limits::default();
@@ -861,6 +884,18 @@ impl Manifest {
         }
 
         let watch = w.string_array(obj.get("watch"), "/watch");
+        for (i, glob) in watch.iter().enumerate() {
+            // Globs are matched against paths inside the plugin dir: one that leaves it would
+            // never match, and the plugin would silently never reload.
+            let leaves = glob.starts_with('/') || glob.split('/').any(|part| part == "..");
+            if glob.is_empty() || leaves {
+                w.err(
+                    format!("/watch/{i}"),
+                    "a glob relative to the plugin directory (not absolute, no \"..\")",
+                    describe(&Value::String(glob.clone())),
+                );
+            }
+        }
         // `init` always receives an object: none given is `{}`.
         let config = match obj.get("config") {
             None | Some(Value::Null) => Value::Object(Map::new()),
@@ -1121,6 +1156,40 @@ mod tests {
             ]
         );
         assert!(e.to_string().contains("from 1 to 60000"), "{e}");
+    }
+
+    #[test]
+    fn values_that_could_only_fail_later_are_load_errors_naming_the_field() {
+        let e = parse(json!({"name": "a", "version": "1.0.0", "command": ["", "x"],
+            "timeout_ms": 90000, "max_timeout_ms": 60000,
+            "hooks": {"": 1, "onRequest": 2},
+            "watch": ["src/*.py", "./lib/**", "/etc/*", "../other/*", "a/../b", ""]}))
+        .unwrap_err();
+        let pointers: Vec<_> = e.errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(pointers, ["/command/0", "/hooks/", "/timeout_ms", "/watch/2", "/watch/3", "/watch/4", "/watch/5"]);
+        assert!(e.to_string().contains("/timeout_ms: expected an integer from 1 to 60000"), "{e}");
+        // timeout_ms alone raises the default ceiling, and max_timeout_ms alone may sit under the
+        // default timeout_ms (the ceiling caps it), as before; empty arguments after the program are argv.
+        let m = parse(json!({"name": "a", "version": "1.0.0", "command": ["x", ""], "timeout_ms": 90000})).unwrap();
+        assert_eq!((m.timeout_ms, m.max_timeout_ms), (90000, 90000));
+        parse(json!({"name": "a", "version": "1.0.0", "main": "a.sh", "max_timeout_ms": 1000})).unwrap();
+    }
+
+    #[test]
+    fn misspelled_keys_in_hooks_and_dependencies_warn() {
+        let m = parse(json!({"name": "a", "version": "1.0.0", "main": "a.sh",
+            "hooks": {"onRequest": {"priorty": 3, "failure": "closed"}, "onError": 1},
+            "dependencies": {"requird": ["b"], "optional": ["c"]}}))
+        .unwrap();
+        assert_eq!(
+            m.warnings,
+            [
+                "/dependencies/requird: unknown field ignored (known: required, optional)",
+                "/hooks/onRequest/priorty: unknown field ignored (known: priority, timeout_ms, failure, mode)",
+            ]
+        );
+        assert_eq!(m.hooks["onRequest"].failure, HookFailure::Closed);
+        assert_eq!(m.optional[0].name, "c");
     }
 
     #[test]

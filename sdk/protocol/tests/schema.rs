@@ -294,7 +294,8 @@ fn schema_and_parser_agree_on_edge_cases() {
         (json!({ "main": "" }), false),
         (json!({ "main": null }), false),
         (json!({ "main": null, "command": ["perl", "x.pl"] }), true),
-        (json!({ "main": null, "command": [""] }), true),
+        (json!({ "main": null, "command": [""] }), false),
+        (json!({ "main": null, "command": ["x", ""] }), true),
         (json!({ "main": null, "command": null }), false),
         (json!({ "command": [] }), false),
         // null is the same as absent for optional fields
@@ -341,6 +342,7 @@ fn schema_and_parser_agree_on_edge_cases() {
         (json!({ "hooks": { "onRequest": { "timeout_ms": 0 } } }), false),
         (json!({ "hooks": { "onRequest": { "priority": "high" } } }), false),
         (json!({ "hooks": { "onRequest": "10" } }), false),
+        (json!({ "hooks": { "": 1 } }), false),
         // integer bounds
         (json!({ "timeout_ms": 1, "max_timeout_ms": 1 }), true),
         (json!({ "timeout_ms": 0 }), false),
@@ -381,6 +383,12 @@ fn schema_and_parser_agree_on_edge_cases() {
         (json!({ "$schema": "https://example.org/plugin.schema.json" }), true),
         (json!({ "watch": ["**/*.py", "plugin.json"] }), true),
         (json!({ "watch": "**/*.py" }), false),
+        (json!({ "watch": ["./src/*.py", "a..b/*", "..x"] }), true),
+        (json!({ "watch": ["/etc/*"] }), false),
+        (json!({ "watch": ["../other/*"] }), false),
+        (json!({ "watch": ["src/../../x"] }), false),
+        (json!({ "watch": [".."] }), false),
+        (json!({ "watch": [""] }), false),
         (json!({ "capabilities": [1] }), false),
     ];
 
@@ -415,6 +423,8 @@ fn known_divergences_stay_documented() {
         (json!({ "version": "18446744073709551616.0.0" }), true, false),
         // A method's timeout_ms is bounded by the plugin's max_timeout_ms, another field.
         (json!({ "methods": { "m": { "timeout_ms": 60001 } } }), true, false),
+        // So is the plugin's own timeout_ms, when both are given.
+        (json!({ "timeout_ms": 2000, "max_timeout_ms": 1000 }), true, false),
         // The parser never looks at "$schema"; the contract and the schema say it is a string.
         (json!({ "$schema": 5 }), false, true),
     ];

@@ -118,6 +118,47 @@ fn check_names_an_open_files_limit_above_pluginds_and_reads_past_a_bom() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
+/// Values that used to load and then fail at every start, or never reload, are load errors
+/// naming their field; a misspelled key inside `hooks` or `dependencies` is a warning.
+#[test]
+fn check_names_fields_that_could_only_fail_later() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("perl-echo").join("main.pl"), work.path().join("main.pl")).unwrap();
+    let cases = [
+        (json!({ "command": [""] }), "/command/0: expected the program to run (a non-empty string)"),
+        (
+            json!({ "command": ["perl", "main.pl"], "watch": ["../*"] }),
+            "/watch/0: expected a glob relative to the plugin directory",
+        ),
+        (
+            json!({ "command": ["perl", "main.pl"], "watch": ["main.pl", "src/[a"] }),
+            "field /watch/1: expected a glob, found \"src/[a\"",
+        ),
+        (
+            json!({ "command": ["perl", "main.pl"], "timeout_ms": 9000, "max_timeout_ms": 3000 }),
+            "/timeout_ms: expected an integer from 1 to 3000",
+        ),
+        (json!({ "command": ["perl", "main.pl"], "hooks": { "": 1 } }), "/hooks/: expected a non-empty hook name"),
+    ];
+    for (fields, want) in cases {
+        let mut m = json!({ "name": "x", "version": "1.0.0" });
+        m.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+        std::fs::write(work.path().join("plugin.json"), m.to_string()).unwrap();
+        let out = ctl(&["check", "."], work.path());
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{m}: {t}");
+        assert!(t.contains(&format!("plugin.json: {want}")) || t.contains(want), "{m}: wanted {want:?} in {t}");
+    }
+    let m = json!({ "name": "x", "version": "1.0.0", "command": ["perl", "main.pl"],
+        "hooks": { "onRequest": { "priorty": 1 } }, "dependencies": { "requird": [] } });
+    std::fs::write(work.path().join("plugin.json"), m.to_string()).unwrap();
+    let out = ctl(&["check", "."], work.path());
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("warn manifest: /hooks/onRequest/priorty: unknown field ignored"), "{t}");
+    assert!(t.contains("warn manifest: /dependencies/requird: unknown field ignored"), "{t}");
+}
+
 /// A message written without its `\n` (`process.stdout.write(JSON.stringify(m))`) is the
 /// commonest first mistake: the failed start says so.
 #[test]
