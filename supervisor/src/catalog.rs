@@ -120,7 +120,7 @@ impl Method {
         let value: Value = match params {
             None => Value::Null,
             // Params were checked to be JSON when the request was read; this cannot fail.
-            Some(raw) => serde_json::from_str(raw.get()).map_err(RpcError::invalid_params)?,
+            Some(raw) => serde_json::from_str(raw.get()).map_err(|e| RpcError::params_not_fitting(&e))?,
         };
         if validator.is_valid(&value) {
             return Ok(());

@@ -32,7 +32,7 @@ pub struct RpcError {
 /// A request's params as `T`, `{}` when absent; `-32602` invalid params when they do not fit.
 /// Every side that serves requests (plugind's control API, its answers to plugins) uses it.
 pub fn parse_params<T: serde::de::DeserializeOwned>(raw: Option<&RawValue>) -> Result<T, RpcError> {
-    serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(RpcError::invalid_params)
+    serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(|e| RpcError::params_not_fitting(&e))
 }
 
 impl RpcError {
@@ -54,6 +54,15 @@ impl RpcError {
     /// `-32602 invalid params` with the reason.
     pub fn invalid_params(reason: impl fmt::Display) -> Self {
         Self::new(codes::INVALID_PARAMS, format!("invalid params: {reason}"))
+    }
+
+    /// `-32602 invalid params` for params serde could not read as the method's type: what did
+    /// not fit (``missing field `name` ``), without serde's position, which counts within the
+    /// params alone and so points nowhere the caller can see (`at line 1 column 2`).
+    pub fn params_not_fitting(e: &serde_json::Error) -> Self {
+        let text = e.to_string();
+        let position = format!(" at line {} column {}", e.line(), e.column());
+        Self::invalid_params(text.strip_suffix(&position).unwrap_or(&text))
     }
 
     /// `-32603 internal error` with the reason.
@@ -434,6 +443,20 @@ pub fn to_raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn params_errors_name_what_did_not_fit_without_a_position() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct P {
+            name: String,
+        }
+        let raw = |t: &str| serde_json::value::RawValue::from_string(t.to_owned()).unwrap();
+        let e = super::parse_params::<P>(Some(&raw("{\"x\": 1}"))).unwrap_err();
+        assert_eq!(e.message, "invalid params: missing field `name`");
+        let e = super::parse_params::<P>(Some(&raw("{\"name\": 5}"))).unwrap_err();
+        assert_eq!(e.message, "invalid params: invalid type: integer `5`, expected a string");
+    }
+
     /// Valid JSON with members of the wrong type is "not JSON-RPC" (-32600), not "not JSON"; a
     /// malformed request's id can still be read to answer it, a malformed response's is not.
     #[test]

@@ -174,7 +174,7 @@ fn dispatch<P: Plugin>(plugin: &Arc<P>, conn: &Arc<Conn>, held: &mut Vec<u8>, li
 
 /// Absent params read as `{}`.
 fn params_of<'a, T: Deserialize<'a>>(params: Option<&'a RawValue>) -> Result<T, RpcError> {
-    serde_json::from_str(params.map_or("{}", RawValue::get)).map_err(RpcError::invalid_params)
+    serde_json::from_str(params.map_or("{}", RawValue::get)).map_err(|e| RpcError::params_not_fitting(&e))
 }
 
 #[derive(Serialize)]

@@ -436,7 +436,7 @@ fn default_handler() -> RequestHandler {
     let store: Mutex<BTreeMap<String, Value>> = Mutex::new(BTreeMap::new());
     Arc::new(move |method, params| {
         fn parse<T: serde::de::DeserializeOwned>(params: Value) -> Result<T, RpcError> {
-            serde_json::from_value(params).map_err(RpcError::invalid_params)
+            serde_json::from_value(params).map_err(|e| RpcError::params_not_fitting(&e))
         }
         let not_found = |params: &Value| {
             let name = params.get("name").or_else(|| params.get("service")).cloned().unwrap_or(Value::Null);

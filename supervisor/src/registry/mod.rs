@@ -289,7 +289,7 @@ impl<'a> ServiceCallIn<'a> {
     /// does not take (and for the error).
     pub fn parse(raw: Option<&'a RawValue>) -> Result<Self, RpcError> {
         let text = raw.map_or("{}", RawValue::get);
-        Self::scan(text).or_else(|_| serde_json::from_str(text).map_err(RpcError::invalid_params))
+        Self::scan(text).or_else(|_| serde_json::from_str(text).map_err(|e| RpcError::params_not_fitting(&e)))
     }
 
     /// The same members as the derived `Deserialize`, read by the scanner (strings borrowed,

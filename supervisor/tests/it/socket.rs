@@ -50,6 +50,8 @@ async fn junk_gets_errors_and_the_daemon_keeps_serving() {
         let r = roundtrip(&sock, b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"plugins.get\",\"params\":{\"nom\":1}}\n")
             .unwrap();
         assert_eq!(r["error"]["code"], -32602);
+        // What did not fit, without serde's position inside the params (it points nowhere the client sees).
+        assert_eq!(r["error"]["message"], "invalid params: missing field `name`", "{r}");
         // 20 MiB without a newline, then a newline: discarded, reported, connection still usable.
         let mut s = UnixStream::connect(&sock).unwrap();
         let chunk = vec![b'x'; 1 << 20];

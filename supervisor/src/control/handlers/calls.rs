@@ -54,7 +54,8 @@ impl<'a> ExecuteIn<'a> {
 
 /// Calls a plugin's `execute`.
 pub async fn execute(daemon: &Daemon, raw: Option<&RawValue>) -> Reply {
-    let p: ExecuteIn<'_> = serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(RpcError::invalid_params)?;
+    let p: ExecuteIn<'_> =
+        serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(|e| RpcError::params_not_fitting(&e))?;
     execute_parsed(daemon, p, None).await
 }
 
