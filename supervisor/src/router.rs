@@ -278,7 +278,7 @@ async fn call_instance(
 /// Who did not answer in time, for [`timed_out`]: how the message names it, and the `plugin`
 /// its `data` names.
 pub struct Answerer<'a> {
-    /// "plugin NAME", or "service NAME (host host:N)".
+    /// "plugin NAME", or "service NAME of the host on control connection N (pid P)".
     pub described: String,
     /// `data.plugin`.
     pub plugin: &'a str,

@@ -21,6 +21,8 @@ pub struct Conn {
     pub id: u64,
     /// The calling side of this connection (notifications, requests to a host).
     pub peer: Arc<Peer>,
+    /// The client's process (`SO_PEERCRED`) on the Unix socket, to name the host in messages.
+    pub client_pid: Option<i32>,
     /// Cancelled when the client goes away: ends its subscriptions.
     pub closed: tokio_util::sync::CancellationToken,
     /// Streams running for this client (`events.subscribe`, `plugins.trace`, following logs):
@@ -31,7 +33,15 @@ pub struct Conn {
 impl Conn {
     /// Connection `id`, calling the other side through `peer`.
     pub fn new(id: u64, peer: Arc<Peer>) -> Self {
-        Conn { id, peer, closed: Default::default(), streams: Arc::default() }
+        Conn { id, peer, client_pid: None, closed: Default::default(), streams: Arc::default() }
+    }
+
+    /// A host on `id` names its service's provider: its connection, and its process when known.
+    pub fn host_described(&self) -> String {
+        match self.client_pid {
+            Some(pid) => format!("the host on control connection {} (pid {pid})", self.id),
+            None => format!("the host on control connection {}", self.id),
+        }
     }
 
     /// Counts a stream as running until the guard is dropped.
@@ -65,11 +75,12 @@ impl Drop for StreamGuard {
 const FLUSH_EVERY: usize = 16;
 
 /// Serves one client until it disconnects.
-pub async fn run(daemon: Arc<Daemon>, stream: UnixStream) {
+/// (`client_pid`: its process, from the socket's peer credentials.)
+pub async fn run(daemon: Arc<Daemon>, stream: UnixStream, client_pid: Option<i32>) {
     let (read, write) = stream.into_split();
     let (tx, rx) = outbox::channel();
     spawn_writer(write, rx);
-    let conn = Arc::new(Conn::new(daemon.next_conn_id(), Arc::new(Peer::new(tx))));
+    let conn = Arc::new(Conn { client_pid, ..Conn::new(daemon.next_conn_id(), Arc::new(Peer::new(tx))) });
     // Progress of the calls its requests make reaches it (`$/progress` under its own ids).
     let _relay = crate::transport::peer::relay_target(conn.id, &conn.peer);
     let mut frames = FramedRead::new(read, FrameDecoder::new(DEFAULT_MAX_FRAME).noting_cr());

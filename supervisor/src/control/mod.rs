@@ -26,7 +26,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
                 continue;
             }
         };
-        match stream.peer_cred() {
+        let pid = match stream.peer_cred() {
             Ok(cred) if (cred.uid() == me || cred.uid() == 0) && is_plugin_peer(&daemon, cred.pid()) => {
                 // Plugins run as plugind's user, but must not steer plugind (stop or call other
                 // plugins) behind the registry's back: their processes are refused, without an
@@ -34,7 +34,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
                 tracing::warn!(pid = ?cred.pid(), "refused control connection from a plugin process");
                 continue;
             }
-            Ok(cred) if cred.uid() == me || cred.uid() == 0 => {}
+            Ok(cred) if cred.uid() == me || cred.uid() == 0 => cred.pid(),
             Ok(cred) => {
                 tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused control connection from another user");
                 continue;
@@ -43,8 +43,8 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
                 tracing::warn!("cannot read control peer credentials: {e}; refused");
                 continue;
             }
-        }
-        tokio::spawn(connection::run(daemon.clone(), stream));
+        };
+        tokio::spawn(connection::run(daemon.clone(), stream, pid));
     }
 }
 

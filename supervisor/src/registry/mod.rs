@@ -56,6 +56,8 @@ pub struct HostService {
     pub info: ServiceInfo,
     /// Its version, parsed.
     pub version: semver::Version,
+    /// Who provides it, in messages ("the host on control connection 3 (pid 812)").
+    pub host: String,
     /// The host's connection.
     pub peer: Arc<Peer>,
     /// Calls in flight, for "least loaded".
@@ -64,8 +66,8 @@ pub struct HostService {
 
 impl HostService {
     /// A host service on connection `conn`.
-    pub fn new(conn: u64, info: ServiceInfo, version: semver::Version, peer: Arc<Peer>) -> Self {
-        HostService { conn, info, version, peer, load: AtomicUsize::new(0) }
+    pub fn new(conn: u64, host: String, info: ServiceInfo, version: semver::Version, peer: Arc<Peer>) -> Self {
+        HostService { conn, info, version, host, peer, load: AtomicUsize::new(0) }
     }
 
     async fn call(&self, call: Call<'_>) -> Reply {
@@ -85,7 +87,7 @@ impl HostService {
             // Which deadline ran out, named as for a plugin.
             crate::transport::peer::CallError::Timeout(_) => {
                 let who = crate::router::Answerer {
-                    described: format!("service {} (host {})", self.info.name, self.info.plugin),
+                    described: format!("service {} of {}", self.info.name, self.host),
                     plugin: &self.info.plugin,
                 };
                 let max = Duration::from_millis(DEFAULT_MAX_TIMEOUT_MS);
@@ -94,7 +96,7 @@ impl HostService {
             // The host half-closed or went away: it can no longer answer (not a crash).
             crate::transport::peer::CallError::Closed => RpcError::with_data(
                 plugind_protocol::codes::PLUGIN_UNAVAILABLE,
-                format!("service {} is unavailable: its host's connection closed", self.info.name),
+                format!("service {} is unavailable: the connection of {} closed", self.info.name, self.host),
                 serde_json::json!({ "plugin": &self.info.plugin, "state": "stopped" }),
             ),
             e => call_error(&self.info.plugin, timeout, e),

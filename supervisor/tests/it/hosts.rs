@@ -216,6 +216,10 @@ async fn a_host_service_timeout_names_its_limit_and_its_errors_pass_unchanged() 
     assert_eq!(answer["error"]["code"], -32001, "{answer}");
     let data = &answer["error"]["data"];
     assert_eq!((data["limit"].clone(), data["timeout_ms"].clone()), (json!("timeout_ms"), json!(200)), "{answer}");
+    // The message names the host by its connection and its process, not a bare `host:N`.
+    let message = answer["error"]["message"].as_str().unwrap();
+    let pid = format!("(pid {})", std::process::id());
+    assert!(message.contains("service slow of the host on control connection") && message.contains(&pid), "{message}");
     // Its own error, answered in time, reaches the caller as it was.
     caller
         .send(json!({ "jsonrpc": "2.0", "id": 8, "method": "services.call",

@@ -204,7 +204,13 @@ pub fn services_register(daemon: &Daemon, conn: &Conn, p: ServicesRegisterParams
         methods: p.methods,
         capabilities: p.capabilities,
     };
-    daemon.add_host_service(Arc::new(HostService::new(conn.id, info, version, conn.peer.clone())));
+    daemon.add_host_service(Arc::new(HostService::new(
+        conn.id,
+        conn.host_described(),
+        info,
+        version,
+        conn.peer.clone(),
+    )));
     Ok(to_raw(&()))
 }
 
