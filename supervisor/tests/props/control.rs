@@ -65,7 +65,7 @@ impl Harness {
         let daemon = self.daemon.clone();
         let out = self.rt.block_on(async move {
             let (client, server) = UnixStream::pair().expect("socket pair");
-            let serve = connection::run(daemon, server);
+            let serve = connection::run(daemon, server, None);
             let talk = async move {
                 let (mut rd, mut wr) = client.into_split();
                 let write = async move {
