@@ -148,11 +148,30 @@ impl Message<'_> {
         id.filter(|_| method).map(|id| if valid_id(id) { id } else { null_id() })
     }
 
+    /// [`Message::request_id_of`] of a line, or of each member of a batch (which plugind does
+    /// not take, but answers member by member so no requester waits for nothing).
+    pub fn request_ids_of(line: &[u8]) -> Vec<&RawValue> {
+        match Self::batch_members(line) {
+            Some(members) => members.into_iter().filter_map(|m| Self::request_id_of(m.get().as_bytes())).collect(),
+            None => Self::request_id_of(line).into_iter().collect(),
+        }
+    }
+
     /// The numeric id of a line that is not a valid message and has no `method`: an answer,
     /// however malformed, to the request plugind sent under that id. None for anything else.
     pub fn answer_id_of(line: &[u8]) -> Option<u64> {
         let (id, method) = Self::id_and_method(line)?;
         id.filter(|_| !method).and_then(Message::numeric_id)
+    }
+
+    /// The members of a batch (a JSON array), which plugind does not take: each is answered or
+    /// failed by itself (`request_id_of`, `answer_id_of`), so nobody waits on a batch for an
+    /// answer that never comes. None when the line is not an array.
+    pub fn batch_members(line: &[u8]) -> Option<Vec<&RawValue>> {
+        if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+            return None;
+        }
+        serde_json::from_slice(line).ok()
     }
 
     /// A line's `id` (as it is) and whether it has a `method`, read without parsing the rest.
@@ -169,6 +188,9 @@ impl Message<'_> {
         Some((id, method))
     }
 }
+
+/// Why a batch is refused, the same for plugins and hosts.
+pub const BATCH: &str = "a batch (a JSON array); plugind takes one message per line, without batches";
 
 /// Deserializes a member that is present (even as `null`) into `Some`.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -236,6 +258,9 @@ impl<'a> Message<'a> {
         if first != Some(&b'{') {
             // Validate as JSON first so "not JSON" and "JSON but not an object" differ.
             serde_json::from_slice::<serde::de::IgnoredAny>(line)?;
+            if first == Some(&b'[') {
+                return Err(ParseError::NotJsonRpc(BATCH));
+            }
             return Err(ParseError::NotJsonRpc("not a JSON object"));
         }
         // The scanner checks UTF-8 as it goes. What it leaves goes to serde_json, from `&str`:

@@ -183,10 +183,15 @@ async fn serve_line(daemon: Arc<Daemon>, conn: Arc<Conn>, line: Bytes, flat: boo
             conn.peer.respond_with(id, reply).await;
         }
         Incoming::Invalid(e) => {
-            // Under the request's own id when it has one that can be read.
+            // Under the request's own id when it has one that can be read (each one of a batch).
             let err = RpcError::new(e.code(), e.to_string());
-            let id = plugind_protocol::jsonrpc::Message::request_id_of(&line).unwrap_or(null_id());
-            conn.peer.respond(id, Err(&err)).await;
+            let ids = plugind_protocol::jsonrpc::Message::request_ids_of(&line);
+            if ids.is_empty() {
+                conn.peer.respond(null_id(), Err(&err)).await;
+            }
+            for id in ids {
+                conn.peer.respond(id, Err(&err)).await;
+            }
         }
         Incoming::Notification { method, params } => return cancel::cancel_target(&method, params),
         Incoming::Delivered | Incoming::UnknownResponse(_) => {}

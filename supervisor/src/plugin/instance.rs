@@ -777,9 +777,15 @@ impl InstanceTask {
             }
             Incoming::Invalid(e) => {
                 self.report_bad_output(codes::INVALID_REQUEST, format!("stdout line is {e}; ignored"));
-                // A request it could not make sense of is still answered, under its own id: a
-                // plugin waiting for that answer would wait forever.
-                let id = plugind_protocol::jsonrpc::Message::request_id_of(line)?.to_owned();
+                // A request it could not make sense of is still answered, under its own id (each
+                // one of a batch): a plugin waiting for that answer would wait forever.
+                let ids: Vec<Box<RawValue>> = plugind_protocol::jsonrpc::Message::request_ids_of(line)
+                    .into_iter()
+                    .map(ToOwned::to_owned)
+                    .collect();
+                if ids.is_empty() {
+                    return None;
+                }
                 let peer = self.instance.peer.clone();
                 let error = RpcError::with_data(
                     codes::INVALID_REQUEST,
@@ -787,7 +793,9 @@ impl InstanceTask {
                     serde_json::json!({ "plugin": &*self.spec.plugin }),
                 );
                 Some(Box::pin(async move {
-                    peer.respond(&id, Err(&error)).await;
+                    for id in &ids {
+                        peer.respond(id, Err(&error)).await;
+                    }
                     Step::Served
                 }))
             }

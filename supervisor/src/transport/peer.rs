@@ -855,14 +855,20 @@ impl Peer {
         if !matches!(e, plugind_protocol::jsonrpc::ParseError::NotJsonRpc(_)) {
             return;
         }
-        let Some(n) = Message::answer_id_of(line) else { return };
-        let pending = self.calls().pending.remove(&n);
-        if let Some(reply) = pending.and_then(|mut p| p.reply.take()) {
-            let error = RpcError::new(
-                plugind_protocol::codes::INTERNAL_ERROR,
-                format!("the answer to this call was not a valid JSON-RPC response: {e}"),
-            );
-            let _ = reply.send(Ok(Err(error)));
+        // Answers inside a batch end their calls the same way, each by its id.
+        let answers: Vec<u64> = match Message::batch_members(line) {
+            Some(members) => members.iter().filter_map(|m| Message::answer_id_of(m.get().as_bytes())).collect(),
+            None => Message::answer_id_of(line).into_iter().collect(),
+        };
+        for n in answers {
+            let pending = self.calls().pending.remove(&n);
+            if let Some(reply) = pending.and_then(|mut p| p.reply.take()) {
+                let error = RpcError::new(
+                    plugind_protocol::codes::INTERNAL_ERROR,
+                    format!("the answer to this call was not a valid JSON-RPC response: {e}"),
+                );
+                let _ = reply.send(Ok(Err(error)));
+            }
         }
     }
 

@@ -520,3 +520,24 @@ async fn a_plugins_malformed_request_is_answered_under_its_id() {
     let log = d.log();
     assert!(!log.contains("non-JSON line"), "{log}");
 }
+
+/// Batches are not part of the protocol, but nobody waits on one: a plugin's answer inside a
+/// batch ends its call at once with `-32603` (not at the deadline), and its request inside a
+/// batch is answered `-32600` under its own id, both saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_from_a_plugin_is_answered_and_ends_its_call_at_once() {
+    let d = Daemon::builder().plugin("hostile").start().await;
+    let t = Instant::now();
+    let r = d
+        .call("execute", json!({"plugin": "hostile", "method": "batch_answer", "params": {}, "timeout_ms": 20000}))
+        .await;
+    let Err(ClientError::Rpc(e)) = r else { panic!("an answer in a batch is not an answer: {r:?}") };
+    assert_eq!(e.code, -32603, "{e:?}");
+    assert!(e.message.contains("without batches"), "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "ended at once, not at the 20 s deadline: {:?}", t.elapsed());
+    let r = d.execute("hostile", "batch_request", json!({})).await.unwrap();
+    assert_eq!(r["error"]["code"], -32600, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("without batches"), "{r}");
+    // The plugin serves on.
+    assert_eq!(d.execute("hostile", "results", json!({})).await.unwrap(), json!([]));
+}

@@ -27,6 +27,17 @@ async fn junk_gets_errors_and_the_daemon_keeps_serving() {
         assert_eq!(r["error"]["code"], -32600);
         let r = roundtrip(&sock, b"[1,2,3]\n").unwrap();
         assert_eq!(r["error"]["code"], -32600);
+        // A batch is not taken, but each request in it is answered under its own id, saying why.
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        s.write_all(b"[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"plugins.list\"},{\"jsonrpc\":\"2.0\",\"id\":\"b\",\"method\":\"x\"}]\n")
+            .unwrap();
+        let mut answers = BufReader::new(s).lines();
+        for id in [json!(1), json!("b")] {
+            let r: serde_json::Value = serde_json::from_str(&answers.next().unwrap().unwrap()).unwrap();
+            assert_eq!((&r["id"], &r["error"]["code"]), (&id, &json!(-32600)), "{r}");
+            assert!(r["error"]["message"].as_str().unwrap().contains("without batches"), "{r}");
+        }
         let r = roundtrip(&sock, b"\xff\xfe\xfd\n").unwrap();
         assert_eq!(r["error"]["code"], -32700);
         // Valid JSON that is not a valid request: -32600, under its own id when it has one.
