@@ -7,9 +7,14 @@
 //!
 //! What the NDJSON socket can do and this cannot: methods that send notifications or requests
 //! back on the connection (`events.subscribe`, `plugins.trace`, `logs.tail` with `follow`,
-//! `services.register`) answer `-32601` with a message pointing to the socket; batches are
-//! refused (`-32600`) as on the socket. A WebSocket connection is one control connection (one
-//! `Conn`) for its lifetime; a plain HTTP request is one of its own.
+//! `services.register`) answer `-32601` with a message pointing to the socket. What is not a
+//! request gets the socket's answers (`read_post` checks an HTTP body with the socket's parser;
+//! `Dispatch::batch` answers each request of a batch `-32600`). A WebSocket connection is one
+//! control connection (one `Conn`) for its lifetime; a plain HTTP request is one of its own.
+//!
+//! Connecting needs no token, so connections are bounded: at most [`max_connections`] at once
+//! (over it, a 503 and close), and one that sends no headers within [`HEADER_READ_TIMEOUT`] is
+//! closed. Descriptors are what plugind's control socket and plugins need.
 
 use crate::control::connection::Conn;
 use crate::control::handlers;
@@ -17,22 +22,22 @@ use crate::transport::frame::DEFAULT_MAX_FRAME;
 use crate::transport::peer::Peer;
 use crate::Daemon;
 use jsonrpsee::server::middleware::rpc::{
-    Batch, MethodResponse, Notification, Request, RpcServiceBuilder, RpcServiceT,
+    Batch, BatchEntry, MethodResponse, Notification, Request, RpcServiceBuilder, RpcServiceT,
 };
 use jsonrpsee::server::{
-    serve_with_graceful_shutdown, stop_channel, BatchRequestConfig, HttpBody, HttpResponse, Methods, ServerConfig,
-    ServerHandle,
+    stop_channel, BatchRequestConfig, HttpBody, HttpResponse, Methods, ServerConfig, ServerHandle,
 };
 use jsonrpsee::types::{ErrorObject, Id};
 use jsonrpsee::ResponsePayload;
 use plugind_protocol::codes;
 use plugind_protocol::control as c;
-use plugind_protocol::jsonrpc::RpcError;
+use plugind_protocol::jsonrpc::{null_id, Message, ParseError, RpcError, PARAMS_SHAPE};
 use serde_json::value::RawValue;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::Service as _;
 
@@ -78,14 +83,22 @@ impl Listener {
     pub fn serve(self, daemon: Arc<Daemon>) -> anyhow::Result<Serving> {
         let addr = self.tcp.local_addr()?;
         let (stop_handle, handle) = stop_channel();
+        let max_connections = max_connections();
         let config = ServerConfig::builder()
-            .set_batch_request_config(BatchRequestConfig::Disabled)
+            // Batches reach `Dispatch::batch`, which answers each request in one `-32600`,
+            // as the socket does (jsonrpsee's own refusal has a code of plugind's).
+            .set_batch_request_config(BatchRequestConfig::Unlimited)
             .max_request_body_size(u32::try_from(DEFAULT_MAX_FRAME).unwrap_or(u32::MAX))
             .max_response_body_size(MAX_RESPONSE)
+            // The cap is ours (`max_connections` below), counted per TCP connection.
+            .max_connections(u32::MAX)
             .build();
         let builder = jsonrpsee::server::Server::builder().set_config(config).to_service_builder();
         let Listener { tcp, token } = self;
+        let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
         tokio::spawn(async move {
+            // Refusals are logged at most once a second: a flood of them is one attack.
+            let mut last_refusal: Option<std::time::Instant> = None;
             loop {
                 let (sock, remote) = tokio::select! {
                     r = tcp.accept() => match r {
@@ -98,6 +111,17 @@ impl Listener {
                     },
                     _ = stop_handle.clone().shutdown() => break,
                 };
+                // Over the cap the connection is closed at once (after a 503 if it takes one):
+                // held connections cost plugind a descriptor each, and its control socket and
+                // plugins need theirs.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    if last_refusal.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        last_refusal = Some(std::time::Instant::now());
+                        tracing::warn!(%remote, max_connections, "--listen: connection refused, too many open");
+                    }
+                    let _ = sock.try_write(TOO_MANY_CONNECTIONS);
+                    continue;
+                };
                 let (daemon, token, builder, stop) =
                     (daemon.clone(), token.clone(), builder.clone(), stop_handle.clone());
                 let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -109,17 +133,144 @@ impl Listener {
                     async move {
                         if !authorized {
                             tracing::warn!(%remote, "--listen: request without a valid bearer token refused");
-                            return Ok(unauthorized());
+                            return Ok::<_, jsonrpsee::core::BoxError>(unauthorized());
                         }
-                        rpc.call(req).await
+                        match read_post(req).await {
+                            Ok(req) => rpc.call(req).await,
+                            Err(answer) => Ok(answer),
+                        }
                     }
                 });
-                tokio::spawn(serve_with_graceful_shutdown(sock, svc, stop_handle.clone().shutdown()));
+                tokio::spawn(serve_connection(sock, svc, stop_handle.clone(), slot));
             }
         });
-        tracing::info!(%addr, "control API over HTTP and WebSocket (bearer token required)");
+        tracing::info!(%addr, max_connections, "control API over HTTP and WebSocket (bearer token required)");
         Ok(Serving { handle, addr })
     }
+}
+
+/// How long a client has to send a request's headers, from when the connection opens or its
+/// previous answer went out: a connection that sends nothing is closed after it (an idle
+/// keep-alive one too), so silent connections cannot pile up.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an authorized request's body may take to arrive in full.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a connection over the cap gets before it is closed.
+const TOO_MANY_CONNECTIONS: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 31\r\n\r\ntoo many connections to plugind\n";
+
+/// Most TCP connections open at once: 256, or an eighth of plugind's open-file limit when
+/// that is lower (at least 8), so `--listen` can never take the descriptors plugind needs
+/// for its control socket and its plugins.
+fn max_connections() -> usize {
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+    usize::try_from(soft / 8).unwrap_or(usize::MAX).clamp(8, 256)
+}
+
+/// Serves one TCP connection (HTTP/1.1, upgraded to WebSocket on request) until it closes, its
+/// client goes quiet past [`HEADER_READ_TIMEOUT`], or the server stops; `slot` is its place
+/// under the connection cap, given back when it ends.
+async fn serve_connection<S>(
+    sock: tokio::net::TcpStream,
+    svc: S,
+    stop: jsonrpsee::server::StopHandle,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) where
+    S: tower::Service<http::Request<hyper::body::Incoming>, Response = HttpResponse> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<jsonrpsee::core::BoxError>,
+{
+    let _slot = slot;
+    let io = hyper_util::rt::TokioIo::new(sock);
+    let service = hyper_util::service::TowerToHyperService::new(svc);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.shutdown() => {
+            // Pending requests are answered, then the connection closes.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// An authorized request made ready for jsonrpsee: a POST's body is read in full (bounded in
+/// size and time) and checked as the control socket checks a line, so that what is not a
+/// request gets the socket's very answer (`-32700`/`-32600`, under the request's own id, one
+/// per request of a batch); anything else (a WebSocket upgrade) passes as it came.
+async fn read_post(req: http::Request<hyper::body::Incoming>) -> Result<http::Request<HttpBody>, HttpResponse> {
+    use http_body_util::BodyExt as _;
+    let (parts, body) = req.into_parts();
+    if parts.method != http::Method::POST {
+        return Ok(http::Request::from_parts(parts, HttpBody::new(body)));
+    }
+    let too_large = |len: Option<u64>| {
+        let size = len.map_or_else(|| "more than".to_owned(), |n| n.to_string());
+        let e = RpcError::new(
+            codes::INVALID_REQUEST,
+            format!("request of {size} bytes exceeds the {DEFAULT_MAX_FRAME}-byte limit"),
+        );
+        json_answer(http::StatusCode::PAYLOAD_TOO_LARGE, error_line(null_id(), &e))
+    };
+    let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DEFAULT_MAX_FRAME as u64) {
+        return Err(too_large(declared));
+    }
+    let limited = http_body_util::Limited::new(body, DEFAULT_MAX_FRAME);
+    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large(None)),
+        Ok(Err(e)) => return Err(plain(http::StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}\n"))),
+        Err(_) => {
+            let secs = BODY_READ_TIMEOUT.as_secs();
+            return Err(plain(
+                http::StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {secs} s\n"),
+            ));
+        }
+    };
+    if let Err(e) = Message::parse(&bytes) {
+        let err = RpcError::new(e.code(), e.to_string());
+        let ids = Message::request_ids_of(&bytes);
+        let body = if ids.is_empty() {
+            error_line(null_id(), &err)
+        } else if Message::batch_members(&bytes).is_some() {
+            // A batch's answer is an array, even of one.
+            let lines: Vec<String> = ids.into_iter().map(|id| error_line(id, &err)).collect();
+            format!("[{}]", lines.join(","))
+        } else {
+            error_line(ids[0], &err)
+        };
+        return Err(json_answer(http::StatusCode::OK, body));
+    }
+    Ok(http::Request::from_parts(parts, HttpBody::new(http_body_util::Full::new(bytes))))
+}
+
+/// An answer of JSON.
+fn json_answer(status: http::StatusCode, body: String) -> HttpResponse {
+    let mut r = HttpResponse::new(HttpBody::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn plain(status: http::StatusCode, text: String) -> HttpResponse {
+    let mut r = HttpResponse::new(HttpBody::from(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn error_line(id: &RawValue, e: &RpcError) -> String {
+    let line = plugind_protocol::jsonrpc::error_line(id, e);
+    String::from_utf8_lossy(line.trim_ascii_end()).into_owned()
 }
 
 /// Whether the headers carry `Authorization: Bearer <token>` (compared in constant time).
@@ -212,6 +363,10 @@ impl RpcServiceT for Dispatch {
             let params: Option<Box<RawValue>> = req.params.map(std::borrow::Cow::into_owned);
             let reply = match streaming(&req.method, params.as_deref()) {
                 Some(e) => Err(e),
+                // jsonrpsee takes any params; the socket (and JSON-RPC) only an object or array.
+                None if params.as_deref().is_some_and(|p| !p.get().starts_with(['{', '['])) => {
+                    Err(RpcError::new(codes::INVALID_REQUEST, ParseError::NotJsonRpc(PARAMS_SHAPE).to_string()))
+                }
                 None => handlers::dispatch(&daemon, &guard.conn, &req.method, params.as_deref()).await,
             };
             match reply {
@@ -221,17 +376,31 @@ impl RpcServiceT for Dispatch {
         }
     }
 
-    fn batch<'a>(&self, _requests: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
-        std::future::ready(MethodResponse::error(
-            Id::Null,
-            error_object(RpcError::new(codes::INVALID_REQUEST, "batches are not supported")),
-        ))
+    fn batch<'a>(&self, requests: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+        // Not taken, as on the socket: each request in it is answered `-32600` under its id.
+        let refusal = || error_object(batch_refusal());
+        let mut answers = jsonrpsee::core::server::BatchResponseBuilder::new_with_limit(MAX_RESPONSE as usize);
+        for entry in requests {
+            if let Ok(BatchEntry::Call(req)) = entry {
+                let _ = answers.append(MethodResponse::error(req.id.into_owned(), refusal()));
+            }
+        }
+        std::future::ready(if answers.is_empty() {
+            MethodResponse::error(Id::Null, refusal())
+        } else {
+            MethodResponse::from_batch(answers.finish())
+        })
     }
 
     fn notification<'a>(&self, _n: Notification<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
         // No method of the control API is a notification: nothing to do, nothing to answer.
         std::future::ready(MethodResponse::notification())
     }
+}
+
+/// A batch's refusal, worded as the socket's.
+fn batch_refusal() -> RpcError {
+    RpcError::new(codes::INVALID_REQUEST, ParseError::NotJsonRpc(plugind_protocol::jsonrpc::BATCH).to_string())
 }
 
 fn error_object(e: RpcError) -> ErrorObject<'static> {

@@ -189,6 +189,9 @@ impl Message<'_> {
     }
 }
 
+/// Why a request's params are refused when they are neither an object nor an array.
+pub const PARAMS_SHAPE: &str = "\"params\" must be an object or an array";
+
 /// Why a batch is refused, the same for plugins and hosts.
 pub const BATCH: &str = "a batch (a JSON array); plugind takes one message per line, without batches";
 
@@ -289,7 +292,7 @@ impl<'a> Message<'a> {
             return Err(ParseError::NotJsonRpc("\"id\" must be a string, a number or null"));
         }
         if env.params.is_some_and(|p| !matches!(p.get().as_bytes().first(), Some(b'{' | b'[' | b'n'))) {
-            return Err(ParseError::NotJsonRpc("\"params\" must be an object or an array"));
+            return Err(ParseError::NotJsonRpc(PARAMS_SHAPE));
         }
         if let Some(method) = env.method {
             return Ok(match env.id {

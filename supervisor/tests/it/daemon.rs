@@ -589,6 +589,133 @@ async fn listen_serves_the_api_over_http_and_websocket_with_a_bearer_token() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
 }
 
+/// What is not a request gets the socket's very answers over `--listen` too: `-32600` under the
+/// request's own id (a batch's requests each in an array), a body over 16 MiB refused before it
+/// is read, params that are neither an object nor an array refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_answers_what_is_not_a_request_as_the_socket_does() {
+    let b = Daemon::builder();
+    std::fs::write(b.path().join("token"), "tok\n").unwrap();
+    std::fs::set_permissions(b.path().join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let d = b.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg("token").start().await;
+    let addr = listen_addr(&d).await;
+    tokio::task::spawn_blocking(move || {
+        let post = |body: &str| -> Value { serde_json::from_str(&http_post(&addr, Some("Bearer tok"), body).1).unwrap() };
+        let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"plugins.list"},{"jsonrpc":"2.0","id":"b","method":"x"}]"#;
+        let v = post(batch);
+        assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+        for (answer, id) in v.as_array().unwrap().iter().zip([json!(1), json!("b")]) {
+            assert_eq!((&answer["id"], &answer["error"]["code"]), (&id, &json!(-32600)), "{v}");
+            assert!(answer["error"]["message"].as_str().unwrap().contains("without batches"), "{v}");
+        }
+        let v = post(r#"{"jsonrpc":"2.0","id":{"a":1},"method":"plugins.list"}"#);
+        assert_eq!((&v["id"], &v["error"]["code"]), (&json!(null), &json!(-32600)), "{v}");
+        let v = post(r#"{"jsonrpc":"2.0","id":3,"method":"plugins.list","params":"x"}"#);
+        assert_eq!((&v["id"], &v["error"]["code"]), (&json!(3), &json!(-32600)), "{v}");
+        let v = post("hello");
+        assert_eq!((&v["id"], &v["error"]["code"]), (&json!(null), &json!(-32700)), "{v}");
+        // 17 MiB announced: refused from the headers, the body never sent.
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok\r\nContent-Type: application/json\r\nContent-Length: 17825792\r\n\r\n").unwrap();
+        let mut head = [0u8; 512];
+        let n = s.read(&mut head).unwrap();
+        let text = String::from_utf8_lossy(&head[..n]);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        // Over WebSocket, the same for a batch and for params.
+        let mut ws = Ws::connect(&addr, Some("Bearer tok")).unwrap();
+        let v = ws.call(&serde_json::from_str(batch).unwrap());
+        assert_eq!(v[1]["id"], "b", "{v}");
+        assert_eq!((&v[0]["id"], &v[0]["error"]["code"]), (&json!(1), &json!(-32600)), "{v}");
+        let v = ws.call(&json!({"jsonrpc": "2.0", "id": 4, "method": "plugins.list", "params": "x"}));
+        assert_eq!((&v["id"], &v["error"]["code"]), (&json!(4), &json!(-32600)), "{v}");
+    })
+    .await
+    .unwrap();
+}
+
+/// Anyone who can reach `--listen` (no token needed to connect) must not be able to take the
+/// descriptors plugind needs: connections are capped (256, fewer under a low open-file limit), those over the cap get a 503
+/// and are closed at once, a connection that sends nothing is closed after 10 s, and the
+/// control socket serves throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_connections_cannot_exhaust_pluginds_descriptors() {
+    let b = Daemon::builder().plugin("perl-echo");
+    std::fs::write(b.path().join("token"), "tok\n").unwrap();
+    std::fs::set_permissions(b.path().join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let d = b.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg("token").start().await;
+    let addr = listen_addr(&d).await;
+    let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let before = fds(d.pid());
+    // The cap: 256, or an eighth of plugind's open-file limit when that is lower.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let soft: usize = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cap = (soft / 8).clamp(8, 256);
+    let a = addr.clone();
+    let (held, refused) = tokio::task::spawn_blocking(move || {
+        let mut held = Vec::new();
+        for _ in 0..300 {
+            held.push(std::net::TcpStream::connect(&a).unwrap());
+        }
+        // Each over the cap is answered 503 and closed; those under it wait, silent (read
+        // without blocking, until the 44 refusals are in or 5 s, well before the 10 s timeout).
+        let mut answered = vec![false; held.len()];
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while answered.iter().filter(|a| **a).count() < 300 - cap && std::time::Instant::now() < deadline {
+            for (s, done) in held.iter_mut().zip(answered.iter_mut()).filter(|(_, done)| !**done) {
+                s.set_nonblocking(true).unwrap();
+                let mut buf = [0u8; 64];
+                match s.read(&mut buf) {
+                    Ok(n) => {
+                        assert!(buf.starts_with(b"HTTP/1.1 503"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+                        *done = true;
+                    }
+                    Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let held: Vec<_> = held.into_iter().zip(&answered).filter(|(_, a)| !**a).map(|(s, _)| s).collect();
+        for mut s in held.iter() {
+            let mut buf = [0u8; 1];
+            assert_eq!(s.read(&mut buf).unwrap_err().kind(), std::io::ErrorKind::WouldBlock, "held open");
+        }
+        (held, answered.iter().filter(|a| **a).count())
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused, 300 - cap, "connections over the cap of {cap} are refused");
+    let during = fds(d.pid());
+    assert!(during <= before + cap + 4, "plugind holds {during} descriptors (was {before})");
+    assert_eq!(d.execute("perl-echo", "echo", json!(1)).await.unwrap(), json!(1), "the control socket serves");
+    // The silent ones are closed after the header timeout (10 s), giving their places back.
+    let t = std::time::Instant::now();
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut s = held.into_iter().next().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 64];
+        matches!(s.read(&mut buf), Ok(0) | Err(_))
+    })
+    .await
+    .unwrap();
+    assert!(closed && t.elapsed() < Duration::from_secs(25), "a silent connection is closed ({:?})", t.elapsed());
+    let (status, _) = tokio::task::spawn_blocking(move || {
+        http_post(&addr, Some("Bearer tok"), r#"{"jsonrpc":"2.0","id":1,"method":"plugins.list"}"#)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+}
+
 #[test]
 fn listen_without_a_usable_token_file_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
