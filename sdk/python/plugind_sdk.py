@@ -34,8 +34,8 @@ reads stdin, with no thread hop: a fast handler costs a function call. When it w
 SDK (a request to plugind such as ``ctx.call_service``, or ``ctx.cancelled.wait()``) another thread
 takes over reading first, so other calls and ``$/cancel`` still get through; one that blocks some
 other way (``time.sleep``, a socket) for more than ``HANDOFF_AFTER`` seconds is handed off the
-same way by a watchdog. ``async def`` handlers run concurrently on one asyncio loop and are
-cancelled like any asyncio task.
+same way by a watchdog (and later calls of that method hand it off before they run). ``async
+def`` handlers run concurrently on one asyncio loop and are cancelled like any asyncio task.
 
 Standard library only, Python >= 3.9, one file: ``pluginctl new`` copies it next to a plugin.
 """
@@ -200,13 +200,13 @@ class _Turn:
     """One thread's turn at reading stdin. ``handed`` once another thread has taken over reading;
     ``calls`` and ``busy`` let the watchdog see a plain handler that has run too long."""
 
-    __slots__ = ("handed", "passing", "calls", "busy")
+    __slots__ = ("handed", "calls", "busy", "params")
 
     def __init__(self) -> None:
         self.handed = False
-        self.passing = False  # a thread is being started to take the turn over
         self.calls = 0
         self.busy = False
+        self.params: Any = None  # of the call being handled: its `execute` method names it
 
 
 class _Connection:
@@ -655,8 +655,13 @@ class _Server:
         self.eof = threading.Event()
         self.turn: Optional[_Turn] = None  # the turn of the thread that reads now
         self.parked: List[list] = []  # [event, turn] of threads waiting for a turn
-        self.watching = threading.Event()  # wakes the watchdog when a turn starts reading again
+        self.watching = threading.Event()  # wakes the idle watchdog when a read returns
         self.watchdog_idle = False
+        self.reading = False  # a thread waits in os.read for input
+        # `execute` methods whose handler the watchdog found blocking: their next calls hand
+        # the turn on before they run, so N calls at once do not start HANDOFF_AFTER apart.
+        # A call of one that then finishes within HANDOFF_AFTER takes it off the set.
+        self.blocking: set = set()
 
     # -- the turn to read ------------------------------------------------------------------------
 
@@ -679,30 +684,27 @@ class _Server:
 
     def _pass_turn(self, turn: _Turn) -> None:
         with self.lock:
-            if turn.handed or turn.passing or self.turn is not turn:
+            if turn.handed or self.turn is not turn:
                 return
             new = _Turn()
+            # Given up before the new reader runs: it may read a line at once and hand its own
+            # turn on, which it can do only once the turn is its own (else it would keep it
+            # until the watchdog noticed, and calls would start in 20 ms waves).
+            turn.handed = True
+            self.turn = new
             parked = self.parked.pop() if self.parked else None
             if parked is not None:
-                turn.handed = True
-                self.turn = new
                 parked[1] = new
                 parked[0].set()
                 return
-            turn.passing = True
-        # No parked thread: start one, and only once it runs is the turn given up here, so a
-        # thread that cannot be started leaves this one reading (nobody is left without a reader).
         try:
             threading.Thread(target=self._read_turn, args=(new,), name="plugind-reader", daemon=True).start()
         except RuntimeError as e:  # out of threads: keep reading here, after the handler
             _warn(f"cannot start a thread to read stdin: {e}")
             with self.lock:
-                turn.passing = False
-            return
-        with self.lock:
-            turn.passing = False
-            turn.handed = True
-            self.turn = new
+                if self.turn is new:  # nobody took it: nobody is left without a reader
+                    self.turn = turn
+                    turn.handed = False
 
     def _read_turn(self, turn: _Turn) -> None:
         """Handles lines while this thread has the turn, then parks for a new one (or exits)."""
@@ -767,13 +769,17 @@ class _Server:
     def _read(self) -> bool:
         """Flushes, waits for input, queues its complete lines; False at end of input."""
         self.conn.flush()
-        if self.watchdog_idle:
-            self.watching.set()
+        self.reading = True
         try:
             chunk = os.read(self.fd, 65536)
         except OSError as e:
             _warn(f"cannot read stdin: {e}")
             chunk = b""
+        # Wakes an idle watchdog now that there is work: the handler this chunk starts may block
+        # (the watchdog sleeps only while this thread waits in os.read; see _watchdog).
+        self.reading = False
+        if self.watchdog_idle:
+            self.watching.set()
         if not chunk:
             return False
         end = chunk.rfind(b"\n")
@@ -859,15 +865,21 @@ class _Server:
             if turn.busy:
                 quiet = 0
                 if seen == (turn, turn.calls):
+                    params = turn.params
+                    if type(params) is dict and type(params.get("method")) is str:
+                        self.blocking.add(params["method"])
                     self._pass_turn(turn)
                 seen = (turn, turn.calls)
             else:
                 seen = (None, -1)
                 quiet += 1
                 if quiet >= 4:  # idle: sleep until the next read returns
+                    # Clear, publish, then look: a read that returns after the look sees
+                    # watchdog_idle and wakes us; one that returned before it left `reading`
+                    # False, and we stay awake.
                     self.watching.clear()
                     self.watchdog_idle = True
-                    if not (turn is self.turn and not turn.busy):  # raced with a read: stay awake
+                    if not (self.reading and turn is self.turn and not turn.busy):
                         self.watching.set()
                     self.watching.wait()
                     self.watchdog_idle = False
@@ -907,15 +919,24 @@ class _Server:
 
     def _request(self, rid: Any, method: str, params: Any) -> None:
         turn = _local.turn
+        turn.params = params
         ctx = Context(self.conn, self.host.registry, rid)
         key = rid if type(rid) in (int, str) else None
         inflight = self.inflight
         inflight[key] = ctx  # registered before the handler runs, so a $/cancel can find it
+        started = 0.0
+        blocks = bool(self.blocking) and method == "execute" and type(params) is dict and params.get("method") in self.blocking
+        if blocks:
+            self._pass_turn(turn)
+            started = time.monotonic()
         try:
             value = self._dispatch(method, params, ctx)
         except BaseException as e:  # noqa: B036 - every failure becomes the call's error answer
             self._finish(ctx, key, None, e)
             return
+        finally:
+            if blocks and time.monotonic() - started < HANDOFF_AFTER:
+                self.blocking.discard(params.get("method"))
         if type(value) not in _PLAIN and hasattr(value, "__await__"):
             self._schedule(ctx, key, value)
         elif not (turn.handed or ctx._is_cancelled):
