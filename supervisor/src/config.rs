@@ -187,17 +187,7 @@ impl Config {
         }
         let by_flag = flags.otlp_endpoint.is_some();
         if let Some(url) = flags.otlp_endpoint.or(from_file.otlp_endpoint) {
-            let rest = url.strip_prefix("http://").ok_or_else(|| {
-                err(
-                    &origin("otlp_endpoint", by_flag),
-                    format!(
-                        "expected http://HOST:PORT[/PATH] (OTLP/HTTP; for https run a local collector), found {url:?}"
-                    ),
-                )
-            })?;
-            if rest.is_empty() || rest.starts_with('/') {
-                return Err(err(&origin("otlp_endpoint", by_flag), format!("no host in {url:?}")));
-            }
+            otlp_endpoint_problem(&url).map_or(Ok(()), |why| Err(err(&origin("otlp_endpoint", by_flag), why)))?;
             c.otlp_endpoint = Some(url);
         }
         c.token_file = flags.token_file.or(from_file.token_file).map(absolute);
@@ -512,10 +502,57 @@ fn absolute(p: PathBuf) -> PathBuf {
     std::path::absolute(&p).unwrap_or(p)
 }
 
+/// What is wrong with an OTLP endpoint, if anything: plugind speaks plain OTLP/HTTP to
+/// `http://HOST[:PORT][/PATH]`, and anything else would only fail at every export, with a
+/// vaguer message (or, for a password in the URL, end up in the log).
+fn otlp_endpoint_problem(url: &str) -> Option<String> {
+    let expected = "expected http://HOST[:PORT][/PATH] (OTLP/HTTP; for https run a local collector)";
+    let Some(rest) = url.strip_prefix("http://") else { return Some(format!("{expected}, found {url:?}")) };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Some(format!("no host in {url:?}"));
+    }
+    if authority.contains('@') {
+        return Some(format!("{expected}, without credentials (they would be logged), found a user in the URL"));
+    }
+    if url.contains(['?', '#']) {
+        return Some(format!("{expected}, without a query or fragment (spans go to PATH/v1/traces), found {url:?}"));
+    }
+    // The port: after the last ':' unless that is inside an IPv6 literal's brackets.
+    if let Some((_, port)) = authority.rsplit_once(':').filter(|(_, p)| !p.contains(']')) {
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Some(format!("{expected}, with a port from 1 to 65535, found {url:?}"));
+        }
+    }
+    if url.parse::<http::Uri>().is_err() {
+        return Some(format!("{expected}, found {url:?}"));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn otlp_endpoints_that_could_never_work_are_refused_at_start() {
+        for good in ["http://127.0.0.1:4318", "http://collector", "http://h:4318/otlp/", "http://[::1]:4318"] {
+            assert_eq!(otlp_endpoint_problem(good), None, "{good}");
+        }
+        for (bad, why) in [
+            ("https://collector:4318", "for https run a local collector"),
+            ("collector:4318", "expected http://"),
+            ("http://", "no host"),
+            ("http://127.0.0.1:99999", "port from 1 to 65535"),
+            ("http://h:0", "port from 1 to 65535"),
+            ("http://h:4318?x=1", "without a query"),
+            ("http://u:secret@h:4318", "without credentials"),
+        ] {
+            let problem = otlp_endpoint_problem(bad).unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(problem.contains(why) && !problem.contains("secret"), "{bad}: {problem}");
+        }
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         let s = Settings::parse(text, Path::new("/etc/plugind/plugind.toml"))?;

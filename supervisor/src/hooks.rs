@@ -51,9 +51,9 @@ impl Daemon {
         budget: Option<Duration>,
         trace: &TraceIn,
     ) -> Result<HooksRunResult, RpcError> {
-        let chain_hop = Hop::start(trace);
+        let chain_hop = Hop::start(trace, "hooks.run", None, hook);
         let result = self.run_chain(hook, payload, budget, &chain_hop).await;
-        chain_hop.finish("hooks.run", "", hook, &result);
+        chain_hop.finish(&result);
         result
     }
 
@@ -169,7 +169,7 @@ impl Daemon {
         end: Option<Instant>,
         chain_hop: &Hop,
     ) -> Result<HookResult, RpcError> {
-        let hop = Hop::start(&chain_hop.as_parent());
+        let hop = Hop::start(&chain_hop.as_parent(), "hook", Some(&m.entry.name), hook);
         let write = |out: &mut Vec<u8>| {
             out.extend_from_slice(br#"{"hook":"#);
             plugind_protocol::jsonrpc::write_json(out, hook);
@@ -186,7 +186,7 @@ impl Daemon {
         if let Err(e) = &result {
             crate::router::call_failed(&m.entry, hook, e, &hop);
         }
-        hop.finish("hook", &m.entry.name, hook, &result);
+        hop.finish(&result);
         result
     }
 }

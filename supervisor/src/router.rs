@@ -182,7 +182,7 @@ pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<RawJ
     if let Some(m) = method {
         m.check_params(&entry.name, call.method, call.params)?;
     }
-    let hop = Hop::start(&call.trace);
+    let hop = Hop::start(&call.trace, "execute", Some(&entry.name), call.method);
     let params = call.execute_out(&hop);
     // Deadline precedence: the call's own, else the method's, else the plugin's.
     let timeout_ms = call.timeout_ms.or_else(|| method.and_then(|m| m.spec.timeout_ms));
@@ -199,7 +199,7 @@ pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<RawJ
     if let Err(e) = &result {
         call_failed(entry, call.method, e, &hop);
     }
-    hop.finish("execute", &entry.name, call.method, &result);
+    hop.finish(&result);
     result
 }
 
@@ -348,7 +348,7 @@ mod tests {
     /// out.
     #[test]
     fn large_params_from_a_flat_line_are_spliced() {
-        let hop = Hop::start(&TraceIn::default());
+        let hop = Hop::start(&TraceIn::default(), "execute", Some("echo"), "echo");
         for size in [10, WRITE_DIRECT + 1] {
             let params = format!(r#"{{"blob": "{}"}}"#, "x".repeat(size));
             let line = Bytes::from(format!(r#"{{"id":1,"params":{params}}}"#));

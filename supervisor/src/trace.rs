@@ -187,6 +187,8 @@ impl TraceIn {
 }
 
 /// One hop in flight: the span plugind made for it, and what it needs to export it when done.
+/// A hop dropped before [`Hop::finish`] (its call was cancelled: `$/cancel`, a caller gone, a
+/// stop) is exported as cancelled, so the calls an operator most wants to trace are not lost.
 #[derive(Debug)]
 pub struct Hop {
     /// This hop's span (the plugin sees it as its parent).
@@ -195,13 +197,29 @@ pub struct Hop {
     pub parent: Option<SpanRef>,
     /// Forwarded `tracestate`.
     pub tracestate: Option<Arc<str>>,
-    /// When it began, only when spans are exported.
-    started: Option<SystemTime>,
+    /// What its span is made of, only when spans are exported.
+    pending: Option<Box<PendingSpan>>,
+}
+
+/// A hop's span until it ends.
+#[derive(Debug)]
+struct PendingSpan {
+    started: SystemTime,
+    name: &'static str,
+    /// `plugind.plugin`: none for a whole hook chain.
+    plugin: Option<String>,
+    method: String,
+}
+
+/// How a hop ended.
+enum Outcome<'a> {
+    Answered(Result<(), &'a RpcError>),
+    Cancelled,
 }
 
 impl Hop {
-    /// Starts a hop under `from`.
-    pub fn start(from: &TraceIn) -> Hop {
+    /// Starts hop `name` (`execute`, `hook`, `hooks.run`) of `plugin`'s `method` under `from`.
+    pub fn start(from: &TraceIn, name: &'static str, plugin: Option<&str>, method: &str) -> Hop {
         let trace_id = match from.parent {
             Some(p) => p.trace_id,
             None => {
@@ -217,7 +235,14 @@ impl Hop {
             span: SpanRef { trace_id, span_id: random_u64().to_be_bytes(), flags },
             parent: from.parent,
             tracestate: from.tracestate.clone(),
-            started: exporting().then(SystemTime::now),
+            pending: exporting().then(|| {
+                Box::new(PendingSpan {
+                    started: SystemTime::now(),
+                    name,
+                    plugin: plugin.map(str::to_owned),
+                    method: method.to_owned(),
+                })
+            }),
         }
     }
 
@@ -245,24 +270,41 @@ impl Hop {
 
     /// Ends the hop with the answer it got: exports its span when an exporter is configured
     /// (an error answer becomes the span's error status, with its code as an attribute).
-    pub fn finish<T>(self, name: &'static str, plugin: &str, method: &str, answer: &Result<T, RpcError>) {
-        let (Some(started), Some(exporter)) = (self.started, EXPORTER.get()) else { return };
-        let mut attributes = vec![
-            KeyValue::new("plugind.plugin", plugin.to_owned()),
-            KeyValue::new("rpc.method", method.to_owned()),
-            KeyValue::new("rpc.system", "jsonrpc"),
-        ];
-        let status = match answer {
-            Ok(_) => {
+    pub fn finish<T>(mut self, answer: &Result<T, RpcError>) {
+        if let Some(pending) = self.pending.take() {
+            self.export(*pending, Outcome::Answered(answer.as_ref().map(|_| ())));
+        }
+    }
+
+    fn export(&self, pending: PendingSpan, outcome: Outcome<'_>) {
+        let Some(exporter) = EXPORTER.get() else { return };
+        let PendingSpan { started, name, plugin, method } = pending;
+        let mut attributes = Vec::with_capacity(5);
+        let label = match &plugin {
+            Some(p) => format!("{name} {p}/{method}"),
+            None => format!("{name} {method}"),
+        };
+        if let Some(p) = plugin {
+            attributes.push(KeyValue::new("plugind.plugin", p));
+        }
+        attributes.push(KeyValue::new("rpc.method", method));
+        attributes.push(KeyValue::new("rpc.system", "jsonrpc"));
+        // Success leaves the status unset, as OpenTelemetry asks of instrumentation.
+        let status = match outcome {
+            Outcome::Answered(Ok(())) => {
                 attributes.push(KeyValue::new("plugind.outcome", "ok"));
-                Status::Ok
+                Status::Unset
             }
-            Err(e) => {
+            Outcome::Answered(Err(e)) => {
                 attributes.push(KeyValue::new("plugind.outcome", "error"));
                 attributes.push(KeyValue::new("rpc.jsonrpc.error_code", e.code));
                 let mut message = e.message.clone();
                 crate::caps::truncate(&mut message, 256);
                 Status::error(message)
+            }
+            Outcome::Cancelled => {
+                attributes.push(KeyValue::new("plugind.outcome", "cancelled"));
+                Status::error("cancelled before it was answered")
             }
         };
         let tracestate = self.tracestate.as_deref().and_then(|s| s.parse::<TraceState>().ok()).unwrap_or_default();
@@ -280,7 +322,7 @@ impl Hop {
                 .map_or(opentelemetry::trace::SpanId::INVALID, |p| opentelemetry::trace::SpanId::from_bytes(p.span_id)),
             parent_span_is_remote: self.parent.is_some(),
             span_kind: SpanKind::Client,
-            name: Cow::Owned(format!("{name} {plugin}/{method}")),
+            name: Cow::Owned(label),
             start_time: started,
             end_time: SystemTime::now(),
             attributes,
@@ -292,6 +334,14 @@ impl Hop {
         };
         // Full queue: the span is dropped (export must never slow calls down).
         let _ = exporter.spans.try_send(data);
+    }
+}
+
+impl Drop for Hop {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            self.export(*pending, Outcome::Cancelled);
+        }
     }
 }
 
@@ -365,6 +415,7 @@ pub fn start_export(endpoint: &str) -> Result<(), ExportError> {
     }
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(BATCH);
+        let mut failures = Failures::default();
         loop {
             let first = tokio::select! {
                 span = rx.recv() => match span {
@@ -376,10 +427,10 @@ pub fn start_export(endpoint: &str) -> Result<(), ExportError> {
                     while let Ok(span) = rx.try_recv() {
                         batch.push(span);
                         if batch.len() == BATCH {
-                            export(&exporter, &mut batch).await;
+                            export(&exporter, &mut batch, &mut failures).await;
                         }
                     }
-                    export(&exporter, &mut batch).await;
+                    export(&exporter, &mut batch, &mut failures).await;
                     let _ = done.send(());
                     continue;
                 }
@@ -392,19 +443,48 @@ pub fn start_export(endpoint: &str) -> Result<(), ExportError> {
                     Ok(None) | Err(_) => break,
                 }
             }
-            export(&exporter, &mut batch).await;
+            export(&exporter, &mut batch, &mut failures).await;
         }
     });
     Ok(())
 }
 
-/// POSTs `batch` (emptying it); a failure is a warning.
-async fn export(exporter: &opentelemetry_otlp::SpanExporter, batch: &mut Vec<SpanData>) {
+/// Failed exports since the last warning: a collector that is down or answers 500 fails every
+/// batch, five a second, and one warning per [`WARN_EVERY`] says as much.
+#[derive(Default)]
+struct Failures {
+    since_warning: u64,
+    warned: Option<std::time::Instant>,
+}
+
+/// At most one export warning this often.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// POSTs `batch` (emptying it); a failure is a warning, at most one per [`WARN_EVERY`].
+async fn export(exporter: &opentelemetry_otlp::SpanExporter, batch: &mut Vec<SpanData>, failures: &mut Failures) {
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = exporter.export(std::mem::take(batch)).await {
-        tracing::warn!("OTLP export failed: {e}");
+    let spans = batch.len();
+    match exporter.export(std::mem::take(batch)).await {
+        Ok(()) => {
+            if failures.warned.is_some() {
+                tracing::info!("OTLP export works again");
+            }
+            *failures = Failures::default();
+        }
+        Err(e) => {
+            failures.since_warning += 1;
+            if failures.warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                let more = match failures.since_warning {
+                    1 => String::new(),
+                    n => format!(" ({n} batches failed since the last warning)"),
+                };
+                tracing::warn!("OTLP export of {spans} spans failed: {e}{more}");
+                failures.since_warning = 0;
+                failures.warned = Some(std::time::Instant::now());
+            }
+        }
     }
 }
 
@@ -446,7 +526,8 @@ mod tests {
     #[test]
     fn a_hop_keeps_the_trace_and_gets_a_new_span() {
         let parent = SpanRef::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        let hop = Hop::start(&TraceIn { parent: Some(parent), tracestate: Some("a=b".into()) });
+        let hop =
+            Hop::start(&TraceIn { parent: Some(parent), tracestate: Some("a=b".into()) }, "execute", Some("p"), "m");
         assert_eq!(hop.span.trace_id, parent.trace_id);
         assert_ne!(hop.span.span_id, parent.span_id);
         let mut out = Vec::new();
@@ -454,8 +535,8 @@ mod tests {
         let meta: serde_json::Value = serde_json::from_slice(&[&b"{\"a\":1"[..], &out[..], b"}"].concat()).unwrap();
         assert_eq!(meta["_meta"]["traceparent"], hop.span.to_traceparent());
         assert_eq!(meta["_meta"]["tracestate"], "a=b");
-        let fresh = Hop::start(&TraceIn::default());
+        let fresh = Hop::start(&TraceIn::default(), "execute", Some("p"), "m");
         assert_ne!(fresh.span.trace_id, [0; 16]);
-        assert_ne!(fresh.span.trace_id, Hop::start(&TraceIn::default()).span.trace_id);
+        assert_ne!(fresh.span.trace_id, Hop::start(&TraceIn::default(), "execute", Some("p"), "m").span.trace_id);
     }
 }

@@ -76,7 +76,7 @@ impl HostService {
         if let Some(t) = call.not_after {
             deadline = deadline.within(t);
         }
-        let hop = crate::trace::Hop::start(&call.trace);
+        let hop = crate::trace::Hop::start(&call.trace, "execute", Some(&self.info.plugin), call.method);
         let params = call.execute_out(&hop);
         self.load.fetch_add(1, Ordering::Relaxed);
         let r = self.peer.call_with(methods::EXECUTE, |out| params.write_json(out), deadline).await;
@@ -101,7 +101,7 @@ impl HostService {
             ),
             e => call_error(&self.info.plugin, timeout, e),
         });
-        hop.finish("execute", &self.info.plugin, call.method, &answer);
+        hop.finish(&answer);
         answer
     }
 }

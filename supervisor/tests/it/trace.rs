@@ -245,6 +245,18 @@ async fn otlp_receives_one_span_per_hop_linked_to_its_parent() {
     assert_eq!(attr(&failed, "plugind.outcome")["stringValue"], "error", "{failed}");
     assert_eq!(failed["status"]["code"], 2, "status error: {failed}");
 
+    // A call its caller gave up on (the client's call dropped: `$/cancel`) still has its span,
+    // marked cancelled; a successful one leaves the status unset, as OpenTelemetry asks.
+    let hang = json!({ "plugin": "back", "method": "hang", "_meta": meta });
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(300), d.call("execute", hang)).await.is_err());
+    let cancelled = wait_for("the cancelled hop's span", async || {
+        spans(&bodies).into_iter().find(|s| s["traceId"] == TRACE && attr(s, "rpc.method")["stringValue"] == "hang")
+    })
+    .await;
+    assert_eq!(attr(&cancelled, "plugind.outcome")["stringValue"], "cancelled", "{cancelled}");
+    assert_eq!(cancelled["status"]["code"], 2, "status error: {cancelled}");
+    assert!(back["status"]["code"].as_i64().unwrap_or(0) == 0, "success leaves the status unset: {back}");
+
     // The last call's span is exported before plugind exits (queued spans are flushed).
     let last = d.execute("back", "meta", json!({})).await.unwrap();
     let (trace, span) = parts(&last["meta"]["traceparent"]);
