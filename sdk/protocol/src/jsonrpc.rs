@@ -174,6 +174,32 @@ impl Message<'_> {
         serde_json::from_slice(line).ok()
     }
 
+    /// What the start of a line too long to take says it was, from the members before the cut:
+    /// an answer to plugind's request `n` (a numeric `id`, then `result` or `error`, no
+    /// `method` before them), or a request with its `id` (an `id` and a `method`). None when
+    /// the head does not tell (say `result` came before `id`).
+    pub fn oversized_head(head: &[u8]) -> Option<Oversized<'_>> {
+        let (mut id, mut method, mut outcome) = (None, false, false);
+        let _ = scan::members(head, |key, value| {
+            match key {
+                "id" => id = value.text().ok().map(scan::raw),
+                "method" => method = true,
+                // The huge value is surely this one: stop before walking into it.
+                "result" | "error" => {
+                    outcome = true;
+                    return Err(scan::NotTaken);
+                }
+                _ => {}
+            }
+            Ok(())
+        });
+        match (id, method) {
+            (Some(id), false) if outcome => Message::numeric_id(id).map(Oversized::Answer),
+            (Some(id), true) => Some(Oversized::Request(if valid_id(id) { id } else { null_id() })),
+            _ => None,
+        }
+    }
+
     /// A line's `id` (as it is) and whether it has a `method`, read without parsing the rest.
     fn id_and_method(line: &[u8]) -> Option<(Option<&RawValue>, bool)> {
         let (mut id, mut method) = (None, false);
@@ -187,6 +213,15 @@ impl Message<'_> {
         .ok()?;
         Some((id, method))
     }
+}
+
+/// What a line too long to take was, as far as its head tells ([`Message::oversized_head`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Oversized<'a> {
+    /// An answer to the request the reader sent under this id.
+    Answer(u64),
+    /// A request, to be answered under this id.
+    Request(&'a RawValue),
 }
 
 /// Why a request's params are refused when they are neither an object nor an array.
@@ -471,6 +506,25 @@ pub fn to_raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_head_of_an_oversized_line_tells_an_answer_or_a_request() {
+        use super::{Message, Oversized};
+        let answer = |head: &str| match Message::oversized_head(head.as_bytes()) {
+            Some(Oversized::Answer(n)) => Some(n),
+            _ => None,
+        };
+        assert_eq!(answer(r#"{"jsonrpc":"2.0","id":7,"result":{"blob":"xxxxxxxx"#), Some(7));
+        assert_eq!(answer(r#"{"id": 8, "jsonrpc": "2.0", "error": {"code": 1, "data": "xx"#), Some(8));
+        // The result first, a method, or a cut before the id: it does not tell.
+        assert_eq!(answer(r#"{"jsonrpc":"2.0","result":{"blob":"xxxxxxxx"#), None);
+        assert_eq!(answer(r#"{"jsonrpc":"2.0","id":7,"method":"x","params":{"a":"xx"#), None);
+        assert_eq!(answer(r#"{"jsonrpc":"2.0","i"#), None);
+        match Message::oversized_head(br#"{"jsonrpc":"2.0","id":"r1","method":"kv.set","params":{"value":"xxx"#) {
+            Some(Oversized::Request(id)) => assert_eq!(id.get(), r#""r1""#),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn params_errors_name_what_did_not_fit_without_a_position() {
         #[derive(Debug, serde::Deserialize)]

@@ -92,9 +92,19 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream, client_pid: Option<i32
             frame = frames.next() => {
                 let line = match frame {
                     Some(Ok(Frame::Line(l))) => l,
-                    Some(Ok(Frame::Oversized { len })) => {
+                    Some(Ok(Frame::Oversized { len, head })) => {
+                        // Under its own id when its head shows one, so the client's call ends;
+                        // a host's answer that big ends plugind's call to it the same way.
+                        use plugind_protocol::jsonrpc::{Message, Oversized};
                         let e = RpcError::new(codes::INVALID_REQUEST, format!("request of {len} bytes exceeds the {DEFAULT_MAX_FRAME}-byte limit"));
-                        conn.peer.respond(null_id(), Err(&e)).await;
+                        match Message::oversized_head(&head) {
+                            Some(Oversized::Answer(n)) => {
+                                let what = format!("the answer to this call was {len} bytes, over the {DEFAULT_MAX_FRAME}-byte limit; discarded");
+                                conn.peer.fail_call(n, RpcError::new(codes::INTERNAL_ERROR, what));
+                            }
+                            Some(Oversized::Request(id)) => conn.peer.respond(id, Err(&e)).await,
+                            None => conn.peer.respond(null_id(), Err(&e)).await,
+                        }
                         continue;
                     }
                     Some(Err(_)) => break,

@@ -498,7 +498,7 @@ async fn upstream<R: AsyncRead + Unpin>(shared: Arc<Shared>, stdout: R) {
     while let Some(frame) = frames.next().await {
         match frame {
             Ok(Frame::Line(line)) => shared.on_server_line(&line).await,
-            Ok(Frame::Oversized { len }) => shared.log.warn(format!(
+            Ok(Frame::Oversized { len, .. }) => shared.log.warn(format!(
                 "stdout line of {len} bytes exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded"
             )),
             Err(_) => break,

@@ -542,10 +542,11 @@ impl InstanceTask {
                                     steps.push(fut);
                                 }
                             }
-                            Some(Ok(Frame::Oversized { len })) => self.report_bad_output(
-                                codes::INVALID_REQUEST,
-                                format!("stdout line of {len} bytes exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded"),
-                            ),
+                            Some(Ok(Frame::Oversized { len, head })) => {
+                                if let Some(fut) = self.on_oversized(len, &head) {
+                                    steps.push(fut);
+                                }
+                            }
                             Some(Err(_)) | None => {
                                 stdout_open = false;
                                 inst.peer.close();
@@ -831,6 +832,36 @@ impl InstanceTask {
     }
 
     /// Logs a protocol mistake of the plugin and tells it with `onError`.
+    /// A stdout line over the frame limit, discarded: reported, and what its head tells is
+    /// ended at once, not at a deadline. An answer to one of plugind's calls fails that call
+    /// with `-32603`; a request is answered `-32600` under its id (returned: work to run).
+    fn on_oversized(&self, len: usize, head: &[u8]) -> Option<BoxFut<Step>> {
+        let why = format!("stdout line of {len} bytes exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded");
+        self.report_bad_output(codes::INVALID_REQUEST, why.clone());
+        match plugind_protocol::jsonrpc::Message::oversized_head(head)? {
+            plugind_protocol::jsonrpc::Oversized::Answer(n) => {
+                let error = RpcError::new(
+                    codes::INTERNAL_ERROR,
+                    format!("the answer to this call was {len} bytes, over the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded"),
+                );
+                self.instance.peer.fail_call(n, error);
+                None
+            }
+            plugind_protocol::jsonrpc::Oversized::Request(id) => {
+                let (id, peer) = (id.to_owned(), self.instance.peer.clone());
+                let error = RpcError::with_data(
+                    codes::INVALID_REQUEST,
+                    why,
+                    serde_json::json!({ "plugin": &*self.spec.plugin }),
+                );
+                Some(Box::pin(async move {
+                    peer.respond(&id, Err(&error)).await;
+                    Step::Served
+                }))
+            }
+        }
+    }
+
     fn report_bad_output(&self, code: i64, message: String) {
         self.log.warn(message.clone());
         self.instance.peer.notify(
@@ -901,7 +932,7 @@ async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>) {
     while let Some(Ok(frame)) = frames.next().await {
         match frame {
             Frame::Line(l) => log.stderr(String::from_utf8_lossy(&l).into_owned()),
-            Frame::Oversized { len } => {
+            Frame::Oversized { len, .. } => {
                 log.stderr(format!("[stderr line of {len} bytes dropped: over {MAX_LINE} bytes]"))
             }
         }

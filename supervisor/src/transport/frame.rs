@@ -26,8 +26,15 @@ pub enum Frame {
     Oversized {
         /// Bytes dropped, including those past the limit.
         len: usize,
+        /// Its first [`HEAD`] bytes (fewer under a smaller limit): enough to read the id of an
+        /// answer or request written id first, so that the call it was for ends at once
+        /// instead of at its deadline.
+        head: Bytes,
     },
 }
+
+/// How much of a discarded line [`Frame::Oversized`] keeps.
+pub const HEAD: usize = 512;
 
 /// Splits bytes into [`Frame`]s.
 #[derive(Debug)]
@@ -37,6 +44,8 @@ pub struct FrameDecoder {
     scanned: usize,
     /// While discarding an oversized line: how many bytes were dropped so far.
     discarding: Option<usize>,
+    /// The head of the line being discarded.
+    discarded_head: Bytes,
     /// The length of the last line, if it was longer than a read: the next line is likely as
     /// long (a client or plugin sending documents sends several), so room for it is made at
     /// once, not by doubling, which copied a 64 KiB line's first 120 KiB on its way in.
@@ -61,6 +70,7 @@ impl FrameDecoder {
             max,
             scanned: 0,
             discarding: None,
+            discarded_head: Bytes::new(),
             last_long: 0,
             note_cr: false,
             cr_inside: false,
@@ -146,7 +156,8 @@ impl Decoder for FrameDecoder {
                         self.scanned = 0;
                         self.discarding = None;
                         self.cr_inside = false;
-                        return Ok(Some(Frame::Oversized { len: dropped + i }));
+                        let head = std::mem::take(&mut self.discarded_head);
+                        return Ok(Some(Frame::Oversized { len: dropped + i, head }));
                     }
                     None => {
                         self.discarding = Some(dropped + buf.len());
@@ -183,10 +194,12 @@ impl Decoder for FrameDecoder {
                 }
                 Some(_) => {
                     // Complete but too long: drop it and report.
+                    self.discarded_head = Bytes::copy_from_slice(&buf[..HEAD.min(self.max)]);
                     self.discarding = Some(0);
                     continue;
                 }
                 None if buf.len() > self.max => {
+                    self.discarded_head = Bytes::copy_from_slice(&buf[..HEAD.min(self.max)]);
                     self.discarding = Some(buf.len());
                     buf.clear();
                     release(buf);
@@ -220,7 +233,7 @@ impl Decoder for FrameDecoder {
             return Ok(Some(frame));
         }
         if let Some(dropped) = self.discarding.take() {
-            return Ok(Some(Frame::Oversized { len: dropped }));
+            return Ok(Some(Frame::Oversized { len: dropped, head: std::mem::take(&mut self.discarded_head) }));
         }
         if buf.is_empty() || buf.iter().all(u8::is_ascii_whitespace) {
             buf.clear();
@@ -337,13 +350,14 @@ mod tests {
     async fn oversized_line_is_dropped_and_reported_and_the_next_line_survives() {
         let big: &'static [u8] = Box::leak(vec![b'x'; 5000].into_boxed_slice());
         let out = frames(vec![b"{}\n", big, big, b"\n{\"ok\":1}\n"], 1000).await;
-        assert_eq!(out, vec![line("{}"), Frame::Oversized { len: 10000 }, line("{\"ok\":1}")]);
+        let head = Bytes::from(vec![b'x'; HEAD]);
+        assert_eq!(out, vec![line("{}"), Frame::Oversized { len: 10000, head }, line("{\"ok\":1}")]);
     }
 
     #[tokio::test]
     async fn oversized_complete_line_in_one_chunk() {
         let out = frames(vec![b"0123456789\nok\n"], 5).await;
-        assert_eq!(out, vec![Frame::Oversized { len: 10 }, line("ok")]);
+        assert_eq!(out, vec![Frame::Oversized { len: 10, head: Bytes::from_static(b"01234") }, line("ok")]);
     }
 
     #[tokio::test]
@@ -368,7 +382,8 @@ mod tests {
             assert!(buf.len() <= 64);
         }
         buf.extend_from_slice(b"\n");
-        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::Oversized { len: 6400 }));
+        let head = Bytes::from_static(b"yyyyyyyyyy");
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::Oversized { len: 6400, head }));
     }
 
     /// A byte-order mark before the first line is skipped; anywhere else it stays (and the line

@@ -861,14 +861,21 @@ impl Peer {
             None => Message::answer_id_of(line).into_iter().collect(),
         };
         for n in answers {
-            let pending = self.calls().pending.remove(&n);
-            if let Some(reply) = pending.and_then(|mut p| p.reply.take()) {
-                let error = RpcError::new(
-                    plugind_protocol::codes::INTERNAL_ERROR,
-                    format!("the answer to this call was not a valid JSON-RPC response: {e}"),
-                );
-                let _ = reply.send(Ok(Err(error)));
-            }
+            let error = RpcError::new(
+                plugind_protocol::codes::INTERNAL_ERROR,
+                format!("the answer to this call was not a valid JSON-RPC response: {e}"),
+            );
+            self.fail_call(n, error);
+        }
+    }
+
+    /// Ends call `n`, if it is in flight, with `error` as its answer: its answer came but could
+    /// not be taken (malformed, over the frame limit). True when there was such a call.
+    pub fn fail_call(&self, n: u64, error: RpcError) -> bool {
+        let pending = self.calls().pending.remove(&n);
+        match pending.and_then(|mut p| p.reply.take()) {
+            Some(reply) => reply.send(Ok(Err(error))).is_ok(),
+            None => false,
         }
     }
 

@@ -541,3 +541,20 @@ async fn a_batch_from_a_plugin_is_answered_and_ends_its_call_at_once() {
     // The plugin serves on.
     assert_eq!(d.execute("hostile", "results", json!({})).await.unwrap(), json!([]));
 }
+
+/// An answer over the frame limit is discarded (plugind never buffers it whole), but its head
+/// names the call it was for: that call ends at once with `-32603` saying why, not at its
+/// deadline as a misleading timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_over_the_frame_limit_ends_its_call_at_once() {
+    let d = Daemon::builder().plugin("hostile").start().await;
+    let t = Instant::now();
+    let r = d
+        .call("execute", json!({"plugin": "hostile", "method": "huge_answer", "params": {}, "timeout_ms": 30000}))
+        .await;
+    let Err(ClientError::Rpc(e)) = r else { panic!("an answer over the limit is no answer: {r:?}") };
+    assert_eq!(e.code, -32603, "{e:?}");
+    assert!(e.message.contains("over the frame limit"), "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(20), "ended at once, not at the 30 s deadline: {:?}", t.elapsed());
+    assert_eq!(d.execute("hostile", "results", json!({})).await.unwrap(), json!([]), "the plugin serves on");
+}

@@ -27,6 +27,19 @@ async fn junk_gets_errors_and_the_daemon_keeps_serving() {
         assert_eq!(r["error"]["code"], -32600);
         let r = roundtrip(&sock, b"[1,2,3]\n").unwrap();
         assert_eq!(r["error"]["code"], -32600);
+        // A request over the 16 MiB limit is discarded unread, but answered under its id.
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let big = format!("{{\"jsonrpc\":\"2.0\",\"id\":41,\"method\":\"execute\",\"params\":{{\"x\":\"{}\"}}}}\n", "y".repeat(17 << 20));
+        let writer = std::thread::spawn({
+            let mut s = s.try_clone().unwrap();
+            move || s.write_all(big.as_bytes())
+        });
+        let mut answer = String::new();
+        BufReader::new(&s).read_line(&mut answer).unwrap();
+        writer.join().unwrap().unwrap();
+        let r: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!((&r["id"], &r["error"]["code"]), (&json!(41), &json!(-32600)), "{r}");
         // A batch is not taken, but each request in it is answered under its own id, saying why.
         let mut s = UnixStream::connect(&sock).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();

@@ -9,7 +9,7 @@
 #![allow(dead_code)] // each includer uses part of it
 
 use bytes::BytesMut;
-use plugind::transport::frame::{Frame, FrameDecoder};
+use plugind::transport::frame::{Frame, FrameDecoder, HEAD};
 use tokio_util::codec::Decoder;
 
 fn blank(b: &[u8]) -> bool {
@@ -23,7 +23,7 @@ pub fn model(data: &[u8], max: usize) -> Vec<Frame> {
     let last = pieces.pop().unwrap_or_default(); // after the last `\n`: the unterminated rest
     for p in pieces {
         if p.len() > max {
-            out.push(Frame::Oversized { len: p.len() });
+            out.push(oversized(p, max));
         } else {
             let p = p.strip_suffix(b"\r").unwrap_or(p);
             if !blank(p) {
@@ -32,11 +32,16 @@ pub fn model(data: &[u8], max: usize) -> Vec<Frame> {
         }
     }
     if last.len() > max {
-        out.push(Frame::Oversized { len: last.len() });
+        out.push(oversized(last, max));
     } else if !blank(last) {
         out.push(Frame::Line(bytes::Bytes::copy_from_slice(last)));
     }
     out
+}
+
+/// A line over the limit: its length, and its first bytes (as many as the limit, at most `HEAD`).
+pub fn oversized(line: &[u8], max: usize) -> Frame {
+    Frame::Oversized { len: line.len(), head: bytes::Bytes::copy_from_slice(&line[..HEAD.min(max)]) }
 }
 
 /// Feeds `data` to a decoder the way `FramedRead` does (decode until `None` after every read,
