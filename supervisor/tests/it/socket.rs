@@ -28,7 +28,7 @@ async fn junk_gets_errors_and_the_daemon_keeps_serving() {
         let r = roundtrip(&sock, b"[1,2,3]\n").unwrap();
         assert_eq!(r["error"]["code"], -32600);
         // A request over the 16 MiB limit is discarded unread, but answered under its id.
-        let mut s = UnixStream::connect(&sock).unwrap();
+        let s = UnixStream::connect(&sock).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
         let big = format!("{{\"jsonrpc\":\"2.0\",\"id\":41,\"method\":\"execute\",\"params\":{{\"x\":\"{}\"}}}}\n", "y".repeat(17 << 20));
         let writer = std::thread::spawn({
