@@ -432,6 +432,13 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
     if let Cmd::Check { dir, execute, params, json } = &command {
         return check_plugin(dir, execute.as_deref(), params.as_deref(), *json || json_out);
     }
+    if conn.url.as_deref().is_some_and(|u| u.starts_with("http://")) && conn.token_file.is_none() {
+        // plugind's --listen refuses every request without its token: say so now, as a usage
+        // error (a malformed URL is reported as such when connecting).
+        return Err(usage(
+            "--url needs --token-file FILE: plugind's --listen API answers only requests bearing its token".into(),
+        ));
+    }
     if let Cmd::Mcp = &command {
         // Reconnecting: an MCP client keeps this server for its whole session.
         let connect = match &conn.url {

@@ -291,6 +291,9 @@ fn usage_errors_without_a_daemon_say_what_to_do() {
     let out = Command::new(pluginctl()).args(["list", "--token-file", "/etc/hostname"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--token-file goes with --url"), "{}", stderr(&out));
+    let out = Command::new(pluginctl()).args(["--url", "http://127.0.0.1:1", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--url needs --token-file FILE"), "{}", stderr(&out));
     let out = Command::new(pluginctl()).args(["--url", "localhost:8080", "list"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(
