@@ -12,13 +12,14 @@
 //! `Dispatch::batch` answers each request of a batch `-32600`). A WebSocket connection is one
 //! control connection (one `Conn`) for its lifetime; a plain HTTP request is one of its own.
 //!
-//! Connecting needs no token, so connections are bounded: at most [`max_connections`] at once
-//! (over it, a 503 and close), and one that sends no headers within [`HEADER_READ_TIMEOUT`] is
-//! closed. Descriptors are what plugind's control socket and plugins need.
+//! Connecting needs no token, so connections are bounded ([`crate::transport::http`]): a cap on
+//! how many are open, a timeout on silent ones. Descriptors are what plugind's control socket
+//! and plugins need.
 
 use crate::control::connection::Conn;
 use crate::control::handlers;
 use crate::transport::frame::DEFAULT_MAX_FRAME;
+use crate::transport::http::{serve_connection, Slots};
 use crate::transport::peer::Peer;
 use crate::Daemon;
 use jsonrpsee::server::middleware::rpc::{
@@ -83,22 +84,20 @@ impl Listener {
     pub fn serve(self, daemon: Arc<Daemon>) -> anyhow::Result<Serving> {
         let addr = self.tcp.local_addr()?;
         let (stop_handle, handle) = stop_channel();
-        let max_connections = max_connections();
         let config = ServerConfig::builder()
             // Batches reach `Dispatch::batch`, which answers each request in one `-32600`,
             // as the socket does (jsonrpsee's own refusal has a code of plugind's).
             .set_batch_request_config(BatchRequestConfig::Unlimited)
             .max_request_body_size(u32::try_from(DEFAULT_MAX_FRAME).unwrap_or(u32::MAX))
             .max_response_body_size(MAX_RESPONSE)
-            // The cap is ours (`max_connections` below), counted per TCP connection.
+            // The cap is ours (`Slots`), counted per TCP connection.
             .max_connections(u32::MAX)
             .build();
         let builder = jsonrpsee::server::Server::builder().set_config(config).to_service_builder();
         let Listener { tcp, token } = self;
-        let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+        let slots = Slots::new("--listen");
+        let max_connections = slots.max();
         tokio::spawn(async move {
-            // Refusals are logged at most once a second: a flood of them is one attack.
-            let mut last_refusal: Option<std::time::Instant> = None;
             loop {
                 let (sock, remote) = tokio::select! {
                     r = tcp.accept() => match r {
@@ -112,16 +111,8 @@ impl Listener {
                     _ = stop_handle.clone().shutdown() => break,
                 };
                 // Over the cap the connection is closed at once (after a 503 if it takes one):
-                // held connections cost plugind a descriptor each, and its control socket and
-                // plugins need theirs.
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    if last_refusal.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                        last_refusal = Some(std::time::Instant::now());
-                        tracing::warn!(%remote, max_connections, "--listen: connection refused, too many open");
-                    }
-                    let _ = sock.try_write(TOO_MANY_CONNECTIONS);
-                    continue;
-                };
+                // each costs plugind a descriptor, and its control socket and plugins need theirs.
+                let Some(slot) = slots.take(&sock, remote) else { continue };
                 let (daemon, token, builder, stop) =
                     (daemon.clone(), token.clone(), builder.clone(), stop_handle.clone());
                 let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -141,7 +132,7 @@ impl Listener {
                         }
                     }
                 });
-                tokio::spawn(serve_connection(sock, svc, stop_handle.clone(), slot));
+                tokio::spawn(serve_connection(sock, svc, stop_handle.clone().shutdown(), slot));
             }
         });
         tracing::info!(%addr, max_connections, "control API over HTTP and WebSocket (bearer token required)");
@@ -149,57 +140,8 @@ impl Listener {
     }
 }
 
-/// How long a client has to send a request's headers, from when the connection opens or its
-/// previous answer went out: a connection that sends nothing is closed after it (an idle
-/// keep-alive one too), so silent connections cannot pile up.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long an authorized request's body may take to arrive in full.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What a connection over the cap gets before it is closed.
-const TOO_MANY_CONNECTIONS: &[u8] =
-    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 31\r\n\r\ntoo many connections to plugind\n";
-
-/// Most TCP connections open at once: 256, or an eighth of plugind's open-file limit when
-/// that is lower (at least 8), so `--listen` can never take the descriptors plugind needs
-/// for its control socket and its plugins.
-fn max_connections() -> usize {
-    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
-    usize::try_from(soft / 8).unwrap_or(usize::MAX).clamp(8, 256)
-}
-
-/// Serves one TCP connection (HTTP/1.1, upgraded to WebSocket on request) until it closes, its
-/// client goes quiet past [`HEADER_READ_TIMEOUT`], or the server stops; `slot` is its place
-/// under the connection cap, given back when it ends.
-async fn serve_connection<S>(
-    sock: tokio::net::TcpStream,
-    svc: S,
-    stop: jsonrpsee::server::StopHandle,
-    slot: tokio::sync::OwnedSemaphorePermit,
-) where
-    S: tower::Service<http::Request<hyper::body::Incoming>, Response = HttpResponse> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<jsonrpsee::core::BoxError>,
-{
-    let _slot = slot;
-    let io = hyper_util::rt::TokioIo::new(sock);
-    let service = hyper_util::service::TowerToHyperService::new(svc);
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(io, service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stop.shutdown() => {
-            // Pending requests are answered, then the connection closes.
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
-}
 
 /// An authorized request made ready for jsonrpsee: a POST's body is read in full (bounded in
 /// size and time) and checked as the control socket checks a line, so that what is not a

@@ -290,12 +290,24 @@ impl Daemon {
 }
 
 /// Serves `GET /metrics` (the text of `metrics.get`) on `listener` until the task is aborted.
-/// HTTP is hyper's, through jsonrpsee's connection helper (the same stack as `--listen`): requests
-/// split across segments, keep-alive and pipelining behave as any client expects.
+/// HTTP is hyper's, with the cap on connections and the timeout on silent ones of `--listen`
+/// ([`crate::transport::http`]): the port is on loopback, where a `networking` plugin can reach
+/// it too, and must not be a way to take plugind's descriptors.
 pub async fn serve(daemon: std::sync::Arc<Daemon>, listener: tokio::net::TcpListener) {
-    use jsonrpsee::server::{serve_with_graceful_shutdown, HttpBody};
+    use crate::transport::http::{serve_connection, Slots};
+    use jsonrpsee::server::HttpBody;
+    let slots = Slots::new("--metrics");
     loop {
-        let Ok((sock, _)) = listener.accept().await else { continue };
+        let (sock, remote) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin on the error.
+                tracing::warn!("--metrics accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(slot) = slots.take(&sock, remote) else { continue };
         let daemon = daemon.clone();
         let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let metrics =
@@ -312,7 +324,7 @@ pub async fn serve(daemon: std::sync::Arc<Daemon>, listener: tokio::net::TcpList
                     .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
             }
         });
-        tokio::spawn(serve_with_graceful_shutdown(sock, svc, std::future::pending()));
+        tokio::spawn(serve_connection(sock, svc, std::future::pending(), slot));
     }
 }
 

@@ -4,6 +4,7 @@
 //! control connection) touch a plugin's or client's byte streams.
 
 pub mod frame;
+pub mod http;
 pub mod outbox;
 pub mod peer;
 pub mod pipe;

@@ -635,9 +635,7 @@ async fn listen_answers_what_is_not_a_request_as_the_socket_does() {
 }
 
 /// Anyone who can reach `--listen` (no token needed to connect) must not be able to take the
-/// descriptors plugind needs: connections are capped (256, fewer under a low open-file limit), those over the cap get a 503
-/// and are closed at once, a connection that sends nothing is closed after 10 s, and the
-/// control socket serves throughout.
+/// descriptors plugind needs (`support::tcp_connections_are_capped`).
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_connections_cannot_exhaust_pluginds_descriptors() {
     let b = Daemon::builder().plugin("perl-echo");
@@ -645,69 +643,7 @@ async fn listen_connections_cannot_exhaust_pluginds_descriptors() {
     std::fs::set_permissions(b.path().join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let d = b.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg("token").start().await;
     let addr = listen_addr(&d).await;
-    let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
-    let before = fds(d.pid());
-    // The cap: 256, or an eighth of plugind's open-file limit when that is lower.
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
-    let soft: usize = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap()
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let cap = (soft / 8).clamp(8, 256);
-    let a = addr.clone();
-    let (held, refused) = tokio::task::spawn_blocking(move || {
-        let mut held = Vec::new();
-        for _ in 0..300 {
-            held.push(std::net::TcpStream::connect(&a).unwrap());
-        }
-        // Each over the cap is answered 503 and closed; those under it wait, silent (read
-        // without blocking, until the 44 refusals are in or 5 s, well before the 10 s timeout).
-        let mut answered = vec![false; held.len()];
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while answered.iter().filter(|a| **a).count() < 300 - cap && std::time::Instant::now() < deadline {
-            for (s, done) in held.iter_mut().zip(answered.iter_mut()).filter(|(_, done)| !**done) {
-                s.set_nonblocking(true).unwrap();
-                let mut buf = [0u8; 64];
-                match s.read(&mut buf) {
-                    Ok(n) => {
-                        assert!(buf.starts_with(b"HTTP/1.1 503"), "{:?}", String::from_utf8_lossy(&buf[..n]));
-                        *done = true;
-                    }
-                    Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let held: Vec<_> = held.into_iter().zip(&answered).filter(|(_, a)| !**a).map(|(s, _)| s).collect();
-        for mut s in held.iter() {
-            let mut buf = [0u8; 1];
-            assert_eq!(s.read(&mut buf).unwrap_err().kind(), std::io::ErrorKind::WouldBlock, "held open");
-        }
-        (held, answered.iter().filter(|a| **a).count())
-    })
-    .await
-    .unwrap();
-    assert_eq!(refused, 300 - cap, "connections over the cap of {cap} are refused");
-    let during = fds(d.pid());
-    assert!(during <= before + cap + 4, "plugind holds {during} descriptors (was {before})");
-    assert_eq!(d.execute("perl-echo", "echo", json!(1)).await.unwrap(), json!(1), "the control socket serves");
-    // The silent ones are closed after the header timeout (10 s), giving their places back.
-    let t = std::time::Instant::now();
-    let closed = tokio::task::spawn_blocking(move || {
-        let mut s = held.into_iter().next().unwrap();
-        s.set_nonblocking(false).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut buf = [0u8; 64];
-        matches!(s.read(&mut buf), Ok(0) | Err(_))
-    })
-    .await
-    .unwrap();
-    assert!(closed && t.elapsed() < Duration::from_secs(25), "a silent connection is closed ({:?})", t.elapsed());
+    tcp_connections_are_capped(&d, &addr).await;
     let (status, _) = tokio::task::spawn_blocking(move || {
         http_post(&addr, Some("Bearer tok"), r#"{"jsonrpc":"2.0","id":1,"method":"plugins.list"}"#)
     })

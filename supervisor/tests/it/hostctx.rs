@@ -223,3 +223,25 @@ async fn metrics_are_scraped_over_http() {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains(r#"plugind_calls_total{plugin="perl-echo"} 1"#), "{body}");
 }
+
+/// `--metrics` listens on loopback, which a `networking` plugin reaches too: holding idle
+/// connections to it must not take plugind's descriptors (the cap and the timeout of
+/// `--listen`), and it serves again once they are gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_connections_cannot_exhaust_pluginds_descriptors() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::builder().plugin("perl-echo").arg("--metrics").arg(&addr).start().await;
+    tcp_connections_are_capped(&d, &addr).await;
+    let body = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+}

@@ -1,0 +1,99 @@
+//! Serving HTTP/1.1 connections on a TCP port that anyone who can reach it may connect to
+//! (`--listen`, `--metrics`): bounded, so that connecting cannot take the descriptors plugind
+//! needs for its control socket and its plugins.
+//!
+//! [`Slots`] caps the connections open at once ([`max_connections`]); one over the cap gets a
+//! `503` and is closed at once. [`serve_connection`] closes a connection that sends no request
+//! headers within [`HEADER_READ_TIMEOUT`] (from when it opened or its last answer went out), and
+//! upgrades to WebSocket when the service answers `101`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How long a client has to send a request's headers: a connection that sends nothing is
+/// closed after it (an idle keep-alive one too), so silent connections cannot pile up.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a connection over the cap gets before it is closed.
+const TOO_MANY_CONNECTIONS: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 31\r\n\r\ntoo many connections to plugind\n";
+
+/// Most TCP connections one port serves at once: 256, or an eighth of plugind's open-file limit
+/// when that is lower (at least 8).
+pub fn max_connections() -> usize {
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+    usize::try_from(soft / 8).unwrap_or(usize::MAX).clamp(8, 256)
+}
+
+/// The places of one port's connections.
+pub struct Slots {
+    what: &'static str,
+    max: usize,
+    free: Arc<Semaphore>,
+    /// Refusals are logged at most once a second: a flood of them is one event.
+    last_refusal: Mutex<Option<Instant>>,
+}
+
+impl Slots {
+    /// [`max_connections`] places for the connections of `what` (`--listen`, `--metrics`).
+    pub fn new(what: &'static str) -> Slots {
+        let max = max_connections();
+        Slots { what, max, free: Arc::new(Semaphore::new(max)), last_refusal: Mutex::new(None) }
+    }
+
+    /// How many connections may be open at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A place for `sock`, or None after answering it `503` (it is then dropped, and closed).
+    pub fn take(&self, sock: &TcpStream, remote: SocketAddr) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = self.free.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        let mut last = self.last_refusal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            tracing::warn!(%remote, max_connections = self.max, "{}: connection refused, too many open", self.what);
+        }
+        let _ = sock.try_write(TOO_MANY_CONNECTIONS);
+        None
+    }
+}
+
+/// Serves one TCP connection (HTTP/1.1, upgraded to WebSocket on request) until it closes, its
+/// client stays silent past [`HEADER_READ_TIMEOUT`], or `stop` completes (then the requests in
+/// progress are answered first); `slot` is given back when it ends.
+pub async fn serve_connection<S, B>(
+    sock: TcpStream,
+    svc: S,
+    stop: impl std::future::Future<Output = ()>,
+    slot: OwnedSemaphorePermit,
+) where
+    S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _slot = slot;
+    let io = hyper_util::rt::TokioIo::new(sock);
+    let service = hyper_util::service::TowerToHyperService::new(svc);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn, stop);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = &mut stop => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
