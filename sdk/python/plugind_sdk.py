@@ -866,7 +866,8 @@ class _Server:
                 quiet = 0
                 if seen == (turn, turn.calls):
                     params = turn.params
-                    if type(params) is dict and type(params.get("method")) is str:
+                    # (Bounded: an `execute` override may serve any name a host sends.)
+                    if type(params) is dict and type(params.get("method")) is str and len(self.blocking) < 256:
                         self.blocking.add(params["method"])
                     self._pass_turn(turn)
                 seen = (turn, turn.calls)
