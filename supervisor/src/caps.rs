@@ -47,6 +47,10 @@ pub const METRIC_SERIES: usize = 1000;
 pub const METRIC_LABELS: usize = 16;
 /// Bytes of a metric name, a label name or a label value.
 pub const METRIC_TEXT_BYTES: usize = 256;
+/// Bytes of exposition text one plugin's series may take (estimated as each series is made:
+/// its lines, a histogram's buckets each, times the name and labels). Within the other caps a
+/// plugin could otherwise make 54 MB of text, rebuilt at every scrape and every `metrics.get`.
+pub const METRIC_PLUGIN_TEXT_BYTES: usize = 1024 * 1024;
 
 /// A cap a plugin can go over, each reported once per plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +66,7 @@ pub enum Cap {
     Register,
     /// [`REGISTER_CATALOG_METHODS`], [`REGISTER_METHOD_BYTES`].
     RegisterCatalog,
-    /// [`METRIC_SERIES`].
+    /// [`METRIC_SERIES`] and [`METRIC_PLUGIN_TEXT_BYTES`].
     MetricSeries,
     /// [`METRIC_LABELS`] and [`METRIC_TEXT_BYTES`].
     MetricLabels,

@@ -60,6 +60,16 @@ pub enum EmitError {
         /// The metric.
         name: String,
     },
+    /// The plugin's series already take [`caps::METRIC_PLUGIN_TEXT_BYTES`] of text, and this new
+    /// one would take more.
+    #[error(
+        "a new series of {name:?} dropped: the plugin's metrics would take over {} bytes of text (fewer or shorter labels, fewer histograms)",
+        caps::METRIC_PLUGIN_TEXT_BYTES
+    )]
+    TooMuchText {
+        /// The metric.
+        name: String,
+    },
     /// Over [`caps::METRIC_LABELS`] labels, or a name or value over [`caps::METRIC_TEXT_BYTES`].
     #[error(
         "a sample of {name:?} dropped: over {} labels, or a name or label over {} bytes",
@@ -89,7 +99,7 @@ impl EmitError {
     /// The cap whose one warning this error counts under.
     pub fn cap(&self) -> Cap {
         match self {
-            EmitError::TooManySeries { .. } => Cap::MetricSeries,
+            EmitError::TooManySeries { .. } | EmitError::TooMuchText { .. } => Cap::MetricSeries,
             EmitError::TooLarge { .. } => Cap::MetricLabels,
             EmitError::KindTaken { .. } => Cap::MetricKind,
             EmitError::Invalid(_) => Cap::MetricInvalid,
@@ -102,9 +112,28 @@ impl EmitError {
 struct EmittedState {
     /// Families by metric name; the first sample of a name fixes its kind and label names.
     families: HashMap<String, Emitted>,
-    /// Per plugin, the series it created (hashes of name and label values): what
-    /// [`caps::METRIC_SERIES`] counts. A hash, so a plugin's 1000 series cost 8 KB here.
-    series: HashMap<String, HashSet<u64>>,
+    /// Per plugin, the series it created.
+    series: HashMap<String, PluginSeries>,
+}
+
+/// One plugin's series: hashes of name and label values, what [`caps::METRIC_SERIES`] counts
+/// (a hash, so 1000 series cost 8 KB here), and the text they take, what
+/// [`caps::METRIC_PLUGIN_TEXT_BYTES`] bounds.
+#[derive(Default)]
+struct PluginSeries {
+    keys: HashSet<u64>,
+    text_bytes: usize,
+}
+
+/// About how many bytes of exposition text a series takes: one line per value (a histogram's
+/// buckets, `+Inf`, `_sum` and `_count`), each the name, its suffix, the labels and the value.
+fn series_text_bytes(name: &str, kind: MetricKind, names: &[String], values: &[&str]) -> usize {
+    let labels: usize = names.iter().zip(values).map(|(k, v)| k.len() + v.len() + 4).sum();
+    let lines = match kind {
+        MetricKind::Histogram => prometheus::DEFAULT_BUCKETS.len() + 3,
+        _ => 1,
+    };
+    lines * (name.len() + labels + 40)
 }
 
 /// The daemon's metrics state.
@@ -161,7 +190,8 @@ impl Metrics {
                 p.name
             )));
         }
-        if let Some(bad) = labels.keys().find(|k| !valid_name(k) || k.as_str() == "plugin") {
+        // `__`-names are Prometheus's own (`__name__`): one would spoil the whole scrape.
+        if let Some(bad) = labels.keys().find(|k| !valid_name(k) || k.as_str() == "plugin" || k.starts_with("__")) {
             return Err(EmitError::Invalid(format!("label name {bad:?} is not allowed")));
         }
         let mut names: Vec<String> = std::iter::once("plugin".to_owned()).chain(labels.keys().cloned()).collect();
@@ -169,6 +199,14 @@ impl Metrics {
         let values: Vec<&str> = std::iter::once(plugin).chain(names[1..].iter().map(|k| labels[k].as_str())).collect();
         let mut state = self.emitted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let EmittedState { families, series } = &mut *state;
+        if !families.contains_key(&p.name) {
+            if let Some(taken) = histogram_clash(families, &p.name, p.kind) {
+                return Err(EmitError::Invalid(format!(
+                    "metric name {:?} clashes with the lines of histogram {taken:?} (NAME_bucket, NAME_sum, NAME_count)",
+                    p.name
+                )));
+            }
+        }
         if let Some(family) = families.get(&p.name) {
             if family.kind() != p.kind {
                 return Err(EmitError::KindTaken { name: p.name.clone(), kind: p.kind, first: family.kind() });
@@ -186,9 +224,17 @@ impl Metrics {
         }
         let mine = series.entry(plugin.to_owned()).or_default();
         let key = series_key(&p.name, &values);
-        if !mine.contains(&key) && mine.len() >= caps::METRIC_SERIES {
+        let new_text = if mine.keys.contains(&key) {
+            0
+        } else if mine.keys.len() >= caps::METRIC_SERIES {
             return Err(EmitError::TooManySeries { name: p.name.clone() });
-        }
+        } else {
+            let bytes = series_text_bytes(&p.name, p.kind, &names, &values);
+            if mine.text_bytes + bytes > caps::METRIC_PLUGIN_TEXT_BYTES {
+                return Err(EmitError::TooMuchText { name: p.name.clone() });
+            }
+            bytes
+        };
         if !families.contains_key(&p.name) {
             let family = new_family(&p.name, p.kind, names).map_err(|e| EmitError::Invalid(e.to_string()))?;
             let collector: Box<dyn prometheus::core::Collector> = match &family {
@@ -199,7 +245,9 @@ impl Metrics {
             self.registry.register(collector).map_err(|e| EmitError::Invalid(e.to_string()))?;
             families.insert(p.name.clone(), family);
         }
-        mine.insert(key);
+        if mine.keys.insert(key) {
+            mine.text_bytes += new_text;
+        }
         match &families[&p.name] {
             Emitted::Counter(v, _) => v.with_label_values(&values).inc_by(p.value),
             Emitted::Gauge(v, _) => v.with_label_values(&values).set(p.value),
@@ -207,6 +255,21 @@ impl Metrics {
         }
         Ok(())
     }
+}
+
+/// The histogram whose exposition lines `name` of `kind` would collide with, if any: a
+/// histogram `h` writes `h_bucket`, `h_sum` and `h_count`, so neither may another family take
+/// those names, nor may a new histogram write lines under a name already taken.
+fn histogram_clash(families: &HashMap<String, Emitted>, name: &str, kind: MetricKind) -> Option<String> {
+    const SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
+    let as_line_of_histogram = SUFFIXES.iter().find_map(|suffix| {
+        let base = name.strip_suffix(suffix)?;
+        families.get(base).is_some_and(|f| f.kind() == MetricKind::Histogram).then(|| base.to_owned())
+    });
+    let lines_taken = (kind == MetricKind::Histogram)
+        .then(|| SUFFIXES.iter().any(|suffix| families.contains_key(&format!("{name}{suffix}"))))
+        .unwrap_or(false);
+    as_line_of_histogram.or_else(|| lines_taken.then(|| name.to_owned()))
 }
 
 /// A new family for `name` of `kind` with label `names` (`plugin` first).
@@ -404,5 +467,72 @@ mod tests {
         assert!(emit(&m, "plugind_calls_total", MetricKind::Gauge, 1.0, &[]).is_err());
         let text = text(&m);
         assert!(text.contains(r#"jobs_done{plugin="p",queue="a"} 5"#), "{text}");
+    }
+
+    /// What would spoil the whole exposition for a strict scraper is refused: a `__` label
+    /// (`__name__`), and a name among a histogram's lines (either order).
+    #[test]
+    fn reserved_labels_and_histogram_line_names_are_refused() {
+        let m = Metrics::default();
+        assert!(emit(&m, "x", MetricKind::Gauge, 1.0, &[("__name__", "plugind_calls_total")]).is_err());
+        assert!(emit(&m, "x", MetricKind::Gauge, 1.0, &[("__meta_x", "1")]).is_err());
+        emit(&m, "h", MetricKind::Histogram, 1.0, &[]).unwrap();
+        for taken in ["h_bucket", "h_sum", "h_count"] {
+            let e = emit_as(&m, "other", taken, MetricKind::Counter, 1.0, &[]).unwrap_err();
+            assert!(e.to_string().contains("clashes with the lines of histogram \"h\""), "{e}");
+        }
+        emit(&m, "q_count", MetricKind::Counter, 1.0, &[]).unwrap();
+        assert!(emit(&m, "q", MetricKind::Histogram, 1.0, &[]).is_err());
+        emit(&m, "h_total", MetricKind::Counter, 1.0, &[]).unwrap();
+    }
+
+    /// Within every other cap a plugin could make tens of megabytes of text (1000 histograms
+    /// of 16 long labels): its series are bounded by the text they take, and another plugin
+    /// is not affected.
+    #[test]
+    fn a_plugins_metrics_text_is_bounded() {
+        let m = Metrics::default();
+        let long = "v".repeat(250);
+        let names: Vec<String> = (0..15).map(|j| format!("l{j}")).collect();
+        let mut dropped = None;
+        for i in 0..1000 {
+            let n = i.to_string();
+            let mut labels: Vec<(&str, &str)> = names.iter().map(|k| (k.as_str(), long.as_str())).collect();
+            labels.push(("i", &n));
+            if let Err(e) = emit(&m, "h", MetricKind::Histogram, 1.0, &labels) {
+                dropped = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = dropped.expect("some series are dropped");
+        assert!(matches!(e, EmitError::TooMuchText { .. }) && i > 10, "{i}: {e}");
+        let size = text(&m).len();
+        assert!(size <= 2 * caps::METRIC_PLUGIN_TEXT_BYTES, "{size} bytes");
+        emit_as(
+            &m,
+            "other",
+            "h",
+            MetricKind::Histogram,
+            1.0,
+            &[
+                ("i", "1"),
+                ("l0", "x"),
+                ("l1", "x"),
+                ("l10", "x"),
+                ("l11", "x"),
+                ("l12", "x"),
+                ("l13", "x"),
+                ("l14", "x"),
+                ("l2", "x"),
+                ("l3", "x"),
+                ("l4", "x"),
+                ("l5", "x"),
+                ("l6", "x"),
+                ("l7", "x"),
+                ("l8", "x"),
+                ("l9", "x"),
+            ],
+        )
+        .unwrap();
     }
 }
