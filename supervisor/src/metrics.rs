@@ -266,9 +266,8 @@ fn histogram_clash(families: &HashMap<String, Emitted>, name: &str, kind: Metric
         let base = name.strip_suffix(suffix)?;
         families.get(base).is_some_and(|f| f.kind() == MetricKind::Histogram).then(|| base.to_owned())
     });
-    let lines_taken = (kind == MetricKind::Histogram)
-        .then(|| SUFFIXES.iter().any(|suffix| families.contains_key(&format!("{name}{suffix}"))))
-        .unwrap_or(false);
+    let lines_taken = kind == MetricKind::Histogram
+        && SUFFIXES.iter().any(|suffix| families.contains_key(&format!("{name}{suffix}")));
     as_line_of_histogram.or_else(|| lines_taken.then(|| name.to_owned()))
 }
 
