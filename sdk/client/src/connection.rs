@@ -27,8 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_util::codec::{FramedRead, LinesCodec};
 
-/// The longest line read from plugind (its own frame limit).
-const MAX_LINE: usize = 16 * 1024 * 1024;
+/// The longest line read from plugind: its frame limit bounds what plugins send (16 MiB), and
+/// its own answers (`metrics.get` of many plugins, `plugins.list` of thousands) may be larger.
+const MAX_LINE: usize = 64 * 1024 * 1024;
 
 /// The first wait before reconnecting; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -274,11 +275,61 @@ async fn serve(shared: &Arc<Shared>, session: Session) {
     }
 }
 
+/// A line read from plugind, or word of one over [`MAX_LINE`] (skipped).
+enum Line {
+    Text(String),
+    TooLong,
+}
+
+/// `LinesCodec` with a line over its limit as an item, not an error: `FramedRead` ends the
+/// stream at the first error, and one long answer must not end the connection.
+struct Lines(LinesCodec);
+
+impl tokio_util::codec::Decoder for Lines {
+    type Item = Line;
+    type Error = tokio_util::codec::LinesCodecError;
+
+    fn decode(&mut self, buf: &mut tokio_util::bytes::BytesMut) -> Result<Option<Line>, Self::Error> {
+        match self.0.decode(buf) {
+            Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::TooLong)),
+            other => other.map(|l| l.map(Line::Text)),
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut tokio_util::bytes::BytesMut) -> Result<Option<Line>, Self::Error> {
+        match self.0.decode_eof(buf) {
+            Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::TooLong)),
+            other => other.map(|l| l.map(Line::Text)),
+        }
+    }
+}
+
 /// Reads plugind's lines until the connection ends.
 async fn read_lines(shared: &Arc<Shared>, read: OwnedReadHalf, out: &mpsc::UnboundedSender<Vec<u8>>) {
-    let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
+    let mut lines = FramedRead::new(read, Lines(LinesCodec::new_with_max_length(MAX_LINE)));
     while let Some(line) = lines.next().await {
-        let Ok(line) = line else { return };
+        let line = match line {
+            Ok(Line::Text(line)) => line,
+            // The codec skips the rest of that line and reads on. Whose answer it was cannot be
+            // read; with a single call waiting it can only be that one's, which then ends saying
+            // why (not "connection lost": plugind is fine).
+            Ok(Line::TooLong) => {
+                let mut state = shared.lock();
+                if state.pending.len() == 1 {
+                    let only = state.pending.keys().next().copied();
+                    if let Some(p) = only.and_then(|id| state.pending.remove(&id)) {
+                        let why =
+                            format!("plugind's answer was over {} MiB, more than this client takes", MAX_LINE >> 20);
+                        let _ = p.answer.send(Err(ClientError::Rpc(plugind_protocol::jsonrpc::RpcError::new(
+                            plugind_protocol::codes::INTERNAL_ERROR,
+                            why,
+                        ))));
+                    }
+                }
+                continue;
+            }
+            Err(_) => return,
+        };
         match Message::parse(line.as_bytes()) {
             Ok(Message::Response { id, outcome }) => {
                 let Some(id) = Message::numeric_id(id) else { continue };

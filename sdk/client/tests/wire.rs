@@ -148,3 +148,25 @@ async fn plugind_cancel_drops_the_handler() {
     let closed = tokio::time::timeout(Duration::from_secs(5), dropped).await.expect("the handler is dropped");
     assert!(closed.is_err(), "the handler's future was dropped, not completed");
 }
+
+/// An answer longer than the client takes (64 MiB) ends the one call waiting, saying so, and
+/// the connection serves on: it is not a lost connection.
+#[tokio::test]
+async fn an_answer_over_the_line_limit_ends_its_call_and_the_connection_serves_on() {
+    let (_dir, path, l) = listener();
+    let client = Client::connect(&path).await.unwrap();
+    let mut p = Plugind::accept(&l).await;
+    let no_params = json!({});
+    let (r, ()) = tokio::join!(client.call("metrics.get", &no_params), async {
+        let req = p.recv().await;
+        let huge = format!("{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":\"{}\"}}\n", req["id"], "m".repeat(65 << 20));
+        p.write.write_all(huge.as_bytes()).await.unwrap();
+    });
+    let e = r.unwrap_err();
+    assert!(e.to_string().contains("plugind's answer was over 64 MiB"), "{e}");
+    let (r, ()) = tokio::join!(client.call("plugins.list", &no_params), async {
+        let req = p.recv().await;
+        p.send(json!({"jsonrpc": "2.0", "id": req["id"], "result": []})).await;
+    });
+    assert_eq!(r.unwrap(), json!([]));
+}
