@@ -2,6 +2,12 @@
 //!
 //! plugind calls `execute` with a method name and its params; add methods to the `match`.
 //! `println!` is safe: the SDK sends it to stderr, which plugind keeps as this plugin's log.
+//!
+//! To wait (a timer, a socket), use tokio through the SDK, no dependency to add:
+//! `plugind_sdk::tokio::time::sleep(d).await`. Never block the thread (`std::thread::sleep`, a
+//! blocking HTTP client, a long computation): the plugin reads plugind's messages on the same
+//! runtime, so every other call, ping and cancel would wait behind it. Put such work in
+//! `plugind_sdk::tokio::task::spawn_blocking(...).await`.
 
 use plugind_sdk::{json, Context, Plugin, RpcError, Value};
 

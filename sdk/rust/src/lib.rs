@@ -167,8 +167,12 @@ pub fn cancelled_error() -> RpcError {
 /// unless `TOKIO_WORKER_THREADS` says otherwise. The plugin shares the CPUs with plugind and the
 /// other plugins, and a call's work is usually short: a worker per CPU made the tasks of each
 /// call wake each other across CPUs (on 2 vCPUs, 6.3 µs of CPU per echo call with two workers,
-/// 4.1 µs with one). As in any tokio program, a handler that computes for long belongs in
-/// `tokio::task::spawn_blocking`, or the process can build its own runtime and call [`serve`].
+/// 4.1 µs with one). As in any tokio program, a handler that blocks its thread
+/// (`std::thread::sleep`, blocking I/O, a long computation), before or after an `.await`, holds
+/// up everything on the runtime, the reading of plugind's messages included: every other call,
+/// `ping` and `$/cancel` waits behind it (more workers would not help: the worker that blocks is
+/// the one that was polling stdin). Such work belongs in `tokio::task::spawn_blocking`, or the
+/// process can build its own runtime and call [`serve`].
 pub fn run<P: Plugin>(plugin: P) {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
