@@ -372,18 +372,21 @@ pub async fn serve(daemon: std::sync::Arc<Daemon>, listener: tokio::net::TcpList
         let Some(slot) = slots.take(&sock, remote) else { continue };
         let daemon = daemon.clone();
         let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let metrics =
-                (req.method() == http::Method::GET && req.uri().path() == "/metrics").then(|| daemon.metrics_text());
+            // GET, and HEAD as GET without the body (hyper leaves it out); another method on
+            // the path is 405, anything else 404.
+            let (status, body) = match (req.uri().path(), req.method()) {
+                ("/metrics", &http::Method::GET | &http::Method::HEAD) => (http::StatusCode::OK, daemon.metrics_text()),
+                ("/metrics", _) => (http::StatusCode::METHOD_NOT_ALLOWED, "only GET /metrics\n".to_owned()),
+                _ => (http::StatusCode::NOT_FOUND, "try GET /metrics\n".to_owned()),
+            };
             async move {
-                let (status, body) = match metrics {
-                    Some(text) => (http::StatusCode::OK, text),
-                    None => (http::StatusCode::NOT_FOUND, "try GET /metrics\n".to_owned()),
-                };
-                http::Response::builder()
+                let mut r = http::Response::builder()
                     .status(status)
-                    .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
-                    .body(HttpBody::from(body))
-                    .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+                    .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+                if status == http::StatusCode::METHOD_NOT_ALLOWED {
+                    r = r.header(http::header::ALLOW, "GET, HEAD");
+                }
+                r.body(HttpBody::from(body)).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
             }
         });
         tokio::spawn(serve_connection(sock, svc, std::future::pending(), slot));

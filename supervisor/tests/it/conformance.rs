@@ -81,3 +81,43 @@ async fn every_example_answers_the_same_contract() {
     }
     futures::future::join_all(EXAMPLES.map(|p| scenario(&d, p))).await;
 }
+
+/// The 40-line plain-Python plugin of docs/protocol.md, section 9, taken from the doc as it is:
+/// it runs under plugind (hello, and a `sleep` cancelled by its deadline), and by hand, piped one
+/// request, it prints its answer (it used to exit at EOF before its thread wrote).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_plugin_in_the_protocol_doc_runs_under_plugind_and_by_hand() {
+    let doc = std::fs::read_to_string(repo().join("docs/protocol.md")).unwrap();
+    let section = &doc[doc.find("## 9. A complete plugin").expect("the section is there")..];
+    let start = section.find("```python\n").unwrap() + "```python\n".len();
+    let source = &section[start..start + section[start..].find("```").unwrap()];
+    let manifest = r#"{"name":"hello-py","version":"0.1.0","main":"main.py"}"#;
+    let d = Daemon::builder().plugin_files("hello-py", &[("plugin.json", manifest), ("main.py", source)]).start().await;
+    assert_eq!(
+        d.execute("hello-py", "hello", json!({"name": "Ada"})).await.unwrap(),
+        json!({"greeting": "Hello, Ada!"})
+    );
+    let r = d
+        .call("execute", json!({"plugin": "hello-py", "method": "sleep", "params": {"ms": 5000}, "timeout_ms": 200}))
+        .await;
+    assert_eq!(code(&r), -32001);
+    let main = d.dir.path().join("plugins/hello-py/main.py");
+    // hello, and a 100 ms sleep: at EOF, the answers still being made are written.
+    for (request, answer) in [
+        (&b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"execute\",\"params\":{\"method\":\"hello\",\"params\":{\"name\":\"Ada\"}}}\n"[..], "Hello, Ada!"),
+        (b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"execute\",\"params\":{\"method\":\"sleep\",\"params\":{\"ms\":100}}}\n", "\"slept\": 100"),
+    ] {
+        let mut child = std::process::Command::new("python3")
+            .arg(&main)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(request).unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains(answer), "{out:?}");
+    }
+}

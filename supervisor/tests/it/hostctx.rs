@@ -205,6 +205,7 @@ async fn metrics_are_scraped_over_http() {
     // A free port: bind, read it, release it for plugind.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
+    let addr2 = addr.clone();
     let d = Daemon::builder().plugin("perl-echo").arg("--metrics").arg(&addr).start().await;
     d.execute("perl-echo", "echo", json!(1)).await.unwrap();
     let body = tokio::task::spawn_blocking(move || {
@@ -222,6 +223,27 @@ async fn metrics_are_scraped_over_http() {
     .unwrap();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains(r#"plugind_calls_total{plugin="perl-echo"} 1"#), "{body}");
+    // HEAD is GET without the body; another method on the path is 405 naming the allowed ones.
+    let ask = |request: &'static str| {
+        let addr = addr2.clone();
+        move || {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        }
+    };
+    let head = tokio::task::spawn_blocking(ask("HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"), "{head}");
+    let post = tokio::task::spawn_blocking(ask(
+        "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    ))
+    .await
+    .unwrap();
+    assert!(post.starts_with("HTTP/1.1 405") && post.to_ascii_lowercase().contains("allow: get, head"), "{post}");
 }
 
 /// `--metrics` listens on loopback, which a `networking` plugin reaches too: holding idle
