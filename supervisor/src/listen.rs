@@ -195,19 +195,20 @@ async fn read_post(req: http::Request<hyper::body::Incoming>) -> Result<http::Re
     Ok(http::Request::from_parts(parts, HttpBody::new(http_body_util::Full::new(bytes))))
 }
 
-/// An answer of JSON.
-fn json_answer(status: http::StatusCode, body: String) -> HttpResponse {
+/// An answer of `status` with `body` of `content_type`.
+fn answer(status: http::StatusCode, content_type: &'static str, body: String) -> HttpResponse {
     let mut r = HttpResponse::new(HttpBody::from(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     r
 }
 
+fn json_answer(status: http::StatusCode, body: String) -> HttpResponse {
+    answer(status, "application/json", body)
+}
+
 fn plain(status: http::StatusCode, text: String) -> HttpResponse {
-    let mut r = HttpResponse::new(HttpBody::from(text));
-    *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
-    r
+    answer(status, "text/plain; charset=utf-8", text)
 }
 
 fn error_line(id: &RawValue, e: &RpcError) -> String {
@@ -230,10 +231,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn unauthorized() -> HttpResponse {
-    let mut r = HttpResponse::new(HttpBody::from("401 Unauthorized: send Authorization: Bearer <token>\n"));
-    *r.status_mut() = http::StatusCode::UNAUTHORIZED;
+    let mut r = plain(http::StatusCode::UNAUTHORIZED, "401 Unauthorized: send Authorization: Bearer <token>\n".into());
     r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
