@@ -831,7 +831,6 @@ impl InstanceTask {
         }
     }
 
-    /// Logs a protocol mistake of the plugin and tells it with `onError`.
     /// A stdout line over the frame limit, discarded: reported, and what its head tells is
     /// ended at once, not at a deadline. An answer to one of plugind's calls fails that call
     /// with `-32603`; a request is answered `-32600` under its id (returned: work to run).
@@ -862,6 +861,7 @@ impl InstanceTask {
         }
     }
 
+    /// Logs a protocol mistake of the plugin and tells it with `onError`.
     fn report_bad_output(&self, code: i64, message: String) {
         self.log.warn(message.clone());
         self.instance.peer.notify(
