@@ -436,6 +436,16 @@ async fn listen_addr(d: &Daemon) -> String {
     .await
 }
 
+/// plugind started from `b` with `--listen 127.0.0.1:0` and `token` in its token file (mode
+/// 0600); the address it listens on.
+async fn listening(b: DaemonBuilder, token: &str) -> (Daemon, String) {
+    std::fs::write(b.path().join("token"), format!("{token}\n")).unwrap();
+    std::fs::set_permissions(b.path().join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let d = b.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg("token").start().await;
+    let addr = listen_addr(&d).await;
+    (d, addr)
+}
+
 /// One HTTP POST of `body`; (status, response body).
 fn http_post(addr: &str, auth: Option<&str>, body: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -521,11 +531,7 @@ impl Ws {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_serves_the_api_over_http_and_websocket_with_a_bearer_token() {
-    let b = Daemon::builder().plugin("perl-echo");
-    std::fs::write(b.path().join("token"), "s3cret-token\n").unwrap();
-    std::fs::set_permissions(b.path().join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    let d = b.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg("token").start().await;
-    let addr = listen_addr(&d).await;
+    let (d, addr) = listening(Daemon::builder().plugin("perl-echo"), "s3cret-token").await;
     let list = r#"{"jsonrpc":"2.0","id":7,"method":"plugins.list"}"#;
 
     let a = addr.clone();
@@ -594,11 +600,7 @@ async fn listen_serves_the_api_over_http_and_websocket_with_a_bearer_token() {
 /// is read, params that are neither an object nor an array refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_answers_what_is_not_a_request_as_the_socket_does() {
-    let b = Daemon::builder();
-    std::fs::write(b.path().join("token"), "tok\n").unwrap();
-    std::fs::set_permissions(b.path().join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    let d = b.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg("token").start().await;
-    let addr = listen_addr(&d).await;
+    let (d, addr) = listening(Daemon::builder(), "tok").await;
     tokio::task::spawn_blocking(move || {
         let post = |body: &str| -> Value { serde_json::from_str(&http_post(&addr, Some("Bearer tok"), body).1).unwrap() };
         let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"plugins.list"},{"jsonrpc":"2.0","id":"b","method":"x"}]"#;
@@ -638,11 +640,7 @@ async fn listen_answers_what_is_not_a_request_as_the_socket_does() {
 /// descriptors plugind needs (`support::tcp_connections_are_capped`).
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_connections_cannot_exhaust_pluginds_descriptors() {
-    let b = Daemon::builder().plugin("perl-echo");
-    std::fs::write(b.path().join("token"), "tok\n").unwrap();
-    std::fs::set_permissions(b.path().join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    let d = b.arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg("token").start().await;
-    let addr = listen_addr(&d).await;
+    let (d, addr) = listening(Daemon::builder().plugin("perl-echo"), "tok").await;
     tcp_connections_are_capped(&d, &addr).await;
     let (status, _) = tokio::task::spawn_blocking(move || {
         http_post(&addr, Some("Bearer tok"), r#"{"jsonrpc":"2.0","id":1,"method":"plugins.list"}"#)

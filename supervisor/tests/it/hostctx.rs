@@ -226,13 +226,7 @@ async fn metrics_are_scraped_over_http() {
     // HEAD is GET without the body; another method on the path is 405 naming the allowed ones.
     let ask = |request: &'static str| {
         let addr = addr2.clone();
-        move || {
-            let mut s = std::net::TcpStream::connect(&addr).unwrap();
-            s.write_all(request.as_bytes()).unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        }
+        move || http_exchange(&addr, request)
     };
     let head = tokio::task::spawn_blocking(ask("HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
         .await
@@ -251,19 +245,21 @@ async fn metrics_are_scraped_over_http() {
 /// `--listen`), and it serves again once they are gone.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_connections_cannot_exhaust_pluginds_descriptors() {
-    use std::io::{Read, Write};
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let d = Daemon::builder().plugin("perl-echo").arg("--metrics").arg(&addr).start().await;
     tcp_connections_are_capped(&d, &addr).await;
-    let body = tokio::task::spawn_blocking(move || {
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
-    .await
-    .unwrap();
+    let request = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let body = tokio::task::spawn_blocking(move || http_exchange(&addr, request)).await.unwrap();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+}
+
+/// One HTTP request written whole to `addr`, and everything it answered until it closed.
+fn http_exchange(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
