@@ -600,7 +600,7 @@ async fn listen_serves_the_api_over_http_and_websocket_with_a_bearer_token() {
 /// is read, params that are neither an object nor an array refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_answers_what_is_not_a_request_as_the_socket_does() {
-    let (d, addr) = listening(Daemon::builder(), "tok").await;
+    let (_daemon, addr) = listening(Daemon::builder(), "tok").await;
     tokio::task::spawn_blocking(move || {
         let post = |body: &str| -> Value { serde_json::from_str(&http_post(&addr, Some("Bearer tok"), body).1).unwrap() };
         let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"plugins.list"},{"jsonrpc":"2.0","id":"b","method":"x"}]"#;
