@@ -263,6 +263,30 @@ impl Outbox {
     pub async fn send(&self, item: Outgoing) -> bool {
         self.send_until(item, None).await.unwrap_or(false)
     }
+
+    /// Whether the queue is full: the other side does not read what is written to it.
+    pub fn is_full(&self) -> bool {
+        let st = self.0.state();
+        !st.closed && st.bytes >= OUTBOX_BYTES
+    }
+
+    /// Waits until the queue has room (at once if it has, or if the connection is gone).
+    pub async fn room(&self) {
+        loop {
+            let room = self.0.room.notified();
+            tokio::pin!(room);
+            // Registered before the check, as in `send_until`.
+            room.as_mut().enable();
+            {
+                let mut st = self.0.state();
+                if st.closed || st.bytes < OUTBOX_BYTES {
+                    return;
+                }
+                st.waiting = true;
+            }
+            room.await;
+        }
+    }
 }
 
 impl OutboxReader {

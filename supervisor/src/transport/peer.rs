@@ -748,6 +748,16 @@ impl Peer {
         let _ = self.queue_until(answer, None).await;
     }
 
+    /// Whether the other side has stopped reading: its queue is full.
+    pub fn outbox_full(&self) -> bool {
+        self.out.is_full()
+    }
+
+    /// Waits until the other side has read enough for the queue to take more.
+    pub async fn outbox_room(&self) {
+        self.out.room().await;
+    }
+
     /// Sends a pre-built line (already `\n`-terminated).
     pub async fn send_line(&self, line: Vec<u8>) -> bool {
         self.push(line).await

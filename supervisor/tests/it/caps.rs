@@ -170,3 +170,54 @@ async fn caps_register_lists_are_cut_with_one_warning() {
     assert_eq!(s["refused_services"].as_array().unwrap().len(), 63, "undeclared ones among the first 64");
     assert_eq!(warnings(&d, "lister", "register: lists cut to 64 services").await, 1);
 }
+
+/// A client that sends requests and never reads its answers is not read from either once its
+/// answers back up: its requests wait in its own socket, plugind's memory stays put (it used to
+/// grow by gigabytes, a future and an answer per request), other clients are served, and once
+/// it reads, every request it managed to send is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_does_not_read_its_answers_is_not_read_from() {
+    use std::io::{BufRead as _, Write as _};
+    let d = Daemon::builder().plugin("perl-echo").start().await;
+    let before = rss_kb(d.pid());
+    let socket = d.socket.clone();
+    let (written, stream) = tokio::task::spawn_blocking(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_write_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        let request =
+            br#"{"jsonrpc":"2.0","id":1,"method":"plugins.list"}"#.iter().chain(b"\n").copied().collect::<Vec<u8>>();
+        let mut written = 0usize;
+        // Up to 20 MB of requests, or until plugind stops taking them (the write times out).
+        while written < 20 << 20 {
+            match s.write(&request) {
+                Ok(n) => written += n,
+                Err(_) => break,
+            }
+        }
+        (written, s)
+    })
+    .await
+    .unwrap();
+    let grown = rss_kb(d.pid()).saturating_sub(before);
+    assert!(written < 20 << 20, "plugind kept reading a client that reads nothing ({written} bytes)");
+    assert!(grown < 200 * 1024, "plugind grew by {grown} KiB for a client that reads nothing");
+    assert_eq!(d.execute("perl-echo", "echo", json!(1)).await.unwrap(), json!(1), "others are served");
+    // Once it reads, it gets an answer to every whole request it sent (and an error for the
+    // part of one the write cut, if it cut one).
+    let (requests, cut) = (written / 49, written % 49 != 0);
+    let (answered, errors) = tokio::task::spawn_blocking(move || {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let (mut answered, mut errors) = (0, 0);
+        for line in std::io::BufReader::new(&stream).lines() {
+            if line.unwrap().contains("\"result\"") {
+                answered += 1;
+            } else {
+                errors += 1;
+            }
+        }
+        (answered, errors)
+    })
+    .await
+    .unwrap();
+    assert_eq!((answered, errors), (requests, usize::from(cut)));
+}
