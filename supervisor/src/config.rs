@@ -36,6 +36,9 @@ impl std::str::FromStr for LogFormat {
 
 /// Default graceful stop budget (SIGTERM → every plugin torn down).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `ready_timeout_s`: under systemd's default start timeout (90 s), so that a plugin
+/// hanging in `init` through its restarts (minutes) cannot get plugind killed as failing to start.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default health ping period: 10 s.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Default log lines kept per plugin.
@@ -82,6 +85,9 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// How long a graceful stop may take before plugind exits anyway.
     pub stop_timeout: Duration,
+    /// The longest plugind waits for its plugins to settle before it is ready (`READY=1`), at
+    /// start and after a SIGHUP reload; they go on starting after it.
+    pub ready_timeout: Duration,
     /// Threads running plugind's tasks (`None`: [`default_worker_threads`]).
     pub worker_threads: Option<usize>,
     /// Per-plugin operator settings (`[plugins.NAME]`).
@@ -106,6 +112,7 @@ impl Config {
             metrics: None,
             otlp_endpoint: None,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
             worker_threads: None,
             plugins: BTreeMap::new(),
             file: None,
@@ -157,6 +164,13 @@ impl Config {
                 return Err(err(&origin("stop_timeout_s", by_flag), format!("expected at least 1, found {s}")));
             }
             c.stop_timeout = Duration::from_secs(s);
+        }
+        let by_flag = flags.ready_timeout_s.is_some();
+        if let Some(s) = flags.ready_timeout_s.or(from_file.ready_timeout_s) {
+            if s < 1 {
+                return Err(err(&origin("ready_timeout_s", by_flag), format!("expected at least 1, found {s}")));
+            }
+            c.ready_timeout = Duration::from_secs(s);
         }
         let by_flag = flags.log_lines.is_some();
         if let Some(n) = flags.log_lines.or(from_file.log_lines) {
@@ -258,6 +272,8 @@ pub struct Settings {
     pub ping_interval_ms: Option<u64>,
     /// `--stop-timeout-s S`.
     pub stop_timeout_s: Option<u64>,
+    /// `--ready-timeout-s S`.
+    pub ready_timeout_s: Option<u64>,
     /// `--log-lines N`.
     pub log_lines: Option<usize>,
     /// `--worker-threads N`.

@@ -506,8 +506,10 @@ impl Daemon {
 
     /// Starts every loadable plugin in dependency order and waits until each has settled
     /// (running, failed, blocked…). Plugins whose required dependencies are already served start
-    /// together in one wave; the next wave starts once that one has settled. Whatever is left when
-    /// no wave can form (a missing provider, a cycle) is started too and ends up `blocked`.
+    /// at once, together; each that settles lets start at once those it was the last missing
+    /// provider of, without waiting for unrelated plugins (one that hangs in `init` holds up only
+    /// its own dependents). Whatever is left when nothing is starting (a missing provider, a
+    /// cycle) is started too and ends up `blocked`.
     ///
     /// Plugins the config file disables (`[plugins.NAME] enabled = false`) stay `stopped`.
     pub async fn start_all(&self) {
@@ -524,16 +526,20 @@ impl Daemon {
                 on
             })
             .collect();
+        let mut starting = futures::stream::FuturesUnordered::new();
         loop {
             let (ready, waiting): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| {
                 let m = p.status().manifest.clone();
                 m.is_some_and(|m| self.unmet_dependencies(&m).is_none())
             });
             pending = waiting;
-            if ready.is_empty() {
+            for p in ready {
+                starting.push(async move { p.command(Command::Start).await });
+            }
+            // One settled: what it provides may be what a waiting plugin lacked.
+            if futures::StreamExt::next(&mut starting).await.is_none() {
                 break;
             }
-            futures::future::join_all(ready.iter().map(|p| p.command(Command::Start))).await;
         }
         futures::future::join_all(pending.iter().map(|p| p.command(Command::Start))).await;
     }
@@ -743,11 +749,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         socket.display()
     );
     tokio::pin!(shutdown);
-    if service.until(daemon.start_all(), &mut shutdown).await.is_some() {
-        let c = daemon.counts();
-        tracing::info!(running = c.running, failed = c.failed, blocked = c.blocked, total = c.total, "plugins started");
-        service.ready();
-        service.serve(&mut shutdown).await;
+    // READY=1 once every plugin has settled, or after `ready_timeout_s` at the latest: a plugin that
+    // hangs in `init` through all its restarts (minutes) must not keep plugind from being ready,
+    // nor systemd's start timeout (90 s by default) from killing it. The start goes on.
+    let mut starting = tokio::spawn({
+        let daemon = daemon.clone();
+        async move { daemon.start_all().await }
+    });
+    let ready_timeout = daemon.config.ready_timeout;
+    match service.until(tokio::time::timeout(ready_timeout, &mut starting), &mut shutdown).await {
+        Some(started) => {
+            let c = daemon.counts();
+            if started.is_ok() {
+                tracing::info!(
+                    running = c.running,
+                    failed = c.failed,
+                    blocked = c.blocked,
+                    total = c.total,
+                    "plugins started"
+                );
+            } else {
+                let settling: Vec<String> = daemon
+                    .plugins()
+                    .iter()
+                    .filter(|p| p.status().state.is_settling())
+                    .map(|p| p.name.to_string())
+                    .collect();
+                tracing::warn!(
+                    running = c.running,
+                    ?settling,
+                    "not every plugin has settled after {} s (ready_timeout_s): ready now, they go on starting",
+                    ready_timeout.as_secs()
+                );
+            }
+            service.ready();
+            service.serve(&mut shutdown).await;
+        }
+        None => starting.abort(),
     }
     service.stopping();
     tracing::info!(timeout = ?stop_timeout, "stopping plugins");

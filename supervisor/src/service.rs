@@ -110,6 +110,8 @@ impl Service {
         let shutdown = self.daemon.shutdown.clone();
         let mut reload: Option<ReloadFuture> = None;
         let mut again = false;
+        // When a reload still settling gets its READY=1 anyway (`READY_WITHIN`).
+        let mut ready_due: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -119,6 +121,7 @@ impl Service {
                         again = true;
                     } else {
                         reload = Some(self.begin_reload());
+                        ready_due = Some(tokio::time::Instant::now() + self.daemon.config.ready_timeout);
                     }
                 }
                 r = async { reload.as_mut().expect("UNWRAP: guarded by is_some").await }, if reload.is_some() => {
@@ -127,9 +130,15 @@ impl Service {
                     if again {
                         again = false;
                         reload = Some(self.begin_reload());
-                    } else {
+                    } else if ready_due.take().is_some() {
                         self.ready();
                     }
+                }
+                () = tokio::time::sleep_until(ready_due.unwrap_or_else(tokio::time::Instant::now)), if ready_due.is_some() => {
+                    ready_due = None;
+                    let after = self.daemon.config.ready_timeout.as_secs();
+                    tracing::warn!("the reload's plugins have not all settled after {after} s (ready_timeout_s): ready now, they go on");
+                    self.ready();
                 }
                 _ = self.watchdog_tick.tick(), if self.watchdog.is_some() => self.watchdog().await,
                 ev = self.events.recv() => self.on_event(ev),

@@ -55,6 +55,9 @@ struct Args {
     /// Graceful stop budget in seconds: plugins still running then are killed (default 30).
     #[arg(long, value_name = "S")]
     stop_timeout_s: Option<u64>,
+    /// Longest wait in seconds for plugins to settle before plugind is ready (READY=1), at start and on reload; they go on starting (default 60).
+    #[arg(long, value_name = "S")]
+    ready_timeout_s: Option<u64>,
     /// Log lines kept per plugin (default 1000).
     #[arg(long, value_name = "N")]
     log_lines: Option<usize>,
@@ -100,6 +103,7 @@ impl Args {
             otlp_endpoint: self.otlp_endpoint.clone(),
             ping_interval_ms: self.ping_interval_ms,
             stop_timeout_s: self.stop_timeout_s,
+            ready_timeout_s: self.ready_timeout_s,
             log_lines: self.log_lines,
             worker_threads: self.worker_threads,
             plugins: Default::default(),

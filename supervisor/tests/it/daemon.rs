@@ -76,6 +76,37 @@ async fn notify_socket_gets_ready_status_watchdog_reloading_stopping_in_order() 
     assert_eq!(nth_with(&all, "READY=1", 2), None, "no READY after the reload: {all:?}");
 }
 
+/// A plugin that hangs in `init` through its restarts (minutes with the defaults) does not keep
+/// plugind from being ready: `READY=1` comes after `ready_timeout_s` at the latest (under
+/// systemd's 90 s start timeout), while it goes on starting; and the plugin depending only on
+/// a healthy provider starts at once, not after the hanging one gives up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_hanging_in_init_holds_up_neither_ready_nor_unrelated_dependents() {
+    let hang = "import time\ntime.sleep(600)\n";
+    let b = Daemon::builder()
+        .plugin_as("perl-echo", "a")
+        .plugin_as("perl-echo", "b")
+        .manifest("b", |m| m["dependencies"] = json!({ "required": ["a"] }))
+        .plugin_files(
+            "hang",
+            &[
+                ("plugin.json", r#"{"name":"hang","version":"1.0.0","main":"main.py","startup_timeout_ms":20000}"#),
+                ("main.py", hang),
+            ],
+        );
+    let (path, got) = notify_socket(b.path());
+    let t = Instant::now();
+    let d = b.env("NOTIFY_SOCKET", path.to_str().unwrap()).arg("--ready-timeout-s").arg("2").spawn().await;
+    let msgs = || got.lock().unwrap().clone();
+    d.wait_state("b", "running").await;
+    assert_eq!(d.status("hang").await["state"], "starting", "b started while hang was still in init");
+    let ready = wait_for("READY=1", async || nth_with(&msgs(), "READY=1", 0)).await;
+    assert!(t.elapsed() < Duration::from_secs(15), "READY=1 after {:?}: not bounded by ready_timeout_s", t.elapsed());
+    assert!(msgs()[ready].lines().any(|l| l == "STATUS=2 running, 0 failed, 0 blocked of 3"), "{:?}", msgs());
+    assert!(d.log().contains("not every plugin has settled after 2 s"), "{}", d.log());
+    assert_eq!(d.status("hang").await["state"], "starting", "it goes on starting");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn without_notify_socket_nothing_is_sent_and_nothing_breaks() {
     // The default: no NOTIFY_SOCKET (the test runner may have one; the builder does not pass a
