@@ -340,6 +340,11 @@ impl Daemon {
     fn scan(&self) -> (Vec<discovery::Found>, Vec<String>) {
         let version = semver::Version::parse(VERSION).expect("UNWRAP: crate version is semver");
         let (mut found, errors) = discovery::scan(&self.config.plugin_dirs, &version);
+        // A `--plugins` dir that is missing or unreadable names itself (else a typo there is a
+        // daemon with no plugins and no word why).
+        for e in &errors {
+            tracing::warn!("{e}");
+        }
         let cycles = {
             let loaded: Vec<(&str, &Manifest)> =
                 found.iter().filter_map(|f| f.manifest.as_ref().ok().map(|m| (f.name.as_str(), m))).collect();

@@ -110,6 +110,17 @@ pub fn start(daemon: Arc<Daemon>) -> Result<Watcher, WatchError> {
     .map_err(|source| WatchError { path: PathBuf::new(), source })?;
     for root in &daemon.config().plugin_dirs {
         let root = std::path::absolute(root).unwrap_or_else(|_| root.clone());
+        // Each root's parent too, not recursively: a root that is missing at start, or deleted
+        // and made again (a deploy), is seen when it appears, and watched from then on.
+        if let Some(parent) = root.parent().filter(|p| p.is_dir()) {
+            if let Err(e) = watcher.watch(parent, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %parent.display(), "cannot watch for {} to be made again: {e}", root.display());
+            }
+        }
+        if !root.is_dir() {
+            tracing::warn!(dir = %root.display(), "plugin directory does not exist: watching for it to appear");
+            continue;
+        }
         watcher.watch(&root, RecursiveMode::Recursive).map_err(|source| WatchError { path: root.clone(), source })?;
     }
     let watcher = Arc::new(std::sync::Mutex::new(watcher));
@@ -126,6 +137,20 @@ pub fn start(daemon: Arc<Daemon>) -> Result<Watcher, WatchError> {
             tokio::select! {
                 got = rx.recv() => {
                     let Some((change, paths)) = got else { break };
+                    // A root made (again): watch it, and rescan for what it holds.
+                    let made: Vec<&PathBuf> = paths.iter().filter(|p| roots.contains(p) && p.is_dir()).collect();
+                    if !made.is_empty() {
+                        let mut w = rewatch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        for root in made {
+                            tracing::info!(dir = %root.display(), "plugin directory appeared: watching it");
+                            if let Err(e) = w.watch(root, RecursiveMode::Recursive) {
+                                tracing::warn!(dir = %root.display(), "cannot watch: {e}");
+                            }
+                        }
+                        drop(w);
+                        let daemon = daemon.clone();
+                        tokio::spawn(async move { daemon.rescan_dirs().await });
+                    }
                     let now = Instant::now();
                     let plugins = daemon.plugins();
                     // Only what could reload or rescan something is kept: a plugin writing its own

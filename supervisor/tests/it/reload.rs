@@ -359,3 +359,47 @@ async fn removing_a_crash_looping_plugin_added_while_running_leaves_rescans_work
     let list = d.call("plugins.list", json!({})).await.unwrap();
     assert!(!list.to_string().contains("\"looper\""), "the removed plugin is gone: {list}");
 }
+
+/// A `--plugins` dir missing at start does not turn hot reload off for the others, and is
+/// picked up when it appears; a plugin dir root deleted and made again (a deploy) is watched
+/// again, edits included.
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_and_remade_plugin_roots_are_watched() {
+    let d = Daemon::builder()
+        .watch()
+        .arg("--plugins")
+        .arg("more")
+        .plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))])
+        .start()
+        .await;
+    let generation = async |d: &Daemon, name: &str, gen: u32| {
+        wait_for(&format!("{name} at generation {gen}"), async || {
+            (d.execute(name, "e", json!(0)).await.ok()?["gen"] == gen).then_some(())
+        })
+        .await
+    };
+    write_atomic(&d.plugins.join("hot/main.py"), &source(2));
+    generation(&d, "hot", 2).await;
+    // The missing root appears, with a plugin in it.
+    let more = d.dir.path().join("more");
+    let staging = d.dir.path().join("staging");
+    std::fs::create_dir_all(staging.join("extra")).unwrap();
+    std::fs::write(staging.join("extra/main.py"), source(7)).unwrap();
+    std::fs::write(staging.join("extra/plugin.json"), manifest("1.0.0").replace("\"hot\"", "\"extra\"")).unwrap();
+    std::fs::rename(&staging, &more).unwrap();
+    generation(&d, "extra", 7).await;
+    // The first root is deleted and made again.
+    std::fs::remove_dir_all(&d.plugins).unwrap();
+    wait_for("hot to be removed", async || {
+        let list = d.call("plugins.list", json!({})).await.ok()?;
+        (!list.as_array()?.iter().any(|p| p["name"] == "hot")).then_some(())
+    })
+    .await;
+    std::fs::create_dir_all(staging.join("hot")).unwrap();
+    std::fs::write(staging.join("hot/main.py"), source(3)).unwrap();
+    std::fs::write(staging.join("hot/plugin.json"), manifest("1.0.0")).unwrap();
+    std::fs::rename(&staging, &d.plugins).unwrap();
+    generation(&d, "hot", 3).await;
+    write_atomic(&d.plugins.join("hot/main.py"), &source(4));
+    generation(&d, "hot", 4).await;
+}
