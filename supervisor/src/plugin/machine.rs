@@ -523,6 +523,14 @@ impl Machine {
         if self.restart_at.is_some_and(|(t, _)| t <= now) {
             self.restart_at = None;
             if self.running {
+                // A restart after a crash is a start: with nothing serving and a required
+                // provider gone, the plugin waits `blocked` for it, as a `start` would.
+                if self.serving() == 0 {
+                    if let Some(u) = &unmet {
+                        out.push(Action::LastError(Some(format!("blocked: unmet dependencies {}", u.join(", ")))));
+                        self.blocked = unmet.clone();
+                    }
+                }
                 let spawned = self.fill(out);
                 out.extend(std::iter::repeat_n(Action::Restarted, spawned));
             }

@@ -70,3 +70,24 @@ async fn blocked_plugin_starts_by_itself_when_its_provider_comes_up() {
     d.wait_state("waiter", "running").await;
     assert_eq!(d.execute("waiter", "echo", json!(3)).await.unwrap(), json!(3));
 }
+
+/// A dependent that crashes while its required provider is stopped comes back `blocked`, as a
+/// `start` would leave it (not `running` with the dependency unmet), and runs again by itself
+/// once the provider is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dependent_restarting_after_a_crash_without_its_provider_waits_blocked() {
+    let d = Daemon::builder()
+        .plugin_as("perl-echo", "provider")
+        .plugin_as("perl-echo", "dependent")
+        .manifest("dependent", |m| m["dependencies"] = json!({"required": ["provider"]}))
+        .start()
+        .await;
+    d.wait_state("dependent", "running").await;
+    d.call("plugins.stop", json!({"name": "provider"})).await.unwrap();
+    let _ = d.execute("dependent", "exit", json!({"code": 3})).await;
+    let s = d.wait_state("dependent", "blocked").await;
+    assert!(s["last_error"].as_str().unwrap_or_default().contains("unmet dependencies provider"), "{s}");
+    assert_eq!(d.call("plugins.start", json!({"name": "provider"})).await.unwrap()["state"], "running");
+    d.wait_state("dependent", "running").await;
+    assert_eq!(d.execute("dependent", "echo", json!(5)).await.unwrap(), json!(5));
+}
