@@ -246,6 +246,15 @@ struct Failure {
     error: Option<Value>,
 }
 
+/// A followed stream (`logs -f`, `trace`, `events`) ends only when plugind goes: exit 3, saying so.
+fn stream_broken() -> Failure {
+    Failure {
+        code: 3,
+        message: "the connection to plugind broke: did plugind stop? (`pluginctl info` checks)".into(),
+        error: Some(json!({ "code": plugind_client::CONNECTION_LOST, "message": "connection to plugind lost" })),
+    }
+}
+
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         match e {
@@ -611,6 +620,7 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
                         print_log_line(&line, json_out);
                     }
                 }
+                return Err(stream_broken());
             }
         }
         Cmd::Trace { name } => {
@@ -620,6 +630,7 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
                     println!("{msg}");
                 }
             }
+            return Err(stream_broken());
         }
         Cmd::Events => {
             client.call(c::EVENTS_SUBSCRIBE, &json!({})).await?;
@@ -642,6 +653,7 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
                     );
                 }
             }
+            return Err(stream_broken());
         }
         Cmd::Metrics => {
             let result = client.call(c::METRICS_GET, &json!({})).await?;

@@ -120,3 +120,45 @@ async fn events_report_state_changes_and_restarts() {
     assert!(kinds.contains(&"exit") && kinds.contains(&"restart"), "{seen:?}");
     assert!(seen.contains(&("state".into(), "restarting".into())), "{seen:?}");
 }
+
+/// The followed streams (`logs -f`, `events`, `trace`) end only when plugind goes; then they
+/// exit 3 saying the connection broke, like every other command (they used to exit 0 silently).
+#[tokio::test(flavor = "multi_thread")]
+async fn followers_exit_3_when_plugind_goes() {
+    let mut d = Daemon::builder().plugin("perl-echo").start().await;
+    let follow = |args: &[&str]| {
+        let mut child = Command::new(pluginctl())
+            .args(["--socket", d.socket.to_str().unwrap()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Following once it has shown a line; its output is read to the end (a closed pipe
+        // would kill it with SIGPIPE).
+        let shown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stdout = child.stdout.take().unwrap();
+        let seen = shown.clone();
+        std::thread::spawn(move || {
+            for _ in BufReader::new(stdout).lines() {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        (child, shown)
+    };
+    let followers = [follow(&["logs", "-n", "0", "-f"]), follow(&["events"]), follow(&["trace", "perl-echo"])];
+    // A restart makes each show something (a log line, an event, the traced handshake).
+    wait_for("every follower to show a line", async || {
+        d.call("plugins.restart", json!({"name": "perl-echo"})).await.ok()?;
+        followers.iter().all(|(_, shown)| shown.load(std::sync::atomic::Ordering::SeqCst)).then_some(())
+    })
+    .await;
+    d.signal(libc::SIGKILL);
+    let _ = d.wait_exit().await;
+    for (child, _) in followers {
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(err.contains("the connection to plugind broke"), "{err}");
+    }
+}
