@@ -556,8 +556,10 @@ impl Daemon {
     /// running dependent stop together in one wave; if a cycle leaves no such plugin, the rest
     /// stop together. [`run`] bounds the whole with the stop timeout.
     pub async fn stop_all(&self) {
-        // docs/systemd.md: `onShutdown` hooks run before the first `teardown`.
-        match self.run_hook("onShutdown", serde_json::json!({}), None, &trace::TraceIn::default()).await {
+        // docs/systemd.md: `onShutdown` hooks run before the first `teardown`, within half the
+        // stop budget: a hook allowed more must not leave no time for any plugin's teardown.
+        let budget = Some(self.config.stop_timeout / 2);
+        match self.run_hook("onShutdown", serde_json::json!({}), budget, &trace::TraceIn::default()).await {
             Ok(hooked) if !hooked.handled_by.is_empty() => {
                 tracing::info!(handled_by = ?hooked.handled_by, "onShutdown hooks ran");
             }

@@ -263,3 +263,39 @@ fn http_exchange(addr: &str, request: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+/// An `onShutdown` hook allowed more than the stop budget gets half of it: every plugin still
+/// gets its `teardown` in the other half (it used to take the whole budget, and no plugin got one).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_shutdown_hook_leaves_time_for_teardown() {
+    let marks = tempfile::tempdir().unwrap();
+    let marker = marks.path().join("order");
+    let code = r#"import json, os, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m: continue
+    if m["method"] == "hook": continue  # never answers its onShutdown
+    if m["method"] == "teardown":
+        with open(os.environ["MARKER"], "a") as f: f.write(os.environ["NAME"] + " teardown\n")
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": {} if m["method"] != "teardown" else None}), flush=True)
+"#;
+    let manifest = |name: &str, hooks: serde_json::Value| {
+        json!({"name": name, "version": "1.0.0", "main": "c.py", "hooks": hooks, "permissions": ["filesystem"],
+            "env": {"MARKER": marker.to_str().unwrap(), "NAME": name}})
+        .to_string()
+    };
+    let mut d = Daemon::builder()
+        .plugin_files(
+            "slow",
+            &[("plugin.json", &manifest("slow", json!({"onShutdown": {"timeout_ms": 60000}}))), ("c.py", code)],
+        )
+        .plugin_files("other", &[("plugin.json", &manifest("other", json!({}))), ("c.py", code)])
+        .arg("--stop-timeout-s")
+        .arg("4")
+        .start()
+        .await;
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit().await, Some(0));
+    let order = std::fs::read_to_string(&marker).unwrap_or_default();
+    assert!(order.contains("other teardown") && order.contains("slow teardown"), "{order:?}");
+}
