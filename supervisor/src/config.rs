@@ -167,8 +167,8 @@ impl Config {
         }
         let by_flag = flags.ready_timeout_s.is_some();
         if let Some(s) = flags.ready_timeout_s.or(from_file.ready_timeout_s) {
-            if s < 1 {
-                return Err(err(&origin("ready_timeout_s", by_flag), format!("expected at least 1, found {s}")));
+            if !(1..=86_400).contains(&s) {
+                return Err(err(&origin("ready_timeout_s", by_flag), format!("expected 1 to 86400, found {s}")));
             }
             c.ready_timeout = Duration::from_secs(s);
         }

@@ -764,36 +764,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         async move { daemon.start_all().await }
     });
     let ready_timeout = daemon.config.ready_timeout;
-    match service.until(tokio::time::timeout(ready_timeout, &mut starting), &mut shutdown).await {
-        Some(started) => {
-            let c = daemon.counts();
-            if started.is_ok() {
-                tracing::info!(
-                    running = c.running,
-                    failed = c.failed,
-                    blocked = c.blocked,
-                    total = c.total,
-                    "plugins started"
-                );
-            } else {
-                let settling: Vec<String> = daemon
-                    .plugins()
-                    .iter()
-                    .filter(|p| p.status().state.is_settling())
-                    .map(|p| p.name.to_string())
-                    .collect();
-                tracing::warn!(
-                    running = c.running,
-                    ?settling,
-                    "not every plugin has settled after {} s (ready_timeout_s): ready now, they go on starting",
-                    ready_timeout.as_secs()
-                );
-            }
-            service.ready();
-            service.serve(&mut shutdown).await;
+    if let Some(started) = service.until(tokio::time::timeout(ready_timeout, &mut starting), &mut shutdown).await {
+        let c = daemon.counts();
+        if matches!(started, Ok(Ok(()))) {
+            tracing::info!(
+                running = c.running,
+                failed = c.failed,
+                blocked = c.blocked,
+                total = c.total,
+                "plugins started"
+            );
+        } else {
+            let settling: Vec<String> = daemon
+                .plugins()
+                .iter()
+                .filter(|p| p.status().state.is_settling())
+                .map(|p| p.name.to_string())
+                .collect();
+            tracing::warn!(
+                running = c.running,
+                ?settling,
+                "not every plugin has settled after {} s (ready_timeout_s): ready now, they go on starting",
+                ready_timeout.as_secs()
+            );
         }
-        None => starting.abort(),
+        service.ready();
+        service.serve(&mut shutdown).await;
     }
+    // A start still going (past ready_timeout_s) must not start plugins behind the stop.
+    starting.abort();
     service.stopping();
     tracing::info!(timeout = ?stop_timeout, "stopping plugins");
     if service.during(tokio::time::timeout(stop_timeout, daemon.stop_all())).await.is_err() {

@@ -113,13 +113,16 @@ impl Listener {
                 // Over the cap the connection is closed at once (after a 503 if it takes one):
                 // each costs plugind a descriptor, and its control socket and plugins need theirs.
                 let Some(slot) = slots.take(&sock, remote) else { continue };
-                let (daemon, token, builder, stop) =
-                    (daemon.clone(), token.clone(), builder.clone(), stop_handle.clone());
+                let (daemon, token, builder, stop, held) =
+                    (daemon.clone(), token.clone(), builder.clone(), stop_handle.clone(), slot.clone());
                 let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let authorized = bearer_ok(req.headers(), &token);
                     let mut rpc = builder
                         .clone()
-                        .set_rpc_middleware(RpcServiceBuilder::new().layer(DispatchLayer { daemon: daemon.clone() }))
+                        .set_rpc_middleware(
+                            RpcServiceBuilder::new()
+                                .layer(DispatchLayer { daemon: daemon.clone(), slot: held.clone() }),
+                        )
                         .build(Methods::new(), stop.clone());
                     async move {
                         if !authorized {
@@ -184,9 +187,23 @@ async fn read_post(req: http::Request<hyper::body::Incoming>) -> Result<http::Re
         let body = if ids.is_empty() {
             error_line(null_id(), &err)
         } else if Message::batch_members(&bytes).is_some() {
-            // A batch's answer is an array, even of one.
-            let lines: Vec<String> = ids.into_iter().map(|id| error_line(id, &err)).collect();
-            format!("[{}]", lines.join(","))
+            // A batch's answer is an array, even of one; bounded like any answer (a body of tiny
+            // members would make one many times its size).
+            let mut body = String::from("[");
+            for id in ids {
+                if body.len() > MAX_RESPONSE as usize {
+                    body = error_line(null_id(), &err);
+                    break;
+                }
+                if body.len() > 1 {
+                    body.push(',');
+                }
+                body.push_str(&error_line(id, &err));
+            }
+            if body.starts_with('[') {
+                body.push(']');
+            }
+            body
         } else {
             error_line(ids[0], &err)
         };
@@ -240,6 +257,8 @@ fn unauthorized() -> HttpResponse {
 #[derive(Clone)]
 struct DispatchLayer {
     daemon: Arc<Daemon>,
+    /// The TCP connection's place under the cap: a WebSocket connection holds it for its life.
+    slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<S> tower::Layer<S> for DispatchLayer {
@@ -249,7 +268,8 @@ impl<S> tower::Layer<S> for DispatchLayer {
         // back are refused before they run (see `streaming`).
         let (tx, _) = crate::transport::outbox::channel();
         let conn = Conn::new(self.daemon.next_conn_id(), Arc::new(Peer::new(tx)));
-        Dispatch { daemon: self.daemon.clone(), conn: Arc::new(ConnGuard { conn, daemon: self.daemon.clone() }) }
+        let guard = ConnGuard { conn, daemon: self.daemon.clone(), _slot: self.slot.clone() };
+        Dispatch { daemon: self.daemon.clone(), conn: Arc::new(guard) }
     }
 }
 
@@ -257,6 +277,7 @@ impl<S> tower::Layer<S> for DispatchLayer {
 struct ConnGuard {
     conn: Conn,
     daemon: Arc<Daemon>,
+    _slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Drop for ConnGuard {

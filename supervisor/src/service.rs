@@ -130,6 +130,8 @@ impl Service {
                     if again {
                         again = false;
                         reload = Some(self.begin_reload());
+                        // It sent RELOADING=1 again: it owes a READY=1 of its own.
+                        ready_due = Some(tokio::time::Instant::now() + self.daemon.config.ready_timeout);
                     } else if ready_due.take().is_some() {
                         self.ready();
                     }

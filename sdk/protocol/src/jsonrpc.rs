@@ -182,7 +182,8 @@ impl Message<'_> {
         let (mut id, mut method, mut outcome) = (None, false, false);
         let _ = scan::members(head, |key, value| {
             match key {
-                "id" => id = value.text().ok().map(scan::raw),
+                // An id the cut may have shortened (`"id":12|34`) tells nothing.
+                "id" => id = value.text().ok().filter(|t| !ends_at(head, t)).map(scan::raw),
                 "method" => method = true,
                 // The huge value is surely this one: stop before walking into it.
                 "result" | "error" => {
@@ -213,6 +214,11 @@ impl Message<'_> {
         .ok()?;
         Some((id, method))
     }
+}
+
+/// Whether `part`, a slice of `whole`, runs to its very end.
+fn ends_at(whole: &[u8], part: &str) -> bool {
+    part.as_ptr() as usize + part.len() == whole.as_ptr() as usize + whole.len()
 }
 
 /// What a line too long to take was, as far as its head tells ([`Message::oversized_head`]).
@@ -519,6 +525,11 @@ mod tests {
         assert_eq!(answer(r#"{"jsonrpc":"2.0","result":{"blob":"xxxxxxxx"#), None);
         assert_eq!(answer(r#"{"jsonrpc":"2.0","id":7,"method":"x","params":{"a":"xx"#), None);
         assert_eq!(answer(r#"{"jsonrpc":"2.0","i"#), None);
+        // An id the cut may have shortened is not taken for another.
+        match Message::oversized_head(br#"{"jsonrpc":"2.0","method":"kv.set","id":12"#) {
+            None => {}
+            other => panic!("{other:?}"),
+        }
         match Message::oversized_head(br#"{"jsonrpc":"2.0","id":"r1","method":"kv.set","params":{"value":"xxx"#) {
             Some(Oversized::Request(id)) => assert_eq!(id.get(), r#""r1""#),
             other => panic!("{other:?}"),

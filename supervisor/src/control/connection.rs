@@ -74,9 +74,10 @@ impl Drop for StreamGuard {
 /// (the bursts only cost a few more writes); 8 was slower than 16 in both placements.
 const FLUSH_EVERY: usize = 16;
 
-/// Most requests of one client served at once; past it (or while the client does not read its
-/// answers) its next lines wait in its socket. Far above what a client pipelines (the benchmark's
-/// 256), and bounding what one client can make plugind hold: a few KB of future per request.
+/// Most requests of one client served at once; past it a new request is answered `-32006`
+/// overloaded at once (answers and `$/cancel`s are still taken). Far above what a client
+/// pipelines (the benchmark's 256), and bounding what one client can make plugind hold: a few
+/// KB of future per request. (While the client does not read its answers, nothing is read.)
 const MAX_IN_FLIGHT: usize = 4096;
 
 /// Serves one client until it disconnects.
@@ -94,10 +95,11 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream, client_pid: Option<i32
     let mut burst = 0usize;
     loop {
         // A client that does not read its answers is not read from either: its requests wait
-        // in its socket, not as futures here (each holding its answer, unbounded).
-        let reading = inflight.len() < MAX_IN_FLIGHT && !conn.peer.outbox_full();
+        // in its socket, not as futures here (each holding its answer, unbounded). Reading
+        // resumes as soon as the writer has made room.
+        let full = conn.peer.outbox_full();
         tokio::select! {
-            frame = frames.next(), if reading => {
+            frame = frames.next(), if !full => {
                 let line = match frame {
                     Some(Ok(Frame::Line(l))) => l,
                     Some(Ok(Frame::Oversized { len, head })) => {
@@ -125,6 +127,19 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream, client_pid: Option<i32
                 // it), and `FuturesUnordered::push` would otherwise move it into its task by
                 // value, a copy of every byte of it, and allocate that task past the allocator's
                 // small-size fast path.
+                // Past MAX_IN_FLIGHT a new request is refused at once; the answers a host sends
+                // to plugind's calls and `$/cancel`s are still taken (a host providing a service
+                // must get its answers through, or the calls waiting on them would only time out).
+                if inflight.len() >= MAX_IN_FLIGHT {
+                    if let Some(id) = plugind_protocol::jsonrpc::Message::request_id_of(&line) {
+                        let e = RpcError::new(
+                            codes::OVERLOADED,
+                            format!("{MAX_IN_FLIGHT} requests of this connection are in flight: wait for some answers"),
+                        );
+                        conn.peer.respond(id, Err(&e)).await;
+                        continue;
+                    }
+                }
                 let flat = !frames.decoder().last_line_has_cr();
                 let request = Box::pin(serve_line(daemon.clone(), conn.clone(), line.clone(), flat));
                 inflight.push(cancel::InFlight::new(line, request));
@@ -139,7 +154,7 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream, client_pid: Option<i32
                 }
             }
             Some(served) = inflight.next(), if !inflight.is_empty() => cancel_if_asked(&mut inflight, &conn, served),
-            () = conn.peer.outbox_room(), if !reading && inflight.is_empty() => {}
+            () = conn.peer.outbox_room(), if full => {}
         }
     }
     // Every line read gets its first poll (which parses it and delivers a response) before the

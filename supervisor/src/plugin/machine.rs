@@ -523,9 +523,11 @@ impl Machine {
         if self.restart_at.is_some_and(|(t, _)| t <= now) {
             self.restart_at = None;
             if self.running {
-                // A restart after a crash is a start: with nothing serving and a required
-                // provider gone, the plugin waits `blocked` for it, as a `start` would.
-                if self.serving() == 0 {
+                // A restart after a crash is a start: with nothing of the serving generation
+                // left (serving or starting) and a required provider gone, the plugin waits
+                // `blocked` for it, as a `start` would.
+                let live = self.insts.values().any(|i| i.gen == self.gen && !matches!(i.phase, Phase::Leaving(_)));
+                if !live {
                     if let Some(u) = &unmet {
                         out.push(Action::LastError(Some(format!("blocked: unmet dependencies {}", u.join(", ")))));
                         self.blocked = unmet.clone();

@@ -50,9 +50,9 @@ impl Slots {
     }
 
     /// A place for `sock`, or None after answering it `503` (it is then dropped, and closed).
-    pub fn take(&self, sock: &TcpStream, remote: SocketAddr) -> Option<OwnedSemaphorePermit> {
+    pub fn take(&self, sock: &TcpStream, remote: SocketAddr) -> Option<Arc<OwnedSemaphorePermit>> {
         if let Ok(slot) = self.free.clone().try_acquire_owned() {
-            return Some(slot);
+            return Some(Arc::new(slot));
         }
         let mut last = self.last_refusal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
@@ -66,12 +66,14 @@ impl Slots {
 
 /// Serves one TCP connection (HTTP/1.1, upgraded to WebSocket on request) until it closes, its
 /// client stays silent past [`HEADER_READ_TIMEOUT`], or `stop` completes (then the requests in
-/// progress are answered first); `slot` is given back when it ends.
+/// progress are answered first). `slot` is dropped when it ends; a service that upgrades
+/// connections keeps a clone of it for as long as the upgraded one lives (hyper's part ends
+/// with the `101`).
 pub async fn serve_connection<S, B>(
     sock: TcpStream,
     svc: S,
     stop: impl std::future::Future<Output = ()>,
-    slot: OwnedSemaphorePermit,
+    slot: Arc<OwnedSemaphorePermit>,
 ) where
     S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,

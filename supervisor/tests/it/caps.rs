@@ -3,6 +3,7 @@
 
 use crate::support::*;
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 /// plugind's resident memory (VmRSS) in KiB.
 fn rss_kb(pid: u32) -> u64 {
@@ -183,7 +184,7 @@ async fn a_client_that_does_not_read_its_answers_is_not_read_from() {
     let socket = d.socket.clone();
     let (written, stream) = tokio::task::spawn_blocking(move || {
         let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-        s.set_write_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
         let request =
             br#"{"jsonrpc":"2.0","id":1,"method":"plugins.list"}"#.iter().chain(b"\n").copied().collect::<Vec<u8>>();
         let mut written = 0usize;
@@ -220,4 +221,61 @@ async fn a_client_that_does_not_read_its_answers_is_not_read_from() {
     .await
     .unwrap();
     assert_eq!((answered, errors), (requests, usize::from(cut)));
+}
+
+/// A client whose answers backed up is read again as soon as it has read them, even while a
+/// long call of it is still in flight (plugind used to wait for some call of it to finish).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_is_read_again_once_it_has_read_its_answers() {
+    use std::io::{BufRead as _, Write as _};
+    let d = Daemon::builder().plugin_as("perl-echo", "slow").plugin_as("perl-echo", "fast").start().await;
+    let socket = d.socket.clone();
+    tokio::task::spawn_blocking(move || {
+        let s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let big = "x".repeat(600 * 1024);
+        let writer = std::thread::spawn(move || {
+            let line = |id: u32, plugin: &str, method: &str, params: serde_json::Value| {
+                let r = json!({"jsonrpc": "2.0", "id": id, "method": "execute", "params": {"plugin": plugin, "method": method, "params": params}});
+                format!("{r}\n")
+            };
+            w.write_all(line(1, "slow", "sleep", json!({"ms": 20000})).as_bytes()).unwrap();
+            // 12 MB of answers: more than the socket and the queue hold, so plugind stops reading
+            // this client several times over, with call 1 in flight each time.
+            for id in 2..22 {
+                w.write_all(line(id, "fast", "echo", json!({"blob": big})).as_bytes()).unwrap();
+            }
+            w
+        });
+        // The answers back up: plugind's writer blocks on this socket, the rest queues.
+        let readable = || {
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD writes an int through the pointer given.
+            unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&s), libc::FIONREAD, &mut n) };
+            n
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while readable() < 150 * 1024 {
+            assert!(Instant::now() < deadline, "no answers backed up");
+            std::thread::yield_now();
+        }
+        // Each answer within 10 s: not at the end of call 1's 20 s.
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+        for _ in 2..22 {
+            let mut answer = String::new();
+            reader.read_line(&mut answer).unwrap();
+            assert!(answer.contains("\"result\""), "{}", &answer[..answer.len().min(200)]);
+        }
+        let mut w = writer.join().unwrap();
+        // Read again at once, while call 1 sleeps on.
+        let t = Instant::now();
+        w.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"execute\",\"params\":{\"plugin\":\"fast\",\"method\":\"echo\",\"params\":9}}\n").unwrap();
+        let mut answer = String::new();
+        reader.read_line(&mut answer).unwrap();
+        assert!(answer.contains("\"id\":9") && answer.contains("\"result\":9"), "{answer}");
+        assert!(t.elapsed() < Duration::from_secs(5), "answered after {:?}: not read until the long call ended", t.elapsed());
+    })
+    .await
+    .unwrap();
 }

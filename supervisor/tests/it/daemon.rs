@@ -681,6 +681,48 @@ async fn listen_connections_cannot_exhaust_pluginds_descriptors() {
     assert_eq!(status, 200);
 }
 
+/// A WebSocket connection keeps its place under the cap for its whole life (hyper's part of it
+/// ends with the `101`): the cap holds for them too, and a place comes back when one closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_websockets_count_under_the_connection_cap() {
+    let (d, addr) = listening(Daemon::builder(), "tok").await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let soft: usize = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cap = (soft / 8).clamp(8, 256);
+    tokio::task::spawn_blocking(move || {
+        let mut sockets: Vec<Ws> = (0..cap).map(|_| Ws::connect(&addr, Some("Bearer tok")).unwrap()).collect();
+        let over = Ws::connect(&addr, Some("Bearer tok")).unwrap_err();
+        assert!(over.contains(" 503 "), "{over}");
+        drop(sockets.pop());
+        let mut again = wait_until(|| Ws::connect(&addr, Some("Bearer tok")).ok());
+        let v = again.call(&json!({"jsonrpc": "2.0", "id": 1, "method": "supervisor.status"}));
+        assert!(v["result"]["uptime_ms"].is_u64(), "{v}");
+    })
+    .await
+    .unwrap();
+}
+
+/// `f()` until it gives something, for at most 10 s (a closed connection's place comes back
+/// once plugind has seen it close).
+fn wait_until<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "not within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn listen_without_a_usable_token_file_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
