@@ -686,17 +686,7 @@ async fn listen_connections_cannot_exhaust_pluginds_descriptors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_websockets_count_under_the_connection_cap() {
     let (d, addr) = listening(Daemon::builder(), "tok").await;
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
-    let soft: usize = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap()
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let cap = (soft / 8).clamp(8, 256);
+    let cap = connection_cap(&d);
     tokio::task::spawn_blocking(move || {
         let mut sockets: Vec<Ws> = (0..cap).map(|_| Ws::connect(&addr, Some("Bearer tok")).unwrap()).collect();
         let over = Ws::connect(&addr, Some("Bearer tok")).unwrap_err();

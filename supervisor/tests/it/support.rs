@@ -531,18 +531,7 @@ pub async fn tcp_connections_are_capped(d: &Daemon, addr: &str) {
     use std::io::Read as _;
     let fds = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
     let before = fds(d.pid());
-    // The cap: 256, or an eighth of plugind's open-file limit when that is lower.
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
-    let soft: usize = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap()
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let cap = (soft / 8).clamp(8, 256);
+    let cap = connection_cap(d);
     let a = addr.to_owned();
     let (held, refused) = tokio::task::spawn_blocking(move || {
         let mut held = Vec::new();
@@ -592,4 +581,13 @@ pub async fn tcp_connections_are_capped(d: &Daemon, addr: &str) {
     .await
     .unwrap();
     assert!(closed && t.elapsed() < Duration::from_secs(25), "a silent connection is closed ({:?})", t.elapsed());
+}
+
+/// How many TCP connections one of plugind's ports takes at once: 256, or an eighth of its
+/// open-file limit when that is lower (at least 8).
+pub fn connection_cap(d: &Daemon) -> usize {
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let soft: usize = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    (soft / 8).clamp(8, 256)
 }
