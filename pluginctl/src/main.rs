@@ -757,9 +757,13 @@ fn new_plugin(name: &str, lang: &str, dir: Option<PathBuf>, json_out: bool) -> R
 
 /// Starts, stops or restarts each plugin (`extra` params besides the name). Exit code 1 when one
 /// fails, or when a start or restart leaves a plugin `failed`, `blocked` or `invalid`.
+///
+/// With `--json`, one document: the answer for one name, an array of them (in order) for several.
 async fn act(client: &Client, method: &str, names: Vec<String>, extra: Value, json_out: bool) -> Result<(), Failure> {
     let mut failure = None;
     let mut fail = |what: String| failure = Some(Failure::new(1, what));
+    let several = names.len() > 1;
+    let mut answers = Vec::new();
     for name in names {
         let mut params = extra.clone();
         params["name"] = json!(name);
@@ -767,7 +771,7 @@ async fn act(client: &Client, method: &str, names: Vec<String>, extra: Value, js
             Ok(result) => {
                 let state = str_of(&result["state"]);
                 if json_out {
-                    print_json(&result)?;
+                    answers.push(result.clone());
                 } else {
                     let shown = paint(state_style(&state), &state);
                     match result["last_error"].as_str() {
@@ -783,12 +787,22 @@ async fn act(client: &Client, method: &str, names: Vec<String>, extra: Value, js
             }
             Err(ClientError::Rpc(e)) => {
                 if json_out {
-                    print_json(&json!({ "error": { "code": e.code, "message": e.message, "data": e.data } }))?;
+                    answers.push(json!({ "error": { "code": e.code, "message": e.message, "data": e.data } }));
                 }
                 eprintln!("pluginctl: {name}: {}", rpc_message(&e));
                 fail(format!("{method} failed for some plugins"));
             }
             Err(e) => return Err(e.into()),
+        }
+    }
+    if json_out {
+        match answers.pop() {
+            Some(only) if !several => print_json(&only)?,
+            Some(last) => {
+                answers.push(last);
+                print_json(&Value::Array(answers))?;
+            }
+            None => {}
         }
     }
     failure.map_or(Ok(()), Err)

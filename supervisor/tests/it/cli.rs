@@ -71,6 +71,17 @@ async fn json_errors_keep_code_and_data_and_every_call_takes_a_timeout() {
     let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(v["error"]["code"], -32004, "{v}");
     assert_eq!(v["error"]["data"]["plugin"], "ghost", "{v}");
+    // Several names: one document, an array of the answers in order (errors included).
+    let out = d.ctl(&["--json", "stop", "perl-echo", "ghost"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(
+        (&v[0]["state"], &v[1]["error"]["code"]),
+        (&serde_json::json!("stopped"), &serde_json::json!(-32004)),
+        "{v}"
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout(&d.ctl(&["--json", "start", "perl-echo"])).trim()).unwrap();
+    assert_eq!(v["state"], "running", "one name, one object: {v}");
 
     let out = d.ctl(&["--json", "service", "perl-echo", "sleep", r#"{"ms": 3000}"#, "--timeout-ms", "200"]);
     assert_eq!(out.status.code(), Some(1));
