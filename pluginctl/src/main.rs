@@ -625,6 +625,14 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
         }
         Cmd::Trace { name } => {
             client.call(c::PLUGINS_TRACE, &json!({ "name": name })).await?;
+            // A plugin that does not run has nothing to show yet: say so rather than wait mute.
+            if let Ok(status) = client.call(c::PLUGINS_GET, &json!({ "name": name })).await {
+                let state = str_of(&status["state"]);
+                if state != "running" {
+                    let why = status["last_error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
+                    eprintln!("pluginctl: {name} is {state}{why}; its messages show here once it runs");
+                }
+            }
             while let Some((method, msg)) = client.notification().await {
                 if method == c::TRACE_NOTIFICATION {
                     println!("{msg}");

@@ -162,3 +162,21 @@ async fn followers_exit_3_when_plugind_goes() {
         assert!(err.contains("the connection to plugind broke"), "{err}");
     }
 }
+
+/// `trace` of a plugin that does not run says so on stderr, rather than wait mute.
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_of_a_plugin_that_does_not_run_says_so() {
+    let d = Daemon::builder().plugin("perl-echo").start().await;
+    d.call("plugins.stop", json!({"name": "perl-echo"})).await.unwrap();
+    let mut child = Command::new(pluginctl())
+        .args(["--socket", d.socket.to_str().unwrap(), "trace", "perl-echo"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = tokio::task::spawn_blocking(move || lines.next().map(Result::unwrap)).await.unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(first.as_deref(), Some("pluginctl: perl-echo is stopped; its messages show here once it runs"));
+}
