@@ -573,7 +573,15 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
                 let items: Vec<String> =
                     items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect();
                 let style = if key == "errors" && !items.is_empty() { BAD } else { PLAIN };
-                output::row(key, &if items.is_empty() { "-".into() } else { items.join(", ") }, style);
+                if key == "errors" && items.len() > 1 {
+                    // Each naming its file and field: one per line, aligned under the first.
+                    output::row(key, &items[0], style);
+                    for e in &items[1..] {
+                        output::row("", e, style);
+                    }
+                } else {
+                    output::row(key, &if items.is_empty() { "-".into() } else { items.join(", ") }, style);
+                }
             }
         }
         Cmd::Services { capability } => {

@@ -83,8 +83,9 @@ pub fn table(headers: &[&str], rows: Vec<Vec<Cell>>) {
 const KEY_WIDTH: usize = 13;
 
 /// Prints one `key:  value` row of a key/value block, the value in `style`.
+/// (An empty `key` continues the row above, aligned under its value.)
 pub fn row(key: &str, value: &str, style: Style) {
-    let key = format!("{key}:");
+    let key = if key.is_empty() { String::new() } else { format!("{key}:") };
     anstream::println!("{key:<KEY_WIDTH$}{}", paint(style, value));
 }
 

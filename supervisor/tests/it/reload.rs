@@ -169,6 +169,19 @@ async fn pluginctl_reload_adds_and_removes_directories() {
     assert_eq!(code(&d.execute("py-probe", "echo", json!(1)).await), -32004);
     let r = d.call("plugins.reload", json!({})).await.unwrap();
     assert_eq!(r, json!({"added": [], "removed": [], "changed": [], "errors": []}));
+    // Errors, each naming its file and field, one per line.
+    for bad in ["bad1", "bad2"] {
+        std::fs::create_dir(d.plugins.join(bad)).unwrap();
+        std::fs::write(d.plugins.join(bad).join("plugin.json"), format!(r#"{{"name": "{bad}"}}"#)).unwrap();
+    }
+    let out = d.ctl(&["reload"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let errors: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("errors:")).collect();
+    assert_eq!(errors.len(), 2, "{text}");
+    assert!(
+        errors[0].contains("bad1/plugin.json: /version") && errors[1].contains("bad2/plugin.json: /version"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
