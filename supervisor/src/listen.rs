@@ -92,6 +92,8 @@ impl Listener {
             .max_response_body_size(MAX_RESPONSE)
             // The cap is ours (`Slots`), counted per TCP connection.
             .max_connections(u32::MAX)
+            // Answers buffered for a WebSocket's sender: few, as each may be large.
+            .set_message_buffer_capacity(64)
             .build();
         let builder = jsonrpsee::server::Server::builder().set_config(config).to_service_builder();
         let Listener { tcp, token } = self;
@@ -113,16 +115,21 @@ impl Listener {
                 // Over the cap the connection is closed at once (after a 503 if it takes one):
                 // each costs plugind a descriptor, and its control socket and plugins need theirs.
                 let Some(slot) = slots.take(&sock, remote) else { continue };
-                let (daemon, token, builder, stop, held) =
-                    (daemon.clone(), token.clone(), builder.clone(), stop_handle.clone(), slot.clone());
+                let gate = Arc::new(Gate {
+                    unsent: Arc::new(tokio::sync::Semaphore::new(WS_UNSENT)),
+                    reader: Default::default(),
+                });
+                let (daemon, token, builder, stop, held, gated) =
+                    (daemon.clone(), token.clone(), builder.clone(), stop_handle.clone(), slot.clone(), gate.clone());
                 let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let authorized = bearer_ok(req.headers(), &token);
                     let mut rpc = builder
                         .clone()
-                        .set_rpc_middleware(
-                            RpcServiceBuilder::new()
-                                .layer(DispatchLayer { daemon: daemon.clone(), slot: held.clone() }),
-                        )
+                        .set_rpc_middleware(RpcServiceBuilder::new().layer(DispatchLayer {
+                            daemon: daemon.clone(),
+                            slot: held.clone(),
+                            gate: gated.clone(),
+                        }))
                         .build(Methods::new(), stop.clone());
                     async move {
                         if !authorized {
@@ -135,6 +142,7 @@ impl Listener {
                         }
                     }
                 });
+                let sock = Gated { inner: sock, gate };
                 tokio::spawn(serve_connection(sock, svc, stop_handle.clone().shutdown(), slot));
             }
         });
@@ -259,6 +267,79 @@ struct DispatchLayer {
     daemon: Arc<Daemon>,
     /// The TCP connection's place under the cap: a WebSocket connection holds it for its life.
     slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+    /// The TCP connection's read gate.
+    gate: Arc<Gate>,
+}
+
+/// A `--listen` connection's reading stops while [`WS_UNSENT`] of its calls are in flight or
+/// answered and not yet handed to its sender: jsonrpsee runs every WebSocket message it reads at
+/// once, so a client that sends without reading would otherwise grow plugind without bound. Its
+/// messages then wait in its own socket, as on the control socket.
+struct Gate {
+    unsent: Arc<tokio::sync::Semaphore>,
+    /// The connection's reader, woken when a place comes free.
+    reader: futures::task::AtomicWaker,
+}
+
+impl Gate {
+    fn shut(&self) -> bool {
+        self.unsent.available_permits() == 0
+    }
+}
+
+/// A TCP stream read only while its [`Gate`] is open.
+struct Gated {
+    inner: tokio::net::TcpStream,
+    gate: Arc<Gate>,
+}
+
+impl tokio::io::AsyncRead for Gated {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.gate.shut() {
+            // Registered before the second look: a place freed in between wakes this read.
+            self.gate.reader.register(cx.waker());
+            if self.gate.shut() {
+                return std::task::Poll::Pending;
+            }
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Gated {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 impl<S> tower::Layer<S> for DispatchLayer {
@@ -268,7 +349,7 @@ impl<S> tower::Layer<S> for DispatchLayer {
         // back are refused before they run (see `streaming`).
         let (tx, _) = crate::transport::outbox::channel();
         let conn = Conn::new(self.daemon.next_conn_id(), Arc::new(Peer::new(tx)));
-        let guard = ConnGuard { conn, daemon: self.daemon.clone(), _slot: self.slot.clone() };
+        let guard = ConnGuard { conn, daemon: self.daemon.clone(), _slot: self.slot.clone(), gate: self.gate.clone() };
         Dispatch { daemon: self.daemon.clone(), conn: Arc::new(guard) }
     }
 }
@@ -278,7 +359,12 @@ struct ConnGuard {
     conn: Conn,
     daemon: Arc<Daemon>,
     _slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+    gate: Arc<Gate>,
 }
+
+/// Most calls of one `--listen` connection in flight or waiting for room in its send buffer;
+/// at it, the connection is not read ([`Gate`]), and a call read meanwhile is answered `-32006`.
+const WS_UNSENT: usize = 256;
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
@@ -322,6 +408,16 @@ impl RpcServiceT for Dispatch {
         let (daemon, guard) = (self.daemon.clone(), self.conn.clone());
         async move {
             let id = req.id.into_owned();
+            // jsonrpsee runs every message of a WebSocket at once and never stops reading it:
+            // the calls of one connection, and their answers not yet handed to its sender, are
+            // bounded here instead (a client that does not read would otherwise grow plugind).
+            let Ok(place) = guard.gate.unsent.clone().try_acquire_owned() else {
+                let e = RpcError::new(
+                    codes::OVERLOADED,
+                    format!("{WS_UNSENT} calls of this connection are in flight or unsent: read their answers first"),
+                );
+                return MethodResponse::error(id, error_object(e));
+            };
             let params: Option<Box<RawValue>> = req.params.map(std::borrow::Cow::into_owned);
             let reply = match streaming(&req.method, params.as_deref()) {
                 Some(e) => Err(e),
@@ -331,10 +427,19 @@ impl RpcServiceT for Dispatch {
                 }
                 None => handlers::dispatch(&daemon, &guard.conn, &req.method, params.as_deref()).await,
             };
-            match reply {
-                Ok(raw) => MethodResponse::response(id, ResponsePayload::success(raw), MAX_RESPONSE as usize),
-                Err(e) => MethodResponse::error(id, error_object(e)),
-            }
+            let payload = match reply {
+                Ok(raw) => ResponsePayload::success(raw),
+                Err(e) => ResponsePayload::error(error_object(e)),
+            };
+            // The place is given back once the answer is in the connection's send buffer.
+            let (payload, handed) = payload.notify_on_completion();
+            let gate = guard.gate.clone();
+            tokio::spawn(async move {
+                let _ = handed.await;
+                drop(place);
+                gate.reader.wake();
+            });
+            MethodResponse::response(id, payload, MAX_RESPONSE as usize)
         }
     }
 

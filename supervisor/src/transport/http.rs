@@ -69,8 +69,8 @@ impl Slots {
 /// progress are answered first). `slot` is dropped when it ends; a service that upgrades
 /// connections keeps a clone of it for as long as the upgraded one lives (hyper's part ends
 /// with the `101`).
-pub async fn serve_connection<S, B>(
-    sock: TcpStream,
+pub async fn serve_connection<S, B, I>(
+    sock: I,
     svc: S,
     stop: impl std::future::Future<Output = ()>,
     slot: Arc<OwnedSemaphorePermit>,
@@ -81,6 +81,7 @@ pub async fn serve_connection<S, B>(
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let _slot = slot;
     let io = hyper_util::rt::TokioIo::new(sock);

@@ -526,18 +526,26 @@ impl Ws {
         }
     }
 
-    fn call(&mut self, request: &Value) -> Value {
+    /// Sends `request` as one text frame.
+    fn send(&mut self, request: &Value) -> std::io::Result<()> {
         let payload = request.to_string().into_bytes();
         let mut frame = vec![0x81u8];
         if payload.len() < 126 {
             frame.push(0x80 | payload.len() as u8);
-        } else {
+        } else if payload.len() <= usize::from(u16::MAX) {
             frame.push(0x80 | 126);
             frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        } else {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
         }
         frame.extend_from_slice(&[0, 0, 0, 0]); // mask key 0: the payload goes as it is
         frame.extend_from_slice(&payload);
-        self.0.write_all(&frame).unwrap();
+        self.0.write_all(&frame)
+    }
+
+    fn call(&mut self, request: &Value) -> Value {
+        self.send(request).unwrap();
         let mut h = [0u8; 2];
         self.0.read_exact(&mut h).unwrap();
         assert_eq!(h[0] & 0x0f, 1, "a text frame");
@@ -698,6 +706,37 @@ async fn listen_websockets_count_under_the_connection_cap() {
     })
     .await
     .unwrap();
+}
+
+/// A WebSocket client that sends and never reads is not read from once 256 of its calls are in
+/// flight or unsent: its frames wait in its socket and plugind's memory stays put (jsonrpsee ran
+/// every frame it read, and plugind grew by gigabytes).
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_a_websocket_that_does_not_read_is_not_read_from() {
+    let (d, addr) = listening(Daemon::builder().plugin("perl-echo"), "tok").await;
+    let rss = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let before = rss(d.pid());
+    let sent = tokio::task::spawn_blocking(move || {
+        let mut ws = Ws::connect(&addr, Some("Bearer tok")).unwrap();
+        ws.0.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let blob = "x".repeat(64 * 1024);
+        let request = json!({"jsonrpc": "2.0", "id": 1, "method": "execute",
+            "params": {"plugin": "perl-echo", "method": "echo", "params": {"blob": blob}}});
+        let mut sent = 0;
+        while sent < 20_000 && ws.send(&request).is_ok() {
+            sent += 1;
+        }
+        sent
+    })
+    .await
+    .unwrap();
+    let grown = rss(d.pid()).saturating_sub(before);
+    assert!(sent < 20_000, "plugind kept reading a WebSocket that reads nothing");
+    assert!(grown < 200 * 1024, "plugind grew by {grown} KiB for {sent} unread requests");
+    assert_eq!(d.execute("perl-echo", "echo", json!(1)).await.unwrap(), json!(1), "others are served");
 }
 
 /// `f()` until it gives something, for at most 10 s (a closed connection's place comes back
