@@ -32,6 +32,19 @@ fn manifest(version: &str) -> String {
     format!(r#"{{"name": "hot", "version": "{version}", "main": "main.py"}}"#)
 }
 
+/// `b` watching, with plugin `hot` at version 1.0.0, generation 1.
+fn with_hot(b: DaemonBuilder) -> DaemonBuilder {
+    b.watch().plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))])
+}
+
+/// Until plugin `name` answers from code generation `gen`.
+async fn at_generation(d: &Daemon, name: &str, gen: u32) {
+    wait_for(&format!("{name} at generation {gen}"), async || {
+        (d.execute(name, "e", json!(0)).await.ok()?["gen"] == gen).then_some(())
+    })
+    .await;
+}
+
 /// Atomic replace, as editors and deploy tools do it.
 fn write_atomic(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp~");
@@ -117,11 +130,7 @@ async fn six_changes_under_load_fail_no_call() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_update_keeps_the_old_version_serving_until_fixed() {
-    let d = Daemon::builder()
-        .watch()
-        .plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))])
-        .start()
-        .await;
+    let d = with_hot(Daemon::builder()).start().await;
     let dir = d.plugins.join("hot");
     std::fs::write(dir.join("main.py"), "this is not python(\n").unwrap();
     let s = wait_for("the failed reload", async || {
@@ -226,11 +235,7 @@ async fn a_rebuilt_binary_and_a_symlink_flip_are_picked_up() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_name_is_a_removal_plus_an_addition() {
-    let d = Daemon::builder()
-        .watch()
-        .plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))])
-        .start()
-        .await;
+    let d = with_hot(Daemon::builder()).start().await;
     let m = d.plugins.join("hot/plugin.json");
     std::fs::write(&m, manifest("1.0.0").replace("\"hot\"", "\"renamed\"")).unwrap();
     d.wait_state("renamed", "running").await;
@@ -246,12 +251,7 @@ async fn a_new_name_is_a_removal_plus_an_addition() {
 async fn files_nobody_watches_do_not_hold_up_a_reload() {
     // Another plugin's directory gets a write every 10 ms (a log, a database), without pause,
     // for the whole test: edits of `hot` must still be picked up.
-    let d = Daemon::builder()
-        .watch()
-        .plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))])
-        .plugin_files("busy", &[("notes.txt", "")])
-        .start()
-        .await;
+    let d = with_hot(Daemon::builder()).plugin_files("busy", &[("notes.txt", "")]).start().await;
     d.wait_state("hot", "running").await;
     let stop = Arc::new(AtomicBool::new(false));
     let noise = {
@@ -325,11 +325,7 @@ async fn a_plugin_created_in_place_is_started_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_edit_in_the_same_batch_as_a_new_plugin_dir_is_not_lost() {
-    let d = Daemon::builder()
-        .watch()
-        .plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))])
-        .start()
-        .await;
+    let d = with_hot(Daemon::builder()).start().await;
     for gen in 2..5 {
         // A new plugin dir (a rescan) and an edit of `hot`, settling together.
         let name = format!("new{gen}");
@@ -339,10 +335,7 @@ async fn an_edit_in_the_same_batch_as_a_new_plugin_dir_is_not_lost() {
         std::fs::write(dir.join("plugin.json"), manifest("1.0.0").replace("\"hot\"", &format!("\"{name}\""))).unwrap();
         write_atomic(&d.plugins.join("hot/main.py"), &source(gen));
         d.wait_state(&name, "running").await;
-        wait_for(&format!("hot's edit to generation {gen}"), async || {
-            (d.execute("hot", "e", json!(0)).await.ok()?["gen"] == gen).then_some(())
-        })
-        .await;
+        at_generation(&d, "hot", gen).await;
     }
 }
 
@@ -378,21 +371,9 @@ async fn removing_a_crash_looping_plugin_added_while_running_leaves_rescans_work
 /// again, edits included.
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_and_remade_plugin_roots_are_watched() {
-    let d = Daemon::builder()
-        .watch()
-        .arg("--plugins")
-        .arg("more")
-        .plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))])
-        .start()
-        .await;
-    let generation = async |d: &Daemon, name: &str, gen: u32| {
-        wait_for(&format!("{name} at generation {gen}"), async || {
-            (d.execute(name, "e", json!(0)).await.ok()?["gen"] == gen).then_some(())
-        })
-        .await
-    };
+    let d = with_hot(Daemon::builder().arg("--plugins").arg("more")).start().await;
     write_atomic(&d.plugins.join("hot/main.py"), &source(2));
-    generation(&d, "hot", 2).await;
+    at_generation(&d, "hot", 2).await;
     // The missing root appears, with a plugin in it.
     let more = d.dir.path().join("more");
     let staging = d.dir.path().join("staging");
@@ -400,7 +381,7 @@ async fn missing_and_remade_plugin_roots_are_watched() {
     std::fs::write(staging.join("extra/main.py"), source(7)).unwrap();
     std::fs::write(staging.join("extra/plugin.json"), manifest("1.0.0").replace("\"hot\"", "\"extra\"")).unwrap();
     std::fs::rename(&staging, &more).unwrap();
-    generation(&d, "extra", 7).await;
+    at_generation(&d, "extra", 7).await;
     // The first root is deleted and made again.
     std::fs::remove_dir_all(&d.plugins).unwrap();
     wait_for("hot to be removed", async || {
@@ -412,7 +393,7 @@ async fn missing_and_remade_plugin_roots_are_watched() {
     std::fs::write(staging.join("hot/main.py"), source(3)).unwrap();
     std::fs::write(staging.join("hot/plugin.json"), manifest("1.0.0")).unwrap();
     std::fs::rename(&staging, &d.plugins).unwrap();
-    generation(&d, "hot", 3).await;
+    at_generation(&d, "hot", 3).await;
     write_atomic(&d.plugins.join("hot/main.py"), &source(4));
-    generation(&d, "hot", 4).await;
+    at_generation(&d, "hot", 4).await;
 }
