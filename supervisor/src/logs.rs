@@ -58,10 +58,9 @@ struct Rings {
 struct Bucket {
     tokens: f64,
     refilled: std::time::Instant,
-    dropped: u64,
-    /// When dropped lines were last reported: at most once per [`DROPS_REPORTED_EVERY`], or
-    /// under a sustained flood every line let through would come with a report of its own.
-    reported: Option<std::time::Instant>,
+    /// Lines dropped, reported at most once per [`DROPS_REPORTED_EVERY`]: under a sustained
+    /// flood every line let through would otherwise come with a report of its own.
+    dropped: crate::time::Throttle,
 }
 
 /// How often a rate limit says how many lines it dropped, at most.
@@ -69,7 +68,11 @@ const DROPS_REPORTED_EVERY: std::time::Duration = std::time::Duration::from_secs
 
 impl Bucket {
     fn new() -> Self {
-        Bucket { tokens: STDERR_BURST, refilled: std::time::Instant::now(), dropped: 0, reported: None }
+        Bucket {
+            tokens: STDERR_BURST,
+            refilled: std::time::Instant::now(),
+            dropped: crate::time::Throttle::new(DROPS_REPORTED_EVERY),
+        }
     }
 
     /// Takes a token: `Some(lines dropped to report now)` (0 most of the time), or `None`
@@ -79,15 +82,11 @@ impl Bucket {
         self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * STDERR_RATE).min(STDERR_BURST);
         self.refilled = now;
         if self.tokens < 1.0 {
-            self.dropped += 1;
+            self.dropped.hold();
             return None;
         }
         self.tokens -= 1.0;
-        if self.dropped == 0 || self.reported.is_some_and(|at| now.duration_since(at) < DROPS_REPORTED_EVERY) {
-            return Some(0);
-        }
-        self.reported = Some(now);
-        Some(std::mem::take(&mut self.dropped))
+        Some(self.dropped.due(now))
     }
 }
 

@@ -11,6 +11,7 @@
 //! 55 bytes per hop. With it, every finished hop becomes a span (plugin, method, outcome, its
 //! parent) that a batching task POSTs to `URL/v1/traces` as OTLP/HTTP JSON.
 
+use crate::time::Throttle;
 use opentelemetry::trace::{SpanContext as OtelSpanContext, SpanKind, Status, TraceFlags, TraceState};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
@@ -415,7 +416,7 @@ pub fn start_export(endpoint: &str) -> Result<(), ExportError> {
     }
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(BATCH);
-        let mut failures = Failures::default();
+        let mut failures = Throttle::new(WARN_EVERY);
         loop {
             let first = tokio::select! {
                 span = rx.recv() => match span {
@@ -449,41 +450,32 @@ pub fn start_export(endpoint: &str) -> Result<(), ExportError> {
     Ok(())
 }
 
-/// Failed exports since the last warning: a collector that is down or answers 500 fails every
-/// batch, five a second, and one warning per [`WARN_EVERY`] says as much.
-#[derive(Default)]
-struct Failures {
-    since_warning: u64,
-    warned: Option<std::time::Instant>,
-}
-
-/// At most one export warning this often.
+/// At most one export warning this often: a collector that is down or answers 500 fails every
+/// batch, five a second.
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
-/// POSTs `batch` (emptying it); a failure is a warning, at most one per [`WARN_EVERY`].
-async fn export(exporter: &opentelemetry_otlp::SpanExporter, batch: &mut Vec<SpanData>, failures: &mut Failures) {
+/// POSTs `batch` (emptying it); a failure is a warning, at most one per [`WARN_EVERY`]
+/// (`failures`, reset by a success).
+async fn export(exporter: &opentelemetry_otlp::SpanExporter, batch: &mut Vec<SpanData>, failures: &mut Throttle) {
     if batch.is_empty() {
         return;
     }
     let spans = batch.len();
     match exporter.export(std::mem::take(batch)).await {
         Ok(()) => {
-            if failures.warned.is_some() {
+            if failures.reported() {
                 tracing::info!("OTLP export works again");
             }
-            *failures = Failures::default();
+            *failures = Throttle::new(WARN_EVERY);
         }
         Err(e) => {
-            failures.since_warning += 1;
-            if failures.warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                let more = match failures.since_warning {
-                    1 => String::new(),
-                    n => format!(" ({n} batches failed since the last warning)"),
-                };
-                tracing::warn!("OTLP export of {spans} spans failed: {e}{more}");
-                failures.since_warning = 0;
-                failures.warned = Some(std::time::Instant::now());
-            }
+            failures.hold();
+            let more = match failures.due(std::time::Instant::now()) {
+                0 => return,
+                1 => String::new(),
+                n => format!(" ({n} batches failed since the last warning)"),
+            };
+            tracing::warn!("OTLP export of {spans} spans failed: {e}{more}");
         }
     }
 }

@@ -33,15 +33,16 @@ pub struct Slots {
     what: &'static str,
     max: usize,
     free: Arc<Semaphore>,
-    /// Refusals are logged at most once a second: a flood of them is one event.
-    last_refusal: Mutex<Option<Instant>>,
+    /// Refusals are logged at most once a second, with their count: a flood of them is one event.
+    refusals: Mutex<crate::time::Throttle>,
 }
 
 impl Slots {
     /// [`max_connections`] places for the connections of `what` (`--listen`, `--metrics`).
     pub fn new(what: &'static str) -> Slots {
         let max = max_connections();
-        Slots { what, max, free: Arc::new(Semaphore::new(max)), last_refusal: Mutex::new(None) }
+        let refusals = Mutex::new(crate::time::Throttle::new(Duration::from_secs(1)));
+        Slots { what, max, free: Arc::new(Semaphore::new(max)), refusals }
     }
 
     /// How many connections may be open at once.
@@ -54,10 +55,11 @@ impl Slots {
         if let Ok(slot) = self.free.clone().try_acquire_owned() {
             return Some(Arc::new(slot));
         }
-        let mut last = self.last_refusal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            *last = Some(Instant::now());
-            tracing::warn!(%remote, max_connections = self.max, "{}: connection refused, too many open", self.what);
+        let mut refusals = self.refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        refusals.hold();
+        let refused = refusals.due(Instant::now());
+        if refused > 0 {
+            tracing::warn!(%remote, max_connections = self.max, refused, "{}: connections refused, too many open", self.what);
         }
         let _ = sock.try_write(TOO_MANY_CONNECTIONS);
         None
