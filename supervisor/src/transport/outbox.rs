@@ -115,9 +115,17 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     room: tokio::sync::Notify,
+    /// `bytes >= OUTBOX_BYTES` of an open queue, kept under the lock as `bytes` changes: a
+    /// connection asks before each line it reads ([`Outbox::is_full`]), without the lock.
+    full: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    /// Notes whether `st` (this queue's state, locked) is now full.
+    fn note_full(&self, st: &State) {
+        self.full.store(!st.closed && st.bytes >= OUTBOX_BYTES, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock would be a bug in this module; keep serving regardless.
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -133,7 +141,11 @@ pub struct OutboxReader(Arc<Shared>);
 
 /// A new queue: its sending side and the side its writer takes.
 pub fn channel() -> (Outbox, OutboxReader) {
-    let shared = Arc::new(Shared { state: Mutex::new(State::default()), room: tokio::sync::Notify::new() });
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        room: tokio::sync::Notify::new(),
+        full: Default::default(),
+    });
     (Outbox(shared.clone()), OutboxReader(shared))
 }
 
@@ -155,6 +167,7 @@ impl Drop for OutboxReader {
         st.closed = true;
         st.queue.clear();
         st.bytes = 0;
+        self.0.note_full(&st);
         drop(st);
         self.0.room.notify_waiters();
     }
@@ -205,7 +218,9 @@ impl Outbox {
         let writer = {
             let mut st = self.0.state();
             let item = st.admit(item)?;
-            st.queue(item)
+            let writer = st.queue(item);
+            self.0.note_full(&st);
+            writer
         };
         wake(writer);
         Ok(())
@@ -226,10 +241,12 @@ impl Outbox {
             let then = write(batch);
             let written = batch.len() - before;
             st.bytes += written;
-            match then {
+            let writer = match then {
                 Some(item) => st.queue(item),
                 None => st.writer.take(),
-            }
+            };
+            self.0.note_full(&st);
+            writer
         };
         wake(writer);
         Ok(())
@@ -266,8 +283,7 @@ impl Outbox {
 
     /// Whether the queue is full: the other side does not read what is written to it.
     pub fn is_full(&self) -> bool {
-        let st = self.0.state();
-        !st.closed && st.bytes >= OUTBOX_BYTES
+        self.0.full.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until the queue has room (at once if it has, or if the connection is gone).
@@ -298,6 +314,7 @@ impl OutboxReader {
             if !st.queue.is_empty() {
                 std::mem::swap(&mut st.queue, into);
                 st.bytes = 0;
+                self.0.note_full(&st);
                 let waiting = std::mem::take(&mut st.waiting);
                 drop(st);
                 if waiting {
@@ -330,7 +347,9 @@ impl OutboxReader {
 
     /// No more sends: the writer is stopping.
     fn close(&self) {
-        self.0.state().closed = true;
+        let mut st = self.0.state();
+        st.closed = true;
+        self.0.note_full(&st);
     }
 }
 
