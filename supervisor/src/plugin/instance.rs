@@ -16,6 +16,7 @@ use crate::logs::PluginLog;
 use crate::plugin::context::{Caller, InstanceHost, InstanceSettings};
 use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
 use crate::sandbox::{self, cgroup::Cgroup};
+use crate::transport::budget::{Budget, Exceeded, Ticket};
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
 use crate::transport::outbox::{self, spawn_writer, OutboxReader, WRITE_DIRECT};
 use crate::transport::peer::{CallError, Deadline, Incoming, Peer};
@@ -48,6 +49,8 @@ const PIDS_POLL: Duration = Duration::from_millis(250);
 pub const STOP_STEP: Duration = Duration::from_secs(2);
 /// Stdout frames an instance task handles in a row before it looks at anything else.
 const FRAMES_IN_A_ROW: usize = 32;
+/// How often requests refused past a plugin's request budget are reported in its log.
+const REFUSALS_REPORTED_EVERY: Duration = Duration::from_secs(10);
 /// Health pings missed in a row before the instance counts as crashed.
 pub const PING_MISSES: u32 = 3;
 
@@ -392,7 +395,15 @@ pub fn launch(
         stop_tx,
         catalog: OnceLock::new(),
     });
-    let task = InstanceTask { instance: instance.clone(), spec, host, log, events };
+    let task = InstanceTask {
+        instance: instance.clone(),
+        spec,
+        host,
+        log,
+        events,
+        requests: Budget::for_plugin(),
+        refusals: std::sync::Mutex::new(crate::time::Throttle::new(REFUSALS_REPORTED_EVERY)),
+    };
     tokio::spawn(task.start(out_rx, stop_rx));
     Ok(instance)
 }
@@ -428,6 +439,10 @@ struct InstanceTask {
     host: Arc<dyn InstanceHost>,
     log: Arc<PluginLog>,
     events: mpsc::UnboundedSender<InstanceEvent>,
+    /// The plugin's requests to plugind in flight, bounded (`crate::transport::budget`).
+    requests: Budget,
+    /// Requests refused past that budget, reported in the plugin's log at most this often.
+    refusals: std::sync::Mutex<crate::time::Throttle>,
 }
 
 /// Where a stop stands.
@@ -524,9 +539,10 @@ impl InstanceTask {
                 _ => None,
             };
             let timer = [timer, eof_kill_at, drain_tick].into_iter().flatten().min();
+            let gated = self.gated();
             tokio::select! {
                 status = child.wait() => break status,
-                frame = frames.next(), if stdout_open => {
+                frame = frames.next(), if stdout_open && !gated => {
                     // The frames already read are handled in a row (up to `FRAMES_IN_A_ROW`),
                     // not one per round of this `select!`, which polls every other branch again
                     // (the child's exit, the stop channel, the timers) for each.
@@ -557,7 +573,7 @@ impl InstanceTask {
                                 break;
                             }
                         }
-                        if n == FRAMES_IN_A_ROW {
+                        if n == FRAMES_IN_A_ROW || self.gated() {
                             break;
                         }
                         // With this task's own waker: a `Pending` leaves it registered for stdout.
@@ -567,6 +583,8 @@ impl InstanceTask {
                         }
                     }
                 }
+                // The plugin read some of its answers: its stdout is read again.
+                () = inst.peer.outbox_room(), if gated => {}
                 Some(step) = steps.next(), if !steps.is_empty() => match step {
                     Step::Handshake(mut result) => {
                         self.vet_handshake(&mut result);
@@ -745,6 +763,10 @@ impl InstanceTask {
         match self.instance.peer.accept(line) {
             Incoming::Delivered => None,
             Incoming::Request { id, method, params } => {
+                let mut ticket = match self.requests.admit(line.len()) {
+                    Ok(ticket) => ticket,
+                    Err(exceeded) => return self.refuse(vec![id.to_owned()], self.overloaded(exceeded)),
+                };
                 let id: Box<RawValue> = id.to_owned();
                 let method = method.into_owned();
                 let params: Option<Box<RawValue>> = params.map(ToOwned::to_owned);
@@ -755,9 +777,18 @@ impl InstanceTask {
                     manifest: self.spec.manifest.clone(),
                     peer: self.instance.peer.clone(),
                 };
+                let plugin = self.spec.plugin.clone();
                 Some(Box::pin(async move {
-                    let reply = host.answer(caller, method, params).await;
+                    let mut reply = host.answer(caller, method, params).await;
+                    // An answer that must wait for the plugin to read is held within the budget.
+                    if peer.outbox_full() {
+                        let len = reply.as_ref().map_or(0, |r| r.get().len());
+                        if !ticket.hold(len) {
+                            reply = Err(unread_answers(&plugin, len));
+                        }
+                    }
                     peer.respond_with(&id, reply).await;
+                    drop(ticket);
                     Step::Served
                 }))
             }
@@ -787,18 +818,12 @@ impl InstanceTask {
                 if ids.is_empty() {
                     return None;
                 }
-                let peer = self.instance.peer.clone();
                 let error = RpcError::with_data(
                     codes::INVALID_REQUEST,
                     e.to_string(),
                     serde_json::json!({ "plugin": &*self.spec.plugin }),
                 );
-                Some(Box::pin(async move {
-                    for id in &ids {
-                        peer.respond(id, Err(&error)).await;
-                    }
-                    Step::Served
-                }))
+                self.refuse(ids, error)
             }
         }
     }
@@ -847,21 +872,66 @@ impl InstanceTask {
                 None
             }
             plugind_protocol::jsonrpc::Oversized::Request(id) => {
-                let (id, peer) = (id.to_owned(), self.instance.peer.clone());
                 let error = RpcError::with_data(
                     codes::INVALID_REQUEST,
                     why,
                     serde_json::json!({ "plugin": &*self.spec.plugin }),
                 );
-                Some(Box::pin(async move {
-                    peer.respond(&id, Err(&error)).await;
-                    Step::Served
-                }))
+                self.refuse(vec![id.to_owned()], error)
             }
         }
     }
 
     /// Logs a protocol mistake of the plugin and tells it with `onError`.
+    /// Whether the plugin's stdout is left unread for now: its requests in flight have spent
+    /// their budget and it is not reading their answers (its stdin is full). Anything more read
+    /// from it would have to be held, each refusal included, for as long as it does not read.
+    /// Its requests wait in its own pipe instead; answers it owes plugind wait there too, so a
+    /// plugin that stays so misses its health pings and is restarted.
+    fn gated(&self) -> bool {
+        self.requests.is_spent() && self.instance.peer.outbox_full()
+    }
+
+    /// The answer to a request refused past the plugin's request budget (reported in its log,
+    /// throttled: a flood refused is a flood of these).
+    fn overloaded(&self, exceeded: Exceeded) -> RpcError {
+        let message = format!(
+            "plugin {}: {exceeded} for one plugin's requests to plugind: wait for answers (and read them) before sending more",
+            self.spec.plugin
+        );
+        let mut refusals = self.refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        refusals.hold();
+        let n = refusals.due(std::time::Instant::now());
+        if n > 0 {
+            let deaf = if self.instance.peer.outbox_full() {
+                "; it does not read their answers (its stdin is full), so its stdout is not read until it does"
+            } else {
+                ""
+            };
+            self.log.warn(format!("{n} request(s) to plugind refused `-32006`: {exceeded}{deaf}"));
+        }
+        RpcError::with_data(codes::OVERLOADED, message, serde_json::json!({ "plugin": &*self.spec.plugin }))
+    }
+
+    /// Answers requests `ids` with `error`: at once while the plugin's stdin has room; the rest
+    /// as a step that waits for room, held within the request budget (past it, the stdout is
+    /// not read until there is room again, so at most one such step is made meanwhile).
+    fn refuse(&self, ids: Vec<Box<RawValue>>, error: RpcError) -> Option<BoxFut<Step>> {
+        let peer = self.instance.peer.clone();
+        let left: Vec<Box<RawValue>> = ids.into_iter().filter(|id| !peer.respond_now(id, &error)).collect();
+        if left.is_empty() || peer.is_closed() {
+            return None;
+        }
+        let ticket: Option<Ticket> = self.requests.admit(left.iter().map(|id| id.get().len() + 128).sum()).ok();
+        Some(Box::pin(async move {
+            for id in &left {
+                peer.respond(id, Err(&error)).await;
+            }
+            drop(ticket);
+            Step::Served
+        }))
+    }
+
     fn report_bad_output(&self, code: i64, message: String) {
         self.log.warn(message.clone());
         self.instance.peer.notify(
@@ -869,6 +939,19 @@ impl InstanceTask {
             &serde_json::json!({ "code": code, "message": message, "data": { "plugin": &*self.spec.plugin } }),
         );
     }
+}
+
+/// What a plugin's request gets in place of an answer too large to hold while the plugin does
+/// not read its stdin (`crate::transport::budget`).
+fn unread_answers(plugin: &str, len: usize) -> RpcError {
+    RpcError::with_data(
+        codes::OVERLOADED,
+        format!(
+            "plugin {plugin}: the answer ({len} bytes) was dropped: the plugin's requests in flight and their unread answers already hold {} MiB, the most allowed; read answers as they come",
+            crate::transport::budget::PLUGIN_REQUEST_BYTES >> 20
+        ),
+        serde_json::json!({ "plugin": plugin }),
+    )
 }
 
 /// `init` then `register`, both within `startup_timeout_ms` of `spawned` (not the per-call

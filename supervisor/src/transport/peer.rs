@@ -736,6 +736,12 @@ impl Peer {
         let _ = self.write_line(line, None).await;
     }
 
+    /// Answers a request of the other side with an error if the outbox has room now; false
+    /// (nothing sent) if it is full or gone.
+    pub fn respond_now(&self, id: &RawValue, error: &RpcError) -> bool {
+        self.push_now(jsonrpc::error_line(id, error))
+    }
+
     /// [`Peer::respond`] with the answer's ownership: a result of [`WRITE_DIRECT`] bytes or more
     /// goes to the writer as it is ([`Outgoing::Spliced`]) instead of being copied into a line.
     pub async fn respond_with(&self, id: &RawValue, reply: Reply) {

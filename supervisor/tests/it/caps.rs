@@ -5,13 +5,6 @@ use crate::support::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// plugind's resident memory (VmRSS) in KiB.
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// `plugin`'s lines in `logs.tail`.
 async fn log_lines(d: &Daemon, plugin: &str) -> Vec<Value> {
     let r = d.call("logs.tail", json!({"plugin": plugin, "lines": 5000})).await.unwrap();
@@ -221,6 +214,57 @@ async fn a_client_that_does_not_read_its_answers_is_not_read_from() {
     .await
     .unwrap();
     assert_eq!((answered, errors), (requests, usize::from(cut)));
+}
+
+/// A client's calls to a plugin that reads nothing hold at most 256 MiB of requests: past
+/// that, a new request is answered `-32006` at once, and the client is still read (600 calls
+/// of 1 MiB were all held until their deadlines).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clients_calls_to_a_plugin_that_reads_nothing_hold_at_most_256_mib() {
+    use std::io::{BufRead as _, Write as _};
+    let d = Daemon::builder()
+        .plugin_as("hostile", "sink")
+        .manifest("sink", |m| {
+            m["config"] = json!({"deaf": true});
+            m["timeout_ms"] = json!(60_000);
+        })
+        .start()
+        .await;
+    let before = rss_kb(d.pid());
+    let socket = d.socket.clone();
+    let (why, peak) = peak_rss_during(d.pid(), async {
+        tokio::task::spawn_blocking(move || {
+            let s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            let mut w = s.try_clone().unwrap();
+            // Until the connection is shut down below.
+            let writer = std::thread::spawn(move || {
+                let blob = "x".repeat(1 << 20);
+                for id in 0..600 {
+                    let r = json!({"jsonrpc": "2.0", "id": id, "method": "execute", "params": {"plugin": "sink", "method": "m", "params": {"blob": blob}}});
+                    if w.write_all(format!("{r}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+            // The first answers are refusals: every call admitted waits for the sink.
+            let mut refusals = vec![];
+            for line in std::io::BufReader::new(&s).lines().take(20) {
+                let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+                assert_eq!(v["error"]["code"], -32006, "{v}");
+                refusals.push(v["error"]["message"].as_str().unwrap().to_owned());
+            }
+            s.shutdown(std::net::Shutdown::Both).unwrap();
+            writer.join().unwrap();
+            refusals.swap_remove(0)
+        })
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(why.contains("256 MiB"), "{why}");
+    assert!(peak < before + 450 * 1024, "plugind grew from {before} KiB to {peak} KiB");
+    // The sink is still there, and the calls held for it were let go with the connection.
+    assert_eq!(d.status("sink").await["state"], "running");
 }
 
 /// A client whose answers backed up is read again as soon as it has read them, even while a

@@ -178,13 +178,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// plugind's resident memory in KiB (VmRSS).
-fn rss_kb(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 // ---- the control socket (docs/security.md: no answer to any control method, at any moment) ----
 
 /// A running plugin connects to the control socket and sends control requests, plugind's
@@ -719,6 +712,114 @@ async fn log_flood_does_not_grow_plugind_memory() {
     let r = d.call("logs.tail", json!({"plugin": "hostile", "lines": 3})).await.unwrap();
     let longest = r["lines"].as_array().unwrap().iter().filter_map(|l| l["message"].as_str()).map(str::len).max();
     assert!(longest.is_some_and(|n| n <= 65 * 1024), "a log message of {longest:?} bytes was kept");
+}
+
+// ---- what a plugin's requests may make plugind hold (docs/security.md) ----
+
+/// The hostile plugin's `request_flood` once it is over: `{sent, blocked, answers, messages}`.
+/// (The call waits behind the flood in the single-threaded plugin.)
+async fn flood_outcome(d: &Daemon, plugin: &str) -> Value {
+    let out = attack(d, plugin, "flood_outcome", json!({})).await;
+    let answered: u64 = out["answers"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(answered, out["sent"].as_u64().unwrap(), "every request it sent is answered once: {out}");
+    out
+}
+
+/// A plugin with no permission that writes requests as fast as it can and never reads the
+/// answers: plugind stops reading it once 1024 of them wait for it to read, so the flood's
+/// writes block, plugind's memory stays put (it grew by 230 MB a second), other plugins are
+/// served, and once the plugin reads, every request it sent is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_that_floods_requests_and_reads_nothing_is_not_read_from() {
+    let b = hostile(Daemon::builder(), "hostile", &[], json!({}));
+    let d = victim(b.manifest("hostile", |m| m["timeout_ms"] = json!(60_000))).start().await;
+    let pid = pid_of(&d, "hostile").await;
+    let before = rss_kb(d.pid());
+    let (line, peak) = peak_rss_during(d.pid(), async {
+        let flood = json!({"method": "registry.listServices", "mb": 512});
+        attack(&d, "hostile", "request_flood", flood).await;
+        log_line(&d, "hostile", "hostile-flood").await
+    })
+    .await;
+    assert!(line.contains("blocked=True"), "plugind read the whole flood: {line}");
+    assert!(peak < before + 100 * 1024, "plugind grew from {before} KiB to {peak} KiB");
+    assert_eq!(attack(&d, "victim", "anything", json!({})).await["plugin"], "victim", "others are served");
+    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    let out = flood_outcome(&d, "hostile").await;
+    let answers = out["answers"].as_object().unwrap();
+    assert!(answers.keys().all(|k| k == "result" || k == "-32006"), "{out}");
+}
+
+/// A plugin that sends `service.call`s with 1 MiB params to a provider that reads nothing: at
+/// most 64 MiB of them are held for it (300 MiB were), the rest are refused `-32006` at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_calls_to_a_provider_that_reads_nothing_hold_at_most_64_mib() {
+    let b = hostile(Daemon::builder(), "sink", &[], json!({"deaf": true}))
+        .manifest("sink", |m| m["timeout_ms"] = json!(5000));
+    let d = hostile(b, "hostile", &[], json!({}))
+        .manifest("hostile", |m| {
+            m["dependencies"] = json!({"optional": ["sink"]});
+            m["timeout_ms"] = json!(60_000);
+        })
+        .start()
+        .await;
+    let before = rss_kb(d.pid());
+    let blob = "x".repeat(1 << 20);
+    let (out, peak) = peak_rss_during(d.pid(), async {
+        let call = json!({"service": "sink", "method": "anything", "params": {"blob": blob}});
+        attack(
+            &d,
+            "hostile",
+            "request_flood",
+            json!({"method": "service.call", "params": call, "count": 300, "mb": 400, "read": true}),
+        )
+        .await;
+        flood_outcome(&d, "hostile").await
+    })
+    .await;
+    assert!(peak < before + 160 * 1024, "plugind grew from {before} KiB to {peak} KiB: {out}");
+    assert!(out["answers"]["-32006"].as_u64().unwrap_or(0) >= 100, "{out}");
+    assert!(out["messages"]["-32006"].as_str().unwrap().contains("64 MiB"), "{out}");
+    assert!(out["answers"]["-32001"].as_u64().unwrap_or(0) >= 1, "the calls admitted reach their deadline: {out}");
+}
+
+/// How many calls `plugin` has answered (the count of its call-duration histogram).
+async fn answered_by(d: &Daemon, plugin: &str) -> u64 {
+    let text = d.call("metrics.get", json!({})).await.unwrap()["text"].as_str().unwrap().to_owned();
+    let series = format!("plugind_call_duration_seconds_count{{plugin=\"{plugin}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// A plugin that asks for 1 MiB answers and does not read them: at most 64 MiB of them wait
+/// for it (200 MiB did); an answer past that is dropped, and the call answered `-32006`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_that_does_not_read_its_answers_is_held_at_most_64_mib_of_them() {
+    let b = victim(Daemon::builder()).manifest("victim", |m| m["timeout_ms"] = json!(60_000));
+    let d = hostile(b, "hostile", &[], json!({}))
+        .manifest("hostile", |m| {
+            m["dependencies"] = json!({"optional": ["victim"]});
+            m["timeout_ms"] = json!(60_000);
+        })
+        .start()
+        .await;
+    let pid = pid_of(&d, "hostile").await;
+    let before = rss_kb(d.pid());
+    let (_, peak) = peak_rss_during(d.pid(), async {
+        let call = json!({"service": "victim", "method": "blob", "params": {"mb": 1}});
+        attack(&d, "hostile", "request_flood", json!({"method": "service.call", "params": call, "count": 200})).await;
+        // Every answer made, none read.
+        wait_for("the victim to answer 200 calls", async || (answered_by(&d, "victim").await >= 200).then_some(()))
+            .await;
+    })
+    .await;
+    assert!(peak < before + 160 * 1024, "plugind grew from {before} KiB to {peak} KiB");
+    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    let out = flood_outcome(&d, "hostile").await;
+    assert_eq!(out["sent"], 200, "{out}");
+    let (results, dropped) =
+        (out["answers"]["result"].as_u64().unwrap_or(0), out["answers"]["-32006"].as_u64().unwrap_or(0));
+    assert!(results >= 50 && dropped >= 100, "{out}");
+    assert!(out["messages"]["-32006"].as_str().unwrap().contains("dropped"), "{out}");
 }
 
 /// 5000 distinct `metrics.emit` series: at most 1000 kept, each labelled `plugin`.

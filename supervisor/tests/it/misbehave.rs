@@ -155,13 +155,6 @@ async fn still_serves(d: &Daemon) {
     assert_eq!(s["restarts"], 0, "{s}");
 }
 
-/// Peak resident memory of a process (VmHWM), in KiB.
-fn peak_rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn misbehave_exits_before_answering_init() {
     let d = with_bad("exit-before-init", json!({"restart": {"max_restarts": 2, "window_s": 60}})).spawn().await;

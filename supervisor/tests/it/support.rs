@@ -591,3 +591,33 @@ pub fn connection_cap(d: &Daemon) -> usize {
     let soft: usize = line.split_whitespace().nth(3).unwrap().parse().unwrap();
     (soft / 8).clamp(8, 256)
 }
+
+/// A process's resident memory in KiB (VmRSS).
+pub fn rss_kb(pid: u32) -> u64 {
+    proc_status_kb(pid, "VmRSS:")
+}
+
+/// A process's peak resident memory in KiB (VmHWM): since it started, or since
+/// [`reset_peak_rss`].
+pub fn peak_rss_kb(pid: u32) -> u64 {
+    proc_status_kb(pid, "VmHWM:")
+}
+
+/// Makes a process's peak resident memory its current one (`/proc/PID/clear_refs`), so that
+/// [`peak_rss_kb`] tells the peak of what follows.
+pub fn reset_peak_rss(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+}
+
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A process's peak resident memory (KiB) while `f` runs, with what `f` gave.
+pub async fn peak_rss_during<T>(pid: u32, f: impl std::future::Future<Output = T>) -> (T, u64) {
+    reset_peak_rss(pid);
+    let out = f.await;
+    (out, peak_rss_kb(pid))
+}

@@ -1,0 +1,161 @@
+//! What one peer's requests may make plugind hold at once.
+//!
+//! Every request plugind serves for a peer is a future that holds the request's params while
+//! it runs and its answer until the peer's outbox takes it. A peer that sends requests faster
+//! than they end, or never reads its answers, would otherwise make plugind hold without bound:
+//! a plugin with no permission at all, writing `registry.listServices` in a loop and never
+//! reading its stdin, grew plugind by 230 MB a second.
+//!
+//! A [`Budget`] counts the requests of one peer in flight and the bytes they hold (the request
+//! line, then the answer while it waits for room). [`Budget::admit`] refuses a request past
+//! either bound; its [`Ticket`] gives the request's share back when it drops. Any one request
+//! is admitted when nothing else is held, so no single message is ever refused for its size.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Requests of one plugin served at once. Far above what a plugin fans out (an SDK's calls
+/// wait for their answers), and a few MB of futures at most.
+pub const PLUGIN_REQUESTS: usize = 1024;
+
+/// Bytes one plugin's requests in flight may hold: their lines, and their answers while the
+/// plugin has not read them. Four frames of the largest size.
+pub const PLUGIN_REQUEST_BYTES: usize = 64 << 20;
+
+/// A peer's requests in flight and what they hold, with their bounds.
+#[derive(Debug)]
+pub struct Budget {
+    held: Arc<Held>,
+    max_requests: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    requests: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exceeded {
+    /// `max_requests` are in flight.
+    Requests(usize),
+    /// The requests in flight hold `max_bytes` or would with this one.
+    Bytes(usize),
+}
+
+impl std::fmt::Display for Exceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exceeded::Requests(n) => write!(f, "{n} requests are in flight, the most allowed"),
+            Exceeded::Bytes(n) => {
+                write!(f, "the requests in flight and their unread answers hold {} MiB, the most allowed", n >> 20)
+            }
+        }
+    }
+}
+
+impl Budget {
+    /// A budget of `max_requests` requests holding `max_bytes` at most.
+    pub fn new(max_requests: usize, max_bytes: usize) -> Self {
+        Budget { held: Arc::default(), max_requests, max_bytes }
+    }
+
+    /// The budget of one plugin's requests to plugind.
+    pub fn for_plugin() -> Self {
+        Budget::new(PLUGIN_REQUESTS, PLUGIN_REQUEST_BYTES)
+    }
+
+    /// Admits a request of `bytes`, or says which bound it would pass.
+    pub fn admit(&self, bytes: usize) -> Result<Ticket, Exceeded> {
+        if self.held.requests.load(Ordering::Relaxed) >= self.max_requests {
+            return Err(Exceeded::Requests(self.max_requests));
+        }
+        let held = self.held.bytes.load(Ordering::Relaxed);
+        if held > 0 && held + bytes > self.max_bytes {
+            return Err(Exceeded::Bytes(self.max_bytes));
+        }
+        self.held.requests.fetch_add(1, Ordering::Relaxed);
+        self.held.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(Ticket { held: self.held.clone(), bytes, max_bytes: self.max_bytes })
+    }
+
+    /// Whether a request would be refused now (whatever its size).
+    pub fn is_spent(&self) -> bool {
+        self.held.requests.load(Ordering::Relaxed) >= self.max_requests
+            || self.held.bytes.load(Ordering::Relaxed) >= self.max_bytes
+    }
+
+    /// Requests in flight.
+    pub fn requests(&self) -> usize {
+        self.held.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// One admitted request's share of its [`Budget`], given back on drop.
+#[derive(Debug)]
+pub struct Ticket {
+    held: Arc<Held>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Ticket {
+    /// Counts an answer of `bytes` that must wait for the peer to read: false (and nothing
+    /// counted) when it would take the budget past its bytes, unless nothing else is held.
+    pub fn hold(&mut self, bytes: usize) -> bool {
+        let held = self.held.bytes.load(Ordering::Relaxed);
+        if held > self.bytes && held + bytes > self.max_bytes {
+            return false;
+        }
+        self.held.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.bytes += bytes;
+        true
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.held.requests.fetch_sub(1, Ordering::Relaxed);
+        self.held.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_bounded_by_count_and_bytes() {
+        let b = Budget::new(2, 100);
+        let one = b.admit(60).unwrap();
+        assert_eq!(b.admit(50).unwrap_err(), Exceeded::Bytes(100));
+        let two = b.admit(40).unwrap();
+        assert!(b.is_spent());
+        assert_eq!(b.admit(0).unwrap_err(), Exceeded::Requests(2));
+        drop(one);
+        assert!(!b.is_spent());
+        drop(two);
+        assert_eq!(b.requests(), 0);
+        // Alone, any size is admitted.
+        let big = b.admit(1000).unwrap();
+        assert!(b.is_spent());
+        drop(big);
+        assert!(b.admit(1).is_ok());
+    }
+
+    #[test]
+    fn an_answer_is_held_within_the_bytes() {
+        let b = Budget::new(10, 100);
+        let mut alone = b.admit(10).unwrap();
+        assert!(alone.hold(500), "the only request may hold any answer");
+        drop(alone);
+        let mut one = b.admit(10).unwrap();
+        let _two = b.admit(10).unwrap();
+        assert!(one.hold(70));
+        assert!(!one.hold(20), "past the bytes with another request held");
+        drop(one);
+        assert_eq!(b.held.bytes.load(Ordering::Relaxed), 10);
+    }
+}
