@@ -14,7 +14,6 @@
 //! A cancel for a request already answered, or for another kind of request, changes nothing.
 
 use crate::control::connection::Conn;
-use crate::transport::budget::Ticket;
 use crate::transport::peer::{relaying_progress, HostId, ProgressTo, Reply};
 use bytes::Bytes;
 use plugind_protocol::codes;
@@ -56,8 +55,6 @@ pin_project_lite::pin_project! {
     /// One line the connection is serving, cancellable from outside.
     pub struct InFlight<F> {
         line: Bytes,
-        // Its share of the connection's request budget (none for an answer or a `$/cancel`).
-        ticket: Option<Ticket>,
         // The waker of the task polling this future, to poll it again when it is cancelled.
         waker: Option<Waker>,
         // Set when cancelled: the -32800 answer, sent instead of the request's own.
@@ -71,9 +68,9 @@ pin_project_lite::pin_project! {
 pub type Served = Option<serde_json::Value>;
 
 impl<F: Future<Output = Served>> InFlight<F> {
-    /// `fut` serving `line`, holding `ticket` until it ends.
-    pub fn new(line: Bytes, ticket: Option<Ticket>, fut: F) -> Self {
-        InFlight { line, ticket, waker: None, answer: None, fut: Some(fut) }
+    /// `fut` serving `line`.
+    pub fn new(line: Bytes, fut: F) -> Self {
+        InFlight { line, waker: None, answer: None, fut: Some(fut) }
     }
 
     /// If this is the cancellable request with id `id`: what it called, as the `data` of its

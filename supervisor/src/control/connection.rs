@@ -1,7 +1,7 @@
 //! One control client: requests in, answers out, several in flight at once.
 
 use crate::control::{cancel, handlers};
-use crate::transport::budget::Budget;
+use crate::transport::budget::{unread_answer, Budget, Ticket};
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
 use crate::transport::outbox::{self, spawn_writer};
 use crate::transport::peer::{Incoming, Peer};
@@ -81,9 +81,10 @@ const FLUSH_EVERY: usize = 16;
 /// KB of future per request. (While the client does not read its answers, nothing is read.)
 const MAX_IN_FLIGHT: usize = 4096;
 
-/// Most bytes of request lines one client's requests in flight may hold: calls waiting for a
-/// provider that does not read (a paused host, a plugin at its `max_inflight`) hold their
-/// params. Far above the benchmark's 16 calls of 1 MiB in flight.
+/// Most bytes one client's requests in flight may hold: their lines (calls waiting for a
+/// provider that does not read, a paused host or a plugin at its `max_inflight`, hold their
+/// params), and their answers while the client does not read them. Far above the benchmark's
+/// 16 calls of 1 MiB in flight.
 const MAX_IN_FLIGHT_BYTES: usize = 256 << 20;
 
 /// Serves one client until it disconnects.
@@ -152,8 +153,8 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream, client_pid: Option<i32
                     }
                 };
                 let flat = !frames.decoder().last_line_has_cr();
-                let request = Box::pin(serve_line(daemon.clone(), conn.clone(), line.clone(), flat));
-                inflight.push(cancel::InFlight::new(line, ticket, request));
+                let request = Box::pin(serve_line(daemon.clone(), conn.clone(), line.clone(), flat, ticket));
+                inflight.push(cancel::InFlight::new(line, request));
                 burst += 1;
                 if burst == FLUSH_EVERY {
                     burst = 0;
@@ -215,17 +216,30 @@ fn cancel_if_asked<F: std::future::Future<Output = cancel::Served>>(
 /// connection cancels), anything else is answered with an error. The line moves into the
 /// future, so the request's id, method and params are borrowed from it rather than copied out
 /// (three allocations per request fewer). `flat`: the line has no line break (no `\r`).
-async fn serve_line(daemon: Arc<Daemon>, conn: Arc<Conn>, line: Bytes, flat: bool) -> cancel::Served {
+/// `ticket`: the line's share of the connection's budget, held until it is served (none for an
+/// answer or a `$/cancel` read past the budget).
+async fn serve_line(
+    daemon: Arc<Daemon>,
+    conn: Arc<Conn>,
+    line: Bytes,
+    flat: bool,
+    mut ticket: Option<Ticket>,
+) -> cancel::Served {
+    // An answer that must wait for the client to read is held within its budget.
+    let mut answer = |reply| match ticket.as_mut() {
+        Some(t) => t.answer(&conn.peer, reply, |len, max| unread_answer("this connection", len, max)),
+        None => reply,
+    };
     if let Some(request) = handlers::ExecuteRequest::parse(&line) {
         let id = request.id;
         let reply = request.run(&daemon, &conn, flat.then_some(&line)).await;
-        conn.peer.respond_with(id, reply).await;
+        conn.peer.respond_with(id, answer(reply)).await;
         return None;
     }
     match conn.peer.accept(&line) {
         Incoming::Request { id, method, params } => {
             let reply = handlers::dispatch_request(&daemon, &conn, id, &method, params).await;
-            conn.peer.respond_with(id, reply).await;
+            conn.peer.respond_with(id, answer(reply)).await;
         }
         Incoming::Invalid(e) => {
             // Under the request's own id when it has one that can be read (each one of a batch).

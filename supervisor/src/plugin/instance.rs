@@ -16,7 +16,7 @@ use crate::logs::PluginLog;
 use crate::plugin::context::{Caller, InstanceHost, InstanceSettings};
 use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
 use crate::sandbox::{self, cgroup::Cgroup};
-use crate::transport::budget::{Budget, Exceeded, Ticket};
+use crate::transport::budget::{unread_answer, Budget, Exceeded, Ticket};
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
 use crate::transport::outbox::{self, spawn_writer, OutboxReader, WRITE_DIRECT};
 use crate::transport::peer::{CallError, Deadline, Incoming, Peer};
@@ -779,14 +779,12 @@ impl InstanceTask {
                 };
                 let plugin = self.spec.plugin.clone();
                 Some(Box::pin(async move {
-                    let mut reply = host.answer(caller, method, params).await;
+                    let reply = host.answer(caller, method, params).await;
                     // An answer that must wait for the plugin to read is held within the budget.
-                    if peer.outbox_full() {
-                        let len = reply.as_ref().map_or(0, |r| r.get().len());
-                        if !ticket.hold(len) {
-                            reply = Err(unread_answers(&plugin, len));
-                        }
-                    }
+                    let reply = ticket.answer(&peer, reply, |len, max| RpcError {
+                        data: Some(serde_json::json!({ "plugin": &*plugin })),
+                        ..unread_answer(&format!("plugin {plugin}"), len, max)
+                    });
                     peer.respond_with(&id, reply).await;
                     drop(ticket);
                     Step::Served
@@ -939,19 +937,6 @@ impl InstanceTask {
             &serde_json::json!({ "code": code, "message": message, "data": { "plugin": &*self.spec.plugin } }),
         );
     }
-}
-
-/// What a plugin's request gets in place of an answer too large to hold while the plugin does
-/// not read its stdin (`crate::transport::budget`).
-fn unread_answers(plugin: &str, len: usize) -> RpcError {
-    RpcError::with_data(
-        codes::OVERLOADED,
-        format!(
-            "plugin {plugin}: the answer ({len} bytes) was dropped: the plugin's requests in flight and their unread answers already hold {} MiB, the most allowed; read answers as they come",
-            crate::transport::budget::PLUGIN_REQUEST_BYTES >> 20
-        ),
-        serde_json::json!({ "plugin": plugin }),
-    )
 }
 
 /// `init` then `register`, both within `startup_timeout_ms` of `spawned` (not the per-call

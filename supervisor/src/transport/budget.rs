@@ -11,6 +11,8 @@
 //! either bound; its [`Ticket`] gives the request's share back when it drops. Any one request
 //! is admitted when nothing else is held, so no single message is ever refused for its size.
 
+use crate::transport::peer::{Peer, Reply};
+use plugind_protocol::jsonrpc::RpcError;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -21,6 +23,18 @@ pub const PLUGIN_REQUESTS: usize = 1024;
 /// Bytes one plugin's requests in flight may hold: their lines, and their answers while the
 /// plugin has not read them. Four frames of the largest size.
 pub const PLUGIN_REQUEST_BYTES: usize = 64 << 20;
+
+/// What a request gets in place of an answer of `len` bytes dropped because `who`'s requests
+/// in flight and unread answers already hold `max` bytes ([`Ticket::answer`]).
+pub fn unread_answer(who: &str, len: usize, max: usize) -> RpcError {
+    RpcError::new(
+        plugind_protocol::codes::OVERLOADED,
+        format!(
+            "{who}: the answer ({len} bytes) was dropped: the requests in flight and their unread answers already hold {} MiB, the most allowed; read answers as they come",
+            max >> 20
+        ),
+    )
+}
 
 /// A peer's requests in flight and what they hold, with their bounds.
 #[derive(Debug)]
@@ -102,9 +116,24 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// The answer to send for this request: `reply` itself, unless the peer's outbox is full
+    /// (the answer would wait there) and holding it would take the budget past its bytes; then
+    /// the answer is dropped and `dropped(its length, the bound)` goes in its place.
+    pub fn answer(&mut self, peer: &Peer, reply: Reply, dropped: impl FnOnce(usize, usize) -> RpcError) -> Reply {
+        if !peer.outbox_full() {
+            return reply;
+        }
+        let len = reply.as_ref().map_or(0, |r| r.get().len());
+        if self.hold(len) {
+            reply
+        } else {
+            Err(dropped(len, self.max_bytes))
+        }
+    }
+
     /// Counts an answer of `bytes` that must wait for the peer to read: false (and nothing
     /// counted) when it would take the budget past its bytes, unless nothing else is held.
-    pub fn hold(&mut self, bytes: usize) -> bool {
+    fn hold(&mut self, bytes: usize) -> bool {
         let held = self.held.bytes.load(Ordering::Relaxed);
         if held > self.bytes && held + bytes > self.max_bytes {
             return false;

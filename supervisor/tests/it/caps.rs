@@ -267,6 +267,56 @@ async fn a_clients_calls_to_a_plugin_that_reads_nothing_hold_at_most_256_mib() {
     assert_eq!(d.status("sink").await["state"], "running");
 }
 
+/// A client that asks for 1 MiB answers and reads none: at most 256 MiB of them wait for it;
+/// past that an answer is dropped and its request answered `-32006` (all 450 MiB waited).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_does_not_read_its_answers_is_held_at_most_256_mib_of_them() {
+    use std::io::{BufRead as _, Write as _};
+    const CALLS: usize = 450;
+    let d = Daemon::builder()
+        .plugin_as("hostile", "big")
+        .manifest("big", |m| m["timeout_ms"] = json!(120_000))
+        .start()
+        .await;
+    let before = rss_kb(d.pid());
+    let socket = d.socket.clone();
+    let (stream, peak) = peak_rss_during(d.pid(), async {
+        let stream = tokio::task::spawn_blocking(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            for id in 0..CALLS {
+                let r = json!({"jsonrpc": "2.0", "id": id, "method": "execute", "params": {"plugin": "big", "method": "blob", "params": {"mb": 1}}});
+                s.write_all(format!("{r}\n").as_bytes()).unwrap();
+            }
+            s
+        })
+        .await
+        .unwrap();
+        // Every answer made, none read.
+        wait_for("big to answer every call", async || (answered_by(&d, "big").await >= CALLS as u64).then_some(())).await;
+        stream
+    })
+    .await;
+    assert!(peak < before + 380 * 1024, "plugind grew from {before} KiB to {peak} KiB");
+    let (results, dropped) = tokio::task::spawn_blocking(move || {
+        let (mut results, mut dropped) = (0, 0);
+        for line in std::io::BufReader::new(&stream).lines().take(CALLS) {
+            let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+            if v["result"].is_string() {
+                results += 1;
+            } else {
+                assert_eq!(v["error"]["code"], -32006, "{v}");
+                assert!(v["error"]["message"].as_str().unwrap().contains("dropped"), "{v}");
+                dropped += 1;
+            }
+        }
+        (results, dropped)
+    })
+    .await
+    .unwrap();
+    assert_eq!(results + dropped, CALLS);
+    assert!(results >= 200 && dropped >= 100, "{results} answers, {dropped} dropped");
+}
+
 /// A client whose answers backed up is read again as soon as it has read them, even while a
 /// long call of it is still in flight (plugind used to wait for some call of it to finish).
 #[tokio::test(flavor = "multi_thread")]

@@ -783,13 +783,6 @@ async fn a_plugins_calls_to_a_provider_that_reads_nothing_hold_at_most_64_mib() 
     assert!(out["answers"]["-32001"].as_u64().unwrap_or(0) >= 1, "the calls admitted reach their deadline: {out}");
 }
 
-/// How many calls `plugin` has answered (the count of its call-duration histogram).
-async fn answered_by(d: &Daemon, plugin: &str) -> u64 {
-    let text = d.call("metrics.get", json!({})).await.unwrap()["text"].as_str().unwrap().to_owned();
-    let series = format!("plugind_call_duration_seconds_count{{plugin=\"{plugin}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |n| n.trim().parse().unwrap())
-}
-
 /// A plugin that asks for 1 MiB answers and does not read them: at most 64 MiB of them wait
 /// for it (200 MiB did); an answer past that is dropped, and the call answered `-32006`.
 #[tokio::test(flavor = "multi_thread")]

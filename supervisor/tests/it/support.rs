@@ -621,3 +621,10 @@ pub async fn peak_rss_during<T>(pid: u32, f: impl std::future::Future<Output = T
     let out = f.await;
     (out, peak_rss_kb(pid))
 }
+
+/// How many calls `plugin` has answered (the count of its call-duration histogram).
+pub async fn answered_by(d: &Daemon, plugin: &str) -> u64 {
+    let text = d.call("metrics.get", json!({})).await.unwrap()["text"].as_str().unwrap().to_owned();
+    let series = format!("plugind_call_duration_seconds_count{{plugin=\"{plugin}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |n| n.trim().parse().unwrap())
+}
