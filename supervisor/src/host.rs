@@ -159,6 +159,11 @@ async fn kv_request(
     let plugin = &*caller.plugin;
     let kv_err = |e: crate::kv::KvError| match e {
         crate::kv::KvError::BadKey(_) => RpcError::invalid_params(e),
+        crate::kv::KvError::Quota(_) => RpcError::with_data(
+            codes::OVERLOADED,
+            e.to_string(),
+            serde_json::json!({ "plugin": plugin, "limit": "kv" }),
+        ),
         other => RpcError::internal(other),
     };
     match method {

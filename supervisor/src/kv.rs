@@ -2,6 +2,11 @@
 //! one namespace per plugin, JSON values. A write is on disk before `kv.set` is answered.
 //!
 //! Inspect it with `sqlite3 STATE_DIR/kv.sqlite 'SELECT plugin, key, value FROM kv'`.
+//!
+//! Each plugin's namespace has a quota ([`MAX_KEYS`] keys, [`MAX_BYTES`] of keys and values):
+//! the database is plugind's, on plugind's disk, and a `kv.list` of every key must fit in one
+//! answer. What a plugin holds is counted once, at its first write after plugind starts, then
+//! kept up to date by each write.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
@@ -10,6 +15,20 @@ use std::sync::{Arc, Mutex};
 
 /// Longest key accepted.
 pub const MAX_KEY: usize = 1024;
+
+/// Most keys one plugin may keep. Its `kv.list` of them all (at most 10 MiB of keys) stays
+/// inside the 16 MiB frame.
+pub const MAX_KEYS: u64 = 10_000;
+
+/// Most bytes one plugin's keys and values may take, as stored (compact JSON text).
+pub const MAX_BYTES: u64 = 64 << 20;
+
+/// What one plugin's namespace holds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    keys: u64,
+    bytes: u64,
+}
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +65,22 @@ pub enum KvError {
     /// A bad key.
     #[error("invalid key: {0}")]
     BadKey(&'static str),
+    /// The write would take the plugin's namespace past its quota.
+    #[error("kv quota: {0}")]
+    Quota(String),
 }
 
 /// The store.
 pub struct KvStore {
-    conn: Mutex<Connection>,
+    db: Mutex<Db>,
+    /// Each plugin's quota ([`MAX_KEYS`], [`MAX_BYTES`]).
+    quota: Usage,
+}
+
+/// The connection, and what each plugin's namespace holds (counted at its first write).
+struct Db {
+    conn: Connection,
+    usage: std::collections::HashMap<String, Usage>,
 }
 
 /// Creates `path` with mode 0600 if missing, and sets 0600 on an existing file.
@@ -93,7 +123,8 @@ impl KvStore {
             ) WITHOUT ROWID;",
         )
         .map_err(open_err)?;
-        Ok(Arc::new(KvStore { conn: Mutex::new(conn) }))
+        let quota = Usage { keys: MAX_KEYS, bytes: MAX_BYTES };
+        Ok(Arc::new(KvStore { db: Mutex::new(Db { conn, usage: Default::default() }), quota }))
     }
 
     fn check_key(key: &str) -> Result<(), KvError> {
@@ -106,18 +137,26 @@ impl KvStore {
         Ok(())
     }
 
+    /// Runs `f` on the database off the async threads.
+    async fn with_db<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Db) -> Result<T, KvError> + Send + 'static,
+    ) -> Result<T, KvError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut db = me.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut db)
+        })
+        .await
+        .unwrap_or_else(|e| Err(KvError::BadKey(if e.is_panic() { "store panicked" } else { "store cancelled" })))
+    }
+
     /// Runs `f` on the connection off the async threads.
     async fn with<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Connection) -> Result<T, KvError> + Send + 'static,
     ) -> Result<T, KvError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = me.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(&conn)
-        })
-        .await
-        .unwrap_or_else(|e| Err(KvError::BadKey(if e.is_panic() { "store panicked" } else { "store cancelled" })))
+        self.with_db(move |db| f(&db.conn)).await
     }
 
     /// The value of `key`, if set.
@@ -133,16 +172,45 @@ impl KvStore {
         .await
     }
 
-    /// Sets `key`; durable when this returns.
+    /// Sets `key`; durable when this returns. Refused past the plugin's quota (a write that
+    /// shrinks what it holds is always taken).
     pub async fn set(self: &Arc<Self>, plugin: &str, key: &str, value: &Value) -> Result<(), KvError> {
         Self::check_key(key)?;
         let (plugin, key, text) = (plugin.to_owned(), key.to_owned(), value.to_string());
-        self.with(move |c| {
-            c.execute(
+        let quota = self.quota;
+        self.with_db(move |db| {
+            let held = db.usage_of(&plugin)?;
+            let old: Option<u64> = db
+                .conn
+                .query_row(
+                    "SELECT length(CAST(value AS BLOB)) FROM kv WHERE plugin = ?1 AND key = ?2",
+                    params![plugin, key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let entry = (key.len() + text.len()) as u64;
+            let after = match old {
+                Some(old) => Usage { keys: held.keys, bytes: held.bytes - (key.len() as u64 + old).min(held.bytes) + entry },
+                None => Usage { keys: held.keys + 1, bytes: held.bytes + entry },
+            };
+            if after.keys > quota.keys {
+                return Err(KvError::Quota(format!(
+                    "plugin {plugin} keeps {} keys, the most a plugin may keep; delete some first",
+                    held.keys
+                )));
+            }
+            if after.bytes > quota.bytes && after.bytes > held.bytes {
+                return Err(KvError::Quota(format!(
+                    "plugin {plugin}'s keys and values would take {} bytes, over the {} bytes a plugin may keep; delete some first (its data dir is for larger data)",
+                    after.bytes, quota.bytes
+                )));
+            }
+            db.conn.execute(
                 "INSERT INTO kv (plugin, key, value) VALUES (?1, ?2, ?3)
                  ON CONFLICT (plugin, key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
                 params![plugin, key, text],
             )?;
+            db.usage.insert(plugin, after);
             Ok(())
         })
         .await
@@ -152,8 +220,23 @@ impl KvStore {
     pub async fn delete(self: &Arc<Self>, plugin: &str, key: &str) -> Result<bool, KvError> {
         Self::check_key(key)?;
         let (plugin, key) = (plugin.to_owned(), key.to_owned());
-        self.with(move |c| Ok(c.execute("DELETE FROM kv WHERE plugin = ?1 AND key = ?2", params![plugin, key])? > 0))
-            .await
+        self.with_db(move |db| {
+            let freed: Option<u64> = db
+                .conn
+                .query_row(
+                    "DELETE FROM kv WHERE plugin = ?1 AND key = ?2
+                     RETURNING length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))",
+                    params![plugin, key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let (Some(freed), Some(u)) = (freed, db.usage.get_mut(&plugin)) {
+                u.keys = u.keys.saturating_sub(1);
+                u.bytes = u.bytes.saturating_sub(freed);
+            }
+            Ok(freed.is_some())
+        })
+        .await
     }
 
     /// Keys starting with `prefix`, sorted.
@@ -168,6 +251,24 @@ impl KvStore {
             Ok(keys)
         })
         .await
+    }
+}
+
+impl Db {
+    /// What `plugin`'s namespace holds: counted once, then kept by the writes.
+    fn usage_of(&mut self, plugin: &str) -> Result<Usage, KvError> {
+        if let Some(u) = self.usage.get(plugin) {
+            return Ok(*u);
+        }
+        let (keys, bytes): (u64, u64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))), 0)
+             FROM kv WHERE plugin = ?1",
+            params![plugin],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let u = Usage { keys, bytes };
+        self.usage.insert(plugin.to_owned(), u);
+        Ok(u)
     }
 }
 
@@ -195,6 +296,37 @@ mod tests {
         assert_eq!(kv.get("a", "user/1").await.expect("get"), Some(json!({"n": 1})));
         assert_eq!(kv.get("a", "user/2").await.expect("get"), None);
         assert!(kv.get("a", "").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn each_namespace_is_held_to_its_quota_across_replaces_deletes_and_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kv.sqlite");
+        let small = |kv: Arc<KvStore>| {
+            let mut kv = Arc::into_inner(kv).expect("only owner");
+            kv.quota = Usage { keys: 3, bytes: 100 };
+            Arc::new(kv)
+        };
+        let kv = small(KvStore::open(&path).expect("open"));
+        // 3 keys of 1 byte with values of 10 bytes ("\"12345678\""): 33 bytes.
+        for k in ["a", "b", "c"] {
+            kv.set("p", k, &json!("12345678")).await.expect("within quota");
+        }
+        let err = kv.set("p", "d", &json!(1)).await.expect_err("a 4th key");
+        assert!(err.to_string().contains("keeps 3 keys"), "{err}");
+        kv.set("q", "d", &json!(1)).await.expect("another plugin has its own quota");
+        // Replacing a value counts only the difference.
+        kv.set("p", "a", &json!("x".repeat(60))).await.expect("33 - 10 + 62 = 85 bytes");
+        let err = kv.set("p", "b", &json!("x".repeat(30))).await.expect_err("85 - 10 + 32 = 107 bytes");
+        assert!(err.to_string().contains("107 bytes"), "{err}");
+        kv.set("p", "b", &json!(1)).await.expect("a write that shrinks is taken");
+        assert!(kv.delete("p", "c").await.expect("delete"));
+        kv.set("p", "d", &json!(1)).await.expect("a key freed by a delete");
+        // After a restart what is held is counted again from the database.
+        drop(kv);
+        let kv = small(KvStore::open(&path).expect("reopen"));
+        let err = kv.set("p", "e", &json!(1)).await.expect_err("still 3 keys");
+        assert!(err.to_string().contains("keeps 3 keys"), "{err}");
     }
 
     #[test]

@@ -815,6 +815,40 @@ async fn a_plugin_that_does_not_read_its_answers_is_held_at_most_64_mib_of_them(
     assert!(out["messages"]["-32006"].as_str().unwrap().contains("dropped"), "{out}");
 }
 
+/// A `storage` plugin cannot fill plugind's kv database: it keeps at most 10,000 keys (its
+/// `kv.list` fits in one answer) and 64 MiB of keys and values; past either a new write is
+/// refused `-32006`, and one that replaces a value in place is still taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storage_plugin_is_held_to_its_kv_quota() {
+    let b = hostile(Daemon::builder(), "hoarder", &["storage"], json!({}));
+    let d = hostile(b, "hoarder2", &["storage"], json!({})).start().await;
+    // 10,000 keys, written straight into the database (through plugind, each write is a
+    // sync to disk), before the plugin's first write, when plugind counts what it holds.
+    let mut db = rusqlite::Connection::open(d.dir.path().join("state/kv.sqlite")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let tx = db.transaction().unwrap();
+    for i in 0..10_000 {
+        tx.execute("INSERT INTO kv (plugin, key, value) VALUES ('hoarder', ?1, '1')", [format!("k{i}")]).unwrap();
+    }
+    tx.commit().unwrap();
+    let r = attack(&d, "hoarder", "kv", json!({"key": "one-more", "value": 1})).await;
+    refused(&r, "an 10,001st key");
+    let e = &r["detail"]["set"]["error"];
+    assert_eq!(e["code"], -32006, "{r}");
+    assert!(e["message"].as_str().unwrap().contains("keeps 10000 keys"), "{r}");
+    let r = attack(&d, "hoarder", "kv", json!({"key": "k7", "value": 2})).await;
+    assert_eq!(r["ok"], true, "a key it has is still written: {r}");
+    // 64 MiB: four values of 15 MiB fit, a fifth does not.
+    let big = "x".repeat(15 << 20);
+    for i in 0..4 {
+        let r = attack(&d, "hoarder2", "kv", json!({"key": format!("big{i}"), "value": big})).await;
+        assert_eq!(r["ok"], true, "value {i}: {}", r["detail"]["set"]);
+    }
+    let r = attack(&d, "hoarder2", "kv", json!({"key": "big4", "value": big})).await;
+    refused(&r, "a fifth value of 15 MiB");
+    assert!(r["detail"]["set"]["error"]["message"].as_str().unwrap().contains("67108864 bytes"), "{r}");
+}
+
 /// 5000 distinct `metrics.emit` series: at most 1000 kept, each labelled `plugin`.
 #[tokio::test(flavor = "multi_thread")]
 async fn metric_series_are_capped_per_plugin_and_labelled() {
