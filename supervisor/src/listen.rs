@@ -18,6 +18,7 @@
 
 use crate::control::connection::Conn;
 use crate::control::handlers;
+use crate::transport::budget::Budget;
 use crate::transport::frame::DEFAULT_MAX_FRAME;
 use crate::transport::http::{serve_connection, Slots};
 use crate::transport::peer::Peer;
@@ -115,10 +116,8 @@ impl Listener {
                 // Over the cap the connection is closed at once (after a 503 if it takes one):
                 // each costs plugind a descriptor, and its control socket and plugins need theirs.
                 let Some(slot) = slots.take(&sock, remote) else { continue };
-                let gate = Arc::new(Gate {
-                    unsent: Arc::new(tokio::sync::Semaphore::new(WS_UNSENT)),
-                    reader: Default::default(),
-                });
+                let gate =
+                    Arc::new(Gate { unsent: Budget::new(WS_UNSENT, WS_UNSENT_BYTES), reader: Default::default() });
                 let (daemon, token, builder, stop, held, gated) =
                     (daemon.clone(), token.clone(), builder.clone(), stop_handle.clone(), slot.clone(), gate.clone());
                 let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -271,19 +270,20 @@ struct DispatchLayer {
     gate: Arc<Gate>,
 }
 
-/// A `--listen` connection's reading stops while [`WS_UNSENT`] of its calls are in flight or
-/// answered and not yet handed to its sender: jsonrpsee runs every WebSocket message it reads at
-/// once, so a client that sends without reading would otherwise grow plugind without bound. Its
-/// messages then wait in its own socket, as on the control socket.
+/// A `--listen` connection's reading stops while [`WS_UNSENT`] of its calls, or calls holding
+/// [`WS_UNSENT_BYTES`] of params, are in flight or answered and not yet handed to its sender:
+/// jsonrpsee runs every WebSocket message it reads at once, so a client that sends without
+/// reading would otherwise grow plugind without bound. Its messages then wait in its own
+/// socket, as on the control socket.
 struct Gate {
-    unsent: Arc<tokio::sync::Semaphore>,
+    unsent: Budget,
     /// The connection's reader, woken when a place comes free.
     reader: futures::task::AtomicWaker,
 }
 
 impl Gate {
     fn shut(&self) -> bool {
-        self.unsent.available_permits() == 0
+        self.unsent.is_spent()
     }
 }
 
@@ -366,6 +366,10 @@ struct ConnGuard {
 /// at it, the connection is not read ([`Gate`]), and a call read meanwhile is answered `-32006`.
 const WS_UNSENT: usize = 256;
 
+/// Most bytes of params the calls of one `--listen` connection in flight may hold (as on the
+/// control socket).
+const WS_UNSENT_BYTES: usize = 256 << 20;
+
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.conn.peer.close();
@@ -411,21 +415,25 @@ impl RpcServiceT for Dispatch {
             // jsonrpsee runs every message of a WebSocket at once and never stops reading it:
             // the calls of one connection, and their answers not yet handed to its sender, are
             // bounded here instead (a client that does not read would otherwise grow plugind).
-            let Ok(place) = guard.gate.unsent.clone().try_acquire_owned() else {
-                let e = RpcError::new(
-                    codes::OVERLOADED,
-                    format!("{WS_UNSENT} calls of this connection are in flight or unsent: read their answers first"),
-                );
-                return MethodResponse::error(id, error_object(e));
+            let size = req.params.as_ref().map_or(0, |p| p.get().len());
+            let place = match guard.gate.unsent.admit(size) {
+                Ok(place) => place,
+                Err(exceeded) => {
+                    let e = RpcError::new(
+                        codes::OVERLOADED,
+                        format!("{exceeded} for one connection (in flight or unsent): read their answers first"),
+                    );
+                    return MethodResponse::error(id, error_object(e));
+                }
             };
-            let params: Option<Box<RawValue>> = req.params.map(std::borrow::Cow::into_owned);
-            let reply = match streaming(&req.method, params.as_deref()) {
+            let params: Option<&RawValue> = req.params.as_deref();
+            let reply = match streaming(&req.method, params) {
                 Some(e) => Err(e),
                 // jsonrpsee takes any params; the socket (and JSON-RPC) only an object or array.
-                None if params.as_deref().is_some_and(|p| !p.get().starts_with(['{', '['])) => {
+                None if params.is_some_and(|p| !p.get().starts_with(['{', '['])) => {
                     Err(RpcError::new(codes::INVALID_REQUEST, ParseError::NotJsonRpc(PARAMS_SHAPE).to_string()))
                 }
-                None => handlers::dispatch(&daemon, &guard.conn, &req.method, params.as_deref()).await,
+                None => handlers::dispatch(&daemon, &guard.conn, &req.method, params).await,
             };
             let payload = match reply {
                 Ok(raw) => ResponsePayload::success(raw),

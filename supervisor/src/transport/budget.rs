@@ -7,9 +7,12 @@
 //! reading its stdin, grew plugind by 230 MB a second.
 //!
 //! A [`Budget`] counts the requests of one peer in flight and the bytes they hold (the request
-//! line, then the answer while it waits for room). [`Budget::admit`] refuses a request past
-//! either bound; its [`Ticket`] gives the request's share back when it drops. Any one request
-//! is admitted when nothing else is held, so no single message is ever refused for its size.
+//! line, then the answer while it waits for room). [`Budget::admit`] refuses a request once
+//! either bound is reached; its [`Ticket`] gives the request's share back when it drops. What
+//! is held passes the bytes bound by one message at most, and no message is refused for its
+//! own size. (A request refused for its size while a little room is left would make the peer's
+//! reader think there is room, read the next, and refuse that too, each refusal held by a peer
+//! that does not read.)
 
 use crate::transport::peer::{Peer, Reply};
 use plugind_protocol::jsonrpc::RpcError;
@@ -81,13 +84,12 @@ impl Budget {
         Budget::new(PLUGIN_REQUESTS, PLUGIN_REQUEST_BYTES)
     }
 
-    /// Admits a request of `bytes`, or says which bound it would pass.
+    /// Admits a request of `bytes`, or says which bound is reached.
     pub fn admit(&self, bytes: usize) -> Result<Ticket, Exceeded> {
         if self.held.requests.load(Ordering::Relaxed) >= self.max_requests {
             return Err(Exceeded::Requests(self.max_requests));
         }
-        let held = self.held.bytes.load(Ordering::Relaxed);
-        if held > 0 && held + bytes > self.max_bytes {
+        if self.held.bytes.load(Ordering::Relaxed) >= self.max_bytes {
             return Err(Exceeded::Bytes(self.max_bytes));
         }
         self.held.requests.fetch_add(1, Ordering::Relaxed);
@@ -95,7 +97,7 @@ impl Budget {
         Ok(Ticket { held: self.held.clone(), bytes, max_bytes: self.max_bytes })
     }
 
-    /// Whether a request would be refused now (whatever its size).
+    /// Whether a request would be refused now.
     pub fn is_spent(&self) -> bool {
         self.held.requests.load(Ordering::Relaxed) >= self.max_requests
             || self.held.bytes.load(Ordering::Relaxed) >= self.max_bytes
@@ -132,10 +134,10 @@ impl Ticket {
     }
 
     /// Counts an answer of `bytes` that must wait for the peer to read: false (and nothing
-    /// counted) when it would take the budget past its bytes, unless nothing else is held.
+    /// counted) when the others already hold the budget's bytes.
     fn hold(&mut self, bytes: usize) -> bool {
-        let held = self.held.bytes.load(Ordering::Relaxed);
-        if held > self.bytes && held + bytes > self.max_bytes {
+        let others = self.held.bytes.load(Ordering::Relaxed) - self.bytes;
+        if others >= self.max_bytes {
             return false;
         }
         self.held.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -156,18 +158,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_are_bounded_by_count_and_bytes() {
-        let b = Budget::new(2, 100);
+    fn requests_are_admitted_until_a_bound_is_reached() {
+        let b = Budget::new(3, 100);
         let one = b.admit(60).unwrap();
-        assert_eq!(b.admit(50).unwrap_err(), Exceeded::Bytes(100));
-        let two = b.admit(40).unwrap();
+        let two = b.admit(50).unwrap(); // 110: past the bytes by this one
         assert!(b.is_spent());
-        assert_eq!(b.admit(0).unwrap_err(), Exceeded::Requests(2));
+        assert_eq!(b.admit(1).unwrap_err(), Exceeded::Bytes(100));
         drop(one);
         assert!(!b.is_spent());
-        drop(two);
-        assert_eq!(b.requests(), 0);
-        // Alone, any size is admitted.
+        let three = b.admit(10).unwrap();
+        let _four = b.admit(0).unwrap();
+        assert_eq!(b.admit(0).unwrap_err(), Exceeded::Requests(3));
+        drop((two, three));
+        assert_eq!(b.requests(), 1);
+        // Any size is admitted while the bound is not reached.
         let big = b.admit(1000).unwrap();
         assert!(b.is_spent());
         drop(big);
@@ -175,16 +179,17 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_is_held_within_the_bytes() {
+    fn an_answer_is_held_while_the_others_leave_room() {
         let b = Budget::new(10, 100);
         let mut alone = b.admit(10).unwrap();
         assert!(alone.hold(500), "the only request may hold any answer");
         drop(alone);
         let mut one = b.admit(10).unwrap();
-        let _two = b.admit(10).unwrap();
+        let mut two = b.admit(10).unwrap();
         assert!(one.hold(70));
-        assert!(!one.hold(20), "past the bytes with another request held");
+        assert!(two.hold(95), "the others hold 80: room left (past it by this answer)");
+        assert!(!one.hold(1), "the others hold 105");
         drop(one);
-        assert_eq!(b.held.bytes.load(Ordering::Relaxed), 10);
+        assert_eq!(b.held.bytes.load(Ordering::Relaxed), 105);
     }
 }

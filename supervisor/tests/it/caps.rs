@@ -322,7 +322,13 @@ async fn a_client_that_does_not_read_its_answers_is_held_at_most_256_mib_of_them
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_is_read_again_once_it_has_read_its_answers() {
     use std::io::{BufRead as _, Write as _};
-    let d = Daemon::builder().plugin_as("perl-echo", "slow").plugin_as("perl-echo", "fast").start().await;
+    // Call 1 runs past all the others whatever the load: its deadline is not the default 5 s.
+    let d = Daemon::builder()
+        .plugin_as("perl-echo", "slow")
+        .manifest("slow", |m| m["timeout_ms"] = json!(60_000))
+        .plugin_as("perl-echo", "fast")
+        .start()
+        .await;
     let socket = d.socket.clone();
     tokio::task::spawn_blocking(move || {
         let s = std::os::unix::net::UnixStream::connect(&socket).unwrap();

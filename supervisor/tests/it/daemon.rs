@@ -714,11 +714,7 @@ async fn listen_websockets_count_under_the_connection_cap() {
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_a_websocket_that_does_not_read_is_not_read_from() {
     let (d, addr) = listening(Daemon::builder().plugin("perl-echo"), "tok").await;
-    let rss = |pid: u32| -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
-    };
-    let before = rss(d.pid());
+    let before = rss_kb(d.pid());
     let sent = tokio::task::spawn_blocking(move || {
         let mut ws = Ws::connect(&addr, Some("Bearer tok")).unwrap();
         ws.0.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -733,10 +729,44 @@ async fn listen_a_websocket_that_does_not_read_is_not_read_from() {
     })
     .await
     .unwrap();
-    let grown = rss(d.pid()).saturating_sub(before);
+    let grown = rss_kb(d.pid()).saturating_sub(before);
     assert!(sent < 20_000, "plugind kept reading a WebSocket that reads nothing");
     assert!(grown < 200 * 1024, "plugind grew by {grown} KiB for {sent} unread requests");
     assert_eq!(d.execute("perl-echo", "echo", json!(1)).await.unwrap(), json!(1), "others are served");
+}
+
+/// The calls of a WebSocket to a plugin that reads nothing hold at most 256 MiB of params:
+/// then the WebSocket is not read (200 calls of 2 MiB, fewer than the 256 calls it may have in
+/// flight, were all read and held until their deadlines).
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_a_websockets_calls_hold_at_most_256_mib_of_params() {
+    let b = Daemon::builder().plugin_as("hostile", "sink").manifest("sink", |m| {
+        m["config"] = json!({"deaf": true});
+        m["timeout_ms"] = json!(60_000);
+    });
+    let (d, addr) = listening(b, "tok").await;
+    let before = rss_kb(d.pid());
+    let (sent, peak) = peak_rss_during(
+        d.pid(),
+        tokio::task::spawn_blocking(move || {
+            let mut ws = Ws::connect(&addr, Some("Bearer tok")).unwrap();
+            ws.0.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+            let blob = "x".repeat(2 << 20);
+            let request = json!({"jsonrpc": "2.0", "id": 1, "method": "execute",
+                "params": {"plugin": "sink", "method": "m", "params": {"blob": blob}}});
+            let mut sent = 0;
+            while sent < 200 && ws.send(&request).is_ok() {
+                sent += 1;
+            }
+            (sent, ws)
+        }),
+    )
+    .await;
+    let (sent, _ws) = sent.unwrap();
+    assert!(sent < 200, "plugind read every call of a WebSocket past 256 MiB of params");
+    // Each call waiting for the sink holds its params about 2.5 times over (jsonrpsee's message,
+    // the line to the sink, the allocator's slack): 256 MiB of them took 660 MB; all 200, 1 GB.
+    assert!(peak < before + 750 * 1024, "plugind grew from {before} KiB to {peak} KiB");
 }
 
 /// `f()` until it gives something, for at most 10 s (a closed connection's place comes back
