@@ -18,7 +18,17 @@ pub struct Found {
 }
 
 /// Scans `dirs`; errors reading a directory itself are returned as strings beside the finds.
-pub fn scan(dirs: &[PathBuf], plugind_version: &semver::Version) -> (Vec<Found>, Vec<String>) {
+///
+/// Names are unique. Of two directories naming the same plugin, the one that holds the name now
+/// (`holders`: name → directory, from the plugins already loaded) keeps it, else the first in
+/// order (the `--plugins` dirs in turn, each sorted); the other is invalid, listed under
+/// `NAME@DIR`. So a copy of a running plugin's directory (a backup, a second checkout) never
+/// takes its name over, whatever it is called.
+pub fn scan(
+    dirs: &[PathBuf],
+    plugind_version: &semver::Version,
+    holders: &BTreeMap<String, PathBuf>,
+) -> (Vec<Found>, Vec<String>) {
     let mut found: Vec<Found> = Vec::new();
     let mut errors = Vec::new();
     for root in dirs {
@@ -38,22 +48,27 @@ pub fn scan(dirs: &[PathBuf], plugind_version: &semver::Version) -> (Vec<Found>,
             found.push(load(&dir, plugind_version));
         }
     }
-    // Names are unique: a second plugin with a taken name is invalid.
-    let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for f in &mut found {
-        if let Some(first) = seen.get(&f.name) {
-            if f.manifest.is_ok() {
-                f.manifest = Err(format!(
-                    "{}: field /name: expected a unique plugin name, found {:?} (already used by {})",
-                    f.dir.join("plugin.json").display(),
-                    f.name,
-                    first.display()
-                ));
-            }
-            f.name = format!("{}@{}", f.name, f.dir.display());
-        } else {
-            seen.insert(f.name.clone(), f.dir.clone());
+    // Names are unique: the holder of a name keeps it, else the first; the others are invalid.
+    let mut owner: BTreeMap<&str, &Path> = BTreeMap::new();
+    for f in &found {
+        let holds = holders.get(&f.name).is_some_and(|d| *d == f.dir);
+        if holds || !owner.contains_key(f.name.as_str()) {
+            owner.insert(&f.name, &f.dir);
         }
+    }
+    let owner: BTreeMap<String, PathBuf> =
+        owner.into_iter().map(|(n, d)| (n.to_owned(), d.to_path_buf())).collect();
+    for f in &mut found {
+        let Some(first) = owner.get(&f.name).filter(|d| **d != f.dir) else { continue };
+        if f.manifest.is_ok() {
+            f.manifest = Err(format!(
+                "{}: field /name: expected a unique plugin name, found {:?} (already used by {})",
+                f.dir.join("plugin.json").display(),
+                f.name,
+                first.display()
+            ));
+        }
+        f.name = format!("{}@{}", f.name, f.dir.display());
     }
     (found, errors)
 }

@@ -339,7 +339,16 @@ impl Daemon {
     /// Scans the plugin dirs: every plugin found, with dependency cycles turned into load errors.
     fn scan(&self) -> (Vec<discovery::Found>, Vec<String>) {
         let version = semver::Version::parse(VERSION).expect("UNWRAP: crate version is semver");
-        let (mut found, errors) = discovery::scan(&self.config.plugin_dirs, &version);
+        // Who holds each name now: a directory that appears later with the same name does not
+        // take it over.
+        let holders: BTreeMap<String, std::path::PathBuf> = self
+            .plugins
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(name, e)| (name.clone(), e.dir.clone()))
+            .collect();
+        let (mut found, errors) = discovery::scan(&self.config.plugin_dirs, &version, &holders);
         // A `--plugins` dir that is missing or unreadable names itself (else a typo there is a
         // daemon with no plugins and no word why).
         for e in &errors {

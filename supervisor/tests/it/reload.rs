@@ -193,6 +193,37 @@ async fn pluginctl_reload_adds_and_removes_directories() {
     );
 }
 
+/// A copy of a running plugin's directory (a backup, a second checkout), named to sort before
+/// it, does not take the name over: the plugin keeps serving from its own directory, and the
+/// copy is the invalid one (the copy used to win by sorting first, and the running plugin was
+/// stopped).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_of_a_running_plugin_does_not_take_its_name() {
+    let d = with_hot(Daemon::builder()).start().await;
+    at_generation(&d, "hot", 1).await;
+    let pid = d.status("hot").await["pid"].clone();
+    let copy = d.plugins.join("a-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::write(copy.join("main.py"), source(2)).unwrap();
+    std::fs::write(copy.join("plugin.json"), manifest("1.0.0")).unwrap();
+    let invalid = format!("hot@{}", copy.display());
+    let r = wait_for("the copy to be seen", async || {
+        let list = d.call("plugins.list", json!({})).await.ok()?;
+        list.as_array()?.iter().find(|p| p["name"] == invalid).cloned()
+    })
+    .await;
+    assert_eq!(r["state"], "invalid", "{r}");
+    let s = d.status(&invalid).await;
+    assert!(s["last_error"].as_str().unwrap().contains("already used by"), "{s}");
+    let s = d.status("hot").await;
+    assert_eq!((&s["state"], &s["pid"]), (&json!("running"), &pid), "the plugin was not touched: {s}");
+    assert_eq!(d.execute("hot", "e", json!(0)).await.unwrap()["gen"], 1, "it serves from its own directory");
+    // Across a full rescan too.
+    assert_eq!(d.ctl(&["reload"]).status.code(), Some(0));
+    assert_eq!(d.execute("hot", "e", json!(0)).await.unwrap()["gen"], 1);
+    assert_eq!(d.status("hot").await["pid"], pid);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_rescans() {
     let d = Daemon::builder().plugin("perl-echo").start().await;
