@@ -56,8 +56,7 @@ pub fn scan(
             owner.insert(&f.name, &f.dir);
         }
     }
-    let owner: BTreeMap<String, PathBuf> =
-        owner.into_iter().map(|(n, d)| (n.to_owned(), d.to_path_buf())).collect();
+    let owner: BTreeMap<String, PathBuf> = owner.into_iter().map(|(n, d)| (n.to_owned(), d.to_path_buf())).collect();
     for f in &mut found {
         let Some(first) = owner.get(&f.name).filter(|d| **d != f.dir) else { continue };
         if f.manifest.is_ok() {

@@ -52,6 +52,9 @@ struct Rings {
     stderr_bucket: Bucket,
     /// `log` notifications, limited apart from stderr so one source cannot starve the other.
     log_bucket: Bucket,
+    /// plugind's own lines about what the plugin wrote on stdout (a line skipped, an answer to
+    /// no call…): one per line it writes, so limited like its own lines.
+    output_bucket: Bucket,
 }
 
 /// A token bucket of lines, counting what it refused.
@@ -123,6 +126,7 @@ impl PluginLog {
                 stderr: VecDeque::new(),
                 stderr_bucket: Bucket::new(),
                 log_bucket: Bucket::new(),
+                output_bucket: Bucket::new(),
             }),
             follow,
             events: None,
@@ -240,6 +244,17 @@ impl PluginLog {
             fits
         });
         self.push_with(Stream::Log, level, message, fields, trace_id);
+    }
+
+    /// plugind's line about something the plugin wrote on its stdout, made by `message` only
+    /// if kept: rate-limited like stderr (a plugin writing garbage at full speed would otherwise
+    /// have plugind write a warning per line, hundreds of MB a second of its own log, and spend
+    /// its CPU on them). Whether it was kept.
+    pub fn about_output(&self, level: LogLevel, message: impl FnOnce() -> String) -> bool {
+        let Some(dropped) = self.rings().output_bucket.take() else { return false };
+        self.report_dropped(dropped, "warnings about its stdout");
+        self.push(Stream::Plugind, level, message());
+        true
     }
 
     /// Says how many lines a rate limit dropped, once the rate allows a line again.

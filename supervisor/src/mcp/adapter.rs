@@ -24,7 +24,7 @@ use crate::transport::outbox::{self, spawn_writer, Outbox, Outgoing};
 use futures::StreamExt;
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{self, Message, RpcError};
-use plugind_protocol::methods;
+use plugind_protocol::methods::{self, LogLevel};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
@@ -425,11 +425,13 @@ impl Shared {
             "notifications/message" => {
                 self.to_plugind(jsonrpc::notification_line(methods::LOG, &log_params(&params))).await;
             }
-            "notifications/tools/list_changed" => self.log.plugind(
-                "the MCP server says its tools changed; the catalog keeps the tools listed at start until the \
-                 plugin restarts (`pluginctl restart NAME` is graceful)"
-                    .to_owned(),
-            ),
+            "notifications/tools/list_changed" => {
+                self.log.about_output(LogLevel::Info, || {
+                    "the MCP server says its tools changed; the catalog keeps the tools listed at start until the \
+                     plugin restarts (`pluginctl restart NAME` is graceful)"
+                        .to_owned()
+                });
+            }
             _ => tracing::debug!(plugin = %self.plugin, method, "MCP notification ignored"),
         }
     }
@@ -496,11 +498,18 @@ async fn downstream(shared: Arc<Shared>, from_plugind: DuplexStream) {
 async fn upstream<R: AsyncRead + Unpin>(shared: Arc<Shared>, stdout: R) {
     let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME));
     while let Some(frame) = frames.next().await {
+        // Frames decoded from one read never touch the pipe: counted here, as reads are, so a
+        // server writing short lines at full speed cannot keep this task from yielding.
+        tokio::task::consume_budget().await;
         match frame {
             Ok(Frame::Line(line)) => shared.on_server_line(&line).await,
-            Ok(Frame::Oversized { len, .. }) => shared.log.warn(format!(
-                "stdout line of {len} bytes exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded"
-            )),
+            Ok(Frame::Oversized { len, .. }) => {
+                shared.log.about_output(LogLevel::Warn, || {
+                    format!(
+                        "stdout line of {len} bytes exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded"
+                    )
+                });
+            }
             Err(_) => break,
         }
     }

@@ -28,7 +28,9 @@ use nix::unistd::Pid;
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
 use plugind_protocol::manifest::Manifest;
-use plugind_protocol::methods::{self, InitParams, InitResult, LogParams, RegisterResult, ServiceDecl, SupervisorInfo};
+use plugind_protocol::methods::{
+    self, InitParams, InitResult, LogLevel, LogParams, RegisterResult, ServiceDecl, SupervisorInfo,
+};
 use plugind_protocol::version;
 use serde_json::value::RawValue;
 use std::future::Future;
@@ -573,6 +575,12 @@ impl InstanceTask {
                                 break;
                             }
                         }
+                        // Each frame counts against the task's budget of work per turn, as a
+                        // read does: frames decoded from what one read brought never touch the
+                        // pipe, and a plugin writing short lines at full speed (`yes`) kept
+                        // this task from yielding for seconds, stalling every task queued
+                        // behind it on its thread.
+                        tokio::task::consume_budget().await;
                         if n == FRAMES_IN_A_ROW || self.gated() {
                             break;
                         }
@@ -799,10 +807,12 @@ impl InstanceTask {
                 None
             }
             Incoming::Invalid(e) if e.code() == codes::PARSE_ERROR => {
-                let text = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
-                self.log.warn(format!(
-                    "non-JSON line on stdout skipped: {text:?} — hint: stdout is the protocol channel; write logs to stderr or send a `log` notification"
-                ));
+                self.log.about_output(LogLevel::Warn, || {
+                    let text = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
+                    format!(
+                        "non-JSON line on stdout skipped: {text:?} — hint: stdout is the protocol channel; write logs to stderr or send a `log` notification"
+                    )
+                });
                 None
             }
             Incoming::Invalid(e) => {
@@ -930,8 +940,12 @@ impl InstanceTask {
         }))
     }
 
+    /// A bad message on the plugin's stdout: warned in its log and told to the plugin with
+    /// `onError`, both rate-limited (a plugin may write bad lines at full speed).
     fn report_bad_output(&self, code: i64, message: String) {
-        self.log.warn(message.clone());
+        if !self.log.about_output(LogLevel::Warn, || message.clone()) {
+            return;
+        }
         self.instance.peer.notify(
             methods::ON_ERROR,
             &serde_json::json!({ "code": code, "message": message, "data": { "plugin": &*self.spec.plugin } }),

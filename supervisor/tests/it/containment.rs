@@ -849,6 +849,27 @@ async fn a_storage_plugin_is_held_to_its_kv_quota() {
     assert!(r["detail"]["set"]["error"]["message"].as_str().unwrap().contains("67108864 bytes"), "{r}");
 }
 
+/// A plugin writing garbage lines on stdout at full speed (`yes x`, no handshake): plugind's
+/// warnings about them are rate-limited like the plugin's own lines, so plugind neither writes
+/// hundreds of MB a second of log (800 MB in 12 s) nor stalls other plugins doing it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_writing_garbage_at_full_speed_does_not_flood_pluginds_log() {
+    let yes = json!({"name": "yes", "version": "1.0.0", "main": "plugin.json", "command": ["yes", "x"],
+        "startup_timeout_ms": 60_000});
+    let d =
+        Daemon::builder().plugin("perl-echo").plugin_files("yes", &[("plugin.json", &yes.to_string())]).spawn().await;
+    d.wait_state("perl-echo", "running").await;
+    // Past the burst, the drops are counted once a second.
+    log_line(&d, "yes", "warnings about its stdout dropped").await;
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        assert_eq!(d.execute("perl-echo", "echo", json!(1)).await.unwrap(), json!(1));
+        assert!(t.elapsed() < std::time::Duration::from_millis(500), "a call took {:?}", t.elapsed());
+    }
+    let skipped = d.log().matches("non-JSON line on stdout skipped").count();
+    assert!(skipped < 5_000, "plugind logged {skipped} warnings about the flood");
+}
+
 /// 5000 distinct `metrics.emit` series: at most 1000 kept, each labelled `plugin`.
 #[tokio::test(flavor = "multi_thread")]
 async fn metric_series_are_capped_per_plugin_and_labelled() {
