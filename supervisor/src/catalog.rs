@@ -39,16 +39,43 @@ pub const MAX_PARAM_ERRORS: usize = 20;
 
 /// A schema that does not compile, at the JSON pointer of its bad part.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{pointer}: expected a valid JSON Schema, found {message}")]
+#[error("{pointer}: expected {message}")]
 pub struct SchemaError {
     /// Where, from the document's root: `/methods/greet/params/type`.
     pub pointer: String,
-    /// What the schema engine says.
+    /// What was expected and found (`a valid JSON Schema, found …`).
     pub message: String,
 }
 
-/// Compiles `schema`, found at `pointer` of its document.
-pub fn compile(schema: &Value, pointer: &str) -> Result<jsonschema::Validator, SchemaError> {
+/// A params schema compiled, with the bound on the work of checking one place of a value.
+pub struct Compiled {
+    validator: jsonschema::Validator,
+    cost: crate::schema_cost::Cost,
+}
+
+impl Compiled {
+    /// Whether `value` matches the schema.
+    pub fn is_valid(&self, value: &Value) -> bool {
+        self.validator.is_valid(value)
+    }
+}
+
+impl fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Compiled").field("cost", &self.cost).finish_non_exhaustive()
+    }
+}
+
+/// Compiles `schema`, found at `pointer` of its document: refused if it does not compile, or if
+/// checking a value against it could cost without bound (`crate::schema_cost`).
+pub fn compile(schema: &Value, pointer: &str) -> Result<Compiled, SchemaError> {
+    let cost = crate::schema_cost::analyze(schema)
+        .map_err(|e| SchemaError { pointer: format!("{pointer}{}", e.pointer), message: e.message })?;
+    Ok(Compiled { validator: build(schema, pointer)?, cost })
+}
+
+/// The schema engine's validator for `schema`, found at `pointer` of its document.
+fn build(schema: &Value, pointer: &str) -> Result<jsonschema::Validator, SchemaError> {
     // `format` stays an annotation, as 2020-12 says; the draft is `$schema`'s, else 2020-12.
     // `pattern`s run on the linear-time `regex` engine: a plugin's schema is checked inside
     // plugind on every call, so a backtracking pattern (`^(a+)+$`) must not be able to burn
@@ -59,7 +86,7 @@ pub fn compile(schema: &Value, pointer: &str) -> Result<jsonschema::Validator, S
         // The schema is the instance the meta-schema was checked against, so the error's
         // instance path is the bad part's place inside the schema.
         pointer: format!("{pointer}{}", e.instance_path()),
-        message: e.to_string(),
+        message: format!("a valid JSON Schema, found {e}"),
     })
 }
 
@@ -102,7 +129,7 @@ pub struct Method {
     /// Where.
     pub source: Source,
     /// The compiled `params` schema.
-    params: Option<jsonschema::Validator>,
+    params: Option<Compiled>,
 }
 
 impl fmt::Debug for Method {
@@ -116,7 +143,18 @@ impl Method {
     /// else `-32602` listing at most [`MAX_PARAM_ERRORS`] mismatches, each with the JSON pointer
     /// into params where it is (`""` for params itself).
     pub fn check_params(&self, plugin: &str, method: &str, params: Option<&RawValue>) -> Result<(), RpcError> {
-        let Some(validator) = &self.params else { return Ok(()) };
+        let Some(Compiled { validator, cost }) = &self.params else { return Ok(()) };
+        // Bounded work: what one place of a value can cost, times the places in these params.
+        if let Some(work) = cost.too_costly(params.map_or("null", RawValue::get)) {
+            return Err(RpcError::with_data(
+                codes::INVALID_PARAMS,
+                format!(
+                    "params for {plugin} method {method} too large to check against its schema: about {work} subschema                      checks, over the {} allowed per call (send smaller params, or simplify the schema)",
+                    crate::schema_cost::MAX_CALL_WORK
+                ),
+                serde_json::json!({ "plugin": plugin, "method": method, "errors": [] }),
+            ));
+        }
         let value: Value = match params {
             None => Value::Null,
             // Params were checked to be JSON when the request was read; this cannot fail.

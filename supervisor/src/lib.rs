@@ -38,6 +38,7 @@ pub mod procfs;
 pub mod registry;
 pub mod router;
 pub mod sandbox;
+pub mod schema_cost;
 pub mod service;
 pub mod statedir;
 pub mod time;

@@ -870,6 +870,33 @@ async fn a_plugin_writing_garbage_at_full_speed_does_not_flood_pluginds_log() {
     assert!(skipped < 5_000, "plugind logged {skipped} warnings about the flood");
 }
 
+/// A method schema that is small to send but exponential to check (41 `$defs`, each `anyOf`
+/// naming the next twice: 2^40 subschemas for one value) is refused, from `register` (the
+/// method is dropped with a warning, the plugin runs) and from the manifest (a load error naming
+/// its pointer). Checking calls against it used to wedge plugind for good, SIGTERM included.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_exponential_to_check_is_refused() {
+    let mut defs = serde_json::Map::new();
+    for i in 0..40 {
+        let next = json!({"$ref": format!("#/$defs/a{}", i + 1)});
+        defs.insert(format!("a{i}"), json!({"anyOf": [next.clone(), next]}));
+    }
+    defs.insert("a40".into(), json!({"type": "string"}));
+    let boom = json!({"boom": {"params": {"$defs": defs, "$ref": "#/$defs/a0"}}});
+    let b = hostile(Daemon::builder(), "hostile", &[], json!({"methods": boom}));
+    let d = hostile(b, "declared", &[], json!({})).manifest("declared", |m| m["methods"] = boom.clone()).spawn().await;
+    d.wait_state("hostile", "running").await;
+    let warned = log_line(&d, "hostile", "method \"boom\" rejected").await;
+    assert!(warned.contains("more than 1000 subschemas"), "{warned}");
+    // Not in the catalog: the call reaches the plugin unchecked, at once.
+    let r = attack(&d, "hostile", "boom", json!(1)).await;
+    assert_eq!(r["method"], "boom", "{r}");
+    let s = d.wait_state("declared", "invalid").await;
+    let why = s["last_error"].as_str().unwrap();
+    assert!(why.contains("/methods/boom/params") && why.contains("more than 1000 subschemas"), "{why}");
+    assert_eq!(d.call("plugins.list", json!({})).await.unwrap().as_array().unwrap().len(), 2, "plugind answers");
+}
+
 /// 5000 distinct `metrics.emit` series: at most 1000 kept, each labelled `plugin`.
 #[tokio::test(flavor = "multi_thread")]
 async fn metric_series_are_capped_per_plugin_and_labelled() {
