@@ -14,9 +14,21 @@ use crate::Daemon;
 use std::sync::Arc;
 use tokio::net::UnixListener;
 
+/// Most control connections open at once: a quarter of plugind's open-file limit, at least 16
+/// and at most 4096. Each costs plugind a descriptor, and its plugins and listeners need theirs:
+/// a local client holding tens of thousands of idle connections had plugind unable to spawn a
+/// plugin or answer anyone.
+fn max_connections() -> usize {
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+    usize::try_from(soft / 4).unwrap_or(usize::MAX).clamp(16, 4096)
+}
+
 /// Accepts clients until the task is aborted.
 pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
     let me = nix::unistd::geteuid().as_raw();
+    let max = max_connections();
+    let free = Arc::new(tokio::sync::Semaphore::new(max));
+    let mut refusals = crate::time::Throttle::new(std::time::Duration::from_secs(1));
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -44,7 +56,25 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
                 continue;
             }
         };
-        tokio::spawn(connection::run(daemon.clone(), stream, pid));
+        let Ok(place) = free.clone().try_acquire_owned() else {
+            // Told why (if its socket takes the line at once), then closed.
+            let e = plugind_protocol::jsonrpc::RpcError::new(
+                plugind_protocol::codes::OVERLOADED,
+                format!("plugind has {max} control connections open, the most it takes: close some"),
+            );
+            let _ = stream.try_write(&plugind_protocol::jsonrpc::error_line(plugind_protocol::jsonrpc::null_id(), &e));
+            refusals.hold();
+            let refused = refusals.due(std::time::Instant::now());
+            if refused > 0 {
+                tracing::warn!(max_connections = max, refused, "control connections refused: too many open");
+            }
+            continue;
+        };
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            connection::run(daemon, stream, pid).await;
+            drop(place);
+        });
     }
 }
 

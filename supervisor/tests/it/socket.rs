@@ -176,3 +176,41 @@ for line in sys.stdin:
     })
     .await;
 }
+
+/// A local client holding more idle connections than plugind has descriptors for: past a
+/// quarter of its open-file limit a connection is told `-32006` and closed, so plugind keeps the
+/// descriptors to restart a plugin and, once one closes, to serve a new client (it used to
+/// accept until `EMFILE`, and could then neither spawn nor answer).
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_cannot_exhaust_pluginds_descriptors() {
+    let b = Daemon::builder().plugin("perl-echo").open_files(256);
+    let d = b.manifest("perl-echo", |m| m["limits"] = json!({"open_files": 64})).start().await;
+    let socket = d.socket.clone();
+    let (held, refused) = tokio::task::spawn_blocking(move || {
+        let conns: Vec<UnixStream> = (0..300).map(|_| UnixStream::connect(&socket).unwrap()).collect();
+        let (mut held, mut refused) = (Vec::new(), 0);
+        for mut s in conns {
+            // A connection taken answers; one refused has its refusal waiting (and EOF).
+            let _ = s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"plugins.list\"}\n");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["error"].is_null() {
+                held.push(s);
+            } else {
+                assert_eq!(v["error"]["code"], -32006, "{v}");
+                assert!(v["error"]["message"].as_str().unwrap().contains("64 control connections"), "{v}");
+                refused += 1;
+            }
+        }
+        (held, refused)
+    })
+    .await
+    .unwrap();
+    assert_eq!((held.len(), refused), (64, 236));
+    drop(held);
+    let r = d.call("plugins.restart", json!({"name": "perl-echo"})).await.unwrap();
+    assert_eq!(r["state"], "running", "{r}");
+    assert_eq!(d.execute("perl-echo", "echo", json!(1)).await.unwrap(), json!(1));
+}

@@ -94,6 +94,7 @@ pub struct DaemonBuilder {
     env: Vec<(String, String)>,
     watch: bool,
     soft_open_files: Option<u64>,
+    open_files: Option<u64>,
     address_space_mb: Option<u64>,
     inherit: Option<(i32, PathBuf)>,
     stderr_pipe: bool,
@@ -183,6 +184,13 @@ impl DaemonBuilder {
         self
     }
 
+    /// Starts plugind with this soft and hard `RLIMIT_NOFILE` (through `sh -c 'ulimit -n N'`):
+    /// a limit plugind cannot raise.
+    pub fn open_files(mut self, n: u64) -> Self {
+        self.open_files = Some(n);
+        self
+    }
+
     /// Starts plugind under this `RLIMIT_AS` (through `sh -c 'ulimit -v N'`), so that a test of
     /// runaway allocation ends plugind instead of the host's memory.
     pub fn address_space_mb(mut self, mb: u64) -> Self {
@@ -232,6 +240,9 @@ impl DaemonBuilder {
         let mut ulimits = Vec::new();
         if let Some(n) = self.soft_open_files {
             ulimits.push(format!("ulimit -Sn {n}"));
+        }
+        if let Some(n) = self.open_files {
+            ulimits.push(format!("ulimit -n {n}"));
         }
         if let Some(mb) = self.address_space_mb {
             ulimits.push(format!("ulimit -v {}", mb * 1024));
@@ -331,6 +342,7 @@ impl Daemon {
             env: Vec::new(),
             watch: false,
             soft_open_files: None,
+            open_files: None,
             address_space_mb: None,
             inherit: None,
             stderr_pipe: false,
