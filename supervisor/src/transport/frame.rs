@@ -213,8 +213,13 @@ impl Decoder for FrameDecoder {
                     let room = self.max + READ_ROOM;
                     if buf.len() > self.max / 16 && buf.capacity() < room {
                         buf.reserve(room - buf.len());
-                    } else if self.last_long > buf.len() && buf.capacity() < self.last_long + READ_ROOM {
-                        // As long as the last line, with a read's room to find its end.
+                    } else if self.last_long > buf.len()
+                        && !buf.is_empty()
+                        && buf.capacity() < self.last_long + READ_ROOM
+                    {
+                        // As long as the last line, with a read's room to find its end; only
+                        // once a line has begun (an idle plugin that once wrote a 15 MiB line
+                        // does not hold 15 MiB of empty buffer: 64 instances held a GB).
                         buf.reserve(self.last_long + READ_ROOM - buf.len());
                     } else if buf.len() >= READ_ROOM && buf.capacity() - buf.len() < buf.len() {
                         // Longer than a read: room for as much again in one step. Left to the
@@ -288,6 +293,8 @@ mod tests {
         let long = [vec![b'x'; 40_000], b"\n".to_vec()].concat();
         let mut buf = BytesMut::from(&long[..]);
         assert!(matches!(d.decode(&mut buf), Ok(Some(Frame::Line(l))) if l.len() == 40_000));
+        assert_eq!(d.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() < READ_ROOM, "nothing begun, no room taken: {}", buf.capacity());
         buf.extend_from_slice(&[b'y'; 100]);
         assert_eq!(d.decode(&mut buf).unwrap(), None);
         assert!(buf.capacity() >= 40_000 + READ_ROOM, "{}", buf.capacity());
