@@ -514,6 +514,9 @@ impl InstanceTask {
         let mut stdout_open = true;
         // Whether stdout's pipe grew for a large line (`crate::transport::pipe`).
         let mut stdout_grown = false;
+        // Whether the plugin wrote a line on stdout yet (a handshake that timed out with none
+        // gets a hint about buffering).
+        let mut stdout_seen = false;
         let mut stop: Option<StopPhase> = None;
         let mut reason: Option<String> = None;
         let mut requested = false;
@@ -552,6 +555,7 @@ impl InstanceTask {
                     for n in 1.. {
                         match frame {
                             Some(Ok(Frame::Line(line))) => {
+                                stdout_seen = true;
                                 if !stdout_grown && line.len() >= WRITE_DIRECT {
                                     frames.get_ref().grow();
                                     stdout_grown = true;
@@ -597,13 +601,19 @@ impl InstanceTask {
                     Step::Handshake(mut result) => {
                         self.vet_handshake(&mut result);
                         if let Err(e) = &mut result {
-                            // The commonest first mistake: a message written without its `\n`.
+                            // The commonest first mistakes: a message written without its `\n`,
+                            // and one left in a block-buffered stdout.
                             let pending = frames.read_buffer();
                             if !pending.iter().all(u8::is_ascii_whitespace) {
                                 e.push_str(&format!(
                                     "; {} bytes on its stdout were never ended by a newline (each message is one line ending in \\n)",
                                     pending.len()
                                 ));
+                            } else if !stdout_seen && e.contains("expired") {
+                                e.push_str(
+                                    "; it wrote nothing on its stdout: if it did answer, the answer is still in its stdout buffer \
+                                     (flush after every message: stdout to a pipe is block-buffered in most languages)",
+                                );
                             }
                         }
                         ready = result.is_ok();
@@ -851,6 +861,16 @@ impl InstanceTask {
             },
             methods::PROGRESS => {
                 let p = serde_json::from_str::<serde_json::Value>(params).unwrap_or_default();
+                let fits = p.get("id").is_some_and(serde_json::Value::is_u64)
+                    && p.get("message").is_none_or(|m| m.is_string() || m.is_null())
+                    && ["progress", "total"].iter().all(|k| p.get(k).is_none_or(|v| v.is_number() || v.is_null()));
+                if !fits {
+                    let shown: String = params.chars().take(200).collect();
+                    self.report_bad_output(
+                        codes::INVALID_PARAMS,
+                        format!("bad `$/progress` params: expected {{id: the id of plugind's call, progress?: number, total?: number, message?: string}}, found {shown}"),
+                    );
+                }
                 if let Some(id) = p.get("id").and_then(serde_json::Value::as_u64) {
                     self.instance.peer.progress(id);
                 }

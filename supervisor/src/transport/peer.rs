@@ -846,7 +846,22 @@ impl Peer {
                 Incoming::Notification { method, params }
             }
             Ok(Message::Response { id, outcome }) => {
-                let Some(n) = Message::numeric_id(id) else { return Incoming::UnknownResponse(id.get().to_owned()) };
+                let Some(n) = Message::numeric_id(id) else {
+                    // plugind's ids are numbers: one echoed as a string (`"3"` for 3, a common
+                    // slip of shell and jq plugins) ends that call at once, saying why, rather
+                    // than leaving its caller to wait out the deadline for an answer that came.
+                    let text = id.get();
+                    if let Some(n) =
+                        text.strip_prefix('"').and_then(|s| s.strip_suffix('"')).and_then(|s| s.parse::<u64>().ok())
+                    {
+                        let e = RpcError::new(
+                            plugind_protocol::codes::INTERNAL_ERROR,
+                            format!("the answer to call {n} came with id {text}, a string: answers must echo the request's id exactly (here the number {n})"),
+                        );
+                        self.fail_call(n, e);
+                    }
+                    return Incoming::UnknownResponse(text.to_owned());
+                };
                 let mut calls = self.calls();
                 match calls.pending.remove(&n) {
                     Some(mut p) => {
@@ -1080,6 +1095,23 @@ mod tests {
         let answer = |text: &'static [u8]| bytes::Bytes::from_static(text);
         assert!(matches!(peer.accept(&answer(br#"{"id":1,"result":1}"#)), Incoming::Delivered));
         assert!(matches!(peer.accept(&answer(br#"{"id":99,"result":1}"#)), Incoming::UnknownResponse(_)));
+    }
+
+    /// An answer whose id is plugind's number as a string ends that call at once, saying so.
+    #[tokio::test]
+    async fn an_answer_with_the_id_as_a_string_ends_its_call_at_once() {
+        let (peer, mut plugin_in, _) = pair();
+        let p2 = peer.clone();
+        let call = tokio::spawn(async move {
+            p2.call("execute", &serde_json::json!({}), Deadline::new(Duration::from_secs(30), Duration::from_secs(30)))
+                .await
+        });
+        let Some(Ok(Frame::Line(_req))) = plugin_in.next().await else { panic!() };
+        let line = bytes::Bytes::from_static(br#"{"jsonrpc":"2.0","id":"1","result":{}}"#);
+        assert!(matches!(peer.accept(&line), Incoming::UnknownResponse(_)));
+        let Err(CallError::Rpc(e)) = call.await.unwrap() else { panic!("not ended by an error answer") };
+        assert_eq!(e.code, plugind_protocol::codes::INTERNAL_ERROR);
+        assert!(e.message.contains(r#"came with id "1", a string"#), "{}", e.message);
     }
 
     #[tokio::test]

@@ -897,6 +897,18 @@ async fn a_schema_exponential_to_check_is_refused() {
     assert_eq!(d.call("plugins.list", json!({})).await.unwrap().as_array().unwrap().len(), 2, "plugind answers");
 }
 
+/// `$/progress` with params of the wrong shape is reported (in the plugin's log, and to it with
+/// `onError`) like bad `log` params, not dropped in silence.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_progress_params_are_reported() {
+    let d = hostile(Daemon::builder(), "hostile", &[], json!({})).start().await;
+    for params in [json!({"id": "nope"}), json!({"id": 1, "message": 5}), json!([1, 2])] {
+        attack(&d, "hostile", "notify", json!({"method": "$/progress", "params": params})).await;
+    }
+    let line = log_line(&d, "hostile", "bad `$/progress` params").await;
+    assert!(line.contains("expected {id"), "{line}");
+}
+
 /// 5000 distinct `metrics.emit` series: at most 1000 kept, each labelled `plugin`.
 #[tokio::test(flavor = "multi_thread")]
 async fn metric_series_are_capped_per_plugin_and_labelled() {

@@ -225,6 +225,8 @@ async fn misbehave_never_answers_anything() {
         s["last_error"].as_str().unwrap().contains("startup_timeout_ms (500 ms) expired before init was answered"),
         "{s}"
     );
+    // It wrote nothing on stdout: the commonest cause, an unflushed stdout, is named.
+    assert!(s["last_error"].as_str().unwrap().contains("it wrote nothing on its stdout"), "{s}");
     assert!(s["stderr_tail"].as_array().unwrap().iter().any(|l| l == "bad-plugin: not answering init"), "{s}");
     assert_eq!(s["restarts"], 1);
     assert_eq!(s["last_exit"]["signal"], "SIGKILL", "killed, not left behind: {s}");
