@@ -57,9 +57,12 @@ struct Rings {
     output_bucket: Bucket,
 }
 
-/// A token bucket of lines, counting what it refused.
+/// A token bucket of lines and of their bytes, counting what it refused.
 struct Bucket {
     tokens: f64,
+    /// Bytes of text that may still pass: long lines at the line rate would still be megabytes a
+    /// second of plugind's log (200 lines of 64 KiB: 12.8 MB/s, a terabyte a day).
+    bytes: f64,
     refilled: std::time::Instant,
     /// Lines dropped, reported at most once per [`DROPS_REPORTED_EVERY`]: under a sustained
     /// flood every line let through would otherwise come with a report of its own.
@@ -73,22 +76,26 @@ impl Bucket {
     fn new() -> Self {
         Bucket {
             tokens: STDERR_BURST,
+            bytes: BYTES_BURST,
             refilled: std::time::Instant::now(),
             dropped: crate::time::Throttle::new(DROPS_REPORTED_EVERY),
         }
     }
 
-    /// Takes a token: `Some(lines dropped to report now)` (0 most of the time), or `None`
-    /// (over the rate).
-    fn take(&mut self) -> Option<u64> {
+    /// Takes a token for a line of `len` bytes: `Some(lines dropped to report now)` (0 most of
+    /// the time), or `None` (over the rate).
+    fn take(&mut self, len: usize) -> Option<u64> {
         let now = std::time::Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * STDERR_RATE).min(STDERR_BURST);
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * STDERR_RATE).min(STDERR_BURST);
+        self.bytes = (self.bytes + elapsed * BYTES_RATE).min(BYTES_BURST);
         self.refilled = now;
-        if self.tokens < 1.0 {
+        if self.tokens < 1.0 || self.bytes < len as f64 {
             self.dropped.hold();
             return None;
         }
         self.tokens -= 1.0;
+        self.bytes -= len as f64;
         Some(self.dropped.due(now))
     }
 }
@@ -97,6 +104,10 @@ impl Bucket {
 pub const STDERR_RATE: f64 = 200.0;
 /// Lines kept in a burst, of stderr and of `log` notifications each.
 pub const STDERR_BURST: f64 = 1000.0;
+/// Bytes of text per second kept, sustained, of stderr and of `log` notifications each.
+pub const BYTES_RATE: f64 = 1024.0 * 1024.0;
+/// Bytes of text kept in a burst, of stderr and of `log` notifications each.
+pub const BYTES_BURST: f64 = 8.0 * 1024.0 * 1024.0;
 
 /// One plugin's log.
 pub struct PluginLog {
@@ -217,7 +228,7 @@ impl PluginLog {
     /// A stderr line, subject to the rate limit: lines over it are counted and reported as
     /// one "N lines dropped" line once the rate allows again.
     pub fn stderr(&self, message: String) {
-        let Some(dropped) = self.rings().stderr_bucket.take() else { return };
+        let Some(dropped) = self.rings().stderr_bucket.take(message.len()) else { return };
         self.report_dropped(dropped, "stderr lines");
         self.push(Stream::Stderr, LogLevel::Info, message);
     }
@@ -225,7 +236,8 @@ impl PluginLog {
     /// A `log` notification: rate-limited like stderr, its message cut to
     /// [`caps::LOG_MESSAGE_BYTES`] and its `fields` kept up to [`caps::LOG_FIELDS_BYTES`].
     pub fn notification(&self, p: LogParams) {
-        let Some(dropped) = self.rings().log_bucket.take() else { return };
+        // Counted as kept: the message cut to its cap.
+        let Some(dropped) = self.rings().log_bucket.take(p.message.len().min(caps::LOG_MESSAGE_BYTES)) else { return };
         self.report_dropped(dropped, "`log` notifications");
         let LogParams { level, mut message, fields, mut trace_id } = p;
         // A plugin's own trace id is kept only if it looks like one.
@@ -251,7 +263,7 @@ impl PluginLog {
     /// have plugind write a warning per line, hundreds of MB a second of its own log, and spend
     /// its CPU on them). Whether it was kept.
     pub fn about_output(&self, level: LogLevel, message: impl FnOnce() -> String) -> bool {
-        let Some(dropped) = self.rings().output_bucket.take() else { return false };
+        let Some(dropped) = self.rings().output_bucket.take(0) else { return false };
         self.report_dropped(dropped, "warnings about its stdout");
         self.push(Stream::Plugind, level, message());
         true
@@ -263,7 +275,11 @@ impl PluginLog {
             self.push(
                 Stream::Plugind,
                 LogLevel::Warn,
-                format!("{dropped} {what} dropped: over {STDERR_RATE} lines/s (burst {STDERR_BURST})"),
+                format!(
+                    "{dropped} {what} dropped: over {STDERR_RATE} lines/s (burst {STDERR_BURST}) or {} KiB/s (burst {} MiB)",
+                    BYTES_RATE as u64 >> 10,
+                    BYTES_BURST as u64 >> 20
+                ),
             );
         }
     }
@@ -381,5 +397,16 @@ mod tests {
         assert!(logged < STDERR_BURST as usize + 250, "the burst passed, the rest mostly not: {logged}");
         l.stderr("still heard".into());
         assert_eq!(l.stderr_tail(), ["still heard"], "stderr has its own bucket");
+    }
+
+    /// Long lines are limited by their bytes too: of 400 lines of 64 KiB (25 MiB), well within
+    /// the line burst, about the 8 MiB byte burst passes; a short line still does.
+    #[test]
+    fn long_lines_are_rate_limited_by_their_bytes() {
+        let mut b = Bucket::new();
+        let kept = (0..400).filter(|_| b.take(caps::LOG_MESSAGE_BYTES).is_some()).count();
+        let burst = (BYTES_BURST as usize) / caps::LOG_MESSAGE_BYTES;
+        assert!(kept >= burst && kept < burst + 5, "kept {kept} lines of 64 KiB (burst {burst})");
+        assert!(b.take(10).is_some(), "a short line passes on what refilled meanwhile");
     }
 }
