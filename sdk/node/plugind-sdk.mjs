@@ -643,13 +643,19 @@ function takeStdout() {
   return write;
 }
 
+// Under plugind (which sets PLUGIND_PLUGIN), stdout is taken as soon as this module loads: a
+// console.log at the top of the plugin's own module, which runs after its imports, then reaches
+// the plugin's log rather than the protocol channel.
+let earlyStdout = process.env.PLUGIND_PLUGIN ? takeStdout() : null;
+
 /**
  * Serves `plugin` over stdin/stdout until plugind closes stdin (after `teardown`), then exits.
  * `plugin` is an object with any of init/register/execute/hook/teardown/onError/servicesChanged,
  * and/or `methods` and `hooks` maps of handlers (see definePlugin).
  */
 export function serve(plugin) {
-  const conn = new Connection(takeStdout());
+  const conn = new Connection(earlyStdout ?? takeStdout());
+  earlyStdout = null;
   const server = new Server(definePlugin(plugin), conn);
   readFrames(
     process.stdin,

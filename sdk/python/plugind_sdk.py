@@ -1136,5 +1136,12 @@ def run(plugin: Plugin) -> None:
     """Serves ``plugin`` over stdin/stdout until plugind closes stdin (after ``teardown``)."""
     if threading.stack_size() == 0:
         threading.stack_size(THREAD_STACK_SIZE)
-    proto_in, proto_out = _take_stdio()
+    global _early_stdio
+    proto_in, proto_out = _early_stdio or _take_stdio()
+    _early_stdio = None
     _Server(plugin, _Connection(proto_out), proto_in).serve()
+
+
+# Under plugind (which sets PLUGIND_PLUGIN), stdio is taken as soon as the SDK is imported: a
+# print() between the import and run() then reaches the plugin's log, not the protocol channel.
+_early_stdio = _take_stdio() if os.environ.get("PLUGIND_PLUGIN") else None

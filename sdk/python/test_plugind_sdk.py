@@ -141,12 +141,12 @@ run(plugin)
 class FakePlugind:
     """Spawns a plugin and speaks the protocol to it, as plugind would."""
 
-    def __init__(self, source):
+    def __init__(self, source, **extra_env):
         self._dir = tempfile.TemporaryDirectory()
         path = os.path.join(self._dir.name, "plugin.py")
         with open(path, "w") as f:
             f.write(source)
-        env = dict(os.environ, PYTHONPATH=SDK_DIR, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=SDK_DIR, PYTHONUNBUFFERED="1", **extra_env)
         self.proc = subprocess.Popen([sys.executable, path], cwd=self._dir.name, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._inbox = queue.Queue()
@@ -255,6 +255,16 @@ class PythonSdkTest(unittest.TestCase):
                                          "config": {"greeting": "hi"}})
         self.host.wait_stderr("init with {'greeting': 'hi'}")
         self.assertEqual(self.host.junk, [])
+
+    def test_under_plugind_a_print_between_import_and_run_reaches_stderr(self):
+        source = FIXTURE.replace("\nrun(plugin)\n", '\nprint("before run")\nrun(plugin)\n')
+        self.assertIn('print("before run")', source)
+        host = FakePlugind(source, PLUGIND_PLUGIN="fixture")
+        self.addCleanup(host.close)
+        host.wait_stderr("before run")
+        init = host.call("init", {"protocol_version": 1, "name": "fixture", "version": "0.1.0", "config": {}})
+        self.assertEqual(init["result"], {"protocol_version": 1})
+        self.assertEqual(host.junk, [])
 
     def test_execute_results_and_errors(self):
         self.assertEqual(self.host.execute("echo", {"a": [1, "ü"]})["result"], {"a": [1, "ü"]})

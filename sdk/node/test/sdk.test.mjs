@@ -93,11 +93,11 @@ serve(new Fixture());
 
 /** Spawns a plugin and speaks the protocol to it, as plugind would. */
 class FakePlugind {
-  constructor(source) {
+  constructor(source, env = process.env) {
     this.dir = mkdtempSync(join(tmpdir(), "plugind-sdk-test-"));
     const path = join(this.dir, "plugin.mjs");
     writeFileSync(path, source);
-    this.proc = spawn(process.execPath, [path], { cwd: this.dir, stdio: ["pipe", "pipe", "pipe"] });
+    this.proc = spawn(process.execPath, [path], { cwd: this.dir, env, stdio: ["pipe", "pipe", "pipe"] });
     this.exited = new Promise((resolve) => this.proc.on("exit", (code) => resolve(code)));
     this.backlog = []; // messages received but not yet claimed
     this.waiters = [];
@@ -224,6 +224,19 @@ test("init and register, with a request to the host during register", async () =
   assert.deepEqual(who.result, { service: "greeter", caller: "other", name: "fixture", config: { greeting: "hi" } });
   await host.waitStderr('init with {"greeting":"hi"}');
   assert.deepEqual(host.junk, []);
+});
+
+test("under plugind, a console.log at the top of the plugin's module reaches stderr", async () => {
+  const src = FIXTURE.replace("serve(new Fixture());", 'console.log("top of the module"); serve(new Fixture());');
+  const host = new FakePlugind(src, { ...process.env, PLUGIND_PLUGIN: "fixture" });
+  try {
+    await host.waitStderr("top of the module");
+    const init = await host.call("init", { protocol_version: 1, name: "fixture", version: "0.1.0", config: {} });
+    assert.deepEqual(init.result, { protocol_version: 1 });
+    assert.deepEqual(host.junk, []);
+  } finally {
+    await host.close();
+  }
 });
 
 test("execute results and errors", async () => {
