@@ -806,7 +806,12 @@ async fn act(client: &Client, method: &str, names: Vec<String>, extra: Value, js
                     answers.push(json!({ "error": { "code": e.code, "message": e.message, "data": e.data } }));
                 }
                 eprintln!("pluginctl: {name}: {}", rpc_message(&e));
-                fail(format!("{method} failed for some plugins"));
+                let verb = method.trim_start_matches("plugins.");
+                fail(if several {
+                    format!("{verb} failed for some of the plugins named")
+                } else {
+                    format!("{verb} of {name} failed")
+                });
             }
             Err(e) => return Err(e.into()),
         }
