@@ -330,6 +330,7 @@ async fn graceful_restart_whose_new_instance_fails_keeps_the_old_one_and_exits_1
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("init refused"), "the error names why: {err}");
+    assert!(err.contains("pluginctl: restart of g failed"), "one name, said by name: {err}");
     let s = d.status("g").await;
     assert_eq!((s["state"].as_str(), s["pid"].as_u64()), (Some("running"), Some(pid)), "the old one serves: {s}");
     assert!(s["last_error"].as_str().unwrap().contains("init refused"), "{s}");
