@@ -345,9 +345,12 @@ fn rpc_message(e: &RpcError) -> String {
             Some("`pluginctl services` lists the services provided".to_owned())
         }
         codes::SERVICE_NOT_FOUND if plugin.is_some() => Some("`pluginctl list` shows the plugins".to_owned()),
-        codes::PLUGIN_UNAVAILABLE => {
-            plugin.map(|p| format!("`pluginctl status {p}` says why; `pluginctl start {p}` starts it"))
-        }
+        // Only a plugin that is down for good needs starting: one stopping, starting or
+        // restarting comes back (or not) by itself.
+        codes::PLUGIN_UNAVAILABLE => plugin.map(|p| match data["state"].as_str() {
+            Some("stopped" | "failed") => format!("`pluginctl status {p}` says why; `pluginctl start {p}` starts it"),
+            _ => format!("`pluginctl status {p}` shows where it stands"),
+        }),
         codes::INVALID_MANIFEST => plugin.map(|p| {
             format!("`pluginctl check` on its directory says what to fix; `pluginctl status {p}` shows the error")
         }),
@@ -1028,6 +1031,25 @@ mod tests {
         assert_eq!(problem("[1,"), "it ends too early, at line 1 column 3 (a missing }, ] or \"?)");
         assert_eq!(problem("{\"a\": }"), "unexpected '}' at line 1 column 7");
         assert_eq!(problem(""), "it is empty (give {} for no params)");
+    }
+
+    /// "start it" only for a plugin down for good: one stopping or restarting comes back by itself.
+    #[test]
+    fn an_unavailable_plugin_is_told_to_be_started_only_when_down_for_good() {
+        let unavailable = |state: &str| {
+            rpc_message(&RpcError::with_data(
+                codes::PLUGIN_UNAVAILABLE,
+                "plugin p is unavailable",
+                json!({"plugin": "p", "state": state}),
+            ))
+        };
+        for state in ["stopped", "failed"] {
+            assert!(unavailable(state).contains("`pluginctl start p` starts it"), "{state}");
+        }
+        for state in ["stopping", "starting", "restarting", "blocked"] {
+            let m = unavailable(state);
+            assert!(!m.contains("pluginctl start") && m.contains("`pluginctl status p`"), "{state}: {m}");
+        }
     }
 
     #[test]
