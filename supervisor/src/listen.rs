@@ -366,8 +366,8 @@ struct ConnGuard {
 /// at it, the connection is not read ([`Gate`]), and a call read meanwhile is answered `-32006`.
 const WS_UNSENT: usize = 256;
 
-/// Most bytes of params the calls of one `--listen` connection in flight may hold (as on the
-/// control socket).
+/// Most bytes the calls of one `--listen` connection may hold, their params while in flight and
+/// their answers until handed to its sender (as on the control socket).
 const WS_UNSENT_BYTES: usize = 256 << 20;
 
 impl Drop for ConnGuard {
@@ -434,6 +434,15 @@ impl RpcServiceT for Dispatch {
                     Err(RpcError::new(codes::INVALID_REQUEST, ParseError::NotJsonRpc(PARAMS_SHAPE).to_string()))
                 }
                 None => handlers::dispatch(&daemon, &guard.conn, &req.method, params).await,
+            };
+            // An answer waits until the client reads: it counts in the connection's bytes, and
+            // one past them is dropped for an error (as on the control socket).
+            let mut place = place;
+            let reply = match reply {
+                Ok(raw) if !place.hold(raw.get().len()) => {
+                    Err(crate::transport::budget::unread_answer("this connection", raw.get().len(), WS_UNSENT_BYTES))
+                }
+                other => other,
             };
             let payload = match reply {
                 Ok(raw) => ResponsePayload::success(raw),

@@ -135,7 +135,7 @@ impl Ticket {
 
     /// Counts an answer of `bytes` that must wait for the peer to read: false (and nothing
     /// counted) when the others already hold the budget's bytes.
-    fn hold(&mut self, bytes: usize) -> bool {
+    pub fn hold(&mut self, bytes: usize) -> bool {
         let others = self.held.bytes.load(Ordering::Relaxed) - self.bytes;
         if others >= self.max_bytes {
             return false;
