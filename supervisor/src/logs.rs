@@ -55,6 +55,9 @@ struct Rings {
     /// plugind's own lines about what the plugin wrote on stdout (a line skipped, an answer to
     /// no call…): one per line it writes, so limited like its own lines.
     output_bucket: Bucket,
+    /// plugind's lines about calls that failed (timed out, cancelled, crashed): a plugin can
+    /// make those by the thousand a second (`service.call`s to itself with `timeout_ms: 1`).
+    calls_bucket: Bucket,
 }
 
 /// A token bucket of lines and of their bytes, counting what it refused.
@@ -142,6 +145,7 @@ impl PluginLog {
                 stderr_bucket: Bucket::new(),
                 log_bucket: Bucket::new(),
                 output_bucket: Bucket::new(),
+                calls_bucket: Bucket::new(),
             }),
             follow,
             events: None,
@@ -302,7 +306,10 @@ impl PluginLog {
     }
 
     /// plugind's own warning about one call, with the call's trace id.
+    /// Rate-limited like the plugin's own lines (the calls may come by the thousand a second).
     pub fn warn_traced(&self, message: String, trace_id: &str) {
+        let Some(dropped) = self.rings().calls_bucket.take(message.len()) else { return };
+        self.report_dropped(dropped, "warnings about failed calls");
         self.push_with(Stream::Plugind, LogLevel::Warn, message, None, Some(trace_id.to_owned()));
     }
 
@@ -401,6 +408,18 @@ mod tests {
         assert!(logged < STDERR_BURST as usize + 250, "the burst passed, the rest mostly not: {logged}");
         l.stderr("still heard".into());
         assert_eq!(l.stderr_tail(), ["still heard"], "stderr has its own bucket");
+    }
+
+    /// Warnings about failed calls are rate-limited: a plugin can fail its own calls by the
+    /// thousand a second (11k–18k lines a second were logged).
+    #[test]
+    fn warnings_about_failed_calls_are_rate_limited() {
+        let l = log();
+        for i in 0..(STDERR_BURST as usize + 2000) {
+            l.warn_traced(format!("call m failed: deadline exceeded ({i})"), "0af7651916cd43dd8448eb211c80319c");
+        }
+        let kept = l.tail(5000).iter().filter(|x| x.message.starts_with("call m failed")).count();
+        assert!(kept < STDERR_BURST as usize + 250, "{kept}");
     }
 
     /// Long lines are limited by their bytes too: of 400 lines of 64 KiB (25 MiB), well within

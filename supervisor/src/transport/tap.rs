@@ -28,6 +28,12 @@ pub struct Tap {
 /// Messages a watcher may fall behind by before it loses the oldest.
 const TRACE_BACKLOG: usize = 1024;
 
+/// A traced line longer than this is shown as its first bytes, as text with a marker: the
+/// backlog holds [`TRACE_BACKLOG`] messages per tap, and a plugin writing 15 MB `log` lines grew
+/// plugind by gigabytes in seconds under a `pluginctl trace` (its log cut them; the trace did
+/// not).
+pub const TRACE_LINE_BYTES: usize = 16 * 1024;
+
 /// A watcher of a [`Tap`]; the tap goes quiet again when the last one is dropped.
 pub struct Watch {
     tap: Arc<Tap>,
@@ -66,8 +72,12 @@ impl Tap {
         }
         let Some(tx) = self.tx.get() else { return };
         let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let message =
-            serde_json::from_slice(line).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(line).into_owned()));
+        let message = if line.len() > TRACE_LINE_BYTES {
+            let head = String::from_utf8_lossy(&line[..TRACE_LINE_BYTES]);
+            Value::String(format!("{head}…[truncated: {} bytes in all]", line.len()))
+        } else {
+            serde_json::from_slice(line).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(line).into_owned()))
+        };
         let dir = match dir {
             Dir::In => "in",
             Dir::Out => "out",
@@ -78,5 +88,27 @@ impl Tap {
             dir: dir.to_owned(),
             message,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line over [`TRACE_LINE_BYTES`] is traced as its head, as text; a short one as JSON.
+    #[test]
+    fn long_lines_are_traced_cut() {
+        let tap = Tap::new("p");
+        let mut watch = tap.watch();
+        let long = format!(r#"{{"jsonrpc":"2.0","method":"log","params":{{"message":"{}"}}}}"#, "x".repeat(1 << 20));
+        tap.record(Dir::In, long.as_bytes());
+        tap.record(Dir::In, br#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        let cut = watch.rx.try_recv().unwrap().message;
+        let text = cut.as_str().unwrap();
+        assert!(text.starts_with(r#"{"jsonrpc":"2.0","method":"log""#), "{}", &text[..80]);
+        assert!(
+            text.len() < TRACE_LINE_BYTES + 100 && text.ends_with(&format!("[truncated: {} bytes in all]", long.len()))
+        );
+        assert_eq!(watch.rx.try_recv().unwrap().message["id"], 1);
     }
 }
