@@ -86,6 +86,9 @@ struct State {
     serving: HashMap<String, AbortHandle>,
     /// Where notifications go (`event`, `log`, `trace`…); dropped when the client ends for good.
     notify: Option<mpsc::UnboundedSender<(String, Value)>>,
+    /// An error plugind sent under no id just before closing (it refused the connection: too
+    /// many open): the calls the break fails end with it rather than "connection lost".
+    farewell: Option<plugind_protocol::jsonrpc::RpcError>,
 }
 
 impl Shared {
@@ -224,8 +227,9 @@ async fn reconnected(path: &Path) -> UnixStream {
 fn broken(shared: &Shared) {
     let mut st = shared.lock();
     st.out = None;
+    let farewell = st.farewell.take();
     for (_, p) in st.pending.drain() {
-        let _ = p.answer.send(Err(ClientError::ConnectionLost));
+        let _ = p.answer.send(Err(farewell.clone().map_or(ClientError::ConnectionLost, ClientError::Rpc)));
     }
     for (_, h) in st.serving.drain() {
         h.abort();
@@ -332,7 +336,12 @@ async fn read_lines(shared: &Arc<Shared>, read: OwnedReadHalf, out: &mpsc::Unbou
         };
         match Message::parse(line.as_bytes()) {
             Ok(Message::Response { id, outcome }) => {
-                let Some(id) = Message::numeric_id(id) else { continue };
+                let Some(id) = Message::numeric_id(id) else {
+                    if let (Err(e), "null") = (outcome, id.get()) {
+                        shared.lock().farewell = Some(e);
+                    }
+                    continue;
+                };
                 let Some(p) = shared.lock().pending.remove(&id) else { continue };
                 let result = match outcome {
                     Ok(raw) => serde_json::from_str(raw.get()).map_err(|_| ClientError::ConnectionLost),

@@ -209,6 +209,10 @@ async fn idle_connections_cannot_exhaust_pluginds_descriptors() {
     .await
     .unwrap();
     assert_eq!((held.len(), refused), (64, 236));
+    // pluginctl says why it was refused, not that the connection broke.
+    let out = d.ctl(&["list"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64 control connections open"), "{out:?}");
     // Their places come back once plugind has seen them close (a refused call never ran).
     drop(held);
     let r =
