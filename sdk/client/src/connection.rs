@@ -134,7 +134,7 @@ impl Shared {
         };
         {
             let mut st = self.lock();
-            let out = st.out.clone().ok_or(ClientError::ConnectionLost)?;
+            let out = st.out.clone().ok_or_else(|| lost(&st))?;
             st.pending.insert(id, Pending { answer, progress });
             out.send(jsonrpc::request_line(id, method, params)).map_err(|_| ClientError::ConnectionLost)?;
         }
@@ -223,13 +223,19 @@ async fn reconnected(path: &Path) -> UnixStream {
     }
 }
 
+/// Why calls fail while there is no connection: plugind's farewell if it sent one, else
+/// "connection lost".
+fn lost(st: &State) -> ClientError {
+    st.farewell.clone().map_or(ClientError::ConnectionLost, ClientError::Rpc)
+}
+
 /// A break: every call in flight fails at once, every request of plugind's is abandoned.
 fn broken(shared: &Shared) {
     let mut st = shared.lock();
     st.out = None;
-    let farewell = st.farewell.take();
-    for (_, p) in st.pending.drain() {
-        let _ = p.answer.send(Err(farewell.clone().map_or(ClientError::ConnectionLost, ClientError::Rpc)));
+    let pending: Vec<Pending> = st.pending.drain().map(|(_, p)| p).collect();
+    for p in pending {
+        let _ = p.answer.send(Err(lost(&st)));
     }
     for (_, h) in st.serving.drain() {
         h.abort();
@@ -250,6 +256,7 @@ fn open(shared: &Shared, stream: UnixStream, first: bool) -> Session {
     let (read, write) = stream.into_split();
     let (out, queue) = mpsc::unbounded_channel::<Vec<u8>>();
     let mut st = shared.lock();
+    st.farewell = None;
     if !first {
         let id = || shared.next_id.fetch_add(1, Ordering::Relaxed);
         for p in &st.provided {
@@ -273,10 +280,15 @@ async fn serve(shared: &Arc<Shared>, session: Session) {
             }
         }
     };
+    let reading = read_lines(shared, read, &out);
+    tokio::pin!(reading);
     tokio::select! {
-        () = read_lines(shared, read, &out) => {}
+        () = &mut reading => return,
         () = writer => {}
     }
+    // A write failed: plugind closed. What it wrote before closing is read still (its farewell,
+    // when it refused the connection), for as long as it takes to reach the end.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), reading).await;
 }
 
 /// A line read from plugind, or word of one over [`MAX_LINE`] (skipped).
