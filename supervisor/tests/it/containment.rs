@@ -801,8 +801,10 @@ async fn a_plugin_that_does_not_read_its_answers_is_held_at_most_64_mib_of_them(
         let call = json!({"service": "victim", "method": "blob", "params": {"mb": 1}});
         attack(&d, "hostile", "request_flood", json!({"method": "service.call", "params": call, "count": 200})).await;
         // Every answer made, none read.
-        wait_for("the victim to answer 200 calls", async || (answered_by(&d, "victim").await >= 200).then_some(()))
-            .await;
+        wait_for_at_most(std::time::Duration::from_secs(120), "the victim to answer 200 calls", async || {
+            (answered_by(&d, "victim").await >= 200).then_some(())
+        })
+        .await;
     })
     .await;
     assert!(peak < before + 160 * 1024, "plugind grew from {before} KiB to {peak} KiB");

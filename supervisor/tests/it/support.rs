@@ -51,13 +51,18 @@ pub fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// Polls `f` until it returns Some, or panics after [`TIMEOUT`].
-pub async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+pub async fn wait_for<T>(what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
+    wait_for_at_most(TIMEOUT, what, f).await
+}
+
+/// [`wait_for`] with a limit of its own, for what moves hundreds of MB through a debug build.
+pub async fn wait_for_at_most<T>(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f().await {
             return v;
         }
-        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
