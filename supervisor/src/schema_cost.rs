@@ -419,6 +419,41 @@ mod tests {
         assert!(analyze(&json_value).unwrap().per_place < 10);
     }
 
+    /// Schemas as people write them pass: a real recursive one (the draft-07 meta-schema: `#`
+    /// under `properties`, `items`, `anyOf`, `allOf`…), and pydantic's shape of models referring
+    /// to each other with optional fields and a union of 30 variants.
+    #[test]
+    fn real_world_schemas_pass() {
+        let meta: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/schemas/draft7-metaschema.json")).unwrap();
+        let c = analyze(&meta).unwrap();
+        assert!(c.per_place < 100, "{c:?}");
+        let variants: Vec<Value> = (0..30).map(|i| json!({"$ref": format!("#/$defs/V{i}")})).collect();
+        let mut defs = serde_json::Map::new();
+        for i in 0..30 {
+            defs.insert(
+                format!("V{i}"),
+                json!({"type": "object", "properties": {
+                    "kind": {"const": format!("v{i}")},
+                    "owner": {"$ref": "#/$defs/Person"},
+                    "note": {"anyOf": [{"type": "string"}, {"type": "null"}]}
+                }, "required": ["kind"]}),
+            );
+        }
+        defs.insert(
+            "Person".into(),
+            json!({"type": "object", "properties": {
+                "name": {"type": "string"},
+                "friends": {"type": "array", "items": {"$ref": "#/$defs/Person"}},
+                "address": {"anyOf": [{"$ref": "#/$defs/Address"}, {"type": "null"}]}
+            }}),
+        );
+        defs.insert("Address".into(), json!({"type": "object", "properties": {"city": {"type": "string"}}}));
+        let pydantic = json!({"$defs": defs, "anyOf": variants});
+        let c = analyze(&pydantic).unwrap();
+        assert!(c.per_place < 200, "{c:?}");
+    }
+
     #[test]
     fn an_inplace_ref_loop_is_refused() {
         let e = analyze(&json!({"$defs": {"a": {"allOf": [{"$ref": "#/$defs/b"}]}, "b": {"$ref": "#/$defs/a"}},
