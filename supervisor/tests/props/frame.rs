@@ -41,7 +41,7 @@ pub fn model(data: &[u8], max: usize) -> Vec<Frame> {
 
 /// A line over the limit: its length, and its first bytes (as many as the limit, at most `HEAD`).
 pub fn oversized(line: &[u8], max: usize) -> Frame {
-    Frame::Oversized { len: line.len(), head: bytes::Bytes::copy_from_slice(&line[..HEAD.min(max)]), pooled: false }
+    Frame::Oversized { len: line.len(), head: bytes::Bytes::copy_from_slice(&line[..HEAD.min(max)]) }
 }
 
 /// Feeds `data` to a decoder the way `FramedRead` does (decode until `None` after every read,
