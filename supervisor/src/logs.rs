@@ -116,9 +116,6 @@ pub const BYTES_BURST: f64 = 8.0 * 1024.0 * 1024.0;
 pub struct PluginLog {
     /// The plugin's wire tap (`plugins.trace`), here because the log lives as long as the plugin.
     pub tap: Arc<Tap>,
-    /// The pool of its instances' unfinished stdout lines (`transport::frame::Pool`), here for
-    /// the same reason.
-    pub lines: Arc<crate::transport::frame::Pool>,
     plugin: String,
     capacity: usize,
     rings: Mutex<Rings>,
@@ -134,7 +131,6 @@ impl PluginLog {
     pub fn new(plugin: &str, capacity: usize, follow: broadcast::Sender<LogLine>) -> Self {
         PluginLog {
             tap: Tap::new(plugin),
-            lines: crate::transport::frame::Pool::new(crate::transport::frame::PLUGIN_POOL),
             plugin: plugin.to_owned(),
             capacity: capacity.max(STDERR_TAIL),
             rings: Mutex::new(Rings {

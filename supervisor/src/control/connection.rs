@@ -110,7 +110,7 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream, client_pid: Option<i32
             frame = frames.next(), if !full => {
                 let line = match frame {
                     Some(Ok(Frame::Line(l))) => l,
-                    Some(Ok(Frame::Oversized { len, head, .. })) => {
+                    Some(Ok(Frame::Oversized { len, head })) => {
                         // Under its own id when its head shows one, so the client's call ends;
                         // a host's answer that big ends plugind's call to it the same way.
                         use plugind_protocol::jsonrpc::{Message, Oversized};

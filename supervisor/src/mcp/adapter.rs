@@ -496,8 +496,7 @@ async fn downstream(shared: Arc<Shared>, from_plugind: DuplexStream) {
 
 /// Server → plugind.
 async fn upstream<R: AsyncRead + Unpin>(shared: Arc<Shared>, stdout: R) {
-    let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME).pooled(shared.log.lines.clone());
-    let mut frames = FramedRead::new(stdout, decoder);
+    let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME));
     while let Some(frame) = frames.next().await {
         // Frames decoded from one read never touch the pipe: counted here, as reads are, so a
         // server writing short lines at full speed cannot keep this task from yielding.

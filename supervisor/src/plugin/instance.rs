@@ -503,8 +503,7 @@ impl InstanceTask {
         stderr_done: tokio::task::JoinHandle<()>,
     ) {
         let inst = self.instance.clone();
-        // Its unfinished line counts in the plugin's pool, shared by its instances.
-        let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME).pooled(self.log.lines.clone()));
+        let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME));
         let mut steps: FuturesUnordered<BoxFut<Step>> = FuturesUnordered::new();
         steps.push(Box::pin(handshake(inst.clone(), self.spec.clone(), self.log.clone())));
         let mut ready = false;
@@ -565,8 +564,8 @@ impl InstanceTask {
                                     steps.push(fut);
                                 }
                             }
-                            Some(Ok(Frame::Oversized { len, head, pooled })) => {
-                                if let Some(fut) = self.on_oversized(len, &head, pooled) {
+                            Some(Ok(Frame::Oversized { len, head })) => {
+                                if let Some(fut) = self.on_oversized(len, &head) {
                                     steps.push(fut);
                                 }
                             }
@@ -888,15 +887,8 @@ impl InstanceTask {
     /// A stdout line over the frame limit, discarded: reported, and what its head tells is
     /// ended at once, not at a deadline. An answer to one of plugind's calls fails that call
     /// with `-32603`; a request is answered `-32600` under its id (returned: work to run).
-    fn on_oversized(&self, len: usize, head: &[u8], pooled: bool) -> Option<BoxFut<Step>> {
-        let why = if pooled {
-            format!(
-                "stdout line discarded after {len} bytes: the plugin's instances together held over {} bytes of unfinished lines",
-                crate::transport::frame::PLUGIN_POOL
-            )
-        } else {
-            format!("stdout line of {len} bytes exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded")
-        };
+    fn on_oversized(&self, len: usize, head: &[u8]) -> Option<BoxFut<Step>> {
+        let why = format!("stdout line of {len} bytes exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded");
         self.report_bad_output(codes::INVALID_REQUEST, why.clone());
         match plugind_protocol::jsonrpc::Message::oversized_head(head)? {
             plugind_protocol::jsonrpc::Oversized::Answer(n) => {
@@ -918,6 +910,7 @@ impl InstanceTask {
         }
     }
 
+    /// Logs a protocol mistake of the plugin and tells it with `onError`.
     /// Whether the plugin's stdout is left unread for now: its requests in flight have spent
     /// their budget and it is not reading their answers (its stdin is full). Anything more read
     /// from it would have to be held, each refusal included, for as long as it does not read.

@@ -6,8 +6,6 @@
 //! parser rejects invalid text, which is then reported like any other non-JSON line.
 
 use bytes::{Buf, Bytes, BytesMut};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use tokio_util::codec::Decoder;
 
 /// Default frame limit (docs/protocol.md): 16 MiB.
@@ -28,8 +26,6 @@ pub enum Frame {
     Oversized {
         /// Bytes dropped, including those past the limit.
         len: usize,
-        /// Cut before the limit: the decoders of its [`Pool`] held too much together.
-        pooled: bool,
         /// Its first [`HEAD`] bytes (fewer under a smaller limit): enough to read the id of an
         /// answer or request written id first, so that the call it was for ends at once
         /// instead of at its deadline.
@@ -39,35 +35,6 @@ pub enum Frame {
 
 /// How much of a discarded line [`Frame::Oversized`] keeps.
 pub const HEAD: usize = 512;
-
-/// What the unfinished lines of several decoders may hold together: one plugin's instances,
-/// each of which may hold a line of up to the frame limit while it arrives. Past the pool's
-/// bound, a decoder whose line passes [`POOL_CUT`] discards it (reported as
-/// [`Frame::Oversized`] with `pooled`), so a plugin of 64 instances cannot make plugind hold a
-/// GiB of lines it never ends.
-#[derive(Debug)]
-pub struct Pool {
-    held: AtomicUsize,
-    max: usize,
-}
-
-impl Pool {
-    /// A pool of `max` bytes.
-    pub fn new(max: usize) -> Arc<Pool> {
-        Arc::new(Pool { held: AtomicUsize::new(0), max })
-    }
-
-    /// Bytes held now.
-    pub fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
-    }
-}
-
-/// A plugin's pool of unfinished stdout lines: four frames.
-pub const PLUGIN_POOL: usize = 4 * DEFAULT_MAX_FRAME;
-
-/// Lines shorter than this are never cut for the pool's sake.
-pub const POOL_CUT: usize = 1024 * 1024;
 
 /// Splits bytes into [`Frame`]s.
 #[derive(Debug)]
@@ -91,10 +58,6 @@ pub struct FrameDecoder {
     last_had_cr: bool,
     /// No line yielded yet: the first may start with a byte-order mark, which is skipped.
     first: bool,
-    /// The pool its unfinished line counts in, and how much of it this decoder counts there.
-    pool: Option<(Arc<Pool>, usize)>,
-    /// The line being discarded was cut for the pool's sake.
-    pool_cut: bool,
 }
 
 /// The UTF-8 byte-order mark, which some runtimes write before their first output.
@@ -113,27 +76,7 @@ impl FrameDecoder {
             cr_inside: false,
             last_had_cr: false,
             first: true,
-            pool: None,
-            pool_cut: false,
         }
-    }
-
-    /// The same decoder, its unfinished line counted in `pool`.
-    pub fn pooled(mut self, pool: Arc<Pool>) -> Self {
-        self.pool = Some((pool, 0));
-        self
-    }
-
-    /// Counts `now` bytes of unfinished line in the pool: whether the pool is then over its bound.
-    fn count(&mut self, now: usize) -> bool {
-        let Some((pool, mine)) = &mut self.pool else { return false };
-        let held = if now >= *mine {
-            pool.held.fetch_add(now - *mine, Ordering::Relaxed) + (now - *mine)
-        } else {
-            pool.held.fetch_sub(*mine - now, Ordering::Relaxed) - (*mine - now)
-        };
-        *mine = now;
-        held > pool.max
     }
 
     /// The same decoder, noting whether each line has a `\r` in it ([`last_line_has_cr`]): a
@@ -214,8 +157,7 @@ impl Decoder for FrameDecoder {
                         self.discarding = None;
                         self.cr_inside = false;
                         let head = std::mem::take(&mut self.discarded_head);
-                        let pooled = std::mem::take(&mut self.pool_cut);
-                        return Ok(Some(Frame::Oversized { len: dropped + i, head, pooled }));
+                        return Ok(Some(Frame::Oversized { len: dropped + i, head }));
                     }
                     None => {
                         self.discarding = Some(dropped + buf.len());
@@ -228,7 +170,6 @@ impl Decoder for FrameDecoder {
             }
             match newline {
                 Some(i) if i <= self.max => {
-                    self.count(0);
                     let mut line = buf.split_to(i + 1);
                     // After a long line, the rest moves to a buffer of its own: the big one goes
                     // with the line.
@@ -253,14 +194,11 @@ impl Decoder for FrameDecoder {
                 }
                 Some(_) => {
                     // Complete but too long: drop it and report.
-                    self.count(0);
                     self.discarded_head = Bytes::copy_from_slice(&buf[..HEAD.min(self.max)]);
                     self.discarding = Some(0);
                     continue;
                 }
-                None if buf.len() > self.max || (buf.len() > POOL_CUT && self.count(buf.len())) => {
-                    self.pool_cut = buf.len() <= self.max;
-                    self.count(0);
+                None if buf.len() > self.max => {
                     self.discarded_head = Bytes::copy_from_slice(&buf[..HEAD.min(self.max)]);
                     self.discarding = Some(buf.len());
                     buf.clear();
@@ -269,7 +207,6 @@ impl Decoder for FrameDecoder {
                     return Ok(None);
                 }
                 None => {
-                    self.count(buf.len());
                     // A long line on its way: make room for the longest allowed at once. Growing
                     // by doubling copies the line each time, and the last doubling would briefly
                     // hold the old buffer beside one of twice the limit (48 MiB for 16).
@@ -301,8 +238,7 @@ impl Decoder for FrameDecoder {
             return Ok(Some(frame));
         }
         if let Some(dropped) = self.discarding.take() {
-            let (head, pooled) = (std::mem::take(&mut self.discarded_head), std::mem::take(&mut self.pool_cut));
-            return Ok(Some(Frame::Oversized { len: dropped, head, pooled }));
+            return Ok(Some(Frame::Oversized { len: dropped, head: std::mem::take(&mut self.discarded_head) }));
         }
         if buf.is_empty() || buf.iter().all(u8::is_ascii_whitespace) {
             buf.clear();
@@ -310,16 +246,9 @@ impl Decoder for FrameDecoder {
         }
         // A last line without `\n`: deliver it, the peer is gone anyway. (Said to have a `\r`:
         // not worth a look.)
-        self.count(0);
         self.scanned = 0;
         self.last_had_cr = true;
         Ok(Some(Frame::Line(buf.split().freeze())))
-    }
-}
-
-impl Drop for FrameDecoder {
-    fn drop(&mut self) {
-        self.count(0);
     }
 }
 
@@ -429,16 +358,13 @@ mod tests {
         let big: &'static [u8] = Box::leak(vec![b'x'; 5000].into_boxed_slice());
         let out = frames(vec![b"{}\n", big, big, b"\n{\"ok\":1}\n"], 1000).await;
         let head = Bytes::from(vec![b'x'; HEAD]);
-        assert_eq!(out, vec![line("{}"), Frame::Oversized { len: 10000, head, pooled: false }, line("{\"ok\":1}")]);
+        assert_eq!(out, vec![line("{}"), Frame::Oversized { len: 10000, head }, line("{\"ok\":1}")]);
     }
 
     #[tokio::test]
     async fn oversized_complete_line_in_one_chunk() {
         let out = frames(vec![b"0123456789\nok\n"], 5).await;
-        assert_eq!(
-            out,
-            vec![Frame::Oversized { len: 10, head: Bytes::from_static(b"01234"), pooled: false }, line("ok")]
-        );
+        assert_eq!(out, vec![Frame::Oversized { len: 10, head: Bytes::from_static(b"01234") }, line("ok")]);
     }
 
     #[tokio::test]
@@ -464,7 +390,7 @@ mod tests {
         }
         buf.extend_from_slice(b"\n");
         let head = Bytes::from_static(b"yyyyyyyyyy");
-        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::Oversized { len: 6400, head, pooled: false }));
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::Oversized { len: 6400, head }));
     }
 
     /// A byte-order mark before the first line is skipped; anywhere else it stays (and the line
@@ -475,31 +401,5 @@ mod tests {
         let mut buf = BytesMut::from(&b"\xEF\xBB\xBF{\"a\":1}\n\xEF\xBB\xBF{}\n"[..]);
         assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::Line(Bytes::from_static(b"{\"a\":1}"))));
         assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::Line(Bytes::from_static(b"\xEF\xBB\xBF{}"))));
-    }
-
-    /// Decoders sharing a pool hold at most its bytes of unfinished lines together: past it, a
-    /// line over `POOL_CUT` is discarded (and reported `pooled`), and what it held comes back.
-    #[test]
-    fn a_pool_bounds_the_unfinished_lines_of_its_decoders() {
-        let pool = Pool::new(3 * POOL_CUT);
-        let mut decoders: Vec<FrameDecoder> = (0..3).map(|_| FrameDecoder::default().pooled(pool.clone())).collect();
-        let mut bufs: Vec<BytesMut> = (0..3).map(|_| BytesMut::from(&vec![b'x'; POOL_CUT + 10][..])).collect();
-        for (d, b) in decoders.iter_mut().zip(&mut bufs).take(2) {
-            assert_eq!(d.decode(b).unwrap(), None);
-        }
-        assert_eq!(pool.held(), 2 * (POOL_CUT + 10), "two lines under way");
-        // The third takes the pool past its bound: its line is cut.
-        assert_eq!(decoders[2].decode(&mut bufs[2]).unwrap(), None);
-        assert_eq!(pool.held(), 2 * (POOL_CUT + 10));
-        bufs[2].extend_from_slice(b"yy\nnext\n");
-        let Some(Frame::Oversized { len, pooled, .. }) = decoders[2].decode(&mut bufs[2]).unwrap() else { panic!() };
-        assert!(pooled && len == POOL_CUT + 12, "{len}");
-        assert_eq!(decoders[2].decode(&mut bufs[2]).unwrap(), Some(line("next")));
-        // A line ended, or a decoder gone, gives its share back.
-        bufs[0].extend_from_slice(b"\n");
-        assert!(matches!(decoders[0].decode(&mut bufs[0]).unwrap(), Some(Frame::Line(_))));
-        assert_eq!(pool.held(), POOL_CUT + 10);
-        drop(decoders);
-        assert_eq!(pool.held(), 0);
     }
 }
