@@ -19,9 +19,9 @@ use plugind_protocol::jsonrpc::RpcError;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Requests of one plugin served at once. Far above what a plugin fans out (an SDK's calls
-/// wait for their answers), and a few MB of futures at most.
-pub const PLUGIN_REQUESTS: usize = 1024;
+/// Requests of one plugin served at once, as for a control connection: a plugin that gathers
+/// a few thousand `kv.set`s at once is not refused, and the futures are a few KB each.
+pub const PLUGIN_REQUESTS: usize = 4096;
 
 /// Bytes one plugin's requests in flight may hold: their lines, and their answers while the
 /// plugin has not read them. Four frames of the largest size.
