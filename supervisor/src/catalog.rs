@@ -149,7 +149,7 @@ impl Method {
             return Err(RpcError::with_data(
                 codes::INVALID_PARAMS,
                 format!(
-                    "params for {plugin} method {method} too large to check against its schema: about {work} subschema                      checks, over the {} allowed per call (send smaller params, or simplify the schema)",
+                    "params for {plugin} method {method} too large to check against its schema: about {work} subschema checks, over the {} allowed per call (send smaller params, or simplify the schema)",
                     crate::schema_cost::MAX_CALL_WORK
                 ),
                 serde_json::json!({ "plugin": plugin, "method": method, "errors": [] }),
@@ -364,6 +364,27 @@ mod tests {
         let m = manifest(json!({"a/b": {"result": {"minimum": "x"}}}));
         assert_eq!(check_manifest(&m).unwrap_err().pointer, "/methods/a~1b/result/minimum");
         assert!(check_manifest(&manifest(json!({"ok": {"params": true}}))).is_ok());
+    }
+
+    /// A call whose params times its schema's bound per place passes the work allowed per call
+    /// is refused unchecked; the same schema takes small params.
+    #[test]
+    fn params_too_costly_for_their_schema_are_refused_unchecked() {
+        // 13 levels of an anyOf naming the next one twice: about 24,000 subschemas per place.
+        let mut defs = serde_json::Map::new();
+        for i in 0..13 {
+            let next = json!({"$ref": format!("#/$defs/a{}", i + 1)});
+            defs.insert(format!("a{i}"), json!({"anyOf": [next.clone(), next]}));
+        }
+        defs.insert("a13".into(), json!({"type": ["array", "integer"]}));
+        let m = manifest(json!({"m": {"params": {"$defs": defs, "$ref": "#/$defs/a0"}}}));
+        let c = Catalog::build(&m, None, &PluginLog::new("p", 100, tokio::sync::broadcast::channel(4).0));
+        let method = c.get("m").unwrap();
+        assert!(method.check_params("p", "m", Some(&raw(json!([1, 2, 3])))).is_ok());
+        let big = raw(serde_json::Value::Array(vec![json!(0); 10_000]));
+        let e = method.check_params("p", "m", Some(&big)).unwrap_err();
+        assert_eq!(e.code, codes::INVALID_PARAMS);
+        assert!(e.message.contains("too large to check against its schema"), "{}", e.message);
     }
 
     #[test]

@@ -271,7 +271,7 @@ struct DispatchLayer {
 }
 
 /// A `--listen` connection's reading stops while [`WS_UNSENT`] of its calls, or calls holding
-/// [`WS_UNSENT_BYTES`] of params, are in flight or answered and not yet handed to its sender:
+/// [`WS_UNSENT_BYTES`] of params and answers, are in flight or answered and not yet handed to its sender:
 /// jsonrpsee runs every WebSocket message it reads at once, so a client that sends without
 /// reading would otherwise grow plugind without bound. Its messages then wait in its own
 /// socket, as on the control socket.
@@ -416,7 +416,7 @@ impl RpcServiceT for Dispatch {
             // the calls of one connection, and their answers not yet handed to its sender, are
             // bounded here instead (a client that does not read would otherwise grow plugind).
             let size = req.params.as_ref().map_or(0, |p| p.get().len());
-            let place = match guard.gate.unsent.admit(size) {
+            let mut place = match guard.gate.unsent.admit(size) {
                 Ok(place) => place,
                 Err(exceeded) => {
                     let e = RpcError::new(
@@ -437,7 +437,6 @@ impl RpcServiceT for Dispatch {
             };
             // An answer waits until the client reads: it counts in the connection's bytes, and
             // one past them is dropped for an error (as on the control socket).
-            let mut place = place;
             let reply = match reply {
                 Ok(raw) if !place.hold(raw.get().len()) => {
                     Err(crate::transport::budget::unread_answer("this connection", raw.get().len(), WS_UNSENT_BYTES))

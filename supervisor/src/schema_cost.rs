@@ -268,7 +268,7 @@ pub fn analyze(schema: &Value) -> Result<Cost, CostError> {
             return Err(CostError {
                 pointer: String::new(),
                 message: format!(
-                    "a schema whose cost can be bounded: over {MAX_STATES} different sets of subschemas apply                      at the places of a value"
+                    "a schema whose cost can be bounded: over {MAX_STATES} different sets of subschemas apply at the places of a value"
                 ),
             });
         }

@@ -19,8 +19,7 @@ use tokio::net::UnixListener;
 /// a local client holding tens of thousands of idle connections had plugind unable to spawn a
 /// plugin or answer anyone.
 fn max_connections() -> usize {
-    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
-    usize::try_from(soft / 4).unwrap_or(usize::MAX).clamp(16, 4096)
+    crate::transport::open_files_share(4, 16, 4096)
 }
 
 /// Accepts clients until the task is aborted.

@@ -910,7 +910,6 @@ impl InstanceTask {
         }
     }
 
-    /// Logs a protocol mistake of the plugin and tells it with `onError`.
     /// Whether the plugin's stdout is left unread for now: its requests in flight have spent
     /// their budget and it is not reading their answers (its stdin is full). Anything more read
     /// from it would have to be held, each refusal included, for as long as it does not read.

@@ -24,8 +24,7 @@ const TOO_MANY_CONNECTIONS: &[u8] =
 /// Most TCP connections one port serves at once: 256, or an eighth of plugind's open-file limit
 /// when that is lower (at least 8).
 pub fn max_connections() -> usize {
-    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
-    usize::try_from(soft / 8).unwrap_or(usize::MAX).clamp(8, 256)
+    super::open_files_share(8, 8, 256)
 }
 
 /// The places of one port's connections.
