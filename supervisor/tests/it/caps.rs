@@ -327,10 +327,12 @@ async fn a_client_that_does_not_read_its_answers_is_held_at_most_256_mib_of_them
 async fn a_client_is_read_again_once_it_has_read_its_answers() {
     use std::io::{BufRead as _, Write as _};
     // Call 1 runs past all the others whatever the load: its deadline is not the default 5 s.
+    // The echoes go to the Rust example: Perl's JSON::PP takes ~0.4 s a 600 KiB line, so 20 of
+    // them ran past the 5 s deadline on a busy machine.
     let d = Daemon::builder()
         .plugin_as("perl-echo", "slow")
         .manifest("slow", |m| m["timeout_ms"] = json!(60_000))
-        .plugin_as("perl-echo", "fast")
+        .example("echo-rust")
         .start()
         .await;
     let socket = d.socket.clone();
@@ -347,7 +349,7 @@ async fn a_client_is_read_again_once_it_has_read_its_answers() {
             // 12 MB of answers: more than the socket and the queue hold, so plugind stops reading
             // this client several times over, with call 1 in flight each time.
             for id in 2..22 {
-                w.write_all(line(id, "fast", "echo", json!({"blob": big})).as_bytes()).unwrap();
+                w.write_all(line(id, "echo-rust", "echo", json!({"blob": big})).as_bytes()).unwrap();
             }
             w
         });
@@ -374,7 +376,7 @@ async fn a_client_is_read_again_once_it_has_read_its_answers() {
         let mut w = writer.join().unwrap();
         // Read again at once, while call 1 sleeps on.
         let t = Instant::now();
-        w.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"execute\",\"params\":{\"plugin\":\"fast\",\"method\":\"echo\",\"params\":9}}\n").unwrap();
+        w.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"execute\",\"params\":{\"plugin\":\"echo-rust\",\"method\":\"echo\",\"params\":9}}\n").unwrap();
         let mut answer = String::new();
         reader.read_line(&mut answer).unwrap();
         assert!(answer.contains("\"id\":9") && answer.contains("\"result\":9"), "{answer}");
