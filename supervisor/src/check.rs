@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::plugin::context::{ActorHost, InstanceHost};
 use crate::plugin::instance::{self, InstanceEvent, InstanceSpec};
+use crate::transport::frame::LongLineTurn;
 use crate::transport::peer::Deadline;
 use crate::Daemon;
 use plugind_protocol::manifest::Manifest;
@@ -101,7 +102,13 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
     let log = daemon.plugin_log(&m.name);
     let (tx, mut events) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let inst = match instance::launch(1, spec, daemon.clone() as Arc<dyn InstanceHost>, log.clone(), tx) {
+    let inst = match instance::launch(
+        1,
+        spec,
+        daemon.clone() as Arc<dyn InstanceHost>,
+        (log.clone(), LongLineTurn::new()),
+        tx,
+    ) {
         Ok(i) => i,
         Err(e) => {
             r.push(Level::Fail, format!("start: {e}"));
@@ -260,8 +267,13 @@ async fn diagnose(r: &mut Report, daemon: &Arc<Daemon>, name: &Arc<str>, dir: &P
 async fn handshake_succeeds(daemon: &Arc<Daemon>, name: &Arc<str>, dir: &Path, m: &Arc<Manifest>, id: u64) -> bool {
     let Ok(spec) = InstanceSpec::new(&daemon.instance_settings(m), name, dir, m, id) else { return false };
     let (tx, mut events) = mpsc::unbounded_channel();
-    let Ok(inst) = instance::launch(id, spec, daemon.clone() as Arc<dyn InstanceHost>, daemon.plugin_log(&m.name), tx)
-    else {
+    let Ok(inst) = instance::launch(
+        id,
+        spec,
+        daemon.clone() as Arc<dyn InstanceHost>,
+        (daemon.plugin_log(&m.name), LongLineTurn::new()),
+        tx,
+    ) else {
         return false;
     };
     let budget = Duration::from_millis(2 * m.timeout_ms + 1000);

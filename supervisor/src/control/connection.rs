@@ -125,6 +125,11 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream, client_pid: Option<i32
                         }
                         continue;
                     }
+                    // Not taking turns (a client's budget bounds it): never yielded.
+                    Some(Ok(Frame::LongLine)) => {
+                        frames.decoder_mut().take_turn();
+                        continue;
+                    }
                     Some(Err(_)) => break,
                     None => {
                         eof = true;

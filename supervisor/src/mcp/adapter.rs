@@ -19,7 +19,7 @@
 
 use super::{check_version, is_tool_error, log_params, tool_error_message, HandshakeError, Tool};
 use crate::logs::PluginLog;
-use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
+use crate::transport::frame::{Frame, FrameDecoder, LongLineTurn, DEFAULT_MAX_FRAME, LONG_LINE};
 use crate::transport::outbox::{self, spawn_writer, Outbox, Outgoing};
 use futures::StreamExt;
 use plugind_protocol::codes;
@@ -45,6 +45,8 @@ pub struct AdapterContext {
     pub plugin: Arc<str>,
     /// The plugin's log: the server's version, caps, oversized lines.
     pub log: Arc<PluginLog>,
+    /// The plugin's turn at long stdout lines (`crate::transport::frame`).
+    pub long_lines: LongLineTurn,
 }
 
 /// Puts an adapter between the MCP server's `stdin`/`stdout` and plugind. Returns the pipe
@@ -70,7 +72,7 @@ where
         calls: Mutex::new(Calls::default()),
     });
     tokio::spawn(downstream(shared.clone(), adapter_reads));
-    tokio::spawn(upstream(shared, stdout));
+    tokio::spawn(upstream(shared, stdout, ctx.long_lines));
     (plugind_writes, plugind_reads)
 }
 
@@ -495,13 +497,22 @@ async fn downstream(shared: Arc<Shared>, from_plugind: DuplexStream) {
 }
 
 /// Server → plugind.
-async fn upstream<R: AsyncRead + Unpin>(shared: Arc<Shared>, stdout: R) {
-    let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME));
+async fn upstream<R: AsyncRead + Unpin>(shared: Arc<Shared>, stdout: R, long_lines: LongLineTurn) {
+    let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME).taking_turns(LONG_LINE));
+    let mut turn = None;
     while let Some(frame) = frames.next().await {
         // Frames decoded from one read never touch the pipe: counted here, as reads are, so a
         // server writing short lines at full speed cannot keep this task from yielding.
         tokio::task::consume_budget().await;
+        if turn.is_some() && !frames.decoder().has_turn() {
+            turn = None; // its line has ended: let go before that line is passed on
+        }
         match frame {
+            // A line past `LONG_LINE`: read on once it is this instance's turn.
+            Ok(Frame::LongLine) => {
+                turn = Some(long_lines.wait().await);
+                frames.decoder_mut().take_turn();
+            }
             Ok(Frame::Line(line)) => shared.on_server_line(&line).await,
             Ok(Frame::Oversized { len, .. }) => {
                 shared.log.about_output(LogLevel::Warn, || {
@@ -534,7 +545,11 @@ mod tests {
         let (server_stdout_w, server_stdout_r) = tokio::io::duplex(1 << 16);
         let (tx, _rx) = tokio::sync::broadcast::channel(4);
         let log = Arc::new(PluginLog::new("m", 100, tx));
-        let (w, r) = adapt(server_stdin_w, server_stdout_r, AdapterContext { plugin: "m".into(), log });
+        let (w, r) = adapt(
+            server_stdin_w,
+            server_stdout_r,
+            AdapterContext { plugin: "m".into(), log, long_lines: LongLineTurn::new() },
+        );
         (w, BufReader::new(r).lines(), BufReader::new(server_stdin_r).lines(), server_stdout_w)
     }
 

@@ -12,6 +12,7 @@ use crate::plugin::entry::{Command, PluginEntry, Reply};
 use crate::plugin::instance::{self, ExitReport, Instance, InstanceEvent, InstanceSpec};
 use crate::plugin::machine::{self, Action, Event, Key, Leave, Machine, Ticket, Unmet};
 use crate::plugin::state::PluginState;
+use crate::transport::frame::LongLineTurn;
 use plugind_protocol::control::LastExit;
 use plugind_protocol::manifest::Manifest;
 use std::collections::{HashMap, VecDeque};
@@ -37,6 +38,8 @@ pub struct PluginActor {
     own: VecDeque<Event>,
     /// `instances` changed since the entry's list of processes was last published.
     processes_changed: bool,
+    /// The plugin's turn at long stdout lines, shared by its instances of every generation.
+    long_lines: LongLineTurn,
 }
 
 impl PluginActor {
@@ -60,6 +63,7 @@ impl PluginActor {
             events_tx,
             own: VecDeque::new(),
             processes_changed: false,
+            long_lines: LongLineTurn::new(),
         };
         tokio::spawn(actor.run(ctl_rx, events_rx));
         entry
@@ -287,7 +291,8 @@ impl PluginActor {
         let settings = self.host.instance_settings(m);
         let host: Arc<dyn InstanceHost> = self.host.clone();
         let started = InstanceSpec::new(&settings, &self.entry.name, &self.entry.dir, m, id).and_then(|spec| {
-            instance::launch(id, spec, host, self.entry.log.clone(), self.events_tx.clone()).map_err(|e| e.to_string())
+            let plugin = (self.entry.log.clone(), self.long_lines.clone());
+            instance::launch(id, spec, host, plugin, self.events_tx.clone()).map_err(|e| e.to_string())
         });
         match started {
             Ok(inst) => {

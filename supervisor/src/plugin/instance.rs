@@ -17,7 +17,7 @@ use crate::plugin::context::{Caller, InstanceHost, InstanceSettings};
 use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
 use crate::sandbox::{self, cgroup::Cgroup};
 use crate::transport::budget::{unread_answer, Budget, Exceeded, Ticket};
-use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
+use crate::transport::frame::{Frame, FrameDecoder, LongLineTurn, Turn, DEFAULT_MAX_FRAME, LONG_LINE};
 use crate::transport::outbox::{self, spawn_writer, OutboxReader, WRITE_DIRECT};
 use crate::transport::peer::{CallError, Deadline, Incoming, Peer};
 use crate::transport::pipe::Growable;
@@ -367,12 +367,13 @@ impl InstanceSpec {
 }
 
 /// Starts an instance: its task forks the child, then serves it. A failed fork is reported as
-/// [`InstanceEvent::SpawnFailed`]; only a temp dir that cannot be made fails here.
+/// [`InstanceEvent::SpawnFailed`]; only a temp dir that cannot be made fails here. `log` and
+/// `long_lines` are the plugin's, shared by its instances.
 pub fn launch(
     id: u64,
     spec: InstanceSpec,
     host: Arc<dyn InstanceHost>,
-    log: Arc<PluginLog>,
+    (log, long_lines): (Arc<PluginLog>, LongLineTurn),
     events: mpsc::UnboundedSender<InstanceEvent>,
 ) -> Result<Arc<Instance>, SpawnError> {
     std::fs::create_dir_all(&spec.tmp_dir)
@@ -402,6 +403,7 @@ pub fn launch(
         spec,
         host,
         log,
+        long_lines,
         events,
         requests: Budget::for_plugin(),
         refusals: std::sync::Mutex::new(crate::time::Throttle::new(REFUSALS_REPORTED_EVERY)),
@@ -440,6 +442,8 @@ struct InstanceTask {
     spec: InstanceSpec,
     host: Arc<dyn InstanceHost>,
     log: Arc<PluginLog>,
+    /// The plugin's turn at reading a stdout line past `LONG_LINE` (`crate::transport::frame`).
+    long_lines: LongLineTurn,
     events: mpsc::UnboundedSender<InstanceEvent>,
     /// The plugin's requests to plugind in flight, bounded (`crate::transport::budget`).
     requests: Budget,
@@ -484,7 +488,11 @@ impl InstanceTask {
         let stderr_done = tokio::spawn(read_stderr(stderr, self.log.clone()));
         if crate::mcp::is_mcp(&self.spec.manifest) {
             // An MCP server: the instance speaks plugind's protocol to an adapter (crate::mcp).
-            let ctx = crate::mcp::adapter::AdapterContext { plugin: self.spec.plugin.clone(), log: self.log.clone() };
+            let ctx = crate::mcp::adapter::AdapterContext {
+                plugin: self.spec.plugin.clone(),
+                log: self.log.clone(),
+                long_lines: self.long_lines.clone(),
+            };
             let (stdin, stdout) = crate::mcp::adapter::adapt(stdin, stdout, ctx);
             spawn_writer(stdin, out_rx);
             self.run(child, stdout, stop_rx, cgroup, stderr_done).await;
@@ -503,7 +511,11 @@ impl InstanceTask {
         stderr_done: tokio::task::JoinHandle<()>,
     ) {
         let inst = self.instance.clone();
-        let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME));
+        let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME).taking_turns(LONG_LINE));
+        // The plugin's turn at a long line: waited for while `turn_wait` is set (stdout unread
+        // meanwhile), held while the line arrives, let go as soon as it has ended.
+        let mut turn_wait: Option<BoxFut<Turn>> = None;
+        let mut turn: Option<Turn> = None;
         let mut steps: FuturesUnordered<BoxFut<Step>> = FuturesUnordered::new();
         steps.push(Box::pin(handshake(inst.clone(), self.spec.clone(), self.log.clone())));
         let mut ready = false;
@@ -547,13 +559,20 @@ impl InstanceTask {
             let gated = self.gated();
             tokio::select! {
                 status = child.wait() => break status,
-                frame = frames.next(), if stdout_open && !gated => {
+                frame = frames.next(), if stdout_open && !gated && turn_wait.is_none() => {
                     // The frames already read are handled in a row (up to `FRAMES_IN_A_ROW`),
                     // not one per round of this `select!`, which polls every other branch again
                     // (the child's exit, the stop channel, the timers) for each.
                     let mut frame = frame;
                     for n in 1.. {
+                        if turn.is_some() && !frames.decoder().has_turn() {
+                            turn = None; // its line has ended: before that line is handled
+                        }
                         match frame {
+                            Some(Ok(Frame::LongLine)) => {
+                                turn_wait = Some(Box::pin(self.long_lines.wait()));
+                                break;
+                            }
                             Some(Ok(Frame::Line(line))) => {
                                 stdout_seen = true;
                                 if !stdout_grown && line.len() >= WRITE_DIRECT {
@@ -597,6 +616,12 @@ impl InstanceTask {
                 }
                 // The plugin read some of its answers: its stdout is read again.
                 () = inst.peer.outbox_room(), if gated => {}
+                // The plugin's turn at a long line: this instance's is read on.
+                t = async { turn_wait.as_mut().expect("UNWRAP: guarded").await }, if turn_wait.is_some() => {
+                    turn_wait = None;
+                    frames.decoder_mut().take_turn();
+                    turn = Some(t);
+                }
                 Some(step) = steps.next(), if !steps.is_empty() => match step {
                     Step::Handshake(mut result) => {
                         self.vet_handshake(&mut result);
@@ -1036,6 +1061,8 @@ async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>) {
             Frame::Oversized { len, .. } => {
                 log.stderr(format!("[stderr line of {len} bytes dropped: over {MAX_LINE} bytes]"))
             }
+            // Not taking turns (its lines are far shorter): never yielded.
+            Frame::LongLine => frames.decoder_mut().take_turn(),
         }
     }
 }

@@ -4,8 +4,18 @@
 //! whole: the decoder drops its bytes as they arrive, skips to the next `\n`, and yields one
 //! [`Frame::Oversized`] so the owner can report it. Bytes are not checked for UTF-8 here; the JSON
 //! parser rejects invalid text, which is then reported like any other non-JSON line.
+//!
+//! A line is held whole while it arrives, up to the limit. A decoder [`taking_turns`] holds at
+//! most [`LONG_LINE`] of a line before its owner takes its plugin's [`LongLineTurn`]: one
+//! instance of a plugin at a time reads a line longer than that, so a plugin holds at most about
+//! two [`LONG_LINE`]s per instance and one line of the limit, not the limit per instance.
+//!
+//! [`taking_turns`]: FrameDecoder::taking_turns
+
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::Decoder;
 
 /// Default frame limit (docs/protocol.md): 16 MiB.
@@ -16,6 +26,10 @@ const READ_ROOM: usize = 8 * 1024;
 
 /// A buffer left this much larger than a normal read is dropped once the long line is gone.
 const KEEP_CAPACITY: usize = 1024 * 1024;
+
+/// How much of a line a plugin's stdout decoder reads before it needs the plugin's turn
+/// ([`FrameDecoder::taking_turns`]). Answers of a megabyte or less (most) never wait for one.
+pub const LONG_LINE: usize = 1024 * 1024;
 
 /// One item of the stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,6 +45,46 @@ pub enum Frame {
         /// instead of at its deadline.
         head: Bytes,
     },
+    /// A line longer than the decoder's threshold (for a plugin, [`LONG_LINE`]) has begun, and
+    /// this decoder takes turns: its owner
+    /// reads no more until it has its plugin's [`LongLineTurn`] and says so with
+    /// [`FrameDecoder::take_turn`]. Only from a decoder [`taking_turns`].
+    ///
+    /// [`taking_turns`]: FrameDecoder::taking_turns
+    LongLine,
+}
+
+/// One plugin's turn at long lines, shared by its instances (clones share it): the instance
+/// holding it may read a line past [`LONG_LINE`], up to the frame limit; the others wait before
+/// reading more of theirs. Each holder only reads what its own plugin process is writing, so a
+/// wait ends when that line does, or when the process stalled mid-line is killed for missing its
+/// health pings.
+#[derive(Clone, Debug)]
+pub struct LongLineTurn(Arc<Semaphore>);
+
+/// The turn, held: dropped once the long line is read.
+#[derive(Debug)]
+pub struct Turn {
+    _held: OwnedSemaphorePermit,
+}
+
+impl LongLineTurn {
+    /// A plugin's turn, free.
+    pub fn new() -> Self {
+        LongLineTurn(Arc::new(Semaphore::new(1)))
+    }
+
+    /// Waits for the turn (first come, first served).
+    pub fn wait(&self) -> impl std::future::Future<Output = Turn> + Send + 'static {
+        let turn = self.0.clone();
+        async move { Turn { _held: turn.acquire_owned().await.expect("UNWRAP: the semaphore is never closed") } }
+    }
+}
+
+impl Default for LongLineTurn {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// How much of a discarded line [`Frame::Oversized`] keeps.
@@ -58,6 +112,10 @@ pub struct FrameDecoder {
     last_had_cr: bool,
     /// No line yielded yet: the first may start with a byte-order mark, which is skipped.
     first: bool,
+    /// How long a line may grow before it waits for a turn ([`FrameDecoder::taking_turns`]).
+    turns: Option<usize>,
+    /// Whether the line being read has its plugin's turn ([`FrameDecoder::take_turn`]).
+    has_turn: bool,
 }
 
 /// The UTF-8 byte-order mark, which some runtimes write before their first output.
@@ -76,7 +134,28 @@ impl FrameDecoder {
             cr_inside: false,
             last_had_cr: false,
             first: true,
+            turns: None,
+            has_turn: false,
         }
+    }
+
+    /// The same decoder, yielding [`Frame::LongLine`] once a line passes `past` bytes (for a
+    /// plugin's stdout, [`LONG_LINE`]), and reading no further into it until
+    /// [`take_turn`](FrameDecoder::take_turn).
+    pub fn taking_turns(mut self, past: usize) -> Self {
+        self.turns = Some(past);
+        self
+    }
+
+    /// The owner has its plugin's turn: the long line is read on, to its end or the limit.
+    pub fn take_turn(&mut self) {
+        self.has_turn = true;
+    }
+
+    /// Whether the line being read still has the turn: false once it ended (or was found too
+    /// long and is being dropped), when the owner lets the turn go.
+    pub fn has_turn(&self) -> bool {
+        self.has_turn
     }
 
     /// The same decoder, noting whether each line has a `\r` in it ([`last_line_has_cr`]): a
@@ -170,6 +249,8 @@ impl Decoder for FrameDecoder {
             }
             match newline {
                 Some(i) if i <= self.max => {
+                    // A turn taken was this line's: the buffer held nothing else then.
+                    self.has_turn = false;
                     let mut line = buf.split_to(i + 1);
                     // After a long line, the rest moves to a buffer of its own: the big one goes
                     // with the line.
@@ -196,15 +277,20 @@ impl Decoder for FrameDecoder {
                     // Complete but too long: drop it and report.
                     self.discarded_head = Bytes::copy_from_slice(&buf[..HEAD.min(self.max)]);
                     self.discarding = Some(0);
+                    self.has_turn = false;
                     continue;
                 }
                 None if buf.len() > self.max => {
                     self.discarded_head = Bytes::copy_from_slice(&buf[..HEAD.min(self.max)]);
                     self.discarding = Some(buf.len());
+                    self.has_turn = false;
                     buf.clear();
                     release(buf);
                     self.scanned = 0;
                     return Ok(None);
+                }
+                None if !self.has_turn && self.turns.is_some_and(|past| buf.len() > past) => {
+                    return Ok(Some(Frame::LongLine))
                 }
                 None => {
                     // A long line on its way: make room for the longest allowed at once. Growing
@@ -248,6 +334,7 @@ impl Decoder for FrameDecoder {
         // not worth a look.)
         self.scanned = 0;
         self.last_had_cr = true;
+        self.has_turn = false;
         Ok(Some(Frame::Line(buf.split().freeze())))
     }
 }
@@ -304,6 +391,60 @@ mod tests {
         let mut buf = BytesMut::from(&b"zz"[..]);
         assert_eq!(d.decode(&mut buf).unwrap(), None);
         assert!(buf.capacity() < READ_ROOM, "{}", buf.capacity());
+    }
+
+    /// A decoder taking turns stops at a line past `LONG_LINE` until it has the turn, reads the
+    /// line whole once it has, and needs the turn again for the next long line; lines up to
+    /// `LONG_LINE`, and a decoder not taking turns, never stop.
+    #[test]
+    fn a_long_line_waits_for_its_turn() {
+        let mut d = FrameDecoder::default().taking_turns(LONG_LINE);
+        let mut buf = BytesMut::from(&b"short\n"[..]);
+        buf.extend_from_slice(&vec![b'x'; LONG_LINE]);
+        assert!(matches!(d.decode(&mut buf), Ok(Some(Frame::Line(l))) if &l[..] == b"short"));
+        assert_eq!(d.decode(&mut buf).unwrap(), None, "not past LONG_LINE yet");
+        buf.extend_from_slice(b"x");
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::LongLine));
+        assert!(buf.capacity() < 2 * LONG_LINE + READ_ROOM, "no room made for the limit without the turn");
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::LongLine), "asked again: still waiting");
+        d.take_turn();
+        assert!(d.has_turn());
+        assert_eq!(d.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"x\nnext");
+        assert!(matches!(d.decode(&mut buf), Ok(Some(Frame::Line(l))) if l.len() == LONG_LINE + 2));
+        assert!(!d.has_turn(), "the turn ends with its line");
+        buf.extend_from_slice(&vec![b'y'; LONG_LINE]);
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::LongLine), "the next long line waits again");
+        // A line found too long is dropped: it needs the turn no longer.
+        let mut d = FrameDecoder::new(LONG_LINE + 10).taking_turns(LONG_LINE);
+        let mut buf = BytesMut::from(&vec![b'z'; LONG_LINE + 1][..]);
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::LongLine));
+        d.take_turn();
+        buf.extend_from_slice(&[b'z'; 20]);
+        assert_eq!(d.decode(&mut buf).unwrap(), None);
+        assert!(!d.has_turn() && buf.is_empty());
+        // Not taking turns: read whole.
+        let mut d = FrameDecoder::default();
+        let mut buf = BytesMut::from(&vec![b'x'; 2 * LONG_LINE][..]);
+        assert_eq!(d.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"\n");
+        assert!(matches!(d.decode(&mut buf), Ok(Some(Frame::Line(l))) if l.len() == 2 * LONG_LINE));
+    }
+
+    /// One holder of a plugin's turn at a time, the next in the order they asked.
+    #[tokio::test]
+    async fn one_turn_at_a_time_in_order() {
+        let turns = LongLineTurn::new();
+        let first = turns.wait().await;
+        let mut second = Box::pin(turns.clone().wait());
+        let mut third = Box::pin(turns.wait());
+        assert!(futures::poll!(&mut second).is_pending() && futures::poll!(&mut third).is_pending());
+        drop(first);
+        assert!(futures::poll!(&mut third).is_pending(), "the second asked first");
+        let second = second.await;
+        assert!(futures::poll!(&mut third).is_pending());
+        drop(second);
+        third.await;
     }
 
     /// A `\r` inside a line is noted, wherever the reads split it; one before `\n` is not (it is

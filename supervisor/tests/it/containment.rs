@@ -1291,3 +1291,80 @@ for line in sys.stdin:
     assert!(verdict.contains("starts processes") && verdict.contains("`process`"), "names the denial:\n{text}");
     assert_eq!(text.matches("sandbox: it starts once").count(), 1, "only that part explains it:\n{text}");
 }
+
+/// A plugin of 16 instances each starting a 12 MiB stdout line it never ends: one instance at a
+/// time reads a line past 1 MiB, so plugind holds one such line and a megabyte or two of each
+/// other (16 whole lines, 192 MiB, were held), and the other instances' writes stall.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_instances_read_one_long_line_at_a_time() {
+    // Writes without blocking, to say whether plugind stopped reading ("stalled": its stdout
+    // stayed full for a second) or read it all ("written").
+    const MAIN: &str = r#"import json, os, select, sys, time
+for line in sys.stdin:
+    m = json.loads(line)
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": {}}) + "\n")
+    sys.stdout.flush()
+    if m["method"] == "register":
+        break
+os.set_blocking(1, False)
+rest, stalled = memoryview(b"x" * (12 << 20)), False
+while rest:
+    try:
+        rest = rest[os.write(1, rest):]
+    except BlockingIOError:
+        if not select.select([], [1], [], 1.0)[1] and not stalled:
+            stalled = True
+            print("stalled", os.getpid(), file=sys.stderr, flush=True)
+print("written", os.getpid(), file=sys.stderr, flush=True)
+time.sleep(3600)
+"#;
+    let manifest = json!({"name": "partial", "version": "1.0.0", "main": "main.py", "instances": 16});
+    let b = Daemon::builder().plugin_files("partial", &[("plugin.json", &manifest.to_string()), ("main.py", MAIN)]);
+    // What plugind holds, not what its allocator keeps for reuse: freed pages go back at once.
+    let d = b.env("MIMALLOC_PURGE_DELAY", "0").spawn().await;
+    let before = rss_kb(d.pid());
+    d.wait_state("partial", "running").await;
+    let said = async |what: &str| -> Option<std::collections::BTreeSet<String>> {
+        let r = d.call("logs.tail", json!({"plugin": "partial", "lines": 1000})).await.ok()?;
+        let lines = r["lines"].as_array()?.iter().filter_map(|l| l["message"].as_str()?.strip_prefix(what));
+        Some(lines.map(str::to_owned).collect())
+    };
+    let (written, stalled) = wait_for("every instance to write its line or stall", async || {
+        let (written, stalled) = (said("written ").await?, said("stalled ").await?);
+        (written.union(&stalled).count() == 16).then_some((written, stalled))
+    })
+    .await;
+    let held = rss_kb(d.pid());
+    assert_eq!((written.len(), stalled.len()), (1, 15), "written by {written:?}, stalled {stalled:?}");
+    assert!(held < before + 80 * 1024, "plugind grew from {before} KiB to {held} KiB");
+}
+
+/// Instances of one plugin answering lines of several megabytes at once take turns reading
+/// them, and every answer arrives whole: none is lost or cut, and nothing waits forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_instances_answering_long_lines_at_once_lose_none() {
+    const MAIN: &str = r#"import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m:
+        continue
+    p = m.get("params") or {}
+    result = {"s": "x" * p["params"]["n"]} if m["method"] == "execute" else {}
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": result}) + "\n")
+    sys.stdout.flush()
+"#;
+    let manifest = json!({"name": "big", "version": "1.0.0", "main": "main.py", "instances": 8});
+    let d = Daemon::builder()
+        .plugin_files("big", &[("plugin.json", &manifest.to_string()), ("main.py", MAIN)])
+        .start()
+        .await;
+    let calls = (0..16).map(|i| {
+        let n = (3 << 20) + i * 65_537;
+        let d = &d;
+        async move { (n, d.execute("big", "big", json!({"n": n})).await) }
+    });
+    for (n, r) in futures::future::join_all(calls).await {
+        let r = r.unwrap_or_else(|e| panic!("answer of {n} bytes: {e:?}"));
+        assert_eq!(r["s"].as_str().map(str::len), Some(n));
+    }
+}

@@ -569,3 +569,40 @@ async fn pluginctl_mcp_answers_what_it_read_before_stdin_closed_and_takes_batche
     assert_eq!((by_id(50)["result"].clone(), by_id(51)["result"].clone()), (json!({}), json!({})));
     assert_eq!(by_id(2)["result"]["content"][0]["text"], "counted to 2", "{answers:?}");
 }
+
+/// An MCP server's instances answering results of megabytes at once: the adapter and the
+/// instance reading its translation take the plugin's turn at long lines one after the other,
+/// and every result arrives whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mcp_servers_instances_answering_long_lines_at_once_lose_none() {
+    const BIG: &str = r#"import json, sys
+def send(m):
+    sys.stdout.write(json.dumps(m) + "\n"); sys.stdout.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    method, mid, p = m.get("method"), m.get("id"), m.get("params") or {}
+    if mid is None:
+        continue
+    if method == "initialize":
+        r = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "big", "version": "1"}}
+    elif method == "tools/list":
+        r = {"tools": [{"name": "big", "inputSchema": {"type": "object"}}]}
+    elif method == "tools/call":
+        r = {"content": [{"type": "text", "text": "x" * p["arguments"]["n"]}]}
+    else:
+        r = {}
+    send({"jsonrpc": "2.0", "id": mid, "result": r})
+"#;
+    let m = json!({"name": "bigmcp", "version": "1.0.0", "main": "server.py", "protocol": "mcp", "instances": 4});
+    let d =
+        Daemon::builder().plugin_files("bigmcp", &[("plugin.json", &m.to_string()), ("server.py", BIG)]).start().await;
+    let calls = (0..8).map(|i| {
+        let n = (2 << 20) + i * 65_537;
+        let d = &d;
+        async move { (n, d.execute("bigmcp", "big", json!({"n": n})).await) }
+    });
+    for (n, r) in futures::future::join_all(calls).await {
+        let r = r.unwrap_or_else(|e| panic!("result of {n} bytes: {e:?}"));
+        assert_eq!(r["content"][0]["text"].as_str().map(str::len), Some(n));
+    }
+}

@@ -58,6 +58,51 @@ pub fn decode_noting_cr(data: &[u8], max: usize, chunks: &[usize]) -> Vec<Frame>
     decode_with(FrameDecoder::new(max).noting_cr(), data, max, chunks)
 }
 
+/// [`decode_chunked`] with a decoder taking turns past `past` bytes
+/// ([`FrameDecoder::taking_turns`]), its turn given at once each time it asks. The lines are the
+/// model's all the same; checks that without the turn the buffer holds no more than `past` bytes
+/// and a read, that it asks only without the turn, and that a line's end ends the turn.
+pub fn decode_taking_turns(data: &[u8], max: usize, past: usize, chunks: &[usize]) -> Vec<Frame> {
+    let mut decoder = FrameDecoder::new(max).taking_turns(past);
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut rest = data;
+    let mut i = 0;
+    let mut eof = false;
+    loop {
+        let n = if chunks.is_empty() { rest.len() } else { chunks[i % chunks.len()].clamp(1, rest.len().max(1)) };
+        if rest.is_empty() {
+            eof = true;
+        } else {
+            i += 1;
+            buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if !decoder.has_turn() {
+                assert!(buf.len() <= past + n, "{} bytes held without the turn (past {past}, read {n})", buf.len());
+            }
+        }
+        loop {
+            let f = if eof { decoder.decode_eof(&mut buf) } else { decoder.decode(&mut buf) };
+            match f.expect("decode never fails") {
+                Some(Frame::LongLine) => {
+                    assert!(!decoder.has_turn(), "asked for the turn while holding it");
+                    decoder.take_turn();
+                }
+                Some(f) => {
+                    assert!(!decoder.has_turn(), "the turn outlived its line: {f:?}");
+                    out.push(f);
+                }
+                None => break,
+            }
+        }
+        if eof {
+            break;
+        }
+    }
+    assert!(buf.is_empty(), "bytes left in the buffer at EOF: {}", buf.len());
+    out
+}
+
 fn decode_with(mut decoder: FrameDecoder, data: &[u8], max: usize, chunks: &[usize]) -> Vec<Frame> {
     let note = |f: &Frame, decoder: &FrameDecoder| {
         if let Frame::Line(l) = f {
@@ -94,6 +139,10 @@ pub fn check(data: &[u8], max: usize, chunks: &[usize]) {
     assert_eq!(decode_chunked(data, max, &[]), want, "read whole (max {max})");
     assert_eq!(decode_chunked(data, max, chunks), want, "read in chunks {chunks:?} (max {max})");
     assert_eq!(decode_noting_cr(data, max, chunks), want, "noting \\r, read in chunks {chunks:?} (max {max})");
+    for past in [0, max / 2, max] {
+        let got = decode_taking_turns(data, max, past, chunks);
+        assert_eq!(got, want, "taking turns past {past}, read in chunks {chunks:?} (max {max})");
+    }
     if data.len() <= 4096 {
         assert_eq!(decode_chunked(data, max, &[1]), want, "read byte by byte (max {max})");
         assert_eq!(decode_noting_cr(data, max, &[1]), want, "noting \\r, read byte by byte (max {max})");
