@@ -1021,7 +1021,12 @@ async fn handshake(inst: Arc<Instance>, spec: InstanceSpec, log: Arc<PluginLog>)
         }
         CallError::Closed => format!("exited during {what}"),
         CallError::Stopping => format!("stopped during {what}"),
-        CallError::Rpc(e) => format!("{what} failed: {e}"),
+        // Its `data` too: where a plugin says which config field is wrong (cut with the rest,
+        // `vet_handshake`).
+        CallError::Rpc(e) => match &e.data {
+            Some(data) => format!("{what} failed: {e}; data: {data}"),
+            None => format!("{what} failed: {e}"),
+        },
     };
     let init = match peer.call(methods::INIT, &params, d()).await {
         Ok(raw) => raw,

@@ -136,7 +136,7 @@ async fn init_error_fails_the_start_and_says_why() {
                 ("plugin.json", r#"{"name": "badinit", "version": "0.1.0", "main": "p.py", "restart": {"policy": "never"}}"#),
                 (
                     "p.py",
-                    "import sys, json\nfor l in sys.stdin:\n    m = json.loads(l)\n    print(json.dumps({'jsonrpc': '2.0', 'id': m['id'], 'error': {'code': -1, 'message': 'no config'}}), flush=True)\n",
+                    "import sys, json\nfor l in sys.stdin:\n    m = json.loads(l)\n    print(json.dumps({'jsonrpc': '2.0', 'id': m['id'], 'error': {'code': -1, 'message': 'no config', 'data': {'field': 'api_key'}}}), flush=True)\n",
                 ),
             ],
         )
@@ -144,6 +144,8 @@ async fn init_error_fails_the_start_and_says_why() {
         .await;
     let s = d.wait_state("badinit", "failed").await;
     assert!(s["last_error"].as_str().unwrap().contains("init failed: no config"), "{s}");
+    // With the error's data, where a plugin says what is wrong.
+    assert!(s["last_error"].as_str().unwrap().contains(r#"data: {"field":"api_key"}"#), "{s}");
     // The history says why it is failed: its policy, not restarts it never had.
     let failed = s["history"].as_array().unwrap().iter().find(|h| h["event"] == "failed").cloned();
     let detail = failed.as_ref().map(|h| h["detail"].to_string()).unwrap_or_default();
