@@ -114,10 +114,10 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream, client_pid: Option<i32
                         // Under its own id when its head shows one, so the client's call ends;
                         // a host's answer that big ends plugind's call to it the same way.
                         use plugind_protocol::jsonrpc::{Message, Oversized};
-                        let e = RpcError::new(codes::INVALID_REQUEST, format!("request of {len} bytes exceeds the {DEFAULT_MAX_FRAME}-byte limit"));
+                        let e = RpcError::new(codes::INVALID_REQUEST, format!("request exceeds the {DEFAULT_MAX_FRAME}-byte limit ({len} bytes read when it was found too long)"));
                         match Message::oversized_head(&head) {
                             Some(Oversized::Answer(n)) => {
-                                let what = format!("the answer to this call was {len} bytes, over the {DEFAULT_MAX_FRAME}-byte limit; discarded");
+                                let what = format!("the answer to this call is over the {DEFAULT_MAX_FRAME}-byte limit ({len} bytes read when it was found too long); discarded");
                                 conn.peer.fail_call(n, RpcError::new(codes::INTERNAL_ERROR, what));
                             }
                             Some(Oversized::Request(id)) => conn.peer.respond(id, Err(&e)).await,

@@ -19,7 +19,7 @@
 
 use super::{check_version, is_tool_error, log_params, tool_error_message, HandshakeError, Tool};
 use crate::logs::PluginLog;
-use crate::transport::frame::{Frame, FrameDecoder, LongLineTurn, DEFAULT_MAX_FRAME, LONG_LINE};
+use crate::transport::frame::{Frame, FrameDecoder, LongLineTurn, DEFAULT_MAX_FRAME, LONG_LINE, TURN_STALL};
 use crate::transport::outbox::{self, spawn_writer, Outbox, Outgoing};
 use futures::StreamExt;
 use plugind_protocol::codes;
@@ -500,7 +500,35 @@ async fn downstream(shared: Arc<Shared>, from_plugind: DuplexStream) {
 async fn upstream<R: AsyncRead + Unpin>(shared: Arc<Shared>, stdout: R, long_lines: LongLineTurn) {
     let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME).taking_turns(LONG_LINE));
     let mut turn = None;
-    while let Some(frame) = frames.next().await {
+    // While the turn is held: how much of the line had come at the last look.
+    let mut seen = 0;
+    loop {
+        let frame = if turn.is_some() {
+            match tokio::time::timeout(TURN_STALL, frames.next()).await {
+                Ok(frame) => frame,
+                // The line stopped coming while another instance waits: dropped, the turn goes.
+                Err(_) if frames.read_buffer().len() == seen && long_lines.is_awaited() => {
+                    let mut buf = std::mem::take(frames.read_buffer_mut());
+                    let (len, _) = frames.decoder_mut().abandon_line(&mut buf);
+                    *frames.read_buffer_mut() = buf;
+                    turn = None;
+                    shared.log.about_output(LogLevel::Warn, || {
+                        format!(
+                            "stdout line stalled mid-way ({len} bytes of it read, nothing more for {} s) while holding the plugin's turn at long lines, which another instance waited for; discarded",
+                            TURN_STALL.as_secs()
+                        )
+                    });
+                    continue;
+                }
+                Err(_) => {
+                    seen = frames.read_buffer().len();
+                    continue;
+                }
+            }
+        } else {
+            frames.next().await
+        };
+        let Some(frame) = frame else { break };
         // Frames decoded from one read never touch the pipe: counted here, as reads are, so a
         // server writing short lines at full speed cannot keep this task from yielding.
         tokio::task::consume_budget().await;
@@ -512,12 +540,13 @@ async fn upstream<R: AsyncRead + Unpin>(shared: Arc<Shared>, stdout: R, long_lin
             Ok(Frame::LongLine) => {
                 turn = Some(long_lines.wait().await);
                 frames.decoder_mut().take_turn();
+                seen = frames.read_buffer().len();
             }
             Ok(Frame::Line(line)) => shared.on_server_line(&line).await,
             Ok(Frame::Oversized { len, .. }) => {
                 shared.log.about_output(LogLevel::Warn, || {
                     format!(
-                        "stdout line of {len} bytes exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded"
+                        "stdout line exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes ({len} bytes read when it was found too long); discarded"
                     )
                 });
             }

@@ -17,7 +17,7 @@ use crate::plugin::context::{Caller, InstanceHost, InstanceSettings};
 use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
 use crate::sandbox::{self, cgroup::Cgroup};
 use crate::transport::budget::{unread_answer, Budget, Exceeded, Ticket};
-use crate::transport::frame::{Frame, FrameDecoder, LongLineTurn, Turn, DEFAULT_MAX_FRAME, LONG_LINE};
+use crate::transport::frame::{Frame, FrameDecoder, LongLineTurn, Turn, DEFAULT_MAX_FRAME, LONG_LINE, TURN_STALL};
 use crate::transport::outbox::{self, spawn_writer, OutboxReader, WRITE_DIRECT};
 use crate::transport::peer::{CallError, Deadline, Incoming, Peer};
 use crate::transport::pipe::Growable;
@@ -51,6 +51,7 @@ const PIDS_POLL: Duration = Duration::from_millis(250);
 pub const STOP_STEP: Duration = Duration::from_secs(2);
 /// Stdout frames an instance task handles in a row before it looks at anything else.
 const FRAMES_IN_A_ROW: usize = 32;
+
 /// How often requests refused past a plugin's request budget are reported in its log.
 const REFUSALS_REPORTED_EVERY: Duration = Duration::from_secs(10);
 /// Health pings missed in a row before the instance counts as crashed.
@@ -516,6 +517,9 @@ impl InstanceTask {
         // meanwhile), held while the line arrives, let go as soon as it has ended.
         let mut turn_wait: Option<BoxFut<Turn>> = None;
         let mut turn: Option<Turn> = None;
+        // While the turn is held: how much of the line had come at the last look, and when to
+        // look again (a line that stopped coming while others wait is dropped).
+        let mut turn_check: Option<(usize, Instant)> = None;
         let mut steps: FuturesUnordered<BoxFut<Step>> = FuturesUnordered::new();
         steps.push(Box::pin(handshake(inst.clone(), self.spec.clone(), self.log.clone())));
         let mut ready = false;
@@ -550,12 +554,28 @@ impl InstanceTask {
                     let _ = inst.stop_tx.try_send(StopKind::Graceful);
                 }
             }
+            if turn.is_none() {
+                turn_check = None;
+            } else if let Some((seen, at)) = turn_check.filter(|(_, at)| *at <= Instant::now()) {
+                let now = frames.read_buffer().len();
+                if now == seen && self.long_lines.is_awaited() {
+                    let mut buf = std::mem::take(frames.read_buffer_mut());
+                    let (len, head) = frames.decoder_mut().abandon_line(&mut buf);
+                    *frames.read_buffer_mut() = buf;
+                    (turn, turn_check) = (None, None);
+                    if let Some(fut) = self.on_stalled_line(len, &head) {
+                        steps.push(fut);
+                    }
+                } else {
+                    turn_check = Some((now, at + TURN_STALL));
+                }
+            }
             let drain_tick = drain_until.map(|_| Instant::now() + Duration::from_millis(25));
             let timer = match stop {
                 Some(StopPhase::Teardown(t) | StopPhase::StdinClosed(t) | StopPhase::Terminated(t)) => Some(t),
                 _ => None,
             };
-            let timer = [timer, eof_kill_at, drain_tick].into_iter().flatten().min();
+            let timer = [timer, eof_kill_at, drain_tick, turn_check.map(|(_, at)| at)].into_iter().flatten().min();
             let gated = self.gated();
             tokio::select! {
                 status = child.wait() => break status,
@@ -621,6 +641,7 @@ impl InstanceTask {
                     turn_wait = None;
                     frames.decoder_mut().take_turn();
                     turn = Some(t);
+                    turn_check = Some((frames.read_buffer().len(), Instant::now() + TURN_STALL));
                 }
                 Some(step) = steps.next(), if !steps.is_empty() => match step {
                     Step::Handshake(mut result) => {
@@ -652,6 +673,11 @@ impl InstanceTask {
                     Step::Ping(r) => {
                         ping_out = false;
                         match r {
+                            // Its answer may be behind a long line waiting for the plugin's turn
+                            // (stdout unread meanwhile): not this instance's fault.
+                            Err(CallError::Timeout(_)) if turn_wait.is_some() => {
+                                self.log.plugind("missed a health ping while waiting for the plugin's turn at long lines; not counted".to_owned());
+                            }
                             Err(CallError::Timeout(_)) => {
                                 misses += 1;
                                 self.log.plugind(format!("missed health ping {misses}/{PING_MISSES}"));
@@ -913,21 +939,38 @@ impl InstanceTask {
     /// ended at once, not at a deadline. An answer to one of plugind's calls fails that call
     /// with `-32603`; a request is answered `-32600` under its id (returned: work to run).
     fn on_oversized(&self, len: usize, head: &[u8]) -> Option<BoxFut<Step>> {
-        let why = format!("stdout line of {len} bytes exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded");
-        self.report_bad_output(codes::INVALID_REQUEST, why.clone());
+        let why = format!(
+            "is over the frame limit of {DEFAULT_MAX_FRAME} bytes ({len} bytes read when it was found too long)"
+        );
+        self.on_dropped_line(&why, head)
+    }
+
+    /// A long stdout line that stopped coming while it held the plugin's turn and another
+    /// instance waited for it: dropped, reported like a line over the limit.
+    fn on_stalled_line(&self, len: usize, head: &[u8]) -> Option<BoxFut<Step>> {
+        let why = format!(
+            "stalled mid-way ({len} bytes of it read, nothing more for {} s) while holding the plugin's turn at long lines, which another instance waited for",
+            TURN_STALL.as_secs()
+        );
+        self.on_dropped_line(&why, head)
+    }
+
+    /// A stdout line dropped unread (`why` it was: "is over…"): reported, and what its head
+    /// tells is ended at once (the call its answer was for, or its request, answered under its
+    /// id).
+    fn on_dropped_line(&self, why: &str, head: &[u8]) -> Option<BoxFut<Step>> {
+        let line = format!("stdout line {why}; discarded");
+        self.report_bad_output(codes::INVALID_REQUEST, line.clone());
         match plugind_protocol::jsonrpc::Message::oversized_head(head)? {
             plugind_protocol::jsonrpc::Oversized::Answer(n) => {
-                let error = RpcError::new(
-                    codes::INTERNAL_ERROR,
-                    format!("the answer to this call was {len} bytes, over the frame limit of {DEFAULT_MAX_FRAME} bytes; discarded"),
-                );
+                let error = RpcError::new(codes::INTERNAL_ERROR, format!("the answer to this call {why}; discarded"));
                 self.instance.peer.fail_call(n, error);
                 None
             }
             plugind_protocol::jsonrpc::Oversized::Request(id) => {
                 let error = RpcError::with_data(
                     codes::INVALID_REQUEST,
-                    why,
+                    format!("this request {why}; discarded"),
                     serde_json::json!({ "plugin": &*self.spec.plugin }),
                 );
                 self.refuse(vec![id.to_owned()], error)

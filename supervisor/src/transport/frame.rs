@@ -1,8 +1,9 @@
 //! Newline-delimited framing with a size cap.
 //!
 //! [`FrameDecoder`] splits a byte stream into lines. A line longer than the limit is not buffered
-//! whole: the decoder drops its bytes as they arrive, skips to the next `\n`, and yields one
-//! [`Frame::Oversized`] so the owner can report it. Bytes are not checked for UTF-8 here; the JSON
+//! whole: the decoder yields one [`Frame::Oversized`] as soon as the line is found too long (so
+//! the owner can report it, and end the call it was for at once), then drops its bytes as they
+//! arrive, up to the next `\n`. Bytes are not checked for UTF-8 here; the JSON
 //! parser rejects invalid text, which is then reported like any other non-JSON line.
 //!
 //! A line is held whole while it arrives, up to the limit. A decoder [`taking_turns`] holds at
@@ -12,6 +13,7 @@
 //!
 //! [`taking_turns`]: FrameDecoder::taking_turns
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -31,14 +33,21 @@ const KEEP_CAPACITY: usize = 1024 * 1024;
 /// ([`FrameDecoder::taking_turns`]). Answers of a megabyte or less (most) never wait for one.
 pub const LONG_LINE: usize = 1024 * 1024;
 
+/// How long a long line holding its plugin's turn may make no progress while another instance
+/// waits for the turn ([`LongLineTurn::is_awaited`]) before its reader drops it
+/// ([`FrameDecoder::abandon_line`]).
+pub const TURN_STALL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One item of the stream.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame {
     /// A complete line without its `\n` (a trailing `\r` is removed too).
     Line(Bytes),
-    /// A line over the limit was discarded; `len` is how many bytes it had.
+    /// A line over the limit, dropped: yielded as soon as it is found too long; the rest of it,
+    /// up to its `\n`, is dropped as it arrives, with no other frame.
     Oversized {
-        /// Bytes dropped, including those past the limit.
+        /// Its length when it was found too long: all of it if its `\n` had arrived, else as
+        /// much as had (more than the limit).
         len: usize,
         /// Its first [`HEAD`] bytes (fewer under a smaller limit): enough to read the id of an
         /// answer or request written id first, so that the call it was for ends at once
@@ -57,10 +66,30 @@ pub enum Frame {
 /// One plugin's turn at long lines, shared by its instances (clones share it): the instance
 /// holding it may read a line past [`LONG_LINE`], up to the frame limit; the others wait before
 /// reading more of theirs. Each holder only reads what its own plugin process is writing, so a
-/// wait ends when that line does, or when the process stalled mid-line is killed for missing its
-/// health pings.
+/// wait ends when that line does; a holder whose line stops coming while others wait
+/// ([`LongLineTurn::is_awaited`]) gives it up (the instance task drops the line).
 #[derive(Clone, Debug)]
-pub struct LongLineTurn(Arc<Semaphore>);
+pub struct LongLineTurn {
+    turn: Arc<Semaphore>,
+    /// How many wait for the turn.
+    waiting: Arc<AtomicUsize>,
+}
+
+/// One waiter counted in [`LongLineTurn::waiting`], for as long as it waits.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// The turn, held: dropped once the long line is read.
 #[derive(Debug)]
@@ -71,13 +100,21 @@ pub struct Turn {
 impl LongLineTurn {
     /// A plugin's turn, free.
     pub fn new() -> Self {
-        LongLineTurn(Arc::new(Semaphore::new(1)))
+        LongLineTurn { turn: Arc::new(Semaphore::new(1)), waiting: Arc::new(AtomicUsize::new(0)) }
     }
 
     /// Waits for the turn (first come, first served).
     pub fn wait(&self) -> impl std::future::Future<Output = Turn> + Send + 'static {
-        let turn = self.0.clone();
-        async move { Turn { _held: turn.acquire_owned().await.expect("UNWRAP: the semaphore is never closed") } }
+        let (turn, waiting) = (self.turn.clone(), self.waiting.clone());
+        async move {
+            let _waiting = Waiting::new(waiting);
+            Turn { _held: turn.acquire_owned().await.expect("UNWRAP: the semaphore is never closed") }
+        }
+    }
+
+    /// Whether an instance waits for the turn.
+    pub fn is_awaited(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -96,10 +133,8 @@ pub struct FrameDecoder {
     max: usize,
     /// Bytes already scanned for `\n` in the buffer (so each byte is scanned once).
     scanned: usize,
-    /// While discarding an oversized line: how many bytes were dropped so far.
-    discarding: Option<usize>,
-    /// The head of the line being discarded.
-    discarded_head: Bytes,
+    /// Whether the rest of a line already reported (too long, or abandoned) is being dropped.
+    discarding: bool,
     /// The length of the last line, if it was longer than a read: the next line is likely as
     /// long (a client or plugin sending documents sends several), so room for it is made at
     /// once, not by doubling, which copied a 64 KiB line's first 120 KiB on its way in.
@@ -127,8 +162,7 @@ impl FrameDecoder {
         FrameDecoder {
             max,
             scanned: 0,
-            discarding: None,
-            discarded_head: Bytes::new(),
+            discarding: false,
             last_long: 0,
             note_cr: false,
             cr_inside: false,
@@ -156,6 +190,22 @@ impl FrameDecoder {
     /// long and is being dropped), when the owner lets the turn go.
     pub fn has_turn(&self) -> bool {
         self.has_turn
+    }
+
+    /// Drops the unfinished line in `buf` (all it holds), and the rest of it as it arrives up to
+    /// its `\n`, as for a line over the limit; returns its length so far and its head. For a
+    /// line found too long, and for one its owner gives up on (stalled mid-way while it holds
+    /// its plugin's turn).
+    pub fn abandon_line(&mut self, buf: &mut BytesMut) -> (usize, Bytes) {
+        let head = Bytes::copy_from_slice(&buf[..HEAD.min(self.max).min(buf.len())]);
+        let len = buf.len();
+        self.discarding = true;
+        self.has_turn = false;
+        self.cr_inside = false;
+        buf.clear();
+        release(buf);
+        self.scanned = 0;
+        (len, head)
     }
 
     /// The same decoder, noting whether each line has a `\r` in it ([`last_line_has_cr`]): a
@@ -227,19 +277,17 @@ impl Decoder for FrameDecoder {
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
         loop {
             let newline = self.find_newline(buf);
-            if let Some(dropped) = self.discarding {
+            if self.discarding {
                 match newline {
                     Some(i) => {
                         buf.advance(i + 1);
                         release(buf);
                         self.scanned = 0;
-                        self.discarding = None;
+                        self.discarding = false;
                         self.cr_inside = false;
-                        let head = std::mem::take(&mut self.discarded_head);
-                        return Ok(Some(Frame::Oversized { len: dropped + i, head }));
+                        continue;
                     }
                     None => {
-                        self.discarding = Some(dropped + buf.len());
                         buf.clear();
                         release(buf);
                         self.scanned = 0;
@@ -273,21 +321,20 @@ impl Decoder for FrameDecoder {
                     }
                     return Ok(Some(Frame::Line(line.freeze())));
                 }
-                Some(_) => {
-                    // Complete but too long: drop it and report.
-                    self.discarded_head = Bytes::copy_from_slice(&buf[..HEAD.min(self.max)]);
-                    self.discarding = Some(0);
-                    self.has_turn = false;
-                    continue;
-                }
-                None if buf.len() > self.max => {
-                    self.discarded_head = Bytes::copy_from_slice(&buf[..HEAD.min(self.max)]);
-                    self.discarding = Some(buf.len());
-                    self.has_turn = false;
-                    buf.clear();
+                Some(i) => {
+                    // Complete but too long: dropped and reported whole.
+                    let head = Bytes::copy_from_slice(&buf[..HEAD.min(self.max)]);
+                    buf.advance(i + 1);
                     release(buf);
                     self.scanned = 0;
-                    return Ok(None);
+                    self.cr_inside = false;
+                    self.has_turn = false;
+                    return Ok(Some(Frame::Oversized { len: i, head }));
+                }
+                None if buf.len() > self.max => {
+                    // Too long before its end: reported now, the rest dropped as it comes.
+                    let (len, head) = self.abandon_line(buf);
+                    return Ok(Some(Frame::Oversized { len, head }));
                 }
                 None if !self.has_turn && self.turns.is_some_and(|past| buf.len() > past) => {
                     return Ok(Some(Frame::LongLine))
@@ -323,8 +370,11 @@ impl Decoder for FrameDecoder {
         if let Some(frame) = self.decode(buf)? {
             return Ok(Some(frame));
         }
-        if let Some(dropped) = self.discarding.take() {
-            return Ok(Some(Frame::Oversized { len: dropped, head: std::mem::take(&mut self.discarded_head) }));
+        if self.discarding {
+            // Reported when it was found too long; what came of it since is gone.
+            self.discarding = false;
+            buf.clear();
+            return Ok(None);
         }
         if buf.is_empty() || buf.iter().all(u8::is_ascii_whitespace) {
             buf.clear();
@@ -421,7 +471,7 @@ mod tests {
         assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::LongLine));
         d.take_turn();
         buf.extend_from_slice(&[b'z'; 20]);
-        assert_eq!(d.decode(&mut buf).unwrap(), None);
+        assert!(matches!(d.decode(&mut buf), Ok(Some(Frame::Oversized { len, .. })) if len == LONG_LINE + 21));
         assert!(!d.has_turn() && buf.is_empty());
         // Not taking turns: read whole.
         let mut d = FrameDecoder::default();
@@ -436,15 +486,25 @@ mod tests {
     async fn one_turn_at_a_time_in_order() {
         let turns = LongLineTurn::new();
         let first = turns.wait().await;
+        assert!(!turns.is_awaited());
         let mut second = Box::pin(turns.clone().wait());
         let mut third = Box::pin(turns.wait());
         assert!(futures::poll!(&mut second).is_pending() && futures::poll!(&mut third).is_pending());
+        assert!(turns.is_awaited());
         drop(first);
         assert!(futures::poll!(&mut third).is_pending(), "the second asked first");
         let second = second.await;
         assert!(futures::poll!(&mut third).is_pending());
         drop(second);
         third.await;
+        assert!(!turns.is_awaited());
+        // A waiter that gives up waits no more.
+        let held = turns.wait().await;
+        let mut gone = Box::pin(turns.wait());
+        assert!(futures::poll!(&mut gone).is_pending() && turns.is_awaited());
+        drop(gone);
+        assert!(!turns.is_awaited());
+        drop(held);
     }
 
     /// A `\r` inside a line is noted, wherever the reads split it; one before `\n` is not (it is
@@ -494,12 +554,18 @@ mod tests {
         assert_eq!(out, vec![line("{\"a\":1}"), line("{\"b\":2}")]);
     }
 
+    /// A line over the limit is reported once, as soon as it is found too long (with as much
+    /// of it as had come), and the next line survives.
     #[tokio::test]
     async fn oversized_line_is_dropped_and_reported_and_the_next_line_survives() {
         let big: &'static [u8] = Box::leak(vec![b'x'; 5000].into_boxed_slice());
         let out = frames(vec![b"{}\n", big, big, b"\n{\"ok\":1}\n"], 1000).await;
-        let head = Bytes::from(vec![b'x'; HEAD]);
-        assert_eq!(out, vec![line("{}"), Frame::Oversized { len: 10000, head }, line("{\"ok\":1}")]);
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(out[0], line("{}"));
+        let Frame::Oversized { len, head } = &out[1] else { panic!("{out:?}") };
+        assert!((1001..=5000).contains(len), "reported once over the limit, before its end: {len}");
+        assert_eq!(head, &Bytes::from(vec![b'x'; HEAD]));
+        assert_eq!(out[2], line("{\"ok\":1}"));
     }
 
     #[tokio::test]
@@ -524,14 +590,32 @@ mod tests {
     fn buffer_never_grows_past_the_limit_while_discarding() {
         let mut d = FrameDecoder::new(10);
         let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[b'y'; 64]);
+        let head = Bytes::from_static(b"yyyyyyyyyy");
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::Oversized { len: 64, head }), "reported at once");
+        assert!(buf.is_empty());
         for _ in 0..100 {
             buf.extend_from_slice(&[b'y'; 64]);
             assert_eq!(d.decode(&mut buf).unwrap(), None);
-            assert!(buf.len() <= 64);
+            assert!(buf.is_empty());
         }
-        buf.extend_from_slice(b"\n");
-        let head = Bytes::from_static(b"yyyyyyyyyy");
-        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::Oversized { len: 6400, head }));
+        buf.extend_from_slice(b"\nok\n");
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(line("ok")), "nothing more for its end");
+    }
+
+    /// A line given up on by its owner is dropped to its end like one over the limit.
+    #[test]
+    fn an_abandoned_line_is_dropped_to_its_end() {
+        let mut d = FrameDecoder::default().taking_turns(4);
+        let mut buf = BytesMut::from(&b"{\"id\":7,\"result\":\"xx"[..]);
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(Frame::LongLine));
+        d.take_turn();
+        assert_eq!(d.decode(&mut buf).unwrap(), None);
+        let (len, head) = d.abandon_line(&mut buf);
+        assert_eq!((len, &head[..]), (20, &b"{\"id\":7,\"result\":\"xx"[..]));
+        assert!(!d.has_turn() && buf.is_empty());
+        buf.extend_from_slice(b"xxxx\"}\n{}\n");
+        assert_eq!(d.decode(&mut buf).unwrap(), Some(line("{}")));
     }
 
     /// A byte-order mark before the first line is skipped; anywhere else it stays (and the line

@@ -1368,3 +1368,129 @@ for line in sys.stdin:
         assert_eq!(r["s"].as_str().map(str::len), Some(n));
     }
 }
+
+/// A long answer that stops coming mid-way while it holds the plugin's turn at long lines, with
+/// another instance waiting for the turn, is dropped after a second: its call fails with
+/// `-32603` at once, and its siblings' long answers arrive (they waited, unread, for the turn;
+/// before, all of them timed out and were killed for missing pings). The same with the stalled
+/// instance retiring after a graceful restart: the new instances' long answers arrive.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_line_stalled_mid_way_does_not_hold_up_its_siblings() {
+    const MAIN: &str = r#"import json, os, sys, time
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m:
+        continue
+    p = (m.get("params") or {}).get("params") or {}
+    method = (m.get("params") or {}).get("method") if m["method"] == "execute" else None
+    if method == "stall":
+        sys.stdout.write('{"jsonrpc":"2.0","id":%s,"result":{"s":"%s' % (json.dumps(m["id"]), "x" * (2 << 20)))
+        sys.stdout.flush()
+        print("stalling", os.getpid(), file=sys.stderr, flush=True)
+        time.sleep(3600)
+    result = {"s": "y" * p["n"], "pid": os.getpid()} if method == "big" else {}
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": result}) + "\n")
+    sys.stdout.flush()
+"#;
+    let manifest = json!({"name": "sib", "version": "1.0.0", "main": "main.py", "instances": 4, "timeout_ms": 8000});
+    let d = Daemon::builder()
+        .plugin_files("sib", &[("plugin.json", &manifest.to_string()), ("main.py", MAIN)])
+        .start()
+        .await;
+    for round in ["running", "retiring after a restart"] {
+        if round != "running" {
+            // A new generation: the instance that stalled in the first round sleeps on.
+            d.call("plugins.restart", json!({"name": "sib"})).await.unwrap();
+        }
+        let stall = d.execute("sib", "stall", json!({}));
+        let rest = async {
+            let stalled = wait_for("an instance to stall mid-line", async || {
+                let r = d.call("logs.tail", json!({"plugin": "sib", "lines": 1000})).await.ok()?;
+                let n = r["lines"]
+                    .as_array()?
+                    .iter()
+                    .filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with("stalling")))
+                    .count();
+                (n >= if round == "running" { 1 } else { 2 }).then_some(())
+            });
+            stalled.await;
+            if round != "running" {
+                let r = d.call("plugins.restart", json!({"name": "sib"})).await.unwrap();
+                assert_eq!(r["state"], "running", "{r}");
+            }
+            let t = std::time::Instant::now();
+            let calls = (0..3).map(|i| d.execute("sib", "big", json!({"n": (3 << 20) + i})));
+            let answers = futures::future::join_all(calls).await;
+            (answers, t.elapsed())
+        };
+        let (stalled, (answers, took)) = tokio::join!(stall, rest);
+        for (i, r) in answers.into_iter().enumerate() {
+            let r = r.unwrap_or_else(|e| panic!("{round}: a sibling's long answer: {e:?}"));
+            assert_eq!(r["s"].as_str().map(str::len), Some((3 << 20) + i), "{round}");
+        }
+        assert!(took < std::time::Duration::from_secs(6), "{round}: the siblings' answers took {took:?}");
+        if round == "running" {
+            // Ended at once when dropped, not at its deadline.
+            assert_eq!(code(&stalled), -32603, "{round}: {stalled:?}");
+            assert!(format!("{stalled:?}").contains("stalled mid-way"), "{stalled:?}");
+            let s = d.status("sib").await;
+            assert_eq!(s["restarts"], 0, "no instance was killed: {s}");
+        }
+    }
+}
+
+/// A line that goes on past the frame limit ends its call at once (it used to end at the
+/// line's end, or the deadline), and lets the plugin's turn at long lines go as soon as it is
+/// found too long: a sibling's long answer arrives meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_line_ends_its_call_and_lets_the_turn_go_when_it_passes_the_limit() {
+    const MAIN: &str = r#"import json, os, sys, time
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m:
+        continue
+    p = (m.get("params") or {}).get("params") or {}
+    method = (m.get("params") or {}).get("method") if m["method"] == "execute" else None
+    if method == "endless":
+        sys.stdout.write('{"jsonrpc":"2.0","id":%s,"result":"' % json.dumps(m["id"]))
+        chunk, until, n = "x" * 65536, time.time() + 30, 0
+        while time.time() < until:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+            n += 1
+            if n == 24:
+                print("past 1 MiB", file=sys.stderr, flush=True)
+            time.sleep(0.002)
+        sys.stdout.write('"}\n')
+        continue
+    result = {"s": "y" * p["n"]} if method == "big" else {}
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": result}) + "\n")
+    sys.stdout.flush()
+"#;
+    let manifest =
+        json!({"name": "endless", "version": "1.0.0", "main": "main.py", "instances": 2, "timeout_ms": 25000});
+    let files = [("plugin.json", manifest.to_string()), ("main.py", MAIN.to_owned())];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
+    let d = Daemon::builder().plugin_files("endless", &files).start().await;
+    let t = std::time::Instant::now();
+    let endless = async {
+        let r = d.execute("endless", "endless", json!({})).await;
+        (r, t.elapsed())
+    };
+    let sibling = async {
+        // Once the endless line has the turn: the sibling's answer waits for it.
+        wait_for("the endless line to pass 1 MiB", async || {
+            let r = d.call("logs.tail", json!({"plugin": "endless", "lines": 100})).await.ok()?;
+            r["lines"].as_array()?.iter().any(|l| l["message"] == "past 1 MiB").then_some(())
+        })
+        .await;
+        let r = d.execute("endless", "big", json!({"n": 3 << 20})).await;
+        (r, t.elapsed())
+    };
+    let ((r, ended), (sib, answered)) = tokio::join!(endless, sibling);
+    assert_eq!(code(&r), -32603, "{r:?}");
+    assert!(format!("{r:?}").contains("over the frame limit"), "{r:?}");
+    assert!(ended < std::time::Duration::from_secs(15), "ended after {ended:?}: at the line's end or the deadline");
+    assert_eq!(sib.unwrap()["s"].as_str().map(str::len), Some(3 << 20));
+    assert!(answered < std::time::Duration::from_secs(15), "the sibling waited {answered:?} for the endless line");
+}

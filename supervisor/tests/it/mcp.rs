@@ -606,3 +606,52 @@ for line in sys.stdin:
         assert_eq!(r["content"][0]["text"].as_str().map(str::len), Some(n));
     }
 }
+
+/// An MCP server instance that stalls mid-way through a long result, holding the plugin's turn
+/// at long lines, holds its siblings up for a second, not until it is killed: its line is
+/// dropped and a sibling's long result arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mcp_server_stalled_mid_line_does_not_hold_up_its_siblings() {
+    const STALL: &str = r#"import json, os, sys, time
+def send(m):
+    sys.stdout.write(json.dumps(m) + "\n"); sys.stdout.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    method, mid, p = m.get("method"), m.get("id"), m.get("params") or {}
+    if mid is None:
+        continue
+    if method == "tools/call" and p["name"] == "stall":
+        sys.stdout.write('{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"%s' % (json.dumps(mid), "x" * (2 << 20)))
+        sys.stdout.flush()
+        print("stalling", os.getpid(), file=sys.stderr, flush=True)
+        time.sleep(3600)
+    if method == "initialize":
+        r = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "stall", "version": "1"}}
+    elif method == "tools/list":
+        r = {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in ("big", "stall")]}
+    elif method == "tools/call":
+        r = {"content": [{"type": "text", "text": "y" * p["arguments"]["n"]}]}
+    else:
+        r = {}
+    send({"jsonrpc": "2.0", "id": mid, "result": r})
+"#;
+    let m = json!({"name": "stallmcp", "version": "1.0.0", "main": "server.py", "protocol": "mcp", "instances": 2, "timeout_ms": 20000});
+    let d = Daemon::builder().plugin_files("stallmcp", &[("plugin.json", &m.to_string()), ("server.py", STALL)]).start().await;
+    // Its own call ends at its deadline (the adapter cannot tell which call a dropped line was for).
+    let stall = d.call("execute", json!({"plugin": "stallmcp", "method": "stall", "params": {}, "timeout_ms": 5000}));
+    let sibling = async {
+        wait_for("an instance to stall mid-line", async || {
+            stderr_lines(&d, "stallmcp").await.iter().any(|l| l.starts_with("stalling")).then_some(())
+        })
+        .await;
+        let t = std::time::Instant::now();
+        let r = d.execute("stallmcp", "big", json!({"n": 3 << 20})).await;
+        (r, t.elapsed())
+    };
+    let (_stalled, (r, took)) = tokio::join!(stall, sibling);
+    let r = r.unwrap_or_else(|e| panic!("the sibling's long result: {e:?}"));
+    assert_eq!(r["content"][0]["text"].as_str().map(str::len), Some(3 << 20));
+    assert!(took < std::time::Duration::from_secs(10), "the sibling waited {took:?}");
+    let log = log_lines(&d, "stallmcp").await;
+    assert!(log.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("stalled mid-way"))), "{log:?}");
+}
