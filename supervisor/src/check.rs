@@ -66,6 +66,13 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
     for w in &m.warnings {
         r.push(Level::Warn, format!("manifest: {w}"));
     }
+    // Checked by a daemon, which has the other plugins: until one provides them, it waits `blocked`.
+    for (kind, deps) in [("requires", &m.required), ("may use", &m.optional)] {
+        for d in deps {
+            let range = d.range.as_ref().map_or_else(|| "any version".to_owned(), ToString::to_string);
+            r.push(Level::Ok, format!("dependencies: {kind} {} ({range}); not checked without a daemon", d.name));
+        }
+    }
     for g in crate::sandbox::guarantees(&m) {
         let text = match &g.why {
             None => format!("sandbox: {} holds ({})", g.guarantee, g.mechanism),
@@ -127,8 +134,12 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
     // sandbox: then `diagnose` finds over which part. (One that hangs is not retried: each try
     // would wait for the whole handshake budget.)
     let exited_already = matches!(handshake, Ok(Some(InstanceEvent::Exited { .. })));
-    let broke_early =
-        matches!(handshake, Ok(Some(InstanceEvent::Ready { result: Err(_), .. } | InstanceEvent::Exited { .. })));
+    // (Nor one whose handshake ran out of time: that is a hang, or output never flushed.)
+    let broke_early = match &handshake {
+        Ok(Some(InstanceEvent::Ready { result: Err(e), .. })) => !e.contains("startup_timeout_ms"),
+        Ok(Some(InstanceEvent::Exited { .. })) => true,
+        _ => false,
+    };
     match handshake {
         Ok(Some(InstanceEvent::Ready { result: Ok(services), .. })) => {
             let took = started.elapsed();

@@ -502,8 +502,12 @@ impl Machine {
                     _ => format!("more than {} restarts within {} s", policy.max_restarts, policy.window_s),
                 };
                 let then = match (self.cooldown_at, policy.cooldown_s) {
-                    (Some(_), Some(c)) => format!("one more start in {c} s (`cooldown_s`) or at `pluginctl restart`"),
-                    _ => "giving up until `pluginctl restart`".to_owned(),
+                    (Some(_), Some(c)) => {
+                        format!(
+                            "one more start in {c} s (`cooldown_s`), at `pluginctl restart` or when its files change"
+                        )
+                    }
+                    _ => "giving up until `pluginctl restart` or a change to its files".to_owned(),
                 };
                 let detail = format!("{why}; {then}");
                 out.push(Action::Log { warn: true, message: format!("failed: {detail}") });
@@ -529,7 +533,7 @@ impl Machine {
                 let live = self.insts.values().any(|i| i.gen == self.gen && !matches!(i.phase, Phase::Leaving(_)));
                 if !live {
                     if let Some(u) = &unmet {
-                        out.push(Action::LastError(Some(format!("blocked: unmet dependencies {}", u.join(", ")))));
+                        out.push(Action::LastError(Some(blocked_by(u))));
                         self.blocked = unmet.clone();
                     }
                 }
@@ -560,7 +564,7 @@ impl Machine {
             self.tracker.reset();
         }
         if let Some(u) = &unmet {
-            out.push(Action::LastError(Some(format!("blocked: unmet dependencies {}", u.join(", ")))));
+            out.push(Action::LastError(Some(blocked_by(u))));
         }
         self.blocked = unmet;
         self.fill(out);
@@ -811,6 +815,14 @@ impl Machine {
             }
         }
     }
+}
+
+/// `last_error` of a plugin waiting `blocked` for its required dependencies `unmet`.
+fn blocked_by(unmet: &[String]) -> String {
+    format!(
+        "blocked: unmet dependencies {}: no running plugin provides them; it starts by itself once one does (add or start it, or make the dependency optional)",
+        unmet.join(", ")
+    )
 }
 
 #[cfg(test)]

@@ -241,3 +241,36 @@ async fn manifest_warnings_are_in_the_plugins_log() {
     let t = String::from_utf8_lossy(&out.stdout);
     assert!(t.contains("plugin.json: /limits/memroy_mb: unknown field ignored"), "{t}");
 }
+
+/// A plugin whose answers stay in its stdout buffer is told to flush, at once after
+/// `startup_timeout_ms`: not retried with each part of the sandbox left out (which waited the
+/// timeout again for each, and then listed parts that had nothing to do with it).
+#[test]
+fn check_of_a_plugin_that_never_flushes_says_so_without_sandbox_retries() {
+    let work = tempfile::tempdir().unwrap();
+    let main = "import json, sys\nsys.stdout = open(1, 'w', buffering=65536)\nfor line in sys.stdin:\n    m = json.loads(line)\n    print(json.dumps({'jsonrpc': '2.0', 'id': m['id'], 'result': {}}))\n";
+    std::fs::write(work.path().join("main.py"), main).unwrap();
+    let manifest = r#"{"name": "noflush", "version": "1.0.0", "main": "main.py", "startup_timeout_ms": 1000}"#;
+    std::fs::write(work.path().join("plugin.json"), manifest).unwrap();
+    let out = ctl(&["check", "."], work.path());
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("wrote nothing on its stdout") && t.contains("flush"), "{t}");
+    assert!(!t.contains("sandbox: it starts once") && !t.contains("no single part of the sandbox"), "{t}");
+}
+
+/// Dependencies are named in `check`'s report, said to be checked only by a daemon (a plugin
+/// requiring one that is missing passed without a word, and then stayed `blocked`).
+#[test]
+fn check_names_the_dependencies_it_cannot_check() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("perl-echo").join("main.pl"), work.path().join("main.pl")).unwrap();
+    let manifest = json!({ "name": "x", "version": "1.0.0", "command": ["perl", "main.pl"],
+        "dependencies": { "required": ["nosuch"], "optional": ["maybe@^1"] } });
+    std::fs::write(work.path().join("plugin.json"), manifest.to_string()).unwrap();
+    let out = ctl(&["check", "."], work.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.contains("requires nosuch (any version); not checked without a daemon"), "{t}");
+    assert!(t.contains("may use maybe (^1)"), "{t}");
+}

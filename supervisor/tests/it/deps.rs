@@ -87,6 +87,7 @@ async fn a_dependent_restarting_after_a_crash_without_its_provider_waits_blocked
     let _ = d.execute("dependent", "exit", json!({"code": 3})).await;
     let s = d.wait_state("dependent", "blocked").await;
     assert!(s["last_error"].as_str().unwrap_or_default().contains("unmet dependencies provider"), "{s}");
+    assert!(s["last_error"].as_str().unwrap_or_default().contains("starts by itself once one does"), "{s}");
     assert_eq!(d.call("plugins.start", json!({"name": "provider"})).await.unwrap()["state"], "running");
     d.wait_state("dependent", "running").await;
     assert_eq!(d.execute("dependent", "echo", json!(5)).await.unwrap(), json!(5));

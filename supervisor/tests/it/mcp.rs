@@ -636,7 +636,10 @@ for line in sys.stdin:
     send({"jsonrpc": "2.0", "id": mid, "result": r})
 "#;
     let m = json!({"name": "stallmcp", "version": "1.0.0", "main": "server.py", "protocol": "mcp", "instances": 2, "timeout_ms": 20000});
-    let d = Daemon::builder().plugin_files("stallmcp", &[("plugin.json", &m.to_string()), ("server.py", STALL)]).start().await;
+    let d = Daemon::builder()
+        .plugin_files("stallmcp", &[("plugin.json", &m.to_string()), ("server.py", STALL)])
+        .start()
+        .await;
     // Its own call ends at its deadline (the adapter cannot tell which call a dropped line was for).
     let stall = d.call("execute", json!({"plugin": "stallmcp", "method": "stall", "params": {}, "timeout_ms": 5000}));
     let sibling = async {
