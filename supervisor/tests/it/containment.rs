@@ -1343,19 +1343,9 @@ time.sleep(3600)
 /// them, and every answer arrives whole: none is lost or cut, and nothing waits forever.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugins_instances_answering_long_lines_at_once_lose_none() {
-    const MAIN: &str = r#"import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if "id" not in m or "method" not in m:
-        continue
-    p = m.get("params") or {}
-    result = {"s": "x" * p["params"]["n"]} if m["method"] == "execute" else {}
-    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": result}) + "\n")
-    sys.stdout.flush()
-"#;
-    let manifest = json!({"name": "big", "version": "1.0.0", "main": "main.py", "instances": 8});
     let d = Daemon::builder()
-        .plugin_files("big", &[("plugin.json", &manifest.to_string()), ("main.py", MAIN)])
+        .plugin_as("py-long-lines", "big")
+        .manifest("big", |m| m["instances"] = json!(8))
         .start()
         .await;
     let calls = (0..16).map(|i| {
@@ -1376,25 +1366,9 @@ for line in sys.stdin:
 /// instance retiring after a graceful restart: the new instances' long answers arrive.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_line_stalled_mid_way_does_not_hold_up_its_siblings() {
-    const MAIN: &str = r#"import json, os, sys, time
-for line in sys.stdin:
-    m = json.loads(line)
-    if "id" not in m or "method" not in m:
-        continue
-    p = (m.get("params") or {}).get("params") or {}
-    method = (m.get("params") or {}).get("method") if m["method"] == "execute" else None
-    if method == "stall":
-        sys.stdout.write('{"jsonrpc":"2.0","id":%s,"result":{"s":"%s' % (json.dumps(m["id"]), "x" * (2 << 20)))
-        sys.stdout.flush()
-        print("stalling", os.getpid(), file=sys.stderr, flush=True)
-        time.sleep(3600)
-    result = {"s": "y" * p["n"], "pid": os.getpid()} if method == "big" else {}
-    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": result}) + "\n")
-    sys.stdout.flush()
-"#;
-    let manifest = json!({"name": "sib", "version": "1.0.0", "main": "main.py", "instances": 4, "timeout_ms": 8000});
     let d = Daemon::builder()
-        .plugin_files("sib", &[("plugin.json", &manifest.to_string()), ("main.py", MAIN)])
+        .plugin_as("py-long-lines", "sib")
+        .manifest("sib", |m| m["timeout_ms"] = json!(8000))
         .start()
         .await;
     for round in ["running", "retiring after a restart"] {
@@ -1444,34 +1418,14 @@ for line in sys.stdin:
 /// found too long: a sibling's long answer arrives meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_endless_line_ends_its_call_and_lets_the_turn_go_when_it_passes_the_limit() {
-    const MAIN: &str = r#"import json, os, sys, time
-for line in sys.stdin:
-    m = json.loads(line)
-    if "id" not in m or "method" not in m:
-        continue
-    p = (m.get("params") or {}).get("params") or {}
-    method = (m.get("params") or {}).get("method") if m["method"] == "execute" else None
-    if method == "endless":
-        sys.stdout.write('{"jsonrpc":"2.0","id":%s,"result":"' % json.dumps(m["id"]))
-        chunk, until, n = "x" * 65536, time.time() + 30, 0
-        while time.time() < until:
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-            n += 1
-            if n == 24:
-                print("past 1 MiB", file=sys.stderr, flush=True)
-            time.sleep(0.002)
-        sys.stdout.write('"}\n')
-        continue
-    result = {"s": "y" * p["n"]} if method == "big" else {}
-    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": result}) + "\n")
-    sys.stdout.flush()
-"#;
-    let manifest =
-        json!({"name": "endless", "version": "1.0.0", "main": "main.py", "instances": 2, "timeout_ms": 25000});
-    let files = [("plugin.json", manifest.to_string()), ("main.py", MAIN.to_owned())];
-    let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
-    let d = Daemon::builder().plugin_files("endless", &files).start().await;
+    let d = Daemon::builder()
+        .plugin_as("py-long-lines", "endless")
+        .manifest("endless", |m| {
+            m["instances"] = json!(2);
+            m["timeout_ms"] = json!(25000);
+        })
+        .start()
+        .await;
     let t = std::time::Instant::now();
     let endless = async {
         let r = d.execute("endless", "endless", json!({})).await;

@@ -575,27 +575,7 @@ async fn pluginctl_mcp_answers_what_it_read_before_stdin_closed_and_takes_batche
 /// and every result arrives whole.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_mcp_servers_instances_answering_long_lines_at_once_lose_none() {
-    const BIG: &str = r#"import json, sys
-def send(m):
-    sys.stdout.write(json.dumps(m) + "\n"); sys.stdout.flush()
-for line in sys.stdin:
-    m = json.loads(line)
-    method, mid, p = m.get("method"), m.get("id"), m.get("params") or {}
-    if mid is None:
-        continue
-    if method == "initialize":
-        r = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "big", "version": "1"}}
-    elif method == "tools/list":
-        r = {"tools": [{"name": "big", "inputSchema": {"type": "object"}}]}
-    elif method == "tools/call":
-        r = {"content": [{"type": "text", "text": "x" * p["arguments"]["n"]}]}
-    else:
-        r = {}
-    send({"jsonrpc": "2.0", "id": mid, "result": r})
-"#;
-    let m = json!({"name": "bigmcp", "version": "1.0.0", "main": "server.py", "protocol": "mcp", "instances": 4});
-    let d =
-        Daemon::builder().plugin_files("bigmcp", &[("plugin.json", &m.to_string()), ("server.py", BIG)]).start().await;
+    let d = Daemon::builder().plugin_as("mcp-long-lines", "bigmcp").start().await;
     let calls = (0..8).map(|i| {
         let n = (2 << 20) + i * 65_537;
         let d = &d;
@@ -612,32 +592,12 @@ for line in sys.stdin:
 /// dropped and a sibling's long result arrives.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_mcp_server_stalled_mid_line_does_not_hold_up_its_siblings() {
-    const STALL: &str = r#"import json, os, sys, time
-def send(m):
-    sys.stdout.write(json.dumps(m) + "\n"); sys.stdout.flush()
-for line in sys.stdin:
-    m = json.loads(line)
-    method, mid, p = m.get("method"), m.get("id"), m.get("params") or {}
-    if mid is None:
-        continue
-    if method == "tools/call" and p["name"] == "stall":
-        sys.stdout.write('{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"%s' % (json.dumps(mid), "x" * (2 << 20)))
-        sys.stdout.flush()
-        print("stalling", os.getpid(), file=sys.stderr, flush=True)
-        time.sleep(3600)
-    if method == "initialize":
-        r = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "stall", "version": "1"}}
-    elif method == "tools/list":
-        r = {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in ("big", "stall")]}
-    elif method == "tools/call":
-        r = {"content": [{"type": "text", "text": "y" * p["arguments"]["n"]}]}
-    else:
-        r = {}
-    send({"jsonrpc": "2.0", "id": mid, "result": r})
-"#;
-    let m = json!({"name": "stallmcp", "version": "1.0.0", "main": "server.py", "protocol": "mcp", "instances": 2, "timeout_ms": 20000});
     let d = Daemon::builder()
-        .plugin_files("stallmcp", &[("plugin.json", &m.to_string()), ("server.py", STALL)])
+        .plugin_as("mcp-long-lines", "stallmcp")
+        .manifest("stallmcp", |m| {
+            m["instances"] = json!(2);
+            m["timeout_ms"] = json!(20000);
+        })
         .start()
         .await;
     // Its own call ends at its deadline (the adapter cannot tell which call a dropped line was for).
