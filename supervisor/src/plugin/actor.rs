@@ -9,7 +9,7 @@
 use crate::logs::PluginLog;
 use crate::plugin::context::{ActorHost, InstanceHost};
 use crate::plugin::entry::{Command, PluginEntry, Reply};
-use crate::plugin::instance::{self, ExitReport, Instance, InstanceEvent, InstanceSpec};
+use crate::plugin::instance::{self, Instance, InstanceEvent, InstanceSpec};
 use crate::plugin::machine::{self, Action, Event, Key, Leave, Machine, Ticket, Unmet};
 use crate::plugin::state::PluginState;
 use crate::transport::frame::LongLineTurn;
@@ -310,6 +310,6 @@ impl PluginActor {
 
 /// The exit of an instance that never started.
 fn spawn_failure(error: String) -> machine::Exit {
-    let report = ExitReport { reason: Some(error), ..ExitReport::default() };
-    machine::Exit { clean: false, describe: report.describe() }
+    // Not `instance::ExitReport::describe`: there was no process, so no "(ended)".
+    machine::Exit { clean: false, describe: format!("could not be started: {error}") }
 }

@@ -17,7 +17,7 @@ use std::process::Stdio;
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     /// The manifest's entry point does not exist.
-    #[error("{file}: field /main: file {main:?} not found")]
+    #[error("{file}: field /main: file {main:?} not found (a compiled plugin must be built first, e.g. `cargo build --release` in its directory; or fix the path)")]
     MainMissing {
         /// The manifest file.
         file: PathBuf,

@@ -202,6 +202,7 @@ async fn a_main_that_cannot_be_executed_fails_the_start_and_says_why() {
     let s = d.wait_state("noexec", "failed").await;
     let why = s["last_error"].as_str().unwrap_or_default();
     assert!(why.contains("cannot start") && why.contains("ermission denied"), "{s}");
+    assert!(why.starts_with("instance could not be started: ") && !why.contains("(ended)"), "{s}");
     assert!(s["pid"].is_null(), "{s}");
 }
 
@@ -216,4 +217,33 @@ async fn plugins_outlive_an_idle_spell_of_the_threads_that_forked_them() {
     let after = d.status("perl-echo").await;
     assert_eq!(after["pid"], before["pid"], "{after}");
     assert_eq!(after["restarts"], 0, "{after}");
+}
+
+/// A `main` that is not there yet (a compiled plugin not built) fails the start naming the file
+/// and field and saying to build it, and the plugin starts by itself once the file appears (its
+/// history said it gives up "until `pluginctl restart` or a change to its files").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_main_not_built_yet_says_so_and_starts_once_it_appears() {
+    let d = Daemon::builder()
+        .plugin_files(
+            "unbuilt",
+            &[(
+                "plugin.json",
+                r#"{"name": "unbuilt", "version": "0.1.0", "main": "unbuilt", "restart": {"max_restarts": 1}}"#,
+            )],
+        )
+        .watch()
+        .start()
+        .await;
+    let s = d.wait_state("unbuilt", "failed").await;
+    let why = s["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains(r#"field /main: file "unbuilt" not found"#) && why.contains("cargo build --release"), "{s}");
+    assert!(why.starts_with("instance could not be started: ") && !why.contains("(ended)"), "{s}");
+    // Built elsewhere and moved into place, as a build or deploy does.
+    let built = d.dir.path().join("unbuilt.pl");
+    std::fs::copy(fixture("perl-echo").join("main.pl"), &built).unwrap();
+    std::fs::set_permissions(&built, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&built, d.plugins.join("unbuilt/unbuilt")).unwrap();
+    d.wait_state("unbuilt", "running").await;
+    assert_eq!(d.execute("unbuilt", "echo", json!(7)).await.unwrap(), json!(7));
 }
