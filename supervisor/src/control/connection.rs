@@ -11,6 +11,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{null_id, RpcError};
+use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::UnixStream;
@@ -101,11 +102,20 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream, client_pid: Option<i32
     let budget = Budget::new(MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES);
     let mut eof = false;
     let mut burst = 0usize;
+    // A refusal past the budget that found no room in the outbox: sent before anything more is
+    // read. (Awaited in this loop, it stopped the loop for good with a client that reads
+    // nothing: its calls in flight were never polled again.)
+    let mut refusal: Option<(Box<RawValue>, RpcError)> = None;
     loop {
+        if let Some((id, e)) = refusal.take() {
+            if !conn.peer.respond_now(&id, &e) && conn.peer.outbox_full() {
+                refusal = Some((id, e));
+            }
+        }
         // A client that does not read its answers is not read from either: its requests wait
         // in its socket, not as futures here (each holding its answer, unbounded). Reading
         // resumes as soon as the writer has made room.
-        let full = conn.peer.outbox_full();
+        let full = refusal.is_some() || conn.peer.outbox_full();
         tokio::select! {
             frame = frames.next(), if !full => {
                 let line = match frame {
@@ -151,7 +161,9 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream, client_pid: Option<i32
                                 codes::OVERLOADED,
                                 format!("{exceeded} for one connection: wait for some answers"),
                             );
-                            conn.peer.respond(id, Err(&e)).await;
+                            if !conn.peer.respond_now(id, &e) {
+                                refusal = Some((id.to_owned(), e));
+                            }
                             continue;
                         }
                         None
