@@ -504,10 +504,10 @@ impl Machine {
                 let then = match (self.cooldown_at, policy.cooldown_s) {
                     (Some(_), Some(c)) => {
                         format!(
-                            "one more start in {c} s (`cooldown_s`), at `pluginctl restart` or when its files change"
+                            "one more start in {c} s (`cooldown_s`), at `pluginctl restart` or when its files change (if watched)"
                         )
                     }
-                    _ => "giving up until `pluginctl restart` or a change to its files".to_owned(),
+                    _ => "giving up until `pluginctl restart` or a change to its files (if watched)".to_owned(),
                 };
                 let detail = format!("{why}; {then}");
                 out.push(Action::Log { warn: true, message: format!("failed: {detail}") });

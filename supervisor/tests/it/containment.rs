@@ -1448,3 +1448,36 @@ async fn an_endless_line_ends_its_call_and_lets_the_turn_go_when_it_passes_the_l
     assert_eq!(sib.unwrap()["s"].as_str().map(str::len), Some(3 << 20));
     assert!(answered < std::time::Duration::from_secs(15), "the sibling waited {answered:?} for the endless line");
 }
+
+/// Health pings an instance misses while it waits for its plugin's turn at long lines are not
+/// counted against it (its answers wait, unread, behind its own long line): four instances each
+/// writing a 2 MiB answer over 2.5 s take their turns one after the other, the last waits about
+/// 7 s, through several ping timeouts, and none is killed.
+#[tokio::test(flavor = "multi_thread")]
+async fn pings_missed_while_waiting_for_the_turn_are_not_counted() {
+    let d = Daemon::builder()
+        .plugin_as("py-long-lines", "slow")
+        .manifest("slow", |m| {
+            m["timeout_ms"] = json!(1500);
+            m["max_timeout_ms"] = json!(60000);
+        })
+        .arg("--ping-interval-ms")
+        .arg("100")
+        .start()
+        .await;
+    let call = json!({"plugin": "slow", "method": "slow", "params": {"n": 2 << 20, "secs": 2.5}, "timeout_ms": 40000});
+    let answers = futures::future::join_all((0..4).map(|_| d.call("execute", call.clone()))).await;
+    for r in answers {
+        let r = r.unwrap_or_else(|e| panic!("a slow long answer: {e:?}"));
+        assert_eq!(r["s"].as_str().map(str::len), Some(2 << 20));
+    }
+    let s = d.status("slow").await;
+    assert_eq!(s["restarts"], 0, "an instance was killed: {s}");
+    let r = d.call("logs.tail", json!({"plugin": "slow", "lines": 1000})).await.unwrap();
+    let waited = r["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["message"].as_str().is_some_and(|m| m.contains("while waiting for the plugin's turn")));
+    assert!(waited, "no ping was missed while waiting: the test did not wait long enough: {r}");
+}

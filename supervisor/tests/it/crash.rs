@@ -150,7 +150,7 @@ async fn init_error_fails_the_start_and_says_why() {
     let failed = s["history"].as_array().unwrap().iter().find(|h| h["event"] == "failed").cloned();
     let detail = failed.as_ref().map(|h| h["detail"].to_string()).unwrap_or_default();
     assert!(detail.contains("restart policy is `never`") && !detail.contains("restarts within"), "{s}");
-    assert!(detail.contains("until `pluginctl restart` or a change to its files"), "{s}");
+    assert!(detail.contains("until `pluginctl restart` or a change to its files (if watched)"), "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
