@@ -54,7 +54,7 @@ pub struct AdapterContext {
 pub fn adapt<W, R>(stdin: W, stdout: R, ctx: AdapterContext) -> (DuplexStream, DuplexStream)
 where
     W: AsyncWrite + Unpin + Send + crate::transport::pipe::Growable + 'static,
-    R: AsyncRead + Unpin + Send + 'static,
+    R: AsyncRead + Unpin + Send + crate::transport::pipe::Growable + 'static,
 {
     let (plugind_writes, adapter_reads) = tokio::io::duplex(PIPE_BYTES);
     let (adapter_writes, plugind_reads) = tokio::io::duplex(PIPE_BYTES);
@@ -497,7 +497,11 @@ async fn downstream(shared: Arc<Shared>, from_plugind: DuplexStream) {
 }
 
 /// Server → plugind.
-async fn upstream<R: AsyncRead + Unpin>(shared: Arc<Shared>, stdout: R, long_lines: LongLineTurn) {
+async fn upstream<R: AsyncRead + Unpin + crate::transport::pipe::Growable>(
+    shared: Arc<Shared>,
+    stdout: R,
+    long_lines: LongLineTurn,
+) {
     let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME).taking_turns(LONG_LINE));
     let mut turn = None;
     // While the turn is held: how much of the line had come at the last look.
@@ -507,7 +511,12 @@ async fn upstream<R: AsyncRead + Unpin>(shared: Arc<Shared>, stdout: R, long_lin
             match tokio::time::timeout(TURN_STALL, frames.next()).await {
                 Ok(frame) => frame,
                 // The line stopped coming while another instance waits: dropped, the turn goes.
-                Err(_) if frames.read_buffer().len() == seen && long_lines.is_awaited() => {
+                // (Nothing more came, and nothing waits in the pipe unread.)
+                Err(_)
+                    if frames.read_buffer().len() == seen
+                        && long_lines.is_awaited()
+                        && frames.get_ref().unread() == Some(0) =>
+                {
                     let mut buf = std::mem::take(frames.read_buffer_mut());
                     let (len, _) = frames.decoder_mut().abandon_line(&mut buf);
                     *frames.read_buffer_mut() = buf;

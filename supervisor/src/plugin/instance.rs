@@ -556,9 +556,11 @@ impl InstanceTask {
             }
             if turn.is_none() {
                 turn_check = None;
-            } else if let Some((seen, at)) = turn_check.filter(|(_, at)| *at <= Instant::now()) {
+            } else if let Some((seen, _)) = turn_check.filter(|(_, at)| *at <= Instant::now()) {
                 let now = frames.read_buffer().len();
-                if now == seen && self.long_lines.is_awaited() {
+                // Stalled: nothing more came, and nothing waits in the pipe (this task may not
+                // have run for a while on a busy machine: then the rest is there, unread).
+                if now == seen && self.long_lines.is_awaited() && frames.get_ref().unread() == Some(0) {
                     let mut buf = std::mem::take(frames.read_buffer_mut());
                     let (len, head) = frames.decoder_mut().abandon_line(&mut buf);
                     *frames.read_buffer_mut() = buf;
@@ -567,7 +569,10 @@ impl InstanceTask {
                         steps.push(fut);
                     }
                 } else {
-                    turn_check = Some((now, at + TURN_STALL));
+                    // From now, not from when it was due: after a spell in which this task did not
+                    // run, a check due long ago must not come round again at once and find no
+                    // progress in no time.
+                    turn_check = Some((now, Instant::now() + TURN_STALL));
                 }
             }
             let drain_tick = drain_until.map(|_| Instant::now() + Duration::from_millis(25));

@@ -7,9 +7,10 @@
 //! parser rejects invalid text, which is then reported like any other non-JSON line.
 //!
 //! A line is held whole while it arrives, up to the limit. A decoder [`taking_turns`] holds at
-//! most [`LONG_LINE`] of a line before its owner takes its plugin's [`LongLineTurn`]: one
-//! instance of a plugin at a time reads a line longer than that, so a plugin holds at most about
-//! two [`LONG_LINE`]s per instance and one line of the limit, not the limit per instance.
+//! most [`LONG_LINE`] of a line (and what the read that passed it brought) before its owner
+//! takes its plugin's [`LongLineTurn`]: one instance of a plugin at a time reads a line longer
+//! than that, so a plugin holds about [`LONG_LINE`] and a read per instance and one line of the
+//! limit, not the limit per instance.
 //!
 //! [`taking_turns`]: FrameDecoder::taking_turns
 
@@ -55,9 +56,9 @@ pub enum Frame {
         head: Bytes,
     },
     /// A line longer than the decoder's threshold (for a plugin, [`LONG_LINE`]) has begun, and
-    /// this decoder takes turns: its owner
-    /// reads no more until it has its plugin's [`LongLineTurn`] and says so with
-    /// [`FrameDecoder::take_turn`]. Only from a decoder [`taking_turns`].
+    /// this decoder takes turns: its owner reads no more until it has its plugin's
+    /// [`LongLineTurn`] and says so with [`FrameDecoder::take_turn`]. Only from a decoder
+    /// [`taking_turns`].
     ///
     /// [`taking_turns`]: FrameDecoder::taking_turns
     LongLine,

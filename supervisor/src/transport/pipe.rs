@@ -16,15 +16,21 @@
 //! four parts, and the data stays in cache between writer and reader (1 MiB pipes measured no
 //! better for 1 MiB lines, and worse at times).
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 /// What a plugin's pipe grows to once a large line goes through it.
 pub const LARGE_PIPE: usize = 256 * 1024;
 
-/// A stream plugind reads or writes, which may be a pipe it can grow.
+/// A stream plugind reads or writes, which may be a pipe: one it can grow, and look into.
 pub trait Growable {
     /// Grows the pipe to [`LARGE_PIPE`], if it is one (best effort).
     fn grow(&self) {}
+
+    /// Bytes written to the pipe and not read yet, if it is one (None: cannot tell). What tells
+    /// a writer that stalled from a reader that did not run for a while.
+    fn unread(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl Growable for tokio::process::ChildStdin {
@@ -36,6 +42,13 @@ impl Growable for tokio::process::ChildStdin {
 impl Growable for tokio::process::ChildStdout {
     fn grow(&self) {
         let _ = grow(self);
+    }
+
+    fn unread(&self) -> Option<usize> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes an int through the pointer given.
+        let ok = unsafe { libc::ioctl(self.as_raw_fd(), libc::FIONREAD, &mut n) } == 0;
+        ok.then(|| usize::try_from(n).unwrap_or(0))
     }
 }
 
@@ -68,5 +81,16 @@ mod tests {
         stdin.grow();
         stdout.grow();
         assert_eq!((size(&stdin), size(&stdout)), (LARGE_PIPE, LARGE_PIPE));
+    }
+
+    /// What waits unread in a child's stdout is seen.
+    #[tokio::test]
+    async fn unread_bytes_in_a_childs_stdout_are_seen() {
+        let mut child =
+            tokio::process::Command::new("printf").arg("12345").stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        child.wait().await.unwrap();
+        assert_eq!(stdout.unread(), Some(5));
+        assert_eq!(tokio::io::duplex(8).0.unread(), None);
     }
 }
