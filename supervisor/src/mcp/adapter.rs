@@ -517,9 +517,7 @@ async fn upstream<R: AsyncRead + Unpin + crate::transport::pipe::Growable>(
                         && long_lines.is_awaited()
                         && frames.get_ref().unread() == Some(0) =>
                 {
-                    let mut buf = std::mem::take(frames.read_buffer_mut());
-                    let (len, _) = frames.decoder_mut().abandon_line(&mut buf);
-                    *frames.read_buffer_mut() = buf;
+                    let (len, _) = FrameDecoder::abandon_line_in(&mut frames);
                     turn = None;
                     shared.log.about_output(LogLevel::Warn, || {
                         format!(

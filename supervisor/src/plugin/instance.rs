@@ -561,9 +561,7 @@ impl InstanceTask {
                 // Stalled: nothing more came, and nothing waits in the pipe (this task may not
                 // have run for a while on a busy machine: then the rest is there, unread).
                 if now == seen && self.long_lines.is_awaited() && frames.get_ref().unread() == Some(0) {
-                    let mut buf = std::mem::take(frames.read_buffer_mut());
-                    let (len, head) = frames.decoder_mut().abandon_line(&mut buf);
-                    *frames.read_buffer_mut() = buf;
+                    let (len, head) = FrameDecoder::abandon_line_in(&mut frames);
                     (turn, turn_check) = (None, None);
                     if let Some(fut) = self.on_stalled_line(len, &head) {
                         steps.push(fut);

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::codec::Decoder;
+use tokio_util::codec::{Decoder, FramedRead};
 
 /// Default frame limit (docs/protocol.md): 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -212,6 +212,14 @@ impl FrameDecoder {
         buf.reserve(DISCARD_ROOM);
         self.scanned = 0;
         (len, head)
+    }
+
+    /// [`FrameDecoder::abandon_line`] on what a reader of `frames` holds.
+    pub fn abandon_line_in<R>(frames: &mut FramedRead<R, FrameDecoder>) -> (usize, Bytes) {
+        let mut buf = std::mem::take(frames.read_buffer_mut());
+        let abandoned = frames.decoder_mut().abandon_line(&mut buf);
+        *frames.read_buffer_mut() = buf;
+        abandoned
     }
 
     /// The same decoder, noting whether each line has a `\r` in it ([`last_line_has_cr`]): a
