@@ -5,7 +5,6 @@
 use crate::config::Config;
 use crate::plugin::context::{ActorHost, InstanceHost};
 use crate::plugin::instance::{self, InstanceEvent, InstanceSpec};
-use crate::transport::frame::LongLineTurn;
 use crate::transport::peer::Deadline;
 use crate::Daemon;
 use plugind_protocol::manifest::Manifest;
@@ -113,7 +112,7 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
         1,
         spec,
         daemon.clone() as Arc<dyn InstanceHost>,
-        (log.clone(), LongLineTurn::new()),
+        instance::PluginShared::new(log.clone()),
         tx,
     ) {
         Ok(i) => i,
@@ -282,7 +281,7 @@ async fn handshake_succeeds(daemon: &Arc<Daemon>, name: &Arc<str>, dir: &Path, m
         id,
         spec,
         daemon.clone() as Arc<dyn InstanceHost>,
-        (daemon.plugin_log(&m.name), LongLineTurn::new()),
+        instance::PluginShared::new(daemon.plugin_log(&m.name)),
         tx,
     ) else {
         return false;

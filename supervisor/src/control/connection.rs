@@ -140,6 +140,8 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream, client_pid: Option<i32
                         frames.decoder_mut().take_turn();
                         continue;
                     }
+                    // Not reporting drops: never yielded.
+                    Some(Ok(Frame::Dropped(_))) => continue,
                     Some(Err(_)) => break,
                     None => {
                         eof = true;

@@ -19,6 +19,7 @@
 
 use super::{check_version, is_tool_error, log_params, tool_error_message, HandshakeError, Tool};
 use crate::logs::PluginLog;
+use crate::transport::chatter::Chatter;
 use crate::transport::frame::{Frame, FrameDecoder, LongLineTurn, DEFAULT_MAX_FRAME, LONG_LINE, TURN_STALL};
 use crate::transport::outbox::{self, spawn_writer, Outbox, Outgoing};
 use futures::StreamExt;
@@ -47,6 +48,9 @@ pub struct AdapterContext {
     pub log: Arc<PluginLog>,
     /// The plugin's turn at long stdout lines (`crate::transport::frame`).
     pub long_lines: LongLineTurn,
+    /// The plugin's rate of chatter (`crate::transport::chatter`): the server's lines the
+    /// adapter handles itself count here; those passed on are counted by the instance.
+    pub chatter: Chatter,
 }
 
 /// Puts an adapter between the MCP server's `stdin`/`stdout` and plugind. Returns the pipe
@@ -72,7 +76,7 @@ where
         calls: Mutex::new(Calls::default()),
     });
     tokio::spawn(downstream(shared.clone(), adapter_reads));
-    tokio::spawn(upstream(shared, stdout, ctx.long_lines));
+    tokio::spawn(upstream(shared, stdout, ctx.long_lines, ctx.chatter));
     (plugind_writes, plugind_reads)
 }
 
@@ -337,12 +341,17 @@ impl Shared {
     }
 
     /// One line from the server.
-    async fn on_server_line(&self, line: &[u8]) {
+    /// Handles one line of the server's; returns whether it was chatter the adapter dealt with
+    /// itself (not an answer to a call, not passed on to plugind).
+    async fn on_server_line(&self, line: &[u8]) -> bool {
         match Message::parse(line) {
             // Not a message: plugind's instance reports it as for any plugin (a non-JSON line
             // is logged with the hint to write logs to stderr) and goes on.
-            Err(_) => self.to_plugind([line, b"\n"].concat()).await,
-            Ok(Message::Response { id, outcome }) => self.response(id, outcome).await,
+            Err(_) => {
+                self.to_plugind([line, b"\n"].concat()).await;
+                false
+            }
+            Ok(Message::Response { id, outcome }) => !self.response(id, outcome).await,
             Ok(Message::Request { id, method, .. }) => {
                 let reply = match &*method {
                     "ping" => jsonrpc::result_line(id, &json!({})),
@@ -355,12 +364,15 @@ impl Shared {
                     ),
                 };
                 self.to_server(reply).await;
+                true
             }
-            Ok(Message::Notification { method, params }) => self.notification(&method, params).await,
+            Ok(Message::Notification { method, params }) => !self.notification(&method, params).await,
         }
     }
 
-    async fn response(&self, id: &RawValue, outcome: Result<&RawValue, RpcError>) {
+    /// Passes on the answer to a call; returns whether it was one (an answer to nothing is
+    /// dropped, with a warning if plugind never sent its id).
+    async fn response(&self, id: &RawValue, outcome: Result<&RawValue, RpcError>) -> bool {
         let n = Message::numeric_id(id);
         let pending = n.and_then(|n| {
             let mut calls = self.calls();
@@ -389,20 +401,25 @@ impl Shared {
             Some(Pending::Ping(id)) => jsonrpc::result_line(&id, &json!({})),
             Some(Pending::Own(tx)) => {
                 let _ = tx.send(outcome.map(ToOwned::to_owned));
-                return;
+                return true;
             }
             // An answer to a call cancelled meanwhile: nobody waits for it any more.
-            None if n.is_some_and(|n| n < self.next_id.load(Ordering::Relaxed)) => return,
+            None if n.is_some_and(|n| n < self.next_id.load(Ordering::Relaxed)) => return false,
             None => {
-                self.log
-                    .warn(format!("the MCP server answered request id {} that plugind never sent; ignored", id.get()));
-                return;
+                // Rate-limited: a server may write such answers at full speed.
+                self.log.about_output(LogLevel::Warn, || {
+                    format!("the MCP server answered request id {} that plugind never sent; ignored", id.get())
+                });
+                return false;
             }
         };
         self.to_plugind(line).await;
+        true
     }
 
-    async fn notification(&self, method: &str, params: Option<&RawValue>) {
+    /// Turns a notification of the server's into plugind's, if it has one; returns whether it
+    /// was passed on.
+    async fn notification(&self, method: &str, params: Option<&RawValue>) -> bool {
         let params: Value = params.and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or_default();
         match method {
             "notifications/progress" => {
@@ -415,7 +432,7 @@ impl Shared {
                     Some(Pending::Execute { id, .. }) => Message::numeric_id(id),
                     _ => None,
                 });
-                let Some(call) = call else { return };
+                let Some(call) = call else { return false };
                 let mut out = json!({ "id": call });
                 for key in ["progress", "total", "message"] {
                     if let Some(v) = params.get(key).filter(|v| !v.is_null()) {
@@ -423,9 +440,11 @@ impl Shared {
                     }
                 }
                 self.to_plugind(jsonrpc::notification_line(methods::PROGRESS, &out)).await;
+                true
             }
             "notifications/message" => {
                 self.to_plugind(jsonrpc::notification_line(methods::LOG, &log_params(&params))).await;
+                true
             }
             "notifications/tools/list_changed" => {
                 self.log.about_output(LogLevel::Info, || {
@@ -433,8 +452,12 @@ impl Shared {
                      plugin restarts (`pluginctl restart NAME` is graceful)"
                         .to_owned()
                 });
+                false
             }
-            _ => tracing::debug!(plugin = %self.plugin, method, "MCP notification ignored"),
+            _ => {
+                tracing::debug!(plugin = %self.plugin, method, "MCP notification ignored");
+                false
+            }
         }
     }
 
@@ -501,8 +524,10 @@ async fn upstream<R: AsyncRead + Unpin + crate::transport::pipe::Growable>(
     shared: Arc<Shared>,
     stdout: R,
     long_lines: LongLineTurn,
+    chatter: Chatter,
 ) {
-    let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME).taking_turns(LONG_LINE));
+    let decoder = FrameDecoder::new(DEFAULT_MAX_FRAME).taking_turns(LONG_LINE).reporting_drops();
+    let mut frames = FramedRead::new(stdout, decoder);
     let mut turn = None;
     // While the turn is held: how much of the line had come at the last look.
     let mut seen = 0;
@@ -519,6 +544,7 @@ async fn upstream<R: AsyncRead + Unpin + crate::transport::pipe::Growable>(
                 {
                     let (len, _) = FrameDecoder::abandon_line_in(&mut frames);
                     turn = None;
+                    chatter.charge(1, len);
                     shared.log.about_output(LogLevel::Warn, || {
                         format!(
                             "stdout line stalled mid-way ({len} bytes of it read, nothing more for {} s) while holding the plugin's turn at long lines, which another instance waited for; discarded",
@@ -549,8 +575,14 @@ async fn upstream<R: AsyncRead + Unpin + crate::transport::pipe::Growable>(
                 frames.decoder_mut().take_turn();
                 seen = frames.read_buffer().len();
             }
-            Ok(Frame::Line(line)) => shared.on_server_line(&line).await,
+            Ok(Frame::Line(line)) => {
+                if shared.on_server_line(&line).await {
+                    chatter.charge(1, line.len());
+                }
+            }
+            Ok(Frame::Dropped(len)) => chatter.charge(0, len),
             Ok(Frame::Oversized { len, .. }) => {
+                chatter.charge(1, len);
                 shared.log.about_output(LogLevel::Warn, || {
                     format!(
                         "stdout line exceeds the frame limit of {DEFAULT_MAX_FRAME} bytes ({len} bytes read when it was found too long); discarded"
@@ -558,6 +590,14 @@ async fn upstream<R: AsyncRead + Unpin + crate::transport::pipe::Growable>(
                 });
             }
             Err(_) => break,
+        }
+        if chatter.is_over() {
+            if let Some(wait) = chatter.wait() {
+                if let Some(report) = chatter.report_wait(wait) {
+                    shared.log.warn(report);
+                }
+                tokio::time::sleep(wait).await;
+            }
         }
     }
     shared.close();
@@ -584,7 +624,7 @@ mod tests {
         let (w, r) = adapt(
             server_stdin_w,
             server_stdout_r,
-            AdapterContext { plugin: "m".into(), log, long_lines: LongLineTurn::new() },
+            AdapterContext { plugin: "m".into(), log, long_lines: LongLineTurn::new(), chatter: Chatter::new() },
         );
         (w, BufReader::new(r).lines(), BufReader::new(server_stdin_r).lines(), server_stdout_w)
     }

@@ -12,7 +12,6 @@ use crate::plugin::entry::{Command, PluginEntry, Reply};
 use crate::plugin::instance::{self, Instance, InstanceEvent, InstanceSpec};
 use crate::plugin::machine::{self, Action, Event, Key, Leave, Machine, Ticket, Unmet};
 use crate::plugin::state::PluginState;
-use crate::transport::frame::LongLineTurn;
 use plugind_protocol::control::LastExit;
 use plugind_protocol::manifest::Manifest;
 use std::collections::{HashMap, VecDeque};
@@ -38,8 +37,9 @@ pub struct PluginActor {
     own: VecDeque<Event>,
     /// `instances` changed since the entry's list of processes was last published.
     processes_changed: bool,
-    /// The plugin's turn at long stdout lines, shared by its instances of every generation.
-    long_lines: LongLineTurn,
+    /// What the plugin's instances of every generation share: its log, its turn at long stdout
+    /// lines, its rate of chatter.
+    shared: instance::PluginShared,
 }
 
 impl PluginActor {
@@ -63,7 +63,7 @@ impl PluginActor {
             events_tx,
             own: VecDeque::new(),
             processes_changed: false,
-            long_lines: LongLineTurn::new(),
+            shared: instance::PluginShared::new(entry.log.clone()),
         };
         tokio::spawn(actor.run(ctl_rx, events_rx));
         entry
@@ -291,8 +291,7 @@ impl PluginActor {
         let settings = self.host.instance_settings(m);
         let host: Arc<dyn InstanceHost> = self.host.clone();
         let started = InstanceSpec::new(&settings, &self.entry.name, &self.entry.dir, m, id).and_then(|spec| {
-            let plugin = (self.entry.log.clone(), self.long_lines.clone());
-            instance::launch(id, spec, host, plugin, self.events_tx.clone()).map_err(|e| e.to_string())
+            instance::launch(id, spec, host, self.shared.clone(), self.events_tx.clone()).map_err(|e| e.to_string())
         });
         match started {
             Ok(inst) => {

@@ -17,6 +17,7 @@ use crate::plugin::context::{Caller, InstanceHost, InstanceSettings};
 use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
 use crate::sandbox::{self, cgroup::Cgroup};
 use crate::transport::budget::{unread_answer, Budget, Exceeded, Ticket};
+use crate::transport::chatter::Chatter;
 use crate::transport::frame::{Frame, FrameDecoder, LongLineTurn, Turn, DEFAULT_MAX_FRAME, LONG_LINE, TURN_STALL};
 use crate::transport::outbox::{self, spawn_writer, OutboxReader, WRITE_DIRECT};
 use crate::transport::peer::{CallError, Deadline, Incoming, Peer};
@@ -367,14 +368,30 @@ impl InstanceSpec {
     }
 }
 
+/// What a plugin's instances share, kept across its generations.
+#[derive(Clone)]
+pub struct PluginShared {
+    pub log: Arc<PluginLog>,
+    /// The plugin's turn at reading a stdout line past `LONG_LINE` (`crate::transport::frame`).
+    pub long_lines: LongLineTurn,
+    /// The rate of the plugin's stdout lines that are not answers or requests
+    /// (`crate::transport::chatter`).
+    pub chatter: Chatter,
+}
+
+impl PluginShared {
+    pub fn new(log: Arc<PluginLog>) -> Self {
+        PluginShared { log, long_lines: LongLineTurn::new(), chatter: Chatter::new() }
+    }
+}
+
 /// Starts an instance: its task forks the child, then serves it. A failed fork is reported as
-/// [`InstanceEvent::SpawnFailed`]; only a temp dir that cannot be made fails here. `log` and
-/// `long_lines` are the plugin's, shared by its instances.
+/// [`InstanceEvent::SpawnFailed`]; only a temp dir that cannot be made fails here.
 pub fn launch(
     id: u64,
     spec: InstanceSpec,
     host: Arc<dyn InstanceHost>,
-    (log, long_lines): (Arc<PluginLog>, LongLineTurn),
+    PluginShared { log, long_lines, chatter }: PluginShared,
     events: mpsc::UnboundedSender<InstanceEvent>,
 ) -> Result<Arc<Instance>, SpawnError> {
     std::fs::create_dir_all(&spec.tmp_dir)
@@ -405,6 +422,7 @@ pub fn launch(
         host,
         log,
         long_lines,
+        chatter,
         events,
         requests: Budget::for_plugin(),
         refusals: std::sync::Mutex::new(crate::time::Throttle::new(REFUSALS_REPORTED_EVERY)),
@@ -445,6 +463,9 @@ struct InstanceTask {
     log: Arc<PluginLog>,
     /// The plugin's turn at reading a stdout line past `LONG_LINE` (`crate::transport::frame`).
     long_lines: LongLineTurn,
+    /// The plugin's stdout lines that are not answers or requests, metered: past the rate, this
+    /// instance's stdout is left unread for a while (`crate::transport::chatter`).
+    chatter: Chatter,
     events: mpsc::UnboundedSender<InstanceEvent>,
     /// The plugin's requests to plugind in flight, bounded (`crate::transport::budget`).
     requests: Budget,
@@ -493,6 +514,7 @@ impl InstanceTask {
                 plugin: self.spec.plugin.clone(),
                 log: self.log.clone(),
                 long_lines: self.long_lines.clone(),
+                chatter: self.chatter.clone(),
             };
             let (stdin, stdout) = crate::mcp::adapter::adapt(stdin, stdout, ctx);
             spawn_writer(stdin, out_rx);
@@ -512,7 +534,8 @@ impl InstanceTask {
         stderr_done: tokio::task::JoinHandle<()>,
     ) {
         let inst = self.instance.clone();
-        let mut frames = FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME).taking_turns(LONG_LINE));
+        let mut frames =
+            FramedRead::new(stdout, FrameDecoder::new(DEFAULT_MAX_FRAME).taking_turns(LONG_LINE).reporting_drops());
         // The plugin's turn at a long line: waited for while `turn_wait` is set (stdout unread
         // meanwhile), held while the line arrives, let go as soon as it has ended.
         let mut turn_wait: Option<BoxFut<Turn>> = None;
@@ -520,6 +543,8 @@ impl InstanceTask {
         // While the turn is held: how much of the line had come at the last look, and when to
         // look again (a line that stopped coming while others wait is dropped).
         let mut turn_check: Option<(usize, Instant)> = None;
+        // Set while the plugin is over its rate of chatter: stdout is read again at the instant.
+        let mut chatter_until: Option<Instant> = None;
         let mut steps: FuturesUnordered<BoxFut<Step>> = FuturesUnordered::new();
         steps.push(Box::pin(handshake(inst.clone(), self.spec.clone(), self.log.clone())));
         let mut ready = false;
@@ -563,6 +588,7 @@ impl InstanceTask {
                 if now == seen && self.long_lines.is_awaited() && frames.get_ref().unread() == Some(0) {
                     let (len, head) = FrameDecoder::abandon_line_in(&mut frames);
                     (turn, turn_check) = (None, None);
+                    self.chatter.charge(1, len);
                     if let Some(fut) = self.on_stalled_line(len, &head) {
                         steps.push(fut);
                     }
@@ -573,16 +599,23 @@ impl InstanceTask {
                     turn_check = Some((now, Instant::now() + TURN_STALL));
                 }
             }
+            if chatter_until.is_some_and(|t| t <= Instant::now()) {
+                // Its other instances may have spent the rate meanwhile.
+                chatter_until = self.chatter.wait().map(|d| Instant::now() + d);
+            }
             let drain_tick = drain_until.map(|_| Instant::now() + Duration::from_millis(25));
             let timer = match stop {
                 Some(StopPhase::Teardown(t) | StopPhase::StdinClosed(t) | StopPhase::Terminated(t)) => Some(t),
                 _ => None,
             };
-            let timer = [timer, eof_kill_at, drain_tick, turn_check.map(|(_, at)| at)].into_iter().flatten().min();
+            let timer = [timer, eof_kill_at, drain_tick, turn_check.map(|(_, at)| at), chatter_until]
+                .into_iter()
+                .flatten()
+                .min();
             let gated = self.gated();
             tokio::select! {
                 status = child.wait() => break status,
-                frame = frames.next(), if stdout_open && !gated && turn_wait.is_none() => {
+                frame = frames.next(), if stdout_open && !gated && turn_wait.is_none() && chatter_until.is_none() => {
                     // The frames already read are handled in a row (up to `FRAMES_IN_A_ROW`),
                     // not one per round of this `select!`, which polls every other branch again
                     // (the child's exit, the stop channel, the timers) for each.
@@ -607,10 +640,12 @@ impl InstanceTask {
                                 }
                             }
                             Some(Ok(Frame::Oversized { len, head })) => {
+                                self.chatter.charge(1, len);
                                 if let Some(fut) = self.on_oversized(len, &head) {
                                     steps.push(fut);
                                 }
                             }
+                            Some(Ok(Frame::Dropped(len))) => self.chatter.charge(0, len),
                             Some(Err(_)) | None => {
                                 stdout_open = false;
                                 inst.peer.close();
@@ -627,6 +662,15 @@ impl InstanceTask {
                         // this task from yielding for seconds, stalling every task queued
                         // behind it on its thread.
                         tokio::task::consume_budget().await;
+                        if self.chatter.is_over() {
+                            if let Some(wait) = self.chatter.wait() {
+                                chatter_until = Some(Instant::now() + wait);
+                                if let Some(report) = self.chatter.report_wait(wait) {
+                                    self.log.warn(report);
+                                }
+                                break;
+                            }
+                        }
                         if n == FRAMES_IN_A_ROW || self.gated() {
                             break;
                         }
@@ -863,14 +907,17 @@ impl InstanceTask {
                 }))
             }
             Incoming::Notification { method, params } => {
+                self.chatter.charge(1, line.len());
                 self.on_notification(&method, params);
                 None
             }
             Incoming::UnknownResponse(id) => {
+                self.chatter.charge(1, line.len());
                 self.report_bad_output(codes::INVALID_REQUEST, format!("response with unknown id {id}; ignored"));
                 None
             }
             Incoming::Invalid(e) if e.code() == codes::PARSE_ERROR => {
+                self.chatter.charge(1, line.len());
                 self.log.about_output(LogLevel::Warn, || {
                     let text = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
                     format!(
@@ -880,6 +927,7 @@ impl InstanceTask {
                 None
             }
             Incoming::Invalid(e) => {
+                self.chatter.charge(1, line.len());
                 self.report_bad_output(codes::INVALID_REQUEST, format!("stdout line is {e}; ignored"));
                 // A request it could not make sense of is still answered, under its own id (each
                 // one of a batch): a plugin waiting for that answer would wait forever.
@@ -1114,6 +1162,8 @@ async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>) {
             }
             // Not taking turns (its lines are far shorter): never yielded.
             Frame::LongLine => frames.decoder_mut().take_turn(),
+            // Not reporting drops: never yielded.
+            Frame::Dropped(_) => {}
         }
     }
 }

@@ -4,6 +4,7 @@
 //! control connection) touch a plugin's or client's byte streams.
 
 pub mod budget;
+pub mod chatter;
 pub mod frame;
 pub mod http;
 pub mod outbox;

@@ -872,6 +872,85 @@ async fn a_plugin_writing_garbage_at_full_speed_does_not_flood_pluginds_log() {
     assert!(skipped < 5_000, "plugind logged {skipped} warnings about the flood");
 }
 
+/// CPU time a process has used (user and system), from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command (which may hold spaces): state is field 3, utime 14, stime 15.
+    let fields: Vec<u64> =
+        stat.rsplit(')').next().unwrap().split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
+    let ticks = fields[11] + fields[12];
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    std::time::Duration::from_millis(ticks * 1000 / per_sec)
+}
+
+/// Bytes a process has written so far (`wchar` of `/proc/PID/io`).
+fn written(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines().find_map(|l| l.strip_prefix("wchar: ")).unwrap().trim().parse().unwrap()
+}
+
+/// A plugin flooding stdout at full speed with what plugind reads and throws away made plugind
+/// spend its CPU reading and parsing it: about a whole core for garbage (`yes`) or for `log`
+/// notifications (of which the log keeps 200 a second), about a third of one for an endless
+/// line (dropped past the 16 MiB limit). Past a rate of such chatter (10 000 lines or 16 MiB a
+/// second per plugin) its stdout is left unread for a while, so its writes wait in its pipe:
+/// over two seconds it writes no more than the rate lets through (with its burst, a 64 KiB
+/// pipe and half as much again for slack), plugind's CPU stays under 15 % of a core, and other
+/// plugins are served meanwhile. Without the rate, the endless line alone was 500 MB in two
+/// seconds, and `yes` 10 MB.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_flooding_stdout_with_chatter_is_held_to_a_rate() {
+    let lines = |len: usize| (3 * 20_000 + 20_000) * (len as u64 + 1) + (64 << 10);
+    let unique = tempfile::tempdir().unwrap();
+    let unique = unique.path().file_name().unwrap().to_string_lossy().into_owned();
+    for name in ["garbage", "logs", "endless", "mcp-answers"] {
+        let marker = format!("chatter-{unique}-{name}");
+        let log = json!({"jsonrpc": "2.0", "method": "log", "params": {"level": "info", "message": marker}});
+        let log = log.to_string();
+        let (command, flooding, most) = match name {
+            "garbage" => (json!(["yes", marker]), "non-JSON line on stdout skipped", lines(marker.len())),
+            "logs" => (json!(["yes", log]), marker.as_str(), lines(log.len())),
+            "endless" => {
+                (json!(["perl", "-e", "$s = 'x' x 65536; print $s while 1", marker]), "over the frame limit", 80 << 20)
+            }
+            // An MCP server answering calls never made: its adapter drops them.
+            _ => {
+                let answer = format!(r#"{{"jsonrpc":"2.0","id":999999,"result":"{marker}"}}"#);
+                (json!(["yes", answer]), "never sent", lines(answer.len()))
+            }
+        };
+        let mut m = json!({"name": name, "version": "1.0.0", "main": "plugin.json", "command": command,
+            "startup_timeout_ms": 60_000});
+        if name == "mcp-answers" {
+            m["protocol"] = json!("mcp");
+        }
+        let d =
+            Daemon::builder().plugin("perl-echo").plugin_files(name, &[("plugin.json", &m.to_string())]).spawn().await;
+        d.wait_state("perl-echo", "running").await;
+        log_line(&d, name, flooding).await;
+        let [pid] = procs_with(&marker)[..] else { panic!("one process of {name}'s") };
+        // Two seconds of the flood (the window is the measure).
+        let (cpu, wrote, t) = (cpu_time(d.pid()), written(pid), std::time::Instant::now());
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let wrote = written(pid) - wrote;
+        let spent = cpu_time(d.pid()) - cpu;
+        let share = spent.as_secs_f64() / t.elapsed().as_secs_f64();
+        assert!(wrote <= most, "{name} wrote {wrote} bytes in {:?} (at most {most} expected)", t.elapsed());
+        assert!(
+            share < 0.15,
+            "{name}: plugind spent {spent:?} of CPU in {:?} ({:.0} % of a core)",
+            t.elapsed(),
+            share * 100.0
+        );
+        let said = log_line(&d, name, "stdout left unread").await;
+        assert!(said.contains("10000 lines/s") && said.contains("16 MiB/s"), "{said}");
+        assert_eq!(d.status(name).await["state"], "starting", "{name} is still there, trying to start");
+        for i in 0..20 {
+            assert_eq!(d.execute("perl-echo", "echo", json!(i)).await.unwrap(), json!(i));
+        }
+    }
+}
+
 /// A method schema that is small to send but exponential to check (41 `$defs`, each `anyOf`
 /// naming the next twice: 2^40 subschemas for one value) is refused, from `register` (the
 /// method is dropped with a warning, the plugin runs) and from the manifest (a load error naming
