@@ -404,6 +404,14 @@ fn json_problem(text: &str, e: &serde_json::Error) -> String {
     }
 }
 
+/// The code of `--json`'s error object for a usage error (exit 2): JSON-RPC's "invalid params".
+const USAGE_ERROR: i64 = -32602;
+
+/// `--json`'s error object on stdout.
+fn print_json_error(error: &Value) {
+    println!("{}", json!({ "error": error }));
+}
+
 fn main() -> ExitCode {
     // Like other Unix tools, end quietly when the reader of our output goes away (`| head`).
     // SAFETY: setting a signal disposition to its default before any thread exists.
@@ -411,6 +419,12 @@ fn main() -> ExitCode {
     let (command, conn) = match parse_args() {
         Ok(a) => a,
         Err(e) => {
+            if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
+                // The first line of the parser's report ("error: …"), without its prefix.
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                print_json_error(&json!({ "code": USAGE_ERROR, "message": first.trim_start_matches("error: ") }));
+            }
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
@@ -424,9 +438,16 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             // --json: a JSON-RPC error as the error object on stdout, for scripts; the message
-            // still goes to stderr for people.
-            if let (true, Some(error)) = (json_out, &f.error) {
-                println!("{}", json!({ "error": error }));
+            // still goes to stderr for people. A usage error and an unreachable plugind get one
+            // too, so that a script reading stdout always finds JSON when a command fails before
+            // plugind answered.
+            let error = f.error.clone().or_else(|| match f.code {
+                2 => Some(json!({ "code": USAGE_ERROR, "message": f.message })),
+                3 => Some(json!({ "code": plugind_client::CONNECTION_LOST, "message": f.message })),
+                _ => None,
+            });
+            if let (true, Some(error)) = (json_out, &error) {
+                print_json_error(error);
             }
             if !f.message.is_empty() {
                 eprintln!("pluginctl: {}", f.message);

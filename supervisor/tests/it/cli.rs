@@ -95,6 +95,31 @@ async fn json_errors_keep_code_and_data_and_every_call_takes_a_timeout() {
     assert_eq!(serde_json::from_str::<serde_json::Value>(stdout(&out).trim()).unwrap(), serde_json::json!({"n": 1}));
 }
 
+/// With `--json`, a command that fails before plugind answers prints an error object on stdout
+/// too (a script reading stdout finds JSON whatever went wrong): a usage error (exit 2, code
+/// -32602), from the argument parser or from pluginctl's own checks, and an unreachable plugind
+/// (exit 3, code -32011). The message still goes to stderr.
+#[test]
+fn json_usage_and_unreachable_errors_are_json_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("none.sock");
+    let sock = sock.to_str().unwrap();
+    for (args, exit, code, says) in [
+        (&["--json", "--socket", sock, "list"][..], 3, -32011, "cannot reach plugind"),
+        (&["list", "--socket", sock, "--json"], 3, -32011, "cannot reach plugind"),
+        (&["--json", "bogus"], 2, -32602, "unrecognized subcommand 'bogus'"),
+        (&["--json", "--socket", sock, "call", "p", "m", "{bad"], 2, -32602, "PARAMS is not valid JSON"),
+    ] {
+        let out = Command::new(pluginctl()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(exit), "{args:?}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON ({e}): {:?}", stdout(&out)));
+        assert_eq!(v["error"]["code"], code, "{args:?}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(says), "{args:?}: {v}");
+        assert!(stderr(&out).contains(says), "{args:?}: the message goes to stderr too");
+    }
+}
+
 // ---- colour, error messages, info, per-command options, scaffolded next steps (issue 19) ----
 
 /// Runs `cmd` with its stdout on a pseudo-terminal (stdin empty, stderr discarded), as a user's
