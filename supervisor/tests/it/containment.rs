@@ -817,6 +817,45 @@ async fn a_plugin_that_does_not_read_its_answers_is_held_at_most_64_mib_of_them(
     assert!(out["messages"]["-32006"].as_str().unwrap().contains("dropped"), "{out}");
 }
 
+/// A `storage` plugin that sends `kv.list` after `kv.list` (2 MB of keys each) without reading
+/// the answers: each ran at once on a blocking thread of its own (up to 512), and plugind grew by
+/// gigabytes, to the OOM killer, while another plugin's `kv.get` queued behind them all for tens
+/// of seconds. A plugin's kv operations now run one at a time: plugind's memory stays within the
+/// plugin's 64 MiB of unread answers and a few lists, and the other plugin's kv call is answered
+/// in the time of one list, not of the flood.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kv_list_flood_holds_one_list_at_a_time_and_others_keep_their_store() {
+    let b = victim(hostile(Daemon::builder(), "hoarder", &["storage"], json!({})));
+    let d = b.manifest("hoarder", |m| m["timeout_ms"] = json!(60_000)).start().await;
+    let pid = pid_of(&d, "hoarder").await;
+    let mut db = rusqlite::Connection::open(d.dir.path().join("state/kv.sqlite")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let tx = db.transaction().unwrap();
+    for i in 0..2_000 {
+        tx.execute("INSERT INTO kv (plugin, key, value) VALUES ('hoarder', ?1, '1')", [format!("{i:01000}")]).unwrap();
+    }
+    tx.execute("INSERT INTO kv (plugin, key, value) VALUES ('victim', 'mine', '7')", []).unwrap();
+    tx.commit().unwrap();
+    drop(db);
+    let before = rss_kb(d.pid());
+    let (took, peak) = peak_rss_during(d.pid(), async {
+        attack(&d, "hoarder", "request_flood", json!({"method": "kv.list", "count": 200})).await;
+        log_line(&d, "hoarder", "hostile-flood").await;
+        // A read (a write's time is the disk's).
+        let t = std::time::Instant::now();
+        let r = attack(&d, "victim", "kv_get", json!({"key": "mine"})).await;
+        assert_eq!(r["value"], 7, "{r}");
+        t.elapsed()
+    })
+    .await;
+    assert!(took < std::time::Duration::from_secs(3), "the victim's kv.get took {took:?}");
+    assert!(peak < before + 160 * 1024, "plugind grew from {before} KiB to {peak} KiB");
+    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    let out = flood_outcome(&d, "hoarder").await;
+    assert_eq!(out["sent"], 200, "{out}");
+    assert!(out["answers"].as_object().unwrap().keys().all(|k| k == "result" || k == "-32006"), "{out}");
+}
+
 /// A `storage` plugin cannot fill plugind's kv database: it keeps at most 10,000 keys (its
 /// `kv.list` fits in one answer) and 64 MiB of keys and values; past either a new write is
 /// refused `-32006`, and one that replaces a value in place is still taken.
