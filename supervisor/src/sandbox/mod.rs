@@ -355,6 +355,12 @@ pub fn guarantees(m: &Manifest) -> Vec<SandboxGuarantee> {
             "seccomp: prlimit, sched_set*, setpriority and ioprio_set only on the caller itself",
         ),
         row("private-state", ns.clone(), "mount namespace: state dir, config, token, other plugins covered"),
+        row(
+            "private-ipc",
+            ns.clone(),
+            "IPC namespace: SysV shared memory, semaphores, message queues die with the instance",
+        ),
+        row("no-keyrings", need(host.seccomp, "needs seccomp"), "seccomp: add_key, keyctl, request_key refused"),
         row(writes.0, writes.1, writes.2),
         row("inherited-fds", Ok(()), "close_range(CLOSE_RANGE_CLOEXEC) before exec"),
         row(

@@ -15,9 +15,15 @@
 //! - as root, `/proc` is a new instance with `hidepid=ptraceable`: plugind and other plugins are
 //!   not even listed.
 //!
-//! As root the child only needs `CLONE_NEWNS`. An ordinary user's plugind also unshares a user
-//! namespace that maps the plugin's uid and gid to themselves (the plugin sees its own ids, and
-//! loses the namespace's capabilities at `exec`).
+//! The same `unshare` gives it an IPC namespace of its own (`CLONE_NEWIPC`): SysV shared memory,
+//! semaphores and message queues and POSIX message queues are its own, and die with the instance.
+//! In the host's, a segment a plugin made and detached outlived it, its restarts and plugind
+//! (300 MB each, outside `memory_mb` once its cgroup was gone), and others of its uid could
+//! attach it by key.
+//!
+//! As root the child only needs `CLONE_NEWNS | CLONE_NEWIPC`. An ordinary user's plugind also
+//! unshares a user namespace that maps the plugin's uid and gid to themselves (the plugin sees
+//! its own ids, and loses the namespace's capabilities at `exec`).
 //!
 //! The mounts cannot be undone from inside: the child drops every capability before `exec`, the
 //! Landlock domain every plugin gets forbids `mount`/`umount`, and seccomp denies the mount
@@ -160,7 +166,7 @@ impl MountPlan {
 
     /// Runs in the child between `fork` and `exec`: syscalls only, no allocation.
     pub fn apply(&self) -> io::Result<()> {
-        let flags = if self.user_ns.is_some() { libc::CLONE_NEWUSER | libc::CLONE_NEWNS } else { libc::CLONE_NEWNS };
+        let flags = namespace_flags(self.user_ns.is_some());
         // SAFETY: every call below gets NUL-terminated strings that outlive it, or null where the
         // kernel allows it; return values are checked.
         unsafe {
@@ -306,6 +312,17 @@ fn write_file(path: &CStr, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The namespaces an instance gets: mounts and IPC, in a user namespace of its own for a
+/// plugind that is not root.
+fn namespace_flags(user_ns: bool) -> libc::c_int {
+    let own = libc::CLONE_NEWNS | libc::CLONE_NEWIPC;
+    if user_ns {
+        libc::CLONE_NEWUSER | own
+    } else {
+        own
+    }
+}
+
 fn cvt(r: libc::c_int) -> io::Result<()> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -317,7 +334,7 @@ fn cvt(r: libc::c_int) -> io::Result<()> {
 /// Whether this host lets plugind give a child its own mount namespace: root needs nothing else;
 /// an ordinary user needs unprivileged user namespaces. Probed by forking a child that tries.
 pub fn probe(user_ns: bool) -> Result<(), String> {
-    let flags = if user_ns { libc::CLONE_NEWUSER | libc::CLONE_NEWNS } else { libc::CLONE_NEWNS };
+    let flags = namespace_flags(user_ns);
     // SAFETY: the child only calls unshare and _exit.
     match unsafe { libc::fork() } {
         -1 => Err(format!("fork: {}", io::Error::last_os_error())),
@@ -333,7 +350,7 @@ pub fn probe(user_ns: bool) -> Result<(), String> {
                 0 => Ok(()),
                 errno => Err(format!(
                     "unshare({}) fails: {}",
-                    if user_ns { "CLONE_NEWUSER|CLONE_NEWNS" } else { "CLONE_NEWNS" },
+                    if user_ns { "CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWIPC" } else { "CLONE_NEWNS|CLONE_NEWIPC" },
                     io::Error::from_raw_os_error(errno)
                 )),
             }

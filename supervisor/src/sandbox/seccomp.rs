@@ -15,7 +15,10 @@
 //!   cover them), so without this a plugin could set plugind's `RLIMIT_NOFILE` to 8 (its control
 //!   socket stops accepting) or its `RLIMIT_CPU` to 1 s (the kernel kills it), or starve another
 //!   plugin with `SCHED_IDLE`. The forms that name the caller itself (pid 0) stay allowed:
-//!   `setrlimit`, `nice`, `os.sched_setaffinity(0, …)` work as usual.
+//!   `setrlimit`, `nice`, `os.sched_setaffinity(0, …)` work as usual;
+//! - the kernel keyrings (`add_key`, `keyctl`, `request_key`): a plugin's user keyring is the
+//!   user's, shared with plugind, every other plugin and every process of that uid, so it could
+//!   read the secrets kept there and leave keys for other plugins (as Docker's default profile).
 //!
 //! Without `filesystem` (`EPERM`): metadata changes, which Landlock does not cover: chmod, chown,
 //! utime and the xattr calls, in their path and fd forms, everywhere (its `TMPDIR` included).
@@ -102,6 +105,7 @@ pub fn filters(deny: Denials) -> Result<Vec<BpfProgram>, BackendError> {
     let not_kill = SeccompCondition::new(1, SeccompCmpArgLen::Qword, SeccompCmpOp::Ne, libc::SIGKILL as u64)?;
     eperm.insert(libc::SYS_prctl, vec![SeccompRule::new(vec![pdeathsig, not_kill])?]);
     eperm.extend(MOUNTS.iter().map(|&nr| (nr, vec![])));
+    eperm.extend([libc::SYS_add_key, libc::SYS_keyctl, libc::SYS_request_key].map(|nr| (nr, vec![])));
     // pid (the first argument) other than 0, the caller.
     let other_pid = || SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, 0);
     for nr in [

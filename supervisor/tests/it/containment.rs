@@ -754,8 +754,10 @@ async fn a_plugin_that_floods_requests_and_reads_nothing_is_not_read_from() {
 /// most 64 MiB of them are held for it (300 MiB were), the rest are refused `-32006` at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugins_calls_to_a_provider_that_reads_nothing_hold_at_most_64_mib() {
+    // The deadline is longer than the flood takes to send on a loaded machine: calls that time
+    // out free their share, and with 5 s a slow flood was mostly admitted (251 of 301, in CI).
     let b = hostile(Daemon::builder(), "sink", &[], json!({"deaf": true}))
-        .manifest("sink", |m| m["timeout_ms"] = json!(5000));
+        .manifest("sink", |m| m["timeout_ms"] = json!(30_000));
     let d = hostile(b, "hostile", &[], json!({}))
         .manifest("hostile", |m| {
             m["dependencies"] = json!({"optional": ["sink"]});
@@ -815,6 +817,62 @@ async fn a_plugin_that_does_not_read_its_answers_is_held_at_most_64_mib_of_them(
         (out["answers"]["result"].as_u64().unwrap_or(0), out["answers"]["-32006"].as_u64().unwrap_or(0));
     assert!(results >= 50 && dropped >= 100, "{out}");
     assert!(out["messages"]["-32006"].as_str().unwrap().contains("dropped"), "{out}");
+}
+
+/// Whether a `/proc/sysvipc/*` table lists `key` (its first column, in decimal).
+fn ipc_has_key(table: &str, key: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/sysvipc/{table}"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .any(|l| l.split_whitespace().next() == Some(&key.to_string()))
+}
+
+/// SysV IPC: a plugin with no permission made a 300 MB shared memory segment, detached it and
+/// exited. In the host's IPC namespace the segment outlived the instance, its restarts (outside
+/// `memory_mb` once its cgroup was gone) and plugind, and any process of the uid could attach it
+/// by key; message queues likewise. Each instance now has an IPC namespace of its own: its
+/// segment and queue work for it, are not in the host's tables, and are gone with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_sysv_ipc_is_its_own_and_dies_with_it() {
+    let d = hostile(Daemon::builder(), "hostile", &[], json!({})).start().await;
+    if !held(&d, "hostile", &["private-ipc"]).await {
+        return;
+    }
+    let key = 0x5eed_0000 + i64::from(std::process::id() & 0xffff);
+    let r = attack(&d, "hostile", "sysv_ipc", json!({"key": key, "create": true, "mb": 8})).await;
+    assert_eq!(r["ok"], true, "its own IPC works: {r}");
+    for table in ["shm", "msg"] {
+        assert!(
+            !ipc_has_key(table, key),
+            "THE ATTACK SUCCEEDED: the plugin's {table} key {key} is in the host's IPC namespace"
+        );
+    }
+    d.call("plugins.restart", json!({"name": "hostile", "hard": true})).await.unwrap();
+    let r = attack(&d, "hostile", "sysv_ipc", json!({"key": key})).await;
+    assert_eq!(
+        (&r["shm"], &r["msg"]),
+        (&json!("No such file or directory"), &json!("No such file or directory")),
+        "gone with its instance: {r}"
+    );
+}
+
+/// The kernel keyrings are the uid's: a plugin read a secret plugind's user kept in its user
+/// keyring and planted a key there for other plugins. seccomp refuses `add_key`, `keyctl` and
+/// `request_key`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_cannot_use_the_kernel_keyrings() {
+    let d = hostile(Daemon::builder(), "hostile", &[], json!({})).start().await;
+    if !held(&d, "hostile", &["no-keyrings"]).await {
+        return;
+    }
+    let r = attack(&d, "hostile", "keyring", json!({})).await;
+    refused(&r, "the user keyring");
+    assert_eq!(
+        (&r["add_key"], &r["keyctl"]),
+        (&json!("Operation not permitted"), &json!("Operation not permitted")),
+        "{r}"
+    );
 }
 
 /// A `storage` plugin that sends `kv.list` after `kv.list` (2 MB of keys each) without reading
