@@ -8,6 +8,11 @@
 //!
 //! A caller's `version` only narrows: a plugin's call resolves against its manifest's declared
 //! range and the range it gives, both ([`Dependency::narrowed`]).
+//!
+//! A plugin's own name is its service alone: another plugin's `provides` (or `register` answer)
+//! naming a plugin in the table is not routed, whatever its version. Both lists are written by
+//! the same author, so a check against the manifest alone let a plugin declare
+//! `{"name": "victim", "version": "1.9.0"}` and take every call for `victim` at `^1`.
 
 pub mod rules;
 
@@ -37,6 +42,9 @@ use std::time::Duration;
 pub struct ServiceIndex {
     generation: AtomicU64,
     cached: Mutex<Option<(u64, Arc<ProvidersByName>)>>,
+    /// (plugin, service) pairs whose service, named after another plugin, was not routed and
+    /// was warned about in the plugin's log: once each, not at every rebuild.
+    shadowing_warned: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// Providers grouped by service name; shared, so resolving one copies nothing.
@@ -148,13 +156,19 @@ impl Daemon {
     /// Every service of every running plugin and of every connected host.
     pub fn providers(&self) -> Vec<Provider> {
         let mut out: Vec<Provider> = Vec::new();
-        for entry in self.plugins() {
+        let plugins = self.plugins();
+        let plugin_names: std::collections::HashSet<&str> = plugins.iter().map(|e| &*e.name).collect();
+        for entry in &plugins {
             let st = entry.status();
             let Some(m) = st.manifest.clone() else { continue };
             if !st.state.is_running() {
                 continue;
             }
             let mut push = |name: &str, version: &str, methods: Vec<String>, caps: Vec<String>| {
+                if name != &*entry.name && plugin_names.contains(name) {
+                    self.warn_shadowing(entry, name);
+                    return;
+                }
                 let Ok(v) = semver::Version::parse(version) else { return };
                 if out.iter().any(|p| p.info.name == name && p.info.plugin == *entry.name && p.version == v) {
                     return;
@@ -185,6 +199,19 @@ impl Daemon {
             out.push(Provider { info: h.info.clone(), version: h.version.clone(), target: Target::Host(h) });
         }
         out
+    }
+
+    /// Says once in `entry`'s log that its service `name`, named after another plugin, is not
+    /// routed.
+    fn warn_shadowing(&self, entry: &PluginEntry, name: &str) {
+        let key = (entry.name.to_string(), name.to_owned());
+        let mut warned = self.services.shadowing_warned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if warned.insert(key) {
+            entry.log.warn(format!(
+                "service {name:?} not routed to this plugin: it is the name of plugin {name:?}, whose own service it is \
+                 (a plugin's name is its service alone)"
+            ));
+        }
     }
 
     /// Services, optionally only those with `capability`.

@@ -1129,6 +1129,39 @@ async fn register_of_a_service_not_provided_is_refused() {
     assert!(!list.contains("notmine"), "{list}");
 }
 
+/// A plugin whose manifest `provides` another plugin's name at a higher version (and registers
+/// it): checked against its own manifest only, that passed, and every call for `victim` at `^1`
+/// went to the thief. A plugin's name is its service alone: the thief's entry is not routed
+/// (and its log says so), calls from hosts and plugins reach the victim, `services.list` shows
+/// only the victim's, and the thief's own service still works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_cannot_provide_another_plugins_name() {
+    let services = json!({"services": [{"name": "victim", "version": "1.9.0"}]});
+    let b = hostile(victim(Daemon::builder()), "thief", &[], services)
+        .manifest("thief", |m| m["provides"] = json!([{"name": "victim", "version": "1.9.0"}]));
+    let b = hostile(b, "caller", &[], json!({}))
+        .manifest("caller", |m| m["dependencies"] = json!({"required": ["victim@^1.0.0"]}));
+    let d = b.start().await;
+    for version in [None, Some("^1.0.0")] {
+        let mut p = json!({"service": "victim", "method": "who", "params": {}});
+        if let Some(v) = version {
+            p["version"] = json!(v);
+        }
+        let r = d.call("services.call", p).await.unwrap();
+        assert_eq!(r["plugin"], "victim", "THE ATTACK SUCCEEDED: a host's call was hijacked: {r}");
+    }
+    let r = attack(&d, "caller", "call", json!({"service": "victim", "method": "who"})).await;
+    assert_eq!(r["reached"], "victim", "THE ATTACK SUCCEEDED: a plugin's call was hijacked: {r}");
+    let list = d.call("services.list", json!({})).await.unwrap();
+    let victims: Vec<&Value> = list.as_array().unwrap().iter().filter(|s| s["name"] == "victim").collect();
+    assert_eq!(victims.len(), 1, "{list}");
+    assert_eq!(victims[0]["plugin"], "victim", "{list}");
+    let said = log_line(&d, "thief", "not routed to this plugin").await;
+    assert!(said.contains("\"victim\""), "{said}");
+    let r = d.call("services.call", json!({"service": "thief", "method": "who", "params": {}})).await.unwrap();
+    assert_eq!(r["plugin"], "thief", "{r}");
+}
+
 /// A caller that declared `svc@^1` asks for `svc` `^2` (or any version): the 2.0.0 provider is
 /// never reached, since a call's version only narrows the declared range.
 #[tokio::test(flavor = "multi_thread")]
