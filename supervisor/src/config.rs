@@ -458,6 +458,11 @@ impl StatePaths {
         &self.root
     }
 
+    /// Which directory held each plugin name when plugind last scanned (`discovery::NameHolders`).
+    pub fn names_file(&self) -> PathBuf {
+        self.root.join("names.json")
+    }
+
     /// A plugin's data dir (with `storage`).
     pub fn data_dir(&self, plugin: &str) -> PathBuf {
         self.root.join("data").join(plugin)

@@ -72,6 +72,39 @@ pub fn scan(
     (found, errors)
 }
 
+/// The directory that held each plugin name at the last scan, as kept in `path` (the state dir's
+/// `names.json`); empty when there is none yet or it cannot be read (said on stderr).
+pub fn read_holders(path: &Path) -> BTreeMap<String, PathBuf> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(path = %path.display(), "plugin name holders unreadable, ignored: {e}");
+            BTreeMap::new()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "plugin name holders unreadable, ignored: {e}");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// Records who holds each name after a scan: the directories of `found` under their own name
+/// (not the duplicates, listed as `NAME@DIR`), over what `path` held (a name not found this time
+/// keeps its holder, in case its directory comes back beside a newcomer). Written whole, then
+/// renamed into place; a failure is said on stderr and changes nothing else.
+pub fn write_holders(path: &Path, found: &[Found]) {
+    let mut holders = read_holders(path);
+    for f in found.iter().filter(|f| !f.name.contains('@')) {
+        holders.insert(f.name.clone(), f.dir.clone());
+    }
+    let text = serde_json::to_vec_pretty(&holders).expect("UNWRAP: a map of strings serializes");
+    let tmp = path.with_extension("json.tmp");
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), "cannot record plugin name holders: {e}");
+    }
+}
+
 /// Loads one plugin directory.
 pub fn load(dir: &Path, plugind_version: &semver::Version) -> Found {
     let file = dir.join("plugin.json");

@@ -341,15 +341,22 @@ impl Daemon {
     fn scan(&self) -> (Vec<discovery::Found>, Vec<String>) {
         let version = semver::Version::parse(VERSION).expect("UNWRAP: crate version is semver");
         // Who holds each name now: a directory that appears later with the same name does not
-        // take it over.
-        let holders: BTreeMap<String, std::path::PathBuf> = self
+        // take it over. At boot the table is empty: then who held it when plugind last scanned,
+        // as kept in the state dir (a name owns its kv data and data dir, so a directory added
+        // while plugind was down, sorted first, must not take them).
+        let names_file = self.paths.names_file();
+        let mut holders: BTreeMap<String, std::path::PathBuf> = self
             .plugins
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .map(|(name, e)| (name.clone(), e.dir.clone()))
             .collect();
+        if holders.is_empty() {
+            holders = discovery::read_holders(&names_file);
+        }
         let (mut found, errors) = discovery::scan(&self.config.plugin_dirs, &version, &holders);
+        discovery::write_holders(&names_file, &found);
         // A `--plugins` dir that is missing or unreadable names itself (else a typo there is a
         // daemon with no plugins and no word why).
         for e in &errors {

@@ -1162,6 +1162,38 @@ async fn a_manifest_cannot_provide_another_plugins_name() {
     assert_eq!(r["plugin"], "thief", "{r}");
 }
 
+/// A directory added while plugind is down, claiming a plugin's name and sorting first: at the
+/// next start it took the name (plugind had no memory of who held it), with the plugin's calls
+/// and its kv data (audit 14). The state dir now records who held each name: the holder keeps it
+/// across the restart, the newcomer is invalid ("already used by"), and the data stays the
+/// holder's. (Added while plugind runs, the newcomer was refused already.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_directory_added_while_plugind_is_down_does_not_take_a_name() {
+    let mut d = victim(Daemon::builder()).start().await;
+    let r = attack(&d, "victim", "kv", json!({"key": "secret", "value": "the victim's"})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit().await, Some(0));
+    // The impostor: the same code, named like the victim, in a directory that sorts first.
+    let impostor = d.plugins.join("0-impostor");
+    copy_dir(&fixture("hostile"), &impostor);
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(impostor.join("plugin.json")).unwrap()).unwrap();
+    m["name"] = json!("victim");
+    m["version"] = json!("6.6.6");
+    m["permissions"] = json!(["storage"]);
+    std::fs::write(impostor.join("plugin.json"), m.to_string()).unwrap();
+    d.restart_stopped().await;
+    let s = d.status("victim").await;
+    assert_ne!(s["version"], "6.6.6", "THE ATTACK SUCCEEDED: the impostor took the name: {s}");
+    assert_eq!(s["state"], "running", "{s}");
+    let r = attack(&d, "victim", "kv_get", json!({"key": "secret"})).await;
+    assert_eq!(r["value"], "the victim's", "{r}");
+    let invalid = format!("victim@{}", impostor.display());
+    let s = d.status(&invalid).await;
+    assert_eq!(s["state"], "invalid", "{s}");
+    assert!(s["last_error"].as_str().unwrap().contains("already used by"), "{s}");
+}
+
 /// A caller that declared `svc@^1` asks for `svc` `^2` (or any version): the 2.0.0 provider is
 /// never reached, since a call's version only narrows the declared range.
 #[tokio::test(flavor = "multi_thread")]

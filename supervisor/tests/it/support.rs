@@ -330,6 +330,13 @@ impl Daemon {
         self.wait_settled().await;
     }
 
+    /// Starts plugind again on the same directories after it exited (see [`Daemon::wait_exit`]),
+    /// waiting until it has settled.
+    pub async fn restart_stopped(&mut self) {
+        self.spawn_process();
+        self.wait_settled().await;
+    }
+
     /// Kills plugind with SIGKILL (no clean-up at all) and starts it again on the same
     /// directories, waiting until it has settled.
     pub async fn kill_and_restart(&mut self) {
