@@ -135,7 +135,11 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
     let exited_already = matches!(handshake, Ok(Some(InstanceEvent::Exited { .. })));
     // (Nor one whose handshake ran out of time: that is a hang, or output never flushed.)
     let broke_early = match &handshake {
-        Ok(Some(InstanceEvent::Ready { result: Err(e), .. })) => !e.contains("startup_timeout_ms"),
+        // (Nor one that ran out of memory: its error says what to do, and without the mount
+        // namespace a JVM can see its cgroup and starts, which blamed the namespace.)
+        Ok(Some(InstanceEvent::Ready { result: Err(e), .. })) => {
+            !e.contains("startup_timeout_ms") && !e.contains("ran out of memory")
+        }
         Ok(Some(InstanceEvent::Exited { .. })) => true,
         _ => false,
     };
@@ -236,7 +240,14 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
         if !tail.is_empty() {
             r.push(Level::Warn, format!("last stderr lines:\n    {}", tail.join("\n    ")));
         }
-        if broke_early {
+        // Out of memory at start: what to do is known (and without the mount namespace a JVM
+        // sees its cgroup and starts, which would blame the namespace).
+        let out_of_memory = instance::memory_hint(&tail, m.limits.memory_mb);
+        let said = r.findings.iter().any(|(_, t)| t.contains("ran out of memory"));
+        if let (Some(hint), false) = (&out_of_memory, said) {
+            r.push(Level::Fail, hint.trim_start_matches("; ").to_owned());
+        }
+        if broke_early && out_of_memory.is_none() {
             diagnose(&mut r, &daemon, &name, &dir, &m).await;
         }
     }

@@ -531,7 +531,7 @@ impl InstanceTask {
         stdout: R,
         mut stop_rx: mpsc::Receiver<StopKind>,
         cgroup: Option<Cgroup>,
-        stderr_done: tokio::task::JoinHandle<()>,
+        mut stderr_done: tokio::task::JoinHandle<()>,
     ) {
         let inst = self.instance.clone();
         let mut frames =
@@ -708,6 +708,13 @@ impl InstanceTask {
                                      (flush after every message: stdout to a pipe is block-buffered in most languages)",
                                 );
                             }
+                            if e.contains("exited during") {
+                                // Its last words first: stderr ends when it has exited.
+                                let _ = tokio::time::timeout(Duration::from_millis(300), &mut stderr_done).await;
+                                if let Some(hint) = memory_hint(&self.log.stderr_tail(), self.spec.manifest.limits.memory_mb) {
+                                    e.push_str(&hint);
+                                }
+                            }
                         }
                         ready = result.is_ok();
                         if let Err(e) = &result {
@@ -841,7 +848,17 @@ impl InstanceTask {
         if let Some(cg) = &cgroup {
             cg.kill_all();
         }
-        let _ = tokio::time::timeout(Duration::from_millis(500), stderr_done).await;
+        if !stderr_done.is_finished() {
+            let _ = tokio::time::timeout(Duration::from_millis(500), stderr_done).await;
+        }
+        if !ready && !exit.requested {
+            if let Some(hint) = memory_hint(&self.log.stderr_tail(), self.spec.manifest.limits.memory_mb) {
+                exit.reason = Some(match exit.reason.take() {
+                    Some(r) => format!("{r}{hint}"),
+                    None => hint.trim_start_matches("; ").to_owned(),
+                });
+            }
+        }
         // Which limit ended it: from the kernel's accounting only, never from what it printed.
         if !exit.requested {
             let facts = sandbox::ExitFacts {
@@ -1146,6 +1163,39 @@ async fn handshake(inst: Arc<Instance>, spec: InstanceSpec, log: Arc<PluginLog>)
         }
         Err(e) => Step::Handshake(Err(format!("register: result is not {{\"services\": [...]}}: {e}"))),
     }
+}
+
+/// What stderr lines say when a runtime could not get the memory it asked for at start: the JVM
+/// (`os::commit_memory … error='Not enough space'`, "insufficient memory"), V8 ("heap out of
+/// memory"), Python (`MemoryError`), C++ (`bad_alloc`), libc (`Cannot allocate memory`).
+const OUT_OF_MEMORY: &[&str] = &[
+    "cannot allocate memory",
+    "not enough space",
+    "insufficient memory",
+    "out of memory",
+    "memoryerror",
+    "bad_alloc",
+    "failed to reserve",
+    "could not reserve enough space",
+];
+
+/// A hint for a plugin that exited during its handshake saying it was out of memory: runtimes
+/// size their heaps from the host's RAM, since they cannot see `memory_mb` (it is `RLIMIT_DATA`
+/// and a cgroup hidden from the plugin), so a JVM under 256 MiB fails at start.
+pub fn memory_hint(stderr_tail: &[String], memory_mb: u64) -> Option<String> {
+    let said = stderr_tail.iter().rev().take(40).any(|l| {
+        let l = l.to_lowercase();
+        OUT_OF_MEMORY.iter().any(|p| l.contains(p))
+    });
+    if !said {
+        return None;
+    }
+    let heap = (memory_mb / 2).max(16);
+    Some(format!(
+        "; its stderr says it ran out of memory at start: limits.memory_mb ({memory_mb} MiB) is enforced on it, but runtimes cannot see it and size their \
+         heap from the host's RAM: cap the heap in the manifest's command (e.g. java -Xmx{heap}m, node --max-old-space-size={heap}) \
+         or raise memory_mb"
+    ))
 }
 
 /// Turns the child's stderr into log lines of the plugin.

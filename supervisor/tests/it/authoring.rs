@@ -259,6 +259,39 @@ fn check_of_a_plugin_that_never_flushes_says_so_without_sandbox_retries() {
     assert!(!t.contains("sandbox: it starts once") && !t.contains("no single part of the sandbox"), "{t}");
 }
 
+/// A plugin whose runtime asks for more memory at start than `limits.memory_mb` allows (a JVM
+/// sizing its heap from the host's RAM under 256 MiB; here Python allocating 300 MB): its error
+/// said only "exited during init", and `check` blamed the mount namespace (without it a JVM sees
+/// its cgroup and starts). Now the error says it ran out of memory and how to cap the heap, in
+/// `check` (with no sandbox retries) and in the daemon's `last_error`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_out_of_memory_at_start_is_told_to_cap_its_heap() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("main.py"), "hoard = bytearray(300 << 20)\n").unwrap();
+    let manifest = json!({"name": "hungry", "version": "1.0.0", "main": "main.py", "limits": {"memory_mb": 64},
+        "restart": {"policy": "never"}});
+    std::fs::write(work.path().join("plugin.json"), manifest.to_string()).unwrap();
+    let out = ctl(&["check", "."], work.path());
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(
+        t.contains("ran out of memory at start") && t.contains("limits.memory_mb (64 MiB)") && t.contains("-Xmx32m"),
+        "{t}"
+    );
+    assert!(!t.contains("sandbox: it starts once") && !t.contains("no single part of the sandbox"), "{t}");
+
+    let d = Daemon::builder()
+        .plugin_files(
+            "hungry",
+            &[("plugin.json", &manifest.to_string()), ("main.py", "hoard = bytearray(300 << 20)\n")],
+        )
+        .spawn()
+        .await;
+    let s = d.wait_state("hungry", "failed").await;
+    let why = s["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("ran out of memory at start") && why.contains("--max-old-space-size=32"), "{s}");
+}
+
 /// Dependencies are named in `check`'s report, said to be checked only by a daemon (a plugin
 /// requiring one that is missing passed without a word, and then stayed `blocked`).
 #[test]
