@@ -20,7 +20,9 @@
 use super::{check_version, is_tool_error, log_params, tool_error_message, HandshakeError, Tool};
 use crate::logs::PluginLog;
 use crate::transport::chatter::Chatter;
-use crate::transport::frame::{Frame, FrameDecoder, LongLineTurn, DEFAULT_MAX_FRAME, LONG_LINE, TURN_STALL};
+use crate::transport::frame::{
+    Frame, FrameDecoder, LongLineTurn, DEFAULT_MAX_FRAME, LONG_LINE, TURN_MIN_PROGRESS, TURN_STALL,
+};
 use crate::transport::outbox::{self, spawn_writer, Outbox, Outgoing};
 use futures::StreamExt;
 use plugind_protocol::codes;
@@ -538,7 +540,7 @@ async fn upstream<R: AsyncRead + Unpin + crate::transport::pipe::Growable>(
                 // The line stopped coming while another instance waits: dropped, the turn goes.
                 // (Nothing more came, and nothing waits in the pipe unread.)
                 Err(_)
-                    if frames.read_buffer().len() == seen
+                    if frames.read_buffer().len().saturating_sub(seen) < TURN_MIN_PROGRESS
                         && long_lines.is_awaited()
                         && frames.get_ref().unread() == Some(0) =>
                 {
@@ -547,7 +549,8 @@ async fn upstream<R: AsyncRead + Unpin + crate::transport::pipe::Growable>(
                     chatter.charge(1, len);
                     shared.log.about_output(LogLevel::Warn, || {
                         format!(
-                            "stdout line stalled mid-way ({len} bytes of it read, nothing more for {} s) while holding the plugin's turn at long lines, which another instance waited for; discarded",
+                            "stdout line stalled mid-way ({len} bytes of it read, less than {} KiB more in {} s) while holding the plugin's turn at long lines, which another instance waited for; discarded",
+                            TURN_MIN_PROGRESS >> 10,
                             TURN_STALL.as_secs()
                         )
                     });

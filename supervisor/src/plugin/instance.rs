@@ -18,7 +18,9 @@ use crate::plugin::spawn::{self, SpawnError, SpawnPlan};
 use crate::sandbox::{self, cgroup::Cgroup};
 use crate::transport::budget::{unread_answer, Budget, Exceeded, Ticket};
 use crate::transport::chatter::Chatter;
-use crate::transport::frame::{Frame, FrameDecoder, LongLineTurn, Turn, DEFAULT_MAX_FRAME, LONG_LINE, TURN_STALL};
+use crate::transport::frame::{
+    Frame, FrameDecoder, LongLineTurn, Turn, DEFAULT_MAX_FRAME, LONG_LINE, TURN_MIN_PROGRESS, TURN_STALL,
+};
 use crate::transport::outbox::{self, spawn_writer, OutboxReader, WRITE_DIRECT};
 use crate::transport::peer::{CallError, Deadline, Incoming, Peer};
 use crate::transport::pipe::Growable;
@@ -585,7 +587,10 @@ impl InstanceTask {
                 let now = frames.read_buffer().len();
                 // Stalled: nothing more came, and nothing waits in the pipe (this task may not
                 // have run for a while on a busy machine: then the rest is there, unread).
-                if now == seen && self.long_lines.is_awaited() && frames.get_ref().unread() == Some(0) {
+                if now.saturating_sub(seen) < TURN_MIN_PROGRESS
+                    && self.long_lines.is_awaited()
+                    && frames.get_ref().unread() == Some(0)
+                {
                     let (len, head) = FrameDecoder::abandon_line_in(&mut frames);
                     (turn, turn_check) = (None, None);
                     self.chatter.charge(1, len);
@@ -1017,7 +1022,8 @@ impl InstanceTask {
     /// instance waited for it: dropped, reported like a line over the limit.
     fn on_stalled_line(&self, len: usize, head: &[u8]) -> Option<BoxFut<Step>> {
         let why = format!(
-            "stalled mid-way ({len} bytes of it read, nothing more for {} s) while holding the plugin's turn at long lines, which another instance waited for",
+            "stalled mid-way ({len} bytes of it read, less than {} KiB more in {} s) while holding the plugin's turn at long lines, which another instance waited for",
+            TURN_MIN_PROGRESS >> 10,
             TURN_STALL.as_secs()
         );
         self.on_dropped_line(&why, head)

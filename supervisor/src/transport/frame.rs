@@ -38,10 +38,16 @@ const DISCARD_ROOM: usize = 64 * 1024;
 /// ([`FrameDecoder::taking_turns`]). Answers of a megabyte or less (most) never wait for one.
 pub const LONG_LINE: usize = 1024 * 1024;
 
-/// How long a long line holding its plugin's turn may make no progress while another instance
+/// How long a long line holding its plugin's turn may make no progress (less than
+/// [`TURN_MIN_PROGRESS`]) while another instance
 /// waits for the turn ([`LongLineTurn::is_awaited`]) before its reader drops it
 /// ([`FrameDecoder::abandon_line`]).
 pub const TURN_STALL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Less than this much more of a long line in [`TURN_STALL`] counts as no progress: a line
+/// trickled a byte at a time held the turn for as long as it liked, and its siblings' answers
+/// ran out of time behind it. (Any writer that is not stalling writes far faster.)
+pub const TURN_MIN_PROGRESS: usize = 64 * 1024;
 
 /// One item of the stream.
 #[derive(Debug, PartialEq, Eq)]

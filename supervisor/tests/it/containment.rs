@@ -1600,6 +1600,34 @@ async fn a_plugins_instances_answering_long_lines_at_once_lose_none() {
     }
 }
 
+/// A long line trickled a byte every 0.2 s after its first 2 MiB made "progress", so it kept the
+/// plugin's turn, and its siblings' 3 MB answers ran out of time behind it (audit 14). Less than
+/// 64 KiB in a second while another instance waits counts as a stall: the line is dropped, its
+/// call fails at once, and the siblings are answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_line_trickled_does_not_hold_up_its_siblings() {
+    let d = Daemon::builder()
+        .plugin_as("py-long-lines", "sib")
+        .manifest("sib", |m| m["timeout_ms"] = json!(8000))
+        .start()
+        .await;
+    let trickle = d.execute("sib", "trickle", json!({}));
+    let rest = async {
+        log_line(&d, "sib", "trickling").await;
+        let t = std::time::Instant::now();
+        let calls = (0..3).map(|i| d.execute("sib", "big", json!({"n": (3 << 20) + i})));
+        (futures::future::join_all(calls).await, t.elapsed())
+    };
+    let (trickled, (answers, took)) = tokio::join!(trickle, rest);
+    for (i, r) in answers.into_iter().enumerate() {
+        let r = r.unwrap_or_else(|e| panic!("a sibling's long answer: {e:?}"));
+        assert_eq!(r["s"].as_str().map(str::len), Some((3 << 20) + i));
+    }
+    assert!(took < std::time::Duration::from_secs(6), "the siblings' answers took {took:?}");
+    assert_eq!(code(&trickled), -32603, "{trickled:?}");
+    assert!(format!("{trickled:?}").contains("less than 64 KiB more"), "{trickled:?}");
+}
+
 /// A long answer that stops coming mid-way while it holds the plugin's turn at long lines, with
 /// another instance waiting for the turn, is dropped after a second: its call fails with
 /// `-32603` at once, and its siblings' long answers arrive (they waited, unread, for the turn;
