@@ -19,11 +19,19 @@ pub struct Found {
 
 /// Scans `dirs`; errors reading a directory itself are returned as strings beside the finds.
 ///
-/// Names are unique. Of two directories naming the same plugin, the one that holds the name now
-/// (`holders`: name → directory, from the plugins already loaded) keeps it, else the first in
-/// order (the `--plugins` dirs in turn, each sorted); the other is invalid, listed under
-/// `NAME@DIR`. So a copy of a running plugin's directory (a backup, a second checkout) never
-/// takes its name over, whatever it is called.
+/// Names are unique, and plugin names and provided services share one namespace (a plugin's
+/// name is a service of its own). `holders` (name → directory: from the plugins loaded, or at
+/// boot as recorded at the last scan, see [`write_holders`]) says who holds each name:
+/// - of two directories naming the same plugin, the holder keeps the name, else the first in
+///   order (the `--plugins` dirs in turn, each sorted) when nothing held it; the others are
+///   invalid, listed under `NAME@DIR`. So a copy of a running plugin's directory (a backup, a
+///   second checkout) never takes its name over, whatever it is called;
+/// - when the holder's directory is gone (moved while plugind was down) and several directories
+///   claim the name, none gets it: each is invalid until only one is left, since a directory
+///   waiting invalid beside the holder would otherwise take the name, its calls and its data;
+/// - a plugin named after a service that another plugin provides and holds is invalid (a plugin
+///   added with the name `llm` took every call for the service `llm`); the other way round, a
+///   service named after a plugin is not routed (`crate::registry`).
 pub fn scan(
     dirs: &[PathBuf],
     plugind_version: &semver::Version,
@@ -48,32 +56,70 @@ pub fn scan(
             found.push(load(&dir, plugind_version));
         }
     }
-    // Names are unique: the holder of a name keeps it, else the first; the others are invalid.
-    let mut owner: BTreeMap<&str, &Path> = BTreeMap::new();
+    // Who claims each plugin name, in order.
+    let mut claims: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for f in &found {
-        let holds = holders.get(&f.name).is_some_and(|d| *d == f.dir);
-        if holds || !owner.contains_key(f.name.as_str()) {
-            owner.insert(&f.name, &f.dir);
-        }
+        claims.entry(f.name.clone()).or_default().push(f.dir.clone());
     }
-    let owner: BTreeMap<String, PathBuf> = owner.into_iter().map(|(n, d)| (n.to_owned(), d.to_path_buf())).collect();
+    let claimants: BTreeMap<String, usize> = claims.iter().map(|(n, d)| (n.clone(), d.len())).collect();
+    // The owner of each name: its holder if it claims it, else the only claimant, else (nothing
+    // held it) the first; none when the holder is gone and several claim it.
+    let owner: BTreeMap<String, Option<PathBuf>> = claims
+        .into_iter()
+        .map(|(name, dirs)| {
+            let held = holders.get(&name);
+            let owner = match held {
+                Some(h) if dirs.contains(h) => Some(h.clone()),
+                Some(_) if dirs.len() > 1 => None,
+                _ => dirs.first().cloned(),
+            };
+            (name, owner)
+        })
+        .collect();
+    // Services each plugin provides under another name than its own, by directory.
+    let provided: Vec<(PathBuf, Vec<String>)> = found
+        .iter()
+        .filter_map(|f| {
+            let m = f.manifest.as_ref().ok()?;
+            Some((f.dir.clone(), m.provides.iter().map(|p| p.name.clone()).filter(|n| *n != m.name).collect()))
+        })
+        .collect();
     for f in &mut found {
-        let Some(first) = owner.get(&f.name).filter(|d| **d != f.dir) else { continue };
-        if f.manifest.is_ok() {
-            f.manifest = Err(format!(
-                "{}: field /name: expected a unique plugin name, found {:?} (already used by {})",
-                f.dir.join("plugin.json").display(),
+        let owns = owner.get(&f.name).cloned().flatten();
+        let why = match &owns {
+            Some(d) if *d != f.dir => Some(format!("expected a unique plugin name, found {:?} (already used by {})", f.name, d.display())),
+            Some(_) => {
+                // A service of another plugin's, held by it: this name is taken.
+                let service_holder = holders.get(&f.name).filter(|h| **h != f.dir).filter(|h| {
+                    provided.iter().any(|(dir, services)| dir == *h && services.contains(&f.name))
+                });
+                service_holder.map(|h| {
+                    format!(
+                        "expected a name that is not a service another plugin provides, found {:?} (a service of the plugin in {}; plugin names and services share one namespace)",
+                        f.name,
+                        h.display()
+                    )
+                })
+            }
+            None => Some(format!(
+                "expected a unique plugin name, found {:?}, which {} directories claim while the one that held it ({}) is gone: remove all but one",
                 f.name,
-                first.display()
-            ));
+                claimants.get(&f.name).copied().unwrap_or_default(),
+                holders.get(&f.name).map_or_else(String::new, |h| h.display().to_string())
+            )),
+        };
+        let Some(why) = why else { continue };
+        if f.manifest.is_ok() {
+            f.manifest = Err(format!("{}: field /name: {why}", f.dir.join("plugin.json").display()));
         }
         f.name = format!("{}@{}", f.name, f.dir.display());
     }
     (found, errors)
 }
 
-/// The directory that held each plugin name at the last scan, as kept in `path` (the state dir's
-/// `names.json`); empty when there is none yet or it cannot be read (said on stderr).
+/// The directory that held each name (plugin or service) at the last scan, as kept in `path`
+/// (the state dir's `names.json`); empty when there is none yet or it cannot be read (said on
+/// stderr).
 pub fn read_holders(path: &Path) -> BTreeMap<String, PathBuf> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -88,14 +134,29 @@ pub fn read_holders(path: &Path) -> BTreeMap<String, PathBuf> {
     }
 }
 
-/// Records who holds each name after a scan: the directories of `found` under their own name
-/// (not the duplicates, listed as `NAME@DIR`), over what `path` held (a name not found this time
-/// keeps its holder, in case its directory comes back beside a newcomer). Written whole, then
-/// renamed into place; a failure is said on stderr and changes nothing else.
+/// Records who holds each name after a scan, over what `path` held (a name not found this time
+/// keeps its holder, in case its directory comes back beside a newcomer): each plugin's
+/// directory under its own name (not the duplicates, listed as `NAME@DIR`), and each service a
+/// plugin provides under another name, held by the plugin that held it while it still provides
+/// it, else by the first that does. Written whole, then renamed into place; a failure is said
+/// on stderr and changes nothing else.
 pub fn write_holders(path: &Path, found: &[Found]) {
     let mut holders = read_holders(path);
-    for f in found.iter().filter(|f| !f.name.contains('@')) {
+    let owners: Vec<&Found> = found.iter().filter(|f| !f.name.contains('@')).collect();
+    for f in &owners {
         holders.insert(f.name.clone(), f.dir.clone());
+    }
+    let provides =
+        |f: &Found, service: &str| f.manifest.as_ref().is_ok_and(|m| m.provides.iter().any(|p| p.name == service));
+    for f in &owners {
+        let Ok(m) = &f.manifest else { continue };
+        for p in m.provides.iter().filter(|p| p.name != m.name && !owners.iter().any(|o| o.name == p.name)) {
+            let still_held =
+                holders.get(&p.name).is_some_and(|h| owners.iter().any(|o| o.dir == *h && provides(o, &p.name)));
+            if !still_held {
+                holders.insert(p.name.clone(), f.dir.clone());
+            }
+        }
     }
     let text = serde_json::to_vec_pretty(&holders).expect("UNWRAP: a map of strings serializes");
     let tmp = path.with_extension("json.tmp");

@@ -345,13 +345,20 @@ impl Daemon {
         // as kept in the state dir (a name owns its kv data and data dir, so a directory added
         // while plugind was down, sorted first, must not take them).
         let names_file = self.paths.names_file();
-        let mut holders: BTreeMap<String, std::path::PathBuf> = self
-            .plugins
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(name, e)| (name.clone(), e.dir.clone()))
-            .collect();
+        let mut holders: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
+        {
+            let table = self.plugins.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (name, e) in table.iter() {
+                holders.insert(name.clone(), e.dir.clone());
+            }
+            // The services they provide under other names, held by them too.
+            for e in table.values() {
+                let Some(m) = e.status().manifest.clone() else { continue };
+                for p in m.provides.iter().filter(|p| !table.contains_key(&p.name)) {
+                    holders.entry(p.name.clone()).or_insert_with(|| e.dir.clone());
+                }
+            }
+        }
         if holders.is_empty() {
             holders = discovery::read_holders(&names_file);
         }

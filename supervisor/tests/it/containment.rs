@@ -1194,6 +1194,71 @@ async fn a_directory_added_while_plugind_is_down_does_not_take_a_name() {
     assert!(s["last_error"].as_str().unwrap().contains("already used by"), "{s}");
 }
 
+/// The other way round from a manifest providing a plugin's name: a plugin added with the name
+/// of a service another plugin provides (`llm`) took every call for that service, since a
+/// plugin's own name is its service (audit 15). Plugin names and services share one namespace:
+/// the newcomer is invalid, while plugind runs and after a restart, and the service stays its
+/// provider's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_named_after_a_provided_service_does_not_take_it() {
+    let services = json!({"services": [{"name": "llm", "version": "2.1.0"}]});
+    let mut d = hostile(Daemon::builder(), "prov", &[], services)
+        .manifest("prov", |m| m["provides"] = json!([{"name": "llm", "version": "2.1.0"}]))
+        .start()
+        .await;
+    let who = async |d: &Daemon| {
+        d.call("services.call", json!({"service": "llm", "method": "who", "params": {}})).await.unwrap()
+    };
+    assert_eq!(who(&d).await["plugin"], "prov");
+    let newcomer = d.plugins.join("llm");
+    copy_dir(&fixture("hostile"), &newcomer);
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(newcomer.join("plugin.json")).unwrap()).unwrap();
+    m["name"] = json!("llm");
+    m["version"] = json!("2.9.0");
+    std::fs::write(newcomer.join("plugin.json"), m.to_string()).unwrap();
+    for round in ["added while plugind runs", "after a restart"] {
+        if round == "after a restart" {
+            d.restart().await;
+        } else {
+            assert_eq!(d.ctl(&["reload"]).status.code(), Some(0));
+        }
+        let invalid = format!("llm@{}", newcomer.display());
+        let s = d.status(&invalid).await;
+        assert_eq!(s["state"], "invalid", "{round}: THE ATTACK SUCCEEDED? {s}");
+        assert!(s["last_error"].as_str().unwrap().contains("a service of the plugin in"), "{round}: {s}");
+        assert_eq!(who(&d).await["plugin"], "prov", "{round}: THE ATTACK SUCCEEDED: the service was taken");
+    }
+}
+
+/// A plugin's directory renamed while plugind is down, beside a directory that claimed the
+/// same name and waited `invalid`: the holder recorded by path was gone, so the waiting one took
+/// the name, its calls and its kv data (audit 15). With the holder gone and two claimants,
+/// neither gets the name; the operator removes one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renamed_holder_does_not_hand_its_name_to_a_waiting_claimant() {
+    let mut d = victim(Daemon::builder()).start().await;
+    let impostor = d.plugins.join("evil");
+    copy_dir(&fixture("hostile"), &impostor);
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(impostor.join("plugin.json")).unwrap()).unwrap();
+    m["name"] = json!("victim");
+    m["permissions"] = json!(["storage"]);
+    std::fs::write(impostor.join("plugin.json"), m.to_string()).unwrap();
+    assert_eq!(d.ctl(&["reload"]).status.code(), Some(0));
+    assert_eq!(d.status(&format!("victim@{}", impostor.display())).await["state"], "invalid");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit().await, Some(0));
+    let moved = d.plugins.join("zz-victim");
+    std::fs::rename(d.plugins.join("victim"), &moved).unwrap();
+    d.restart_stopped().await;
+    for dir in [&impostor, &moved] {
+        let s = d.status(&format!("victim@{}", dir.display())).await;
+        assert_eq!(s["state"], "invalid", "{s}");
+        assert!(s["last_error"].as_str().unwrap().contains("2 directories claim"), "{s}");
+    }
+    let list = d.call("plugins.list", json!({})).await.unwrap();
+    assert!(!list.as_array().unwrap().iter().any(|p| p["name"] == "victim"), "THE ATTACK SUCCEEDED: {list}");
+}
+
 /// A caller that declared `svc@^1` asks for `svc` `^2` (or any version): the 2.0.0 provider is
 /// never reached, since a call's version only narrows the declared range.
 #[tokio::test(flavor = "multi_thread")]
