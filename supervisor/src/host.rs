@@ -154,7 +154,15 @@ async fn kv_request(
     method: &str,
     raw: Option<&RawValue>,
 ) -> Result<Box<RawValue>, RpcError> {
-    use plugind_protocol::methods::{KvKey, KvListParams, KvSetParams};
+    use plugind_protocol::methods::{KvKey, KvListParams};
+    /// `kv.set` params with the value borrowed from the request as it came: checked JSON, never
+    /// a tree (a 1 MiB array of small numbers is 36 MB as one; 58 such sets queued held 500 MB).
+    #[derive(serde::Deserialize)]
+    struct KvSetIn<'a> {
+        key: String,
+        #[serde(borrow)]
+        value: &'a RawValue,
+    }
     let store = daemon.open_kv().map_err(RpcError::internal)?;
     let plugin = &*caller.plugin;
     let kv_err = |e: crate::kv::KvError| match e {
@@ -170,11 +178,18 @@ async fn kv_request(
         methods::KV_GET => {
             let p: KvKey = params(raw)?;
             let value = store.get(plugin, &p.key).await.map_err(kv_err)?;
-            Ok(to_raw(&serde_json::json!({ "value": value })))
+            // Written around the stored text, not through a `Value` (which would parse it).
+            #[derive(serde::Serialize)]
+            struct KvGetOut<'a> {
+                value: Option<&'a RawValue>,
+            }
+            Ok(to_raw(&KvGetOut { value: value.as_deref() }))
         }
         methods::KV_SET => {
-            let p: KvSetParams = params(raw)?;
-            store.set(plugin, &p.key, &p.value).await.map_err(kv_err)?;
+            let text = raw.map_or("null", RawValue::get);
+            let p: KvSetIn =
+                serde_json::from_str(text).map_err(|e| RpcError::invalid_params(format!("kv.set: {e}")))?;
+            store.set(plugin, &p.key, p.value).await.map_err(kv_err)?;
             Ok(to_raw(&()))
         }
         methods::KV_DELETE => {

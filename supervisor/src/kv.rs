@@ -16,7 +16,7 @@
 //! one operation per plugin.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -27,7 +27,7 @@ pub const MAX_KEY: usize = 1024;
 /// inside the 16 MiB frame.
 pub const MAX_KEYS: u64 = 10_000;
 
-/// Most bytes one plugin's keys and values may take, as stored (compact JSON text).
+/// Most bytes one plugin's keys and values may take, as stored (the JSON text as it came).
 pub const MAX_BYTES: u64 = 64 << 20;
 
 /// What one plugin's namespace holds.
@@ -178,6 +178,18 @@ impl KvStore {
         turn: tokio::sync::OwnedSemaphorePermit,
         f: impl FnOnce(&mut Db) -> Result<T, KvError> + Send + 'static,
     ) -> Result<T, KvError> {
+        self.run_then(turn, f, Ok).await
+    }
+
+    /// [`KvStore::run`], then `after` on what `f` returned, on the same blocking thread and in
+    /// the same turn of the plugin's lane, but with the database free for others: work on a
+    /// value (checking a 14 MiB one's text) kept every plugin's `kv.get` waiting 1.5 s.
+    async fn run_then<T: Send + 'static, U: Send + 'static>(
+        self: &Arc<Self>,
+        turn: tokio::sync::OwnedSemaphorePermit,
+        f: impl FnOnce(&mut Db) -> Result<T, KvError> + Send + 'static,
+        after: impl FnOnce(T) -> Result<U, KvError> + Send + 'static,
+    ) -> Result<U, KvError> {
         // Plugins take the database in the order they asked for it, and each has at most one
         // operation asking (its lane): another plugin's call waits for one operation of a
         // flooding plugin's, not for the flood. (`std`'s mutex let a plugin's next operation
@@ -186,7 +198,9 @@ impl KvStore {
         tokio::task::spawn_blocking(move || {
             // Both held until the operation ends, not until its caller stops waiting for it.
             let _turn = turn;
-            f(&mut db)
+            let done = f(&mut db);
+            drop(db);
+            after(done?)
         })
         .await
         .unwrap_or_else(|e| Err(KvError::BadKey(if e.is_panic() { "store panicked" } else { "store cancelled" })))
@@ -201,27 +215,32 @@ impl KvStore {
         self.with_db(plugin, move |db| f(&db.conn)).await
     }
 
-    /// The value of `key`, if set.
-    pub async fn get(self: &Arc<Self>, plugin: &str, key: &str) -> Result<Option<Value>, KvError> {
+    /// The value of `key`, if set, as its JSON text (never parsed into a tree: a 14 MiB array of
+    /// small numbers is 500 MB as one). A text that is not JSON (an edited database) reads as
+    /// unset.
+    pub async fn get(self: &Arc<Self>, plugin: &str, key: &str) -> Result<Option<Box<RawValue>>, KvError> {
         Self::check_key(key)?;
-        let (lane, plugin, key) = (plugin, plugin.to_owned(), key.to_owned());
-        self.with(lane, move |c| {
-            let text: Option<String> = c
+        let turn = self.turn(plugin).await;
+        let (plugin, key) = (plugin.to_owned(), key.to_owned());
+        let query = move |db: &mut Db| {
+            let text: Option<String> = db
+                .conn
                 .query_row("SELECT value FROM kv WHERE plugin = ?1 AND key = ?2", params![plugin, key], |r| r.get(0))
                 .optional()?;
-            Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
-        })
-        .await
+            Ok(text)
+        };
+        self.run_then(turn, query, |text| Ok(text.and_then(|t| RawValue::from_string(t).ok()))).await
     }
 
     /// Sets `key`; durable when this returns. Refused past the plugin's quota (a write that
     /// shrinks what it holds is always taken).
-    pub async fn set(self: &Arc<Self>, plugin: &str, key: &str, value: &Value) -> Result<(), KvError> {
+    pub async fn set(self: &Arc<Self>, plugin: &str, key: &str, value: &RawValue) -> Result<(), KvError> {
         Self::check_key(key)?;
-        // The value's text is made once it is this plugin's turn: a plugin's queued writes
-        // hold only their params (counted in its request budget), not a copy of each.
+        // The value's text is copied once it is this plugin's turn: a plugin's queued writes
+        // hold only their params (counted in its request budget), not a copy of each. It is
+        // kept as it came (checked JSON, never parsed into a tree).
         let turn = self.turn(plugin).await;
-        let (plugin, key, text) = (plugin.to_owned(), key.to_owned(), value.to_string());
+        let (plugin, key, text) = (plugin.to_owned(), key.to_owned(), value.get().to_owned());
         let quota = self.quota;
         self.run(turn, move |db| {
             let held = db.usage_of(&plugin)?;
@@ -320,26 +339,34 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn raw(v: Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(&v).expect("serializes")
+    }
+
+    fn parsed(v: &RawValue) -> Value {
+        serde_json::from_str(v.get()).expect("JSON")
+    }
 
     #[tokio::test]
     async fn namespaces_persistence_and_prefixes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("kv.sqlite");
         let kv = KvStore::open(&path).expect("open");
-        kv.set("a", "user/1", &json!({"n": 1})).await.expect("set");
-        kv.set("a", "user/2", &json!([2])).await.expect("set");
-        kv.set("a", "other", &json!("x")).await.expect("set");
-        kv.set("b", "user/1", &json!("b's")).await.expect("set");
-        assert_eq!(kv.get("a", "user/1").await.expect("get"), Some(json!({"n": 1})));
-        assert_eq!(kv.get("b", "user/1").await.expect("get"), Some(json!("b's")));
+        kv.set("a", "user/1", &raw(json!({"n": 1}))).await.expect("set");
+        kv.set("a", "user/2", &raw(json!([2]))).await.expect("set");
+        kv.set("a", "other", &raw(json!("x"))).await.expect("set");
+        kv.set("b", "user/1", &raw(json!("b's"))).await.expect("set");
+        assert_eq!(kv.get("a", "user/1").await.expect("get").map(|v| parsed(&v)), Some(json!({"n": 1})));
+        assert_eq!(kv.get("b", "user/1").await.expect("get").map(|v| parsed(&v)), Some(json!("b's")));
         assert_eq!(kv.list("a", Some("user/")).await.expect("list"), ["user/1", "user/2"]);
         assert!(kv.delete("a", "user/2").await.expect("delete"));
         assert!(!kv.delete("a", "user/2").await.expect("delete"));
         drop(kv);
         let kv = KvStore::open(&path).expect("reopen");
-        assert_eq!(kv.get("a", "user/1").await.expect("get"), Some(json!({"n": 1})));
-        assert_eq!(kv.get("a", "user/2").await.expect("get"), None);
+        assert_eq!(kv.get("a", "user/1").await.expect("get").map(|v| parsed(&v)), Some(json!({"n": 1})));
+        assert_eq!(kv.get("a", "user/2").await.expect("get").map(|v| parsed(&v)), None);
         assert!(kv.get("a", "").await.is_err());
     }
 
@@ -355,22 +382,22 @@ mod tests {
         let kv = small(KvStore::open(&path).expect("open"));
         // 3 keys of 1 byte with values of 10 bytes ("\"12345678\""): 33 bytes.
         for k in ["a", "b", "c"] {
-            kv.set("p", k, &json!("12345678")).await.expect("within quota");
+            kv.set("p", k, &raw(json!("12345678"))).await.expect("within quota");
         }
-        let err = kv.set("p", "d", &json!(1)).await.expect_err("a 4th key");
+        let err = kv.set("p", "d", &raw(json!(1))).await.expect_err("a 4th key");
         assert!(err.to_string().contains("keeps 3 keys"), "{err}");
-        kv.set("q", "d", &json!(1)).await.expect("another plugin has its own quota");
+        kv.set("q", "d", &raw(json!(1))).await.expect("another plugin has its own quota");
         // Replacing a value counts only the difference.
-        kv.set("p", "a", &json!("x".repeat(60))).await.expect("33 - 10 + 62 = 85 bytes");
-        let err = kv.set("p", "b", &json!("x".repeat(30))).await.expect_err("85 - 10 + 32 = 107 bytes");
+        kv.set("p", "a", &raw(json!("x".repeat(60)))).await.expect("33 - 10 + 62 = 85 bytes");
+        let err = kv.set("p", "b", &raw(json!("x".repeat(30)))).await.expect_err("85 - 10 + 32 = 107 bytes");
         assert!(err.to_string().contains("107 bytes"), "{err}");
-        kv.set("p", "b", &json!(1)).await.expect("a write that shrinks is taken");
+        kv.set("p", "b", &raw(json!(1))).await.expect("a write that shrinks is taken");
         assert!(kv.delete("p", "c").await.expect("delete"));
-        kv.set("p", "d", &json!(1)).await.expect("a key freed by a delete");
+        kv.set("p", "d", &raw(json!(1))).await.expect("a key freed by a delete");
         // After a restart what is held is counted again from the database.
         drop(kv);
         let kv = small(KvStore::open(&path).expect("reopen"));
-        let err = kv.set("p", "e", &json!(1)).await.expect_err("still 3 keys");
+        let err = kv.set("p", "e", &raw(json!(1))).await.expect_err("still 3 keys");
         assert!(err.to_string().contains("keeps 3 keys"), "{err}");
     }
 

@@ -914,6 +914,43 @@ async fn a_kv_list_flood_holds_one_list_at_a_time_and_others_keep_their_store() 
     assert!(out["answers"].as_object().unwrap().keys().all(|k| k == "result" || k == "-32006"), "{out}");
 }
 
+/// A `storage` plugin that stores a 14 MB array of zeros and reads it in a loop: each `kv.get`
+/// parsed the text into a tree (about 36 times its size: 500 MB) while holding the database,
+/// so another plugin's `kv.get` waited 1.5 s and plugind grew by hundreds of MB (audit 15).
+/// Values are kept and answered as their text now, checked outside the database.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_kv_value_read_in_a_loop_costs_neither_memory_nor_others_time() {
+    let b = victim(hostile(Daemon::builder(), "hoarder", &["storage"], json!({})));
+    let d = b.manifest("hoarder", |m| m["timeout_ms"] = json!(60_000)).start().await;
+    let pid = pid_of(&d, "hoarder").await;
+    let mut db = rusqlite::Connection::open(d.dir.path().join("state/kv.sqlite")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let zeros = format!("[{}0]", "0,".repeat(7_000_000));
+    db.execute("INSERT INTO kv (plugin, key, value) VALUES ('hoarder', 'big', ?1)", [&zeros]).unwrap();
+    db.execute("INSERT INTO kv (plugin, key, value) VALUES ('victim', 'mine', '7')", []).unwrap();
+    drop(db);
+    let before = rss_kb(d.pid());
+    let (took, peak) = peak_rss_during(d.pid(), async {
+        attack(&d, "hoarder", "request_flood", json!({"method": "kv.get", "params": {"key": "big"}, "count": 12}))
+            .await;
+        log_line(&d, "hoarder", "hostile-flood").await;
+        let mut worst = std::time::Duration::ZERO;
+        for _ in 0..10 {
+            let t = std::time::Instant::now();
+            let r = attack(&d, "victim", "kv_get", json!({"key": "mine"})).await;
+            assert_eq!(r["value"], 7, "{r}");
+            worst = worst.max(t.elapsed());
+        }
+        worst
+    })
+    .await;
+    assert!(took < std::time::Duration::from_millis(500), "the victim's kv.get took up to {took:?}");
+    assert!(peak < before + 200 * 1024, "plugind grew from {before} KiB to {peak} KiB");
+    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    let out = flood_outcome(&d, "hoarder").await;
+    assert!(out["answers"].as_object().unwrap().keys().all(|k| k == "result" || k == "-32006"), "{out}");
+}
+
 /// A `storage` plugin cannot fill plugind's kv database: it keeps at most 10,000 keys (its
 /// `kv.list` fits in one answer) and 64 MiB of keys and values; past either a new write is
 /// refused `-32006`, and one that replaces a value in place is still taken.
