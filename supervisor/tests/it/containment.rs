@@ -923,7 +923,7 @@ async fn a_large_kv_value_read_in_a_loop_costs_neither_memory_nor_others_time() 
     let b = victim(hostile(Daemon::builder(), "hoarder", &["storage"], json!({})));
     let d = b.manifest("hoarder", |m| m["timeout_ms"] = json!(60_000)).start().await;
     let pid = pid_of(&d, "hoarder").await;
-    let mut db = rusqlite::Connection::open(d.dir.path().join("state/kv.sqlite")).unwrap();
+    let db = rusqlite::Connection::open(d.dir.path().join("state/kv.sqlite")).unwrap();
     db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
     let zeros = format!("[{}0]", "0,".repeat(7_000_000));
     db.execute("INSERT INTO kv (plugin, key, value) VALUES ('hoarder', 'big', ?1)", [&zeros]).unwrap();
