@@ -55,6 +55,10 @@ pub const STOP_STEP: Duration = Duration::from_secs(2);
 /// Stdout frames an instance task handles in a row before it looks at anything else.
 const FRAMES_IN_A_ROW: usize = 32;
 
+/// The longest notification line handled (a `log` line with its 64 KiB message and 16 KiB of
+/// fields, even escaped, is far shorter); a longer one is reported and ignored unparsed.
+const NOTIFICATION_MAX: usize = 1 << 20;
+
 /// How often requests refused past a plugin's request budget are reported in its log.
 const REFUSALS_REPORTED_EVERY: Duration = Duration::from_secs(10);
 /// Health pings missed in a row before the instance counts as crashed.
@@ -930,6 +934,19 @@ impl InstanceTask {
             }
             Incoming::Notification { method, params } => {
                 self.chatter.charge(1, line.len());
+                if line.len() > NOTIFICATION_MAX {
+                    // Not parsed: params are read into a tree (`fields`, `$/progress`), about 36
+                    // times the text for an array of small numbers: 500 MB for a 14 MiB line.
+                    self.report_bad_output(
+                        codes::INVALID_REQUEST,
+                        format!(
+                            "`{method}` notification of {} bytes ignored: over {} KiB",
+                            line.len(),
+                            NOTIFICATION_MAX >> 10
+                        ),
+                    );
+                    return None;
+                }
                 self.on_notification(&method, params);
                 None
             }

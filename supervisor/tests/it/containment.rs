@@ -1085,6 +1085,27 @@ async fn a_plugin_flooding_stdout_with_chatter_is_held_to_a_rate() {
     }
 }
 
+/// Notifications whose params carry a 14 MiB array of zeros (`$/progress`, `log` fields,
+/// `metrics.emit`): each was parsed into a tree about 36 times its size, and plugind grew by
+/// 500–650 MB and stayed there (audit 15). A notification over 1 MiB is reported and ignored
+/// unparsed.
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_notifications_are_not_parsed() {
+    let d = hostile(Daemon::builder(), "hostile", &[], json!({})).start().await;
+    let before = rss_kb(d.pid());
+    let (_, peak) = peak_rss_during(d.pid(), async {
+        for method in ["$/progress", "log", "metrics.emit"] {
+            attack(&d, "hostile", "zeros_flood", json!({"method": method, "count": 3, "mb": 14})).await;
+        }
+        // Answered after the notifications, read in order.
+        attack(&d, "hostile", "env", json!({})).await;
+    })
+    .await;
+    assert!(peak < before + 100 * 1024, "plugind grew from {before} KiB to {peak} KiB");
+    let said = log_line(&d, "hostile", "`$/progress` notification of").await;
+    assert!(said.contains("ignored: over 1024 KiB"), "{said}");
+}
+
 /// A method schema that is small to send but exponential to check (41 `$defs`, each `anyOf`
 /// naming the next twice: 2^40 subschemas for one value) is refused, from `register` (the
 /// method is dropped with a warning, the plugin runs) and from the manifest (a load error naming
