@@ -513,7 +513,7 @@ impl InstanceTask {
             child.stderr.take().expect("UNWRAP: stderr is piped"),
         );
         self.log.plugind(format!("started instance {} (pid {pid}): {}", inst.id, self.spec.plan.argv.join(" ")));
-        let stderr_done = tokio::spawn(read_stderr(stderr, self.log.clone()));
+        let stderr_done = tokio::spawn(read_stderr(stderr, self.log.clone(), self.chatter.clone()));
         if crate::mcp::is_mcp(&self.spec.manifest) {
             // An MCP server: the instance speaks plugind's protocol to an adapter (crate::mcp).
             let ctx = crate::mcp::adapter::AdapterContext {
@@ -1221,22 +1221,36 @@ pub fn memory_hint(stderr_tail: &[String], memory_mb: u64) -> Option<String> {
     ))
 }
 
-/// Turns the child's stderr into log lines of the plugin.
-async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>) {
+/// Turns the child's stderr into log lines of the plugin. Its lines count as the plugin's
+/// chatter (`crate::transport::chatter`): the log keeps 200 a second, but reading and splitting
+/// a flood of them kept 80 % of a core of plugind busy, so past the rate stderr is left unread
+/// for a while too.
+async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>, chatter: Chatter) {
     const MAX_LINE: usize = 16 * 1024;
     // A small first buffer (it grows with the lines): most plugins write little to stderr, and
     // 1000 idle plugins should not hold 8 MiB of read buffers for it.
-    let mut frames = FramedRead::with_capacity(stderr, FrameDecoder::new(MAX_LINE), 512);
+    let mut frames = FramedRead::with_capacity(stderr, FrameDecoder::new(MAX_LINE).reporting_drops(), 512);
     while let Some(Ok(frame)) = frames.next().await {
         match frame {
-            Frame::Line(l) => log.stderr(String::from_utf8_lossy(&l).into_owned()),
-            Frame::Oversized { len, .. } => {
-                log.stderr(format!("[stderr line of {len} bytes dropped: over {MAX_LINE} bytes]"))
+            Frame::Line(l) => {
+                chatter.charge(1, l.len());
+                log.stderr(String::from_utf8_lossy(&l).into_owned());
             }
+            Frame::Oversized { len, .. } => {
+                chatter.charge(1, len);
+                log.stderr(format!("[stderr line of {len} bytes dropped: over {MAX_LINE} bytes]"));
+            }
+            Frame::Dropped(len) => chatter.charge(0, len),
             // Not taking turns (its lines are far shorter): never yielded.
             Frame::LongLine => frames.decoder_mut().take_turn(),
-            // Not reporting drops: never yielded.
-            Frame::Dropped(_) => {}
+        }
+        if chatter.is_over() {
+            if let Some(wait) = chatter.wait() {
+                if let Some(report) = chatter.report_wait(wait) {
+                    log.warn(report.replacen("stdout", "stderr", 1));
+                }
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 }

@@ -1037,13 +1037,18 @@ async fn a_plugin_flooding_stdout_with_chatter_is_held_to_a_rate() {
     let lines = |len: usize| (3 * 20_000 + 20_000) * (len as u64 + 1) + (64 << 10);
     let unique = tempfile::tempdir().unwrap();
     let unique = unique.path().file_name().unwrap().to_string_lossy().into_owned();
-    for name in ["garbage", "logs", "endless", "mcp-answers"] {
+    for name in ["garbage", "logs", "endless", "mcp-answers", "stderr"] {
         let marker = format!("chatter-{unique}-{name}");
         let log = json!({"jsonrpc": "2.0", "method": "log", "params": {"level": "info", "message": marker}});
         let log = log.to_string();
         let (command, flooding, most) = match name {
             "garbage" => (json!(["yes", marker]), "non-JSON line on stdout skipped", lines(marker.len())),
             "logs" => (json!(["yes", log]), marker.as_str(), lines(log.len())),
+            // Its log keeps 200 lines a second; reading them all cost 80 % of a core.
+            // (Its stdout kept open on fd 3: a plugin that closes stdout is killed.)
+            "stderr" => {
+                (json!(["sh", "-c", "exec 3>&1; exec yes \"$0\" >&2", marker]), marker.as_str(), lines(marker.len()))
+            }
             "endless" => {
                 (json!(["perl", "-e", "$s = 'x' x 65536; print $s while 1", marker]), "over the frame limit", 80 << 20)
             }
@@ -1076,7 +1081,7 @@ async fn a_plugin_flooding_stdout_with_chatter_is_held_to_a_rate() {
             t.elapsed(),
             share * 100.0
         );
-        let said = log_line(&d, name, "stdout left unread").await;
+        let said = log_line(&d, name, "left unread").await;
         assert!(said.contains("10000 lines/s") && said.contains("16 MiB/s"), "{said}");
         assert_eq!(d.status(name).await["state"], "starting", "{name} is still there, trying to start");
         for i in 0..20 {
