@@ -53,6 +53,18 @@ pub const KV_DELETE: &str = "kv.delete";
 /// Request: list keys by prefix.
 pub const KV_LIST: &str = "kv.list";
 
+/// Every request a plugin may make of plugind; any other is answered `-32601`.
+pub const PLUGIN_REQUESTS: &[&str] = &[
+    REGISTRY_GET_SERVICE,
+    REGISTRY_REQUIRE_SERVICE,
+    REGISTRY_LIST_SERVICES,
+    SERVICE_CALL,
+    KV_GET,
+    KV_SET,
+    KV_DELETE,
+    KV_LIST,
+];
+
 /// Identifies the supervisor in `init`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SupervisorInfo {

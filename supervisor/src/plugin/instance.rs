@@ -905,6 +905,11 @@ impl InstanceTask {
         match self.instance.peer.accept(line) {
             Incoming::Delivered => None,
             Incoming::Request { id, method, params } => {
+                // A request for no method plugind has is answered `-32601`, and is chatter: a
+                // loop of them kept 60 % of a core busy.
+                if !methods::PLUGIN_REQUESTS.contains(&&*method) {
+                    self.chatter.charge(1, line.len());
+                }
                 let mut ticket = match self.requests.admit(line.len()) {
                     Ok(ticket) => ticket,
                     Err(exceeded) => return self.refuse(vec![id.to_owned()], self.overloaded(exceeded)),

@@ -1,7 +1,8 @@
 //! A plugin's chatter: the stdout lines it sends that are neither answers to plugind's calls nor
 //! requests to plugind. That is its notifications (`log`, `$/progress`, `metrics.emit`, any
-//! other) and every line of no use: not JSON, not JSON-RPC, an answer to no call, a line over
-//! the frame limit (and the rest of it, dropped as it comes).
+//! other) and every line of no use: not JSON, not JSON-RPC, an answer to no call, a request for
+//! a method plugind does not have, a line over the frame limit (and the rest of it, dropped as
+//! it comes); and its stderr lines.
 //!
 //! Answers are bounded by the calls plugind sends, and requests by the plugin's request budget
 //! (`crate::transport::budget`). Chatter had no bound but the pipe's speed: a plugin writing

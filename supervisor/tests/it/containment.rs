@@ -1037,7 +1037,7 @@ async fn a_plugin_flooding_stdout_with_chatter_is_held_to_a_rate() {
     let lines = |len: usize| (3 * 20_000 + 20_000) * (len as u64 + 1) + (64 << 10);
     let unique = tempfile::tempdir().unwrap();
     let unique = unique.path().file_name().unwrap().to_string_lossy().into_owned();
-    for name in ["garbage", "logs", "endless", "mcp-answers", "stderr"] {
+    for name in ["garbage", "logs", "endless", "mcp-answers", "stderr", "no-method"] {
         let marker = format!("chatter-{unique}-{name}");
         let log = json!({"jsonrpc": "2.0", "method": "log", "params": {"level": "info", "message": marker}});
         let log = log.to_string();
@@ -1051,6 +1051,13 @@ async fn a_plugin_flooding_stdout_with_chatter_is_held_to_a_rate() {
             }
             "endless" => {
                 (json!(["perl", "-e", "$s = 'x' x 65536; print $s while 1", marker]), "over the frame limit", 80 << 20)
+            }
+            // Requests for a method plugind does not have, their answers read (a loop of them
+            // kept 60 % of a core busy).
+            "no-method" => {
+                let request = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{marker}"}}"#);
+                let flood = "$| = 1; $r = \"$ARGV[0]\\n\" x 1000; while (1) { print $r; sysread(STDIN, $b, 1 << 20) }";
+                (json!(["perl", "-e", flood, request]), "no-method", lines(request.len()))
             }
             // An MCP server answering calls never made: its adapter drops them.
             _ => {
