@@ -420,10 +420,16 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
-                // The first line of the parser's report ("error: …"), without its prefix.
+                // The parser's report up to its usage line, on one line, without "error: ".
                 let text = e.render().to_string();
-                let first = text.lines().next().unwrap_or_default();
-                print_json_error(&json!({ "code": USAGE_ERROR, "message": first.trim_start_matches("error: ") }));
+                let report: Vec<&str> = text
+                    .lines()
+                    .take_while(|l| !l.starts_with("Usage:"))
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                let message = report.join(" ").trim_start_matches("error: ").to_owned();
+                print_json_error(&json!({ "code": USAGE_ERROR, "message": message }));
             }
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });

@@ -108,6 +108,7 @@ fn json_usage_and_unreachable_errors_are_json_on_stdout() {
         (&["--json", "--socket", sock, "list"][..], 3, -32011, "cannot reach plugind"),
         (&["list", "--socket", sock, "--json"], 3, -32011, "cannot reach plugind"),
         (&["--json", "bogus"], 2, -32602, "unrecognized subcommand 'bogus'"),
+        (&["--json", "--socket", sock, "call"], 2, -32602, "<PLUGIN> <METHOD>"),
         (&["--json", "--socket", sock, "call", "p", "m", "{bad"], 2, -32602, "PARAMS is not valid JSON"),
     ] {
         let out = Command::new(pluginctl()).args(args).output().unwrap();
