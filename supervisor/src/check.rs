@@ -242,7 +242,7 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
         }
         // Out of memory at start: what to do is known (and without the mount namespace a JVM
         // sees its cgroup and starts, which would blame the namespace).
-        let out_of_memory = instance::memory_hint(&tail, m.limits.memory_mb);
+        let out_of_memory = instance::memory_hint(inst.said_out_of_memory(), m.limits.memory_mb);
         let said = r.findings.iter().any(|(_, t)| t.contains("ran out of memory"));
         if let (Some(hint), false) = (&out_of_memory, said) {
             r.push(Level::Fail, hint.trim_start_matches("; ").to_owned());

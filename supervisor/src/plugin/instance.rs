@@ -40,7 +40,7 @@ use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
@@ -172,7 +172,17 @@ pub struct Instance {
     stop_tx: mpsc::Sender<StopKind>,
     /// Its method catalog, set once when it has answered `register` (before it is routed).
     catalog: OnceLock<Arc<Catalog>>,
+    /// Whether one of its own first stderr or non-JSON stdout lines (a JVM prints its report on
+    /// stdout) said it ran out of memory: its death is explained by that (the plugin's log
+    /// mixes in instances before it, and a JVM's report is hundreds of lines long).
+    said_out_of_memory: AtomicBool,
+    /// How many of its lines were looked at for that ([`WORDS_LOOKED_AT`] at most).
+    words_looked_at: AtomicU32,
 }
+
+/// How many of an instance's stderr and non-JSON stdout lines are looked at for an
+/// out-of-memory report: those of its start.
+const WORDS_LOOKED_AT: u32 = 5_000;
 
 /// Holds an instance's `max_inflight` slot and its load count for the duration of one call.
 pub struct CallSlot<'a> {
@@ -278,6 +288,22 @@ impl Instance {
 
     /// Its method catalog (the manifest's merged with its `register` answer's); None until it
     /// has registered.
+    /// Whether its stderr or stdout said it ran out of memory (see [`OUT_OF_MEMORY`]).
+    pub fn said_out_of_memory(&self) -> bool {
+        self.said_out_of_memory.load(Ordering::Relaxed)
+    }
+
+    /// Looks at one of its first stderr or non-JSON stdout lines for an out-of-memory report.
+    fn look_at_words(&self, line: &[u8]) {
+        if self.said_out_of_memory() || self.words_looked_at.fetch_add(1, Ordering::Relaxed) >= WORDS_LOOKED_AT {
+            return;
+        }
+        let text = String::from_utf8_lossy(&line[..line.len().min(1024)]).to_lowercase();
+        if OUT_OF_MEMORY.iter().any(|p| text.contains(p)) {
+            self.said_out_of_memory.store(true, Ordering::Relaxed);
+        }
+    }
+
     pub fn catalog(&self) -> Option<&Arc<Catalog>> {
         self.catalog.get()
     }
@@ -421,6 +447,8 @@ pub fn launch(
         load: AtomicUsize::new(0),
         stop_tx,
         catalog: OnceLock::new(),
+        said_out_of_memory: AtomicBool::new(false),
+        words_looked_at: AtomicU32::new(0),
     });
     let task = InstanceTask {
         instance: instance.clone(),
@@ -513,7 +541,7 @@ impl InstanceTask {
             child.stderr.take().expect("UNWRAP: stderr is piped"),
         );
         self.log.plugind(format!("started instance {} (pid {pid}): {}", inst.id, self.spec.plan.argv.join(" ")));
-        let stderr_done = tokio::spawn(read_stderr(stderr, self.log.clone(), self.chatter.clone()));
+        let stderr_done = tokio::spawn(read_stderr(stderr, self.log.clone(), self.chatter.clone(), inst.clone()));
         if crate::mcp::is_mcp(&self.spec.manifest) {
             // An MCP server: the instance speaks plugind's protocol to an adapter (crate::mcp).
             let ctx = crate::mcp::adapter::AdapterContext {
@@ -554,6 +582,8 @@ impl InstanceTask {
         let mut steps: FuturesUnordered<BoxFut<Step>> = FuturesUnordered::new();
         steps.push(Box::pin(handshake(inst.clone(), self.spec.clone(), self.log.clone())));
         let mut ready = false;
+        // Whether the handshake's error already says it ran out of memory.
+        let mut memory_hinted = false;
         let mut ping = tokio::time::interval_at(first_ping(self.spec.ping_every), self.spec.ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ping_out = false;
@@ -720,8 +750,9 @@ impl InstanceTask {
                             if e.contains("exited during") {
                                 // Its last words first: stderr ends when it has exited.
                                 let _ = tokio::time::timeout(Duration::from_millis(300), &mut stderr_done).await;
-                                if let Some(hint) = memory_hint(&self.log.stderr_tail(), self.spec.manifest.limits.memory_mb) {
+                                if let Some(hint) = memory_hint(inst.said_out_of_memory(), self.spec.manifest.limits.memory_mb) {
                                     e.push_str(&hint);
+                                    memory_hinted = true;
                                 }
                             }
                         }
@@ -860,8 +891,8 @@ impl InstanceTask {
         if !stderr_done.is_finished() {
             let _ = tokio::time::timeout(Duration::from_millis(500), stderr_done).await;
         }
-        if !ready && !exit.requested {
-            if let Some(hint) = memory_hint(&self.log.stderr_tail(), self.spec.manifest.limits.memory_mb) {
+        if !ready && !exit.requested && !memory_hinted {
+            if let Some(hint) = memory_hint(inst.said_out_of_memory(), self.spec.manifest.limits.memory_mb) {
                 exit.reason = Some(match exit.reason.take() {
                     Some(r) => format!("{r}{hint}"),
                     None => hint.trim_start_matches("; ").to_owned(),
@@ -962,6 +993,7 @@ impl InstanceTask {
             }
             Incoming::Invalid(e) if e.code() == codes::PARSE_ERROR => {
                 self.chatter.charge(1, line.len());
+                self.instance.look_at_words(line);
                 self.log.about_output(LogLevel::Warn, || {
                     let text = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
                     format!(
@@ -1193,7 +1225,7 @@ async fn handshake(inst: Arc<Instance>, spec: InstanceSpec, log: Arc<PluginLog>)
     }
 }
 
-/// What stderr lines say when a runtime could not get the memory it asked for at start: the JVM
+/// What its last lines say when a runtime could not get the memory it asked for at start: the JVM
 /// (`os::commit_memory … error='Not enough space'`, "insufficient memory"), V8 ("heap out of
 /// memory"), Python (`MemoryError`), C++ (`bad_alloc`), libc (`Cannot allocate memory`).
 const OUT_OF_MEMORY: &[&str] = &[
@@ -1210,19 +1242,17 @@ const OUT_OF_MEMORY: &[&str] = &[
 /// A hint for a plugin that exited during its handshake saying it was out of memory: runtimes
 /// size their heaps from the host's RAM, since they cannot see `memory_mb` (it is `RLIMIT_DATA`
 /// and a cgroup hidden from the plugin), so a JVM under 256 MiB fails at start.
-pub fn memory_hint(stderr_tail: &[String], memory_mb: u64) -> Option<String> {
-    let said = stderr_tail.iter().rev().take(40).any(|l| {
-        let l = l.to_lowercase();
-        OUT_OF_MEMORY.iter().any(|p| l.contains(p))
-    });
-    if !said {
+pub fn memory_hint(said_out_of_memory: bool, memory_mb: u64) -> Option<String> {
+    if !said_out_of_memory {
         return None;
     }
-    let heap = (memory_mb / 2).max(16);
+    // A quarter: the rest of the limit goes to thread stacks (counted in full), a JVM's
+    // metaspace and code cache, V8's own reservations.
+    let heap = (memory_mb / 4).max(16);
     Some(format!(
-        "; its stderr says it ran out of memory at start: limits.memory_mb ({memory_mb} MiB) is enforced on it, but runtimes cannot see it and size their \
-         heap from the host's RAM: cap the heap in the manifest's command (e.g. java -Xmx{heap}m, node --max-old-space-size={heap}) \
-         or raise memory_mb"
+        "; it said it ran out of memory at start: limits.memory_mb ({memory_mb} MiB) is enforced on it, but runtimes cannot see it and size their \
+         heap from the host's RAM: cap the heap well under the limit in the manifest's command (e.g. java -Xmx{heap}m -XX:+UseSerialGC \
+         -Xss512k, node --max-old-space-size={heap}) or raise memory_mb"
     ))
 }
 
@@ -1230,7 +1260,7 @@ pub fn memory_hint(stderr_tail: &[String], memory_mb: u64) -> Option<String> {
 /// chatter (`crate::transport::chatter`): the log keeps 200 a second, but reading and splitting
 /// a flood of them kept 80 % of a core of plugind busy, so past the rate stderr is left unread
 /// for a while too.
-async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>, chatter: Chatter) {
+async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>, chatter: Chatter, inst: Arc<Instance>) {
     const MAX_LINE: usize = 16 * 1024;
     // A small first buffer (it grows with the lines): most plugins write little to stderr, and
     // 1000 idle plugins should not hold 8 MiB of read buffers for it.
@@ -1239,6 +1269,7 @@ async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>, c
         match frame {
             Frame::Line(l) => {
                 chatter.charge(1, l.len());
+                inst.look_at_words(&l);
                 log.stderr(String::from_utf8_lossy(&l).into_owned());
             }
             Frame::Oversized { len, .. } => {

@@ -275,7 +275,7 @@ async fn a_plugin_out_of_memory_at_start_is_told_to_cap_its_heap() {
     assert_eq!(out.status.code(), Some(1));
     let t = text(&out);
     assert!(
-        t.contains("ran out of memory at start") && t.contains("limits.memory_mb (64 MiB)") && t.contains("-Xmx32m"),
+        t.contains("ran out of memory at start") && t.contains("limits.memory_mb (64 MiB)") && t.contains("-Xmx16m"),
         "{t}"
     );
     assert!(!t.contains("sandbox: it starts once") && !t.contains("no single part of the sandbox"), "{t}");
@@ -289,7 +289,33 @@ async fn a_plugin_out_of_memory_at_start_is_told_to_cap_its_heap() {
         .await;
     let s = d.wait_state("hungry", "failed").await;
     let why = s["last_error"].as_str().unwrap_or_default();
-    assert!(why.contains("ran out of memory at start") && why.contains("--max-old-space-size=32"), "{s}");
+    assert!(why.contains("ran out of memory at start") && why.contains("--max-old-space-size=16"), "{s}");
+}
+
+/// The same for a JVM under `memory_mb` 128, which prints its out-of-memory report (hundreds
+/// of lines) on stdout, not stderr: `check` says it ran out of memory, and the flags it suggests
+/// make the plugin start.
+#[test]
+fn check_of_a_java_plugin_out_of_memory_suggests_flags_that_work() {
+    if !crate::containment::which("java") {
+        eprintln!("skipped: java not installed");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("Main.java"), crate::containment::JAVA_PLUGIN).unwrap();
+    let manifest = |command: serde_json::Value| {
+        let m = json!({"name": "jv", "version": "1.0.0", "main": "Main.java", "command": command, "limits": {"memory_mb": 128}});
+        std::fs::write(work.path().join("plugin.json"), m.to_string()).unwrap();
+    };
+    manifest(json!(["java", "Main.java"]));
+    let out = ctl(&["check", "."], work.path());
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("ran out of memory at start") && t.contains("java -Xmx32m -XX:+UseSerialGC -Xss512k"), "{t}");
+    assert!(!t.contains("no single part of the sandbox") && !t.contains("sandbox: it starts once"), "{t}");
+    manifest(json!(["java", "-Xmx32m", "-XX:+UseSerialGC", "-Xss512k", "Main.java"]));
+    let out = ctl(&["check", "."], work.path());
+    assert_eq!(out.status.code(), Some(0), "the suggested flags: {}", text(&out));
 }
 
 /// Dependencies are named in `check`'s report, said to be checked only by a daemon (a plugin

@@ -1558,7 +1558,7 @@ rl.on('line', (line) => {
 });
 "#;
 
-const JAVA_PLUGIN: &str = r#"import java.io.*;
+pub(crate) const JAVA_PLUGIN: &str = r#"import java.io.*;
 import java.util.regex.*;
 
 public class Main {
@@ -1612,7 +1612,7 @@ async fn python_node_perl_and_java_plugins_run_in_the_default_sandbox() {
 }
 
 /// Whether a program is on PATH.
-fn which(program: &str) -> bool {
+pub(crate) fn which(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
