@@ -11,7 +11,8 @@
 //!   the next hot reload);
 //! - plugind's control socket, config file and token file get a read-only `/dev/null` on top;
 //! - `/sys/fs/cgroup` is covered (a plugin cannot move itself out of its cgroup, which is how
-//!   plugind recognises its processes) and `/proc/sys` is made read-only;
+//!   plugind recognises its processes) and `/proc/sys` is made read-only; `/proc/keys` and
+//!   `/proc/key-users` (the uid's keys, listed) get `/dev/null` on top;
 //! - as root, `/proc` is a new instance with `hidepid=ptraceable`: plugind and other plugins are
 //!   not even listed.
 //!
@@ -243,6 +244,14 @@ impl MountPlan {
             }
             if libc::mount(PROC_SYS.as_ptr(), PROC_SYS.as_ptr(), null(), libc::MS_BIND | libc::MS_REC, null()) == 0 {
                 remount_read_only(PROC_SYS, true)?;
+            }
+            // The uid's keys are listed there (ids, descriptions), though seccomp refuses the
+            // key syscalls: covered, as Docker does. Best effort: a kernel without keys has no
+            // such files, and a user namespace may refuse a mount over /proc.
+            for keys in [c"/proc/keys", c"/proc/key-users"] {
+                if libc::mount(c"/dev/null".as_ptr(), keys.as_ptr(), null(), libc::MS_BIND, null()) == 0 {
+                    let _ = remount_read_only(keys, true);
+                }
             }
             // The working directory was entered before the covers: enter it again through the
             // bind mount, so `getcwd` and relative paths agree with what the plugin sees.

@@ -873,6 +873,23 @@ async fn a_plugin_cannot_use_the_kernel_keyrings() {
         (&json!("Operation not permitted"), &json!("Operation not permitted")),
         "{r}"
     );
+    // Nor does it see the uid's keys listed in /proc/keys (audit 15: ids and descriptions).
+    let desc = std::ffi::CString::new(format!("plugind-test-{}", std::process::id())).unwrap();
+    const USER_KEYRING: libc::c_long = -4;
+    // SAFETY: add_key(2) with NUL-terminated strings and a 1-byte payload that outlive the call.
+    let id = unsafe {
+        libc::syscall(libc::SYS_add_key, c"user".as_ptr(), desc.as_ptr(), b"x".as_ptr(), 1usize, USER_KEYRING)
+    };
+    if id < 0 {
+        missing_mechanism("this host has no kernel keys for the test to add one");
+        return;
+    }
+    let listed = std::fs::read_to_string("/proc/keys").unwrap_or_default().contains(desc.to_str().unwrap());
+    let r = attack(&d, "hostile", "read", json!({"path": "/proc/keys"})).await;
+    // SAFETY: keyctl(KEYCTL_UNLINK, id, keyring).
+    unsafe { libc::syscall(libc::SYS_keyctl, 9 as libc::c_long, id, USER_KEYRING) };
+    assert!(listed, "the host lists the test's key");
+    assert!(r["detail"] == "0 bytes" || r["ok"] == false, "THE ATTACK SUCCEEDED: the plugin reads /proc/keys: {r}");
 }
 
 /// A `storage` plugin that sends `kv.list` after `kv.list` (2 MB of keys each) without reading
