@@ -199,8 +199,7 @@ async fn kv_request(
         }
         _ => {
             let p: KvListParams = params(raw)?;
-            let keys = store.list(plugin, p.prefix.as_deref()).await.map_err(kv_err)?;
-            Ok(to_raw(&serde_json::json!({ "keys": keys })))
+            store.list(plugin, p.prefix.as_deref()).await.map_err(kv_err)
         }
     }
 }

@@ -970,6 +970,11 @@ impl InstanceTask {
             }
             Incoming::Notification { method, params } => {
                 self.chatter.charge(1, line.len());
+                if line.len() > NOTIFICATION_MAX && method == methods::LOG {
+                    // Its message is kept (cut to 64 KiB, as any), its `fields` not even read.
+                    self.on_huge_log(params);
+                    return None;
+                }
                 if line.len() > NOTIFICATION_MAX {
                     // Not parsed: params are read into a tree (`fields`, `$/progress`), about 36
                     // times the text for an array of small numbers: 500 MB for a 14 MiB line.
@@ -1022,6 +1027,32 @@ impl InstanceTask {
                 self.refuse(ids, error)
             }
         }
+    }
+
+    /// A `log` notification over [`NOTIFICATION_MAX`]: its level, message and trace id are
+    /// read, its `fields` skipped unread (a tree of them could be 36 times their text).
+    fn on_huge_log(&self, params: Option<&RawValue>) {
+        #[derive(serde::Deserialize)]
+        struct Lean<'a> {
+            #[serde(borrow, default)]
+            level: Option<&'a RawValue>,
+            message: String,
+            #[serde(default)]
+            trace_id: Option<String>,
+        }
+        let lean = params.map(|p| serde_json::from_str::<Lean>(p.get()));
+        let Some(Ok(lean)) = lean else {
+            self.report_bad_output(codes::INVALID_PARAMS, "bad `log` params: expected {level, message}".to_owned());
+            return;
+        };
+        // The level as the usual params read it (leniently), from its own short text.
+        let level = lean.level.map_or("\"info\"", RawValue::get);
+        let Ok(mut p) = serde_json::from_str::<LogParams>(&format!(r#"{{"level":{level},"message":""}}"#)) else {
+            return;
+        };
+        p.message = lean.message;
+        p.trace_id = lean.trace_id.or_else(|| self.instance.peer.current_trace_id());
+        self.log.notification(p);
     }
 
     fn on_notification(&self, method: &str, params: Option<&RawValue>) {
