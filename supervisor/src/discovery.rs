@@ -61,10 +61,10 @@ pub fn scan(
     for f in &found {
         claims.entry(f.name.clone()).or_default().push(f.dir.clone());
     }
-    let claimants: BTreeMap<String, usize> = claims.iter().map(|(n, d)| (n.clone(), d.len())).collect();
     // The owner of each name: its holder if it claims it, else the only claimant, else (nothing
-    // held it) the first; none when the holder is gone and several claim it.
-    let owner: BTreeMap<String, Option<PathBuf>> = claims
+    // held it) the first; none when the holder is gone and several claim it. With how many
+    // claim it.
+    let owner: BTreeMap<String, (Option<PathBuf>, usize)> = claims
         .into_iter()
         .map(|(name, dirs)| {
             let held = holders.get(&name);
@@ -73,7 +73,7 @@ pub fn scan(
                 Some(_) if dirs.len() > 1 => None,
                 _ => dirs.first().cloned(),
             };
-            (name, owner)
+            (name, (owner, dirs.len()))
         })
         .collect();
     // Services each plugin provides under another name than its own, by directory.
@@ -85,7 +85,7 @@ pub fn scan(
         })
         .collect();
     for f in &mut found {
-        let owns = owner.get(&f.name).cloned().flatten();
+        let (owns, claimants) = owner.get(&f.name).cloned().unwrap_or_default();
         let why = match &owns {
             Some(d) if *d != f.dir => Some(format!("expected a unique plugin name, found {:?} (already used by {})", f.name, d.display())),
             Some(_) => {
@@ -104,7 +104,7 @@ pub fn scan(
             None => Some(format!(
                 "expected a unique plugin name, found {:?}, which {} directories claim while the one that held it ({}) is gone: remove all but one",
                 f.name,
-                claimants.get(&f.name).copied().unwrap_or_default(),
+                claimants,
                 holders.get(&f.name).map_or_else(String::new, |h| h.display().to_string())
             )),
         };

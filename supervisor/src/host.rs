@@ -186,9 +186,7 @@ async fn kv_request(
             Ok(to_raw(&KvGetOut { value: value.as_deref() }))
         }
         methods::KV_SET => {
-            let text = raw.map_or("null", RawValue::get);
-            let p: KvSetIn =
-                serde_json::from_str(text).map_err(|e| RpcError::invalid_params(format!("kv.set: {e}")))?;
+            let p: KvSetIn = params(raw)?;
             store.set(plugin, &p.key, p.value).await.map_err(kv_err)?;
             Ok(to_raw(&()))
         }

@@ -29,9 +29,10 @@ pub struct RpcError {
     pub data: Option<Value>,
 }
 
-/// A request's params as `T`, `{}` when absent; `-32602` invalid params when they do not fit.
-/// Every side that serves requests (plugind's control API, its answers to plugins) uses it.
-pub fn parse_params<T: serde::de::DeserializeOwned>(raw: Option<&RawValue>) -> Result<T, RpcError> {
+/// A request's params as `T` (which may borrow from them), `{}` when absent; `-32602` invalid
+/// params when they do not fit. Every side that serves requests (plugind's control API, its
+/// answers to plugins) uses it.
+pub fn parse_params<'a, T: serde::Deserialize<'a>>(raw: Option<&'a RawValue>) -> Result<T, RpcError> {
     serde_json::from_str(raw.map_or("{}", RawValue::get)).map_err(|e| RpcError::params_not_fitting(&e))
 }
 

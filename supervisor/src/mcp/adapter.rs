@@ -594,13 +594,11 @@ async fn upstream<R: AsyncRead + Unpin + crate::transport::pipe::Growable>(
             }
             Err(_) => break,
         }
-        if chatter.is_over() {
-            if let Some(wait) = chatter.wait() {
-                if let Some(report) = chatter.report_wait(wait) {
-                    shared.log.warn(report);
-                }
-                tokio::time::sleep(wait).await;
+        if let Some((wait, said)) = chatter.pause("stdout") {
+            if let Some(said) = said {
+                shared.log.warn(said);
             }
+            tokio::time::sleep(wait).await;
         }
     }
     shared.close();

@@ -286,8 +286,6 @@ impl Instance {
         self.pid.load(Ordering::Relaxed)
     }
 
-    /// Its method catalog (the manifest's merged with its `register` answer's); None until it
-    /// has registered.
     /// Whether its stderr or stdout said it ran out of memory (see [`OUT_OF_MEMORY`]).
     pub fn said_out_of_memory(&self) -> bool {
         self.said_out_of_memory.load(Ordering::Relaxed)
@@ -304,6 +302,8 @@ impl Instance {
         }
     }
 
+    /// Its method catalog (the manifest's merged with its `register` answer's); None until it
+    /// has registered.
     pub fn catalog(&self) -> Option<&Arc<Catalog>> {
         self.catalog.get()
     }
@@ -701,14 +701,12 @@ impl InstanceTask {
                         // this task from yielding for seconds, stalling every task queued
                         // behind it on its thread.
                         tokio::task::consume_budget().await;
-                        if self.chatter.is_over() {
-                            if let Some(wait) = self.chatter.wait() {
-                                chatter_until = Some(Instant::now() + wait);
-                                if let Some(report) = self.chatter.report_wait(wait) {
-                                    self.log.warn(report);
-                                }
-                                break;
+                        if let Some((wait, said)) = self.chatter.pause("stdout") {
+                            chatter_until = Some(Instant::now() + wait);
+                            if let Some(said) = said {
+                                self.log.warn(said);
                             }
+                            break;
                         }
                         if n == FRAMES_IN_A_ROW || self.gated() {
                             break;
@@ -1311,13 +1309,11 @@ async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>, c
             // Not taking turns (its lines are far shorter): never yielded.
             Frame::LongLine => frames.decoder_mut().take_turn(),
         }
-        if chatter.is_over() {
-            if let Some(wait) = chatter.wait() {
-                if let Some(report) = chatter.report_wait(wait) {
-                    log.warn(report.replacen("stdout", "stderr", 1));
-                }
-                tokio::time::sleep(wait).await;
+        if let Some((wait, said)) = chatter.pause("stderr") {
+            if let Some(said) = said {
+                log.warn(said);
             }
+            tokio::time::sleep(wait).await;
         }
     }
 }

@@ -115,15 +115,25 @@ impl Chatter {
         wait
     }
 
-    /// A reader stops reading for `wait`: what to say in the plugin's log about it, at most
-    /// once per [`WAITS_REPORTED_EVERY`] (a flood that goes on makes a wait at every burst).
-    pub fn report_wait(&self, wait: Duration) -> Option<String> {
+    /// What a reader of the plugin's `stream` does after each line: `None` while the rate
+    /// allows reading on (one atomic load), else how long to stop reading, with what to say in
+    /// the plugin's log about it (at most once per [`WAITS_REPORTED_EVERY`]: a flood that goes
+    /// on makes a wait at every burst).
+    pub fn pause(&self, stream: &str) -> Option<(Duration, Option<String>)> {
+        if !self.is_over() {
+            return None;
+        }
+        let wait = self.wait()?;
+        Some((wait, self.report_wait(stream, wait)))
+    }
+
+    fn report_wait(&self, stream: &str, wait: Duration) -> Option<String> {
         let mut m = self.meter();
         m.waits.hold();
         let waits = m.waits.due(Instant::now());
         (waits > 0).then(|| {
             format!(
-                "stdout left unread for {} ms ({waits} such wait(s) since the last report): over {LINES_PER_SEC} lines/s \
+                "{stream} left unread for {} ms ({waits} such wait(s) since the last report): over {LINES_PER_SEC} lines/s \
                  (burst {LINES_BURST}) or {} MiB/s (burst {} MiB) of notifications and unusable lines; its writes wait \
                  in its pipe meanwhile",
                 wait.as_millis(),
@@ -155,8 +165,9 @@ mod tests {
         // About 1000 lines of debt at 10 000 a second: about 100 ms (less the time since).
         let wait = c.wait().expect("in debt");
         assert!(wait > Duration::from_millis(60) && wait <= Duration::from_millis(101), "{wait:?}");
-        assert!(c.report_wait(wait).is_some_and(|m| m.contains("1 such wait")));
-        assert_eq!(c.report_wait(wait), None, "reported once per period");
+        let (_, said) = c.pause("stdout").expect("in debt");
+        assert!(said.is_some_and(|m| m.starts_with("stdout left unread") && m.contains("1 such wait")));
+        assert_eq!(c.pause("stdout").map(|(_, said)| said), Some(None), "reported once per period");
         std::thread::sleep(wait);
         assert_eq!(c.wait(), None, "paid back");
         assert!(!c.is_over());
