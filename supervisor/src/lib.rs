@@ -185,7 +185,7 @@ impl Daemon {
         let is_running = state == "running";
         if is_running != was_running {
             let event = if is_running { ServiceEvent::Up } else { ServiceEvent::Down };
-            self.notify_dependents(&entry.name, &entry.snapshot().services, event);
+            self.notify_dependents(&entry.name, &self.routed_services(entry), event);
         }
         if is_running {
             self.wake_blocked();
@@ -320,6 +320,15 @@ impl Daemon {
             // What this host's kernel enforces (probed once at startup), per permission.
             s.permissions = sandbox::report(&m);
         }
+        // A declared service named after another plugin is never routed here: listed as refused.
+        let (shadowing, routed): (Vec<ServiceRef>, Vec<ServiceRef>) =
+            s.services.drain(..).partition(|svc| self.is_shadowing(entry, &svc.name));
+        s.services = routed;
+        s.refused_services.extend(shadowing.into_iter().map(|svc| plugind_protocol::control::RefusedService {
+            reason: format!("named after plugin {:?}: a plugin's name is its service alone", svc.name),
+            name: svc.name,
+            version: svc.version,
+        }));
         s
     }
 
@@ -689,7 +698,7 @@ impl ActorHost for Daemon {
     }
 
     fn swapped(&self, entry: &PluginEntry) {
-        self.notify_dependents(&entry.name, &entry.snapshot().services, ServiceEvent::Replaced);
+        self.notify_dependents(&entry.name, &self.routed_services(entry), ServiceEvent::Replaced);
         tracing::info!(plugin = %entry.name, "hot reload complete");
     }
 }

@@ -21,6 +21,7 @@ use crate::plugin::PluginEntry;
 use crate::router::{self, Call};
 use crate::transport::peer::{Deadline, Peer, Reply};
 use crate::Daemon;
+use plugind_protocol::control::ServiceRef;
 use plugind_protocol::jsonrpc::RpcError;
 use plugind_protocol::manifest::{Dependency, DEFAULT_MAX_TIMEOUT_MS, DEFAULT_TIMEOUT_MS};
 use plugind_protocol::methods::{self, ServiceInfo};
@@ -199,6 +200,21 @@ impl Daemon {
             out.push(Provider { info: h.info.clone(), version: h.version.clone(), target: Target::Host(h) });
         }
         out
+    }
+
+    /// Whether `entry`'s service `name` is named after another plugin in the table, and so never
+    /// routed to `entry` (a plugin's name is its service alone).
+    pub fn is_shadowing(&self, entry: &PluginEntry, name: &str) -> bool {
+        name != &*entry.name && self.plugin(name).is_some()
+    }
+
+    /// The services `entry` declares that are routed to it: its status's `services` without
+    /// those [`Daemon::is_shadowing`] another plugin's name. These are what its dependents are
+    /// told about in `services.changed`.
+    pub fn routed_services(&self, entry: &PluginEntry) -> Vec<ServiceRef> {
+        let mut services = entry.snapshot().services;
+        services.retain(|s| !self.is_shadowing(entry, &s.name));
+        services
     }
 
     /// Says once in `entry`'s log that its service `name`, named after another plugin, is not

@@ -1247,6 +1247,29 @@ async fn a_manifest_cannot_provide_another_plugins_name() {
     assert!(said.contains("\"victim\""), "{said}");
     let r = d.call("services.call", json!({"service": "thief", "method": "who", "params": {}})).await.unwrap();
     assert_eq!(r["plugin"], "thief", "{r}");
+    // Its status does not list `victim` as a service of its own, but as refused, with why.
+    let s = d.status("thief").await;
+    assert!(s["services"].as_array().unwrap().iter().all(|x| x["name"] != "victim"), "{s}");
+    let refused = s["refused_services"].as_array().unwrap();
+    assert!(
+        refused.iter().any(|x| x["name"] == "victim" && x["reason"].as_str().unwrap().contains("named after plugin")),
+        "{s}"
+    );
+    // Nor are the victim's dependents told the thief's `victim` came or went: the thief restarts
+    // (down, up), then the victim does, and the caller hears of the victim's alone.
+    for name in ["thief", "victim"] {
+        let r = d.call("plugins.restart", json!({"name": name, "hard": true})).await.unwrap();
+        assert_eq!(r["state"], "running", "{r}");
+    }
+    let changes = wait_for("the caller hears the victim came back", async || {
+        let c = attack(&d, "caller", "changes", json!({})).await;
+        c.as_array().unwrap().iter().any(|x| x["plugin"] == "victim" && x["event"] == "up").then_some(c)
+    })
+    .await;
+    assert!(
+        changes.as_array().unwrap().iter().all(|x| x["plugin"] != "thief"),
+        "THE ATTACK SUCCEEDED: the caller was told of the thief's `victim`: {changes}"
+    );
 }
 
 /// A directory added while plugind is down, claiming a plugin's name and sorting first: at the
