@@ -729,7 +729,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .cloned()
             .collect(),
     });
-    sandbox::init();
+    sandbox::init().cgroups.sweep_recorded(&config.state_dir);
     let hup = service::sighup();
     let listener = control::socket::bind(&config.socket)?;
     let socket = config.socket.clone();

@@ -25,6 +25,12 @@ use std::time::Duration;
 /// Prefix of every directory plugind creates in a cgroup tree.
 pub const PREFIX: &str = "plugind.";
 
+/// The state dir's record of the cgroup trees runs on it used ([`CgroupSupport::sweep_recorded`]).
+const RECORD: &str = "cgroups";
+
+/// How many trees the record keeps (three a run at most; the rest are earlier runs').
+const RECORD_MAX: usize = 12;
+
 /// cgroup v2 controllers plugind uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Controllers {
@@ -68,7 +74,7 @@ impl CgroupSupport {
         if !s.v2_controllers.pids {
             s.v1_pids = own_dir(&mountinfo, &own, Some("pids")).filter(|d| can_create_children(d));
         }
-        for dir in [&s.v2, &s.v1_memory, &s.v1_pids].into_iter().flatten() {
+        for dir in s.trees() {
             remove_stale(dir);
         }
         s
@@ -78,6 +84,38 @@ impl CgroupSupport {
     /// only plugins with `processes`, so it does not count).
     pub fn any(&self) -> bool {
         self.v2.is_some() || self.v1_memory.is_some()
+    }
+
+    /// The trees this run makes instance cgroups in (plugind's own cgroup in each).
+    fn trees(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.v2, &self.v1_memory, &self.v1_pids].into_iter().flatten()
+    }
+
+    /// Sweeps the trees that earlier runs on `state_dir` recorded, then records this run's.
+    ///
+    /// [`CgroupSupport::probe`] sweeps below plugind's own cgroup only. A plugind started again
+    /// from elsewhere (another login session's scope, another service unit) has another one,
+    /// and would never find what an OOM-killed or SIGKILLed run left in its cgroups. The state
+    /// dir, which only one plugind holds at a time, names them (`cgroups`, one directory a line);
+    /// a line that is not a cgroup filesystem's directory is ignored.
+    pub fn sweep_recorded(&self, state_dir: &Path) {
+        let record = state_dir.join(RECORD);
+        let earlier: Vec<PathBuf> = read(&record).unwrap_or_default().lines().map(PathBuf::from).collect();
+        let mine: Vec<&PathBuf> = self.trees().collect();
+        for dir in earlier.iter().filter(|d| !mine.contains(d) && is_cgroup_dir(d)) {
+            remove_stale(dir);
+        }
+        let mut keep: Vec<&PathBuf> = mine;
+        for dir in earlier.iter().filter(|d| d.is_dir()) {
+            if !keep.contains(&dir) && keep.len() < RECORD_MAX {
+                keep.push(dir);
+            }
+        }
+        let text: String = keep.iter().filter_map(|d| d.to_str()).map(|d| format!("{d}\n")).collect();
+        let tmp = state_dir.join(format!("{RECORD}.tmp"));
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &record)) {
+            tracing::warn!(file = %record.display(), "cannot record this run's cgroup trees: {e}");
+        }
     }
 
     /// How `memory_mb` is held beyond RLIMIT_DATA, if it is.
@@ -378,6 +416,14 @@ fn remove_stale(dir: &Path) {
         std::thread::sleep(Duration::from_millis(20));
     }
     tracing::warn!(?stale, "cannot remove the cgroups of a dead plugind");
+}
+
+/// Whether `dir` is a directory of a cgroup filesystem (v1 or v2), so never a plain directory
+/// whose `cgroup.procs` could name anybody's processes.
+fn is_cgroup_dir(dir: &Path) -> bool {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC};
+    statfs(dir)
+        .is_ok_and(|fs| fs.filesystem_type() == CGROUP_SUPER_MAGIC || fs.filesystem_type() == CGROUP2_SUPER_MAGIC)
 }
 
 /// The pids in a cgroup.

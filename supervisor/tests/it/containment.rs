@@ -660,6 +660,33 @@ async fn setsid_grandchild_does_not_outlive_plugind() {
     }
 }
 
+/// The same grandchild, and plugind SIGKILLed (as by the OOM killer), then started again from
+/// another cgroup, as from another login session: it swept only below its own cgroup, so the
+/// grandchild lived on in the dead run's instance cgroup. The state dir now names the trees a
+/// run used, and the next run sweeps them too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grandchild_does_not_outlive_plugind_started_again_from_another_cgroup() {
+    let (Some(first), Some(second)) = (TestCgroups::new("first"), TestCgroups::new("second")) else {
+        missing_mechanism("cannot create cgroups for plugind here (not root, or no writable cgroup tree)");
+        return;
+    };
+    let mut b = hostile(Daemon::builder(), "hostile-all", VARIANTS[2].1, json!({}));
+    b = b.in_cgroups(first.dirs.clone());
+    let mut d = b.start().await;
+    let r = attack(&d, "hostile-all", "grandchild", json!({"attack": "env", "linger": true})).await;
+    let pid = r["grandchild"]["pid"].as_u64().unwrap() as u32;
+    let _guard = KillOnDrop(pid);
+    assert!(alive(pid), "{r}");
+    if !held(&d, "hostile-all", &["outlive", "leftover"]).await {
+        return;
+    }
+    let theirs = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(theirs.contains(&format!("it-{}-first/plugind.", std::process::id())), "{theirs}");
+    d.cgroups = second.dirs.clone();
+    d.kill_and_restart().await;
+    wait_for(&format!("the grandchild {pid} to be gone"), async || (!alive(pid)).then_some(())).await;
+}
+
 // ---- what a plugin declares or sends (docs/security.md: plugind's memory stays bounded) ----
 
 /// `instances: 2000000000` (and 65) in a manifest: a load error naming the field; plugind and

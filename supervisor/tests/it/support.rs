@@ -90,6 +90,8 @@ pub struct Daemon {
     inherit: Option<(i32, PathBuf)>,
     /// See [`DaemonBuilder::stderr_closed`].
     stderr_pipe: bool,
+    /// cgroup directories plugind is moved into when it is next spawned (see [`TestCgroups`]).
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// Builds a [`Daemon`].
@@ -104,12 +106,19 @@ pub struct DaemonBuilder {
     inherit: Option<(i32, PathBuf)>,
     stderr_pipe: bool,
     relative_state_dir: bool,
+    cgroups: Vec<PathBuf>,
 }
 
 impl DaemonBuilder {
     /// plugind's stderr is a pipe whose reading end is closed at once (a `| tee` that ended).
     pub fn stderr_closed(mut self) -> Self {
         self.stderr_pipe = true;
+        self
+    }
+
+    /// plugind is started in these cgroups ([`TestCgroups`]).
+    pub fn in_cgroups(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.cgroups = dirs;
         self
     }
 
@@ -265,6 +274,7 @@ impl DaemonBuilder {
             child: None,
             inherit: self.inherit,
             stderr_pipe: self.stderr_pipe,
+            cgroups: self.cgroups,
         };
         d.spawn_process();
         d
@@ -303,6 +313,28 @@ impl Daemon {
             };
             file
         });
+        // Opened here, written in the child before exec (`0` moves the writer): no allocation
+        // between fork and exec.
+        let procs: Vec<std::fs::File> = self
+            .cgroups
+            .iter()
+            .map(|dir| std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs")).unwrap())
+            .collect();
+        if !procs.is_empty() {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+            unsafe {
+                cmd.pre_exec(move || {
+                    for fd in &fds {
+                        if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                })
+            };
+        }
         let (stdout, stderr) =
             if self.stderr_pipe { (Stdio::piped(), Stdio::piped()) } else { (Stdio::null(), log.into()) };
         let mut child = cmd
@@ -359,6 +391,7 @@ impl Daemon {
             inherit: None,
             stderr_pipe: false,
             relative_state_dir: false,
+            cgroups: Vec::new(),
         }
     }
 
@@ -651,4 +684,73 @@ pub async fn answered_by(d: &Daemon, plugin: &str) -> u64 {
     let text = d.call("metrics.get", json!({})).await.unwrap()["text"].as_str().unwrap().to_owned();
     let series = format!("plugind_call_duration_seconds_count{{plugin=\"{plugin}\"}} ");
     text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// cgroups of the tests' own, one in each tree plugind uses (cgroup v2, v1 `memory` and `pids`),
+/// beside the test process's: for running plugind from another cgroup than before, as when it is
+/// started again from another login session. Dropped, it kills what is left inside and removes
+/// them.
+pub struct TestCgroups {
+    pub dirs: Vec<PathBuf>,
+}
+
+impl TestCgroups {
+    /// Creates `it-<pid>-<tag>` beside the test process's cgroup in each tree it can write, or
+    /// None when it can write none (not root, no cgroups).
+    pub fn new(tag: &str) -> Option<TestCgroups> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        // The v2 tree (pure or hybrid), then the v1 trees, each where mounted.
+        let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .find(|m| Path::new(m).join("cgroup.controllers").exists())
+            .map(|m| (m.to_owned(), None));
+        let v1 = ["memory", "pids"].into_iter().map(|c| (format!("/sys/fs/cgroup/{c}"), Some(c))).filter(|(m, _)| {
+            Path::new(m).join("cgroup.procs").exists() && !Path::new(m).join("cgroup.controllers").exists()
+        });
+        let mut dirs = Vec::new();
+        for (mount, controller) in v2.into_iter().chain(v1) {
+            // `/proc/self/cgroup`: `0::PATH` for v2, `N:memory:PATH` for v1.
+            let Some(path) = own.lines().find_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
+                let wanted = match controller {
+                    None => names.is_empty(),
+                    Some(c) => names.split(',').any(|n| n == c),
+                };
+                wanted.then(|| path.trim_start_matches('/').to_owned())
+            }) else {
+                continue;
+            };
+            let dir = Path::new(&mount).join(path).join(format!("it-{}-{tag}", std::process::id()));
+            if std::fs::create_dir(&dir).is_ok() {
+                dirs.push(dir);
+            }
+        }
+        (!dirs.is_empty()).then_some(TestCgroups { dirs })
+    }
+}
+
+impl Drop for TestCgroups {
+    fn drop(&mut self) {
+        fn empty_and_remove(dir: &Path) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    empty_and_remove(&e.path());
+                }
+            }
+            for _ in 0..100 {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10)); // killed processes leave their cgroup
+            }
+        }
+        for dir in &self.dirs {
+            empty_and_remove(dir);
+        }
+    }
 }
