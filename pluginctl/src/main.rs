@@ -431,8 +431,14 @@ fn main() -> ExitCode {
                 let message = report.join(" ").trim_start_matches("error: ").to_owned();
                 print_json_error(&json!({ "code": USAGE_ERROR, "message": message }));
             }
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            if !e.use_stderr() {
+                let _ = e.print(); // --help, --version: on stdout
+                return ExitCode::SUCCESS;
+            }
+            // Like every other error, one that starts with `pluginctl:` (the parser says "error:").
+            let text = e.render().to_string();
+            eprint!("pluginctl: {}", text.strip_prefix("error: ").unwrap_or(&text));
+            return ExitCode::from(2);
         }
     };
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -201,12 +201,49 @@ pub fn load(dir: &Path, plugind_version: &semver::Version) -> Found {
                 .map(|()| m)
                 .map_err(|e| format!("{}: {e}", file.display())),
         });
+    let manifest = manifest.map(|mut m| {
+        m.warnings.extend(main_warnings(dir, &m));
+        m
+    });
     if let Ok(m) = &manifest {
         for w in &m.warnings {
             tracing::warn!(plugin = %m.name, file = %file.display(), "{w}");
         }
     }
     Found { dir: dir.to_path_buf(), name, manifest, version }
+}
+
+/// What would make `main` fail at every start, or run under another interpreter than its author
+/// meant, seen before it runs: a file plugind executes directly that is not executable, a `.sh`
+/// file written for bash (plugind runs `.sh` with `sh`, which is often dash).
+fn main_warnings(dir: &Path, m: &Manifest) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::fs::PermissionsExt;
+    let (None, Some(main)) = (&m.command, &m.main) else { return Vec::new() };
+    let path = dir.join(main);
+    let Ok(meta) = std::fs::metadata(&path) else { return Vec::new() };
+    let ext = Path::new(main).extension().and_then(|e| e.to_str()).unwrap_or("");
+    let mut first = String::new();
+    if let Ok(f) = std::fs::File::open(&path) {
+        let _ = BufReader::new(f.take(256)).read_line(&mut first);
+    }
+    let shebang = first.strip_prefix("#!").map(str::trim);
+    match ext {
+        "py" | "js" | "mjs" | "cjs" => Vec::new(),
+        "sh" => match shebang.and_then(|s| ["bash", "zsh", "ksh"].into_iter().find(|sh| s.contains(sh))) {
+            Some(shell) => vec![format!(
+                "/main: {main} begins with #!{}, but plugind runs a .sh main with sh, which may not be {shell}: \
+                 set \"command\": [\"{shell}\", \"{main}\"] to run it with {shell}",
+                shebang.unwrap_or_default()
+            )],
+            None => Vec::new(),
+        },
+        _ if meta.is_file() && meta.permissions().mode() & 0o111 == 0 => vec![format!(
+            "/main: {main} is not executable, and plugind executes a main that is not .py, .js or .sh directly: \
+             `chmod +x` it (a script also needs a #! line), or set \"command\" (e.g. [\"perl\", \"{main}\"])"
+        )],
+        _ => Vec::new(),
+    }
 }
 
 /// The UTF-8 byte-order mark.

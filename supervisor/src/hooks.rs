@@ -28,6 +28,7 @@ use plugind_protocol::control::{HookOutcome, HooksRunResult, ReceiptEntry};
 use plugind_protocol::manifest::{HookFailure, HookMode, HookSpec};
 use plugind_protocol::methods::{self, HookResult};
 use plugind_protocol::RpcError;
+use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,12 +69,13 @@ impl Daemon {
         let end = budget.map(|b| Instant::now() + b);
         let mut result = HooksRunResult { payload, handled_by: Vec::new(), stopped_by: None, receipt: Vec::new() };
         let chain = self.hook_chain(hook);
-        // A rejection's receipt still has one entry per plugin: the ones after it `skipped`.
-        let rejected = |at: usize, plugin: &str, e: &RpcError, mut receipt: Vec<ReceiptEntry>| {
-            let now = Instant::now();
-            receipt.extend(chain[at + 1..].iter().map(|m| entry(&m.entry.name, HookOutcome::Skipped, now, None)));
-            rejection(hook, plugin, e, receipt)
-        };
+        // Shadow steps run beside the chain, each on a copy of the payload as it was at its place:
+        // the chain never waits for one, so its time cannot eat the chain's budget. Their receipt
+        // entries (placeholders until then) are filled in as they end.
+        let mut shadows: FuturesUnordered<ShadowStep<'_>> = FuturesUnordered::new();
+        // The shadow steps not ended yet: place and start.
+        let mut running: Vec<(usize, Instant)> = Vec::new();
+        let mut ended: Result<(), (usize, String, RpcError)> = Ok(());
         for (at, m) in chain.iter().enumerate() {
             let name = m.entry.name.to_string();
             let started = Instant::now();
@@ -91,17 +93,46 @@ impl Daemon {
                         ),
                         json!({ "plugin": &name, "timeout_ms": budget.unwrap_or_default().as_millis() as u64 }),
                     );
-                    return Err(rejected(at, &name, &e, result.receipt));
+                    ended = Err((at, name, e));
+                    break;
                 }
                 continue;
             }
-            let answer = if m.entry.status().state.is_running() {
-                self.hook_step(m, hook, &result.payload, end, chain_hop).await
-            } else {
-                Err(unavailable(&m.entry))
+            if shadow {
+                result.receipt.push(entry(&name, HookOutcome::Shadow, started, None));
+                running.push((at, started));
+                let copy = result.payload.clone();
+                shadows.push(Box::pin(async move {
+                    let answer = if m.entry.status().state.is_running() {
+                        self.hook_step(m, hook, &copy, None, chain_hop).await
+                    } else {
+                        Err(unavailable(&m.entry))
+                    };
+                    (at, started, answer.err())
+                }));
+                continue;
+            }
+            // Shadow steps make progress (and are recorded) while this one runs.
+            let answer = {
+                let step = async {
+                    if m.entry.status().state.is_running() {
+                        self.hook_step(m, hook, &result.payload, end, chain_hop).await
+                    } else {
+                        Err(unavailable(&m.entry))
+                    }
+                };
+                tokio::pin!(step);
+                loop {
+                    tokio::select! {
+                        answer = &mut step => break answer,
+                        Some(done) = shadows.next(), if !shadows.is_empty() => {
+                            running.retain(|(at, _)| *at != done.0);
+                            record_shadow(&chain, hook, &mut result.receipt, done);
+                        }
+                    }
+                }
             };
             match answer {
-                Ok(_) if shadow => result.receipt.push(entry(&name, HookOutcome::Shadow, started, None)),
                 Ok(r) => {
                     let outcome = if r.stop {
                         result.stopped_by = Some(name.clone());
@@ -116,28 +147,63 @@ impl Daemon {
                     result.receipt.push(entry(&name, outcome, started, None));
                 }
                 Err(e) => {
-                    let outcome = match e.code {
-                        _ if shadow => HookOutcome::Shadow,
-                        codes::DEADLINE_EXCEEDED => HookOutcome::TimedOut,
-                        _ => HookOutcome::Failed,
-                    };
+                    let outcome =
+                        if e.code == codes::DEADLINE_EXCEEDED { HookOutcome::TimedOut } else { HookOutcome::Failed };
                     result.receipt.push(entry(&name, outcome, started, Some(&e)));
-                    if shadow {
-                        m.entry.log.plugind(format!("hook {hook} (shadow): {}", e.message));
-                        continue;
-                    }
                     if e.code == codes::REJECTED {
                         m.entry.log.plugind(format!("hook {hook}: rejected the payload: {}", e.message));
-                        return Err(rejected(at, &name, &e, result.receipt));
+                        ended = Err((at, name, e));
+                        break;
                     }
                     tell_plugin(&m.entry, hook, &e);
                     if closed {
-                        return Err(rejected(at, &name, &e, result.receipt));
+                        ended = Err((at, name, e));
+                        break;
                     }
                 }
             }
         }
-        Ok(result)
+        // The shadow steps still running: waited for, within their own timeouts and the chain's
+        // budget (the answer comes no later than the budget allows); one still running then is
+        // cut off (its call cancelled) and says so in the receipt.
+        loop {
+            let next = match end {
+                Some(end) => tokio::time::timeout_at(end, shadows.next()).await.ok(),
+                None => Some(shadows.next().await),
+            };
+            match next {
+                Some(Some(done)) => {
+                    running.retain(|(at, _)| *at != done.0);
+                    record_shadow(&chain, hook, &mut result.receipt, done);
+                }
+                Some(None) => break,
+                None => {
+                    let ms = budget.unwrap_or_default().as_millis() as u64;
+                    for (at, started) in running.drain(..) {
+                        let name = &*chain[at].entry.name;
+                        let e = RpcError::with_data(
+                            codes::DEADLINE_EXCEEDED,
+                            format!("still running when the chain's budget of {ms} ms ran out (its call was cancelled)"),
+                            json!({ "plugin": name, "timeout_ms": ms, "limit": "caller" }),
+                        );
+                        chain[at].entry.log.plugind(format!("hook {hook} (shadow): {}", e.message));
+                        result.receipt[at] = entry(name, HookOutcome::Shadow, started, Some(&e));
+                    }
+                    break;
+                }
+            }
+        }
+        // Dropping a step still running cancels its call.
+        drop(shadows);
+        match ended {
+            Ok(()) => Ok(result),
+            Err((at, plugin, e)) => {
+                // A rejection's receipt still has one entry per plugin: the ones after it `skipped`.
+                let now = Instant::now();
+                result.receipt.extend(chain[at + 1..].iter().map(|m| entry(&m.entry.name, HookOutcome::Skipped, now, None)));
+                Err(rejection(hook, &plugin, &e, result.receipt))
+            }
+        }
     }
 
     /// The plugins that take part in `hook`, in chain order: every plugin whose manifest lists
@@ -189,6 +255,18 @@ impl Daemon {
         hop.finish(&result);
         result
     }
+}
+
+/// A shadow step as it runs beside the chain: its place, when it began, and its error, if any.
+type ShadowStep<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (usize, Instant, Option<RpcError>)> + Send + 'a>>;
+
+/// Fills in the receipt entry of a shadow step that ended (`shadow`, with `error` if it failed),
+/// and logs its failure in its plugin's log.
+fn record_shadow(chain: &[Member], hook: &str, receipt: &mut [ReceiptEntry], (at, started, error): (usize, Instant, Option<RpcError>)) {
+    if let Some(e) = &error {
+        chain[at].entry.log.plugind(format!("hook {hook} (shadow): {}", e.message));
+    }
+    receipt[at] = entry(&chain[at].entry.name, HookOutcome::Shadow, started, error.as_ref());
 }
 
 /// A receipt entry for a step that began at `started`.

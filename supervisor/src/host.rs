@@ -51,14 +51,28 @@ fn declared<'a>(caller: &'a Caller, name: &str) -> Option<&'a Dependency> {
 pub async fn handle_request(daemon: &Daemon, caller: &Caller, method: &str, raw: Option<&RawValue>) -> Reply {
     match method {
         methods::SERVICE_CALL => service_call(daemon, caller, raw).await,
-        _ => handle_local(daemon, caller, method, raw).await.map(RawJson::from),
+        _ => handle_local(daemon, caller, method, raw).await.map(RawJson::from).map_err(|e| naming(e, caller)),
     }
 }
 
+/// An error plugind answers a plugin's request with, naming that plugin in `data.plugin` (where
+/// `data` is absent or an object without it): every error's data names the plugin involved.
+fn naming(mut e: RpcError, caller: &Caller) -> RpcError {
+    match e.data.as_mut() {
+        None => e.data = Some(serde_json::json!({ "plugin": &*caller.plugin })),
+        Some(serde_json::Value::Object(data)) => {
+            data.entry("plugin").or_insert_with(|| serde_json::Value::from(&*caller.plugin));
+        }
+        Some(_) => {}
+    }
+    e
+}
+
 /// A plugin's `service.call`: allowed only for a declared dependency, bounded by the call it is
-/// made for.
+/// made for. Errors before routing are plugind's and name the caller ([`naming`]); the
+/// provider's answer, error or not, passes on as it came.
 async fn service_call(daemon: &Daemon, caller: &Caller, raw: Option<&RawValue>) -> Reply {
-    let p = ServiceCallIn::parse(raw)?;
+    let p = ServiceCallIn::parse(raw).map_err(|e| naming(e, caller))?;
     let Some(declared) = declared(caller, &p.service) else {
         return Err(RpcError::with_data(
             codes::PERMISSION_DENIED,
@@ -74,11 +88,11 @@ async fn service_call(daemon: &Daemon, caller: &Caller, raw: Option<&RawValue>) 
     let dep = match p.version.as_deref() {
         None => std::borrow::Cow::Borrowed(declared),
         Some(range) => {
-            let asked = crate::registry::dependency(&p.service, Some(range))?;
+            let asked = crate::registry::dependency(&p.service, Some(range)).map_err(|e| naming(e, caller))?;
             std::borrow::Cow::Owned(declared.narrowed(asked.range.as_ref()))
         }
     };
-    let provider = daemon.resolve(&dep).ok_or_else(|| daemon.not_found(&dep))?;
+    let provider = daemon.resolve(&dep).ok_or_else(|| naming(daemon.not_found(&dep), caller))?;
     // The call this one is made for bounds its deadline, and cancels it when it ends.
     let parent = caller.peer.parent_of(p.parent);
     let call = Call {

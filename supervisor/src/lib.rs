@@ -284,11 +284,22 @@ impl Daemon {
         }
     }
 
-    /// Required dependencies of `m` that no running provider satisfies, as `name@range`; None if
+    /// Required dependencies of `m` that no running provider satisfies, as `name@range`, with the
+    /// versions that do run when some do (`base@^2 (runs only at 0.1.0, plugin base)`); None if
     /// all are met.
     pub fn unmet_dependencies(&self, m: &Manifest) -> Option<Vec<String>> {
-        let unmet: Vec<String> =
-            m.required.iter().filter(|dep| self.resolve(dep).is_none()).map(ToString::to_string).collect();
+        let unmet: Vec<String> = m
+            .required
+            .iter()
+            .filter(|dep| self.resolve(dep).is_none())
+            .map(|dep| match self.not_found(dep).data.as_ref().and_then(|d| d.get("running")?.as_array().cloned()) {
+                Some(running) => format!(
+                    "{dep} (runs only at {})",
+                    running.iter().filter_map(serde_json::Value::as_str).collect::<Vec<_>>().join(", ")
+                ),
+                None => dep.to_string(),
+            })
+            .collect();
         (!unmet.is_empty()).then_some(unmet)
     }
 

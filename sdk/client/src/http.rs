@@ -3,7 +3,8 @@
 //! only (put TLS in front with a reverse proxy); no notifications (the HTTP API streams none).
 
 use crate::ClientError;
-use plugind_protocol::jsonrpc::{self, Message};
+use plugind_protocol::codes;
+use plugind_protocol::jsonrpc::{self, Message, RpcError};
 use serde_json::Value;
 use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,9 +66,11 @@ impl HttpClient {
         stream.read_to_end(&mut raw).await.map_err(|_| ClientError::ConnectionLost)?;
         let (status, body) = parse_response(&raw).ok_or(ClientError::ConnectionLost)?;
         if status == 401 || status == 403 {
-            return Err(self.unreachable(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!("HTTP {status}: the bearer token was refused (check --token-file)"),
+            // plugind was reached and said no: an error of the operation, not "cannot reach".
+            return Err(ClientError::Rpc(RpcError::with_data(
+                codes::PERMISSION_DENIED,
+                format!("plugind at {} refused the bearer token (HTTP {status}): check --token-file", self.url),
+                serde_json::json!({ "http_status": status }),
             )));
         }
         match Message::parse(&body) {

@@ -41,6 +41,31 @@ fn unknown_keys(obj: &Map<String, Value>, pointer: &str, known: &[&str], warning
     }
 }
 
+/// Whether `typed` is a misspelling of `known` (not `known` itself): at most two single-letter
+/// edits (insert, delete, replace) from it, one for names of five letters or fewer (so that
+/// `tags` is not taken for `args`).
+fn close(known: &str, typed: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (known.chars().collect(), typed.to_lowercase().chars().collect());
+    if a == b {
+        return typed != known; // only the case differs
+    }
+    if a.len().abs_diff(b.len()) > 2 || a.len() < 4 {
+        return false;
+    }
+    // Levenshtein distance, one row at a time.
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()] <= if a.len() <= 5 { 1 } else { 2 }
+}
+
 /// Most `limits.processes` may be: the kernel's own ceiling on pids (`PID_MAX_LIMIT` on 64-bit
 /// Linux), past which a cgroup's `pids.max` refuses the number.
 pub const MAX_PROCESSES: u64 = 4_194_304;
@@ -945,6 +970,13 @@ impl Manifest {
             .filter(|(k, _)| !KNOWN_FIELDS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // Unknown fields are kept and ignored (`author`, `license`…), but one a letter or two
+        // from a known field is a misspelling that silently leaves the default in force.
+        for key in extra.keys() {
+            if let Some(near) = KNOWN_FIELDS.iter().find(|known| close(known, key)) {
+                warnings.push(format!("/{}: unknown field ignored (did you mean {near:?}?)", escape_pointer(key)));
+            }
+        }
 
         match version {
             Some(version) if w.errors.is_empty() => Ok(Manifest {
@@ -1190,6 +1222,24 @@ mod tests {
         );
         assert_eq!(m.hooks["onRequest"].failure, HookFailure::Closed);
         assert_eq!(m.optional[0].name, "c");
+    }
+
+    #[test]
+    fn misspelled_top_level_fields_warn_and_other_unknown_fields_do_not() {
+        let m = parse(json!({"name": "a", "version": "1.0.0", "main": "a.sh",
+            "permisions": ["storage"], "dependecies": {"required": ["b"]}, "Provides": [],
+            "author": "me", "license": "MIT", "repository": "x", "homepage": "y", "keywords": [], "tags": []}))
+        .unwrap();
+        assert_eq!(
+            m.warnings,
+            [
+                "/Provides: unknown field ignored (did you mean \"provides\"?)",
+                "/dependecies: unknown field ignored (did you mean \"dependencies\"?)",
+                "/permisions: unknown field ignored (did you mean \"permissions\"?)",
+            ]
+        );
+        assert!(m.extra.contains_key("permisions") && m.extra.contains_key("author"));
+        assert!(m.permissions.is_empty());
     }
 
     #[test]

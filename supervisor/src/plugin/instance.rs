@@ -30,7 +30,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use plugind_protocol::codes;
 use plugind_protocol::jsonrpc::{to_raw, RpcError};
-use plugind_protocol::manifest::Manifest;
+use plugind_protocol::manifest::{Manifest, Permission};
 use plugind_protocol::methods::{
     self, InitParams, InitResult, LogLevel, LogParams, RegisterResult, ServiceDecl, SupervisorInfo,
 };
@@ -176,6 +176,8 @@ pub struct Instance {
     /// stdout) said it ran out of memory: its death is explained by that (the plugin's log
     /// mixes in instances before it, and a JVM's report is hundreds of lines long).
     said_out_of_memory: AtomicBool,
+    /// Whether one of them said a fork was refused (see [`says_fork_refused`]).
+    said_fork_refused: AtomicBool,
     /// How many of its lines were looked at for that ([`WORDS_LOOKED_AT`] at most).
     words_looked_at: AtomicU32,
 }
@@ -291,15 +293,30 @@ impl Instance {
         self.said_out_of_memory.load(Ordering::Relaxed)
     }
 
-    /// Looks at one of its first stderr or non-JSON stdout lines for an out-of-memory report.
+    /// Looks at one of its first stderr or non-JSON stdout lines for an out-of-memory report or a
+    /// refused fork.
     fn look_at_words(&self, line: &[u8]) {
-        if self.said_out_of_memory() || self.words_looked_at.fetch_add(1, Ordering::Relaxed) >= WORDS_LOOKED_AT {
+        if self.words_looked_at.fetch_add(1, Ordering::Relaxed) >= WORDS_LOOKED_AT {
             return;
         }
         let text = String::from_utf8_lossy(&line[..line.len().min(1024)]).to_lowercase();
         if OUT_OF_MEMORY.iter().any(|p| text.contains(p)) {
             self.said_out_of_memory.store(true, Ordering::Relaxed);
         }
+        if says_fork_refused(&text) {
+            self.said_fork_refused.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// What its own words explain about an exit it was not asked for, appended to the reason:
+    /// out of memory (at start only), a fork refused for want of `process`.
+    fn exit_hints(&self, m: &Manifest, at_start: bool) -> String {
+        let memory = memory_hint(at_start && self.said_out_of_memory(), m.limits.memory_mb);
+        let process = (self.said_fork_refused.load(Ordering::Relaxed) && !m.grants(Permission::Process)).then_some(
+            "; it said a fork was refused: starting processes (a shell's $(...), pipes and commands, a launcher such as \
+             npx) needs the `process` permission in the manifest",
+        );
+        format!("{}{}", memory.unwrap_or_default(), process.unwrap_or_default())
     }
 
     /// Its method catalog (the manifest's merged with its `register` answer's); None until it
@@ -448,6 +465,7 @@ pub fn launch(
         stop_tx,
         catalog: OnceLock::new(),
         said_out_of_memory: AtomicBool::new(false),
+        said_fork_refused: AtomicBool::new(false),
         words_looked_at: AtomicU32::new(0),
     });
     let task = InstanceTask {
@@ -582,8 +600,8 @@ impl InstanceTask {
         let mut steps: FuturesUnordered<BoxFut<Step>> = FuturesUnordered::new();
         steps.push(Box::pin(handshake(inst.clone(), self.spec.clone(), self.log.clone())));
         let mut ready = false;
-        // Whether the handshake's error already says it ran out of memory.
-        let mut memory_hinted = false;
+        // Whether the handshake's error already has the instance's exit hints.
+        let mut exit_hinted = false;
         let mut ping = tokio::time::interval_at(first_ping(self.spec.ping_every), self.spec.ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ping_out = false;
@@ -748,10 +766,8 @@ impl InstanceTask {
                             if e.contains("exited during") {
                                 // Its last words first: stderr ends when it has exited.
                                 let _ = tokio::time::timeout(Duration::from_millis(300), &mut stderr_done).await;
-                                if let Some(hint) = memory_hint(inst.said_out_of_memory(), self.spec.manifest.limits.memory_mb) {
-                                    e.push_str(&hint);
-                                    memory_hinted = true;
-                                }
+                                e.push_str(&inst.exit_hints(&self.spec.manifest, true));
+                                exit_hinted = true;
                             }
                         }
                         ready = result.is_ok();
@@ -889,13 +905,12 @@ impl InstanceTask {
         if !stderr_done.is_finished() {
             let _ = tokio::time::timeout(Duration::from_millis(500), stderr_done).await;
         }
-        if !ready && !exit.requested && !memory_hinted {
-            if let Some(hint) = memory_hint(inst.said_out_of_memory(), self.spec.manifest.limits.memory_mb) {
-                exit.reason = Some(match exit.reason.take() {
-                    Some(r) => format!("{r}{hint}"),
-                    None => hint.trim_start_matches("; ").to_owned(),
-                });
-            }
+        let hint = if exit.requested || exit_hinted { String::new() } else { inst.exit_hints(&self.spec.manifest, !ready) };
+        if !hint.is_empty() {
+            exit.reason = Some(match exit.reason.take() {
+                Some(r) => format!("{r}{hint}"),
+                None => hint.trim_start_matches("; ").to_owned(),
+            });
         }
         // Which limit ended it: from the kernel's accounting only, never from what it printed.
         if !exit.requested {
@@ -1267,6 +1282,14 @@ const OUT_OF_MEMORY: &[&str] = &[
     "failed to reserve",
     "could not reserve enough space",
 ];
+
+/// Whether a line (lowercased) says a fork was refused (seccomp's `EPERM` without `process`):
+/// bash (`fork: Operation not permitted`), dash (`Cannot fork`), Perl (`Can't fork`), Node
+/// (`Error: spawn /bin/sh EPERM`).
+fn says_fork_refused(text: &str) -> bool {
+    ["fork: operation not permitted", "cannot fork", "can't fork"].iter().any(|p| text.contains(p))
+        || (text.contains("spawn") && text.contains("eperm"))
+}
 
 /// A hint for a plugin that exited during its handshake saying it was out of memory: runtimes
 /// size their heaps from the host's RAM, since they cannot see `memory_mb` (it is `RLIMIT_DATA`

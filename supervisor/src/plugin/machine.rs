@@ -820,7 +820,7 @@ impl Machine {
 /// `last_error` of a plugin waiting `blocked` for its required dependencies `unmet`.
 fn blocked_by(unmet: &[String]) -> String {
     format!(
-        "blocked: unmet dependencies {}: no running plugin provides them; it starts by itself once one does (add or start it, or make the dependency optional)",
+        "unmet dependencies {}: no running plugin provides them at a matching version; it starts by itself once one does (add or start it, or make the dependency optional)",
         unmet.join(", ")
     )
 }

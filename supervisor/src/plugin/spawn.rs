@@ -25,7 +25,7 @@ pub enum SpawnError {
         main: String,
     },
     /// `fork`/`exec` failed.
-    #[error("cannot start {argv0:?}: {source}")]
+    #[error("cannot start {argv0:?}: {source}{}", exec_hint(argv0, source))]
     Exec {
         /// The program.
         argv0: String,
@@ -54,6 +54,26 @@ pub enum SpawnError {
     /// Building the instance's confinement failed (then it does not start: no silent downgrade).
     #[error("cannot set up the sandbox: {0}")]
     Sandbox(#[from] SandboxError),
+}
+
+/// What to do about an `exec` that failed, for the errors a plugin's author meets first: a `main`
+/// that is not executable, a script without a `#!` line, an interpreter that is not there.
+fn exec_hint(argv0: &str, e: &std::io::Error) -> String {
+    let path = argv0.contains('/');
+    match e.raw_os_error() {
+        Some(libc::EACCES) if path => ": the file is not executable: `chmod +x` it and begin it with a `#!` line \
+            (e.g. `#!/usr/bin/env perl`), or set the manifest's `command` (e.g. [\"perl\", \"main.pl\"]); \
+            only .py, .js/.mjs/.cjs and .sh files get an interpreter of plugind's choosing"
+            .to_owned(),
+        Some(libc::ENOEXEC) => ": it is neither a program for this machine nor a script with a `#!` line: \
+            add one (e.g. `#!/usr/bin/env perl`), or set the manifest's `command`"
+            .to_owned(),
+        Some(libc::ENOENT) if path => {
+            ": the interpreter its `#!` line names is not installed here (or the file is gone)".to_owned()
+        }
+        Some(libc::ENOENT) => format!(": {argv0} is not installed here (not found on the plugin's PATH)"),
+        _ => String::new(),
+    }
 }
 
 /// The program and arguments a manifest asks for (manifests/README.md `main` / `command`).

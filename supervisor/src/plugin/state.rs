@@ -36,7 +36,7 @@ pub enum PluginState {
     Failed,
     /// A required dependency is not available.
     Blocked {
-        /// The unmet dependencies, as `name@range`.
+        /// The unmet dependencies, as `name@range` (with the versions that do run, if any).
         unmet: Vec<String>,
     },
     /// The manifest does not load.

@@ -292,6 +292,49 @@ async fn a_plugin_out_of_memory_at_start_is_told_to_cap_its_heap() {
     assert!(why.contains("ran out of memory at start") && why.contains("--max-old-space-size=16"), "{s}");
 }
 
+/// Three first starts of script plugins that failed with no word of what to do (audit 16): a
+/// Perl `main` that is not executable ("Permission denied", retried as a crash loop), a `.sh`
+/// written for bash (plugind runs `.sh` with `sh`), a shell plugin whose `$(...)` fork is refused
+/// for want of `process` ("exited during init"). The manifest's warnings (`check`, the plugin's
+/// log) and the start's error now say what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn first_start_mistakes_of_script_plugins_say_what_to_do() {
+    let perl = json!({"name": "perlp", "version": "1.0.0", "main": "main.pl", "restart": {"policy": "never"}});
+    let perl_main = "#!/usr/bin/env perl\n$| = 1;\nwhile (<STDIN>) { }\n";
+    let bash = json!({"name": "bashp", "version": "1.0.0", "main": "main.sh", "restart": {"policy": "never"}});
+    let bash_main = "#!/bin/bash\ndeclare -A seen\nexit 3\n";
+    let forky =
+        json!({"name": "forky", "version": "1.0.0", "command": ["sh", "main.sh"], "restart": {"policy": "never"}});
+    let forky_main = "greeting=$(echo hi)\necho \"got $greeting\" >&2\nexit 3\n";
+
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("main.pl"), perl_main).unwrap();
+    std::fs::write(work.path().join("plugin.json"), perl.to_string()).unwrap();
+    let t = text(&ctl(&["check", "."], work.path()));
+    assert!(t.contains("/main: main.pl is not executable") && t.contains("chmod +x"), "{t}");
+    std::fs::write(work.path().join("main.sh"), bash_main).unwrap();
+    std::fs::write(work.path().join("plugin.json"), bash.to_string()).unwrap();
+    let t = text(&ctl(&["check", "."], work.path()));
+    assert!(t.contains("begins with #!/bin/bash, but plugind runs a .sh main with sh"), "{t}");
+    assert!(t.contains(r#""command": ["bash", "main.sh"]"#), "{t}");
+
+    let d = Daemon::builder()
+        .plugin_files("perlp", &[("plugin.json", &perl.to_string()), ("main.pl", perl_main)])
+        .plugin_files("forky", &[("plugin.json", &forky.to_string()), ("main.sh", forky_main)])
+        .spawn()
+        .await;
+    let s = d.wait_state("perlp", "failed").await;
+    let why = s["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("Permission denied") && why.contains("chmod +x"), "{s}");
+    let s = d.wait_state("forky", "failed").await;
+    if s["permissions"]["process"]["mechanism"] != "seccomp" {
+        crate::containment::missing_mechanism("forky: no seccomp here, so its fork is not refused");
+        return;
+    }
+    let why = s["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("a fork was refused") && why.contains("`process` permission"), "{s}");
+}
+
 /// The same for a JVM under `memory_mb` 128, which prints its out-of-memory report (hundreds
 /// of lines) on stdout, not stderr: `check` says it ran out of memory, and the flags it suggests
 /// make the plugin start.

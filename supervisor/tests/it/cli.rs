@@ -264,6 +264,8 @@ async fn errors_name_what_was_wrong_and_what_to_do() {
         stderr(&out)
     );
     assert!(!stderr(&out).contains("invalid digit"), "{}", stderr(&out));
+    // The parser's errors start with `pluginctl:` like every other.
+    assert!(stderr(&out).starts_with("pluginctl: invalid value 'soon'"), "{}", stderr(&out));
 
     // Unknown plugin: plugind's words, and where to look.
     for args in [&["call", "ghost", "echo"][..], &["status", "ghost"]] {

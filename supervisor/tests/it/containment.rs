@@ -69,7 +69,7 @@ fn refused(r: &Value, what: &str) {
 /// (`CI` set), whose host has every mechanism: there a missing one is a failure, so that a
 /// probe gone wrong cannot turn the attack tests into silent skips (cargo hides a passing test's
 /// output).
-fn missing_mechanism(why: &str) {
+pub(crate) fn missing_mechanism(why: &str) {
     if std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false") {
         panic!("{why} (CI's host has every sandbox mechanism: this is a failure here)");
     }
@@ -1297,6 +1297,23 @@ async fn a_manifest_cannot_provide_another_plugins_name() {
         changes.as_array().unwrap().iter().all(|x| x["plugin"] != "thief"),
         "THE ATTACK SUCCEEDED: the caller was told of the thief's `victim`: {changes}"
     );
+}
+
+/// plugind's own errors to a plugin's requests name the plugin in `data.plugin`, as every error
+/// involving one does: a `service.call` outside the running versions and a `kv` key that is no
+/// key had no `data.plugin` (audit 16).
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_answered_to_a_plugins_requests_name_it() {
+    let b = hostile(victim(Daemon::builder()), "caller", &["storage"], json!({}))
+        .manifest("caller", |m| m["dependencies"] = json!({"required": ["victim@^1.0.0"]}));
+    let d = b.start().await;
+    let r = attack(&d, "caller", "call", json!({"service": "victim", "version": ">=2", "method": "who"})).await;
+    assert_eq!(r["detail"]["error"]["code"], -32004, "{r}");
+    assert_eq!(r["detail"]["error"]["data"]["plugin"], "caller", "{r}");
+    assert!(r["detail"]["error"]["data"]["running"].is_array(), "{r}");
+    let r = attack(&d, "caller", "kv_get", json!({"key": ""})).await;
+    assert_eq!(r["detail"]["error"]["code"], -32602, "{r}");
+    assert_eq!(r["detail"]["error"]["data"]["plugin"], "caller", "{r}");
 }
 
 /// A directory added while plugind is down, claiming a plugin's name and sorting first: at the

@@ -629,9 +629,11 @@ async fn listen_serves_the_api_over_http_and_websocket_with_a_bearer_token() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("perl-echo") && stdout.contains("running"), "{stdout}");
     std::fs::write(d.dir.path().join("bad-token"), "nope\n").unwrap();
+    // plugind was reached and refused: the operation failed (exit 1), not "cannot reach" (3).
     let out = ctl("bad-token");
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("refused the bearer token (HTTP 401)") && !said.contains("cannot reach"), "{out:?}");
 }
 
 /// What is not a request gets the socket's very answers over `--listen` too: `-32600` under the

@@ -256,3 +256,29 @@ async fn a_bad_hook_object_is_a_load_error_naming_the_field() {
     let e = s["last_error"].as_str().unwrap();
     assert!(e.contains("/hooks/onRequest/failure") && e.contains("plugin.json"), "{e}");
 }
+
+/// A slow shadow plugin used up the chain's budget: a closed plugin after it was cut off and the
+/// chain rejected, though a shadow plugin must never change the chain (audit 16). Shadow steps
+/// run beside the chain now, on a copy of the payload at their place: the chain's answer is what
+/// it would be without them, and one still running when the budget ends is cut off in the
+/// receipt only. Without a budget, the answer waits for it (within its own timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_shadow_plugin_does_not_spend_the_chains_budget() {
+    let shadow = json!({ "priority": 1, "mode": "shadow", "timeout_ms": 5000 });
+    let b = hooker(Daemon::builder(), "slow-shadow", shadow, "sleep:1500");
+    let d = hooker(b, "auth", json!({ "priority": 2, "failure": "closed" }), "modify").start().await;
+    let started = Instant::now();
+    let r = run(&d, json!({ "hook": "onRequest", "payload": {}, "timeout_ms": 500 })).await.unwrap();
+    // Time is the feature: the answer comes at the budget's end, before the shadow's 1.5 s.
+    assert!(started.elapsed() < Duration::from_millis(1400), "{:?}: {r}", started.elapsed());
+    assert_eq!(r["payload"], json!({ "seen": ["auth"] }), "{r}");
+    assert_eq!(outcomes(&r["receipt"]), ["slow-shadow:shadow", "auth:modified"]);
+    assert_eq!(r["receipt"][0]["error"]["code"], -32001, "{r}");
+    assert!(r["receipt"][0]["error"]["message"].as_str().unwrap().contains("still running"), "{r}");
+
+    let r = run(&d, json!({ "hook": "onRequest", "payload": { "n": 2 } })).await.unwrap();
+    assert_eq!(r["payload"], json!({ "n": 2, "seen": ["auth"] }), "{r}");
+    assert_eq!(outcomes(&r["receipt"]), ["slow-shadow:shadow", "auth:modified"]);
+    assert!(r["receipt"][0].get("error").is_none(), "{r}");
+    assert!(r["receipt"][0]["ms"].as_f64().unwrap() >= 1400.0, "it ran its 1.5 s: {r}");
+}
