@@ -163,6 +163,16 @@ impl Method {
         if validator.is_valid(&value) {
             return Ok(());
         }
+        if cost.too_costly_to_explain(params.map_or("null", RawValue::get)) {
+            return Err(RpcError::with_data(
+                codes::INVALID_PARAMS,
+                format!(
+                    "invalid params for {plugin} method {method}: they do not match its schema (where is not said: \
+                     the schema's unions make a full report of these params too large; check them with a validator)"
+                ),
+                serde_json::json!({ "plugin": plugin, "method": method, "errors": [] }),
+            ));
+        }
         let errors: Vec<Value> = validator
             .iter_errors(&value)
             .take(MAX_PARAM_ERRORS)

@@ -23,12 +23,12 @@
 use crate::router::{call_plugin, unavailable};
 use crate::trace::{Hop, TraceIn};
 use crate::{Daemon, PluginEntry};
+use futures::stream::{FuturesUnordered, StreamExt};
 use plugind_protocol::codes;
 use plugind_protocol::control::{HookOutcome, HooksRunResult, ReceiptEntry};
 use plugind_protocol::manifest::{HookFailure, HookMode, HookSpec};
 use plugind_protocol::methods::{self, HookResult};
 use plugind_protocol::RpcError;
-use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -183,7 +183,9 @@ impl Daemon {
                         let name = &*chain[at].entry.name;
                         let e = RpcError::with_data(
                             codes::DEADLINE_EXCEEDED,
-                            format!("still running when the chain's budget of {ms} ms ran out (its call was cancelled)"),
+                            format!(
+                                "still running when the chain's budget of {ms} ms ran out (its call was cancelled)"
+                            ),
                             json!({ "plugin": name, "timeout_ms": ms, "limit": "caller" }),
                         );
                         chain[at].entry.log.plugind(format!("hook {hook} (shadow): {}", e.message));
@@ -200,7 +202,9 @@ impl Daemon {
             Err((at, plugin, e)) => {
                 // A rejection's receipt still has one entry per plugin: the ones after it `skipped`.
                 let now = Instant::now();
-                result.receipt.extend(chain[at + 1..].iter().map(|m| entry(&m.entry.name, HookOutcome::Skipped, now, None)));
+                result
+                    .receipt
+                    .extend(chain[at + 1..].iter().map(|m| entry(&m.entry.name, HookOutcome::Skipped, now, None)));
                 Err(rejection(hook, &plugin, &e, result.receipt))
             }
         }
@@ -258,11 +262,17 @@ impl Daemon {
 }
 
 /// A shadow step as it runs beside the chain: its place, when it began, and its error, if any.
-type ShadowStep<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = (usize, Instant, Option<RpcError>)> + Send + 'a>>;
+type ShadowStep<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (usize, Instant, Option<RpcError>)> + Send + 'a>>;
 
 /// Fills in the receipt entry of a shadow step that ended (`shadow`, with `error` if it failed),
 /// and logs its failure in its plugin's log.
-fn record_shadow(chain: &[Member], hook: &str, receipt: &mut [ReceiptEntry], (at, started, error): (usize, Instant, Option<RpcError>)) {
+fn record_shadow(
+    chain: &[Member],
+    hook: &str,
+    receipt: &mut [ReceiptEntry],
+    (at, started, error): (usize, Instant, Option<RpcError>),
+) {
     if let Some(e) = &error {
         chain[at].entry.log.plugind(format!("hook {hook} (shadow): {}", e.message));
     }

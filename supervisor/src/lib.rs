@@ -42,6 +42,7 @@ pub mod schema_cost;
 pub mod service;
 pub mod statedir;
 pub mod time;
+pub mod tmpdirs;
 pub mod trace;
 pub mod transport;
 pub mod watch;
@@ -741,6 +742,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .collect(),
     });
     sandbox::init().cgroups.sweep_recorded(&config.state_dir);
+    // A dead run's temp dirs: their names are this run's instances' (removed in the background).
+    tmpdirs::discard_leftovers(&config.state_dir.join("tmp"));
     let hup = service::sighup();
     let listener = control::socket::bind(&config.socket)?;
     let socket = config.socket.clone();

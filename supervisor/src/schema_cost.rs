@@ -34,6 +34,10 @@ pub const MAX_APPLIED: u64 = 100_000;
 /// worst).
 pub const MAX_CALL_WORK: u64 = 200_000_000;
 
+/// Most subschema applications one call's params may need for plugind to say where they fail
+/// ([`Cost::too_costly_to_explain`]): about 45 MB of error reports at worst.
+pub const MAX_ERROR_WORK: u64 = 100_000;
+
 /// Levels of a value serde_json parses.
 const MAX_DEPTH: usize = 128;
 
@@ -60,14 +64,29 @@ impl Cost {
     /// Whether checking `params` (JSON text) could take more than [`MAX_CALL_WORK`]: the bound
     /// per place times the places in it (counted only when the length alone does not settle it).
     pub fn too_costly(&self, params: &str) -> Option<u64> {
-        if self.per_place.saturating_mul(params.len() as u64) <= MAX_CALL_WORK {
+        self.more_than(params, MAX_CALL_WORK)
+    }
+
+    /// Whether saying *where* `params` fails the schema could cost more than
+    /// [`MAX_ERROR_WORK`]. The validator's report of a failed `anyOf`/`oneOf` holds the errors of
+    /// every branch, nested unions within: about 450 bytes per subschema applied, so a schema
+    /// of 91,000 nested branches made each failing item of an array cost 40 MB, and 100 items
+    /// took plugind to the OOM killer (audit 16). Checking stays within [`MAX_CALL_WORK`]; a
+    /// report past this bound says only that the params do not match.
+    pub fn too_costly_to_explain(&self, params: &str) -> bool {
+        self.more_than(params, MAX_ERROR_WORK).is_some()
+    }
+
+    /// The work of checking `params` when it is over `limit`.
+    fn more_than(&self, params: &str, limit: u64) -> Option<u64> {
+        if self.per_place.saturating_mul(params.len() as u64) <= limit {
             return None;
         }
         // Every value but the first follows a `,` `:` `[` or `{` (inside strings too: an
         // overcount, on the safe side).
         let places = 1 + params.bytes().filter(|b| matches!(b, b',' | b':' | b'[' | b'{')).count() as u64;
         let work = self.per_place.saturating_mul(places);
-        (work > MAX_CALL_WORK).then_some(work)
+        (work > limit).then_some(work)
     }
 }
 

@@ -443,6 +443,8 @@ pub fn launch(
     PluginShared { log, long_lines, chatter }: PluginShared,
     events: mpsc::UnboundedSender<InstanceEvent>,
 ) -> Result<Arc<Instance>, SpawnError> {
+    // Fresh: whatever an earlier holder of the name left is set aside first.
+    crate::tmpdirs::discard(&spec.tmp_dir);
     std::fs::create_dir_all(&spec.tmp_dir)
         .map_err(|source| SpawnError::TempDir { path: spec.tmp_dir.clone(), source })?;
     let (out_tx, out_rx) = outbox::channel();
@@ -545,7 +547,7 @@ impl InstanceTask {
         let spawn::Spawned { mut child, cgroup } = match fork(&*self.host, &self.spec, inst.id).await {
             Ok(s) => s,
             Err(error) => {
-                let _ = std::fs::remove_dir_all(&self.spec.tmp_dir);
+                crate::tmpdirs::discard(&self.spec.tmp_dir);
                 inst.peer.close();
                 let _ = self.events.send(InstanceEvent::SpawnFailed { id: inst.id, error });
                 return;
@@ -888,7 +890,7 @@ impl InstanceTask {
         inst.peer.close();
         // Leftover members of the process group (children of the plugin) go with it.
         self.kill_group(Signal::SIGKILL);
-        let _ = std::fs::remove_dir_all(&self.spec.tmp_dir);
+        crate::tmpdirs::discard(&self.spec.tmp_dir);
         let mut exit = ExitReport { reason, requested, ..ExitReport::default() };
         match status {
             Ok(s) => {
@@ -905,7 +907,8 @@ impl InstanceTask {
         if !stderr_done.is_finished() {
             let _ = tokio::time::timeout(Duration::from_millis(500), stderr_done).await;
         }
-        let hint = if exit.requested || exit_hinted { String::new() } else { inst.exit_hints(&self.spec.manifest, !ready) };
+        let hint =
+            if exit.requested || exit_hinted { String::new() } else { inst.exit_hints(&self.spec.manifest, !ready) };
         if !hint.is_empty() {
             exit.reason = Some(match exit.reason.take() {
                 Some(r) => format!("{r}{hint}"),

@@ -1162,6 +1162,45 @@ async fn huge_notifications_are_not_parsed() {
     assert!(said.contains("ignored: over 1024 KiB"), "{said}");
 }
 
+/// A plugin with no permission leaves 40,000 nested directories in its `TMPDIR` and is
+/// stopped: removing them recursed once per level on plugind's async worker, overflowed its
+/// stack and killed plugind with every plugin (19,000 levels did, audit 16), and the dir, reused
+/// by the next instance of that name, did it again after every restart. Removal now walks the
+/// tree without recursion, off the async workers, after the dir is renamed aside.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deep_tree_left_in_tmpdir_does_not_crash_plugind() {
+    let d = victim(hostile(Daemon::builder(), "digger", &[], json!({}))).start().await;
+    // What the plugin can do (its TMPDIR is its own to fill), made here: under Landlock each
+    // mkdir checks the whole path, and 40,000 levels take the plugin minutes.
+    let tmp = d.dir.path().join("state/tmp");
+    let own =
+        std::fs::read_dir(&tmp).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("digger-"));
+    let mut dir = std::fs::File::open(own.expect("the digger's TMPDIR").path()).unwrap();
+    for _ in 0..40_000 {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        assert_eq!(unsafe { libc::mkdirat(dir.as_raw_fd(), c"d".as_ptr(), 0o700) }, 0);
+        let fd = unsafe { libc::openat(dir.as_raw_fd(), c"d".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+        assert!(fd >= 0);
+        dir = unsafe { std::fs::File::from_raw_fd(fd) };
+    }
+    drop(dir);
+    let s = d.call("plugins.stop", json!({"name": "digger"})).await.unwrap();
+    assert_eq!(s["state"], "stopped", "{s}");
+    assert_eq!(attack(&d, "victim", "who", json!({})).await["plugin"], "victim", "plugind and the others run on");
+    wait_for("the digger's temp dir to be removed", async || {
+        let left: Vec<String> = std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("digger") || n.starts_with(".discarded"))
+            .collect();
+        left.is_empty().then_some(())
+    })
+    .await;
+    let s = d.call("plugins.start", json!({"name": "digger"})).await.unwrap();
+    assert_eq!(s["state"], "running", "{s}");
+}
+
 /// A method schema that is small to send but exponential to check (41 `$defs`, each `anyOf`
 /// naming the next twice: 2^40 subschemas for one value) is refused, from `register` (the
 /// method is dropped with a warning, the plugin runs) and from the manifest (a load error naming
@@ -1187,6 +1226,32 @@ async fn a_schema_exponential_to_check_is_refused() {
     let why = s["last_error"].as_str().unwrap();
     assert!(why.contains("/methods/boom/params") && why.contains("more than 100000 subschemas"), "{why}");
     assert_eq!(d.call("plugins.list", json!({})).await.unwrap().as_array().unwrap().len(), 2, "plugind answers");
+}
+
+/// A schema within the bound (three nested `anyOf`s, 45 wide: 91,000 subschemas at a place),
+/// and params that fail it at each of many places: the validator's report holds every branch's
+/// errors, about 40 MB per failing item, and 100 items took plugind past 2 GB to the OOM killer
+/// (audit 16; any caller can send them). A report that large is not made: the call is answered
+/// `-32602` saying the params do not match, and plugind stays small.
+#[tokio::test(flavor = "multi_thread")]
+async fn params_failing_a_wide_union_schema_do_not_grow_plugind() {
+    let union = |of: Value| json!({"anyOf": vec![of; 45]});
+    let schema = json!({
+        "$defs": {"z": union(json!({"type": "string"})), "y": union(json!({"$ref": "#/$defs/z"})),
+                  "x": union(json!({"$ref": "#/$defs/y"}))},
+        "type": "array", "items": {"$ref": "#/$defs/x"}
+    });
+    let d = victim(Daemon::builder())
+        .manifest("victim", |m| m["methods"] = json!({"heavy": {"params": schema}}))
+        .start()
+        .await;
+    let before = rss_kb(d.pid());
+    let (r, peak) = peak_rss_during(d.pid(), d.execute("victim", "heavy", json!(vec![1; 100]))).await;
+    assert_eq!(code(&r), -32602, "{r:?}");
+    assert!(format!("{r:?}").contains("do not match its schema"), "{r:?}");
+    assert!(peak < before + 100 * 1024, "plugind grew from {before} KiB to {peak} KiB");
+    // Params that match pass on.
+    assert_eq!(d.execute("victim", "heavy", json!(["a", "b"])).await.unwrap()["method"], "heavy");
 }
 
 /// `$/progress` with params of the wrong shape is reported (in the plugin's log, and to it with
