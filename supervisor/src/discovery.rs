@@ -20,22 +20,28 @@ pub struct Found {
 /// Scans `dirs`; errors reading a directory itself are returned as strings beside the finds.
 ///
 /// Names are unique, and plugin names and provided services share one namespace (a plugin's
-/// name is a service of its own). `holders` (name → directory: from the plugins loaded, or at
-/// boot as recorded at the last scan, see [`write_holders`]) says who holds each name:
+/// name is a service of its own). `holders` (name → directory: as recorded at the last scan,
+/// see [`write_holders`], and from the plugins loaded) says who holds each name:
 /// - of two directories naming the same plugin, the holder keeps the name, else the first in
 ///   order (the `--plugins` dirs in turn, each sorted) when nothing held it; the others are
 ///   invalid, listed under `NAME@DIR`. So a copy of a running plugin's directory (a backup, a
 ///   second checkout) never takes its name over, whatever it is called;
-/// - when the holder's directory is gone (moved while plugind was down) and several directories
-///   claim the name, none gets it: each is invalid until only one is left, since a directory
-///   waiting invalid beside the holder would otherwise take the name, its calls and its data;
+/// - when the holder's directory is gone (removed, moved, or being redeployed), the name stays
+///   reserved for it: no other directory gets it, as a plugin name or as a service, until the
+///   directory comes back or the operator releases the name with an explicit reload
+///   (`release_gone`: `pluginctl reload`, SIGHUP). A redeploy (`rm -r`, then a copy) let a
+///   plugin providing the name, or a duplicate directory, take it for good, with its calls and
+///   its data (audit 16). Even then, when several directories claim it, none gets it: each is
+///   invalid until only one is left, since a directory waiting invalid beside the holder would
+///   otherwise take the name;
 /// - a plugin named after a service that another plugin provides and holds is invalid (a plugin
 ///   added with the name `llm` took every call for the service `llm`); the other way round, a
 ///   service named after a plugin is not routed (`crate::registry`).
 pub fn scan(
     dirs: &[PathBuf],
     plugind_version: &semver::Version,
-    holders: &BTreeMap<String, PathBuf>,
+    holders: &Holders,
+    release_gone: bool,
 ) -> (Vec<Found>, Vec<String>) {
     let mut found: Vec<Found> = Vec::new();
     let mut errors = Vec::new();
@@ -61,15 +67,17 @@ pub fn scan(
     for f in &found {
         claims.entry(f.name.clone()).or_default().push(f.dir.clone());
     }
-    // The owner of each name: its holder if it claims it, else the only claimant, else (nothing
-    // held it) the first; none when the holder is gone and several claim it. With how many
-    // claim it.
+    // The owner of each name: its holder if it claims it; none while a gone holder keeps it
+    // reserved; else the only claimant, else (nothing held it) the first; none when the holder
+    // gave it up and several claim it. With how many claim it.
     let owner: BTreeMap<String, (Option<PathBuf>, usize)> = claims
         .into_iter()
         .map(|(name, dirs)| {
             let held = holders.get(&name);
+            let reserved = holders.plugins.get(&name).is_some_and(|h| is_gone(h) && !release_gone);
             let owner = match held {
                 Some(h) if dirs.contains(h) => Some(h.clone()),
+                Some(_) if reserved => None,
                 Some(_) if dirs.len() > 1 => None,
                 _ => dirs.first().cloned(),
             };
@@ -87,12 +95,16 @@ pub fn scan(
     for f in &mut found {
         let (owns, claimants) = owner.get(&f.name).cloned().unwrap_or_default();
         let why = match &owns {
-            Some(d) if *d != f.dir => Some(format!("expected a unique plugin name, found {:?} (already used by {})", f.name, d.display())),
+            Some(d) if *d != f.dir => {
+                Some(format!("expected a unique plugin name, found {:?} (already used by {})", f.name, d.display()))
+            }
             Some(_) => {
                 // A service of another plugin's, held by it: this name is taken.
-                let service_holder = holders.get(&f.name).filter(|h| **h != f.dir).filter(|h| {
-                    provided.iter().any(|(dir, services)| dir == *h && services.contains(&f.name))
-                });
+                let service_holder = holders
+                    .services
+                    .get(&f.name)
+                    .filter(|h| **h != f.dir)
+                    .filter(|h| provided.iter().any(|(dir, services)| dir == *h && services.contains(&f.name)));
                 service_holder.map(|h| {
                     format!(
                         "expected a name that is not a service another plugin provides, found {:?} (a service of the plugin in {}; plugin names and services share one namespace)",
@@ -101,12 +113,21 @@ pub fn scan(
                     )
                 })
             }
-            None => Some(format!(
-                "expected a unique plugin name, found {:?}, which {} directories claim while the one that held it ({}) is gone: remove all but one",
-                f.name,
-                claimants,
-                holders.get(&f.name).map_or_else(String::new, |h| h.display().to_string())
-            )),
+            None => {
+                let holder = holders.get(&f.name).map_or_else(String::new, |h| h.display().to_string());
+                Some(if claimants > 1 {
+                    format!(
+                        "expected a unique plugin name, found {:?}, which {claimants} directories claim while the one that held it ({holder}) is gone: remove all but one",
+                        f.name
+                    )
+                } else {
+                    format!(
+                        "expected a name no other directory holds, found {:?}, held by {holder}, which is gone: the name waits for it \
+                         (with its data); if it is gone for good, `pluginctl reload` gives the name to this directory",
+                        f.name
+                    )
+                })
+            }
         };
         let Some(why) = why else { continue };
         if f.manifest.is_ok() {
@@ -117,53 +138,112 @@ pub fn scan(
     (found, errors)
 }
 
-/// The directory that held each name (plugin or service) at the last scan, as kept in `path`
-/// (the state dir's `names.json`); empty when there is none yet or it cannot be read (said on
-/// stderr).
-pub fn read_holders(path: &Path) -> BTreeMap<String, PathBuf> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            tracing::warn!(path = %path.display(), "plugin name holders unreadable, ignored: {e}");
-            BTreeMap::new()
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+/// Who holds each name, as recorded in the state dir's `names.json`: plugin names (a plugin's
+/// directory under its own name) apart from services provided under other names, since only a
+/// plugin name waits for its directory while it is gone (a service has other providers).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Holders {
+    /// Plugin name → the directory of the plugin of that name.
+    pub plugins: BTreeMap<String, PathBuf>,
+    /// Service provided under another name than its provider's → the first directory providing it.
+    pub services: BTreeMap<String, PathBuf>,
+}
+
+impl Holders {
+    /// Who holds `name`, as a plugin name or else as a service.
+    pub fn get(&self, name: &str) -> Option<&PathBuf> {
+        self.plugins.get(name).or_else(|| self.services.get(name))
+    }
+
+    /// The plugin names whose directories are gone, with the directory: reserved (see [`scan`]).
+    pub fn reserved(&self) -> BTreeMap<String, PathBuf> {
+        self.plugins.iter().filter(|(_, dir)| is_gone(dir)).map(|(n, d)| (n.clone(), d.clone())).collect()
+    }
+}
+
+/// The holders recorded in `path` at the last scan; empty when there is none yet or it cannot be
+/// read (said on stderr). A file of an earlier plugind, one flat map of names, is read too: a
+/// name is a plugin's when its directory's manifest still names it, or the directory is gone.
+pub fn read_holders(path: &Path) -> Holders {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), "plugin name holders unreadable, ignored: {e}");
+            }
+            return Holders::default();
+        }
+    };
+    if let Ok(h) = serde_json::from_slice::<Holders>(&bytes) {
+        return h;
+    }
+    match serde_json::from_slice::<BTreeMap<String, PathBuf>>(&bytes) {
+        Ok(flat) => {
+            let mut h = Holders::default();
+            for (name, dir) in flat {
+                let own = is_gone(&dir)
+                    || manifest::salvage_identity(&std::fs::read(dir.join("plugin.json")).unwrap_or_default())
+                        .0
+                        .as_deref()
+                        == Some(&name);
+                if own {
+                    h.plugins.insert(name, dir)
+                } else {
+                    h.services.insert(name, dir)
+                };
+            }
+            h
+        }
         Err(e) => {
             tracing::warn!(path = %path.display(), "plugin name holders unreadable, ignored: {e}");
-            BTreeMap::new()
+            Holders::default()
         }
     }
 }
 
-/// Records who holds each name after a scan, over what `path` held (a name not found this time
-/// keeps its holder, in case its directory comes back beside a newcomer): each plugin's
-/// directory under its own name (not the duplicates, listed as `NAME@DIR`), and each service a
-/// plugin provides under another name, held by the plugin that held it while it still provides
-/// it, else by the first that does. Written whole, then renamed into place; a failure is said
-/// on stderr and changes nothing else.
-pub fn write_holders(path: &Path, found: &[Found]) {
-    let mut holders = read_holders(path);
+/// Whether the directory that held a name is gone (no `plugin.json` there any more).
+pub fn is_gone(dir: &Path) -> bool {
+    !dir.join("plugin.json").is_file()
+}
+
+/// Records who holds each name after a scan, over `holders` (those the scan went by): each
+/// plugin's directory under its own name (not the duplicates, listed as `NAME@DIR`); a plugin
+/// name not found this time keeps its directory, in case it comes back beside a newcomer, unless
+/// `release_gone` and that directory is gone; each service a plugin provides under another name
+/// (one no plugin holds), held by the plugin that held it while it still provides it, else by
+/// the first that does. Written whole, then renamed into place; a failure is said on stderr and
+/// changes nothing else. Returns what it recorded.
+pub fn write_holders(path: &Path, holders: &Holders, found: &[Found], release_gone: bool) -> Holders {
+    let mut holders = holders.clone();
+    if release_gone {
+        holders.plugins.retain(|_, dir| !is_gone(dir));
+    }
     let owners: Vec<&Found> = found.iter().filter(|f| !f.name.contains('@')).collect();
     for f in &owners {
-        holders.insert(f.name.clone(), f.dir.clone());
+        holders.plugins.insert(f.name.clone(), f.dir.clone());
+        holders.services.remove(&f.name);
     }
     let provides =
         |f: &Found, service: &str| f.manifest.as_ref().is_ok_and(|m| m.provides.iter().any(|p| p.name == service));
     for f in &owners {
         let Ok(m) = &f.manifest else { continue };
-        for p in m.provides.iter().filter(|p| p.name != m.name && !owners.iter().any(|o| o.name == p.name)) {
-            let still_held =
-                holders.get(&p.name).is_some_and(|h| owners.iter().any(|o| o.dir == *h && provides(o, &p.name)));
+        for p in m.provides.iter().filter(|p| p.name != m.name && !holders.plugins.contains_key(&p.name)) {
+            let still_held = holders
+                .services
+                .get(&p.name)
+                .is_some_and(|h| owners.iter().any(|o| o.dir == *h && provides(o, &p.name)));
             if !still_held {
-                holders.insert(p.name.clone(), f.dir.clone());
+                holders.services.insert(p.name.clone(), f.dir.clone());
             }
         }
     }
-    let text = serde_json::to_vec_pretty(&holders).expect("UNWRAP: a map of strings serializes");
+    let text = serde_json::to_vec_pretty(&holders).expect("UNWRAP: maps of strings serialize");
     let tmp = path.with_extension("json.tmp");
     let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), "cannot record plugin name holders: {e}");
     }
+    holders
 }
 
 /// Loads one plugin directory.

@@ -96,6 +96,9 @@ pub struct Daemon {
     kv: std::sync::OnceLock<Arc<kv::KvStore>>,
     /// Providers by service name, cached between registry changes.
     services: registry::ServiceIndex,
+    /// Names whose holding directory is gone, reserved for it (`discovery::scan`): never
+    /// routed to a plugin providing a service of that name.
+    reserved_names: RwLock<BTreeMap<String, std::path::PathBuf>>,
     /// The threads that fork plugins, started with the first plugin.
     spawner: std::sync::OnceLock<std::io::Result<plugin::spawner::Spawner>>,
 }
@@ -119,6 +122,7 @@ impl Daemon {
             metrics: metrics::Metrics::default(),
             kv: std::sync::OnceLock::new(),
             services: registry::ServiceIndex::default(),
+            reserved_names: RwLock::new(BTreeMap::new()),
             spawner: std::sync::OnceLock::new(),
         })
     }
@@ -359,32 +363,33 @@ impl Daemon {
     }
 
     /// Scans the plugin dirs: every plugin found, with dependency cycles turned into load errors.
-    fn scan(&self) -> (Vec<discovery::Found>, Vec<String>) {
+    /// `release_gone`: the operator asked (`pluginctl reload`, SIGHUP), so names whose holders
+    /// are gone are given up (`discovery::scan`).
+    fn scan(&self, release_gone: bool) -> (Vec<discovery::Found>, Vec<String>) {
         let version = semver::Version::parse(VERSION).expect("UNWRAP: crate version is semver");
-        // Who holds each name now: a directory that appears later with the same name does not
-        // take it over. At boot the table is empty: then who held it when plugind last scanned,
-        // as kept in the state dir (a name owns its kv data and data dir, so a directory added
-        // while plugind was down, sorted first, must not take them).
+        // Who holds each name: a directory that appears later with the same name does not take
+        // it over. Who held it when plugind last scanned, as kept in the state dir (a name owns
+        // its kv data and data dir, so a directory added while plugind was down, sorted first,
+        // must not take them, nor one added while its holder is away), then the table.
         let names_file = self.paths.names_file();
-        let mut holders: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
+        let mut holders = discovery::read_holders(&names_file);
         {
             let table = self.plugins.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for (name, e) in table.iter() {
-                holders.insert(name.clone(), e.dir.clone());
+            for (name, e) in table.iter().filter(|(name, _)| !name.contains('@')) {
+                holders.plugins.insert(name.clone(), e.dir.clone());
+                holders.services.remove(name);
             }
-            // The services they provide under other names, held by them too.
+            // The services they provide under other names, held by them too (unless recorded).
             for e in table.values() {
                 let Some(m) = e.status().manifest.clone() else { continue };
-                for p in m.provides.iter().filter(|p| !table.contains_key(&p.name)) {
-                    holders.entry(p.name.clone()).or_insert_with(|| e.dir.clone());
+                for p in m.provides.iter().filter(|p| !holders.plugins.contains_key(&p.name)) {
+                    holders.services.entry(p.name.clone()).or_insert_with(|| e.dir.clone());
                 }
             }
         }
-        if holders.is_empty() {
-            holders = discovery::read_holders(&names_file);
-        }
-        let (mut found, errors) = discovery::scan(&self.config.plugin_dirs, &version, &holders);
-        discovery::write_holders(&names_file, &found);
+        let (mut found, errors) = discovery::scan(&self.config.plugin_dirs, &version, &holders, release_gone);
+        let holders = discovery::write_holders(&names_file, &holders, &found, release_gone);
+        *self.reserved_names.write().unwrap_or_else(std::sync::PoisonError::into_inner) = holders.reserved();
         // A `--plugins` dir that is missing or unreadable names itself (else a typo there is a
         // daemon with no plugins and no word why).
         for e in &errors {
@@ -450,7 +455,7 @@ impl Daemon {
 
     /// Scans the plugin dirs and creates an entry (and actor) per plugin found.
     pub fn load(self: &Arc<Self>) -> Vec<String> {
-        let (found, mut errors) = self.scan();
+        let (found, mut errors) = self.scan(false);
         let mut table = BTreeMap::new();
         for f in found {
             if let Err(e) = &f.manifest {
@@ -466,8 +471,9 @@ impl Daemon {
     /// Rescans the plugin dirs (`plugins.reload`, SIGHUP): new directories are added and started,
     /// removed ones stopped and dropped, changed ones hot-reloaded (docs/security.md). Answers
     /// once the plugins it started or reloaded have settled.
+    /// Being the operator's, it also releases the names of directories that are gone.
     pub async fn reload(self: &Arc<Self>) -> ReloadResult {
-        let (result, settling) = self.rescan_dirs().await;
+        let (result, settling) = self.rescan_dirs_releasing(true).await;
         futures::future::join_all(settling).await;
         result
     }
@@ -480,8 +486,16 @@ impl Daemon {
     pub async fn rescan_dirs(
         self: &Arc<Self>,
     ) -> (ReloadResult, Vec<tokio::sync::oneshot::Receiver<plugin::entry::Answer>>) {
+        self.rescan_dirs_releasing(false).await
+    }
+
+    /// [`Daemon::rescan_dirs`], releasing the names of gone directories when `release_gone`.
+    async fn rescan_dirs_releasing(
+        self: &Arc<Self>,
+        release_gone: bool,
+    ) -> (ReloadResult, Vec<tokio::sync::oneshot::Receiver<plugin::entry::Answer>>) {
         let _serial = self.reload_lock.lock().await;
-        let (found, mut errors) = self.scan();
+        let (found, mut errors) = self.scan(release_gone);
         let mut result = ReloadResult::default();
         let current = self.plugins();
         let mut to_start = Vec::new();
@@ -694,7 +708,7 @@ impl ActorHost for Daemon {
     }
 
     fn rescan(self: Arc<Self>) {
-        tokio::spawn(async move { self.reload().await });
+        tokio::spawn(async move { drop(self.rescan_dirs().await) });
     }
 
     fn state_changed(&self, entry: &PluginEntry, state: &str, was_running: bool) {

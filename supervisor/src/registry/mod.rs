@@ -158,7 +158,9 @@ impl Daemon {
     pub fn providers(&self) -> Vec<Provider> {
         let mut out: Vec<Provider> = Vec::new();
         let plugins = self.plugins();
-        let plugin_names: std::collections::HashSet<&str> = plugins.iter().map(|e| &*e.name).collect();
+        let reserved = self.reserved_names.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let plugin_names: std::collections::HashSet<&str> =
+            plugins.iter().map(|e| &*e.name).chain(reserved.keys().map(String::as_str)).collect();
         for entry in &plugins {
             let st = entry.status();
             let Some(m) = st.manifest.clone() else { continue };
@@ -202,10 +204,13 @@ impl Daemon {
         out
     }
 
-    /// Whether `entry`'s service `name` is named after another plugin in the table, and so never
-    /// routed to `entry` (a plugin's name is its service alone).
+    /// Whether `entry`'s service `name` is named after another plugin in the table (or one whose
+    /// directory is gone, its name reserved), and so never routed to `entry` (a plugin's name is
+    /// its service alone).
     pub fn is_shadowing(&self, entry: &PluginEntry, name: &str) -> bool {
-        name != &*entry.name && self.plugin(name).is_some()
+        name != &*entry.name
+            && (self.plugin(name).is_some()
+                || self.reserved_names.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(name))
     }
 
     /// The services `entry` declares that are routed to it: its status's `services` without

@@ -919,6 +919,33 @@ async fn a_plugin_cannot_use_the_kernel_keyrings() {
     assert!(r["detail"] == "0 bytes" || r["ok"] == false, "THE ATTACK SUCCEEDED: the plugin reads /proc/keys: {r}");
 }
 
+/// `clone(CLONE_PARENT)` makes the new process a child of plugind, which does not know it: a
+/// zombie never reaped, 3,000 of them in 2 s from a plugin with `process`, still there after
+/// its stop, on the way to the host's pid limit (audit 16). seccomp refuses `CLONE_PARENT` to
+/// every plugin (and `clone3`, whose flags it cannot see, falls back to `clone`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_cannot_make_children_of_plugind() {
+    let d = hostile(Daemon::builder(), "hostile-all", VARIANTS[2].1, json!({})).start().await;
+    if !held(&d, "hostile-all", &["outlive"]).await {
+        return;
+    }
+    assert_eq!(attack(&d, "hostile-all", "spawn", json!({})).await["ok"], true, "it may start processes");
+    for _ in 0..20 {
+        let r = attack(&d, "hostile-all", "clone_parent", json!({})).await;
+        refused(&r, "clone(CLONE_PARENT)");
+    }
+    let zombies: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(") ").map_or("", |(_, rest)| rest).split(' ').collect();
+            fields.first() == Some(&"Z") && fields.get(1) == Some(&d.pid().to_string().as_str())
+        })
+        .collect();
+    assert!(zombies.is_empty(), "THE ATTACK SUCCEEDED: plugind has zombie children: {zombies:?}");
+}
+
 /// A `storage` plugin that sends `kv.list` after `kv.list` (2 MB of keys each) without reading
 /// the answers: each ran at once on a blocking thread of its own (up to 512), and plugind grew by
 /// gigabytes, to the OOM killer, while another plugin's `kv.get` queued behind them all for tens
@@ -1411,6 +1438,59 @@ async fn a_directory_added_while_plugind_is_down_does_not_take_a_name() {
     let s = d.status(&invalid).await;
     assert_eq!(s["state"], "invalid", "{s}");
     assert!(s["last_error"].as_str().unwrap().contains("already used by"), "{s}");
+}
+
+/// A plugin's directory redeployed while plugind watches (moved away, then back): in between, a
+/// plugin providing a service named like it took the name for good, and so did a duplicate
+/// directory waiting `invalid`, with the plugin's kv data; the returning plugin was the invalid
+/// one (audit 16). A plugin name now waits for its directory while it is gone, as a plugin name
+/// and as a service; only the operator's reload gives it up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_waits_for_its_directory_while_it_is_redeployed() {
+    let services = json!({"services": [{"name": "victim", "version": "1.9.0"}]});
+    let b = hostile(victim(Daemon::builder().watch()), "evil", &[], services)
+        .manifest("evil", |m| m["provides"] = json!([{"name": "victim", "version": "1.9.0"}]));
+    let d = b.start().await;
+    let r = attack(&d, "victim", "kv", json!({"key": "secret", "value": "the victim's"})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let dup = d.plugins.join("zzz");
+    copy_dir(&fixture("hostile"), &dup);
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(dup.join("plugin.json")).unwrap()).unwrap();
+    m["name"] = json!("victim");
+    m["permissions"] = json!(["storage"]);
+    std::fs::write(dup.join("plugin.json"), m.to_string()).unwrap();
+    let dup_name = format!("victim@{}", dup.display());
+    d.wait_state(&dup_name, "invalid").await;
+    // The directory goes…
+    let away = d.dir.path().join("victim-away");
+    std::fs::rename(d.plugins.join("victim"), &away).unwrap();
+    let s = wait_for("the duplicate to be told the name waits", async || {
+        let s = d.call("plugins.get", json!({"name": &dup_name})).await.ok()?;
+        s["last_error"].as_str()?.contains("which is gone").then_some(s)
+    })
+    .await;
+    assert_eq!(s["state"], "invalid", "THE ATTACK SUCCEEDED: the duplicate took the name: {s}");
+    let r = d.call("services.call", json!({"service": "victim", "method": "who", "params": {}})).await;
+    assert_eq!(code(&r), -32004, "THE ATTACK SUCCEEDED: a call for victim went to {r:?}");
+    let s = d.status("evil").await;
+    assert!(s["refused_services"].to_string().contains("\"victim\""), "{s}");
+    // …and comes back: the name, its calls and its data are its own again.
+    std::fs::rename(&away, d.plugins.join("victim")).unwrap();
+    d.wait_state("victim", "running").await;
+    assert_eq!(attack(&d, "victim", "kv_get", json!({"key": "secret"})).await["value"], "the victim's");
+    let r = d.call("services.call", json!({"service": "victim", "method": "who", "params": {}})).await.unwrap();
+    assert_eq!(r["plugin"], "victim", "{r}");
+    assert_eq!(d.status(&dup_name).await["state"], "invalid");
+    // Gone for good: the operator's reload gives the name up, to the one directory claiming it.
+    std::fs::rename(d.plugins.join("victim"), &away).unwrap();
+    wait_for("the duplicate to be told the name waits", async || {
+        let s = d.call("plugins.get", json!({"name": &dup_name})).await.ok()?;
+        s["last_error"].as_str()?.contains("which is gone").then_some(())
+    })
+    .await;
+    assert_eq!(d.ctl(&["reload"]).status.code(), Some(0));
+    let s = d.wait_state("victim", "running").await;
+    assert_eq!(s["dir"], dup.display().to_string(), "{s}");
 }
 
 /// The other way round from a manifest providing a plugin's name: a plugin added with the name
