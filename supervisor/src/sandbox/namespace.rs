@@ -10,6 +10,9 @@
 //!   made read-only (with `filesystem` a plugin could otherwise grant itself any permission at
 //!   the next hot reload);
 //! - plugind's control socket, config file and token file get a read-only `/dev/null` on top;
+//! - every directory above those and the covers is bound onto itself: a mount point cannot be
+//!   renamed or removed in its namespace, so a `filesystem` plugin cannot move them aside and
+//!   put its own in their place;
 //! - `/sys/fs/cgroup` is covered (a plugin cannot move itself out of its cgroup, which is how
 //!   plugind recognises its processes) and `/proc/sys` is made read-only; `/proc/keys` and
 //!   `/proc/key-users` (the uid's keys, listed) get `/dev/null` on top;
@@ -91,6 +94,9 @@ const MAX_KEPT: usize = 3;
 pub struct MountPlan {
     /// For an unprivileged plugind: the user namespace's maps (`uid_map`, `gid_map` contents).
     user_ns: Option<(CString, CString)>,
+    /// The directories above the covers and the covered files, shallow first, bound onto
+    /// themselves: a mount point cannot be renamed or removed in its namespace.
+    pins: Vec<CString>,
     /// Directories covered by an empty tmpfs, shallow first.
     covers: Vec<CString>,
     /// What comes back inside the covers.
@@ -140,13 +146,27 @@ impl MountPlan {
             kept.push(Self::keep(&dir)?);
             debug_assert!(kept.len() <= MAX_KEPT);
         }
-        let files = private.files.iter().filter(|f| !outer.iter().any(|c| f.starts_with(c))).map(|f| cstr(f)).collect();
+        let files: Vec<CString> =
+            private.files.iter().filter(|f| !outer.iter().any(|c| f.starts_with(c))).map(|f| cstr(f)).collect();
+        // A `filesystem` plugin renamed the directory above the state dir and the socket, made
+        // its own in their place, and took the operator's next `pluginctl` and plugind's next
+        // rescan (audit 16). Every directory above what is covered becomes a mount point of its
+        // own: in this namespace it can be neither renamed nor removed (EBUSY).
+        let mut pins: Vec<&Path> = outer
+            .iter()
+            .chain(&private.files)
+            .flat_map(|p| p.ancestors().skip(1))
+            .filter(|a| a.parent().is_some() && !outer.iter().any(|c| a.starts_with(c)))
+            .collect();
+        pins.sort_by_key(|p| (p.components().count(), p.to_path_buf()));
+        pins.dedup();
         let user_ns = user_ns.then(|| {
             let line = |id: u32| CString::new(format!("{id} {id} 1")).expect("UNWRAP: digits hold no NUL byte");
             (line(nix::unistd::geteuid().as_raw()), line(nix::unistd::getegid().as_raw()))
         });
         Ok(MountPlan {
             user_ns,
+            pins: pins.into_iter().map(cstr).collect(),
             covers: outer.iter().map(|p| cstr(p)).collect(),
             kept,
             files,
@@ -184,6 +204,13 @@ impl MountPlan {
             }
             // Our mounts must not propagate back to the host's namespace (shared "/" under systemd).
             cvt(libc::mount(null(), c"/".as_ptr(), null(), libc::MS_REC | libc::MS_PRIVATE, null()))?;
+            for pin in &self.pins {
+                if libc::mount(pin.as_ptr(), pin.as_ptr(), null(), libc::MS_BIND | libc::MS_REC, null()) != 0
+                    && io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT)
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             // The kept dirs are opened in this namespace before the covers hide them: a bind
             // source must be a mount of the caller's namespace (a descriptor opened by the
             // parent, in the host's namespace, would give EINVAL).

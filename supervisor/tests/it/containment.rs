@@ -583,6 +583,12 @@ async fn plugin_with_filesystem_cannot_write_plugind_state_or_other_plugins() {
             ("chmod", json!({"path": victim_dir.join("main.py"), "mode": 0o4777})),
             ("create", json!({"path": data.join("evil")})),
             ("create", json!({"path": tmp.join("evil")})),
+            // Moving the directory above the state dir, plugins and socket aside, to put its own
+            // in their place: the operator's next `pluginctl` and plugind's next rescan used them
+            // (audit 16). Moving the state dir or the plugins dir themselves, likewise.
+            ("rename", json!({"src": d.dir.path(), "dst": d.dir.path().with_extension("moved")})),
+            ("rename", json!({"src": state, "dst": state.with_extension("moved")})),
+            ("rename", json!({"src": d.plugins, "dst": d.plugins.with_extension("moved")})),
         ] {
             refused(&attack(&d, name, method, p.clone()).await, &format!("{name} {method} {p}"));
         }
