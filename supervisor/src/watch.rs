@@ -100,14 +100,21 @@ pub struct WatchError {
 /// no plugin watches, like a plugin's own log in its directory) are dropped on arrival.
 pub fn start(daemon: Arc<Daemon>) -> Result<Watcher, WatchError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Change, Vec<PathBuf>)>();
-    let mut watcher = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
+    let handler = move |r: notify::Result<notify::Event>| {
         if let Ok(event) = r {
             if let Some(change) = classify(&event.kind) {
                 let _ = tx.send((change, event.paths));
             }
         }
-    })
-    .map_err(|source| WatchError { path: PathBuf::new(), source })?;
+    };
+    // Symlinks inside a plugin's directory are not followed: a plugin that ships `lib -> /usr`
+    // (15,000 watches), or a link into its TMPDIR where it makes directories at will (one watch
+    // each in plugind, and the uid's watch limit drained), costs plugind nothing (audit 16). A
+    // plugin directory that is itself a symlink (a release flipped by a deploy) is watched
+    // through it, below.
+    let config = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher = notify::RecommendedWatcher::new(handler, config)
+        .map_err(|source| WatchError { path: PathBuf::new(), source })?;
     for root in &daemon.config().plugin_dirs {
         let root = std::path::absolute(root).unwrap_or_else(|_| root.clone());
         // Each root's parent too, not recursively: a root that is missing at start, or deleted
@@ -122,6 +129,11 @@ pub fn start(daemon: Arc<Daemon>) -> Result<Watcher, WatchError> {
             continue;
         }
         watcher.watch(&root, RecursiveMode::Recursive).map_err(|source| WatchError { path: root.clone(), source })?;
+        for linked in std::fs::read_dir(&root).into_iter().flatten().flatten().map(|e| e.path()) {
+            if linked.is_symlink() && linked.is_dir() {
+                watch_plugin_dir(&mut watcher, &linked);
+            }
+        }
     }
     let watcher = Arc::new(std::sync::Mutex::new(watcher));
     let rewatch = watcher.clone();
@@ -174,15 +186,44 @@ pub fn start(daemon: Arc<Daemon>) -> Result<Watcher, WatchError> {
                         // A plugin dir that was replaced (a symlink flipped to a new release):
                         // watch what it points to now, or changes inside the new target go unseen.
                         let mut w = rewatch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        if let Err(e) = w.watch(&dir, RecursiveMode::Recursive) {
-                            tracing::warn!(dir = %dir.display(), "cannot watch: {e}");
-                        }
+                        watch_plugin_dir(&mut w, &dir);
                     }
                 }
             }
         }
     });
     Ok(Watcher { _watcher: Box::new(watcher) })
+}
+
+/// Watches a plugin directory that appeared or was replaced: recursively, or, when it is a
+/// symlink (a release a deploy flips), through the link, one directory at a time below it, by
+/// their paths through the link (so that changes map to the plugin), following no link further
+/// down. (A recursive watch that follows no links would not follow the directory's own link
+/// either.)
+fn watch_plugin_dir(w: &mut notify::RecommendedWatcher, dir: &Path) {
+    /// Most directories watched below a linked plugin directory.
+    const MAX_LINKED_DIRS: usize = 4096;
+    let watched = if dir.is_symlink() {
+        let mut todo = vec![dir.to_path_buf()];
+        let mut n = 0;
+        let mut result = Ok(());
+        while let Some(d) = todo.pop() {
+            n += 1;
+            if n > MAX_LINKED_DIRS {
+                tracing::warn!(dir = %dir.display(), "over {MAX_LINKED_DIRS} directories below: the rest are not watched");
+                break;
+            }
+            result = result.and(w.watch(&d, RecursiveMode::NonRecursive));
+            let below = std::fs::read_dir(&d).into_iter().flatten().flatten();
+            todo.extend(below.filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| d.join(e.file_name())));
+        }
+        result
+    } else {
+        w.watch(dir, RecursiveMode::Recursive)
+    };
+    if let Err(e) = watched {
+        tracing::warn!(dir = %dir.display(), "cannot watch: {e}");
+    }
 }
 
 /// Maps changed paths to plugins and reloads them; returns the plugin dirs that were themselves

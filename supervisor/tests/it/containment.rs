@@ -925,6 +925,35 @@ async fn a_plugin_cannot_use_the_kernel_keyrings() {
     assert!(r["detail"] == "0 bytes" || r["ok"] == false, "THE ATTACK SUCCEEDED: the plugin reads /proc/keys: {r}");
 }
 
+/// A plugin directory holding a symlink to a large tree (`lib -> /usr`: 15,000 watches), or into
+/// its TMPDIR where a plugin makes directories at will (one watch in plugind each): plugind's
+/// watcher followed it (audit 16). Symlinks inside a plugin's directory are not followed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watcher_does_not_follow_symlinks_in_a_plugins_directory() {
+    let b = victim(Daemon::builder().watch());
+    let tree = b.path().join("tree");
+    for i in 0..300 {
+        std::fs::create_dir_all(tree.join(format!("d{i}/e"))).unwrap();
+    }
+    // Shipped with the plugin: there when plugind starts watching.
+    std::os::unix::fs::symlink(&tree, b.path().join("plugins/victim/lib")).unwrap();
+    let d = b.start().await;
+    let watches = || -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .flatten()
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("inotify")))
+            .map(|e| {
+                let info = std::fs::read_to_string(format!("/proc/{}/fdinfo/{}", d.pid(), e.file_name().to_string_lossy()));
+                info.unwrap_or_default().lines().filter(|l| l.starts_with("inotify wd:")).count()
+            })
+            .sum()
+    };
+    let n = watches();
+    assert!(n > 0, "no inotify watch found in plugind");
+    assert!(n < 100, "THE ATTACK SUCCEEDED: plugind holds {n} inotify watches (the tree behind the symlink has 600 dirs)");
+}
+
 /// `clone(CLONE_PARENT)` makes the new process a child of plugind, which does not know it: a
 /// zombie never reaped, 3,000 of them in 2 s from a plugin with `process`, still there after
 /// its stop, on the way to the host's pid limit (audit 16). seccomp refuses `CLONE_PARENT` to
