@@ -182,7 +182,7 @@ pub fn read_holders(path: &Path) -> Holders {
             let mut h = Holders::default();
             for (name, dir) in flat {
                 let own = is_gone(&dir)
-                    || manifest::salvage_identity(&std::fs::read(dir.join("plugin.json")).unwrap_or_default())
+                    || manifest::salvage_identity(&read_at_most(&dir.join("plugin.json"), MANIFEST_MAX).unwrap_or_default())
                         .0
                         .as_deref()
                         == Some(&name);
@@ -250,7 +250,15 @@ pub fn write_holders(path: &Path, holders: &Holders, found: &[Found], release_go
 pub fn load(dir: &Path, plugind_version: &semver::Version) -> Found {
     let file = dir.join("plugin.json");
     let dir_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let text = match std::fs::read(&file) {
+    let text = match read_at_most(&file, MANIFEST_MAX) {
+        Ok(t) if t.len() as u64 > MANIFEST_MAX => {
+            return Found {
+                dir: dir.to_path_buf(),
+                name: dir_name,
+                manifest: Err(format!("{}: expected a manifest of at most 1 MiB, found a larger file", file.display())),
+                version: String::new(),
+            }
+        }
         Ok(t) => t,
         Err(e) => {
             return Found {
@@ -324,6 +332,18 @@ fn main_warnings(dir: &Path, m: &Manifest) -> Vec<String> {
         )],
         _ => Vec::new(),
     }
+}
+
+/// Most bytes of a `plugin.json`: a sparse 3 GB file (4 KB on disk) was read whole, and plugind
+/// grew to the OOM killer before it listened (audit 16).
+const MANIFEST_MAX: u64 = 1 << 20;
+
+/// The first `max + 1` bytes of `path` at most (one more than allowed says it is too long).
+fn read_at_most(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?.take(max + 1).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// The UTF-8 byte-order mark.

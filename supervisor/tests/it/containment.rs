@@ -925,6 +925,22 @@ async fn a_plugin_cannot_use_the_kernel_keyrings() {
     assert!(r["detail"] == "0 bytes" || r["ok"] == false, "THE ATTACK SUCCEEDED: the plugin reads /proc/keys: {r}");
 }
 
+/// A sparse `plugin.json` of 3 GB (4 KB on disk): plugind read it whole, grew to the OOM killer
+/// and never listened (audit 16). A manifest over 1 MiB is a load error naming the file; the
+/// other plugins run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_sparse_manifest_is_a_load_error() {
+    let b = victim(Daemon::builder().address_space_mb(8192));
+    let dir = b.path().join("plugins/sparse");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::File::create(dir.join("plugin.json")).unwrap().set_len(3 << 30).unwrap();
+    let d = b.start().await;
+    assert_eq!(d.status("victim").await["state"], "running");
+    let s = d.status("sparse").await;
+    assert_eq!(s["state"], "invalid", "{s}");
+    assert!(s["last_error"].as_str().unwrap().contains("at most 1 MiB"), "{s}");
+}
+
 /// A plugin directory holding a symlink to a large tree (`lib -> /usr`: 15,000 watches), or into
 /// its TMPDIR where a plugin makes directories at will (one watch in plugind each): plugind's
 /// watcher followed it (audit 16). Symlinks inside a plugin's directory are not followed.
