@@ -182,9 +182,11 @@ pub fn read_holders(path: &Path) -> Holders {
             let mut h = Holders::default();
             for (name, dir) in flat {
                 let own = is_gone(&dir)
-                    || manifest::salvage_identity(&read_at_most(&dir.join("plugin.json"), MANIFEST_MAX).unwrap_or_default())
-                        .0
-                        .as_deref()
+                    || manifest::salvage_identity(
+                        &read_at_most(&dir.join("plugin.json"), MANIFEST_MAX).unwrap_or_default(),
+                    )
+                    .0
+                    .as_deref()
                         == Some(&name);
                 if own {
                     h.plugins.insert(name, dir)

@@ -431,17 +431,22 @@ fn procs_of(dir: &Path) -> Vec<i32> {
     read(&dir.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
 }
 
-/// Whether process `pid` runs in one of this plugind's instance cgroups (`/proc/PID/cgroup`):
-/// a plugin instance or anything it started, `setsid` or not, whatever its ancestry. None when
-/// the process is gone (its cgroup cannot be read).
+/// Whether process `pid` runs in an instance cgroup of this plugind or of any other
+/// (`/proc/PID/cgroup`): a plugin instance or anything it started, `setsid` or not, whatever its
+/// ancestry. A plugin of another plugind on the host reached this one's socket and stopped its
+/// plugins (audit 16): no plugin is a client. None when the process is gone (its cgroup cannot
+/// be read).
 pub fn in_instance_cgroup(pid: u32) -> Option<bool> {
     let text = read(Path::new(&format!("/proc/{pid}/cgroup")))?;
-    let mark = format!("{PREFIX}{}.", std::process::id());
-    let daemon = format!("{PREFIX}{}.daemon", std::process::id());
-    Some(text.lines().any(|l| {
-        let path = l.splitn(3, ':').nth(2).unwrap_or("");
-        path.split('/').any(|c| c.starts_with(&mark) && c != daemon)
-    }))
+    Some(text.lines().any(|l| l.splitn(3, ':').nth(2).unwrap_or("").split('/').any(is_instance_cgroup)))
+}
+
+/// Whether a cgroup directory name is an instance's (`plugind.<pid>.<plugin>.<instance>`), not a
+/// daemon's own leaf (`plugind.<pid>.daemon`).
+fn is_instance_cgroup(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(PREFIX) else { return false };
+    let Some((pid, tail)) = rest.split_once('.') else { return false };
+    !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && tail != "daemon"
 }
 
 fn open_procs(dir: &Path) -> Result<File, SandboxError> {

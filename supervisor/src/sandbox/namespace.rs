@@ -14,7 +14,8 @@
 //!   renamed or removed in its namespace, so a `filesystem` plugin cannot move them aside and
 //!   put its own in their place;
 //! - `/sys/fs/cgroup` is covered (a plugin cannot move itself out of its cgroup, which is how
-//!   plugind recognises its processes) and `/proc/sys` is made read-only; `/proc/keys` and
+//!   plugind recognises its processes), and `/sys` (every mount below it too) and `/proc/sys`
+//!   are made read-only; `/proc/keys` and
 //!   `/proc/key-users` (the uid's keys, listed) get `/dev/null` on top;
 //! - as root, `/proc` is a new instance with `hidepid=ptraceable`: plugind and other plugins are
 //!   not even listed.
@@ -112,6 +113,7 @@ pub struct MountPlan {
 const TMPFS_OPTS: &CStr = c"size=16k,mode=0755";
 const CGROUP_FS: &CStr = c"/sys/fs/cgroup";
 const PROC_SYS: &CStr = c"/proc/sys";
+const SYS: &CStr = c"/sys";
 /// `hidepid=ptraceable`, by number (Linux 5.8).
 const HIDEPID: &CStr = c"hidepid=4";
 
@@ -254,6 +256,20 @@ impl MountPlan {
             if libc::access(CGROUP_FS.as_ptr(), libc::F_OK) == 0 {
                 mount_tmpfs(CGROUP_FS, libc::MS_RDONLY)?;
             }
+            // /sys read-only, every mount below it too: a root plugin with `filesystem` wrote
+            // kernel settings there (KSM, transparent huge pages, a disk's read-ahead; CPU
+            // offlining and suspend are there too), as it could in /proc/sys (audit 16).
+            if libc::mount(SYS.as_ptr(), SYS.as_ptr(), null(), libc::MS_BIND | libc::MS_REC, null()) == 0 {
+                let done = read_only_recursively(SYS).or_else(|e| match e.raw_os_error() {
+                    Some(libc::ENOSYS) => remount_read_only(SYS, true),
+                    _ => Err(e),
+                });
+                // In a user namespace (an unprivileged plugind) the plugin holds no power over
+                // /sys anyway: best effort there.
+                if self.user_ns.is_none() {
+                    done?;
+                }
+            }
             if self.user_ns.is_none() {
                 // A /proc of its own that lists only processes the plugin may ptrace: its own
                 // (Landlock confines ptrace to its domain). A root plugin would otherwise list
@@ -307,6 +323,38 @@ fn remount_read_only(target: &CStr, bind: bool) -> io::Result<()> {
         | if bind { libc::MS_BIND } else { 0 };
     // SAFETY: a NUL-terminated string that outlives the call; null where the kernel allows it.
     cvt(unsafe { libc::mount(null(), target.as_ptr(), null(), flags, null()) })
+}
+
+/// Makes the mount at `target` and every mount below it read-only (`mount_setattr` with
+/// `AT_RECURSIVE`, Linux 5.12; ENOSYS before).
+fn read_only_recursively(target: &CStr) -> io::Result<()> {
+    /// `struct mount_attr` (linux/mount.h).
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    // SAFETY: a NUL-terminated path and a struct that outlive the call, with its size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Makes the bind mount at `target` (a plugin's file) read-only, keeping its other flags as they

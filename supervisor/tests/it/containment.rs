@@ -199,6 +199,26 @@ async fn plugin_gets_no_answer_on_control_socket_while_running() {
     assert_eq!(pid_of(&d, "victim").await, victim_pid, "the victim was not stopped");
 }
 
+/// A plugin of one plugind connects to another plugind's control socket on the same host (not
+/// hidden from it: only its own plugind's is): it listed, called and stopped that plugind's
+/// plugins and read their kv data (audit 16). A process in any plugind's instance cgroup is
+/// refused, not only in this one's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_of_another_plugind_gets_no_answer_on_its_control_socket() {
+    let other = victim(Daemon::builder()).start().await;
+    let d = hostile(Daemon::builder(), "hostile", &[], json!({})).start().await;
+    if !held(&d, "hostile", &["control"]).await {
+        return;
+    }
+    let victim_pid = pid_of(&other, "victim").await;
+    let mut requests = control_requests(&other.socket, "victim");
+    requests.push(json!({"path": other.socket, "method": "supervisor.shutdown", "params": {}}));
+    for p in requests {
+        refused(&attack(&d, "hostile", "control", p.clone()).await, &format!("{}", p["method"]));
+    }
+    assert_eq!(pid_of(&other, "victim").await, victim_pid, "the other plugind's victim was not stopped");
+}
+
 /// The plugin connects while plugind waits for its `init` answer.
 #[tokio::test(flavor = "multi_thread")]
 async fn plugin_gets_no_answer_on_control_socket_during_init() {
@@ -960,14 +980,18 @@ async fn the_watcher_does_not_follow_symlinks_in_a_plugins_directory() {
             .flatten()
             .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("inotify")))
             .map(|e| {
-                let info = std::fs::read_to_string(format!("/proc/{}/fdinfo/{}", d.pid(), e.file_name().to_string_lossy()));
+                let info =
+                    std::fs::read_to_string(format!("/proc/{}/fdinfo/{}", d.pid(), e.file_name().to_string_lossy()));
                 info.unwrap_or_default().lines().filter(|l| l.starts_with("inotify wd:")).count()
             })
             .sum()
     };
     let n = watches();
     assert!(n > 0, "no inotify watch found in plugind");
-    assert!(n < 100, "THE ATTACK SUCCEEDED: plugind holds {n} inotify watches (the tree behind the symlink has 600 dirs)");
+    assert!(
+        n < 100,
+        "THE ATTACK SUCCEEDED: plugind holds {n} inotify watches (the tree behind the symlink has 600 dirs)"
+    );
 }
 
 /// `clone(CLONE_PARENT)` makes the new process a child of plugind, which does not know it: a
@@ -1718,6 +1742,18 @@ async fn plugin_cannot_rewrite_its_own_manifest() {
 async fn plugin_with_filesystem_cannot_leave_its_cgroup_or_write_sysctls() {
     let d = hostiles(Daemon::builder(), &WITH_FS, &json!({})).start().await;
     let mut targets: Vec<PathBuf> = vec!["/proc/sys/kernel/domainname".into(), "/proc/sys/vm/drop_caches".into()];
+    // Kernel settings in /sys (audit 16: KSM, transparent huge pages, a disk's read-ahead).
+    let read_ahead =
+        std::fs::read_dir("/sys/block").into_iter().flatten().flatten().map(|e| e.path().join("queue/read_ahead_kb"));
+    for knob in ["/sys/kernel/mm/ksm/run".into(), "/sys/kernel/mm/transparent_hugepage/enabled".into()]
+        .into_iter()
+        .chain(read_ahead)
+    {
+        let knob: PathBuf = knob;
+        if knob.exists() {
+            targets.push(knob);
+        }
+    }
     for tree in ["", "unified", "memory", "pids"] {
         let procs = Path::new("/sys/fs/cgroup").join(tree).join("cgroup.procs");
         if procs.exists() {
