@@ -191,6 +191,37 @@ impl Method {
     }
 }
 
+/// The catalog a plugin's instances share while they answer `register` alike (the rule): one
+/// catalog for all, not one each (32 instances with 256 large methods each held 540 MB of
+/// plugind's memory, audit 16). Keyed by the manifest and the answer's text.
+#[derive(Clone, Default)]
+pub struct SharedCatalog(std::sync::Arc<std::sync::Mutex<Option<(u64, std::sync::Arc<Catalog>)>>>);
+
+impl SharedCatalog {
+    /// The catalog of an instance of `m` whose `register` answer is `answer`: the one built last
+    /// when both are the same, else a new one (kept for the next instance).
+    pub fn get_or_build(
+        &self,
+        m: &std::sync::Arc<Manifest>,
+        answer: &RawValue,
+        log: &PluginLog,
+    ) -> std::sync::Arc<Catalog> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (std::sync::Arc::as_ptr(m) as usize).hash(&mut h);
+        answer.get().hash(&mut h);
+        let key = h.finish();
+        let mut last = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((k, catalog)) = last.as_ref().filter(|(k, _)| *k == key) {
+            debug_assert_eq!(*k, key);
+            return catalog.clone();
+        }
+        let catalog = std::sync::Arc::new(Catalog::build(m, register_methods(answer).as_ref(), log));
+        *last = Some((key, catalog.clone()));
+        catalog
+    }
+}
+
 /// A plugin's methods: the manifest's merged with one instance's `register` answer.
 #[derive(Debug, Default)]
 pub struct Catalog {
@@ -227,7 +258,19 @@ impl Catalog {
                         ),
                     );
                 }
+                let mut bytes = 0usize;
                 for (name, decl) in decls.iter().take(caps::REGISTER_CATALOG_METHODS) {
+                    bytes += name.len() + serde_json::to_string(decl).map_or(usize::MAX / 2, |s| s.len());
+                    if bytes > caps::REGISTER_CATALOG_BYTES {
+                        log.over_cap(
+                            Cap::RegisterCatalog,
+                            format!(
+                                "register: methods from {name:?} on dropped: a catalog holds at most {} bytes of JSON",
+                                caps::REGISTER_CATALOG_BYTES
+                            ),
+                        );
+                        break;
+                    }
                     if let Some((name, method)) = Self::registered(m, name, decl, log) {
                         methods.insert(name, method);
                     }

@@ -426,11 +426,18 @@ pub struct PluginShared {
     /// The rate of the plugin's stdout lines that are not answers or requests
     /// (`crate::transport::chatter`).
     pub chatter: Chatter,
+    /// The catalog its instances share while they register alike.
+    pub catalog: catalog::SharedCatalog,
 }
 
 impl PluginShared {
     pub fn new(log: Arc<PluginLog>) -> Self {
-        PluginShared { log, long_lines: LongLineTurn::new(), chatter: Chatter::new() }
+        PluginShared {
+            log,
+            long_lines: LongLineTurn::new(),
+            chatter: Chatter::new(),
+            catalog: catalog::SharedCatalog::default(),
+        }
     }
 }
 
@@ -440,7 +447,7 @@ pub fn launch(
     id: u64,
     spec: InstanceSpec,
     host: Arc<dyn InstanceHost>,
-    PluginShared { log, long_lines, chatter }: PluginShared,
+    PluginShared { log, long_lines, chatter, catalog }: PluginShared,
     events: mpsc::UnboundedSender<InstanceEvent>,
 ) -> Result<Arc<Instance>, SpawnError> {
     // Fresh: whatever an earlier holder of the name left is set aside first.
@@ -477,6 +484,7 @@ pub fn launch(
         log,
         long_lines,
         chatter,
+        catalog,
         events,
         requests: Budget::for_plugin(),
         refusals: std::sync::Mutex::new(crate::time::Throttle::new(REFUSALS_REPORTED_EVERY)),
@@ -520,6 +528,8 @@ struct InstanceTask {
     /// The plugin's stdout lines that are not answers or requests, metered: past the rate, this
     /// instance's stdout is left unread for a while (`crate::transport::chatter`).
     chatter: Chatter,
+    /// The catalog the plugin's instances share while they register alike.
+    catalog: catalog::SharedCatalog,
     events: mpsc::UnboundedSender<InstanceEvent>,
     /// The plugin's requests to plugind in flight, bounded (`crate::transport::budget`).
     requests: Budget,
@@ -600,7 +610,7 @@ impl InstanceTask {
         // Set while the plugin is over its rate of chatter: stdout is read again at the instant.
         let mut chatter_until: Option<Instant> = None;
         let mut steps: FuturesUnordered<BoxFut<Step>> = FuturesUnordered::new();
-        steps.push(Box::pin(handshake(inst.clone(), self.spec.clone(), self.log.clone())));
+        steps.push(Box::pin(handshake(inst.clone(), self.spec.clone(), self.log.clone(), self.catalog.clone())));
         let mut ready = false;
         // Whether the handshake's error already has the instance's exit hints.
         let mut exit_hinted = false;
@@ -1217,7 +1227,12 @@ impl InstanceTask {
 
 /// `init` then `register`, both within `startup_timeout_ms` of `spawned` (not the per-call
 /// `timeout_ms`: a JVM or a big interpreter may take seconds just to get to `init`).
-async fn handshake(inst: Arc<Instance>, spec: InstanceSpec, log: Arc<PluginLog>) -> Step {
+async fn handshake(
+    inst: Arc<Instance>,
+    spec: InstanceSpec,
+    log: Arc<PluginLog>,
+    shared: catalog::SharedCatalog,
+) -> Step {
     let (peer, spawned) = (&inst.peer, inst.started);
     let m = &spec.manifest;
     let until = spawned + Duration::from_millis(m.startup_timeout_ms);
@@ -1265,7 +1280,7 @@ async fn handshake(inst: Arc<Instance>, spec: InstanceSpec, log: Arc<PluginLog>)
     match serde_json::from_str::<Option<RegisterResult>>(reg.get()) {
         Ok(r) => {
             // In place before the actor hears the instance is ready, so its first call sees it.
-            let _ = inst.catalog.set(Arc::new(Catalog::build(m, catalog::register_methods(&reg).as_ref(), &log)));
+            let _ = inst.catalog.set(shared.get_or_build(m, &reg, &log));
             Step::Handshake(Ok(r.unwrap_or_default().services))
         }
         Err(e) => Step::Handshake(Err(format!("register: result is not {{\"services\": [...]}}: {e}"))),

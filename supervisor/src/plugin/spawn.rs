@@ -266,6 +266,22 @@ impl From<&Limits> for RlimitPlan {
     }
 }
 
+/// The OOM killer picks a plugin before plugind: a plugin's own memory (and plugind's on its
+/// behalf, within the caps) must not get plugind killed with every other plugin when the host or
+/// a cgroup above both runs out (audit 16: plugind was the one killed). Written while the child
+/// still holds plugind's capabilities, this is also the floor the plugin cannot go below
+/// (`oom_score_adj_min`). Best effort: a failure leaves the default.
+fn prefer_for_oom_kill() {
+    // SAFETY: open/write/close on a static path and buffer, as allowed between fork and exec.
+    unsafe {
+        let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            libc::write(fd, b"500".as_ptr().cast(), 3);
+            libc::close(fd);
+        }
+    }
+}
+
 fn child_setup(rl: &RlimitPlan, parent: u32, confinement: &mut ChildConfinement) -> std::io::Result<()> {
     use nix::sys::resource::{setrlimit, Resource};
     use nix::sys::signal::Signal;
@@ -276,6 +292,7 @@ fn child_setup(rl: &RlimitPlan, parent: u32, confinement: &mut ChildConfinement)
         return Err(std::io::Error::other("parent exited during spawn"));
     }
     nix::sys::prctl::set_no_new_privs()?;
+    prefer_for_oom_kill();
     ChildConfinement::close_inherited_fds()?;
     // Early: whatever the plugin does from here on counts against its cgroup.
     confinement.join_cgroups()?;

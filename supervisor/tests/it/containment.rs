@@ -945,6 +945,33 @@ async fn a_plugin_cannot_use_the_kernel_keyrings() {
     assert!(r["detail"] == "0 bytes" || r["ok"] == false, "THE ATTACK SUCCEEDED: the plugin reads /proc/keys: {r}");
 }
 
+/// 32 instances, each registering 256 methods described in 60 KB each (within the per-method
+/// cap): plugind kept a catalog per instance and grew to 558 MB; with 64 instances the OOM
+/// killer picked plugind (audit 16). A catalog holds at most 1 MiB of JSON, and instances that
+/// register alike share one. (16 instances here: 280 MB before.)
+#[tokio::test(flavor = "multi_thread")]
+async fn many_instances_registering_large_catalogs_do_not_grow_plugind() {
+    let gen = json!({"methods_gen": {"count": 256, "desc_kb": 60}});
+    let d = hostile(Daemon::builder(), "catalogs", &[], gen)
+        .manifest("catalogs", |m| m["instances"] = json!(16))
+        .start()
+        .await;
+    let s = d.wait_state("catalogs", "running").await;
+    assert_eq!(s["instances"], 16, "{s}");
+    let rss = rss_kb(d.pid());
+    eprintln!("plugind: {rss} KiB");
+    assert!(rss < 120 * 1024, "plugind holds {rss} KiB with 16 instances' catalogs");
+    let methods = d.call("plugins.get", json!({"name": "catalogs"})).await.unwrap()["methods"].clone();
+    let n = methods.as_object().map_or(0, |m| m.len());
+    assert!(n > 0 && n < 256, "the catalog was cut to 1 MiB: {n} methods");
+    let said = log_line(&d, "catalogs", "a catalog holds at most").await;
+    assert!(said.contains("1048576 bytes"), "{said}");
+    // plugind's own score is untouched, its plugins' raised: the OOM killer takes a plugin first.
+    let score = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap().trim().to_owned();
+    assert_eq!(score(pid_of(&d, "catalogs").await), "500");
+    assert_eq!(score(d.pid()), score(std::process::id()), "plugind's own is as it was given");
+}
+
 /// A sparse `plugin.json` of 3 GB (4 KB on disk): plugind read it whole, grew to the OOM killer
 /// and never listened (audit 16). A manifest over 1 MiB is a load error naming the file; the
 /// other plugins run.
