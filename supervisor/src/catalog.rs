@@ -195,7 +195,10 @@ impl Method {
 /// catalog for all, not one each (32 instances with 256 large methods each held 540 MB of
 /// plugind's memory, audit 16). Keyed by the manifest and the answer's text.
 #[derive(Clone, Default)]
-pub struct SharedCatalog(std::sync::Arc<std::sync::Mutex<Option<(u64, std::sync::Arc<Catalog>)>>>);
+pub struct SharedCatalog(std::sync::Arc<std::sync::Mutex<LastBuilt>>);
+
+/// The key (manifest and `register` answer) and the catalog built last.
+type LastBuilt = Option<(u64, std::sync::Arc<Catalog>)>;
 
 impl SharedCatalog {
     /// The catalog of an instance of `m` whose `register` answer is `answer`: the one built last
