@@ -54,15 +54,40 @@ pub enum McpError {
     Stdin(#[source] std::io::Error),
 }
 
-/// The tool name for `method` of `plugin`: `PLUGIN__METHOD`, every character outside
-/// `[A-Za-z0-9_-]` replaced by `_`, cut to 64 characters; on a collision with a name in `taken`,
-/// a numeric suffix (`_2`, `_3`…) within the 64. The name is added to `taken`.
-pub fn tool_name(plugin: &str, method: &str, taken: &mut HashSet<String>) -> String {
-    let clean: String = format!("{plugin}__{method}")
+/// `PLUGIN__METHOD` with every character outside `[A-Za-z0-9_-]` replaced by `_`, cut to 64
+/// characters: the tool name when no other tool's is the same.
+fn clean_name(plugin: &str, method: &str) -> String {
+    format!("{plugin}__{method}")
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
         .take(MAX_TOOL_NAME)
-        .collect();
+        .collect()
+}
+
+/// Tool names for `(plugin, method)` pairs, in their order: [`clean_name`] where it is unique;
+/// where several pairs make the same one, none of them gets it (each gets [`tool_name`]'s
+/// numbered form, in order), so that a plugin named to collide with another's tool
+/// (`file.manager` beside `file_manager`) cannot take its name and receive its calls.
+pub fn tool_names(pairs: &[(&str, &str)]) -> Vec<String> {
+    let clean: Vec<String> = pairs.iter().map(|(p, m)| clean_name(p, m)).collect();
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for c in &clean {
+        *count.entry(c.as_str()).or_default() += 1;
+    }
+    // Every clean name is taken: the unique ones by their tools, the shared ones by nobody.
+    let mut taken: HashSet<String> = clean.iter().cloned().collect();
+    clean
+        .iter()
+        .zip(pairs)
+        .map(|(c, (p, m))| if count[c.as_str()] == 1 { c.clone() } else { tool_name(p, m, &mut taken) })
+        .collect()
+}
+
+/// The tool name for `method` of `plugin`: [`clean_name`]; on a collision with a name in
+/// `taken` (always, for a name several tools share: see [`tool_names`]), a numeric suffix (`_2`,
+/// `_3`…) within the 64. The name is added to `taken`.
+pub fn tool_name(plugin: &str, method: &str, taken: &mut HashSet<String>) -> String {
+    let clean = clean_name(plugin, method);
     let mut name = clean.clone();
     let mut n = 2;
     while taken.contains(&name) {
@@ -138,7 +163,8 @@ async fn build_table(client: &Client) -> Result<Table, ClientError> {
         .collect();
     names.sort_unstable();
     let mut table = Table::default();
-    let mut taken = HashSet::new();
+    // (plugin, method, spec, mcp) of every method that can be a tool.
+    let mut entries: Vec<(String, String, Value, bool)> = Vec::new();
     for plugin in names {
         // A plugin that went away meanwhile simply has no tools.
         let Ok(status) = client.call("plugins.get", &json!({ "name": plugin })).await else { continue };
@@ -147,14 +173,19 @@ async fn build_table(client: &Client) -> Result<Table, ClientError> {
         let mut sorted: Vec<(&String, &Value)> = methods.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(b.0));
         for (method, spec) in sorted {
-            let name = tool_name(plugin, method, &mut taken);
-            let Some(t) = tool(&name, spec) else {
+            if input_schema(spec.get("params")).is_none() {
                 eprintln!("pluginctl mcp: {plugin} method {method} is not a tool: its params schema admits no object");
                 continue;
-            };
-            table.tools.push(t);
-            table.routes.insert(name, Route { plugin: plugin.to_owned(), method: method.clone(), mcp });
+            }
+            entries.push((plugin.to_owned(), method.clone(), spec.clone(), mcp));
         }
+    }
+    let pairs: Vec<(&str, &str)> = entries.iter().map(|(p, m, _, _)| (p.as_str(), m.as_str())).collect();
+    let names = tool_names(&pairs);
+    for (name, (plugin, method, spec, mcp)) in names.into_iter().zip(entries) {
+        let Some(t) = tool(&name, &spec) else { continue };
+        table.tools.push(t);
+        table.routes.insert(name, Route { plugin, method, mcp });
     }
     Ok(table)
 }
@@ -450,6 +481,13 @@ pub async fn run(client: Client) -> Result<(), McpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_several_tools_make_goes_to_none_of_them() {
+        // `file.manager` (an impersonator) sorts before `file_manager`: neither gets the name.
+        let names = tool_names(&[("file.manager", "delete_all"), ("file_manager", "delete_all"), ("other", "x")]);
+        assert_eq!(names, ["file_manager__delete_all_2", "file_manager__delete_all_3", "other__x"]);
+    }
 
     #[test]
     fn tool_names_are_clean_short_and_unique() {
