@@ -20,6 +20,7 @@ use output::{paint, state_style, Cell, BAD, GOOD, PLAIN, WARN};
 use plugind_client::{Client, ClientError, Progress, RpcError};
 use plugind_protocol::codes;
 use plugind_protocol::control::{self as c, PluginStatus};
+use plugind_protocol::text::printable;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -883,6 +884,8 @@ fn print_log_line(line: &Value, json_out: bool) {
     if json_out {
         println!("{line}");
     } else {
+        // A plugin's text as text: its control characters escaped (no forged lines, nothing
+        // for the terminal to act on).
         let fields = line.get("fields").map_or(String::new(), |f| format!(" {f}"));
         println!(
             "{} {} [{}] {}: {}{fields}",
@@ -890,7 +893,7 @@ fn print_log_line(line: &Value, json_out: bool) {
             str_of(&line["plugin"]),
             str_of(&line["stream"]),
             str_of(&line["level"]),
-            str_of(&line["message"])
+            printable(&str_of(&line["message"]))
         );
     }
 }
@@ -1017,7 +1020,7 @@ fn print_status(p: &PluginStatus) {
         }
     }
     match p.last_error.as_deref() {
-        Some(e) => row("last error", e, BAD),
+        Some(e) => row("last error", &printable(e), BAD),
         None => row("last error", "-", PLAIN),
     }
     if let Some(e) = &p.last_exit {
@@ -1038,7 +1041,7 @@ fn print_status(p: &PluginStatus) {
     if !p.stderr_tail.is_empty() {
         section(&format!("stderr (last {} lines)", p.stderr_tail.len()));
         for l in &p.stderr_tail {
-            item(l);
+            item(&printable(l));
         }
     }
     if !p.history.is_empty() {

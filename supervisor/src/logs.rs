@@ -192,15 +192,18 @@ impl PluginLog {
     ) {
         caps::truncate(&mut message, caps::LOG_MESSAGE_BYTES);
         let plugin = self.plugin.as_str();
-        // The plugin's fields travel as one JSON field of plugind's own log line.
+        // The plugin's fields travel as one JSON field of plugind's own log line. Its control
+        // characters are escaped there: a `\n` must not forge a line of plugind's own.
         let f = fields.as_ref().map(tracing::field::display);
+        let shown = plugind_protocol::text::printable(&message);
         match level {
-            LogLevel::Error => tracing::error!(plugin, stream = stream.as_str(), fields = f, "{message}"),
-            LogLevel::Warn => tracing::warn!(plugin, stream = stream.as_str(), fields = f, "{message}"),
-            LogLevel::Info => tracing::info!(plugin, stream = stream.as_str(), fields = f, "{message}"),
-            LogLevel::Debug => tracing::debug!(plugin, stream = stream.as_str(), fields = f, "{message}"),
-            LogLevel::Trace => tracing::trace!(plugin, stream = stream.as_str(), fields = f, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, stream = stream.as_str(), fields = f, "{shown}"),
+            LogLevel::Warn => tracing::warn!(plugin, stream = stream.as_str(), fields = f, "{shown}"),
+            LogLevel::Info => tracing::info!(plugin, stream = stream.as_str(), fields = f, "{shown}"),
+            LogLevel::Debug => tracing::debug!(plugin, stream = stream.as_str(), fields = f, "{shown}"),
+            LogLevel::Trace => tracing::trace!(plugin, stream = stream.as_str(), fields = f, "{shown}"),
         }
+        drop(shown);
         let line = LogLine {
             ts: crate::time::now_rfc3339(),
             plugin: self.plugin.clone(),

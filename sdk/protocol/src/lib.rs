@@ -23,6 +23,7 @@ pub mod jsonrpc;
 pub mod manifest;
 pub mod methods;
 pub mod scan;
+pub mod text;
 pub mod version;
 
 pub use jsonrpc::{Message, RpcError};

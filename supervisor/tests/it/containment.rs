@@ -1383,6 +1383,37 @@ async fn params_failing_a_wide_union_schema_do_not_grow_plugind() {
     assert_eq!(d.execute("victim", "heavy", json!(["a", "b"])).await.unwrap()["method"], "heavy");
 }
 
+/// A `log` message with a newline and terminal escapes: it printed a forged line of plugind's own
+/// (`… [plugind] error: crashed`) in plugind's log and in `pluginctl logs`, and sent the escapes
+/// to the reader's terminal (audit 16). Printed as text, a plugin's control characters are
+/// escaped; `--json` keeps the message as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_log_cannot_forge_lines_or_drive_the_terminal() {
+    let d = hostile(Daemon::builder(), "forger", &[], json!({})).start().await;
+    let message = "fine\n2026-12-07T00:00:00Z victim [plugind] error: crashed\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    attack(&d, "forger", "notify", json!({"method": "log", "params": {"level": "error", "message": message}})).await;
+    log_line(&d, "forger", "pwned").await;
+    let out = d.ctl(&["logs", "forger"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "THE ATTACK SUCCEEDED: escapes reach the terminal: {text:?}"
+    );
+    assert!(
+        !text.lines().any(|l| l.contains("victim [plugind]") && !l.contains("forger")),
+        "THE ATTACK SUCCEEDED: {text}"
+    );
+    assert!(text.contains("fine\\n2026-12-07T00:00:00Z victim [plugind] error: crashed\\e]0;pwned"), "{text}");
+    let log = d.log();
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-12-07T00:00:00Z victim")),
+        "THE ATTACK SUCCEEDED in plugind's log"
+    );
+    assert!(!log.contains('\u{1b}'), "escapes in plugind's log");
+    let json = d.ctl(&["--json", "logs", "forger"]);
+    assert!(String::from_utf8_lossy(&json.stdout).contains("\\u001b]0;pwned"), "--json keeps the message");
+}
+
 /// `$/progress` with params of the wrong shape is reported (in the plugin's log, and to it with
 /// `onError`) like bad `log` params, not dropped in silence.
 #[tokio::test(flavor = "multi_thread")]
