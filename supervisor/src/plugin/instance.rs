@@ -182,6 +182,10 @@ pub struct Instance {
     words_looked_at: AtomicU32,
 }
 
+/// Longest id (as JSON text) of a request a plugin sends plugind: ids are numbers or short
+/// strings, and one is kept, copied and echoed for every request.
+const REQUEST_ID_MAX: usize = 1024;
+
 /// How many of an instance's stderr and non-JSON stdout lines are looked at for an
 /// out-of-memory report: those of its start.
 const WORDS_LOOKED_AT: u32 = 5_000;
@@ -966,6 +970,20 @@ impl InstanceTask {
                 // loop of them kept 60 % of a core busy.
                 if !methods::PLUGIN_REQUESTS.contains(&&*method) {
                     self.chatter.charge(1, line.len());
+                }
+                if id.get().len() > REQUEST_ID_MAX {
+                    // Kept, copied and echoed in the answer, a 15 MiB id cost four times the
+                    // request budget (audit 16). Answered `-32600` under a null id, as a request
+                    // whose id cannot be used.
+                    self.chatter.charge(1, line.len());
+                    let e = RpcError::with_data(
+                        codes::INVALID_REQUEST,
+                        format!("request id of {} bytes refused: at most {REQUEST_ID_MAX}", id.get().len()),
+                        serde_json::json!({ "plugin": &*self.spec.plugin }),
+                    );
+                    self.report_bad_output(codes::INVALID_REQUEST, e.message.clone());
+                    let null = RawValue::from_string("null".to_owned()).expect("UNWRAP: null is JSON");
+                    return self.refuse(vec![null], e);
                 }
                 let mut ticket = match self.requests.admit(line.len()) {
                     Ok(ticket) => ticket,

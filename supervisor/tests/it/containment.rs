@@ -1383,6 +1383,24 @@ async fn params_failing_a_wide_union_schema_do_not_grow_plugind() {
     assert_eq!(d.execute("victim", "heavy", json!(["a", "b"])).await.unwrap()["method"], "heavy");
 }
 
+/// Requests whose ids are 8 MiB strings: each id was kept, copied and echoed in the answer, about
+/// four times the line against the 64 MiB request budget (one plugin held plugind at 280 MB,
+/// four at 978 MB: audit 16). An id over 1 KiB is refused: `-32600` under a null id.
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_with_huge_ids_are_refused_without_copies() {
+    let d = hostile(Daemon::builder(), "hostile", &[], json!({})).start().await;
+    let before = rss_kb(d.pid());
+    let (r, peak) = peak_rss_during(d.pid(), attack(&d, "hostile", "long_id", json!({"kb": 8192, "count": 20}))).await;
+    refused(&r, "answered under its 8 MiB id");
+    assert_eq!(r["count"], 20, "{r}");
+    assert_eq!(r["answers"][0]["error"]["code"], -32600, "{r}");
+    assert!(r["answers"][0]["error"]["message"].as_str().unwrap().contains("at most 1024"), "{r}");
+    assert!(peak < before + 100 * 1024, "plugind grew from {before} KiB to {peak} KiB");
+    // A request with an ordinary id is answered as before.
+    let r = attack(&d, "hostile", "long_id", json!({"kb": 0, "count": 1})).await;
+    assert!(r["answers"][0]["error"].is_null(), "{r}");
+}
+
 /// A `log` message with a newline and terminal escapes: it printed a forged line of plugind's own
 /// (`… [plugind] error: crashed`) in plugind's log and in `pluginctl logs`, and sent the escapes
 /// to the reader's terminal (audit 16). Printed as text, a plugin's control characters are
