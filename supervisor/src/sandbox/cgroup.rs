@@ -80,8 +80,8 @@ impl CgroupSupport {
         s
     }
 
-    /// Whether every instance gets a cgroup in at least one tree (the v1 pids tree alone holds
-    /// only plugins with `processes`, so it does not count).
+    /// Whether every instance gets a cgroup in at least one tree (the v1 pids tree alone, which
+    /// does not account memory or CPU, does not count).
     pub fn any(&self) -> bool {
         self.v2.is_some() || self.v1_memory.is_some()
     }
@@ -173,9 +173,9 @@ impl CgroupSupport {
                 // Else the cgroup may swap out past memory.max (ENOENT: the host has no swap).
                 let _ = write(&dir, "memory.swap.max", "0");
             }
-            if let (true, Some(n)) = (c.pids, limits.processes) {
-                write(&dir, "pids.max", &n.to_string())?;
-                cg.pids_limited = true;
+            if c.pids {
+                write(&dir, "pids.max", &limits.processes.unwrap_or_else(default_tasks).to_string())?;
+                cg.pids_limited = limits.processes.is_some();
             }
             if let (true, Some(_)) = (c.cpu, limits.cpu_seconds) {
                 // cpu_seconds is a budget (RLIMIT_CPU); the rate cap of one CPU keeps a plugin
@@ -189,14 +189,23 @@ impl CgroupSupport {
             write(&dir, "memory.limit_in_bytes", &memory)?;
             procs.push(open_procs(&dir)?);
         }
-        if let (Some(base), Some(n)) = (&self.v1_pids, limits.processes) {
+        if let Some(base) = &self.v1_pids {
             let dir = cg.make(base, Tree::V1Pids, name)?;
-            write(&dir, "pids.max", &n.to_string())?;
-            cg.pids_limited = true;
+            write(&dir, "pids.max", &limits.processes.unwrap_or_else(default_tasks).to_string())?;
+            cg.pids_limited = limits.processes.is_some();
             procs.push(open_procs(&dir)?);
         }
         Ok((!cg.dirs.is_empty()).then_some((cg, procs)))
     }
+}
+
+/// The tasks (processes and threads) an instance may have when its manifest sets no
+/// `processes`: 4096, or 15 % of the kernel's pid space when that is less (systemd's default
+/// `TasksMax=`). Without it one plugin with no permission started 9,000 threads, 27 % of the
+/// host's pids (audit 16).
+fn default_tasks() -> u64 {
+    let pid_max: u64 = read(Path::new("/proc/sys/kernel/pid_max")).and_then(|t| t.trim().parse().ok()).unwrap_or(32768);
+    (pid_max * 15 / 100).clamp(64, 4096)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
