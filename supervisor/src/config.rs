@@ -318,6 +318,12 @@ pub struct PluginSettings {
     /// Extra environment variables, over the manifest's `env`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The priority of each hook the manifest takes part in, replacing the manifest's: the
+    /// author chooses where a plugin runs in a chain, and one placed first could `stop` the
+    /// chain before the operator's auth hook (audit 16). A hook the manifest does not declare is
+    /// ignored.
+    #[serde(default)]
+    pub hooks: BTreeMap<String, i64>,
 }
 
 impl PluginSettings {
@@ -487,8 +493,14 @@ impl Config {
     /// Writes the operator's `limits` for `m.name` over the manifest's. Applied wherever a
     /// manifest is loaded from disk (a rescan, a hot reload).
     pub fn apply_overrides(&self, m: &mut Manifest) {
-        if let Some(l) = self.plugin(&m.name).and_then(|p| p.limits.as_ref()) {
+        let Some(settings) = self.plugin(&m.name) else { return };
+        if let Some(l) = settings.limits.as_ref() {
             l.apply(m);
+        }
+        for (hook, priority) in &settings.hooks {
+            if let Some(spec) = m.hooks.get_mut(hook) {
+                spec.priority = *priority;
+            }
         }
     }
 

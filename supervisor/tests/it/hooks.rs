@@ -282,3 +282,30 @@ async fn a_slow_shadow_plugin_does_not_spend_the_chains_budget() {
     assert!(r["receipt"][0].get("error").is_none(), "{r}");
     assert!(r["receipt"][0]["ms"].as_f64().unwrap() >= 1400.0, "it ran its 1.5 s: {r}");
 }
+
+/// A plugin that puts itself first (`priority` i64::MIN) and stops the chain skipped the closed
+/// auth hook after it: `hooks.run` answered its payload, `authed` (audit 16). A chain's order is
+/// its authors' choice, so the operator pins it: `[plugins.NAME] hooks = { onRequest = 100 }`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_pins_a_plugins_place_in_a_chain() {
+    let b = hooker(Daemon::builder(), "early", json!(i64::MIN), "stop");
+    let b = hooker(b, "auth", json!({ "priority": 10, "failure": "closed" }), "reject");
+    let run_chain = async |b: DaemonBuilder| {
+        let d = b.start().await;
+        run(&d, json!({ "hook": "onRequest", "payload": { "token": "bad" } })).await
+    };
+    // Unpinned, as its author placed it: the stop skips the auth hook.
+    let b2 = hooker(
+        hooker(Daemon::builder(), "early", json!(i64::MIN), "stop"),
+        "auth",
+        json!({ "priority": 10, "failure": "closed" }),
+        "reject",
+    );
+    let r = run_chain(b2).await.unwrap();
+    assert_eq!(outcomes(&r["receipt"]), ["early:stopped", "auth:skipped"]);
+    // Pinned after the auth hook by the operator: the auth hook rejects first.
+    std::fs::write(b.path().join("plugind.toml"), "[plugins.early]\nhooks = { onRequest = 100 }\n").unwrap();
+    let r = run_chain(b.arg("--config").arg("plugind.toml")).await;
+    assert_eq!(code(&r), -32008, "{r:?}");
+    assert_eq!(outcomes(&data(&r)["receipt"]), ["auth:failed", "early:skipped"]);
+}
