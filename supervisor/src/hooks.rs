@@ -250,8 +250,13 @@ impl Daemon {
             None
         };
         let result = call_plugin(&m.entry, methods::HOOK, write, Some(m.timeout_ms), end, &hop).await.and_then(|raw| {
-            serde_json::from_str::<HookResult>(raw.get())
-                .map_err(|e| RpcError::invalid_params(format!("hook result is not {{ payload, stop? }}: {e}")))
+            serde_json::from_str::<HookResult>(raw.get()).map_err(|e| {
+                RpcError::with_data(
+                    codes::INVALID_PARAMS,
+                    format!("invalid params: hook result is not {{ payload, stop? }}: {e}"),
+                    json!({ "plugin": &*m.entry.name, "hook": hook }),
+                )
+            })
         });
         if let Err(e) = &result {
             crate::router::call_failed(&m.entry, hook, e, &hop);

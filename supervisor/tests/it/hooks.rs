@@ -123,6 +123,7 @@ async fn a_hook_answer_without_a_payload_fails_the_step() {
     let r = run(&d, json!({ "hook": "onRequest", "payload": { "user": "alice" } })).await;
     assert_eq!(code(&r), -32008, "{r:?}");
     assert_eq!(data(&r)["error"]["code"], -32602, "{r:?}");
+    assert_eq!(data(&r)["error"]["data"]["plugin"], "blank", "the error names the plugin: {r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
