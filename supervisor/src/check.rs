@@ -134,6 +134,9 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
     // would wait for the whole handshake budget.)
     let exited_already = matches!(handshake, Ok(Some(InstanceEvent::Exited { .. })));
     // (Nor one whose handshake ran out of time: that is a hang, or output never flushed.)
+    // Whether it answered `init` or `register` with an error of its own: on purpose, as a rule
+    // (a missing setting), so only a part of the sandbox that does explain it is worth saying.
+    let answered_error = matches!(&handshake, Ok(Some(InstanceEvent::Ready { result: Err(e), .. })) if e.contains(" failed: ") && e.contains("(code "));
     let broke_early = match &handshake {
         // (Nor one that ran out of memory: its error says what to do, and without the mount
         // namespace a JVM can see its cgroup and starts, which blamed the namespace.)
@@ -221,19 +224,33 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
         None if exited_already => {}
         None => r.push(Level::Fail, "teardown: the process did not exit"),
     }
-    // Protocol mistakes the instance logged (stray stdout above all).
+    // Protocol mistakes the instance logged (stray stdout above all). Past a few of one kind, a
+    // count: a JVM's crash report on stdout is hundreds of lines, each one finding.
+    const SHOWN_PER_KIND: usize = 3;
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
     for line in log.tail(1000) {
         if line.stream == "plugind" && line.level == "warn" && !line.message.starts_with("missed health ping") {
-            let level = if line.message.contains("non-JSON")
-                || line.message.contains("unknown id")
-                || line.message.contains("not a JSON-RPC")
-            {
-                Level::Fail
-            } else {
-                Level::Warn
+            let kind = ["non-JSON", "unknown id", "not a JSON-RPC"].into_iter().find(|k| line.message.contains(k));
+            let level = if kind.is_some() { Level::Fail } else { Level::Warn };
+            let kind = kind.unwrap_or("other");
+            let seen = match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    kinds.push((kind, 1));
+                    1
+                }
             };
-            r.push(level, format!("protocol: {}", line.message));
+            if seen <= SHOWN_PER_KIND {
+                r.push(level, format!("protocol: {}", line.message));
+            }
         }
+    }
+    for (kind, n) in kinds.into_iter().filter(|(_, n)| *n > SHOWN_PER_KIND) {
+        let level = if kind == "other" { Level::Warn } else { Level::Fail };
+        r.push(level, format!("protocol: … and {} more like these ({kind})", n - SHOWN_PER_KIND));
     }
     if !r.passed() {
         let tail = log.stderr_tail();
@@ -248,7 +265,7 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
             r.push(Level::Fail, hint.trim_start_matches("; ").to_owned());
         }
         if broke_early && out_of_memory.is_none() {
-            diagnose(&mut r, &daemon, &name, &dir, &m).await;
+            diagnose(&mut r, &daemon, &name, &dir, &m, answered_error).await;
         }
     }
     r
@@ -258,7 +275,8 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
 /// it is started again with one part of its sandbox left out at a time. A part whose absence lets
 /// it start is what it trips over, and the report says what the plugin does that this part
 /// denies. When no single part explains it, the report lists the profile it ran under.
-async fn diagnose(r: &mut Report, daemon: &Arc<Daemon>, name: &Arc<str>, dir: &Path, m: &Arc<Manifest>) {
+/// `quiet`: say nothing when no part explains it (the plugin answered an error of its own).
+async fn diagnose(r: &mut Report, daemon: &Arc<Daemon>, name: &Arc<str>, dir: &Path, m: &Arc<Manifest>, quiet: bool) {
     use crate::sandbox;
     let profile = sandbox::profile(m);
     let mut culprits = Vec::new();
@@ -272,7 +290,7 @@ async fn diagnose(r: &mut Report, daemon: &Arc<Daemon>, name: &Arc<str>, dir: &P
     for part in &culprits {
         r.push(Level::Fail, format!("sandbox: it starts once the sandbox allows it: {}", part.explain()));
     }
-    if culprits.is_empty() {
+    if culprits.is_empty() && !quiet {
         let parts: Vec<&str> = profile.iter().map(|p| p.explain()).collect();
         r.push(
             Level::Warn,

@@ -376,3 +376,41 @@ fn check_names_the_dependencies_it_cannot_check() {
     assert!(t.contains("requires nosuch (any version); not checked without a daemon"), "{t}");
     assert!(t.contains("may use maybe (^1)"), "{t}");
 }
+
+/// `check`'s report stays readable (audit 16): a plugin that prints many non-JSON lines (a JVM's
+/// crash report) gets three findings and a count, not one finding per line; and a plugin that
+/// answers `init` with an error of its own gets no list of sandbox guesses after it.
+#[test]
+fn check_reports_stay_short() {
+    let work = tempfile::tempdir().unwrap();
+    let noisy = r##"import json, sys
+for i in range(40):
+    print("# report line %d" % i, flush=True)
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" in m and "method" in m:
+        print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
+"##;
+    std::fs::write(work.path().join("main.py"), noisy).unwrap();
+    std::fs::write(work.path().join("plugin.json"), r#"{"name": "noisy", "version": "1.0.0", "main": "main.py"}"#)
+        .unwrap();
+    let t = text(&ctl(&["check", "."], work.path()));
+    let shown = t.lines().filter(|l| l.contains("non-JSON line on stdout")).count();
+    assert!((1..=3).contains(&shown), "{t}");
+    assert!(t.contains("more like these (non-JSON)"), "{t}");
+
+    let refusing = r#"import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("method") == "init":
+        print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "error": {"code": -32603, "message": "api_key missing", "data": {"field": "api_key"}}}), flush=True)
+"#;
+    std::fs::write(work.path().join("main.py"), refusing).unwrap();
+    std::fs::write(work.path().join("plugin.json"), r#"{"name": "refusing", "version": "1.0.0", "main": "main.py"}"#)
+        .unwrap();
+    let out = ctl(&["check", "."], work.path());
+    assert_eq!(out.status.code(), Some(1));
+    let t = text(&out);
+    assert!(t.contains("init failed: api_key missing"), "{t}");
+    assert!(!t.contains("no single part of the sandbox"), "{t}");
+}
