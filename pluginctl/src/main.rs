@@ -829,7 +829,7 @@ async fn act(client: &Client, method: &str, names: Vec<String>, extra: Value, js
                     let shown = paint(state_style(&state), &state);
                     match result["last_error"].as_str() {
                         Some(e) if state != "running" && state != "stopped" => {
-                            anstream::println!("{name}: {shown} ({e})")
+                            anstream::println!("{name}: {shown} ({})", printable(e))
                         }
                         _ => anstream::println!("{name}: {shown}"),
                     }
@@ -855,6 +855,8 @@ async fn act(client: &Client, method: &str, names: Vec<String>, extra: Value, js
     }
     if json_out {
         match answers.pop() {
+            // An error object on one line, as every other command prints one.
+            Some(only) if !several && only.get("error").is_some() => println!("{only}"),
             Some(only) if !several => print_json(&only)?,
             Some(last) => {
                 answers.push(last);

@@ -18,6 +18,13 @@ const SUMMARY_CHARS: usize = 60;
 /// Prints plugin `name`'s catalog. An unknown plugin fails like `status` does (exit 1).
 pub async fn run(client: &Client, name: &str, json_out: bool) -> Result<(), Failure> {
     let status = client.call(c::PLUGINS_GET, &json!({ "name": name })).await?;
+    if status["state"] == "invalid" {
+        // Its catalog is unknown, not empty: its manifest does not load.
+        return Err(Failure::new(
+            1,
+            format!("{name} is invalid: its manifest does not load (`pluginctl status {name}` says why)"),
+        ));
+    }
     let methods = status.get("methods").cloned().unwrap_or_else(|| json!({}));
     if json_out {
         return print_json(&methods);

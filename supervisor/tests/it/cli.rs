@@ -514,3 +514,23 @@ async fn rust_plugin_next_steps_work_as_printed() {
     })
     .await;
 }
+
+/// Spec audit 16: `--json start` of an unknown plugin printed its error object over several
+/// lines (every other command prints one line), and `methods` of an invalid plugin said it
+/// declares no methods, exit 0, as if its catalog were known and empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_errors_are_one_line_and_an_invalid_plugins_methods_are_unknown() {
+    let d = Daemon::builder()
+        .plugin("perl-echo")
+        .plugin_files("broken", &[("plugin.json", r#"{"name": "broken", "version": "1"}"#)])
+        .start()
+        .await;
+    let out = d.ctl(&["--json", "start", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap()["error"]["code"], -32004, "{text}");
+    let out = d.ctl(&["methods", "broken"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stderr(&out).contains("broken is invalid"), "{}", stderr(&out));
+}
