@@ -29,7 +29,7 @@ pub struct Found {
 /// - when the holder's directory is gone (removed, moved, or being redeployed), the name stays
 ///   reserved for it: no other directory gets it, as a plugin name or as a service, until the
 ///   directory comes back or the operator releases the name with an explicit reload
-///   (`release_gone`: `pluginctl reload`, SIGHUP). A redeploy (`rm -r`, then a copy) let a
+///   (`release_gone`: `pluginctl reload`, SIGHUP, and plugind's start). A redeploy (`rm -r`, then a copy) let a
 ///   plugin providing the name, or a duplicate directory, take it for good, with its calls and
 ///   its data (audit 16). Even then, when several directories claim it, none gets it: each is
 ///   invalid until only one is left, since a directory waiting invalid beside the holder would

@@ -455,7 +455,10 @@ impl Daemon {
 
     /// Scans the plugin dirs and creates an entry (and actor) per plugin found.
     pub fn load(self: &Arc<Self>) -> Vec<String> {
-        let (found, mut errors) = self.scan(false);
+        // At boot a gone directory's name is given up, as by the operator's reload: plugind was
+        // restarted by its operator, perhaps with its plugins moved (another `--plugins`); a
+        // holder gone with several claimants still leaves none of them the name.
+        let (found, mut errors) = self.scan(true);
         let mut table = BTreeMap::new();
         for f in found {
             if let Err(e) = &f.manifest {

@@ -1731,6 +1731,24 @@ async fn a_renamed_holder_does_not_hand_its_name_to_a_waiting_claimant() {
     assert!(!list.as_array().unwrap().iter().any(|p| p["name"] == "victim"), "THE ATTACK SUCCEEDED: {list}");
 }
 
+/// The counterpart: a plugin's directory moved while plugind is down, with no other claimant
+/// (an operator reorganising): at the next start it keeps its name and its data, without a
+/// `pluginctl reload` (a start gives up the names of gone directories, as a reload does).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_holder_moved_while_plugind_is_down_keeps_its_name() {
+    let mut d = victim(Daemon::builder()).start().await;
+    let r = attack(&d, "victim", "kv", json!({"key": "secret", "value": "the victim's"})).await;
+    assert_eq!(r["ok"], true, "{r}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit().await, Some(0));
+    let moved = d.plugins.join("victim-v2");
+    std::fs::rename(d.plugins.join("victim"), &moved).unwrap();
+    d.restart_stopped().await;
+    let s = d.wait_state("victim", "running").await;
+    assert_eq!(s["dir"], moved.display().to_string(), "{s}");
+    assert_eq!(attack(&d, "victim", "kv_get", json!({"key": "secret"})).await["value"], "the victim's");
+}
+
 /// A caller that declared `svc@^1` asks for `svc` `^2` (or any version): the 2.0.0 provider is
 /// never reached, since a call's version only narrows the declared range.
 #[tokio::test(flavor = "multi_thread")]
