@@ -215,8 +215,7 @@ impl SharedCatalog {
         answer.get().hash(&mut h);
         let key = h.finish();
         let mut last = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((k, catalog)) = last.as_ref().filter(|(k, _)| *k == key) {
-            debug_assert_eq!(*k, key);
+        if let Some((_, catalog)) = last.as_ref().filter(|(k, _)| *k == key) {
             return catalog.clone();
         }
         let catalog = std::sync::Arc::new(Catalog::build(m, register_methods(answer).as_ref(), log));
@@ -263,7 +262,8 @@ impl Catalog {
                 }
                 let mut bytes = 0usize;
                 for (name, decl) in decls.iter().take(caps::REGISTER_CATALOG_METHODS) {
-                    bytes += name.len() + serde_json::to_string(decl).map_or(usize::MAX / 2, |s| s.len());
+                    let size = serde_json::to_string(decl).map_or(usize::MAX / 2, |s| s.len());
+                    bytes += name.len() + size;
                     if bytes > caps::REGISTER_CATALOG_BYTES {
                         log.over_cap(
                             Cap::RegisterCatalog,
@@ -274,7 +274,7 @@ impl Catalog {
                         );
                         break;
                     }
-                    if let Some((name, method)) = Self::registered(m, name, decl, log) {
+                    if let Some((name, method)) = Self::registered(m, name, decl, size, log) {
                         methods.insert(name, method);
                     }
                 }
@@ -285,12 +285,12 @@ impl Catalog {
     }
 
     /// One method of a `register` answer, or None (warned about).
-    fn registered(m: &Manifest, name: &str, decl: &Value, log: &PluginLog) -> Option<(String, Method)> {
+    /// `size`: its compact JSON's length.
+    fn registered(m: &Manifest, name: &str, decl: &Value, size: usize, log: &PluginLog) -> Option<(String, Method)> {
         if m.methods.contains_key(name) {
             log.warn(format!("register: method {name:?} ignored: the manifest defines it, and the manifest wins"));
             return None;
         }
-        let size = serde_json::to_string(decl).map_or(usize::MAX, |s| s.len());
         if name.is_empty() || name.len() > MAX_METHOD_NAME_BYTES || size > caps::REGISTER_METHOD_BYTES {
             log.over_cap(
                 Cap::RegisterCatalog,

@@ -155,9 +155,9 @@ impl Holders {
         self.plugins.get(name).or_else(|| self.services.get(name))
     }
 
-    /// The plugin names whose directories are gone, with the directory: reserved (see [`scan`]).
-    pub fn reserved(&self) -> BTreeMap<String, PathBuf> {
-        self.plugins.iter().filter(|(_, dir)| is_gone(dir)).map(|(n, d)| (n.clone(), d.clone())).collect()
+    /// The plugin names whose directories are gone: reserved (see [`scan`]).
+    pub fn reserved(&self) -> std::collections::BTreeSet<String> {
+        self.plugins.iter().filter(|(_, dir)| is_gone(dir)).map(|(n, _)| n.clone()).collect()
     }
 }
 

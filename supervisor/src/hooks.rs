@@ -5,9 +5,9 @@
 //! timeout_ms, failure, mode }`):
 //! - `mode: "enforce"` (default): its answer's `payload` is the next plugin's; `stop: true` ends
 //!   the chain with that payload;
-//! - `mode: "shadow"`: it sees a copy of the payload at its place in the chain, within its own
-//!   timeout; its answer and failures never change the chain (a guardrail tried before it is
-//!   trusted);
+//! - `mode: "shadow"`: it sees a copy of the payload at its place in the chain and runs beside
+//!   the chain, within its own timeout (its time never spends the chain's budget); its answer and
+//!   failures never change the chain (a guardrail tried before it is trusted);
 //! - `failure: "open"` (default): an error or timeout skips it (it is told with `onError`) and
 //!   the chain goes on;
 //! - `failure: "closed"`: an error or timeout ends the chain and `hooks.run` answers `-32008`
@@ -126,8 +126,7 @@ impl Daemon {
                     tokio::select! {
                         answer = &mut step => break answer,
                         Some(done) = shadows.next(), if !shadows.is_empty() => {
-                            running.retain(|(at, _)| *at != done.0);
-                            record_shadow(&chain, hook, &mut result.receipt, done);
+                            record_shadow(&chain, hook, &mut result.receipt, &mut running, done);
                         }
                     }
                 }
@@ -172,10 +171,7 @@ impl Daemon {
                 None => Some(shadows.next().await),
             };
             match next {
-                Some(Some(done)) => {
-                    running.retain(|(at, _)| *at != done.0);
-                    record_shadow(&chain, hook, &mut result.receipt, done);
-                }
+                Some(Some(done)) => record_shadow(&chain, hook, &mut result.receipt, &mut running, done),
                 Some(None) => break,
                 None => {
                     let ms = budget.unwrap_or_default().as_millis() as u64;
@@ -271,13 +267,15 @@ type ShadowStep<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = (usize, Instant, Option<RpcError>)> + Send + 'a>>;
 
 /// Fills in the receipt entry of a shadow step that ended (`shadow`, with `error` if it failed),
-/// and logs its failure in its plugin's log.
+/// takes it off `running`, and logs its failure in its plugin's log.
 fn record_shadow(
     chain: &[Member],
     hook: &str,
     receipt: &mut [ReceiptEntry],
+    running: &mut Vec<(usize, Instant)>,
     (at, started, error): (usize, Instant, Option<RpcError>),
 ) {
+    running.retain(|(i, _)| *i != at);
     if let Some(e) = &error {
         chain[at].entry.log.plugind(format!("hook {hook} (shadow): {}", e.message));
     }

@@ -98,7 +98,7 @@ pub struct Daemon {
     services: registry::ServiceIndex,
     /// Names whose holding directory is gone, reserved for it (`discovery::scan`): never
     /// routed to a plugin providing a service of that name.
-    reserved_names: RwLock<BTreeMap<String, std::path::PathBuf>>,
+    reserved_names: RwLock<std::collections::BTreeSet<String>>,
     /// The threads that fork plugins, started with the first plugin.
     spawner: std::sync::OnceLock<std::io::Result<plugin::spawner::Spawner>>,
 }
@@ -122,7 +122,7 @@ impl Daemon {
             metrics: metrics::Metrics::default(),
             kv: std::sync::OnceLock::new(),
             services: registry::ServiceIndex::default(),
-            reserved_names: RwLock::new(BTreeMap::new()),
+            reserved_names: RwLock::default(),
             spawner: std::sync::OnceLock::new(),
         })
     }

@@ -968,14 +968,14 @@ impl InstanceTask {
             Incoming::Request { id, method, params } => {
                 // A request for no method plugind has is answered `-32601`, and is chatter: a
                 // loop of them kept 60 % of a core busy.
-                if !methods::PLUGIN_REQUESTS.contains(&&*method) {
+                let too_long_id = id.get().len() > REQUEST_ID_MAX;
+                if too_long_id || !methods::PLUGIN_REQUESTS.contains(&&*method) {
                     self.chatter.charge(1, line.len());
                 }
-                if id.get().len() > REQUEST_ID_MAX {
+                if too_long_id {
                     // Kept, copied and echoed in the answer, a 15 MiB id cost four times the
                     // request budget (audit 16). Answered `-32600` under a null id, as a request
                     // whose id cannot be used.
-                    self.chatter.charge(1, line.len());
                     let e = RpcError::with_data(
                         codes::INVALID_REQUEST,
                         format!("request id of {} bytes refused: at most {REQUEST_ID_MAX}", id.get().len()),

@@ -158,9 +158,6 @@ impl Daemon {
     pub fn providers(&self) -> Vec<Provider> {
         let mut out: Vec<Provider> = Vec::new();
         let plugins = self.plugins();
-        let reserved = self.reserved_names.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let plugin_names: std::collections::HashSet<&str> =
-            plugins.iter().map(|e| &*e.name).chain(reserved.keys().map(String::as_str)).collect();
         for entry in &plugins {
             let st = entry.status();
             let Some(m) = st.manifest.clone() else { continue };
@@ -168,7 +165,7 @@ impl Daemon {
                 continue;
             }
             let mut push = |name: &str, version: &str, methods: Vec<String>, caps: Vec<String>| {
-                if name != &*entry.name && plugin_names.contains(name) {
+                if self.is_shadowing(entry, name) {
                     self.warn_shadowing(entry, name);
                     return;
                 }
@@ -210,7 +207,7 @@ impl Daemon {
     pub fn is_shadowing(&self, entry: &PluginEntry, name: &str) -> bool {
         name != &*entry.name
             && (self.plugin(name).is_some()
-                || self.reserved_names.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(name))
+                || self.reserved_names.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(name))
     }
 
     /// The services `entry` declares that are routed to it: its status's `services` without

@@ -55,6 +55,18 @@ fn victim(b: DaemonBuilder) -> DaemonBuilder {
     hostile(b, "victim", &["storage"], json!({}))
 }
 
+/// The hostile fixture copied into `dir` (a plugin directory appearing while plugind runs or is
+/// down), its manifest's fields set from `fields`.
+fn hostile_dir(dir: &Path, fields: Value) {
+    copy_dir(&fixture("hostile"), dir);
+    let path = dir.join("plugin.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (k, v) in fields.as_object().expect("UNWRAP: fields are an object") {
+        m[k] = v.clone();
+    }
+    std::fs::write(&path, m.to_string()).unwrap();
+}
+
 /// Runs an execute method of a plugin; panics if the call itself failed.
 async fn attack(d: &Daemon, plugin: &str, method: &str, params: Value) -> Value {
     d.execute(plugin, method, params.clone()).await.unwrap_or_else(|e| panic!("{plugin} {method} {params}: {e:?}"))
@@ -739,12 +751,7 @@ async fn huge_instances_is_a_load_error() {
 async fn huge_instances_on_a_rescan_is_a_load_error() {
     let d = victim(Daemon::builder().address_space_mb(8192)).start().await;
     let dir = d.plugins.join("greedy");
-    copy_dir(&fixture("hostile"), &dir);
-    let m = dir.join("plugin.json");
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
-    v["name"] = json!("greedy");
-    v["instances"] = json!(2_000_000_000u64);
-    std::fs::write(&m, v.to_string()).unwrap();
+    hostile_dir(&dir, json!({"name": "greedy", "instances": 2_000_000_000u64}));
     let r = d.call("plugins.reload", json!({})).await;
     assert!(r.as_ref().is_ok_and(|r| r["errors"].to_string().contains("/instances")), "{r:?}");
     assert_eq!(d.status("greedy").await["state"], "invalid");
@@ -970,6 +977,10 @@ async fn many_instances_registering_large_catalogs_do_not_grow_plugind() {
     let score = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap().trim().to_owned();
     assert_eq!(score(pid_of(&d, "catalogs").await), "500");
     assert_eq!(score(d.pid()), score(std::process::id()), "plugind's own is as it was given");
+    // Raised by a root plugind, the score is also the floor: the plugin cannot lower it again.
+    if nix::unistd::geteuid().is_root() {
+        refused(&attack(&d, "catalogs", "oom_adj", json!({"value": 0})).await, "lower its oom_score_adj");
+    }
 }
 
 /// A sparse `plugin.json` of 3 GB (4 KB on disk): plugind read it whole, grew to the OOM killer
@@ -1595,12 +1606,7 @@ async fn a_directory_added_while_plugind_is_down_does_not_take_a_name() {
     assert_eq!(d.wait_exit().await, Some(0));
     // The impostor: the same code, named like the victim, in a directory that sorts first.
     let impostor = d.plugins.join("0-impostor");
-    copy_dir(&fixture("hostile"), &impostor);
-    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(impostor.join("plugin.json")).unwrap()).unwrap();
-    m["name"] = json!("victim");
-    m["version"] = json!("6.6.6");
-    m["permissions"] = json!(["storage"]);
-    std::fs::write(impostor.join("plugin.json"), m.to_string()).unwrap();
+    hostile_dir(&impostor, json!({"name": "victim", "version": "6.6.6", "permissions": ["storage"]}));
     d.restart_stopped().await;
     let s = d.status("victim").await;
     assert_ne!(s["version"], "6.6.6", "THE ATTACK SUCCEEDED: the impostor took the name: {s}");
@@ -1627,11 +1633,7 @@ async fn a_name_waits_for_its_directory_while_it_is_redeployed() {
     let r = attack(&d, "victim", "kv", json!({"key": "secret", "value": "the victim's"})).await;
     assert_eq!(r["ok"], true, "{r}");
     let dup = d.plugins.join("zzz");
-    copy_dir(&fixture("hostile"), &dup);
-    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(dup.join("plugin.json")).unwrap()).unwrap();
-    m["name"] = json!("victim");
-    m["permissions"] = json!(["storage"]);
-    std::fs::write(dup.join("plugin.json"), m.to_string()).unwrap();
+    hostile_dir(&dup, json!({"name": "victim", "permissions": ["storage"]}));
     let dup_name = format!("victim@{}", dup.display());
     d.wait_state(&dup_name, "invalid").await;
     // The directory goes…
@@ -1683,11 +1685,7 @@ async fn a_plugin_named_after_a_provided_service_does_not_take_it() {
     };
     assert_eq!(who(&d).await["plugin"], "prov");
     let newcomer = d.plugins.join("llm");
-    copy_dir(&fixture("hostile"), &newcomer);
-    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(newcomer.join("plugin.json")).unwrap()).unwrap();
-    m["name"] = json!("llm");
-    m["version"] = json!("2.9.0");
-    std::fs::write(newcomer.join("plugin.json"), m.to_string()).unwrap();
+    hostile_dir(&newcomer, json!({"name": "llm", "version": "2.9.0"}));
     for round in ["added while plugind runs", "after a restart"] {
         if round == "after a restart" {
             d.restart().await;
@@ -1710,11 +1708,7 @@ async fn a_plugin_named_after_a_provided_service_does_not_take_it() {
 async fn a_renamed_holder_does_not_hand_its_name_to_a_waiting_claimant() {
     let mut d = victim(Daemon::builder()).start().await;
     let impostor = d.plugins.join("evil");
-    copy_dir(&fixture("hostile"), &impostor);
-    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(impostor.join("plugin.json")).unwrap()).unwrap();
-    m["name"] = json!("victim");
-    m["permissions"] = json!(["storage"]);
-    std::fs::write(impostor.join("plugin.json"), m.to_string()).unwrap();
+    hostile_dir(&impostor, json!({"name": "victim", "permissions": ["storage"]}));
     assert_eq!(d.ctl(&["reload"]).status.code(), Some(0));
     assert_eq!(d.status(&format!("victim@{}", impostor.display())).await["state"], "invalid");
     d.signal(libc::SIGTERM);
