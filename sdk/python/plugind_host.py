@@ -39,6 +39,7 @@ INTERNAL_ERROR = -32603
 METHOD_NOT_FOUND = -32601
 
 CONNECT_PATIENCE_S = 10.0
+CLOSE_PATIENCE_S = 2.0  # how long close() waits for the connection to be closed
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 2.0
 
@@ -111,12 +112,16 @@ class _SocketLink:
     def close(self):
         self.writer.close()
 
+    async def closed(self):
+        await self.writer.wait_closed()
+
 
 class _WsLink:
     """One connection to ``--listen`` over WebSocket: one JSON message per frame."""
 
     def __init__(self, ws):
         self.ws = ws
+        self._closing = None
 
     @classmethod
     async def open(cls, url, token):
@@ -145,7 +150,11 @@ class _WsLink:
         _spawn(self.ws.send(text))
 
     def close(self):
-        _spawn(self.ws.close())
+        self._closing = _spawn(self.ws.close())
+
+    async def closed(self):
+        if self._closing:
+            await self._closing
 
 
 class _Service:
@@ -278,8 +287,9 @@ class Host:
         """Closes the connection: provided services go away, calls in flight fail, events end."""
         self._closed = True
         self._up.clear()
-        if self._link:
-            self._link.close()
+        link = self._link
+        if link:
+            link.close()
         if self._resuming:
             self._resuming.cancel()
         if self._reader:
@@ -291,6 +301,13 @@ class Host:
         self._broken("host closed")
         for q in list(self._event_queues):
             q.put_nowait(None)
+        if link:
+            # Closed for good before returning (a WebSocket's closing handshake included), so
+            # nothing of the connection outlives its event loop.
+            try:
+                await asyncio.wait_for(link.closed(), CLOSE_PATIENCE_S)
+            except Exception:  # a timeout, or a connection that had failed already
+                pass
 
     async def _open(self):
         if self._url is not None:
@@ -412,6 +429,7 @@ def _spawn(awaitable):
     task = asyncio.ensure_future(awaitable)
     _background.add(task)
     task.add_done_callback(_background.discard)
+    return task
 
 
 def _with(params, timeout_ms, meta):

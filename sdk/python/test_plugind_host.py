@@ -19,6 +19,10 @@ from datetime import datetime
 SDK_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(SDK_DIR))
 sys.path.insert(0, SDK_DIR)
+# Where .ci/run installs `websockets` for the url= tests (pip install --target).
+HOST_PEERS = os.path.join(REPO, "target", "host-peers", "python")
+if os.path.isdir(HOST_PEERS):
+    sys.path.append(HOST_PEERS)
 import plugind_host  # noqa: E402
 from plugind_host import ConnectionLost, PluginError  # noqa: E402
 
@@ -31,6 +35,19 @@ def need_plugind():
     if not os.access(PLUGIND, os.X_OK):
         print("\nskipped: %s is missing: run `cargo build --workspace` first" % PLUGIND, file=sys.stderr)
         raise unittest.SkipTest("plugind binary missing (%s)" % PLUGIND)
+
+
+def need_websockets():
+    """url= speaks WebSocket with the `websockets` package: skipped loudly without it, except
+    under CI, which installs it (.ci/run) and so must run these tests."""
+    try:
+        import websockets  # noqa: F401
+    except ImportError:
+        why = "the websockets package is missing (pip install websockets, or run .ci/run)"
+        if os.environ.get("CI") == "true":
+            raise AssertionError("under CI the url= tests must run: " + why)
+        print("\nskipped: url= tests: %s" % why, file=sys.stderr)
+        raise unittest.SkipTest(why)
 
 
 async def wait_for(what, probe, deadline=DEADLINE):
@@ -50,11 +67,18 @@ async def wait_for(what, probe, deadline=DEADLINE):
 
 
 class Plugind:
-    """A real plugind in a temp dir with two copies of the fixture: py-host-peer and helper."""
+    """A real plugind in a temp dir with two copies of the fixture: py-host-peer and helper.
+    With ``listen``, it serves ``--listen`` on a loopback port (``url``, the same port again
+    after a restart) with the bearer token ``token``."""
 
-    def __init__(self):
+    def __init__(self, listen=False):
         self.dir = tempfile.mkdtemp(prefix="plugind-host-py-")
         self.socket = os.path.join(self.dir, "plugind.sock")
+        self.listen, self.url, self.token = listen, None, "host-test-token"
+        if listen:
+            with open(os.path.join(self.dir, "token"), "w") as f:
+                f.write(self.token + "\n")
+            os.chmod(os.path.join(self.dir, "token"), 0o600)
         plugins = os.path.join(self.dir, "plugins")
         shutil.copytree(FIXTURE, os.path.join(plugins, "py-host-peer"))
         shutil.copytree(FIXTURE, os.path.join(plugins, "helper"))
@@ -68,11 +92,33 @@ class Plugind:
         self.start()
 
     def start(self):
-        with open(os.path.join(self.dir, "plugind.log"), "ab") as log:
+        args = [PLUGIND, "--plugins", "plugins", "--socket", self.socket, "--state-dir", "state", "--no-watch"]
+        if self.listen:
+            port = self.url.rsplit(":", 1)[1] if self.url else "0"
+            args += ["--listen", "127.0.0.1:" + port, "--token-file", "token"]
+        log_path = os.path.join(self.dir, "plugind.log")
+        with open(log_path, "ab") as log:
+            seen = log.tell()
             self.proc = subprocess.Popen(
-                [PLUGIND, "--plugins", "plugins", "--socket", self.socket, "--state-dir", "state", "--no-watch"],
-                cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                args, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
             )
+        if self.listen and not self.url:
+            give_up = time.time() + DEADLINE
+            while not self.url:
+                with open(log_path) as f:
+                    f.seek(seen)
+                    for line in f:
+                        if "control API over HTTP" in line and "addr=" in line:
+                            self.url = "http://" + line.split("addr=")[1].split()[0]
+                if time.time() > give_up:
+                    raise AssertionError("plugind did not say its --listen address")
+                time.sleep(0.02)
+
+    async def connect(self):
+        """A host on the socket, or on ``url`` with the token when listening."""
+        if self.listen:
+            return await plugind_host.connect(url=self.url, token=self.token)
+        return await plugind_host.connect(socket=self.socket)
 
     def stop(self):
         """SIGTERM, then waits for a graceful exit."""
@@ -104,17 +150,21 @@ async def stderr_has(host, plugin, prefix):
 
 
 class HostTest(unittest.IsolatedAsyncioTestCase):
+    LISTEN = False  # True: the same tests over url= (plugind's --listen, WebSocket)
+
     @classmethod
     def setUpClass(cls):
         need_plugind()
-        cls.plugind = Plugind()
+        if cls.LISTEN:
+            need_websockets()
+        cls.plugind = Plugind(listen=cls.LISTEN)
 
     @classmethod
     def tearDownClass(cls):
         cls.plugind.cleanup()
 
     async def asyncSetUp(self):
-        self.host = await plugind_host.connect(socket=self.plugind.socket)
+        self.host = await self.plugind.connect()
         await self.plugind.settled(self.host)
 
     async def asyncTearDown(self):
@@ -195,16 +245,27 @@ class HostTest(unittest.IsolatedAsyncioTestCase):
         await events.aclose()
 
 
+class HostOverUrlTest(HostTest):
+    """Every HostTest again with url= and the token: plugind's --listen WebSocket is a control
+    connection like the socket (cancel, progress, provide, events)."""
+
+    LISTEN = True
+
+
 class ReconnectTest(unittest.IsolatedAsyncioTestCase):
+    LISTEN = False
+
     def setUp(self):
         need_plugind()
-        self.plugind = Plugind()
+        if self.LISTEN:
+            need_websockets()
+        self.plugind = Plugind(listen=self.LISTEN)
 
     def tearDown(self):
         self.plugind.cleanup()
 
     async def test_restart_of_plugind_reconnects_and_re_registers_within_10s(self):
-        host = await plugind_host.connect(socket=self.plugind.socket)
+        host = await self.plugind.connect()
         try:
             await self.plugind.settled(host)
             await host.provide("ui", "1.0.0", {"registerTheme": lambda p, caller: {"registered": p["name"], "by": caller}})
@@ -261,7 +322,7 @@ class ReconnectTest(unittest.IsolatedAsyncioTestCase):
             await host.close()
 
     async def test_calls_in_flight_at_a_break_fail_at_once_with_connection_lost(self):
-        host = await plugind_host.connect(socket=self.plugind.socket)
+        host = await self.plugind.connect()
         try:
             await self.plugind.settled(host)
             pending = asyncio.ensure_future(host.execute("helper", "sleep", {"ms": 20000}, timeout_ms=30000))
@@ -273,6 +334,21 @@ class ReconnectTest(unittest.IsolatedAsyncioTestCase):
         finally:
             await host.close()
 
+
+class ReconnectOverUrlTest(ReconnectTest):
+    """The reconnection tests again over url= (plugind restarts on the same port)."""
+
+    LISTEN = True
+
+
+class ConnectTest(unittest.IsolatedAsyncioTestCase):
+    def setUp(self):
+        need_plugind()
+        self.plugind = Plugind()
+
+    def tearDown(self):
+        self.plugind.cleanup()
+
     async def test_connect_gives_up_after_10s_with_connection_lost(self):
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -280,14 +356,23 @@ class ReconnectTest(unittest.IsolatedAsyncioTestCase):
             await plugind_host.connect(socket=os.path.join(self.plugind.dir, "nobody.sock"))
         self.assertGreaterEqual(loop.time() - started, 8.0)
 
-    async def test_url_mode_without_websockets_says_what_is_missing(self):
-        try:
-            import websockets  # noqa: F401
-            self.skipTest("websockets is installed")
-        except ImportError:
-            pass
-        with self.assertRaisesRegex(RuntimeError, "websockets"):
-            await plugind_host.connect(url="http://127.0.0.1:9", token="t")
+    def test_url_mode_without_websockets_says_what_is_missing(self):
+        # In a Python that has only the SDK on its path (the tests' own has websockets).
+        probe = (
+            "import asyncio, plugind_host\n"
+            "try:\n"
+            "    import websockets\n"
+            "    print('installed')\n"
+            "except ImportError:\n"
+            "    try:\n"
+            "        asyncio.run(plugind_host.connect(url='http://127.0.0.1:9', token='t'))\n"
+            "    except RuntimeError as e:\n"
+            "        print(e)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": SDK_DIR}, capture_output=True, text=True)
+        if out.stdout.strip() == "installed":
+            self.skipTest("websockets is installed system-wide")
+        self.assertIn("needs the 'websockets' package", out.stdout, out)
 
     async def test_default_socket_follows_plugind_rules(self):
         env = dict(os.environ)

@@ -1,16 +1,18 @@
-//! `--listen ADDR`: the control API over HTTP and WebSocket (jsonrpsee), behind a bearer token.
+//! `--listen ADDR`: the control API over HTTP and WebSocket, behind a bearer token.
 //!
 //! Every request must carry `Authorization: Bearer <token>`, the token being the first line of
-//! `--token-file`; anything else gets `401 Unauthorized` before any JSON is read. Each JSON-RPC
-//! call then goes through [`crate::control::handlers::dispatch`], the very function the Unix
-//! socket uses, so both APIs answer alike (same methods, results and error codes).
+//! `--token-file`; anything else gets `401 Unauthorized` before any JSON is read.
 //!
-//! What the NDJSON socket can do and this cannot: methods that send notifications or requests
-//! back on the connection (`events.subscribe`, `plugins.trace`, `logs.tail` with `follow`,
-//! `services.register`) answer `-32601` with a message pointing to the socket. What is not a
-//! request gets the socket's answers (`read_post` checks an HTTP body with the socket's parser;
-//! `Dispatch::batch` answers each request of a batch `-32600`). A WebSocket connection is one
-//! control connection (one `Conn`) for its lifetime; a plain HTTP request is one of its own.
+//! - A WebSocket is one control connection for its lifetime, served by the socket's own loop
+//!   ([`crate::control::websocket`]): one message per line, so everything the socket does it
+//!   does (`$/cancel`, `$/progress`, `events.subscribe`, `services.register`…), with the
+//!   socket's bounds and answers.
+//! - A plain HTTP `POST` carries one request, which jsonrpsee hands to
+//!   [`crate::control::handlers::dispatch`], the function the socket uses, so both answer alike.
+//!   Methods that talk back on their connection (`events.subscribe`, `plugins.trace`,
+//!   `logs.tail` with `follow`, `services.register`) answer `-32601`, pointing to the WebSocket.
+//!   What is not a request gets the socket's answers (`read_post` checks a body with the
+//!   socket's parser; `Dispatch::batch` answers each request of a batch `-32600`).
 //!
 //! Connecting needs no token, so connections are bounded ([`crate::transport::http`]): a cap on
 //! how many are open, a timeout on silent ones. Descriptors are what plugind's control socket
@@ -18,7 +20,6 @@
 
 use crate::control::connection::Conn;
 use crate::control::handlers;
-use crate::transport::budget::Budget;
 use crate::transport::frame::DEFAULT_MAX_FRAME;
 use crate::transport::http::{serve_connection, Slots};
 use crate::transport::peer::Peer;
@@ -27,7 +28,7 @@ use jsonrpsee::server::middleware::rpc::{
     Batch, BatchEntry, MethodResponse, Notification, Request, RpcServiceBuilder, RpcServiceT,
 };
 use jsonrpsee::server::{
-    stop_channel, BatchRequestConfig, HttpBody, HttpResponse, Methods, ServerConfig, ServerHandle,
+    stop_channel, BatchRequestConfig, HttpBody, HttpResponse, Methods, ServerConfig, ServerHandle, StopHandle,
 };
 use jsonrpsee::types::{ErrorObject, Id};
 use jsonrpsee::ResponsePayload;
@@ -43,8 +44,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::Service as _;
 
-/// Largest answer sent (the socket has no such cap; this only guards memory).
+/// Largest answer to an HTTP request (the socket has no such cap; this only guards memory).
 const MAX_RESPONSE: u32 = 64 * 1024 * 1024;
+
+/// Largest WebSocket message read: one over the socket's line limit but under this is answered
+/// as the socket answers a line too long (`-32600` under its id); one over this closes the
+/// WebSocket (it would otherwise be held whole before anything could refuse it).
+const MAX_WS_MESSAGE: usize = 2 * DEFAULT_MAX_FRAME;
 
 /// A bound `--listen` address with its token, not serving yet (bound early, so a taken port
 /// stops plugind before any plugin starts).
@@ -93,8 +99,8 @@ impl Listener {
             .max_response_body_size(MAX_RESPONSE)
             // The cap is ours (`Slots`), counted per TCP connection.
             .max_connections(u32::MAX)
-            // Answers buffered for a WebSocket's sender: few, as each may be large.
-            .set_message_buffer_capacity(64)
+            // WebSockets are served by the control connection loop, not by jsonrpsee.
+            .http_only()
             .build();
         let builder = jsonrpsee::server::Server::builder().set_config(config).to_service_builder();
         let Listener { tcp, token } = self;
@@ -116,38 +122,70 @@ impl Listener {
                 // Over the cap the connection is closed at once (after a 503 if it takes one):
                 // each costs plugind a descriptor, and its control socket and plugins need theirs.
                 let Some(slot) = slots.take(&sock, remote) else { continue };
-                let gate =
-                    Arc::new(Gate { unsent: Budget::new(WS_UNSENT, WS_UNSENT_BYTES), reader: Default::default() });
-                let (daemon, token, builder, stop, held, gated) =
-                    (daemon.clone(), token.clone(), builder.clone(), stop_handle.clone(), slot.clone(), gate.clone());
+                let (daemon, token, builder, stop) =
+                    (daemon.clone(), token.clone(), builder.clone(), stop_handle.clone());
+                let held = slot.clone();
                 let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let authorized = bearer_ok(req.headers(), &token);
-                    let mut rpc = builder
-                        .clone()
-                        .set_rpc_middleware(RpcServiceBuilder::new().layer(DispatchLayer {
-                            daemon: daemon.clone(),
-                            slot: held.clone(),
-                            gate: gated.clone(),
-                        }))
-                        .build(Methods::new(), stop.clone());
+                    let (daemon, builder, stop, held) = (daemon.clone(), builder.clone(), stop.clone(), held.clone());
                     async move {
                         if !authorized {
                             tracing::warn!(%remote, "--listen: request without a valid bearer token refused");
                             return Ok::<_, jsonrpsee::core::BoxError>(unauthorized());
                         }
+                        if soketto::handshake::http::is_upgrade_request(&req) {
+                            return Ok(upgrade(req, daemon, stop, held));
+                        }
+                        let mut rpc = builder
+                            .set_rpc_middleware(RpcServiceBuilder::new().layer(DispatchLayer { daemon }))
+                            .build(Methods::new(), stop);
                         match read_post(req).await {
                             Ok(req) => rpc.call(req).await,
                             Err(answer) => Ok(answer),
                         }
                     }
                 });
-                let sock = Gated { inner: sock, gate };
                 tokio::spawn(serve_connection(sock, svc, stop_handle.clone().shutdown(), slot));
             }
         });
         tracing::info!(%addr, max_connections, "control API over HTTP and WebSocket (bearer token required)");
         Ok(Serving { handle, addr })
     }
+}
+
+/// Answers an authorized WebSocket upgrade (`101`, or `400` for a malformed handshake) and
+/// serves the upgraded connection ([`crate::control::websocket`]) in a task of its own, which
+/// holds the connection's `slot` under the cap for as long as it lives (hyper's part of the
+/// connection ends with the `101`).
+fn upgrade(
+    req: http::Request<hyper::body::Incoming>,
+    daemon: Arc<Daemon>,
+    stop: StopHandle,
+    slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+) -> HttpResponse {
+    let mut handshake = soketto::handshake::http::Server::new();
+    let response = match handshake.receive_request(&req) {
+        Ok(response) => response,
+        Err(e) => return plain(http::StatusCode::BAD_REQUEST, format!("cannot upgrade to a WebSocket: {e}\n")),
+    };
+    tokio::spawn(async move {
+        use tokio_util::compat::TokioAsyncReadCompatExt as _;
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!("--listen: WebSocket upgrade failed: {e}");
+                return;
+            }
+        };
+        let io = hyper_util::rt::TokioIo::new(upgraded).compat();
+        let mut ws = handshake.into_builder(futures::io::BufReader::new(futures::io::BufWriter::new(io)));
+        ws.set_max_message_size(MAX_WS_MESSAGE);
+        ws.set_max_frame_size(MAX_WS_MESSAGE);
+        let (sender, receiver) = ws.finish();
+        crate::control::websocket::serve(daemon, sender, receiver, stop.shutdown()).await;
+        drop(slot);
+    });
+    response.map(|()| HttpBody::empty())
 }
 
 /// How long an authorized request's body may take to arrive in full.
@@ -260,86 +298,10 @@ fn unauthorized() -> HttpResponse {
     r
 }
 
-/// Makes one [`Dispatch`] per HTTP request, or per WebSocket connection.
+/// Makes one [`Dispatch`] per HTTP request.
 #[derive(Clone)]
 struct DispatchLayer {
     daemon: Arc<Daemon>,
-    /// The TCP connection's place under the cap: a WebSocket connection holds it for its life.
-    slot: Arc<tokio::sync::OwnedSemaphorePermit>,
-    /// The TCP connection's read gate.
-    gate: Arc<Gate>,
-}
-
-/// A `--listen` connection's reading stops while [`WS_UNSENT`] of its calls, or calls holding
-/// [`WS_UNSENT_BYTES`] of params and answers, are in flight or answered and not yet handed to its sender:
-/// jsonrpsee runs every WebSocket message it reads at once, so a client that sends without
-/// reading would otherwise grow plugind without bound. Its messages then wait in its own
-/// socket, as on the control socket.
-struct Gate {
-    unsent: Budget,
-    /// The connection's reader, woken when a place comes free.
-    reader: futures::task::AtomicWaker,
-}
-
-impl Gate {
-    fn shut(&self) -> bool {
-        self.unsent.is_spent()
-    }
-}
-
-/// A TCP stream read only while its [`Gate`] is open.
-struct Gated {
-    inner: tokio::net::TcpStream,
-    gate: Arc<Gate>,
-}
-
-impl tokio::io::AsyncRead for Gated {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.gate.shut() {
-            // Registered before the second look: a place freed in between wakes this read.
-            self.gate.reader.register(cx.waker());
-            if self.gate.shut() {
-                return std::task::Poll::Pending;
-            }
-        }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Gated {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 impl<S> tower::Layer<S> for DispatchLayer {
@@ -349,26 +311,15 @@ impl<S> tower::Layer<S> for DispatchLayer {
         // back are refused before they run (see `streaming`).
         let (tx, _) = crate::transport::outbox::channel();
         let conn = Conn::new(self.daemon.next_conn_id(), Arc::new(Peer::new(tx)));
-        let guard = ConnGuard { conn, daemon: self.daemon.clone(), _slot: self.slot.clone(), gate: self.gate.clone() };
-        Dispatch { daemon: self.daemon.clone(), conn: Arc::new(guard) }
+        Dispatch { daemon: self.daemon.clone(), conn: Arc::new(ConnGuard { conn, daemon: self.daemon.clone() }) }
     }
 }
 
-/// Ends the connection's subscriptions and host services when the last request is done.
+/// Ends the request's connection (its cancellation token, its peer) once it is answered.
 struct ConnGuard {
     conn: Conn,
     daemon: Arc<Daemon>,
-    _slot: Arc<tokio::sync::OwnedSemaphorePermit>,
-    gate: Arc<Gate>,
 }
-
-/// Most calls of one `--listen` connection in flight or waiting for room in its send buffer;
-/// at it, the connection is not read ([`Gate`]), and a call read meanwhile is answered `-32006`.
-const WS_UNSENT: usize = 256;
-
-/// Most bytes the calls of one `--listen` connection may hold, their params while in flight and
-/// their answers until handed to its sender (as on the control socket).
-const WS_UNSENT_BYTES: usize = 256 << 20;
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
@@ -386,7 +337,8 @@ struct Dispatch {
     conn: Arc<ConnGuard>,
 }
 
-/// Why `method` cannot be served without a connection to talk back on, if it cannot.
+/// Why `method` cannot be served over a plain HTTP request, which has no connection to talk
+/// back on, if it cannot.
 fn streaming(method: &str, params: Option<&RawValue>) -> Option<RpcError> {
     let follows = || {
         params
@@ -398,7 +350,7 @@ fn streaming(method: &str, params: Option<&RawValue>) -> Option<RpcError> {
     streams.then(|| {
         RpcError::new(
             codes::METHOD_NOT_FOUND,
-            format!("{method} talks back on its connection, which the HTTP/WebSocket API does not do; use the control socket"),
+            format!("{method} talks back on its connection, which a plain HTTP request cannot: use a WebSocket (ws://) to this address, or the control socket"),
         )
     })
 }
@@ -412,20 +364,6 @@ impl RpcServiceT for Dispatch {
         let (daemon, guard) = (self.daemon.clone(), self.conn.clone());
         async move {
             let id = req.id.into_owned();
-            // jsonrpsee runs every message of a WebSocket at once and never stops reading it:
-            // the calls of one connection, and their answers not yet handed to its sender, are
-            // bounded here instead (a client that does not read would otherwise grow plugind).
-            let size = req.params.as_ref().map_or(0, |p| p.get().len());
-            let mut place = match guard.gate.unsent.admit(size) {
-                Ok(place) => place,
-                Err(exceeded) => {
-                    let e = RpcError::new(
-                        codes::OVERLOADED,
-                        format!("{exceeded} for one connection (in flight or unsent): read their answers first"),
-                    );
-                    return MethodResponse::error(id, error_object(e));
-                }
-            };
             let params: Option<&RawValue> = req.params.as_deref();
             let reply = match streaming(&req.method, params) {
                 Some(e) => Err(e),
@@ -435,26 +373,10 @@ impl RpcServiceT for Dispatch {
                 }
                 None => handlers::dispatch(&daemon, &guard.conn, &req.method, params).await,
             };
-            // An answer waits until the client reads: it counts in the connection's bytes, and
-            // one past them is dropped for an error (as on the control socket).
-            let reply = match reply {
-                Ok(raw) if !place.hold(raw.get().len()) => {
-                    Err(crate::transport::budget::unread_answer("this connection", raw.get().len(), WS_UNSENT_BYTES))
-                }
-                other => other,
-            };
             let payload = match reply {
                 Ok(raw) => ResponsePayload::success(raw),
                 Err(e) => ResponsePayload::error(error_object(e)),
             };
-            // The place is given back once the answer is in the connection's send buffer.
-            let (payload, handed) = payload.notify_on_completion();
-            let gate = guard.gate.clone();
-            tokio::spawn(async move {
-                let _ = handed.await;
-                drop(place);
-                gate.reader.wake();
-            });
             MethodResponse::response(id, payload, MAX_RESPONSE as usize)
         }
     }

@@ -5,6 +5,7 @@ use crate::transport::budget::{unread_answer, Budget, Ticket};
 use crate::transport::frame::{Frame, FrameDecoder, DEFAULT_MAX_FRAME};
 use crate::transport::outbox::{self, spawn_writer};
 use crate::transport::peer::{Incoming, Peer};
+use crate::transport::pipe::Growable;
 use crate::Daemon;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
@@ -14,6 +15,8 @@ use plugind_protocol::jsonrpc::{null_id, RpcError};
 use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::unix::OwnedReadHalf;
 use tokio::net::UnixStream;
 use tokio_util::codec::FramedRead;
 
@@ -88,10 +91,22 @@ const MAX_IN_FLIGHT: usize = 4096;
 /// 16 calls of 1 MiB in flight.
 const MAX_IN_FLIGHT_BYTES: usize = 256 << 20;
 
-/// Serves one client until it disconnects.
+/// Serves one client of the control socket until it disconnects.
 /// (`client_pid`: its process, from the socket's peer credentials.)
 pub async fn run(daemon: Arc<Daemon>, stream: UnixStream, client_pid: Option<i32>) {
     let (read, write) = stream.into_split();
+    serve(daemon, read, write, client_pid, |read: &OwnedReadHalf| hung_up(read.as_ref())).await;
+}
+
+/// Serves one client whose lines arrive on `read` and whose answers go to `write`, until it
+/// disconnects: a control socket's client, or a `--listen` WebSocket's through its bridge
+/// ([`super::websocket`]). `hung_up(read)` tells a client that has closed entirely from one that
+/// only shut its write half (and still reads the answers to what it asked).
+pub async fn serve<R, W>(daemon: Arc<Daemon>, read: R, write: W, client_pid: Option<i32>, hung_up: impl Fn(&R) -> bool)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + Growable + 'static,
+{
     let (tx, rx) = outbox::channel();
     spawn_writer(write, rx);
     let conn = Arc::new(Conn { client_pid, ..Conn::new(daemon.next_conn_id(), Arc::new(Peer::new(tx))) });
@@ -199,12 +214,12 @@ pub async fn run(daemon: Arc<Daemon>, stream: UnixStream, client_pid: Option<i32
         // The client may have shut down only its write half and still be reading (`echo … |
         // socat - UNIX-CONNECT:…`): answer what it asked, and keep the streams it opened
         // running, unless it hangs up entirely.
-        let socket: &UnixStream = frames.get_ref().as_ref();
+        let read = frames.get_ref();
         let mut check = tokio::time::interval(HANGUP_CHECK);
         while !inflight.is_empty() || conn.streams_running() {
             tokio::select! {
                 Some(served) = inflight.next() => cancel_if_asked(&mut inflight, &conn, served),
-                _ = check.tick() => if hung_up(socket) { break },
+                _ = check.tick() => if hung_up(read) { break },
             }
         }
     }

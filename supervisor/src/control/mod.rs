@@ -4,11 +4,13 @@
 //! - [`connection`]: one task per client: read requests, run them concurrently, write answers.
 //! - [`handlers`]: one function per method, dispatched by one exhaustive match.
 //! - [`cancel`]: a host's `$/cancel` and `$/progress` for its own requests.
+//! - [`websocket`]: a `--listen` WebSocket served as one more control connection.
 
 pub mod cancel;
 pub mod connection;
 pub mod handlers;
 pub mod socket;
+pub mod websocket;
 
 use crate::Daemon;
 use std::sync::Arc;

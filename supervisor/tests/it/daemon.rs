@@ -546,6 +546,11 @@ impl Ws {
 
     fn call(&mut self, request: &Value) -> Value {
         self.send(request).unwrap();
+        self.recv()
+    }
+
+    /// The next message, as JSON.
+    fn recv(&mut self) -> Value {
         let mut h = [0u8; 2];
         self.0.read_exact(&mut h).unwrap();
         assert_eq!(h[0] & 0x0f, 1, "a text frame");
@@ -565,6 +570,18 @@ impl Ws {
         let mut body = vec![0u8; len];
         self.0.read_exact(&mut body).unwrap();
         serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Messages until one `is` it; (those before it, it).
+    fn recv_until(&mut self, is: impl Fn(&Value) -> bool) -> (Vec<Value>, Value) {
+        let mut before = Vec::new();
+        loop {
+            let v = self.recv();
+            if is(&v) {
+                return (before, v);
+            }
+            before.push(v);
+        }
     }
 }
 
@@ -602,7 +619,8 @@ async fn listen_serves_the_api_over_http_and_websocket_with_a_bearer_token() {
         let sub = r#"{"jsonrpc":"2.0","id":10,"method":"events.subscribe"}"#;
         let v: Value = serde_json::from_str(&http_post(&a, Some("Bearer s3cret-token"), sub).1).unwrap();
         assert_eq!(v["error"]["code"], -32601, "{v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains("control socket"), "{v}");
+        let said = v["error"]["message"].as_str().unwrap();
+        assert!(said.contains("WebSocket") && said.contains("control socket"), "{v}");
 
         // WebSocket: refused without the token, served with it.
         assert!(Ws::connect(&a, None).unwrap_err().contains("401"));
@@ -636,6 +654,78 @@ async fn listen_serves_the_api_over_http_and_websocket_with_a_bearer_token() {
     assert!(said.contains("refused the bearer token (HTTP 401)") && !said.contains("cannot reach"), "{out:?}");
 }
 
+/// A WebSocket to `--listen` is a control connection like the socket's: its host subscribes to
+/// events, provides a service that a plugin calls, gets `$/progress` for its call and cancels
+/// another with `$/cancel` (the plugin sees it), all on one connection; and once it closes, its
+/// service is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_a_websocket_does_all_the_socket_does() {
+    let (d, addr) = listening(Daemon::builder().plugin("py-host-peer"), "tok").await;
+    d.wait_state("py-host-peer", "running").await;
+    tokio::task::spawn_blocking(move || {
+        let mut ws = Ws::connect(&addr, Some("Bearer tok")).unwrap();
+        let is_answer = |id: i64| move |v: &Value| v["id"] == id && v.get("method").is_none();
+        let v = ws.call(&json!({"jsonrpc": "2.0", "id": 1, "method": "events.subscribe", "params": {}}));
+        assert_eq!(v, json!({"jsonrpc": "2.0", "id": 1, "result": null}));
+        let v = ws.call(&json!({"jsonrpc": "2.0", "id": 2, "method": "services.register", "params": {"name": "ui", "version": "1.2.0"}}));
+        assert_eq!(v["result"], Value::Null, "{v}");
+
+        // The plugin calls the host's service: plugind's request comes on this WebSocket.
+        let call = json!({"service": "ui", "method": "registerTheme", "params": {"name": "midnight"}});
+        ws.send(&json!({"jsonrpc": "2.0", "id": 3, "method": "execute",
+            "params": {"plugin": "py-host-peer", "method": "call", "params": call}}))
+        .unwrap();
+        let (_, asked) = ws.recv_until(|v| v["method"] == "execute" && v.get("id").is_some());
+        assert_eq!((&asked["params"]["method"], &asked["params"]["caller"]), (&json!("registerTheme"), &json!("py-host-peer")), "{asked}");
+        ws.send(&json!({"jsonrpc": "2.0", "id": asked["id"], "result": {"registered": "midnight"}})).unwrap();
+        let (_, v) = ws.recv_until(is_answer(3));
+        assert_eq!(v["result"]["answer"], json!({"registered": "midnight"}), "{v}");
+
+        // Progress for this call comes under its id, before its answer.
+        ws.send(&json!({"jsonrpc": "2.0", "id": 4, "method": "execute",
+            "params": {"plugin": "py-host-peer", "method": "progress", "params": {"steps": 2}}}))
+        .unwrap();
+        let (before, v) = ws.recv_until(is_answer(4));
+        assert_eq!(v["result"], json!({"done": 2}), "{v}");
+        let progress: Vec<_> =
+            before.iter().filter(|m| m["method"] == "$/progress").map(|m| (m["params"]["id"].clone(), m["params"]["progress"].clone())).collect();
+        assert_eq!(progress, [(json!(4), json!(1)), (json!(4), json!(2))], "{before:?}");
+
+        // `$/cancel`: answered -32800 at once, and the plugin is told.
+        ws.send(&json!({"jsonrpc": "2.0", "id": 5, "method": "execute",
+            "params": {"plugin": "py-host-peer", "method": "sleep", "params": {"ms": 30000}, "timeout_ms": 60000}}))
+        .unwrap();
+        let sleeping = |ws: &mut Ws| {
+            let st = ws.call(&json!({"jsonrpc": "2.0", "id": 6, "method": "plugins.get", "params": {"name": "py-host-peer"}}));
+            st["result"]["stderr_tail"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().starts_with("sleeping"))
+        };
+        wait_until(|| sleeping(&mut ws).then_some(()));
+        ws.send(&json!({"jsonrpc": "2.0", "method": "$/cancel", "params": {"id": 5}})).unwrap();
+        let (_, v) = ws.recv_until(is_answer(5));
+        assert_eq!(v["error"]["code"], -32800, "{v}");
+        let seen = ws.call(&json!({"jsonrpc": "2.0", "id": 7, "method": "execute",
+            "params": {"plugin": "py-host-peer", "method": "cancels", "params": {}}}));
+        assert!(seen["result"].as_array().unwrap().iter().any(|c| c["method"] == "sleep"), "{seen}");
+
+        // The subscription sees a restart.
+        ws.send(&json!({"jsonrpc": "2.0", "id": 8, "method": "plugins.restart", "params": {"name": "py-host-peer", "hard": true}})).unwrap();
+        let (_, event) = ws.recv_until(|v| v["method"] == "event" && v["params"]["kind"] == "state");
+        assert_eq!(event["params"]["plugin"], "py-host-peer", "{event}");
+        drop(ws);
+
+        // Closed, its service is gone.
+        let mut other = Ws::connect(&addr, Some("Bearer tok")).unwrap();
+        let v = wait_until(|| {
+            let v = other.call(&json!({"jsonrpc": "2.0", "id": 1, "method": "execute",
+                "params": {"plugin": "py-host-peer", "method": "call", "params": call}}));
+            v["result"]["answer"]["error"].is_object().then_some(v)
+        });
+        assert_eq!(v["result"]["answer"]["error"]["code"], -32004, "{v}");
+    })
+    .await
+    .unwrap();
+}
+
 /// What is not a request gets the socket's very answers over `--listen` too: `-32600` under the
 /// request's own id (a batch's requests each in an array), a body over 16 MiB refused before it
 /// is read, params that are neither an object nor an array refused.
@@ -665,11 +755,13 @@ async fn listen_answers_what_is_not_a_request_as_the_socket_does() {
         let n = s.read(&mut head).unwrap();
         let text = String::from_utf8_lossy(&head[..n]);
         assert!(text.starts_with("HTTP/1.1 413"), "{text}");
-        // Over WebSocket, the same for a batch and for params.
+        // Over WebSocket, the socket's very answers (a message is a line): a batch's requests
+        // are answered each in its own message, and params are checked alike.
         let mut ws = Ws::connect(&addr, Some("Bearer tok")).unwrap();
         let v = ws.call(&serde_json::from_str(batch).unwrap());
-        assert_eq!(v[1]["id"], "b", "{v}");
-        assert_eq!((&v[0]["id"], &v[0]["error"]["code"]), (&json!(1), &json!(-32600)), "{v}");
+        assert_eq!((&v["id"], &v["error"]["code"]), (&json!(1), &json!(-32600)), "{v}");
+        let v = ws.recv();
+        assert_eq!((&v["id"], &v["error"]["code"]), (&json!("b"), &json!(-32600)), "{v}");
         let v = ws.call(&json!({"jsonrpc": "2.0", "id": 4, "method": "plugins.list", "params": "x"}));
         assert_eq!((&v["id"], &v["error"]["code"]), (&json!(4), &json!(-32600)), "{v}");
     })
@@ -737,9 +829,9 @@ async fn listen_a_websocket_that_does_not_read_is_not_read_from() {
     assert_eq!(d.execute("perl-echo", "echo", json!(1)).await.unwrap(), json!(1), "others are served");
 }
 
-/// The calls of a WebSocket to a plugin that reads nothing hold at most 256 MiB of params:
-/// then the WebSocket is not read (200 calls of 2 MiB, fewer than the 256 calls it may have in
-/// flight, were all read and held until their deadlines).
+/// The calls of a WebSocket to a plugin that reads nothing hold at most 256 MiB of params, as
+/// a socket client's do: past them a call is answered `-32006` at once (200 calls of 2 MiB, all
+/// held until their deadlines before the budget, took plugind past 1 GB).
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_a_websockets_calls_hold_at_most_256_mib_of_params() {
     let b = Daemon::builder().plugin_as("hostile", "sink").manifest("sink", |m| {
@@ -748,26 +840,30 @@ async fn listen_a_websockets_calls_hold_at_most_256_mib_of_params() {
     });
     let (d, addr) = listening(b, "tok").await;
     let before = rss_kb(d.pid());
-    let (sent, peak) = peak_rss_during(
+    let (refused, peak) = peak_rss_during(
         d.pid(),
         tokio::task::spawn_blocking(move || {
             let mut ws = Ws::connect(&addr, Some("Bearer tok")).unwrap();
-            ws.0.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+            ws.0.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
             let blob = "x".repeat(2 << 20);
-            let request = json!({"jsonrpc": "2.0", "id": 1, "method": "execute",
-                "params": {"plugin": "sink", "method": "m", "params": {"blob": blob}}});
-            let mut sent = 0;
-            while sent < 200 && ws.send(&request).is_ok() {
-                sent += 1;
+            for id in 0..200 {
+                let request = json!({"jsonrpc": "2.0", "id": id, "method": "execute",
+                    "params": {"plugin": "sink", "method": "m", "params": {"blob": blob}}});
+                ws.send(&request).unwrap();
             }
-            (sent, ws)
+            // 128 calls fit in 256 MiB; the others are refused, and only they are answered yet.
+            let refused: Vec<Value> = (0..200 - 128).map(|_| ws.recv()).collect();
+            (refused, ws)
         }),
     )
     .await;
-    let (sent, _ws) = sent.unwrap();
-    assert!(sent < 200, "plugind read every call of a WebSocket past 256 MiB of params");
-    // Each call waiting for the sink holds its params about 2.5 times over (jsonrpsee's message,
-    // the line to the sink, the allocator's slack): 256 MiB of them took 660 MB; all 200, 1 GB.
+    let (refused, _ws) = refused.unwrap();
+    for v in &refused {
+        assert_eq!(v["error"]["code"], -32006, "{v}");
+        assert!(v["id"].as_i64().unwrap() >= 120, "{v}");
+    }
+    // Each call waiting for the sink holds its params about 2.5 times over (the line read, the
+    // line to the sink, the allocator's slack).
     assert!(peak < before + 750 * 1024, "plugind grew from {before} KiB to {peak} KiB");
 }
 
