@@ -47,7 +47,7 @@ struct Conn {
     /// Control socket (default: $PLUGIND_SOCKET, $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR, /tmp).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Talk to plugind's --listen HTTP API instead of the socket (http://HOST:PORT).
+    /// Talk to plugind's --listen API (a WebSocket) instead of the socket (http://HOST:PORT).
     #[arg(long, value_name = "URL", conflicts_with = "socket")]
     url: Option<String>,
     /// File holding the bearer token for --url.
@@ -270,9 +270,6 @@ impl From<ClientError> for Failure {
                     .into(),
                 error: Some(json!({ "code": plugind_client::CONNECTION_LOST, "message": e.to_string() })),
             },
-            ClientError::Unsupported { .. } => {
-                Failure::new(1, format!("{e}: use --socket on plugind's own host for this command"))
-            }
         }
     }
 }
@@ -309,7 +306,7 @@ fn unreachable(target: &Path, e: &std::io::Error) -> Failure {
     if e.kind() == ErrorKind::InvalidInput {
         return usage(format!("--url {target}: {}", os_text(e)));
     }
-    if target.to_string().starts_with("http://") {
+    if target.to_string().starts_with("http://") || target.to_string().starts_with("ws://") {
         return Failure::new(
             3,
             format!(
@@ -478,7 +475,7 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
     if let Cmd::Check { dir, execute, params, json } = &command {
         return check_plugin(dir, execute.as_deref(), params.as_deref(), *json || json_out);
     }
-    if conn.url.as_deref().is_some_and(|u| u.starts_with("http://")) && conn.token_file.is_none() {
+    if conn.url.is_some() && conn.token_file.is_none() {
         // plugind's --listen refuses every request without its token: say so now, as a usage
         // error (a malformed URL is reported as such when connecting).
         return Err(usage(

@@ -1,5 +1,6 @@
-//! The socket connection: one task reads plugind's lines, one writes ours, and a driver
-//! reconnects after a break.
+//! The connection: one task reads plugind's lines, one writes ours, and a driver reconnects
+//! after a break. A connection is a byte stream of lines: the control socket, or plugind's
+//! `--listen` WebSocket through [`crate::websocket::bridge`] ([`Endpoint`]).
 //!
 //! Everything the two sides share lives in [`Shared`] behind a `std` mutex that is never held
 //! across an `.await`: the calls in flight (answered by id), the services this client provides
@@ -16,12 +17,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
@@ -30,6 +30,36 @@ use tokio_util::codec::{FramedRead, LinesCodec};
 /// The longest line read from plugind: its frame limit bounds what plugins send (16 MiB), and
 /// its own answers (`metrics.get` of many plugins, `plugins.list` of thousands) may be larger.
 const MAX_LINE: usize = 64 * 1024 * 1024;
+
+/// Where plugind is: its control socket, or its `--listen` address.
+#[derive(Debug, Clone)]
+pub(crate) enum Endpoint {
+    Socket(PathBuf),
+    WebSocket(crate::websocket::Target),
+}
+
+/// A connection's two directions.
+pub(crate) type Stream = (Box<dyn AsyncRead + Send + Unpin>, Box<dyn AsyncWrite + Send + Unpin>);
+
+impl Endpoint {
+    /// One attempt to connect.
+    pub(crate) async fn dial(&self) -> Result<Stream, ClientError> {
+        match self {
+            Endpoint::Socket(path) => {
+                let stream = UnixStream::connect(path)
+                    .await
+                    .map_err(|source| ClientError::Unreachable { path: path.clone(), source })?;
+                let (read, write) = stream.into_split();
+                Ok((Box::new(read), Box::new(write)))
+            }
+            Endpoint::WebSocket(target) => {
+                // The bridge's task ends by itself once both pipes are dropped.
+                let bridge = target.connect(MAX_LINE).await?;
+                Ok((Box::new(bridge.read), Box::new(bridge.write)))
+            }
+        }
+    }
+}
 
 /// The first wait before reconnecting; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -93,11 +123,12 @@ struct State {
 
 impl Shared {
     /// A connection on `stream`, and the receiving end of its notifications. With `reconnect`,
-    /// a break is followed by new connections to `path` (backoff 100 ms doubling to 2 s) that
-    /// re-register what this client provides; without it, the client ends at the first break.
+    /// a break is followed by new connections to `endpoint` (backoff 100 ms doubling to 2 s)
+    /// that re-register what this client provides; without it, the client ends at the first
+    /// break.
     pub(crate) fn start(
-        stream: UnixStream,
-        path: PathBuf,
+        stream: Stream,
+        endpoint: Endpoint,
         reconnect: bool,
     ) -> (Arc<Shared>, mpsc::UnboundedReceiver<(String, Value)>, tokio::task::JoinHandle<()>) {
         let (notify, notifications) = mpsc::unbounded_channel();
@@ -107,7 +138,7 @@ impl Shared {
         });
         // Opened before the driver runs, so calls can be sent as soon as `start` returns.
         let session = open(&shared, stream, true);
-        let driver = tokio::spawn(drive(shared.clone(), session, path, reconnect));
+        let driver = tokio::spawn(drive(shared.clone(), session, endpoint, reconnect));
         (shared, notifications, driver)
     }
 
@@ -199,7 +230,7 @@ impl Drop for CancelOnDrop<'_> {
 
 /// Runs connections until the client is dropped (the task is aborted) or, without
 /// `reconnect`, until the first break.
-async fn drive(shared: Arc<Shared>, mut session: Session, path: PathBuf, reconnect: bool) {
+async fn drive(shared: Arc<Shared>, mut session: Session, endpoint: Endpoint, reconnect: bool) {
     loop {
         serve(&shared, session).await;
         broken(&shared);
@@ -207,16 +238,16 @@ async fn drive(shared: Arc<Shared>, mut session: Session, path: PathBuf, reconne
             shared.lock().notify = None;
             return;
         }
-        session = open(&shared, reconnected(&path).await, false);
+        session = open(&shared, reconnected(&endpoint).await, false);
     }
 }
 
-/// Connects to `path` again, backing off from 100 ms to 2 s between attempts.
-async fn reconnected(path: &Path) -> UnixStream {
+/// Connects to `endpoint` again, backing off from 100 ms to 2 s between attempts.
+async fn reconnected(endpoint: &Endpoint) -> Stream {
     let mut delay = BACKOFF_START;
     loop {
         tokio::time::sleep(delay).await;
-        if let Ok(s) = UnixStream::connect(path).await {
+        if let Ok(s) = endpoint.dial().await {
             return s;
         }
         delay = (delay * 2).min(BACKOFF_MAX);
@@ -244,16 +275,16 @@ fn broken(shared: &Shared) {
 
 /// A connection whose writer queue is already the client's.
 struct Session {
-    read: OwnedReadHalf,
-    write: OwnedWriteHalf,
+    read: Box<dyn AsyncRead + Send + Unpin>,
+    write: Box<dyn AsyncWrite + Send + Unpin>,
     out: mpsc::UnboundedSender<Vec<u8>>,
     queue: mpsc::UnboundedReceiver<Vec<u8>>,
 }
 
 /// Makes `stream` the client's connection. On a new connection (not the `first`), what the
 /// client provides and subscribed to is asked for again before anything else is sent.
-fn open(shared: &Shared, stream: UnixStream, first: bool) -> Session {
-    let (read, write) = stream.into_split();
+fn open(shared: &Shared, stream: Stream, first: bool) -> Session {
+    let (read, write) = stream;
     let (out, queue) = mpsc::unbounded_channel::<Vec<u8>>();
     let mut st = shared.lock();
     st.farewell = None;
@@ -321,7 +352,11 @@ impl tokio_util::codec::Decoder for Lines {
 }
 
 /// Reads plugind's lines until the connection ends.
-async fn read_lines(shared: &Arc<Shared>, read: OwnedReadHalf, out: &mpsc::UnboundedSender<Vec<u8>>) {
+async fn read_lines(
+    shared: &Arc<Shared>,
+    read: Box<dyn AsyncRead + Send + Unpin>,
+    out: &mpsc::UnboundedSender<Vec<u8>>,
+) {
     let mut lines = FramedRead::new(read, Lines(LinesCodec::new_with_max_length(MAX_LINE)));
     while let Some(line) = lines.next().await {
         let line = match line {

@@ -31,23 +31,15 @@ pub enum ClientError {
     /// plugind (or a plugin, passed through unchanged) answered with a JSON-RPC error.
     #[error("{}", .0.message)]
     Rpc(#[from] RpcError),
-    /// The operation needs the socket: `--listen` over HTTP carries no notifications and no
-    /// requests from plugind (events, traces, provided services).
-    #[error("{what} needs the control socket; the HTTP API carries one answer per request")]
-    Unsupported {
-        /// What was asked for.
-        what: &'static str,
-    },
 }
 
 impl ClientError {
     /// The JSON-RPC code: plugind's for [`ClientError::Rpc`], [`CONNECTION_LOST`] for a
-    /// connection that is not there, `-32601` for what the transport cannot do.
+    /// connection that is not there.
     pub fn code(&self) -> i64 {
         match self {
             ClientError::Rpc(e) => e.code,
             ClientError::Unreachable { .. } | ClientError::ConnectionLost => CONNECTION_LOST,
-            ClientError::Unsupported { .. } => plugind_protocol::codes::METHOD_NOT_FOUND,
         }
     }
 

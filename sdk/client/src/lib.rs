@@ -2,8 +2,9 @@
 //!
 //! A host application (an LLM gateway, a desktop app, `pluginctl`) uses plugins through plugind's
 //! control API: JSON-RPC 2.0 over a Unix socket, one JSON object per line, or over plugind's
-//! `--listen` HTTP endpoint with a bearer token. This crate is that client, and nothing else: it
-//! depends on `plugind-protocol` (the wire types) and never on the daemon.
+//! `--listen` WebSocket with a bearer token (one message per line, the same API). This crate is
+//! that client, and nothing else: it depends on `plugind-protocol` (the wire types) and never
+//! on the daemon.
 //!
 //! # Example
 //! ```no_run
@@ -39,7 +40,7 @@
 //! ```
 //!
 //! # Theory of operation
-//! A socket [`Client`] owns one connection driven by background tasks (`connection`): a reader
+//! A [`Client`] owns one connection driven by background tasks (`connection`): a reader
 //! that hands each answer to the call waiting for it (by id), each `$/progress` to that call's
 //! callback and plugind's `execute` requests to the [`Handlers`] of a provided service, and a
 //! writer. So calls run concurrently on one connection, and every method takes `&self`.
@@ -52,15 +53,14 @@
 //!   resubscribes to events, with nothing to do for the host.
 //! - [`Client::connect`] is the one-shot form `pluginctl` and tests use: one attempt, no
 //!   reconnection, [`Client::notification`] ends when plugind closes the connection.
-//! - Over `--listen` ([`Client::connect_url`]) each call is one HTTP request: no progress, no
-//!   cancellation, and what needs plugind to talk first (events, traces, provided services) is
-//!   [`ClientError::Unsupported`].
+//! - Over `--listen` ([`Connect::url`], [`Client::connect_url`]) the connection is a WebSocket
+//!   made a stream of lines ([`websocket::bridge`]): everything above works the same.
 
 mod connection;
 mod error;
-mod http;
 mod provide;
 mod socket;
+pub mod websocket;
 
 pub use connection::Progress;
 pub use error::{ClientError, CONNECTION_LOST};
@@ -68,14 +68,12 @@ pub use plugind_protocol::jsonrpc::RpcError;
 pub use provide::{Caller, Handlers};
 pub use socket::{default_socket, read_token};
 
-use connection::{ProgressFn, Shared};
+use connection::{Endpoint, ProgressFn, Shared};
 use plugind_protocol::control as c;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::UnixStream;
 use tokio::sync::{mpsc, Mutex};
 
 /// How long [`Client::builder`] keeps trying to reach plugind before giving up.
@@ -83,29 +81,17 @@ const CONNECT_RETRY: Duration = Duration::from_secs(10);
 
 /// A connection to plugind. See the crate docs.
 pub struct Client {
-    transport: Transport,
-}
-
-enum Transport {
-    Socket {
-        shared: Arc<Shared>,
-        /// Notifications not consumed by anything else (`event`, `log`, `trace`).
-        notifications: Mutex<mpsc::UnboundedReceiver<(String, Value)>>,
-        /// The connection tasks; aborted when the client is dropped, which closes the socket
-        /// (plugind then forgets the services this client provided).
-        driver: tokio::task::JoinHandle<()>,
-    },
-    Http {
-        http: http::HttpClient,
-        next_id: AtomicU64,
-    },
+    shared: Arc<Shared>,
+    /// Notifications not consumed by anything else (`event`, `log`, `trace`).
+    notifications: Mutex<mpsc::UnboundedReceiver<(String, Value)>>,
+    /// The connection tasks; aborted when the client is dropped, which closes the connection
+    /// (plugind then forgets the services this client provided).
+    driver: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
-        if let Transport::Socket { driver, .. } = &self.transport {
-            driver.abort();
-        }
+        self.driver.abort();
     }
 }
 
@@ -126,7 +112,8 @@ impl Connect {
         self
     }
 
-    /// plugind's `--listen` endpoint (`http://HOST:PORT`) instead of the socket.
+    /// plugind's `--listen` endpoint (`http://HOST:PORT`, spoken as WebSocket) instead of the
+    /// socket.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
         self
@@ -152,21 +139,23 @@ impl Connect {
 
     /// Connects, retrying every 100 ms for [`Connect::retry_for`].
     pub async fn connect(self) -> Result<Client, ClientError> {
-        if let Some(url) = &self.url {
-            return Client::connect_url(url, self.token.clone()).await;
-        }
-        let path = self.socket.unwrap_or_else(default_socket);
+        let endpoint = match self.url {
+            Some(url) => Endpoint::WebSocket(websocket::Target::parse(&url, self.token)?),
+            None => Endpoint::Socket(self.socket.unwrap_or_else(default_socket)),
+        };
         let start = Instant::now();
         let stream = loop {
-            match UnixStream::connect(&path).await {
+            match endpoint.dial().await {
                 Ok(s) => break s,
-                Err(source) if start.elapsed() >= self.retry_for => {
-                    return Err(ClientError::Unreachable { path, source });
+                // Only "cannot reach" is worth another try: a refused token stays refused.
+                Err(e @ ClientError::Unreachable { .. }) if start.elapsed() < self.retry_for => {
+                    drop(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => return Err(e),
             }
         };
-        Ok(Client::on_socket(stream, path, self.reconnect))
+        Ok(Client::on(stream, endpoint, self.reconnect))
     }
 }
 
@@ -203,7 +192,7 @@ impl CallOptions {
         self
     }
 
-    /// Called with every `$/progress` the plugin sends for this call (socket only).
+    /// Called with every `$/progress` the plugin sends for this call.
     pub fn on_progress(mut self, f: impl FnMut(Progress) + Send + 'static) -> Self {
         self.progress = Some(Box::new(f));
         self
@@ -232,22 +221,20 @@ impl Client {
     /// One attempt at the socket `path`, without reconnection (what `pluginctl` uses: a daemon
     /// that is not there is reported at once).
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| ClientError::Unreachable { path: path.to_path_buf(), source })?;
-        Ok(Client::on_socket(stream, path.to_path_buf(), false))
+        let endpoint = Endpoint::Socket(path.to_path_buf());
+        Ok(Client::on(endpoint.dial().await?, endpoint, false))
     }
 
-    /// The `--listen` HTTP API at `url` (`http://HOST:PORT`), with the bearer token. Each call
-    /// is one HTTP request; notifications never arrive.
+    /// One attempt at the `--listen` endpoint `url` (`http://HOST:PORT`, spoken as WebSocket)
+    /// with the bearer token, without reconnection (`pluginctl --url`).
     pub async fn connect_url(url: &str, token: Option<String>) -> Result<Client, ClientError> {
-        let http = http::HttpClient::new(url, token)?;
-        Ok(Client { transport: Transport::Http { http, next_id: AtomicU64::new(1) } })
+        let endpoint = Endpoint::WebSocket(websocket::Target::parse(url, token)?);
+        Ok(Client::on(endpoint.dial().await?, endpoint, false))
     }
 
-    fn on_socket(stream: UnixStream, path: PathBuf, reconnect: bool) -> Client {
-        let (shared, notifications, driver) = Shared::start(stream, path, reconnect);
-        Client { transport: Transport::Socket { shared, notifications: Mutex::new(notifications), driver } }
+    fn on(stream: connection::Stream, endpoint: Endpoint, reconnect: bool) -> Client {
+        let (shared, notifications, driver) = Shared::start(stream, endpoint, reconnect);
+        Client { shared, notifications: Mutex::new(notifications), driver }
     }
 
     /// Calls any control method (`plugins.list`, `plugins.start`…) and waits for its answer.
@@ -272,12 +259,7 @@ impl Client {
         params: &Value,
         progress: Option<&mut ProgressFn>,
     ) -> Result<Value, ClientError> {
-        match &self.transport {
-            Transport::Socket { shared, .. } => shared.call(method, params, progress).await,
-            Transport::Http { http, next_id } => {
-                http.call(next_id.fetch_add(1, Ordering::Relaxed), method, params).await
-            }
-        }
+        self.shared.call(method, params, progress).await
     }
 
     /// Calls `method` of `plugin` (`execute`).
@@ -318,29 +300,22 @@ impl Client {
     /// (`services.register`), registering it again after every reconnect. plugind's `execute`
     /// requests for it are served by `handlers`.
     pub async fn provide(&self, name: &str, version: &str, handlers: Handlers) -> Result<(), ClientError> {
-        let Transport::Socket { shared, .. } = &self.transport else {
-            return Err(ClientError::Unsupported { what: "providing a service" });
-        };
         let register = json!({ "name": name, "version": version, "methods": handlers.names() });
-        shared.provide(provide::Provided { register, name: name.to_owned(), handlers }).await
+        self.shared.provide(provide::Provided { register, name: name.to_owned(), handlers }).await
     }
 
     /// Lifecycle events (`events.subscribe`), resumed after a reconnect (events in between may
     /// be missed). It consumes the client's notifications: other kinds are skipped.
     /// Events are queued until read, so a host that subscribes keeps reading.
     pub async fn events(&self) -> Result<Events<'_>, ClientError> {
-        let Transport::Socket { shared, .. } = &self.transport else {
-            return Err(ClientError::Unsupported { what: "events" });
-        };
-        shared.subscribe_events().await?;
+        self.shared.subscribe_events().await?;
         Ok(Events { client: self })
     }
 
     /// The next notification plugind sent this client after a subscribing call (`event`,
-    /// `trace`, `log`), or `None` once the client ends for good (over HTTP: at once).
+    /// `trace`, `log`), or `None` once the client ends for good.
     pub async fn notification(&self) -> Option<(String, Value)> {
-        let Transport::Socket { notifications, .. } = &self.transport else { return None };
-        notifications.lock().await.recv().await
+        self.notifications.lock().await.recv().await
     }
 }
 

@@ -652,6 +652,34 @@ async fn listen_serves_the_api_over_http_and_websocket_with_a_bearer_token() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("refused the bearer token (HTTP 401)") && !said.contains("cannot reach"), "{out:?}");
+
+    // The live commands work over --url too: `events` sees a restart made meanwhile.
+    let mut events = Command::new(pluginctl())
+        .current_dir(d.dir.path())
+        .args(["--url", &format!("http://{addr}"), "--token-file", "token", "events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    let stdout = events.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let event = wait_for("pluginctl --url events to show a restart", async || {
+        let restarted = Command::new(pluginctl())
+            .current_dir(d.dir.path())
+            .args(["--url", &format!("http://{addr}"), "--token-file", "token", "restart", "--hard", "perl-echo"])
+            .output()
+            .unwrap();
+        assert!(restarted.status.success(), "{restarted:?}");
+        seen.recv_timeout(Duration::from_millis(500)).ok()
+    })
+    .await;
+    assert!(event.contains("perl-echo"), "{event}");
+    let _ = events.kill();
+    let _ = events.wait();
 }
 
 /// A WebSocket to `--listen` is a control connection like the socket's: its host subscribes to

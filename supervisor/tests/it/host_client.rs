@@ -1,6 +1,7 @@
 //! The Rust host library (`plugind-client`) against a real plugind: calls, deadlines, a service
 //! the host provides to plugins, hooks, events, cancellation by dropping a call, progress, and
-//! reconnection after plugind restarts.
+//! reconnection after plugind restarts. Each scenario runs twice: on the control socket, and on
+//! plugind's `--listen` WebSocket with its bearer token (`Via`).
 
 use crate::support::*;
 use plugind_client::{CallOptions, Caller, Client, ClientError, Handlers, Progress, CONNECTION_LOST};
@@ -50,20 +51,71 @@ for line in sys.stdin:
         threading.Thread(target=handle, args=(m,), daemon=True).start()
 "#;
 
-/// plugind with `ui-user` and `py-probe`.
-async fn daemon() -> Daemon {
-    let manifest = json!({"name": "ui-user", "version": "1.0.0", "main": "p.py",
-        "dependencies": {"optional": ["ui@^1"]}, "hooks": {"onRequest": 10}});
-    Daemon::builder()
-        .plugin("py-probe")
-        .plugin_files("ui-user", &[("plugin.json", &manifest.to_string()), ("p.py", UI_USER)])
-        .start()
-        .await
+/// How the host reaches plugind.
+#[derive(Clone, Debug)]
+enum Via {
+    /// Its control socket.
+    Socket,
+    /// Its `--listen` address (`http://127.0.0.1:PORT`, the same port after a restart), with
+    /// the token in `token`.
+    Url(String),
 }
 
-/// A host on `d`'s socket, reconnecting.
-async fn host(d: &Daemon) -> Client {
-    Client::builder().socket(&d.socket).connect().await.expect("the host connects")
+const TOKEN: &str = "host-client-token";
+
+/// Both tests of a scenario: on the socket (`$socket`) and on `--listen` (`$url`).
+macro_rules! both_ways {
+    ($scenario:ident, $socket:ident, $url:ident) => {
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $socket() {
+            $scenario(false).await
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $url() {
+            $scenario(true).await
+        }
+    };
+}
+
+/// plugind with `ui-user` and `py-probe`, listening on a loopback port when `listen`.
+async fn daemon(listen: bool) -> (Daemon, Via) {
+    let manifest = json!({"name": "ui-user", "version": "1.0.0", "main": "p.py",
+        "dependencies": {"optional": ["ui@^1"]}, "hooks": {"onRequest": 10}});
+    let b = Daemon::builder()
+        .plugin("py-probe")
+        .plugin_files("ui-user", &[("plugin.json", &manifest.to_string()), ("p.py", UI_USER)]);
+    if !listen {
+        return (b.start().await, Via::Socket);
+    }
+    std::fs::write(b.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    // A port of its own, fixed so that a restarted plugind listens on it again.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = b.arg("--listen").arg(&addr).arg("--token-file").arg("token").start().await;
+    (d, Via::Url(format!("http://{addr}")))
+}
+
+/// A host on `d`, reconnecting.
+async fn host(d: &Daemon, via: &Via) -> Client {
+    let connect = match via {
+        Via::Socket => Client::builder().socket(&d.socket),
+        Via::Url(url) => Client::builder().url(url.clone()).token(TOKEN),
+    };
+    connect.connect().await.expect("the host connects")
+}
+
+/// `pluginctl ARGS` on `d` the way `via` says.
+fn ctl(d: &Daemon, via: &Via, args: &[&str]) -> std::process::Output {
+    match via {
+        Via::Socket => d.ctl(args),
+        Via::Url(url) => std::process::Command::new(pluginctl())
+            .current_dir(d.dir.path())
+            .args(["--url", url, "--token-file", "token"])
+            .args(args)
+            .output()
+            .expect("pluginctl runs"),
+    }
 }
 
 /// The `ui` service: answers `registerTheme` with `{ registered: NAME }` and records who called.
@@ -74,10 +126,15 @@ fn ui(callers: Arc<Mutex<Vec<Caller>>>) -> Handlers {
     })
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rust_host_executes_and_gets_typed_errors() {
-    let d = daemon().await;
-    let h = host(&d).await;
+both_ways!(
+    executes_and_gets_typed_errors,
+    rust_host_executes_and_gets_typed_errors,
+    rust_host_over_url_executes_and_gets_typed_errors
+);
+
+async fn executes_and_gets_typed_errors(listen: bool) {
+    let (d, via) = daemon(listen).await;
+    let h = host(&d, &via).await;
     let r = h.execute("py-probe", "echo", json!({"a": 1}), CallOptions::new()).await.unwrap();
     assert_eq!(r, json!({"a": 1}));
     // A plugin's own error passes through with its code.
@@ -98,10 +155,15 @@ async fn rust_host_executes_and_gets_typed_errors() {
     assert_eq!((a.unwrap()["slept"].clone(), b.unwrap()), (json!(300), json!({"b": 2})));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rust_host_provides_a_service_a_plugin_calls_and_sees_the_caller() {
-    let d = daemon().await;
-    let h = host(&d).await;
+both_ways!(
+    provides_a_service_a_plugin_calls_and_sees_the_caller,
+    rust_host_provides_a_service_a_plugin_calls_and_sees_the_caller,
+    rust_host_over_url_provides_a_service_a_plugin_calls_and_sees_the_caller
+);
+
+async fn provides_a_service_a_plugin_calls_and_sees_the_caller(listen: bool) {
+    let (d, via) = daemon(listen).await;
+    let h = host(&d, &via).await;
     let callers = Arc::new(Mutex::new(Vec::new()));
     h.provide("ui", "1.0.0", ui(callers.clone())).await.unwrap();
     let r = h.execute("ui-user", "use_ui", json!({}), CallOptions::new()).await.unwrap();
@@ -115,19 +177,21 @@ async fn rust_host_provides_a_service_a_plugin_calls_and_sees_the_caller() {
     assert_eq!(e.code(), -32601, "{e:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rust_host_runs_hooks() {
-    let d = daemon().await;
-    let h = host(&d).await;
+both_ways!(runs_hooks, rust_host_runs_hooks, rust_host_over_url_runs_hooks);
+
+async fn runs_hooks(listen: bool) {
+    let (d, via) = daemon(listen).await;
+    let h = host(&d, &via).await;
     let r = h.run_hook("onRequest", json!({"q": 1}), CallOptions::new()).await.unwrap();
     assert_eq!(r["payload"], json!({"q": 1, "seen_by": "ui-user"}));
     assert_eq!(r["handled_by"], json!(["ui-user"]));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rust_host_sees_events() {
-    let d = daemon().await;
-    let h = host(&d).await;
+both_ways!(sees_events, rust_host_sees_events, rust_host_over_url_sees_events);
+
+async fn sees_events(listen: bool) {
+    let (d, via) = daemon(listen).await;
+    let h = host(&d, &via).await;
     let mut events = h.events().await.unwrap();
     // A hard restart: stopped, then starting and running again (a graceful one stays running).
     h.call("plugins.restart", &json!({"name": "py-probe", "hard": true})).await.unwrap();
@@ -144,12 +208,17 @@ async fn rust_host_sees_events() {
     assert_eq!(ev["kind"], "state", "{ev}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rust_host_dropping_a_call_cancels_it_in_the_plugin() {
+both_ways!(
+    dropping_a_call_cancels_it_in_the_plugin,
+    rust_host_dropping_a_call_cancels_it_in_the_plugin,
+    rust_host_over_url_dropping_a_call_cancels_it_in_the_plugin
+);
+
+async fn dropping_a_call_cancels_it_in_the_plugin(listen: bool) {
     // Needs plugind to take a host's `$/cancel` for its own request (answered -32800, the
     // plugin told with `$/cancel`).
-    let d = daemon().await;
-    let h = host(&d).await;
+    let (d, via) = daemon(listen).await;
+    let h = host(&d, &via).await;
     let call = h.execute("py-probe", "sleep", json!({"ms": 15000}), CallOptions::new().timeout_ms(20000));
     let gave_up = tokio::time::timeout(Duration::from_millis(500), call).await;
     assert!(gave_up.is_err(), "the call was still in flight when dropped");
@@ -164,11 +233,16 @@ async fn rust_host_dropping_a_call_cancels_it_in_the_plugin() {
     assert_eq!(h.execute("py-probe", "echo", json!(1), CallOptions::new()).await.unwrap(), json!(1));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rust_host_progress_reaches_the_callback() {
+both_ways!(
+    progress_reaches_the_callback,
+    rust_host_progress_reaches_the_callback,
+    rust_host_over_url_progress_reaches_the_callback
+);
+
+async fn progress_reaches_the_callback(listen: bool) {
     // Needs plugind to forward a plugin's `$/progress` to the host with the host's request id.
-    let d = daemon().await;
-    let h = host(&d).await;
+    let (d, via) = daemon(listen).await;
+    let h = host(&d, &via).await;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
     let opts = CallOptions::new().on_progress(move |p: Progress| sink.lock().unwrap().push(p));
@@ -185,15 +259,20 @@ async fn rust_host_progress_reaches_the_callback() {
         ]
     );
     // pluginctl, on the same library, prints them on stderr as they come.
-    let out = d.ctl(&["call", "ui-user", "progress"]);
+    let out = ctl(&d, &via, &["call", "ui-user", "progress"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("progress: step 1 (1/3)\nprogress: step 2 (2/3)\nprogress: step 3 (3/3)"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rust_host_calls_in_flight_at_a_break_fail_at_once() {
-    let d = daemon().await;
-    let h = Arc::new(host(&d).await);
+both_ways!(
+    calls_in_flight_at_a_break_fail_at_once,
+    rust_host_calls_in_flight_at_a_break_fail_at_once,
+    rust_host_over_url_calls_in_flight_at_a_break_fail_at_once
+);
+
+async fn calls_in_flight_at_a_break_fail_at_once(listen: bool) {
+    let (d, via) = daemon(listen).await;
+    let h = Arc::new(host(&d, &via).await);
     let h2 = h.clone();
     let call = tokio::spawn(async move {
         h2.execute("py-probe", "sleep", json!({"ms": 15000}), CallOptions::new().timeout_ms(20000)).await
@@ -212,10 +291,15 @@ async fn rust_host_calls_in_flight_at_a_break_fail_at_once() {
     assert!(t.elapsed() < Duration::from_millis(500));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rust_host_reconnects_after_plugind_restarts_and_provides_again() {
-    let mut d = daemon().await;
-    let h = host(&d).await;
+both_ways!(
+    reconnects_after_plugind_restarts_and_provides_again,
+    rust_host_reconnects_after_plugind_restarts_and_provides_again,
+    rust_host_over_url_reconnects_after_plugind_restarts_and_provides_again
+);
+
+async fn reconnects_after_plugind_restarts_and_provides_again(listen: bool) {
+    let (mut d, via) = daemon(listen).await;
+    let h = host(&d, &via).await;
     let callers = Arc::new(Mutex::new(Vec::new()));
     h.provide("ui", "1.0.0", ui(callers.clone())).await.unwrap();
     let mut events = h.events().await.unwrap();
