@@ -42,14 +42,25 @@ pub async fn serve<T>(
         () = serving => {}
         () = stop => task.abort(),
     }
-    match tokio::time::timeout(FAREWELL, &mut task).await {
-        Ok(Ok(Err(Error::MessageTooLarge { current, maximum }))) => {
-            tracing::warn!(
-                "--listen: a WebSocket message of {current} bytes or more, over {maximum}; connection closed"
-            );
+    let received = match tokio::time::timeout(FAREWELL, &mut task).await {
+        Ok(Ok(received)) => received,
+        Ok(Err(_aborted)) => return,
+        Err(_) => {
+            task.abort();
+            return;
         }
-        Ok(Ok(Err(e))) => tracing::debug!("--listen WebSocket closed: {e}"),
-        Ok(_) => {}
-        Err(_) => task.abort(),
+    };
+    // Over the size in one frame, or in the frames of one message.
+    let too_large = match &received {
+        Err(Error::Codec(soketto::base::Error::PayloadTooLarge { actual, maximum })) => Some((*actual, *maximum)),
+        Err(Error::MessageTooLarge { current, maximum }) => Some((*current as u64, *maximum as u64)),
+        _ => None,
+    };
+    match (too_large, received) {
+        (Some((size, maximum)), _) => {
+            tracing::warn!("--listen: a WebSocket message of {size} bytes or more, over {maximum}; connection closed");
+        }
+        (None, Err(e)) => tracing::debug!("--listen WebSocket closed: {e}"),
+        (None, Ok(())) => {}
     }
 }

@@ -528,7 +528,12 @@ impl Ws {
 
     /// Sends `request` as one text frame.
     fn send(&mut self, request: &Value) -> std::io::Result<()> {
-        let payload = request.to_string().into_bytes();
+        self.send_text(&request.to_string())
+    }
+
+    /// Sends `text` as one text frame.
+    fn send_text(&mut self, text: &str) -> std::io::Result<()> {
+        let payload = text.as_bytes();
         let mut frame = vec![0x81u8];
         if payload.len() < 126 {
             frame.push(0x80 | payload.len() as u8);
@@ -540,7 +545,7 @@ impl Ws {
             frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
         }
         frame.extend_from_slice(&[0, 0, 0, 0]); // mask key 0: the payload goes as it is
-        frame.extend_from_slice(&payload);
+        frame.extend_from_slice(payload);
         self.0.write_all(&frame)
     }
 
@@ -755,11 +760,13 @@ async fn listen_a_websocket_does_all_the_socket_does() {
 }
 
 /// What is not a request gets the socket's very answers over `--listen` too: `-32600` under the
-/// request's own id (a batch's requests each in an array), a body over 16 MiB refused before it
-/// is read, params that are neither an object nor an array refused.
+/// request's own id (over HTTP a batch's requests each in an array, over WebSocket each in its
+/// own message), a body over 16 MiB refused before it is read (a WebSocket message over 16 MiB
+/// answered as the socket answers a line that long, one over 32 MiB closing it), params that
+/// are neither an object nor an array refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_answers_what_is_not_a_request_as_the_socket_does() {
-    let (_daemon, addr) = listening(Daemon::builder(), "tok").await;
+    let (daemon, addr) = listening(Daemon::builder(), "tok").await;
     tokio::task::spawn_blocking(move || {
         let post = |body: &str| -> Value { serde_json::from_str(&http_post(&addr, Some("Bearer tok"), body).1).unwrap() };
         let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"plugins.list"},{"jsonrpc":"2.0","id":"b","method":"x"}]"#;
@@ -792,9 +799,35 @@ async fn listen_answers_what_is_not_a_request_as_the_socket_does() {
         assert_eq!((&v["id"], &v["error"]["code"]), (&json!("b"), &json!(-32600)), "{v}");
         let v = ws.call(&json!({"jsonrpc": "2.0", "id": 4, "method": "plugins.list", "params": "x"}));
         assert_eq!((&v["id"], &v["error"]["code"]), (&json!(4), &json!(-32600)), "{v}");
+        // A pretty-printed message is one request (its line breaks are whitespace).
+        let pretty = serde_json::to_string_pretty(&json!({"jsonrpc": "2.0", "id": 5, "method": "supervisor.status"})).unwrap();
+        assert!(pretty.contains('\n'));
+        ws.send_text(&pretty).unwrap();
+        let v = ws.recv();
+        assert_eq!(v["id"], 5, "{v}");
+        assert!(v["result"]["uptime_ms"].is_u64(), "{v}");
+        // A message over 16 MiB is answered as the socket answers a line that long, under its id.
+        let big = json!({"jsonrpc": "2.0", "id": 6, "method": "plugins.list", "params": {"x": "y".repeat(17 << 20)}});
+        let v = ws.call(&big);
+        assert_eq!((&v["id"], &v["error"]["code"]), (&json!(6), &json!(-32600)), "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("limit"), "{v}");
+        let v = ws.call(&json!({"jsonrpc": "2.0", "id": 7, "method": "supervisor.status"}));
+        assert_eq!(v["id"], 7, "the connection goes on: {v}");
+        // One over 32 MiB closes the WebSocket (it is not held whole to be refused).
+        let huge = json!({"jsonrpc": "2.0", "id": 8, "method": "plugins.list", "params": {"x": "y".repeat(33 << 20)}});
+        let _ = ws.send(&huge); // may fail: plugind closes before reading it all
+        let mut rest = Vec::new();
+        let closed = ws.0.read_to_end(&mut rest);
+        // Closed (an EOF, or a reset for the bytes plugind left unread), not timed out.
+        assert!(
+            closed.is_ok() || closed.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{closed:?}"
+        );
+        assert!(!String::from_utf8_lossy(&rest).contains("\"id\":8"), "answered instead of closed");
     })
     .await
     .unwrap();
+    wait_for("the closing logged", async || daemon.log().contains("a WebSocket message of").then_some(())).await;
 }
 
 /// Anyone who can reach `--listen` (no token needed to connect) must not be able to take the
