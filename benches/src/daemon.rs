@@ -125,6 +125,11 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra environment variables for plugind.
     pub fn start_with_env(bins: &Bins, defs: &[PluginDef], env: &[(&str, &str)]) -> anyhow::Result<Daemon> {
+        Daemon::start_with(bins, defs, env, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables and arguments for plugind.
+    pub fn start_with(bins: &Bins, defs: &[PluginDef], env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Daemon> {
         let dir = tempfile::Builder::new().prefix("plugind-bench").tempdir()?;
         let plugins = dir.path().join("plugins");
         write_plugins(&plugins, defs, &bins.echo)?;
@@ -143,6 +148,7 @@ impl Daemon {
             .arg(&socket)
             .arg("--state-dir")
             .arg(dir.path().join("state"))
+            .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -211,9 +217,14 @@ impl Daemon {
         self.child.id()
     }
 
+    /// plugind's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("plugind.log")).unwrap_or_default()
+    }
+
     /// The last lines of plugind's log, for error messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("plugind.log")).unwrap_or_default();
+        let text = self.log();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
         format!("\nplugind log (last lines):\n  {tail}")

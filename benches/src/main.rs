@@ -15,6 +15,7 @@ mod child;
 mod cli;
 mod daemon;
 mod echo;
+mod listen;
 mod mcp;
 mod peers;
 mod relay;
@@ -38,7 +39,7 @@ const USAGE: &str = "usage: plugind-bench [--smoke] [--placement cpu0|any|both] 
   --smoke       every benchmark briefly, only checking that it runs (part of `make test`)
   --placement   cpu0: everything under `taskset -c 0`; any: unpinned; both (default, smoke: any)
   --bin-dir     where plugind, pluginctl and echo-rust are (default: this binary's directory)
-  --only        one group: floors, calls (relay, a-d, h, i, j, peers), sdk (SDK overhead), start (e), reload (f), scale (g)";
+  --only        one group: floors, calls (relay, a-d, h, i, j, m, peers), sdk (SDK overhead), listen (k), start (e), reload (f), scale (g)";
 
 struct Options {
     smoke: bool,
@@ -49,7 +50,7 @@ struct Options {
 }
 
 /// The groups `--only` can pick.
-const GROUPS: [&str; 6] = ["floors", "calls", "sdk", "start", "reload", "scale"];
+const GROUPS: [&str; 7] = ["floors", "calls", "sdk", "listen", "start", "reload", "scale"];
 
 impl Options {
     fn runs(&self, group: &str) -> bool {
@@ -300,6 +301,9 @@ fn run(placement: &str, o: &Options) -> ExitCode {
         record("i.catalog", catalog::run(&rt, &bins, placement, t, rounds));
         record("j.trace", tracing::run(&rt, &bins, placement, t, rounds));
         record("m.mcp", mcp::run(&rt, &bins, placement, t));
+    }
+    if o.runs("listen") {
+        record("k.listen", listen::run(&rt, &bins, placement, t, rounds));
     }
     if o.runs("sdk") {
         // Smoke: only proves that the six plugins answer through plugind.

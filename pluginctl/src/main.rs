@@ -475,7 +475,9 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
     if let Cmd::Check { dir, execute, params, json } = &command {
         return check_plugin(dir, execute.as_deref(), params.as_deref(), *json || json_out);
     }
-    if conn.url.is_some() && conn.token_file.is_none() {
+    if conn.url.as_deref().is_some_and(|u| u.starts_with("http://") || u.starts_with("ws://"))
+        && conn.token_file.is_none()
+    {
         // plugind's --listen refuses every request without its token: say so now, as a usage
         // error (a malformed URL is reported as such when connecting).
         return Err(usage(

@@ -736,9 +736,12 @@ async fn listen_a_websocket_does_all_the_socket_does() {
         ws.send(&json!({"jsonrpc": "2.0", "method": "$/cancel", "params": {"id": 5}})).unwrap();
         let (_, v) = ws.recv_until(is_answer(5));
         assert_eq!(v["error"]["code"], -32800, "{v}");
-        let seen = ws.call(&json!({"jsonrpc": "2.0", "id": 7, "method": "execute",
-            "params": {"plugin": "py-host-peer", "method": "cancels", "params": {}}}));
-        assert!(seen["result"].as_array().unwrap().iter().any(|c| c["method"] == "sleep"), "{seen}");
+        // (It learns of it a little after the answer, which does not wait for the plugin.)
+        wait_until(|| {
+            let seen = ws.call(&json!({"jsonrpc": "2.0", "id": 7, "method": "execute",
+                "params": {"plugin": "py-host-peer", "method": "cancels", "params": {}}}));
+            seen["result"].as_array().unwrap().iter().any(|c| c["method"] == "sleep").then_some(())
+        });
 
         // The subscription sees a restart.
         ws.send(&json!({"jsonrpc": "2.0", "id": 8, "method": "plugins.restart", "params": {"name": "py-host-peer", "hard": true}})).unwrap();
