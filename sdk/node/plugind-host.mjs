@@ -29,6 +29,7 @@ export const CONNECTION_LOST = -32011;
 export const REQUEST_CANCELLED = -32800;
 const INTERNAL_ERROR = -32603;
 const METHOD_NOT_FOUND = -32601;
+const PERMISSION_DENIED = -32005;
 
 const CONNECT_PATIENCE_MS = 10_000;
 const BACKOFF_FIRST_MS = 100;
@@ -120,13 +121,25 @@ async function openWs(url, token) {
     throw new Error("plugind-host: `url` needs the 'ws' package (npm install ws); `socket` needs nothing");
   }
   const ws = new WebSocket(url.replace(/^http/, 'ws'), { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+  ws.on('error', () => {}); // each failure is reported once, below or by 'close'
   await new Promise((resolve, reject) => {
     ws.once('open', resolve);
     ws.once('error', (e) => reject(Object.assign(e, { code: e.code ?? 'ECONNREFUSED' })));
+    ws.once('unexpected-response', (req, res) => {
+      req.destroy();
+      if (res.statusCode === 401 || res.statusCode === 403) {
+        // plugind was reached and said no: an answer, not "cannot reach" (no retry).
+        const why = `plugind at ${url} refused the bearer token (HTTP ${res.statusCode}): check the token`;
+        reject(new PluginError(PERMISSION_DENIED, why, { http_status: res.statusCode }));
+      } else {
+        // Not plugind's WebSocket (another server, a proxy's error page): retried as unreachable.
+        const e = new Error(`no plugind WebSocket there (HTTP ${res.statusCode})`);
+        reject(Object.assign(e, { code: 'ECONNREFUSED' }));
+      }
+    });
   });
   const link = { onMessage: null, onClose: null, send: (t) => ws.send(t), close: () => ws.close() };
   ws.on('message', (data) => link.onMessage?.(data.toString()));
-  ws.on('error', () => {});
   ws.on('close', () => link.onClose?.());
   return link;
 }
@@ -287,7 +300,7 @@ export class Host {
         this._attach(await this._open());
         return;
       } catch (e) {
-        if (e.code === undefined) throw e; // not a connection error (e.g. `ws` missing)
+        if (e.code === undefined || e instanceof PluginError) throw e; // not a connection error (`ws` missing, token refused)
         if (Date.now() + delay > giveUp) {
           throw new ConnectionLost(`cannot reach plugind at ${this._url ?? this._socket}: ${e.message}`);
         }

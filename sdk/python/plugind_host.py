@@ -35,6 +35,7 @@ __all__ = ["connect", "Host", "PluginError", "ConnectionLost", "default_socket",
 CONNECTION_LOST = -32011
 #: What plugind answers a cancelled call with.
 REQUEST_CANCELLED = -32800
+PERMISSION_DENIED = -32005
 INTERNAL_ERROR = -32603
 METHOD_NOT_FOUND = -32601
 
@@ -135,9 +136,22 @@ class _WsLink:
         ws_url = "ws" + url[len("http"):] if url.startswith("http") else url
         headers = {"Authorization": "Bearer %s" % token} if token else {}
         try:
-            ws = await websockets.connect(ws_url, additional_headers=headers, max_size=None)
-        except TypeError:  # websockets < 14
-            ws = await websockets.connect(ws_url, extra_headers=headers, max_size=None)
+            try:
+                ws = await websockets.connect(ws_url, additional_headers=headers, max_size=None)
+            except TypeError:  # websockets < 14
+                ws = await websockets.connect(ws_url, extra_headers=headers, max_size=None)
+        except websockets.exceptions.InvalidHandshake as e:
+            response = getattr(e, "response", None)  # websockets >= 14
+            status = getattr(response, "status_code", None) or getattr(e, "status_code", None)
+            if status in (401, 403):
+                # plugind was reached and said no: an answer, not "cannot reach" (no retry).
+                raise PluginError(
+                    PERMISSION_DENIED,
+                    "plugind at %s refused the bearer token (HTTP %d): check the token" % (url, status),
+                    {"http_status": status},
+                ) from None
+            # Not plugind's WebSocket (another server, a proxy's error page): retried as unreachable.
+            raise ConnectionRefusedError("no plugind WebSocket there: %s" % e) from None
         return cls(ws)
 
     async def recv(self):
@@ -425,11 +439,19 @@ _background = set()
 
 
 def _spawn(awaitable):
-    """Runs ``awaitable`` in the background, keeping a reference until it is done."""
+    """Runs ``awaitable`` in the background, keeping a reference until it is done. Its failure
+    (a send on a connection that just closed) is the reader's to notice: it is not reported
+    again as a task exception never retrieved."""
     task = asyncio.ensure_future(awaitable)
     _background.add(task)
-    task.add_done_callback(_background.discard)
+    task.add_done_callback(_settled)
     return task
+
+
+def _settled(task):
+    _background.discard(task)
+    if not task.cancelled():
+        task.exception()
 
 
 def _with(params, timeout_ms, meta):

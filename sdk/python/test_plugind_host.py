@@ -251,6 +251,15 @@ class HostOverUrlTest(HostTest):
 
     LISTEN = True
 
+    async def test_a_refused_token_is_a_plugin_error_at_once(self):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with self.assertRaises(PluginError) as e:
+            await plugind_host.connect(url=self.plugind.url, token="not-the-token")
+        self.assertEqual(e.exception.code, -32005)
+        self.assertIn("refused the bearer token (HTTP 401)", str(e.exception))
+        self.assertLess(loop.time() - started, 5.0, "retried as if plugind were not there")
+
 
 class ReconnectTest(unittest.IsolatedAsyncioTestCase):
     LISTEN = False

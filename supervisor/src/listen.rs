@@ -106,6 +106,9 @@ impl Listener {
         let Listener { tcp, token } = self;
         let slots = Slots::new("--listen");
         let max_connections = slots.max();
+        // Refusals are logged at most once a second, with their count: anyone who can reach
+        // the port can send them, 100,000 a second (78 MB of log in 5 s, unthrottled).
+        let refusals = Arc::new(std::sync::Mutex::new(crate::time::Throttle::new(Duration::from_secs(1))));
         tokio::spawn(async move {
             loop {
                 let (sock, remote) = tokio::select! {
@@ -124,13 +127,20 @@ impl Listener {
                 let Some(slot) = slots.take(&sock, remote) else { continue };
                 let (daemon, token, builder, stop) =
                     (daemon.clone(), token.clone(), builder.clone(), stop_handle.clone());
-                let held = slot.clone();
+                let (held, refusals) = (slot.clone(), refusals.clone());
                 let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let authorized = bearer_ok(req.headers(), &token);
+                    if !authorized {
+                        let mut refusals = refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        refusals.hold();
+                        let refused = refusals.due(std::time::Instant::now());
+                        if refused > 0 {
+                            tracing::warn!(%remote, refused, "--listen: requests without a valid bearer token refused");
+                        }
+                    }
                     let (daemon, builder, stop, held) = (daemon.clone(), builder.clone(), stop.clone(), held.clone());
                     async move {
                         if !authorized {
-                            tracing::warn!(%remote, "--listen: request without a valid bearer token refused");
                             return Ok::<_, jsonrpsee::core::BoxError>(unauthorized());
                         }
                         if soketto::handshake::http::is_upgrade_request(&req) {
@@ -197,16 +207,19 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// per request of a batch); anything else (a WebSocket upgrade) passes as it came.
 async fn read_post(req: http::Request<hyper::body::Incoming>) -> Result<http::Request<HttpBody>, HttpResponse> {
     use http_body_util::BodyExt as _;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     if parts.method != http::Method::POST {
         return Ok(http::Request::from_parts(parts, HttpBody::new(body)));
     }
+    // The body is read as JSON whatever it says it is (`curl -d` says a form): jsonrpsee would
+    // answer anything but `application/json` with a `415` in plain text.
+    parts.headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     let too_large = |len: Option<u64>| {
-        let size = len.map_or_else(|| "more than".to_owned(), |n| n.to_string());
-        let e = RpcError::new(
-            codes::INVALID_REQUEST,
-            format!("request of {size} bytes exceeds the {DEFAULT_MAX_FRAME}-byte limit"),
-        );
+        let what = match len {
+            Some(n) => format!("request of {n} bytes exceeds"),
+            None => "request exceeds".to_owned(),
+        };
+        let e = RpcError::new(codes::INVALID_REQUEST, format!("{what} the {DEFAULT_MAX_FRAME}-byte limit"));
         json_answer(http::StatusCode::PAYLOAD_TOO_LARGE, error_line(null_id(), &e))
     };
     let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -292,9 +305,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `401`, and the connection closed after it: a client without the token keeps no place under
+/// the cap by sending a refused request every few seconds.
 fn unauthorized() -> HttpResponse {
     let mut r = plain(http::StatusCode::UNAUTHORIZED, "401 Unauthorized: send Authorization: Bearer <token>\n".into());
     r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
     r
 }
 

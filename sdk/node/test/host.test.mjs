@@ -146,6 +146,19 @@ for (const listen of [false, true]) {
       await plugind?.cleanup();
     });
 
+    if (listen) {
+      test('a refused token is a PluginError at once', o, async () => {
+        const started = Date.now();
+        await assert.rejects(connect({ url: plugind.url, token: 'not-the-token' }), (e) => {
+          assert.ok(e instanceof PluginError && !(e instanceof ConnectionLost), `${e}`);
+          assert.equal(e.code, -32005);
+          assert.match(e.message, /refused the bearer token \(HTTP 401\)/);
+          return true;
+        });
+        assert.ok(Date.now() - started < 5000, 'retried as if plugind were not there');
+      });
+    }
+
     test('execute answers the plugin result', o, async () => {
       assert.deepEqual(await host.execute('helper', 'echo', { a: [1, 2] }), { a: [1, 2] });
     });

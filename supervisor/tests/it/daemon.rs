@@ -642,7 +642,7 @@ async fn listen_serves_the_api_over_http_and_websocket_with_a_bearer_token() {
     })
     .await
     .unwrap();
-    assert!(d.log().contains("request without a valid bearer token refused"), "{}", d.log());
+    assert!(d.log().contains("requests without a valid bearer token refused"), "{}", d.log());
 
     // pluginctl --url: the right token works, a wrong one fails saying why.
     let ctl = |token: &str| {
@@ -836,6 +836,54 @@ async fn listen_answers_what_is_not_a_request_as_the_socket_does() {
     .await
     .unwrap();
     wait_for("the closing logged", async || daemon.log().contains("a WebSocket message of").then_some(())).await;
+}
+
+/// Whoever has no token gets little of plugind: a refused request closes its connection (it
+/// kept its place under the cap by sending one every few seconds), the refusals are logged at
+/// most once a second with their count (100,000 lines a second from four connections before),
+/// and a body that does not say it is JSON (`curl -d`) is still read as JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_refusals_close_the_connection_and_are_logged_throttled() {
+    let (d, addr) = listening(Daemon::builder(), "tok").await;
+    let a = addr.clone();
+    tokio::task::spawn_blocking(move || {
+        // Two requests in one write, no token: one 401, then the connection is closed.
+        let mut s = std::net::TcpStream::connect(&a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let get = format!("GET / HTTP/1.1\r\nHost: {a}\r\n\r\n");
+        s.write_all(format!("{get}{get}").as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out); // an EOF, or a reset for the second request left unread
+        assert_eq!(out.matches("HTTP/1.1 401").count(), 1, "{out}");
+        // 300 more refusals.
+        for _ in 0..300 {
+            let mut s = std::net::TcpStream::connect(&a).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(get.as_bytes()).unwrap();
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).unwrap();
+            assert_eq!(&head, b"HTTP/1.1 401");
+        }
+        // A form-encoded body with JSON in it.
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"supervisor.status"}"#;
+        let mut s = std::net::TcpStream::connect(&a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(s, "POST / HTTP/1.1\r\nHost: {a}\r\nAuthorization: Bearer tok\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        let v: Value = serde_json::from_str(out.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert!(v["result"]["uptime_ms"].is_u64(), "{v}");
+    })
+    .await
+    .unwrap();
+    let log = wait_for("the refusals logged", async || {
+        let log = d.log();
+        log.contains("requests without a valid bearer token refused").then_some(log)
+    })
+    .await;
+    let lines = log.matches("requests without a valid bearer token refused").count();
+    assert!(lines < 30, "{lines} log lines for 302 refusals");
 }
 
 /// Anyone who can reach `--listen` (no token needed to connect) must not be able to take the
