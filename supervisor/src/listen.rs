@@ -19,6 +19,7 @@
 //! and plugins need.
 
 use crate::control::connection::Conn;
+use crate::control::frame_gate::FrameGate;
 use crate::control::handlers;
 use crate::transport::frame::DEFAULT_MAX_FRAME;
 use crate::transport::http::{serve_connection, Slots};
@@ -187,7 +188,8 @@ fn upgrade(
                 return;
             }
         };
-        let io = hyper_util::rt::TokioIo::new(upgraded).compat();
+        // Under the frame budget: soketto allocates a frame's announced size before reading it.
+        let io = FrameGate::new(hyper_util::rt::TokioIo::new(upgraded).compat(), MAX_WS_MESSAGE);
         let mut ws = handshake.into_builder(futures::io::BufReader::new(futures::io::BufWriter::new(io)));
         ws.set_max_message_size(MAX_WS_MESSAGE);
         ws.set_max_frame_size(MAX_WS_MESSAGE);

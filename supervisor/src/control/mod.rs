@@ -5,9 +5,11 @@
 //! - [`handlers`]: one function per method, dispatched by one exhaustive match.
 //! - [`cancel`]: a host's `$/cancel` and `$/progress` for its own requests.
 //! - [`websocket`]: a `--listen` WebSocket served as one more control connection.
+//! - [`frame_gate`]: what WebSocket frames may make plugind allocate before they arrive, bounded.
 
 pub mod cancel;
 pub mod connection;
+pub mod frame_gate;
 pub mod handlers;
 pub mod socket;
 pub mod websocket;

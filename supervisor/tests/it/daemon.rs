@@ -985,6 +985,59 @@ async fn listen_a_websockets_calls_hold_at_most_256_mib_of_params() {
     assert!(peak < before + 750 * 1024, "plugind grew from {before} KiB to {peak} KiB");
 }
 
+/// A WebSocket frame header is not a licence to allocate: soketto allocates (and zero-fills) a
+/// frame's announced size before reading it, and 24 WebSockets that each sent a 14-byte header
+/// announcing 32 MiB, then stalled, took plugind up by 768 MiB (70 got it OOM-killed in a 2 GiB
+/// cgroup). Large frames still arriving share one budget of 256 MiB (`control::frame_gate`);
+/// past it the others wait, unread, and other WebSockets are served meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_frame_headers_cannot_make_plugind_allocate_past_a_budget() {
+    let (d, addr) = listening(Daemon::builder(), "tok").await;
+    let pid = d.pid();
+    let before = rss_kb(pid);
+    let a = addr.clone();
+    let stalled = tokio::task::spawn_blocking(move || {
+        let mut stalled = Vec::new();
+        for _ in 0..24 {
+            let mut ws = Ws::connect(&a, Some("Bearer tok")).unwrap();
+            let mut header = vec![0x81u8, 0x80 | 127];
+            header.extend_from_slice(&((32u64 << 20) - 1).to_be_bytes());
+            header.extend_from_slice(&[0, 0, 0, 0]);
+            header.extend_from_slice(b"{\"jsonrpc\"");
+            ws.0.write_all(&header).unwrap();
+            stalled.push(ws);
+        }
+        stalled
+    })
+    .await
+    .unwrap();
+    // The budget's worth is taken (a few frames were let through, and soketto allocated them)…
+    wait_for("plugind to take the frames within its budget", async || {
+        (rss_kb(pid).saturating_sub(before) > 200 * 1024).then_some(())
+    })
+    .await;
+    // …and no more, while the other frames wait; other WebSockets are served meanwhile.
+    let (peak, served) = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let mut peak = 0;
+        let mut ws = Ws::connect(&addr, Some("Bearer tok")).unwrap();
+        let mut served = 0;
+        while start.elapsed() < Duration::from_secs(2) {
+            peak = peak.max(rss_kb(pid));
+            let v = ws.call(&json!({"jsonrpc": "2.0", "id": served, "method": "supervisor.status"}));
+            assert!(v["result"]["uptime_ms"].is_u64(), "{v}");
+            served += 1;
+        }
+        (peak, served)
+    })
+    .await
+    .unwrap();
+    drop(stalled);
+    let grown = peak.saturating_sub(before);
+    assert!(grown < 450 * 1024, "plugind grew by {grown} KiB for 24 frame headers");
+    assert!(served > 0);
+}
+
 /// `f()` until it gives something, for at most 10 s (a closed connection's place comes back
 /// once plugind has seen it close).
 fn wait_until<T>(mut f: impl FnMut() -> Option<T>) -> T {
