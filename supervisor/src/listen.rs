@@ -188,9 +188,11 @@ fn upgrade(
                 return;
             }
         };
-        // Under the frame budget: soketto allocates a frame's announced size before reading it.
-        let io = FrameGate::new(hyper_util::rt::TokioIo::new(upgraded).compat(), MAX_WS_MESSAGE);
-        let mut ws = handshake.into_builder(futures::io::BufReader::new(futures::io::BufWriter::new(io)));
+        // Under the frame budget (soketto allocates a frame's announced size before reading
+        // it), read through a buffer: the gate reads each header on its own.
+        let io = futures::io::BufReader::new(hyper_util::rt::TokioIo::new(upgraded).compat());
+        let io = FrameGate::new(io, MAX_WS_MESSAGE);
+        let mut ws = handshake.into_builder(futures::io::BufWriter::new(io));
         ws.set_max_message_size(MAX_WS_MESSAGE);
         ws.set_max_frame_size(MAX_WS_MESSAGE);
         let (sender, receiver) = ws.finish();
