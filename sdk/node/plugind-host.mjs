@@ -153,6 +153,7 @@ export class Host {
     this._link = null;
     this._up = false;
     this._closed = false;
+    this._refused = null; // why plugind refused the last reconnection, if it did
     this._nextId = 0;
     this._pending = new Map(); // our request id -> { resolve, reject, onProgress }
     this._serving = new Map(); // plugind's request id -> AbortController
@@ -187,7 +188,11 @@ export class Host {
 
   _call(method, params, { signal, onProgress }) {
     if (signal?.aborted) return Promise.reject(abortError(signal));
-    if (!this._up) return Promise.reject(new ConnectionLost('not connected to plugind (reconnecting)'));
+    if (!this._up) {
+      // Why the last attempt failed, when it says more than "not there" (a refused token).
+      const why = this._refused ? `: ${this._refused}` : '';
+      return Promise.reject(new ConnectionLost(`not connected to plugind (reconnecting${why})`));
+    }
     const id = ++this._nextId;
     return new Promise((resolve, reject) => {
       const onAbort = () => {
@@ -339,9 +344,12 @@ export class Host {
       let link;
       try {
         link = await this._open();
-      } catch {
+      } catch (e) {
+        // plugind back but refusing (a rotated token) is said, then retried; "not there" is not.
+        if (e instanceof PluginError) this._refused = e.message;
         continue;
       }
+      this._refused = null;
       this._attach(link);
       try {
         for (const name of this._services.keys()) await this._register(name);

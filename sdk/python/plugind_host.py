@@ -189,6 +189,7 @@ class Host:
         self._event_queues = set()
         self._subscribed = False  # events.subscribe sent on the current connection
         self._closed = False
+        self._refused = None  # why plugind refused the last reconnection, if it did
         self._reader = None
         self._resuming = None
         self._up = asyncio.Event()
@@ -217,7 +218,9 @@ class Host:
 
     async def _call(self, method, params, on_progress):
         if not self._up.is_set():
-            raise ConnectionLost("not connected to plugind (reconnecting)")
+            # Why the last attempt failed, when it says more than "not there" (a refused token).
+            why = ": %s" % self._refused if self._refused else ""
+            raise ConnectionLost("not connected to plugind (reconnecting%s)" % why)
         self._next_id += 1
         rid = self._next_id
         fut = asyncio.get_running_loop().create_future()
@@ -372,8 +375,12 @@ class Host:
             delay = min(delay * 2, BACKOFF_MAX_S)
             try:
                 self._link = await self._open()
-            except Exception:  # noqa: BLE001 - plugind not back yet (or refusing): try again later
+            except PluginError as e:  # plugind is back but refuses (a rotated token): said, then retried
+                self._refused = str(e)
                 continue
+            except Exception:  # noqa: BLE001 - plugind not back yet: try again later
+                continue
+            self._refused = None
             self._up.set()
             # Re-register beside the reader: the answers come through _dispatch.
             self._resuming = asyncio.ensure_future(self._resume())

@@ -349,6 +349,26 @@ class ReconnectOverUrlTest(ReconnectTest):
 
     LISTEN = True
 
+    async def test_a_token_refused_after_a_restart_is_said_while_reconnecting(self):
+        host = await self.plugind.connect()
+        try:
+            await self.plugind.settled(host)
+            await asyncio.get_running_loop().run_in_executor(None, self.plugind.stop)
+            with open(os.path.join(self.plugind.dir, "token"), "w") as f:
+                f.write("a-rotated-token\n")
+            self.plugind.start()
+
+            async def refused():
+                try:
+                    await host.execute("helper", "echo", {})
+                except ConnectionLost as e:
+                    return "refused the bearer token (HTTP 401)" in str(e)
+                return False
+
+            await wait_for("the refusal in the error", refused)
+        finally:
+            await host.close()
+
 
 class ConnectTest(unittest.IsolatedAsyncioTestCase):
     def setUp(self):

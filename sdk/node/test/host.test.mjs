@@ -255,6 +255,31 @@ for (const listen of [false, true]) {
       }
     });
 
+    if (listen) {
+      test('a token refused after a restart is said while reconnecting', o, async () => {
+        const own = new Plugind({ listen });
+        const h = await own.connect();
+        try {
+          await own.settled(h);
+          await own.stop();
+          writeFileSync(join(own.dir, 'token'), 'a-rotated-token\n', { mode: 0o600 });
+          own.start();
+          await waitFor('the refusal in the error', async () => {
+            try {
+              await h.execute('helper', 'echo', {});
+              return false;
+            } catch (e) {
+              if (!(e instanceof ConnectionLost)) throw e;
+              return /refused the bearer token \(HTTP 401\)/.test(e.message);
+            }
+          });
+        } finally {
+          await h.close();
+          await own.cleanup();
+        }
+      });
+    }
+
     test('after a plugind restart the library reconnects and re-registers within 10 s', o, async () => {
       const own = new Plugind({ listen });
       const h = await own.connect();
