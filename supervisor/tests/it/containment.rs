@@ -1313,6 +1313,9 @@ async fn a_deep_tree_left_in_tmpdir_does_not_crash_plugind() {
     // What the plugin can do (its TMPDIR is its own to fill), made here: under Landlock each
     // mkdir checks the whole path, and 40,000 levels take the plugin minutes.
     let tmp = d.dir.path().join("state/tmp");
+    // Dropped before `d`: should the test fail with the tree still there, the temp dir's own
+    // removal would recurse once per level and overflow this thread's stack, hiding the failure.
+    let _tree = RemoveDiggersTree(tmp.clone());
     let own =
         std::fs::read_dir(&tmp).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("digger-"));
     let mut dir = std::fs::File::open(own.expect("the digger's TMPDIR").path()).unwrap();
@@ -1327,7 +1330,8 @@ async fn a_deep_tree_left_in_tmpdir_does_not_crash_plugind() {
     let s = d.call("plugins.stop", json!({"name": "digger"})).await.unwrap();
     assert_eq!(s["state"], "stopped", "{s}");
     assert_eq!(attack(&d, "victim", "who", json!({})).await["plugin"], "victim", "plugind and the others run on");
-    wait_for("the digger's temp dir to be removed", async || {
+    // Removing 40,000 levels is disk work: seconds here, more on a loaded machine.
+    wait_for_at_most(std::time::Duration::from_secs(120), "the digger's temp dir to be removed", async || {
         let left: Vec<String> = std::fs::read_dir(&tmp)
             .unwrap()
             .flatten()
@@ -1339,6 +1343,20 @@ async fn a_deep_tree_left_in_tmpdir_does_not_crash_plugind() {
     .await;
     let s = d.call("plugins.start", json!({"name": "digger"})).await.unwrap();
     assert_eq!(s["state"], "running", "{s}");
+}
+
+/// Removes what is left of the digger's temp dir, without recursion (see its test).
+struct RemoveDiggersTree(PathBuf);
+
+impl Drop for RemoveDiggersTree {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("digger") || name.starts_with(".discarded") {
+                let _ = plugind::tmpdirs::remove_tree(&e.path());
+            }
+        }
+    }
 }
 
 /// A method schema that is small to send but exponential to check (41 `$defs`, each `anyOf`
