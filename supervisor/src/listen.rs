@@ -208,7 +208,8 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// An authorized request made ready for jsonrpsee: a POST's body is read in full (bounded in
 /// size and time) and checked as the control socket checks a line, so that what is not a
 /// request gets the socket's very answer (`-32700`/`-32600`, under the request's own id, one
-/// per request of a batch); anything else (a WebSocket upgrade) passes as it came.
+/// per request of a batch); another method (a `GET`) passes as it came, for jsonrpsee to refuse.
+/// WebSocket upgrades never come here ([`upgrade`]).
 async fn read_post(req: http::Request<hyper::body::Incoming>) -> Result<http::Request<HttpBody>, HttpResponse> {
     use http_body_util::BodyExt as _;
     let (mut parts, body) = req.into_parts();

@@ -38,8 +38,12 @@ pub(crate) enum Endpoint {
     WebSocket(crate::websocket::Target),
 }
 
+/// A connection's reading side.
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+/// A connection's writing side.
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 /// A connection's two directions.
-pub(crate) type Stream = (Box<dyn AsyncRead + Send + Unpin>, Box<dyn AsyncWrite + Send + Unpin>);
+pub(crate) type Stream = (Reader, Writer);
 
 impl Endpoint {
     /// One attempt to connect.
@@ -275,8 +279,8 @@ fn broken(shared: &Shared) {
 
 /// A connection whose writer queue is already the client's.
 struct Session {
-    read: Box<dyn AsyncRead + Send + Unpin>,
-    write: Box<dyn AsyncWrite + Send + Unpin>,
+    read: Reader,
+    write: Writer,
     out: mpsc::UnboundedSender<Vec<u8>>,
     queue: mpsc::UnboundedReceiver<Vec<u8>>,
 }
@@ -352,11 +356,7 @@ impl tokio_util::codec::Decoder for Lines {
 }
 
 /// Reads plugind's lines until the connection ends.
-async fn read_lines(
-    shared: &Arc<Shared>,
-    read: Box<dyn AsyncRead + Send + Unpin>,
-    out: &mpsc::UnboundedSender<Vec<u8>>,
-) {
+async fn read_lines(shared: &Arc<Shared>, read: Reader, out: &mpsc::UnboundedSender<Vec<u8>>) {
     let mut lines = FramedRead::new(read, Lines(LinesCodec::new_with_max_length(MAX_LINE)));
     while let Some(line) = lines.next().await {
         let line = match line {

@@ -148,8 +148,7 @@ impl Connect {
             match endpoint.dial().await {
                 Ok(s) => break s,
                 // Only "cannot reach" is worth another try: a refused token stays refused.
-                Err(e @ ClientError::Unreachable { .. }) if start.elapsed() < self.retry_for => {
-                    drop(e);
+                Err(ClientError::Unreachable { .. }) if start.elapsed() < self.retry_for => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => return Err(e),

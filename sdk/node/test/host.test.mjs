@@ -119,6 +119,20 @@ class Plugind {
   }
 }
 
+/** `body(own, host)` on a plugind of its own (both plugins running), cleaned up after. */
+async function onOwnPlugind(listen, body) {
+  const own = new Plugind({ listen });
+  let h;
+  try {
+    h = await own.connect();
+    await own.settled(h);
+    await body(own, h);
+  } finally {
+    await h?.close();
+    await own.cleanup();
+  }
+}
+
 async function stderrHas(host, plugin, prefix) {
   await waitFor(`${plugin} to write ${prefix}`, async () => {
     const st = await host.request('plugins.get', { name: plugin });
@@ -240,27 +254,18 @@ for (const listen of [false, true]) {
     });
 
     test('calls in flight at a break fail at once with ConnectionLost', o, async () => {
-      const own = new Plugind({ listen });
-      const h = await own.connect();
-      try {
-        await own.settled(h);
+      await onOwnPlugind(listen, async (own, h) => {
         const pending = h.execute('helper', 'sleep', { ms: 20000 }, { timeoutMs: 30000 });
         pending.catch(() => {});
         await stderrHas(h, 'helper', 'sleeping');
         own.proc.kill('SIGKILL'); // no answer from plugind at all: only the break
         await assert.rejects(pending, (e) => e instanceof ConnectionLost && e.code === -32011);
-      } finally {
-        await h.close();
-        await own.cleanup();
-      }
+      });
     });
 
     if (listen) {
       test('a token refused after a restart is said while reconnecting', o, async () => {
-        const own = new Plugind({ listen });
-        const h = await own.connect();
-        try {
-          await own.settled(h);
+        await onOwnPlugind(listen, async (own, h) => {
           await own.stop();
           writeFileSync(join(own.dir, 'token'), 'a-rotated-token\n', { mode: 0o600 });
           own.start();
@@ -273,18 +278,12 @@ for (const listen of [false, true]) {
               return /refused the bearer token \(HTTP 401\)/.test(e.message);
             }
           });
-        } finally {
-          await h.close();
-          await own.cleanup();
-        }
+        });
       });
     }
 
     test('after a plugind restart the library reconnects and re-registers within 10 s', o, async () => {
-      const own = new Plugind({ listen });
-      const h = await own.connect();
-      try {
-        await own.settled(h);
+      await onOwnPlugind(listen, async (own, h) => {
         await h.provide('ui', '1.0.0', { registerTheme: (p, { caller }) => ({ registered: p.name, by: caller }) });
         const call = { service: 'ui', method: 'registerTheme', params: { name: 'before' } };
         assert.equal((await h.execute('py-host-peer', 'call', call)).answer.registered, 'before');
@@ -314,10 +313,7 @@ for (const listen of [false, true]) {
         });
         await h.close();
         await consumer;
-      } finally {
-        await h.close();
-        await own.cleanup();
-      }
+      });
     });
 
   });

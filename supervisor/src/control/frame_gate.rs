@@ -62,8 +62,7 @@ impl<T> FrameGate<T> {
     }
 }
 
-/// The length of a header that starts with `first_two`, and its payload length once `bytes`
-/// holds the whole header.
+/// The length of a frame header that starts with `first_two`.
 fn header_len(first_two: [u8; 2]) -> usize {
     let extended = match first_two[1] & 0x7f {
         126 => 2,
@@ -74,6 +73,7 @@ fn header_len(first_two: [u8; 2]) -> usize {
     2 + extended + mask
 }
 
+/// The payload length a whole frame header announces.
 fn payload_len(bytes: &[u8]) -> u64 {
     match bytes[1] & 0x7f {
         126 => u64::from(u16::from_be_bytes([bytes[2], bytes[3]])),

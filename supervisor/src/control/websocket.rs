@@ -50,17 +50,14 @@ pub async fn serve<T>(
             return;
         }
     };
-    // Over the size in one frame, or in the frames of one message.
-    let too_large = match &received {
-        Err(Error::Codec(soketto::base::Error::PayloadTooLarge { actual, maximum })) => Some((*actual, *maximum)),
-        Err(Error::MessageTooLarge { current, maximum }) => Some((*current as u64, *maximum as u64)),
-        _ => None,
+    let too_large = |size: u64, maximum: u64| {
+        tracing::warn!("--listen: a WebSocket message of {size} bytes or more, over {maximum}; connection closed");
     };
-    match (too_large, received) {
-        (Some((size, maximum)), _) => {
-            tracing::warn!("--listen: a WebSocket message of {size} bytes or more, over {maximum}; connection closed");
-        }
-        (None, Err(e)) => tracing::debug!("--listen WebSocket closed: {e}"),
-        (None, Ok(())) => {}
+    match received {
+        // Over the size in one frame, or in the frames of one message.
+        Err(Error::Codec(soketto::base::Error::PayloadTooLarge { actual, maximum })) => too_large(actual, maximum),
+        Err(Error::MessageTooLarge { current, maximum }) => too_large(current as u64, maximum as u64),
+        Err(e) => tracing::debug!("--listen WebSocket closed: {e}"),
+        Ok(()) => {}
     }
 }
