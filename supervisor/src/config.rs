@@ -36,6 +36,10 @@ impl std::str::FromStr for LogFormat {
 
 /// Default graceful stop budget (SIGTERM → every plugin torn down).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a `--listen` connection may go without a sign of its peer before TCP keepalive
+/// probes start; a peer that answers none of them is dropped after as long again.
+pub const DEFAULT_LISTEN_KEEPALIVE: Duration = Duration::from_secs(30);
 /// Default `ready_timeout_s`: under systemd's default start timeout (90 s), so that a plugin
 /// hanging in `init` through its restarts (minutes) cannot get plugind killed as failing to start.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -79,6 +83,9 @@ pub struct Config {
     pub listen: Option<String>,
     /// The bearer token for `listen`, one line in a file.
     pub token_file: Option<PathBuf>,
+    /// How long a `listen` connection's peer may give no sign of life before it is probed;
+    /// unanswered, it is dropped after as long again ([`DEFAULT_LISTEN_KEEPALIVE`]).
+    pub listen_keepalive: Duration,
     /// `--metrics ADDR`: `GET /metrics` over HTTP.
     pub metrics: Option<String>,
     /// `--otlp-endpoint URL`: where spans go (OTLP/HTTP, `URL/v1/traces`); none: no span is built.
@@ -109,6 +116,7 @@ impl Config {
             log_format: LogFormat::Text,
             listen: None,
             token_file: None,
+            listen_keepalive: DEFAULT_LISTEN_KEEPALIVE,
             metrics: None,
             otlp_endpoint: None,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
@@ -164,6 +172,13 @@ impl Config {
                 return Err(err(&origin("stop_timeout_s", by_flag), format!("expected at least 1, found {s}")));
             }
             c.stop_timeout = Duration::from_secs(s);
+        }
+        let by_flag = flags.listen_keepalive_s.is_some();
+        if let Some(s) = flags.listen_keepalive_s.or(from_file.listen_keepalive_s) {
+            if !(1..=3600).contains(&s) {
+                return Err(err(&origin("listen_keepalive_s", by_flag), format!("expected 1 to 3600, found {s}")));
+            }
+            c.listen_keepalive = Duration::from_secs(s);
         }
         let by_flag = flags.ready_timeout_s.is_some();
         if let Some(s) = flags.ready_timeout_s.or(from_file.ready_timeout_s) {
@@ -264,6 +279,8 @@ pub struct Settings {
     pub listen: Option<String>,
     /// `--token-file FILE`.
     pub token_file: Option<PathBuf>,
+    /// `--listen-keepalive-s S`.
+    pub listen_keepalive_s: Option<u64>,
     /// `--metrics ADDR`.
     pub metrics: Option<String>,
     /// `--otlp-endpoint URL`.
@@ -642,6 +659,8 @@ limits = { memory_mb = 64 }
         assert!(e.contains("plugins.echo.limits.memory_mb: expected at least 1, found 0"), "{e}");
         let e = parse("worker_threads = 0\n").unwrap_err().to_string();
         assert!(e.contains("worker_threads: expected at least 1, found 0"), "{e}");
+        let e = parse("listen_keepalive_s = 0\n").unwrap_err().to_string();
+        assert!(e.contains("listen_keepalive_s: expected 1 to 3600, found 0"), "{e}");
         let e = parse("listen = \"127.0.0.1:7070\"\n").unwrap_err().to_string();
         assert!(e.contains("token"), "{e}");
         let e = parse("listen = \"nowhere\"\ntoken_file = \"t\"\n").unwrap_err().to_string();

@@ -770,7 +770,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     // Bound before any plugin starts, so a taken port or a bad token file stops plugind at once.
     let api = match (&config.listen, &config.token_file) {
-        (Some(addr), Some(token)) => Some(listen::bind(addr, token).await.map_err(cleanup)?),
+        (Some(addr), Some(token)) => Some(listen::bind(addr, token, config.listen_keepalive).await.map_err(cleanup)?),
         _ => None,
     };
     let metrics_listener = match &config.metrics {

@@ -22,7 +22,7 @@ use crate::control::connection::Conn;
 use crate::control::frame_gate::FrameGate;
 use crate::control::handlers;
 use crate::transport::frame::DEFAULT_MAX_FRAME;
-use crate::transport::http::{serve_connection, Slots};
+use crate::transport::http::{keep_alive, serve_connection, Slots};
 use crate::transport::peer::Peer;
 use crate::Daemon;
 use jsonrpsee::server::middleware::rpc::{
@@ -58,6 +58,7 @@ const MAX_WS_MESSAGE: usize = 2 * DEFAULT_MAX_FRAME;
 pub struct Listener {
     tcp: TcpListener,
     token: Arc<str>,
+    keepalive: Duration,
 }
 
 /// The running HTTP/WebSocket server; [`Serving::stop`] ends it.
@@ -74,8 +75,9 @@ impl Serving {
     }
 }
 
-/// Binds `addr` and reads the token file.
-pub async fn bind(addr: &str, token_file: &Path) -> anyhow::Result<Listener> {
+/// Binds `addr` and reads the token file; `keepalive` is how long a connection's peer may be
+/// silent before it is probed ([`keep_alive`]).
+pub async fn bind(addr: &str, token_file: &Path, keepalive: Duration) -> anyhow::Result<Listener> {
     let token = plugind_client::read_token(token_file).map_err(anyhow::Error::msg)?;
     if let Ok(meta) = std::fs::metadata(token_file) {
         use std::os::unix::fs::PermissionsExt;
@@ -84,7 +86,7 @@ pub async fn bind(addr: &str, token_file: &Path) -> anyhow::Result<Listener> {
         }
     }
     let tcp = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    Ok(Listener { tcp, token: token.into() })
+    Ok(Listener { tcp, token: token.into(), keepalive })
 }
 
 impl Listener {
@@ -104,7 +106,7 @@ impl Listener {
             .http_only()
             .build();
         let builder = jsonrpsee::server::Server::builder().set_config(config).to_service_builder();
-        let Listener { tcp, token } = self;
+        let Listener { tcp, token, keepalive } = self;
         let slots = Slots::new("--listen");
         let max_connections = slots.max();
         // Refusals are logged at most once a second, with their count: anyone who can reach
@@ -126,6 +128,9 @@ impl Listener {
                 // Over the cap the connection is closed at once (after a 503 if it takes one):
                 // each costs plugind a descriptor, and its control socket and plugins need theirs.
                 let Some(slot) = slots.take(&sock, remote) else { continue };
+                // A WebSocket may stay open for days, holding its place and its host's
+                // services: one whose peer vanished (no FIN, no reset) must end by itself.
+                keep_alive(&sock, keepalive);
                 let (daemon, token, builder, stop) =
                     (daemon.clone(), token.clone(), builder.clone(), stop_handle.clone());
                 let (held, refusals) = (slot.clone(), refusals.clone());

@@ -46,6 +46,9 @@ struct Args {
     /// File holding the bearer token that --listen requires.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Seconds a --listen connection may be silent before TCP keepalive probes its peer; one that answers none is dropped after as long again (default 30).
+    #[arg(long, value_name = "S")]
+    listen_keepalive_s: Option<u64>,
     /// Serve GET /metrics (Prometheus text) on ADDR (HOST:PORT).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
@@ -99,6 +102,7 @@ impl Args {
             log_format: self.log_format.as_deref().and_then(|f| f.parse::<LogFormat>().ok()),
             listen: self.listen.clone(),
             token_file: self.token_file.clone(),
+            listen_keepalive_s: self.listen_keepalive_s,
             metrics: self.metrics.clone(),
             otlp_endpoint: self.otlp_endpoint.clone(),
             ping_interval_ms: self.ping_interval_ms,

@@ -65,6 +65,29 @@ impl Slots {
     }
 }
 
+/// Makes the kernel end `sock` once its peer has given no sign of life (not even a TCP
+/// acknowledgement) for twice `idle`: a peer that vanished without a FIN or a reset (a host that
+/// lost power, a cable pulled, a NAT that forgot the flow) would otherwise keep the connection,
+/// its place under the cap and what it holds (a host's services) until plugind stops, since
+/// nothing is sent on an idle WebSocket. After `idle` of silence the kernel sends up to three
+/// keepalive probes `idle / 3` apart; `TCP_USER_TIMEOUT` ends the connection as soon as what
+/// plugind sent has gone unacknowledged for `2 × idle`, probes or not (without it a peer gone
+/// while plugind had an answer on its way would be retransmitted to for about 15 minutes).
+/// A failure is only logged: the connection works without.
+pub fn keep_alive(sock: &TcpStream, idle: Duration) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let secs = u32::try_from(idle.as_secs()).unwrap_or(u32::MAX).max(1);
+    let user_timeout_ms = secs.saturating_mul(2).saturating_mul(1000);
+    let set = setsockopt(sock, sockopt::KeepAlive, &true)
+        .and_then(|()| setsockopt(sock, sockopt::TcpKeepIdle, &secs))
+        .and_then(|()| setsockopt(sock, sockopt::TcpKeepInterval, &(secs / 3).max(1)))
+        .and_then(|()| setsockopt(sock, sockopt::TcpKeepCount, &3))
+        .and_then(|()| setsockopt(sock, sockopt::TcpUserTimeout, &user_timeout_ms));
+    if let Err(e) = set {
+        tracing::debug!("TCP keepalive not set on a connection: {e}");
+    }
+}
+
 /// Serves one TCP connection (HTTP/1.1, upgraded to WebSocket on request) until it closes, its
 /// client stays silent past [`HEADER_READ_TIMEOUT`], or `stop` completes (then the requests in
 /// progress are answered first). `slot` is dropped when it ends; a service that upgrades

@@ -838,6 +838,146 @@ async fn listen_answers_what_is_not_a_request_as_the_socket_does() {
     wait_for("the closing logged", async || daemon.log().contains("a WebSocket message of").then_some(())).await;
 }
 
+/// A `--listen` host that vanishes without a word (its link cut: no FIN, no reset ever reaches
+/// plugind) is dropped once TCP keepalive finds it gone, and its service with it: nothing is
+/// sent on an idle WebSocket, so without keepalive plugind would keep the connection, its place
+/// and the service (routing calls to it, each waiting out its deadline) until it stops. The
+/// host is a socket opened in a network namespace of its own, joined over a veth pair whose far
+/// end is then taken down.
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_drops_a_host_that_vanished_without_a_word() {
+    let Some(net) = FarHost::new() else { return };
+    let b = Daemon::builder().plugin("py-host-peer");
+    std::fs::write(b.path().join("token"), "tok\n").unwrap();
+    std::fs::set_permissions(b.path().join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let listen = format!("{}:0", net.near_ip);
+    let d = b
+        .arg("--listen")
+        .arg(&listen)
+        .arg("--token-file")
+        .arg("token")
+        .arg("--listen-keepalive-s")
+        .arg("1")
+        .start()
+        .await;
+    let addr = listen_addr(&d).await;
+    d.wait_state("py-host-peer", "running").await;
+    tokio::task::spawn_blocking(move || {
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "execute",
+            "params": {"plugin": "py-host-peer", "method": "call", "params": {"service": "ui", "method": "ping", "params": {}}}});
+        // The far host provides `ui` and answers a call to it.
+        let mut far = net.connect(&addr);
+        let v = far.call(&json!({"jsonrpc": "2.0", "id": 1, "method": "services.register", "params": {"name": "ui", "version": "1.0.0"}}));
+        assert_eq!(v["result"], Value::Null, "{v}");
+        let mut near = Ws::connect(&addr, Some("Bearer tok")).unwrap();
+        near.send(&call).unwrap();
+        let (_, asked) = far.recv_until(|v| v["method"] == "execute");
+        far.send(&json!({"jsonrpc": "2.0", "id": asked["id"], "result": "pong"})).unwrap();
+        let v = near.recv();
+        assert_eq!(v["result"]["answer"], "pong", "{v}");
+        assert!(net.established_to_plugind());
+
+        // Its link goes down, then it is gone (its FIN cannot reach plugind either).
+        net.cut();
+        drop(far);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while net.established_to_plugind() {
+            assert!(Instant::now() < deadline, "plugind still holds the vanished host's connection after 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Dropped with it: its service (the call is not routed to a dead host).
+        let v = near.call(&call);
+        assert_eq!(v["result"]["answer"]["error"]["code"], -32004, "{v}");
+    })
+    .await
+    .unwrap();
+}
+
+/// A network namespace joined to this one by a veth pair (`near_ip` here, `far_ip` there),
+/// removed on drop; `None` (after `skipped: why`) where namespaces or veth pairs cannot be made.
+struct FarHost {
+    ns: String,
+    near_link: String,
+    far_link: String,
+    near_ip: String,
+    far_ip: String,
+}
+
+impl FarHost {
+    fn new() -> Option<FarHost> {
+        let id = std::process::id();
+        let subnet = format!("10.213.{}", id % 250);
+        let net = FarHost {
+            ns: format!("plugind-test-{id}"),
+            near_link: format!("pdk{id}n"),
+            far_link: format!("pdk{id}f"),
+            near_ip: format!("{subnet}.1"),
+            far_ip: format!("{subnet}.2"),
+        };
+        let steps = [
+            format!("ip netns add {}", net.ns),
+            format!("ip link add {} type veth peer name {}", net.near_link, net.far_link),
+            format!("ip link set {} netns {}", net.far_link, net.ns),
+            format!("ip addr add {}/24 dev {}", net.near_ip, net.near_link),
+            format!("ip link set {} up", net.near_link),
+            format!("ip netns exec {} ip addr add {}/24 dev {}", net.ns, net.far_ip, net.far_link),
+            format!("ip netns exec {} ip link set {} up", net.ns, net.far_link),
+        ];
+        for step in steps {
+            let out = Command::new("sh").arg("-c").arg(&step).output();
+            match out {
+                Ok(o) if o.status.success() => {}
+                failed => {
+                    crate::containment::missing_mechanism(&format!(
+                        "cannot make a network namespace with a veth pair (`{step}`: {failed:?})"
+                    ));
+                    return None;
+                }
+            }
+        }
+        Some(net)
+    }
+
+    /// A WebSocket to `addr` from the far side: the socket is made on a thread that joined the
+    /// namespace (a thread's network namespace is its own), and stays in it.
+    fn connect(&self, addr: &str) -> Ws {
+        let ns = std::fs::File::open(format!("/var/run/netns/{}", self.ns)).unwrap();
+        let addr = addr.to_owned();
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            Ws::connect(&addr, Some("Bearer tok")).unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Takes the far end's link down: from now on nothing from the far side reaches this one,
+    /// and nothing sent there is acknowledged.
+    fn cut(&self) {
+        let st =
+            Command::new("ip").args(["netns", "exec", &self.ns, "ip", "link", "set", &self.far_link, "down"]).status();
+        assert!(st.unwrap().success());
+    }
+
+    /// Whether this namespace holds an established TCP connection from the far side.
+    fn established_to_plugind(&self) -> bool {
+        let far: std::net::Ipv4Addr = self.far_ip.parse().unwrap();
+        // /proc/net/tcp prints an address as the u32 of its bytes in memory order.
+        let hex = format!("{:08X}", u32::from_le_bytes(far.octets()));
+        std::fs::read_to_string("/proc/net/tcp").unwrap().lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2].starts_with(&hex) && f[3] == "01"
+        })
+    }
+}
+
+impl Drop for FarHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.near_link]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
 /// Whoever has no token gets little of plugind: a refused request closes its connection (it
 /// kept its place under the cap by sending one every few seconds), the refusals are logged at
 /// most once a second with their count (100,000 lines a second from four connections before),
