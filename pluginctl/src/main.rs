@@ -364,7 +364,8 @@ fn rpc_message(e: &RpcError) -> String {
         text.push_str(&format!(" ({h})"));
     }
     for err in data["errors"].as_array().into_iter().flatten() {
-        let path = err["path"].as_str().filter(|p| !p.is_empty()).unwrap_or("/");
+        // The JSON pointer "" is the whole params ("/" would be the member named "").
+        let path = err["path"].as_str().filter(|p| !p.is_empty()).unwrap_or("(the params)");
         text.push_str(&format!("\n  {path}: {}", str_of(&err["message"])));
     }
     text
@@ -601,8 +602,16 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
         }
         Cmd::Reload => {
             let result = client.call(c::PLUGINS_RELOAD, &json!({})).await?;
+            // The rescan happened, but a script must be able to tell that some plugin could not
+            // be loaded: exit 1 then, as `start` does for a plugin left `invalid`.
+            let errors = result["errors"].as_array().map_or(0, Vec::len);
+            let failed = || {
+                let what = if errors == 1 { "a plugin" } else { "some plugins" };
+                Err(Failure::new(1, format!("reloaded, but {what} could not be loaded: see errors")))
+            };
             if json_out {
-                return print_json(&result);
+                print_json(&result)?;
+                return if errors > 0 { failed() } else { Ok(()) };
             }
             for key in ["added", "removed", "changed", "errors"] {
                 let items = result[key].as_array().cloned().unwrap_or_default();
@@ -618,6 +627,9 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
                 } else {
                     output::row(key, &if items.is_empty() { "-".into() } else { items.join(", ") }, style);
                 }
+            }
+            if errors > 0 {
+                return failed();
             }
         }
         Cmd::Services { capability } => {

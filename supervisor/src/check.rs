@@ -156,6 +156,8 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>) -> Report {
                 .iter()
                 .filter(|s| crate::registry::rules::check(&m, s).is_ok())
                 .map(|s| format!("{}@{}", s.name, s.version))
+                // Its own service, when `register` names it too, is listed once.
+                .filter(|s| *s != format!("{}@{}", m.name, m.version))
                 .collect();
             for refused in crate::registry::rules::refused(&m, &services) {
                 let (name, version, why) = (refused.name, refused.version, refused.reason);

@@ -158,16 +158,17 @@ impl Message<'_> {
         }
     }
 
-    /// The numeric id of a line that is not a valid message and has no `method`: an answer,
-    /// however malformed, to the request plugind sent under that id. None for anything else.
+    /// The numeric id of a line that is not a valid message and has no `method`: meant as an
+    /// answer to the request plugind sent under that id (which it does not end: the right
+    /// answer may follow). None for anything else.
     pub fn answer_id_of(line: &[u8]) -> Option<u64> {
         let (id, method) = Self::id_and_method(line)?;
         id.filter(|_| !method).and_then(Message::numeric_id)
     }
 
-    /// The members of a batch (a JSON array), which plugind does not take: each is answered or
-    /// failed by itself (`request_id_of`, `answer_id_of`), so nobody waits on a batch for an
-    /// answer that never comes. None when the line is not an array.
+    /// The members of a batch (a JSON array), which plugind does not take: each request in it is
+    /// answered by itself (`request_id_of`), so nobody waits on a batch for an answer that
+    /// never comes. None when the line is not an array.
     pub fn batch_members(line: &[u8]) -> Option<Vec<&RawValue>> {
         if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
             return None;

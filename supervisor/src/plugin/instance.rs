@@ -1053,7 +1053,13 @@ impl InstanceTask {
             }
             Incoming::Invalid(e) => {
                 self.chatter.charge(1, line.len());
-                self.report_bad_output(codes::INVALID_REQUEST, format!("stdout line is {e}; ignored"));
+                // A malformed answer ends no call (the right one may follow); the report says
+                // which call it was meant for, which goes on waiting.
+                let meant_for = plugind_protocol::jsonrpc::Message::answer_id_of(line)
+                    .filter(|n| self.instance.peer.awaits(*n))
+                    .map(|n| format!(" (call {n} goes on waiting for a valid answer)"))
+                    .unwrap_or_default();
+                self.report_bad_output(codes::INVALID_REQUEST, format!("stdout line is {e}; ignored{meant_for}"));
                 // A request it could not make sense of is still answered, under its own id (each
                 // one of a batch): a plugin waiting for that answer would wait forever.
                 let ids: Vec<Box<RawValue>> = plugind_protocol::jsonrpc::Message::request_ids_of(line)

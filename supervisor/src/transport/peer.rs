@@ -834,10 +834,9 @@ impl Peer {
     pub fn accept<'a>(&self, line: &'a bytes::Bytes) -> Incoming<'a> {
         self.trace(Dir::In, line);
         match Message::parse(line) {
-            Err(e) => {
-                self.fail_on_malformed_answer(line, &e);
-                Incoming::Invalid(e)
-            }
+            // Not an answer to take (both `result` and `error`, say): reported by whoever reads
+            // it, and no call ends for it: the right answer may follow (docs/protocol.md).
+            Err(e) => Incoming::Invalid(e),
             Ok(Message::Request { id, method, params }) => Incoming::Request { id, method, params },
             Ok(Message::Notification { method, params }) => {
                 if method == plugind_protocol::methods::PROGRESS {
@@ -848,19 +847,19 @@ impl Peer {
             Ok(Message::Response { id, outcome }) => {
                 let Some(n) = Message::numeric_id(id) else {
                     // plugind's ids are numbers: one echoed as a string (`"3"` for 3, a common
-                    // slip of shell and jq plugins) ends that call at once, saying why, rather
-                    // than leaving its caller to wait out the deadline for an answer that came.
+                    // slip of shell and jq plugins) answers no call, but the report says why.
                     let text = id.get();
-                    if let Some(n) =
-                        text.strip_prefix('"').and_then(|s| s.strip_suffix('"')).and_then(|s| s.parse::<u64>().ok())
-                    {
-                        let e = RpcError::new(
-                            plugind_protocol::codes::INTERNAL_ERROR,
-                            format!("the answer to call {n} came with id {text}, a string: answers must echo the request's id exactly (here the number {n})"),
-                        );
-                        self.fail_call(n, e);
-                    }
-                    return Incoming::UnknownResponse(text.to_owned());
+                    let pending = text
+                        .strip_prefix('"')
+                        .and_then(|s| s.strip_suffix('"'))
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .filter(|n| self.awaits(*n));
+                    return Incoming::UnknownResponse(match pending {
+                        Some(n) => format!(
+                            "{text} (a string: call {n} is waiting for its answer, whose id must be the number {n}, as it was sent)"
+                        ),
+                        None => text.to_owned(),
+                    });
                 };
                 let mut calls = self.calls();
                 match calls.pending.remove(&n) {
@@ -878,26 +877,9 @@ impl Peer {
         }
     }
 
-    /// A malformed answer (both `result` and `error`, say) to a call in flight ends that call
-    /// at once with `-32603`: its caller would otherwise wait out its deadline for an answer
-    /// that came. (The line is still reported as invalid by whoever reads it.)
-    fn fail_on_malformed_answer(&self, line: &[u8], e: &plugind_protocol::jsonrpc::ParseError) {
-        // Only valid JSON of the wrong shape: a line that is not JSON at all says nothing.
-        if !matches!(e, plugind_protocol::jsonrpc::ParseError::NotJsonRpc(_)) {
-            return;
-        }
-        // Answers inside a batch end their calls the same way, each by its id.
-        let answers: Vec<u64> = match Message::batch_members(line) {
-            Some(members) => members.iter().filter_map(|m| Message::answer_id_of(m.get().as_bytes())).collect(),
-            None => Message::answer_id_of(line).into_iter().collect(),
-        };
-        for n in answers {
-            let error = RpcError::new(
-                plugind_protocol::codes::INTERNAL_ERROR,
-                format!("the answer to this call was not a valid JSON-RPC response: {e}"),
-            );
-            self.fail_call(n, error);
-        }
+    /// Whether call `n` is waiting for its answer.
+    pub fn awaits(&self, n: u64) -> bool {
+        self.calls().pending.contains_key(&n)
     }
 
     /// Ends call `n`, if it is in flight, with `error` as its answer: its answer came but could
@@ -1024,25 +1006,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_malformed_answer_ends_its_call_at_once() {
-        let (peer, mut plugin_in, _) = pair();
-        let p2 = peer.clone();
-        let call = tokio::spawn(async move {
-            p2.call("execute", &serde_json::json!({}), Deadline::new(Duration::from_secs(30), Duration::from_secs(30)))
-                .await
-        });
-        let Some(Ok(Frame::Line(req))) = plugin_in.next().await else { panic!() };
-        let v: serde_json::Value = serde_json::from_slice(&req).unwrap();
-        let answer = format!(r#"{{"jsonrpc":"2.0","id":{},"result":1,"error":{{"code":1,"message":"x"}}}}"#, v["id"]);
-        assert!(matches!(peer.accept(&answer.into()), Incoming::Invalid(_)));
-        match call.await.unwrap() {
-            Err(CallError::Rpc(e)) => assert_eq!(e.code, plugind_protocol::codes::INTERNAL_ERROR, "{e:?}"),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(peer.in_flight(), 0);
-    }
-
-    #[tokio::test]
     async fn response_is_matched_by_id() {
         let (peer, mut plugin_in, _) = pair();
         let p2 = peer.clone();
@@ -1097,9 +1060,10 @@ mod tests {
         assert!(matches!(peer.accept(&answer(br#"{"id":99,"result":1}"#)), Incoming::UnknownResponse(_)));
     }
 
-    /// An answer whose id is plugind's number as a string ends that call at once, saying so.
+    /// An answer that cannot be taken (its id plugind's number as a string, or both `result`
+    /// and `error`) ends no call: the right answer that follows is delivered.
     #[tokio::test]
-    async fn an_answer_with_the_id_as_a_string_ends_its_call_at_once() {
+    async fn a_malformed_answer_leaves_its_call_waiting_for_the_right_one() {
         let (peer, mut plugin_in, _) = pair();
         let p2 = peer.clone();
         let call = tokio::spawn(async move {
@@ -1108,10 +1072,15 @@ mod tests {
         });
         let Some(Ok(Frame::Line(_req))) = plugin_in.next().await else { panic!() };
         let line = bytes::Bytes::from_static(br#"{"jsonrpc":"2.0","id":"1","result":{}}"#);
-        assert!(matches!(peer.accept(&line), Incoming::UnknownResponse(_)));
-        let Err(CallError::Rpc(e)) = call.await.unwrap() else { panic!("not ended by an error answer") };
-        assert_eq!(e.code, plugind_protocol::codes::INTERNAL_ERROR);
-        assert!(e.message.contains(r#"came with id "1", a string"#), "{}", e.message);
+        let Incoming::UnknownResponse(said) = peer.accept(&line) else { panic!("not an unknown response") };
+        assert!(said.contains("call 1 is waiting") && said.contains("the number 1"), "{said}");
+        let line =
+            bytes::Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"m"}}"#);
+        assert!(matches!(peer.accept(&line), Incoming::Invalid(_)));
+        let line = bytes::Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":"right"}"#);
+        assert!(matches!(peer.accept(&line), Incoming::Delivered));
+        let answer = call.await.unwrap().unwrap();
+        assert_eq!(answer.get(), r#""right""#);
     }
 
     #[tokio::test]

@@ -221,12 +221,15 @@ fn check_warns_about_services_register_may_not_claim() {
     crate::support::copy_dir(&fixture("py-greedy"), &dir);
     let m = dir.join("plugin.json");
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&m).unwrap()).unwrap();
-    v["env"] = json!({"REGISTER": r#"[{"name": "victim", "version": "99.0.0"}]"#});
+    // Its own service named too: listed once.
+    v["env"] =
+        json!({"REGISTER": r#"[{"name": "victim", "version": "99.0.0"}, {"name": "py-greedy", "version": "1.0.0"}]"#});
     std::fs::write(&m, v.to_string()).unwrap();
     let out = ctl(&["check", dir.to_str().unwrap()], work.path());
     let t = text(&out);
     assert!(t.contains("register: service victim@99.0.0 refused"), "{t}");
-    assert!(t.contains("services: py-greedy@1.0.0") && !t.contains(", victim@99.0.0"), "{t}");
+    let services = t.lines().find(|l| l.contains("services:")).unwrap();
+    assert!(services.ends_with("services: py-greedy@1.0.0"), "{t}");
 }
 
 /// The manifest's warnings are in the plugin's own log too, where `pluginctl logs` shows them.

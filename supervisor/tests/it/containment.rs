@@ -1708,7 +1708,8 @@ async fn a_plugin_named_after_a_provided_service_does_not_take_it() {
         if round == "after a restart" {
             d.restart().await;
         } else {
-            assert_eq!(d.ctl(&["reload"]).status.code(), Some(0));
+            // Exit 1: the newcomer could not be loaded.
+            assert_eq!(d.ctl(&["reload"]).status.code(), Some(1));
         }
         let invalid = format!("llm@{}", newcomer.display());
         let s = d.status(&invalid).await;
@@ -1727,7 +1728,8 @@ async fn a_renamed_holder_does_not_hand_its_name_to_a_waiting_claimant() {
     let mut d = victim(Daemon::builder()).start().await;
     let impostor = d.plugins.join("evil");
     hostile_dir(&impostor, json!({"name": "victim", "permissions": ["storage"]}));
-    assert_eq!(d.ctl(&["reload"]).status.code(), Some(0));
+    // Exit 1: the impostor could not be loaded.
+    assert_eq!(d.ctl(&["reload"]).status.code(), Some(1));
     assert_eq!(d.status(&format!("victim@{}", impostor.display())).await["state"], "invalid");
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit().await, Some(0));

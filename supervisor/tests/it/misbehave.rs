@@ -518,13 +518,21 @@ async fn a_plugins_malformed_request_is_answered_under_its_id() {
     assert!(!log.contains("non-JSON line"), "{log}");
 }
 
-/// Batches are not part of the protocol, but nobody waits on one: a plugin's answer inside a
-/// batch ends its call at once with `-32603` (not at the deadline), and its request inside a
-/// batch is answered `-32600` under its own id, both saying why.
+/// Answers plugind cannot take (inside a batch, under the id as a string, of another
+/// `jsonrpc`, with both `result` and `error`, with neither) are each logged and reported with
+/// `onError`, and none disturbs the call it was meant for: the right answer that follows is its
+/// answer. A request inside a batch is answered `-32600` under its own id, saying why.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_batch_from_a_plugin_is_answered_and_ends_its_call_at_once() {
+async fn malformed_answers_leave_the_call_to_the_right_one() {
     let d = Daemon::builder().plugin("hostile").start().await;
-    ends_at_once_with_32603(&d, "batch_answer", "without batches").await;
+    let r = d.call("execute", json!({"plugin": "hostile", "method": "malformed_answers", "params": {}})).await;
+    assert_eq!(r.unwrap(), json!("the right one"));
+    let r = d.call("logs.tail", json!({"plugin": "hostile", "lines": 1000})).await.unwrap();
+    let log: Vec<&str> = r["lines"].as_array().unwrap().iter().filter_map(|l| l["message"].as_str()).collect();
+    let log = log.join("\n");
+    assert_eq!(log.matches("goes on waiting for a valid answer").count(), 3, "{log}");
+    assert!(log.contains("a string: call") && log.contains("is waiting for its answer"), "{log}");
+    assert!(log.contains("without batches"), "{log}");
     let r = d.execute("hostile", "batch_request", json!({})).await.unwrap();
     assert_eq!(r["error"]["code"], -32600, "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("without batches"), "{r}");

@@ -184,6 +184,9 @@ async fn pluginctl_reload_adds_and_removes_directories() {
         std::fs::write(d.plugins.join(bad).join("plugin.json"), format!(r#"{{"name": "{bad}"}}"#)).unwrap();
     }
     let out = d.ctl(&["reload"]);
+    // A script can tell: exit 1, saying so.
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not be loaded"), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let errors: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("errors:")).collect();
     assert_eq!(errors.len(), 2, "{text}");
