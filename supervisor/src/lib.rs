@@ -30,6 +30,7 @@ pub mod hooks;
 pub mod host;
 pub mod kv;
 pub mod listen;
+pub mod log_files;
 pub mod logs;
 pub mod mcp;
 pub mod metrics;
@@ -94,6 +95,8 @@ pub struct Daemon {
     pub metrics: metrics::Metrics,
     /// The plugins' key-value store, opened by [`run`] (or lazily by whoever needs it first).
     kv: std::sync::OnceLock<Arc<kv::KvStore>>,
+    /// The plugins' log rings on disk, opened by [`run`] (`check` keeps its lines in memory).
+    log_files: std::sync::OnceLock<Arc<log_files::LogFiles>>,
     /// Providers by service name, cached between registry changes.
     services: registry::ServiceIndex,
     /// Names whose holding directory is gone, reserved for it (`discovery::scan`): never
@@ -121,6 +124,7 @@ impl Daemon {
             events: broadcast::channel(1024).0,
             metrics: metrics::Metrics::default(),
             kv: std::sync::OnceLock::new(),
+            log_files: std::sync::OnceLock::new(),
             services: registry::ServiceIndex::default(),
             reserved_names: RwLock::default(),
             spawner: std::sync::OnceLock::new(),
@@ -142,6 +146,21 @@ impl Daemon {
         }
         let store = kv::KvStore::open(&self.paths.root().join("kv.sqlite"))?;
         Ok(self.kv.get_or_init(|| store).clone())
+    }
+
+    /// Opens the plugins' log files in the state dir (`logs/`): from now on a plugin's log is
+    /// kept there too, and a plugin loaded afterwards starts with the lines of its last run.
+    pub fn open_log_files(&self) -> std::io::Result<()> {
+        let files = log_files::LogFiles::open(&self.paths.root().join("logs"), self.config.log_lines)?;
+        let _ = self.log_files.set(Arc::new(files));
+        Ok(())
+    }
+
+    /// Waits (a little) for the log lines still queued for the log files to be written.
+    pub async fn flush_log_files(&self) {
+        if let Some(files) = self.log_files.get().cloned() {
+            let _ = tokio::task::spawn_blocking(move || files.flush(Duration::from_secs(2))).await;
+        }
     }
 
     /// The settings.
@@ -349,7 +368,12 @@ impl Daemon {
     }
 
     fn new_log(&self, name: &str) -> Arc<PluginLog> {
-        Arc::new(PluginLog::new(name, self.config.log_lines, self.log_follow.clone()).with_events(self.events.clone()))
+        let log = PluginLog::new(name, self.config.log_lines, self.log_follow.clone()).with_events(self.events.clone());
+        // Only a valid name is a file name (an `invalid` entry is named `NAME@DIR`).
+        match self.log_files.get() {
+            Some(files) if plugind_protocol::manifest::is_valid_name(name) => Arc::new(log.with_files(files.clone())),
+            _ => Arc::new(log),
+        }
     }
 
     /// A log for a plugin that is not (yet) in the table, e.g. for `pluginctl check`.
@@ -791,6 +815,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // plugins have started; sd_notify and the watchdog go through it too.
     let mut service = service::Service::new(daemon.clone(), hup);
     daemon.open_kv().map_err(|e| cleanup(e.into()))?;
+    daemon.open_log_files().map_err(|e| cleanup(anyhow::anyhow!("cannot open the log files' directory: {e}")))?;
     let load_errors = daemon.load();
     let server = tokio::spawn(control::serve(daemon.clone(), listener));
     let api = match api {
@@ -877,6 +902,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     server.abort();
     let _ = std::fs::remove_file(&socket);
     trace::flush(Duration::from_secs(2)).await;
+    daemon.flush_log_files().await;
     tracing::info!("plugind stopped");
     Ok(())
 }

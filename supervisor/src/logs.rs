@@ -60,6 +60,20 @@ struct Rings {
     calls_bucket: Bucket,
 }
 
+impl Rings {
+    /// Keeps `line` (costing `size`), letting the oldest go past `capacity` lines or
+    /// [`caps::LOG_RING_BYTES`].
+    fn keep(&mut self, line: LogLine, size: usize, capacity: usize) {
+        while self.lines.len() >= capacity || (self.bytes + size > caps::LOG_RING_BYTES && !self.lines.is_empty()) {
+            self.lines.pop_front();
+            self.bytes -= self.sizes.pop_front().unwrap_or(0);
+        }
+        self.bytes += size;
+        self.sizes.push_back(size);
+        self.lines.push_back(line);
+    }
+}
+
 /// A token bucket of lines and of their bytes, counting what it refused.
 struct Bucket {
     tokens: f64,
@@ -124,6 +138,8 @@ pub struct PluginLog {
     events: Option<broadcast::Sender<Event>>,
     /// Caps this plugin went over: each is warned about once.
     overflows: Overflows,
+    /// Where its lines are kept on disk too, when plugind keeps them there.
+    files: Option<Arc<crate::log_files::LogFiles>>,
 }
 
 impl PluginLog {
@@ -146,7 +162,22 @@ impl PluginLog {
             follow,
             events: None,
             overflows: Overflows::default(),
+            files: None,
         }
+    }
+
+    /// The same log, kept in `files` too, and starting with the lines they hold (its last run's),
+    /// within the ring's bounds.
+    pub fn with_files(mut self, files: Arc<crate::log_files::LogFiles>) -> Self {
+        {
+            let mut r = self.rings();
+            for line in files.load(&self.plugin) {
+                let size = line_bytes(&line);
+                r.keep(line, size, self.capacity);
+            }
+        }
+        self.files = Some(files);
+        self
     }
 
     /// The same log, publishing events about calls to `events` (`events.subscribe`).
@@ -221,14 +252,11 @@ impl PluginLog {
             }
             r.stderr.push_back(line.message.clone());
         }
-        while r.lines.len() == self.capacity || (r.bytes + size > caps::LOG_RING_BYTES && !r.lines.is_empty()) {
-            r.lines.pop_front();
-            r.bytes -= r.sizes.pop_front().unwrap_or(0);
-        }
-        r.bytes += size;
-        r.sizes.push_back(size);
-        r.lines.push_back(line.clone());
+        r.keep(line.clone(), size, self.capacity);
         drop(r);
+        if let Some(files) = &self.files {
+            files.append(&self.plugin, &line);
+        }
         let _ = self.follow.send(line);
     }
 

@@ -103,6 +103,60 @@ async fn stderr_and_log_notifications_reach_logs_tail_and_pluginctl_logs() {
     child.wait().unwrap();
 }
 
+/// A plugin's log ring is kept in the state dir too (`logs/NAME.jsonl`, mode 0600): after plugind
+/// restarts, `logs` shows the lines of the last run before this run's, within the ring's
+/// bounds; on disk a plugin's lines take at most two rings' worth, however much it logs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_log_survives_a_restart_of_plugind_within_its_bounds() {
+    let mut d = Daemon::builder()
+        .arg("--log-lines")
+        .arg("60")
+        .plugin_files(
+            "talker",
+            &[("plugin.json", r#"{"name": "talker", "version": "1.0.0", "main": "t.py"}"#), ("t.py", TALKER)],
+        )
+        .start()
+        .await;
+    let said = |lines: &serde_json::Value, word: &str| {
+        lines.as_array().unwrap().iter().position(|l| l["message"] == format!("stderr says {word}"))
+    };
+    d.execute("talker", "say", json!({"word": "before-the-restart"})).await.unwrap();
+    wait_for("the line in the ring", async || {
+        let r = d.call("logs.tail", json!({"plugin": "talker", "lines": 1000})).await.ok()?;
+        said(&r["lines"], "before-the-restart").map(|_| ())
+    })
+    .await;
+    d.restart().await;
+    let r = d.call("logs.tail", json!({"plugin": "talker", "lines": 1000})).await.unwrap();
+    let old = said(&r["lines"], "before-the-restart").expect("the last run's line is in the ring");
+    let lines = r["lines"].as_array().unwrap();
+    let started_again =
+        lines.iter().rposition(|l| l["message"].as_str().unwrap().contains("started instance")).unwrap();
+    assert!(old < started_again, "the last run's lines come first: {r}");
+    let file = d.dir.path().join("state/logs/talker.jsonl");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // Many lines: the files hold at most two rings of 60, the ring after a restart the last 60.
+    for n in 0..150 {
+        d.execute("talker", "say", json!({"word": format!("w{n}")})).await.unwrap();
+    }
+    wait_for("the last line in the ring", async || {
+        let r = d.call("logs.tail", json!({"plugin": "talker", "lines": 1000})).await.ok()?;
+        said(&r["lines"], "w149").map(|_| ())
+    })
+    .await;
+    d.restart().await;
+    let on_disk: usize = ["talker.jsonl", "talker.1.jsonl"]
+        .iter()
+        .map(|f| std::fs::read_to_string(d.dir.path().join("state/logs").join(f)).unwrap_or_default().lines().count())
+        .sum();
+    assert!((60..=120).contains(&on_disk), "{on_disk} lines on disk for a ring of 60");
+    let r = d.call("logs.tail", json!({"plugin": "talker", "lines": 1000})).await.unwrap();
+    assert!(r["lines"].as_array().unwrap().len() <= 60, "{r}");
+    assert!(said(&r["lines"], "w149").is_some() && said(&r["lines"], "before-the-restart").is_none(), "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn events_report_state_changes_and_restarts() {
     let d = Daemon::builder().plugin("py-probe").start().await;
