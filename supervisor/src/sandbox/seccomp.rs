@@ -21,7 +21,12 @@
 //!   read the secrets kept there and leave keys for other plugins (as Docker's default profile).
 //!
 //! Without `filesystem` (`EPERM`): metadata changes, which Landlock does not cover: chmod, chown,
-//! utime and the xattr calls, in their path and fd forms, everywhere (its `TMPDIR` included).
+//! utime and the xattr calls, in their path and fd forms, and the ioctls that set inode flags
+//! (`chattr`: a read-only descriptor is enough), everywhere (its `TMPDIR` included).
+//!
+//! io_uring needs `networking` and `filesystem` both: its operations run without the syscalls
+//! they stand for, past these filters (`IORING_OP_SOCKET` past the socket rule,
+//! `IORING_OP_SETXATTR` past the metadata rule; Landlock still applies to what it opens).
 
 use seccompiler::{
     BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -69,6 +74,16 @@ const METADATA: &[i64] = &[
     libc::SYS_utimes,
     #[cfg(target_arch = "x86_64")]
     libc::SYS_futimesat,
+];
+
+/// The ioctls that change an inode's flags or attributes (`chattr`, `FS_IOC_FSSETXATTR`), in
+/// their 64- and 32-bit forms: the file's owner may make them on a descriptor opened read-only.
+const SET_INODE_FLAGS: &[u64] = &[
+    0x4008_6602, // FS_IOC_SETFLAGS
+    0x4004_6602, // FS_IOC32_SETFLAGS
+    0x401c_5820, // FS_IOC_FSSETXATTR
+    0x4008_7602, // FS_IOC_SETVERSION
+    0x4004_7602, // FS_IOC32_SETVERSION
 ];
 
 /// The mount API, old and new (the new syscalls have one number on every architecture).
@@ -126,6 +141,14 @@ pub fn filters(deny: Denials) -> Result<Vec<BpfProgram>, BackendError> {
     }
     if deny.metadata {
         eperm.extend(METADATA.iter().map(|&nr| (nr, vec![])));
+        let cmd = |c: u64| SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, c);
+        let ioctls: Vec<SeccompRule> =
+            SET_INODE_FLAGS.iter().map(|&c| SeccompRule::new(vec![cmd(c)?])).collect::<Result<_, _>>()?;
+        eperm.insert(libc::SYS_ioctl, ioctls);
+        if !deny.network {
+            // (Without `networking` the socket program refuses it already.)
+            eperm.insert(libc::SYS_io_uring_setup, vec![]);
+        }
     }
     // CLONE_PARENT makes the new process a child of plugind, which does not know it: a zombie
     // plugind never reaps, outliving the plugin (3,000 in 2 s, audit 16). For every plugin.

@@ -545,7 +545,8 @@ async fn plugin_without_filesystem_changes_no_file_outside_its_dirs() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "original\n");
 }
 
-/// chmod (setuid), chown, utime and setxattr outside the plugin's own dirs without
+/// chmod (setuid), chown, utime, setxattr, inode flags (chattr) and io_uring (whose operations
+/// pass the syscall filters) outside the plugin's own dirs without
 /// `filesystem`, another plugin's `main` among the targets: its mode stays, and plugind does
 /// not hot-reload it (checked after a sentinel plugin's reload, which the same watcher sees).
 #[tokio::test(flavor = "multi_thread")]
@@ -562,11 +563,15 @@ async fn plugin_without_filesystem_changes_no_metadata_outside_its_dirs() {
             continue;
         }
         for target in [&main, &file] {
-            for method in ["chmod", "chown", "utime", "setxattr"] {
+            for method in ["chmod", "chown", "utime", "setxattr", "chattr"] {
                 let r = attack(&d, name, method, json!({"path": target, "mode": 0o4777})).await;
                 refused(&r, &format!("{name} {method} {}", target.display()));
             }
         }
+        // io_uring's operations (IORING_OP_SETXATTR…) run past the metadata rule: no ring at all,
+        // `networking` or not.
+        let r = attack(&d, name, "io_uring", json!({})).await;
+        refused(&r, &format!("{name} io_uring"));
     }
     assert_eq!([&file, &main].map(|p| std::fs::metadata(p).unwrap().permissions().mode()), modes);
     // The watcher handles changes in batches, in order: once it has acted on a later change
