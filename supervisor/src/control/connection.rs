@@ -228,10 +228,9 @@ where
     conn.closed.cancel();
     // Close our side explicitly, after the answers already queued: waiting for the last clone
     // of the peer to drop is not enough, as a cached copy of the registry may still hold the
-    // host service it was given (and a client waiting for EOF would wait forever). Spawned: a
-    // client that reads nothing must not keep this task.
-    let peer = conn.peer.clone();
-    tokio::spawn(async move { peer.close_output().await });
+    // host service it was given (and a client waiting for EOF would wait forever). It never
+    // waits: a client that reads nothing must not keep this task.
+    conn.peer.close_output();
 }
 
 /// Cancels the request a finished line named, if it was a `$/cancel`.

@@ -816,7 +816,7 @@ impl InstanceTask {
                     }
                     Step::TeardownAnswered => {
                         if let Some(StopPhase::Teardown(_)) = stop {
-                            inst.peer.close_output().await;
+                            inst.peer.close_output();
                             stop = Some(StopPhase::StdinClosed(Instant::now() + STOP_STEP));
                         }
                     }
@@ -870,7 +870,7 @@ impl InstanceTask {
                             }));
                             stop = Some(StopPhase::Teardown(Instant::now() + STOP_STEP));
                         } else {
-                            inst.peer.close_output().await;
+                            inst.peer.close_output();
                             stop = Some(StopPhase::StdinClosed(Instant::now() + STOP_STEP));
                         }
                     }
@@ -885,7 +885,7 @@ impl InstanceTask {
                         stop = Some(StopPhase::Killed);
                     }
                     Some(StopPhase::Teardown(t)) if t <= Instant::now() => {
-                        inst.peer.close_output().await;
+                        inst.peer.close_output();
                         stop = Some(StopPhase::StdinClosed(Instant::now() + STOP_STEP));
                     }
                     Some(StopPhase::StdinClosed(t)) if t <= Instant::now() => {

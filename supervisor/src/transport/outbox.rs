@@ -252,6 +252,19 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues [`Outgoing::Close`] behind what is queued, whether the queue is full or not (it
+    /// holds no bytes): closing must not wait for a peer that does not read.
+    pub fn close_when_written(&self) {
+        let writer = {
+            let mut st = self.0.state();
+            if st.closed {
+                return;
+            }
+            st.queue(Outgoing::Close)
+        };
+        wake(writer);
+    }
+
     /// Queues `item`, waiting for room until `due` (`Err` past it); false if the connection is
     /// gone.
     pub async fn send_until(

@@ -930,9 +930,10 @@ impl Peer {
         count
     }
 
-    /// Asks the writer task to flush and close the write half.
-    pub async fn close_output(&self) {
-        let _ = self.out.send(Outgoing::Close).await;
+    /// Has the writer task close the write half once what is queued is written. Never waits:
+    /// a stop goes on (SIGTERM, SIGKILL) while a peer that does not read keeps it from closing.
+    pub fn close_output(&self) {
+        self.out.close_when_written();
     }
 
     /// Calls of real work (not pings or teardown) waiting for an answer.

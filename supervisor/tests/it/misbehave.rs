@@ -340,6 +340,32 @@ async fn misbehave_stops_reading_stdin() {
     assert_eq!(d.execute("bad", "echo", json!(3)).await.unwrap(), json!(3));
 }
 
+/// A plugin that stops reading its stdin with more than its pipe holds on the way to it (plugind's
+/// queue to it full, its writer blocked) is stopped all the same, on the usual steps: `teardown`
+/// cannot reach it and its stdin cannot be closed, so SIGTERM comes 2 s later and SIGKILL 2 s
+/// after that. The stop used to wait for room to close the stdin, for ever: the plugin stayed
+/// `stopping` with its process alive, and rescans and hot reloads waited behind it (audit 17).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_that_stops_reading_stdin_is_stopped_all_the_same() {
+    let d = with_bad("stop-reading", json!({})).start().await;
+    let pid = d.status("bad").await["pid"].as_u64().unwrap();
+    let (r, _) = timed(&d, "misbehave", json!({}), 1000).await;
+    assert_eq!(code(&r), -32001, "{r:?}");
+    // 1.6 MB on its way: past its pipe and plugind's queue (1 MiB).
+    let big = "y".repeat(200_000);
+    let calls = (0..8).map(|_| timed(&d, "echo", json!(big), 1000));
+    futures::future::join_all(calls).await;
+    let t = Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(20), d.call("plugins.stop", json!({"name": "bad"}))).await;
+    let s = stopped.expect("plugins.stop answered within 20 s").unwrap();
+    assert_eq!(s["state"], "stopped", "{s}");
+    assert!(!alive(pid as u32), "its process is gone once stop has answered");
+    assert!(t.elapsed() < Duration::from_secs(10), "stopped on the usual steps: {:?}", t.elapsed());
+    // And it starts again.
+    assert_eq!(d.call("plugins.start", json!({"name": "bad"})).await.unwrap()["state"], "running");
+    assert_eq!(d.execute("bad", "echo", json!(3)).await.unwrap(), json!(3));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn misbehave_ignores_sigterm_and_is_killed_on_stop() {
     let d = with_bad("ignore-sigterm", json!({})).start().await;
