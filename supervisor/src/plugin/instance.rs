@@ -432,6 +432,9 @@ pub struct PluginShared {
     pub chatter: Chatter,
     /// The catalog its instances share while they register alike.
     pub catalog: catalog::SharedCatalog,
+    /// What its requests to plugind may hold, all instances together: a budget per instance
+    /// let a plugin of 64 instances make plugind hold 4 GiB.
+    pub requests: Budget,
 }
 
 impl PluginShared {
@@ -441,6 +444,7 @@ impl PluginShared {
             long_lines: LongLineTurn::new(),
             chatter: Chatter::new(),
             catalog: catalog::SharedCatalog::default(),
+            requests: Budget::for_plugin(),
         }
     }
 }
@@ -451,7 +455,7 @@ pub fn launch(
     id: u64,
     spec: InstanceSpec,
     host: Arc<dyn InstanceHost>,
-    PluginShared { log, long_lines, chatter, catalog }: PluginShared,
+    PluginShared { log, long_lines, chatter, catalog, requests }: PluginShared,
     events: mpsc::UnboundedSender<InstanceEvent>,
 ) -> Result<Arc<Instance>, SpawnError> {
     // Fresh: whatever an earlier holder of the name left is set aside first.
@@ -490,7 +494,7 @@ pub fn launch(
         chatter,
         catalog,
         events,
-        requests: Budget::for_plugin(),
+        requests,
         refusals: std::sync::Mutex::new(crate::time::Throttle::new(REFUSALS_REPORTED_EVERY)),
     };
     tokio::spawn(task.start(out_rx, stop_rx));

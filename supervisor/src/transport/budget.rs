@@ -19,12 +19,13 @@ use plugind_protocol::jsonrpc::RpcError;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Requests of one plugin served at once, as for a control connection: a plugin that gathers
+/// Requests of one plugin (all its instances) served at once, as for a control connection: a
+/// plugin that gathers
 /// a few thousand `kv.set`s at once is not refused, and the futures are a few KB each.
 pub const PLUGIN_REQUESTS: usize = 4096;
 
-/// Bytes one plugin's requests in flight may hold: their lines, and their answers while the
-/// plugin has not read them. Four frames of the largest size.
+/// Bytes one plugin's requests in flight may hold, all its instances together: their lines, and
+/// their answers while the plugin has not read them. Four frames of the largest size.
 pub const PLUGIN_REQUEST_BYTES: usize = 64 << 20;
 
 /// What a request gets in place of an answer of `len` bytes dropped because `who`'s requests
@@ -39,8 +40,9 @@ pub fn unread_answer(who: &str, len: usize, max: usize) -> RpcError {
     )
 }
 
-/// A peer's requests in flight and what they hold, with their bounds.
-#[derive(Debug)]
+/// A peer's requests in flight and what they hold, with their bounds. Clones share the count:
+/// a plugin's instances, in every generation, draw on one budget.
+#[derive(Debug, Clone)]
 pub struct Budget {
     held: Arc<Held>,
     max_requests: usize,

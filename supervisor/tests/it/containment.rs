@@ -815,6 +815,45 @@ async fn a_plugin_that_floods_requests_and_reads_nothing_is_not_read_from() {
     assert!(answers.keys().all(|k| k == "result" || k == "-32006"), "{out}");
 }
 
+/// A plugin's instances share its request budget: eight instances each flooding requests with
+/// 28 KB answers (`registry.listServices` of its 256 long method names) and reading none hold
+/// 64 MiB of them at most, all together. Each had a budget of its own: a plugin with no
+/// permission took plugind past 1 GB with 16 instances, and got it OOM-killed with 40 (audit 17).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_instances_share_its_request_budget() {
+    let names: Vec<String> = (0..256).map(|i| format!("m{i:03}{}", "x".repeat(106))).collect();
+    let config = json!({
+        "services": [{"name": "flooder", "version": "1.0.0", "methods": names}],
+        // Blocked for 10 s: plugind stopped reading it (a busy plugind reads slowly, not never).
+        "flood_after_register": {"method": "registry.listServices", "mb": 512, "patience_s": 10},
+    });
+    let b = hostile(Daemon::builder(), "flooder", &[], config).manifest("flooder", |m| {
+        m["instances"] = json!(8);
+        m["timeout_ms"] = json!(60_000);
+    });
+    let d = victim(b).start().await;
+    let before = rss_kb(d.pid());
+    let (_, peak) = peak_rss_during(d.pid(), async {
+        // Each instance says so once its writes have blocked.
+        wait_for_at_most(std::time::Duration::from_secs(120), "every instance's flood to block", async || {
+            let r = d.call("logs.tail", json!({"plugin": "flooder", "lines": 1000})).await.ok()?;
+            let blocked = r["lines"]
+                .as_array()?
+                .iter()
+                .filter(|l| {
+                    l["message"].as_str().is_some_and(|m| m.starts_with("hostile-flood") && m.contains("blocked=True"))
+                })
+                .count();
+            (blocked == 8).then_some(())
+        })
+        .await;
+    })
+    .await;
+    eprintln!("plugind: {before} KiB, at most {peak} KiB during the flood");
+    assert!(peak < before + 200 * 1024, "plugind grew from {before} KiB to {peak} KiB for one plugin's requests");
+    assert_eq!(attack(&d, "victim", "anything", json!({})).await["plugin"], "victim", "others are served");
+}
+
 /// A plugin that sends `service.call`s with 1 MiB params to a provider that reads nothing: at
 /// most 64 MiB of them are held for it (300 MiB were), the rest are refused `-32006` at once.
 #[tokio::test(flavor = "multi_thread")]
