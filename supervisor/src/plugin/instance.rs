@@ -827,6 +827,17 @@ impl InstanceTask {
                     Step::Served => {}
                 },
                 _ = ping.tick(), if ready && !ping_out && stop.is_none() => {
+                    // The kernel holds the instance's limits for its processes together, but
+                    // stops none of them: a child killed at `memory_mb`, or CPU time past
+                    // `cpu_seconds` spent by several, leaves the main process running. Read
+                    // with the health ping: a few counters per instance every ping interval.
+                    if let Some((cg, why)) = cgroup.as_ref().and_then(|cg| self.over_limit(cg).map(|why| (cg, why))) {
+                        self.log.plugind(format!("{why}: stopping it"));
+                        stop = Some(StopPhase::Killed);
+                        self.kill_group(Signal::SIGKILL);
+                        cg.kill_all();
+                        continue;
+                    }
                     ping_out = true;
                     let peer = inst.peer.clone();
                     let d = Deadline::new(Duration::from_millis(self.spec.manifest.timeout_ms), Duration::from_millis(self.spec.manifest.timeout_ms));
@@ -956,6 +967,27 @@ impl InstanceTask {
             Err(e) => {
                 crate::caps::truncate(e, crate::caps::ERROR_TEXT_BYTES);
             }
+        }
+    }
+
+    /// Which of the manifest's limits the instance's processes went over together, as its
+    /// cgroup counts them: one of them killed by the OOM killer, or their CPU time past
+    /// `cpu_seconds`.
+    fn over_limit(&self, cg: &Cgroup) -> Option<String> {
+        let limits = &self.spec.manifest.limits;
+        let stats = cg.stats();
+        if stats.oom_kills > 0 {
+            return Some(format!(
+                "a process of the instance was killed at its memory limit (limits.memory_mb, {} MiB)",
+                limits.memory_mb
+            ));
+        }
+        match (limits.cpu_seconds, stats.cpu_usec) {
+            (Some(limit), Some(usec)) if usec >= limit.saturating_mul(1_000_000) => Some(format!(
+                "its processes used {:.1} s of CPU together, past limits.cpu_seconds ({limit} s)",
+                usec as f64 / 1e6
+            )),
+            _ => None,
         }
     }
 

@@ -489,6 +489,65 @@ async fn misbehave_leaks_memory_slowly() {
     assert_eq!(d.execute("bad", "echo", json!(4)).await.unwrap(), json!(4));
 }
 
+/// A plain-Python plugin whose `burn` forks `n` children that each allocate `mb` MiB, or spin
+/// for `cpu_s` seconds, and answers once they have ended (with how each ended).
+const BURNER: &str = r#"import json, os, sys, time
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m:
+        continue
+    r = None if m["method"] == "teardown" else {}
+    if m["method"] == "execute":
+        p = m["params"]["params"]
+        kids = []
+        for _ in range(p.get("n", 1)):
+            pid = os.fork()
+            if pid == 0:
+                if p.get("mb"):
+                    b = bytearray(p["mb"] << 20)
+                    for i in range(0, len(b), 4096):
+                        b[i] = 1
+                end = time.time() + p.get("cpu_s", 0)
+                while time.time() < end:
+                    pass
+                os._exit(0)
+            kids.append(pid)
+        r = {"statuses": [os.waitpid(k, 0)[1] for k in kids], "pid": os.getpid()}
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}), flush=True)
+"#;
+
+/// The instance's limits hold for its processes together, and going over them through
+/// children stops it like its own exit at the limit would: a child killed at `memory_mb` (the
+/// plugin itself lived on, `running`, nothing reported), CPU time past `cpu_seconds` spent by
+/// several children (each under it). The status names the limit, and the plugin is restarted
+/// (audit 17).
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_hold_for_an_instances_processes_together() {
+    for (limits, burn, limit) in [
+        (json!({"memory_mb": 64, "processes": 20}), json!({"n": 4, "mb": 30}), "memory_mb"),
+        (json!({"cpu_seconds": 1, "processes": 20}), json!({"n": 3, "cpu_s": 0.8}), "cpu_seconds"),
+    ] {
+        let manifest = json!({"name": "burner", "version": "1.0.0", "main": "b.py",
+            "permissions": ["process"], "limits": limits, "timeout_ms": 15000});
+        let d = Daemon::builder()
+            .arg("--ping-interval-ms")
+            .arg("100")
+            .plugin_files("burner", &[("plugin.json", &manifest.to_string()), ("b.py", BURNER)])
+            .start()
+            .await;
+        let pid = d.status("burner").await["pid"].as_u64().unwrap();
+        let r = d.execute("burner", "burn", burn).await.unwrap();
+        assert_eq!(r["pid"], pid, "the plugin itself lived on: {r}");
+        let s = wait_for("the instance to be stopped at its limit and restarted", async || {
+            let s = d.status("burner").await;
+            (s["state"] == "running" && s["pid"] != pid).then_some(s)
+        })
+        .await;
+        assert_eq!(s["last_exit"]["limit"], limit, "{limit}: {s}");
+        assert!(!alive(pid as u32));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn misbehave_spins_the_cpu() {
     let s = hits_limit("spin-cpu", json!({"cpu_seconds": 1}), "cpu_seconds").await;
