@@ -536,8 +536,12 @@ async fn limits_hold_for_an_instances_processes_together() {
             .start()
             .await;
         let pid = d.status("burner").await["pid"].as_u64().unwrap();
-        let r = d.execute("burner", "burn", burn).await.unwrap();
-        assert_eq!(r["pid"], pid, "the plugin itself lived on: {r}");
+        // Answered by the plugin itself, which lives on; or `-32003` when the stop came first
+        // (the ping tick may fall while the children are still at it).
+        match d.execute("burner", "burn", burn).await {
+            Ok(r) => assert_eq!(r["pid"], pid, "the plugin itself lived on: {r}"),
+            Err(e) => assert_eq!(code(&Err::<Value, _>(e)), -32003),
+        }
         let s = wait_for("the instance to be stopped at its limit and restarted", async || {
             let s = d.status("burner").await;
             (s["state"] == "running" && s["pid"] != pid).then_some(s)
