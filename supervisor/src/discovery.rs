@@ -252,7 +252,7 @@ pub fn write_holders(path: &Path, holders: &Holders, found: &[Found], release_go
 pub fn load(dir: &Path, plugind_version: &semver::Version) -> Found {
     let file = dir.join("plugin.json");
     let dir_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let text = match read_at_most(&file, MANIFEST_MAX) {
+    let text = match read_manifest(&file) {
         Ok(t) if t.len() as u64 > MANIFEST_MAX => {
             return Found {
                 dir: dir.to_path_buf(),
@@ -345,6 +345,36 @@ fn read_at_most(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut out = Vec::new();
     std::fs::File::open(path)?.take(max + 1).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// A manifest's text (its first `MANIFEST_MAX + 1` bytes at most), from a file that is its own:
+/// not a symbolic link, nor a writable file with other hard links. The mount namespace makes
+/// `plugin.json` read-only to its plugin, but only at that path: through a link's target (a
+/// directory it may rename, another name of the same file) a plugin with `filesystem` would
+/// rewrite its own manifest and grant itself permissions at the next reload (audit 17).
+fn read_manifest(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let refused = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            let to = std::fs::read_link(path).map(|t| format!(" (to {})", t.display())).unwrap_or_default();
+            return Err(refused(format!(
+                "it is a symbolic link{to}: the manifest must be a file of the plugin's directory, as a plugin could                  change what a link points to, and so its own permissions"
+            )));
+        }
+        other => other?,
+    };
+    let meta = file.metadata()?;
+    if meta.nlink() > 1 && meta.mode() & 0o222 != 0 {
+        return Err(refused(format!(
+            "it has {} hard links and is writable: through another of its names a plugin could rewrite its own              manifest; copy it (or make it read-only)",
+            meta.nlink()
+        )));
+    }
+    let mut out = Vec::new();
+    file.take(MANIFEST_MAX + 1).read_to_end(&mut out)?;
     Ok(out)
 }
 

@@ -102,14 +102,18 @@ impl Daemon {
                 result.receipt.push(entry(&name, HookOutcome::Shadow, started, None));
                 running.push((at, started));
                 let copy = result.payload.clone();
-                shadows.push(Box::pin(async move {
+                // Within its own timeout_ms, `$/progress` or not (and the chain's budget), and
+                // heard of by no one: a shadow never changes the chain, nor its duration.
+                let own = started + Duration::from_millis(m.timeout_ms);
+                let shadow_end = Some(end.map_or(own, |e| e.min(own)));
+                shadows.push(Box::pin(crate::transport::peer::unrelayed(async move {
                     let answer = if m.entry.status().state.is_running() {
-                        self.hook_step(m, hook, &copy, None, chain_hop).await
+                        self.hook_step(m, hook, &copy, shadow_end, chain_hop).await
                     } else {
                         Err(unavailable(&m.entry))
                     };
                     (at, started, answer.err())
-                }));
+                })));
                 continue;
             }
             // Shadow steps make progress (and are recorded) while this one runs.

@@ -2,8 +2,8 @@
 //! before plugind restarted, not only since.
 //!
 //! Each plugin has `NAME.jsonl`, its latest lines (one JSON [`LogLine`] each, as `logs.tail`
-//! answers them), and `NAME.1.jsonl`, the lines before those. Once `NAME.jsonl` holds a ring's
-//! worth (`log_lines` lines, or [`FILE_BYTES`]), it becomes `NAME.1.jsonl` (replacing the older
+//! answers them), and `NAME.jsonl.1`, the lines before those. Once `NAME.jsonl` holds a ring's
+//! worth (`log_lines` lines, or [`FILE_BYTES`]), it becomes `NAME.jsonl.1` (replacing the older
 //! one) and a new one starts: a plugin's files hold one to two rings' worth, whatever it logs.
 //! When plugind starts, each plugin's ring is filled from them ([`LogFiles::load`]).
 //!
@@ -103,8 +103,11 @@ fn latest(dir: &Path, plugin: &str) -> PathBuf {
     dir.join(format!("{plugin}.jsonl"))
 }
 
+/// `NAME.jsonl.1`: no plugin's latest file has this name (they all end in `.jsonl`), where
+/// `NAME.1.jsonl` was also the latest of a plugin named `NAME.1`, which then wrote lines into
+/// NAME's ring and rotated its history away (audit 17).
 fn older(dir: &Path, plugin: &str) -> PathBuf {
-    dir.join(format!("{plugin}.1.jsonl"))
+    dir.join(format!("{plugin}.jsonl.1"))
 }
 
 /// The last `max` bytes of `path`, from the first line that begins in them.
@@ -222,24 +225,35 @@ mod tests {
     #[test]
     fn a_plugins_files_keep_one_to_two_rings_and_load_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
+        // Lines `written` by a writer of its own (a plugind run), then what the files hold.
+        let run = |written: std::ops::Range<usize>| -> Vec<String> {
+            let files = LogFiles::open(dir.path(), 10).unwrap();
+            for n in written {
+                files.append("p", &line(n));
+            }
+            files.flush(Duration::from_secs(10));
+            files.load("p").into_iter().map(|l| l.message).collect()
+        };
+        let lines = |r: std::ops::Range<usize>| r.map(|n| format!("line {n}")).collect::<Vec<_>>();
+        // 25 lines in files of 10: the latest holds 5, the older one the 10 before them.
+        assert_eq!(run(0..25), lines(10..25));
+        // A new writer (plugind restarted) goes on counting from what the file holds.
+        assert_eq!(run(25..31), lines(20..31));
+    }
+
+    /// Plugins named `p` and `p.1` (both valid names) keep their lines apart, rotated or not.
+    #[test]
+    fn a_plugin_named_like_anothers_older_file_stays_apart() {
+        let dir = tempfile::tempdir().unwrap();
         let files = LogFiles::open(dir.path(), 10).unwrap();
-        for n in 0..25 {
+        for n in 0..15 {
             files.append("p", &line(n));
+            files.append("p.1", &line(100 + n));
         }
         files.flush(Duration::from_secs(10));
-        let loaded: Vec<String> = files.load("p").into_iter().map(|l| l.message).collect();
-        // 25 lines in files of 10: the latest holds 5, the older one the 10 before them.
-        let expected: Vec<String> = (10..25).map(|n| format!("line {n}")).collect();
-        assert_eq!(loaded, expected);
-        // A new writer (plugind restarted) goes on counting from what the file holds.
-        let again = LogFiles::open(dir.path(), 10).unwrap();
-        for n in 25..31 {
-            again.append("p", &line(n));
-        }
-        again.flush(Duration::from_secs(10));
-        let loaded: Vec<String> = again.load("p").into_iter().map(|l| l.message).collect();
-        let expected: Vec<String> = (20..31).map(|n| format!("line {n}")).collect();
-        assert_eq!(loaded, expected);
+        let of = |plugin| -> Vec<String> { files.load(plugin).into_iter().map(|l| l.message).collect() };
+        assert_eq!(of("p"), (0..15).map(|n| format!("line {n}")).collect::<Vec<_>>());
+        assert_eq!(of("p.1"), (100..115).map(|n| format!("line {n}")).collect::<Vec<_>>());
     }
 
     #[test]

@@ -190,8 +190,10 @@ impl Metrics {
                 p.name
             )));
         }
-        // `__`-names are Prometheus's own (`__name__`): one would spoil the whole scrape.
-        if let Some(bad) = labels.keys().find(|k| !valid_name(k) || k.as_str() == "plugin" || k.starts_with("__")) {
+        // `__`-names are Prometheus's own (`__name__`): one would spoil the whole scrape. `le`
+        // is a histogram's bucket label (the prometheus crate panics on it there).
+        let reserved = |k: &str| k == "plugin" || k.starts_with("__") || (p.kind == MetricKind::Histogram && k == "le");
+        if let Some(bad) = labels.keys().find(|k| !valid_name(k) || reserved(k)) {
             return Err(EmitError::Invalid(format!("label name {bad:?} is not allowed")));
         }
         let mut names: Vec<String> = std::iter::once("plugin".to_owned()).chain(labels.keys().cloned()).collect();
@@ -248,10 +250,13 @@ impl Metrics {
         if mine.keys.insert(key) {
             mine.text_bytes += new_text;
         }
+        // The fallible lookups (`with_label_values` panics where the crate refuses a series):
+        // what a plugin sends must never panic plugind.
+        let invalid = |e: prometheus::Error| EmitError::Invalid(e.to_string());
         match &families[&p.name] {
-            Emitted::Counter(v, _) => v.with_label_values(&values).inc_by(p.value),
-            Emitted::Gauge(v, _) => v.with_label_values(&values).set(p.value),
-            Emitted::Histogram(v, _) => v.with_label_values(&values).observe(p.value),
+            Emitted::Counter(v, _) => v.get_metric_with_label_values(&values).map_err(invalid)?.inc_by(p.value),
+            Emitted::Gauge(v, _) => v.get_metric_with_label_values(&values).map_err(invalid)?.set(p.value),
+            Emitted::Histogram(v, _) => v.get_metric_with_label_values(&values).map_err(invalid)?.observe(p.value),
         }
         Ok(())
     }
@@ -486,6 +491,10 @@ mod tests {
         emit(&m, "q_count", MetricKind::Counter, 1.0, &[]).unwrap();
         assert!(emit(&m, "q", MetricKind::Histogram, 1.0, &[]).is_err());
         emit(&m, "h_total", MetricKind::Counter, 1.0, &[]).unwrap();
+        // A histogram's bucket label: refused, not a panic (audit 17).
+        let e = emit(&m, "hh", MetricKind::Histogram, 1.0, &[("le", "5")]).unwrap_err();
+        assert!(e.to_string().contains("\"le\""), "{e}");
+        emit(&m, "gg", MetricKind::Gauge, 1.0, &[("le", "5")]).unwrap();
     }
 
     /// Within every other cap a plugin could make tens of megabytes of text (1000 histograms

@@ -497,7 +497,28 @@ pub fn launch(
         requests,
         refusals: std::sync::Mutex::new(crate::time::Throttle::new(REFUSALS_REPORTED_EVERY)),
     };
-    tokio::spawn(task.start(out_rx, stop_rx));
+    let (events, log, inst) = (task.events.clone(), task.log.clone(), instance.clone());
+    tokio::spawn(async move {
+        use futures::FutureExt as _;
+        let Err(panic) = std::panic::AssertUnwindSafe(task.start(out_rx, stop_rx)).catch_unwind().await else {
+            return;
+        };
+        // A bug of plugind's, caught: the instance must still end, its process with it, or its
+        // plugin would wait for it for ever (`running` with a dead pid, a stop that never ends).
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let reason = format!("plugind's task serving instance {} failed: {what}", inst.id);
+        log.warn(format!("{reason}; its processes are killed"));
+        if inst.pid() > 0 {
+            let _ = killpg(Pid::from_raw(inst.pid() as i32), Signal::SIGKILL);
+        }
+        inst.peer.close();
+        let exit = ExitReport { reason: Some(reason), signal: Some(libc::SIGKILL), ..ExitReport::default() };
+        let _ = events.send(InstanceEvent::Exited { id: inst.id, exit });
+    });
     Ok(instance)
 }
 

@@ -310,15 +310,40 @@ impl<F: std::future::Future> std::future::Future for Relaying<F> {
 /// [`Relaying`], for a caller that polls a future pinned where it stands rather than moving it
 /// into a `Relaying`.
 pub fn with_progress_to<R>(to: &ProgressTo, f: impl FnOnce() -> R) -> R {
-    /// Puts back the enclosing scope's target, also if the poll panics.
-    struct Restore(*const ProgressTo);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            PROGRESS_TO.with(|cell| cell.set(self.0));
-        }
-    }
-    let _restore = Restore(PROGRESS_TO.with(|cell| cell.replace(to)));
+    let _restore = RestoreRelay(PROGRESS_TO.with(|cell| cell.replace(to)));
     f()
+}
+
+/// Puts back the enclosing scope's relay target when a scope ends, also if its poll panics.
+struct RestoreRelay(*const ProgressTo);
+
+impl Drop for RestoreRelay {
+    fn drop(&mut self) {
+        PROGRESS_TO.with(|cell| cell.set(self.0));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future whose calls relay no progress, even inside a [`Relaying`] one (see [`unrelayed`]).
+    pub struct Unrelayed<F> {
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Unrelayed<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let _restore = RestoreRelay(PROGRESS_TO.with(|cell| cell.replace(std::ptr::null())));
+        self.project().fut.poll(cx)
+    }
+}
+
+/// Runs `fut` with no progress relayed from the calls it makes, within a host's request whose
+/// calls relay theirs: work beside the request that the host must not hear of (a shadow hook).
+pub fn unrelayed<F: std::future::Future>(fut: F) -> Unrelayed<F> {
+    Unrelayed { fut }
 }
 
 /// Runs `fut` with the progress of the calls it makes relayed to `to`.

@@ -1909,6 +1909,47 @@ async fn plugin_cannot_rewrite_its_own_manifest() {
     }
 }
 
+/// A `plugin.json` that is a symbolic link (into the plugin's own directory, or to a file
+/// elsewhere), or a writable file with another hard link, is a load error naming it: the mount
+/// namespace makes the manifest read-only at its path only, and a plugin with `filesystem`
+/// renamed the link's target directory aside, wrote a manifest granting itself `networking` and
+/// `process`, and got them at its next hot reload (audit 17).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_reached_through_a_link_is_refused() {
+    let b = hostile(Daemon::builder(), "inner", &["filesystem"], json!({}))
+        .plugin_as("hostile", "outer")
+        .plugin_as("hostile", "linked");
+    let plugins = b.path().join("plugins");
+    // inner: plugin.json -> conf/m.json, inside its own directory.
+    let inner = plugins.join("inner");
+    std::fs::create_dir(inner.join("conf")).unwrap();
+    std::fs::rename(inner.join("plugin.json"), inner.join("conf/m.json")).unwrap();
+    std::os::unix::fs::symlink("conf/m.json", inner.join("plugin.json")).unwrap();
+    // outer: plugin.json -> a file outside.
+    let outside = b.path().join("elsewhere.json");
+    std::fs::rename(plugins.join("outer/plugin.json"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, plugins.join("outer/plugin.json")).unwrap();
+    // linked: plugin.json is also another name of a writable file outside.
+    let other_name = b.path().join("other-name.json");
+    std::fs::hard_link(plugins.join("linked/plugin.json"), &other_name).unwrap();
+    let d = b.spawn().await;
+    for (name, why) in
+        [("inner", "symbolic link (to conf/m.json)"), ("outer", "symbolic link"), ("linked", "2 hard links")]
+    {
+        let s = d.wait_state(name, "invalid").await;
+        let e = s["last_error"].as_str().unwrap();
+        assert!(e.contains(&format!("{name}/plugin.json")) && e.contains(why), "{name}: {s}");
+    }
+    // Made read-only, the hard-linked one loads: no name of it can be written.
+    let manifest = d.plugins.join("linked/plugin.json");
+    std::fs::set_permissions(&manifest, std::fs::Permissions::from_mode(0o444)).unwrap();
+    d.call("plugins.reload", json!({})).await.unwrap();
+    d.wait_state("linked", "running").await;
+    let out = d.ctl(&["check", d.plugins.join("inner").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("symbolic link"), "{out:?}");
+}
+
 /// With `filesystem` (and root), what would undo the sandbox or reach the host's kernel settings:
 /// moving itself out of its cgroup (plugind recognises plugin processes by it) and writing a
 /// sysctl. `/sys/fs/cgroup` is covered and `/proc/sys` is read-only in a plugin's namespace.

@@ -3,7 +3,8 @@
 //!
 //! Every plugin here is the same plain-Python fixture; its manifest `config.do` says what it does
 //! with a payload: `modify` (appends its name to `payload.seen`), `pass`, `stop`, `error`,
-//! `reject` (-32009), or `sleep:MS` then `modify`.
+//! `reject` (-32009), `sleep:MS` then `modify`, or `progress:MS` (a `$/progress` every 100 ms
+//! for MS ms) then `modify`.
 
 use crate::support::{code, data, Daemon, DaemonBuilder};
 use serde_json::{json, Value};
@@ -27,6 +28,12 @@ for line in sys.stdin:
     do, payload = cfg.get("do", "modify"), p["payload"]
     if do.startswith("sleep:"):
         time.sleep(int(do.split(":")[1]) / 1000)
+        do = "modify"
+    if do.startswith("progress:"):
+        end = time.time() + int(do.split(":")[1]) / 1000
+        while time.time() < end:
+            send({"method": "$/progress", "params": {"id": m["id"], "message": NAME + " working"}})
+            time.sleep(0.1)
         do = "modify"
     if do == "modify":
         send({"id": m["id"], "result": {"payload": dict(payload, seen=payload.get("seen", []) + [NAME])}})
@@ -282,6 +289,34 @@ async fn a_slow_shadow_plugin_does_not_spend_the_chains_budget() {
     assert_eq!(outcomes(&r["receipt"]), ["slow-shadow:shadow", "auth:modified"]);
     assert!(r["receipt"][0].get("error").is_none(), "{r}");
     assert!(r["receipt"][0]["ms"].as_f64().unwrap() >= 1400.0, "it ran its 1.5 s: {r}");
+}
+
+/// A shadow plugin that keeps sending `$/progress` is still held to its own `timeout_ms` (its
+/// progress restarted its deadline up to `max_timeout_ms`, 60 s, and `hooks.run` without a
+/// budget waited for it), and the host hears nothing of it (its progress was relayed to the host
+/// as the chain's own) (audit 17).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shadow_plugins_progress_neither_stretches_nor_reaches_the_chain() {
+    let shadow = json!({ "priority": 1, "mode": "shadow", "timeout_ms": 300 });
+    let b = hooker(Daemon::builder(), "chatty-shadow", shadow, "progress:3000");
+    let d = hooker(b, "auth", json!({ "priority": 2, "failure": "closed" }), "modify").start().await;
+    let client = d.client().await;
+    let heard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = heard.clone();
+    let started = Instant::now();
+    let params = json!({ "hook": "onRequest", "payload": {} });
+    let r = client
+        .call_with_progress("hooks.run", &params, move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .await
+        .unwrap();
+    // Time is the feature: the shadow's 300 ms, not its 3 s of progress.
+    assert!(started.elapsed() < Duration::from_millis(2000), "{:?}: {r}", started.elapsed());
+    assert_eq!(r["payload"], json!({ "seen": ["auth"] }), "{r}");
+    assert_eq!(outcomes(&r["receipt"]), ["chatty-shadow:shadow", "auth:modified"]);
+    assert_eq!(r["receipt"][0]["error"]["code"], -32001, "{r}");
+    assert_eq!(heard.load(std::sync::atomic::Ordering::Relaxed), 0, "the host heard the shadow's progress");
 }
 
 /// A plugin that puts itself first (`priority` i64::MIN) and stops the chain skipped the closed

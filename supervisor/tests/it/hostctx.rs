@@ -132,6 +132,42 @@ for line in sys.stdin:
     assert!(String::from_utf8_lossy(&out.stdout).contains("jobs_done_total"));
 }
 
+/// A sample the metrics library refuses (a histogram with an `le` label, its bucket label) is
+/// refused and reported like any bad sample: it panicked plugind's task serving the plugin, which
+/// then stayed `running` with a dead process, and `stop` never ended (audit 17).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sample_the_metrics_library_refuses_harms_nothing() {
+    let emitter = r#"import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m: continue
+    if m["method"] == "execute":
+        print(json.dumps({"jsonrpc": "2.0", "method": "metrics.emit", "params": {"name": "hh", "value": 1, "kind": "histogram", "labels": {"le": "5"}}}), flush=True)
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
+"#;
+    let d = Daemon::builder()
+        .plugin_files(
+            "emitter",
+            &[("plugin.json", r#"{"name": "emitter", "version": "1.0.0", "main": "e.py"}"#), ("e.py", emitter)],
+        )
+        .start()
+        .await;
+    let pid = d.status("emitter").await["pid"].clone();
+    d.execute("emitter", "work", json!({})).await.unwrap();
+    wait_for("the refusal in the plugin's log", async || {
+        let r = d.call("logs.tail", json!({"plugin": "emitter", "lines": 100})).await.ok()?;
+        r["lines"].as_array()?.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("\"le\""))).then_some(())
+    })
+    .await;
+    d.execute("emitter", "work", json!({})).await.unwrap();
+    let s = d.status("emitter").await;
+    assert_eq!((&s["state"], &s["pid"]), (&json!("running"), &pid), "{s}");
+    let stopped =
+        tokio::time::timeout(Duration::from_secs(10), d.call("plugins.stop", json!({"name": "emitter"}))).await;
+    assert_eq!(stopped.expect("stop answered").unwrap()["state"], "stopped");
+    assert!(!d.log().contains("panicked"), "{}", d.log());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stderr_flood_is_rate_limited_and_others_keep_answering() {
     let flood = r#"import json, sys, threading

@@ -147,7 +147,7 @@ async fn a_plugins_log_survives_a_restart_of_plugind_within_its_bounds() {
     })
     .await;
     d.restart().await;
-    let on_disk: usize = ["talker.jsonl", "talker.1.jsonl"]
+    let on_disk: usize = ["talker.jsonl", "talker.jsonl.1"]
         .iter()
         .map(|f| std::fs::read_to_string(d.dir.path().join("state/logs").join(f)).unwrap_or_default().lines().count())
         .sum();
