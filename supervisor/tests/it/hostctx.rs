@@ -95,23 +95,32 @@ async fn kv_is_per_plugin_durable_across_restarts_and_needs_storage() {
     assert_eq!(d.execute("kv-b", "kv.get", json!({"key": "user/1"})).await.unwrap(), json!({"value": "b"}));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn metrics_carry_plugind_figures_and_emitted_ones() {
-    let emitter = r#"import json, sys
+/// plugind running plugin `emitter` (plain Python), which sends `metrics.emit` with `sample`
+/// (its params) at every `execute`.
+async fn emitting(sample: Value) -> Daemon {
+    let emitter = format!(
+        r#"import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if "id" not in m or "method" not in m: continue
     if m["method"] == "execute":
-        print(json.dumps({"jsonrpc": "2.0", "method": "metrics.emit", "params": {"name": "jobs_done_total", "value": 3, "kind": "counter", "labels": {"queue": "fast"}}}), flush=True)
-    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
-"#;
-    let d = Daemon::builder()
+        print(json.dumps({{"jsonrpc": "2.0", "method": "metrics.emit", "params": {sample}}}), flush=True)
+    print(json.dumps({{"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {{}}}}), flush=True)
+"#
+    );
+    Daemon::builder()
         .plugin_files(
             "emitter",
-            &[("plugin.json", r#"{"name": "emitter", "version": "1.0.0", "main": "e.py"}"#), ("e.py", emitter)],
+            &[("plugin.json", r#"{"name": "emitter", "version": "1.0.0", "main": "e.py"}"#), ("e.py", &emitter)],
         )
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_carry_plugind_figures_and_emitted_ones() {
+    let d =
+        emitting(json!({"name": "jobs_done_total", "value": 3, "kind": "counter", "labels": {"queue": "fast"}})).await;
     d.execute("emitter", "work", json!({})).await.unwrap();
     d.execute("emitter", "work", json!({})).await.unwrap();
     let text = wait_for("the emitted metric", async || {
@@ -137,21 +146,7 @@ for line in sys.stdin:
 /// then stayed `running` with a dead process, and `stop` never ended (audit 17).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sample_the_metrics_library_refuses_harms_nothing() {
-    let emitter = r#"import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if "id" not in m or "method" not in m: continue
-    if m["method"] == "execute":
-        print(json.dumps({"jsonrpc": "2.0", "method": "metrics.emit", "params": {"name": "hh", "value": 1, "kind": "histogram", "labels": {"le": "5"}}}), flush=True)
-    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
-"#;
-    let d = Daemon::builder()
-        .plugin_files(
-            "emitter",
-            &[("plugin.json", r#"{"name": "emitter", "version": "1.0.0", "main": "e.py"}"#), ("e.py", emitter)],
-        )
-        .start()
-        .await;
+    let d = emitting(json!({"name": "hh", "value": 1, "kind": "histogram", "labels": {"le": "5"}})).await;
     let pid = d.status("emitter").await["pid"].clone();
     d.execute("emitter", "work", json!({})).await.unwrap();
     wait_for("the refusal in the plugin's log", async || {
