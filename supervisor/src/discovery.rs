@@ -342,9 +342,14 @@ const MANIFEST_MAX: u64 = 1 << 20;
 
 /// The first `max + 1` bytes of `path` at most (one more than allowed says it is too long).
 fn read_at_most(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    read_opened_at_most(std::fs::File::open(path)?, max)
+}
+
+/// [`read_at_most`] of a file already open.
+fn read_opened_at_most(file: std::fs::File, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut out = Vec::new();
-    std::fs::File::open(path)?.take(max + 1).read_to_end(&mut out)?;
+    file.take(max + 1).read_to_end(&mut out)?;
     Ok(out)
 }
 
@@ -354,14 +359,14 @@ fn read_at_most(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
 /// directory it may rename, another name of the same file) a plugin with `filesystem` would
 /// rewrite its own manifest and grant itself permissions at the next reload (audit 17).
 fn read_manifest(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let refused = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
     let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             let to = std::fs::read_link(path).map(|t| format!(" (to {})", t.display())).unwrap_or_default();
             return Err(refused(format!(
-                "it is a symbolic link{to}: the manifest must be a file of the plugin's directory, as a plugin could                  change what a link points to, and so its own permissions"
+                "it is a symbolic link{to}: the manifest must be a file of the plugin's directory, as a plugin could \
+                 change what a link points to, and so its own permissions"
             )));
         }
         other => other?,
@@ -369,13 +374,12 @@ fn read_manifest(path: &Path) -> std::io::Result<Vec<u8>> {
     let meta = file.metadata()?;
     if meta.nlink() > 1 && meta.mode() & 0o222 != 0 {
         return Err(refused(format!(
-            "it has {} hard links and is writable: through another of its names a plugin could rewrite its own              manifest; copy it (or make it read-only)",
+            "it has {} hard links and is writable: through another of its names a plugin could rewrite its own \
+             manifest; copy it (or make it read-only)",
             meta.nlink()
         )));
     }
-    let mut out = Vec::new();
-    file.take(MANIFEST_MAX + 1).read_to_end(&mut out)?;
-    Ok(out)
+    read_opened_at_most(file, MANIFEST_MAX)
 }
 
 /// The UTF-8 byte-order mark.

@@ -247,16 +247,16 @@ impl Metrics {
             self.registry.register(collector).map_err(|e| EmitError::Invalid(e.to_string()))?;
             families.insert(p.name.clone(), family);
         }
-        if mine.keys.insert(key) {
-            mine.text_bytes += new_text;
-        }
         // The fallible lookups (`with_label_values` panics where the crate refuses a series):
-        // what a plugin sends must never panic plugind.
+        // what a plugin sends must never panic plugind. A series refused is not counted.
         let invalid = |e: prometheus::Error| EmitError::Invalid(e.to_string());
         match &families[&p.name] {
             Emitted::Counter(v, _) => v.get_metric_with_label_values(&values).map_err(invalid)?.inc_by(p.value),
             Emitted::Gauge(v, _) => v.get_metric_with_label_values(&values).map_err(invalid)?.set(p.value),
             Emitted::Histogram(v, _) => v.get_metric_with_label_values(&values).map_err(invalid)?.observe(p.value),
+        }
+        if mine.keys.insert(key) {
+            mine.text_bytes += new_text;
         }
         Ok(())
     }

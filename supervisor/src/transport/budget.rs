@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Requests of one plugin (all its instances) served at once, as for a control connection: a
-/// plugin that gathers
-/// a few thousand `kv.set`s at once is not refused, and the futures are a few KB each.
+/// plugin that gathers a few thousand `kv.set`s at once is not refused, and the futures are a
+/// few KB each.
 pub const PLUGIN_REQUESTS: usize = 4096;
 
 /// Bytes one plugin's requests in flight may hold, all its instances together: their lines, and
