@@ -128,7 +128,13 @@ const server = http.createServer(async (req, res) => {
     if (req.method === "GET" && req.url === "/healthz") {
       return send(res, 200, { status: "ok" });
     }
-    if (req.method !== "POST" || req.url !== "/v1/chat/completions") {
+    const routes = { "/healthz": "GET", "/v1/chat/completions": "POST" };
+    const allowed = routes[req.url];
+    if (allowed && req.method !== allowed) {
+      res.setHeader("allow", allowed);
+      throw new HttpError(405, "invalid_request_error", `${req.url} takes ${allowed}, not ${req.method}`);
+    }
+    if (!allowed) {
       throw new HttpError(404, "invalid_request_error", `no route for ${req.method} ${req.url}`);
     }
     send(res, 200, await chat(req, receipts), receipts);

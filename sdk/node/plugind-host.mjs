@@ -188,6 +188,9 @@ export class Host {
 
   _call(method, params, { signal, onProgress }) {
     if (signal?.aborted) return Promise.reject(abortError(signal));
+    if (this._closed) {
+      return Promise.reject(new ConnectionLost('the host was closed (close() was called): make a new one with connect()'));
+    }
     if (!this._up) {
       // Why the last attempt failed, when it says more than "not there" (a refused token).
       const why = this._refused ? `: ${this._refused}` : '';

@@ -217,6 +217,8 @@ class Host:
         return await self._call(method, params if params is not None else {}, None)
 
     async def _call(self, method, params, on_progress):
+        if self._closed:
+            raise ConnectionLost("the host was closed (close() was called): make a new one with connect()")
         if not self._up.is_set():
             # Why the last attempt failed, when it says more than "not there" (a refused token).
             why = ": %s" % self._refused if self._refused else ""

@@ -173,6 +173,16 @@ class HostTest(unittest.IsolatedAsyncioTestCase):
     async def test_execute_answers_the_plugins_result(self):
         self.assertEqual(await self.host.execute("helper", "echo", {"a": [1, 2]}), {"a": [1, 2]})
 
+    async def test_a_call_after_close_says_the_host_was_closed(self):
+        host = await self.plugind.connect()
+        self.assertEqual(await host.execute("helper", "echo", {"n": 1}), {"n": 1})
+        await host.close()
+        with self.assertRaises(ConnectionLost) as e:
+            await host.execute("helper", "echo", {"n": 2})
+        self.assertEqual(e.exception.code, -32011)
+        self.assertIn("host was closed", str(e.exception))
+        self.assertNotIn("reconnecting", str(e.exception))
+
     async def test_timeout_is_error_32001(self):
         with self.assertRaises(PluginError) as e:
             await self.host.execute("helper", "sleep", {"ms": 5000}, timeout_ms=200)

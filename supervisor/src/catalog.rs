@@ -43,7 +43,7 @@ pub const MAX_PARAM_ERRORS: usize = 20;
 pub struct SchemaError {
     /// Where, from the document's root: `/methods/greet/params/type`.
     pub pointer: String,
-    /// What was expected and found (`a valid JSON Schema, found …`).
+    /// What was expected and found (`a JSON Schema type (one of …), found "objekt"`).
     pub message: String,
 }
 
@@ -82,11 +82,20 @@ fn build(schema: &Value, pointer: &str) -> Result<jsonschema::Validator, SchemaE
     // plugind's CPU. Look-around and back-references are refused at load time instead.
     let options =
         jsonschema::options().should_validate_formats(false).with_pattern_options(jsonschema::PatternOptions::regex());
-    options.build(schema).map_err(|e| SchemaError {
+    options.build(schema).map_err(|e| {
         // The schema is the instance the meta-schema was checked against, so the error's
         // instance path is the bad part's place inside the schema.
-        pointer: format!("{pointer}{}", e.instance_path()),
-        message: format!("a valid JSON Schema, found {e}"),
+        let at = e.instance_path().to_string();
+        let found = e.instance();
+        // A misspelt type is the usual mistake; the meta-schema says it as an `anyOf` failure,
+        // which names the validator's rule, not what the author wrote.
+        let message = match (at.rsplit('/').next(), found.as_ref()) {
+            (Some("type"), Value::String(_)) => format!(
+                "a JSON Schema type (one of \"array\", \"boolean\", \"integer\", \"null\", \"number\", \"object\", \"string\"), found {found}"
+            ),
+            _ => format!("a valid JSON Schema: {e}"),
+        };
+        SchemaError { pointer: format!("{pointer}{at}"), message }
     })
 }
 
@@ -420,6 +429,11 @@ mod tests {
         let m = manifest(json!({"a/b": {"result": {"minimum": "x"}}}));
         assert_eq!(check_manifest(&m).unwrap_err().pointer, "/methods/a~1b/result/minimum");
         assert!(check_manifest(&manifest(json!({"ok": {"params": true}}))).is_ok());
+        // A misspelt type is said as one, not as the meta-schema's `anyOf`.
+        let e = check_manifest(&manifest(json!({"m": {"params": {"type": "objekt"}}}))).unwrap_err();
+        assert_eq!(e.pointer, "/methods/m/params/type");
+        assert!(e.message.starts_with("a JSON Schema type (one of ") && e.message.ends_with("found \"objekt\""), "{e}");
+        assert!(!e.to_string().contains("anyOf"), "{e}");
     }
 
     /// A call whose params times its schema's bound per place passes the work allowed per call

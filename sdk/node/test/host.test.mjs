@@ -177,6 +177,19 @@ for (const listen of [false, true]) {
       assert.deepEqual(await host.execute('helper', 'echo', { a: [1, 2] }), { a: [1, 2] });
     });
 
+    test('a call after close() says the host was closed', o, async () => {
+      const other = await plugind.connect();
+      assert.deepEqual(await other.execute('helper', 'echo', { n: 1 }), { n: 1 });
+      other.close();
+      await assert.rejects(other.execute('helper', 'echo', { n: 2 }), (e) => {
+        assert.ok(e instanceof ConnectionLost, `${e}`);
+        assert.equal(e.code, -32011);
+        assert.match(e.message, /host was closed/);
+        assert.doesNotMatch(e.message, /reconnecting/);
+        return true;
+      });
+    });
+
     test('a timeout is error -32001', o, async () => {
       await assert.rejects(host.execute('helper', 'sleep', { ms: 5000 }, { timeoutMs: 200 }), (e) => {
         assert.ok(e instanceof PluginError);

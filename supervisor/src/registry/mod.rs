@@ -276,7 +276,10 @@ impl Daemon {
 
     /// `-32004` for a dependency no running provider matches. When the service runs at versions
     /// outside the range, the error names them (`data.running`), so "not there" and "there, but
-    /// not at that version" read differently.
+    /// not at that version" read differently. When it does not run at all but a plugin in the
+    /// table declares it in the range, the error names that plugin and its state
+    /// (`data.not_running`: `[{plugin, version, state}]`), so the caller learns which plugin to
+    /// start rather than only that the service is missing.
     pub fn not_found(&self, dep: &Dependency) -> RpcError {
         let index = self.service_index();
         let running: Vec<String> = index
@@ -286,13 +289,50 @@ impl Daemon {
             .map(|p| format!("{} (plugin {})", p.version, p.info.plugin))
             .collect();
         let mut e = not_found(dep);
+        let data = e.data.as_mut().and_then(serde_json::Value::as_object_mut);
         if !running.is_empty() {
             e.message = format!("{}: it runs only at {}", e.message, running.join(", "));
-            if let Some(data) = e.data.as_mut().and_then(serde_json::Value::as_object_mut) {
+            if let Some(data) = data {
                 data.insert("running".into(), running.into());
+            }
+            return e;
+        }
+        let declared = self.declared_not_running(dep);
+        if !declared.is_empty() {
+            let said: Vec<String> = declared
+                .iter()
+                .map(|(plugin, version, state)| format!("plugin {plugin} ({version}) is {state}"))
+                .collect();
+            e.message = format!("{}: {}", e.message, said.join(", "));
+            if let Some(data) = data {
+                let list: Vec<serde_json::Value> = declared
+                    .into_iter()
+                    .map(|(plugin, version, state)| serde_json::json!({ "plugin": plugin, "version": version, "state": state }))
+                    .collect();
+                data.insert("not_running".into(), list.into());
             }
         }
         e
+    }
+
+    /// The plugins in the table, not running, whose manifest declares `dep`'s service (as their
+    /// name or in `provides`) at a version in its range: `(plugin, version, state)`. Read only on
+    /// the way to an error.
+    fn declared_not_running(&self, dep: &Dependency) -> Vec<(String, String, &'static str)> {
+        let mut out = Vec::new();
+        for entry in self.plugins() {
+            let st = entry.status();
+            let Some(m) = st.manifest.as_ref() else { continue };
+            if st.state.is_running() || self.is_shadowing(&entry, &dep.name) {
+                continue;
+            }
+            let own = (m.name == dep.name).then_some(&m.version);
+            let provided = m.provides.iter().filter(|p| p.name == dep.name).map(|p| &p.version);
+            if let Some(v) = own.into_iter().chain(provided).find(|v| dep.matches(v)) {
+                out.push((entry.name.to_string(), v.to_string(), st.state.as_str()));
+            }
+        }
+        out
     }
 
     /// Calls a service through the registry (control `services.call`, plugin `service.call`).

@@ -113,6 +113,13 @@ async fn llm_gateway_serves_redacts_authenticates_counts_and_recovers() {
     let (status, _, body) =
         tokio::task::spawn_blocking(move || http(port, "GET", "/healthz", None, None)).await.unwrap();
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    // A known path asked with the wrong method says which one it takes (405, `Allow`).
+    let (status, head, body) = tokio::task::spawn_blocking(move || http(port, "GET", CHAT, None, None)).await.unwrap();
+    assert_eq!(status, 405, "{head}\n{body}");
+    assert!(head.to_ascii_lowercase().contains("allow: post"), "{head}");
+    let (status, _, _) =
+        tokio::task::spawn_blocking(move || http(port, "GET", "/v2/nothing", None, None)).await.unwrap();
+    assert_eq!(status, 404);
 
     // No bearer token: auth rejects on purpose, the gateway answers 401 in OpenAI's shape.
     let q = ask("hi");
@@ -211,4 +218,13 @@ async fn llm_gateway_serves_redacts_authenticates_counts_and_recovers() {
     let after = d.status("pii-redactor").await["pid"].as_u64().unwrap();
     assert_ne!(before, after, "a new instance serves");
     wait_for("the old redactor to retire", async || (!alive(before as u32)).then_some(())).await;
+
+    // The model stopped: 503, and the error names the plugin to start.
+    d.call("plugins.stop", json!({ "name": "mock-llm" })).await.unwrap();
+    let q = ask("hello?");
+    let (status, _, body) =
+        tokio::task::spawn_blocking(move || http(port, "POST", CHAT, Some(KEY), Some(&q))).await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("plugin mock-llm (1.0.0) is stopped"), "{body}");
 }

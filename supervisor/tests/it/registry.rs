@@ -2,6 +2,7 @@
 //! hops, cascading cancellation, host-provided services, instances.
 
 use crate::support::*;
+use plugind_client::ClientError;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -57,6 +58,21 @@ async fn seed_manifest_node_plugin_calls_its_required_service() {
     assert!(text.starts_with("NAME") && text.contains("llm-service") && text.contains("llm-gateway"), "{text}");
     let out = d.ctl(&["service", "llm-service@^2", "echo", r#"{"a":1}"#]);
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!({"a": 1}));
+    // Its provider stopped: the error names the plugin that declares it and its state, so the
+    // caller learns what to start; a range that plugin does not meet names nobody.
+    d.call("plugins.stop", json!({"name": "llm-gateway"})).await.unwrap();
+    let r = d.call("services.call", json!({"service": "llm-service", "version": "^2", "method": "echo"})).await;
+    assert_eq!(code(&r), -32004);
+    assert_eq!(
+        data(&r)["not_running"],
+        json!([{"plugin": "llm-gateway", "version": "2.1.0", "state": "stopped"}]),
+        "{r:?}"
+    );
+    let Err(ClientError::Rpc(e)) = &r else { panic!("{r:?}") };
+    let message = &e.message;
+    assert!(message.contains("plugin llm-gateway (2.1.0) is stopped"), "{message}");
+    let r = d.call("services.call", json!({"service": "llm-service", "version": "^3", "method": "echo"})).await;
+    assert_eq!(data(&r)["not_running"], Value::Null, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
