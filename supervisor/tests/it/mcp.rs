@@ -467,6 +467,67 @@ fn pluginctl_mcp(d: &Daemon) -> tokio::process::Child {
         .unwrap()
 }
 
+/// `pluginctl mcp`'s stdout, a message a line.
+type McpLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Reads `pluginctl mcp`'s messages until one satisfies `pick`; returns it and those before it.
+async fn until(lines: &mut McpLines, pick: impl Fn(&Value) -> bool) -> (Value, Vec<Value>) {
+    let mut before = Vec::new();
+    loop {
+        let line = tokio::time::timeout(TIMEOUT, lines.next_line()).await.expect("an answer in time").unwrap();
+        let v: Value = serde_json::from_str(&line.expect("pluginctl mcp still running")).unwrap();
+        if pick(&v) {
+            return (v, before);
+        }
+        before.push(v);
+    }
+}
+
+/// A plugin named to collide with another's tools (`file.manager` beside `file_manager`) never
+/// receives a call the client meant for the other: a tool keeps the route of the client's last
+/// `tools/list` until the client lists again, even after the plugin it named stopped and the
+/// colliding one started (which would give the latter the bare name in a new list).
+#[tokio::test(flavor = "multi_thread")]
+async fn pluginctl_mcp_tool_names_do_not_change_hands_until_the_client_lists_again() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let d =
+        Daemon::builder().plugin_as("mcp-python", "file_manager").plugin_as("mcp-python", "file.manager").start().await;
+    assert!(d.ctl(&["stop", "file.manager"]).status.success());
+    let mut child = pluginctl_mcp(&d);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut send = async |v: Value| stdin.write_all(format!("{v}\n").as_bytes()).await.unwrap();
+    send(json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})).await;
+    until(&mut lines, |v| v["id"] == 1).await;
+    send(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await;
+    send(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"})).await;
+    let (listed, _) = until(&mut lines, |v| v["id"] == 2).await;
+    let names: Vec<&str> =
+        listed["result"]["tools"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    assert!(names.contains(&"file_manager__count_to"), "{names:?}");
+
+    // The colliding plugin starts, the one the client knows stops; the client does not list.
+    assert!(d.ctl(&["start", "file.manager"]).status.success());
+    assert!(d.ctl(&["stop", "file_manager"]).status.success());
+    let call = json!({"name": "file_manager__count_to", "arguments": {"n": 1, "delay_ms": 1}});
+    send(json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":call})).await;
+    let (answer, _) = until(&mut lines, |v| v["id"] == 3).await;
+    assert_eq!(answer["result"]["isError"], true, "the call went to a plugin: {answer}");
+    let text = answer["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("file_manager") && text.contains("stopped"), "{answer}");
+    assert!(
+        !stderr_lines(&d, "file.manager").await.iter().any(|l| l.contains("started: n=1")),
+        "file.manager received a call meant for file_manager"
+    );
+
+    // Once the client lists again, the name is file.manager's, as the list says.
+    send(json!({"jsonrpc":"2.0","id":4,"method":"tools/list"})).await;
+    until(&mut lines, |v| v["id"] == 4).await;
+    send(json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":call})).await;
+    let (answer, _) = until(&mut lines, |v| v["id"] == 5).await;
+    assert_eq!(answer["result"]["content"][0]["text"], "counted to 1", "{answer}");
+}
+
 /// `pluginctl mcp` driven with raw JSON lines (no SDK needed): progress for a token,
 /// `notifications/cancelled` reaching the plugin, `ping`, an unknown tool, `list_changed` when a
 /// plugin stops, exit 0 when stdin closes.
@@ -478,21 +539,6 @@ async fn pluginctl_mcp_relays_progress_and_cancellation() {
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut send = async |v: Value| stdin.write_all(format!("{v}\n").as_bytes()).await.unwrap();
-    // Reads messages until one satisfies `pick`; returns it and those before it.
-    async fn until(
-        lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-        pick: impl Fn(&Value) -> bool,
-    ) -> (Value, Vec<Value>) {
-        let mut before = Vec::new();
-        loop {
-            let line = tokio::time::timeout(TIMEOUT, lines.next_line()).await.expect("an answer in time").unwrap();
-            let v: Value = serde_json::from_str(&line.expect("pluginctl mcp still running")).unwrap();
-            if pick(&v) {
-                return (v, before);
-            }
-            before.push(v);
-        }
-    }
     send(json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})).await;
     let (init, _) = until(&mut lines, |v| v["id"] == 1).await;
     assert_eq!(init["result"]["protocolVersion"], "2024-11-05");
