@@ -19,20 +19,91 @@
 //! `hooks.run`'s `timeout_ms` is the whole chain's budget: the plugin still running when it runs
 //! out is `timed_out`, the later ones `skipped`, and the payload so far is the answer (unless a
 //! closed plugin was cut off). The receipt has one entry per plugin in chain order.
+//!
+//! The payload passes through the chain as the JSON text each plugin answered, never as a tree:
+//! a plugin answering a 16 MiB array of zeros made plugind parse it into a 550 MB tree, and copy
+//! the tree for each shadow step (six of them took plugind to the OOM killer, audit 18). Shadow
+//! steps share the text; `passed` and `modified` compare texts, and parse them only when they
+//! differ and are small ([`same_payload`]).
 
 use crate::router::{call_plugin, unavailable};
 use crate::trace::{Hop, TraceIn};
 use crate::{Daemon, PluginEntry};
 use futures::stream::{FuturesUnordered, StreamExt};
 use plugind_protocol::codes;
-use plugind_protocol::control::{HookOutcome, HooksRunResult, ReceiptEntry};
+use plugind_protocol::control::{HookOutcome, ReceiptEntry};
 use plugind_protocol::manifest::{HookFailure, HookMode, HookSpec};
-use plugind_protocol::methods::{self, HookResult};
+use plugind_protocol::methods;
 use plugind_protocol::RpcError;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// What `hooks.run` answers: `HooksRunResult` of the wire types, its payload kept as text.
+#[derive(serde::Serialize)]
+pub struct ChainResult {
+    /// Final payload.
+    #[serde(serialize_with = "raw_text")]
+    pub payload: Arc<RawValue>,
+    /// Plugins that handled it, in order.
+    pub handled_by: Vec<String>,
+    /// The plugin that ended the chain with `stop: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
+    /// One entry per plugin of the chain, in chain order.
+    pub receipt: Vec<ReceiptEntry>,
+}
+
+fn raw_text<S: serde::Serializer>(v: &Arc<RawValue>, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&**v, s)
+}
+
+/// A plugin's answer to `hook`: `HookResult` of the wire types, its payload kept as text.
+#[derive(serde::Deserialize)]
+struct HookAnswer {
+    payload: Box<RawValue>,
+    #[serde(default)]
+    stop: bool,
+}
+
+/// Payloads up to this size that differ as text are compared as JSON values (`{"a": 1}` and
+/// `{"a":1}` are the same payload, `passed`); larger ones are compared with their insignificant
+/// whitespace left out, so a payload rewritten with its keys in another order counts as
+/// `modified`.
+const PARSED_COMPARE_MAX: usize = 1 << 20;
+
+/// Whether a plugin's answered payload `b` is the payload `a` it was given (`passed`).
+fn same_payload(a: &RawValue, b: &RawValue) -> bool {
+    let (a, b) = (a.get(), b.get());
+    if a == b {
+        return true;
+    }
+    if a.len().max(b.len()) <= PARSED_COMPARE_MAX {
+        return serde_json::from_str::<Value>(a).ok() == serde_json::from_str::<Value>(b).ok();
+    }
+    without_whitespace(a).eq(without_whitespace(b))
+}
+
+/// The bytes of JSON text `s` without whitespace outside strings.
+fn without_whitespace(s: &str) -> impl Iterator<Item = u8> + '_ {
+    let (mut in_string, mut escaped) = (false, false);
+    s.bytes().filter(move |&b| {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            true
+        } else {
+            in_string = b == b'"';
+            !matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+        }
+    })
+}
 
 /// One member of a chain: the plugin and how it takes part.
 struct Member {
@@ -48,10 +119,10 @@ impl Daemon {
     pub async fn run_hook(
         &self,
         hook: &str,
-        payload: Value,
+        payload: Box<RawValue>,
         budget: Option<Duration>,
         trace: &TraceIn,
-    ) -> Result<HooksRunResult, RpcError> {
+    ) -> Result<ChainResult, RpcError> {
         let chain_hop = Hop::start(trace, "hooks.run", None, hook);
         let result = self.run_chain(hook, payload, budget, &chain_hop).await;
         chain_hop.finish(&result);
@@ -62,12 +133,13 @@ impl Daemon {
     async fn run_chain(
         &self,
         hook: &str,
-        payload: Value,
+        payload: Box<RawValue>,
         budget: Option<Duration>,
         chain_hop: &Hop,
-    ) -> Result<HooksRunResult, RpcError> {
+    ) -> Result<ChainResult, RpcError> {
         let end = budget.map(|b| Instant::now() + b);
-        let mut result = HooksRunResult { payload, handled_by: Vec::new(), stopped_by: None, receipt: Vec::new() };
+        let mut result =
+            ChainResult { payload: Arc::from(payload), handled_by: Vec::new(), stopped_by: None, receipt: Vec::new() };
         let chain = self.hook_chain(hook);
         // Shadow steps run beside the chain, each on a copy of the payload as it was at its place:
         // the chain never waits for one, so its time cannot eat the chain's budget. Their receipt
@@ -140,12 +212,12 @@ impl Daemon {
                     let outcome = if r.stop {
                         result.stopped_by = Some(name.clone());
                         HookOutcome::Stopped
-                    } else if r.payload == result.payload {
+                    } else if same_payload(&result.payload, &r.payload) {
                         HookOutcome::Passed
                     } else {
                         HookOutcome::Modified
                     };
-                    result.payload = r.payload;
+                    result.payload = Arc::from(r.payload);
                     result.handled_by.push(name.clone());
                     result.receipt.push(entry(&name, outcome, started, None));
                 }
@@ -235,22 +307,22 @@ impl Daemon {
         &self,
         m: &Member,
         hook: &str,
-        payload: &Value,
+        payload: &RawValue,
         end: Option<Instant>,
         chain_hop: &Hop,
-    ) -> Result<HookResult, RpcError> {
+    ) -> Result<HookAnswer, RpcError> {
         let hop = Hop::start(&chain_hop.as_parent(), "hook", Some(&m.entry.name), hook);
         let write = |out: &mut Vec<u8>| {
             out.extend_from_slice(br#"{"hook":"#);
             plugind_protocol::jsonrpc::write_json(out, hook);
             out.extend_from_slice(br#","payload":"#);
-            plugind_protocol::jsonrpc::write_json(out, payload);
+            out.extend_from_slice(payload.get().as_bytes());
             hop.write_meta(out);
             out.push(b'}');
             None
         };
         let result = call_plugin(&m.entry, methods::HOOK, write, Some(m.timeout_ms), end, &hop).await.and_then(|raw| {
-            serde_json::from_str::<HookResult>(raw.get()).map_err(|e| {
+            serde_json::from_str::<HookAnswer>(raw.get()).map_err(|e| {
                 RpcError::with_data(
                     codes::INVALID_PARAMS,
                     format!("invalid params: hook result is not {{ payload, stop? }}: {e}"),
@@ -321,6 +393,21 @@ fn tell_plugin(entry: &PluginEntry, hook: &str, e: &RpcError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_payload_rewritten_with_other_whitespace_is_the_same_payload() {
+        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
+        assert!(same_payload(&raw(r#"{"a":1,"b":[1,2]}"#), &raw(r#"{ "b": [1, 2], "a": 1 }"#)));
+        assert!(!same_payload(&raw(r#"{"a":1}"#), &raw(r#"{"a":2}"#)));
+        // Past the size parsed, whitespace outside strings is left out, inside kept.
+        let big = "x".repeat(PARSED_COMPARE_MAX);
+        let (a, b) = (format!(r#"{{"s":"{big} y","n":1}}"#), format!(r#"{{ "s" : "{big} y", "n": 1 }}"#));
+        assert!(same_payload(&raw(&a), &raw(&b)));
+        let c = format!(r#"{{"s":"{big}y","n":1}}"#);
+        assert!(!same_payload(&raw(&a), &raw(&c)));
+        let (e1, e2) = (format!(r#"["{big}\" ,1"]"#), format!(r#"["{big}\",1"]"#));
+        assert!(!same_payload(&raw(&e1), &raw(&e2)), "an escaped quote does not end the string");
+    }
 
     #[test]
     fn rejection_carries_plugin_hook_error_and_receipt() {

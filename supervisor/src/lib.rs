@@ -645,7 +645,15 @@ impl Daemon {
         // docs/systemd.md: `onShutdown` hooks run before the first `teardown`, within half the
         // stop budget: a hook allowed more must not leave no time for any plugin's teardown.
         let budget = Some(self.config.stop_timeout / 2);
-        match self.run_hook("onShutdown", serde_json::json!({}), budget, &trace::TraceIn::default()).await {
+        match self
+            .run_hook(
+                "onShutdown",
+                plugind_protocol::jsonrpc::to_raw(&serde_json::json!({})),
+                budget,
+                &trace::TraceIn::default(),
+            )
+            .await
+        {
             Ok(hooked) if !hooked.handled_by.is_empty() => {
                 tracing::info!(handled_by = ?hooked.handled_by, "onShutdown hooks ran");
             }

@@ -889,6 +889,41 @@ async fn a_plugins_calls_to_a_provider_that_reads_nothing_hold_at_most_64_mib() 
     assert!(out["answers"]["-32001"].as_u64().unwrap_or(0) >= 1, "the calls admitted reach their deadline: {out}");
 }
 
+/// A hook plugin that answers a 16 MB array of zeros, before four shadow hooks: plugind parsed
+/// each answer into a tree (550 MB for this one) and copied the tree for every shadow step, so
+/// one `hooks.run` with six shadows took it past 2 GB, to the OOM killer (audit 18). The payload
+/// now passes as text, shared by the shadow steps.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_hook_payload_is_neither_parsed_into_a_tree_nor_copied_per_shadow() {
+    let zeros = 8_000_000;
+    let hooked = |m: &mut Value, priority: i64, mode: &str| {
+        m["hooks"] = json!({"onRequest": {"priority": priority, "timeout_ms": 60_000, "mode": mode}});
+        m["timeout_ms"] = json!(60_000);
+    };
+    let mut b = hostile(Daemon::builder(), "hk", &[], json!({"hook_zeros": zeros}))
+        .manifest("hk", move |m| hooked(m, -100, "enforce"));
+    for s in ["s1", "s2", "s3", "s4"] {
+        b = hostile(b, s, &[], json!({})).manifest(s, move |m| hooked(m, -50, "shadow"));
+    }
+    let d = b.start().await;
+    let before = rss_kb(d.pid());
+    let (r, peak) = peak_rss_during(d.pid(), async {
+        d.call("hooks.run", json!({"hook": "onRequest", "payload": {"user": "x"}})).await
+    })
+    .await;
+    let r = r.unwrap();
+    assert_eq!(r["payload"].as_array().map(Vec::len), Some(zeros), "the payload hk answered");
+    let outcomes: Vec<(&str, &str)> = r["receipt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["plugin"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(outcomes[0], ("hk", "modified"), "{outcomes:?}");
+    assert_eq!(outcomes.len(), 5, "{outcomes:?}");
+    assert!(peak < before + 400 * 1024, "plugind grew from {before} KiB to {peak} KiB for one hooks.run");
+}
+
 /// A plugin that asks for 1 MiB answers and does not read them: at most 64 MiB of them wait
 /// for it (200 MiB did); an answer past that is dropped, and the call answered `-32006`.
 #[tokio::test(flavor = "multi_thread")]

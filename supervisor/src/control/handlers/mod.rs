@@ -68,12 +68,13 @@ async fn dispatch_local(
         c::EVENTS_SUBSCRIBE => observe::events_subscribe(daemon, conn),
         c::PLUGINS_TRACE => observe::plugins_trace(daemon, conn, params(raw)?),
         c::HOOKS_RUN => {
-            let p: c::HooksRunParams = params(raw)?;
+            let p: HooksRunIn = params(raw)?;
             let budget = p.timeout_ms.map(std::time::Duration::from_millis);
+            let payload = p.payload.unwrap_or_else(|| plugind_protocol::jsonrpc::to_raw(&serde_json::Value::Null));
             Ok(plugind_protocol::jsonrpc::to_raw(
                 &Box::pin(daemon.run_hook(
                     &p.hook,
-                    p.payload,
+                    payload,
                     budget,
                     &crate::trace::TraceIn::from_wire(p.meta.as_ref()),
                 ))
@@ -83,4 +84,17 @@ async fn dispatch_local(
         c::METRICS_GET => Ok(plugind_protocol::jsonrpc::to_raw(&c::MetricsResult { text: daemon.metrics_text() })),
         other => Err(RpcError::method_not_found(other)),
     }
+}
+
+/// `hooks.run` params as plugind reads them: [`c::HooksRunParams`] with the payload kept as
+/// text (it passes through the chain unparsed: see [`crate::hooks`]).
+#[derive(serde::Deserialize)]
+struct HooksRunIn {
+    hook: String,
+    #[serde(default)]
+    payload: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<plugind_protocol::control::TraceMeta>,
 }
