@@ -80,8 +80,10 @@ fn build(schema: &Value, pointer: &str) -> Result<jsonschema::Validator, SchemaE
     // `pattern`s run on the linear-time `regex` engine: a plugin's schema is checked inside
     // plugind on every call, so a backtracking pattern (`^(a+)+$`) must not be able to burn
     // plugind's CPU. Look-around and back-references are refused at load time instead.
-    let options =
-        jsonschema::options().should_validate_formats(false).with_pattern_options(jsonschema::PatternOptions::regex());
+    // Each regex is bounded in size (compiled) and cache (lazy DFA): a 30-byte `\p{L}{200}`
+    // compiled to 12 MB by default, and 300 of them took plugind to the OOM killer (audit 18).
+    let patterns = jsonschema::PatternOptions::regex().size_limit(REGEX_SIZE_LIMIT).dfa_size_limit(REGEX_DFA_LIMIT);
+    let options = jsonschema::options().should_validate_formats(false).with_pattern_options(patterns);
     options.build(schema).map_err(|e| {
         // The schema is the instance the meta-schema was checked against, so the error's
         // instance path is the bad part's place inside the schema.
@@ -101,15 +103,44 @@ fn build(schema: &Value, pointer: &str) -> Result<jsonschema::Validator, SchemaE
 
 /// Compiles every schema of the manifest's `methods`; the first that fails, if any.
 pub fn check_manifest(m: &Manifest) -> Result<(), SchemaError> {
+    let mut patterns = PatternBudget::default();
     for (name, spec) in &m.methods {
         let at = format!("/methods/{}", escape_pointer(name));
         for (key, schema) in [("params", &spec.params), ("result", &spec.result)] {
             if let Some(schema) = schema {
-                compile(schema, &format!("{at}/{key}"))?;
+                let compiled = compile(schema, &format!("{at}/{key}"))?;
+                if key == "params" {
+                    patterns.take(&compiled, &format!("{at}/params"))?;
+                }
             }
         }
     }
     Ok(())
+}
+
+/// The patterns a catalog's `params` schemas may still keep ([`MAX_CATALOG_PATTERNS`]).
+#[derive(Default)]
+struct PatternBudget {
+    kept: usize,
+}
+
+impl PatternBudget {
+    /// Takes `compiled`'s patterns, or refuses it (its pointer `at`) past the budget.
+    fn take(&mut self, compiled: &Compiled, at: &str) -> Result<(), SchemaError> {
+        let n = compiled.cost.patterns;
+        if self.kept + n > MAX_CATALOG_PATTERNS {
+            return Err(SchemaError {
+                pointer: at.to_owned(),
+                message: format!(
+                    "at most {MAX_CATALOG_PATTERNS} patterns in a plugin's params schemas together, found {} more \
+                     than that with this one",
+                    self.kept + n - MAX_CATALOG_PATTERNS
+                ),
+            });
+        }
+        self.kept += n;
+        Ok(())
+    }
 }
 
 /// The top-level `methods` of a `register` answer, if it has one.
@@ -147,7 +178,20 @@ impl fmt::Debug for Method {
     }
 }
 
+/// Checks whose bound on work is above this (about 5 ms) run off the event loop
+/// ([`Method::check_is_heavy`]).
+pub const INLINE_CHECK_WORK: u64 = 1_000_000;
+
 impl Method {
+    /// Whether checking `params` against the method's schema could take long enough (up to
+    /// about a second, [`crate::schema_cost::MAX_CALL_WORK`]) that it must not run on the event
+    /// loop, where it would hold up every other plugin's calls (audit 18).
+    pub fn check_is_heavy(&self, params: Option<&RawValue>) -> bool {
+        self.params
+            .as_ref()
+            .is_some_and(|c| c.cost.quick_bound(params.map_or("null", RawValue::get)) > INLINE_CHECK_WORK)
+    }
+
     /// `Ok` when the method has no `params` schema or `params` (`null` when absent) matches it;
     /// else `-32602` listing at most [`MAX_PARAM_ERRORS`] mismatches, each with the JSON pointer
     /// into params where it is (`""` for params itself).
@@ -185,7 +229,7 @@ impl Method {
         let errors: Vec<Value> = validator
             .iter_errors(&value)
             .take(MAX_PARAM_ERRORS)
-            .map(|e| serde_json::json!({ "path": e.instance_path().to_string(), "message": e.to_string() }))
+            .map(|e| serde_json::json!({ "path": e.instance_path().to_string(), "message": cut_display(&e, MAX_ERROR_MESSAGE) }))
             .collect();
         let first = errors.first().map_or_else(String::new, |e| {
             let path = e["path"].as_str().unwrap_or_default();
@@ -198,6 +242,55 @@ impl Method {
             serde_json::json!({ "plugin": plugin, "method": method, "errors": errors }),
         ))
     }
+}
+
+/// Most bytes one compiled `pattern` may take (`\p{L}{6}` fits, `\p{L}{8}` does not).
+pub const REGEX_SIZE_LIMIT: usize = 256 << 10;
+
+/// Most bytes of one pattern's lazy DFA cache.
+pub const REGEX_DFA_LIMIT: usize = 512 << 10;
+
+/// Most patterns the `params` schemas of one plugin's catalog keep compiled, together: with the
+/// limits above, at most about 100 MB of regexes per plugin.
+pub const MAX_CATALOG_PATTERNS: usize = 128;
+
+/// Longest `message` of one entry of a `-32602` answer's `errors`, in bytes: the schema
+/// engine's message quotes the value that failed, whole, so a 7 MB string failing twenty
+/// subschemas made a 147 MB answer (audit 18).
+pub const MAX_ERROR_MESSAGE: usize = 512;
+
+/// `item` displayed, cut after `max` bytes (at a character boundary, with `…`): the display
+/// stops once past it, so a huge value quoted in it is never written out whole.
+fn cut_display(item: &impl fmt::Display, max: usize) -> String {
+    struct Bounded {
+        text: String,
+        max: usize,
+    }
+    impl fmt::Write for Bounded {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let room = self.max + 1 - self.text.len();
+            if s.len() < room {
+                self.text.push_str(s);
+                return Ok(());
+            }
+            let mut end = room;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.text.push_str(&s[..end]);
+            Err(fmt::Error)
+        }
+    }
+    let mut out = Bounded { text: String::new(), max };
+    if fmt::write(&mut out, format_args!("{item}")).is_err() || out.text.len() > max {
+        let mut end = max.min(out.text.len());
+        while !out.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.text.truncate(end);
+        out.text.push('…');
+    }
+    out.text
 }
 
 /// The catalog a plugin's instances share while they answer `register` alike (the rule): one
@@ -246,9 +339,10 @@ impl Catalog {
     /// that method with a warning in `log`; the manifest's were checked when it loaded.
     pub fn build(m: &Manifest, registered: Option<&Value>, log: &PluginLog) -> Catalog {
         let mut methods = HashMap::with_capacity(m.methods.len());
+        let mut patterns = PatternBudget::default();
         for (name, spec) in &m.methods {
             let at = format!("/methods/{}", escape_pointer(name));
-            match Self::method(spec.clone(), Source::Manifest, &at) {
+            match Self::method(spec.clone(), Source::Manifest, &at, &mut patterns) {
                 Ok(method) => {
                     methods.insert(name.clone(), method);
                 }
@@ -283,7 +377,7 @@ impl Catalog {
                         );
                         break;
                     }
-                    if let Some((name, method)) = Self::registered(m, name, decl, size, log) {
+                    if let Some((name, method)) = Self::registered(m, name, decl, size, log, &mut patterns) {
                         methods.insert(name, method);
                     }
                 }
@@ -295,7 +389,14 @@ impl Catalog {
 
     /// One method of a `register` answer, or None (warned about).
     /// `size`: its compact JSON's length.
-    fn registered(m: &Manifest, name: &str, decl: &Value, size: usize, log: &PluginLog) -> Option<(String, Method)> {
+    fn registered(
+        m: &Manifest,
+        name: &str,
+        decl: &Value,
+        size: usize,
+        log: &PluginLog,
+        patterns: &mut PatternBudget,
+    ) -> Option<(String, Method)> {
         if m.methods.contains_key(name) {
             log.warn(format!("register: method {name:?} ignored: the manifest defines it, and the manifest wins"));
             return None;
@@ -324,7 +425,7 @@ impl Catalog {
                 return None;
             }
         };
-        match Self::method(spec, Source::Register, &at) {
+        match Self::method(spec, Source::Register, &at, patterns) {
             Ok(method) => Some((name.to_owned(), method)),
             Err(e) => {
                 log.warn(format!("register: method {name:?} rejected: {e}"));
@@ -334,10 +435,13 @@ impl Catalog {
     }
 
     /// `spec` with its schemas compiled (`result` only checked: results are not validated).
-    fn method(spec: MethodSpec, source: Source, at: &str) -> Result<Method, SchemaError> {
+    fn method(spec: MethodSpec, source: Source, at: &str, patterns: &mut PatternBudget) -> Result<Method, SchemaError> {
         let params = spec.params.as_ref().map(|s| compile(s, &format!("{at}/params"))).transpose()?;
         if let Some(result) = &spec.result {
             compile(result, &format!("{at}/result"))?;
+        }
+        if let Some(compiled) = &params {
+            patterns.take(compiled, &format!("{at}/params"))?;
         }
         Ok(Method { spec, source, params })
     }
@@ -419,6 +523,48 @@ mod tests {
 
     fn raw(v: Value) -> Box<RawValue> {
         RawValue::from_string(v.to_string()).expect("JSON")
+    }
+
+    /// Audit 18: 300 patterns of 30 bytes (`\p{L}{190}`, 12 MB compiled each) took plugind to
+    /// the OOM killer. Each compiled pattern is bounded, and so is their number per plugin.
+    #[test]
+    fn patterns_are_bounded_in_size_and_number() {
+        assert!(compile(&json!({"pattern": "\\p{L}{4}"}), "").is_ok());
+        let e = compile(&json!({"pattern": "\\p{L}{190}"}), "/methods/m/params").unwrap_err();
+        assert!(e.pointer.starts_with("/methods/m/params"), "{e}");
+        let sixty = |tag: &str| {
+            let any: Vec<Value> = (0..60).map(|i| json!({"pattern": format!("^{tag}{i}$")})).collect();
+            json!({"params": {"anyOf": any}})
+        };
+        let m = manifest(json!({"a": sixty("a"), "b": sixty("b"), "c": sixty("c")}));
+        let e = check_manifest(&m).unwrap_err();
+        assert!(e.message.contains("at most 128 patterns"), "{e}");
+        let log = PluginLog::new("p", 100, tokio::sync::broadcast::channel(4).0);
+        let c = Catalog::build(
+            &manifest(json!({})),
+            Some(&json!({"a": sixty("a"), "b": sixty("b"), "c": sixty("c")})),
+            &log,
+        );
+        assert_eq!(["a", "b", "c"].iter().filter(|m| c.get(m).is_some()).count(), 2, "the third is refused");
+    }
+
+    #[test]
+    fn an_error_message_quoting_a_huge_value_is_cut() {
+        let m = manifest(
+            json!({"m": {"params": {"type": "array", "items": {"allOf": [{"type": "integer"}, {"type": "integer"}]}}}}),
+        );
+        let c = Catalog::build(&m, None, &PluginLog::new("p", 100, tokio::sync::broadcast::channel(4).0));
+        let e = c.get("m").unwrap().check_params("p", "m", Some(&raw(json!(["é".repeat(1 << 20)])))).unwrap_err();
+        let errors = e.data.as_ref().unwrap()["errors"].as_array().unwrap().clone();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        for err in &errors {
+            let message = err["message"].as_str().unwrap();
+            assert!(message.len() <= MAX_ERROR_MESSAGE + '…'.len_utf8() && message.ends_with('…'), "{}", message.len());
+        }
+        assert!(e.message.len() < 2 * MAX_ERROR_MESSAGE, "{}", e.message.len());
+        assert_eq!(cut_display(&"short", 10), "short");
+        assert_eq!(cut_display(&"exactly10!", 10), "exactly10!");
+        assert_eq!(cut_display(&"éééééé", 5), "éé…");
     }
 
     #[test]

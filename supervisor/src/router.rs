@@ -171,6 +171,28 @@ impl Daemon {
     }
 }
 
+/// Checks `params` against `method`'s schema on a blocking thread, at most as many at once as
+/// there are CPUs: a check that may take up to a second must not hold up the event loop, nor
+/// take every CPU when a plugin sends many.
+async fn check_off_loop(
+    catalog: Arc<crate::catalog::Catalog>,
+    plugin: &str,
+    method: &str,
+    params: Option<&RawValue>,
+) -> Result<(), RpcError> {
+    static CHECKING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+    });
+    let _turn = CHECKING.acquire().await.map_err(|_| RpcError::internal("the params checker is closed"))?;
+    let (plugin, method, params) = (plugin.to_owned(), method.to_owned(), params.map(RawValue::to_owned));
+    tokio::task::spawn_blocking(move || match catalog.get(&method) {
+        Some(m) => m.check_params(&plugin, &method, params.as_deref()),
+        None => Ok(()),
+    })
+    .await
+    .map_err(|e| RpcError::internal(format!("checking the params failed: {e}")))?
+}
+
 /// Calls `execute` on a plugin entry: control `execute`, `services.call` and a plugin's
 /// `service.call` all end here. The instance's method catalog (`crate::catalog`) is applied
 /// first: params that do not match the method's `params` schema are answered `-32602` and never
@@ -180,7 +202,12 @@ pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<RawJ
     let Some(instance) = entry.pick() else { return Err(unavailable(entry)) };
     let method = instance.catalog().and_then(|c| c.get(call.method));
     if let Some(m) = method {
-        m.check_params(&entry.name, call.method, call.params)?;
+        if m.check_is_heavy(call.params) {
+            let catalog = instance.catalog().cloned().expect("the method came from it");
+            check_off_loop(catalog, &entry.name, call.method, call.params).await?;
+        } else {
+            m.check_params(&entry.name, call.method, call.params)?;
+        }
     }
     let hop = Hop::start(&call.trace, "execute", Some(&entry.name), call.method);
     let params = call.execute_out(&hop);

@@ -17,10 +17,23 @@
 //! would never end). The bound times the number of places in a call's params bounds the work of
 //! checking them ([`Cost::too_costly`]).
 //!
-//! `$ref`s are resolved within the document: `#`, `#/json/pointer`, `#anchor` (`$anchor` or
-//! `$dynamicAnchor`), or a reference equal to an embedded `$id`. Anything else is refused: a
-//! reference the analysis cannot follow could hide any cost (and plugind fetches no remote
-//! schema anyway).
+//! Not every application costs the same: an `enum` or `const` compares the value with each of
+//! its members (a subschema's weight grows with them), and a `pattern` or `patternProperties`
+//! runs a regex over a string's (or a key's) bytes, so the bound also counts the patterns that
+//! can apply at one place, and a call's work counts them against the length of its params
+//! (audit 18: an enum of 9000 floats over a million items took 31 s of plugind's CPU, a pattern
+//! over 1.5 MB of letters 8 s).
+//!
+//! `$ref`s are resolved within the document, which must be one resource: `#`, `#/json/pointer`,
+//! `#anchor` (`$anchor`, `$dynamicAnchor` or a draft-7 `$id: "#name"`, each name once), or the
+//! root's `$id`. Anything else is refused: a reference the analysis cannot follow could hide any
+//! cost (and plugind fetches no remote schema anyway). An embedded `$id` is refused, and so is an
+//! anchor name used twice: the validator resolves pointers and anchors inside the resource that
+//! holds them, so a decoy chain at the root under the same names made a 2^40 chain inside an
+//! embedded resource look cheap (audit 18).
+//!
+//! The analysis itself is bounded ([`MAX_ANALYSIS_WORK`]): a 63 KB schema whose sets of
+//! subschemas differ at every level made it build millions of sets, past 2 GB (audit 18).
 
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +57,19 @@ const MAX_DEPTH: usize = 128;
 /// Most different sets of subschemas the analysis follows down a value before it gives up.
 const MAX_STATES: usize = 10_000;
 
+/// Most steps the analysis takes (subschemas and edges visited, over every set it follows), and
+/// so about the most entries it holds: a few tens of milliseconds and megabytes.
+pub const MAX_ANALYSIS_WORK: u64 = 1_000_000;
+
+/// Most `pattern`s (and `patternProperties` keys) one schema may have: each is a regex compiled
+/// and kept for as long as the plugin runs.
+pub const MAX_SCHEMA_PATTERNS: usize = 64;
+
+/// What running one pattern over one byte of a string counts as, in subschema applications
+/// (a regex runs at about 2 ns a byte, up to 40 ns when its lazy DFA gives up; an
+/// application is about 5 ns).
+pub const PATTERN_BYTE_WORK: u64 = 8;
+
 /// Why a schema is refused: its pointer and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CostError {
@@ -56,15 +82,33 @@ pub struct CostError {
 /// The work a schema can take per place of a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cost {
-    /// Most subschemas applied at one place.
+    /// Most work at one place: subschemas applied there, each weighted by its `enum`/`const`.
     pub per_place: u64,
+    /// Most patterns run at one place (each over that place's string or keys).
+    pub patterns_per_place: u64,
+    /// The schema's patterns (`pattern`s and `patternProperties` keys), each a compiled regex.
+    pub patterns: usize,
 }
 
 impl Cost {
     /// Whether checking `params` (JSON text) could take more than [`MAX_CALL_WORK`]: the bound
     /// per place times the places in it (counted only when the length alone does not settle it).
     pub fn too_costly(&self, params: &str) -> Option<u64> {
-        self.more_than(params, MAX_CALL_WORK)
+        // Patterns: at most every byte of the params, once per pattern at its place.
+        let scans = self.patterns_per_place.saturating_mul(PATTERN_BYTE_WORK).saturating_mul(params.len() as u64);
+        // The length bounds the places; they are counted only when that bound is not enough.
+        if self.quick_bound(params) <= MAX_CALL_WORK {
+            return None;
+        }
+        let work = self.per_place.saturating_mul(places(params)).saturating_add(scans);
+        (work > MAX_CALL_WORK).then_some(work)
+    }
+
+    /// A quick upper bound on the work of checking `params` (from its length alone).
+    pub fn quick_bound(&self, params: &str) -> u64 {
+        let len = params.len() as u64;
+        let scans = self.patterns_per_place.saturating_mul(PATTERN_BYTE_WORK).saturating_mul(len);
+        self.per_place.saturating_mul(len).saturating_add(scans)
     }
 
     /// Whether saying *where* `params` fails the schema could cost more than
@@ -74,20 +118,15 @@ impl Cost {
     /// took plugind to the OOM killer (audit 16). Checking stays within [`MAX_CALL_WORK`]; a
     /// report past this bound says only that the params do not match.
     pub fn too_costly_to_explain(&self, params: &str) -> bool {
-        self.more_than(params, MAX_ERROR_WORK).is_some()
+        self.per_place.saturating_mul(params.len() as u64) > MAX_ERROR_WORK
+            && self.per_place.saturating_mul(places(params)) > MAX_ERROR_WORK
     }
+}
 
-    /// The work of checking `params` when it is over `limit`.
-    fn more_than(&self, params: &str, limit: u64) -> Option<u64> {
-        if self.per_place.saturating_mul(params.len() as u64) <= limit {
-            return None;
-        }
-        // Every value but the first follows a `,` `:` `[` or `{` (inside strings too: an
-        // overcount, on the safe side).
-        let places = 1 + params.bytes().filter(|b| matches!(b, b',' | b':' | b'[' | b'{')).count() as u64;
-        let work = self.per_place.saturating_mul(places);
-        (work > limit).then_some(work)
-    }
+/// How many values `params` (JSON text) holds, at most: every value but the first follows a `,`
+/// `:` `[` or `{` (inside strings too: an overcount, on the safe side).
+fn places(params: &str) -> u64 {
+    1 + params.bytes().filter(|b| matches!(b, b',' | b':' | b'[' | b'{')).count() as u64
 }
 
 /// Which places of the value below a subschema applies to.
@@ -119,6 +158,17 @@ struct Graph {
     names: HashMap<String, usize>,
     /// `$ref`s to resolve once every node is known: (from, reference, pointer of the `$ref`).
     refs: Vec<(usize, String, String)>,
+    /// Each subschema's weight: 1, more with an `enum` or `const` (compared member by member).
+    weight: Vec<u64>,
+    /// Each subschema's patterns (a `pattern`, the keys of `patternProperties`).
+    patterns: Vec<u64>,
+    /// Whether `contentMediaType`/`contentEncoding` are checked (drafts 6 and 7 decode the
+    /// string, and parse it as JSON: a tree of up to 35 times its size, at every call).
+    content_checked: bool,
+    /// Whether `id` is draft 4's `$id`.
+    draft4: bool,
+    /// What makes the schema refused, found on the way.
+    problems: Vec<CostError>,
 }
 
 fn escape(key: &str) -> String {
@@ -131,8 +181,21 @@ impl Graph {
         self.pointers.push(pointer.to_owned());
         self.inplace.push(Vec::new());
         self.down.push(Vec::new());
+        self.weight.push(1);
+        self.patterns.push(0);
         self.by_pointer.insert(pointer.to_owned(), id);
         id
+    }
+
+    fn refuse(&mut self, pointer: String, message: String) {
+        self.problems.push(CostError { pointer, message });
+    }
+
+    /// Names node `id` by `name` (`#anchor`, or the root's `$id`): each name once.
+    fn name(&mut self, name: String, id: usize, at: String) {
+        if self.names.insert(name.clone(), id).is_some() {
+            self.refuse(at, format!("each anchor and $id once in a schema, found {name:?} again"));
+        }
     }
 
     /// Adds the subschema `s` at `pointer` and everything under it; its node.
@@ -141,12 +204,53 @@ impl Graph {
         let Value::Object(o) = s else { return id };
         for key in ["$anchor", "$dynamicAnchor"] {
             if let Some(Value::String(a)) = o.get(key) {
-                self.names.insert(format!("#{a}"), id);
+                self.name(format!("#{a}"), id, format!("{pointer}/{}", escape(key)));
             }
         }
-        if let Some(Value::String(i)) = o.get("$id") {
-            self.names.insert(i.clone(), id);
-            self.names.insert(format!("{i}#"), id);
+        // `$id` (and draft 4's `id`): the root's names the document; an embedded one that is
+        // a plain-name fragment (draft 7's anchors) is an anchor; any other starts a resource of
+        // its own, where pointers and anchors resolve apart from the root's: refused.
+        for key in ["$id", "id"] {
+            let Some(Value::String(i)) = o.get(key) else { continue };
+            let at = format!("{pointer}/{key}");
+            if let Some(anchor) = i.strip_prefix('#').filter(|a| !a.is_empty() && !a.starts_with('/')) {
+                self.name(format!("#{anchor}"), id, at);
+            } else if pointer.is_empty() {
+                let base = i.strip_suffix('#').unwrap_or(i).to_owned();
+                self.name(format!("{base}#"), id, at.clone());
+                self.name(base, id, at);
+            } else if key == "$id" || self.draft4 {
+                self.refuse(
+                    at,
+                    format!("one resource per schema: an $id only at its root (or as \"#name\"), found {i:?}"),
+                );
+            }
+        }
+        if let Some(members) = o.get("enum").and_then(Value::as_array) {
+            let bytes = serde_json::to_string(members).map_or(0, |t| t.len() as u64);
+            self.weight[id] += members.len() as u64 + bytes / 64;
+        }
+        if let Some(c) = o.get("const") {
+            self.weight[id] += 1 + serde_json::to_string(c).map_or(0, |t| t.len() as u64) / 64;
+        }
+        if o.get("pattern").is_some_and(Value::is_string) {
+            self.patterns[id] += 1;
+        }
+        if let Some(p) = o.get("patternProperties").and_then(Value::as_object) {
+            self.patterns[id] += p.len() as u64;
+        }
+        if self.content_checked {
+            for key in ["contentMediaType", "contentEncoding"] {
+                if o.contains_key(key) {
+                    self.refuse(
+                        format!("{pointer}/{key}"),
+                        format!(
+                            "no {key} under drafts 6 and 7, which decode and parse the string at every call \
+                             (in draft 2020-12 it is an annotation)"
+                        ),
+                    );
+                }
+            }
         }
         for (key, v) in o {
             let at = format!("{pointer}/{}", escape(key));
@@ -233,7 +337,8 @@ impl Graph {
             return Some(n);
         }
         let (base, fragment) = reference.split_once('#').unwrap_or((reference, ""));
-        let root = if base.is_empty() { 0 } else { *self.names.get(base)? };
+        // One resource: the only base is the root's.
+        let root = if base.is_empty() || self.names.get(base) == Some(&0) { 0 } else { return None };
         if fragment.is_empty() {
             return Some(root);
         }
@@ -262,54 +367,66 @@ fn percent_decode(s: &str) -> Option<String> {
 
 /// The bound on the work per place of a value checked against `schema`, or why it is refused.
 pub fn analyze(schema: &Value) -> Result<Cost, CostError> {
-    let mut g = Graph::default();
+    let draft = schema.get("$schema").and_then(Value::as_str).unwrap_or_default();
+    let mut g = Graph {
+        content_checked: draft.contains("draft-06") || draft.contains("draft-07"),
+        draft4: draft.contains("draft-04") || draft.contains("draft-03"),
+        ..Graph::default()
+    };
     g.add(schema, "");
+    if let Some(e) = g.problems.drain(..).next() {
+        return Err(e);
+    }
+    let patterns: u64 = g.patterns.iter().sum();
+    if patterns > MAX_SCHEMA_PATTERNS as u64 {
+        return Err(CostError {
+            pointer: String::new(),
+            message: format!("at most {MAX_SCHEMA_PATTERNS} patterns in a schema, found {patterns}"),
+        });
+    }
     for (from, reference, at) in std::mem::take(&mut g.refs) {
         let Some(to) = g.resolve(&reference) else {
             return Err(CostError {
                 pointer: at,
                 message: format!(
-                    "a $ref to a place in this schema (`#/…`, `#anchor` or an embedded `$id`), found {reference:?}"
+                    "a $ref to a place in this schema (`#/…`, `#anchor` or its root's `$id`), found {reference:?}"
                 ),
             });
         };
         g.inplace[from].push(to);
     }
     let order = inplace_order(&g)?;
+    let mut walk = Walk::new(&g, &order);
     // Breadth first over what can apply at one place: each distinct set (with counts) once, at
     // the shallowest level it appears (its places below can only be fewer further down).
-    let start: BTreeMap<usize, u64> = BTreeMap::from([(0, 1)]);
+    let start: State = vec![(0, 1)];
     let mut seen = std::collections::HashSet::from([start.clone()]);
     let mut queue = std::collections::VecDeque::from([(start, 0usize)]);
-    let mut per_place = 0u64;
+    let (mut per_place, mut patterns_per_place) = (0u64, 0u64);
+    let too_complex = |what: String| CostError {
+        pointer: String::new(),
+        message: format!("a schema whose cost can be bounded: {what}"),
+    };
     while let Some((level, depth)) = queue.pop_front() {
         if seen.len() > MAX_STATES {
-            return Err(CostError {
-                pointer: String::new(),
-                message: format!(
-                    "a schema whose cost can be bounded: over {MAX_STATES} different sets of subschemas apply at the places of a value"
-                ),
-            });
+            return Err(too_complex(format!(
+                "over {MAX_STATES} different sets of subschemas apply at the places of a value"
+            )));
         }
         // Every subschema applied at this place, with how many times (paths) it can be.
-        let mut applied: HashMap<usize, u64> = level.iter().map(|(&n, &k)| (n, k)).collect();
-        for &n in &order {
-            let Some(&k) = applied.get(&n) else { continue };
-            for &c in &g.inplace[n] {
-                let e = applied.entry(c).or_insert(0);
-                *e = e.saturating_add(k);
-            }
-        }
-        let work = applied.values().fold(0u64, |a, &k| a.saturating_add(k));
+        let applied = walk.applied(&level);
+        let work = applied.iter().fold(0u64, |a, &(n, k)| a.saturating_add(k.saturating_mul(g.weight[n])));
+        let scans = applied.iter().fold(0u64, |a, &(n, k)| a.saturating_add(k.saturating_mul(g.patterns[n])));
         per_place = per_place.max(work);
+        patterns_per_place = patterns_per_place.max(scans);
         if work > MAX_APPLIED {
             let at = if depth == 0 { "the value itself".to_owned() } else { format!("{depth} levels down the value") };
             return Err(CostError {
                 pointer: String::new(),
                 message: format!(
                     "a schema that is cheap to check: one place of a value ({at}) can be checked against more than \
-                     {MAX_APPLIED} subschemas (an allOf/anyOf/oneOf/$ref that branches again and again, or a \
-                     recursion into the value that two branches make)"
+                     {MAX_APPLIED} subschemas (an allOf/anyOf/oneOf/$ref that branches again and again, a \
+                     recursion into the value that two branches make, or enums that large)"
                 ),
             });
         }
@@ -319,7 +436,8 @@ pub fn analyze(schema: &Value) -> Result<Cost, CostError> {
         // One level down: what applies at each place (a named property or item gets what any
         // property or item gets too; any other key or index, only that).
         let mut by_place: BTreeMap<&Place, BTreeMap<usize, u64>> = BTreeMap::new();
-        for (&n, &k) in &applied {
+        for &(n, k) in &applied {
+            walk.spent += g.down[n].len() as u64;
             for (place, c) in &g.down[n] {
                 let e = by_place.entry(place).or_default().entry(*c).or_insert(0);
                 *e = e.saturating_add(k);
@@ -337,12 +455,81 @@ pub fn analyze(schema: &Value) -> Result<Cost, CostError> {
                 let e = next.entry(c).or_insert(0);
                 *e = e.saturating_add(k);
             }
-            if seen.insert(next.clone()) {
+            walk.spent += next.len() as u64;
+            let next: State = next.into_iter().collect();
+            if !seen.contains(&next) {
+                seen.insert(next.clone());
                 queue.push_back((next, depth + 1));
             }
         }
+        if walk.spent > MAX_ANALYSIS_WORK {
+            return Err(too_complex(format!(
+                "finding the bound took over {MAX_ANALYSIS_WORK} steps (too many different sets of subschemas \
+                 down the value: split the schema, or share its parts through $defs)"
+            )));
+        }
     }
-    Ok(Cost { per_place })
+    Ok(Cost { per_place, patterns_per_place, patterns: patterns as usize })
+}
+
+/// The subschemas that apply at one place, each with how many times: `(node, count)`, by node.
+type State = Vec<(usize, u64)>;
+
+/// Reusable scratch space for [`Walk::applied`], and the steps spent.
+struct Walk<'g> {
+    g: &'g Graph,
+    /// Each node's place in the in-place order.
+    position: Vec<usize>,
+    /// Times applied, per node (zero between calls).
+    times: Vec<u64>,
+    /// Whether a node was reached (false between calls).
+    reached: Vec<bool>,
+    /// Steps spent so far.
+    spent: u64,
+}
+
+impl<'g> Walk<'g> {
+    fn new(g: &'g Graph, order: &[usize]) -> Self {
+        let n = g.pointers.len();
+        let mut position = vec![0; n];
+        for (i, &node) in order.iter().enumerate() {
+            position[node] = i;
+        }
+        Walk { g, position, times: vec![0; n], reached: vec![false; n], spent: 0 }
+    }
+
+    /// What applies at a place where `level` applies: `level`'s subschemas and every one they
+    /// apply in place, counted along every path. Visits only the subschemas reached.
+    fn applied(&mut self, level: &State) -> State {
+        let mut reach: Vec<usize> = Vec::new();
+        let mut stack: Vec<usize> = level.iter().map(|&(n, _)| n).collect();
+        while let Some(n) = stack.pop() {
+            if std::mem::replace(&mut self.reached[n], true) {
+                continue;
+            }
+            reach.push(n);
+            stack.extend(&self.g.inplace[n]);
+        }
+        self.spent += reach.len() as u64;
+        reach.sort_unstable_by_key(|&n| self.position[n]);
+        for &(n, k) in level {
+            self.times[n] = self.times[n].saturating_add(k);
+        }
+        for &n in &reach {
+            let k = self.times[n];
+            self.spent += self.g.inplace[n].len() as u64;
+            for &c in &self.g.inplace[n] {
+                self.times[c] = self.times[c].saturating_add(k);
+            }
+        }
+        let mut out: State = reach.iter().map(|&n| (n, self.times[n])).collect();
+        for &n in &reach {
+            self.times[n] = 0;
+            self.reached[n] = false;
+        }
+        out.sort_unstable();
+        out
+    }
 }
 
 /// The nodes in an order where each comes before those it applies in place; an error naming a
@@ -497,7 +684,9 @@ mod tests {
         assert_eq!(e.pointer, "/$ref");
         for ok in [
             json!({"$defs": {"x": {"$anchor": "x", "type": "string"}}, "properties": {"a": {"$ref": "#x"}}}),
-            json!({"$defs": {"x": {"$id": "T0", "type": "string"}}, "properties": {"a": {"$ref": "T0"}}}),
+            json!({"$id": "T0", "$defs": {"x": {"type": "string"}}, "properties": {"a": {"$ref": "T0#/$defs/x"}}}),
+            json!({"$schema": "http://json-schema.org/draft-07/schema#", "definitions": {"x": {"$id": "#x"}},
+                "properties": {"a": {"$ref": "#x"}}}),
             json!({"$defs": {"a b": {"type": "string"}}, "properties": {"a": {"$ref": "#/$defs/a%20b"}}}),
             json!({"properties": {"self": {"$ref": "#"}}}),
         ] {
@@ -507,9 +696,100 @@ mod tests {
 
     #[test]
     fn the_work_of_a_call_is_its_places_times_the_bound() {
-        let c = Cost { per_place: 10_000 };
+        let c = Cost { per_place: 10_000, patterns_per_place: 0, patterns: 0 };
         assert_eq!(c.too_costly("[1,2,3]"), None);
         let big = format!("[{}0]", "0,".repeat(100_000));
         assert_eq!(c.too_costly(&big), Some(10_000 * 100_002));
+    }
+
+    /// Audit 18: decoys at the root under the names a chain inside an embedded resource uses
+    /// (anchors, or pointers resolved in that resource) made a 2^40 chain look cheap.
+    #[test]
+    fn names_the_validator_resolves_elsewhere_are_refused() {
+        let mut chain = serde_json::Map::new();
+        let mut decoys = serde_json::Map::new();
+        for i in 0..40 {
+            let next = json!({"$ref": format!("#a{}", i + 1)});
+            chain.insert(format!("a{i}"), json!({"$anchor": format!("a{i}"), "allOf": [next.clone(), next]}));
+            decoys.insert(format!("d{i}"), json!({"$anchor": format!("a{i}")}));
+        }
+        chain.insert("a40".into(), json!({"$anchor": "a40", "type": "integer"}));
+        let anchors = json!({"$defs": {"T1": {"$id": "T1", "$defs": chain}, "T2": {"$defs": decoys}}, "$ref": "T1"});
+        let e = analyze(&anchors).unwrap_err();
+        assert!(e.message.contains("an $id only at its root") || e.message.contains("again"), "{e:?}");
+        // The same without the embedded resource: the duplicate anchors alone are refused.
+        let dup = json!({"$defs": {"x": {"$anchor": "a"}, "y": {"$anchor": "a"}}, "$ref": "#a"});
+        assert!(analyze(&dup).unwrap_err().message.contains("\"#a\" again"));
+        // Draft 4's `id` starts a resource too.
+        let d4 = json!({"$schema": "http://json-schema.org/draft-04/schema#",
+            "definitions": {"T": {"id": "T1", "type": "string"}}});
+        assert!(analyze(&d4).unwrap_err().message.contains("an $id only at its root"));
+    }
+
+    /// Audit 18: a 63 KB schema whose sets of subschemas differ at every level made the
+    /// analysis build millions of them, past 2 GB; it is now refused within its steps.
+    #[test]
+    fn the_analysis_itself_is_bounded() {
+        let chain = |name: &str, n: usize| {
+            let mut defs = serde_json::Map::new();
+            for i in 0..n {
+                defs.insert(
+                    format!("{name}{i}"),
+                    json!({"properties": {"x": {"$ref": format!("#/$defs/{name}{}", i + 1)}}}),
+                );
+            }
+            defs.insert(format!("{name}{n}"), json!({"properties": {"x": {"$ref": format!("#/$defs/{name}0")}}}));
+            defs
+        };
+        let mut defs = serde_json::Map::new();
+        for name in ["a", "b", "c"] {
+            defs.extend(chain(name, 22));
+        }
+        let pattern_props: serde_json::Map<String, Value> = (0..3000).map(|i| (format!("^p{i}$"), json!({}))).collect();
+        defs.insert(
+            "P".into(),
+            json!({"patternProperties": pattern_props, "additionalProperties": {"$ref": "#/$defs/P"}}),
+        );
+        let schema = json!({"$defs": defs, "properties": {
+            "a": {"$ref": "#/$defs/a0"}, "b": {"$ref": "#/$defs/b0"}, "c": {"$ref": "#/$defs/c0"},
+            "p": {"$ref": "#/$defs/P"}
+        }, "allOf": [{"$ref": "#/$defs/a0"}, {"$ref": "#/$defs/b0"}, {"$ref": "#/$defs/c0"}]});
+        let started = std::time::Instant::now();
+        let e = analyze(&schema).unwrap_err();
+        assert!(e.message.contains("patterns") || e.message.contains("steps") || e.message.contains("sets"), "{e:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        // Without the patterns, the sets of the three chains alone: refused in its steps, quickly.
+        let mut defs = serde_json::Map::new();
+        for name in ["a", "b", "c"] {
+            defs.extend(chain(name, 22));
+        }
+        defs.insert("W".into(), json!({"properties": (0..3000).map(|i| (format!("w{i}"), json!({"$ref": "#/$defs/W"}))).collect::<serde_json::Map<String, Value>>(), "additionalProperties": {"$ref": "#/$defs/W"}}));
+        let schema = json!({"$defs": defs, "allOf": [{"$ref": "#/$defs/a0"}, {"$ref": "#/$defs/b0"}, {"$ref": "#/$defs/c0"}, {"$ref": "#/$defs/W"}]});
+        let started = std::time::Instant::now();
+        let r = analyze(&schema);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?} {r:?}", started.elapsed());
+    }
+
+    /// Audit 18: an application is not always cheap: an `enum` compares with each member, a
+    /// pattern runs over a string's bytes.
+    #[test]
+    fn enums_weigh_and_patterns_count_against_the_bytes() {
+        let members: Vec<Value> = (0..9000).map(|i| json!(i as f64 + 0.5)).collect();
+        let c = analyze(&json!({"type": "array", "items": {"enum": members}})).unwrap();
+        assert!(c.per_place > 9000, "{c:?}");
+        let million = format!("[{}8999.5]", "8999.5,".repeat(999_999));
+        assert!(c.too_costly(&million).is_some(), "a million items against 9000 members");
+        assert!(c.too_costly("[0.5, 1.5]").is_none());
+        let c = analyze(&json!({"type": "array", "items": {"type": "string", "pattern": "\\p{L}{8}"}})).unwrap();
+        assert_eq!((c.patterns, c.patterns_per_place), (1, 1));
+        let long = format!("[\"{}\"]", "é".repeat(15 << 20));
+        assert!(c.too_costly(&long).is_some(), "30 MB of letters under a pattern");
+        assert!(c.too_costly(&format!("[\"{}\"]", "é".repeat(1 << 20))).is_none());
+        let many: Vec<Value> = (0..65).map(|i| json!({"pattern": format!("^a{i}$")})).collect();
+        assert!(analyze(&json!({"anyOf": many})).unwrap_err().message.contains("at most 64 patterns"));
+        // Drafts 6 and 7 decode and parse content: refused there, an annotation in 2020-12.
+        let d7 = json!({"$schema": "http://json-schema.org/draft-07/schema#", "contentMediaType": "application/json"});
+        assert!(analyze(&d7).unwrap_err().message.contains("contentMediaType"));
+        assert!(analyze(&json!({"contentMediaType": "application/json"})).is_ok());
     }
 }

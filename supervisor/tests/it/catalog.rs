@@ -258,3 +258,39 @@ fn pluginctl_check_reports_the_catalog_and_bad_schemas_by_pointer() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("/methods/sum/params/properties/items/items/minimum"), "{text}");
 }
+
+/// Checking params against a schema may take up to about a second (an `enum` of 2000 members
+/// over 20,000 items here); it runs off the event loop, so calls to other plugins go on
+/// meanwhile (audit 18: inline, one call's check held every plugin's calls for 30 s). The heavy
+/// call's params fail at their last item, so its answer comes the moment its check ends: done
+/// inline, it would come before the other plugin's answers, which wait for the loop.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_params_check_does_not_hold_up_other_plugins() {
+    let members: Vec<Value> = (0..2000).map(|i| json!(i as f64 + 0.5)).collect();
+    let d = Daemon::builder()
+        .plugin_as("perl-echo", "heavy")
+        .manifest("heavy", move |m| {
+            m["methods"] = json!({"echo": {"params": {"type": "array", "items": {"enum": members}}}});
+            m["timeout_ms"] = json!(120_000);
+        })
+        .plugin("perl-echo")
+        .arg("--worker-threads")
+        .arg("1")
+        .start()
+        .await;
+    let mut items = vec![json!(1999.5); 20_000];
+    items.push(json!(0));
+    let mut heavy = Box::pin(d.execute("heavy", "echo", json!(items)));
+    let others = async {
+        for n in 0..3 {
+            assert_eq!(d.execute("perl-echo", "echo", json!({"n": n})).await.unwrap(), json!({"n": n}));
+        }
+    };
+    tokio::select! {
+        biased;
+        r = &mut heavy => panic!("the heavy check ended before three calls to another plugin did: {r:?}"),
+        () = others => {}
+    }
+    let r = heavy.await;
+    assert_eq!(code(&r), -32602, "{r:?}");
+}
