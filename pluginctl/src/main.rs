@@ -461,7 +461,7 @@ fn main() -> ExitCode {
                 print_json_error(error);
             }
             if !f.message.is_empty() {
-                eprintln!("pluginctl: {}", f.message);
+                eprintln!("pluginctl: {}", output::plain_lines(&f.message));
             }
             ExitCode::from(f.code)
         }
@@ -685,7 +685,8 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
             if let Ok(status) = client.call(c::PLUGINS_GET, &json!({ "name": name })).await {
                 let state = str_of(&status["state"]);
                 if state != "running" {
-                    let why = status["last_error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
+                    let why =
+                        status["last_error"].as_str().map(|e| format!(": {}", output::plain(e))).unwrap_or_default();
                     eprintln!("pluginctl: {name} is {state}{why}; its messages show here once it runs");
                 }
             }
@@ -713,7 +714,7 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
                         str_of(&ev["plugin"]),
                         str_of(&ev["kind"]),
                         state,
-                        str_of(&ev["detail"])
+                        output::plain(&str_of(&ev["detail"]))
                     );
                 }
             }
@@ -853,7 +854,7 @@ async fn act(client: &Client, method: &str, names: Vec<String>, extra: Value, js
                 if json_out {
                     answers.push(json!({ "error": { "code": e.code, "message": e.message, "data": e.data } }));
                 }
-                eprintln!("pluginctl: {name}: {}", rpc_message(&e));
+                eprintln!("pluginctl: {name}: {}", output::plain(&rpc_message(&e)));
                 let verb = method.trim_start_matches("plugins.");
                 fail(if several {
                     format!("{verb} failed for some of the plugins named")
@@ -890,7 +891,7 @@ fn print_progress(p: &Progress, json_out: bool) {
         (Some(done), None) => format!(" ({done})"),
         _ => String::new(),
     };
-    eprintln!("progress: {}{fraction}", p.message.as_deref().unwrap_or("working"));
+    eprintln!("progress: {}{fraction}", output::plain(p.message.as_deref().unwrap_or("working")));
 }
 
 fn print_log_line(line: &Value, json_out: bool) {

@@ -64,23 +64,47 @@ fn clean_name(plugin: &str, method: &str) -> String {
         .collect()
 }
 
-/// Tool names for `(plugin, method)` pairs, in their order: [`clean_name`] where it is unique;
-/// where several pairs make the same one, none of them gets it (each gets [`tool_name`]'s
-/// numbered form, in order), so that a plugin named to collide with another's tool
-/// (`file.manager` beside `file_manager`) cannot take its name and receive its calls.
+/// Tool names for `(plugin, method)` pairs, in their order. A pair whose `PLUGIN__METHOD` is
+/// its tool name as written ([`is_exact`]) always gets it: no other pair can make that name
+/// as written, so nobody can take it from it. Any other pair gets its [`clean_name`] where that
+/// is unique, and where several make the same one, [`tool_name`]'s numbered form (in order). So
+/// a plugin named to collide with another's tools (`file.manager` beside `file_manager`) can
+/// neither take their names nor push them to a number of its choosing (`.` sorts before `_`:
+/// audit 18 had the impersonator take `_2` and the owner `_3`).
 pub fn tool_names(pairs: &[(&str, &str)]) -> Vec<String> {
     let clean: Vec<String> = pairs.iter().map(|(p, m)| clean_name(p, m)).collect();
     let mut count: HashMap<&str, usize> = HashMap::new();
     for c in &clean {
         *count.entry(c.as_str()).or_default() += 1;
     }
-    // Every clean name is taken: the unique ones by their tools, the shared ones by nobody.
+    // Every clean name is taken: the exact and the unique ones by their tools, the others by
+    // nobody.
     let mut taken: HashSet<String> = clean.iter().cloned().collect();
     clean
         .iter()
         .zip(pairs)
-        .map(|(c, (p, m))| if count[c.as_str()] == 1 { c.clone() } else { tool_name(p, m, &mut taken) })
+        .map(
+            |(c, (p, m))| {
+                if is_exact(p, m) || count[c.as_str()] == 1 {
+                    c.clone()
+                } else {
+                    tool_name(p, m, &mut taken)
+                }
+            },
+        )
         .collect()
+}
+
+/// Whether `PLUGIN__METHOD` is a tool name as it stands (nothing replaced, nothing cut) and no
+/// other pair's as written: the plugin part holds no `__` and does not end with `_`, so the
+/// name splits at its first `__` back into this pair alone.
+fn is_exact(plugin: &str, method: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    plugin.len() + 2 + method.len() <= MAX_TOOL_NAME
+        && plugin.chars().all(allowed)
+        && method.chars().all(allowed)
+        && !plugin.contains("__")
+        && !plugin.ends_with('_')
 }
 
 /// The tool name for `method` of `plugin`: [`clean_name`]; on a collision with a name in
@@ -483,10 +507,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_name_several_tools_make_goes_to_none_of_them() {
-        // `file.manager` (an impersonator) sorts before `file_manager`: neither gets the name.
+    fn a_name_several_tools_make_goes_to_the_one_that_is_it_as_written() {
+        // `file.manager` (an impersonator) sorts before `file_manager`: the owner keeps its
+        // name whatever the order, the impersonator is numbered.
         let names = tool_names(&[("file.manager", "delete_all"), ("file_manager", "delete_all"), ("other", "x")]);
-        assert_eq!(names, ["file_manager__delete_all_2", "file_manager__delete_all_3", "other__x"]);
+        assert_eq!(names, ["file_manager__delete_all_2", "file_manager__delete_all", "other__x"]);
+        // Alone, a name with a `.` replaced is still its clean form.
+        assert_eq!(tool_names(&[("file.manager", "read")]), ["file_manager__read"]);
+        // A name no pair has as written goes to none of those that make it.
+        let names = tool_names(&[("a.b", "x_y"), ("a_b", "x.y")]);
+        assert_eq!(names, ["a_b__x_y_2", "a_b__x_y_3"]);
+        // `a__b`'s `c` and `a`'s `b__c` both read `a__b__c`: neither is exact.
+        assert!(!is_exact("a__b", "c") && is_exact("a", "b__c"));
+        assert_eq!(tool_names(&[("a__b", "c"), ("a", "b__c")]), ["a__b__c_2", "a__b__c"]);
+        assert!(!is_exact("a_", "_c") && !is_exact("p", &"m".repeat(62)));
     }
 
     #[test]

@@ -5,8 +5,22 @@
 //! anything non-empty, when `TERM` is unset or `dumb`, or with `CLICOLOR=0` (`CLICOLOR_FORCE=1`
 //! forces colour). Widths are counted on the plain text, so columns line up either way.
 //! `--json` output is never styled.
+//!
+//! Text from plugins (names of methods and services, descriptions, errors) is printed through
+//! [`plain`]: its control characters escaped, so a plugin cannot set the terminal's title, clear
+//! the screen or overwrite a row with `\r` (audit 18).
 
 use anstyle::{AnsiColor, Style};
+use plugind_protocol::text::printable;
+use std::borrow::Cow;
+
+/// `text` with its control characters (tabs too) escaped, for a terminal.
+pub fn plain(text: &str) -> Cow<'_, str> {
+    match printable(text) {
+        Cow::Borrowed(t) if !t.contains('\t') => Cow::Borrowed(t),
+        t => Cow::Owned(t.replace('\t', "\\t")),
+    }
+}
 
 /// Healthy: `running`, a guarantee that holds, a met dependency.
 pub const GOOD: Style = AnsiColor::Green.on_default();
@@ -34,6 +48,11 @@ pub fn paint(style: Style, text: &str) -> String {
     format!("{style}{text}{style:#}")
 }
 
+/// [`plain`] line by line: the line breaks of a message of several lines kept.
+pub fn plain_lines(text: &str) -> String {
+    text.split('\n').map(plain).collect::<Vec<_>>().join("\n")
+}
+
 /// One table cell: its text and how to show it.
 pub struct Cell {
     text: String,
@@ -43,13 +62,14 @@ pub struct Cell {
 impl Cell {
     /// A cell in `style`.
     pub fn styled(text: impl Into<String>, style: Style) -> Cell {
-        Cell { text: text.into(), style }
+        let text = text.into();
+        Cell { text: plain(&text).into_owned(), style }
     }
 }
 
 impl From<String> for Cell {
     fn from(text: String) -> Cell {
-        Cell { text, style: PLAIN }
+        Cell::styled(text, PLAIN)
     }
 }
 
@@ -86,22 +106,30 @@ const KEY_WIDTH: usize = 13;
 /// (An empty `key` continues the row above, aligned under its value.)
 pub fn row(key: &str, value: &str, style: Style) {
     let key = if key.is_empty() { String::new() } else { format!("{key}:") };
-    anstream::println!("{key:<KEY_WIDTH$}{}", paint(style, value));
+    anstream::println!("{key:<KEY_WIDTH$}{}", paint(style, &plain(value)));
 }
 
 /// Prints a section title of a key/value block (its lines follow, indented by two spaces).
 pub fn section(title: &str) {
-    anstream::println!("{}", paint(HEADER, &format!("{title}:")));
+    anstream::println!("{}", paint(HEADER, &format!("{}:", plain(title))));
 }
 
 /// Prints one indented line of a section.
 pub fn item(text: &str) {
-    anstream::println!("  {text}");
+    anstream::println!("  {}", plain(text));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plugins_control_characters_are_escaped() {
+        let forged = "\u{1b}]0;PWNED\u{7}\u{1b}[2J\rvictim\trunning";
+        assert_eq!(plain(forged), "\\e]0;PWNED\\u{7}\\e[2J\\rvictim\\trunning");
+        assert!(matches!(plain("echo-python"), Cow::Borrowed(_)));
+        assert_eq!(Cell::from(forged.to_owned()).text, plain(forged));
+    }
 
     #[test]
     fn paint_wraps_in_escapes_and_plain_stays_plain() {

@@ -231,6 +231,28 @@ async fn colour_on_a_terminal_only() {
     }
 }
 
+/// A plugin's text reaches the operator's terminal as text: a method description carrying a
+/// window-title escape, a screen clear and a carriage return is printed with them escaped,
+/// where they were acted on (audit 18).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_text_cannot_drive_the_terminal() {
+    let forged = "\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{1b}[31mFAKE\rvictim  1.0.0  running";
+    let d = Daemon::builder()
+        .plugin_as("hostile", "esc")
+        .manifest("esc", move |m| m["config"] = serde_json::json!({"methods": {"evil": {"description": forged}}}))
+        .start()
+        .await;
+    let socket = d.socket.to_str().unwrap();
+    for args in [vec!["--socket", socket, "methods", "esc"]] {
+        let (code, text) = on_a_terminal(colourable(&args).env("NO_COLOR", "1"));
+        assert_eq!(code, Some(0), "{args:?}: {text}");
+        assert!(text.contains("\\e]0;PWNED\\u{7}\\e[2J"), "{args:?}: {text:?}");
+        // The terminal turns each line break into \r\n; no other \r, and no escape at all.
+        assert!(!text.replace("\r\n", "\n").contains('\r') && !text.contains('\u{1b}'), "{args:?}: {text:?}");
+        assert!(!text.contains('\u{7}'), "{args:?}: {text:?}");
+    }
+}
+
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

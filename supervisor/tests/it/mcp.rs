@@ -484,15 +484,14 @@ async fn until(lines: &mut McpLines, pick: impl Fn(&Value) -> bool) -> (Value, V
 }
 
 /// A plugin named to collide with another's tools (`file.manager` beside `file_manager`) never
-/// receives a call the client meant for the other: a tool keeps the route of the client's last
-/// `tools/list` until the client lists again, even after the plugin it named stopped and the
-/// colliding one started (which would give the latter the bare name in a new list).
+/// receives a call the client meant for the other: the name as written stays the owner's while
+/// both run, and a tool keeps the route of the client's last `tools/list` until the client lists
+/// again, even after the plugin it named stopped (which gives the other the name in a new list).
 #[tokio::test(flavor = "multi_thread")]
 async fn pluginctl_mcp_tool_names_do_not_change_hands_until_the_client_lists_again() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     let d =
         Daemon::builder().plugin_as("mcp-python", "file_manager").plugin_as("mcp-python", "file.manager").start().await;
-    assert!(d.ctl(&["stop", "file.manager"]).status.success());
     let mut child = pluginctl_mcp(&d);
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -504,10 +503,17 @@ async fn pluginctl_mcp_tool_names_do_not_change_hands_until_the_client_lists_aga
     let (listed, _) = until(&mut lines, |v| v["id"] == 2).await;
     let names: Vec<&str> =
         listed["result"]["tools"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
-    assert!(names.contains(&"file_manager__count_to"), "{names:?}");
+    // Both run: the name as written is file_manager's (`file.manager` sorts first, and is numbered).
+    assert!(names.contains(&"file_manager__count_to") && names.contains(&"file_manager__count_to_2"), "{names:?}");
+    let first = json!({"name": "file_manager__count_to", "arguments": {"n": 7, "delay_ms": 1}});
+    send(json!({"jsonrpc":"2.0","id":20,"method":"tools/call","params":first})).await;
+    let (answer, _) = until(&mut lines, |v| v["id"] == 20).await;
+    assert_eq!(answer["result"]["content"][0]["text"], "counted to 7", "{answer}");
+    assert!(stderr_lines(&d, "file_manager").await.iter().any(|l| l.ends_with("started: n=7")));
+    assert!(!stderr_lines(&d, "file.manager").await.iter().any(|l| l.ends_with("started: n=7")));
 
-    // The colliding plugin starts, the one the client knows stops; the client does not list.
-    assert!(d.ctl(&["start", "file.manager"]).status.success());
+    // The colliding plugin restarts, the one the client knows stops; the client does not list.
+    assert!(d.ctl(&["restart", "file.manager"]).status.success());
     assert!(d.ctl(&["stop", "file_manager"]).status.success());
     let call = json!({"name": "file_manager__count_to", "arguments": {"n": 1, "delay_ms": 1}});
     send(json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":call})).await;
