@@ -1000,7 +1000,7 @@ fn print_status(p: &PluginStatus) {
     if !p.refused_services.is_empty() {
         section("refused services (registered, never routed)");
         for r in &p.refused_services {
-            item(&paint(WARN, &format!("{}@{}: {}", r.name, r.version, r.reason)));
+            item(&paint(WARN, &output::plain(&format!("{}@{}: {}", r.name, r.version, r.reason))));
         }
     }
     if !p.dependencies.is_empty() {
@@ -1055,13 +1055,13 @@ fn print_status(p: &PluginStatus) {
     if !p.stderr_tail.is_empty() {
         section(&format!("stderr (last {} lines)", p.stderr_tail.len()));
         for l in &p.stderr_tail {
-            item(&printable(l));
+            item(&output::plain(l));
         }
     }
     if !p.history.is_empty() {
         section("history");
         for h in p.history.iter().rev().take(10).collect::<Vec<_>>().into_iter().rev() {
-            item(&format!("{}  {:<8} {}", h.ts, h.event, h.detail));
+            item(&format!("{}  {:<8} {}", h.ts, h.event, output::plain(&h.detail)));
         }
     }
 }

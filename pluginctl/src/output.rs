@@ -114,9 +114,10 @@ pub fn section(title: &str) {
     anstream::println!("{}", paint(HEADER, &format!("{}:", plain(title))));
 }
 
-/// Prints one indented line of a section.
+/// Prints one indented line of a section, as it is: the caller passes a plugin's text in it
+/// through [`plain`] (the line may hold styles of its own).
 pub fn item(text: &str) {
-    anstream::println!("  {}", plain(text));
+    anstream::println!("  {text}");
 }
 
 #[cfg(test)]
