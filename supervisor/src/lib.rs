@@ -572,9 +572,12 @@ impl Daemon {
             }
         }
         for e in &to_remove {
-            e.command(Command::Stop).await;
+            // Out of the table first, so no command finds it any more, then stopped for good:
+            // a start that raced with the stop ran it on, out of the table (audit 18).
+            e.mark_removed();
             self.plugins.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&*e.name);
             self.registry_changed();
+            e.command(Command::Remove).await;
         }
         let mut added = Vec::new();
         for f in to_start {

@@ -40,7 +40,13 @@ pub struct PluginActor {
     /// What the plugin's instances of every generation share: its log, its turn at long stdout
     /// lines, its rate of chatter.
     shared: instance::PluginShared,
+    /// The ticket of [`Command::Remove`]'s stop, once it came: the actor ends when it is
+    /// answered and no instance is left.
+    removing: Option<Ticket>,
 }
+
+/// Why a command to a removed plugin did not take effect.
+const REMOVED: &str = "the plugin was removed (its directory went away, or its manifest now names another plugin)";
 
 impl PluginActor {
     /// Spawns the actor of a loaded plugin; returns its entry.
@@ -64,6 +70,7 @@ impl PluginActor {
             own: VecDeque::new(),
             processes_changed: false,
             shared: instance::PluginShared::new(entry.log.clone()),
+            removing: None,
         };
         tokio::spawn(actor.run(ctl_rx, events_rx));
         entry
@@ -116,6 +123,14 @@ impl PluginActor {
                     self.feed(Event::Tick { unmet });
                 }
             }
+            if self.removing.is_some_and(|t| !self.replies.contains_key(&t)) && self.instances.is_empty() {
+                // Removed and stopped: nothing of the plugin is left to run. Commands still
+                // queued are answered as removed when the queue is dropped with the actor.
+                for (_, r) in self.replies.drain() {
+                    r.answer(machine::Outcome::Failed(REMOVED.into()), || self.entry.snapshot());
+                }
+                break;
+            }
         }
     }
 
@@ -133,7 +148,22 @@ impl PluginActor {
     /// The machine event of a command (None if the shell answered it itself).
     fn command_event(&mut self, cmd: Command) -> Option<Event> {
         let current = self.machine.manifest().clone();
+        if self.removing.is_some() {
+            // Removed: no command starts it again (a start racing with the removal's stop ran
+            // the plugin on, out of the table, its processes beyond reach: audit 18).
+            let reply = match cmd {
+                Command::Start(r) | Command::Stop(r) | Command::Reload(r) | Command::Remove(r) => r,
+                Command::Restart { reply, .. } => reply,
+            };
+            reply.answer(machine::Outcome::Failed(REMOVED.into()), || self.entry.snapshot());
+            return None;
+        }
         Some(match cmd {
+            Command::Remove(reply) => {
+                let ticket = self.ticket(reply);
+                self.removing = Some(ticket);
+                Event::Stop { ticket }
+            }
             Command::Start(reply) => Event::Start { ticket: self.ticket(reply), unmet: self.unmet(&current) },
             Command::Stop(reply) => Event::Stop { ticket: self.ticket(reply) },
             Command::Restart { hard, reply } => {

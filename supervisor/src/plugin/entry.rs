@@ -69,6 +69,10 @@ pub enum Command {
     },
     /// Re-read the manifest and swap in a new generation without failing a call (hot reload).
     Reload(Reply),
+    /// The daemon dropped the plugin from its table (its directory went away, or now names
+    /// another plugin): stop every instance, answer, and end the actor. Commands sent after it
+    /// are answered at once, the plugin removed ([`PluginEntry::is_removed`]).
+    Remove(Reply),
 }
 
 /// Mutable status, written only by the plugin's actor (and the loader for invalid plugins).
@@ -137,6 +141,8 @@ pub struct PluginEntry {
     pub counters: CallCounters,
     /// The actor's command queue (`None` for invalid plugins, which have no actor).
     pub(crate) ctl: Option<mpsc::UnboundedSender<Command>>,
+    /// Dropped from the daemon's table: whoever still holds the entry learns it is gone.
+    removed: std::sync::atomic::AtomicBool,
 }
 
 impl PluginEntry {
@@ -157,7 +163,19 @@ impl PluginEntry {
             processes: RwLock::new(Arc::from(Vec::new())),
             counters: CallCounters::new(name),
             ctl,
+            removed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks the plugin removed from the daemon's table (before its actor is told).
+    pub(crate) fn mark_removed(&self) {
+        self.removed.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the plugin was removed from the daemon's table: a command that reached it
+    /// meanwhile is answered as for an unknown plugin.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Locks the status.

@@ -248,6 +248,10 @@ pub struct Machine {
     tracker: RestartTracker,
     /// Answered once the plugin settles.
     waiters: Vec<Ticket>,
+    /// Stops: answered once the plugin settles, or once its last instance has gone when a start
+    /// waits for that (a stop racing with a start answers `stopped`, whatever the start does
+    /// next).
+    stop_waiters: Vec<Ticket>,
     /// What the shell was last told.
     state: PluginState,
     routes: Vec<Key>,
@@ -272,6 +276,7 @@ impl Machine {
             cooldown_at: None,
             tracker: RestartTracker::default(),
             waiters: Vec::new(),
+            stop_waiters: Vec::new(),
             state: PluginState::Stopped,
             routes: Vec::new(),
         }
@@ -326,7 +331,7 @@ impl Machine {
                 self.on_start(unmet, &mut out);
             }
             Event::Stop { ticket } => {
-                self.waiters.push(ticket);
+                self.stop_waiters.push(ticket);
                 self.stop(&mut out);
             }
             Event::Restart { ticket, hard, unmet } => self.on_restart(ticket, hard, unmet, &mut out),
@@ -794,6 +799,18 @@ impl Machine {
     fn finish(&mut self, out: &mut Vec<Action>) {
         if !self.running && self.insts.is_empty() {
             if let Some(unmet) = self.start_after_stop.take() {
+                // The stop is complete: whoever asked for it hears `stopped` now, before the
+                // start that waited for it begins (audit 18: it heard `running` later).
+                if !self.stop_waiters.is_empty() {
+                    self.publish(out);
+                    if self.state != PluginState::Stopped {
+                        self.state = PluginState::Stopped;
+                        out.push(Action::State(PluginState::Stopped));
+                    }
+                    for ticket in self.stop_waiters.drain(..) {
+                        out.push(Action::Answer { ticket, outcome: Outcome::Settled });
+                    }
+                }
                 self.begin_start(unmet, true, out);
             }
         }
@@ -810,7 +827,7 @@ impl Machine {
             out.push(Action::State(state));
         }
         if self.is_settled() {
-            for ticket in self.waiters.drain(..) {
+            for ticket in self.stop_waiters.drain(..).chain(self.waiters.drain(..)) {
                 out.push(Action::Answer { ticket, outcome: Outcome::Settled });
             }
         }
@@ -904,6 +921,35 @@ mod tests {
         let a = ready(&mut m, now, &third);
         assert_eq!(left(&a), [(second[0], Leave::Retire)], "the draining one is not killed");
         assert_eq!(m.routes(), &third[..]);
+    }
+
+    /// Audit 18: a stop answered `running` when a start came while it was under way (the start
+    /// began as the last instance went, so the stop's ticket waited for the next settle).
+    #[test]
+    fn a_stop_followed_by_a_start_answers_stopped_before_the_start_begins() {
+        for hard_restart_first in [false, true] {
+            let (mut m, now, keys) = running(1);
+            let mut keys = keys;
+            if hard_restart_first {
+                m.step(now, Event::Restart { ticket: 10, hard: true, unmet: None });
+                keys = spawned(&exit(&mut m, now, &keys));
+                ready(&mut m, now, &keys);
+            }
+            m.step(now, Event::Stop { ticket: 2 });
+            m.step(now, Event::Start { ticket: 3, unmet: None });
+            assert_eq!(*m.state(), PluginState::Stopping);
+            let a = exit(&mut m, now, &keys);
+            let stopped_at =
+                a.iter().position(|x| matches!(x, Action::State(PluginState::Stopped))).expect("told stopped");
+            let answered_at =
+                a.iter().position(|x| matches!(x, Action::Answer { ticket: 2, .. })).expect("the stop is answered");
+            let spawned_at = a.iter().position(|x| matches!(x, Action::Spawn { .. })).expect("the start begins");
+            assert!(stopped_at < answered_at && answered_at < spawned_at, "{a:?}");
+            assert!(answers(&a).iter().all(|(t, _)| *t != 3), "the start waits for running: {a:?}");
+            let a = ready(&mut m, now, &spawned(&a));
+            assert_eq!(answers(&a), [(3, Outcome::Settled)]);
+            assert_eq!(*m.state(), PluginState::Running);
+        }
     }
 
     #[test]

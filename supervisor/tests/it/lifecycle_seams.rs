@@ -612,3 +612,90 @@ async fn a_plugin_stuck_in_init_shows_its_process() {
     std::fs::write(&open, "").unwrap();
     d.wait_state("slowstart", "running").await;
 }
+
+/// Audit 18: a `start` that came while a rescan was stopping a plugin it removes (its manifest
+/// now names another plugin, or its directory went away) was queued behind the stop, ran the
+/// plugin again, and the rescan then dropped it from the table: a process nobody listed,
+/// stopped or could reach, restarted when it crashed. Now the removed plugin leaves the table
+/// before its stop, and a command that reaches it meanwhile answers as for an unknown plugin.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_racing_with_a_removal_does_not_run_the_plugin_on_out_of_sight() {
+    let b = Daemon::builder();
+    let marker = format!("{}/x-marker", b.path().display());
+    let go = b.path().join("go");
+    let extra = json!({ "env": { "TEARDOWN_GATE": go.to_string_lossy() } });
+    let d =
+        b.plugin_files("x", &[("plugin.json", &gated_manifest("x", &marker, extra)), ("main.py", GATED)]).start().await;
+    wait_procs(&d, "x", "x's process", |p| p.len() == 1).await;
+    // The same directory now holds plugin y: x is removed (its teardown waits at the gate).
+    let path = d.plugins.join("x").join("plugin.json");
+    std::fs::write(path.with_extension("tmp~"), gated_manifest("y", &marker, json!({}))).unwrap();
+    std::fs::rename(path.with_extension("tmp~"), &path).unwrap();
+    let reload = reload_in_background(&d);
+    wait_for("x to be stopping or gone", async || match d.call("plugins.get", json!({"name": "x"})).await {
+        Ok(s) => (s["state"] == "stopping").then_some(()),
+        Err(_) => Some(()),
+    })
+    .await;
+    // A start of x while its removal waits: sent, and a request after it answered, before the
+    // teardown may end.
+    let c = plugind_client::Client::connect(&d.socket).await.unwrap();
+    let (x, nothing) = (json!({"name": "x"}), json!({}));
+    let start = c.call("plugins.start", &x);
+    tokio::pin!(start);
+    let mut early = None;
+    tokio::select! {
+        biased;
+        r = &mut start => early = Some(r),
+        _ = c.call("plugins.list", &nothing) => {}
+    }
+    std::fs::write(&go, "").unwrap();
+    let r = match early {
+        Some(r) => r,
+        None => start.await,
+    };
+    assert_eq!(code(&r), -32004, "a removed plugin is not started again: {r:?}");
+    let reloaded = reload.await.unwrap();
+    assert_eq!(reloaded["changed"], json!(["y"]), "{reloaded}");
+    wait_for("y to run", async || (d.status("y").await["state"] == "running").then_some(())).await;
+    // One process carries the marker: y's. x's ended and none was started again.
+    let y = d.status("y").await["pid"].as_u64().unwrap() as u32;
+    wait_procs(&d, "x", "only y's process", |p| p == [y]).await;
+    let r = d.call("plugins.get", json!({"name": "x"})).await;
+    assert_eq!(code(&r), -32004, "{r:?}");
+}
+
+/// Audit 18: a `stop` answered `running` when a `start` came while it was under way (the start
+/// began as the last instance went; the stop's answer waited for the next settled state). The
+/// contract: a stop racing with a start answers `stopped`, whatever the start does next.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_answers_stopped_when_a_start_follows_it() {
+    let b = Daemon::builder();
+    let marker = format!("{}/s-marker", b.path().display());
+    let go = b.path().join("go");
+    let extra = json!({ "env": { "TEARDOWN_GATE": go.to_string_lossy() } });
+    let d =
+        b.plugin_files("s", &[("plugin.json", &gated_manifest("s", &marker, extra)), ("main.py", GATED)]).start().await;
+    let stopper = plugind_client::Client::connect(&d.socket).await.unwrap();
+    let starter = plugind_client::Client::connect(&d.socket).await.unwrap();
+    let (s, nothing) = (json!({"name": "s"}), json!({}));
+    let stop = stopper.call("plugins.stop", &s);
+    tokio::pin!(stop);
+    tokio::select! {
+        biased;
+        r = &mut stop => panic!("the stop ended before its teardown could: {r:?}"),
+        () = wait_for("s to be stopping", async || (d.status("s").await["state"] == "stopping").then_some(())) => {}
+    }
+    let start = starter.call("plugins.start", &s);
+    tokio::pin!(start);
+    tokio::select! {
+        biased;
+        r = &mut start => panic!("the start ended before the stop: {r:?}"),
+        _ = starter.call("plugins.list", &nothing) => {}
+    }
+    std::fs::write(&go, "").unwrap();
+    let (stopped, started) = tokio::join!(stop, start);
+    let (stopped, started) = (stopped.unwrap(), started.unwrap());
+    assert_eq!((&stopped["state"], &stopped["pid"]), (&json!("stopped"), &Value::Null), "{stopped}");
+    assert_eq!(started["state"], "running", "{started}");
+}

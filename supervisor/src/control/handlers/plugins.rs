@@ -43,7 +43,14 @@ pub fn get(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
 
 async fn act(daemon: &Daemon, name: &str, make: impl FnOnce(Reply) -> Command) -> Result<Box<RawValue>, RpcError> {
     let e = entry(daemon, name)?;
-    match e.request(make).await {
+    let answer = e.request(make).await;
+    if e.is_removed() {
+        // Removed while the command waited (a rescan dropped it): as for any unknown plugin.
+        let mut err = unknown_plugin(name);
+        err.message = format!("{}: it was removed while the command waited", err.message);
+        return Err(err);
+    }
+    match answer {
         Some(Answer { outcome, status }) => {
             // `request` asks for the status the command left; it is always there.
             let status = status.unwrap_or_else(|| e.snapshot());
