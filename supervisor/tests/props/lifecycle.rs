@@ -11,7 +11,8 @@
 //!   stopping or failed; a stopped plugin has no process;
 //! - once a swap completes, every process of an older generation has been told to go;
 //! - a command is answered `settled` only when the plugin has (running with every instance
-//!   ready, or stopped, failed or blocked with no process left).
+//!   ready, or stopped, failed or blocked with no process left); a stop may also be answered
+//!   the moment the plugin is stopped with no process, before a start that waited for it.
 //!
 //! Then [`World::settle`] lets time pass with no more commands or crashes (processes get ready,
 //! those told to go exit, timers fire) and checks convergence: every ticket answered exactly
@@ -88,6 +89,8 @@ pub struct World {
     now: Instant,
     procs: BTreeMap<Key, Proc>,
     issued: BTreeSet<Ticket>,
+    /// The tickets of stops.
+    stops: BTreeSet<Ticket>,
     answered: BTreeMap<Ticket, Outcome>,
     next_ticket: Ticket,
     routes: Vec<Key>,
@@ -112,6 +115,7 @@ impl World {
             now: Instant::now(),
             procs: BTreeMap::new(),
             issued: BTreeSet::new(),
+            stops: BTreeSet::new(),
             answered: BTreeMap::new(),
             next_ticket: 1,
             routes: Vec::new(),
@@ -137,7 +141,11 @@ impl World {
         let ev = match *step {
             Step::Start => Event::Start { ticket: self.ticket(), unmet: None },
             Step::StartBlocked => Event::Start { ticket: self.ticket(), unmet: Some(vec!["dep@^1".into()]) },
-            Step::Stop => Event::Stop { ticket: self.ticket() },
+            Step::Stop => {
+                let ticket = self.ticket();
+                self.stops.insert(ticket);
+                Event::Stop { ticket }
+            }
             Step::Restart { hard } => Event::Restart { ticket: self.ticket(), hard, unmet: None },
             Step::Reload(n) => Event::Reload {
                 ticket: self.ticket(),
@@ -193,7 +201,11 @@ impl World {
                 Action::Route(keys) => self.routes = keys,
                 Action::Answer { ticket, outcome } => {
                     assert!(self.issued.contains(&ticket), "answer to a ticket never issued\n{}", self.trace());
-                    settled_answer |= outcome == Outcome::Settled;
+                    // Settled when the step ends, or stopped with no process at this point of
+                    // it: a stop is answered `stopped` before the start that waited for it.
+                    let stopped_here =
+                        self.stops.contains(&ticket) && self.state == PluginState::Stopped && self.procs.is_empty();
+                    settled_answer |= outcome == Outcome::Settled && !stopped_here;
                     if self.answered.insert(ticket, outcome).is_some() {
                         self.fail(&format!("ticket {ticket} answered twice"));
                     }
