@@ -33,6 +33,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// Most `errors` one `-32602` answer lists: enough to fix a call, not a copy of a huge document.
 pub const MAX_PARAM_ERRORS: usize = 20;
@@ -122,6 +124,8 @@ pub fn check_manifest(m: &Manifest) -> Result<(), SchemaError> {
 #[derive(Default)]
 struct PatternBudget {
     kept: usize,
+    /// The patterns of the plugin's live catalogs ([`MAX_PLUGIN_PATTERNS`]), when building one.
+    plugin: Option<Arc<AtomicUsize>>,
 }
 
 impl PatternBudget {
@@ -138,8 +142,38 @@ impl PatternBudget {
                 ),
             });
         }
+        if let Some(live) = &self.plugin {
+            if live.fetch_add(n, Ordering::AcqRel) + n > MAX_PLUGIN_PATTERNS {
+                live.fetch_sub(n, Ordering::AcqRel);
+                return Err(SchemaError {
+                    pointer: at.to_owned(),
+                    message: format!(
+                        "at most {MAX_PLUGIN_PATTERNS} patterns compiled for all of a plugin's instances together \
+                         (instances that answer `register` differently each build a catalog of their own)"
+                    ),
+                });
+            }
+        }
         self.kept += n;
         Ok(())
+    }
+
+    /// What the catalog built keeps of the plugin's budget, given back when it is dropped.
+    fn lease(self) -> Option<PatternLease> {
+        self.plugin.map(|live| PatternLease { live, kept: self.kept })
+    }
+}
+
+/// A catalog's share of its plugin's [`MAX_PLUGIN_PATTERNS`], given back when it is dropped.
+#[derive(Debug)]
+struct PatternLease {
+    live: Arc<AtomicUsize>,
+    kept: usize,
+}
+
+impl Drop for PatternLease {
+    fn drop(&mut self) {
+        self.live.fetch_sub(self.kept, Ordering::AcqRel);
     }
 }
 
@@ -250,9 +284,14 @@ pub const REGEX_SIZE_LIMIT: usize = 256 << 10;
 /// Most bytes of one pattern's lazy DFA cache.
 pub const REGEX_DFA_LIMIT: usize = 512 << 10;
 
-/// Most patterns the `params` schemas of one plugin's catalog keep compiled, together: with the
-/// limits above, at most about 100 MB of regexes per plugin.
+/// Most patterns the `params` schemas of one plugin's catalog keep compiled, together.
 pub const MAX_CATALOG_PATTERNS: usize = 128;
+
+/// Most patterns all the live catalogs of one plugin keep compiled: two catalogs' worth (the
+/// serving generation's and the next one's). Instances that answer `register` differently each
+/// build a catalog of their own, so without this 64 instances kept 64 catalogs of regexes
+/// (1.7 GB, the OOM killer: audit 18). With the limits above, at most about 200 MB per plugin.
+pub const MAX_PLUGIN_PATTERNS: usize = 2 * MAX_CATALOG_PATTERNS;
 
 /// Longest `message` of one entry of a `-32602` answer's `errors`, in bytes: the schema
 /// engine's message quotes the value that failed, whole, so a 7 MB string failing twenty
@@ -297,7 +336,11 @@ fn cut_display(item: &impl fmt::Display, max: usize) -> String {
 /// catalog for all, not one each (32 instances with 256 large methods each held 540 MB of
 /// plugind's memory, audit 16). Keyed by the manifest and the answer's text.
 #[derive(Clone, Default)]
-pub struct SharedCatalog(std::sync::Arc<std::sync::Mutex<LastBuilt>>);
+pub struct SharedCatalog {
+    last: Arc<std::sync::Mutex<LastBuilt>>,
+    /// The patterns of the plugin's live catalogs.
+    patterns: Arc<AtomicUsize>,
+}
 
 /// The key (manifest and `register` answer) and the catalog built last.
 type LastBuilt = Option<(u64, std::sync::Arc<Catalog>)>;
@@ -316,11 +359,12 @@ impl SharedCatalog {
         (std::sync::Arc::as_ptr(m) as usize).hash(&mut h);
         answer.get().hash(&mut h);
         let key = h.finish();
-        let mut last = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((_, catalog)) = last.as_ref().filter(|(k, _)| *k == key) {
             return catalog.clone();
         }
-        let catalog = std::sync::Arc::new(Catalog::build(m, register_methods(answer).as_ref(), log));
+        let budget = PatternBudget { kept: 0, plugin: Some(self.patterns.clone()) };
+        let catalog = Arc::new(Catalog::build_within(m, register_methods(answer).as_ref(), log, budget));
         *last = Some((key, catalog.clone()));
         catalog
     }
@@ -330,6 +374,8 @@ impl SharedCatalog {
 #[derive(Debug, Default)]
 pub struct Catalog {
     methods: HashMap<String, Method>,
+    /// Its share of the plugin's patterns.
+    _patterns: Option<PatternLease>,
 }
 
 impl Catalog {
@@ -338,8 +384,12 @@ impl Catalog {
     /// caps, a bad shape, a schema that does not compile, a name the manifest already has) drop
     /// that method with a warning in `log`; the manifest's were checked when it loaded.
     pub fn build(m: &Manifest, registered: Option<&Value>, log: &PluginLog) -> Catalog {
+        Self::build_within(m, registered, log, PatternBudget::default())
+    }
+
+    /// [`Catalog::build`] within `patterns`, the plugin's budget of compiled patterns.
+    fn build_within(m: &Manifest, registered: Option<&Value>, log: &PluginLog, mut patterns: PatternBudget) -> Catalog {
         let mut methods = HashMap::with_capacity(m.methods.len());
-        let mut patterns = PatternBudget::default();
         for (name, spec) in &m.methods {
             let at = format!("/methods/{}", escape_pointer(name));
             match Self::method(spec.clone(), Source::Manifest, &at, &mut patterns) {
@@ -384,7 +434,7 @@ impl Catalog {
             }
             Some(_) => log.warn("register: `methods` ignored: expected an object keyed by method name".into()),
         }
-        Catalog { methods }
+        Catalog { methods, _patterns: patterns.lease() }
     }
 
     /// One method of a `register` answer, or None (warned about).
@@ -546,6 +596,32 @@ mod tests {
             &log,
         );
         assert_eq!(["a", "b", "c"].iter().filter(|m| c.get(m).is_some()).count(), 2, "the third is refused");
+    }
+
+    /// Audit 18 (second round): 64 instances answering `register` each a little differently
+    /// built 64 catalogs of 128 patterns (1.7 GB). A plugin's live catalogs share one budget.
+    #[test]
+    fn a_plugins_live_catalogs_share_one_pattern_budget() {
+        let log = PluginLog::new("p", 100, tokio::sync::broadcast::channel(4).0);
+        let m = Arc::new(manifest(json!({})));
+        let shared = SharedCatalog::default();
+        let answer = |nonce: usize| {
+            let methods: serde_json::Map<String, Value> = (0..2)
+                .map(|k| {
+                    let any: Vec<Value> = (0..64).map(|i| json!({"pattern": format!("^{nonce}-{k}-{i}$")})).collect();
+                    (format!("m{k}"), json!({"params": {"anyOf": any}}))
+                })
+                .collect();
+            raw(json!({"services": [], "methods": methods}))
+        };
+        let first = shared.get_or_build(&m, &answer(1), &log);
+        let second = shared.get_or_build(&m, &answer(2), &log);
+        assert!(first.get("m0").is_some() && second.get("m1").is_some());
+        let third = shared.get_or_build(&m, &answer(3), &log);
+        assert!(third.get("m0").is_none() && third.get("m1").is_none(), "past the plugin's budget");
+        drop((first, third));
+        let fourth = shared.get_or_build(&m, &answer(4), &log);
+        assert!(fourth.get("m0").is_some(), "a dropped catalog gives its patterns back");
     }
 
     #[test]

@@ -68,22 +68,14 @@ struct HookAnswer {
     stop: bool,
 }
 
-/// Payloads up to this size that differ as text are compared as JSON values (`{"a": 1}` and
-/// `{"a":1}` are the same payload, `passed`); larger ones are compared with their insignificant
-/// whitespace left out, so a payload rewritten with its keys in another order counts as
-/// `modified`.
-const PARSED_COMPARE_MAX: usize = 1 << 20;
-
-/// Whether a plugin's answered payload `b` is the payload `a` it was given (`passed`).
+/// Whether a plugin's answered payload `b` is the payload `a` it was given (`passed`): the same
+/// text but for whitespace outside strings (`{"a": 1}` is `{"a":1}`). Anything else is
+/// `modified`, keys reordered included: parsed and compared as values, `{"cmd":"rm -rf /",
+/// "cmd":"ls"}` was `passed` for `{"cmd":"ls"}` (the last duplicate wins in a tree), while a
+/// host that keeps the first saw another command (audit 18).
 fn same_payload(a: &RawValue, b: &RawValue) -> bool {
     let (a, b) = (a.get(), b.get());
-    if a == b {
-        return true;
-    }
-    if a.len().max(b.len()) <= PARSED_COMPARE_MAX {
-        return serde_json::from_str::<Value>(a).ok() == serde_json::from_str::<Value>(b).ok();
-    }
-    without_whitespace(a).eq(without_whitespace(b))
+    a == b || without_whitespace(a).eq(without_whitespace(b))
 }
 
 /// The bytes of JSON text `s` without whitespace outside strings.
@@ -397,10 +389,12 @@ mod tests {
     #[test]
     fn a_payload_rewritten_with_other_whitespace_is_the_same_payload() {
         let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
-        assert!(same_payload(&raw(r#"{"a":1,"b":[1,2]}"#), &raw(r#"{ "b": [1, 2], "a": 1 }"#)));
+        assert!(same_payload(&raw(r#"{"a":1,"b":[1,2]}"#), &raw(r#"{ "a": 1, "b": [1, 2] }"#)));
         assert!(!same_payload(&raw(r#"{"a":1}"#), &raw(r#"{"a":2}"#)));
-        // Past the size parsed, whitespace outside strings is left out, inside kept.
-        let big = "x".repeat(PARSED_COMPARE_MAX);
+        // A duplicate key is a change, whatever a tree of it would keep.
+        assert!(!same_payload(&raw(r#"{"cmd":"ls"}"#), &raw(r#"{"cmd":"rm -rf /","cmd":"ls"}"#)));
+        // Whitespace outside strings is left out, inside kept.
+        let big = "x".repeat(1 << 20);
         let (a, b) = (format!(r#"{{"s":"{big} y","n":1}}"#), format!(r#"{{ "s" : "{big} y", "n": 1 }}"#));
         assert!(same_payload(&raw(&a), &raw(&b)));
         let c = format!(r#"{{"s":"{big}y","n":1}}"#);

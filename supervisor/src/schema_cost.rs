@@ -66,9 +66,18 @@ pub const MAX_ANALYSIS_WORK: u64 = 1_000_000;
 pub const MAX_SCHEMA_PATTERNS: usize = 64;
 
 /// What running one pattern over one byte of a string counts as, in subschema applications
-/// (a regex runs at about 2 ns a byte, up to 40 ns when its lazy DFA gives up; an
-/// application is about 5 ns).
-pub const PATTERN_BYTE_WORK: u64 = 8;
+/// (an application is about 5 ns): a regex runs at about 2 ns a byte, but one whose lazy DFA
+/// gives up (`a[ab]{200}c`) falls back to a matcher of about 1.4 µs a byte (audit 18). So a
+/// pattern that can apply at one place allows about 1 MB of params.
+pub const PATTERN_BYTE_WORK: u64 = 200;
+
+/// What `minLength`/`maxLength` cost per byte of a string (its characters are counted).
+pub const LENGTH_BYTE_WORK: u64 = 1;
+
+/// How many times a subschema under `unevaluatedProperties`/`unevaluatedItems` counts: the
+/// validator checks each in-place branch again to mark what it evaluated, level by level
+/// (about 2.7 times the work per level: 20 nested levels of 2 KB took 13–24 s, audit 18).
+const UNEVALUATED_FACTOR: u64 = 3;
 
 /// Why a schema is refused: its pointer and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +93,12 @@ pub struct CostError {
 pub struct Cost {
     /// Most work at one place: subschemas applied there, each weighted by its `enum`/`const`.
     pub per_place: u64,
-    /// Most patterns run at one place (each over that place's string or keys).
-    pub patterns_per_place: u64,
+    /// Most work per byte at one place: patterns run over its string or keys, its characters
+    /// counted (`PATTERN_BYTE_WORK`, `LENGTH_BYTE_WORK` each).
+    pub byte_work_per_place: u64,
+    /// Whether `uniqueItems` applies somewhere: hashing items whose numbers collide makes it
+    /// quadratic in an array's items, so a call counts its places squared.
+    pub unique_items: bool,
     /// The schema's patterns (`pattern`s and `patternProperties` keys), each a compiled regex.
     pub patterns: usize,
 }
@@ -95,20 +108,22 @@ impl Cost {
     /// per place times the places in it (counted only when the length alone does not settle it).
     pub fn too_costly(&self, params: &str) -> Option<u64> {
         // Patterns: at most every byte of the params, once per pattern at its place.
-        let scans = self.patterns_per_place.saturating_mul(PATTERN_BYTE_WORK).saturating_mul(params.len() as u64);
+        let scans = self.byte_work_per_place.saturating_mul(params.len() as u64);
         // The length bounds the places; they are counted only when that bound is not enough.
         if self.quick_bound(params) <= MAX_CALL_WORK {
             return None;
         }
-        let work = self.per_place.saturating_mul(places(params)).saturating_add(scans);
+        let places = places(params);
+        let pairs = if self.unique_items { places.saturating_mul(places) } else { 0 };
+        let work = self.per_place.saturating_mul(places).saturating_add(scans).saturating_add(pairs);
         (work > MAX_CALL_WORK).then_some(work)
     }
 
     /// A quick upper bound on the work of checking `params` (from its length alone).
     pub fn quick_bound(&self, params: &str) -> u64 {
         let len = params.len() as u64;
-        let scans = self.patterns_per_place.saturating_mul(PATTERN_BYTE_WORK).saturating_mul(len);
-        self.per_place.saturating_mul(len).saturating_add(scans)
+        let pairs = if self.unique_items { len.saturating_mul(len) } else { 0 };
+        self.per_place.saturating_add(self.byte_work_per_place).saturating_mul(len).saturating_add(pairs)
     }
 
     /// Whether saying *where* `params` fails the schema could cost more than
@@ -162,6 +177,12 @@ struct Graph {
     weight: Vec<u64>,
     /// Each subschema's patterns (a `pattern`, the keys of `patternProperties`).
     patterns: Vec<u64>,
+    /// Each subschema's work per byte of the string or keys it is applied to.
+    byte_work: Vec<u64>,
+    /// Each subschema's factor on what it applies in place ([`UNEVALUATED_FACTOR`] or 1).
+    factor: Vec<u64>,
+    /// Whether some subschema has `uniqueItems: true`.
+    unique_items: bool,
     /// Whether `contentMediaType`/`contentEncoding` are checked (drafts 6 and 7 decode the
     /// string, and parse it as JSON: a tree of up to 35 times its size, at every call).
     content_checked: bool,
@@ -183,6 +204,8 @@ impl Graph {
         self.down.push(Vec::new());
         self.weight.push(1);
         self.patterns.push(0);
+        self.byte_work.push(0);
+        self.factor.push(1);
         self.by_pointer.insert(pointer.to_owned(), id);
         id
     }
@@ -233,11 +256,36 @@ impl Graph {
         if let Some(c) = o.get("const") {
             self.weight[id] += 1 + serde_json::to_string(c).map_or(0, |t| t.len() as u64) / 64;
         }
+        // Lookups per application: each required name, each key of `dependentRequired` (and
+        // draft 7's array `dependencies`) and the names it requires.
+        if let Some(r) = o.get("required").and_then(Value::as_array) {
+            self.weight[id] += r.len() as u64;
+        }
+        for key in ["dependentRequired", "dependencies"] {
+            for deps in o.get(key).and_then(Value::as_object).into_iter().flat_map(|d| d.values()) {
+                if let Some(names) = deps.as_array() {
+                    self.weight[id] += 1 + names.len() as u64;
+                }
+            }
+        }
         if o.get("pattern").is_some_and(Value::is_string) {
             self.patterns[id] += 1;
+            self.byte_work[id] += PATTERN_BYTE_WORK;
         }
         if let Some(p) = o.get("patternProperties").and_then(Value::as_object) {
             self.patterns[id] += p.len() as u64;
+            self.byte_work[id] += PATTERN_BYTE_WORK * p.len() as u64;
+        }
+        for key in ["minLength", "maxLength"] {
+            if o.contains_key(key) {
+                self.byte_work[id] += LENGTH_BYTE_WORK;
+            }
+        }
+        if o.contains_key("unevaluatedProperties") || o.contains_key("unevaluatedItems") {
+            self.factor[id] = UNEVALUATED_FACTOR;
+        }
+        if o.get("uniqueItems") == Some(&Value::Bool(true)) {
+            self.unique_items = true;
         }
         if self.content_checked {
             for key in ["contentMediaType", "contentEncoding"] {
@@ -402,7 +450,7 @@ pub fn analyze(schema: &Value) -> Result<Cost, CostError> {
     let start: State = vec![(0, 1)];
     let mut seen = std::collections::HashSet::from([start.clone()]);
     let mut queue = std::collections::VecDeque::from([(start, 0usize)]);
-    let (mut per_place, mut patterns_per_place) = (0u64, 0u64);
+    let (mut per_place, mut byte_work_per_place) = (0u64, 0u64);
     let too_complex = |what: String| CostError {
         pointer: String::new(),
         message: format!("a schema whose cost can be bounded: {what}"),
@@ -416,9 +464,9 @@ pub fn analyze(schema: &Value) -> Result<Cost, CostError> {
         // Every subschema applied at this place, with how many times (paths) it can be.
         let applied = walk.applied(&level);
         let work = applied.iter().fold(0u64, |a, &(n, k)| a.saturating_add(k.saturating_mul(g.weight[n])));
-        let scans = applied.iter().fold(0u64, |a, &(n, k)| a.saturating_add(k.saturating_mul(g.patterns[n])));
+        let scans = applied.iter().fold(0u64, |a, &(n, k)| a.saturating_add(k.saturating_mul(g.byte_work[n])));
         per_place = per_place.max(work);
-        patterns_per_place = patterns_per_place.max(scans);
+        byte_work_per_place = byte_work_per_place.max(scans);
         if work > MAX_APPLIED {
             let at = if depth == 0 { "the value itself".to_owned() } else { format!("{depth} levels down the value") };
             return Err(CostError {
@@ -469,7 +517,7 @@ pub fn analyze(schema: &Value) -> Result<Cost, CostError> {
             )));
         }
     }
-    Ok(Cost { per_place, patterns_per_place, patterns: patterns as usize })
+    Ok(Cost { per_place, byte_work_per_place, unique_items: g.unique_items, patterns: patterns as usize })
 }
 
 /// The subschemas that apply at one place, each with how many times: `(node, count)`, by node.
@@ -516,7 +564,7 @@ impl<'g> Walk<'g> {
             self.times[n] = self.times[n].saturating_add(k);
         }
         for &n in &reach {
-            let k = self.times[n];
+            let k = self.times[n].saturating_mul(self.g.factor[n]);
             self.spent += self.g.inplace[n].len() as u64;
             for &c in &self.g.inplace[n] {
                 self.times[c] = self.times[c].saturating_add(k);
@@ -696,7 +744,7 @@ mod tests {
 
     #[test]
     fn the_work_of_a_call_is_its_places_times_the_bound() {
-        let c = Cost { per_place: 10_000, patterns_per_place: 0, patterns: 0 };
+        let c = Cost { per_place: 10_000, byte_work_per_place: 0, unique_items: false, patterns: 0 };
         assert_eq!(c.too_costly("[1,2,3]"), None);
         let big = format!("[{}0]", "0,".repeat(100_000));
         assert_eq!(c.too_costly(&big), Some(10_000 * 100_002));
@@ -770,6 +818,40 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?} {r:?}", started.elapsed());
     }
 
+    /// Audit 18 (second round): what an application's bound left out. 20 levels of `allOf`
+    /// under `unevaluatedProperties` (2 KB) took 13–24 s for 7 bytes of params; a
+    /// `dependentRequired` of 7000 keys looks each up at every object; `uniqueItems` can be
+    /// quadratic; `minLength` counts characters.
+    #[test]
+    fn unevaluated_nesting_lookups_and_unique_items_are_counted() {
+        let nested = |depth: usize, kind: &str| {
+            let mut defs = serde_json::Map::new();
+            defs.insert("L0".into(), json!({"properties": {"a": {}}}));
+            for i in 1..=depth {
+                defs.insert(
+                    format!("L{i}"),
+                    json!({ kind: [{"$ref": format!("#/$defs/L{}", i - 1)}], "unevaluatedProperties": false }),
+                );
+            }
+            json!({"$defs": defs, "$ref": format!("#/$defs/L{depth}")})
+        };
+        for kind in ["allOf", "anyOf", "oneOf"] {
+            let e = analyze(&nested(20, kind)).unwrap_err();
+            assert!(e.message.contains("more than 100000"), "{kind}: {e:?}");
+        }
+        assert!(analyze(&nested(4, "allOf")).unwrap().per_place < 1000, "a few levels are fine");
+        let keys: serde_json::Map<String, Value> = (0..7000).map(|i| (format!("k{i}"), json!([]))).collect();
+        let c = analyze(&json!({"type": "array", "items": {"dependentRequired": keys}})).unwrap();
+        assert!(c.per_place >= 7000, "{c:?}");
+        assert!(c.too_costly(&format!("[{}{{}}]", "{},".repeat(245_000))).is_some());
+        let c = analyze(&json!({"type": "array", "uniqueItems": true})).unwrap();
+        assert!(c.unique_items);
+        assert!(c.too_costly(&format!("[{}0]", "1,".repeat(100_000))).is_some(), "100,000 items, pairwise");
+        assert!(c.too_costly(&format!("[{}0]", "1,".repeat(1000))).is_none());
+        let c = analyze(&json!({"type": "string", "minLength": 1, "maxLength": 5})).unwrap();
+        assert_eq!(c.byte_work_per_place, 2 * LENGTH_BYTE_WORK);
+    }
+
     /// Audit 18: an application is not always cheap: an `enum` compares with each member, a
     /// pattern runs over a string's bytes.
     #[test]
@@ -781,10 +863,10 @@ mod tests {
         assert!(c.too_costly(&million).is_some(), "a million items against 9000 members");
         assert!(c.too_costly("[0.5, 1.5]").is_none());
         let c = analyze(&json!({"type": "array", "items": {"type": "string", "pattern": "\\p{L}{8}"}})).unwrap();
-        assert_eq!((c.patterns, c.patterns_per_place), (1, 1));
-        let long = format!("[\"{}\"]", "é".repeat(15 << 20));
-        assert!(c.too_costly(&long).is_some(), "30 MB of letters under a pattern");
-        assert!(c.too_costly(&format!("[\"{}\"]", "é".repeat(1 << 20))).is_none());
+        assert_eq!((c.patterns, c.byte_work_per_place), (1, PATTERN_BYTE_WORK));
+        let long = format!("[\"{}\"]", "é".repeat(1 << 20));
+        assert!(c.too_costly(&long).is_some(), "2 MB of letters under a pattern");
+        assert!(c.too_costly(&format!("[\"{}\"]", "é".repeat(256 << 10))).is_none());
         let many: Vec<Value> = (0..65).map(|i| json!({"pattern": format!("^a{i}$")})).collect();
         assert!(analyze(&json!({"anyOf": many})).unwrap_err().message.contains("at most 64 patterns"));
         // Drafts 6 and 7 decode and parse content: refused there, an annotation in 2020-12.

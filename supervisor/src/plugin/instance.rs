@@ -1361,7 +1361,15 @@ async fn handshake(
     match serde_json::from_str::<Option<RegisterResult>>(reg.get()) {
         Ok(r) => {
             // In place before the actor hears the instance is ready, so its first call sees it.
-            let _ = inst.catalog.set(shared.get_or_build(m, &reg, &log));
+            // Built on a blocking thread: compiling up to 128 patterns takes a while.
+            let m = m.clone();
+            let built = tokio::task::spawn_blocking(move || shared.get_or_build(&m, &reg, &log)).await;
+            match built {
+                Ok(catalog) => {
+                    let _ = inst.catalog.set(catalog);
+                }
+                Err(e) => return Step::Handshake(Err(format!("register: building the method catalog failed: {e}"))),
+            }
             Step::Handshake(Ok(r.unwrap_or_default().services))
         }
         Err(e) => Step::Handshake(Err(format!("register: result is not {{\"services\": [...]}}: {e}"))),
