@@ -725,7 +725,8 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
             if json_out {
                 return print_json(&result);
             }
-            print!("{}", result["text"].as_str().unwrap_or_default());
+            // Label values are plugins' text (`metrics.emit`): printable on a terminal.
+            print!("{}", output::plain_lines(result["text"].as_str().unwrap_or_default()));
         }
         Cmd::Info => {
             let result = client.call(c::SUPERVISOR_STATUS, &json!({})).await?;
@@ -900,7 +901,7 @@ fn print_log_line(line: &Value, json_out: bool) {
     } else {
         // A plugin's text as text: its control characters escaped (no forged lines, nothing
         // for the terminal to act on).
-        let fields = line.get("fields").map_or(String::new(), |f| format!(" {f}"));
+        let fields = line.get("fields").map_or(String::new(), |f| format!(" {}", printable(&f.to_string())));
         println!(
             "{} {} [{}] {}: {}{fields}",
             str_of(&line["ts"]),

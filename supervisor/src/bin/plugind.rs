@@ -283,7 +283,11 @@ fn check(
                 Level::Warn => ("warn", AnsiColor::Yellow.on_default()),
                 Level::Fail => ("FAIL", AnsiColor::Red.on_default().bold()),
             };
-            anstream::println!("{style}{tag}{style:#} {text}");
+            // Findings quote the plugin (its stderr, errors, method names): printable line by
+            // line on a terminal.
+            let text: Vec<String> =
+                text.split('\n').map(|l| plugind_protocol::text::printable(l).into_owned()).collect();
+            anstream::println!("{style}{tag}{style:#} {}", text.join("\n"));
         }
     }
     if report.passed() {

@@ -243,12 +243,37 @@ async fn a_plugins_text_cannot_drive_the_terminal() {
         .start()
         .await;
     let socket = d.socket.to_str().unwrap();
+    // The terminal turns each line break into \r\n; no other \r, and no escape at all.
+    let inert =
+        |text: &str| !text.replace("\r\n", "\n").contains('\r') && !text.contains('\u{1b}') && !text.contains('\u{7}');
     let (code, text) = on_a_terminal(colourable(&["--socket", socket, "methods", "esc"]).env("NO_COLOR", "1"));
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("\\e]0;PWNED\\u{7}\\e[2J"), "{text:?}");
-    // The terminal turns each line break into \r\n; no other \r, and no escape at all.
-    assert!(!text.replace("\r\n", "\n").contains('\r') && !text.contains('\u{1b}'), "{text:?}");
-    assert!(!text.contains('\u{7}'), "{text:?}");
+    assert!(inert(&text), "{text:?}");
+    // A metric label (`metrics.emit`, no permission needed) in `pluginctl metrics`.
+    let emit = serde_json::json!({"method": "metrics.emit", "params":
+        {"name": "esc_seen", "value": 1, "kind": "gauge", "labels": {"who": forged}}});
+    d.execute("esc", "notify", emit).await.unwrap();
+    let (code, text) = on_a_terminal(colourable(&["--socket", socket, "metrics"]).env("NO_COLOR", "1"));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("esc_seen") && text.contains("\\e]0;PWNED"), "{text:?}");
+    assert!(inert(&text), "{text:?}");
+    // The stderr of a plugin that fails `check`.
+    let dir = d.dir.path().join("loud");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("plugin.json"), r#"{"name": "loud", "version": "1.0.0", "main": "main.sh"}"#).unwrap();
+    std::fs::write(
+        dir.join("main.sh"),
+        "#!/bin/sh\nprintf 'boom\\033]0;PWNED\\007\\033[2J\\rFORGED ok all passed\\n' >&2\nexit 1\n",
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(dir.join("main.sh")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(dir.join("main.sh"), perms).unwrap();
+    let (code, text) = on_a_terminal(colourable(&["check", dir.to_str().unwrap()]).env("NO_COLOR", "1"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("boom\\e]0;PWNED"), "{text:?}");
+    assert!(inert(&text), "{text:?}");
 }
 
 fn stderr(o: &std::process::Output) -> String {
