@@ -89,6 +89,8 @@ pub struct Daemon {
     next_conn: AtomicU64,
     /// One rescan at a time.
     reload_lock: tokio::sync::Mutex<()>,
+    /// Set when plugind begins to stop ([`Daemon::stop_all`]): nothing starts a plugin after.
+    stopping: std::sync::atomic::AtomicBool,
     /// Lifecycle events for `events.subscribe`.
     events: broadcast::Sender<plugind_protocol::control::Event>,
     /// Emitted metrics and the Prometheus registry.
@@ -121,6 +123,7 @@ impl Daemon {
             host_services: RwLock::new(Vec::new()),
             next_conn: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             events: broadcast::channel(1024).0,
             metrics: metrics::Metrics::default(),
             kv: std::sync::OnceLock::new(),
@@ -521,7 +524,15 @@ impl Daemon {
         self: &Arc<Self>,
         release_gone: bool,
     ) -> (ReloadResult, Vec<tokio::sync::oneshot::Receiver<plugin::entry::Answer>>) {
+        if self.is_stopping() {
+            let refused = ReloadResult { errors: vec![STOPPING.to_owned()], ..ReloadResult::default() };
+            return (refused, Vec::new());
+        }
         let _serial = self.reload_lock.lock().await;
+        if self.is_stopping() {
+            let refused = ReloadResult { errors: vec![STOPPING.to_owned()], ..ReloadResult::default() };
+            return (refused, Vec::new());
+        }
         let (found, mut errors) = self.scan(release_gone);
         let mut result = ReloadResult::default();
         let current = self.plugins();
@@ -645,6 +656,12 @@ impl Daemon {
     /// running dependent stop together in one wave; if a cycle leaves no such plugin, the rest
     /// stop together. [`run`] bounds the whole with the stop timeout.
     pub async fn stop_all(&self) {
+        // Nothing starts a plugin from now on (`plugins.start`, `restart`, rescans, the watcher,
+        // SIGHUP): audit 18 had plugins started after their wave had stopped, still running
+        // when plugind said it had stopped. A rescan under way ends first (its removals stop
+        // their plugins); none begins after.
+        self.stopping.store(true, std::sync::atomic::Ordering::Release);
+        let _no_rescan = self.reload_lock.lock().await;
         // docs/systemd.md: `onShutdown` hooks run before the first `teardown`, within half the
         // stop budget: a hook allowed more must not leave no time for any plugin's teardown.
         let budget = Some(self.config.stop_timeout / 2);
@@ -701,9 +718,16 @@ impl Daemon {
                 (std::mem::take(&mut pending), Vec::new())
             };
             tracing::debug!(plugins = ?wave.iter().map(|p| p.name.to_string()).collect::<Vec<_>>(), "stopping");
-            futures::future::join_all(wave.iter().map(|p| p.command(Command::Stop))).await;
+            // `Remove`, not `Stop`: the actor ends after it, and answers a command that comes
+            // after it at once without starting anything.
+            futures::future::join_all(wave.iter().map(|p| p.command(Command::Remove))).await;
             pending = rest;
         }
+    }
+
+    /// Whether plugind has begun to stop: no plugin starts any more.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Counts by state for `supervisor.status`.
@@ -917,6 +941,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!("plugind stopped");
     Ok(())
 }
+
+/// Why nothing starts or is rescanned while plugind stops.
+pub const STOPPING: &str = "plugind is stopping: no plugin is started, restarted or rescanned any more";
 
 /// The daemon's arrows run one way (ARCHITECTURE.md, "Layers"): control → daemon services →
 /// plugin room → transport and sandbox. This test reads the lower rooms' sources and fails when

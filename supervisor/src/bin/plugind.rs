@@ -224,6 +224,9 @@ async fn wait_for_signals(mut term: tokio::signal::unix::Signal, mut int: tokio:
             _ = int.recv() => {}
         }
         tracing::warn!("second signal: exiting now");
+        // Its plugins die with it (parent-death signal); what they started in sessions of
+        // their own is in their cgroups.
+        plugind::sandbox::init().cgroups.kill_own_instances();
         std::process::exit(0);
     });
 }

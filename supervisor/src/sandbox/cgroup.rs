@@ -118,6 +118,33 @@ impl CgroupSupport {
         }
     }
 
+    /// SIGKILLs every process in this plugind's instance cgroups, now: for an exit that cannot
+    /// wait for the plugins to stop (a second SIGTERM). The parent-death signal ends each
+    /// instance's own process, but not what it started in a session of its own (audit 18: a
+    /// setsid grandchild outlived plugind, reparented to init).
+    pub fn kill_own_instances(&self) {
+        let own = std::process::id().to_string();
+        for tree in self.trees() {
+            let Ok(entries) = std::fs::read_dir(tree) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some(name) = name.to_str() else { continue };
+                let mine = name.strip_prefix(PREFIX).and_then(|r| r.split_once('.')).is_some_and(|(pid, _)| pid == own);
+                if !mine || !is_instance_cgroup(name) {
+                    continue;
+                }
+                let dir = e.path();
+                if write(&dir, "cgroup.kill", "1").is_ok() {
+                    continue;
+                }
+                for pid in procs_of(&dir) {
+                    // SAFETY: plain kill(2); a stale pid at worst gets ESRCH.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+
     /// How `memory_mb` is held beyond RLIMIT_DATA, if it is.
     pub fn memory(&self) -> Option<&'static str> {
         if self.v2_controllers.memory {

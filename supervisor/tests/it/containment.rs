@@ -703,6 +703,28 @@ async fn setsid_grandchild_does_not_outlive_plugind() {
     }
 }
 
+/// The same grandchild, of a plugin that ignores SIGTERM, and plugind told twice to stop (the
+/// second SIGTERM exits at once): the plugin's own process died with plugind, but the
+/// grandchild lived on, reparented to init, until a next plugind on the state dir (audit 18).
+/// plugind now kills its instance cgroups before it exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_leaves_no_grandchild_behind() {
+    let mut d = hostile(Daemon::builder(), "hostile-all", VARIANTS[2].1, json!({})).start().await;
+    attack(&d, "hostile-all", "survive", json!({})).await;
+    let r = attack(&d, "hostile-all", "grandchild", json!({"attack": "env", "linger": true})).await;
+    let pid = r["grandchild"]["pid"].as_u64().unwrap() as u32;
+    let _guard = KillOnDrop(pid);
+    assert!(alive(pid), "{r}");
+    if !held(&d, "hostile-all", &["outlive", "leftover"]).await {
+        return;
+    }
+    d.signal(libc::SIGTERM);
+    wait_for("the graceful stop to begin", async || d.log().contains("graceful stop").then_some(())).await;
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit().await, Some(0));
+    wait_for(&format!("the grandchild {pid} to be gone"), async || (!alive(pid)).then_some(())).await;
+}
+
 /// The same grandchild, and plugind SIGKILLed (as by the OOM killer), then started again from
 /// another cgroup, as from another login session: it swept only below its own cgroup, so the
 /// grandchild lived on in the dead run's instance cgroup. The state dir now names the trees a

@@ -699,3 +699,47 @@ async fn a_stop_answers_stopped_when_a_start_follows_it() {
     assert_eq!((&stopped["state"], &stopped["pid"]), (&json!("stopped"), &Value::Null), "{stopped}");
     assert_eq!(started["state"], "running", "{started}");
 }
+
+/// Audit 18: while plugind stopped (SIGTERM), `plugins.start`, `restart` and `reload` started
+/// plugins again after their wave had stopped: they were `running` when plugind said it had
+/// stopped, and never got `teardown`. Now nothing starts a plugin once the stop has begun.
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_starts_a_plugin_once_plugind_is_stopping() {
+    let b = Daemon::builder();
+    let go = b.path().join("go");
+    let (slow, quick) = (format!("{}/slow-marker", b.path().display()), format!("{}/quick-marker", b.path().display()));
+    let gated = json!({ "env": { "TEARDOWN_GATE": go.to_string_lossy() } });
+    let mut d = b
+        .plugin_files("slow", &[("plugin.json", &gated_manifest("slow", &slow, gated)), ("main.py", GATED)])
+        .plugin_files("quick", &[("plugin.json", &gated_manifest("quick", &quick, json!({}))), ("main.py", GATED)])
+        .start()
+        .await;
+    d.signal(libc::SIGTERM);
+    // `slow` waits at its teardown gate; `quick` has stopped.
+    wait_for("quick to stop while slow waits", async || {
+        let quick = d.call("plugins.get", json!({"name": "quick"})).await.ok()?;
+        (quick["state"] == "stopped" && procs_with(&slow).len() == 1).then_some(())
+    })
+    .await;
+    for (method, params) in [
+        ("plugins.start", json!({"name": "quick"})),
+        ("plugins.restart", json!({"name": "quick", "hard": true})),
+        ("plugins.restart", json!({"name": "quick"})),
+    ] {
+        let r = d.call(method, params.clone()).await;
+        assert_eq!(code(&r), -32002, "{method} {params}: {r:?}");
+        assert_eq!(data(&r)["state"], "stopping", "{r:?}");
+    }
+    // A new plugin dir and a rescan: not added, nothing started.
+    let extra = d.plugins.join("late");
+    std::fs::create_dir_all(&extra).unwrap();
+    std::fs::write(extra.join("plugin.json"), gated_manifest("late", &quick, json!({}))).unwrap();
+    std::fs::write(extra.join("main.py"), GATED).unwrap();
+    let r = d.call("plugins.reload", json!({})).await.unwrap();
+    assert_eq!(r["added"], json!([]), "{r}");
+    assert!(r["errors"].to_string().contains("plugind is stopping"), "{r}");
+    assert!(procs_with(&quick).is_empty(), "nothing of quick (or late) runs again");
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(d.wait_exit().await, Some(0));
+    assert!(procs_with(&quick).is_empty() && procs_with(&slow).is_empty(), "nothing outlives plugind");
+}

@@ -43,7 +43,21 @@ pub fn get(daemon: &Daemon, p: NameParams) -> Result<Box<RawValue>, RpcError> {
 
 async fn act(daemon: &Daemon, name: &str, make: impl FnOnce(Reply) -> Command) -> Result<Box<RawValue>, RpcError> {
     let e = entry(daemon, name)?;
+    let stopping = || {
+        RpcError::with_data(
+            codes::PLUGIN_UNAVAILABLE,
+            format!("plugin {name}: {}", crate::STOPPING),
+            serde_json::json!({ "plugin": name, "state": "stopping" }),
+        )
+    };
+    if daemon.is_stopping() {
+        return Err(stopping());
+    }
     let answer = e.request(make).await;
+    if daemon.is_stopping() && matches!(answer, None | Some(Answer { outcome: Outcome::Failed(_), .. })) {
+        // Its actor ended with plugind's stop while the command waited.
+        return Err(stopping());
+    }
     if e.is_removed() {
         // Removed while the command waited (a rescan dropped it): as for any unknown plugin.
         let mut err = unknown_plugin(name);
