@@ -64,63 +64,44 @@ fn clean_name(plugin: &str, method: &str) -> String {
         .collect()
 }
 
-/// Tool names for `(plugin, method)` pairs, in their order. A pair whose `PLUGIN__METHOD` is
-/// its tool name as written ([`is_exact`]) always gets it: no other pair can make that name
-/// as written, so nobody can take it from it. Any other pair gets its [`clean_name`] where that
-/// is unique, and where several make the same one, [`tool_name`]'s numbered form (in order). So
-/// a plugin named to collide with another's tools (`file.manager` beside `file_manager`) can
-/// neither take their names nor push them to a number of its choosing (`.` sorts before `_`:
-/// audit 18 had the impersonator take `_2` and the owner `_3`).
+/// Tool names for `(plugin, method)` pairs, in their order: [`clean_name`] where no other pair
+/// makes the same one; where several do, none of them gets it, and each gets [`digest_name`]: its
+/// clean name cut, and a digest of its plugin and method. A name never depends on which other
+/// plugins exist or how they sort: a plugin named to collide with another's tools
+/// (`file.manager` beside `file_manager`) can neither take their names nor choose the ones they
+/// get (audit 18 had the impersonator first take `_2` by sorting first, then, with the name as
+/// written preferred, the bare names).
 pub fn tool_names(pairs: &[(&str, &str)]) -> Vec<String> {
     let clean: Vec<String> = pairs.iter().map(|(p, m)| clean_name(p, m)).collect();
     let mut count: HashMap<&str, usize> = HashMap::new();
     for c in &clean {
         *count.entry(c.as_str()).or_default() += 1;
     }
-    // Every clean name is taken: the exact and the unique ones by their tools, the others by
-    // nobody.
-    let mut taken: HashSet<String> = clean.iter().cloned().collect();
+    let digested: Vec<String> = pairs.iter().map(|(p, m)| digest_name(p, m)).collect();
+    // A clean name that is some pair's digest name is not given either: the digest's owner
+    // keeps it.
+    let digests: HashSet<&str> = digested.iter().map(String::as_str).collect();
     clean
         .iter()
-        .zip(pairs)
-        .map(
-            |(c, (p, m))| {
-                if is_exact(p, m) || count[c.as_str()] == 1 {
-                    c.clone()
-                } else {
-                    tool_name(p, m, &mut taken)
-                }
-            },
-        )
+        .zip(digested.iter())
+        .map(|(c, d)| if count[c.as_str()] == 1 && !digests.contains(c.as_str()) { c.clone() } else { d.clone() })
         .collect()
 }
 
-/// Whether `PLUGIN__METHOD` is a tool name as it stands (nothing replaced, nothing cut) and no
-/// other pair's as written: the plugin part holds no `__` and does not end with `_`, so the
-/// name splits at its first `__` back into this pair alone.
-fn is_exact(plugin: &str, method: &str) -> bool {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    plugin.len() + 2 + method.len() <= MAX_TOOL_NAME
-        && plugin.chars().all(allowed)
-        && method.chars().all(allowed)
-        && !plugin.contains("__")
-        && !plugin.ends_with('_')
-}
-
-/// The tool name for `method` of `plugin`: [`clean_name`]; on a collision with a name in
-/// `taken` (always, for a name several tools share: see [`tool_names`]), a numeric suffix (`_2`,
-/// `_3`…) within the 64. The name is added to `taken`.
-pub fn tool_name(plugin: &str, method: &str, taken: &mut HashSet<String>) -> String {
+/// The tool name of `method` of `plugin` when its clean name is shared: the clean name cut to
+/// leave room, `_`, and 16 hex digits of the SHA-1 of `plugin`, a NUL and `method` (64 bits:
+/// no other pair can be found to have them).
+fn digest_name(plugin: &str, method: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    h.update(plugin.as_bytes());
+    h.update([0u8]);
+    h.update(method.as_bytes());
+    let digest = h.finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     let clean = clean_name(plugin, method);
-    let mut name = clean.clone();
-    let mut n = 2;
-    while taken.contains(&name) {
-        let suffix = format!("_{n}");
-        name = format!("{}{suffix}", &clean[..clean.len().min(MAX_TOOL_NAME - suffix.len())]);
-        n += 1;
-    }
-    taken.insert(name.clone());
-    name
+    let keep = MAX_TOOL_NAME - 1 - hex.len();
+    format!("{}_{hex}", &clean[..clean.len().min(keep)])
 }
 
 /// The version to answer a client's `initialize` with.
@@ -507,35 +488,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_name_several_tools_make_goes_to_the_one_that_is_it_as_written() {
-        // `file.manager` (an impersonator) sorts before `file_manager`: the owner keeps its
-        // name whatever the order, the impersonator is numbered.
+    fn a_name_several_tools_make_goes_to_none_and_theirs_do_not_depend_on_the_others() {
+        let real = digest_name("file.manager", "delete_all");
         let names = tool_names(&[("file.manager", "delete_all"), ("file_manager", "delete_all"), ("other", "x")]);
-        assert_eq!(names, ["file_manager__delete_all_2", "file_manager__delete_all", "other__x"]);
-        // Alone, a name with a `.` replaced is still its clean form.
+        assert_eq!(names[0], real);
+        assert_eq!(names[1], digest_name("file_manager", "delete_all"));
+        assert_eq!(names[2], "other__x");
+        assert!(real.starts_with("file_manager__delete_all_") && real.len() == "file_manager__delete_all_".len() + 16);
+        assert_ne!(names[0], names[1]);
+        // In any order, and whatever else runs, file.manager's tool is named the same.
+        let names = tool_names(&[("a", "b"), ("file_manager", "delete_all"), ("file.manager", "delete_all")]);
+        assert_eq!(names[2], real);
+        // Alone, a name with a `.` replaced is its clean form.
         assert_eq!(tool_names(&[("file.manager", "read")]), ["file_manager__read"]);
-        // A name no pair has as written goes to none of those that make it.
-        let names = tool_names(&[("a.b", "x_y"), ("a_b", "x.y")]);
-        assert_eq!(names, ["a_b__x_y_2", "a_b__x_y_3"]);
-        // `a__b`'s `c` and `a`'s `b__c` both read `a__b__c`: neither is exact.
-        assert!(!is_exact("a__b", "c") && is_exact("a", "b__c"));
-        assert_eq!(tool_names(&[("a__b", "c"), ("a", "b__c")]), ["a__b__c_2", "a__b__c"]);
-        assert!(!is_exact("a_", "_c") && !is_exact("p", &"m".repeat(62)));
+        // A pair whose clean name is another's digest name does not take it.
+        let d = digest_name("x.y", "m");
+        let taker = d.split_once("__").map(|(p, m)| (p.to_owned(), m.to_owned())).unwrap();
+        let names = tool_names(&[("x.y", "m"), ("x_y", "m"), (&taker.0, &taker.1)]);
+        assert_eq!(names[0], d);
+        assert_ne!(names[2], d, "{names:?}");
+        // Long names keep 64 characters.
+        let long = "m".repeat(100);
+        let names = tool_names(&[("p", &long), ("p", &format!("{long}x"))]);
+        assert!(names.iter().all(|n| n.len() == 64) && names[0] != names[1], "{names:?}");
     }
 
     #[test]
-    fn tool_names_are_clean_short_and_unique() {
-        let mut taken = HashSet::new();
-        assert_eq!(tool_name("echo", "hello", &mut taken), "echo__hello");
-        assert_eq!(tool_name("my.plugin", "a/b c", &mut taken), "my_plugin__a_b_c");
-        assert_eq!(tool_name("my_plugin", "a_b.c", &mut taken), "my_plugin__a_b_c_2");
-        let long = "m".repeat(100);
-        let first = tool_name("p", &long, &mut taken);
-        assert_eq!(first.len(), 64);
-        let second = tool_name("p", &format!("{long}x"), &mut taken);
-        assert_eq!(second.len(), 64);
-        assert!(second.ends_with("_2") && second != first, "{second}");
-        assert_eq!(tool_name("é", "ü", &mut taken), "____");
+    fn tool_names_are_clean_and_short() {
+        assert_eq!(clean_name("echo", "hello"), "echo__hello");
+        assert_eq!(clean_name("my.plugin", "a/b c"), "my_plugin__a_b_c");
+        assert_eq!(clean_name("p", &"m".repeat(100)).len(), 64);
+        assert_eq!(clean_name("é", "ü"), "____");
+        assert_eq!(tool_names(&[("my.plugin", "a/b c"), ("my_plugin", "a_b_c")])[1], digest_name("my_plugin", "a_b_c"));
     }
 
     #[test]

@@ -484,8 +484,9 @@ async fn until(lines: &mut McpLines, pick: impl Fn(&Value) -> bool) -> (Value, V
 }
 
 /// A plugin named to collide with another's tools (`file.manager` beside `file_manager`) never
-/// receives a call the client meant for the other: the name as written stays the owner's while
-/// both run, and a tool keeps the route of the client's last `tools/list` until the client lists
+/// receives a call the client meant for the other: while both run, neither has the shared name
+/// and each has a name of its own that does not depend on the other (a digest of its plugin and
+/// method); a tool keeps the route of the client's last `tools/list` until the client lists
 /// again, even after the plugin it named stopped (which gives the other the name in a new list).
 #[tokio::test(flavor = "multi_thread")]
 async fn pluginctl_mcp_tool_names_do_not_change_hands_until_the_client_lists_again() {
@@ -501,21 +502,38 @@ async fn pluginctl_mcp_tool_names_do_not_change_hands_until_the_client_lists_aga
     send(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await;
     send(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"})).await;
     let (listed, _) = until(&mut lines, |v| v["id"] == 2).await;
-    let names: Vec<&str> =
-        listed["result"]["tools"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
-    // Both run: the name as written is file_manager's (`file.manager` sorts first, and is numbered).
-    assert!(names.contains(&"file_manager__count_to") && names.contains(&"file_manager__count_to_2"), "{names:?}");
-    let first = json!({"name": "file_manager__count_to", "arguments": {"n": 7, "delay_ms": 1}});
-    send(json!({"jsonrpc":"2.0","id":20,"method":"tools/call","params":first})).await;
-    let (answer, _) = until(&mut lines, |v| v["id"] == 20).await;
-    assert_eq!(answer["result"]["content"][0]["text"], "counted to 7", "{answer}");
-    assert!(stderr_lines(&d, "file_manager").await.iter().any(|l| l.ends_with("started: n=7")));
-    assert!(!stderr_lines(&d, "file.manager").await.iter().any(|l| l.ends_with("started: n=7")));
+    let names: Vec<String> = listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect();
+    // Both run: the shared name goes to neither; each has its own, a 16-digit digest after it.
+    assert!(!names.iter().any(|n| n == "file_manager__count_to"), "{names:?}");
+    let theirs: Vec<&String> = names.iter().filter(|n| n.starts_with("file_manager__count_to_")).collect();
+    assert_eq!(theirs.len(), 2, "{names:?}");
+    assert!(theirs.iter().all(|n| n.len() == "file_manager__count_to_".len() + 16), "{theirs:?}");
+    // Which is file_manager's: the one whose call it receives.
+    let mut owner = None;
+    for (k, name) in theirs.iter().enumerate() {
+        let n = 7 + k;
+        let call = json!({"name": name, "arguments": {"n": n, "delay_ms": 1}});
+        send(json!({"jsonrpc":"2.0","id":20 + k,"method":"tools/call","params":call})).await;
+        let (answer, _) = until(&mut lines, |v| v["id"] == 20 + k).await;
+        assert_eq!(answer["result"]["content"][0]["text"], format!("counted to {n}"), "{answer}");
+        let mine = stderr_lines(&d, "file_manager").await.iter().any(|l| l.ends_with(&format!("started: n={n}")));
+        let other = stderr_lines(&d, "file.manager").await.iter().any(|l| l.ends_with(&format!("started: n={n}")));
+        assert!(mine != other, "one plugin got call {n}");
+        if mine {
+            owner = Some((*name).clone());
+        }
+    }
+    let owner = owner.expect("one of the names is file_manager's");
 
     // The colliding plugin restarts, the one the client knows stops; the client does not list.
     assert!(d.ctl(&["restart", "file.manager"]).status.success());
     assert!(d.ctl(&["stop", "file_manager"]).status.success());
-    let call = json!({"name": "file_manager__count_to", "arguments": {"n": 1, "delay_ms": 1}});
+    let call = json!({"name": owner, "arguments": {"n": 1, "delay_ms": 1}});
     send(json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":call})).await;
     let (answer, _) = until(&mut lines, |v| v["id"] == 3).await;
     assert_eq!(answer["result"]["isError"], true, "the call went to a plugin: {answer}");
@@ -526,12 +544,20 @@ async fn pluginctl_mcp_tool_names_do_not_change_hands_until_the_client_lists_aga
         "file.manager received a call meant for file_manager"
     );
 
-    // Once the client lists again, the name is file.manager's, as the list says.
+    // Once the client lists again, file.manager alone has the shared name, as the list says;
+    // file_manager back, each has its own name again, the same as before.
     send(json!({"jsonrpc":"2.0","id":4,"method":"tools/list"})).await;
     until(&mut lines, |v| v["id"] == 4).await;
-    send(json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":call})).await;
+    let bare = json!({"name": "file_manager__count_to", "arguments": {"n": 1, "delay_ms": 1}});
+    send(json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":bare})).await;
     let (answer, _) = until(&mut lines, |v| v["id"] == 5).await;
     assert_eq!(answer["result"]["content"][0]["text"], "counted to 1", "{answer}");
+    assert!(d.ctl(&["start", "file_manager"]).status.success());
+    send(json!({"jsonrpc":"2.0","id":6,"method":"tools/list"})).await;
+    let (listed, _) = until(&mut lines, |v| v["id"] == 6).await;
+    let again: Vec<&str> =
+        listed["result"]["tools"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    assert!(again.contains(&owner.as_str()), "{again:?}");
 }
 
 /// `pluginctl mcp` driven with raw JSON lines (no SDK needed): progress for a token,
