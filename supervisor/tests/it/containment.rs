@@ -688,15 +688,22 @@ async fn plugin_that_clears_its_parent_death_signal_does_not_outlive_plugind() {
     }
 }
 
+/// Has `hostile-all` start a setsid'd grandchild that ignores SIGTERM and closed its stdio; its
+/// pid, and a guard that kills it when the test ends.
+async fn lingering_grandchild(d: &Daemon) -> (u32, KillOnDrop) {
+    let r = attack(d, "hostile-all", "grandchild", json!({"attack": "env", "linger": true})).await;
+    let pid = r["grandchild"]["pid"].as_u64().unwrap() as u32;
+    let guard = KillOnDrop(pid);
+    assert!(alive(pid), "{r}");
+    (pid, guard)
+}
+
 /// A `process` plugin's setsid'd grandchild that ignores SIGTERM and closed its stdio; plugind
 /// is SIGKILLed. The grandchild must be dead at the latest once the next plugind is up.
 #[tokio::test(flavor = "multi_thread")]
 async fn setsid_grandchild_does_not_outlive_plugind() {
     let mut d = hostile(Daemon::builder(), "hostile-all", VARIANTS[2].1, json!({})).start().await;
-    let r = attack(&d, "hostile-all", "grandchild", json!({"attack": "env", "linger": true})).await;
-    let pid = r["grandchild"]["pid"].as_u64().unwrap() as u32;
-    let _guard = KillOnDrop(pid);
-    assert!(alive(pid), "{r}");
+    let (pid, _guard) = lingering_grandchild(&d).await;
     d.kill_and_restart().await;
     if held(&d, "hostile-all", &["outlive", "leftover"]).await {
         wait_for(&format!("the grandchild {pid} to be gone"), async || (!alive(pid)).then_some(())).await;
@@ -711,10 +718,7 @@ async fn setsid_grandchild_does_not_outlive_plugind() {
 async fn a_second_sigterm_leaves_no_grandchild_behind() {
     let mut d = hostile(Daemon::builder(), "hostile-all", VARIANTS[2].1, json!({})).start().await;
     attack(&d, "hostile-all", "survive", json!({})).await;
-    let r = attack(&d, "hostile-all", "grandchild", json!({"attack": "env", "linger": true})).await;
-    let pid = r["grandchild"]["pid"].as_u64().unwrap() as u32;
-    let _guard = KillOnDrop(pid);
-    assert!(alive(pid), "{r}");
+    let (pid, _guard) = lingering_grandchild(&d).await;
     if !held(&d, "hostile-all", &["outlive", "leftover"]).await {
         return;
     }
@@ -738,10 +742,7 @@ async fn a_grandchild_does_not_outlive_plugind_started_again_from_another_cgroup
     let mut b = hostile(Daemon::builder(), "hostile-all", VARIANTS[2].1, json!({}));
     b = b.in_cgroups(first.dirs.clone());
     let mut d = b.start().await;
-    let r = attack(&d, "hostile-all", "grandchild", json!({"attack": "env", "linger": true})).await;
-    let pid = r["grandchild"]["pid"].as_u64().unwrap() as u32;
-    let _guard = KillOnDrop(pid);
-    assert!(alive(pid), "{r}");
+    let (pid, _guard) = lingering_grandchild(&d).await;
     if !held(&d, "hostile-all", &["outlive", "leftover"]).await {
         return;
     }

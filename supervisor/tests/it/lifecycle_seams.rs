@@ -93,6 +93,17 @@ fn with_gated(name: &str, extra: Value) -> DaemonBuilder {
     b.plugin_files(name, &[("plugin.json", &gated_manifest(name, &marker, extra)), ("main.py", GATED)])
 }
 
+/// A builder with one [`GATED`] plugin `name` whose `teardown` waits until the file `go` exists
+/// (SIGTERM ignored): its marker and that file.
+fn with_teardown_gate(name: &str) -> (DaemonBuilder, String, std::path::PathBuf) {
+    let b = Daemon::builder();
+    let marker = format!("{}/{name}-marker", b.path().display());
+    let go = b.path().join("go");
+    let extra = json!({ "env": { "TEARDOWN_GATE": go.to_string_lossy() } });
+    let b = b.plugin_files(name, &[("plugin.json", &gated_manifest(name, &marker, extra)), ("main.py", GATED)]);
+    (b, marker, go)
+}
+
 async fn wait_procs(d: &Daemon, name: &str, what: &str, f: impl Fn(&[u32]) -> bool) -> Vec<u32> {
     let marker = tag(d, name);
     wait_for(what, async || {
@@ -620,12 +631,8 @@ async fn a_plugin_stuck_in_init_shows_its_process() {
 /// before its stop, and a command that reaches it meanwhile answers as for an unknown plugin.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_start_racing_with_a_removal_does_not_run_the_plugin_on_out_of_sight() {
-    let b = Daemon::builder();
-    let marker = format!("{}/x-marker", b.path().display());
-    let go = b.path().join("go");
-    let extra = json!({ "env": { "TEARDOWN_GATE": go.to_string_lossy() } });
-    let d =
-        b.plugin_files("x", &[("plugin.json", &gated_manifest("x", &marker, extra)), ("main.py", GATED)]).start().await;
+    let (b, marker, go) = with_teardown_gate("x");
+    let d = b.start().await;
     wait_procs(&d, "x", "x's process", |p| p.len() == 1).await;
     // The same directory now holds plugin y: x is removed (its teardown waits at the gate).
     let path = d.plugins.join("x").join("plugin.json");
@@ -670,12 +677,8 @@ async fn a_start_racing_with_a_removal_does_not_run_the_plugin_on_out_of_sight()
 /// contract: a stop racing with a start answers `stopped`, whatever the start does next.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_answers_stopped_when_a_start_follows_it() {
-    let b = Daemon::builder();
-    let marker = format!("{}/s-marker", b.path().display());
-    let go = b.path().join("go");
-    let extra = json!({ "env": { "TEARDOWN_GATE": go.to_string_lossy() } });
-    let d =
-        b.plugin_files("s", &[("plugin.json", &gated_manifest("s", &marker, extra)), ("main.py", GATED)]).start().await;
+    let (b, _marker, go) = with_teardown_gate("s");
+    let d = b.start().await;
     let stopper = plugind_client::Client::connect(&d.socket).await.unwrap();
     let starter = plugind_client::Client::connect(&d.socket).await.unwrap();
     let (s, nothing) = (json!({"name": "s"}), json!({}));
