@@ -204,7 +204,8 @@ pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<RawJ
     if let Some(m) = method {
         if m.check_is_heavy(call.params) {
             let catalog = instance.catalog().cloned().expect("the method came from it");
-            check_off_loop(catalog, &entry.name, call.method, call.params).await?;
+            // Boxed: its state would otherwise grow every call's future, checked or not.
+            Box::pin(check_off_loop(catalog, &entry.name, call.method, call.params)).await?;
         } else {
             m.check_params(&entry.name, call.method, call.params)?;
         }
