@@ -524,14 +524,14 @@ impl Daemon {
         self: &Arc<Self>,
         release_gone: bool,
     ) -> (ReloadResult, Vec<tokio::sync::oneshot::Receiver<plugin::entry::Answer>>) {
+        let refused = || (ReloadResult { errors: vec![STOPPING.to_owned()], ..ReloadResult::default() }, Vec::new());
         if self.is_stopping() {
-            let refused = ReloadResult { errors: vec![STOPPING.to_owned()], ..ReloadResult::default() };
-            return (refused, Vec::new());
+            return refused();
         }
         let _serial = self.reload_lock.lock().await;
+        // The stop may have begun while this waited for the lock.
         if self.is_stopping() {
-            let refused = ReloadResult { errors: vec![STOPPING.to_owned()], ..ReloadResult::default() };
-            return (refused, Vec::new());
+            return refused();
         }
         let (found, mut errors) = self.scan(release_gone);
         let mut result = ReloadResult::default();

@@ -108,11 +108,11 @@ impl Cost {
     /// per place times the places in it (counted only when the length alone does not settle it).
     pub fn too_costly(&self, params: &str) -> Option<u64> {
         // Patterns: at most every byte of the params, once per pattern at its place.
-        let scans = self.byte_work_per_place.saturating_mul(params.len() as u64);
         // The length bounds the places; they are counted only when that bound is not enough.
         if self.quick_bound(params) <= MAX_CALL_WORK {
             return None;
         }
+        let scans = self.byte_work_per_place.saturating_mul(params.len() as u64);
         let places = places(params);
         let pairs = if self.unique_items { places.saturating_mul(places) } else { 0 };
         let work = self.per_place.saturating_mul(places).saturating_add(scans).saturating_add(pairs);

@@ -100,17 +100,9 @@ impl PluginActor {
                             self.feed(ev);
                         }
                     }
-                    None => {
-                        // The daemon dropped the plugin (its directory went away): end every
-                        // process, answer whoever still waits, and stop.
-                        for i in self.instances.values() {
-                            i.kill();
-                        }
-                        for (_, r) in self.replies.drain() {
-                            r.answer(machine::Outcome::Failed("the plugin was removed".into()), || self.entry.snapshot());
-                        }
-                        break;
-                    }
+                    // Never: the entry this actor holds holds the sender. A plugin is ended by
+                    // `Command::Remove` (below).
+                    None => break,
                 },
                 Some(ev) = events.recv() => {
                     let ev = self.instance_event(ev);
