@@ -171,23 +171,106 @@ impl Daemon {
     }
 }
 
-/// Checks `params` against `method`'s schema on a blocking thread, at most as many at once as
-/// there are CPUs: a check that may take up to a second must not hold up the event loop, nor
-/// take every CPU when a plugin sends many.
+/// Turns at the off-loop params checker: one per CPU for everyone, and one at a time for each
+/// calling plugin, so that a plugin sending many heavy calls waits behind its own checks and not
+/// in front of everyone else's (audit 18: one plugin's flood of self-calls held both of a 2-CPU
+/// machine's turns, and every other plugin's heavy check waited behind the whole flood). Hosts
+/// (control connections, trusted with the token) share only the CPU-wide turns.
+struct CheckTurns {
+    cpus: Arc<tokio::sync::Semaphore>,
+    /// One turn per calling plugin with a check waiting or running; an entry leaves with the
+    /// last of them.
+    per_plugin: std::sync::Mutex<std::collections::HashMap<Box<str>, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// What a check holds while it runs: dropped on the blocking thread when the check ends, not
+/// when the call that waits for it gives up.
+struct CheckTurn {
+    _cpu: tokio::sync::OwnedSemaphorePermit,
+    _own: Option<Lane>,
+}
+
+/// A calling plugin's place in its lane: waiting for its turn, then holding it. However it ends
+/// (the check done, the wait given up, the call dropped), the lane leaves the table when it was
+/// the last one there.
+struct Lane {
+    turns: &'static CheckTurns,
+    caller: Box<str>,
+    lane: Option<Arc<tokio::sync::Semaphore>>,
+    turn: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        // Both references to the lane go before the table is looked at.
+        drop((self.turn.take(), self.lane.take()));
+        self.turns.forget_idle(&self.caller);
+    }
+}
+
+static CHECK_TURNS: std::sync::LazyLock<CheckTurns> = std::sync::LazyLock::new(|| {
+    CheckTurns::new(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+});
+
+impl CheckTurns {
+    fn new(cpus: usize) -> Self {
+        CheckTurns { cpus: Arc::new(tokio::sync::Semaphore::new(cpus)), per_plugin: Default::default() }
+    }
+
+    /// Waits for `caller`'s own turn (plugins only), then for a CPU's.
+    async fn take(&'static self, caller: Option<&str>) -> CheckTurn {
+        let own = match caller {
+            Some(name) => {
+                let lane = self
+                    .per_plugin
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(name.into())
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+                    .clone();
+                let mut place = Lane { turns: self, caller: name.into(), lane: Some(lane.clone()), turn: None };
+                place.turn = Some(lane.acquire_owned().await.expect("never closed"));
+                Some(place)
+            }
+            None => None,
+        };
+        // Taken after the plugin's own, so that a plugin holds at most one place in this queue.
+        let cpu = self.cpus.clone().acquire_owned().await.expect("never closed");
+        CheckTurn { _cpu: cpu, _own: own }
+    }
+
+    /// Drops `caller`'s lane once no check of its waits for it or holds it.
+    fn forget_idle(&self, caller: &str) {
+        let mut lanes = self.per_plugin.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The table's reference is the only one left: nobody waits, nobody holds.
+        if lanes.get(caller).is_some_and(|lane| Arc::strong_count(lane) == 1) {
+            lanes.remove(caller);
+        }
+    }
+}
+
+/// Checks `params` against `method`'s schema on a blocking thread, in a turn of
+/// [`CheckTurns`]: a check that may take up to a second must not hold up the event loop, nor
+/// take every CPU when a plugin sends many. Waiting for the turn ends at `deadline`
+/// (`-32001`); a check that has begun runs to its end (its cost is bounded).
 async fn check_off_loop(
+    turns: &'static CheckTurns,
     catalog: Arc<crate::catalog::Catalog>,
+    call: &Call<'_>,
     plugin: &str,
-    method: &str,
-    params: Option<&RawValue>,
+    deadline: Instant,
+    timed_out: impl FnOnce() -> RpcError,
 ) -> Result<(), RpcError> {
-    static CHECKING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
-        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
-    });
-    let _turn = CHECKING.acquire().await.map_err(|_| RpcError::internal("the params checker is closed"))?;
-    let (plugin, method, params) = (plugin.to_owned(), method.to_owned(), params.map(RawValue::to_owned));
-    tokio::task::spawn_blocking(move || match catalog.get(&method) {
-        Some(m) => m.check_params(&plugin, &method, params.as_deref()),
-        None => Ok(()),
+    let Ok(turn) = tokio::time::timeout_at(deadline, turns.take(call.caller)).await else {
+        return Err(timed_out());
+    };
+    let (plugin, method, params) = (plugin.to_owned(), call.method.to_owned(), call.params.map(RawValue::to_owned));
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        match catalog.get(&method) {
+            Some(m) => m.check_params(&plugin, &method, params.as_deref()),
+            None => Ok(()),
+        }
     })
     .await
     .map_err(|e| RpcError::internal(format!("checking the params failed: {e}")))?
@@ -204,8 +287,14 @@ pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<RawJ
     if let Some(m) = method {
         if m.check_is_heavy(call.params) {
             let catalog = instance.catalog().cloned().expect("the method came from it");
+            // The wait for a turn counts against the call's deadline.
+            let (default_timeout, max) = instance.timeouts;
+            let timeout = call.timeout_ms.or(m.spec.timeout_ms).map_or(default_timeout, Duration::from_millis).min(max);
+            let accepted = Instant::now();
+            let deadline = call.not_after.map_or(accepted + timeout, |t| t.min(accepted + timeout));
+            let expired = || timed_out(&Answerer::plugin(&entry.name), timeout, max, accepted, call.not_after);
             // Boxed: its state would otherwise grow every call's future, checked or not.
-            Box::pin(check_off_loop(catalog, &entry.name, call.method, call.params)).await?;
+            Box::pin(check_off_loop(&CHECK_TURNS, catalog, &call, &entry.name, deadline, expired)).await?;
         } else {
             m.check_params(&entry.name, call.method, call.params)?;
         }
@@ -357,6 +446,63 @@ pub fn timed_out(
 mod tests {
     use super::*;
     use crate::trace::TraceIn;
+
+    /// A plugin's heavy checks take turns among themselves: its second waits for its first, while
+    /// another plugin's goes ahead; a lane leaves the table with its last check, also when that
+    /// one gave up waiting; and a check that cannot get a turn before its deadline is answered
+    /// with the caller's error, the plugin never called.
+    #[tokio::test]
+    async fn heavy_checks_take_turns_per_plugin_and_give_up_at_the_deadline() {
+        let turns: &'static CheckTurns = Box::leak(Box::new(CheckTurns::new(2)));
+        let soon = || tokio::time::sleep(Duration::from_millis(50));
+        let first = turns.take(Some("hog")).await;
+        let mut second = Box::pin(turns.take(Some("hog")));
+        tokio::select! {
+            biased;
+            _ = &mut second => panic!("a plugin's second check ran beside its first"),
+            () = soon() => {}
+        }
+        let other =
+            tokio::time::timeout(Duration::from_secs(5), turns.take(Some("other"))).await.expect("its own turn");
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(5), second).await.expect("its turn after the first");
+        drop((second, other));
+        assert!(turns.per_plugin.lock().expect("UNWRAP: not poisoned").is_empty(), "idle lanes are dropped");
+
+        // Both CPUs' turns taken: a check with a deadline gives up with the caller's error.
+        let busy = (turns.take(None).await, turns.take(None).await);
+        let m = plugind_protocol::manifest::Manifest::from_value(&serde_json::json!({
+            "name": "p", "version": "1.0.0", "main": "m.py", "methods": {"m": {"params": {"type": "array"}}}
+        }))
+        .unwrap();
+        let log = crate::logs::PluginLog::new("p", 10, tokio::sync::broadcast::channel(1).0);
+        let catalog = Arc::new(crate::catalog::Catalog::build(&m, None, &log));
+        let params = RawValue::from_string("[1]".into()).unwrap();
+        let call = Call {
+            method: "m",
+            params: Some(&params),
+            timeout_ms: None,
+            service: None,
+            caller: Some("hog"),
+            not_after: None,
+            trace: TraceIn::default(),
+            params_line: None,
+        };
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let waiting = check_off_loop(turns, catalog.clone(), &call, "p", deadline, || RpcError::internal("too late"));
+        let r = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("it gave up at its deadline");
+        assert!(r.unwrap_err().message.ends_with("too late"));
+        assert!(
+            turns.per_plugin.lock().expect("UNWRAP: not poisoned").is_empty(),
+            "a lane whose check gave up is dropped"
+        );
+        drop(busy);
+        let r = check_off_loop(turns, catalog, &call, "p", Instant::now() + Duration::from_secs(5), || {
+            RpcError::internal("too late")
+        })
+        .await;
+        assert!(r.is_ok(), "{r:?}");
+    }
 
     /// The params and the text around them, as [`ExecuteOut::write_json`] gives them: one line,
     /// or its three parts joined.

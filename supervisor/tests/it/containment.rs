@@ -912,6 +912,44 @@ async fn a_plugins_calls_to_a_provider_that_reads_nothing_hold_at_most_64_mib() 
     assert!(out["answers"]["-32001"].as_u64().unwrap_or(0) >= 1, "the calls admitted reach their deadline: {out}");
 }
 
+/// A plugin that sends many `service.call`s whose params take long to check against their
+/// schema (4000 items against an `enum` of 2000 numbers: each check runs off the event loop)
+/// waits behind its own checks, one at a time, not in front of everyone else's. With one queue
+/// for all, a host's heavy call queued behind the whole flood (audit 18's next step: the flood's
+/// 16 checks ran first).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_flood_of_heavy_checks_waits_behind_itself_not_others() {
+    let members: Vec<Value> = (0..2000).map(|i| json!(i as f64 + 0.5)).collect();
+    let b = Daemon::builder().plugin_as("perl-echo", "heavy").manifest("heavy", move |m| {
+        m["methods"] = json!({"echo": {"params": {"type": "array", "items": {"enum": members}}}});
+        m["timeout_ms"] = json!(120_000);
+    });
+    let d = hostile(b, "hog", &[], json!({}))
+        .manifest("hog", |m| {
+            m["dependencies"] = json!({"optional": ["heavy"]});
+            m["timeout_ms"] = json!(120_000);
+        })
+        .start()
+        .await;
+    let flood = 16;
+    let call = json!({"service": "heavy", "method": "echo", "params": vec![1999.5; 4000], "timeout_ms": 120_000});
+    attack(&d, "hog", "request_flood", json!({"method": "service.call", "params": call, "count": flood, "read": true}))
+        .await;
+    log_line(&d, "hog", "hostile-flood").await;
+    wait_for("the flood's first call to be answered", async || (answered_by(&d, "heavy").await >= 1).then_some(()))
+        .await;
+    // Fails at its last item: refused the moment its check ends, never reaching the plugin.
+    let mut items = vec![json!(1999.5); 4000];
+    items.push(json!(0));
+    let r = d.execute("heavy", "echo", json!(items)).await;
+    let answered = answered_by(&d, "heavy").await;
+    eprintln!("the host's check ended when {answered} of the plugin's {} calls were answered", flood + 1);
+    assert_eq!(code(&r), -32602, "{r:?}");
+    assert!(answered < 8, "the host's check waited until {answered} of the plugin's {} calls were answered", flood + 1);
+    let out = flood_outcome(&d, "hog").await;
+    assert_eq!(out["answers"]["result"], flood + 1, "every call of the flood went through: {out}");
+}
+
 /// A hook plugin that answers a 16 MB array of zeros, before four shadow hooks: plugind parsed
 /// each answer into a tree (550 MB for this one) and copied the tree for every shadow step, so
 /// one `hooks.run` with six shadows took it past 2 GB, to the OOM killer (audit 18). The payload
