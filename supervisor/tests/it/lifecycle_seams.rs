@@ -14,7 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// - `GATE`: `init` waits until this file exists;
 /// - `FAIL_IF`: `init` answers an error while this file exists;
 /// - `INIT_DELAY_S`: `init` takes this long;
-/// - `TEARDOWN_GATE`: `teardown` waits until this file exists (and SIGTERM is ignored).
+/// - `TEARDOWN_GATE`: `teardown` waits until this file exists (and SIGTERM is ignored), then
+///   says `teardown done` on stderr.
 ///
 /// `execute` method `env` reports its TMPDIR and data dir; anything else answers its pid. Its
 /// first argument is a marker that [`procs_with`] finds.
@@ -45,6 +46,8 @@ for line in sys.stdin:
         if os.environ.get("TEARDOWN_GATE"):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             wait_for(os.environ["TEARDOWN_GATE"])
+            sys.stderr.write("teardown done\n")
+            sys.stderr.flush()
         r = None
     elif meth == "execute":
         if m["params"]["method"] == "env":
@@ -670,6 +673,45 @@ async fn a_start_racing_with_a_removal_does_not_run_the_plugin_on_out_of_sight()
     wait_procs(&d, "x", "only y's process", |p| p == [y]).await;
     let r = d.call("plugins.get", json!({"name": "x"})).await;
     assert_eq!(code(&r), -32004, "{r:?}");
+}
+
+/// A SIGTERM while a rescan stops a plugin it removes (its directory moved away) lets that
+/// plugin's `teardown` end: plugind's stop waits for the rescan, and only then stops the
+/// others and exits (audit 18's fix, tested on its own here: the removed plugin has left the
+/// table, so the stop's waves alone would not wait for it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigterm_during_a_removal_lets_the_removed_plugins_teardown_end() {
+    let (b, marker, go) = with_teardown_gate("x");
+    let other = format!("{}/other-marker", b.path().display());
+    let mut d = b
+        .plugin_files("other", &[("plugin.json", &gated_manifest("other", &other, json!({}))), ("main.py", GATED)])
+        .start()
+        .await;
+    wait_procs(&d, "x", "x's process", |p| p.len() == 1).await;
+    std::fs::rename(d.plugins.join("x"), d.dir.path().join("x-away")).unwrap();
+    let reload = reload_in_background(&d);
+    wait_for("x to leave the table", async || {
+        let r = d.call("plugins.get", json!({"name": "x"})).await;
+        (r.is_err() && code(&r) == -32004).then_some(())
+    })
+    .await;
+    d.signal(libc::SIGTERM);
+    // Answered by plugind, so it has not exited.
+    wait_for("plugind to be stopping (and still there)", async || {
+        let r = d.call("plugins.start", json!({"name": "other"})).await;
+        (r.is_err() && code(&r) == -32002).then_some(())
+    })
+    .await;
+    // The stop waits for the rescan, which waits for x's teardown: nothing else has stopped.
+    assert_eq!(procs_with(&marker).len(), 1, "x's process is still in its teardown");
+    assert_eq!(d.status("other").await["state"], "running", "the stop waits for the rescan's removal");
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(d.wait_exit().await, Some(0));
+    let log = std::fs::read_to_string(d.dir.path().join("state/logs/x.jsonl")).unwrap_or_default();
+    assert!(log.contains("teardown done"), "x's teardown ended: {log}");
+    assert!(procs_with(&marker).is_empty() && procs_with(&other).is_empty(), "nothing outlives plugind");
+    let reloaded = reload.await.unwrap();
+    assert_eq!(reloaded["removed"], json!(["x"]), "{reloaded}");
 }
 
 /// Audit 18: a `stop` answered `running` when a `start` came while it was under way (the start
