@@ -24,6 +24,12 @@ pub enum SpawnError {
         /// The `main` value.
         main: String,
     },
+    /// The plugin's directory is gone (moved or deleted since it was scanned).
+    #[error("its directory {} is gone (moved or deleted): put it back, or rescan (`pluginctl reload`) to forget the plugin", dir.display())]
+    DirGone {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// `fork`/`exec` failed.
     #[error("cannot start {argv0:?}: {source}{}", exec_hint(argv0, source))]
     Exec {
@@ -78,6 +84,9 @@ fn exec_hint(argv0: &str, e: &std::io::Error) -> String {
 
 /// The program and arguments a manifest asks for (manifests/README.md `main` / `command`).
 pub fn argv_for(manifest: &Manifest, dir: &Path) -> Result<Vec<String>, SpawnError> {
+    if !dir.is_dir() {
+        return Err(SpawnError::DirGone { dir: dir.to_owned() });
+    }
     let mut argv: Vec<String> = match (&manifest.command, &manifest.main) {
         (Some(cmd), _) => {
             let mut cmd = cmd.clone();
@@ -211,7 +220,11 @@ pub fn spawn(plan: &SpawnPlan, request: &sandbox::Request<'_>) -> Result<Spawned
         cmd.pre_exec(move || child_setup(&rl, parent, &mut confinement));
     }
     // On failure the cgroup is dropped here, which removes it.
-    let child = cmd.spawn().map_err(|source| SpawnError::Exec { argv0: plan.argv[0].clone(), source })?;
+    let child = cmd.spawn().map_err(|source| match plan.cwd.is_dir() {
+        // chdir failed: the exec's error would name the interpreter, not the cause.
+        false => SpawnError::DirGone { dir: plan.cwd.clone() },
+        true => SpawnError::Exec { argv0: plan.argv[0].clone(), source },
+    })?;
     Ok(Spawned { child, cgroup })
 }
 

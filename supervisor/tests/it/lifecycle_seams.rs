@@ -714,6 +714,20 @@ async fn a_sigterm_during_a_removal_lets_the_removed_plugins_teardown_end() {
     assert_eq!(reloaded["removed"], json!(["x"]), "{reloaded}");
 }
 
+/// A plugin whose directory went away while plugind was not watching: `restart` says the
+/// directory is gone, not that its interpreter cannot start (`cannot start "python3"`, before).
+#[tokio::test(flavor = "multi_thread")]
+async fn restarting_a_plugin_whose_directory_is_gone_says_so() {
+    let d = with_gated("g", json!({})).start().await;
+    let away = d.dir.path().join("g-away");
+    std::fs::rename(d.plugins.join("g"), &away).unwrap();
+    let r = d.call("plugins.restart", json!({"name": "g"})).await;
+    let s = d.status("g").await;
+    let said = format!("{r:?} {}", s["last_error"]);
+    assert!(said.contains("is gone") && said.contains("plugins/g"), "{said}");
+    assert!(!said.contains("python3"), "{said}");
+}
+
 /// Audit 18: a `stop` answered `running` when a `start` came while it was under way (the start
 /// began as the last instance went; the stop's answer waited for the next settled state). The
 /// contract: a stop racing with a start answers `stopped`, whatever the start does next.
