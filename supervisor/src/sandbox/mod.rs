@@ -354,7 +354,11 @@ pub fn guarantees(m: &Manifest) -> Vec<SandboxGuarantee> {
             need(host.seccomp, "needs seccomp"),
             "seccomp: prlimit, sched_set*, setpriority and ioprio_set only on the caller itself",
         ),
-        row("private-state", ns.clone(), "mount namespace: state dir, config, token, other plugins covered"),
+        row(
+            "private-state",
+            ns.clone(),
+            "mount namespace: state dir, config, token, other plugins covered; a /dev of its own, no disks",
+        ),
         row(
             "private-ipc",
             ns.clone(),

@@ -18,7 +18,13 @@
 //!   are made read-only; `/proc/keys` and
 //!   `/proc/key-users` (the uid's keys, listed) get `/dev/null` on top;
 //! - as root, `/proc` is a new instance with `hidepid=ptraceable`: plugind and other plugins are
-//!   not even listed.
+//!   not even listed;
+//! - `/dev` is a read-only tmpfs of its own, as bubblewrap's `--dev` makes it: `null`, `zero`,
+//!   `full`, `random`, `urandom` and `tty` bound from the host's, the `fd`/`stdin`/`stdout`/
+//!   `stderr` links, a `/dev/shm` of its own and a new `devpts` instance. No disk or other
+//!   device is there: a root plugin read plugind's state dir, token and other plugins' kv data
+//!   through the raw block device under it, past every cover (audit 19), and the host's
+//!   `/dev/shm` was a place shared by every plugin.
 //!
 //! The same `unshare` gives it an IPC namespace of its own (`CLONE_NEWIPC`): SysV shared memory,
 //! semaphores and message queues and POSIX message queues are its own, and die with the instance.
@@ -296,11 +302,112 @@ impl MountPlan {
                     let _ = remount_read_only(keys, true);
                 }
             }
+            private_dev()?;
             // The working directory was entered before the covers: enter it again through the
             // bind mount, so `getcwd` and relative paths agree with what the plugin sees.
             cvt(libc::chdir(self.cwd.as_ptr()))?;
         }
         Ok(())
+    }
+}
+
+/// The devices a plugin finds in its `/dev`, bound from the host's (those that exist): each
+/// reaches no file, and Landlock lets every plugin write them.
+const DEVICES: [&CStr; 6] = [c"/dev/null", c"/dev/zero", c"/dev/full", c"/dev/random", c"/dev/urandom", c"/dev/tty"];
+
+/// The links of a usual `/dev` (target, link).
+const DEV_LINKS: [(&CStr, &CStr); 5] = [
+    (c"/proc/self/fd", c"/dev/fd"),
+    (c"/proc/self/fd/0", c"/dev/stdin"),
+    (c"/proc/self/fd/1", c"/dev/stdout"),
+    (c"/proc/self/fd/2", c"/dev/stderr"),
+    (c"pts/ptmx", c"/dev/ptmx"),
+];
+
+/// Replaces `/dev` with a tmpfs holding only [`DEVICES`], [`DEV_LINKS`], a `shm` tmpfs and a
+/// `devpts` of its own, then makes it read-only (`shm` stays writable). Runs in the child: no
+/// allocation (a device's source path is written into a stack buffer). Only ever called
+/// between `fork` and `exec`, in the instance's own mount namespace.
+fn private_dev() -> io::Result<()> {
+    const DEV: &CStr = c"/dev";
+    const SHM: &CStr = c"/dev/shm";
+    const PTS: &CStr = c"/dev/pts";
+    // SAFETY: NUL-terminated strings (constants, or a stack buffer) that outlive each call; fds
+    // this function opened and closes; return values checked.
+    unsafe {
+        let mut fds = [-1; DEVICES.len()];
+        for (fd, dev) in fds.iter_mut().zip(DEVICES) {
+            // A device this host lacks (no /dev/tty in a container) is left out.
+            *fd = libc::open(dev.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+        }
+        let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+        cvt(libc::mount(c"tmpfs".as_ptr(), DEV.as_ptr(), c"tmpfs".as_ptr(), flags, TMPFS_OPTS.as_ptr().cast()))?;
+        for (&fd, dev) in fds.iter().zip(DEVICES) {
+            if fd < 0 {
+                continue;
+            }
+            let node = libc::open(dev.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o666);
+            if node < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::close(node);
+            let source = FdPath::of(fd);
+            cvt(libc::mount(source.as_ptr(), dev.as_ptr(), null(), libc::MS_BIND, null()))?;
+            libc::close(fd);
+        }
+        for (target, link) in DEV_LINKS {
+            cvt(libc::symlink(target.as_ptr(), link.as_ptr()))?;
+        }
+        cvt(libc::mkdir(SHM.as_ptr(), 0o1777))?;
+        let shm_flags = libc::MS_NOSUID | libc::MS_NODEV;
+        cvt(libc::mount(c"tmpfs".as_ptr(), SHM.as_ptr(), c"tmpfs".as_ptr(), shm_flags, c"mode=1777".as_ptr().cast()))?;
+        cvt(libc::mkdir(PTS.as_ptr(), 0o755))?;
+        // Best effort: a kernel without devpts (or that refuses it in a user namespace) leaves
+        // the plugin without pseudo-terminals, nothing more.
+        let pts_opts = c"newinstance,ptmxmode=0666,mode=620";
+        libc::mount(
+            c"devpts".as_ptr(),
+            PTS.as_ptr(),
+            c"devpts".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            pts_opts.as_ptr().cast(),
+        );
+        remount_read_only(DEV, false).or_else(|e| match e.raw_os_error() {
+            // In a user namespace a remount must keep the tmpfs's own flags, which nodev is not.
+            Some(libc::EPERM) => {
+                cvt(libc::mount(null(), DEV.as_ptr(), null(), libc::MS_REMOUNT | libc::MS_RDONLY | flags, null()))
+            }
+            _ => Err(e),
+        })
+    }
+}
+
+/// `/proc/self/fd/N` in a stack buffer, for a bind mount's source between `fork` and `exec`.
+struct FdPath([u8; 32]);
+
+impl FdPath {
+    fn of(fd: libc::c_int) -> FdPath {
+        const PREFIX: &[u8] = b"/proc/self/fd/";
+        let mut buf = [0u8; 32];
+        buf[..PREFIX.len()].copy_from_slice(PREFIX);
+        let mut digits = [0u8; 10];
+        let (mut n, mut len) = (fd.unsigned_abs(), 0);
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for (i, d) in digits[..len].iter().rev().enumerate() {
+            buf[PREFIX.len() + i] = *d;
+        }
+        FdPath(buf)
+    }
+
+    fn as_ptr(&self) -> *const libc::c_char {
+        self.0.as_ptr().cast()
     }
 }
 

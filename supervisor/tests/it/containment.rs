@@ -1028,6 +1028,66 @@ fn ipc_has_key(table: &str, key: i64) -> bool {
         .any(|l| l.split_whitespace().next() == Some(&key.to_string()))
 }
 
+/// The host's block devices, by path (`/dev/vda`, `/dev/loop0`…).
+fn host_block_devices() -> Vec<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut found: Vec<String> = std::fs::read_dir("/dev")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_block_device()))
+        .map(|e| e.path().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    found
+}
+
+/// A root plugin with no permission found the disk under plugind's state dir in its
+/// `/proc/self/mountinfo`, opened the block device and read plugind's token, other plugins' kv
+/// values and their manifests' secrets off it, past every cover (audit 19). A plugin's `/dev`
+/// is its own: the usual character devices and nothing else (no disk by any path), a `/dev/shm`
+/// that is not shared with the host or other plugins, and `/dev/null` still writable.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_dev_holds_no_disk_and_its_shm_is_its_own() {
+    let d = hostiles(
+        Daemon::builder(),
+        &[("hostile", &[]), ("hostile-fs", &["filesystem"]), ("other-fs", &["filesystem"])],
+        &json!({}),
+    )
+    .start()
+    .await;
+    if !held(&d, "hostile", &["private-state"]).await {
+        return;
+    }
+    let listed = attack(&d, "hostile", "listdir", json!({"path": "/dev"})).await;
+    let usual =
+        ["fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"];
+    let extra: Vec<&Value> =
+        listed["detail"].as_array().unwrap().iter().filter(|e| !usual.contains(&e.as_str().unwrap())).collect();
+    assert!(extra.is_empty(), "THE ATTACK SUCCEEDED: the plugin's /dev lists {extra:?}: {listed}");
+    let disks = host_block_devices();
+    if disks.is_empty() {
+        missing_mechanism("this host's /dev has no block device to try");
+    }
+    for disk in &disks {
+        for plugin in ["hostile", "hostile-fs"] {
+            let r = attack(&d, plugin, "peek", json!({"path": disk})).await;
+            refused(&r, &format!("{plugin} reading {disk}"));
+            assert_eq!(r["errno"], libc::ENOENT, "{disk} is not there at all: {r}");
+        }
+    }
+    let r = attack(&d, "hostile", "open_write", json!({"path": "/dev/null"})).await;
+    assert_eq!(r["ok"], true, "/dev/null is writable: {r}");
+    let r = attack(&d, "hostile", "peek", json!({"path": "/dev/urandom"})).await;
+    assert_eq!(r["detail"], "4096 bytes", "/dev/urandom reads: {r}");
+    // /dev/shm: a file one plugin makes there is its own.
+    let name = format!("/dev/shm/plugind-it-{}", std::process::id());
+    let r = attack(&d, "hostile-fs", "create", json!({"path": name})).await;
+    assert_eq!(r["ok"], true, "a filesystem plugin writes its /dev/shm: {r}");
+    assert!(!Path::new(&name).exists(), "THE ATTACK SUCCEEDED: the plugin's {name} is in the host's /dev/shm");
+    let r = attack(&d, "other-fs", "peek", json!({"path": name})).await;
+    refused(&r, "another plugin reading the file in /dev/shm");
+}
+
 /// SysV IPC: a plugin with no permission made a 300 MB shared memory segment, detached it and
 /// exited. In the host's IPC namespace the segment outlived the instance, its restarts (outside
 /// `memory_mb` once its cgroup was gone) and plugind, and any process of the uid could attach it
