@@ -116,6 +116,32 @@ pub struct MountPlan {
     cwd: CString,
 }
 
+/// The directories of other plugins that live outside the plugin roots: a plugin root's entry
+/// may be a symlink to a directory elsewhere (`plugins/x -> /srv/x`), and covering the root
+/// hides only the link (audit 19: a plugin read such a plugin's config and `.env`, and with
+/// `filesystem` could rewrite its code). Their targets are covered too; not one that holds
+/// `plugin_dir`'s own files, a plugin root or the state dir (covering it would hide them, or
+/// everything, as a link to `/` would).
+fn other_plugins_elsewhere(private: &PrivatePaths, plugin_dir: &Path) -> Vec<PathBuf> {
+    let own = std::fs::canonicalize(plugin_dir).unwrap_or_else(|_| plugin_dir.to_owned());
+    let roots: Vec<&PathBuf> = private.plugin_roots.iter().chain(&private.state_dir).collect();
+    let mut found = Vec::new();
+    for root in &private.plugin_roots {
+        let Ok(entries) = std::fs::read_dir(root) else { continue };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                continue;
+            }
+            let Ok(target) = std::fs::canonicalize(entry.path()) else { continue };
+            let holds = |p: &Path| p.starts_with(&target);
+            if target.is_dir() && !holds(&own) && !roots.iter().any(|r| holds(r) || target.starts_with(r)) {
+                found.push(target);
+            }
+        }
+    }
+    found
+}
+
 const TMPFS_OPTS: &CStr = c"size=16k,mode=0755";
 const CGROUP_FS: &CStr = c"/sys/fs/cgroup";
 const PROC_SYS: &CStr = c"/proc/sys";
@@ -139,6 +165,7 @@ impl MountPlan {
         user_ns: bool,
     ) -> Result<MountPlan, PlanError> {
         let mut covers: Vec<PathBuf> = private.plugin_roots.iter().chain(&private.state_dir).cloned().collect();
+        covers.extend(other_plugins_elsewhere(private, plugin_dir));
         covers.sort_by_key(|p| p.components().count());
         covers.dedup();
         // A cover inside another cover is hidden already (and its path gone in the namespace).

@@ -1028,6 +1028,36 @@ fn ipc_has_key(table: &str, key: i64) -> bool {
         .any(|l| l.split_whitespace().next() == Some(&key.to_string()))
 }
 
+/// A plugin directory installed as a symlink (`plugins/victim -> elsewhere/victim`, a layout
+/// plugind supports): covering the plugin root hid only the link, so a plugin with no
+/// permission read the victim's manifest secrets at the link's target, and one with
+/// `filesystem` could rewrite its code (audit 19). The targets are covered too; the victim
+/// itself still runs from there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_dir_installed_as_a_symlink_is_hidden_at_its_target_too() {
+    let b = hostile(Daemon::builder(), "victim", &[], json!({"secret": "sk-victim-elsewhere"}));
+    let b = hostiles(b, &[("hostile", &[]), ("hostile-fs", &["filesystem"])], &json!({}));
+    let (link, real) = (b.path().join("plugins/victim"), b.path().join("elsewhere/victim"));
+    std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+    std::fs::rename(&link, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let d = b.start().await;
+    if !held(&d, "hostile", &["private-state"]).await {
+        return;
+    }
+    let manifest = real.join("plugin.json").to_string_lossy().into_owned();
+    let code = real.join("main.py").to_string_lossy().into_owned();
+    for plugin in ["hostile", "hostile-fs"] {
+        let r = attack(&d, plugin, "read", json!({"path": manifest})).await;
+        refused(&r, &format!("{plugin} reading the symlinked plugin's manifest at its target"));
+    }
+    let r = attack(&d, "hostile-fs", "open_write", json!({"path": code})).await;
+    refused(&r, "hostile-fs opening the symlinked plugin's code for writing");
+    assert_eq!(attack(&d, "victim", "anything", json!({})).await["plugin"], "victim", "the victim runs");
+    let r = attack(&d, "victim", "read", json!({"path": manifest})).await;
+    assert_eq!(r["ok"], true, "the victim reads its own files at their real path: {r}");
+}
+
 /// The host's block devices, by path (`/dev/vda`, `/dev/loop0`…).
 fn host_block_devices() -> Vec<String> {
     use std::os::unix::fs::FileTypeExt;
