@@ -59,7 +59,7 @@ fn sandboxed_spawn(rt: &Runtime, bins: &Bins, n: usize) -> anyhow::Result<Durati
     let defs: Vec<PluginDef> = (0..n).map(|i| PluginDef::plain(format!("echo-{i:03}"))).collect();
     write_plugins(&plugins, &defs, &bins.echo)?;
     sandbox::protect(sandbox::PrivatePaths {
-        state_dir: Some(state.clone()),
+        state_dirs: vec![state.clone()],
         plugin_roots: vec![plugins.clone()],
         files: vec![],
     });

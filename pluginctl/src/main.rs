@@ -199,6 +199,11 @@ enum Cmd {
         /// Print the findings as JSON.
         #[arg(long)]
         json: bool,
+        /// When the plugin breaks before it is ready, start it again with one part of its
+        /// sandbox off at a time to find the part it trips over. Only for code you trust: those
+        /// runs are not fully contained.
+        #[arg(long)]
+        diagnose: bool,
     },
     /// Recent log lines (stderr, `log` notifications, plugind's events); -f follows.
     Logs {
@@ -473,8 +478,8 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
     if let Cmd::New { name, lang, dir, json } = &command {
         return new_plugin(name, lang, dir.clone(), *json || json_out);
     }
-    if let Cmd::Check { dir, execute, params, json } = &command {
-        return check_plugin(dir, execute.as_deref(), params.as_deref(), *json || json_out);
+    if let Cmd::Check { dir, execute, params, json, diagnose } = &command {
+        return check_plugin(dir, execute.as_deref(), params.as_deref(), *json || json_out, *diagnose);
     }
     if conn.url.as_deref().is_some_and(|u| u.starts_with("http://") || u.starts_with("ws://"))
         && conn.token_file.is_none()
@@ -753,7 +758,13 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
 /// `check` runs `plugind check` (the sandbox and the instance driver are the daemon's code),
 /// which prints the findings and exits like `pluginctl check` always did: 0 passed, 1 failed,
 /// 2 usage. `--json` is passed on; colour follows the shared terminal and `NO_COLOR`.
-fn check_plugin(dir: &Path, execute: Option<&str>, params: Option<&str>, json_out: bool) -> Result<(), Failure> {
+fn check_plugin(
+    dir: &Path,
+    execute: Option<&str>,
+    params: Option<&str>,
+    json_out: bool,
+    diagnose: bool,
+) -> Result<(), Failure> {
     if !dir.is_dir() {
         let what = if dir.exists() { "is not a directory" } else { "does not exist" };
         return Err(usage(format!(
@@ -778,6 +789,9 @@ fn check_plugin(dir: &Path, execute: Option<&str>, params: Option<&str>, json_ou
     }
     if json_out {
         cmd.arg("--json");
+    }
+    if diagnose {
+        cmd.arg("--diagnose");
     }
     let status = cmd.status().map_err(|e| {
         let why = if e.kind() == std::io::ErrorKind::NotFound {

@@ -809,7 +809,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // What plugins must not see, then the probe, which also kills what a dead run left behind
     // (before anything of this run starts).
     sandbox::protect(sandbox::PrivatePaths {
-        state_dir: Some(config.state_dir.clone()),
+        state_dirs: vec![config.state_dir.clone()],
         plugin_roots: config.plugin_dirs.clone(),
         files: [Some(&config.socket), config.token_file.as_ref(), config.file.as_ref()]
             .into_iter()

@@ -88,6 +88,11 @@ enum Sub {
         /// Print the findings as JSON.
         #[arg(long)]
         json: bool,
+        /// When the plugin breaks before it is ready, start it again with one part of its
+        /// sandbox off at a time to find the part it trips over. Only for code you trust: those
+        /// runs are not fully contained.
+        #[arg(long)]
+        diagnose: bool,
     },
 }
 
@@ -117,8 +122,8 @@ impl Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    if let Some(Sub::Check { dir, execute, params, json }) = args.command {
-        return check(&dir, execute, params.as_deref(), json);
+    if let Some(Sub::Check { dir, execute, params, json, diagnose }) = args.command {
+        return check(&dir, execute, params.as_deref(), json, diagnose);
     }
     // Settings first: a bad config file is reported before anything starts.
     let file = match &args.config {
@@ -167,6 +172,51 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// What `plugind check` hides from the plugin it runs: what a plugind started here with no
+/// flags would hide, and what every plugind running on this host hides, found through `/proc`
+/// (its command line resolved as it resolved it, from its working directory).
+fn hidden_from_check() -> plugind::sandbox::PrivatePaths {
+    let mut hidden = plugind::sandbox::PrivatePaths::default();
+    let mut add = |cfg: &Config| {
+        hidden.state_dirs.push(cfg.state_dir.clone());
+        hidden.plugin_roots.extend(cfg.plugin_dirs.iter().cloned());
+        let files = [Some(&cfg.socket), cfg.token_file.as_ref(), cfg.file.as_ref()];
+        hidden.files.extend(files.into_iter().flatten().cloned());
+    };
+    if let Ok(cfg) = Config::resolve(Settings::default(), None) {
+        add(&cfg);
+    }
+    let here = std::env::current_dir().ok();
+    let me = std::process::id().to_string();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_plugind = argv.first().and_then(|a| std::path::Path::new(a).file_name()).is_some_and(|n| n == "plugind");
+        let Some(args) = is_plugind.then(|| Args::try_parse_from(&argv).ok()).flatten() else { continue };
+        // Its relative paths are relative to its working directory.
+        if args.command.is_some() || std::env::set_current_dir(format!("/proc/{pid}/cwd")).is_err() {
+            continue;
+        }
+        let file =
+            args.config.as_ref().and_then(|path| Some((std::path::absolute(path).ok()?, Settings::load(path).ok()?)));
+        if let Ok(cfg) = Config::resolve(args.settings(), file) {
+            add(&cfg);
+        }
+    }
+    if let Some(dir) = here {
+        let _ = std::env::set_current_dir(dir);
+    }
+    hidden
 }
 
 /// Reports a settings error (before logging is set up) and exits 1.
@@ -247,6 +297,7 @@ fn check(
     execute: Option<String>,
     params: Option<&str>,
     json_out: bool,
+    diagnose: bool,
 ) -> std::process::ExitCode {
     use plugind::check::Level;
     use serde_json::{json, Value};
@@ -268,7 +319,10 @@ fn check(
             return std::process::ExitCode::FAILURE;
         }
     };
-    let report = rt.block_on(plugind::check::check(dir, execute.map(|m| (m, params))));
+    // The plugin under check is a stranger's code too: it must not read what any plugind on this
+    // host keeps private (audit 19: it read a running plugind's kv database).
+    plugind::sandbox::protect(hidden_from_check());
+    let report = rt.block_on(plugind::check::check(dir, execute.map(|m| (m, params)), diagnose));
     if json_out {
         let items: Vec<Value> = report
             .findings

@@ -50,8 +50,8 @@ use std::ptr::null;
 /// What plugind hides from every plugin, set once at startup ([`super::protect`]).
 #[derive(Debug, Clone, Default)]
 pub struct PrivatePaths {
-    /// The state dir.
-    pub state_dir: Option<PathBuf>,
+    /// The state dirs: plugind's own (`check` hides every running plugind's).
+    pub state_dirs: Vec<PathBuf>,
     /// The plugin roots (`--plugins`).
     pub plugin_roots: Vec<PathBuf>,
     /// Single files: the control socket, the config file, the token file.
@@ -70,7 +70,7 @@ impl PrivatePaths {
             })
         };
         PrivatePaths {
-            state_dir: self.state_dir.and_then(canon),
+            state_dirs: self.state_dirs.into_iter().filter_map(canon).collect(),
             plugin_roots: self.plugin_roots.into_iter().filter_map(canon).collect(),
             files: self.files.into_iter().filter_map(canon_file).collect(),
         }
@@ -124,7 +124,7 @@ pub struct MountPlan {
 /// everything, as a link to `/` would).
 fn other_plugins_elsewhere(private: &PrivatePaths, plugin_dir: &Path) -> Vec<PathBuf> {
     let own = std::fs::canonicalize(plugin_dir).unwrap_or_else(|_| plugin_dir.to_owned());
-    let roots: Vec<&PathBuf> = private.plugin_roots.iter().chain(&private.state_dir).collect();
+    let roots: Vec<&PathBuf> = private.plugin_roots.iter().chain(&private.state_dirs).collect();
     let mut found = Vec::new();
     for root in &private.plugin_roots {
         let Ok(entries) = std::fs::read_dir(root) else { continue };
@@ -164,7 +164,7 @@ impl MountPlan {
         data_dir: Option<&Path>,
         user_ns: bool,
     ) -> Result<MountPlan, PlanError> {
-        let mut covers: Vec<PathBuf> = private.plugin_roots.iter().chain(&private.state_dir).cloned().collect();
+        let mut covers: Vec<PathBuf> = private.plugin_roots.iter().chain(&private.state_dirs).cloned().collect();
         covers.extend(other_plugins_elsewhere(private, plugin_dir));
         covers.sort_by_key(|p| p.components().count());
         covers.dedup();

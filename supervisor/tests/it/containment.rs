@@ -2347,8 +2347,11 @@ async fn sdk_examples_run_in_the_default_sandbox() {
 }
 
 /// `pluginctl check`'s diagnostic mode: a plugin whose launcher forks (a `$(...)` in a shell
-/// script) dies under the sandbox without `process`; `check` fails it and names what the sandbox
-/// denied, found by starting it again with one part of the sandbox left out at a time.
+/// script) dies under the sandbox without `process`; `check --diagnose` fails it and names what
+/// the sandbox denied, found by starting it again with one part of the sandbox left out at a
+/// time. Without `--diagnose` it only says how to ask for that: a stranger's plugin that broke
+/// on purpose was run with parts of its sandbox off, and wrote outside its dirs, reached the
+/// network and stopped a running plugind (audit 19).
 #[test]
 fn check_explains_what_the_sandbox_denied() {
     let dir = tempfile::tempdir().unwrap();
@@ -2371,7 +2374,13 @@ for line in sys.stdin:
 "#,
     )
     .unwrap();
+    // Not by default: those runs leave parts of the sandbox off (audit 19). The report says how.
     let out = std::process::Command::new(pluginctl()).arg("check").arg(&plugin).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(!text.contains("sandbox: it starts once"), "diagnosed without --diagnose:\n{text}");
+    assert!(text.contains("run check again with --diagnose"), "{text}");
+    let out = std::process::Command::new(pluginctl()).arg("check").arg(&plugin).arg("--diagnose").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     let process = "permission process: denied, enforced";
@@ -2383,6 +2392,51 @@ for line in sys.stdin:
         text.lines().find(|l| l.contains("sandbox: it starts once the sandbox allows it")).unwrap_or_default();
     assert!(verdict.contains("starts processes") && verdict.contains("`process`"), "names the denial:\n{text}");
     assert_eq!(text.matches("sandbox: it starts once").count(), 1, "only that part explains it:\n{text}");
+}
+
+/// `pluginctl check` runs a stranger's plugin too: it hid nothing of the plugind running on the
+/// same host, and the plugin under check read its state dir (its kv database; audit 19). It now
+/// hides what every running plugind hides: here the plugin fails its start if it can list the
+/// running daemon's state dir, so `check` passes only if it could not.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_hides_what_a_running_plugind_keeps_private() {
+    let d = victim(Daemon::builder()).start().await;
+    attack(&d, "victim", "kv", json!({"key": "k", "value": "secret"})).await;
+    let state = d.dir.path().join("state");
+    assert!(std::fs::read_dir(&state).unwrap().count() > 0, "the running plugind's state dir has files");
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("peeker");
+    std::fs::create_dir_all(&plugin).unwrap();
+    let manifest = json!({"name": "peeker", "version": "1.0.0", "main": "main.py", "env": {"TARGET": state}});
+    std::fs::write(plugin.join("plugin.json"), manifest.to_string()).unwrap();
+    std::fs::write(
+        plugin.join("main.py"),
+        r#"import json, os, sys
+try:
+    seen = os.listdir(os.environ["TARGET"])
+except OSError:
+    seen = []
+if seen:
+    print("LEAKED", seen, file=sys.stderr, flush=True)
+    sys.exit(3)
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" in m and "method" in m:
+        print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(pluginctl()).arg("check").arg(&plugin).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !text.contains("private-state holds") {
+        missing_mechanism(&format!("no mount namespace here:\n{text}"));
+        return;
+    }
+    assert!(
+        !text.contains("LEAKED"),
+        "THE ATTACK SUCCEEDED: the plugin under check listed the running plugind's state dir:\n{text}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
 }
 
 /// A plugin of 16 instances each starting a 12 MiB stdout line it never ends: one instance at a
