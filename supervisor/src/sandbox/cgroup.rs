@@ -181,10 +181,16 @@ impl CgroupSupport {
         )
     }
 
-    /// Creates the cgroups of one instance and opens their `cgroup.procs` for the child to join.
-    /// None when this host has no usable tree.
-    pub fn create(&self, name: &str, limits: &Limits) -> Result<Option<(Cgroup, Vec<File>)>, SandboxError> {
+    /// Creates the cgroups of one instance of a plugin of `instances` and opens their
+    /// `cgroup.procs` for the child to join. None when this host has no usable tree.
+    pub fn create(
+        &self,
+        name: &str,
+        limits: &Limits,
+        instances: u32,
+    ) -> Result<Option<(Cgroup, Vec<File>)>, SandboxError> {
         let mut cg = Cgroup { dirs: Vec::new(), pids_limited: false };
+        let tasks = limits.processes.unwrap_or_else(|| default_tasks(instances)).to_string();
         let mut procs = Vec::new();
         let memory = limits.memory_mb.saturating_mul(1024 * 1024).to_string();
         // Joining a v2 cgroup costs ~11 ms per spawn on this kernel (the migration waits for an
@@ -201,7 +207,7 @@ impl CgroupSupport {
                 let _ = write(&dir, "memory.swap.max", "0");
             }
             if c.pids {
-                write(&dir, "pids.max", &limits.processes.unwrap_or_else(default_tasks).to_string())?;
+                write(&dir, "pids.max", &tasks)?;
                 cg.pids_limited = limits.processes.is_some();
             }
             if let (true, Some(_)) = (c.cpu, limits.cpu_seconds) {
@@ -218,7 +224,7 @@ impl CgroupSupport {
         }
         if let Some(base) = &self.v1_pids {
             let dir = cg.make(base, Tree::V1Pids, name)?;
-            write(&dir, "pids.max", &limits.processes.unwrap_or_else(default_tasks).to_string())?;
+            write(&dir, "pids.max", &tasks)?;
             cg.pids_limited = limits.processes.is_some();
             procs.push(open_procs(&dir)?);
         }
@@ -226,13 +232,15 @@ impl CgroupSupport {
     }
 }
 
-/// The tasks (processes and threads) an instance may have when its manifest sets no
-/// `processes`: 4096, or 15 % of the kernel's pid space when that is less (systemd's default
-/// `TasksMax=`). Without it one plugin with no permission started 9,000 threads, 27 % of the
-/// host's pids (audit 16).
-fn default_tasks() -> u64 {
+/// The tasks (processes and threads) an instance of a plugin of `instances` may have when its
+/// manifest sets no `processes`: the plugin's share, 4096 or 15 % of the kernel's pid space when
+/// that is less (systemd's default `TasksMax=`), split among its instances (at least 64 each).
+/// Without it one plugin with no permission started 9,000 threads, 27 % of the host's pids
+/// (audit 16); with it per instance, two instances took 8,190 and eight would take them all
+/// (audit 19).
+fn default_tasks(instances: u32) -> u64 {
     let pid_max: u64 = read(Path::new("/proc/sys/kernel/pid_max")).and_then(|t| t.trim().parse().ok()).unwrap_or(32768);
-    (pid_max * 15 / 100).clamp(64, 4096)
+    ((pid_max * 15 / 100).clamp(64, 4096) / u64::from(instances.max(1))).max(64)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -292,7 +292,7 @@ pub fn prepare(req: &Request<'_>, plugin_dir: &Path) -> Result<Confinement, Sand
     // Without a user namespace, an ordinary user's child has no capability to drop.
     let drop_caps = (host.root || mounts.is_some()).then_some(host.last_cap);
     let name = format!("{}{}.{}.{}", cgroup::PREFIX, std::process::id(), m.name, req.instance);
-    let (cgroup, procs) = match host.cgroups.create(&name, &m.limits)? {
+    let (cgroup, procs) = match host.cgroups.create(&name, &m.limits, m.instances)? {
         Some((cg, procs)) => (Some(cg), procs),
         None => (None, Vec::new()),
     };

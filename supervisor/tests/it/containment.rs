@@ -1664,6 +1664,29 @@ async fn an_instance_without_a_processes_limit_is_held_to_a_default() {
     assert!(r["started"].as_u64().unwrap() < default, "{r}");
 }
 
+/// The default is the plugin's, split among its instances: per instance, two instances held
+/// 8,190 tasks and eight would have taken every pid on the host (audit 19). An instance of a
+/// plugin of two gets half.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugins_instances_share_its_default_tasks_limit() {
+    let d = hostile(Daemon::builder(), "spawner", &[], json!({}))
+        .manifest("spawner", |m| m["instances"] = json!(2))
+        .start()
+        .await;
+    let v2_pids = ["/sys/fs/cgroup/cgroup.controllers", "/sys/fs/cgroup/unified/cgroup.controllers"]
+        .iter()
+        .any(|f| std::fs::read_to_string(f).is_ok_and(|c| c.split_whitespace().any(|w| w == "pids")));
+    if !(v2_pids || Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists()) {
+        missing_mechanism("no pids cgroup controller here");
+        return;
+    }
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let share = (pid_max * 15 / 100).clamp(64, 4096) / 2;
+    let r = attack(&d, "spawner", "threads", json!({"count": share + 300})).await;
+    refused(&r, "threads past the instance's share of the plugin's default");
+    assert!(r["started"].as_u64().unwrap() < share, "{r}");
+}
+
 /// Requests whose ids are 8 MiB strings: each id was kept, copied and echoed in the answer, about
 /// four times the line against the 64 MiB request budget (one plugin held plugind at 280 MB,
 /// four at 978 MB: audit 16). An id over 1 KiB is refused: `-32600` under a null id.
