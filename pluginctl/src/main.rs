@@ -326,7 +326,10 @@ fn unreachable(target: &Path, e: &std::io::Error) -> Failure {
         ErrorKind::NotFound => "there is no socket there".to_owned(),
         ErrorKind::ConnectionRefused if not_a_socket => "it is not a socket".to_owned(),
         ErrorKind::ConnectionRefused => "nothing listens on it (a socket left by a plugind that stopped?)".to_owned(),
-        ErrorKind::PermissionDenied => "permission denied (plugind runs as another user?)".to_owned(),
+        // The OS's EACCES; the client's own refusal of a server of another uid says more.
+        ErrorKind::PermissionDenied if e.raw_os_error().is_some() => {
+            "permission denied (plugind runs as another user?)".to_owned()
+        }
         _ => os_text(e),
     };
     Failure::new(

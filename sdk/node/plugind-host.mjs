@@ -81,9 +81,36 @@ export async function connect({ socket, url, token, tokenFile } = {}) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * Refuses a socket bound by neither our uid nor root, as plugind refuses such a peer: a path in
+ * /tmp can be bound first by any local user, who would read every call. (Node has no
+ * SO_PEERCRED; a socket file belongs to whoever bound it.)
+ */
+function boundByUsOrRoot(file) {
+  let owner;
+  try {
+    owner = fs.statSync(file).uid;
+  } catch {
+    return null; // connecting says why (ENOENT…)
+  }
+  const me = process.getuid();
+  if (owner === me || owner === 0) return null;
+  const e = new Error(
+    `it was bound by uid ${owner}, neither yours (${me}) nor root: not your plugind ` +
+      '(another user bound this path first); nothing was sent',
+  );
+  e.code = 'EACCES';
+  return e;
+}
+
 /** One connection over the Unix socket: NDJSON lines. */
 function openSocket(file) {
   return new Promise((resolve, reject) => {
+    const refused = boundByUsOrRoot(file);
+    if (refused) {
+      reject(refused);
+      return;
+    }
     const s = net.createConnection(file);
     s.once('error', reject);
     s.once('connect', () => {

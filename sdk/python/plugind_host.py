@@ -91,6 +91,21 @@ async def connect(socket=None, url=None, token=None, token_file=None):
     return host
 
 
+def _served_by_us_or_root(sock):
+    """Refuses a socket whose server runs as neither our uid nor root, as plugind refuses such
+    a peer: a path in /tmp can be bound first by any local user, who would read every call."""
+    import socket as _socket
+    import struct
+
+    _pid, server, _gid = struct.unpack("3i", sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i")))
+    me = os.getuid()
+    if server not in (me, 0):
+        raise PermissionError(
+            "it is served by uid %d, neither yours (%d) nor root: not your plugind "
+            "(another user bound this path first); nothing was sent" % (server, me)
+        )
+
+
 class _SocketLink:
     """One connection over the Unix socket: NDJSON lines."""
 
@@ -101,6 +116,11 @@ class _SocketLink:
     async def open(cls, path):
         # Lines may be large (a result of many MiB): the default 64 KiB limit would break them.
         reader, writer = await asyncio.open_unix_connection(path, limit=64 * 1024 * 1024)
+        try:
+            _served_by_us_or_root(writer.get_extra_info("socket"))
+        except OSError:
+            writer.close()
+            raise
         return cls(reader, writer)
 
     async def recv(self):

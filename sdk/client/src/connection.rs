@@ -53,6 +53,8 @@ impl Endpoint {
                 let stream = UnixStream::connect(path)
                     .await
                     .map_err(|source| ClientError::Unreachable { path: path.clone(), source })?;
+                served_by_us_or_root(&stream)
+                    .map_err(|source| ClientError::Unreachable { path: path.clone(), source })?;
                 let (read, write) = stream.into_split();
                 Ok((Box::new(read), Box::new(write)))
             }
@@ -63,6 +65,23 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// Whether the socket's server runs as our uid or root, as plugind does for a peer: a path in
+/// `/tmp` can be bound first by any local user, who then reads every call sent to it (audit 19:
+/// an ordinary user took root's default `/tmp/plugind-0.sock` before plugind started, and root's
+/// `pluginctl call` sent its params there).
+fn served_by_us_or_root(stream: &UnixStream) -> std::io::Result<()> {
+    let server = stream.peer_cred()?.uid();
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    if server == me || server == 0 {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!("it is served by uid {server}, neither yours ({me}) nor root: not your plugind (another user bound this path first); nothing was sent"),
+    ))
 }
 
 /// The first wait before reconnecting; it doubles up to [`BACKOFF_MAX`].

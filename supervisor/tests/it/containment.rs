@@ -1058,6 +1058,74 @@ async fn a_plugin_dir_installed_as_a_symlink_is_hidden_at_its_target_too() {
     assert_eq!(r["ok"], true, "the victim reads its own files at their real path: {r}");
 }
 
+/// A local user who binds plugind's socket path first (root's default is `/tmp/plugind-0.sock`)
+/// received root's `pluginctl call`s, params and all (audit 19). `pluginctl` and the Python and
+/// Node host libraries refuse a socket served (or, for Node, bound) by a uid that is neither
+/// theirs nor root's, before they send anything.
+#[test]
+fn clients_refuse_a_socket_another_user_serves() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        missing_mechanism("serving a socket as another user needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = dir.path().join("squat.sock");
+    const SQUATTER: &str = r#"import os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1]); os.chmod(sys.argv[1], 0o777); s.listen(16)
+while True:
+    c, _ = s.accept()
+    data = c.recv(65536)
+    if data:
+        print("GOT", data, flush=True)
+    c.close()
+"#;
+    let mut squatter = std::process::Command::new("setpriv")
+        // The system's Python: a version manager's shim under root's home is not for nobody.
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" })
+        .args(["-c", SQUATTER])
+        .arg(&sock)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop(squatter.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "the squatter never bound its socket");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = std::process::Command::new(pluginctl())
+        .arg("--socket")
+        .arg(&sock)
+        .args(["call", "victim", "secret", r#"{"api_key":"sk-live-123"}"#])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("uid 65534"), "pluginctl: {out:?}");
+    let py = format!(
+        "import asyncio, sys; sys.path.insert(0, {sdk:?}); import plugind_host\n\
+         async def main():\n    try:\n        await plugind_host.connect(socket={sock:?})\n    except Exception as e:\n        print(e)\n\
+         asyncio.run(main())",
+        sdk = repo().join("sdk/python").to_string_lossy(),
+        sock = sock.to_string_lossy(),
+    );
+    let out = std::process::Command::new("python3").args(["-c", &py]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("uid 65534"), "Python host: {out:?}");
+    let js = format!(
+        "import {{ connect }} from {lib:?}; try {{ await connect({{ socket: {sock:?} }}); }} catch (e) {{ console.log(e.message); }} process.exit(0);",
+        lib = repo().join("sdk/node/plugind-host.mjs").to_string_lossy(),
+        sock = sock.to_string_lossy(),
+    );
+    let out = std::process::Command::new("node").args(["--input-type=module", "-e", &js]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("uid 65534"), "Node host: {out:?}");
+    squatter.kill().unwrap();
+    let got = std::io::read_to_string(squatter.stdout.take().unwrap()).unwrap();
+    assert!(!got.contains("GOT"), "THE ATTACK SUCCEEDED: the squatter read {got}");
+}
+
 /// The host's block devices, by path (`/dev/vda`, `/dev/loop0`…).
 fn host_block_devices() -> Vec<String> {
     use std::os::unix::fs::FileTypeExt;
