@@ -1122,6 +1122,7 @@ while True:
     let out = std::process::Command::new("node").args(["--input-type=module", "-e", &js]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("uid 65534"), "Node host: {out:?}");
     squatter.kill().unwrap();
+    squatter.wait().unwrap();
     let got = std::io::read_to_string(squatter.stdout.take().unwrap()).unwrap();
     assert!(!got.contains("GOT"), "THE ATTACK SUCCEEDED: the squatter read {got}");
 }
