@@ -1102,9 +1102,14 @@ impl InstanceTask {
                 self.instance.look_at_words(line);
                 self.log.about_output(LogLevel::Warn, || {
                     let text = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
-                    format!(
-                        "non-JSON line on stdout skipped: {text:?} — hint: stdout is the protocol channel; write logs to stderr or send a `log` notification"
-                    )
+                    // A lone bracket opens (or closes) JSON written over several lines.
+                    let hint = if matches!(text.trim(), "{" | "}" | "[" | "]" | "}," | "],") {
+                        "pretty-printed JSON? each message must be one line: write it without indentation \
+                         (Python `json.dumps(m)`, Node `JSON.stringify(m)`)"
+                    } else {
+                        "stdout is the protocol channel; write logs to stderr or send a `log` notification"
+                    };
+                    format!("non-JSON line on stdout skipped: {text:?} — hint: {hint}")
                 });
                 None
             }

@@ -447,6 +447,7 @@ impl Machine {
         match result {
             Ok(services) => {
                 inst.phase = Phase::Ready;
+                self.tracker.started();
                 if gen == self.gen && self.running {
                     out.push(Action::Registered(services.clone()));
                     inst.services = services;
@@ -489,7 +490,8 @@ impl Machine {
         if !exit.clean {
             out.push(Action::LastError(Some(format!("instance {}", exit.describe))));
         }
-        match self.tracker.after_exit(&self.manifest.restart, exit.clean, now) {
+        let never_ready = inst.phase == Phase::Starting;
+        match self.tracker.after_exit(&self.manifest.restart, exit.clean, never_ready, now) {
             AfterExit::RestartIn(delay) => {
                 let at = now + delay;
                 if self.restart_at.is_none_or(|(t, _)| at < t) {
@@ -504,6 +506,9 @@ impl Machine {
                 self.cooldown_at = policy.cooldown_s.and_then(|c| now.checked_add(Duration::from_secs(c)));
                 let why = match policy.policy {
                     RestartMode::Never => "exited, and its restart policy is `never`".to_owned(),
+                    _ if self.tracker.failed_to_start(policy) => {
+                        format!("it failed to start more than {} times in a row", policy.max_restarts)
+                    }
                     _ => format!("more than {} restarts within {} s", policy.max_restarts, policy.window_s),
                 };
                 let then = match (self.cooldown_at, policy.cooldown_s) {

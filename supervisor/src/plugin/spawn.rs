@@ -349,8 +349,12 @@ mod tests {
     #[test]
     fn missing_main_names_the_file_and_field() {
         let m = manifest(json!({"name": "a", "version": "1.0.0", "main": "gone.py"}));
-        let e = argv_for(&m, Path::new("/nonexistent")).unwrap_err().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let e = argv_for(&m, dir.path()).unwrap_err().to_string();
         assert!(e.contains("plugin.json") && e.contains("/main") && e.contains("gone.py"), "{e}");
+        // A directory that is gone is named as such, not as a missing main.
+        let e = argv_for(&m, Path::new("/nonexistent")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent is gone"), "{e}");
     }
 
     #[test]

@@ -89,11 +89,17 @@ pub enum AfterExit {
 #[derive(Debug, Default)]
 pub struct RestartTracker {
     recent: VecDeque<Instant>,
+    /// Starts in a row that ended before the instance was ready: a start that fails slowly (its
+    /// `startup_timeout_ms` of 30 s) never makes `max_restarts` within a 60 s window, and the
+    /// plugin stayed `starting` for good (audit 19: 25 restarts in 13 minutes). Like
+    /// supervisord's `startretries`, one more than `max_restarts` in a row fails it too.
+    failed_starts: u32,
 }
 
 impl RestartTracker {
-    /// Decides what follows an exit; `clean` is exit code 0 without a signal.
-    pub fn after_exit(&mut self, policy: &RestartPolicy, clean: bool, now: Instant) -> AfterExit {
+    /// Decides what follows an exit; `clean` is exit code 0 without a signal; `never_ready`: the
+    /// instance exited before it answered `init` and `register`.
+    pub fn after_exit(&mut self, policy: &RestartPolicy, clean: bool, never_ready: bool, now: Instant) -> AfterExit {
         match policy.policy {
             RestartMode::Never => return if clean { AfterExit::Stop } else { AfterExit::Fail },
             RestartMode::OnFailure if clean => return AfterExit::Stop,
@@ -103,7 +109,10 @@ impl RestartTracker {
         while self.recent.front().is_some_and(|t| now.duration_since(*t) > window) {
             self.recent.pop_front();
         }
-        if self.recent.len() >= policy.max_restarts as usize {
+        if never_ready {
+            self.failed_starts += 1;
+        }
+        if self.recent.len() >= policy.max_restarts as usize || self.failed_starts > policy.max_restarts {
             return AfterExit::Fail;
         }
         let delay = backoff(self.recent.len() as u32);
@@ -114,6 +123,17 @@ impl RestartTracker {
     /// Forgets past restarts (an operator's explicit start or restart).
     pub fn reset(&mut self) {
         self.recent.clear();
+        self.failed_starts = 0;
+    }
+
+    /// An instance became ready: the starts that failed before it no longer count in a row.
+    pub fn started(&mut self) {
+        self.failed_starts = 0;
+    }
+
+    /// Whether the failed starts in a row are what failed the plugin.
+    pub fn failed_to_start(&self, policy: &RestartPolicy) -> bool {
+        self.failed_starts > policy.max_restarts
     }
 }
 
@@ -134,17 +154,39 @@ mod tests {
     }
 
     #[test]
+    fn more_than_max_restarts_failed_starts_in_a_row_fail_whatever_the_window() {
+        let p = RestartPolicy { max_restarts: 2, window_s: 60, ..RestartPolicy::default() };
+        let mut t = RestartTracker::default();
+        let mut now = Instant::now();
+        for _ in 0..2 {
+            assert!(matches!(t.after_exit(&p, false, true, now), AfterExit::RestartIn(_)));
+            now += Duration::from_secs(31);
+        }
+        // Each 31 s apart: never three within the window, but three failed starts in a row.
+        assert_eq!(t.after_exit(&p, false, true, now), AfterExit::Fail);
+        assert!(t.failed_to_start(&p));
+        // A start that got ready in between breaks the row.
+        let mut t = RestartTracker::default();
+        for _ in 0..2 {
+            assert!(matches!(t.after_exit(&p, false, true, now), AfterExit::RestartIn(_)));
+            t.started();
+            now += Duration::from_secs(61);
+        }
+        assert!(matches!(t.after_exit(&p, false, true, now), AfterExit::RestartIn(_)));
+    }
+
+    #[test]
     fn more_than_max_restarts_in_window_fails() {
         let p = RestartPolicy { max_restarts: 3, window_s: 60, ..RestartPolicy::default() };
         let mut t = RestartTracker::default();
         let now = Instant::now();
-        assert_eq!(t.after_exit(&p, false, now), AfterExit::RestartIn(Duration::from_millis(100)));
-        assert_eq!(t.after_exit(&p, false, now), AfterExit::RestartIn(Duration::from_millis(200)));
-        assert_eq!(t.after_exit(&p, false, now), AfterExit::RestartIn(Duration::from_millis(400)));
-        assert_eq!(t.after_exit(&p, false, now), AfterExit::Fail);
+        assert_eq!(t.after_exit(&p, false, false, now), AfterExit::RestartIn(Duration::from_millis(100)));
+        assert_eq!(t.after_exit(&p, false, false, now), AfterExit::RestartIn(Duration::from_millis(200)));
+        assert_eq!(t.after_exit(&p, false, false, now), AfterExit::RestartIn(Duration::from_millis(400)));
+        assert_eq!(t.after_exit(&p, false, false, now), AfterExit::Fail);
         // Outside the window the count starts over.
         let later = now + Duration::from_secs(61);
-        assert_eq!(t.after_exit(&p, false, later), AfterExit::RestartIn(Duration::from_millis(100)));
+        assert_eq!(t.after_exit(&p, false, false, later), AfterExit::RestartIn(Duration::from_millis(100)));
     }
 
     #[test]
@@ -152,11 +194,11 @@ mod tests {
         let mut t = RestartTracker::default();
         let now = Instant::now();
         let on_failure = RestartPolicy::default();
-        assert_eq!(t.after_exit(&on_failure, true, now), AfterExit::Stop);
+        assert_eq!(t.after_exit(&on_failure, true, false, now), AfterExit::Stop);
         let always = RestartPolicy { policy: RestartMode::Always, ..RestartPolicy::default() };
-        assert!(matches!(t.after_exit(&always, true, now), AfterExit::RestartIn(_)));
+        assert!(matches!(t.after_exit(&always, true, false, now), AfterExit::RestartIn(_)));
         let never = RestartPolicy { policy: RestartMode::Never, ..RestartPolicy::default() };
-        assert_eq!(t.after_exit(&never, false, now), AfterExit::Fail);
-        assert_eq!(t.after_exit(&never, true, now), AfterExit::Stop);
+        assert_eq!(t.after_exit(&never, false, false, now), AfterExit::Fail);
+        assert_eq!(t.after_exit(&never, true, false, now), AfterExit::Stop);
     }
 }

@@ -153,6 +153,40 @@ async fn init_error_fails_the_start_and_says_why() {
     assert!(detail.contains("until `pluginctl restart` or a change to its files (if watched)"), "{s}");
 }
 
+/// A plugin whose answers are pretty-printed never gets through `init`: each start ran out of its
+/// `startup_timeout_ms` (30 s by default), so its crashes never came `max_restarts` within the
+/// 60 s window and it stayed `starting` for good, with `pluginctl start` waiting on it (audit 19:
+/// 25 restarts in 13 minutes). One more failed start in a row than `max_restarts` fails it too,
+/// whatever the window; and its log says what the lone `{` lines are.
+#[tokio::test(flavor = "multi_thread")]
+async fn starts_that_fail_slowly_in_a_row_end_in_failed() {
+    let manifest = json!({
+        "name": "pretty", "version": "0.1.0", "main": "p.py",
+        // Each failed start takes longer than the window: never two restarts within it.
+        "startup_timeout_ms": 1100,
+        "restart": {"max_restarts": 2, "window_s": 1},
+    });
+    let d = Daemon::builder()
+        .plugin_files(
+            "pretty",
+            &[
+                ("plugin.json", &manifest.to_string()),
+                (
+                    "p.py",
+                    "import sys, json\nfor l in sys.stdin:\n    m = json.loads(l)\n    print(json.dumps({'jsonrpc': '2.0', 'id': m['id'], 'result': {}}, indent=2), flush=True)\n",
+                ),
+            ],
+        )
+        .spawn()
+        .await;
+    let s = d.wait_state("pretty", "failed").await;
+    let failed = s["history"].as_array().unwrap().iter().find(|h| h["event"] == "failed").cloned();
+    let detail = failed.as_ref().map(|h| h["detail"].to_string()).unwrap_or_default();
+    assert!(detail.contains("failed to start more than 2 times in a row"), "{s}");
+    let log = d.call("logs.tail", json!({"plugin": "pretty", "lines": 200})).await.unwrap().to_string();
+    assert!(log.contains("pretty-printed JSON?"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cooldown_gives_a_failed_plugin_one_more_start_per_period() {
     let d = Daemon::builder()
