@@ -108,7 +108,16 @@ pub fn argv_for(manifest: &Manifest, dir: &Path) -> Result<Vec<String>, SpawnErr
                 "js" | "mjs" | "cjs" => vec!["node".into(), path],
                 "py" => vec!["python3".into(), path],
                 "sh" => vec!["sh".into(), path],
-                _ => vec![path],
+                _ => {
+                    // The kernel runs neither; the C library's `execvp` would hand it to
+                    // /bin/sh, which fails with errors about the script's first words (audit 19:
+                    // a Python file without its `#!` line, "import: not found").
+                    if !is_program_or_script(Path::new(&path)) {
+                        let source = std::io::Error::from_raw_os_error(libc::ENOEXEC);
+                        return Err(SpawnError::Exec { argv0: path, source });
+                    }
+                    vec![path]
+                }
             }
         }
         // Manifest validation guarantees one of them.
@@ -116,6 +125,17 @@ pub fn argv_for(manifest: &Manifest, dir: &Path) -> Result<Vec<String>, SpawnErr
     };
     argv.extend(manifest.args.iter().cloned());
     Ok(argv)
+}
+
+/// Whether `path` begins as something the kernel executes: an ELF program or a `#!` script (one
+/// that cannot be read is let through: exec says why).
+fn is_program_or_script(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    match std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) {
+        Ok(n) => head[..n].starts_with(b"#!") || head[..n] == *b"\x7fELF",
+        Err(_) => true,
+    }
 }
 
 /// Everything needed to start one instance.

@@ -240,6 +240,33 @@ async fn a_main_that_cannot_be_executed_fails_the_start_and_says_why() {
     assert!(s["pid"].is_null(), "{s}");
 }
 
+/// An executable script without a `#!` line: the C library's `execvp` handed it to /bin/sh, whose
+/// errors ("import: not found") said nothing of the cause (audit 19). The start fails saying what
+/// to add.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_without_its_hash_bang_line_fails_the_start_and_says_why() {
+    let d = Daemon::builder()
+        .plugin_files(
+            "noshebang",
+            &[
+                (
+                    "plugin.json",
+                    r#"{"name": "noshebang", "version": "0.1.0", "main": "run", "restart": {"policy": "never"}}"#,
+                ),
+                ("run", "import sys, json\nprint('never runs')\n"),
+            ],
+        )
+        .spawn()
+        .await;
+    let run = d.plugins.join("noshebang/run");
+    std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let r = d.call("plugins.restart", json!({"name": "noshebang", "hard": true})).await;
+    let s = d.wait_state("noshebang", "failed").await;
+    let why = s["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("nor a script with a `#!` line"), "{r:?} {s}");
+    assert!(!s["stderr_tail"].to_string().contains("not found"), "/bin/sh ran it: {s}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn plugins_outlive_an_idle_spell_of_the_threads_that_forked_them() {
     // A plugin dies with the *thread* that forked it (PR_SET_PDEATHSIG). tokio's blocking pool
