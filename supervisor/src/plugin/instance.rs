@@ -119,6 +119,9 @@ impl ExitReport {
             (None, None) => "ended".to_owned(),
         };
         match (&self.reason, self.limit) {
+            // plugind's own verdict (init failed, a deadline, missed pings), after which it
+            // killed the process: "killed by SIGKILL" read as a limit or a crash (audit 19).
+            (Some(r), None) if self.signal == Some(libc::SIGKILL) => format!("{r} (plugind ended it)"),
             (Some(r), _) => format!("{r} ({how})"),
             (None, Some(l)) => format!("{how}: limit {l} exceeded"),
             (None, None) => how,

@@ -146,6 +146,8 @@ async fn init_error_fails_the_start_and_says_why() {
     assert!(s["last_error"].as_str().unwrap().contains("init failed: no config"), "{s}");
     // With the error's data, where a plugin says what is wrong.
     assert!(s["last_error"].as_str().unwrap().contains(r#"data: {"field":"api_key"}"#), "{s}");
+    // plugind ended it for its refusal: not reported as a kill, which reads as a limit.
+    assert!(!s["last_error"].as_str().unwrap().contains("SIGKILL"), "{s}");
     // The history says why it is failed: its policy, not restarts it never had.
     let failed = s["history"].as_array().unwrap().iter().find(|h| h["event"] == "failed").cloned();
     let detail = failed.as_ref().map(|h| h["detail"].to_string()).unwrap_or_default();
