@@ -106,6 +106,9 @@ pub struct Daemon {
     reserved_names: RwLock<std::collections::BTreeSet<String>>,
     /// The threads that fork plugins, started with the first plugin.
     spawner: std::sync::OnceLock<std::io::Result<plugin::spawner::Spawner>>,
+    /// What each running plugin's dependents were last told it serves (`services.changed`):
+    /// a hot reload compares its new services with these.
+    announced: std::sync::Mutex<std::collections::HashMap<Arc<str>, Vec<ServiceRef>>>,
 }
 
 impl Daemon {
@@ -131,6 +134,7 @@ impl Daemon {
             services: registry::ServiceIndex::default(),
             reserved_names: RwLock::default(),
             spawner: std::sync::OnceLock::new(),
+            announced: Default::default(),
         })
     }
 
@@ -211,8 +215,15 @@ impl Daemon {
         self.publish_event(&entry.name, "state", Some(state), detail);
         let is_running = state == "running";
         if is_running != was_running {
-            let event = if is_running { ServiceEvent::Up } else { ServiceEvent::Down };
-            self.notify_dependents(&entry.name, &self.routed_services(entry), event);
+            let mut announced = self.announced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if is_running {
+                let services = self.routed_services(entry);
+                self.notify_dependents(&entry.name, &services, ServiceEvent::Up);
+                announced.insert(entry.name.clone(), services);
+            } else {
+                let services = announced.remove(&entry.name).unwrap_or_else(|| self.routed_services(entry));
+                self.notify_dependents(&entry.name, &services, ServiceEvent::Down);
+            }
         }
         if is_running {
             self.wake_blocked();
@@ -786,8 +797,24 @@ impl ActorHost for Daemon {
     }
 
     fn swapped(&self, entry: &PluginEntry) {
-        self.notify_dependents(&entry.name, &self.routed_services(entry), ServiceEvent::Replaced);
+        // Against what the dependents were told before: a service the new version no longer
+        // serves went `down`, one it serves anew came `up` (audit 19: all were `replaced`, a
+        // dropped one said nothing).
+        let now = self.routed_services(entry);
+        let before = {
+            let mut announced = self.announced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            announced.insert(entry.name.clone(), now.clone()).unwrap_or_default()
+        };
+        let named = |list: &[ServiceRef], s: &ServiceRef| list.iter().any(|o| o.name == s.name);
+        let gone: Vec<ServiceRef> = before.iter().filter(|s| !named(&now, s)).cloned().collect();
+        let (kept, new): (Vec<ServiceRef>, Vec<ServiceRef>) = now.into_iter().partition(|s| named(&before, s));
+        self.notify_dependents(&entry.name, &gone, ServiceEvent::Down);
+        self.notify_dependents(&entry.name, &kept, ServiceEvent::Replaced);
+        self.notify_dependents(&entry.name, &new, ServiceEvent::Up);
         tracing::info!(plugin = %entry.name, "hot reload complete");
+        // The new version may be what a blocked plugin waits for (audit 19: a provider that
+        // came into range by a hot reload left its dependent blocked until something else ran).
+        self.wake_blocked();
     }
 }
 

@@ -95,3 +95,66 @@ async fn a_dependent_restarting_after_a_crash_without_its_provider_waits_blocked
     d.wait_state("dependent", "running").await;
     assert_eq!(d.execute("dependent", "echo", json!(5)).await.unwrap(), json!(5));
 }
+
+/// Rewrites `plugin`'s manifest with `edit`, as a deploy does (write aside, rename over).
+fn edit_manifest(d: &Daemon, plugin: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = d.plugins.join(plugin).join("plugin.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut m);
+    std::fs::write(path.with_extension("tmp~"), m.to_string()).unwrap();
+    std::fs::rename(path.with_extension("tmp~"), path).unwrap();
+}
+
+/// A provider that comes into a blocked plugin's range by a hot reload (its manifest edited from
+/// 2.0.0 back to 1.4.0, then a rescan) starts it: only a plugin's state becoming
+/// `running` woke blocked plugins, and a swap changes no state (audit 19: the dependent stayed
+/// `blocked` beside `met: true`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_plugin_starts_when_a_hot_reload_brings_its_provider_into_range() {
+    let d = Daemon::builder()
+        .plugin_as("perl-echo", "prov")
+        .manifest("prov", |m| m["version"] = json!("2.0.0"))
+        .plugin_as("perl-echo", "waiter")
+        .manifest("waiter", |m| m["dependencies"] = json!({"required": ["prov@^1"]}))
+        .start()
+        .await;
+    d.wait_state("waiter", "blocked").await;
+    edit_manifest(&d, "prov", |m| m["version"] = json!("1.4.0"));
+    let r = d.call("plugins.reload", json!({})).await.unwrap();
+    assert_eq!(r["changed"], json!(["prov"]), "{r}");
+    assert_eq!(d.status("prov").await["version"], "1.4.0");
+    d.wait_state("waiter", "running").await;
+    assert_eq!(d.execute("waiter", "echo", json!(3)).await.unwrap(), json!(3));
+}
+
+/// A hot reload that drops a service tells its dependents it went `down`, and one that brings it
+/// back that it came `up` (audit 19: the drop said nothing, the return said `replaced`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hot_reload_that_drops_a_service_tells_dependents_it_went_down() {
+    let d = Daemon::builder()
+        .plugin_as("perl-echo", "prov")
+        .manifest("prov", |m| m["provides"] = json!([{"name": "feat", "version": "1.0.0"}]))
+        .plugin("py-probe")
+        .manifest("py-probe", |m| m["dependencies"] = json!({"optional": ["feat"]}))
+        .start()
+        .await;
+    let heard = async |last: &[&str]| {
+        wait_for(&format!("services.changed ending {last:?}"), async || {
+            let tail = d.status("py-probe").await["stderr_tail"].clone();
+            let lines: Vec<&str> = tail
+                .as_array()?
+                .iter()
+                .filter_map(|l| l.as_str())
+                .filter(|l| l.starts_with("services.changed"))
+                .collect();
+            lines.ends_with(last).then_some(())
+        })
+        .await
+    };
+    edit_manifest(&d, "prov", |m| m["provides"] = json!([]));
+    d.call("plugins.reload", json!({})).await.unwrap();
+    heard(&["services.changed feat 1.0.0 prov down"]).await;
+    edit_manifest(&d, "prov", |m| m["provides"] = json!([{"name": "feat", "version": "1.0.0"}]));
+    d.call("plugins.reload", json!({})).await.unwrap();
+    heard(&["services.changed feat 1.0.0 prov down", "services.changed feat 1.0.0 prov up"]).await;
+}
