@@ -306,28 +306,14 @@ const FINGERPRINT_DEPTH: usize = 8;
 /// file replaced has a new one), through symlinks to files; 0 if it cannot be read.
 fn fingerprint(dir: &Path) -> u64 {
     use std::hash::{Hash, Hasher};
-    fn walk(dir: &Path, depth: usize, files: &mut Vec<(PathBuf, u64, std::time::SystemTime, u64)>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for e in entries.flatten() {
-            if files.len() >= FINGERPRINT_FILES {
-                return;
-            }
-            let path = e.path();
-            // Directories only where they really are (no symlink loops); files through links.
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                if depth < FINGERPRINT_DEPTH {
-                    walk(&path, depth + 1, files);
-                }
-                continue;
-            }
-            if let Ok(m) = std::fs::metadata(&path) {
-                use std::os::unix::fs::MetadataExt;
-                files.push((path, m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH), m.ino()));
-            }
-        }
-    }
+    use std::os::unix::fs::MetadataExt;
     let mut files = Vec::new();
-    walk(dir, 0, &mut files);
+    // Files through symlinks (their metadata, not the link's).
+    walk_files(dir, 0, &mut 0, &mut |path| {
+        if let Ok(m) = std::fs::metadata(path) {
+            files.push((path.to_owned(), m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH), m.ino()));
+        }
+    });
     files.sort();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     files.hash(&mut h);
@@ -367,7 +353,41 @@ fn is_watched(p: &crate::PluginEntry, rel: &Path) -> bool {
             Err(e) => tracing::warn!(plugin = %p.name, "bad watch glob {pat:?}: {e}"),
         }
     }
-    rel == Path::new("plugin.json") || b.build().is_ok_and(|set| set.is_match(rel))
+    let Ok(set) = b.build() else { return rel == Path::new("plugin.json") };
+    if rel == Path::new("plugin.json") || set.is_match(rel) {
+        return true;
+    }
+    // A directory renamed into place or away is one event, for the directory: what matters is
+    // the files under it (audit 19: `mv src.new src` never reloaded a plugin whose main is
+    // `src/main.py`). Below a directory that is there, a file the globs match; below one that
+    // went, a file a pattern names.
+    let full = p.dir.join(rel);
+    if full.is_dir() {
+        let mut found = false;
+        walk_files(&full, 0, &mut 0, &mut |f| found |= f.strip_prefix(&p.dir).is_ok_and(|r| set.is_match(r)));
+        return found;
+    }
+    !full.exists() && patterns.iter().any(|pat| Path::new(pat).starts_with(rel))
+}
+
+/// Calls `each` for the files below `dir`, at most [`FINGERPRINT_FILES`] of them (`seen`) and
+/// [`FINGERPRINT_DEPTH`] levels down, directories only where they really are (no symlink loops).
+fn walk_files(dir: &Path, depth: usize, seen: &mut usize, each: &mut dyn FnMut(&Path)) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        if *seen >= FINGERPRINT_FILES {
+            return;
+        }
+        let path = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            if depth < FINGERPRINT_DEPTH {
+                walk_files(&path, depth + 1, seen, each);
+            }
+            continue;
+        }
+        *seen += 1;
+        each(&path);
+    }
 }
 
 #[cfg(test)]

@@ -431,3 +431,42 @@ async fn missing_and_remade_plugin_roots_are_watched() {
     write_atomic(&d.plugins.join("hot/main.py"), &source(4));
     at_generation(&d, "hot", 4).await;
 }
+
+/// Deploys that rename directories: `mv src src.old; mv src.new src` under a plugin whose main is
+/// `src/main.py`, and a directory of modules moved into a `watch`ed `lib/`. Each is one event
+/// for a directory, which no file glob matched: neither reloaded (audit 19).
+#[tokio::test(flavor = "multi_thread")]
+async fn directories_renamed_into_place_reload_the_plugin() {
+    let manifest = r#"{"name": "hot", "version": "1.0.0", "main": "src/main.py", "watch": ["plugin.json", "src/main.py", "lib/**/*.py"]}"#;
+    let b = Daemon::builder().watch().plugin_files("hot", &[("plugin.json", manifest)]);
+    let dir = b.path().join("plugins/hot");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::create_dir_all(dir.join("lib")).unwrap();
+    std::fs::write(dir.join("src/main.py"), source(1)).unwrap();
+    let d = b.start().await;
+    at_generation(&d, "hot", 1).await;
+    std::fs::create_dir_all(dir.join("src.new")).unwrap();
+    std::fs::write(dir.join("src.new/main.py"), source(2)).unwrap();
+    std::fs::rename(dir.join("src"), dir.join("src.old")).unwrap();
+    std::fs::rename(dir.join("src.new"), dir.join("src")).unwrap();
+    at_generation(&d, "hot", 2).await;
+    // A package built aside and moved into lib/ (the main itself is unchanged: a new gen only
+    // if the move reloaded it, which the new main below shows).
+    let staging = d.dir.path().join("pkg");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("mod.py"), "X = 1\n").unwrap();
+    // The running main is gen 2; gen 3 is on disk only once the move below reloads it.
+    let src = dir.join("src/main.py");
+    let text = source(3);
+    let inode_keeping_write = |path: &Path, text: &str| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(path).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    // Unwatched meanwhile: written through a path the globs do not name (a hard link).
+    let link = dir.join("main.hardlink");
+    std::fs::hard_link(&src, &link).unwrap();
+    inode_keeping_write(&link, &text);
+    std::fs::rename(&staging, dir.join("lib/pkg")).unwrap();
+    at_generation(&d, "hot", 3).await;
+}
