@@ -234,3 +234,53 @@ async fn trace_of_a_plugin_that_does_not_run_says_so() {
     child.wait().unwrap();
     assert_eq!(first.as_deref(), Some("pluginctl: perl-echo is stopped; its messages show here once it runs"));
 }
+
+/// A plugin that answers its handshake and never an `execute`.
+const DEAF_TO_CALLS: &str = r#"import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" in m and m.get("method") in ("init", "register", "ping", "teardown"):
+        r = {"init": {}, "register": {"services": []}, "ping": {}, "teardown": None}[m["method"]]
+        print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}), flush=True)
+"#;
+
+/// An `events.subscribe` client that reads nothing while 25,000 events happen (calls that time
+/// out, each a `call_failed`) is told how many it missed once it reads again: they were
+/// dropped without a word, a restart's among them (audit 19).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_events_subscriber_that_falls_behind_is_told_what_it_missed() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let manifest = json!({"name": "deaf", "version": "1.0.0", "main": "main.py", "limits": {"max_inflight": 256}});
+    let d = Daemon::builder()
+        .plugin_files("deaf", &[("plugin.json", &manifest.to_string()), ("main.py", DEAF_TO_CALLS)])
+        .start()
+        .await;
+    let mut sub = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+    sub.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"events.subscribe\",\"params\":{}}\n").await.unwrap();
+    let mut lines = tokio::io::BufReader::new(sub).lines();
+    let answer = lines.next_line().await.unwrap().unwrap();
+    assert!(answer.contains("\"result\":null"), "{answer}");
+    // Not read from now on: its socket fills, then plugind's queue for it.
+    let c = plugind_client::Client::connect(&d.socket).await.unwrap();
+    let call = json!({"plugin": "deaf", "method": "m", "timeout_ms": 1});
+    // More than its socket, plugind's queue for it and the 1024 events kept hold.
+    for _ in 0..500 {
+        let calls = (0..50).map(|_| c.call("execute", &call));
+        for r in futures::future::join_all(calls).await {
+            assert!(r.is_err(), "{r:?}");
+        }
+    }
+    let lagged = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["params"]["kind"] == "lagged" {
+                return v;
+            }
+        }
+        panic!("the stream ended");
+    })
+    .await
+    .expect("a lagged event came");
+    let detail = lagged["params"]["detail"].as_str().unwrap();
+    assert!(detail.contains("events were dropped"), "{lagged}");
+}

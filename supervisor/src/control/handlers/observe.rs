@@ -26,16 +26,30 @@ pub fn logs_tail(daemon: &Daemon, conn: &Conn, p: LogsTailParams) -> Result<Box<
     let lines = lines.split_off(lines.len().saturating_sub(n));
     if p.follow {
         let filter = p.plugin.clone();
-        forward(conn, daemon.follow_logs(), c::LOG_NOTIFICATION, move |l| {
-            filter.as_ref().is_none_or(|f| *f == l.plugin)
-        });
+        let keep = move |l: &plugind_protocol::control::LogLine| filter.as_ref().is_none_or(|f| *f == l.plugin);
+        forward(conn, daemon.follow_logs(), c::LOG_NOTIFICATION, keep, |_| None);
     }
     Ok(to_raw(&LogsTailResult { lines }))
 }
 
 /// Lifecycle events from now on, as `event` notifications.
 pub fn events_subscribe(daemon: &Daemon, conn: &Conn) -> Result<Box<RawValue>, RpcError> {
-    forward(conn, daemon.subscribe_events(), c::EVENT_NOTIFICATION, |_| true);
+    // A subscriber that falls behind is told how much it missed (audit 19: 13,480 of 20,000
+    // events, a restart's among them, were dropped without a word).
+    let lagged = |missed: u64| {
+        Some(plugind_protocol::control::Event {
+            ts: crate::time::now_rfc3339(),
+            plugin: String::new(),
+            kind: "lagged".to_owned(),
+            state: None,
+            detail: format!(
+                "{missed} events were dropped: this subscriber fell more than 1024 behind; \
+                 plugins.list has the states now"
+            ),
+            trace_id: None,
+        })
+    };
+    forward(conn, daemon.subscribe_events(), c::EVENT_NOTIFICATION, |_| true, lagged);
     Ok(to_raw(&()))
 }
 
@@ -61,12 +75,15 @@ pub fn plugins_trace(daemon: &Daemon, conn: &Conn, p: NameParams) -> Result<Box<
     Ok(to_raw(&()))
 }
 
-/// Sends what `rx` yields (and `keep` accepts) as notifications until the client goes away.
+/// Sends what `rx` yields (and `keep` accepts) as notifications until the client goes away;
+/// when the client fell so far behind that messages were dropped, what `lagged` makes of their
+/// number, if anything.
 fn forward<T: Clone + Serialize + Send + Sync + 'static>(
     conn: &Conn,
     mut rx: broadcast::Receiver<T>,
     method: &'static str,
     keep: impl Fn(&T) -> bool + Send + 'static,
+    lagged: impl Fn(u64) -> Option<T> + Send + 'static,
 ) {
     let (peer, closed, running): (Arc<_>, _, _) = (conn.peer.clone(), conn.closed.clone(), conn.stream_started());
     tokio::spawn(async move {
@@ -76,7 +93,11 @@ fn forward<T: Clone + Serialize + Send + Sync + 'static>(
                 _ = closed.cancelled() => break,
                 m = rx.recv() => match m {
                     Ok(m) if keep(&m) => if !peer.notify_wait(method, &m).await { break },
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(n)) => match lagged(n) {
+                        Some(m) => if !peer.notify_wait(method, &m).await { break },
+                        None => continue,
+                    },
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
             }
