@@ -571,6 +571,9 @@ impl Daemon {
                             result.changed.push(f.name.clone());
                             to_reload.push(e);
                         }
+                        // On a cycle the other end's file closed: nothing of its own changed
+                        // (audit 19: every rescan hot-reloaded it).
+                        (Some(om), Err(_)) if self.unchanged_on_disk(&f.dir, om) => {}
                         (Some(om), Err(_)) if *e.name == f.name || om.name == f.name => {
                             result.changed.push(f.name.clone());
                             to_reload.push(e);
@@ -618,6 +621,19 @@ impl Daemon {
         result.errors = errors;
         tracing::info!(added = ?result.added, removed = ?result.removed, changed = ?result.changed, "plugins reloaded");
         (result, settling)
+    }
+
+    /// Whether the manifest in `dir` is `current` still (the operator's overrides applied), though
+    /// the scan refused it for what other manifests do (a dependency cycle).
+    fn unchanged_on_disk(&self, dir: &std::path::Path, current: &Manifest) -> bool {
+        let version = semver::Version::parse(VERSION).expect("UNWRAP: crate version is semver");
+        match discovery::load(dir, &version).manifest {
+            Ok(mut m) => {
+                self.config.apply_overrides(&mut m);
+                m == *current
+            }
+            Err(_) => false,
+        }
     }
 
     /// Starts every loadable plugin in dependency order and waits until each has settled
@@ -774,6 +790,18 @@ impl ActorHost for Daemon {
 
     fn apply_overrides(&self, m: &mut Manifest) {
         self.config.apply_overrides(m);
+    }
+
+    fn dependency_cycle(&self, name: &str, m: &Manifest) -> Option<String> {
+        let others: Vec<(Arc<str>, Arc<Manifest>)> = self
+            .plugins()
+            .iter()
+            .filter(|p| *p.name != *name)
+            .filter_map(|p| Some((p.name.clone(), p.status().manifest.clone()?)))
+            .collect();
+        let all: Vec<(&str, &Manifest)> =
+            others.iter().map(|(n, m)| (&**n, &**m)).chain(std::iter::once((name, m))).collect();
+        discovery::find_cycles(&all).remove(name)
     }
 
     fn unmet_dependencies(&self, m: &Manifest) -> Option<Vec<String>> {

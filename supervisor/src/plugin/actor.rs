@@ -182,6 +182,12 @@ impl PluginActor {
         let found = crate::discovery::load(&self.entry.dir, &version);
         match found.manifest {
             Ok(mut m) if m.name == *self.entry.name => {
+                // A rescan refuses a cycle of required dependencies; so does a reload (audit 19:
+                // an edit that closed one was adopted, and a rescan then reloaded both ends).
+                if let Some(cycle) = self.host.dependency_cycle(&self.entry.name, &m) {
+                    let file = self.entry.dir.join("plugin.json");
+                    return Some(Err(format!("{}: /dependencies/required: dependency cycle {cycle}", file.display())));
+                }
                 // The operator's overrides (config file) apply to a reloaded manifest too.
                 self.host.apply_overrides(&mut m);
                 Some(Ok(Arc::new(m)))

@@ -80,6 +80,10 @@ pub trait ActorHost: InstanceHost {
     /// Required dependencies of `m` that nothing running provides (None if all are met).
     fn unmet_dependencies(&self, m: &Manifest) -> Unmet;
 
+    /// The cycle of required dependencies `m` (a new manifest of plugin `name`) would close with
+    /// the other plugins' manifests, as text (`a → b → a`).
+    fn dependency_cycle(&self, name: &str, m: &Manifest) -> Option<String>;
+
     /// The plugin's directory now holds another plugin: rescan the plugin directories.
     fn rescan(self: Arc<Self>);
 

@@ -158,3 +158,33 @@ async fn a_hot_reload_that_drops_a_service_tells_dependents_it_went_down() {
     d.call("plugins.reload", json!({})).await.unwrap();
     heard(&["services.changed feat 1.0.0 prov down", "services.changed feat 1.0.0 prov up"]).await;
 }
+
+/// An edit that closes a cycle of required dependencies is refused like one found at a rescan:
+/// the watcher's hot reload adopted it (both ends then `blocked` on each other for good once
+/// stopped), and every rescan hot-reloaded the other end too, whose file had not changed
+/// (audit 19). The old version goes on serving and the log names the cycle.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edit_that_closes_a_dependency_cycle_is_refused() {
+    let d = Daemon::builder()
+        .watch()
+        .plugin_as("perl-echo", "cx")
+        .manifest("cx", |m| m["dependencies"] = json!({"required": ["cy"]}))
+        .plugin_as("perl-echo", "cy")
+        .start()
+        .await;
+    d.wait_state("cx", "running").await;
+    let pid_x = d.status("cx").await["pid"].clone();
+    edit_manifest(&d, "cy", |m| m["dependencies"] = json!({"required": ["cx"]}));
+    wait_for("cy's log to name the cycle", async || {
+        let r = d.call("logs.tail", json!({"plugin": "cy", "lines": 100})).await.ok()?;
+        r.to_string().contains("dependency cycle").then_some(())
+    })
+    .await;
+    let s = d.status("cy").await;
+    assert_eq!((&s["state"], &s["dependencies"]), (&json!("running"), &json!([])), "{s}");
+    let r = d.call("plugins.reload", json!({})).await.unwrap();
+    assert!(r["errors"].to_string().contains("dependency cycle"), "{r}");
+    assert!(!r["changed"].to_string().contains("cx"), "cx's file did not change: {r}");
+    assert_eq!(d.status("cx").await["pid"], pid_x, "cx was not reloaded");
+    assert_eq!(d.status("cy").await["dependencies"], json!([]), "cy still serves its old manifest");
+}
