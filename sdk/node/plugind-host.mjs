@@ -82,22 +82,25 @@ export async function connect({ socket, url, token, tokenFile } = {}) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /**
- * Refuses a socket bound by neither our uid nor root, as plugind refuses such a peer: a path in
- * /tmp can be bound first by any local user, who would read every call. (Node has no
- * SO_PEERCRED; a socket file belongs to whoever bound it.)
+ * Refuses a socket bound by neither our uid nor root in a directory others may write (`/tmp`),
+ * as plugind refuses such a peer: any local user can bind a path there first, and would read
+ * every call. (Node has no SO_PEERCRED; a socket file belongs to whoever bound it. A dedicated
+ * user's plugind in its own directory is fine.)
  */
 function boundByUsOrRoot(file) {
   let owner;
+  let shared;
   try {
     owner = fs.statSync(file).uid;
+    shared = (fs.statSync(path.dirname(path.resolve(file))).mode & 0o022) !== 0;
   } catch {
     return null; // connecting says why (ENOENT…)
   }
   const me = process.getuid();
-  if (owner === me || owner === 0) return null;
+  if (owner === me || owner === 0 || !shared) return null;
   const e = new Error(
-    `it was bound by uid ${owner}, neither yours (${me}) nor root: not your plugind ` +
-      '(another user bound this path first); nothing was sent',
+    `it was bound by uid ${owner}, neither yours (${me}) nor root, in a directory others may write: ` +
+      'not your plugind (another user bound this path first); nothing was sent',
   );
   e.code = 'EACCES';
   return e;

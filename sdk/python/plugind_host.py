@@ -91,18 +91,26 @@ async def connect(socket=None, url=None, token=None, token_file=None):
     return host
 
 
-def _served_by_us_or_root(sock):
-    """Refuses a socket whose server runs as neither our uid nor root, as plugind refuses such
-    a peer: a path in /tmp can be bound first by any local user, who would read every call."""
+def _served_by_us_or_root(sock, path):
+    """Refuses a socket whose server runs as neither our uid nor root in a directory others may
+    write (``/tmp``), as plugind refuses such a peer: any local user can bind a path there first,
+    and would read every call. (A dedicated user's plugind in its own directory is fine.)"""
     import socket as _socket
+    import stat
     import struct
 
     _pid, server, _gid = struct.unpack("3i", sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i")))
     me = os.getuid()
-    if server not in (me, 0):
+    if server in (me, 0):
+        return
+    try:
+        shared = os.stat(os.path.dirname(os.path.abspath(path))).st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    except OSError:
+        shared = True
+    if shared:
         raise PermissionError(
-            "it is served by uid %d, neither yours (%d) nor root: not your plugind "
-            "(another user bound this path first); nothing was sent" % (server, me)
+            "it is served by uid %d, neither yours (%d) nor root, in a directory others may write: "
+            "not your plugind (another user bound this path first); nothing was sent" % (server, me)
         )
 
 
@@ -117,7 +125,7 @@ class _SocketLink:
         # Lines may be large (a result of many MiB): the default 64 KiB limit would break them.
         reader, writer = await asyncio.open_unix_connection(path, limit=64 * 1024 * 1024)
         try:
-            _served_by_us_or_root(writer.get_extra_info("socket"))
+            _served_by_us_or_root(writer.get_extra_info("socket"), path)
         except OSError:
             writer.close()
             raise

@@ -53,7 +53,7 @@ impl Endpoint {
                 let stream = UnixStream::connect(path)
                     .await
                     .map_err(|source| ClientError::Unreachable { path: path.clone(), source })?;
-                served_by_us_or_root(&stream)
+                served_by_us_or_root(&stream, path)
                     .map_err(|source| ClientError::Unreachable { path: path.clone(), source })?;
                 let (read, write) = stream.into_split();
                 Ok((Box::new(read), Box::new(write)))
@@ -67,20 +67,31 @@ impl Endpoint {
     }
 }
 
-/// Whether the socket's server runs as our uid or root, as plugind does for a peer: a path in
-/// `/tmp` can be bound first by any local user, who then reads every call sent to it (audit 19:
-/// an ordinary user took root's default `/tmp/plugind-0.sock` before plugind started, and root's
+/// Whether the socket at `path` may be plugind's: its server runs as our uid or root, or as
+/// another user in a directory only its owners may write (a dedicated user's `/run/plugind/`,
+/// which root reaches with `--socket`). A path in a directory anyone may write (`/tmp`) can be
+/// bound first by any local user, who then reads every call sent to it (audit 19: an ordinary
+/// user took root's default `/tmp/plugind-0.sock` before plugind started, and root's
 /// `pluginctl call` sent its params there).
-fn served_by_us_or_root(stream: &UnixStream) -> std::io::Result<()> {
+fn served_by_us_or_root(stream: &UnixStream, path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let server = stream.peer_cred()?.uid();
     // SAFETY: getuid has no preconditions and cannot fail.
     let me = unsafe { libc::getuid() };
     if server == me || server == 0 {
         return Ok(());
     }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let shared = std::fs::metadata(dir).map_or(true, |m| m.permissions().mode() & 0o022 != 0);
+    if !shared {
+        return Ok(());
+    }
     Err(std::io::Error::new(
         std::io::ErrorKind::PermissionDenied,
-        format!("it is served by uid {server}, neither yours ({me}) nor root: not your plugind (another user bound this path first); nothing was sent"),
+        format!(
+            "it is served by uid {server}, neither yours ({me}) nor root, in a directory others may write: \
+             not your plugind (another user bound this path first); nothing was sent"
+        ),
     ))
 }
 
