@@ -92,7 +92,10 @@ function boundByUsOrRoot(file) {
   let shared;
   try {
     owner = fs.statSync(file).uid;
-    shared = (fs.statSync(path.dirname(path.resolve(file))).mode & 0o022) !== 0;
+    // The socket's own directory: one the socket's owner (or root, or we) owns and nobody
+    // else may write, as a dedicated user's is.
+    const dir = fs.statSync(path.dirname(path.resolve(file)));
+    shared = (dir.mode & 0o022) !== 0 || ![owner, process.getuid(), 0].includes(dir.uid);
   } catch {
     return null; // connecting says why (ENOENT…)
   }

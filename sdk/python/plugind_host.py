@@ -103,8 +103,11 @@ def _served_by_us_or_root(sock, path):
     me = os.getuid()
     if server in (me, 0):
         return
+    # The socket's own directory: one the server's user (or root, or we) owns and nobody else may
+    # write, as a dedicated user's is.
     try:
-        shared = os.stat(os.path.dirname(os.path.abspath(path))).st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        st = os.stat(os.path.dirname(os.path.abspath(path)))
+        shared = bool(st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)) or st.st_uid not in (server, me, 0)
     except OSError:
         shared = True
     if shared:

@@ -68,22 +68,25 @@ impl Endpoint {
 }
 
 /// Whether the socket at `path` may be plugind's: its server runs as our uid or root, or as
-/// another user in a directory only its owners may write (a dedicated user's `/run/plugind/`,
-/// which root reaches with `--socket`). A path in a directory anyone may write (`/tmp`) can be
+/// another user in a directory of theirs nobody else may write (a dedicated user's
+/// `/run/plugind/`, which root reaches with `--socket`). A path in a directory anyone may write (`/tmp`) can be
 /// bound first by any local user, who then reads every call sent to it (audit 19: an ordinary
 /// user took root's default `/tmp/plugind-0.sock` before plugind started, and root's
 /// `pluginctl call` sent its params there).
 fn served_by_us_or_root(stream: &UnixStream, path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let server = stream.peer_cred()?.uid();
     // SAFETY: getuid has no preconditions and cannot fail.
     let me = unsafe { libc::getuid() };
     if server == me || server == 0 {
         return Ok(());
     }
+    // The socket's own directory: one the server's user (or root, or we) owns and nobody else
+    // may write, as a dedicated user's is. (A path in a directory another user owns reaches that
+    // user's plugind: what the caller asked for by giving it.)
+    use std::os::unix::fs::MetadataExt;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let shared = std::fs::metadata(dir).map_or(true, |m| m.permissions().mode() & 0o022 != 0);
-    if !shared {
+    let own_dir = std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o022 == 0 && [server, me, 0].contains(&m.uid()));
+    if own_dir {
         return Ok(());
     }
     Err(std::io::Error::new(

@@ -10,6 +10,21 @@ pub enum BindError {
     /// Another plugind answers on the path.
     #[error("another plugind is already listening on {0}; stop it first or pass a different --socket")]
     AlreadyRunning(PathBuf),
+    /// Another user could move the socket aside and put one of their own in its place.
+    #[error(
+        "control socket {path}: its directory {} belongs to uid {owner}, neither plugind's nor root's \
+         (or others may write it and it is not sticky): whoever owns it could replace the socket \
+         with their own; use a directory of plugind's user (or let plugind make it)",
+        dir.display()
+    )]
+    UnsafeDirectory {
+        /// The socket path.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+        /// The directory's owner.
+        owner: u32,
+    },
     /// The OS refused.
     #[error("cannot bind control socket {path}: {source}")]
     Io {
@@ -34,6 +49,16 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         if !parent.exists() {
             std::fs::create_dir_all(parent).map_err(io)?;
             std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
+        // A directory another user made (before plugind started) lets them rename the socket
+        // aside and bind their own, which clients of the path then talk to (audit 19). /tmp is
+        // fine: others may write it, but its sticky bit keeps them off our socket.
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(parent).map_err(io)?;
+        let owner = m.uid();
+        let others_write = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+        if (owner != nix::unistd::geteuid().as_raw() && owner != 0) || others_write {
+            return Err(BindError::UnsafeDirectory { path: path.to_path_buf(), dir: parent.to_path_buf(), owner });
         }
     }
     let listener = UnixListener::bind(path).map_err(io)?;

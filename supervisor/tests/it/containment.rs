@@ -1059,7 +1059,8 @@ async fn a_plugin_dir_installed_as_a_symlink_is_hidden_at_its_target_too() {
 }
 
 /// A local user who binds plugind's socket path first (root's default is `/tmp/plugind-0.sock`)
-/// received root's `pluginctl call`s, params and all (audit 19). `pluginctl` and the Python and
+/// received root's `pluginctl call`s, params and all (audit 19); or who made the socket's
+/// directory, then swapped a running plugind's socket for theirs (second round). `pluginctl` and the Python and
 /// Node host libraries refuse a socket served (or, for Node, bound) by a uid that is neither
 /// theirs nor root's, before they send anything.
 #[test]
@@ -1125,6 +1126,30 @@ while True:
     squatter.wait().unwrap();
     let got = std::io::read_to_string(squatter.stdout.take().unwrap()).unwrap();
     assert!(!got.contains("GOT"), "THE ATTACK SUCCEEDED: the squatter read {got}");
+
+    // plugind does not bind its socket in a directory another user made beforehand: they could
+    // rename the socket aside and put theirs in its place (audit 19, second round).
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let empty = dir.path().join("plugins");
+    std::fs::create_dir(&empty).unwrap();
+    // (Under `timeout`: a plugind that bound there would serve on.)
+    let out = std::process::Command::new("timeout")
+        .arg("20")
+        .arg(env!("CARGO_BIN_EXE_plugind"))
+        .arg("--plugins")
+        .arg(&empty)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(theirs.join("plugind.sock"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("belongs to uid 65534"), "{out:?}");
 }
 
 /// The host's block devices, by path (`/dev/vda`, `/dev/loop0`…).
