@@ -6,6 +6,7 @@
 
 use clap::Parser;
 use plugind::config::{Config, LogFormat, Settings};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 /// mimalloc instead of glibc malloc: allocation was a tenth of plugind's instructions per call,
@@ -175,10 +176,15 @@ fn main() -> std::process::ExitCode {
 }
 
 /// What `plugind check` hides from the plugin it runs: what a plugind started here with no
-/// flags would hide, and what every plugind running on this host hides, found through `/proc`
-/// (its command line resolved as it resolved it, from its working directory).
-fn hidden_from_check() -> plugind::sandbox::PrivatePaths {
+/// flags would hide, and what every plugind running on this host hides, found through `/proc`:
+/// its command line resolved as it resolved it, from its working directory and with its
+/// environment (`STATE_DIRECTORY`, `RUNTIME_DIRECTORY`… under systemd). Also the pids of those
+/// whose `/proc` files this user cannot read (a plugind is not dumpable: only root can).
+fn hidden_from_check() -> (plugind::sandbox::PrivatePaths, Vec<String>) {
+    /// The variables plugind's defaults read.
+    const DEFAULTS_FROM: [&str; 4] = ["STATE_DIRECTORY", "RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR", "PLUGIND_SOCKET"];
     let mut hidden = plugind::sandbox::PrivatePaths::default();
+    let mut unseen = Vec::new();
     let mut add = |cfg: &Config| {
         hidden.state_dirs.push(cfg.state_dir.clone());
         hidden.plugin_roots.extend(cfg.plugin_dirs.iter().cloned());
@@ -189,6 +195,8 @@ fn hidden_from_check() -> plugind::sandbox::PrivatePaths {
         add(&cfg);
     }
     let here = std::env::current_dir().ok();
+    let ours: Vec<(&str, Option<std::ffi::OsString>)> =
+        DEFAULTS_FROM.iter().map(|k| (*k, std::env::var_os(k))).collect();
     let me = std::process::id().to_string();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let pid = entry.file_name().to_string_lossy().into_owned();
@@ -201,11 +209,29 @@ fn hidden_from_check() -> plugind::sandbox::PrivatePaths {
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        let is_plugind = argv.first().and_then(|a| std::path::Path::new(a).file_name()).is_some_and(|n| n == "plugind");
-        let Some(args) = is_plugind.then(|| Args::try_parse_from(&argv).ok()).flatten() else { continue };
-        // Its relative paths are relative to its working directory.
-        if args.command.is_some() || std::env::set_current_dir(format!("/proc/{pid}/cwd")).is_err() {
+        // `plugind`, and renamed copies (`plugind-1.2`); not `pluginctl`.
+        let name =
+            argv.first().and_then(|a| std::path::Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned());
+        if !name.is_some_and(|n| n == "plugind" || n.starts_with("plugind-") || n.starts_with("plugind.")) {
             continue;
+        }
+        let Ok(args) = Args::try_parse_from(&argv) else { continue };
+        if args.command.is_some() {
+            continue;
+        }
+        // Its relative paths are relative to its working directory, its defaults its environment's.
+        let environ = std::fs::read(format!("/proc/{pid}/environ"));
+        let (Ok(environ), Ok(())) = (environ, std::env::set_current_dir(format!("/proc/{pid}/cwd"))) else {
+            unseen.push(pid);
+            continue;
+        };
+        for key in DEFAULTS_FROM {
+            let prefix = format!("{key}=");
+            let value = environ.split(|b| *b == 0).find_map(|v| v.strip_prefix(prefix.as_bytes()));
+            match value {
+                Some(v) => std::env::set_var(key, std::ffi::OsStr::from_bytes(v)),
+                None => std::env::remove_var(key),
+            }
         }
         let file =
             args.config.as_ref().and_then(|path| Some((std::path::absolute(path).ok()?, Settings::load(path).ok()?)));
@@ -213,10 +239,16 @@ fn hidden_from_check() -> plugind::sandbox::PrivatePaths {
             add(&cfg);
         }
     }
+    for (key, value) in ours {
+        match value {
+            Some(v) => std::env::set_var(key, v),
+            None => std::env::remove_var(key),
+        }
+    }
     if let Some(dir) = here {
         let _ = std::env::set_current_dir(dir);
     }
-    hidden
+    (hidden, unseen)
 }
 
 /// Reports a settings error (before logging is set up) and exits 1.
@@ -312,6 +344,11 @@ fn check(
     // to report, not a SIGPIPE that ends plugind before it says anything.
     // SAFETY: setting a signal disposition before any thread exists; no handler runs Rust code.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // The plugin under check is a stranger's code too: it must not read what any plugind on this
+    // host keeps private (audit 19: it read a running plugind's kv database). Before the runtime:
+    // this borrows the environment of each plugind it looks at.
+    let (hidden, unseen) = hidden_from_check();
+    plugind::sandbox::protect(hidden);
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -319,10 +356,20 @@ fn check(
             return std::process::ExitCode::FAILURE;
         }
     };
-    // The plugin under check is a stranger's code too: it must not read what any plugind on this
-    // host keeps private (audit 19: it read a running plugind's kv database).
-    plugind::sandbox::protect(hidden_from_check());
-    let report = rt.block_on(plugind::check::check(dir, execute.map(|m| (m, params)), diagnose));
+    let mut report = rt.block_on(plugind::check::check(dir, execute.map(|m| (m, params)), diagnose));
+    for pid in unseen {
+        report.findings.insert(
+            0,
+            (
+                Level::Warn,
+                format!(
+                    "sandbox: plugind pid {pid} runs here, and this check cannot see its settings (its /proc files are \
+                     not readable to this user): what it keeps private is not hidden from the plugin under check; \
+                     run check as root, or as a user that cannot read that plugind's files"
+                ),
+            ),
+        );
+    }
     if json_out {
         let items: Vec<Value> = report
             .findings

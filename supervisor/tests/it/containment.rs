@@ -2522,9 +2522,38 @@ async fn check_hides_what_a_running_plugind_keeps_private() {
     let state = d.dir.path().join("state");
     assert!(std::fs::read_dir(&state).unwrap().count() > 0, "the running plugind's state dir has files");
     let dir = tempfile::tempdir().unwrap();
-    let plugin = dir.path().join("peeker");
+    // And one started as the systemd unit starts it: its state dir from `STATE_DIRECTORY`, not a
+    // flag (second round: resolved with check's own environment, it was not hidden).
+    let unit_state = dir.path().join("unit-state");
+    let empty = dir.path().join("no-plugins");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut unit = std::process::Command::new(env!("CARGO_BIN_EXE_plugind"))
+        .arg("--plugins")
+        .arg(&empty)
+        .arg("--socket")
+        .arg(dir.path().join("unit.sock"))
+        .env("STATE_DIRECTORY", &unit_state)
+        .current_dir(&empty)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop(unit.id());
+    wait_for("the unit's plugind to make its state dir", async || {
+        std::fs::read_dir(&unit_state).ok().is_some_and(|mut d| d.next().is_some()).then_some(())
+    })
+    .await;
+    for target in [&state, &unit_state] {
+        peek_under_check(dir.path(), target);
+    }
+    unit.kill().unwrap();
+    unit.wait().unwrap();
+}
+
+/// `pluginctl check` of a plugin that fails its start if it can list `target`.
+fn peek_under_check(dir: &Path, target: &Path) {
+    let plugin = dir.join("peeker");
     std::fs::create_dir_all(&plugin).unwrap();
-    let manifest = json!({"name": "peeker", "version": "1.0.0", "main": "main.py", "env": {"TARGET": state}});
+    let manifest = json!({"name": "peeker", "version": "1.0.0", "main": "main.py", "env": {"TARGET": target}});
     std::fs::write(plugin.join("plugin.json"), manifest.to_string()).unwrap();
     std::fs::write(
         plugin.join("main.py"),
