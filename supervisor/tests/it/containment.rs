@@ -2463,6 +2463,14 @@ async fn sdk_examples_run_in_the_default_sandbox() {
     }
 }
 
+/// The end of a plain-Python plugin (after `import json, sys`) that answers every request with
+/// `{}` (`teardown` with `null`).
+const ANSWERS_EVERYTHING: &str = r#"for line in sys.stdin:
+    m = json.loads(line)
+    if "id" in m and "method" in m:
+        print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
+"#;
+
 /// `pluginctl check`'s diagnostic mode: a plugin whose launcher forks (a `$(...)` in a shell
 /// script) dies under the sandbox without `process`; `check --diagnose` fails it and names what
 /// the sandbox denied, found by starting it again with one part of the sandbox left out at a
@@ -2481,16 +2489,7 @@ fn check_explains_what_the_sandbox_denied() {
     .unwrap();
     // dash forks for a command substitution; `set -e` ends the script when that fails.
     std::fs::write(plugin.join("main.sh"), "set -e\nversion=$(echo 1)\nexec python3 ./main.py\n").unwrap();
-    std::fs::write(
-        plugin.join("main.py"),
-        r#"import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if "id" in m and "method" in m:
-        print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
-"#,
-    )
-    .unwrap();
+    std::fs::write(plugin.join("main.py"), format!("import json, sys\n{ANSWERS_EVERYTHING}")).unwrap();
     // Not by default: those runs leave parts of the sandbox off (audit 19). The report says how.
     let out = std::process::Command::new(pluginctl()).arg("check").arg(&plugin).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -2555,9 +2554,7 @@ fn peek_under_check(dir: &Path, target: &Path) {
     std::fs::create_dir_all(&plugin).unwrap();
     let manifest = json!({"name": "peeker", "version": "1.0.0", "main": "main.py", "env": {"TARGET": target}});
     std::fs::write(plugin.join("plugin.json"), manifest.to_string()).unwrap();
-    std::fs::write(
-        plugin.join("main.py"),
-        r#"import json, os, sys
+    let peek = r#"import json, os, sys
 try:
     seen = os.listdir(os.environ["TARGET"])
 except OSError:
@@ -2565,13 +2562,8 @@ except OSError:
 if seen:
     print("LEAKED", seen, file=sys.stderr, flush=True)
     sys.exit(3)
-for line in sys.stdin:
-    m = json.loads(line)
-    if "id" in m and "method" in m:
-        print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}}), flush=True)
-"#,
-    )
-    .unwrap();
+"#;
+    std::fs::write(plugin.join("main.py"), format!("{peek}{ANSWERS_EVERYTHING}")).unwrap();
     let out = std::process::Command::new(pluginctl()).arg("check").arg(&plugin).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     if !text.contains("private-state holds") {
