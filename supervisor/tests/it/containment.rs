@@ -1739,21 +1739,27 @@ async fn params_failing_a_wide_union_schema_do_not_grow_plugind() {
     assert_eq!(d.execute("victim", "heavy", json!(["a", "b"])).await.unwrap()["method"], "heavy");
 }
 
+/// A plugin's default tasks limit on this host (4096, or 15 % of `pid_max` when less); None,
+/// after saying `skipped`, where no pids cgroup holds it.
+fn default_tasks_here() -> Option<u64> {
+    let v2_pids = ["/sys/fs/cgroup/cgroup.controllers", "/sys/fs/cgroup/unified/cgroup.controllers"]
+        .iter()
+        .any(|f| std::fs::read_to_string(f).is_ok_and(|c| c.split_whitespace().any(|w| w == "pids")));
+    if !(v2_pids || Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists()) {
+        missing_mechanism("no pids cgroup controller here");
+        return None;
+    }
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    Some((pid_max * 15 / 100).clamp(64, 4096))
+}
+
 /// A plugin with no permission and no `processes` limit started 9,000 threads, 27 % of the host's
 /// pids (audit 16). Without `processes`, an instance's pids cgroup holds 4096 tasks (or 15 % of
 /// the kernel's pid space, when less), threads included.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_instance_without_a_processes_limit_is_held_to_a_default() {
     let d = hostile(Daemon::builder(), "spawner", &[], json!({})).start().await;
-    let v2_pids = ["/sys/fs/cgroup/cgroup.controllers", "/sys/fs/cgroup/unified/cgroup.controllers"]
-        .iter()
-        .any(|f| std::fs::read_to_string(f).is_ok_and(|c| c.split_whitespace().any(|w| w == "pids")));
-    if !(v2_pids || Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists()) {
-        missing_mechanism("no pids cgroup controller here");
-        return;
-    }
-    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
-    let default = (pid_max * 15 / 100).clamp(64, 4096);
+    let Some(default) = default_tasks_here() else { return };
     let r = attack(&d, "spawner", "threads", json!({"count": 200})).await;
     assert_eq!(r["ok"], true, "a few hundred threads are fine: {r}");
     let r = attack(&d, "spawner", "threads", json!({"count": default + 1000})).await;
@@ -1770,15 +1776,8 @@ async fn a_plugins_instances_share_its_default_tasks_limit() {
         .manifest("spawner", |m| m["instances"] = json!(2))
         .start()
         .await;
-    let v2_pids = ["/sys/fs/cgroup/cgroup.controllers", "/sys/fs/cgroup/unified/cgroup.controllers"]
-        .iter()
-        .any(|f| std::fs::read_to_string(f).is_ok_and(|c| c.split_whitespace().any(|w| w == "pids")));
-    if !(v2_pids || Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists()) {
-        missing_mechanism("no pids cgroup controller here");
-        return;
-    }
-    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
-    let share = (pid_max * 15 / 100).clamp(64, 4096) / 2;
+    let Some(default) = default_tasks_here() else { return };
+    let share = default / 2;
     let r = attack(&d, "spawner", "threads", json!({"count": share + 300})).await;
     refused(&r, "threads past the instance's share of the plugin's default");
     assert!(r["started"].as_u64().unwrap() < share, "{r}");
