@@ -411,6 +411,12 @@ fn watch_globs_compile(m: &Manifest) -> Result<(), String> {
     Ok(())
 }
 
+/// The load error of the manifest in `dir` whose required dependencies close `cycle` (as
+/// [`find_cycles`] writes it): a rescan and a reload say the same.
+pub fn cycle_error(dir: &Path, cycle: &str) -> String {
+    format!("{}: /dependencies/required: dependency cycle {cycle}", dir.join("plugin.json").display())
+}
+
 /// Plugins on a cycle of required dependencies, each with the cycle as text (`a → b → a`).
 ///
 /// An edge goes from a plugin to every plugin that declares (by name or `provides`) a service it

@@ -215,13 +215,14 @@ impl Daemon {
         self.publish_event(&entry.name, "state", Some(state), detail);
         let is_running = state == "running";
         if is_running != was_running {
-            let mut announced = self.announced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let announced = || self.announced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if is_running {
                 let services = self.routed_services(entry);
+                announced().insert(entry.name.clone(), services.clone());
                 self.notify_dependents(&entry.name, &services, ServiceEvent::Up);
-                announced.insert(entry.name.clone(), services);
             } else {
-                let services = announced.remove(&entry.name).unwrap_or_else(|| self.routed_services(entry));
+                let told = announced().remove(&entry.name);
+                let services = told.unwrap_or_else(|| self.routed_services(entry));
                 self.notify_dependents(&entry.name, &services, ServiceEvent::Down);
             }
         }
@@ -440,10 +441,7 @@ impl Daemon {
         };
         for f in &mut found {
             if let Some(cycle) = cycles.get(&f.name) {
-                f.manifest = Err(format!(
-                    "{}: /dependencies/required: dependency cycle {cycle}",
-                    f.dir.join("plugin.json").display()
-                ));
+                f.manifest = Err(discovery::cycle_error(&f.dir, cycle));
             }
             // The operator's `[plugins.NAME] limits` (config file) win over the manifest's.
             if let Ok(m) = &mut f.manifest {

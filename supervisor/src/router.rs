@@ -287,7 +287,7 @@ pub async fn execute_on(entry: &Arc<PluginEntry>, call: Call<'_>) -> Result<RawJ
     if let Some(m) = method {
         if m.check_is_heavy(call.params) {
             let catalog = instance.catalog().cloned().expect("the method came from it");
-            // The wait for a turn counts against the call's deadline.
+            // The wait for a turn ends at the call's deadline (the call itself then has its own).
             let (default_timeout, max) = instance.timeouts;
             let timeout = call.timeout_ms.or(m.spec.timeout_ms).map_or(default_timeout, Duration::from_millis).min(max);
             let accepted = Instant::now();

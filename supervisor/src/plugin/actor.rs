@@ -185,8 +185,7 @@ impl PluginActor {
                 // A rescan refuses a cycle of required dependencies; so does a reload (audit 19:
                 // an edit that closed one was adopted, and a rescan then reloaded both ends).
                 if let Some(cycle) = self.host.dependency_cycle(&self.entry.name, &m) {
-                    let file = self.entry.dir.join("plugin.json");
-                    return Some(Err(format!("{}: /dependencies/required: dependency cycle {cycle}", file.display())));
+                    return Some(Err(crate::discovery::cycle_error(&self.entry.dir, &cycle)));
                 }
                 // The operator's overrides (config file) apply to a reloaded manifest too.
                 self.host.apply_overrides(&mut m);

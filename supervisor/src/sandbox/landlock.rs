@@ -18,6 +18,8 @@ use landlock::{
     path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetError,
     Scope, ABI,
 };
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// The ABI whose rights we ask for. Landlock's default best-effort mode drops what an older
@@ -26,9 +28,6 @@ const ABI_FS: ABI = ABI::V5;
 
 /// The first ABI with scopes (signals, abstract Unix sockets): Linux 6.12.
 pub const ABI_SCOPES: i32 = 6;
-
-/// Devices writable by everybody on any system: writing to them reaches no file.
-const DEVICES: [&str; 6] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"];
 
 /// Builds (in the parent) the ruleset the child will restrict itself with. `writes_anywhere`:
 /// the plugin has `filesystem`. `scoped`: the kernel has scopes (ABI ≥ 6).
@@ -53,5 +52,9 @@ pub fn ruleset(
     created
         .add_rules(path_beneath_rules(["/"], AccessFs::from_read(ABI_FS)))?
         .add_rules(path_beneath_rules(writable, all))?
-        .add_rules(path_beneath_rules(DEVICES, all))
+        // The devices of the plugin's own `/dev`: writing to them reaches no file.
+        .add_rules(path_beneath_rules(
+            super::namespace::DEVICES.map(|d| Path::new(OsStr::from_bytes(d.to_bytes()))),
+            all,
+        ))
 }

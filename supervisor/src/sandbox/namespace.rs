@@ -339,8 +339,9 @@ impl MountPlan {
 }
 
 /// The devices a plugin finds in its `/dev`, bound from the host's (those that exist): each
-/// reaches no file, and Landlock lets every plugin write them.
-const DEVICES: [&CStr; 6] = [c"/dev/null", c"/dev/zero", c"/dev/full", c"/dev/random", c"/dev/urandom", c"/dev/tty"];
+/// reaches no file, and Landlock lets every plugin write them ([`super::landlock`]).
+pub const DEVICES: [&CStr; 6] =
+    [c"/dev/null", c"/dev/zero", c"/dev/full", c"/dev/random", c"/dev/urandom", c"/dev/tty"];
 
 /// The links of a usual `/dev` (target, link).
 const DEV_LINKS: [(&CStr, &CStr); 5] = [
