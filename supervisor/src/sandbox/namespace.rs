@@ -257,7 +257,13 @@ impl MountPlan {
                 }
             }
             for cover in &self.covers {
-                mount_tmpfs(cover, 0)?;
+                // A directory gone since the plan was made has nothing left to hide (`check`
+                // covers other pluginds' dirs, which vanish as those stop; the ENOENT of the
+                // mount failed the spawn as if the interpreter were missing).
+                match mount_tmpfs(cover, 0) {
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    r => r?,
+                }
             }
             for (&fd, k) in fds.iter().zip(&self.kept) {
                 for a in &k.ancestors {
@@ -271,7 +277,10 @@ impl MountPlan {
                 libc::close(fd);
             }
             for cover in &self.covers {
-                remount_read_only(cover, false)?;
+                match remount_read_only(cover, false) {
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    r => r?,
+                }
             }
             // The manifest says what the plugin may do: with `filesystem` it could otherwise
             // grant itself every permission, taking effect at the next hot reload. (As a mount
