@@ -585,3 +585,45 @@ pub fn probe(user_ns: bool) -> Result<(), String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A covered directory removed after the plan names it (`check` covers other pluginds' dirs,
+    /// which go away as they stop) is skipped: its mount failed with ENOENT, and the spawn with
+    /// it, reported as a missing interpreter (CI, this session).
+    #[test]
+    fn a_cover_gone_before_the_spawn_is_skipped() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: a mount namespace without a user namespace needs root");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let (plugins, gone, tmp) = (root.path().join("plugins"), root.path().join("gone"), root.path().join("tmp"));
+        for d in [plugins.join("p"), gone.clone(), tmp.clone()] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(plugins.join("p/plugin.json"), "{}").unwrap();
+        let private =
+            PrivatePaths { state_dirs: vec![gone.clone()], plugin_roots: vec![plugins.clone()], files: vec![] };
+        let plan = MountPlan::new(&private.canonical(), &plugins.join("p"), &tmp, None, false).unwrap();
+        std::fs::remove_dir(&gone).unwrap();
+        // SAFETY: the child only applies the prebuilt plan (syscalls) and exits.
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                let code = match plan.apply() {
+                    Ok(()) => 0,
+                    Err(e) => e.raw_os_error().unwrap_or(1),
+                };
+                libc::_exit(code)
+            },
+            pid => {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                assert_eq!(libc::WEXITSTATUS(status), 0, "the plan failed: errno {}", libc::WEXITSTATUS(status));
+            }
+        }
+    }
+}
