@@ -23,6 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Names of dirs renamed aside start with this; they are never an instance's.
 const DISCARDED: &str = ".discarded-";
 
+/// How many times [`remove_tree`] looks again at a directory that changed under it.
+const RETRIES: u32 = 1000;
+
 /// Renames `dir` aside within its parent and removes it on a blocking thread. Nothing happens if
 /// it does not exist. If it cannot be renamed, it is removed in place, still off the async
 /// workers.
@@ -60,20 +63,37 @@ fn remove_in_background(dir: PathBuf) {
 }
 
 /// Removes `root` and everything below it: depth-first, by descriptors (`openat`, `unlinkat`),
-/// without recursion and with at most two directories open, so neither depth nor path length
+/// without recursion and with at most three directories open, so neither depth nor path length
 /// matters. Symbolic links are removed, never followed.
+///
+/// The walk goes back up through `..`, and the tree may move under it: a process of the plugin
+/// that outlived its instance can rename the directory being emptied to a shallower place, and
+/// then `..` is no longer the directory the walk came from (audit 20: the walk climbed out of the
+/// temp dir and emptied the state dir). So every step up checks that `..` is the directory it
+/// came down from (device and inode, remembered on the way down); when it is not, the walk
+/// starts again from `root`, which it holds open, and never leaves it.
 pub fn remove_tree(root: &Path) -> io::Result<()> {
+    remove_tree_observed(root, |_| {})
+}
+
+/// [`remove_tree`], calling `descended` with the depth each time the walk has gone down a
+/// level: where a test moves the tree under the walk.
+fn remove_tree_observed(root: &Path, mut descended: impl FnMut(usize)) -> io::Result<()> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let mut cur = match Dir::open(root, flags, Mode::empty()) {
+    let top = match Dir::open(root, flags, Mode::empty()) {
         Ok(d) => d,
         Err(Errno::ENOENT) => return Ok(()),
         Err(Errno::ENOTDIR | Errno::ELOOP) => return std::fs::remove_file(root),
         Err(e) => return Err(e.into()),
     };
-    // The names from `root` down to `cur`.
+    let mut cur = Dir::openat(top.as_fd(), c".", flags, Mode::empty())?;
+    // The names from `root` down to `cur`, and the identity of the directory each was found in
+    // (`parents[i]` holds `names[i]`).
     let mut names: Vec<CString> = Vec::new();
+    let mut parents: Vec<(libc::dev_t, libc::ino_t)> = Vec::new();
     // Passes over a directory that still held something when it was to be removed (a plugin
-    // process that outlived its instance could still be writing): a bound, not a livelock.
+    // process that outlived its instance could still be writing), and restarts from the top
+    // after the tree moved: a bound, not a livelock.
     let mut retries = 0u32;
     loop {
         // Unlink what is not a directory; stop at the first subdirectory, to go down into it.
@@ -100,24 +120,50 @@ pub fn remove_tree(root: &Path) -> io::Result<()> {
             }
         }
         if let Some(name) = sub {
-            cur = Dir::openat(&fd, name.as_c_str(), flags, Mode::empty())?;
+            let st = nix::sys::stat::fstat(&fd)?;
+            cur = match Dir::openat(&fd, name.as_c_str(), flags, Mode::empty()) {
+                Ok(d) => d,
+                // Gone or replaced (by a symlink, a file) since it was listed: look again.
+                Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) if retries < RETRIES => {
+                    retries += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             names.push(name);
+            parents.push((st.st_dev, st.st_ino));
+            descended(names.len());
             continue;
         }
         let Some(name) = names.pop() else { break };
+        let expected = parents.pop().expect("a parent per name");
         let parent = Dir::openat(&fd, c"..", flags, Mode::empty())?;
+        let st = nix::sys::stat::fstat(parent.as_fd())?;
+        if (st.st_dev, st.st_ino) != expected {
+            // Moved while being emptied: `..` is somewhere else now. Start again from the top.
+            if retries >= RETRIES {
+                return Err(io::Error::other("the tree kept moving while it was being removed"));
+            }
+            retries += 1;
+            names.clear();
+            parents.clear();
+            cur = Dir::openat(top.as_fd(), c".", flags, Mode::empty())?;
+            continue;
+        }
         match unlinkat(parent.as_fd(), name.as_c_str(), UnlinkatFlags::RemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => cur = parent,
-            Err(Errno::ENOTEMPTY) if retries < 1000 => {
+            Err(Errno::ENOTEMPTY) if retries < RETRIES => {
                 // Something came in meanwhile: that directory again.
                 retries += 1;
                 names.push(name);
+                parents.push(expected);
                 cur = Dir::openat(parent.as_fd(), names.last().map_or(c".", |n| n.as_c_str()), flags, Mode::empty())?;
             }
             Err(e) => return Err(e.into()),
         }
     }
     drop(cur);
+    drop(top);
     match std::fs::remove_dir(root) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
@@ -127,6 +173,38 @@ pub fn remove_tree(root: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process of the plugin that outlived its instance moves the directory being emptied
+    /// up a level or two (`a/b/c` to `c`): the walk must not follow `..` out of the tree. It
+    /// did (audit 20): with the names it came down by, each step up went a level higher, out of
+    /// the temp dir and through the state dir, removing everything it met there.
+    #[test]
+    fn a_tree_moved_while_it_is_removed_is_not_left_through_dotdot() {
+        let top = tempfile::tempdir().unwrap();
+        let root = top.path().join("tmp").join("victim-1");
+        std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+        for i in 0..20 {
+            std::fs::write(root.join(format!("a/b/c/f{i}")), b"x").unwrap();
+        }
+        // What lies beside and above the temp dir: the state dir's files.
+        std::fs::write(top.path().join("kv.sqlite"), b"every plugin's data").unwrap();
+        std::fs::write(top.path().join("tmp/other-2"), b"another plugin's").unwrap();
+        std::fs::create_dir(top.path().join("data")).unwrap();
+        std::fs::write(top.path().join("data/important.txt"), b"keep").unwrap();
+        let mut moved = false;
+        remove_tree_observed(&root, |depth| {
+            if depth == 3 && !moved {
+                moved = true;
+                std::fs::rename(root.join("a/b/c"), root.join("c")).unwrap();
+            }
+        })
+        .unwrap();
+        assert!(moved);
+        assert!(!root.exists(), "the tree is removed, the moved part too");
+        for kept in ["kv.sqlite", "tmp/other-2", "data/important.txt"] {
+            assert!(top.path().join(kept).exists(), "{kept} was removed: the walk left the tree");
+        }
+    }
 
     #[test]
     fn removes_a_tree_deeper_than_a_path_can_name_without_recursion() {

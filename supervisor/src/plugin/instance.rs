@@ -943,7 +943,6 @@ impl InstanceTask {
         inst.peer.close();
         // Leftover members of the process group (children of the plugin) go with it.
         self.kill_group(Signal::SIGKILL);
-        crate::tmpdirs::discard(&self.spec.tmp_dir);
         let mut exit = ExitReport { reason, requested, ..ExitReport::default() };
         match status {
             Ok(s) => {
@@ -957,6 +956,10 @@ impl InstanceTask {
         if let Some(cg) = &cgroup {
             cg.kill_all();
         }
+        // After the kills, so that no process of the plugin is left to move the tree under the
+        // remover (where there is no cgroup, one that left the process group may be: the remover
+        // does not trust the tree to stay put).
+        crate::tmpdirs::discard(&self.spec.tmp_dir);
         if !stderr_done.is_finished() {
             let _ = tokio::time::timeout(Duration::from_millis(500), stderr_done).await;
         }

@@ -323,14 +323,26 @@ impl Cgroup {
             if *tree == Tree::V2 && write(dir, "cgroup.kill", "1").is_ok() {
                 continue;
             }
-            // v1, or v2 before 5.14: one by one.
-            for pid in procs_of(dir) {
-                // SAFETY: plain kill(2); a stale pid at worst gets ESRCH.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            // v1, or v2 before 5.14: one by one, and again while any is listed: a process that
+            // forks between the read and its kill leaves a child the first pass did not see.
+            // Bounded (killed processes stay listed until they have exited); `Drop` retries
+            // the removal of the cgroup, which fails while any process is left.
+            for _ in 0..KILL_PASSES {
+                let pids = procs_of(dir);
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    // SAFETY: plain kill(2); a stale pid at worst gets ESRCH.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
             }
         }
     }
 }
+
+/// Passes of [`Cgroup::kill_all`] over a cgroup without `cgroup.kill`.
+const KILL_PASSES: usize = 32;
 
 impl Drop for Cgroup {
     fn drop(&mut self) {

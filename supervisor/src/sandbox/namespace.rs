@@ -15,10 +15,11 @@
 //!   put its own in their place;
 //! - `/sys/fs/cgroup` is covered (a plugin cannot move itself out of its cgroup, which is how
 //!   plugind recognises its processes), and `/sys` (every mount below it too) and `/proc/sys`
-//!   are made read-only; `/proc/keys` and
+//!   are made read-only (as root, all of `/proc`); `/proc/keys` and
 //!   `/proc/key-users` (the uid's keys, listed) get `/dev/null` on top;
-//! - as root, `/proc` is a new instance with `hidepid=ptraceable`: plugind and other plugins are
-//!   not even listed;
+//! - as root, `/proc` is a new, read-only instance with `hidepid=ptraceable`: plugind and other
+//!   plugins are not even listed, and no host setting in it (`/proc/irq`, `/proc/sysrq-trigger`)
+//!   can be written;
 //! - `/dev` is a read-only tmpfs of its own, as bubblewrap's `--dev` makes it: `null`, `zero`,
 //!   `full`, `random`, `urandom` and `tty` bound from the host's, the `fd`/`stdin`/`stdout`/
 //!   `stderr` links, a `/dev/shm` of its own and a new `devpts` instance. No disk or other
@@ -312,22 +313,34 @@ impl MountPlan {
                     done?;
                 }
             }
+            let mut fresh_proc = false;
             if self.user_ns.is_none() {
                 // A /proc of its own that lists only processes the plugin may ptrace: its own
                 // (Landlock confines ptrace to its domain). A root plugin would otherwise list
                 // plugind's /proc/PID/fd: the directory of a non-dumpable process belongs to
                 // root. (A user namespace cannot mount proc without a pid namespace of its own,
                 // and there the directory is not the plugin's uid's anyway.)
-                let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                // Read-only, as a whole: a uid-0 plugin with `filesystem` wrote host settings
+                // outside /proc/sys (/proc/irq: every interrupt onto one CPU, audit 20;
+                // /proc/sysrq-trigger, where the kernel has it, takes any key, reboot included,
+                // from uid 0 without a capability) and lowered its own `oom_score_adj` where
+                // plugind cannot make 500 a floor. Docker makes those read-only one by one;
+                // nothing a plugin needs writes a /proc file (its own name, limits and
+                // scheduling go through syscalls).
+                let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
                 if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, HIDEPID.as_ptr().cast())
-                    != 0
-                    && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+                    == 0
                 {
+                    fresh_proc = true;
+                } else if io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
                     // EINVAL: a kernel before 5.8 without hidepid=4; the ptrace checks still hold.
                     return Err(io::Error::last_os_error());
                 }
             }
-            if libc::mount(PROC_SYS.as_ptr(), PROC_SYS.as_ptr(), null(), libc::MS_BIND | libc::MS_REC, null()) == 0 {
+            // The host's /proc (in a user namespace, or before 5.8): its kernel settings at least.
+            if !fresh_proc
+                && libc::mount(PROC_SYS.as_ptr(), PROC_SYS.as_ptr(), null(), libc::MS_BIND | libc::MS_REC, null()) == 0
+            {
                 remount_read_only(PROC_SYS, true)?;
             }
             // The uid's keys are listed there (ids, descriptions), though seccomp refuses the

@@ -2257,7 +2257,8 @@ async fn a_manifest_reached_through_a_link_is_refused() {
 
 /// With `filesystem` (and root), what would undo the sandbox or reach the host's kernel settings:
 /// moving itself out of its cgroup (plugind recognises plugin processes by it) and writing a
-/// sysctl. `/sys/fs/cgroup` is covered and `/proc/sys` is read-only in a plugin's namespace.
+/// sysctl or another setting under `/proc`. `/sys/fs/cgroup` is covered, and `/sys` and (as
+/// root, all of) `/proc` are read-only in a plugin's namespace.
 #[tokio::test(flavor = "multi_thread")]
 async fn plugin_with_filesystem_cannot_leave_its_cgroup_or_write_sysctls() {
     let d = hostiles(Daemon::builder(), &WITH_FS, &json!({})).start().await;
@@ -2272,6 +2273,17 @@ async fn plugin_with_filesystem_cannot_leave_its_cgroup_or_write_sysctls() {
         let knob: PathBuf = knob;
         if knob.exists() {
             targets.push(knob);
+        }
+    }
+    // As root, the rest of /proc too (audit 20): interrupt affinity (every device's interrupts
+    // onto one CPU), the SysRq trigger (any key from uid 0 without a capability, reboot
+    // included) where the kernel has one, and its own OOM score (lowered below the 500 plugind
+    // set where plugind lacks CAP_SYS_RESOURCE).
+    if nix::unistd::geteuid().is_root() {
+        for knob in ["/proc/irq/default_smp_affinity", "/proc/sysrq-trigger", "/proc/self/oom_score_adj"] {
+            if Path::new(knob).exists() {
+                targets.push(knob.into());
+            }
         }
     }
     for tree in ["", "unified", "memory", "pids"] {
