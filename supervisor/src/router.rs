@@ -376,10 +376,12 @@ async fn call_instance(
             ),
             Admission::Timeout => timed_out(&Answerer::plugin(&entry.name), timeout, max, accepted, not_after),
         })?;
-        instance.peer.call_traced(method, write_params, deadline, Some(hop.as_parent())).await.map_err(|e| match e {
-            CallError::Timeout(_) => timed_out(&Answerer::plugin(&entry.name), timeout, max, accepted, not_after),
-            e => instance::call_error(&entry.name, timeout, e),
-        })
+        instance.peer.call_traced(method, write_params, deadline, Some(hop.as_parent()), true).await.map_err(
+            |e| match e {
+                CallError::Timeout(_) => timed_out(&Answerer::plugin(&entry.name), timeout, max, accepted, not_after),
+                e => instance::call_error(&entry.name, timeout, e),
+            },
+        )
     }
     .await;
     entry.counters.latency.observe(accepted.elapsed().as_secs_f64());

@@ -348,8 +348,8 @@ pub struct PluginStatus {
     /// The containment guarantees and whether each holds here (`plugins.get` only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sandbox: Vec<SandboxGuarantee>,
-    /// What the plugin speaks on stdio, `plugind` or `mcp` (`plugins.get` only; absent when the
-    /// manifest does not load).
+    /// What the plugin speaks on stdio, `plugind` or `mcp` (absent when the manifest does not
+    /// load).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
     /// The method catalog: the manifest's `methods` merged with those of the serving instance's

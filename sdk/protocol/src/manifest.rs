@@ -774,6 +774,14 @@ impl Manifest {
                 w.err("/main", "a non-empty relative path", "\"\"");
             } else if m.starts_with('/') {
                 w.err("/main", "a path relative to the plugin directory", describe(&Value::String(m.clone())));
+            } else if m.split('/').any(|part| part == "..") {
+                // Outside the plugin's own directory the sandbox hides it (other plugins'
+                // directories are covered): it would fail at every start, as a missing file.
+                w.err(
+                    "/main",
+                    "a path inside the plugin directory (no \"..\"; a program elsewhere goes in \"command\")",
+                    describe(&Value::String(m.clone())),
+                );
             }
         }
         let args = w.string_array(obj.get("args"), "/args");

@@ -288,7 +288,9 @@ fn schema_and_parser_agree_on_edge_cases() {
         (json!({ "engines": { "plugind": 1 } }), false),
         // main / command
         (json!({ "main": "./x.js" }), true),
-        (json!({ "main": "../lib/x.js" }), true),
+        (json!({ "main": "../lib/x.js" }), false),
+        (json!({ "main": "lib/../x.js" }), false),
+        (json!({ "main": "lib/..x.js" }), true),
         (json!({ "main": "bin/plugin" }), true),
         (json!({ "main": "/x.js" }), false),
         (json!({ "main": "" }), false),

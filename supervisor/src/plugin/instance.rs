@@ -22,7 +22,7 @@ use crate::transport::frame::{
     Frame, FrameDecoder, LongLineTurn, Turn, DEFAULT_MAX_FRAME, LONG_LINE, TURN_MIN_PROGRESS, TURN_STALL,
 };
 use crate::transport::outbox::{self, spawn_writer, OutboxReader, WRITE_DIRECT};
-use crate::transport::peer::{CallError, Deadline, Incoming, Peer};
+use crate::transport::peer::{CallError, Deadline, Incoming, Peer, SlotKeeper};
 use crate::transport::pipe::Growable;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -165,8 +165,8 @@ pub struct Instance {
     pub started: Instant,
     /// The manifest's `timeout_ms` and `max_timeout_ms`, here so a call needs no lock to read them.
     pub timeouts: (Duration, Duration),
-    /// `max_inflight` slots.
-    limiter: Limiter,
+    /// `max_inflight` slots (shared with the peer, which keeps those of calls given up on).
+    limiter: Arc<Limiter>,
     /// Calls waiting for a slot.
     queued: AtomicU32,
     max_queue: u32,
@@ -219,6 +219,8 @@ struct Limiter {
     state: AtomicU64,
     /// Holds the slots handed to waiters (none at rest); FIFO among them.
     handoff: Semaphore,
+    /// Slots kept by calls given up on ([`SlotKeeper`]): as many releases free nothing.
+    kept: AtomicU32,
 }
 
 const FREE: u64 = 1;
@@ -226,7 +228,7 @@ const WAITING: u64 = 1 << 32;
 
 impl Limiter {
     fn new(slots: u32) -> Self {
-        Limiter { state: AtomicU64::new(u64::from(slots)), handoff: Semaphore::new(0) }
+        Limiter { state: AtomicU64::new(u64::from(slots)), handoff: Semaphore::new(0), kept: AtomicU32::new(0) }
     }
 
     /// Takes a free slot, if one is free.
@@ -275,8 +277,19 @@ impl Limiter {
         false
     }
 
-    /// Frees a slot, or hands it to the first call waiting.
+    /// Frees a slot, or hands it to the first call waiting, unless a slot is to stay kept for a
+    /// call given up on: then that is what this one becomes (slots are alike).
     fn release(&self) {
+        if self.kept.load(Ordering::Relaxed) != 0
+            && self.kept.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |k| k.checked_sub(1)).is_ok()
+        {
+            return;
+        }
+        self.free_one();
+    }
+
+    /// Frees a slot, or hands it to the first call waiting.
+    fn free_one(&self) {
         let prev = self
             .state
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |s| {
@@ -285,6 +298,19 @@ impl Limiter {
             .unwrap_or_else(|s| s);
         if prev >= WAITING {
             self.handoff.add_permits(1);
+        }
+    }
+}
+
+impl SlotKeeper for Limiter {
+    fn keep(&self) {
+        // Called while the call still holds its slot, before its `CallSlot` releases it.
+        self.kept.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn give_back(&self, n: usize) {
+        for _ in 0..n {
+            self.free_one();
         }
     }
 }
@@ -468,17 +494,18 @@ pub fn launch(
     let (out_tx, out_rx) = outbox::channel();
     let (stop_tx, stop_rx) = mpsc::channel(4);
     let limits = &spec.manifest.limits;
+    let limiter = Arc::new(Limiter::new(limits.max_inflight));
     let instance = Arc::new(Instance {
         id,
         pid: AtomicU32::new(0),
         plugin: spec.plugin.clone(),
-        peer: Arc::new(Peer::new(out_tx).with_tap(log.tap.clone())),
+        peer: Arc::new(Peer::with_slots(out_tx, limiter.clone()).with_tap(log.tap.clone())),
         started: Instant::now(),
         timeouts: (
             Duration::from_millis(spec.manifest.timeout_ms),
             Duration::from_millis(spec.manifest.max_timeout_ms),
         ),
-        limiter: Limiter::new(limits.max_inflight),
+        limiter,
         queued: AtomicU32::new(0),
         max_queue: limits.max_queue,
         load: AtomicUsize::new(0),

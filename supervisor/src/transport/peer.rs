@@ -11,7 +11,7 @@ use crate::trace::TraceIn;
 use crate::transport::outbox::{Outbox, Outgoing, Refused, WRITE_DIRECT};
 use crate::transport::tap::{Dir, Tap};
 use plugind_protocol::jsonrpc::{self, Message, ParseError, RpcError, LINE_END};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -190,6 +190,8 @@ struct Pending {
     relay: Option<ProgressTo>,
     /// The trace a call the other side makes on this one's behalf continues.
     trace: Option<TraceIn>,
+    /// Whether the call holds one of the other side's `max_inflight` slots ([`SlotKeeper`]).
+    slotted: bool,
 }
 
 impl Pending {
@@ -388,12 +390,29 @@ pub struct ParentCall {
     pub trace: Option<TraceIn>,
 }
 
+/// The other side's `max_inflight` slots, as a peer sees them: a call given up on (its deadline
+/// passed, or its caller went away) that held a slot keeps it while the other side may still be
+/// working on it, until its late answer comes, or for as long again as the call was allowed
+/// (a plugin that never answers does not lose the slot for good), or until the peer closes.
+///
+/// A plugin that ignores `$/cancel` and runs every call it gets was otherwise sent a new call for
+/// every one given up on: when queued calls with deadlines a few milliseconds apart expired
+/// together, each was sent with moments to live and given up on at once, and the plugin got 65
+/// calls at once with `max_inflight` 2, and crashed (audit 20).
+pub trait SlotKeeper: Send + Sync {
+    /// A call that holds a slot was given up on: its slot stays taken when the call ends.
+    fn keep(&self);
+    /// `n` slots kept by [`SlotKeeper::keep`] are free again.
+    fn give_back(&self, n: usize);
+}
+
 #[derive(Default)]
 struct Calls {
     /// The calls waiting for an answer, by the id plugind gave them.
     pending: FxHashMap<u64, Pending>,
-    /// Ids given up on recently, so their late answers are dropped quietly.
-    abandoned: FxHashSet<u64>,
+    /// Ids given up on recently, so their late answers are dropped quietly; true for those that
+    /// keep a slot ([`SlotKeeper`]).
+    abandoned: FxHashMap<u64, bool>,
     abandoned_order: VecDeque<u64>,
     closed: bool,
     /// Set by [`Peer::cancel_work`]: calls of real work are refused from then on.
@@ -409,6 +428,8 @@ struct Calls {
 #[derive(Default)]
 struct Shared {
     calls: Mutex<Calls>,
+    /// The other side's slots, for the calls that hold one.
+    keeper: Option<Arc<dyn SlotKeeper>>,
     /// Wakes the sweeper: an earlier deadline, or the peer closed or dropped.
     rearm: tokio::sync::Notify,
 }
@@ -471,13 +492,38 @@ async fn sweep(shared: Arc<Shared>) {
 const ABANDONED_MEMORY: usize = 4096;
 
 impl Calls {
-    fn abandon(&mut self, id: u64) {
-        if self.abandoned.insert(id) {
+    /// Remembers `id` as given up on (`held`: it keeps its slot). Returns how many slots kept
+    /// are free again: the oldest id is forgotten past [`ABANDONED_MEMORY`].
+    #[must_use]
+    fn abandon(&mut self, id: u64, held: bool) -> usize {
+        if self.abandoned.insert(id, held).is_none() {
             self.abandoned_order.push_back(id);
             if self.abandoned_order.len() > ABANDONED_MEMORY {
                 if let Some(old) = self.abandoned_order.pop_front() {
-                    self.abandoned.remove(&old);
+                    return usize::from(self.abandoned.remove(&old) == Some(true));
                 }
+            }
+        }
+        0
+    }
+
+    /// Frees the slot `id` keeps, if it still keeps one: true if it did.
+    fn release_kept(&mut self, id: u64) -> bool {
+        match self.abandoned.get_mut(&id) {
+            Some(held) if *held => {
+                *held = false;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Shared {
+    fn give_back(&self, n: usize) {
+        if n > 0 {
+            if let Some(k) = &self.keeper {
+                k.give_back(n);
             }
         }
     }
@@ -524,6 +570,13 @@ impl Peer {
     /// task).
     pub fn new(out: Outbox) -> Self {
         Peer { out, shared: Arc::default(), next_id: AtomicU64::new(1), tap: None }
+    }
+
+    /// A peer whose calls made with `slotted` hold one of `keeper`'s slots (a plugin
+    /// instance's `max_inflight`), kept for a while when they are given up on.
+    pub fn with_slots(out: Outbox, keeper: Arc<dyn SlotKeeper>) -> Self {
+        let shared = Shared { keeper: Some(keeper), ..Shared::default() };
+        Peer { out, shared: Arc::new(shared), next_id: AtomicU64::new(1), tap: None }
     }
 
     /// The same peer, copying every message in and out to `tap`.
@@ -638,17 +691,20 @@ impl Peer {
         write_params: impl FnOnce(&mut Vec<u8>) -> Option<Splice>,
         deadline: Deadline,
     ) -> Result<RawJson, CallError> {
-        self.call_traced(method, write_params, deadline, None).await
+        self.call_traced(method, write_params, deadline, None, false).await
     }
 
     /// [`Peer::call_with`] for a call that is a hop of trace `trace`: calls the other side makes
-    /// on its behalf ([`Peer::parent_of`]) continue that trace.
+    /// on its behalf ([`Peer::parent_of`]) continue that trace. `slotted`: the caller holds one
+    /// of the [`SlotKeeper`]'s slots for it (kept while the call is given up on but may still
+    /// run).
     pub async fn call_traced(
         &self,
         method: &str,
         write_params: impl FnOnce(&mut Vec<u8>) -> Option<Splice>,
         deadline: Deadline,
         trace: Option<TraceIn>,
+        slotted: bool,
     ) -> Result<RawJson, CallError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -674,6 +730,7 @@ impl Peer {
                 parentable,
                 relay,
                 trace,
+                slotted: slotted && self.shared.keeper.is_some(),
             };
             calls.pending.insert(id, pending);
             // The sweeper's timer is moved only for a deadline earlier than it: calls with the
@@ -895,8 +952,15 @@ impl Peer {
                         }
                         Incoming::Delivered
                     }
-                    None if calls.abandoned.remove(&n) => Incoming::Delivered,
-                    None => Incoming::UnknownResponse(n.to_string()),
+                    None => match calls.abandoned.remove(&n) {
+                        Some(held) => {
+                            drop(calls);
+                            // Its late answer: the plugin is done with it, and its slot free.
+                            self.shared.give_back(usize::from(held));
+                            Incoming::Delivered
+                        }
+                        None => Incoming::UnknownResponse(n.to_string()),
+                    },
                 }
             }
         }
@@ -920,12 +984,14 @@ impl Peer {
     /// Fails every call in flight with [`CallError::Closed`] and refuses new ones.
     /// Called when the other side is gone (EOF, process exit).
     pub fn close(&self) {
-        let drained: Vec<Pending> = {
+        let (drained, kept): (Vec<Pending>, usize) = {
             let mut calls = self.calls();
             calls.closed = true;
-            calls.pending.drain().map(|(_, p)| p).collect()
+            let kept = calls.abandoned.values_mut().map(|held| usize::from(std::mem::take(held))).sum();
+            (calls.pending.drain().map(|(_, p)| p).collect(), kept)
         };
         drop(drained); // dropping the senders wakes every caller with Closed
+        self.shared.give_back(kept);
         self.shared.rearm.notify_one(); // the sweeper ends
     }
 
@@ -938,9 +1004,13 @@ impl Peer {
             let mut calls = self.calls();
             calls.stopping = true;
             let cancelled: Vec<(u64, Pending)> = calls.pending.extract_if(|_, p| p.parentable).collect();
+            let mut freed = 0;
             for (id, _) in &cancelled {
-                calls.abandon(*id);
+                // Not kept: the instance is being stopped, it gets no new call.
+                freed += calls.abandon(*id, false);
             }
+            drop(calls);
+            self.shared.give_back(freed);
             cancelled
         };
         // Outside the lock: a send wakes the caller; dropping the entry cancels the calls the
@@ -997,14 +1067,30 @@ impl Drop for CancelOnDrop<'_> {
         if !self.armed {
             return;
         }
-        let was_pending = {
+        let (was_pending, kept_for, freed) = {
             let mut calls = self.peer.calls();
-            let was = calls.pending.remove(&self.id).is_some();
-            if was {
-                calls.abandon(self.id);
+            match calls.pending.remove(&self.id) {
+                Some(p) => {
+                    let freed = calls.abandon(self.id, p.slotted);
+                    (true, p.slotted.then_some(p.idle), freed)
+                }
+                None => (false, None, 0),
             }
-            was
         };
+        let shared = &self.peer.shared;
+        shared.give_back(freed);
+        if let (Some(keeper), Some(idle)) = (&shared.keeper, kept_for) {
+            keeper.keep();
+            // For as long again as the call was allowed, unless its late answer frees it first.
+            let (shared, id) = (shared.clone(), self.id);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                drop(rt.spawn(async move {
+                    tokio::time::sleep(idle).await;
+                    let freed = shared.calls().release_kept(id);
+                    shared.give_back(usize::from(freed));
+                }));
+            }
+        }
         if was_pending {
             self.peer.notify(plugind_protocol::methods::CANCEL, &serde_json::json!({ "id": self.id }));
         }

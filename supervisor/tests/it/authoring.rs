@@ -378,6 +378,15 @@ fn check_names_the_dependencies_it_cannot_check() {
     let t = text(&out);
     assert!(t.contains("requires nosuch (any version); not checked without a daemon"), "{t}");
     assert!(t.contains("may use maybe (^1)"), "{t}");
+    // One it can check: the plugin itself, a cycle a daemon refuses to load (audit 20: `ok`).
+    let manifest = json!({ "name": "x", "version": "1.0.0", "command": ["perl", "main.pl"],
+        "dependencies": { "required": ["x@^1"] } });
+    std::fs::write(work.path().join("plugin.json"), manifest.to_string()).unwrap();
+    let out = ctl(&["check", "."], work.path());
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("FAIL dependencies:") && t.contains("dependency cycle x → x"), "{t}");
+    assert!(!t.contains("requires x"), "{t}");
 }
 
 /// `check`'s report stays readable (audit 16): a plugin that prints many non-JSON lines (a JVM's

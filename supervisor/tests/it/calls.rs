@@ -128,3 +128,72 @@ async fn plugin_environment_is_cleared() {
     let tmp = get("TMPDIR").await;
     assert!(tmp.as_str().unwrap().contains("py-probe"), "{tmp}");
 }
+
+/// Runs every call on a thread of its own, ignores `$/cancel`, and counts the `sleep` calls it
+/// has at once; `hang` is never answered.
+const STUBBORN: &str = r#"import json, sys, threading, time
+lock, out = threading.Lock(), threading.Lock()
+busy = most = 0
+def send(m):
+    with out:
+        sys.stdout.write(json.dumps(m) + "\n")
+        sys.stdout.flush()
+def work(m):
+    global busy, most
+    method, args = m["params"]["method"], m["params"].get("params") or {}
+    if method == "sleep":
+        with lock:
+            busy += 1
+            most = max(most, busy)
+        time.sleep(args["ms"] / 1000)
+        with lock:
+            busy -= 1
+        send({"jsonrpc": "2.0", "id": m["id"], "result": "slept"})
+    elif method == "most":
+        send({"jsonrpc": "2.0", "id": m["id"], "result": most})
+    elif method == "echo":
+        send({"jsonrpc": "2.0", "id": m["id"], "result": args})
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m:
+        continue
+    if m["method"] == "execute":
+        threading.Thread(target=work, args=(m,), daemon=True).start()
+    else:
+        send({"jsonrpc": "2.0", "id": m["id"], "result": None if m["method"] == "teardown" else {}})
+"#;
+
+/// A call given up on keeps its `max_inflight` slot while the plugin may still be running it:
+/// until its late answer, or for as long again as it was allowed. Queued calls whose deadlines
+/// fall a few milliseconds apart used to be sent one by one as each one before them was given
+/// up on, each with moments to live: a plugin that ignores `$/cancel` got 65 calls at once with
+/// `max_inflight` 2 and crashed (audit 20). Here it never has more than its 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_given_up_on_keep_their_slots_until_answered() {
+    let manifest = json!({"name": "stubborn", "version": "1.0.0", "main": "s.py",
+        "limits": {"max_inflight": 2}, "timeout_ms": 300});
+    let d = Daemon::builder()
+        .plugin_files("stubborn", &[("plugin.json", &manifest.to_string()), ("s.py", STUBBORN)])
+        .start()
+        .await;
+    let calls = (0..30u64).map(|i| {
+        let d = &d;
+        async move {
+            let params =
+                json!({"plugin": "stubborn", "method": "sleep", "params": {"ms": 700}, "timeout_ms": 300 + 3 * i});
+            d.call("execute", params).await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    assert!(results.iter().all(|r| code(r) == -32001), "{results:?}");
+    let most = d.call("execute", json!({"plugin": "stubborn", "method": "most", "timeout_ms": 5000})).await;
+    assert_eq!(most.unwrap(), json!(2), "the plugin had more calls at once than its max_inflight");
+    // A call never answered frees its slot after as long again as it was allowed (300 ms).
+    for _ in 0..2 {
+        let r = d.call("execute", json!({"plugin": "stubborn", "method": "hang", "timeout_ms": 300})).await;
+        assert_eq!(code(&r), -32001, "{r:?}");
+    }
+    let r = d.call("execute", json!({"plugin": "stubborn", "method": "echo", "params": [1], "timeout_ms": 5000})).await;
+    assert_eq!(r.unwrap(), json!([1]));
+    assert_eq!(d.status("stubborn").await["state"], "running");
+}
