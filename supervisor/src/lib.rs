@@ -980,7 +980,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             .map(|p| p.name.to_string())
             .collect();
         tracing::warn!(?left, "stop timeout ({stop_timeout:?}) reached: exiting anyway; what is left is killed");
+        sandbox::init().cgroups.kill_own_instances();
     }
+    sandbox::init().cgroups.remove_own_instances(Duration::from_secs(1)).await;
     if let Some(api) = api {
         api.stop();
     }

@@ -487,11 +487,19 @@ impl Machine {
         if inst.gen != self.gen || !self.running {
             return;
         }
-        if !exit.clean {
-            out.push(Action::LastError(Some(format!("instance {}", exit.describe))));
-        }
         let never_ready = inst.phase == Phase::Starting;
-        match self.tracker.after_exit(&self.manifest.restart, exit.clean, never_ready, now) {
+        // An exit before the handshake is a failed start, code 0 or not (systemd's view of a
+        // `Type=notify` service that exits before READY). Whether plugind saw the end of its
+        // stdout during `init` before it reaped the process decided it before: the same plugin
+        // was `stopped` or restarted, by chance (audit 20).
+        let clean = exit.clean && !never_ready;
+        if !clean {
+            // "instance exited with code 3", "instance closed its stdout…"; a hint is a
+            // sentence of its own ("it said a fork was refused…").
+            let sep = if exit.describe.starts_with("it ") { " ended: " } else { " " };
+            out.push(Action::LastError(Some(format!("instance{sep}{}", exit.describe))));
+        }
+        match self.tracker.after_exit(&self.manifest.restart, clean, never_ready, now) {
             AfterExit::RestartIn(delay) => {
                 let at = now + delay;
                 if self.restart_at.is_none_or(|(t, _)| at < t) {
@@ -1025,5 +1033,18 @@ mod tests {
         m.step(now, Event::Exited { key: keys[0], exit: crash });
         assert_eq!(*m.state(), PluginState::Failed);
         assert!(m.routes().is_empty());
+    }
+
+    /// An instance that exits with code 0 before its handshake failed to start: the policy
+    /// restarts it (and counts it), and it is never `stopped` as if it were done (audit 20:
+    /// which of the two it was depended on timing).
+    #[test]
+    fn a_clean_exit_before_the_handshake_is_a_failed_start() {
+        let now = Instant::now();
+        let mut m = Machine::new(manifest(1, "1.0.0"));
+        let keys = spawned(&m.step(now, Event::Start { ticket: 1, unmet: None }));
+        let a = exit(&mut m, now, &keys);
+        assert!(a.iter().any(|x| matches!(x, Action::Note { event: "restart", .. })), "{a:?}");
+        assert!(matches!(m.state(), PluginState::Restarting { .. }), "{:?}", m.state());
     }
 }

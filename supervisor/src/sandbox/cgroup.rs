@@ -123,26 +123,48 @@ impl CgroupSupport {
     /// instance's own process, but not what it started in a session of its own (audit 18: a
     /// setsid grandchild outlived plugind, reparented to init).
     pub fn kill_own_instances(&self) {
+        for dir in self.own_instance_dirs() {
+            if write(&dir, "cgroup.kill", "1").is_ok() {
+                continue;
+            }
+            for pid in procs_of(&dir) {
+                // SAFETY: plain kill(2); a stale pid at worst gets ESRCH.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+
+    /// Removes this plugind's instance cgroups still there at its exit, retrying for up to
+    /// `within` while killed processes leave them. An instance's own removal retries in the
+    /// background, and the runtime ended first: an empty cgroup was left after every graceful
+    /// exit (audit 20), until the next run on the state dir swept it.
+    pub async fn remove_own_instances(&self, within: Duration) {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let left = self.own_instance_dirs().into_iter().filter(|d| std::fs::remove_dir(d).is_err()).count();
+            if left == 0 || tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The instance cgroups of this plugind (`plugind.PID.…`), in every tree it uses.
+    fn own_instance_dirs(&self) -> Vec<PathBuf> {
         let own = std::process::id().to_string();
+        let mut dirs = Vec::new();
         for tree in self.trees() {
             let Ok(entries) = std::fs::read_dir(tree) else { continue };
             for e in entries.flatten() {
                 let name = e.file_name();
                 let Some(name) = name.to_str() else { continue };
                 let mine = name.strip_prefix(PREFIX).and_then(|r| r.split_once('.')).is_some_and(|(pid, _)| pid == own);
-                if !mine || !is_instance_cgroup(name) {
-                    continue;
-                }
-                let dir = e.path();
-                if write(&dir, "cgroup.kill", "1").is_ok() {
-                    continue;
-                }
-                for pid in procs_of(&dir) {
-                    // SAFETY: plain kill(2); a stale pid at worst gets ESRCH.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                if mine && is_instance_cgroup(name) {
+                    dirs.push(e.path());
                 }
             }
         }
+        dirs
     }
 
     /// How `memory_mb` is held beyond RLIMIT_DATA, if it is.
