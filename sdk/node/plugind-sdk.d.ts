@@ -20,6 +20,7 @@ export declare const ErrorCode: Readonly<{
   INVALID_MANIFEST: -32007;
   HOOK_REJECTED: -32008;
   REJECTED: -32009;
+  REQUEST_CANCELLED: -32800;
 }>;
 
 type Awaitable<T> = T | Promise<T>;

@@ -47,6 +47,7 @@ export const ErrorCode = Object.freeze({
   INVALID_MANIFEST: -32007,
   HOOK_REJECTED: -32008,
   REJECTED: -32009,
+  REQUEST_CANCELLED: -32800,
 });
 
 /**
@@ -494,7 +495,8 @@ class Server {
       value.then(
         (result) => {
           this.#inflight.delete(id);
-          if (!ctx.cancelled) this.#reply(id, result);
+          if (ctx.cancelled) this.#cancelled(id);
+          else this.#reply(id, result);
         },
         (err) => {
           this.#inflight.delete(id);
@@ -518,8 +520,16 @@ class Server {
     this.#conn.sendLine(line);
   }
 
+  /**
+   * Answers a cancelled call: plugind has answered its caller; this says the work is over, which
+   * frees the max_inflight slot plugind keeps for a cancelled call until then.
+   */
+  #cancelled(id) {
+    this.#conn.send({ jsonrpc: "2.0", id, error: { code: ErrorCode.REQUEST_CANCELLED, message: "cancelled" } });
+  }
+
   #fail(id, ctx, err) {
-    if (ctx.cancelled) return; // plugind has already answered the caller: send nothing
+    if (ctx.cancelled) return this.#cancelled(id);
     if (!(err instanceof PluginError)) console.error(err); // a bug: show the stack
     this.#conn.send({ jsonrpc: "2.0", id, error: toRpcError(err) });
   }
@@ -580,7 +590,10 @@ const hookAnswer = (result) =>
 
 function toRpcError(err) {
   if (err instanceof PluginError) return err.toJSON();
-  const message = (err instanceof Error ? err.message : String(err)) || "internal error";
+  // A bug in the handler: its class names what went wrong ("TypeError: x is not a function");
+  // the stack is on the plugin's stderr (`pluginctl logs NAME`).
+  const message =
+    err instanceof Error ? (err.message ? `${err.name}: ${err.message}` : err.name) : String(err) || "internal error";
   return { code: ErrorCode.INTERNAL_ERROR, message };
 }
 

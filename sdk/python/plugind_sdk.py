@@ -1004,7 +1004,7 @@ class _Server:
             ctx.tracestate = ts if isinstance(ts, str) else None
 
     def _finish(self, ctx: Context, key: Any, result: Any, error: Optional[BaseException]) -> None:
-        """Answers a call (from any thread), unless it was cancelled."""
+        """Answers a call (from any thread); a cancelled one with -32800, whatever it returned."""
         rid = ctx.id
         if error is None:
             try:
@@ -1018,7 +1018,10 @@ class _Server:
                 err = {"code": INTERNAL_ERROR, "message": "cancelled"}
             elif isinstance(error, Exception):  # a bug in the handler: answer, show the traceback
                 traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
-                err = {"code": INTERNAL_ERROR, "message": str(error) or type(error).__name__}
+                # Its class names what went wrong ("KeyError: 'name'"); the traceback is on
+                # the plugin's stderr (`pluginctl logs NAME`).
+                name = type(error).__name__
+                err = {"code": INTERNAL_ERROR, "message": f"{name}: {error}" if str(error) else name}
             else:  # KeyboardInterrupt, SystemExit: not the call's business
                 raise error
             try:
@@ -1030,7 +1033,9 @@ class _Server:
             if self.inflight.get(key) is ctx:
                 del self.inflight[key]
             if ctx._is_cancelled:
-                return  # plugind has already answered the caller: send nothing
+                # plugind has answered the caller; this says the work is over, which frees the
+                # max_inflight slot plugind keeps for a cancelled call until then.
+                line = '{"jsonrpc":"2.0","id":' + _id_json(rid) + ',"error":{"code":-32800,"message":"cancelled"}}'
         self.conn.send_line(line)
 
     def _schedule(self, ctx: Context, key: Any, awaitable: Any) -> None:

@@ -303,6 +303,24 @@ pub fn load(dir: &Path, plugind_version: &semver::Version) -> Found {
     Found { dir: dir.to_path_buf(), name, manifest, version }
 }
 
+/// Opens `path` for reading if it is a regular file, never waiting: a FIFO shipped as a plugin's
+/// `main` (`cp -r` and `tar` keep one), or made there by a `filesystem` plugin, blocked the open of
+/// a plain `File::open` until a writer came, on the thread that loads manifests: plugind froze,
+/// SIGTERM included, and again at every start while the FIFO was there (audit 20). `follow`:
+/// whether a symbolic link is followed.
+pub fn open_regular(path: &Path, follow: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = libc::O_NONBLOCK | if follow { 0 } else { libc::O_NOFOLLOW };
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file (a FIFO, socket, device or directory)", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
 /// What would make `main` fail at every start, or run under another interpreter than its author
 /// meant, seen before it runs: a file plugind executes directly that is not executable, a `.sh`
 /// file written for bash (plugind runs `.sh` with `sh`, which is often dash).
@@ -313,8 +331,13 @@ fn main_warnings(dir: &Path, m: &Manifest) -> Vec<String> {
     let path = dir.join(main);
     let Ok(meta) = std::fs::metadata(&path) else { return Vec::new() };
     let ext = Path::new(main).extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !meta.is_file() {
+        return vec![format!(
+            "/main: {main} is not a regular file (a FIFO, socket, device or directory): it cannot run"
+        )];
+    }
     let mut first = String::new();
-    if let Ok(f) = std::fs::File::open(&path) {
+    if let Ok(f) = open_regular(&path, true) {
         let _ = BufReader::new(f.take(256)).read_line(&mut first);
     }
     let shebang = first.strip_prefix("#!").map(str::trim);
@@ -342,7 +365,7 @@ const MANIFEST_MAX: u64 = 1 << 20;
 
 /// The first `max + 1` bytes of `path` at most (one more than allowed says it is too long).
 fn read_at_most(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    read_opened_at_most(std::fs::File::open(path)?, max)
+    read_opened_at_most(open_regular(path, true)?, max)
 }
 
 /// [`read_at_most`] of a file already open.
@@ -361,7 +384,8 @@ fn read_opened_at_most(file: std::fs::File, max: u64) -> std::io::Result<Vec<u8>
 fn read_manifest(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let refused = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
-    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
+    {
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             let to = std::fs::read_link(path).map(|t| format!(" (to {})", t.display())).unwrap_or_default();
             return Err(refused(format!(
@@ -372,6 +396,9 @@ fn read_manifest(path: &Path) -> std::io::Result<Vec<u8>> {
         other => other?,
     };
     let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(refused("it is not a regular file (a FIFO, socket or device)".to_owned()));
+    }
     if meta.nlink() > 1 && meta.mode() & 0o222 != 0 {
         return Err(refused(format!(
             "it has {} hard links and is writable: through another of its names a plugin could rewrite its own \

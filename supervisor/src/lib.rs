@@ -511,9 +511,17 @@ impl Daemon {
     /// removed ones stopped and dropped, changed ones hot-reloaded (docs/security.md). Answers
     /// once the plugins it started or reloaded have settled.
     /// Being the operator's, it also releases the names of directories that are gone.
+    /// A changed plugin whose new version failed to start (the old one serves on) is one of the
+    /// `errors`: the reload did not take effect for it (audit 20: it read as a success, and
+    /// every later reload said `changed` again).
     pub async fn reload(self: &Arc<Self>) -> ReloadResult {
-        let (result, settling) = self.rescan_dirs_releasing(true).await;
-        futures::future::join_all(settling).await;
+        let (mut result, settling) = self.rescan_dirs_releasing(true).await;
+        let (names, answers): (Vec<Arc<str>>, Vec<_>) = settling.into_iter().unzip();
+        for (name, answer) in names.iter().zip(futures::future::join_all(answers).await) {
+            if let Ok(plugin::entry::Answer { outcome: plugin::machine::Outcome::Failed(why), .. }) = answer {
+                result.errors.push(format!("{name}: {why}"));
+            }
+        }
         result
     }
 
@@ -522,17 +530,12 @@ impl Daemon {
     /// none waits for another's plugins to settle: a plugin that never settles (a crash loop
     /// with a high `max_restarts`) must not hold up the next rescan, which may be the one that
     /// removes it.
-    pub async fn rescan_dirs(
-        self: &Arc<Self>,
-    ) -> (ReloadResult, Vec<tokio::sync::oneshot::Receiver<plugin::entry::Answer>>) {
+    pub async fn rescan_dirs(self: &Arc<Self>) -> (ReloadResult, Vec<Settling>) {
         self.rescan_dirs_releasing(false).await
     }
 
     /// [`Daemon::rescan_dirs`], releasing the names of gone directories when `release_gone`.
-    async fn rescan_dirs_releasing(
-        self: &Arc<Self>,
-        release_gone: bool,
-    ) -> (ReloadResult, Vec<tokio::sync::oneshot::Receiver<plugin::entry::Answer>>) {
+    async fn rescan_dirs_releasing(self: &Arc<Self>, release_gone: bool) -> (ReloadResult, Vec<Settling>) {
         let refused = || (ReloadResult { errors: vec![STOPPING.to_owned()], ..ReloadResult::default() }, Vec::new());
         if self.is_stopping() {
             return refused();
@@ -612,10 +615,11 @@ impl Daemon {
             self.registry_changed();
             added.push(entry);
         }
-        let mut settling: Vec<_> = to_reload.iter().filter_map(|e| e.send(Command::Reload)).collect();
+        let mut settling: Vec<Settling> =
+            to_reload.iter().filter_map(|e| Some((e.name.clone(), e.send(Command::Reload)?))).collect();
         // Like at boot, plugins the config file disables are added but not started.
         let startable = added.iter().filter(|e| self.config.enabled(&e.name));
-        settling.extend(startable.filter_map(|e| e.send(Command::Start)));
+        settling.extend(startable.filter_map(|e| Some((e.name.clone(), e.send(Command::Start)?))));
         result.errors = errors;
         tracing::info!(added = ?result.added, removed = ?result.removed, changed = ?result.changed, "plugins reloaded");
         (result, settling)
@@ -996,6 +1000,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!("plugind stopped");
     Ok(())
 }
+
+/// A plugin a rescan started or reloaded, and the answer that comes when it has settled.
+pub type Settling = (Arc<str>, tokio::sync::oneshot::Receiver<plugin::entry::Answer>);
 
 /// Why nothing starts or is rescanned while plugind stops.
 pub const STOPPING: &str = "plugind is stopping: no plugin is started, restarted or rescanned any more";

@@ -434,6 +434,9 @@ impl fmt::Display for FieldError {
 pub struct ManifestError {
     /// The problems, in document order.
     pub errors: Vec<FieldError>,
+    /// What would have been warnings ([`Manifest::warnings`]: a misspelled field) had it loaded:
+    /// told with the errors, so that one round of fixes is enough.
+    pub warnings: Vec<String>,
 }
 
 impl fmt::Display for ManifestError {
@@ -443,6 +446,9 @@ impl fmt::Display for ManifestError {
                 f.write_str("; ")?;
             }
             write!(f, "{e}")?;
+        }
+        if !self.warnings.is_empty() {
+            write!(f, " (and: {})", self.warnings.join("; "))?;
         }
         Ok(())
     }
@@ -715,6 +721,7 @@ impl Manifest {
                 expected: "a JSON object".into(),
                 found: format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()),
             }],
+            warnings: Vec::new(),
         })?;
         Self::from_value(&doc)
     }
@@ -728,6 +735,7 @@ impl Manifest {
                     expected: "a JSON object".into(),
                     found: describe(doc),
                 }],
+                warnings: Vec::new(),
             });
         };
         let mut w = Walker { errors: Vec::new() };
@@ -1015,7 +1023,7 @@ impl Manifest {
                 extra,
                 warnings,
             }),
-            _ => Err(ManifestError { errors: w.errors }),
+            _ => Err(ManifestError { errors: w.errors, warnings }),
         }
     }
 
@@ -1248,6 +1256,19 @@ mod tests {
         );
         assert!(m.extra.contains_key("permisions") && m.extra.contains_key("author"));
         assert!(m.permissions.is_empty());
+    }
+
+    /// A manifest with errors tells its misspellings too: every problem in one round (audit 20:
+    /// the misspellings showed up only once the errors were fixed).
+    #[test]
+    fn errors_come_with_the_misspellings() {
+        let e = Manifest::from_value(&json!({"name": "a", "version": "v1", "main": "a.sh",
+            "permisions": ["storage"], "limits": {"memroy_mb": 5}}))
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("/version: expected"), "{text}");
+        assert!(text.contains("/permisions: unknown field ignored (did you mean \"permissions\"?)"), "{text}");
+        assert!(text.contains("/limits/memroy_mb"), "{text}");
     }
 
     #[test]

@@ -301,7 +301,7 @@ impl Context {
 
     /// Completes when plugind cancels this call (`$/cancel`) or the connection closes.
     ///
-    /// Once cancelled, the SDK sends no response for the call, whatever the handler returns.
+    /// Once cancelled, the SDK answers the call `-32800` when the handler ends, whatever it returns.
     pub async fn cancelled(&self) {
         self.token().cancelled().await
     }

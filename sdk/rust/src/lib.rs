@@ -77,7 +77,8 @@
 //! path (the envelope, then the params), with the same outcome.
 //!
 //! Cancellation is cooperative: `$/cancel {id}` trips the [`Context::cancelled`] token of that
-//! call, and from then on the SDK sends no response for it, whatever the handler returns.
+//! call; when the handler ends, the SDK answers the call `-32800` whatever the handler returned
+//! (plugind has answered the caller; the answer tells it the work is over).
 //! Requests the handler is still waiting on (e.g. [`Context::call_service`]) return at once with
 //! [`REQUEST_CANCELLED`].
 //! The handler's future is not dropped: it runs until it notices, so it can clean up.
@@ -128,7 +129,7 @@ pub use serde_json::{self, json, Value};
 pub use tokio;
 
 /// The code of the error that requests made on behalf of a cancelled call return
-/// (LSP's `RequestCancelled`). It never reaches plugind: a cancelled call gets no response.
+/// (LSP's `RequestCancelled`), and the answer of a cancelled call.
 pub const REQUEST_CANCELLED: i64 = -32800;
 
 /// How long calls in flight may still finish and answer after plugind closed stdin.

@@ -575,7 +575,7 @@ fn on_notification<P: Plugin>(plugin: &Arc<P>, conn: &Arc<Conn>, method: &str, p
     }
 }
 
-/// Starts one call from plugind and answers it, unless it was cancelled.
+/// Starts one call from plugind and answers it (`-32800` if it was cancelled).
 ///
 /// The handler's future is polled once right here, on the reader: a handler that does not wait
 /// (most do not) is answered at once, with no task, no waker and no entry in the table of calls in
@@ -620,24 +620,29 @@ fn start_call<T, F, Fut>(
     }
 }
 
-/// Sends a call's answer, unless plugind cancelled the call (it has answered the caller).
+/// Sends a call's answer; a call plugind cancelled (it has answered the caller) is answered
+/// `-32800` whatever the handler returned: that tells plugind the work is over, and frees the
+/// `max_inflight` slot it keeps for a cancelled call until then.
 fn answer<T: Serialize>(conn: &Conn, req: &Request, outcome: &Result<T, RpcError>) {
-    if !req.is_cancelled() {
-        conn.send(match outcome {
-            Ok(result) => result_line(&req.id, result),
-            Err(e) => error_line(&req.id, e),
-        });
-    }
+    conn.send(match outcome {
+        _ if req.is_cancelled() => error_line(&req.id, &cancelled()),
+        Ok(result) => result_line(&req.id, result),
+        Err(e) => error_line(&req.id, e),
+    });
 }
 
 /// [`answer`] appended to the answers the reader holds.
 fn answer_into<T: Serialize>(held: &mut Vec<u8>, req: &Request, outcome: &Result<T, RpcError>) {
-    if !req.is_cancelled() {
-        match outcome {
-            Ok(result) => append_result(held, &req.id, result),
-            Err(e) => held.extend_from_slice(&error_line(&req.id, e)),
-        }
+    match outcome {
+        _ if req.is_cancelled() => held.extend_from_slice(&error_line(&req.id, &cancelled())),
+        Ok(result) => append_result(held, &req.id, result),
+        Err(e) => held.extend_from_slice(&error_line(&req.id, e)),
     }
+}
+
+/// The answer of a cancelled call.
+fn cancelled() -> RpcError {
+    RpcError::new(codes::REQUEST_CANCELLED, "cancelled")
 }
 
 /// Appends [`result_line`]`(id, result)` to `out`, without a buffer of its own.

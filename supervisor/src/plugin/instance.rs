@@ -221,14 +221,21 @@ struct Limiter {
     handoff: Semaphore,
     /// Slots kept by calls given up on ([`SlotKeeper`]): as many releases free nothing.
     kept: AtomicU32,
+    /// The least time a slot is kept: the plugin's own `timeout_ms`.
+    keep_at_least: Duration,
 }
 
 const FREE: u64 = 1;
 const WAITING: u64 = 1 << 32;
 
 impl Limiter {
-    fn new(slots: u32) -> Self {
-        Limiter { state: AtomicU64::new(u64::from(slots)), handoff: Semaphore::new(0), kept: AtomicU32::new(0) }
+    fn new(slots: u32, keep_at_least: Duration) -> Self {
+        Limiter {
+            state: AtomicU64::new(u64::from(slots)),
+            handoff: Semaphore::new(0),
+            kept: AtomicU32::new(0),
+            keep_at_least,
+        }
     }
 
     /// Takes a free slot, if one is free.
@@ -303,9 +310,10 @@ impl Limiter {
 }
 
 impl SlotKeeper for Limiter {
-    fn keep(&self) {
+    fn keep(&self) -> Duration {
         // Called while the call still holds its slot, before its `CallSlot` releases it.
         self.kept.fetch_add(1, Ordering::AcqRel);
+        self.keep_at_least
     }
 
     fn give_back(&self, n: usize) {
@@ -494,7 +502,7 @@ pub fn launch(
     let (out_tx, out_rx) = outbox::channel();
     let (stop_tx, stop_rx) = mpsc::channel(4);
     let limits = &spec.manifest.limits;
-    let limiter = Arc::new(Limiter::new(limits.max_inflight));
+    let limiter = Arc::new(Limiter::new(limits.max_inflight, Duration::from_millis(spec.manifest.timeout_ms)));
     let instance = Arc::new(Instance {
         id,
         pid: AtomicU32::new(0),
@@ -1555,7 +1563,7 @@ mod tests {
 
     #[tokio::test]
     async fn slots_are_taken_and_freed() {
-        let l = Limiter::new(2);
+        let l = Limiter::new(2, Duration::ZERO);
         assert!(l.try_take() && l.try_take());
         assert!(!l.try_take());
         l.release();
@@ -1568,7 +1576,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_release_goes_to_the_first_waiter_before_newcomers() {
-        let l = Arc::new(Limiter::new(1));
+        let l = Arc::new(Limiter::new(1, Duration::ZERO));
         assert!(l.try_take());
         let first = tokio::spawn({
             let l = l.clone();
@@ -1586,7 +1594,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slots_are_conserved_under_timeouts() {
-        let l = Arc::new(Limiter::new(3));
+        let l = Arc::new(Limiter::new(3, Duration::ZERO));
         let mut tasks = Vec::new();
         for i in 0..200u64 {
             let l = l.clone();

@@ -13,12 +13,34 @@ use plugind_protocol::manifest::{Limits, Manifest};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+/// What to do about a missing `main`: build it, for what is built (no script extension); else
+/// the path is wrong or the file not there yet.
+fn main_missing_hint(main: &str) -> &'static str {
+    let script = Path::new(main)
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e, "py" | "js" | "mjs" | "cjs" | "sh" | "pl" | "rb" | "ts"));
+    if script {
+        "fix the path, or put the file there"
+    } else {
+        "a compiled plugin must be built first, e.g. `cargo build --release` in its directory; or fix the path"
+    }
+}
+
 /// Why a plugin could not be spawned.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     /// The manifest's entry point does not exist.
-    #[error("{file}: field /main: file {main:?} not found (a compiled plugin must be built first, e.g. `cargo build --release` in its directory; or fix the path)")]
+    #[error("{file}: field /main: file {main:?} not found ({})", main_missing_hint(main))]
     MainMissing {
+        /// The manifest file.
+        file: PathBuf,
+        /// The `main` value.
+        main: String,
+    },
+    /// The manifest's entry point is not a regular file (a FIFO, socket, device or directory).
+    #[error("{file}: field /main: {main:?} is not a regular file (a FIFO, socket, device or directory)")]
+    MainNotAFile {
         /// The manifest file.
         file: PathBuf,
         /// The `main` value.
@@ -99,8 +121,14 @@ pub fn argv_for(manifest: &Manifest, dir: &Path) -> Result<Vec<String>, SpawnErr
         }
         (None, Some(main)) => {
             let path = dir.join(main);
-            if !path.exists() {
-                return Err(SpawnError::MainMissing { file: dir.join("plugin.json"), main: main.clone() });
+            match std::fs::metadata(&path) {
+                Err(_) => return Err(SpawnError::MainMissing { file: dir.join("plugin.json"), main: main.clone() }),
+                // A FIFO would block whatever opens it (audit 20); a directory or device is no
+                // program either.
+                Ok(m) if !m.is_file() => {
+                    return Err(SpawnError::MainNotAFile { file: dir.join("plugin.json"), main: main.clone() })
+                }
+                Ok(_) => {}
             }
             let path = path.to_string_lossy().into_owned();
             let ext = Path::new(main).extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -132,7 +160,7 @@ pub fn argv_for(manifest: &Manifest, dir: &Path) -> Result<Vec<String>, SpawnErr
 fn is_program_or_script(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 4];
-    match std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) {
+    match crate::discovery::open_regular(path, true).and_then(|mut f| f.read(&mut head)) {
         Ok(n) => head[..n].starts_with(b"#!") || head[..n] == *b"\x7fELF",
         Err(_) => true,
     }
@@ -268,7 +296,8 @@ fn past_shims(program: &str, env: &[(String, String)]) -> Option<PathBuf> {
         }
         let mut magic = [0u8; 2];
         let script =
-            std::fs::File::open(&candidate).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"#!";
+            crate::discovery::open_regular(&candidate, true).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
+                && &magic == b"#!";
         match (script, first_is_script) {
             (true, _) => first_is_script = true,
             (false, true) => return Some(candidate),
@@ -372,6 +401,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = argv_for(&m, dir.path()).unwrap_err().to_string();
         assert!(e.contains("plugin.json") && e.contains("/main") && e.contains("gone.py"), "{e}");
+        // A script is not built: no build advice for it (audit 20), only for what is.
+        assert!(!e.contains("cargo build"), "{e}");
+        let m = manifest(json!({"name": "a", "version": "1.0.0", "main": "target/release/a"}));
+        assert!(argv_for(&m, dir.path()).unwrap_err().to_string().contains("cargo build --release"));
         // A directory that is gone is named as such, not as a missing main.
         let e = argv_for(&m, Path::new("/nonexistent")).unwrap_err().to_string();
         assert!(e.contains("/nonexistent is gone"), "{e}");

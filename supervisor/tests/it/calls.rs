@@ -164,7 +164,8 @@ for line in sys.stdin:
 "#;
 
 /// A call given up on keeps its `max_inflight` slot while the plugin may still be running it:
-/// until its late answer, or for as long again as it was allowed. Queued calls whose deadlines
+/// until its late answer, or for as long again as it was allowed (at least the plugin's own
+/// `timeout_ms`). Queued calls whose deadlines
 /// fall a few milliseconds apart used to be sent one by one as each one before them was given
 /// up on, each with moments to live: a plugin that ignores `$/cancel` got 65 calls at once with
 /// `max_inflight` 2 and crashed (audit 20). Here it never has more than its 2.
@@ -180,7 +181,7 @@ async fn calls_given_up_on_keep_their_slots_until_answered() {
         let d = &d;
         async move {
             let params =
-                json!({"plugin": "stubborn", "method": "sleep", "params": {"ms": 700}, "timeout_ms": 300 + 3 * i});
+                json!({"plugin": "stubborn", "method": "sleep", "params": {"ms": 500}, "timeout_ms": 300 + 3 * i});
             d.call("execute", params).await
         }
     });
@@ -188,6 +189,20 @@ async fn calls_given_up_on_keep_their_slots_until_answered() {
     assert!(results.iter().all(|r| code(r) == -32001), "{results:?}");
     let most = d.call("execute", json!({"plugin": "stubborn", "method": "most", "timeout_ms": 5000})).await;
     assert_eq!(most.unwrap(), json!(2), "the plugin had more calls at once than its max_inflight");
+    // A caller's tiny timeout does not shorten the keep: at least the plugin's own timeout_ms
+    // (audit 20, second round: with `timeout_ms: 1` slots came free at once, 88 calls at once).
+    let calls = (0..30u64).map(|i| {
+        let d = &d;
+        async move {
+            let params =
+                json!({"plugin": "stubborn", "method": "sleep", "params": {"ms": 500}, "timeout_ms": 1 + 2 * i});
+            d.call("execute", params).await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    assert!(results.iter().all(|r| code(r) == -32001), "{results:?}");
+    let most = d.call("execute", json!({"plugin": "stubborn", "method": "most", "timeout_ms": 5000})).await;
+    assert_eq!(most.unwrap(), json!(2), "tiny timeouts: more calls at once than its max_inflight");
     // A call never answered frees its slot after as long again as it was allowed (300 ms).
     for _ in 0..2 {
         let r = d.call("execute", json!({"plugin": "stubborn", "method": "hang", "timeout_ms": 300})).await;

@@ -29,7 +29,8 @@ async fn scenario(d: &Daemon, p: &str) {
     assert_eq!(code(&r), 77, "{p}: {r:?}");
     assert_eq!(data(&r)["plugin"], "perl-echo", "{p}: {r:?}");
 
-    // A deadline: -32001 for the caller, $/cancel for the plugin, which must not answer late.
+    // A deadline: -32001 for the caller, $/cancel for the plugin (its SDK then answers -32800,
+    // which plugind takes as the end of the work and drops).
     let r = d.call("execute", json!({"plugin": p, "method": "sleep", "params": {"ms": 5000}, "timeout_ms": 300})).await;
     assert_eq!(code(&r), -32001, "{p}");
     // $/progress keeps a call alive past its deadline: 4 steps of 150 ms under a 300 ms deadline.

@@ -1326,6 +1326,46 @@ async fn a_huge_sparse_manifest_is_a_load_error() {
     assert!(s["last_error"].as_str().unwrap().contains("at most 1 MiB"), "{s}");
 }
 
+/// A FIFO as a plugin's `main`, shipped with it (`cp -r` and `tar` keep one) or put in place of
+/// its main while it runs: plugind opened it to read its first line and waited for a writer on
+/// the thread that loads manifests, frozen (SIGTERM included), and again at every start (audit
+/// 20). Such a main is not a program: the plugin fails to start saying so, and nothing else
+/// waits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fifo_as_main_freezes_nothing() {
+    let b = victim(Daemon::builder().watch()).plugin("py-probe");
+    for (name, main) in [("fifo", "main"), ("fifopy", "main.py")] {
+        let dir = b.path().join("plugins").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("plugin.json"), json!({"name": name, "version": "1.0.0", "main": main}).to_string())
+            .unwrap();
+        nix::unistd::mkfifo(&dir.join(main), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    }
+    let d = tokio::time::timeout(std::time::Duration::from_secs(60), b.start()).await.expect("plugind starts");
+    for name in ["fifo", "fifopy"] {
+        let s = wait_for(&format!("{name} to fail"), async || {
+            let s = d.status(name).await;
+            (s["state"] == "failed").then_some(s)
+        })
+        .await;
+        assert!(s["last_error"].as_str().unwrap().contains("not a regular file"), "{s}");
+    }
+    assert_eq!(d.execute("py-probe", "echo", json!(1)).await.unwrap(), json!(1));
+    // At run time: a FIFO renamed over a running plugin's main (as its own `filesystem`
+    // process could), seen by the watcher.
+    let main = d.plugins.join("py-probe/main.py");
+    let fifo = d.plugins.join("py-probe/fifo.tmp");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    std::fs::rename(&fifo, &main).unwrap();
+    wait_for("the reload of py-probe to fail", async || {
+        let e = d.status("py-probe").await["last_error"].as_str()?.to_owned();
+        e.contains("not a regular file").then_some(())
+    })
+    .await;
+    assert_eq!(d.execute("py-probe", "echo", json!(2)).await.unwrap(), json!(2), "the old instance serves on");
+    assert_eq!(d.status("victim").await["state"], "running");
+}
+
 /// A plugin directory holding a symlink to a large tree (`lib -> /usr`: 15,000 watches), or into
 /// its TMPDIR where a plugin makes directories at will (one watch in plugind each): plugind's
 /// watcher followed it (audit 16). Symlinks inside a plugin's directory are not followed.

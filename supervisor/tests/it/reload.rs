@@ -161,6 +161,27 @@ async fn broken_update_keeps_the_old_version_serving_until_fixed() {
     assert_eq!(s["last_error"], json!(null));
 }
 
+/// A rescan whose changed plugin's new version fails to start (the old one serving on) did not
+/// take effect for it: `pluginctl reload` names it under `errors` and exits 1 (audit 20: it read
+/// `changed`, exit 0, and only `status` told).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_whose_new_version_fails_to_start_says_so() {
+    let d = Daemon::builder()
+        .plugin_files("hot", &[("plugin.json", &manifest("1.0.0")), ("main.py", &source(1))])
+        .start()
+        .await;
+    d.wait_state("hot", "running").await;
+    let dir = d.plugins.join("hot");
+    std::fs::write(dir.join("broken.py"), "import sys\nsys.exit(3)\n").unwrap();
+    std::fs::write(dir.join("plugin.json"), r#"{"name": "hot", "version": "1.1.0", "main": "broken.py"}"#).unwrap();
+    let out = d.ctl(&["reload"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let errors: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("errors:")).collect();
+    assert!(errors.len() == 1 && errors[0].contains("hot: "), "{text}");
+    assert_eq!(d.execute("hot", "e", json!(1)).await.unwrap()["gen"], 1, "the old version serves on");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pluginctl_reload_adds_and_removes_directories() {
     let d = Daemon::builder().plugin("perl-echo").plugin("py-probe").start().await;
