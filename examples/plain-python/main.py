@@ -81,8 +81,9 @@ def handle(msg):
         reply = {"error": e.args[0]}
     except Exception as e:  # a bug here: answer with an internal error rather than not at all
         reply = {"error": {"code": -32603, "message": str(e)}}
-    if not inflight.pop(rid).is_set():  # a cancelled request gets no answer
-        send(dict(reply, id=rid))
+    if inflight.pop(rid).is_set():  # cancelled: say the work is over (plugind frees its slot)
+        reply = {"error": {"code": -32800, "message": "cancelled"}}
+    send(dict(reply, id=rid))
 
 
 for line in sys.stdin.buffer:  # the main thread only reads and routes
