@@ -177,32 +177,22 @@ async fn calls_given_up_on_keep_their_slots_until_answered() {
         .plugin_files("stubborn", &[("plugin.json", &manifest.to_string()), ("s.py", STUBBORN)])
         .start()
         .await;
-    let calls = (0..30u64).map(|i| {
-        let d = &d;
-        async move {
+    // 30 sleeps of 500 ms, their deadlines `timeout_ms(i)` apart; each ends -32001, and then
+    // the plugin tells how many it had at once.
+    let most_at_once = async |timeout_ms: fn(u64) -> u64| {
+        let calls = (0..30u64).map(|i| {
             let params =
-                json!({"plugin": "stubborn", "method": "sleep", "params": {"ms": 500}, "timeout_ms": 300 + 3 * i});
-            d.call("execute", params).await
-        }
-    });
-    let results = futures::future::join_all(calls).await;
-    assert!(results.iter().all(|r| code(r) == -32001), "{results:?}");
-    let most = d.call("execute", json!({"plugin": "stubborn", "method": "most", "timeout_ms": 5000})).await;
-    assert_eq!(most.unwrap(), json!(2), "the plugin had more calls at once than its max_inflight");
+                json!({"plugin": "stubborn", "method": "sleep", "params": {"ms": 500}, "timeout_ms": timeout_ms(i)});
+            d.call("execute", params)
+        });
+        let results = futures::future::join_all(calls).await;
+        assert!(results.iter().all(|r| code(r) == -32001), "{results:?}");
+        d.call("execute", json!({"plugin": "stubborn", "method": "most", "timeout_ms": 5000})).await.unwrap()
+    };
+    assert_eq!(most_at_once(|i| 300 + 3 * i).await, json!(2), "more calls at once than its max_inflight");
     // A caller's tiny timeout does not shorten the keep: at least the plugin's own timeout_ms
     // (audit 20, second round: with `timeout_ms: 1` slots came free at once, 88 calls at once).
-    let calls = (0..30u64).map(|i| {
-        let d = &d;
-        async move {
-            let params =
-                json!({"plugin": "stubborn", "method": "sleep", "params": {"ms": 500}, "timeout_ms": 1 + 2 * i});
-            d.call("execute", params).await
-        }
-    });
-    let results = futures::future::join_all(calls).await;
-    assert!(results.iter().all(|r| code(r) == -32001), "{results:?}");
-    let most = d.call("execute", json!({"plugin": "stubborn", "method": "most", "timeout_ms": 5000})).await;
-    assert_eq!(most.unwrap(), json!(2), "tiny timeouts: more calls at once than its max_inflight");
+    assert_eq!(most_at_once(|i| 1 + 2 * i).await, json!(2), "tiny timeouts: more calls at once than max_inflight");
     // A call never answered frees its slot after as long again as it was allowed (300 ms).
     for _ in 0..2 {
         let r = d.call("execute", json!({"plugin": "stubborn", "method": "hang", "timeout_ms": 300})).await;
