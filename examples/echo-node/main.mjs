@@ -15,7 +15,7 @@ serve({
 
     sleep: async ({ ms }, ctx) => {
       await wait(ms, ctx.signal);
-      return { slept: ms }; // dropped by the SDK if the call was cancelled meanwhile
+      return { slept: ms }; // the SDK answers -32800 instead if the call was cancelled meanwhile
     },
 
     progress: async ({ steps, interval_ms = 0 }, ctx) => {

@@ -25,7 +25,7 @@ def hello(params, ctx):
 @plugin.method
 def sleep(params, ctx):
     if ctx.cancelled.wait(params["ms"] / 1000):
-        return None  # cancelled: the SDK sends nothing
+        return None  # cancelled: the SDK answers -32800 instead
     return {"slept": params["ms"]}
 
 

@@ -511,15 +511,26 @@ impl Daemon {
     /// removed ones stopped and dropped, changed ones hot-reloaded (docs/security.md). Answers
     /// once the plugins it started or reloaded have settled.
     /// Being the operator's, it also releases the names of directories that are gone.
-    /// A changed plugin whose new version failed to start (the old one serves on) is one of the
-    /// `errors`: the reload did not take effect for it (audit 20: it read as a success, and
-    /// every later reload said `changed` again).
+    /// A changed plugin whose new version failed to start (the old one serves on), and a plugin
+    /// it started that ended `failed`, are among the `errors`: the reload did not take effect for
+    /// them (audit 20: it read as a success, and every later reload said `changed` again). The
+    /// wait ends after `ready_timeout_s`, as at start: a plugin in a long crash loop settles only
+    /// when it gives up, and that one is named as not settled.
     pub async fn reload(self: &Arc<Self>) -> ReloadResult {
+        use plugin::{entry::Answer, machine::Outcome};
         let (mut result, settling) = self.rescan_dirs_releasing(true).await;
-        let (names, answers): (Vec<Arc<str>>, Vec<_>) = settling.into_iter().unzip();
-        for (name, answer) in names.iter().zip(futures::future::join_all(answers).await) {
-            if let Ok(plugin::entry::Answer { outcome: plugin::machine::Outcome::Failed(why), .. }) = answer {
-                result.errors.push(format!("{name}: {why}"));
+        let until = tokio::time::Instant::now() + self.config.ready_timeout;
+        for (name, answer) in settling {
+            match tokio::time::timeout_at(until, answer).await {
+                Ok(Ok(Answer { outcome: Outcome::Failed(why), .. })) => result.errors.push(format!("{name}: {why}")),
+                Ok(Ok(Answer { status: Some(s), .. })) if s.state == "failed" => result
+                    .errors
+                    .push(format!("{name}: failed: {}", s.last_error.as_deref().unwrap_or("it did not start"))),
+                Ok(_) => {}
+                Err(_) => result.errors.push(format!(
+                    "{name}: not settled after {} s (ready_timeout_s): still starting or restarting",
+                    self.config.ready_timeout.as_secs()
+                )),
             }
         }
         result
@@ -616,10 +627,10 @@ impl Daemon {
             added.push(entry);
         }
         let mut settling: Vec<Settling> =
-            to_reload.iter().filter_map(|e| Some((e.name.clone(), e.send(Command::Reload)?))).collect();
+            to_reload.iter().filter_map(|e| Some((e.name.clone(), e.send_for_status(Command::Reload)?))).collect();
         // Like at boot, plugins the config file disables are added but not started.
         let startable = added.iter().filter(|e| self.config.enabled(&e.name));
-        settling.extend(startable.filter_map(|e| Some((e.name.clone(), e.send(Command::Start)?))));
+        settling.extend(startable.filter_map(|e| Some((e.name.clone(), e.send_for_status(Command::Start)?))));
         result.errors = errors;
         tracing::info!(added = ?result.added, removed = ?result.removed, changed = ?result.changed, "plugins reloaded");
         (result, settling)

@@ -374,7 +374,13 @@ async fn call_instance(
                 format!("plugin {} is overloaded: max_inflight calls busy and the queue full", entry.name),
                 serde_json::json!({ "plugin": &*entry.name }),
             ),
-            Admission::Timeout => timed_out(&Answerer::plugin(&entry.name), timeout, max, accepted, not_after),
+            Admission::Timeout => {
+                let mut e = timed_out(&Answerer::plugin(&entry.name), timeout, max, accepted, not_after);
+                e.message.push_str(
+                    " (the call waited in plugind's queue for one of the plugin's max_inflight slots, and was never sent)",
+                );
+                e
+            }
         })?;
         instance.peer.call_traced(method, write_params, deadline, Some(hop.as_parent()), true).await.map_err(
             |e| match e {

@@ -238,6 +238,11 @@ impl PluginEntry {
         self.send_wanting(false, make)
     }
 
+    /// [`PluginEntry::send`], the answer carrying the status the command left.
+    pub fn send_for_status(&self, make: impl FnOnce(Reply) -> Command) -> Option<oneshot::Receiver<Answer>> {
+        self.send_wanting(true, make)
+    }
+
     fn send_wanting(
         &self,
         with_status: bool,

@@ -193,6 +193,13 @@ const REQUEST_ID_MAX: usize = 1024;
 /// out-of-memory report: those of its start.
 const WORDS_LOOKED_AT: u32 = 5_000;
 
+/// How long a call given up on keeps its `max_inflight` slot at most, unless the plugin answers
+/// it first (the SDKs answer `-32800` when the handler ends): the plugin's time to stop the work
+/// after `$/cancel`. The contract lets a plugin stop silently, so it must be short (a caller that
+/// goes away must not take a slot for long); a plugin that ignores `$/cancel` is then sent at
+/// most `max_inflight` new calls per grace, not one per call given up on (audit 20).
+pub const CANCEL_GRACE: Duration = Duration::from_secs(1);
+
 /// Holds an instance's `max_inflight` slot and its load count for the duration of one call.
 pub struct CallSlot<'a> {
     instance: &'a Instance,
@@ -221,20 +228,20 @@ struct Limiter {
     handoff: Semaphore,
     /// Slots kept by calls given up on ([`SlotKeeper`]): as many releases free nothing.
     kept: AtomicU32,
-    /// The least time a slot is kept: the plugin's own `timeout_ms`.
-    keep_at_least: Duration,
+    /// How long a slot is kept at most ([`CANCEL_GRACE`], or the plugin's `timeout_ms` if less).
+    keep_at_most: Duration,
 }
 
 const FREE: u64 = 1;
 const WAITING: u64 = 1 << 32;
 
 impl Limiter {
-    fn new(slots: u32, keep_at_least: Duration) -> Self {
+    fn new(slots: u32, keep_at_most: Duration) -> Self {
         Limiter {
             state: AtomicU64::new(u64::from(slots)),
             handoff: Semaphore::new(0),
             kept: AtomicU32::new(0),
-            keep_at_least,
+            keep_at_most,
         }
     }
 
@@ -313,7 +320,7 @@ impl SlotKeeper for Limiter {
     fn keep(&self) -> Duration {
         // Called while the call still holds its slot, before its `CallSlot` releases it.
         self.kept.fetch_add(1, Ordering::AcqRel);
-        self.keep_at_least
+        self.keep_at_most
     }
 
     fn give_back(&self, n: usize) {
@@ -502,7 +509,8 @@ pub fn launch(
     let (out_tx, out_rx) = outbox::channel();
     let (stop_tx, stop_rx) = mpsc::channel(4);
     let limits = &spec.manifest.limits;
-    let limiter = Arc::new(Limiter::new(limits.max_inflight, Duration::from_millis(spec.manifest.timeout_ms)));
+    let grace = CANCEL_GRACE.min(Duration::from_millis(spec.manifest.timeout_ms));
+    let limiter = Arc::new(Limiter::new(limits.max_inflight, grace));
     let instance = Arc::new(Instance {
         id,
         pid: AtomicU32::new(0),

@@ -392,19 +392,19 @@ pub struct ParentCall {
 
 /// The other side's `max_inflight` slots, as a peer sees them: a call given up on (its deadline
 /// passed, or its caller went away) that held a slot keeps it while the other side may still be
-/// working on it, until its late answer comes (the SDKs answer a cancelled call `-32800` when its
-/// handler ends), or for as long again as the call was allowed and at least the plugin's own
-/// `timeout_ms` (a plugin that never answers does not lose the slot for good), or until the peer
-/// closes.
+/// working on it: until its late answer comes (the SDKs answer a cancelled call `-32800` when its
+/// handler ends), or for the plugin's grace to stop ([`SlotKeeper::keep`]: a plugin that stops
+/// silently, as the contract allows, loses the slot that long at most), or until the peer closes.
 ///
 /// A plugin that ignores `$/cancel` and runs every call it gets was otherwise sent a new call for
 /// every one given up on: when queued calls with deadlines a few milliseconds apart expired
 /// together, each was sent with moments to live and given up on at once, and the plugin got 65
 /// calls at once with `max_inflight` 2, and crashed (audit 20).
 pub trait SlotKeeper: Send + Sync {
-    /// A call that holds a slot was given up on: its slot stays taken when the call ends, for at
-    /// least the time returned (the plugin's own `timeout_ms`: a caller's tiny `timeout_ms` would
-    /// otherwise free it at once, and 1 ms calls were sent 88 at once with `max_inflight` 2).
+    /// A call that holds a slot was given up on: its slot stays taken when the call ends, for
+    /// the time returned at most (the plugin's grace to stop the work; not the caller's
+    /// `timeout_ms`: a tiny one freed the slot at once, and 1 ms calls were sent 88 at once with
+    /// `max_inflight` 2; a long one held it for minutes after its caller went away).
     fn keep(&self) -> Duration;
     /// `n` slots kept by [`SlotKeeper::keep`] are free again.
     fn give_back(&self, n: usize);
@@ -1071,26 +1071,25 @@ impl Drop for CancelOnDrop<'_> {
         if !self.armed {
             return;
         }
-        let (was_pending, kept_for, freed) = {
+        let (was_pending, kept, freed) = {
             let mut calls = self.peer.calls();
             match calls.pending.remove(&self.id) {
                 Some(p) => {
                     let freed = calls.abandon(self.id, p.slotted);
-                    (true, p.slotted.then_some(p.idle), freed)
+                    (true, p.slotted, freed)
                 }
-                None => (false, None, 0),
+                None => (false, false, 0),
             }
         };
         let shared = &self.peer.shared;
         shared.give_back(freed);
-        if let (Some(keeper), Some(idle)) = (&shared.keeper, kept_for) {
-            let at_least = keeper.keep();
-            // For as long again as the call was allowed (at least the plugin's own timeout),
-            // unless its late answer frees it first.
+        if let (Some(keeper), true) = (&shared.keeper, kept) {
+            let grace = keeper.keep();
+            // For the plugin's grace at most: its late answer frees it first.
             let (shared, id) = (shared.clone(), self.id);
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 drop(rt.spawn(async move {
-                    tokio::time::sleep(idle.max(at_least)).await;
+                    tokio::time::sleep(grace).await;
                     let freed = shared.calls().release_kept(id);
                     shared.give_back(usize::from(freed));
                 }));

@@ -193,12 +193,14 @@ async fn calls_given_up_on_keep_their_slots_until_answered() {
     // A caller's tiny timeout does not shorten the keep: at least the plugin's own timeout_ms
     // (audit 20, second round: with `timeout_ms: 1` slots came free at once, 88 calls at once).
     assert_eq!(most_at_once(|i| 1 + 2 * i).await, json!(2), "tiny timeouts: more calls at once than max_inflight");
-    // A call never answered frees its slot after as long again as it was allowed (300 ms).
-    for _ in 0..2 {
-        let r = d.call("execute", json!({"plugin": "stubborn", "method": "hang", "timeout_ms": 300})).await;
-        assert_eq!(code(&r), -32001, "{r:?}");
-    }
-    let r = d.call("execute", json!({"plugin": "stubborn", "method": "echo", "params": [1], "timeout_ms": 5000})).await;
+    // A call never answered (as the contract allows after `$/cancel`) frees its slot after the
+    // plugin's grace to stop (here its timeout_ms, 300 ms, under the 1 s of CANCEL_GRACE), not
+    // after the caller's own long timeout (audit 20, third round: a caller that went away with
+    // a 600 s timeout took a slot for a minute).
+    let hang = || d.call("execute", json!({"plugin": "stubborn", "method": "hang", "timeout_ms": 1500}));
+    let (a, b) = tokio::join!(hang(), hang());
+    assert!(code(&a) == -32001 && code(&b) == -32001, "{a:?} {b:?}");
+    let r = d.call("execute", json!({"plugin": "stubborn", "method": "echo", "params": [1], "timeout_ms": 1000})).await;
     assert_eq!(r.unwrap(), json!([1]));
     assert_eq!(d.status("stubborn").await["state"], "running");
 }

@@ -180,6 +180,16 @@ async fn a_reload_whose_new_version_fails_to_start_says_so() {
     let errors: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("errors:")).collect();
     assert!(errors.len() == 1 && errors[0].contains("hot: "), "{text}");
     assert_eq!(d.execute("hot", "e", json!(1)).await.unwrap()["gen"], 1, "the old version serves on");
+    // A plugin the rescan added that ends `failed` did not take either (third round).
+    let ff = d.plugins.join("ff");
+    std::fs::create_dir(&ff).unwrap();
+    std::fs::write(ff.join("main.py"), "import sys\nsys.exit(3)\n").unwrap();
+    let m = json!({"name": "ff", "version": "1.0.0", "main": "main.py", "restart": {"max_restarts": 0}});
+    std::fs::write(ff.join("plugin.json"), m.to_string()).unwrap();
+    let out = d.ctl(&["reload"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text.contains("added:") && text.contains("ff: failed: "), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
