@@ -1071,20 +1071,22 @@ impl Drop for CancelOnDrop<'_> {
         if !self.armed {
             return;
         }
-        let (was_pending, kept, freed) = {
+        let shared = &self.peer.shared;
+        let (was_pending, grace, freed) = {
             let mut calls = self.peer.calls();
             match calls.pending.remove(&self.id) {
                 Some(p) => {
                     let freed = calls.abandon(self.id, p.slotted);
-                    (true, p.slotted, freed)
+                    // Under the lock: a late answer read meanwhile would give back a slot not
+                    // yet counted as kept.
+                    let grace = shared.keeper.as_ref().filter(|_| p.slotted).map(|k| k.keep());
+                    (true, grace, freed)
                 }
-                None => (false, false, 0),
+                None => (false, None, 0),
             }
         };
-        let shared = &self.peer.shared;
         shared.give_back(freed);
-        if let (Some(keeper), true) = (&shared.keeper, kept) {
-            let grace = keeper.keep();
+        if let Some(grace) = grace {
             // For the plugin's grace at most: its late answer frees it first.
             let (shared, id) = (shared.clone(), self.id);
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
