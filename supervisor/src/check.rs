@@ -70,12 +70,11 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>, diagnose_it: bo
     // A plugin that requires itself (by name or a service it provides) is a cycle a daemon
     // refuses to load; the rest is checked by a daemon, which has the other plugins: until one
     // provides them, it waits `blocked`.
-    let own = |name: &str| name == m.name || m.provides.iter().any(|p| p.name == name);
     if let Some(cycle) = crate::discovery::find_cycles(&[(m.name.as_str(), &m)]).into_values().next() {
         r.push(Level::Fail, format!("dependencies: {}", crate::discovery::cycle_error(&dir, &cycle)));
     }
     for (kind, deps) in [("requires", &m.required), ("may use", &m.optional)] {
-        for d in deps.iter().filter(|d| kind == "may use" || !own(&d.name)) {
+        for d in deps.iter().filter(|d| kind == "may use" || !m.declares_service(&d.name)) {
             let range = d.range.as_ref().map_or_else(|| "any version".to_owned(), ToString::to_string);
             r.push(Level::Ok, format!("dependencies: {kind} {} ({range}); not checked without a daemon", d.name));
         }

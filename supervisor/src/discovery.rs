@@ -451,12 +451,7 @@ pub fn cycle_error(dir: &Path, cycle: &str) -> String {
 /// cannot form a cycle here.
 pub fn find_cycles(plugins: &[(&str, &Manifest)]) -> BTreeMap<String, String> {
     let providers = |dep: &plugind_protocol::manifest::Dependency| -> Vec<usize> {
-        plugins
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, m))| m.name == dep.name || m.provides.iter().any(|p| p.name == dep.name))
-            .map(|(i, _)| i)
-            .collect()
+        plugins.iter().enumerate().filter(|(_, (_, m))| m.declares_service(&dep.name)).map(|(i, _)| i).collect()
     };
     let edges: Vec<Vec<usize>> =
         plugins.iter().map(|(_, m)| m.required.iter().flat_map(&providers).collect()).collect();

@@ -1027,6 +1027,11 @@ impl Manifest {
         }
     }
 
+    /// Whether the plugin declares service `name`: its own name, or one in `provides`.
+    pub fn declares_service(&self, name: &str) -> bool {
+        name == self.name || self.provides.iter().any(|p| p.name == name)
+    }
+
     /// Whether the manifest grants `p`.
     pub fn grants(&self, p: Permission) -> bool {
         self.permissions.contains(&p)

@@ -573,13 +573,17 @@ impl Peer {
     /// A peer writing through `out` (the queue of a [`crate::transport::outbox::spawn_writer`]
     /// task).
     pub fn new(out: Outbox) -> Self {
-        Peer { out, shared: Arc::default(), next_id: AtomicU64::new(1), tap: None }
+        Self::keeping(out, None)
     }
 
     /// A peer whose calls made with `slotted` hold one of `keeper`'s slots (a plugin
     /// instance's `max_inflight`), kept for a while when they are given up on.
     pub fn with_slots(out: Outbox, keeper: Arc<dyn SlotKeeper>) -> Self {
-        let shared = Shared { keeper: Some(keeper), ..Shared::default() };
+        Self::keeping(out, Some(keeper))
+    }
+
+    fn keeping(out: Outbox, keeper: Option<Arc<dyn SlotKeeper>>) -> Self {
+        let shared = Shared { keeper, ..Shared::default() };
         Peer { out, shared: Arc::new(shared), next_id: AtomicU64::new(1), tap: None }
     }
 

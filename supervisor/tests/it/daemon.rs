@@ -1323,23 +1323,3 @@ async fn a_graceful_exit_leaves_no_instance_cgroup() {
     let left = instance_cgroups();
     assert!(left.is_empty(), "instance cgroups left after a graceful exit: {left:?}");
 }
-
-/// The test process's cgroup directories in the trees plugind uses (v2; v1 `memory` and
-/// `pids`): where the plugind it starts makes its instance cgroups.
-fn own_cgroup_dirs() -> Vec<PathBuf> {
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    own.lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
-            let mounts: &[&str] = match names {
-                "" => &["/sys/fs/cgroup", "/sys/fs/cgroup/unified"],
-                n if n.split(',').any(|c| c == "memory") => &["/sys/fs/cgroup/memory"],
-                n if n.split(',').any(|c| c == "pids") => &["/sys/fs/cgroup/pids"],
-                _ => &[],
-            };
-            let path = path.trim_start_matches('/').to_owned();
-            mounts.iter().map(|m| Path::new(m).join(&path)).find(|d| d.join("cgroup.procs").exists())
-        })
-        .collect()
-}

@@ -698,36 +698,36 @@ impl TestCgroups {
     /// Creates `it-<pid>-<tag>` beside the test process's cgroup in each tree it can write, or
     /// None when it can write none (not root, no cgroups).
     pub fn new(tag: &str) -> Option<TestCgroups> {
-        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        // The v2 tree (pure or hybrid), then the v1 trees, each where mounted.
-        let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-            .into_iter()
-            .find(|m| Path::new(m).join("cgroup.controllers").exists())
-            .map(|m| (m.to_owned(), None));
-        let v1 = ["memory", "pids"].into_iter().map(|c| (format!("/sys/fs/cgroup/{c}"), Some(c))).filter(|(m, _)| {
-            Path::new(m).join("cgroup.procs").exists() && !Path::new(m).join("cgroup.controllers").exists()
-        });
         let mut dirs = Vec::new();
-        for (mount, controller) in v2.into_iter().chain(v1) {
-            // `/proc/self/cgroup`: `0::PATH` for v2, `N:memory:PATH` for v1.
-            let Some(path) = own.lines().find_map(|l| {
-                let mut parts = l.splitn(3, ':');
-                let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
-                let wanted = match controller {
-                    None => names.is_empty(),
-                    Some(c) => names.split(',').any(|n| n == c),
-                };
-                wanted.then(|| path.trim_start_matches('/').to_owned())
-            }) else {
-                continue;
-            };
-            let dir = Path::new(&mount).join(path).join(format!("it-{}-{tag}", std::process::id()));
+        for own in own_cgroup_dirs() {
+            let dir = own.join(format!("it-{}-{tag}", std::process::id()));
             if std::fs::create_dir(&dir).is_ok() {
                 dirs.push(dir);
             }
         }
         (!dirs.is_empty()).then_some(TestCgroups { dirs })
     }
+}
+
+/// The test process's cgroup directories in the trees plugind uses (v2, pure or hybrid; v1
+/// `memory` and `pids`): where the plugind it starts makes its instance cgroups.
+pub fn own_cgroup_dirs() -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    // `/proc/self/cgroup`: `0::PATH` for v2, `N:memory:PATH` for v1.
+    own.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let mounts: &[&str] = match names {
+                "" => &["/sys/fs/cgroup", "/sys/fs/cgroup/unified"],
+                n if n.split(',').any(|c| c == "memory") => &["/sys/fs/cgroup/memory"],
+                n if n.split(',').any(|c| c == "pids") => &["/sys/fs/cgroup/pids"],
+                _ => &[],
+            };
+            let path = path.trim_start_matches('/').to_owned();
+            mounts.iter().map(|m| Path::new(m).join(&path)).find(|d| d.join("cgroup.procs").exists())
+        })
+        .collect()
 }
 
 impl Drop for TestCgroups {
