@@ -211,7 +211,24 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>, diagnose_it: bo
             };
             match answer {
                 Ok(v) => r.push(Level::Ok, format!("execute {method}: {}", v.get())),
-                Err(e) => r.push(Level::Fail, format!("execute {method}: {e}")),
+                Err(e) => {
+                    r.push(Level::Fail, format!("execute {method}: {e}"));
+                    // Its dependencies are not running here: a service call answered -32004 may
+                    // be why it failed, which says nothing of how it runs under plugind.
+                    let deps: Vec<&str> = m.required.iter().chain(&m.optional).map(|d| d.name.as_str()).collect();
+                    if !deps.is_empty() {
+                        r.push(
+                            Level::Warn,
+                            format!(
+                                "execute {method}: check runs the plugin alone, so its service calls to {} are \
+                                 answered -32004 (service not found); try the call under plugind with \
+                                 `pluginctl call {} {method}`",
+                                deps.join(", "),
+                                m.name
+                            ),
+                        );
+                    }
+                }
             }
         }
     }

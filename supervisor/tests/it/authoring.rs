@@ -196,6 +196,37 @@ fn check_warns_about_a_misspelled_limit() {
     assert!(t.contains("/restart/max_restart: unknown field ignored"), "{t}");
 }
 
+/// A plugin whose `execute` calls its dependency fails under `check` (nothing provides the
+/// service there); the report says that is why, not only the -32004 the plugin passed on.
+#[test]
+fn check_says_a_failed_execute_may_be_its_missing_dependency() {
+    let work = tempfile::tempdir().unwrap();
+    let main = r#"
+import json, sys
+def send(m): sys.stdout.write(json.dumps(dict(jsonrpc="2.0", **m)) + "\n"); sys.stdout.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    if "method" not in m or "id" not in m: continue
+    name = m["method"]
+    if name == "init": send(dict(id=m["id"], result={"protocol_version": 1}))
+    elif name == "execute":
+        send(dict(id="s1", method="service.call", params={"service": "spell", "method": "fix", "params": {}}))
+        answer = json.loads(sys.stdin.readline())
+        send(dict(id=m["id"], error=answer.get("error") or {"code": -32000, "message": "no error?"}))
+    else: send(dict(id=m["id"], result={}))
+"#;
+    std::fs::write(work.path().join("main.py"), main).unwrap();
+    let manifest = json!({ "name": "asker", "version": "1.0.0", "main": "main.py",
+        "dependencies": { "required": ["spell@^1"] } });
+    std::fs::write(work.path().join("plugin.json"), manifest.to_string()).unwrap();
+    let out = ctl(&["check", ".", "--execute", "go"], work.path());
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("FAIL execute go:") && t.contains("-32004"), "{t}");
+    assert!(t.contains("check runs the plugin alone, so its service calls to spell are answered -32004"), "{t}");
+    assert!(t.contains("`pluginctl call asker go`"), "{t}");
+}
+
 #[test]
 fn check_fails_a_plugin_that_prints_to_stdout() {
     let out = ctl(&["check", fixture("perl-echo").to_str().unwrap(), "--execute", "garbage"], &repo());
