@@ -1513,7 +1513,11 @@ pub fn call_error(plugin: &str, timeout: Duration, e: CallError) -> RpcError {
         ),
         CallError::Closed => RpcError::with_data(
             codes::PLUGIN_CRASHED,
-            format!("plugin {plugin} crashed while the call was in flight"),
+            // Its exit status is not known yet when its stdout closes; status will have it.
+            format!(
+                "plugin {plugin} crashed while the call was in flight (its exit and last stderr lines: \
+                 `pluginctl status {plugin}`)"
+            ),
             serde_json::json!({ "plugin": plugin }),
         ),
         CallError::Stopping => RpcError::with_data(

@@ -62,6 +62,9 @@ async fn scenario(d: &Daemon, p: &str) {
     // Crash: -32003 for the call in flight, then a restart.
     let r = d.execute(p, "exit", json!({"code": 9})).await;
     assert_eq!(code(&r), -32003, "{p}");
+    // Its message says where the exit and the last stderr lines are.
+    let Err(plugind_client::ClientError::Rpc(e)) = &r else { unreachable!("checked above") };
+    assert!(e.message.contains(&format!("`pluginctl status {p}`")), "{p}: {}", e.message);
     let s = wait_for("a restart", async || {
         let s = d.status(p).await;
         (s["state"] == "running" && s["restarts"] == 1).then_some(s)
