@@ -56,7 +56,7 @@ pub fn scan(
             }
         };
         let mut dirs: Vec<PathBuf> =
-            entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.join("plugin.json").is_file()).collect();
+            entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| holds_manifest(p)).collect();
         dirs.sort();
         for dir in dirs {
             found.push(load(&dir, plugind_version));
@@ -205,7 +205,14 @@ pub fn read_holders(path: &Path) -> Holders {
 
 /// Whether the directory that held a name is gone (no `plugin.json` there any more).
 pub fn is_gone(dir: &Path) -> bool {
-    !dir.join("plugin.json").is_file()
+    !holds_manifest(dir)
+}
+
+/// Whether `dir` is a plugin's directory: a `plugin.json` is there, of whatever kind. One that
+/// is not a regular file (a FIFO, a dangling link) is reported when it is read, not passed over
+/// in silence as if the directory held no plugin.
+pub fn holds_manifest(dir: &Path) -> bool {
+    dir.is_dir() && std::fs::symlink_metadata(dir.join("plugin.json")).is_ok()
 }
 
 /// Records who holds each name after a scan, over `holders` (those the scan went by): each

@@ -247,8 +247,8 @@ async fn on_change(daemon: &Arc<Daemon>, paths: &[PathBuf], loaded: &mut HashMap
             replaced.push(dir.clone());
         }
         match plugins.iter().find(|p| p.dir == dir) {
-            None => rescan |= dir.join("plugin.json").exists(),
-            Some(_) if !dir.join("plugin.json").exists() => rescan = true,
+            None => rescan |= crate::discovery::holds_manifest(&dir),
+            Some(_) if !crate::discovery::holds_manifest(&dir) => rescan = true,
             Some(p) => {
                 if rel.as_os_str().is_empty() || is_watched(p, &rel) {
                     reload.insert(p.name.to_string());

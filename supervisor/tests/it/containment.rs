@@ -1341,7 +1341,15 @@ async fn a_fifo_as_main_freezes_nothing() {
             .unwrap();
         nix::unistd::mkfifo(&dir.join(main), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     }
+    // A FIFO as the manifest itself: a plugin directory whose manifest cannot be read, said so,
+    // not a directory silently ignored.
+    let dir = b.path().join("plugins/fifojson");
+    std::fs::create_dir_all(&dir).unwrap();
+    nix::unistd::mkfifo(&dir.join("plugin.json"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     let d = tokio::time::timeout(std::time::Duration::from_secs(60), b.start()).await.expect("plugind starts");
+    let s = d.status("fifojson").await;
+    assert_eq!(s["state"], "invalid", "{s}");
+    assert!(s["last_error"].as_str().unwrap().contains("fifojson/plugin.json: cannot read: it is not a regular file"), "{s}");
     for name in ["fifo", "fifopy"] {
         let s = wait_for(&format!("{name} to fail"), async || {
             let s = d.status(name).await;
