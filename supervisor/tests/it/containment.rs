@@ -1349,7 +1349,10 @@ async fn a_fifo_as_main_freezes_nothing() {
     let d = tokio::time::timeout(std::time::Duration::from_secs(60), b.start()).await.expect("plugind starts");
     let s = d.status("fifojson").await;
     assert_eq!(s["state"], "invalid", "{s}");
-    assert!(s["last_error"].as_str().unwrap().contains("fifojson/plugin.json: cannot read: it is not a regular file"), "{s}");
+    assert!(
+        s["last_error"].as_str().unwrap().contains("fifojson/plugin.json: cannot read: it is not a regular file"),
+        "{s}"
+    );
     for name in ["fifo", "fifopy"] {
         let s = wait_for(&format!("{name} to fail"), async || {
             let s = d.status(name).await;
