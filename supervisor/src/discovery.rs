@@ -310,22 +310,27 @@ pub fn load(dir: &Path, plugind_version: &semver::Version) -> Found {
     Found { dir: dir.to_path_buf(), name, manifest, version }
 }
 
-/// Opens `path` for reading if it is a regular file, never waiting: a FIFO shipped as a plugin's
-/// `main` (`cp -r` and `tar` keep one), or made there by a `filesystem` plugin, blocked the open of
-/// a plain `File::open` until a writer came, on the thread that loads manifests: plugind froze,
-/// SIGTERM included, and again at every start while the FIFO was there (audit 20). `follow`:
-/// whether a symbolic link is followed.
+/// Opens `path` for reading if it is a regular file, never opening anything else: a FIFO shipped
+/// as a plugin's `main` (`cp -r` and `tar` keep one), or made there by a `filesystem` plugin,
+/// blocked a plain `File::open` until a writer came, on the thread that loads manifests: plugind
+/// froze, SIGTERM included (audit 20). And opening is not harmless for every file: a `main` that
+/// is a link to `/dev/watchdog` arms the host's watchdog when opened, as root, even non-blocking
+/// (audit 21). So the path is resolved once to an `O_PATH` descriptor, which opens nothing, its
+/// type checked, and only a regular file is opened, through that descriptor (`/proc/self/fd`:
+/// the same file, not the path again, which a plugin could swap in between). `follow`: whether a
+/// symbolic link is followed.
 pub fn open_regular(path: &Path, follow: bool) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let flags = libc::O_NONBLOCK | if follow { 0 } else { libc::O_NOFOLLOW };
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path)?;
-    if !file.metadata()?.is_file() {
+    let flags = libc::O_PATH | if follow { 0 } else { libc::O_NOFOLLOW };
+    let located = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path)?;
+    if !located.metadata()?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("{} is not a regular file (a FIFO, socket, device or directory)", path.display()),
         ));
     }
-    Ok(file)
+    let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&located));
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(through)
 }
 
 /// What would make `main` fail at every start, or run under another interpreter than its author
@@ -389,23 +394,24 @@ fn read_opened_at_most(file: std::fs::File, max: u64) -> std::io::Result<Vec<u8>
 /// directory it may rename, another name of the same file) a plugin with `filesystem` would
 /// rewrite its own manifest and grant itself permissions at the next reload (audit 17).
 fn read_manifest(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::MetadataExt;
     let refused = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
-    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
-    {
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            let to = std::fs::read_link(path).map(|t| format!(" (to {})", t.display())).unwrap_or_default();
-            return Err(refused(format!(
-                "it is a symbolic link{to}: the manifest must be a file of the plugin's directory, as a plugin could \
-                 change what a link points to, and so its own permissions"
-            )));
-        }
-        other => other?,
-    };
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(refused("it is not a regular file (a FIFO, socket or device)".to_owned()));
+    if std::fs::symlink_metadata(path)?.is_symlink() {
+        let to = std::fs::read_link(path).map(|t| format!(" (to {})", t.display())).unwrap_or_default();
+        return Err(refused(format!(
+            "it is a symbolic link{to}: the manifest must be a file of the plugin's directory, as a plugin could \
+             change what a link points to, and so its own permissions"
+        )));
     }
+    // Not followed: a link swapped in meanwhile is refused as not a regular file.
+    let file = open_regular(path, false).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            refused("it is not a regular file (a FIFO, socket or device)".to_owned())
+        } else {
+            e
+        }
+    })?;
+    let meta = file.metadata()?;
     if meta.nlink() > 1 && meta.mode() & 0o222 != 0 {
         return Err(refused(format!(
             "it has {} hard links and is writable: through another of its names a plugin could rewrite its own \
@@ -510,6 +516,45 @@ mod tests {
             &serde_json::json!({"name": name, "version": "1.0.0", "main": "x", "dependencies": {"required": requires}}),
         )
         .expect("valid test manifest")
+    }
+
+    /// Whether anything opened `path` (not `O_PATH`) since the watch began, per inotify.
+    fn opened_while<T>(path: &Path, f: impl FnOnce() -> T) -> (bool, T) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: plain syscalls on a descriptor this function owns and a buffer it sized.
+        unsafe {
+            let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
+            assert!(fd >= 0);
+            assert!(libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_OPEN) >= 0);
+            let out = f();
+            let mut buf = [0u8; 4096];
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fd);
+            (n > 0, out)
+        }
+    }
+
+    /// A `main` that is a FIFO, or a link to a device (`/dev/watchdog` arms the host's watchdog
+    /// when opened): refused without being opened (audit 21). A regular file still opens.
+    #[test]
+    fn open_regular_opens_nothing_but_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("main");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        for path in [&fifo, &link] {
+            let (opened, r) = opened_while(&fifo, || open_regular(path, true));
+            assert!(r.unwrap_err().to_string().contains("is not a regular file"));
+            assert!(!opened, "{} was opened to find it is not a regular file", path.display());
+        }
+        let file = dir.path().join("main.py");
+        std::fs::write(&file, "print(1)").unwrap();
+        let (opened, r) = opened_while(&file, || std::io::read_to_string(open_regular(&file, true).unwrap()));
+        assert_eq!(r.unwrap(), "print(1)");
+        assert!(opened, "the watch sees an open");
+        assert!(open_regular(&link, false).is_err(), "a link is not followed when asked not to");
     }
 
     #[test]
