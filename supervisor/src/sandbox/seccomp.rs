@@ -24,6 +24,8 @@
 //! utime and the xattr calls, in their path and fd forms, and the ioctls that set inode flags
 //! (`chattr`: a read-only descriptor is enough), everywhere (its `TMPDIR` included).
 //!
+//! Every x32 syscall (x86-64 only) is refused (`EPERM`): the rules match x86-64 numbers.
+//!
 //! io_uring needs `networking` and `filesystem` both: its operations run without the syscalls
 //! they stand for, past these filters (`IORING_OP_SOCKET` past the socket rule,
 //! `IORING_OP_SETXATTR` past the metadata rule; Landlock still applies to what it opens).
@@ -172,12 +174,44 @@ pub fn filters(deny: Denials) -> Result<Vec<BpfProgram>, BackendError> {
             eperm.insert(libc::SYS_vfork, vec![]);
         }
     }
-    out.push(program(eperm, libc::EPERM, arch)?);
+    let mut eperm = program(eperm, libc::EPERM, arch)?;
+    refuse_x32_first(&mut eperm);
+    out.push(eperm);
     // clone3 passes its flags in memory, out of BPF's reach. ENOSYS makes glibc (pthread_create,
     // posix_spawn, fork) fall back to clone, where the rules above see the flags.
     let clone3 = BTreeMap::from([(libc::SYS_clone3, vec![])]);
     out.push(program(clone3, libc::ENOSYS, arch)?);
     Ok(out)
+}
+
+/// The x32 ABI's bit in a syscall number (`__X32_SYSCALL_BIT`).
+#[cfg(target_arch = "x86_64")]
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// Puts in front of `prog` a check that refuses (`EPERM`) every x32 syscall. seccompiler checks
+/// the architecture (`AUDIT_ARCH_X86_64`, which x32 calls share) and then exact numbers: on a
+/// kernel with the x32 ABI on, `socket`, `clone`, `prlimit64`… with the x32 bit set would match
+/// no rule and pass every denial (audit 21). libseccomp adds the same check. No x86-64 program
+/// makes x32 calls.
+fn refuse_x32_first(prog: &mut BpfProgram) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use seccompiler::sock_filter;
+        // BPF opcodes (linux/filter.h) and seccomp's return values (linux/seccomp.h).
+        const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+        const JMP_JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+        const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+        const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+        let nr_offset = 0; // seccomp_data.nr
+        let check = [
+            sock_filter { code: LD_W_ABS, jt: 0, jf: 0, k: nr_offset },
+            sock_filter { code: JMP_JGE_K, jt: 0, jf: 1, k: X32_SYSCALL_BIT },
+            sock_filter { code: RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ERRNO | libc::EPERM as u32 },
+        ];
+        prog.splice(0..0, check);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = prog;
 }
 
 fn program(rules: BTreeMap<i64, Vec<SeccompRule>>, errno: i32, arch: TargetArch) -> Result<BpfProgram, BackendError> {

@@ -1276,6 +1276,27 @@ async fn a_plugin_cannot_use_the_kernel_keyrings() {
     assert!(r["detail"] == "0 bytes" || r["ok"] == false, "THE ATTACK SUCCEEDED: the plugin reads /proc/keys: {r}");
 }
 
+/// seccomp's rules match x86-64 syscall numbers after an architecture check that x32 calls pass
+/// (they share `AUDIT_ARCH_X86_64`): on a kernel with the x32 ABI on, `socket`, `keyctl`… with
+/// bit 30 set passed every denial (audit 21). Every x32 call is refused with `EPERM` (on a kernel
+/// without x32 the kernel itself would answer `ENOSYS`, so `EPERM` shows the filter did it).
+#[tokio::test(flavor = "multi_thread")]
+async fn x32_syscalls_pass_no_denial() {
+    if std::env::consts::ARCH != "x86_64" {
+        eprintln!("skipped: x32 syscalls exist on x86-64 only");
+        return;
+    }
+    let d = hostile(Daemon::builder(), "hostile", &[], json!({})).start().await;
+    if !held(&d, "hostile", &["no-keyrings"]).await {
+        return;
+    }
+    let r = attack(&d, "hostile", "x32", json!({})).await;
+    refused(&r, "x32 syscalls");
+    for call in ["getpid", "socket", "keyctl"] {
+        assert_eq!(r[call], "Operation not permitted", "{call}: {r}");
+    }
+}
+
 /// 32 instances, each registering 256 methods described in 60 KB each (within the per-method
 /// cap): plugind kept a catalog per instance and grew to 558 MB; with 64 instances the OOM
 /// killer picked plugind (audit 16). A catalog holds at most 1 MiB of JSON, and instances that
