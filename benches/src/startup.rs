@@ -61,7 +61,7 @@ fn sandboxed_spawn(rt: &Runtime, bins: &Bins, n: usize) -> anyhow::Result<Durati
     sandbox::protect(sandbox::PrivatePaths {
         state_dirs: vec![state.clone()],
         plugin_roots: vec![plugins.clone()],
-        files: vec![],
+        ..Default::default()
     });
     sandbox::probe::host();
     let version = semver::Version::parse(env!("CARGO_PKG_VERSION"))?;

@@ -876,15 +876,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let _state_lock = statedir::StateDir::lock(&config.state_dir)?;
     // What plugins must not see, then the probe, which also kills what a dead run left behind
     // (before anything of this run starts).
-    sandbox::protect(sandbox::PrivatePaths {
+    let exposed = sandbox::protect(sandbox::PrivatePaths {
         state_dirs: vec![config.state_dir.clone()],
         plugin_roots: config.plugin_dirs.clone(),
-        files: [Some(&config.socket), config.token_file.as_ref(), config.file.as_ref()]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect(),
+        files: vec![config.socket.clone()],
+        secrets: [config.token_file.as_ref(), config.file.as_ref()].into_iter().flatten().cloned().collect(),
+        ..Default::default()
     });
+    for (file, why) in exposed {
+        tracing::warn!(
+            file = %file.display(),
+            "hidden from plugins as a single file, not with its directory ({why}): a new version written by renaming \
+             it into place (sed -i, most editors, mv) is readable to plugins already running, until they restart; \
+             keep plugind's config and token files in a directory of their own, such as /etc/plugind"
+        );
+    }
     sandbox::init().cgroups.sweep_recorded(&config.state_dir);
     // A dead run's temp dirs: their names are this run's instances' (removed in the background).
     tmpdirs::discard_leftovers(&config.state_dir.join("tmp"));

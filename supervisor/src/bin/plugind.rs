@@ -188,8 +188,8 @@ fn hidden_from_check() -> (plugind::sandbox::PrivatePaths, Vec<String>) {
     let mut add = |cfg: &Config| {
         hidden.state_dirs.push(cfg.state_dir.clone());
         hidden.plugin_roots.extend(cfg.plugin_dirs.iter().cloned());
-        let files = [Some(&cfg.socket), cfg.token_file.as_ref(), cfg.file.as_ref()];
-        hidden.files.extend(files.into_iter().flatten().cloned());
+        hidden.files.push(cfg.socket.clone());
+        hidden.secrets.extend([cfg.token_file.as_ref(), cfg.file.as_ref()].into_iter().flatten().cloned());
     };
     if let Ok(cfg) = Config::resolve(Settings::default(), None) {
         add(&cfg);

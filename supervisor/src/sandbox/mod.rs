@@ -255,8 +255,12 @@ pub fn profile(m: &Manifest) -> Vec<Relax> {
 static PRIVATE: OnceLock<PrivatePaths> = OnceLock::new();
 
 /// Hides `paths` from every plugin started from now on (their canonical forms are taken now).
-pub fn protect(paths: PrivatePaths) {
-    let _ = PRIVATE.set(paths.canonical());
+/// Returns the secrets hidden as single files only, and why (see [`namespace::own_directory`]).
+pub fn protect(paths: PrivatePaths) -> Vec<(PathBuf, String)> {
+    let paths = paths.canonical();
+    let exposed = paths.exposed.clone();
+    let _ = PRIVATE.set(paths);
+    exposed
 }
 
 /// Builds the confinement of one instance whose directory is `plugin_dir`: what its manifest does

@@ -9,7 +9,10 @@
 //!   back at its usual path, so other plugins' code and files are gone; its `plugin.json` is
 //!   made read-only (with `filesystem` a plugin could otherwise grant itself any permission at
 //!   the next hot reload);
-//! - plugind's control socket, config file and token file get a read-only `/dev/null` on top;
+//! - the directory of plugind's config file and of its token file is covered whole when it holds
+//!   nothing else ([`own_directory`]: a cover on a file alone is dropped when the file is
+//!   replaced by a rename); otherwise, and for the control socket, the file gets a read-only
+//!   `/dev/null` on top;
 //! - every directory above those and the covers is bound onto itself: a mount point cannot be
 //!   renamed or removed in its namespace, so a `filesystem` plugin cannot move them aside and
 //!   put its own in their place;
@@ -55,13 +58,23 @@ pub struct PrivatePaths {
     pub state_dirs: Vec<PathBuf>,
     /// The plugin roots (`--plugins`).
     pub plugin_roots: Vec<PathBuf>,
-    /// Single files: the control socket, the config file, the token file.
+    /// Single files: the control socket (and, once [`canonical`](Self::canonical), each secret
+    /// whose directory is not hidden whole).
     pub files: Vec<PathBuf>,
+    /// The config and token files: hidden with their whole directory where it is plugind's own
+    /// ([`own_directory`]), else as single files.
+    pub secrets: Vec<PathBuf>,
+    /// The secrets' directories hidden whole (set by [`canonical`](Self::canonical)).
+    pub secret_dirs: Vec<PathBuf>,
+    /// The secrets hidden as single files, with why their directory is not hidden
+    /// (set by [`canonical`](Self::canonical), for plugind to warn).
+    pub exposed: Vec<(PathBuf, String)>,
 }
 
 impl PrivatePaths {
     /// Canonical forms (what the kernel resolves), dropping directories that do not exist. A
     /// file may not exist yet (the socket is bound later): its directory is resolved instead.
+    /// Each secret goes to `secret_dirs` or, with the reason, to `files` and `exposed`.
     pub fn canonical(self) -> Self {
         let canon = |p: PathBuf| std::fs::canonicalize(&p).ok();
         let canon_file = |p: PathBuf| {
@@ -70,12 +83,56 @@ impl PrivatePaths {
                 Some(std::fs::canonicalize(dir).ok()?.join(p.file_name()?))
             })
         };
-        PrivatePaths {
-            state_dirs: self.state_dirs.into_iter().filter_map(canon).collect(),
-            plugin_roots: self.plugin_roots.into_iter().filter_map(canon).collect(),
-            files: self.files.into_iter().filter_map(canon_file).collect(),
+        let state_dirs: Vec<PathBuf> = self.state_dirs.into_iter().filter_map(canon).collect();
+        let plugin_roots: Vec<PathBuf> = self.plugin_roots.into_iter().filter_map(canon).collect();
+        let mut files: Vec<PathBuf> = self.files.into_iter().filter_map(canon_file).collect();
+        let secrets: Vec<PathBuf> = self.secrets.into_iter().filter_map(canon_file).collect();
+        let own: Vec<PathBuf> = files.iter().chain(&secrets).cloned().collect();
+        let (mut secret_dirs, mut exposed) = (self.secret_dirs, self.exposed);
+        for secret in &secrets {
+            // Inside what is covered whole already: nothing to add.
+            if state_dirs.iter().chain(&plugin_roots).any(|d| secret.starts_with(d)) {
+                continue;
+            }
+            match own_directory(secret, &own) {
+                Ok(dir) => secret_dirs.push(dir),
+                Err(why) => {
+                    files.push(secret.clone());
+                    exposed.push((secret.clone(), why));
+                }
+            }
+        }
+        secret_dirs.sort();
+        secret_dirs.dedup();
+        PrivatePaths { state_dirs, plugin_roots, files, secrets, secret_dirs, exposed }
+    }
+}
+
+/// The directory of `secret` (the config or token file) when it is plugind's own: it holds only
+/// plugind's files (`own`: config, token, socket) and their editors' and tools' variants
+/// (`plugind.toml~`, `.plugind.toml.swp`, `#plugind.toml#`, `token.new`…). Such a directory is
+/// hidden whole. A file alone is covered by a mount on it, which the kernel drops when the file
+/// is replaced by a rename (`sed -i`, most editors, `mv token.new token`), from plugind's side of
+/// the namespace too: every running plugin could then read the new config and token (audit 21).
+/// A whole directory keeps its cover through renames inside it. Err: why it is not plugind's own.
+pub fn own_directory(secret: &Path, own: &[PathBuf]) -> Result<PathBuf, String> {
+    let Some(dir) = secret.parent().filter(|d| d.parent().is_some()) else {
+        return Err("it is in /".to_owned());
+    };
+    let names: Vec<&std::ffi::OsStr> =
+        own.iter().filter(|f| f.parent() == Some(dir)).filter_map(|f| f.file_name()).collect();
+    let variant = |name: &[u8]| {
+        let bare = [&b".#"[..], b"#", b"."].iter().find_map(|p| name.strip_prefix(*p)).unwrap_or(name);
+        names.iter().any(|n| bare.starts_with(n.as_bytes()) || name.starts_with(n.as_bytes()))
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{} cannot be listed: {e}", dir.display()))?;
+    for entry in entries {
+        let name = entry.map_err(|e| format!("{} cannot be listed: {e}", dir.display()))?.file_name();
+        if !variant(name.as_bytes()) {
+            return Err(format!("{} also holds {}", dir.display(), name.to_string_lossy()));
         }
     }
+    Ok(dir.to_path_buf())
 }
 
 /// Why a mount plan could not be built.
@@ -165,7 +222,8 @@ impl MountPlan {
         data_dir: Option<&Path>,
         user_ns: bool,
     ) -> Result<MountPlan, PlanError> {
-        let mut covers: Vec<PathBuf> = private.plugin_roots.iter().chain(&private.state_dirs).cloned().collect();
+        let mut covers: Vec<PathBuf> =
+            private.plugin_roots.iter().chain(&private.state_dirs).chain(&private.secret_dirs).cloned().collect();
         covers.extend(other_plugins_elsewhere(private, plugin_dir));
         covers.sort_by_key(|p| p.components().count());
         covers.dedup();
@@ -603,6 +661,29 @@ pub fn probe(user_ns: bool) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_secrets_directory_is_its_own_only_when_it_holds_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, token) = (dir.path().join("plugind.toml"), dir.path().join("token"));
+        let own = [config.clone(), token.clone()];
+        for name in [
+            "plugind.toml",
+            "token",
+            "plugind.toml~",
+            ".plugind.toml.swp",
+            "#plugind.toml#",
+            ".#plugind.toml",
+            "token.new",
+        ] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        assert_eq!(own_directory(&config, &own), Ok(dir.path().to_path_buf()));
+        std::fs::write(dir.path().join("README"), "").unwrap();
+        let why = own_directory(&token, &own).unwrap_err();
+        assert!(why.ends_with("also holds README"), "{why}");
+        assert_eq!(own_directory(Path::new("/plugind.toml"), &own), Err("it is in /".to_owned()));
+    }
+
     /// A covered directory removed after the plan names it (`check` covers other pluginds' dirs,
     /// which go away as they stop) is skipped: its mount failed with ENOENT, and the spawn with
     /// it, reported as a missing interpreter (CI, this session).
@@ -619,7 +700,7 @@ mod tests {
         }
         std::fs::write(plugins.join("p/plugin.json"), "{}").unwrap();
         let private =
-            PrivatePaths { state_dirs: vec![gone.clone()], plugin_roots: vec![plugins.clone()], files: vec![] };
+            PrivatePaths { state_dirs: vec![gone.clone()], plugin_roots: vec![plugins.clone()], ..Default::default() };
         let plan = MountPlan::new(&private.canonical(), &plugins.join("p"), &tmp, None, false).unwrap();
         std::fs::remove_dir(&gone).unwrap();
         // SAFETY: the child only applies the prebuilt plan (syscalls) and exits.

@@ -493,6 +493,39 @@ async fn plugin_cannot_read_plugind_config_or_token_file() {
     let b = b.arg("--config").arg("plugind.toml").arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg("token");
     let d = hostiles(b, &VARIANTS, &json!({})).start().await;
     unreadable(&d, &[d.dir.path().join("plugind.toml"), d.dir.path().join("token")]).await;
+    // They share their directory with the plugins and the state: covered one by one, which a
+    // rename over them undoes; plugind says so.
+    let log = d.log();
+    assert!(log.contains("hidden from plugins as a single file, not with its directory"), "{log}");
+    assert!(log.contains("keep plugind's config and token files in a directory of their own"), "{log}");
+}
+
+/// The operator edits the config with `sed -i` and rotates the token with `mv token.new token`
+/// while plugins run: both replace the file by a rename, which drops a mount on the file in
+/// every namespace, and any plugin then read the new config and token (audit 21). In a
+/// directory of their own, the directory is hidden whole, and a rename inside it changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugind_config_and_token_replaced_by_rename_stay_hidden() {
+    let b = Daemon::builder();
+    let etc = b.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(etc.join("plugind.toml"), "# the operator's config: secrets live here\n").unwrap();
+    std::fs::write(etc.join("token"), "secret-token\n").unwrap();
+    let b = b
+        .arg("--config")
+        .arg("etc/plugind.toml")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--token-file")
+        .arg("etc/token");
+    let d = hostiles(b, &VARIANTS, &json!({})).start().await;
+    assert!(!d.log().contains("hidden from plugins as a single file"), "{}", d.log());
+    for (name, text) in [("plugind.toml", "# edited: api_key = \"sk-new\"\n"), ("token", "new-token\n")] {
+        std::fs::write(etc.join(format!("{name}.new")), text).unwrap();
+        std::fs::rename(etc.join(format!("{name}.new")), etc.join(name)).unwrap();
+    }
+    std::fs::write(etc.join("plugind.toml~"), "# an editor's backup\n").unwrap();
+    unreadable(&d, &[etc.join("plugind.toml"), etc.join("token"), etc.join("plugind.toml~"), etc.clone()]).await;
 }
 
 /// Reaches plugind's state and another plugin's directory through `/proc/PID/cwd` and
