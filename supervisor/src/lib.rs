@@ -672,6 +672,7 @@ impl Daemon {
             })
             .collect();
         let mut starting = futures::stream::FuturesUnordered::new();
+        let mut told_to_wait = std::collections::HashSet::new();
         loop {
             let (ready, waiting): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| {
                 let m = p.status().manifest.clone();
@@ -680,6 +681,15 @@ impl Daemon {
             pending = waiting;
             for p in ready {
                 starting.push(async move { p.command(Command::Start).await });
+            }
+            // A plugin waiting for its providers is `blocked` meanwhile, its status naming them
+            // (it read `stopped`, with no reason, until every other plugin had settled: a
+            // provider hanging in `init` kept it so for a minute). Its start is not awaited: it
+            // starts when a provider comes up (`wake_blocked`), and is awaited once ready below.
+            for p in pending.iter().filter(|p| p.status().manifest.is_some()) {
+                if told_to_wait.insert(p.name.clone()) {
+                    drop(p.send(Command::Start));
+                }
             }
             // One settled: what it provides may be what a waiting plugin lacked.
             if futures::StreamExt::next(&mut starting).await.is_none() {

@@ -45,6 +45,36 @@ async fn dependents_start_after_providers_and_missing_ones_block() {
     assert_eq!(d.call("supervisor.status", json!({})).await.unwrap()["plugins"]["blocked"], 1);
 }
 
+/// At boot, a plugin whose provider is still starting reads `blocked`, naming what it waits
+/// for, not `stopped` with no reason (audit 21: a provider hanging in `init` kept its dependent
+/// so for a minute); it runs once the provider does.
+#[tokio::test(flavor = "multi_thread")]
+async fn at_boot_a_dependent_waiting_for_its_provider_reads_blocked() {
+    let main = fixture("perl-echo").join("main.pl");
+    let d = Daemon::builder()
+        .plugin_files(
+            "slow",
+            &[
+                (
+                    "plugin.json",
+                    r#"{"name": "slow", "version": "1.0.0", "main": "run.sh", "startup_timeout_ms": 60000}"#,
+                ),
+                // Not ready until the test says so.
+                ("run.sh", &format!("while [ ! -e go ]; do sleep 0.02; done\nexec perl {}\n", main.display())),
+            ],
+        )
+        .plugin_as("perl-echo", "waiter")
+        .manifest("waiter", |m| m["dependencies"] = json!({"required": ["slow@^1"]}))
+        .spawn()
+        .await;
+    let s = d.wait_state("waiter", "blocked").await;
+    assert!(s["last_error"].as_str().unwrap().contains("unmet dependencies slow@^1"), "{s}");
+    assert_eq!(d.status("slow").await["state"], "starting");
+    std::fs::write(d.plugins.join("slow/go"), "").unwrap();
+    d.wait_state("waiter", "running").await;
+    assert_eq!(d.execute("waiter", "echo", json!(4)).await.unwrap(), json!(4));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn blocked_plugin_starts_by_itself_when_its_provider_comes_up() {
     let d = Daemon::builder()
