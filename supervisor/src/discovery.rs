@@ -335,9 +335,9 @@ pub fn open_regular(path: &Path, follow: bool) -> std::io::Result<std::fs::File>
 
 /// What would make `main` fail at every start, or run under another interpreter than its author
 /// meant, seen before it runs: a file plugind executes directly that is not executable, a `.sh`
-/// file written for bash (plugind runs `.sh` with `sh`, which is often dash).
+/// file written for bash (plugind runs `.sh` with `sh`, which is often dash), a script saved
+/// with Windows line endings.
 fn main_warnings(dir: &Path, m: &Manifest) -> Vec<String> {
-    use std::io::{BufRead, BufReader, Read};
     use std::os::unix::fs::PermissionsExt;
     let (None, Some(main)) = (&m.command, &m.main) else { return Vec::new() };
     let path = dir.join(main);
@@ -348,13 +348,19 @@ fn main_warnings(dir: &Path, m: &Manifest) -> Vec<String> {
             "/main: {main} is not a regular file (a FIFO, socket, device or directory): it cannot run"
         )];
     }
-    let mut first = String::new();
-    if let Ok(f) = open_regular(&path, true) {
-        let _ = BufReader::new(f.take(256)).read_line(&mut first);
-    }
+    let first = first_line(&path);
     let shebang = first.strip_prefix("#!").map(str::trim);
     match ext {
         "py" | "js" | "mjs" | "cjs" => Vec::new(),
+        _ if first.ends_with("\r\n") => vec![format!(
+            "/main: {main} has Windows line endings (\\r\\n): {}; convert it (`dos2unix {main}`, or \
+             `sed -i 's/\\r$//' {main}`)",
+            if shebang.is_some() {
+                "the kernel looks for an interpreter whose name ends with \\r, and finds none"
+            } else {
+                "the shell reads \\r as part of every command"
+            }
+        )],
         "sh" => match shebang.and_then(|s| ["bash", "zsh", "ksh"].into_iter().find(|sh| s.contains(sh))) {
             Some(shell) => vec![format!(
                 "/main: {main} begins with #!{}, but plugind runs a .sh main with sh, which may not be {shell}: \
@@ -369,6 +375,17 @@ fn main_warnings(dir: &Path, m: &Manifest) -> Vec<String> {
         )],
         _ => Vec::new(),
     }
+}
+
+/// The first line of `path` (its first 256 bytes at most, its `\n` kept); empty when it cannot
+/// be read as a regular file.
+pub fn first_line(path: &Path) -> String {
+    use std::io::{BufRead, BufReader, Read};
+    let mut first = String::new();
+    if let Ok(f) = open_regular(path, true) {
+        let _ = BufReader::new(f.take(256)).read_line(&mut first);
+    }
+    first
 }
 
 /// Most bytes of a `plugin.json`: a sparse 3 GB file (4 KB on disk) was read whole, and plugind

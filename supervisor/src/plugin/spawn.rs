@@ -96,6 +96,11 @@ fn exec_hint(argv0: &str, e: &std::io::Error) -> String {
         Some(libc::ENOEXEC) => ": it is neither a program for this machine nor a script with a `#!` line: \
             add one (e.g. `#!/usr/bin/env perl`), or set the manifest's `command`"
             .to_owned(),
+        Some(libc::ENOENT) if path && crate::discovery::first_line(Path::new(argv0)).ends_with("\r\n") => {
+            ": its `#!` line ends with \\r (Windows line endings), so the kernel looks for an interpreter whose \
+             name ends with \\r: convert the file (`dos2unix`, or `sed -i 's/\\r$//'`)"
+                .to_owned()
+        }
         Some(libc::ENOENT) if path => {
             ": the interpreter its `#!` line names is not installed here (or the file is gone)".to_owned()
         }

@@ -369,6 +369,25 @@ async fn first_start_mistakes_of_script_plugins_say_what_to_do() {
     assert!(why.contains("a fork was refused") && why.contains("`process` permission"), "{s}");
 }
 
+/// A script saved with Windows line endings: its `#!/bin/sh\r` names an interpreter that does
+/// not exist, and the start said only that the interpreter is not installed (audit 21). `check`
+/// and the start's error now name the line endings and how to convert them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_with_windows_line_endings_is_named_as_such() {
+    use std::os::unix::fs::PermissionsExt;
+    let manifest = json!({"name": "crlf", "version": "1.0.0", "main": "run", "restart": {"policy": "never"}});
+    let b = Daemon::builder()
+        .plugin_files("crlf", &[("plugin.json", &manifest.to_string()), ("run", "#!/bin/sh\r\nexit 0\r\n")]);
+    let run = b.path().join("plugins/crlf/run");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = b.spawn().await;
+    let s = d.wait_state("crlf", "failed").await;
+    let why = s["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains("Windows line endings") && why.contains("dos2unix"), "{s}");
+    let t = text(&ctl(&["check", "."], &d.plugins.join("crlf")));
+    assert!(t.contains("/main: run has Windows line endings") && t.contains("dos2unix run"), "{t}");
+}
+
 /// The same for a JVM under `memory_mb` 128, which prints its out-of-memory report (hundreds
 /// of lines) on stdout, not stderr: `check` says it ran out of memory, and the flags it suggests
 /// make the plugin start.
