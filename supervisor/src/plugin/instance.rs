@@ -50,6 +50,9 @@ use tokio_util::codec::FramedRead;
 /// How often the forks refused at an instance's `processes` limit are counted (see `run`).
 const PIDS_POLL: Duration = Duration::from_millis(250);
 
+/// How long what an instance wrote on stdout before it exited is read after its exit.
+const LAST_WORDS: Duration = Duration::from_millis(250);
+
 /// Grace between steps of a stop (docs/protocol.md): teardown answer, stdin closed → SIGTERM → SIGKILL.
 pub const STOP_STEP: Duration = Duration::from_secs(2);
 /// Stdout frames an instance task handles in a row before it looks at anything else.
@@ -982,10 +985,26 @@ impl InstanceTask {
                 },
             }
         };
-        // Every call still in flight ends now with -32003; nothing waits for a dead process.
-        inst.peer.close();
         // Leftover members of the process group (children of the plugin) go with it.
         self.kill_group(Signal::SIGKILL);
+        if stdout_open {
+            // What it wrote last may still be in the pipe when its exit is seen first: an answer
+            // written just before exiting (with or without its `\n`) was lost, the call ending
+            // -32003 (audit 21). Read to the end, briefly (a process outside the group may hold
+            // the pipe open).
+            let rest = async {
+                while let Some(Ok(frame)) = frames.next().await {
+                    match frame {
+                        Frame::Line(line) => drop(self.on_line(&line).await),
+                        Frame::LongLine => frames.decoder_mut().take_turn(),
+                        _ => {}
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LAST_WORDS, rest).await;
+        }
+        // Every call still in flight ends now with -32003; nothing waits for a dead process.
+        inst.peer.close();
         let mut exit = ExitReport { reason, requested, ..ExitReport::default() };
         match status {
             Ok(s) => {
@@ -1487,7 +1506,9 @@ async fn read_stderr(stderr: tokio::process::ChildStderr, log: Arc<PluginLog>, c
             }
             Frame::Oversized { len, .. } => {
                 chatter.charge(1, len);
-                log.stderr(format!("[stderr line of {len} bytes dropped: over {MAX_LINE} bytes]"));
+                // Reported when found too long, often before its end (the rest is dropped as it
+                // comes): at least this long.
+                log.stderr(format!("[stderr line of at least {len} bytes dropped: over {MAX_LINE} bytes]"));
             }
             Frame::Dropped(len) => chatter.charge(0, len),
             // Not taking turns (its lines are far shorter): never yielded.

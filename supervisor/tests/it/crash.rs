@@ -310,3 +310,36 @@ async fn a_main_not_built_yet_says_so_and_starts_once_it_appears() {
     d.wait_state("unbuilt", "running").await;
     assert_eq!(d.execute("unbuilt", "echo", json!(7)).await.unwrap(), json!(7));
 }
+
+/// A plugin that writes its answer and exits at once (a one-shot tool, a `sys.exit` after the
+/// last print): the exit could be seen before the answer was read from the pipe, and the call
+/// ended `-32003` with its answer unread (audit 21). What it wrote before exiting is read
+/// first, with its `\n` or without.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_written_just_before_exiting_is_delivered() {
+    let main = r#"
+import json, os, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m: continue
+    if m["method"] == "execute":
+        end = "\n" if m["params"]["params"]["newline"] else ""
+        os.write(1, (json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": "bye"}) + end).encode())
+        os._exit(0)
+    result = {"protocol_version": 1} if m["method"] == "init" else {}
+    os.write(1, (json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": result}) + "\n").encode())
+"#;
+    let manifest = json!({"name": "oneshot", "version": "1.0.0", "main": "main.py", "restart": {"policy": "never"}});
+    let d = Daemon::builder()
+        .plugin_files("oneshot", &[("plugin.json", &manifest.to_string()), ("main.py", main)])
+        .start()
+        .await;
+    for i in 0..16 {
+        if i > 0 {
+            assert_eq!(d.call("plugins.start", json!({"name": "oneshot"})).await.unwrap()["state"], "running");
+        }
+        let r = d.execute("oneshot", "bye", json!({"newline": i % 2 == 0})).await;
+        assert_eq!(r.unwrap(), json!("bye"), "call {i}");
+        wait_for("the exit", async || (d.status("oneshot").await["state"] != "running").then_some(())).await;
+    }
+}
