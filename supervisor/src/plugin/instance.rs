@@ -215,6 +215,22 @@ impl Drop for CallSlot<'_> {
     }
 }
 
+/// A call in an instance's queue: counted out of it when it leaves, and out of the instance's
+/// load unless it was admitted (its [`CallSlot`] then holds the load).
+struct InQueue<'a> {
+    instance: &'a Instance,
+    admitted: bool,
+}
+
+impl Drop for InQueue<'_> {
+    fn drop(&mut self) {
+        self.instance.queued.fetch_sub(1, Ordering::Relaxed);
+        if !self.admitted {
+            self.instance.load.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// `max_inflight` slots: one atomic word while a slot is free or nobody waits, a FIFO semaphore
 /// only to hand a freed slot to a call waiting in the queue.
 ///
@@ -266,24 +282,24 @@ impl Limiter {
         prev & 0xffff_ffff != 0
     }
 
-    /// Waits for a slot until `until`: true if it got one.
-    async fn wait(&self, until: Instant) -> bool {
+    /// Waits for a slot until `until`: true if it got one. Dropped while it waits (its caller
+    /// cancelled or hung up, or the call a `service.call` was made for ended), it leaves the
+    /// queue as if it had given up ([`Queued`]).
+    async fn wait(self: &Arc<Self>, until: Instant) -> bool {
         if self.take_or_wait() {
             return true;
         }
+        let mut queued = Queued { limiter: self, done: false };
         let acquire = self.handoff.acquire();
         tokio::pin!(acquire);
         // `handoff` is never closed.
-        if let Ok(Ok(p)) = tokio::time::timeout_at(until, &mut acquire).await {
+        let got = tokio::time::timeout_at(until, &mut acquire).await;
+        queued.done = true;
+        if let Ok(Ok(p)) = got {
             p.forget();
             return true;
         }
-        // Given up: leave the queue, unless a release has already counted this caller out.
-        let left = self
-            .state
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |s| (s >= WAITING).then(|| s - WAITING))
-            .is_ok();
-        if !left {
+        if !self.leave_queue() {
             // Every caller still queued has a slot on its way (this one kept its place in the
             // queue), so this wait is only for a release between its two steps: pass it on.
             if let Ok(p) = acquire.await {
@@ -292,6 +308,12 @@ impl Limiter {
             self.release();
         }
         false
+    }
+
+    /// Leaves the queue, unless a release has already counted this caller out (then a slot is
+    /// on its way to it, through `handoff`): true if it left.
+    fn leave_queue(&self) -> bool {
+        self.state.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |s| (s >= WAITING).then(|| s - WAITING)).is_ok()
     }
 
     /// Frees a slot, or hands it to the first call waiting, unless a slot is to stay kept for a
@@ -315,6 +337,44 @@ impl Limiter {
             .unwrap_or_else(|s| s);
         if prev >= WAITING {
             self.handoff.add_permits(1);
+        }
+    }
+}
+
+/// A caller counted as waiting in a [`Limiter`]: dropped before it was served or gave up, it
+/// leaves the queue. Without this, each queued call whose future was dropped (a host's
+/// `$/cancel` or hang-up, the end of the call a `service.call` was made for) stayed counted as
+/// waiting, and every later release handed that ghost a slot no call took: after `max_inflight`
+/// of them the plugin refused every call, idle, until restarted (audit 21).
+struct Queued<'a> {
+    limiter: &'a Arc<Limiter>,
+    done: bool,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if self.done || self.limiter.leave_queue() {
+            return;
+        }
+        // A slot is on its way to this caller: pass it on. It is in `handoff` already unless
+        // its release is between its two steps; then whoever waits next gets it, or a task
+        // that waits for it and passes it on.
+        match self.limiter.handoff.try_acquire() {
+            Ok(p) => {
+                p.forget();
+                self.limiter.release();
+            }
+            Err(_) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let limiter = self.limiter.clone();
+                    runtime.spawn(async move {
+                        if let Ok(p) = limiter.handoff.acquire().await {
+                            p.forget();
+                        }
+                        limiter.release();
+                    });
+                }
+            }
         }
     }
 }
@@ -392,13 +452,16 @@ impl Instance {
             self.load.fetch_sub(1, Ordering::Relaxed);
             return Err(Admission::Overloaded);
         }
+        // Counted out of the queue (and out of the load unless it gets a slot) however the wait
+        // ends, dropped included (audit 21: a dropped wait left both counts raised for good).
+        let mut in_queue = InQueue { instance: self, admitted: false };
         // Boxed: only queued calls wait, and the waiting future would grow every call's.
         let got = Box::pin(self.limiter.wait(until)).await;
-        self.queued.fetch_sub(1, Ordering::Relaxed);
+        in_queue.admitted = got;
+        drop(in_queue);
         if got {
             Ok(CallSlot { instance: self })
         } else {
-            self.load.fetch_sub(1, Ordering::Relaxed);
             Err(Admission::Timeout)
         }
     }
@@ -1596,7 +1659,7 @@ mod tests {
 
     #[tokio::test]
     async fn slots_are_taken_and_freed() {
-        let l = Limiter::new(2, Duration::ZERO);
+        let l = Arc::new(Limiter::new(2, Duration::ZERO));
         assert!(l.try_take() && l.try_take());
         assert!(!l.try_take());
         l.release();
@@ -1644,6 +1707,51 @@ mod tests {
         for _ in 0..3 {
             assert!(l.try_take());
         }
+        assert!(!l.try_take());
+    }
+
+    /// Waits dropped before they end (a caller's `$/cancel` or hang-up) leave the queue: each
+    /// stayed counted as waiting, and every later release handed it a slot nobody took, until
+    /// no slot was left (audit 21).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slots_are_conserved_when_waits_are_dropped() {
+        let l = Arc::new(Limiter::new(2, Duration::ZERO));
+        // Both slots busy: two waits dropped while queued.
+        assert!(l.try_take() && l.try_take());
+        for _ in 0..2 {
+            let dropped = tokio::time::timeout(Duration::from_millis(1), l.wait(soon(60_000))).await;
+            assert!(dropped.is_err(), "the wait was dropped, not ended");
+        }
+        l.release();
+        l.release();
+        assert!(l.try_take() && l.try_take(), "both slots are free again");
+        l.release();
+        l.release();
+        // And under load: waits that end, time out or are dropped, at random.
+        let mut tasks = Vec::new();
+        for i in 0..300u64 {
+            let l = l.clone();
+            tasks.push(tokio::spawn(async move {
+                let wait = l.wait(soon(i % 5 + 1));
+                let got = match i % 3 {
+                    0 => tokio::time::timeout(Duration::from_micros(i * 7 % 900), wait).await.unwrap_or(false),
+                    _ => l.try_take() || wait.await,
+                };
+                if got {
+                    tokio::task::yield_now().await;
+                    l.release();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // A slot passed on by a task the drop spawned may still be on its way.
+        let until = soon(5_000);
+        while l.state.load(std::sync::atomic::Ordering::Relaxed) != 2 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(l.try_take() && l.try_take());
         assert!(!l.try_take());
     }
 }

@@ -234,3 +234,43 @@ async fn a_host_service_timeout_names_its_limit_and_its_errors_pass_unchanged() 
     let answer = caller.next(Duration::from_secs(5)).await;
     assert_eq!(answer["error"], own, "{answer}");
 }
+
+/// Calls cancelled while they wait in a plugin's queue (behind `max_inflight` busy ones) leave
+/// it: each stayed counted as queued and as waiting for a slot, and after as many as
+/// `max_inflight` the idle plugin answered every call `-32006` until restarted (audit 21; a
+/// host's hang-up and the end of the call a `service.call` was made for dropped them alike).
+#[tokio::test]
+async fn calls_cancelled_in_the_queue_leave_no_trace() {
+    let d = Daemon::builder()
+        .plugin("py-probe")
+        .manifest("py-probe", |m| m["limits"] = json!({"max_inflight": 1, "max_queue": 2}))
+        .start()
+        .await;
+    let mut c = Raw::open(&d).await;
+    let call = |id: u64, method: &str| {
+        json!({ "jsonrpc": "2.0", "id": id, "method": "execute",
+            "params": { "plugin": "py-probe", "method": method, "params": { "ms": 30000 }, "timeout_ms": 30000 } })
+    };
+    // The one slot taken (a `sleep` ends early when cancelled).
+    c.send(call(1, "sleep")).await;
+    crate::support::wait_for("the first call routed", async || {
+        (d.status("py-probe").await["calls"]["total"] == 1).then_some(())
+    })
+    .await;
+    c.send(call(2, "echo")).await;
+    c.send(call(3, "echo")).await;
+    // Routed, hence queued: the plugin's one slot is taken.
+    crate::support::wait_for("both calls queued", async || {
+        (d.status("py-probe").await["calls"]["total"] == 3).then_some(())
+    })
+    .await;
+    for id in [2, 3, 1] {
+        c.send(json!({ "jsonrpc": "2.0", "method": "$/cancel", "params": { "id": id } })).await;
+        let answer = c.next(Duration::from_secs(5)).await;
+        assert_eq!((answer["id"].as_u64(), answer["error"]["code"].as_i64()), (Some(id), Some(-32800)), "{answer}");
+    }
+    for n in 0..4 {
+        let r = d.execute("py-probe", "echo", json!({ "n": n })).await;
+        assert_eq!(r.unwrap(), json!({ "n": n }), "call {n} after the cancels");
+    }
+}
