@@ -307,8 +307,13 @@ async fn wait_for_signals(mut term: tokio::signal::unix::Signal, mut int: tokio:
         }
         tracing::warn!("second signal: exiting now");
         // Its plugins die with it (parent-death signal); what they started in sessions of
-        // their own is in their cgroups.
-        plugind::sandbox::init().cgroups.kill_own_instances();
+        // their own is in their cgroups, which go too once empty (a moment at most), and so
+        // does the socket (audit 21: both were left). Temp dirs are left to the next start's
+        // sweep: removing a large tree is no "at once".
+        let cgroups = &plugind::sandbox::init().cgroups;
+        cgroups.kill_own_instances();
+        plugind::control::socket::remove_bound();
+        cgroups.remove_own_instances(std::time::Duration::from_millis(500)).await;
         std::process::exit(0);
     });
 }

@@ -63,5 +63,17 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
     }
     let listener = UnixListener::bind(path).map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    let _ = BOUND.set(path.to_path_buf());
     Ok(listener)
+}
+
+/// The socket this plugind bound, for an exit that skips the graceful path (a second signal) to
+/// remove it: never another plugind's, which a signal before the bind could otherwise take.
+static BOUND: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Removes the socket this plugind bound, if it bound one.
+pub fn remove_bound() {
+    if let Some(path) = BOUND.get() {
+        let _ = std::fs::remove_file(path);
+    }
 }
