@@ -261,8 +261,10 @@ impl Server {
 
     /// One line from the client: a message, or a batch of them (an array, which MCP 2025-03-26
     /// allows; each member is answered on its own line).
-    fn handle(self: &Arc<Self>, line: &str) {
-        let msg: Value = match serde_json::from_str(line) {
+    fn handle(self: &Arc<Self>, line: &[u8]) {
+        // From bytes: a line that is not UTF-8 is not JSON either, answered like any (a client's
+        // one bad byte ended the bridge when stdin was read as text).
+        let msg: Value = match serde_json::from_slice(line) {
             Ok(v) => v,
             Err(e) => {
                 let error = json!({ "code": PARSE_ERROR, "message": format!("not JSON: {e}") });
@@ -461,12 +463,14 @@ pub async fn run(client: Client) -> Result<(), McpError> {
         watcher: Mutex::new(None),
         tasks: Mutex::new(tokio::task::JoinSet::new()),
     });
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin = BufReader::new(tokio::io::stdin());
+    let mut line = Vec::new();
     let read = loop {
-        match lines.next_line().await {
-            Ok(Some(line)) if line.trim().is_empty() => {}
-            Ok(Some(line)) => server.handle(&line),
-            Ok(None) => break Ok(()),
+        line.clear();
+        match stdin.read_until(b'\n', &mut line).await {
+            Ok(0) => break Ok(()),
+            Ok(_) if line.trim_ascii().is_empty() => {}
+            Ok(_) => server.handle(line.strip_suffix(b"\n").unwrap_or(&line)),
             Err(e) => break Err(McpError::Stdin(e)),
         }
     };

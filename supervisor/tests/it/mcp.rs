@@ -648,6 +648,26 @@ async fn pluginctl_mcp_answers_what_it_read_before_stdin_closed_and_takes_batche
     assert_eq!(by_id(2)["result"]["content"][0]["text"], "counted to 2", "{answers:?}");
 }
 
+/// A line with a byte that is not UTF-8 is answered `-32700` under a null id, as bad JSON is, and
+/// the bridge goes on to answer the next request (it exited 1, `reading stdin: invalid utf-8`).
+#[tokio::test(flavor = "multi_thread")]
+async fn pluginctl_mcp_answers_a_line_that_is_not_utf8_and_goes_on() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let d = Daemon::builder().start().await;
+    let mut child = pluginctl_mcp(&d);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    stdin.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{\"x\":\"\xff\"}}\n").await.unwrap();
+    stdin.write_all(format!("{}\n", json!({"jsonrpc":"2.0","id":2,"method":"ping"})).as_bytes()).await.unwrap();
+    let (pong, before) = until(&mut lines, |v| v["id"] == 2).await;
+    assert_eq!(pong["result"], json!({}), "{pong}");
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!((&before[0]["id"], &before[0]["error"]["code"]), (&Value::Null, &json!(-32700)), "{before:?}");
+    drop(stdin);
+    let status = tokio::time::timeout(TIMEOUT, child.wait()).await.expect("exit when stdin closes").unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
 /// An MCP server's instances answering results of megabytes at once: the adapter and the
 /// instance reading its translation take the plugin's turn at long lines one after the other,
 /// and every result arrives whole.
