@@ -23,6 +23,11 @@ pub const LOG_FIELDS_BYTES: usize = 16 * 1024;
 /// Bytes of log text one plugin's ring keeps, whatever its line count: 1000 lines of 64 KiB
 /// would otherwise be 64 MiB per plugin.
 pub const LOG_RING_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes of the longest notification line a plugin's is handled at all (a `log` line with its
+/// 64 KiB message and 16 KiB of fields, even escaped, is far shorter); a longer one is reported
+/// and ignored unparsed, but for a `log`'s message, read alone and cut. Its params read into a
+/// tree would be about 36 times their text: 500 MB for a 14 MiB line.
+pub const NOTIFICATION_BYTES: usize = 1 << 20;
 /// Bytes of a handshake error kept for `last_error` (it quotes the plugin's own error message).
 pub const ERROR_TEXT_BYTES: usize = 4 * 1024;
 /// Bytes of a `$/progress` message kept.

@@ -134,13 +134,96 @@ struct ExecuteIn<'a> {
     meta: Option<Map<String, Value>>,
 }
 
-/// A `tools/list` page.
+/// A `tools/list` page; its tools stay raw, to be walked one at a time ([`each_tool`]).
 #[derive(Deserialize)]
-struct ToolsPage {
-    #[serde(default)]
-    tools: Vec<Value>,
+struct ToolsPage<'a> {
+    #[serde(default, borrow)]
+    tools: Option<&'a RawValue>,
     #[serde(default, rename = "nextCursor")]
     next_cursor: Option<String>,
+}
+
+/// Calls `take` with each item of the JSON array `tools`, borrowed, until it returns false; the
+/// rest is skipped unread. A page is never a list of trees, nor a list at all: a 15 MiB page of
+/// `0,`s would be 8 million pointers (audit 21).
+fn each_tool<'a>(tools: &'a str, take: impl FnMut(&'a RawValue) -> bool) -> serde_json::Result<()> {
+    struct Items<F>(F);
+    impl<'de, F: FnMut(&'de RawValue) -> bool> serde::de::Visitor<'de> for Items<F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array of tools")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(tool) = seq.next_element::<&'de RawValue>()? {
+                if !(self.0)(tool) {
+                    while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(tools);
+    serde::Deserializer::deserialize_seq(&mut de, Items(take))?;
+    de.end()
+}
+
+/// A tool over [`super::MAX_TOOL_BYTES`]: only its name is read, for the warning.
+#[derive(Default, Deserialize)]
+struct ToolName<'a> {
+    #[serde(default, borrow)]
+    name: Option<&'a RawValue>,
+}
+
+/// What an `initialize` answer tells the adapter, each member raw until it is known to be wanted
+/// (a tree of the whole answer would be 36 times its text).
+#[derive(Default, Deserialize)]
+struct InitializeOut<'a> {
+    #[serde(default, borrow, rename = "protocolVersion")]
+    protocol_version: Option<&'a RawValue>,
+    #[serde(default, borrow, rename = "serverInfo")]
+    server_info: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    capabilities: Option<&'a RawValue>,
+}
+
+#[derive(Default, Deserialize)]
+struct ServerInfo<'a> {
+    #[serde(default, borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    version: Option<&'a RawValue>,
+}
+
+#[derive(Default, Deserialize)]
+struct Capabilities<'a> {
+    #[serde(default, borrow)]
+    tools: Option<&'a RawValue>,
+}
+
+/// `notifications/progress` params, kept raw: those passed on are copied as they came.
+#[derive(Default, Deserialize)]
+struct ProgressIn<'a> {
+    #[serde(default, borrow, rename = "progressToken")]
+    token: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    progress: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    total: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    message: Option<&'a RawValue>,
+}
+
+/// plugind's `$/progress` params (keys in the order a tree of them was written).
+#[derive(serde::Serialize)]
+struct ProgressOut<'a> {
+    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<&'a RawValue>,
 }
 
 impl Shared {
@@ -196,16 +279,19 @@ impl Shared {
             "clientInfo": { "name": "plugind", "version": crate::VERSION },
         });
         let raw = self.request("initialize", &offer).await?;
-        let answer: Value = serde_json::from_str(raw.get()).unwrap_or_default();
-        let version =
-            check_version(&answer).map_err(|e: HandshakeError| RpcError::new(codes::INVALID_REQUEST, e.to_string()))?;
-        let info = &answer["serverInfo"];
-        let has_tools = answer["capabilities"].get("tools").is_some_and(|t| !t.is_null());
+        let answer: InitializeOut<'_> = super::object(Some(&raw));
+        let answer_version =
+            super::string(answer.protocol_version).map_or_else(|| json!({}), |v| json!({ "protocolVersion": v }));
+        let version = check_version(&answer_version)
+            .map_err(|e: HandshakeError| RpcError::new(codes::INVALID_REQUEST, e.to_string()))?;
+        let info: ServerInfo<'_> = super::object(answer.server_info);
+        let caps: Capabilities<'_> = super::object(answer.capabilities);
+        let has_tools = caps.tools.is_some_and(|t| t.get() != "null");
         self.has_tools.store(has_tools, Ordering::Relaxed);
         self.log.plugind(format!(
             "MCP server {} {} speaks protocol version {version}{}",
-            info["name"].as_str().unwrap_or("(unnamed)"),
-            info["version"].as_str().unwrap_or(""),
+            super::string(info.name).as_deref().unwrap_or("(unnamed)"),
+            super::string(info.version).as_deref().unwrap_or(""),
             if has_tools { "" } else { "; it declares no tools" },
         ));
         self.to_server(jsonrpc::notification_line("notifications/initialized", &json!({}))).await;
@@ -227,18 +313,30 @@ impl Shared {
             let raw = self.request("tools/list", &params).await?;
             bytes += raw.get().len();
             pages += 1;
-            let page: ToolsPage = serde_json::from_str(raw.get()).map_err(|e| {
+            let not_a_page = |e: serde_json::Error| {
                 RpcError::new(
                     codes::INVALID_REQUEST,
                     format!("tools/list: the answer is not {{\"tools\": [...]}}: {e}"),
                 )
-            })?;
-            for value in page.tools {
+            };
+            let page: ToolsPage<'_> = serde_json::from_str(raw.get()).map_err(not_a_page)?;
+            let take = |raw_tool: &RawValue| {
                 if methods.len() >= super::MAX_TOOLS {
                     over.push(format!("more than {} tools (the rest are not methods)", super::MAX_TOOLS));
-                    break;
+                    return false;
                 }
-                match serde_json::from_value::<Tool>(value) {
+                if raw_tool.get().len() > super::MAX_TOOL_BYTES {
+                    let name = super::string(super::object::<ToolName<'_>>(Some(raw_tool)).name).unwrap_or_default();
+                    let mut name = format!("{name:?}");
+                    crate::caps::truncate(&mut name, super::MAX_TOOL_NAME_BYTES);
+                    over.push(format!(
+                        "tool {name} listed in {} bytes dropped unread (at most {})",
+                        raw_tool.get().len(),
+                        super::MAX_TOOL_BYTES
+                    ));
+                    return true;
+                }
+                match serde_json::from_str::<Tool>(raw_tool.get()) {
                     Ok(t) if t.name.is_empty() || t.name.len() > super::MAX_TOOL_NAME_BYTES => {
                         over.push(format!("a tool name of {} bytes dropped", t.name.len()))
                     }
@@ -261,7 +359,7 @@ impl Shared {
                                 "the tools past {} bytes of schemas are not methods",
                                 super::MAX_TOOLS_LIST_BYTES
                             ));
-                            break;
+                            return false;
                         } else {
                             answer_bytes += size;
                             methods.insert(t.name.clone(), entry);
@@ -269,6 +367,11 @@ impl Shared {
                     }
                     Err(e) => self.log.warn(format!("tools/list: a tool is not a Tool object ({e}); dropped")),
                 }
+                true
+            };
+            // An absent (or null) `tools` lists nothing.
+            if let Some(tools) = page.tools {
+                each_tool(tools.get(), take).map_err(not_a_page)?;
             }
             match page.next_cursor {
                 None => break,
@@ -368,7 +471,7 @@ impl Shared {
                 self.to_server(reply).await;
                 true
             }
-            Ok(Message::Notification { method, params }) => !self.notification(&method, params).await,
+            Ok(Message::Notification { method, params }) => !self.notification(&method, params, line.len()).await,
         }
     }
 
@@ -389,12 +492,17 @@ impl Shared {
         let line = match pending {
             Some(Pending::Execute { id, tool }) => match outcome {
                 Ok(result) if is_tool_error(result.get()) => {
-                    let result: Value = serde_json::from_str(result.get()).unwrap_or_default();
-                    let e = RpcError::with_data(
-                        codes::TOOL_ERROR,
-                        tool_error_message(&tool, &result),
-                        json!({ "plugin": &*self.plugin, "result": result }),
-                    );
+                    let (text, len) = (result.get(), result.get().len());
+                    // The instance reads an error's data as a tree: a long result is not kept.
+                    let data = if len <= super::MAX_TOOL_ERROR_BYTES {
+                        let result: Value = serde_json::from_str(text).unwrap_or_default();
+                        json!({ "plugin": &*self.plugin, "result": result })
+                    } else {
+                        let first = super::first_text(text).unwrap_or_default();
+                        let result = json!({ "content": [{ "type": "text", "text": first }], "isError": true });
+                        json!({ "plugin": &*self.plugin, "result": result, "result_bytes": len })
+                    };
+                    let e = RpcError::with_data(codes::TOOL_ERROR, tool_error_message(&tool, text), data);
                     jsonrpc::error_line(&id, &e)
                 }
                 Ok(result) => jsonrpc::raw_result_line(&id, result),
@@ -420,32 +528,54 @@ impl Shared {
     }
 
     /// Turns a notification of the server's into plugind's, if it has one; returns whether it
-    /// was passed on.
-    async fn notification(&self, method: &str, params: Option<&RawValue>) -> bool {
-        let params: Value = params.and_then(|p| serde_json::from_str(p.get()).ok()).unwrap_or_default();
+    /// was passed on. Params are read only for the methods handled, by method name first, and
+    /// never into a tree: a tree of them is about 36 times their text, and a server writing
+    /// 15 MiB `zz/x` notifications in a loop took plugind from 20 MB to 676 MB (audit 21). A
+    /// line over [`crate::caps::NOTIFICATION_BYTES`] is not read at all (a `notifications/message`
+    /// but for its level and data, cut), as for plugind's own plugins.
+    async fn notification(&self, method: &str, params: Option<&RawValue>, len: usize) -> bool {
+        let huge = len > crate::caps::NOTIFICATION_BYTES;
         match method {
+            "notifications/message" => {
+                let mut params = log_params(params, huge);
+                if let Some(Value::String(message)) = params.get_mut("message").filter(|_| huge) {
+                    if crate::caps::truncate(message, crate::caps::LOG_MESSAGE_BYTES) {
+                        self.log.over_cap(
+                            crate::caps::Cap::LogMessage,
+                            format!("a `log` message was cut to {} bytes", crate::caps::LOG_MESSAGE_BYTES),
+                        );
+                    }
+                }
+                self.to_plugind(jsonrpc::notification_line(methods::LOG, &params)).await;
+                true
+            }
+            _ if huge => {
+                self.log.about_output(LogLevel::Warn, || {
+                    format!(
+                        "MCP notification `{method}` of {len} bytes ignored unread: over {} KiB",
+                        crate::caps::NOTIFICATION_BYTES >> 10
+                    )
+                });
+                false
+            }
             "notifications/progress" => {
-                let token = match &params["progressToken"] {
-                    Value::Number(n) => n.as_u64(),
-                    Value::String(s) => s.parse().ok(),
-                    _ => None,
+                let p: ProgressIn<'_> = super::object(params);
+                let token = match p.token.map(RawValue::get) {
+                    Some(t) if t.starts_with('"') => super::string(p.token).and_then(|s| s.parse().ok()),
+                    Some(t) => t.parse::<u64>().ok(),
+                    None => None,
                 };
                 let call = token.and_then(|t| match self.calls().pending.get(&t) {
                     Some(Pending::Execute { id, .. }) => Message::numeric_id(id),
                     _ => None,
                 });
                 let Some(call) = call else { return false };
-                let mut out = json!({ "id": call });
-                for key in ["progress", "total", "message"] {
-                    if let Some(v) = params.get(key).filter(|v| !v.is_null()) {
-                        out[key] = v.clone();
-                    }
+                fn set(v: Option<&RawValue>) -> Option<&RawValue> {
+                    v.filter(|v| v.get() != "null")
                 }
+                let out =
+                    ProgressOut { id: call, message: set(p.message), progress: set(p.progress), total: set(p.total) };
                 self.to_plugind(jsonrpc::notification_line(methods::PROGRESS, &out)).await;
-                true
-            }
-            "notifications/message" => {
-                self.to_plugind(jsonrpc::notification_line(methods::LOG, &log_params(&params))).await;
                 true
             }
             "notifications/tools/list_changed" => {

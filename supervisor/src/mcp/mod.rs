@@ -46,8 +46,11 @@
 pub mod adapter;
 
 use plugind_protocol::manifest::{Manifest, Protocol};
+use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
+use std::fmt;
 
 /// The MCP protocol version plugind offers in `initialize` (the newest it knows).
 pub const OFFERED_VERSION: &str = "2025-11-25";
@@ -61,6 +64,15 @@ pub const MAX_TOOLS_LIST_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_TOOLS_PAGES: usize = 64;
 /// Bytes of a tool name kept (longer names are dropped): the catalog's method names.
 pub const MAX_TOOL_NAME_BYTES: usize = crate::caps::REGISTER_NAME_BYTES;
+/// Bytes of one tool as `tools/list` lists it that are parsed at all: four times what its
+/// catalog entry may take (room for whitespace, `title`, `icons`…). A longer one is dropped
+/// unread: its schemas as a tree would be about 36 times their text (audit 21).
+pub const MAX_TOOL_BYTES: usize = 4 * crate::caps::REGISTER_METHOD_BYTES;
+/// Bytes of an `isError` `CallToolResult` kept in `-32010`'s `data.result`, where it is parsed
+/// (plugind reads an error's `data` as a tree); a longer one is replaced by a result holding its
+/// first text, cut, and `data.result_bytes` says so. Four calls answered with 15 MiB errors at
+/// once took plugind to the OOM killer (audit 21).
+pub const MAX_TOOL_ERROR_BYTES: usize = 64 * 1024;
 
 /// Whether the manifest says the plugin is an MCP server (`"protocol": "mcp"`).
 pub fn is_mcp(manifest: &Manifest) -> bool {
@@ -140,17 +152,54 @@ pub fn log_level(mcp: &str) -> &'static str {
     }
 }
 
+/// `T` read from `raw` when it is a JSON object, else (or when it does not fit) `T::default()`:
+/// what indexing a tree by key gave, without the tree. (A derived struct would also take an
+/// array, member by member.)
+pub fn object<'a, T: Deserialize<'a> + Default>(raw: Option<&'a RawValue>) -> T {
+    raw.filter(|r| r.get().starts_with('{')).and_then(|r| serde_json::from_str(r.get()).ok()).unwrap_or_default()
+}
+
+/// The text of `raw` when it is a JSON string.
+pub fn string(raw: Option<&RawValue>) -> Option<String> {
+    raw.filter(|r| r.get().starts_with('"')).and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+/// `notifications/message` params, kept raw until each is known to be wanted.
+#[derive(Default, Deserialize)]
+struct MessageIn<'a> {
+    #[serde(default, borrow)]
+    level: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    logger: Option<&'a RawValue>,
+    /// A `null` is data too (`"null"`), not no data.
+    #[serde(default, borrow, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+}
+
+/// A member that is there, `null` included (serde takes a `null` for `None`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
 /// The `log` params for an MCP `notifications/message { level, logger?, data }`: text `data` is
-/// the message; other data is the message as compact JSON. `logger` goes into `fields`.
-pub fn log_params(params: &Value) -> Value {
-    let level = log_level(params.get("level").and_then(Value::as_str).unwrap_or("info"));
-    let message = match params.get("data") {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
+/// the message; other data is the message as compact JSON (as written, from
+/// [`crate::caps::LOG_MESSAGE_BYTES`] on: the log keeps no more, and a tree of it would be 36
+/// times its text). `logger` goes into `fields`. `huge` (a line over
+/// [`crate::caps::NOTIFICATION_BYTES`]): a `logger` longer than the log would keep is not read.
+pub fn log_params(params: Option<&RawValue>, huge: bool) -> Value {
+    let p: MessageIn<'_> = object(params);
+    let level = log_level(string(p.level).as_deref().unwrap_or("info"));
+    let message = match p.data {
+        Some(d) if d.get().starts_with('"') => string(Some(d)).unwrap_or_default(),
+        Some(d) if d.get().len() <= crate::caps::LOG_MESSAGE_BYTES => {
+            serde_json::from_str::<Value>(d.get()).map(|v| v.to_string()).unwrap_or_default()
+        }
+        Some(d) => d.get().to_owned(),
         None => String::new(),
     };
     let mut out = json!({ "level": level, "message": message });
-    if let Some(logger) = params.get("logger").and_then(Value::as_str) {
+    let logger = p.logger.filter(|l| !huge || l.get().len() <= crate::caps::LOG_FIELDS_BYTES);
+    if let Some(logger) = string(logger) {
         out["fields"] = json!({ "logger": logger });
     }
     out
@@ -166,18 +215,52 @@ pub fn is_tool_error(result: &str) -> bool {
     serde_json::from_str::<Flag>(result).is_ok_and(|f| f.is_error == Some(true))
 }
 
-/// The message of a tool error: its first text content, else a generic one.
-pub fn tool_error_message(tool: &str, result: &Value) -> String {
-    let text = result
-        .get("content")
-        .and_then(Value::as_array)
-        .and_then(|c| c.iter().find_map(|item| item.get("text").and_then(Value::as_str)));
-    match text {
-        Some(t) => {
-            let mut t = t.to_owned();
-            crate::caps::truncate(&mut t, crate::caps::ERROR_TEXT_BYTES);
-            format!("tool {tool} failed: {t}")
+/// The first text content of a `CallToolResult`, cut to [`crate::caps::ERROR_TEXT_BYTES`]. Its
+/// `content` is walked item by item, each borrowed from `result` and dropped (a tree of a
+/// 15 MiB result was 40 times its size: audit 21).
+pub fn first_text(result: &str) -> Option<String> {
+    /// The first item of an array with a string `text`.
+    struct FirstText(Option<String>);
+    impl<'de> Deserialize<'de> for FirstText {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Items;
+            impl<'de> Visitor<'de> for Items {
+                type Value = FirstText;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an array")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FirstText, A::Error> {
+                    #[derive(Default, Deserialize)]
+                    struct Item<'a> {
+                        #[serde(default, borrow)]
+                        text: Option<&'a RawValue>,
+                    }
+                    let mut found = None;
+                    while found.is_none() {
+                        let Some(item) = seq.next_element::<&'de RawValue>()? else { break };
+                        found = string(object::<Item<'_>>(Some(item)).text);
+                    }
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(FirstText(found))
+                }
+            }
+            d.deserialize_seq(Items)
         }
+    }
+    #[derive(Default, Deserialize)]
+    struct CallResult {
+        #[serde(default)]
+        content: Option<FirstText>,
+    }
+    let mut text = object::<CallResult>(serde_json::from_str::<&RawValue>(result).ok()).content?.0?;
+    crate::caps::truncate(&mut text, crate::caps::ERROR_TEXT_BYTES);
+    Some(text)
+}
+
+/// The message of a tool error: its first text content, else a generic one.
+pub fn tool_error_message(tool: &str, result: &str) -> String {
+    match first_text(result) {
+        Some(t) => format!("tool {tool} failed: {t}"),
         None => format!("tool {tool} failed"),
     }
 }
@@ -226,14 +309,19 @@ mod tests {
         assert_eq!(log_level("warning"), "warn");
         assert_eq!(log_level("emergency"), "error");
         assert_eq!(log_level("notice"), "info");
+        let raw = |v: Value| serde_json::value::to_raw_value(&v).unwrap();
+        let p = raw(json!({ "level": "error", "logger": "db", "data": { "code": 3 } }));
         assert_eq!(
-            log_params(&json!({ "level": "error", "logger": "db", "data": { "code": 3 } })),
+            log_params(Some(&p), false),
             json!({ "level": "error", "message": "{\"code\":3}", "fields": { "logger": "db" } })
         );
-        assert_eq!(
-            log_params(&json!({ "level": "debug", "data": "hi" })),
-            json!({ "level": "debug", "message": "hi" })
-        );
+        let p = raw(json!({ "level": "debug", "data": "hi" }));
+        assert_eq!(log_params(Some(&p), false), json!({ "level": "debug", "message": "hi" }));
+        // Not an object, or members of other types: what indexing a tree gave.
+        let odd = raw(json!({ "level": 3, "logger": [], "data": null }));
+        assert_eq!(log_params(Some(&odd), false), json!({ "level": "info", "message": "null" }));
+        let odd = raw(json!(["error", "db", "x"]));
+        assert_eq!(log_params(Some(&odd), false), json!({ "level": "info", "message": "" }));
     }
 
     #[test]
@@ -242,7 +330,10 @@ mod tests {
         assert!(!is_tool_error(r#"{"content":[],"isError":false}"#));
         assert!(!is_tool_error(r#"{"content":[]}"#));
         assert!(!is_tool_error("[1]"));
-        let r = json!({ "content": [{ "type": "image" }, { "type": "text", "text": "bad input" }], "isError": true });
-        assert_eq!(tool_error_message("add", &r), "tool add failed: bad input");
+        let r =
+            r#"{"content":[{"type":"image"},7,{"type":"text","text":"bad input"},{"text":"later"}],"isError":true}"#;
+        assert_eq!(tool_error_message("add", r), "tool add failed: bad input");
+        assert_eq!(tool_error_message("add", r#"{"content":[{"text":3}],"isError":true}"#), "tool add failed");
+        assert_eq!(tool_error_message("add", r#"{"content":{"text":"x"},"isError":true}"#), "tool add failed");
     }
 }

@@ -58,9 +58,9 @@ pub const STOP_STEP: Duration = Duration::from_secs(2);
 /// Stdout frames an instance task handles in a row before it looks at anything else.
 const FRAMES_IN_A_ROW: usize = 32;
 
-/// The longest notification line handled (a `log` line with its 64 KiB message and 16 KiB of
-/// fields, even escaped, is far shorter); a longer one is reported and ignored unparsed.
-const NOTIFICATION_MAX: usize = 1 << 20;
+/// The longest notification line handled; a longer one is reported and ignored unparsed (the
+/// MCP adapter has the same rule).
+const NOTIFICATION_MAX: usize = crate::caps::NOTIFICATION_BYTES;
 
 /// How often requests refused past a plugin's request budget are reported in its log.
 const REFUSALS_REPORTED_EVERY: Duration = Duration::from_secs(10);

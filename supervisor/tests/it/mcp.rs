@@ -716,3 +716,84 @@ async fn an_mcp_server_stalled_mid_line_does_not_hold_up_its_siblings() {
     let log = log_lines(&d, "stallmcp").await;
     assert!(log.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("stalled mid-way"))), "{log:?}");
 }
+
+/// A stdlib MCP server with no permission that answers `flood` with `n` notifications `zz/x`
+/// of 15 MiB (params `[0,0,…]`), a `notifications/progress` and two `notifications/message` as
+/// long (text data with a 64 KiB logger, and an array), then `done`; and `fail` with an `isError` result holding
+/// 15 MiB of zeros.
+const HUGE_SERVER: &str = r#"import json, sys
+ZEROS = "[" + "0," * (15 << 19) + "0]"
+def send(m):
+    sys.stdout.write(json.dumps(m) + "\n"); sys.stdout.flush()
+def raw(s):
+    sys.stdout.write(s + "\n"); sys.stdout.flush()
+for line in sys.stdin:
+    m = json.loads(line)
+    method, mid, p = m.get("method"), m.get("id"), m.get("params") or {}
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": mid, "result": {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "huge", "version": "1"}}})
+    elif method == "ping":
+        send({"jsonrpc": "2.0", "id": mid, "result": {}})
+    elif method == "tools/list":
+        send({"jsonrpc": "2.0", "id": mid, "result": {"tools": [{"name": "flood"}, {"name": "fail"}]}})
+    elif method == "tools/call" and p["name"] == "flood":
+        token = json.dumps(p["_meta"]["progressToken"])
+        for _ in range(p["arguments"]["n"]):
+            raw('{"jsonrpc":"2.0","method":"zz/x","params":' + ZEROS + '}')
+        raw('{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":' + token + ',"progress":1,"total":' + ZEROS + '}}')
+        raw('{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"warning","logger":"' + "l" * (64 << 10) + '","data":"' + "m" * (15 << 20) + '"}}')
+        raw('{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"error","data":' + ZEROS + '}}')
+        send({"jsonrpc": "2.0", "id": mid, "result": {"content": [{"type": "text", "text": "done"}]}})
+    elif method == "tools/call" and p["name"] == "fail":
+        raw('{"jsonrpc":"2.0","id":' + json.dumps(mid) + ',"result":{"content":[{"type":"text","text":"it failed"}],"structuredContent":{"zeros":' + ZEROS + '},"isError":true}}')
+"#;
+
+/// An MCP server's notifications and tool errors are not parsed into trees: notifications over
+/// 1 MiB are ignored unread (a `notifications/message`'s text kept, cut), and a long `isError`
+/// result is not kept in `-32010`'s data. A server with no permission writing 15 MiB `zz/x`
+/// notifications grew plugind by 650 MB; four such tool errors at once got it OOM-killed (audit 21).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mcp_servers_huge_notifications_and_tool_errors_do_not_grow_plugind() {
+    let manifest =
+        json!({ "name": "huge", "version": "1.0.0", "main": "server.py", "protocol": "mcp", "timeout_ms": 60_000 });
+    let d = Daemon::builder()
+        .plugin_files("huge", &[("plugin.json", &manifest.to_string()), ("server.py", HUGE_SERVER)])
+        .start()
+        .await;
+    d.wait_state("huge", "running").await;
+    let before = rss_kb(d.pid());
+    let ((flood, fails), peak) = peak_rss_during(d.pid(), async {
+        // The answer comes after the notifications on the same stdout: they have all been read.
+        let flood = d.execute("huge", "flood", json!({ "n": 4 })).await;
+        let fails = futures::future::join_all((0..4).map(|_| d.execute("huge", "fail", json!({})))).await;
+        (flood, fails)
+    })
+    .await;
+    eprintln!("plugind: {before} KiB, at most {peak} KiB");
+    assert!(peak < before + 200 * 1024, "plugind grew from {before} KiB to {peak} KiB");
+    assert_eq!(flood.unwrap()["content"][0]["text"], "done");
+    for r in &fails {
+        assert_eq!(code(r), -32010, "{r:?}");
+        let Err(plugind_client::ClientError::Rpc(e)) = r else { unreachable!() };
+        assert_eq!(e.message, "tool fail failed: it failed");
+        let data = data(r);
+        assert_eq!(data["plugin"], "huge");
+        assert!(data["result_bytes"].as_u64().is_some_and(|n| n > 15 << 20), "{:.300}", data.to_string());
+        assert_eq!(data["result"], json!({ "content": [{ "type": "text", "text": "it failed" }], "isError": true }));
+    }
+    let log = log_lines(&d, "huge").await;
+    let messages: Vec<&str> = log.iter().filter_map(|l| l["message"].as_str()).collect();
+    let ignored = |m: &&str| m.contains("notification `zz/x` of") && m.contains("ignored unread");
+    assert!(messages.iter().any(ignored), "{messages:?}");
+    // The messages' text is kept, cut; the logger as long is not.
+    let cut = |start: &str| {
+        log.iter().find(|l| l["message"].as_str().is_some_and(|m| m.starts_with(start))).cloned().unwrap_or_default()
+    };
+    let text = cut("mmmm");
+    let m = text["message"].as_str().unwrap_or_default();
+    assert!(m.len() <= 64 * 1024 && m.contains("truncated"), "{} bytes", m.len());
+    assert_eq!((&text["level"], &text["fields"]), (&json!("warn"), &Value::Null));
+    let array = cut("[0,0,");
+    assert!(array["message"].as_str().is_some_and(|m| m.len() <= 64 * 1024), "{array}");
+    assert_eq!(array["level"], "error");
+}
