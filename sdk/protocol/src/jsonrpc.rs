@@ -232,6 +232,38 @@ pub enum Oversized<'a> {
     Request(&'a RawValue),
 }
 
+/// The largest error object read whole. A larger one (a plugin's 15 MiB `data` of small numbers
+/// was read into a tree 40 times its size, audit 21) keeps its code and the start of its
+/// message; its `data` is dropped unread and its size said instead.
+pub const ERROR_MAX: usize = 64 * 1024;
+
+impl RpcError {
+    /// An error object of more than [`ERROR_MAX`] bytes, its `data` unread (`data_bytes` says how
+    /// long it was) and its message cut to [`ERROR_MAX`]. None if it is not an error object.
+    fn cut_from(text: &str) -> Option<RpcError> {
+        #[derive(Deserialize)]
+        struct Head<'a> {
+            code: i64,
+            #[serde(borrow)]
+            message: Cow<'a, str>,
+            #[serde(default, borrow)]
+            data: Option<&'a RawValue>,
+        }
+        let head: Head<'_> = serde_json::from_str(text).ok()?;
+        let mut message = head.message.into_owned();
+        if message.len() > ERROR_MAX {
+            let mut end = ERROR_MAX;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str(" […cut: over 64 KiB]");
+        }
+        let data = head.data.map(|d| serde_json::json!({ "data_bytes": d.get().len(), "data_dropped": "over 64 KiB" }));
+        Some(RpcError { code: head.code, message, data })
+    }
+}
+
 /// Why a request's params are refused when they are neither an object nor an array.
 pub const PARAMS_SHAPE: &str = "\"params\" must be an object or an array";
 
@@ -350,6 +382,9 @@ impl<'a> Message<'a> {
         };
         let outcome = match (env.result, env.error) {
             (Some(r), None) => Ok(r),
+            (None, Some(e)) if e.get().len() > ERROR_MAX => {
+                Err(RpcError::cut_from(e.get()).ok_or(ParseError::NotJsonRpc("\"error\" is not an error object"))?)
+            }
             (None, Some(e)) => Err(serde_json::from_str::<RpcError>(e.get())
                 .map_err(|_| ParseError::NotJsonRpc("\"error\" is not an error object"))?),
             (Some(_), Some(_)) => return Err(ParseError::NotJsonRpc("both \"result\" and \"error\"")),
@@ -514,6 +549,32 @@ pub fn to_raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_error_over_its_bound_keeps_its_code_and_drops_its_data_unread() {
+        let data = format!("[{}0]", "0,".repeat(super::ERROR_MAX));
+        let line = format!(r#"{{"jsonrpc":"2.0","id":3,"error":{{"code":-32042,"message":"big","data":{data}}}}}"#);
+        let Ok(super::Message::Response { outcome: Err(e), .. }) = super::Message::parse(line.as_bytes()) else {
+            panic!("an error response")
+        };
+        assert_eq!((e.code, e.message.as_str()), (-32042, "big"));
+        assert_eq!(e.data, Some(serde_json::json!({ "data_bytes": data.len(), "data_dropped": "over 64 KiB" })));
+        let long = "é".repeat(super::ERROR_MAX);
+        let line = format!(r#"{{"jsonrpc":"2.0","id":3,"error":{{"code":1,"message":"{long}"}}}}"#);
+        let Ok(super::Message::Response { outcome: Err(e), .. }) = super::Message::parse(line.as_bytes()) else {
+            panic!("an error response")
+        };
+        assert!(
+            e.message.len() < super::ERROR_MAX + 32 && e.message.ends_with("[…cut: over 64 KiB]"),
+            "{}",
+            e.message.len()
+        );
+        assert_eq!(e.data, None);
+        // Under the bound, read whole, as before.
+        let line = br#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"m","data":[1,2]}}"#;
+        let Ok(super::Message::Response { outcome: Err(e), .. }) = super::Message::parse(line) else { panic!() };
+        assert_eq!(e.data, Some(serde_json::json!([1, 2])));
+    }
+
     #[test]
     fn the_head_of_an_oversized_line_tells_an_answer_or_a_request() {
         use super::{Message, Oversized};
