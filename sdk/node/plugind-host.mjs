@@ -28,6 +28,7 @@ export const CONNECTION_LOST = -32011;
 /** What plugind answers a cancelled call with. */
 export const REQUEST_CANCELLED = -32800;
 const INTERNAL_ERROR = -32603;
+const INVALID_PARAMS = -32602;
 const METHOD_NOT_FOUND = -32601;
 const PERMISSION_DENIED = -32005;
 
@@ -230,6 +231,13 @@ export class Host {
       return Promise.reject(new ConnectionLost(`not connected to plugind (reconnecting${why})`));
     }
     const id = ++this._nextId;
+    let line;
+    try {
+      line = encode({ jsonrpc: '2.0', id, method, params });
+    } catch (e) {
+      // Audit 21: JSON.stringify's own RangeError (params nested too deep) reached the caller.
+      return Promise.reject(new PluginError(INVALID_PARAMS, `the params cannot be sent as JSON: ${unencodable(e)}`));
+    }
     return new Promise((resolve, reject) => {
       const onAbort = () => {
         if (this._pending.delete(id) && this._up) this._send({ jsonrpc: '2.0', method: '$/cancel', params: { id } });
@@ -242,7 +250,7 @@ export class Host {
         onProgress,
       });
       signal?.addEventListener('abort', onAbort, { once: true });
-      this._send({ jsonrpc: '2.0', id, method, params });
+      this._link?.send(line);
     });
   }
 
@@ -281,7 +289,16 @@ export class Host {
       this._serving.delete(id);
     }
     // plugind sent $/cancel (or the connection broke): it wants no answer.
-    if (!abort.signal.aborted) this._send({ jsonrpc: '2.0', id, ...answer });
+    if (abort.signal.aborted) return;
+    let line;
+    try {
+      line = encode({ jsonrpc: '2.0', id, ...answer });
+    } catch (e) {
+      // The caller gets an answer anyway (a throw here was an unhandled rejection).
+      const message = `the handler's result cannot be sent as JSON: ${unencodable(e)}`;
+      line = encode({ jsonrpc: '2.0', id, error: { code: INTERNAL_ERROR, message } });
+    }
+    this._link?.send(line);
   }
 
   // ---- events ---------------------------------------------------------------------------------
@@ -361,7 +378,19 @@ export class Host {
       } catch {
         return;
       }
-      this._dispatch(msg);
+      if (msg === null || typeof msg !== 'object') return;
+      try {
+        this._dispatch(msg);
+      } catch (e) {
+        // A bug here must not leave calls waiting, nor throw out of the socket's event handler
+        // (an uncaught exception): the connection ends, as a break does, and comes back.
+        if (this._link !== link) return;
+        this._link = null;
+        link.close();
+        this._up = false;
+        this._broken(`connection to plugind dropped: handling a message failed: ${e?.message ?? e}`);
+        if (!this._closed) this._reconnect();
+      }
     };
     link.onClose = () => {
       if (this._link !== link) return;
@@ -423,7 +452,14 @@ export class Host {
       if (entry?.onProgress) {
         const update = {};
         for (const k of ['message', 'progress', 'total']) if (k in p) update[k] = p[k];
-        entry.onProgress(update);
+        try {
+          entry.onProgress(update);
+        } catch (e) {
+          // The callback's failure is its call's: that call rejects with it and is cancelled.
+          this._pending.delete(p.id);
+          entry.reject(e);
+          this._send({ jsonrpc: '2.0', method: '$/cancel', params: { id: p.id } });
+        }
       }
     } else if (method === '$/cancel') {
       this._serving.get(msg.params?.id)?.abort(new Error('cancelled by plugind'));
@@ -436,8 +472,19 @@ export class Host {
   }
 
   _send(msg) {
-    this._link?.send(JSON.stringify(msg));
+    this._link?.send(encode(msg));
   }
+}
+
+function encode(msg) {
+  return JSON.stringify(msg);
+}
+
+/** Why JSON.stringify failed, said plainly. */
+function unencodable(e) {
+  // V8's stringify recurses: a value nested too deep runs out of stack.
+  if (e instanceof RangeError) return `nested too deep to encode (${e.message})`;
+  return e?.message ?? String(e);
 }
 
 function withOpts(params, timeoutMs, meta) {

@@ -28,6 +28,8 @@ import asyncio
 import inspect
 import json
 import os
+import re
+import sys
 
 __all__ = ["connect", "Host", "PluginError", "ConnectionLost", "default_socket", "CONNECTION_LOST"]
 
@@ -37,6 +39,7 @@ CONNECTION_LOST = -32011
 REQUEST_CANCELLED = -32800
 PERMISSION_DENIED = -32005
 INTERNAL_ERROR = -32603
+INVALID_PARAMS = -32602
 METHOD_NOT_FOUND = -32601
 
 CONNECT_PATIENCE_S = 10.0
@@ -256,9 +259,13 @@ class Host:
             raise ConnectionLost("not connected to plugind (reconnecting%s)" % why)
         self._next_id += 1
         rid = self._next_id
+        try:
+            line = _encode({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+        except (ValueError, TypeError, RecursionError) as e:
+            raise PluginError(INVALID_PARAMS, "the params cannot be sent as JSON: %s" % _unencodable(e)) from e
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = (fut, on_progress)
-        self._send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+        self._link.send(line)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -302,7 +309,12 @@ class Host:
         finally:
             self._serving.pop(rid, None)
         answer.update({"jsonrpc": "2.0", "id": rid})
-        self._send(answer)
+        try:
+            line = _encode(answer)
+        except (ValueError, TypeError, RecursionError) as e:  # the caller gets an answer anyway
+            why = "the handler's result cannot be sent as JSON: %s" % _unencodable(e)
+            line = _encode({"jsonrpc": "2.0", "id": rid, "error": {"code": INTERNAL_ERROR, "message": why}})
+        self._link.send(line)
 
     # ---- events -------------------------------------------------------------------------------
 
@@ -385,21 +397,50 @@ class Host:
         """Reads messages; on a break, fails what was in flight and reconnects until closed."""
         while not self._closed:
             link = self._link
-            while True:
-                raw = await link.recv()
-                if raw is None:
-                    break
-                try:
-                    msg = json.loads(raw)
-                except ValueError:
-                    continue
-                self._dispatch(msg)
+            why = "connection to plugind lost"
+            try:
+                await self._read(link)
+            except Exception as e:  # noqa: BLE001 - a reader that died would leave every call hanging (audit 21)
+                why = "connection to plugind dropped: reading it failed: %s" % (str(e) or type(e).__name__)
             link.close()
             self._up.clear()
-            self._broken("connection to plugind lost")
+            self._broken(why)
             if self._closed:
                 return
             await self._reconnect()
+
+    async def _read(self, link):
+        """Dispatches the link's messages until it closes."""
+        while True:
+            raw = await link.recv()
+            if raw is None:
+                return
+            try:
+                msg = json.loads(raw)
+            except RecursionError:
+                # Valid JSON nested deeper than Python's recursion limit lets json decode (audit
+                # 21: it escaped the reader, and every call hung): only its call fails.
+                self._too_deep(raw)
+                continue
+            except ValueError:
+                continue
+            if isinstance(msg, dict):
+                self._dispatch(msg)
+
+    def _too_deep(self, raw):
+        """Fails the call a line too deep to decode answers, or refuses the request it is, found
+        by its head: plugind writes every answer and request id first."""
+        head = _HEAD.match(raw if isinstance(raw, bytes) else raw.encode())
+        if head is None:
+            return  # a notification: dropped, as a line that is not JSON is
+        rid, kind = json.loads(head.group(1)), head.group(2)
+        why = "nested too deep to decode (over Python's recursion limit, %d)" % sys.getrecursionlimit()
+        if kind == b"method":
+            self._send({"jsonrpc": "2.0", "id": rid, "error": {"code": INTERNAL_ERROR, "message": "the request is " + why}})
+            return
+        entry = self._pending.pop(rid, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(PluginError(INTERNAL_ERROR, "the answer is " + why))
 
     async def _reconnect(self):
         delay = BACKOFF_FIRST_S
@@ -460,9 +501,12 @@ class Host:
             entry = self._pending.get(p.get("id"))
             if entry and entry[1]:
                 update = {k: p[k] for k in ("message", "progress", "total") if k in p}
-                result = entry[1](update)
-                if inspect.isawaitable(result):
-                    _spawn(result)
+                try:
+                    result = entry[1](update)
+                    if inspect.isawaitable(result):
+                        _spawn(result)
+                except Exception as e:  # noqa: BLE001 - the callback's failure is its call's, not the reader's
+                    self._abandon(p.get("id"), e)
         elif method == "$/cancel":
             task = self._serving.get((msg.get("params") or {}).get("id"))
             if task:
@@ -471,9 +515,20 @@ class Host:
             for q in self._event_queues:
                 q.put_nowait(msg.get("params"))
 
-    def _send(self, msg):
-        self._link.send(json.dumps(msg, separators=(",", ":")))
+    def _abandon(self, rid, error):
+        """Fails call ``rid`` with ``error`` and cancels it in plugind."""
+        entry = self._pending.pop(rid, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(error)
+        self._send({"jsonrpc": "2.0", "method": "$/cancel", "params": {"id": rid}})
 
+    def _send(self, msg):
+        self._link.send(_encode(msg))
+
+
+# The head of an answer or a request: plugind writes the id before anything else
+# (`{"jsonrpc":"2.0","id":7,"result":...`), so a line too deep to decode still tells whose it is.
+_HEAD = re.compile(rb'\{"jsonrpc":"2\.0","id":(-?[0-9]+|"(?:[^"\\]|\\.)*"),"(result|error|method)":')
 
 _background = set()
 
@@ -492,6 +547,17 @@ def _settled(task):
     _background.discard(task)
     if not task.cancelled():
         task.exception()
+
+
+def _encode(msg):
+    return json.dumps(msg, separators=(",", ":"))
+
+
+def _unencodable(e):
+    """Why json.dumps failed, said plainly."""
+    if isinstance(e, RecursionError):
+        return "nested too deep to encode (over Python's recursion limit, %d)" % sys.getrecursionlimit()
+    return str(e)
 
 
 def _with(params, timeout_ms, meta):

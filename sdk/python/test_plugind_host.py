@@ -235,6 +235,79 @@ class HostTest(unittest.IsolatedAsyncioTestCase):
         # The host calls its own service through plugind too.
         self.assertEqual(await self.host.call_service("ui", "registerTheme", {"name": "x"}, version="^1"), {"registered": "x"})
 
+    async def test_a_result_nested_too_deep_to_decode_fails_its_call_and_the_connection_goes_on(self):
+        # Audit 21: json.loads' RecursionError killed the reader; this call and every later one hung.
+        in_flight = asyncio.ensure_future(self.host.execute("helper", "progress", {"steps": 2, "every_ms": 50}))
+        with self.assertRaises(PluginError) as e:
+            await asyncio.wait_for(self.host.execute("helper", "nested", {"depth": 2000}), DEADLINE)
+        self.assertNotIsInstance(e.exception, ConnectionLost)
+        self.assertEqual(e.exception.code, -32603)
+        self.assertIn("nested too deep to decode", str(e.exception))
+        self.assertEqual(await asyncio.wait_for(in_flight, DEADLINE), {"done": 2})
+        self.assertEqual(await asyncio.wait_for(self.host.execute("helper", "echo", {"n": 1}), DEADLINE), {"n": 1})
+        value, depth = await self.host.execute("helper", "nested", {"depth": 300}), 0  # under the limit
+        while isinstance(value, list):
+            value, depth = value[0] if value else None, depth + 1
+        self.assertEqual(depth, 300)
+
+    async def test_a_request_nested_too_deep_to_decode_is_answered_with_an_error(self):
+        await self.host.provide("ui", "1.2.0", {"registerTheme": lambda params, caller: {"registered": True}})
+        call = {"service": "ui", "method": "registerTheme", "depth": 2000}
+        out = await asyncio.wait_for(self.host.execute("py-host-peer", "call", call), DEADLINE)
+        self.assertEqual(out["answer"]["error"]["code"], -32603, out)
+        self.assertIn("the request is nested too deep to decode", out["answer"]["error"]["message"])
+        out = await self.host.execute("py-host-peer", "call", dict(call, depth=3))
+        self.assertEqual(out["answer"], {"registered": True})
+
+    async def test_params_or_a_handler_result_that_json_cannot_encode_are_plugin_errors(self):
+        deep = []
+        for _ in range(5000):
+            deep = [deep]
+        with self.assertRaises(PluginError) as e:
+            await self.host.execute("helper", "echo", deep)
+        self.assertEqual(e.exception.code, -32602)
+        self.assertIn("params cannot be sent as JSON: nested too deep to encode", str(e.exception))
+        with self.assertRaises(PluginError) as e:
+            await self.host.execute("helper", "echo", {"not json": object()})
+        self.assertEqual(e.exception.code, -32602)
+        # A provided service's handler whose result cannot be encoded: its caller gets -32603 at
+        # once, not silence until its deadline.
+        await self.host.provide("ui", "1.2.0", {"registerTheme": lambda params, caller: deep})
+        call = {"service": "ui", "method": "registerTheme", "params": {}}
+        out = await asyncio.wait_for(self.host.execute("py-host-peer", "call", call), DEADLINE)
+        self.assertEqual(out["answer"]["error"]["code"], -32603, out)
+        self.assertIn("result cannot be sent as JSON: nested too deep to encode", out["answer"]["error"]["message"])
+        self.assertEqual(await self.host.execute("helper", "echo", {"n": 1}), {"n": 1})
+
+    async def test_a_progress_callback_that_raises_fails_its_own_call_only(self):
+        def on_progress(update):
+            raise ValueError("bad callback")
+
+        with self.assertRaises(ValueError):
+            await asyncio.wait_for(self.host.execute("helper", "progress", {"steps": 2}, on_progress=on_progress), DEADLINE)
+        self.assertEqual(await asyncio.wait_for(self.host.execute("helper", "echo", {"n": 1}), DEADLINE), {"n": 1})
+
+    async def test_a_reader_that_fails_unexpectedly_fails_calls_with_connection_lost_and_reconnects(self):
+        # Any exception in the reader, not only a line too deep, ends the connection cleanly.
+        link = self.host._link
+        recv = link.recv
+
+        async def failing_recv():
+            await recv()
+            raise RuntimeError("injected reader failure")
+
+        link.recv = failing_recv
+        # The reader waits in the old recv already: the answer after this one meets the failure.
+        self.assertEqual(await asyncio.wait_for(self.host.execute("helper", "echo", {"n": 0}), DEADLINE), {"n": 0})
+        with self.assertRaises(ConnectionLost) as e:
+            await asyncio.wait_for(self.host.execute("helper", "echo", {"n": 1}), DEADLINE)
+        self.assertIn("injected reader failure", str(e.exception))
+
+        async def echoed():
+            return await self.host.execute("helper", "echo", {"n": 2}) == {"n": 2}
+
+        await wait_for("the host to reconnect", echoed)
+
     async def test_run_hook_answers_the_chain_result(self):
         result = await self.host.run_hook("onRequest", {"seen": []})
         self.assertEqual(result["payload"], {"seen": ["py-host-peer"]})

@@ -266,6 +266,60 @@ for (const listen of [false, true]) {
       await events.return();
     });
 
+    test('a deeply nested result arrives; params or a handler result too deep to encode are PluginErrors', o, async () => {
+      await onOwnPlugind(listen, async (own, h) => {
+        let value = await h.execute('helper', 'nested', { depth: 100_000 });
+        let depth = 0;
+        for (; Array.isArray(value); depth++) value = value[0];
+        assert.equal(depth, 100_000);
+        let deep = [];
+        for (let i = 0; i < 100_000; i++) deep = [deep];
+        // Audit 21: JSON.stringify's RangeError reached the caller as it was, untyped.
+        await assert.rejects(h.execute('helper', 'echo', deep), (e) => {
+          assert.ok(e instanceof PluginError && !(e instanceof ConnectionLost), `${e}`);
+          assert.equal(e.code, -32602);
+          assert.match(e.message, /params cannot be sent as JSON: nested too deep to encode/);
+          return true;
+        });
+        await assert.rejects(h.execute('helper', 'echo', { n: 1n }), (e) => e instanceof PluginError && e.code === -32602);
+        // A provided service's handler whose result cannot be encoded: its caller gets -32603 at
+        // once (it was an unhandled rejection, and no answer).
+        await h.provide('ui', '1.2.0', { registerTheme: () => deep });
+        const out = await h.execute('py-host-peer', 'call', { service: 'ui', method: 'registerTheme', params: {} });
+        assert.equal(out.answer.error?.code, -32603, JSON.stringify(out));
+        assert.match(out.answer.error.message, /result cannot be sent as JSON: nested too deep to encode/);
+        assert.deepEqual(await h.execute('helper', 'echo', { n: 2 }), { n: 2 });
+      });
+    });
+
+    test('an onProgress that throws fails its own call only', o, async () => {
+      const boom = new Error('bad callback');
+      const onProgress = () => {
+        throw boom;
+      };
+      await assert.rejects(host.execute('helper', 'progress', { steps: 2 }, { onProgress }), (e) => e === boom);
+      assert.deepEqual(await host.execute('helper', 'echo', { n: 1 }), { n: 1 });
+    });
+
+    test('a failure handling a message fails calls with ConnectionLost and reconnects', o, async () => {
+      const other = await plugind.connect();
+      try {
+        const dispatch = other._dispatch;
+        other._dispatch = () => {
+          other._dispatch = dispatch;
+          throw new Error('injected dispatch failure');
+        };
+        await assert.rejects(other.execute('helper', 'echo', {}), (e) => {
+          assert.ok(e instanceof ConnectionLost, `${e}`);
+          assert.match(e.message, /injected dispatch failure/);
+          return true;
+        });
+        await waitFor('the host to reconnect', async () => (await other.execute('helper', 'echo', { n: 3 }))?.n === 3);
+      } finally {
+        other.close();
+      }
+    });
+
     test('calls in flight at a break fail at once with ConnectionLost', o, async () => {
       await onOwnPlugind(listen, async (own, h) => {
         const pending = h.execute('helper', 'sleep', { ms: 20000 }, { timeoutMs: 30000 });
