@@ -21,7 +21,9 @@ use plugind_client::{Client, ClientError, Progress, RpcError};
 use plugind_protocol::codes;
 use plugind_protocol::control::{self as c, PluginStatus};
 use plugind_protocol::text::printable;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -379,12 +381,51 @@ fn rpc_message(e: &RpcError) -> String {
     text
 }
 
-/// `text` (the argument named `what`) as JSON, `{}` when absent; a usage error in words otherwise.
-fn parse_json(what: &str, text: Option<&str>) -> Result<Value, Failure> {
-    match text {
-        None => Ok(json!({})),
-        Some(t) => {
-            serde_json::from_str(t).map_err(|e| usage(format!("{what} is not valid JSON: {}", json_problem(t, &e))))
+/// `text` (the argument named `what`) checked as JSON and kept as it is, `{}` when absent; a usage
+/// error in words otherwise. Not a [`Value`]: that stops at 128 levels of nesting, and valid JSON
+/// nested deeper was refused as "unexpected '['" (audit 21); plugind takes it.
+fn parse_json(what: &str, text: Option<&str>) -> Result<Box<RawValue>, Failure> {
+    let text = text.unwrap_or("{}");
+    let raw = serde_json::from_str::<Box<RawValue>>(text)
+        .map_err(|e| usage(format!("{what} is not valid JSON: {}", json_problem(text, &e))))?;
+    if !raw.get().contains(['\n', '\r']) {
+        return Ok(raw);
+    }
+    // It goes on one line of the protocol: in valid JSON a line break is only ever whitespace
+    // between tokens (a string cannot hold one unescaped).
+    Ok(RawValue::from_string(raw.get().replace(['\n', '\r'], " ")).expect("UNWRAP: whitespace for whitespace"))
+}
+
+/// The object `fields` with `key` set to the raw JSON `value`, spliced in as it is (a [`Value`]
+/// would decode it, refusing it past 128 levels).
+fn with_raw(fields: Value, key: &str, value: &RawValue) -> Box<RawValue> {
+    let mut text = fields.to_string();
+    text.pop(); // the object's closing brace
+    if text.len() > 1 {
+        text.push(',');
+    }
+    text.push_str(&json!(key).to_string());
+    text.push(':');
+    text.push_str(value.get());
+    text.push('}');
+    RawValue::from_string(text).expect("UNWRAP: an object with one more member of valid JSON is valid JSON")
+}
+
+/// A result printed as JSON: pretty, or, nested past what a [`Value`] decodes (128 levels), as
+/// plugind wrote it, on one line. `pick` chooses the member shown (`hook`'s `payload`).
+fn print_result(result: &RawValue, pick: Option<&str>) {
+    match serde_json::from_str::<Value>(result.get()) {
+        Ok(v) => {
+            let shown = pick.map_or(&v, |k| &v[k]);
+            println!("{}", serde_json::to_string_pretty(shown).unwrap_or_default());
+        }
+        Err(_) => {
+            let members = pick.and_then(|_| serde_json::from_str::<HashMap<String, Box<RawValue>>>(result.get()).ok());
+            let shown = match (pick, &members) {
+                (Some(k), Some(m)) => m.get(k).map_or("null", |v| v.get()),
+                _ => result.get(),
+            };
+            println!("{shown}");
         }
     }
 }
@@ -509,34 +550,35 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
     // Validate arguments before connecting so usage errors win over an absent daemon.
     let request = match &command {
         Cmd::Call { plugin, method, params, timeout_ms } => {
-            let mut p =
-                json!({ "plugin": plugin, "method": method, "params": parse_json("PARAMS", params.as_deref())? });
+            let params = parse_json("PARAMS", params.as_deref())?;
+            let mut p = json!({ "plugin": plugin, "method": method });
             if let Some(t) = timeout_ms {
                 p["timeout_ms"] = json!(t);
             }
-            Some((c::EXECUTE, p))
+            Some((c::EXECUTE, with_raw(p, "params", &params)))
         }
         Cmd::Service { service, method, params, timeout_ms } => {
             let (name, version) = match service.split_once('@') {
                 Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
                 None => (service.clone(), None),
             };
-            let mut p =
-                json!({ "service": name, "method": method, "params": parse_json("PARAMS", params.as_deref())? });
+            let params = parse_json("PARAMS", params.as_deref())?;
+            let mut p = json!({ "service": name, "method": method });
             if let Some(v) = version {
                 p["version"] = json!(v);
             }
             if let Some(t) = timeout_ms {
                 p["timeout_ms"] = json!(t);
             }
-            Some((c::SERVICES_CALL, p))
+            Some((c::SERVICES_CALL, with_raw(p, "params", &params)))
         }
         Cmd::Hook { hook, payload, timeout_ms } => {
-            let mut p = json!({ "hook": hook, "payload": parse_json("PAYLOAD", payload.as_deref())? });
+            let payload = parse_json("PAYLOAD", payload.as_deref())?;
+            let mut p = json!({ "hook": hook });
             if let Some(t) = timeout_ms {
                 p["timeout_ms"] = json!(t);
             }
-            Some((c::HOOKS_RUN, p))
+            Some((c::HOOKS_RUN, with_raw(p, "payload", &payload)))
         }
         _ => None,
     };
@@ -559,10 +601,10 @@ async fn run(command: Cmd, conn: Conn) -> Result<(), Failure> {
         }
     };
     if let Some((method, params)) = request {
-        let result = client.call_with_progress(method, &params, move |p| print_progress(&p, json_out)).await?;
+        // Raw both ways: params and results nested at any depth pass through (audit 21).
+        let result = client.call_raw(method, &params, move |p| print_progress(&p, json_out)).await?;
         // `hook` prints the final payload; --json prints the whole result (handled_by, stopped_by).
-        let shown = if method == c::HOOKS_RUN && !json_out { &result["payload"] } else { &result };
-        println!("{}", serde_json::to_string_pretty(shown).unwrap_or_default());
+        print_result(&result, (method == c::HOOKS_RUN && !json_out).then_some("payload"));
         return Ok(());
     }
     match command {

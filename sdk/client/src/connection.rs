@@ -131,7 +131,9 @@ pub(crate) type ProgressFn = dyn FnMut(Progress) + Send;
 
 /// A call in flight: where its answer and its progress go.
 struct Pending {
-    answer: oneshot::Sender<Result<Value, ClientError>>,
+    /// The result as plugind wrote it: decoding is the caller's (`Client::call_raw` prints it as
+    /// it is, at any depth).
+    answer: oneshot::Sender<Result<Box<RawValue>, ClientError>>,
     progress: Option<mpsc::UnboundedSender<Progress>>,
 }
 
@@ -185,12 +187,12 @@ impl Shared {
 
     /// Sends a request and waits for its answer, handing each `$/progress` for it to
     /// `on_progress`. Dropping the future before the answer sends `$/cancel { id }`.
-    pub(crate) async fn call(
+    pub(crate) async fn call<P: Serialize + ?Sized>(
         self: &Arc<Self>,
         method: &str,
-        params: &Value,
+        params: &P,
         mut on_progress: Option<&mut ProgressFn>,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<Box<RawValue>, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (answer, mut answered) = oneshot::channel();
         let (progress, mut progressed) = match on_progress {
@@ -423,8 +425,10 @@ async fn read_lines(shared: &Arc<Shared>, read: Reader, out: &mpsc::UnboundedSen
                     continue;
                 };
                 let Some(p) = shared.lock().pending.remove(&id) else { continue };
+                // Not decoded here: a result nested past serde_json's limit (128) was
+                // "connection lost" though plugind answered fine (audit 21).
                 let result = match outcome {
-                    Ok(raw) => serde_json::from_str(raw.get()).map_err(|_| ClientError::ConnectionLost),
+                    Ok(raw) => Ok(raw.to_owned()),
                     Err(e) => Err(ClientError::Rpc(e)),
                 };
                 let _ = p.answer.send(result);

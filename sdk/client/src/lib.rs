@@ -70,6 +70,7 @@ pub use socket::{default_socket, read_token};
 
 use connection::{Endpoint, ProgressFn, Shared};
 use plugind_protocol::control as c;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -252,13 +253,27 @@ impl Client {
         self.request(method, params, Some(&mut on_progress)).await
     }
 
+    /// [`Client::call_with_progress`] with params and result as JSON text, never decoded: for a
+    /// caller that only passes them on (`pluginctl call` prints the result), at any depth.
+    /// [`Client::call`] decodes the result into a [`Value`], which fails past 128 levels of
+    /// nesting (serde_json's recursion limit).
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        params: &RawValue,
+        mut on_progress: impl FnMut(Progress) + Send + 'static,
+    ) -> Result<Box<RawValue>, ClientError> {
+        self.shared.call(method, params, Some(&mut on_progress)).await
+    }
+
     async fn request(
         &self,
         method: &str,
         params: &Value,
         progress: Option<&mut ProgressFn>,
     ) -> Result<Value, ClientError> {
-        self.shared.call(method, params, progress).await
+        let raw = self.shared.call(method, params, progress).await?;
+        serde_json::from_str(raw.get()).map_err(|e| undecodable(&e))
     }
 
     /// Calls `method` of `plugin` (`execute`).
@@ -333,4 +348,16 @@ impl Events<'_> {
             }
         }
     }
+}
+
+/// A result that is valid JSON but not a [`Value`] here: an answer error (`-32603`), not a lost
+/// connection (plugind answered fine).
+fn undecodable(e: &serde_json::Error) -> ClientError {
+    let why = if e.to_string().starts_with("recursion limit exceeded") {
+        "plugind's answer is nested deeper than a Value decodes (128 levels): Client::call_raw takes it as it is"
+            .to_owned()
+    } else {
+        format!("plugind's answer cannot be decoded: {e}")
+    };
+    ClientError::Rpc(RpcError::new(plugind_protocol::codes::INTERNAL_ERROR, why))
 }

@@ -54,6 +54,39 @@ async fn list_status_call_and_exit_codes() {
     assert_eq!(stdout(&d.ctl(&["restart", "perl-echo"])), "perl-echo: running\n");
 }
 
+/// JSON nested past serde_json's 128 levels passes through pluginctl both ways (audit 21: a
+/// result 128 deep was "connection to plugind lost", exit 3; params 200 deep "not valid JSON",
+/// exit 2), and the client's typed `call` says why it cannot decode such a result.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_nested_past_128_levels_passes_through_pluginctl() {
+    let d = Daemon::builder().plugin("py-host-peer").start().await;
+    let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    let out = d.ctl(&["--json", "call", "py-host-peer", "nested", r#"{"depth": 128}"#]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout(&out).trim(), nested(128));
+    let out = d.ctl(&["call", "py-host-peer", "nested", r#"{"depth": 2000}"#]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout(&out).trim(), nested(2000));
+
+    let params = format!(r#"{{"a": {}}}"#, nested(200));
+    let out = d.ctl(&["call", "py-host-peer", "echo", &params]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout(&out).replace(' ', "").trim(), params.replace(' ', ""));
+    let out = d.ctl(&["hook", "onRequest", &params]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let payload = format!(r#"{{"a":{},"seen":["py-host-peer"]}}"#, nested(200));
+    assert_eq!(stdout(&out).replace(' ', "").trim(), payload);
+    // Params on several lines still go as one line of the protocol.
+    let out = d.ctl(&["call", "py-host-peer", "echo", "{\n  \"k\": [1,\r\n 2]\n}"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap(), serde_json::json!({"k": [1, 2]}));
+
+    // A `Value` stops at 128 levels: an answer error saying so, not a lost connection.
+    let r = d.execute("py-host-peer", "nested", serde_json::json!({"depth": 200})).await;
+    assert_eq!(code(&r), -32603, "{r:?}");
+    assert!(format!("{:?}", r).contains("nested deeper than a Value decodes"), "{r:?}");
+}
+
 #[test]
 fn unreachable_daemon_is_exit_3() {
     let out = Command::new(pluginctl()).args(["--socket", "/nonexistent/plugind.sock", "list"]).output().unwrap();
