@@ -111,7 +111,8 @@ pub fn scaffold(name: &str, lang: Lang, dir: &Path) -> Result<Vec<PathBuf>, Scaf
     let prefix = format!("plugin-template/{}/", lang_dir(lang));
     let template = template.iter().map(|(path, text)| {
         let rel = path.strip_prefix(&prefix).expect("UNWRAP: template files live in their language's dir");
-        (rel, text.replace("{{name}}", name))
+        let (package, bin) = cargo_names(name);
+        (rel, text.replace("{{name}}", name).replace("{{package}}", &package).replace("{{bin}}", &bin))
     });
     let sdk = sdk.iter().map(|(rel, text)| (*rel, (*text).to_owned()));
     let mut written = Vec::new();
@@ -125,6 +126,17 @@ pub fn scaffold(name: &str, lang: Lang, dir: &Path) -> Result<Vec<PathBuf>, Scaf
         written.push(target);
     }
     Ok(written)
+}
+
+/// The Cargo package and binary names of Rust plugin `name`: `name` itself where Cargo takes it.
+/// A package name cannot start with a digit, and a binary cannot be named like a directory of
+/// Cargo's own target dir: those get `plugin-` in front (audit 21: `pluginctl new 1digit` made a
+/// crate Cargo refused). The manifest's `main` names the binary.
+fn cargo_names(name: &str) -> (String, String) {
+    let prefixed = || format!("plugin-{name}");
+    let package = if name.starts_with(|c: char| c.is_ascii_digit()) { prefixed() } else { name.to_owned() };
+    let bin = if ["build", "deps", "examples", "incremental"].contains(&name) { prefixed() } else { name.to_owned() };
+    (package, bin)
 }
 
 fn lang_dir(lang: Lang) -> &'static str {

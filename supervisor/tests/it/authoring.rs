@@ -234,6 +234,36 @@ fn check_fails_a_plugin_that_prints_to_stdout() {
     assert!(text(&out).contains("FAIL protocol: non-JSON line on stdout"), "{}", text(&out));
 }
 
+/// Every valid plugin name makes a Rust crate Cargo takes, whose binary is the manifest's `main`
+/// (audit 21: `1digit` made a package name Cargo refuses; `build` is a binary name it refuses).
+#[test]
+fn new_rust_crates_are_valid_cargo_packages_whatever_the_plugin_name() {
+    let work = tempfile::tempdir().unwrap();
+    for name in ["1digit", "0", "build", "hello-rs"] {
+        let out = ctl(&["new", name, "--lang", "rust", "--dir", name], work.path());
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let dir = work.path().join(name);
+        let meta = Command::new(env!("CARGO"))
+            .args(["metadata", "--no-deps", "--offline", "--format-version", "1"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(meta.status.success(), "{name}: cargo metadata: {}", text(&meta));
+        let meta: serde_json::Value = serde_json::from_slice(&meta.stdout).unwrap();
+        let bins: Vec<&str> = meta["packages"][0]["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["kind"] == json!(["bin"]))
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("plugin.json")).unwrap()).unwrap();
+        assert_eq!(m["name"], name);
+        assert_eq!(m["main"], format!("target/release/{}", bins.join(",")), "{name}: the one binary is main");
+    }
+}
+
 #[test]
 fn new_refuses_bad_names_and_existing_dirs() {
     let work = tempfile::tempdir().unwrap();
