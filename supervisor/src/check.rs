@@ -255,7 +255,9 @@ pub async fn check(dir: &Path, execute: Option<(String, Value)>, diagnose_it: bo
     const SHOWN_PER_KIND: usize = 3;
     let mut kinds: Vec<(&str, usize)> = Vec::new();
     for line in log.tail(1000) {
-        if line.stream == "plugind" && line.level == "warn" && !line.message.starts_with("missed health ping") {
+        // (Refused services are reported above, from the `register` answer.)
+        let reported = ["missed health ping", "register: service "].iter().any(|p| line.message.starts_with(p));
+        if line.stream == "plugind" && line.level == "warn" && !reported {
             let kind = ["non-JSON", "unknown id", "not a JSON-RPC"].into_iter().find(|k| line.message.contains(k));
             let level = if kind.is_some() { Level::Fail } else { Level::Warn };
             let kind = kind.unwrap_or("other");

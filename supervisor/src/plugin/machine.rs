@@ -515,9 +515,14 @@ impl Machine {
                 let why = match policy.policy {
                     RestartMode::Never => "exited, and its restart policy is `never`".to_owned(),
                     _ if self.tracker.failed_to_start(policy) => {
-                        format!("it failed to start more than {} times in a row", policy.max_restarts)
+                        format!("it failed to start more than {} in a row", times(policy.max_restarts))
                     }
-                    _ => format!("more than {} restarts within {} s", policy.max_restarts, policy.window_s),
+                    _ => format!(
+                        "more than {} restart{} within {} s",
+                        policy.max_restarts,
+                        if policy.max_restarts == 1 { "" } else { "s" },
+                        policy.window_s
+                    ),
                 };
                 let then = match (self.cooldown_at, policy.cooldown_s) {
                     (Some(_), Some(c)) => {
@@ -844,6 +849,15 @@ impl Machine {
                 out.push(Action::Answer { ticket, outcome: Outcome::Settled });
             }
         }
+    }
+}
+
+/// "once", "twice", "N times".
+fn times(n: u32) -> String {
+    match n {
+        1 => "once".to_owned(),
+        2 => "twice".to_owned(),
+        n => format!("{n} times"),
     }
 }
 

@@ -184,7 +184,7 @@ async fn starts_that_fail_slowly_in_a_row_end_in_failed() {
     let s = d.wait_state("pretty", "failed").await;
     let failed = s["history"].as_array().unwrap().iter().find(|h| h["event"] == "failed").cloned();
     let detail = failed.as_ref().map(|h| h["detail"].to_string()).unwrap_or_default();
-    assert!(detail.contains("failed to start more than 2 times in a row"), "{s}");
+    assert!(detail.contains("failed to start more than twice in a row"), "{s}");
     let log = d.call("logs.tail", json!({"plugin": "pretty", "lines": 200})).await.unwrap().to_string();
     assert!(log.contains("pretty-printed JSON?"), "{log}");
 }
