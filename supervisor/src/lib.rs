@@ -679,7 +679,10 @@ impl Daemon {
                 m.is_some_and(|m| self.unmet_dependencies(&m).is_none())
             });
             pending = waiting;
-            for p in ready {
+            // One told to wait that is `stopped` now was stopped by the operator meanwhile: it
+            // stays so (start_all starts, it does not overrule a `pluginctl stop`).
+            let stopped_since = |p: &Arc<PluginEntry>| told_to_wait.contains(&p.name) && p.state_name() == "stopped";
+            for p in ready.into_iter().filter(|p| !stopped_since(p)) {
                 starting.push(async move { p.command(Command::Start).await });
             }
             // A plugin waiting for its providers is `blocked` meanwhile, its status naming them
@@ -696,7 +699,9 @@ impl Daemon {
                 break;
             }
         }
-        futures::future::join_all(pending.iter().map(|p| p.command(Command::Start))).await;
+        let stopped_since = |p: &&Arc<PluginEntry>| told_to_wait.contains(&p.name) && p.state_name() == "stopped";
+        futures::future::join_all(pending.iter().filter(|p| !stopped_since(p)).map(|p| p.command(Command::Start)))
+            .await;
     }
 
     /// Stops every plugin in reverse dependency order and waits for their processes to end.

@@ -65,14 +65,22 @@ async fn at_boot_a_dependent_waiting_for_its_provider_reads_blocked() {
         )
         .plugin_as("perl-echo", "waiter")
         .manifest("waiter", |m| m["dependencies"] = json!({"required": ["slow@^1"]}))
+        .plugin_as("perl-echo", "stopped-at-boot")
+        .manifest("stopped-at-boot", |m| m["dependencies"] = json!({"required": ["slow@^1"]}))
         .spawn()
         .await;
     let s = d.wait_state("waiter", "blocked").await;
     assert!(s["last_error"].as_str().unwrap().contains("unmet dependencies slow@^1"), "{s}");
     assert_eq!(d.status("slow").await["state"], "starting");
+    // The operator stops a second one meanwhile: the boot does not start it behind their back.
+    let s = d.wait_state("stopped-at-boot", "blocked").await;
+    assert_eq!(s["state"], "blocked");
+    assert_eq!(d.call("plugins.stop", json!({"name": "stopped-at-boot"})).await.unwrap()["state"], "stopped");
     std::fs::write(d.plugins.join("slow/go"), "").unwrap();
     d.wait_state("waiter", "running").await;
     assert_eq!(d.execute("waiter", "echo", json!(4)).await.unwrap(), json!(4));
+    wait_for("the boot to end", async || d.log().contains("plugins started").then_some(())).await;
+    assert_eq!(d.status("stopped-at-boot").await["state"], "stopped");
 }
 
 #[tokio::test(flavor = "multi_thread")]
