@@ -57,9 +57,9 @@ async fn at_boot_a_dependent_waiting_for_its_provider_reads_blocked() {
             &[
                 (
                     "plugin.json",
-                    r#"{"name": "slow", "version": "1.0.0", "main": "run.sh", "startup_timeout_ms": 60000}"#,
+                    r#"{"name": "slow", "version": "1.0.0", "main": "run.sh", "startup_timeout_ms": 60000, "permissions": ["process"]}"#,
                 ),
-                // Not ready until the test says so.
+                // Not ready until the test says so (`sleep` is a process of its own).
                 ("run.sh", &format!("while [ ! -e go ]; do sleep 0.02; done\nexec perl {}\n", main.display())),
             ],
         )
