@@ -175,7 +175,10 @@ impl Daemon {
             if count("running") >= n {
                 return Ok(self.spawned.elapsed());
             }
-            if count("failed") + count("blocked") > 0 || Instant::now() > give_up {
+            // `blocked` is final once every plugin has settled (one may read so at boot while
+            // others still start).
+            let settled = count("running") + count("failed") + count("blocked") == count("total");
+            if count("failed") > 0 || (settled && count("blocked") > 0) || Instant::now() > give_up {
                 bail!("{n} plugins not running: {st}{}", self.log_tail());
             }
             self.pause().await?;

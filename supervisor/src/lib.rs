@@ -653,8 +653,9 @@ impl Daemon {
     /// (running, failed, blocked…). Plugins whose required dependencies are already served start
     /// at once, together; each that settles lets start at once those it was the last missing
     /// provider of, without waiting for unrelated plugins (one that hangs in `init` holds up only
-    /// its own dependents). Whatever is left when nothing is starting (a missing provider, a
-    /// cycle) is started too and ends up `blocked`.
+    /// its own dependents). One that waits for a dependency no plugin still to settle declares
+    /// is told to start at once and reads `blocked`; whatever is left when nothing is starting
+    /// (a cycle) is started too and ends up `blocked`.
     ///
     /// Plugins the config file disables (`[plugins.NAME] enabled = false`) stay `stopped`.
     pub async fn start_all(&self) {
@@ -672,6 +673,8 @@ impl Daemon {
             })
             .collect();
         let mut starting = futures::stream::FuturesUnordered::new();
+        // Started and not settled yet.
+        let mut unsettled: std::collections::HashSet<Arc<str>> = std::collections::HashSet::new();
         let mut told_to_wait = std::collections::HashSet::new();
         loop {
             let (ready, waiting): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| {
@@ -683,20 +686,39 @@ impl Daemon {
             // stays so (start_all starts, it does not overrule a `pluginctl stop`).
             let stopped_since = |p: &Arc<PluginEntry>| told_to_wait.contains(&p.name) && p.state_name() == "stopped";
             for p in ready.into_iter().filter(|p| !stopped_since(p)) {
-                starting.push(async move { p.command(Command::Start).await });
+                unsettled.insert(p.name.clone());
+                starting.push(async move {
+                    p.command(Command::Start).await;
+                    p.name.clone()
+                });
             }
-            // A plugin waiting for its providers is `blocked` meanwhile, its status naming them
-            // (it read `stopped`, with no reason, until every other plugin had settled: a
-            // provider hanging in `init` kept it so for a minute). Its start is not awaited: it
-            // starts when a provider comes up (`wake_blocked`), and is awaited once ready below.
-            for p in pending.iter().filter(|p| p.status().manifest.is_some()) {
-                if told_to_wait.insert(p.name.clone()) {
+            // A plugin that waits for a dependency no plugin still to settle declares is told to
+            // start now: it goes `blocked`, its status naming what it lacks (it read `stopped`,
+            // with no reason, until every other plugin had settled: a minute behind a plugin
+            // hanging in `init`, audit 21). Not awaited: it starts by itself if a provider comes
+            // up after all. One whose provider may yet come up stays as it is, `stopped`, which
+            // no one polling for the end of the boot takes as settled.
+            let may_come: Vec<Arc<Manifest>> = pending
+                .iter()
+                .filter(|q| unsettled.contains(&q.name) || !told_to_wait.contains(&q.name))
+                .chain(self.plugins().iter().filter(|q| unsettled.contains(&q.name)))
+                .filter_map(|q| q.status().manifest.clone())
+                .collect();
+            for p in &pending {
+                let Some(m) = p.status().manifest.clone() else { continue };
+                let awaited = m
+                    .required
+                    .iter()
+                    .filter(|d| self.resolve(d).is_none())
+                    .any(|d| may_come.iter().any(|q| q.name != m.name && q.declares_service(&d.name)));
+                if !awaited && told_to_wait.insert(p.name.clone()) {
                     drop(p.send(Command::Start));
                 }
             }
             // One settled: what it provides may be what a waiting plugin lacked.
-            if futures::StreamExt::next(&mut starting).await.is_none() {
-                break;
+            match futures::StreamExt::next(&mut starting).await {
+                Some(name) => drop(unsettled.remove(&name)),
+                None => break,
             }
         }
         let stopped_since = |p: &&Arc<PluginEntry>| told_to_wait.contains(&p.name) && p.state_name() == "stopped";

@@ -45,11 +45,13 @@ async fn dependents_start_after_providers_and_missing_ones_block() {
     assert_eq!(d.call("supervisor.status", json!({})).await.unwrap()["plugins"]["blocked"], 1);
 }
 
-/// At boot, a plugin whose provider is still starting reads `blocked`, naming what it waits
-/// for, not `stopped` with no reason (audit 21: a provider hanging in `init` kept its dependent
-/// so for a minute); it runs once the provider does.
+/// At boot, a plugin whose dependency no plugin still starting could provide reads `blocked`
+/// at once, naming what it lacks, not `stopped` with no reason until every other plugin has
+/// settled (audit 21: a plugin hanging in `init` kept it so for a minute); one whose provider is
+/// still starting waits `stopped` (what boot pollers take as not settled yet) and runs once it
+/// does; an operator's `stop` of a blocked one meanwhile holds.
 #[tokio::test(flavor = "multi_thread")]
-async fn at_boot_a_dependent_waiting_for_its_provider_reads_blocked() {
+async fn at_boot_a_plugin_nothing_can_serve_reads_blocked_at_once() {
     let main = fixture("perl-echo").join("main.pl");
     let d = Daemon::builder()
         .plugin_files(
@@ -63,24 +65,29 @@ async fn at_boot_a_dependent_waiting_for_its_provider_reads_blocked() {
                 ("run.sh", &format!("while [ ! -e go ]; do sleep 0.02; done\nexec perl {}\n", main.display())),
             ],
         )
+        .plugin_as("perl-echo", "prov")
+        .manifest("prov", |m| m["provides"] = json!([{"name": "x", "version": "2.0.0"}]))
+        .plugin_as("perl-echo", "needs-x")
+        .manifest("needs-x", |m| m["dependencies"] = json!({"required": ["x@^1"]}))
+        .plugin_as("perl-echo", "stopped-at-boot")
+        .manifest("stopped-at-boot", |m| m["dependencies"] = json!({"required": ["x@^1"]}))
         .plugin_as("perl-echo", "waiter")
         .manifest("waiter", |m| m["dependencies"] = json!({"required": ["slow@^1"]}))
-        .plugin_as("perl-echo", "stopped-at-boot")
-        .manifest("stopped-at-boot", |m| m["dependencies"] = json!({"required": ["slow@^1"]}))
         .spawn()
         .await;
-    let s = d.wait_state("waiter", "blocked").await;
-    assert!(s["last_error"].as_str().unwrap().contains("unmet dependencies slow@^1"), "{s}");
-    assert_eq!(d.status("slow").await["state"], "starting");
-    // The operator stops a second one meanwhile: the boot does not start it behind their back.
-    let s = d.wait_state("stopped-at-boot", "blocked").await;
-    assert_eq!(s["state"], "blocked");
+    let s = d.wait_state("needs-x", "blocked").await;
+    assert!(s["last_error"].as_str().unwrap().contains("unmet dependencies x@^1 (runs only at 2.0.0"), "{s}");
+    assert_eq!(d.status("slow").await["state"], "starting", "while slow is still starting");
+    assert_eq!(d.status("waiter").await["state"], "stopped", "slow may yet come up");
+    // The operator stops one of them meanwhile: the boot does not start it behind their back.
+    d.wait_state("stopped-at-boot", "blocked").await;
     assert_eq!(d.call("plugins.stop", json!({"name": "stopped-at-boot"})).await.unwrap()["state"], "stopped");
     std::fs::write(d.plugins.join("slow/go"), "").unwrap();
     d.wait_state("waiter", "running").await;
     assert_eq!(d.execute("waiter", "echo", json!(4)).await.unwrap(), json!(4));
     wait_for("the boot to end", async || d.log().contains("plugins started").then_some(())).await;
     assert_eq!(d.status("stopped-at-boot").await["state"], "stopped");
+    assert_eq!(d.status("needs-x").await["state"], "blocked");
 }
 
 #[tokio::test(flavor = "multi_thread")]
