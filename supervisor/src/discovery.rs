@@ -329,8 +329,41 @@ pub fn open_regular(path: &Path, follow: bool) -> std::io::Result<std::fs::File>
             format!("{} is not a regular file (a FIFO, socket, device or directory)", path.display()),
         ));
     }
+    // Kernel files pass for regular ones, and reading some is not harmless either: a `main`
+    // linked to `/proc/kmsg` had plugind consume the kernel's log messages at every scan
+    // (audit 21). No plugin's file lives in /proc, /sys or their kin.
+    if on_kernel_filesystem(&located) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file (a kernel file, in /proc or /sys)", path.display()),
+        ));
+    }
     let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&located));
     std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(through)
+}
+
+/// Whether `file` is on a filesystem of the kernel's own (proc, sysfs, debugfs, tracefs,
+/// securityfs, configfs, cgroup, bpf), whose files look regular and act on reads.
+fn on_kernel_filesystem(file: &std::fs::File) -> bool {
+    const KERNEL: [i64; 9] = [
+        0x9fa0,
+        0x6265_6572,
+        0x6462_6720,
+        0x7472_6163,
+        0x7363_6673,
+        0x6265_6570,
+        0x0027_e0eb,
+        0x6367_7270,
+        0xcafe_4a11,
+    ];
+    // SAFETY: `statfs` is plain integers, for which all zeros is a value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs(2) on a descriptor `file` owns, into a buffer of the right type.
+    let r = unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(file), &mut st) };
+    // (`f_type`'s width differs between architectures.)
+    #[allow(clippy::unnecessary_cast)]
+    let kind = st.f_type as i64;
+    r == 0 && KERNEL.contains(&kind)
 }
 
 /// What would make `main` fail at every start, or run under another interpreter than its author
@@ -572,6 +605,9 @@ mod tests {
         assert_eq!(r.unwrap(), "print(1)");
         assert!(opened, "the watch sees an open");
         assert!(open_regular(&link, false).is_err(), "a link is not followed when asked not to");
+        // A kernel file looks regular, and reading some consumes what they hold (/proc/kmsg).
+        let kernel = open_regular(Path::new("/proc/self/status"), true).unwrap_err().to_string();
+        assert!(kernel.contains("a kernel file"), "{kernel}");
     }
 
     #[test]
