@@ -86,7 +86,21 @@ impl PrivatePaths {
         let state_dirs: Vec<PathBuf> = self.state_dirs.into_iter().filter_map(canon).collect();
         let plugin_roots: Vec<PathBuf> = self.plugin_roots.into_iter().filter_map(canon).collect();
         let mut files: Vec<PathBuf> = self.files.into_iter().filter_map(canon_file).collect();
-        let secrets: Vec<PathBuf> = self.secrets.into_iter().filter_map(canon_file).collect();
+        // A secret is hidden where it is, and where it is reached from: the directory of its
+        // name as given (its directory resolved, not the name: `cm/token -> ..data/token`, as
+        // Kubernetes mounts a Secret) and that of the file the name resolves to.
+        let reached_from = |p: &PathBuf| {
+            let p = std::path::absolute(p).ok()?;
+            Some(std::fs::canonicalize(p.parent()?).ok()?.join(p.file_name()?))
+        };
+        let mut secrets: Vec<PathBuf> = Vec::new();
+        for given in &self.secrets {
+            for form in [reached_from(given), canon_file(given.clone())].into_iter().flatten() {
+                if !secrets.contains(&form) {
+                    secrets.push(form);
+                }
+            }
+        }
         let own: Vec<PathBuf> = files.iter().chain(&secrets).cloned().collect();
         let (mut secret_dirs, mut exposed) = (self.secret_dirs, self.exposed);
         for secret in &secrets {
@@ -110,7 +124,8 @@ impl PrivatePaths {
 
 /// The directory of `secret` (the config or token file) when it is plugind's own: it holds only
 /// plugind's files (`own`: config, token, socket) and their editors' and tools' variants
-/// (`plugind.toml~`, `.plugind.toml.swp`, `#plugind.toml#`, `token.new`…). Such a directory is
+/// (`plugind.toml~`, `.plugind.toml.swp`, `#plugind.toml#`, `token.new`…), and names beginning
+/// with `..` (Kubernetes' `..data` and its timestamped directories). Such a directory is
 /// hidden whole. A file alone is covered by a mount on it, which the kernel drops when the file
 /// is replaced by a rename (`sed -i`, most editors, `mv token.new token`), from plugind's side of
 /// the namespace too: every running plugin could then read the new config and token (audit 21).
@@ -122,6 +137,9 @@ pub fn own_directory(secret: &Path, own: &[PathBuf]) -> Result<PathBuf, String> 
     let names: Vec<&std::ffi::OsStr> =
         own.iter().filter(|f| f.parent() == Some(dir)).filter_map(|f| f.file_name()).collect();
     let variant = |name: &[u8]| {
+        if name.starts_with(b"..") {
+            return true;
+        }
         let bare = [&b".#"[..], b"#", b"."].iter().find_map(|p| name.strip_prefix(*p)).unwrap_or(name);
         names.iter().any(|n| bare.starts_with(n.as_bytes()) || name.starts_with(n.as_bytes()))
     };

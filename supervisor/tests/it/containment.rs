@@ -528,6 +528,37 @@ async fn plugind_config_and_token_replaced_by_rename_stay_hidden() {
     unreadable(&d, &[etc.join("plugind.toml"), etc.join("token"), etc.join("plugind.toml~"), etc.clone()]).await;
 }
 
+/// The config and token as Kubernetes mounts a ConfigMap or Secret: `cm/token -> ..data/token`,
+/// `..data -> ..2026_01`, updated by a new timestamped directory and a rename of a new `..data`
+/// link over the old. Only the links' target directory was covered, so after the update every
+/// running plugin read the new config and token, and plugind said nothing (audit 21, second
+/// round). The directory the names are reached from is covered too.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugind_config_and_token_behind_kubernetes_style_links_stay_hidden() {
+    use std::os::unix::fs::symlink;
+    let b = Daemon::builder();
+    let cm = b.path().join("cm");
+    std::fs::create_dir_all(cm.join("..2026_01")).unwrap();
+    std::fs::write(cm.join("..2026_01/plugind.toml"), "# the operator's config: secrets live here\n").unwrap();
+    std::fs::write(cm.join("..2026_01/token"), "secret-token\n").unwrap();
+    symlink("..2026_01", cm.join("..data")).unwrap();
+    for name in ["plugind.toml", "token"] {
+        symlink(format!("..data/{name}"), cm.join(name)).unwrap();
+    }
+    let b =
+        b.arg("--config").arg("cm/plugind.toml").arg("--listen").arg("127.0.0.1:0").arg("--token-file").arg("cm/token");
+    let d = hostiles(b, &VARIANTS, &json!({})).start().await;
+    assert!(!d.log().contains("hidden from plugins as a single file"), "{}", d.log());
+    // The kubelet's update.
+    std::fs::create_dir(cm.join("..2026_02")).unwrap();
+    std::fs::write(cm.join("..2026_02/plugind.toml"), "# edited: api_key = \"sk-new\"\n").unwrap();
+    std::fs::write(cm.join("..2026_02/token"), "new-token\n").unwrap();
+    symlink("..2026_02", cm.join("..data_tmp")).unwrap();
+    std::fs::rename(cm.join("..data_tmp"), cm.join("..data")).unwrap();
+    std::fs::remove_dir_all(cm.join("..2026_01")).unwrap();
+    unreadable(&d, &[cm.join("plugind.toml"), cm.join("token"), cm.join("..2026_02/token"), cm.clone()]).await;
+}
+
 /// Reaches plugind's state and another plugin's directory through `/proc/PID/cwd` and
 /// `/proc/PID/root`, magic links that bypass whatever hides their paths from the plugin.
 #[tokio::test(flavor = "multi_thread")]
