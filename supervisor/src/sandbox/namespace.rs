@@ -692,6 +692,7 @@ mod tests {
             "#plugind.toml#",
             ".#plugind.toml",
             "token.new",
+            "..data",
         ] {
             std::fs::write(dir.path().join(name), "").unwrap();
         }
