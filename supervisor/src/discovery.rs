@@ -345,25 +345,21 @@ pub fn open_regular(path: &Path, follow: bool) -> std::io::Result<std::fs::File>
 /// Whether `file` is on a filesystem of the kernel's own (proc, sysfs, debugfs, tracefs,
 /// securityfs, configfs, cgroup, bpf), whose files look regular and act on reads.
 fn on_kernel_filesystem(file: &std::fs::File) -> bool {
-    const KERNEL: [i64; 9] = [
-        0x9fa0,
-        0x6265_6572,
-        0x6462_6720,
-        0x7472_6163,
-        0x7363_6673,
-        0x6265_6570,
-        0x0027_e0eb,
-        0x6367_7270,
-        0xcafe_4a11,
+    use nix::sys::statfs::{self as fs, fstatfs};
+    /// `CONFIGFS_MAGIC` (linux/magic.h), which nix does not name.
+    const CONFIGFS_MAGIC: fs::FsType = fs::FsType(0x6265_6570);
+    const KERNEL: [fs::FsType; 9] = [
+        fs::PROC_SUPER_MAGIC,
+        fs::SYSFS_MAGIC,
+        fs::DEBUGFS_MAGIC,
+        fs::TRACEFS_MAGIC,
+        fs::SECURITYFS_MAGIC,
+        CONFIGFS_MAGIC,
+        fs::CGROUP_SUPER_MAGIC,
+        fs::CGROUP2_SUPER_MAGIC,
+        fs::BPF_FS_MAGIC,
     ];
-    // SAFETY: `statfs` is plain integers, for which all zeros is a value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: fstatfs(2) on a descriptor `file` owns, into a buffer of the right type.
-    let r = unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(file), &mut st) };
-    // (`f_type`'s width differs between architectures.)
-    #[allow(clippy::unnecessary_cast)]
-    let kind = st.f_type as i64;
-    r == 0 && KERNEL.contains(&kind)
+    fstatfs(file).is_ok_and(|st| KERNEL.contains(&st.filesystem_type()))
 }
 
 /// What would make `main` fail at every start, or run under another interpreter than its author

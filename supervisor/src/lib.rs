@@ -674,19 +674,21 @@ impl Daemon {
             .collect();
         let mut starting = futures::stream::FuturesUnordered::new();
         // Started and not settled yet.
-        let mut unsettled: std::collections::HashSet<Arc<str>> = std::collections::HashSet::new();
-        let mut told_to_wait = std::collections::HashSet::new();
+        let mut unsettled: std::collections::HashMap<Arc<str>, Arc<PluginEntry>> = Default::default();
+        let mut told_to_wait: std::collections::HashSet<Arc<str>> = Default::default();
+        // One told to wait that is `stopped` now was stopped by the operator meanwhile: it stays
+        // so (start_all starts, it does not overrule a `pluginctl stop`).
+        fn stopped_since(told_to_wait: &std::collections::HashSet<Arc<str>>, p: &PluginEntry) -> bool {
+            told_to_wait.contains(&p.name) && p.state_name() == "stopped"
+        }
         loop {
             let (ready, waiting): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| {
                 let m = p.status().manifest.clone();
                 m.is_some_and(|m| self.unmet_dependencies(&m).is_none())
             });
             pending = waiting;
-            // One told to wait that is `stopped` now was stopped by the operator meanwhile: it
-            // stays so (start_all starts, it does not overrule a `pluginctl stop`).
-            let stopped_since = |p: &Arc<PluginEntry>| told_to_wait.contains(&p.name) && p.state_name() == "stopped";
-            for p in ready.into_iter().filter(|p| !stopped_since(p)) {
-                unsettled.insert(p.name.clone());
+            for p in ready.into_iter().filter(|p| !stopped_since(&told_to_wait, p)) {
+                unsettled.insert(p.name.clone(), p.clone());
                 starting.push(async move {
                     p.command(Command::Start).await;
                     p.name.clone()
@@ -700,8 +702,8 @@ impl Daemon {
             // no one polling for the end of the boot takes as settled.
             let may_come: Vec<Arc<Manifest>> = pending
                 .iter()
-                .filter(|q| unsettled.contains(&q.name) || !told_to_wait.contains(&q.name))
-                .chain(self.plugins().iter().filter(|q| unsettled.contains(&q.name)))
+                .filter(|q| !told_to_wait.contains(&q.name))
+                .chain(unsettled.values())
                 .filter_map(|q| q.status().manifest.clone())
                 .collect();
             for p in &pending {
@@ -721,9 +723,8 @@ impl Daemon {
                 None => break,
             }
         }
-        let stopped_since = |p: &&Arc<PluginEntry>| told_to_wait.contains(&p.name) && p.state_name() == "stopped";
-        futures::future::join_all(pending.iter().filter(|p| !stopped_since(p)).map(|p| p.command(Command::Start)))
-            .await;
+        let leftover = pending.iter().filter(|p| !stopped_since(&told_to_wait, p));
+        futures::future::join_all(leftover.map(|p| p.command(Command::Start))).await;
     }
 
     /// Stops every plugin in reverse dependency order and waits for their processes to end.

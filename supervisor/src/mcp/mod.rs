@@ -71,8 +71,12 @@ pub const MAX_TOOL_BYTES: usize = 4 * crate::caps::REGISTER_METHOD_BYTES;
 /// Bytes of an `isError` `CallToolResult` kept in `-32010`'s `data.result`, where it is parsed
 /// (plugind reads an error's `data` as a tree); a longer one is replaced by a result holding its
 /// first text, cut, and `data.result_bytes` says so. Four calls answered with 15 MiB errors at
-/// once took plugind to the OOM killer (audit 21).
-pub const MAX_TOOL_ERROR_BYTES: usize = 64 * 1024;
+/// once took plugind to the OOM killer (audit 21). Under the bound of an error object plugind
+/// reads whole ([`plugind_protocol::jsonrpc::ERROR_MAX`]), with room for the message: past that
+/// bound the whole `data` would be dropped, the first text with it.
+pub const MAX_TOOL_ERROR_BYTES: usize = plugind_protocol::jsonrpc::ERROR_MAX - 8 * 1024;
+const _: () =
+    assert!(MAX_TOOL_ERROR_BYTES + crate::caps::ERROR_TEXT_BYTES + 1024 < plugind_protocol::jsonrpc::ERROR_MAX);
 
 /// Whether the manifest says the plugin is an MCP server (`"protocol": "mcp"`).
 pub fn is_mcp(manifest: &Manifest) -> bool {
